@@ -1,0 +1,232 @@
+//! The one `Config` type and its three sources. Command-line flags and
+//! `SHARDCAST_*` environment variables (both through clap) and an optional TOML
+//! file all fill the same [`ConfigLayer`]; [`Config::resolve`] stacks them
+//! (flag > environment > file > built-in default) and checks the result. Nothing
+//! here touches sockets or threads.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+
+use crate::{
+    error::ConfigError,
+    units::{ByteSize, HumanDuration},
+};
+
+/// Everything a running server needs to know. Build it with [`Config::resolve`]
+/// or start from [`Config::default`] and change fields (tests do).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Address every shard listens on (SO_REUSEPORT). Default `0.0.0.0:8080`;
+    /// port 0 picks a free port, reported in the startup line.
+    pub listen: SocketAddr,
+    /// Number of shards (executors, one pinned per core). Default: the number of
+    /// CPUs this process may run on.
+    pub shards: usize,
+    /// Idle time after which the server pings a connection. Default 25 s.
+    pub ping_interval: Duration,
+    /// How long a pinged connection may stay silent before it is closed.
+    /// Default 10 s.
+    pub ping_timeout: Duration,
+    /// Bound on the bytes queued for one connection; a subscriber over it is
+    /// closed with 1008 "slow consumer". Default 1 MiB.
+    pub max_queue_bytes: usize,
+    /// Largest message a client may send (after reassembly); larger ones close
+    /// the connection with 1009. Default 64 KiB.
+    pub max_message_bytes: usize,
+    /// Open WebSocket connections over which an upgrade is answered with 503.
+    /// Default 100,000.
+    pub max_connections: usize,
+    /// Channels one connection may be subscribed to at once. Default 256.
+    pub max_subscriptions: usize,
+    /// Time allowed for a client to send its HTTP request head. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// Time allowed after SIGINT/SIGTERM to flush and close. Default 10 s.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            shards: default_shards(),
+            ping_interval: Duration::from_secs(25),
+            ping_timeout: Duration::from_secs(10),
+            max_queue_bytes: 1 << 20,
+            max_message_bytes: 64 << 10,
+            max_connections: 100_000,
+            max_subscriptions: 256,
+            handshake_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The CPUs this process may run on (respects `taskset`), at least one.
+pub fn default_shards() -> usize {
+    core_affinity::get_core_ids()
+        .map(|ids| ids.len())
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// One source of settings: every field optional, so layers can be stacked.
+/// The same struct is the clap argument group (flags and `SHARDCAST_*`
+/// variables) and the TOML file's schema.
+#[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ConfigLayer {
+    /// Address to listen on [default: 0.0.0.0:8080]
+    #[arg(long, env = "SHARDCAST_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Number of shards, one executor pinned per core [default: the CPUs this process may use]
+    #[arg(long, env = "SHARDCAST_SHARDS", value_name = "N")]
+    pub shards: Option<usize>,
+    /// Ping a connection after this much silence, e.g. 25s, 500ms [default: 25s]
+    #[arg(long, env = "SHARDCAST_PING_INTERVAL", value_name = "DURATION")]
+    pub ping_interval: Option<HumanDuration>,
+    /// Close a pinged connection still silent after this long [default: 10s]
+    #[arg(long, env = "SHARDCAST_PING_TIMEOUT", value_name = "DURATION")]
+    pub ping_timeout: Option<HumanDuration>,
+    /// Outgoing bytes queued per connection before it is closed as a slow consumer [default: 1MiB]
+    #[arg(long, env = "SHARDCAST_MAX_QUEUE_BYTES", value_name = "SIZE")]
+    pub max_queue_bytes: Option<ByteSize>,
+    /// Largest incoming message; larger ones close with 1009 [default: 64KiB]
+    #[arg(long, env = "SHARDCAST_MAX_MESSAGE_BYTES", value_name = "SIZE")]
+    pub max_message_bytes: Option<ByteSize>,
+    /// Open WebSocket connections over which upgrades get HTTP 503 [default: 100000]
+    #[arg(long, env = "SHARDCAST_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Channels one connection may subscribe to at once [default: 256]
+    #[arg(long, env = "SHARDCAST_MAX_SUBSCRIPTIONS", value_name = "N")]
+    pub max_subscriptions: Option<usize>,
+    /// Time a client has to send its HTTP request head [default: 10s]
+    #[arg(long, env = "SHARDCAST_HANDSHAKE_TIMEOUT", value_name = "DURATION")]
+    pub handshake_timeout: Option<HumanDuration>,
+    /// Time allowed after SIGINT/SIGTERM to flush and close everyone [default: 10s]
+    #[arg(long, env = "SHARDCAST_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
+    pub shutdown_timeout: Option<HumanDuration>,
+}
+
+/// Copies every field a layer sets onto the config, converting units.
+macro_rules! apply_layer {
+    ($config:expr, $layer:expr, { $($plain:ident),* }, { $($unit:ident),* }) => {
+        $( if let Some(value) = $layer.$plain { $config.$plain = value; } )*
+        $( if let Some(value) = $layer.$unit { $config.$unit = value.0; } )*
+    };
+}
+
+impl Config {
+    /// Stacks the sources: `cli` (flags and environment, as clap produced them)
+    /// over the TOML file at `file` (if any) over the defaults, then validates.
+    pub fn resolve(cli: &ConfigLayer, file: Option<&PathBuf>) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+                path: path.clone(),
+                source,
+            })?;
+            let layer: ConfigLayer =
+                toml::from_str(&text).map_err(|source| ConfigError::ParseFile {
+                    path: path.clone(),
+                    source: Box::new(source),
+                })?;
+            config.apply(&layer);
+        }
+        config.apply(cli);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply(&mut self, layer: &ConfigLayer) {
+        let layer = layer.clone();
+        apply_layer!(self, layer,
+            { listen, shards, max_connections, max_subscriptions },
+            { ping_interval, ping_timeout, max_queue_bytes, max_message_bytes,
+              handshake_timeout, shutdown_timeout });
+    }
+
+    /// Rejects settings the server cannot run with, quoting the numbers.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |what: String| Err(ConfigError::Invalid(what));
+        if self.shards == 0 || self.shards > crate::mesh::MAX_SHARDS {
+            return invalid(format!(
+                "shards is {}, must be 1..={}",
+                self.shards,
+                crate::mesh::MAX_SHARDS
+            ));
+        }
+        if self.ping_interval.is_zero() || self.ping_timeout.is_zero() {
+            return invalid("ping-interval and ping-timeout must be above zero".into());
+        }
+        if self.max_message_bytes < 125 {
+            return invalid(format!(
+                "max-message-bytes is {}, must be at least 125",
+                self.max_message_bytes
+            ));
+        }
+        if self.max_queue_bytes < self.max_message_bytes + 256 {
+            return invalid(format!(
+                "max-queue-bytes ({}) must exceed max-message-bytes ({}) by at least 256 \
+                 so one full message fits with its envelope",
+                self.max_queue_bytes, self.max_message_bytes
+            ));
+        }
+        if self.max_subscriptions == 0 {
+            return invalid("max-subscriptions must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn cli_overrides_file_overrides_default() {
+        let dir = std::env::temp_dir().join(format!("shardcast-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "ping-interval = \"5s\"\nmax-queue-bytes = \"2MiB\"\nshards = 1\n",
+        )
+        .unwrap();
+        let cli = ConfigLayer {
+            ping_interval: Some("250ms".parse().unwrap()),
+            ..Default::default()
+        };
+        let config = Config::resolve(&cli, Some(&path)).unwrap();
+        assert_eq!(config.ping_interval, Duration::from_millis(250));
+        assert_eq!(config.max_queue_bytes, 2 << 20);
+        assert_eq!(config.shards, 1);
+        assert_eq!(config.ping_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let dir = std::env::temp_dir().join(format!("shardcast-config2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "ping-intervall = \"5s\"\n").unwrap();
+        let err = Config::resolve(&ConfigLayer::default(), Some(&path)).unwrap_err();
+        assert!(err.to_string().contains("ping-intervall"), "{err}");
+    }
+
+    #[test]
+    fn queue_must_hold_one_message() {
+        let config = Config {
+            max_queue_bytes: 1000,
+            max_message_bytes: 1000,
+            ..Config::default()
+        };
+        assert!(config.validate().is_err());
+    }
+}

@@ -1,0 +1,289 @@
+//! One client connection, from the accepted socket to its close: read HTTP
+//! request heads (keep-alive), answer plain HTTP routes, and hand upgraded
+//! connections to the WebSocket session. Also [`Conn`], the per-connection
+//! state the shard's index and fan-out refer to.
+
+pub mod http;
+pub mod outbox;
+pub mod stream;
+mod ws;
+
+use std::{cell::RefCell, rc::Rc, time::Duration};
+
+use bytes::Bytes;
+use futures_lite::FutureExt;
+use glommio::net::TcpStream;
+
+use self::{
+    http::{Head, HttpError, Route},
+    outbox::{CloseReason, Outbox, Pushed},
+    stream::SharedStream,
+};
+use crate::{
+    heartbeat::Heartbeat,
+    mesh::{ConnRef, Payload},
+    protocol::{self, PayloadKind},
+    shard::Shard,
+    stats::bump,
+};
+
+/// A WebSocket connection as the shard sees it.
+pub struct Conn {
+    pub id: ConnRef,
+    /// Shared with the writer task.
+    pub outbox: Rc<Outbox>,
+    pub heartbeat: Heartbeat,
+    /// Channels subscribed to, with the slot in each channel's subscriber list.
+    subscriptions: RefCell<Vec<(Rc<str>, u32)>>,
+}
+
+impl Conn {
+    pub fn new(id: ConnRef, max_queue_bytes: usize, now_ms: u64) -> Self {
+        Conn {
+            id,
+            outbox: Rc::new(Outbox::new(max_queue_bytes)),
+            heartbeat: Heartbeat::new(now_ms),
+            subscriptions: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Queues a frame; closes the connection as a slow consumer if its queue
+    /// is full.
+    pub fn send(&self, frame: Bytes) {
+        if self.outbox.push(frame) == Pushed::Overflow {
+            self.close_slow_consumer();
+        }
+    }
+
+    pub fn close_slow_consumer(&self) {
+        self.outbox.close(CloseReason::SlowConsumer);
+    }
+
+    pub fn is_subscribed(&self, name: &str) -> bool {
+        self.subscriptions
+            .borrow()
+            .iter()
+            .any(|(n, _)| &**n == name)
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.borrow().len()
+    }
+
+    pub fn add_subscription(&self, name: Rc<str>, slot: u32) {
+        self.subscriptions.borrow_mut().push((name, slot));
+    }
+
+    /// Forgets the subscription to `name`; returns its slot if there was one.
+    pub fn remove_subscription(&self, name: &str) -> Option<u32> {
+        let mut subscriptions = self.subscriptions.borrow_mut();
+        let at = subscriptions.iter().position(|(n, _)| &**n == name)?;
+        Some(subscriptions.swap_remove(at).1)
+    }
+
+    pub fn take_subscriptions(&self) -> Vec<(Rc<str>, u32)> {
+        std::mem::take(&mut *self.subscriptions.borrow_mut())
+    }
+}
+
+/// Serves one accepted socket until it closes.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    let stream = SharedStream::new(stream);
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        let head = match read_head(&shard, &stream, &mut buf).await {
+            Ok(Some(head)) => head,
+            Ok(None) => return,
+            Err(error) => {
+                bump(&shard.stats.handshake_failures, 1);
+                let _ = stream.write_all(&http::error_response(&error, false)).await;
+                return;
+            }
+        };
+        bump(&shard.stats.http_requests, 1);
+        let keep_alive = head.keep_alive && !shard.is_shutting_down();
+        let reply = match http::route(&head, shard.config.max_subscriptions) {
+            Ok(Route::Health) => http::response(200, "text/plain", b"ok\n", keep_alive),
+            Ok(Route::Publish) => match publish(&shard, &stream, &head, &mut buf).await {
+                Ok(seq) => {
+                    let body = format!("{{\"seq\":{seq}}}");
+                    http::response(200, "application/json", body.as_bytes(), keep_alive)
+                }
+                Err(error) => http::error_response(&error, keep_alive && error.status != 413),
+            },
+            Ok(Route::WebSocket(session)) => {
+                if let Err(error) = admit(&shard) {
+                    let _ = stream.write_all(&http::error_response(&error, false)).await;
+                    return;
+                }
+                let key = head.ws_key.as_deref().unwrap_or_default();
+                if stream
+                    .write_all(&http::switching_protocols(key))
+                    .await
+                    .is_err()
+                {
+                    shard.release_connection();
+                    return;
+                }
+                // Bytes after the head already belong to the WebSocket stream.
+                let leftover = buf.split_off(head.len.min(buf.len()));
+                drop(buf);
+                ws::serve(shard, stream, leftover, session).await;
+                return;
+            }
+            Err(error) => {
+                bump(&shard.stats.handshake_failures, 1);
+                http::error_response(&error, keep_alive)
+            }
+        };
+        if stream.write_all(&reply).await.is_err() || !keep_alive {
+            return;
+        }
+        let consumed = (head.len + head.content_length.unwrap_or(0)).min(buf.len());
+        buf.drain(..consumed);
+    }
+}
+
+/// Reserves a connection slot for an upgrade, or says why not (503).
+fn admit(shard: &Shard) -> Result<(), HttpError> {
+    if shard.is_shutting_down() {
+        return Err(HttpError::new(
+            503,
+            "shutting_down",
+            "server is shutting down",
+        ));
+    }
+    if !shard.try_reserve_connection() {
+        bump(&shard.stats.upgrades_refused_503, 1);
+        return Err(HttpError::new(
+            503,
+            "too_many_connections",
+            format!(
+                "server is at max-connections ({})",
+                shard.config.max_connections
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads until `buf` holds a complete request head, within the handshake
+/// timeout. `Ok(None)`: the client closed, or shutdown began, between
+/// requests.
+async fn read_head(
+    shard: &Shard,
+    stream: &SharedStream,
+    buf: &mut Vec<u8>,
+) -> Result<Option<Head>, HttpError> {
+    let read = async {
+        loop {
+            if let Some(head) = http::parse_head(buf)? {
+                return Ok(Some(head));
+            }
+            if read_more(stream, buf).await? == 0 {
+                return Ok(None);
+            }
+        }
+    };
+    let stopped = async {
+        shard.stopped().await;
+        Ok(None)
+    };
+    let limit = shard.config.handshake_timeout;
+    match glommio::timer::timeout(limit, async { Ok(read.or(stopped).await) }).await {
+        Ok(result) => result,
+        Err(_) => Err(HttpError::new(
+            408,
+            "timeout",
+            "request head not received in time",
+        )),
+    }
+}
+
+/// Appends what the socket has to `buf`; 0 at end of stream.
+async fn read_more(stream: &SharedStream, buf: &mut Vec<u8>) -> Result<usize, HttpError> {
+    const CHUNK: usize = 2048;
+    let start = buf.len();
+    buf.resize(start + CHUNK, 0);
+    let read = stream.read(&mut buf[start..]).await;
+    let n = read.as_ref().copied().unwrap_or(0);
+    buf.truncate(start + n);
+    read.map_err(|e| HttpError::new(400, "bad_request", format!("read failed: {e}")))
+}
+
+/// `POST /api/publish`: reads the body, publishes, returns the `seq`.
+async fn publish(
+    shard: &Shard,
+    stream: &SharedStream,
+    head: &Head,
+    buf: &mut Vec<u8>,
+) -> Result<u64, HttpError> {
+    if head.chunked {
+        return Err(HttpError::new(
+            411,
+            "bad_request",
+            "send a Content-Length, not chunked encoding",
+        ));
+    }
+    let length = head
+        .content_length
+        .ok_or_else(|| HttpError::new(411, "bad_request", "Content-Length required"))?;
+    if length > shard.config.max_message_bytes {
+        return Err(HttpError::new(
+            413,
+            protocol::ErrorCode::TooLarge.as_str(),
+            format!(
+                "body is over max-message-bytes ({})",
+                shard.config.max_message_bytes
+            ),
+        ));
+    }
+    let end = head.len + length;
+    let limit = shard.config.handshake_timeout;
+    let body_read = glommio::timer::timeout(limit, async {
+        while buf.len() < end {
+            if read_more(stream, buf).await.unwrap_or(0) == 0 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })
+    .await;
+    if !matches!(body_read, Ok(true)) {
+        return Err(HttpError::new(400, "bad_request", "body not received"));
+    }
+    let body = std::str::from_utf8(&buf[head.len..end]).map_err(|_| {
+        HttpError::new(
+            400,
+            protocol::ErrorCode::BadJson.as_str(),
+            "body is not UTF-8",
+        )
+    })?;
+    let request = protocol::parse_http_publish(body)
+        .map_err(|e| HttpError::new(400, e.code.as_str(), e.msg.into_owned()))?;
+    if shard.is_shutting_down() {
+        return Err(HttpError::new(
+            503,
+            "shutting_down",
+            "server is shutting down",
+        ));
+    }
+    let payload = Payload {
+        kind: PayloadKind::Json,
+        bytes: Bytes::copy_from_slice(request.data.as_bytes()),
+    };
+    let ch = Bytes::copy_from_slice(request.ch.as_bytes());
+    let wait = shard.config.shutdown_timeout.max(Duration::from_secs(1));
+    let seq = glommio::timer::timeout(wait, async {
+        Ok(shard.publish_and_wait(ch, payload).await)
+    })
+    .await;
+    match seq {
+        Ok(Some(seq)) => Ok(seq),
+        _ => Err(HttpError::new(
+            503,
+            "unavailable",
+            "the channel's owner shard did not answer",
+        )),
+    }
+}

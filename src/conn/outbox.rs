@@ -1,0 +1,439 @@
+//! The write side of one connection: a queue of pre-encoded frames bounded in
+//! bytes, and the writer task that drains it. Frames are shared `Bytes` (a
+//! publication is encoded once per shard and the same buffer is queued for
+//! every subscriber); the writer hands as many queued frames as fit to one
+//! `sendmsg` (gathered, no copy), so a connection that fell behind catches up
+//! in few system calls. A push never blocks: over the bound the connection is
+//! closed as a slow consumer. tungstenite never writes to the socket.
+
+use std::{
+    cell::{Cell, RefCell},
+    collections::VecDeque,
+    future::Future,
+    io,
+    os::fd::RawFd,
+    pin::Pin,
+    rc::Rc,
+    task::{Context, Poll, Waker},
+};
+
+use bytes::{Buf, Bytes};
+
+use super::stream::SharedStream;
+use crate::frame;
+
+/// Most frames handed to one `sendmsg`.
+const MAX_IOV: usize = 64;
+/// Most bytes handed to one `sendmsg`.
+const MAX_BATCH_BYTES: usize = 256 << 10;
+/// A drained queue keeps at most this many slots of capacity.
+const KEEP_CAPACITY: usize = 8;
+
+/// Why a connection is being closed; decides the close frame and is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed (close frame or end of stream).
+    Normal,
+    /// The outgoing queue went over `max-queue-bytes` (1008).
+    SlowConsumer,
+    /// No sign of life within the ping timeout (1001).
+    HeartbeatTimeout,
+    /// A message over `max-message-bytes` (1009).
+    TooLarge,
+    /// A text frame that is not UTF-8 (1007).
+    BadUtf8,
+    /// A WebSocket protocol violation (1002).
+    Protocol,
+    /// The server is shutting down (1001).
+    Shutdown,
+    /// Reading or writing the socket failed; no close frame can be sent.
+    SocketError,
+}
+
+impl CloseReason {
+    /// The close code and reason sent to the client, if any.
+    pub fn close_frame(self) -> Option<(u16, &'static str)> {
+        match self {
+            CloseReason::Normal | CloseReason::SocketError => None,
+            CloseReason::SlowConsumer => Some((1008, "slow consumer")),
+            CloseReason::HeartbeatTimeout => Some((1001, "ping timeout")),
+            CloseReason::TooLarge => Some((1009, "message too large")),
+            CloseReason::BadUtf8 => Some((1007, "invalid UTF-8")),
+            CloseReason::Protocol => Some((1002, "protocol error")),
+            CloseReason::Shutdown => Some((1001, "server shutting down")),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Normal => "normal",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::HeartbeatTimeout => "heartbeat_timeout",
+            CloseReason::TooLarge => "too_large",
+            CloseReason::BadUtf8 => "bad_utf8",
+            CloseReason::Protocol => "protocol_error",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::SocketError => "socket_error",
+        }
+    }
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// Over the byte bound: the caller must close the connection as a slow
+    /// consumer.
+    Overflow,
+    /// The connection is closing; the frame was dropped.
+    Closed,
+}
+
+/// Outcome of one non-blocking flush.
+enum Flush {
+    /// Nothing left to send right now.
+    Drained,
+    /// The socket buffer is full.
+    WouldBlock,
+}
+
+/// The bounded outgoing queue of one connection.
+pub struct Outbox {
+    frames: RefCell<VecDeque<Bytes>>,
+    /// Bytes in `frames` (the unsent part of a partly sent front frame).
+    queued_bytes: Cell<usize>,
+    limit: usize,
+    /// The front frame is partly on the wire: it must be finished before
+    /// anything else, even a close frame, or the stream loses framing.
+    front_started: Cell<bool>,
+    /// Set once, when the connection starts closing.
+    closing: Cell<Option<CloseReason>>,
+    /// Close frame still to send after the queue.
+    close_frame: RefCell<Option<Bytes>>,
+    writer: Cell<Option<Waker>>,
+    reader: Cell<Option<Waker>>,
+}
+
+impl Outbox {
+    pub fn new(limit: usize) -> Self {
+        Outbox {
+            frames: RefCell::new(VecDeque::new()),
+            queued_bytes: Cell::new(0),
+            limit,
+            front_started: Cell::new(false),
+            closing: Cell::new(None),
+            close_frame: RefCell::new(None),
+            writer: Cell::new(None),
+            reader: Cell::new(None),
+        }
+    }
+
+    /// Queues a frame without blocking.
+    pub fn push(&self, frame: Bytes) -> Pushed {
+        if self.closing.get().is_some() {
+            return Pushed::Closed;
+        }
+        let queued = self.queued_bytes.get() + frame.len();
+        if queued > self.limit {
+            return Pushed::Overflow;
+        }
+        self.queued_bytes.set(queued);
+        self.frames.borrow_mut().push_back(frame);
+        wake(&self.writer);
+        Pushed::Queued
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.get()
+    }
+
+    /// Why the connection is closing, once it is.
+    pub fn closing(&self) -> Option<CloseReason> {
+        self.closing.get()
+    }
+
+    /// Starts closing: no more pushes; the writer sends what is queued (or,
+    /// for a slow consumer, drops it), then the close frame for `reason`.
+    /// Wakes the reader so the connection task tears down. Later calls do
+    /// nothing: the first reason wins.
+    pub fn close(&self, reason: CloseReason) {
+        if self.closing.get().is_some() {
+            return;
+        }
+        self.closing.set(Some(reason));
+        if matches!(reason, CloseReason::SlowConsumer | CloseReason::SocketError) {
+            let mut frames = self.frames.borrow_mut();
+            let keep = usize::from(self.front_started.get() && !frames.is_empty());
+            frames.truncate(keep);
+            self.queued_bytes.set(frames.iter().map(Bytes::len).sum());
+        }
+        if let Some((code, text)) = reason.close_frame() {
+            *self.close_frame.borrow_mut() = Some(frame::close(code, text));
+        }
+        wake(&self.writer);
+        wake(&self.reader);
+    }
+
+    /// Like [`Outbox::close`], but echoes the client's close code (a reply to
+    /// the client's own close frame).
+    pub fn close_in_reply(&self, code: Option<u16>) {
+        if self.closing.get().is_some() {
+            return;
+        }
+        self.closing.set(Some(CloseReason::Normal));
+        let reply = match code {
+            Some(code) => frame::close(code, ""),
+            None => frame::encode(frame::OpCode::Close, &[]),
+        };
+        *self.close_frame.borrow_mut() = Some(reply);
+        wake(&self.writer);
+        wake(&self.reader);
+    }
+
+    /// Resolves when the connection starts closing (for the reader task).
+    pub fn closed(&self) -> impl Future<Output = CloseReason> + '_ {
+        WaitFor {
+            outbox: self,
+            slot: &self.reader,
+            check: |o: &Outbox| o.closing.get(),
+        }
+    }
+
+    /// Resolves when the writer has something to do.
+    fn work(&self) -> impl Future<Output = ()> + '_ {
+        WaitFor {
+            outbox: self,
+            slot: &self.writer,
+            check: |o: &Outbox| {
+                let has_work = !o.frames.borrow().is_empty()
+                    || o.close_frame.borrow().is_some()
+                    || o.closing.get().is_some();
+                has_work.then_some(())
+            },
+        }
+    }
+
+    /// All written: closing, queue empty, close frame (if any) sent.
+    fn finished(&self) -> bool {
+        self.closing.get().is_some()
+            && self.frames.borrow().is_empty()
+            && self.close_frame.borrow().is_none()
+    }
+
+    /// Sends queued frames without blocking, gathered into as few `sendmsg`
+    /// calls as the socket accepts. The close frame is appended once the
+    /// queue is empty.
+    fn flush(&self, fd: RawFd) -> io::Result<Flush> {
+        loop {
+            let mut frames = self.frames.borrow_mut();
+            if frames.is_empty() {
+                match self.close_frame.borrow_mut().take() {
+                    Some(close) => frames.push_back(close),
+                    None => {
+                        if frames.capacity() > KEEP_CAPACITY {
+                            frames.shrink_to(KEEP_CAPACITY);
+                        }
+                        return Ok(Flush::Drained);
+                    }
+                }
+            }
+            let sent = match send_gathered(fd, &frames) {
+                Ok(sent) => sent,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flush::WouldBlock),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            drop(frames);
+            self.consume(sent);
+        }
+    }
+
+    /// Drops `sent` bytes from the front of the queue.
+    fn consume(&self, mut sent: usize) {
+        let mut frames = self.frames.borrow_mut();
+        let mut from_queue = 0;
+        while sent > 0 {
+            let Some(front) = frames.front_mut() else {
+                break;
+            };
+            if sent >= front.len() {
+                sent -= front.len();
+                from_queue += front.len();
+                frames.pop_front();
+                self.front_started.set(false);
+            } else {
+                front.advance(sent);
+                from_queue += sent;
+                sent = 0;
+                self.front_started.set(true);
+            }
+        }
+        // The close frame is not counted in queued_bytes.
+        self.queued_bytes
+            .set(self.queued_bytes.get().saturating_sub(from_queue));
+    }
+
+    fn front(&self) -> Option<Bytes> {
+        self.frames.borrow().front().cloned()
+    }
+}
+
+fn wake(slot: &Cell<Option<Waker>>) {
+    if let Some(waker) = slot.take() {
+        waker.wake();
+    }
+}
+
+/// Hands up to [`MAX_IOV`] frames (at most [`MAX_BATCH_BYTES`]) to one
+/// non-blocking `sendmsg`.
+fn send_gathered(fd: RawFd, frames: &VecDeque<Bytes>) -> io::Result<usize> {
+    let mut iov = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; MAX_IOV];
+    let mut count = 0;
+    let mut total = 0;
+    for frame in frames.iter() {
+        if count == MAX_IOV || (count > 0 && total + frame.len() > MAX_BATCH_BYTES) {
+            break;
+        }
+        iov[count] = libc::iovec {
+            iov_base: frame.as_ptr() as *mut libc::c_void,
+            iov_len: frame.len(),
+        };
+        count += 1;
+        total += frame.len();
+    }
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = count as _;
+    // SAFETY: every iovec points into a `Bytes` borrowed from `frames` for the
+    // duration of the call; the kernel only reads them.
+    let sent = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    if sent < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(sent as usize)
+    }
+}
+
+/// Polls a condition of the outbox, parking in one waker slot until woken.
+struct WaitFor<'a, T, F: Fn(&Outbox) -> Option<T>> {
+    outbox: &'a Outbox,
+    slot: &'a Cell<Option<Waker>>,
+    check: F,
+}
+
+impl<T, F: Fn(&Outbox) -> Option<T> + Unpin> Future for WaitFor<'_, T, F> {
+    type Output = T;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        if let Some(value) = (self.check)(self.outbox) {
+            return Poll::Ready(value);
+        }
+        self.slot.set(Some(cx.waker().clone()));
+        Poll::Pending
+    }
+}
+
+/// The writer task of one connection: sends what the outbox holds until the
+/// connection has closed and everything (close frame included) is written.
+/// On a socket error it closes the outbox so the reader tears down too.
+pub async fn run_writer(outbox: Rc<Outbox>, stream: SharedStream) {
+    let fd = stream.fd();
+    loop {
+        match outbox.flush(fd) {
+            Ok(Flush::Drained) => {
+                if outbox.finished() {
+                    return;
+                }
+                outbox.work().await;
+            }
+            Ok(Flush::WouldBlock) => {
+                // Let glommio wait for the socket to take more: it sends the
+                // front frame (or part of it) as soon as there is room.
+                let Some(front) = outbox.front() else {
+                    continue;
+                };
+                match stream.write(&front).await {
+                    Ok(sent) => outbox.consume(sent),
+                    Err(_) => {
+                        outbox.close(CloseReason::SocketError);
+                        return;
+                    }
+                }
+            }
+            Err(_) => {
+                outbox.close(CloseReason::SocketError);
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_is_bounded_in_bytes() {
+        let outbox = Outbox::new(10);
+        assert_eq!(outbox.push(Bytes::from_static(b"12345")), Pushed::Queued);
+        assert_eq!(outbox.push(Bytes::from_static(b"12345")), Pushed::Queued);
+        assert_eq!(outbox.push(Bytes::from_static(b"1")), Pushed::Overflow);
+        assert_eq!(outbox.queued_bytes(), 10);
+    }
+
+    #[test]
+    fn slow_consumer_close_keeps_only_a_started_frame() {
+        let outbox = Outbox::new(100);
+        outbox.push(Bytes::from_static(b"abcdef"));
+        outbox.push(Bytes::from_static(b"ghij"));
+        outbox.consume(2);
+        assert_eq!(outbox.queued_bytes(), 8);
+        outbox.close(CloseReason::SlowConsumer);
+        assert_eq!(outbox.queued_bytes(), 4, "rest of the started frame stays");
+        assert_eq!(outbox.front().unwrap(), Bytes::from_static(b"cdef"));
+        assert_eq!(outbox.push(Bytes::from_static(b"x")), Pushed::Closed);
+        assert!(outbox.close_frame.borrow().is_some());
+    }
+
+    #[test]
+    fn graceful_close_keeps_the_queue() {
+        let outbox = Outbox::new(100);
+        outbox.push(Bytes::from_static(b"abc"));
+        outbox.close(CloseReason::Shutdown);
+        assert_eq!(outbox.queued_bytes(), 3);
+        outbox.close(CloseReason::SlowConsumer);
+        assert_eq!(
+            outbox.closing(),
+            Some(CloseReason::Shutdown),
+            "first reason wins"
+        );
+    }
+
+    #[test]
+    fn flush_gathers_frames_into_a_socket() {
+        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        use std::{io::Read, os::fd::AsRawFd};
+        let outbox = Outbox::new(1 << 20);
+        for i in 0..100u8 {
+            outbox.push(Bytes::from(vec![i; 3]));
+        }
+        outbox.close(CloseReason::Shutdown);
+        assert!(matches!(
+            outbox.flush(ours.as_raw_fd()).unwrap(),
+            Flush::Drained
+        ));
+        assert!(outbox.finished());
+        drop(ours);
+        let mut got = Vec::new();
+        theirs.read_to_end(&mut got).unwrap();
+        let close = frame::close(1001, "server shutting down");
+        assert_eq!(got.len(), 300 + close.len());
+        assert_eq!(&got[..3], &[0, 0, 0]);
+        assert_eq!(&got[297..300], &[99, 99, 99]);
+        assert_eq!(&got[300..], &close[..]);
+    }
+}

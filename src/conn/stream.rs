@@ -1,0 +1,124 @@
+//! One accepted TCP stream shared by a connection's reader and writer tasks on
+//! the same shard. Each task borrows the stream only inside a single poll, so
+//! the borrows never overlap; glommio keeps separate read and write readiness
+//! for a stream, so the two tasks do not steal each other's wake-ups.
+//! [`ReadSide`] is what tungstenite gets: it reads from the socket, and the
+//! few frames tungstenite writes by itself (pongs) go into the outbox, in
+//! order with everything else.
+
+use std::{
+    cell::RefCell,
+    io,
+    os::fd::{AsRawFd, RawFd},
+    pin::Pin,
+    rc::Rc,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+
+use super::outbox::Outbox;
+
+/// A TCP stream shared by the tasks of one connection.
+#[derive(Clone)]
+pub struct SharedStream {
+    inner: Rc<RefCell<TcpStream>>,
+    fd: RawFd,
+}
+
+impl SharedStream {
+    pub fn new(stream: TcpStream) -> Self {
+        let fd = stream.as_raw_fd();
+        SharedStream {
+            inner: Rc::new(RefCell::new(stream)),
+            fd,
+        }
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// Reads into `buf`, waiting for data.
+    pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        futures_lite::future::poll_fn(|cx| {
+            Pin::new(&mut *self.inner.borrow_mut()).poll_read(cx, buf)
+        })
+        .await
+    }
+
+    /// Writes some of `buf`, waiting for the socket to have room.
+    pub async fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        futures_lite::future::poll_fn(|cx| {
+            Pin::new(&mut *self.inner.borrow_mut()).poll_write(cx, buf)
+        })
+        .await
+    }
+
+    /// Writes all of `buf` (HTTP responses, before any WebSocket traffic).
+    pub async fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
+        while !buf.is_empty() {
+            let n = self.write(buf).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            buf = &buf[n..];
+        }
+        Ok(())
+    }
+
+    /// Half-closes the write side (sends FIN).
+    pub fn shutdown_write(&self) {
+        // SAFETY: shutdown on a valid fd we own; an error (already closed)
+        // is harmless here.
+        unsafe {
+            libc::shutdown(self.fd, libc::SHUT_WR);
+        }
+    }
+}
+
+/// The stream as tungstenite sees it: reads from the socket, writes into the
+/// connection's outbox.
+pub struct ReadSide {
+    stream: SharedStream,
+    outbox: Rc<Outbox>,
+}
+
+impl ReadSide {
+    pub fn new(stream: SharedStream, outbox: Rc<Outbox>) -> Self {
+        ReadSide { stream, outbox }
+    }
+}
+
+impl AsyncRead for ReadSide {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.stream.inner.borrow_mut()).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ReadSide {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        // Only tungstenite's automatic replies arrive here. A full or closing
+        // outbox drops them; the connection is going away in that case.
+        let _ = self.outbox.push(Bytes::copy_from_slice(buf));
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}

@@ -1,0 +1,147 @@
+//! Encoding of server-to-client WebSocket frames (RFC 6455 §5.2): unmasked,
+//! final, one buffer per frame. A frame is built once and its `Bytes` shared by
+//! every subscriber it goes to. The payload is written first into a buffer that
+//! keeps [`MAX_HEADER`] bytes free at the front; the header is then written just
+//! before it, so no frame is ever copied to prepend its header. Pure code.
+
+use bytes::{Bytes, BytesMut};
+
+/// Largest header of an unmasked server frame: 2 bytes + 8 bytes of length.
+pub const MAX_HEADER: usize = 10;
+
+/// Frame opcodes the server sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum OpCode {
+    Text = 0x1,
+    Binary = 0x2,
+    Close = 0x8,
+    Ping = 0x9,
+    Pong = 0xA,
+}
+
+/// A frame under construction: append the payload, then [`FrameBuilder::finish`].
+pub struct FrameBuilder {
+    buf: BytesMut,
+    opcode: OpCode,
+}
+
+impl FrameBuilder {
+    /// Starts a frame whose payload will be about `payload_hint` bytes.
+    pub fn new(opcode: OpCode, payload_hint: usize) -> Self {
+        let mut buf = BytesMut::with_capacity(MAX_HEADER + payload_hint);
+        buf.resize(MAX_HEADER, 0);
+        FrameBuilder { buf, opcode }
+    }
+
+    /// The payload written so far (after the reserved header room).
+    pub fn payload_len(&self) -> usize {
+        self.buf.len() - MAX_HEADER
+    }
+
+    /// Appends payload bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Writes the header in front of the payload and returns the whole frame.
+    pub fn finish(mut self) -> Bytes {
+        let len = self.payload_len();
+        let mut header = [0u8; MAX_HEADER];
+        let header_len = write_header(&mut header, self.opcode, len);
+        let start = MAX_HEADER - header_len;
+        self.buf[start..MAX_HEADER].copy_from_slice(&header[..header_len]);
+        self.buf.freeze().slice(start..)
+    }
+}
+
+impl std::io::Write for FrameBuilder {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.push(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes a final, unmasked frame header into `out`; returns its length.
+pub fn write_header(out: &mut [u8; MAX_HEADER], opcode: OpCode, len: usize) -> usize {
+    out[0] = 0x80 | opcode as u8;
+    if len < 126 {
+        out[1] = len as u8;
+        2
+    } else if len <= u16::MAX as usize {
+        out[1] = 126;
+        out[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        4
+    } else {
+        out[1] = 127;
+        out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    }
+}
+
+/// A whole frame around `payload`, in one new buffer.
+pub fn encode(opcode: OpCode, payload: &[u8]) -> Bytes {
+    let mut builder = FrameBuilder::new(opcode, payload.len());
+    builder.push(payload);
+    builder.finish()
+}
+
+/// A close frame with `code` and a `reason` (cut to fit the 125-byte limit of
+/// control frames at a character boundary).
+pub fn close(code: u16, reason: &str) -> Bytes {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut builder = FrameBuilder::new(OpCode::Close, 2 + end);
+    builder.push(&code.to_be_bytes());
+    builder.push(&reason.as_bytes()[..end]);
+    builder.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tungstenite::{protocol::Role, Message, WebSocket};
+
+    /// Reads `bytes` with tungstenite as a client would: the reference reader
+    /// (it also rejects masked frames from a server).
+    fn read_as_client(bytes: &[u8]) -> Message {
+        let socket = std::io::Cursor::new(bytes.to_vec());
+        let mut ws = WebSocket::from_raw_socket(socket, Role::Client, None);
+        ws.read().unwrap()
+    }
+
+    #[test]
+    fn lengths_at_every_boundary() {
+        for len in [0, 1, 125, 126, 127, 65535, 65536, 70000] {
+            let payload = vec![b'x'; len];
+            match read_as_client(&encode(OpCode::Binary, &payload)) {
+                Message::Binary(got) => assert_eq!(got.len(), len),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn close_frame_carries_code_and_reason() {
+        match read_as_client(&close(1008, "slow consumer")) {
+            Message::Close(Some(frame)) => {
+                assert_eq!(u16::from(frame.code), 1008);
+                assert_eq!(frame.reason.as_str(), "slow consumer");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn close_reason_is_cut_on_a_char_boundary() {
+        let frame = close(1000, &"é".repeat(100));
+        assert!(frame.len() <= 2 + 125);
+        assert!(matches!(read_as_client(&frame), Message::Close(Some(_))));
+    }
+}

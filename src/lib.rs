@@ -1,0 +1,42 @@
+//! shardcast: a thread-per-core WebSocket broadcast (pub/sub fan-out) server.
+//!
+//! # Layout
+//! - [`config`]: the one `Config` type and its sources (flags, `SHARDCAST_*`
+//!   environment, TOML file); [`units`]: sizes and durations in them.
+//! - [`runtime`]: binds the listeners, starts one pinned glommio executor per
+//!   shard, reports readiness and failures; [`shutdown`]: signals → shards.
+//! - [`shard`]: one shard's state and lifecycle — connections, subscription
+//!   index and fan-out ([`shard::index`]), channel ordering and interest
+//!   routing for the channels it owns ([`shard::owner`]).
+//! - [`mesh`]: typed cross-shard messages and the ordered per-peer links.
+//! - [`conn`]: one client connection — HTTP routes ([`conn::http`]), the
+//!   WebSocket session, the bounded outgoing queue and its writer
+//!   ([`conn::outbox`]).
+//! - [`protocol`]: the JSON envelope, parsed and encoded without I/O;
+//!   [`frame`]: server WebSocket frames, encoded once and shared;
+//!   [`channel`]: channel names and owners.
+//! - [`heartbeat`]: the ping/timeout state machine driven by a per-shard sweep.
+//! - [`stats`]: per-shard counters; [`sync`]: a shard-local wait list;
+//!   [`error`]: the server's error types.
+//!
+//! `docs/design.md` explains how these fit together; `docs/protocol.md`
+//! specifies the wire protocol.
+
+pub mod channel;
+pub mod config;
+pub mod conn;
+pub mod error;
+pub mod frame;
+pub mod heartbeat;
+pub mod mesh;
+pub mod protocol;
+pub mod runtime;
+pub mod shard;
+pub mod shutdown;
+pub mod stats;
+pub mod sync;
+pub mod units;
+
+pub use config::Config;
+pub use runtime::Server;
+pub use shutdown::ShutdownHandle;

@@ -1,0 +1,164 @@
+//! Typed messages between shards and the per-peer links that carry them.
+//!
+//! Each shard keeps one ordered queue per peer shard ([`PeerLinks`]): pushing is
+//! synchronous and never blocks, so the order in which a shard *decides* to
+//! send (for example the owner assigning `seq` 5 then 6) is the order the peer
+//! receives. A drain task per peer moves the queue into glommio's lock-free
+//! `channel_mesh` lane, waiting for room there. Publishers (leaf tasks) are the
+//! only ones that wait for the queue to shrink; mesh receivers never wait, so
+//! two shards can never deadlock on each other's full lanes.
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+use glommio::channels::{
+    channel_mesh::Senders,
+    local_channel::{self, LocalReceiver, LocalSender},
+};
+
+use crate::{protocol::PayloadKind, sync::WaitQueue};
+
+/// Upper bound on shards (interest is a 64-bit mask per channel).
+pub const MAX_SHARDS: usize = 64;
+
+/// Capacity of each glommio mesh lane, in messages.
+pub const LANE_CAPACITY: usize = 1024;
+
+/// A publisher waits before queueing more for a peer when this many messages
+/// are already queued for it.
+const PEER_QUEUE_HIGH_WATER: usize = 8192;
+
+/// Identifies a connection on its shard: slab key plus a generation so a
+/// reused slot is not mistaken for the old connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnRef {
+    pub key: u32,
+    pub gen: u32,
+}
+
+/// A connection that must not receive a publication (a raw-room sender with
+/// `?echo=0`), named by shard and connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Skip {
+    pub shard: u16,
+    pub conn: ConnRef,
+}
+
+/// The bytes of one publication and what they are.
+#[derive(Debug, Clone)]
+pub struct Payload {
+    pub kind: PayloadKind,
+    pub bytes: Bytes,
+}
+
+/// Where the assigned `seq` of a publication must be reported.
+#[derive(Debug)]
+pub enum Reply {
+    /// Nobody is waiting.
+    None,
+    /// A JSON `pub` with an `id`: send an `ack` to that connection.
+    Ack { conn: ConnRef, id: Bytes },
+    /// An HTTP publish waiting in the publisher shard's reply slot.
+    Http { slot: u32 },
+}
+
+/// Everything shards say to each other.
+#[derive(Debug)]
+pub enum MeshMsg {
+    /// To the owner: order this publication and distribute it.
+    Publish {
+        ch: Bytes,
+        payload: Payload,
+        from: u16,
+        skip: Option<Skip>,
+        reply: Reply,
+    },
+    /// From the owner: deliver publication `seq` to your local subscribers.
+    Deliver {
+        ch: Bytes,
+        seq: u64,
+        payload: Payload,
+        skip: Option<Skip>,
+    },
+    /// To the owner: this shard gained its first (`on`) or lost its last
+    /// subscriber of `ch`.
+    Interest { ch: Bytes, on: bool, from: u16 },
+    /// From the owner: your `Interest { on: true }` is registered; every later
+    /// publication will reach you.
+    InterestConfirmed { ch: Bytes },
+    /// From the owner: the publication you forwarded got `seq`.
+    Published { reply: Reply, seq: u64 },
+}
+
+/// One shard's outgoing side of the mesh: an ordered queue per peer.
+pub struct PeerLinks {
+    queues: Vec<Option<LocalSender<MeshMsg>>>,
+    room: WaitQueue,
+}
+
+impl PeerLinks {
+    /// Creates the queues and returns their receiving ends, one per peer
+    /// (`None` for this shard itself), for [`PeerLinks::drain`].
+    pub fn new(shard: usize, shards: usize) -> (Rc<Self>, Vec<Option<LocalReceiver<MeshMsg>>>) {
+        let mut queues = Vec::with_capacity(shards);
+        let mut receivers = Vec::with_capacity(shards);
+        for peer in 0..shards {
+            if peer == shard {
+                queues.push(None);
+                receivers.push(None);
+            } else {
+                let (tx, rx) = local_channel::new_unbounded();
+                queues.push(Some(tx));
+                receivers.push(Some(rx));
+            }
+        }
+        let links = PeerLinks {
+            queues,
+            room: WaitQueue::default(),
+        };
+        (Rc::new(links), receivers)
+    }
+
+    /// Queues `msg` for `peer`. Never blocks; a message for a peer that has
+    /// shut down is dropped.
+    pub fn send(&self, peer: usize, msg: MeshMsg) {
+        if let Some(Some(queue)) = self.queues.get(peer) {
+            // Unbounded: fails only when the drain task is gone (shutdown).
+            let _ = queue.try_send(msg);
+        }
+    }
+
+    /// Messages waiting for `peer`.
+    pub fn depth(&self, peer: usize) -> usize {
+        match self.queues.get(peer) {
+            Some(Some(queue)) => queue.len(),
+            _ => 0,
+        }
+    }
+
+    /// For publishers: waits while the queue to `peer` is over its high-water
+    /// mark, so a flooding publisher slows down instead of growing memory.
+    pub async fn wait_for_room(&self, peer: usize) {
+        self.room
+            .until(|| self.depth(peer) < PEER_QUEUE_HIGH_WATER)
+            .await;
+    }
+
+    /// The drain task for one peer: moves queued messages into the mesh lane
+    /// in order, waiting for room there. Ends when the peer is gone.
+    pub async fn drain(
+        self: Rc<Self>,
+        peer: usize,
+        receiver: LocalReceiver<MeshMsg>,
+        senders: Rc<Senders<MeshMsg>>,
+    ) {
+        while let Some(msg) = receiver.recv().await {
+            if senders.send_to(peer, msg).await.is_err() {
+                break;
+            }
+            if self.room.has_waiters() && self.depth(peer) < PEER_QUEUE_HIGH_WATER / 2 {
+                self.room.wake_all();
+            }
+        }
+    }
+}

@@ -1,0 +1,473 @@
+//! The JSON wire protocol of `GET /ws`: parsing what clients send (only the
+//! envelope; `data` stays raw bytes and is never re-serialised) and encoding
+//! what the server sends (`msg`, `ack`, `err`, `pong`) straight into WebSocket
+//! frames. Pure functions, no I/O; `docs/protocol.md` is the specification.
+
+use std::borrow::Cow;
+
+use base64::Engine;
+use bytes::Bytes;
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+
+use crate::{
+    channel,
+    frame::{self, FrameBuilder, OpCode},
+};
+
+/// Longest accepted request `id`, in bytes of JSON text.
+pub const MAX_ID_LEN: usize = 64;
+
+/// An operation a client asked for, borrowing from the frame it came in.
+#[derive(Debug, PartialEq)]
+pub enum ClientOp<'a> {
+    Sub {
+        ch: Cow<'a, str>,
+        id: Option<&'a str>,
+    },
+    Unsub {
+        ch: Cow<'a, str>,
+        id: Option<&'a str>,
+    },
+    Pub {
+        ch: Cow<'a, str>,
+        data: &'a str,
+        id: Option<&'a str>,
+    },
+    Ping {
+        id: Option<&'a str>,
+    },
+}
+
+/// Stable error codes carried by `err` frames and HTTP error bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The frame is not a JSON object of the expected shape.
+    BadJson,
+    /// `op` names no known operation.
+    UnknownOp,
+    /// `ch` is missing, malformed, too long or reserved.
+    BadChannel,
+    /// A message is over `max-message-bytes` (HTTP publish; WebSocket frames
+    /// over the limit close the connection with 1009 instead).
+    TooLarge,
+    /// `unsub` for a channel the connection is not subscribed to.
+    NotSubscribed,
+    /// `sub` beyond `max-subscriptions` for this connection.
+    TooManySubscriptions,
+    /// The server is shutting down and takes no new work.
+    ShuttingDown,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::UnknownOp => "unknown_op",
+            ErrorCode::BadChannel => "bad_channel",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::NotSubscribed => "not_subscribed",
+            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// A request the server refuses; answered with an `err` frame, the connection
+/// stays open.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpError<'a> {
+    pub code: ErrorCode,
+    pub msg: Cow<'static, str>,
+    /// The request's `id`, when it could be read.
+    pub id: Option<&'a str>,
+}
+
+impl<'a> OpError<'a> {
+    pub fn new(code: ErrorCode, msg: impl Into<Cow<'static, str>>, id: Option<&'a str>) -> Self {
+        OpError {
+            code,
+            msg: msg.into(),
+            id,
+        }
+    }
+}
+
+/// `data` must be kept even when it is JSON `null`, which `Option` would eat.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    op: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    ch: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    data: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+}
+
+/// Checks that an `id` is a number or a string of at most [`MAX_ID_LEN`] bytes.
+fn read_id(raw: Option<&RawValue>) -> Result<Option<&str>, OpError<'_>> {
+    let Some(raw) = raw else { return Ok(None) };
+    let text = raw.get();
+    let first = text.as_bytes().first().copied().unwrap_or(b' ');
+    let scalar = first == b'"' || first == b'-' || first.is_ascii_digit();
+    if !scalar || text.len() > MAX_ID_LEN {
+        return Err(OpError::new(
+            ErrorCode::BadJson,
+            "id must be a number or a string of at most 64 bytes",
+            None,
+        ));
+    }
+    Ok(Some(text))
+}
+
+fn read_channel<'a>(
+    ch: Option<Cow<'a, str>>,
+    id: Option<&'a str>,
+) -> Result<Cow<'a, str>, OpError<'a>> {
+    let ch = ch.ok_or_else(|| OpError::new(ErrorCode::BadChannel, "missing ch", id))?;
+    channel::validate(&ch).map_err(|e| OpError::new(ErrorCode::BadChannel, e.to_string(), id))?;
+    Ok(ch)
+}
+
+/// Parses one client text frame.
+pub fn parse_client_op(text: &str) -> Result<ClientOp<'_>, OpError<'_>> {
+    let envelope: Envelope<'_> = serde_json::from_str(text).map_err(|e| {
+        OpError::new(
+            ErrorCode::BadJson,
+            format!("expected a JSON object with an op: {e}"),
+            None,
+        )
+    })?;
+    let id = read_id(envelope.id)?;
+    let op = envelope
+        .op
+        .ok_or_else(|| OpError::new(ErrorCode::BadJson, "missing op", id))?;
+    match op.as_ref() {
+        "sub" => Ok(ClientOp::Sub {
+            ch: read_channel(envelope.ch, id)?,
+            id,
+        }),
+        "unsub" => Ok(ClientOp::Unsub {
+            ch: read_channel(envelope.ch, id)?,
+            id,
+        }),
+        "pub" => {
+            let ch = read_channel(envelope.ch, id)?;
+            let data = envelope
+                .data
+                .ok_or_else(|| OpError::new(ErrorCode::BadJson, "pub needs data", id))?;
+            Ok(ClientOp::Pub {
+                ch,
+                data: data.get(),
+                id,
+            })
+        }
+        "ping" => Ok(ClientOp::Ping { id }),
+        _ => Err(OpError::new(
+            ErrorCode::UnknownOp,
+            "op must be one of sub, unsub, pub, ping",
+            id,
+        )),
+    }
+}
+
+/// A body of `POST /api/publish`.
+#[derive(Debug)]
+pub struct HttpPublish<'a> {
+    pub ch: Cow<'a, str>,
+    pub data: &'a str,
+}
+
+#[derive(Deserialize)]
+struct HttpEnvelope<'a> {
+    #[serde(borrow, default)]
+    ch: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    data: Option<&'a RawValue>,
+}
+
+/// Parses the body of `POST /api/publish`: `{"ch":"news","data":<JSON>}`.
+pub fn parse_http_publish(body: &str) -> Result<HttpPublish<'_>, OpError<'_>> {
+    let envelope: HttpEnvelope<'_> = serde_json::from_str(body).map_err(|e| {
+        OpError::new(
+            ErrorCode::BadJson,
+            format!("expected {{\"ch\":..,\"data\":..}}: {e}"),
+            None,
+        )
+    })?;
+    let ch = read_channel(envelope.ch, None)?;
+    let data = envelope
+        .data
+        .ok_or_else(|| OpError::new(ErrorCode::BadJson, "missing data", None))?;
+    Ok(HttpPublish {
+        ch,
+        data: data.get(),
+    })
+}
+
+/// What a publication's bytes are, which decides how each kind of subscriber
+/// receives them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadKind {
+    /// Valid JSON (from a JSON `pub` or HTTP publish).
+    Json,
+    /// A text frame sent to a raw room: UTF-8, maybe JSON, maybe not.
+    Text,
+    /// A binary frame sent to a raw room.
+    Binary,
+}
+
+/// Encodes the `msg` envelope for JSON subscribers:
+/// `{"op":"msg","ch":..,"seq":..,"data":<json>}`; raw-room text that is not JSON
+/// goes in `"text"` as a JSON string, binary in `"bin"` as base64.
+/// `ch` must be a validated channel name (needs no escaping).
+pub fn encode_msg(ch: &str, seq: u64, kind: PayloadKind, payload: &[u8]) -> Bytes {
+    let mut seq_text = itoa::Buffer::new();
+    let seq_text = seq_text.format(seq);
+    let hint = 40 + ch.len() + seq_text.len() + payload.len() + payload.len() / 3;
+    let mut out = FrameBuilder::new(OpCode::Text, hint);
+    out.push(b"{\"op\":\"msg\",\"ch\":\"");
+    out.push(ch.as_bytes());
+    out.push(b"\",\"seq\":");
+    out.push(seq_text.as_bytes());
+    let as_json = match kind {
+        PayloadKind::Json => true,
+        PayloadKind::Text => serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok(),
+        PayloadKind::Binary => false,
+    };
+    if as_json {
+        out.push(b",\"data\":");
+        out.push(payload);
+    } else if kind == PayloadKind::Text {
+        out.push(b",\"text\":");
+        // Raw-room text frames were UTF-8-checked by the reader.
+        let text = String::from_utf8_lossy(payload);
+        // Writing a str into an in-memory buffer cannot fail.
+        let _ = serde_json::to_writer(&mut out, text.as_ref());
+    } else {
+        out.push(b",\"bin\":\"");
+        let encoded = base64::engine::general_purpose::STANDARD.encode(payload);
+        out.push(encoded.as_bytes());
+        out.push(b"\"");
+    }
+    out.push(b"}");
+    out.finish()
+}
+
+/// Encodes the frame raw-room members receive: the payload verbatim, as a text
+/// frame (JSON and text) or a binary frame.
+pub fn encode_raw(kind: PayloadKind, payload: &[u8]) -> Bytes {
+    let opcode = match kind {
+        PayloadKind::Binary => OpCode::Binary,
+        PayloadKind::Json | PayloadKind::Text => OpCode::Text,
+    };
+    frame::encode(opcode, payload)
+}
+
+fn push_id(out: &mut FrameBuilder, id: Option<&str>) {
+    if let Some(id) = id {
+        out.push(b",\"id\":");
+        out.push(id.as_bytes());
+    }
+}
+
+/// `{"op":"ack","id":..}`, with `"seq"` for an acknowledged `pub`.
+pub fn encode_ack(id: &str, seq: Option<u64>) -> Bytes {
+    let mut out = FrameBuilder::new(OpCode::Text, 48 + id.len());
+    out.push(b"{\"op\":\"ack\"");
+    push_id(&mut out, Some(id));
+    if let Some(seq) = seq {
+        out.push(b",\"seq\":");
+        out.push(itoa::Buffer::new().format(seq).as_bytes());
+    }
+    out.push(b"}");
+    out.finish()
+}
+
+/// `{"op":"err","id":..,"code":..,"msg":..}` (`id` only when known).
+pub fn encode_err(error: &OpError<'_>) -> Bytes {
+    let mut out = FrameBuilder::new(OpCode::Text, 64 + error.msg.len());
+    out.push(b"{\"op\":\"err\"");
+    push_id(&mut out, error.id);
+    out.push(b",\"code\":\"");
+    out.push(error.code.as_str().as_bytes());
+    out.push(b"\",\"msg\":");
+    // Writing a str into an in-memory buffer cannot fail.
+    let _ = serde_json::to_writer(&mut out, error.msg.as_ref());
+    out.push(b"}");
+    out.finish()
+}
+
+/// `{"op":"pong"}` or `{"op":"pong","id":..}`.
+pub fn encode_pong(id: Option<&str>) -> Bytes {
+    let mut out = FrameBuilder::new(OpCode::Text, 24);
+    out.push(b"{\"op\":\"pong\"");
+    push_id(&mut out, id);
+    out.push(b"}");
+    out.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    /// The JSON payload of a text frame built by this module.
+    fn payload_json(frame: &[u8]) -> Value {
+        let start = if frame[1] & 0x7f == 126 { 4 } else { 2 };
+        assert_eq!(frame[0], 0x81, "final text frame");
+        serde_json::from_slice(&frame[start..]).unwrap()
+    }
+
+    #[test]
+    fn parses_each_op() {
+        assert_eq!(
+            parse_client_op(r#"{"op":"sub","ch":"news","id":1}"#),
+            Ok(ClientOp::Sub {
+                ch: "news".into(),
+                id: Some("1")
+            })
+        );
+        assert_eq!(
+            parse_client_op(r#"{"op":"unsub","ch":"news"}"#),
+            Ok(ClientOp::Unsub {
+                ch: "news".into(),
+                id: None
+            })
+        );
+        assert_eq!(
+            parse_client_op(r#"{"op":"pub","ch":"news","data":{"a":[1, 2]},"id":"x"}"#),
+            Ok(ClientOp::Pub {
+                ch: "news".into(),
+                data: r#"{"a":[1, 2]}"#,
+                id: Some("\"x\"")
+            })
+        );
+        assert_eq!(
+            parse_client_op(r#"{"op":"ping","id":4}"#),
+            Ok(ClientOp::Ping { id: Some("4") })
+        );
+    }
+
+    #[test]
+    fn null_data_is_data() {
+        assert_eq!(
+            parse_client_op(r#"{"op":"pub","ch":"n","data":null}"#),
+            Ok(ClientOp::Pub {
+                ch: "n".into(),
+                data: "null",
+                id: None
+            })
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_for_forward_compatibility() {
+        assert!(matches!(
+            parse_client_op(r#"{"op":"sub","ch":"n","since":4,"epoch":"e"}"#),
+            Ok(ClientOp::Sub { .. })
+        ));
+    }
+
+    #[test]
+    fn escaped_channel_names_are_read() {
+        assert_eq!(
+            parse_client_op(r#"{"op":"sub","ch":"n\u0065ws"}"#),
+            Ok(ClientOp::Sub {
+                ch: "news".into(),
+                id: None
+            })
+        );
+    }
+
+    #[test]
+    fn errors_have_stable_codes_and_keep_the_id() {
+        let code = |text| parse_client_op(text).unwrap_err().code;
+        assert_eq!(code("not json"), ErrorCode::BadJson);
+        assert_eq!(code("[1,2]"), ErrorCode::BadJson);
+        assert_eq!(code(r#"{"op":"pub","ch":"n"}"#), ErrorCode::BadJson);
+        assert_eq!(
+            code(r#"{"op":"sub","ch":"n","id":{"x":1}}"#),
+            ErrorCode::BadJson
+        );
+        assert_eq!(code(r#"{"ch":"n"}"#), ErrorCode::BadJson);
+        assert_eq!(code(r#"{"op":"dance","id":1}"#), ErrorCode::UnknownOp);
+        assert_eq!(code(r#"{"op":"sub","ch":"a b"}"#), ErrorCode::BadChannel);
+        assert_eq!(code(r#"{"op":"sub"}"#), ErrorCode::BadChannel);
+        assert_eq!(code(r#"{"op":"sub","ch":"$sys"}"#), ErrorCode::BadChannel);
+        let err = parse_client_op(r#"{"op":"dance","id":7}"#).unwrap_err();
+        assert_eq!(err.id, Some("7"));
+    }
+
+    #[test]
+    fn msg_envelope_keeps_data_bytes_verbatim() {
+        let frame = encode_msg("news", 42, PayloadKind::Json, br#"{"b": 1.50}"#);
+        let text = std::str::from_utf8(&frame[2..]).unwrap();
+        assert_eq!(
+            text,
+            r#"{"op":"msg","ch":"news","seq":42,"data":{"b": 1.50}}"#
+        );
+    }
+
+    #[test]
+    fn raw_text_and_binary_become_text_data_or_bin() {
+        let json_text = payload_json(&encode_msg("r", 1, PayloadKind::Text, b"[1,2]"));
+        assert_eq!(json_text["data"], json!([1, 2]));
+        let plain = payload_json(&encode_msg("r", 2, PayloadKind::Text, b"hi \"there\""));
+        assert_eq!(plain["text"], json!("hi \"there\""));
+        assert!(plain.get("data").is_none());
+        let bin = payload_json(&encode_msg("r", 3, PayloadKind::Binary, &[0, 1, 255]));
+        assert_eq!(bin["bin"], json!("AAH/"));
+    }
+
+    #[test]
+    fn large_envelopes_use_extended_length() {
+        let data = format!("\"{}\"", "x".repeat(1000));
+        let frame = encode_msg("r", 1, PayloadKind::Json, data.as_bytes());
+        assert_eq!(payload_json(&frame)["data"].as_str().unwrap().len(), 1000);
+    }
+
+    #[test]
+    fn acks_errors_and_pongs() {
+        assert_eq!(
+            payload_json(&encode_ack("3", Some(9))),
+            json!({"op":"ack","id":3,"seq":9})
+        );
+        assert_eq!(
+            payload_json(&encode_ack("\"a\"", None)),
+            json!({"op":"ack","id":"a"})
+        );
+        let err = OpError::new(ErrorCode::NotSubscribed, "not \"subscribed\"", Some("5"));
+        assert_eq!(
+            payload_json(&encode_err(&err)),
+            json!({"op":"err","id":5,"code":"not_subscribed","msg":"not \"subscribed\""})
+        );
+        assert_eq!(payload_json(&encode_pong(None)), json!({"op":"pong"}));
+        assert_eq!(
+            payload_json(&encode_pong(Some("1"))),
+            json!({"op":"pong","id":1})
+        );
+    }
+
+    #[test]
+    fn http_publish_body() {
+        let p = parse_http_publish(r#"{"ch":"news","data":"hi"}"#).unwrap();
+        assert_eq!((p.ch.as_ref(), p.data), ("news", "\"hi\""));
+        assert_eq!(
+            parse_http_publish(r#"{"ch":"news"}"#).unwrap_err().code,
+            ErrorCode::BadJson
+        );
+        assert_eq!(
+            parse_http_publish(r#"{"ch":"","data":1}"#)
+                .unwrap_err()
+                .code,
+            ErrorCode::BadChannel
+        );
+    }
+}

@@ -1,0 +1,243 @@
+//! Starting and stopping the shards: bind one SO_REUSEPORT listener per shard
+//! (built by hand for a 4096-connection backlog), create the cross-shard mesh,
+//! run each shard on its own thread with a glommio executor pinned to one of
+//! the CPUs this process may use, and report readiness and exits. A shard
+//! that fails or panics ends the whole server with an error.
+
+use std::{
+    net::SocketAddr,
+    os::{fd::OwnedFd, unix::net::UnixStream},
+    panic::AssertUnwindSafe,
+    sync::{atomic::AtomicUsize, mpsc, Arc},
+    time::Duration,
+};
+
+use glommio::{channels::channel_mesh::MeshBuilder, LocalExecutorBuilder, Placement};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::{
+    config::Config,
+    error::ServerError,
+    mesh::LANE_CAPACITY,
+    shard::{run_shard, ShardContext, ShardTotals},
+    shutdown::ShutdownHandle,
+};
+
+/// Pending-connection backlog of each listener (glommio's own bind uses 1024,
+/// which drops SYNs under a connect storm).
+const LISTEN_BACKLOG: i32 = 4096;
+/// io_uring registered memory per shard. glommio's 10 MiB default pins about
+/// 30 MiB per shard; shardcast does no file I/O and needs little.
+const IO_MEMORY: usize = 64 << 10;
+/// How long start-up may take before the server gives up.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What shard threads report to the thread that started them.
+#[derive(Debug)]
+pub enum ShardEvent {
+    /// The shard is accepting connections.
+    Ready(usize),
+    /// The shard ended (after shutdown, or with an error).
+    Exited(usize, Result<ShardTotals, ServerError>),
+}
+
+/// A started server: every shard is accepting.
+pub struct Server {
+    addr: SocketAddr,
+    shards: usize,
+    shutdown: ShutdownHandle,
+    events: mpsc::Receiver<ShardEvent>,
+}
+
+impl Server {
+    /// Binds, starts every shard and returns once all accept connections.
+    pub fn start(config: Config) -> Result<Server, ServerError> {
+        let shards = config.shards;
+        let (addr, listeners) = bind_listeners(config.listen, shards)?;
+        let cpus = core_affinity::get_core_ids().unwrap_or_default();
+        let mesh = (shards > 1).then(|| MeshBuilder::full(shards, LANE_CAPACITY));
+        let open_connections = Arc::new(AtomicUsize::new(0));
+        let (events_tx, events) = mpsc::channel();
+        let mut writers = Vec::with_capacity(shards);
+        for (id, listener) in listeners.into_iter().enumerate() {
+            let (read_end, write_end) = UnixStream::pair().map_err(ServerError::Signals)?;
+            write_end
+                .set_nonblocking(true)
+                .map_err(ServerError::Signals)?;
+            writers.push(write_end);
+            let placement = match cpus.get(id % cpus.len().max(1)) {
+                Some(core) => Placement::Fixed(core.id),
+                None => Placement::Unbound,
+            };
+            let ctx = ShardContext {
+                id,
+                config: Config {
+                    listen: addr,
+                    ..config.clone()
+                },
+                listener,
+                mesh: mesh.clone(),
+                shutdown: OwnedFd::from(read_end),
+                open_connections: open_connections.clone(),
+                events: events_tx.clone(),
+            };
+            let events = events_tx.clone();
+            std::thread::Builder::new()
+                .name(format!("shard-{id}"))
+                .spawn(move || shard_thread(ctx, placement, events))
+                .map_err(|e| ServerError::SpawnShard {
+                    shard: id,
+                    reason: e.to_string(),
+                    memlock_kib: memlock_kib(),
+                    need_kib: need_kib(),
+                })?;
+        }
+        let server = Server {
+            addr,
+            shards,
+            shutdown: ShutdownHandle::new(writers),
+            events,
+        };
+        server.wait_ready()?;
+        Ok(server)
+    }
+
+    fn wait_ready(&self) -> Result<(), ServerError> {
+        let mut ready = 0;
+        while ready < self.shards {
+            match self.events.recv_timeout(START_TIMEOUT) {
+                Ok(ShardEvent::Ready(_)) => ready += 1,
+                Ok(ShardEvent::Exited(shard, result)) => {
+                    self.shutdown.trigger();
+                    return Err(result.err().unwrap_or(ServerError::ShardFailed {
+                        shard,
+                        reason: "exited during start-up".into(),
+                    }));
+                }
+                Err(_) => {
+                    self.shutdown.trigger();
+                    return Err(ServerError::ShardFailed {
+                        shard: ready,
+                        reason: "did not start in time".into(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The address the shards listen on (with the real port if 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn shards(&self) -> usize {
+        self.shards
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// Blocks until every shard has ended after a shutdown. The first shard
+    /// failure is returned at once (the caller exits non-zero).
+    pub fn wait(self) -> Result<Vec<(usize, ShardTotals)>, ServerError> {
+        let mut totals = Vec::with_capacity(self.shards);
+        while totals.len() < self.shards {
+            match self.events.recv() {
+                Ok(ShardEvent::Ready(_)) => {}
+                Ok(ShardEvent::Exited(shard, Ok(shard_totals))) => {
+                    totals.push((shard, shard_totals))
+                }
+                Ok(ShardEvent::Exited(_, Err(error))) => {
+                    self.shutdown.trigger();
+                    return Err(error);
+                }
+                Err(_) => break,
+            }
+        }
+        totals.sort_by_key(|(shard, _)| *shard);
+        Ok(totals)
+    }
+}
+
+/// The body of a shard thread: build the pinned executor, run the shard,
+/// report how it ended — panics included.
+fn shard_thread(ctx: ShardContext, placement: Placement, events: mpsc::Sender<ShardEvent>) {
+    let id = ctx.id;
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let executor = LocalExecutorBuilder::new(placement)
+            .name(&format!("shard{id}"))
+            .io_memory(IO_MEMORY)
+            .make()
+            .map_err(|e| ServerError::SpawnShard {
+                shard: id,
+                reason: e.to_string(),
+                memlock_kib: memlock_kib(),
+                need_kib: need_kib(),
+            })?;
+        executor.run(run_shard(ctx))
+    }));
+    let result = outcome.unwrap_or_else(|panic| {
+        let reason = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panicked".into());
+        Err(ServerError::ShardFailed {
+            shard: id,
+            reason: format!("panicked: {reason}"),
+        })
+    });
+    let _ = events.send(ShardEvent::Exited(id, result));
+}
+
+/// Binds `shards` listeners on the same address with SO_REUSEPORT; the
+/// kernel spreads incoming connections across them. Port 0 is resolved by
+/// the first bind and reused by the others.
+fn bind_listeners(
+    addr: SocketAddr,
+    shards: usize,
+) -> Result<(SocketAddr, Vec<OwnedFd>), ServerError> {
+    let listen_error = |source| ServerError::Listen { addr, source };
+    let mut bound = addr;
+    let mut listeners = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        let socket = Socket::new(
+            Domain::for_address(bound),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )
+        .map_err(listen_error)?;
+        socket.set_reuse_address(true).map_err(listen_error)?;
+        socket.set_reuse_port(true).map_err(listen_error)?;
+        socket.bind(&bound.into()).map_err(listen_error)?;
+        socket.listen(LISTEN_BACKLOG).map_err(listen_error)?;
+        if bound.port() == 0 {
+            bound = socket
+                .local_addr()
+                .map_err(listen_error)?
+                .as_socket()
+                .unwrap_or(bound);
+        }
+        listeners.push(OwnedFd::from(socket));
+    }
+    Ok((bound, listeners))
+}
+
+fn memlock_kib() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } == 0 {
+        limit.rlim_cur / 1024
+    } else {
+        0
+    }
+}
+
+fn need_kib() -> u64 {
+    (IO_MEMORY as u64 * 3) / 1024 + 512
+}

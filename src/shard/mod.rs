@@ -1,0 +1,447 @@
+//! One shard: an executor pinned to a core and everything it owns — its
+//! connections, its subscription index, the channels it orders, its peer
+//! links. Nothing here is `Send` or behind a lock; other shards are reached
+//! only through [`MeshMsg`]s. This file holds the shard's state and the
+//! operations connections call (subscribe, unsubscribe, publish); `run` holds
+//! its lifecycle (mesh join, accept loop, heartbeat sweep, shutdown).
+
+pub mod index;
+pub mod owner;
+mod run;
+
+use std::{
+    cell::{Cell, RefCell},
+    rc::Rc,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Instant,
+};
+
+use bytes::Bytes;
+use glommio::channels::local_channel::LocalSender;
+use slab::Slab;
+
+pub use run::{run_shard, ShardContext, ShardTotals};
+
+use self::{
+    index::{Index, InterestChange, Mode},
+    owner::{shards_in, Owner},
+};
+use crate::{
+    channel,
+    config::Config,
+    conn::{outbox::CloseReason, Conn},
+    frame,
+    heartbeat::{Action, HeartbeatTimes},
+    mesh::{ConnRef, MeshMsg, Payload, PeerLinks, Reply, Skip},
+    protocol::{self, ErrorCode, OpError},
+    stats::{bump, Stats},
+    sync::WaitQueue,
+};
+
+/// The state of one shard, shared by its tasks through `Rc`.
+pub struct Shard {
+    pub id: usize,
+    pub shards: usize,
+    pub config: Config,
+    /// Live connections by slab key.
+    conns: RefCell<Slab<Rc<Conn>>>,
+    next_gen: Cell<u32>,
+    index: RefCell<Index>,
+    owner: RefCell<Owner>,
+    pub links: Rc<PeerLinks>,
+    /// HTTP publishes waiting for their `seq`, by reply slot.
+    http_waiters: RefCell<Slab<LocalSender<u64>>>,
+    started: Instant,
+    heartbeat: HeartbeatTimes,
+    /// The ping frame, encoded once.
+    ping_frame: Bytes,
+    /// WebSocket connections open in the whole process (for
+    /// `max-connections`); touched once per connect and disconnect.
+    open_connections: Arc<AtomicUsize>,
+    pub stats: Stats,
+    shutting_down: Cell<bool>,
+    /// Tasks waiting for shutdown to begin.
+    stop_waiters: WaitQueue,
+}
+
+impl Shard {
+    pub fn new(
+        id: usize,
+        config: Config,
+        links: Rc<PeerLinks>,
+        open_connections: Arc<AtomicUsize>,
+    ) -> Self {
+        Shard {
+            id,
+            shards: config.shards,
+            heartbeat: HeartbeatTimes::new(config.ping_interval, config.ping_timeout),
+            config,
+            conns: RefCell::new(Slab::new()),
+            next_gen: Cell::new(0),
+            index: RefCell::new(Index::default()),
+            owner: RefCell::new(Owner::default()),
+            links,
+            http_waiters: RefCell::new(Slab::new()),
+            started: Instant::now(),
+            ping_frame: frame::encode(frame::OpCode::Ping, &[]),
+            open_connections,
+            stats: Stats::default(),
+            shutting_down: Cell::new(false),
+            stop_waiters: WaitQueue::default(),
+        }
+    }
+
+    /// Milliseconds since the shard started: the heartbeat clock.
+    pub fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.get()
+    }
+
+    /// Resolves once shutdown has begun.
+    pub fn stopped(&self) -> impl std::future::Future<Output = ()> + '_ {
+        self.stop_waiters.until(|| self.shutting_down.get())
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.conns.borrow().len()
+    }
+
+    /// Reserves a process-wide connection slot; `false` when at
+    /// `max-connections` (the upgrade is then refused with 503).
+    pub fn try_reserve_connection(&self) -> bool {
+        let max = self.config.max_connections;
+        self.open_connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Registers a new WebSocket connection (its slot was reserved).
+    pub fn register(&self) -> Rc<Conn> {
+        let gen = self.next_gen.get().wrapping_add(1);
+        self.next_gen.set(gen);
+        let mut conns = self.conns.borrow_mut();
+        let entry = conns.vacant_entry();
+        let id = ConnRef {
+            key: entry.key() as u32,
+            gen,
+        };
+        let conn = Rc::new(Conn::new(id, self.config.max_queue_bytes, self.now_ms()));
+        entry.insert(conn.clone());
+        bump(&self.stats.connections_opened, 1);
+        conn
+    }
+
+    /// Gives back a slot reserved with [`Shard::try_reserve_connection`] for
+    /// an upgrade that did not complete.
+    pub fn release_connection(&self) {
+        self.open_connections.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Unsubscribes a closing connection from everything, so nothing more is
+    /// queued for it.
+    pub fn unregister_subscriptions(&self, conn: &Conn) {
+        for (name, slot) in conn.take_subscriptions() {
+            self.remove_subscriber(&name, slot);
+        }
+    }
+
+    /// Removes a connection: unsubscribes it everywhere and frees its slot.
+    /// Called exactly once per registered connection (by its guard).
+    pub fn unregister(&self, conn: &Conn) {
+        self.unregister_subscriptions(conn);
+        let mut conns = self.conns.borrow_mut();
+        if conns
+            .get(conn.id.key as usize)
+            .is_some_and(|c| c.id == conn.id)
+        {
+            conns.remove(conn.id.key as usize);
+        }
+        drop(conns);
+        self.release_connection();
+        self.stats
+            .closed(conn.outbox.closing().unwrap_or(CloseReason::Normal));
+    }
+
+    /// Subscribes `conn` to `name`. The ack (when `id` is given) goes out now,
+    /// or once the channel's remote owner confirms this shard's interest.
+    pub fn subscribe<'a>(
+        &self,
+        conn: &Rc<Conn>,
+        name: &str,
+        mode: Mode,
+        id: Option<&'a str>,
+    ) -> Result<(), OpError<'a>> {
+        if self.shutting_down.get() {
+            return Err(OpError::new(
+                ErrorCode::ShuttingDown,
+                "server is shutting down",
+                id,
+            ));
+        }
+        if !conn.is_subscribed(name) {
+            if conn.subscription_count() >= self.config.max_subscriptions {
+                return Err(OpError::new(
+                    ErrorCode::TooManySubscriptions,
+                    format!(
+                        "at most {} subscriptions per connection",
+                        self.config.max_subscriptions
+                    ),
+                    id,
+                ));
+            }
+            let (interned, slot, change) = self.index.borrow_mut().insert(name, conn, mode);
+            conn.add_subscription(interned, slot);
+            if change == InterestChange::Gained {
+                self.interest_changed(name, true);
+            }
+        }
+        if let Some(id) = id {
+            let mut index = self.index.borrow_mut();
+            if index.is_confirmed(name) {
+                conn.send(protocol::encode_ack(id, None));
+            } else {
+                index.hold_ack(name, conn, id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Unsubscribes `conn` from `name`.
+    pub fn unsubscribe<'a>(
+        &self,
+        conn: &Conn,
+        name: &str,
+        id: Option<&'a str>,
+    ) -> Result<(), OpError<'a>> {
+        let Some(slot) = conn.remove_subscription(name) else {
+            return Err(OpError::new(
+                ErrorCode::NotSubscribed,
+                "not subscribed to this channel",
+                id,
+            ));
+        };
+        self.remove_subscriber(name, slot);
+        if let Some(id) = id {
+            conn.send(protocol::encode_ack(id, None));
+        }
+        Ok(())
+    }
+
+    fn remove_subscriber(&self, name: &str, slot: u32) {
+        let change = self.index.borrow_mut().remove(name, slot);
+        if change == InterestChange::Lost {
+            self.interest_changed(name, false);
+        }
+    }
+
+    /// Tells the channel's owner that this shard gained or lost interest.
+    fn interest_changed(&self, name: &str, on: bool) {
+        let owner = channel::owner_of(name.as_bytes(), self.shards);
+        if owner == self.id {
+            return; // The owner fans out to its own index directly.
+        }
+        if on {
+            self.index.borrow_mut().expect_confirmation(name);
+        }
+        self.links.send(
+            owner,
+            MeshMsg::Interest {
+                ch: Bytes::copy_from_slice(name.as_bytes()),
+                on,
+                from: self.id as u16,
+            },
+        );
+    }
+
+    /// The shard that orders `name`.
+    pub fn owner_of(&self, name: &[u8]) -> usize {
+        channel::owner_of(name, self.shards)
+    }
+
+    /// Publishes on `ch` (a validated name): orders it here if this shard owns
+    /// the channel, otherwise forwards it to the owner. Never blocks; callers
+    /// that can wait call `links.wait_for_room(owner)` first.
+    pub fn publish(&self, ch: Bytes, payload: Payload, skip: Option<Skip>, reply: Reply) {
+        let owner = self.owner_of(&ch);
+        if owner == self.id {
+            self.order_and_distribute(ch, payload, self.id, skip, reply);
+        } else {
+            self.links.send(
+                owner,
+                MeshMsg::Publish {
+                    ch,
+                    payload,
+                    from: self.id as u16,
+                    skip,
+                    reply,
+                },
+            );
+        }
+    }
+
+    /// Owner side: assign the next `seq`, send the publication to every shard
+    /// with subscribers, fan out locally, report the `seq` to the publisher.
+    fn order_and_distribute(
+        &self,
+        ch: Bytes,
+        payload: Payload,
+        from: usize,
+        skip: Option<Skip>,
+        reply: Reply,
+    ) {
+        let Ok(name) = std::str::from_utf8(&ch) else {
+            return;
+        };
+        let (seq, remote) = self.owner.borrow_mut().order(name);
+        bump(&self.stats.publications_ordered, 1);
+        for peer in shards_in(remote) {
+            self.links.send(
+                peer,
+                MeshMsg::Deliver {
+                    ch: ch.clone(),
+                    seq,
+                    payload: payload.clone(),
+                    skip,
+                },
+            );
+        }
+        self.deliver(name, seq, &payload, skip);
+        if from == self.id {
+            self.complete(reply, seq);
+        } else if !matches!(reply, Reply::None) {
+            self.links.send(from, MeshMsg::Published { reply, seq });
+        }
+    }
+
+    /// Fans a publication out to this shard's subscribers.
+    fn deliver(&self, name: &str, seq: u64, payload: &Payload, skip: Option<Skip>) {
+        let result = self
+            .index
+            .borrow()
+            .fan_out(self.id as u16, name, seq, payload, skip);
+        bump(&self.stats.messages_delivered, result.delivered);
+    }
+
+    /// Reports an assigned `seq` to whoever published.
+    fn complete(&self, reply: Reply, seq: u64) {
+        match reply {
+            Reply::None => {}
+            Reply::Ack { conn, id } => {
+                let target = self.conns.borrow().get(conn.key as usize).cloned();
+                if let Some(target) = target.filter(|c| c.id == conn) {
+                    if let Ok(id) = std::str::from_utf8(&id) {
+                        target.send(protocol::encode_ack(id, Some(seq)));
+                    }
+                }
+            }
+            Reply::Http { slot } => {
+                if let Some(waiter) = self.http_waiters.borrow_mut().try_remove(slot as usize) {
+                    let _ = waiter.try_send(seq);
+                }
+            }
+        }
+    }
+
+    /// Publishes from HTTP and waits for the assigned `seq`. `None` if the
+    /// owner went away (shutdown).
+    pub async fn publish_and_wait(&self, ch: Bytes, payload: Payload) -> Option<u64> {
+        let owner = self.owner_of(&ch);
+        if owner != self.id {
+            self.links.wait_for_room(owner).await;
+        }
+        let (tx, rx) = glommio::channels::local_channel::new_bounded(1);
+        let slot = self.http_waiters.borrow_mut().insert(tx) as u32;
+        self.publish(ch, payload, None, Reply::Http { slot });
+        let seq = rx.recv().await;
+        if seq.is_none() {
+            self.http_waiters.borrow_mut().try_remove(slot as usize);
+        }
+        seq
+    }
+
+    /// Handles a message from another shard. Never waits.
+    pub fn handle_mesh(&self, msg: MeshMsg) {
+        match msg {
+            MeshMsg::Publish {
+                ch,
+                payload,
+                from,
+                skip,
+                reply,
+            } => self.order_and_distribute(ch, payload, from as usize, skip, reply),
+            MeshMsg::Deliver {
+                ch,
+                seq,
+                payload,
+                skip,
+            } => {
+                if let Ok(name) = std::str::from_utf8(&ch) {
+                    self.deliver(name, seq, &payload, skip);
+                }
+            }
+            MeshMsg::Interest { ch, on, from } => {
+                let Ok(name) = std::str::from_utf8(&ch) else {
+                    return;
+                };
+                self.owner
+                    .borrow_mut()
+                    .set_interest(name, from as usize, on);
+                if on {
+                    self.links
+                        .send(from as usize, MeshMsg::InterestConfirmed { ch });
+                }
+            }
+            MeshMsg::InterestConfirmed { ch } => {
+                let Ok(name) = std::str::from_utf8(&ch) else {
+                    return;
+                };
+                let released = self.index.borrow_mut().confirm(name);
+                for (conn, id) in released {
+                    conn.send(protocol::encode_ack(&id, None));
+                }
+            }
+            MeshMsg::Published { reply, seq } => self.complete(reply, seq),
+        }
+    }
+
+    /// One heartbeat sweep over all connections: ping the silent ones, close
+    /// the ones that did not answer.
+    pub fn sweep_heartbeats(&self) {
+        let now = self.now_ms();
+        let conns = self.conns.borrow();
+        for (_, conn) in conns.iter() {
+            match conn.heartbeat.tick(now, self.heartbeat) {
+                Action::Nothing => {}
+                Action::SendPing => conn.send(self.ping_frame.clone()),
+                Action::TimedOut => conn.outbox.close(CloseReason::HeartbeatTimeout),
+            }
+        }
+    }
+
+    /// Starts the graceful shutdown: refuse new work, ask every connection to
+    /// flush and close with 1001.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.set(true);
+        let conns: Vec<Rc<Conn>> = self.conns.borrow().iter().map(|(_, c)| c.clone()).collect();
+        for conn in conns {
+            conn.outbox.close(CloseReason::Shutdown);
+        }
+        self.stop_waiters.wake_all();
+    }
+
+    pub fn channel_count(&self) -> usize {
+        self.index.borrow().channel_count()
+    }
+
+    pub fn owned_channel_count(&self) -> usize {
+        self.owner.borrow().channel_count()
+    }
+}

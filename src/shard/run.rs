@@ -1,0 +1,196 @@
+//! A shard's lifecycle on its executor: join the cross-shard mesh, start the
+//! peer-link and mesh-receiver tasks and the heartbeat sweep, accept
+//! connections on this shard's SO_REUSEPORT listener until shutdown is
+//! requested, then close every connection gracefully within the shutdown
+//! timeout.
+
+use std::{
+    os::fd::{FromRawFd, IntoRawFd, OwnedFd},
+    panic::AssertUnwindSafe,
+    rc::Rc,
+    sync::{atomic::AtomicUsize, mpsc, Arc},
+    time::Duration,
+};
+
+use futures_lite::FutureExt;
+use glommio::{
+    channels::channel_mesh::{Full, MeshBuilder},
+    net::{TcpListener, UnixStream},
+    sync::Gate,
+};
+
+use super::Shard;
+use crate::{
+    config::Config, error::ServerError, mesh::MeshMsg, mesh::PeerLinks, runtime::ShardEvent,
+    stats::bump,
+};
+
+/// How long a shard waits for its peers at the mesh barrier.
+const MESH_JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after an accept error such as EMFILE, so the loop does not spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(20);
+
+/// Everything a shard thread is handed at start (all `Send`).
+pub struct ShardContext {
+    pub id: usize,
+    pub config: Config,
+    /// This shard's bound, listening socket.
+    pub listener: OwnedFd,
+    /// The cross-shard mesh (absent with one shard).
+    pub mesh: Option<MeshBuilder<MeshMsg, Full>>,
+    /// Read end of this shard's shutdown pipe: one byte means "shut down".
+    pub shutdown: OwnedFd,
+    pub open_connections: Arc<AtomicUsize>,
+    /// Where the shard reports that it is accepting.
+    pub events: mpsc::Sender<ShardEvent>,
+}
+
+/// A shard's counters when it ended, for the shutdown log line.
+#[derive(Debug, Clone, Copy)]
+pub struct ShardTotals {
+    pub connections_opened: u64,
+    pub connections_left: usize,
+    pub publications_ordered: u64,
+    pub messages_delivered: u64,
+    pub slow_consumers: u64,
+    pub heartbeat_timeouts: u64,
+}
+
+/// Runs shard `ctx.id` until shutdown. Returns its totals.
+pub async fn run_shard(ctx: ShardContext) -> Result<ShardTotals, ServerError> {
+    let id = ctx.id;
+    let (links, queues) = PeerLinks::new(id, ctx.config.shards);
+    let shard = Rc::new(Shard::new(
+        id,
+        ctx.config,
+        links.clone(),
+        ctx.open_connections,
+    ));
+
+    if let Some(mesh) = ctx.mesh {
+        let joined =
+            glommio::timer::timeout(MESH_JOIN_TIMEOUT, async { Ok(mesh.join().await) }).await;
+        let (senders, mut receivers) = match joined {
+            Ok(Ok(pair)) => pair,
+            _ => return Err(ServerError::MeshJoin { shard: id }),
+        };
+        let senders = Rc::new(senders);
+        for (peer, queue) in queues.into_iter().enumerate() {
+            if let Some(queue) = queue {
+                glommio::spawn_local(links.clone().drain(peer, queue, senders.clone())).detach();
+            }
+        }
+        for (_, receiver) in receivers.streams() {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                while let Some(msg) = receiver.recv().await {
+                    shard.handle_mesh(msg);
+                }
+            })
+            .detach();
+        }
+    }
+
+    spawn_shutdown_watcher(&shard, ctx.shutdown);
+    spawn_heartbeat_sweep(&shard);
+
+    // SAFETY: the runtime created this fd as a bound, listening TCP socket and
+    // handed its ownership to this shard alone.
+    let listener = unsafe { TcpListener::from_raw_fd(ctx.listener.into_raw_fd()) };
+    let _ = ctx.events.send(ShardEvent::Ready(id));
+
+    let gate = Gate::new();
+    loop {
+        let accepted = async { Some(listener.accept().await) }
+            .or(async {
+                shard.stopped().await;
+                None
+            })
+            .await;
+        let Some(accepted) = accepted else { break };
+        match accepted {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                let shard_for_task = shard.clone();
+                let task = gate.spawn(async move {
+                    let served =
+                        AssertUnwindSafe(crate::conn::serve(shard_for_task.clone(), stream))
+                            .catch_unwind()
+                            .await;
+                    if served.is_err() {
+                        bump(&shard_for_task.stats.connection_panics, 1);
+                        tracing::error!(
+                            shard = shard_for_task.id,
+                            "connection task panicked; connection dropped"
+                        );
+                    }
+                });
+                if let Ok(task) = task {
+                    task.detach();
+                }
+            }
+            Err(error) => {
+                tracing::warn!(shard = id, %error, "accept failed");
+                glommio::timer::sleep(ACCEPT_ERROR_BACKOFF).await;
+            }
+        }
+    }
+    drop(listener);
+
+    let open = shard.connection_count();
+    tracing::info!(shard = id, open, "shard stopping: closing connections");
+    let timeout = shard.config.shutdown_timeout;
+    let drained = glommio::timer::timeout(timeout, async {
+        let _ = gate.close().await;
+        Ok(())
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            shard = id,
+            left = shard.connection_count(),
+            "shutdown timeout reached"
+        );
+    }
+    let stats = &shard.stats;
+    Ok(ShardTotals {
+        connections_opened: stats.connections_opened.get(),
+        connections_left: shard.connection_count(),
+        publications_ordered: stats.publications_ordered.get(),
+        messages_delivered: stats.messages_delivered.get(),
+        slow_consumers: stats.closed_slow_consumer.get(),
+        heartbeat_timeouts: stats.closed_heartbeat.get(),
+    })
+}
+
+/// Waits for the shutdown byte, then starts the graceful shutdown.
+fn spawn_shutdown_watcher(shard: &Rc<Shard>, fd: OwnedFd) {
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        // SAFETY: the runtime handed this shard sole ownership of the fd, the
+        // read end of a Unix socket pair.
+        let mut pipe = unsafe { UnixStream::from_raw_fd(fd.into_raw_fd()) };
+        let mut byte = [0u8; 1];
+        // A byte or end of stream (the runtime is gone) both mean stop.
+        let _ = futures_lite::AsyncReadExt::read(&mut pipe, &mut byte).await;
+        shard.begin_shutdown();
+    })
+    .detach();
+}
+
+/// One timer per shard drives every connection's heartbeat.
+fn spawn_heartbeat_sweep(shard: &Rc<Shard>) {
+    let shard = shard.clone();
+    let every = crate::heartbeat::HeartbeatTimes::new(
+        shard.config.ping_interval,
+        shard.config.ping_timeout,
+    )
+    .sweep_every();
+    glommio::spawn_local(async move {
+        while !shard.is_shutting_down() {
+            glommio::timer::sleep(every).await;
+            shard.sweep_heartbeats();
+        }
+    })
+    .detach();
+}
