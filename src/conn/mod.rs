@@ -96,7 +96,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             Ok(None) => return,
             Err(error) => {
                 bump(&shard.stats.handshake_failures, 1);
-                let _ = stream.write_all(&http::error_response(&error, false)).await;
+                respond_and_close(&stream, &http::error_response(&error, false)).await;
                 return;
             }
         };
@@ -113,7 +113,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             },
             Ok(Route::WebSocket(session)) => {
                 if let Err(error) = admit(&shard) {
-                    let _ = stream.write_all(&http::error_response(&error, false)).await;
+                    respond_and_close(&stream, &http::error_response(&error, false)).await;
                     return;
                 }
                 let key = head.ws_key.as_deref().unwrap_or_default();
@@ -136,12 +136,49 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 http::error_response(&error, keep_alive)
             }
         };
-        if stream.write_all(&reply).await.is_err() || !keep_alive {
+        let keep_alive = keep_alive && reply_keeps_alive(&reply);
+        if !keep_alive {
+            respond_and_close(&stream, &reply).await;
+            return;
+        }
+        if stream.write_all(&reply).await.is_err() {
             return;
         }
         let consumed = (head.len + head.content_length.unwrap_or(0)).min(buf.len());
         buf.drain(..consumed);
     }
+}
+
+/// Whether a response we built says `Connection: keep-alive`.
+fn reply_keeps_alive(reply: &[u8]) -> bool {
+    reply
+        .windows(22)
+        .take(256)
+        .any(|w| w == b"Connection: keep-alive")
+}
+
+/// Sends a last response and closes gracefully: FIN first, then discard what
+/// the client still sends for a moment, so unread request bytes do not turn
+/// the close into a reset that destroys the response in flight.
+async fn respond_and_close(stream: &SharedStream, response: &[u8]) {
+    const LINGER: Duration = Duration::from_secs(1);
+    const DRAIN_LIMIT: usize = 1 << 20;
+    if stream.write_all(response).await.is_err() {
+        return;
+    }
+    stream.shutdown_write();
+    let _ = glommio::timer::timeout(LINGER, async {
+        let mut scratch = vec![0u8; 4096];
+        let mut drained = 0;
+        while drained < DRAIN_LIMIT {
+            match stream.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+        Ok(())
+    })
+    .await;
 }
 
 /// Reserves a connection slot for an upgrade, or says why not (503).

@@ -58,7 +58,20 @@ pub struct ShardTotals {
 
 /// Runs shard `ctx.id` until shutdown. Returns its totals.
 pub async fn run_shard(ctx: ShardContext) -> Result<ShardTotals, ServerError> {
-    let id = ctx.id;
+    // glommio numbers mesh peers by executor id, not by start order: the
+    // mesh's peer id is this shard's identity (it decides channel ownership).
+    let mut id = ctx.id;
+    let mut mesh = None;
+    if let Some(builder) = ctx.mesh {
+        let joined =
+            glommio::timer::timeout(MESH_JOIN_TIMEOUT, async { Ok(builder.join().await) }).await;
+        let (senders, receivers) = match joined {
+            Ok(Ok(pair)) => pair,
+            _ => return Err(ServerError::MeshJoin { shard: id }),
+        };
+        id = senders.peer_id();
+        mesh = Some((senders, receivers));
+    }
     let (links, queues) = PeerLinks::new(id, ctx.config.shards);
     let shard = Rc::new(Shard::new(
         id,
@@ -66,14 +79,7 @@ pub async fn run_shard(ctx: ShardContext) -> Result<ShardTotals, ServerError> {
         links.clone(),
         ctx.open_connections,
     ));
-
-    if let Some(mesh) = ctx.mesh {
-        let joined =
-            glommio::timer::timeout(MESH_JOIN_TIMEOUT, async { Ok(mesh.join().await) }).await;
-        let (senders, mut receivers) = match joined {
-            Ok(Ok(pair)) => pair,
-            _ => return Err(ServerError::MeshJoin { shard: id }),
-        };
+    if let Some((senders, mut receivers)) = mesh {
         let senders = Rc::new(senders);
         for (peer, queue) in queues.into_iter().enumerate() {
             if let Some(queue) = queue {

@@ -1,0 +1,243 @@
+//! Test support: start the real `shardcast` binary on 127.0.0.1 port 0 and
+//! drive it with real WebSocket clients (tungstenite) and raw HTTP. Every wait
+//! is bounded by a deadline; nothing sleeps to "let things happen".
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpStream},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tungstenite::{
+    client::IntoClientRequest, protocol::frame::coding::CloseCode, stream::MaybeTlsStream, Message,
+    WebSocket,
+};
+
+/// How long any single wait in a test may take before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A running server process, killed when dropped.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub child: Child,
+}
+
+impl Server {
+    /// Starts `shardcast serve --listen 127.0.0.1:0 <args>` and waits for its
+    /// "listening" line.
+    pub fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shardcast"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("SHARDCAST_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start shardcast");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = rx
+            .recv_timeout(DEADLINE)
+            .expect("server printed its address");
+        let addr = line
+            .rsplit("http://")
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"));
+        Server { addr, child }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    /// Sends a signal to the server process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+
+    /// Waits for the process to exit; returns its status code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `condition` until it holds or the deadline passes.
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A blocking WebSocket client with a read deadline.
+pub struct Client {
+    pub ws: WebSocket<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    /// Connects to `path` on the server (from 127.0.0.1).
+    pub fn connect(server: &Server, path: &str) -> Client {
+        Client::connect_url(&server.url(path))
+    }
+
+    pub fn connect_url(url: &str) -> Client {
+        let request = url.into_client_request().expect("request");
+        let (ws, response) = tungstenite::connect(request).expect("websocket connect");
+        assert_eq!(response.status(), 101);
+        let client = Client { ws };
+        client.set_timeout(Some(DEADLINE));
+        client
+    }
+
+    /// Connects over a socket prepared by the caller (e.g. a small receive
+    /// buffer), to `path`.
+    pub fn connect_over(stream: TcpStream, server: &Server, path: &str) -> Client {
+        let request = server.url(path).into_client_request().expect("request");
+        let (ws, _) =
+            tungstenite::client(request, MaybeTlsStream::Plain(stream)).expect("handshake");
+        let client = Client { ws };
+        client.set_timeout(Some(DEADLINE));
+        client
+    }
+
+    pub fn tcp(&self) -> &TcpStream {
+        match self.ws.get_ref() {
+            MaybeTlsStream::Plain(s) => s,
+            _ => unreachable!("tests use plain TCP"),
+        }
+    }
+
+    pub fn set_timeout(&self, timeout: Option<Duration>) {
+        self.tcp().set_read_timeout(timeout).expect("set timeout");
+    }
+
+    pub fn send_json(&mut self, value: Value) {
+        self.ws
+            .send(Message::text(value.to_string()))
+            .expect("send");
+    }
+
+    pub fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).expect("send");
+    }
+
+    pub fn send_binary(&mut self, bytes: &[u8]) {
+        self.ws.send(Message::binary(bytes.to_vec())).expect("send");
+    }
+
+    /// The next data message (pings are answered and skipped).
+    pub fn recv(&mut self) -> Message {
+        loop {
+            match self.ws.read().expect("read within deadline") {
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// The next message, parsed as JSON.
+    pub fn recv_json(&mut self) -> Value {
+        match self.recv() {
+            Message::Text(text) => serde_json::from_str(text.as_str()).expect("JSON from server"),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// Reads until the server's close frame; returns its code and reason.
+    /// Data messages before it are skipped (and counted).
+    pub fn expect_close(&mut self) -> (u16, String, usize) {
+        let mut skipped = 0;
+        loop {
+            match self.ws.read() {
+                Ok(Message::Close(Some(frame))) => {
+                    return (u16::from(frame.code), frame.reason.to_string(), skipped)
+                }
+                Ok(Message::Close(None)) => {
+                    return (u16::from(CloseCode::Status), String::new(), skipped)
+                }
+                Ok(_) => skipped += 1,
+                Err(e) => panic!("connection ended without a close frame: {e}"),
+            }
+        }
+    }
+
+    /// Subscribes with an `id` and waits for the ack.
+    pub fn subscribe(&mut self, channel: &str) {
+        self.send_json(serde_json::json!({"op": "sub", "ch": channel, "id": channel}));
+        let ack = self.recv_json();
+        assert_eq!(
+            ack,
+            serde_json::json!({"op": "ack", "id": channel}),
+            "sub ack"
+        );
+    }
+}
+
+/// A raw HTTP/1.1 exchange on a new connection; returns (status, body).
+pub fn http(server: &Server, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(server.addr).expect("connect");
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    parse_response(&response)
+}
+
+/// Splits a raw response into status and body.
+pub fn parse_response(response: &str) -> (u16, String) {
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad response: {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or("");
+    (status, body.to_owned())
+}
+
+/// Publishes over HTTP and returns the assigned seq.
+pub fn publish(server: &Server, channel: &str, data: Value) -> u64 {
+    let body = serde_json::json!({"ch": channel, "data": data}).to_string();
+    let (status, body) = http(server, "POST", "/api/publish", &body);
+    assert_eq!(status, 200, "{body}");
+    let reply: Value = serde_json::from_str(&body).unwrap();
+    reply["seq"].as_u64().expect("seq")
+}
