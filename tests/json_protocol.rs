@@ -149,7 +149,7 @@ fn every_error_code_keeps_the_connection_open() {
 
     // Still fully working.
     c.send_json(json!({"op": "pub", "ch": "one", "data": "ok", "id": 9}));
-    let mut got = vec![c.recv_json(), c.recv_json()];
+    let mut got = [c.recv_json(), c.recv_json()];
     got.sort_by_key(|v| v["op"].as_str().unwrap().to_owned());
     assert_eq!(got[0], json!({"op": "ack", "id": 9, "seq": 1}));
     assert_eq!(
