@@ -65,8 +65,9 @@ impl Server {
                 .set_nonblocking(true)
                 .map_err(ServerError::Signals)?;
             writers.push(write_end);
-            let placement = match cpus.get(id % cpus.len().max(1)) {
-                Some(core) => Placement::Fixed(core.id),
+            let cpu = cpus.get(id % cpus.len().max(1)).map(|core| core.id);
+            let placement = match cpu {
+                Some(cpu) => Placement::Fixed(cpu),
                 None => Placement::Unbound,
             };
             let ctx = ShardContext {
@@ -79,6 +80,7 @@ impl Server {
                 mesh: mesh.clone(),
                 shutdown: OwnedFd::from(read_end),
                 open_connections: open_connections.clone(),
+                cpu,
                 events: events_tx.clone(),
             };
             let events = events_tx.clone();

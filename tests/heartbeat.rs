@@ -21,7 +21,7 @@ fn silent_client_is_dropped_and_responsive_client_stays() {
         "--ping-timeout",
         "300ms",
     ]);
-    let mut silent = Client::connect(&server, "/ws?sub=x");
+    let silent = Client::connect(&server, "/ws?sub=x");
     let mut alive = Client::connect(&server, "/ws?sub=x");
     let started = Instant::now();
 

@@ -41,6 +41,8 @@ pub struct ShardContext {
     /// Read end of this shard's shutdown pipe: one byte means "shut down".
     pub shutdown: OwnedFd,
     pub open_connections: Arc<AtomicUsize>,
+    /// The CPU this shard's thread is pinned to (`None`: unpinned).
+    pub cpu: Option<usize>,
     /// Where the shard reports that it is accepting.
     pub events: mpsc::Sender<ShardEvent>,
 }
@@ -103,6 +105,12 @@ pub async fn run_shard(ctx: ShardContext) -> Result<ShardTotals, ServerError> {
     // SAFETY: the runtime created this fd as a bound, listening TCP socket and
     // handed its ownership to this shard alone.
     let listener = unsafe { TcpListener::from_raw_fd(ctx.listener.into_raw_fd()) };
+    tracing::info!(
+        shard = id,
+        cpu = ?ctx.cpu,
+        listen = %shard.config.listen,
+        "shard accepting"
+    );
     let _ = ctx.events.send(ShardEvent::Ready(id));
 
     let gate = Gate::new();

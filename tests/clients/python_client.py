@@ -1,0 +1,57 @@
+"""A standard client: Python `websockets` drives shardcast.
+
+Usage: python_client.py ws://HOST:PORT
+Subscribes (by op and by ?sub=), publishes with an id, checks the ack's seq
+and the delivered envelope, then round-trips a raw room. Exits non-zero with
+a message on any mismatch; every wait is bounded.
+"""
+
+import asyncio
+import json
+import sys
+
+import websockets
+
+TIMEOUT = 10
+
+
+async def recv_json(ws):
+    return json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+
+
+async def main(base):
+    async with websockets.connect(f"{base}/ws") as alice, websockets.connect(
+        f"{base}/ws?sub=py-news"
+    ) as bob:
+        await alice.send(json.dumps({"op": "sub", "ch": "py-news", "id": 1}))
+        assert await recv_json(alice) == {"op": "ack", "id": 1}
+        # bob subscribed via ?sub=; wait until a publication reaches him.
+        seq = 0
+        while True:
+            seq += 1
+            await alice.send(json.dumps({"op": "pub", "ch": "py-news", "data": {"n": seq}, "id": 100 + seq}))
+            got = {}
+            while "ack" not in got or "msg" not in got:
+                m = await recv_json(alice)
+                got[m["op"]] = m
+            assert got["ack"] == {"op": "ack", "id": 100 + seq, "seq": seq}, got
+            assert got["msg"] == {"op": "msg", "ch": "py-news", "seq": seq, "data": {"n": seq}}, got
+            try:
+                m = await asyncio.wait_for(bob.recv(), 0.5)
+                assert json.loads(m)["seq"] >= 1
+                break
+            except asyncio.TimeoutError:
+                assert seq < 20, "bob never received anything"
+
+    async with websockets.connect(f"{base}/ws/py-room") as a, websockets.connect(
+        f"{base}/ws/py-room?echo=0"
+    ) as b:
+        await b.send("hello from b")
+        assert await asyncio.wait_for(a.recv(), TIMEOUT) == "hello from b"
+        await a.send(b"\x00\xffbinary")
+        assert await asyncio.wait_for(b.recv(), TIMEOUT) == b"\x00\xffbinary"
+    print("python websockets client: ok")
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1]))
