@@ -44,6 +44,11 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Time allowed after SIGINT/SIGTERM to flush and close. Default 10 s.
     pub shutdown_timeout: Duration,
+    /// Read buffer per WebSocket connection, allocated for its lifetime and
+    /// the most one read takes from the socket. Small suits many idle
+    /// subscribers; publishers of large messages read faster with more.
+    /// Default 256 bytes.
+    pub read_buffer_bytes: usize,
 }
 
 impl Default for Config {
@@ -59,6 +64,7 @@ impl Default for Config {
             max_subscriptions: 256,
             handshake_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(10),
+            read_buffer_bytes: 256,
         }
     }
 }
@@ -107,6 +113,9 @@ pub struct ConfigLayer {
     /// Time allowed after SIGINT/SIGTERM to flush and close everyone [default: 10s]
     #[arg(long, env = "SHARDCAST_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
     pub shutdown_timeout: Option<HumanDuration>,
+    /// Read buffer per connection: memory per idle connection vs. bytes per read [default: 256B]
+    #[arg(long, env = "SHARDCAST_READ_BUFFER_BYTES", value_name = "SIZE")]
+    pub read_buffer_bytes: Option<ByteSize>,
 }
 
 /// Copies every field a layer sets onto the config, converting units.
@@ -144,7 +153,7 @@ impl Config {
         apply_layer!(self, layer,
             { listen, shards, max_connections, max_subscriptions },
             { ping_interval, ping_timeout, max_queue_bytes, max_message_bytes,
-              handshake_timeout, shutdown_timeout });
+              handshake_timeout, shutdown_timeout, read_buffer_bytes });
     }
 
     /// Rejects settings the server cannot run with, quoting the numbers.
@@ -171,6 +180,12 @@ impl Config {
                 "max-queue-bytes ({}) must exceed max-message-bytes ({}) by at least 256 \
                  so one full message fits with its envelope",
                 self.max_queue_bytes, self.max_message_bytes
+            ));
+        }
+        if !(64..=1 << 20).contains(&self.read_buffer_bytes) {
+            return invalid(format!(
+                "read-buffer-bytes is {}, must be 64B..=1MiB",
+                self.read_buffer_bytes
             ));
         }
         if self.max_subscriptions == 0 {

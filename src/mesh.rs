@@ -136,12 +136,15 @@ impl PeerLinks {
         }
     }
 
+    /// Whether the queue to `peer` is under its high-water mark.
+    pub fn has_room(&self, peer: usize) -> bool {
+        self.depth(peer) < PEER_QUEUE_HIGH_WATER
+    }
+
     /// For publishers: waits while the queue to `peer` is over its high-water
     /// mark, so a flooding publisher slows down instead of growing memory.
     pub async fn wait_for_room(&self, peer: usize) {
-        self.room
-            .until(|| self.depth(peer) < PEER_QUEUE_HIGH_WATER)
-            .await;
+        self.room.until(|| self.has_room(peer)).await;
     }
 
     /// The drain task for one peer: moves queued messages into the mesh lane

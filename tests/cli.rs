@@ -17,6 +17,7 @@ const SETTINGS: &[&str] = &[
     "max-subscriptions",
     "handshake-timeout",
     "shutdown-timeout",
+    "read-buffer-bytes",
     "config",
 ];
 

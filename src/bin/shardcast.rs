@@ -1,7 +1,10 @@
 //! The `shardcast` binary: parses the command line, sets up logging, starts
 //! the server and waits for it to stop. Everything else is in the library.
 
-use std::{io::Write, path::PathBuf};
+use std::{
+    io::{IsTerminal, Write},
+    path::PathBuf,
+};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -40,6 +43,7 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .compact()
         .init();
     match cli.command {

@@ -127,8 +127,15 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 }
                 // Bytes after the head already belong to the WebSocket stream.
                 let leftover = buf.split_off(head.len.min(buf.len()));
-                drop(buf);
-                ws::serve(shard, stream, leftover, session).await;
+                // The session is a task of its own, so this task's handshake
+                // state is freed instead of living as long as the connection.
+                let gate = shard.gate.clone();
+                match gate.spawn(ws::serve(shard.clone(), stream, leftover, session)) {
+                    Ok(task) => {
+                        task.detach();
+                    }
+                    Err(_) => shard.release_connection(),
+                }
                 return;
             }
             Err(error) => {

@@ -190,12 +190,15 @@ impl Outbox {
         wake(&self.reader);
     }
 
-    /// Resolves when the connection starts closing (for the reader task).
-    pub fn closed(&self) -> impl Future<Output = CloseReason> + '_ {
-        WaitFor {
-            outbox: self,
-            slot: &self.reader,
-            check: |o: &Outbox| o.closing.get(),
+    /// Ready once the connection starts closing; otherwise registers the
+    /// reader task to be woken when it does.
+    pub fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        match self.closing.get() {
+            Some(reason) => Poll::Ready(reason),
+            None => {
+                register(&self.reader, cx);
+                Poll::Pending
+            }
         }
     }
 
@@ -278,6 +281,15 @@ impl Outbox {
     }
 }
 
+/// Stores the task's waker in `slot`, unless the one there already wakes it.
+fn register(slot: &Cell<Option<Waker>>, cx: &Context<'_>) {
+    let current = slot.take();
+    match current {
+        Some(waker) if waker.will_wake(cx.waker()) => slot.set(Some(waker)),
+        _ => slot.set(Some(cx.waker().clone())),
+    }
+}
+
 fn wake(slot: &Cell<Option<Waker>>) {
     if let Some(waker) = slot.take() {
         waker.wake();
@@ -332,7 +344,7 @@ impl<T, F: Fn(&Outbox) -> Option<T> + Unpin> Future for WaitFor<'_, T, F> {
         if let Some(value) = (self.check)(self.outbox) {
             return Poll::Ready(value);
         }
-        self.slot.set(Some(cx.waker().clone()));
+        register(self.slot, cx);
         Poll::Pending
     }
 }

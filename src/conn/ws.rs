@@ -5,7 +5,13 @@
 //! (unsubscribe, free the slot) runs from a guard, so it happens even if the
 //! task is cancelled or panics.
 
-use std::{rc::Rc, time::Duration};
+use std::{
+    future::Future,
+    pin::Pin,
+    rc::Rc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use async_tungstenite::{
     tungstenite::{
@@ -16,7 +22,7 @@ use async_tungstenite::{
     WebSocketStream,
 };
 use bytes::Bytes;
-use futures_lite::{FutureExt, StreamExt};
+use futures_lite::{Stream, StreamExt};
 
 use super::{
     http::Session,
@@ -32,11 +38,12 @@ use crate::{
 
 /// tungstenite's read buffer per connection. Small on purpose: idle
 /// connections dominate memory; larger frames grow it only while read.
-const READ_BUFFER_BYTES: usize = 1024;
 /// How long the writer may take to flush the close frame at teardown.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// After our close frame, how long to wait for the client's close reply.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
+/// Messages one connection may handle before yielding to the others.
+const MESSAGES_PER_POLL: usize = 32;
 
 /// Unregisters the connection when the session ends, however it ends.
 struct Registration<'a> {
@@ -53,11 +60,6 @@ impl Drop for Registration<'_> {
     }
 }
 
-enum Event {
-    Frame(Option<Result<Message, WsError>>),
-    Closing,
-}
-
 /// Runs one WebSocket session to its end. The connection slot was reserved.
 pub async fn serve(shard: Rc<Shard>, stream: SharedStream, leftover: Vec<u8>, session: Session) {
     let conn = shard.register();
@@ -66,94 +68,170 @@ pub async fn serve(shard: Rc<Shard>, stream: SharedStream, leftover: Vec<u8>, se
         conn: conn.clone(),
     };
     let writer = glommio::spawn_local(run_writer(conn.outbox.clone(), stream.clone()));
+    // Boxed: set-up runs once; its states need not live in every idle
+    // connection's future.
+    let (mut ws, room, skip) = Box::pin(start(&shard, &conn, &stream, leftover, session)).await;
+    Reader {
+        shard: &shard,
+        conn: &conn,
+        ws: &mut ws,
+        room,
+        skip,
+        waiting: None,
+    }
+    .await;
+    Box::pin(teardown(&shard, &conn, writer, ws, &stream)).await;
+    drop(registration);
+}
 
-    let (room, echo) = match &session {
+/// Subscribes what the URL asked for and wraps the stream for tungstenite.
+/// Returns the stream, the raw room's channel (if a room) and who to leave
+/// out of this connection's own publications (`?echo=0`).
+async fn start(
+    shard: &Shard,
+    conn: &Rc<Conn>,
+    stream: &SharedStream,
+    leftover: Vec<u8>,
+    session: Session,
+) -> (WebSocketStream<ReadSide>, Option<Bytes>, Option<Skip>) {
+    let (room, echo) = match session {
         Session::Json { subscribe } => {
             for name in subscribe {
-                if let Err(error) = shard.subscribe(&conn, name, Mode::Json, None) {
+                if let Err(error) = shard.subscribe(conn, &name, Mode::Json, None) {
                     conn.send(protocol::encode_err(&error));
                 }
             }
             (None, true)
         }
         Session::Room { channel, echo } => {
-            if let Err(error) = shard.subscribe(&conn, channel, Mode::Raw, None) {
+            if let Err(error) = shard.subscribe(conn, &channel, Mode::Raw, None) {
                 conn.send(protocol::encode_err(&error));
             }
-            (Some(Bytes::copy_from_slice(channel.as_bytes())), *echo)
+            (Some(Bytes::from(channel.into_bytes())), echo)
         }
     };
-
     let config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER_BYTES)
+        .read_buffer_size(shard.config.read_buffer_bytes)
         .write_buffer_size(0)
         .max_message_size(Some(shard.config.max_message_bytes))
         .max_frame_size(Some(shard.config.max_message_bytes));
     let side = ReadSide::new(stream.clone(), conn.outbox.clone());
-    let mut ws =
-        WebSocketStream::from_partially_read(side, leftover, Role::Server, Some(config)).await;
-
+    let ws = WebSocketStream::from_partially_read(side, leftover, Role::Server, Some(config)).await;
     let skip = (!echo).then_some(Skip {
         shard: shard.id as u16,
         conn: conn.id,
     });
-    loop {
-        let event = async { Event::Frame(ws.next().await) }
-            .or(async {
-                conn.outbox.closed().await;
-                Event::Closing
-            })
-            .await;
-        let message = match event {
-            Event::Closing => break,
-            Event::Frame(None) => {
-                conn.outbox.close(CloseReason::Normal);
-                break;
+    (ws, room, skip)
+}
+
+/// The read loop of a session, written as a future by hand so that an idle
+/// connection holds only these fields. Ends when the connection starts
+/// closing, from either side.
+struct Reader<'a> {
+    shard: &'a Shard,
+    conn: &'a Rc<Conn>,
+    ws: &'a mut WebSocketStream<ReadSide>,
+    /// The channel of a raw room; `None` for the JSON protocol.
+    room: Option<Bytes>,
+    skip: Option<Skip>,
+    /// Backpressure: waiting for room in the queue to a channel's owner.
+    waiting: Option<Pin<Box<dyn Future<Output = ()> + 'a>>>,
+}
+
+impl Future for Reader<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        for _ in 0..MESSAGES_PER_POLL {
+            if this.conn.outbox.poll_closed(cx).is_ready() {
+                return Poll::Ready(());
             }
-            Event::Frame(Some(Err(error))) => {
-                conn.outbox.close(close_reason(&error));
-                break;
+            if let Some(waiting) = this.waiting.as_mut() {
+                if waiting.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.waiting = None;
             }
-            Event::Frame(Some(Ok(message))) => message,
-        };
-        conn.heartbeat.seen(shard.now_ms());
+            let message = match Pin::new(&mut *this.ws).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    this.conn.outbox.close(CloseReason::Normal);
+                    return Poll::Ready(());
+                }
+                Poll::Ready(Some(Err(error))) => {
+                    this.conn.outbox.close(close_reason(&error));
+                    return Poll::Ready(());
+                }
+                Poll::Ready(Some(Ok(message))) => message,
+            };
+            this.conn.heartbeat.seen(this.shard.now_ms());
+            if let Some(peer) = this.handle(message) {
+                // Read nothing more from this publisher until the queue to the
+                // channel's owner drains. Rare, so boxed.
+                let links = &this.shard.links;
+                this.waiting = Some(Box::pin(links.wait_for_room(peer)));
+            }
+        }
+        // A client with a full socket would otherwise keep this task running
+        // and starve every other connection of the shard.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl Reader<'_> {
+    /// Acts on one message. Returns the congested peer shard, if any.
+    fn handle(&mut self, message: Message) -> Option<usize> {
+        let (shard, conn) = (self.shard, self.conn);
         match message {
-            Message::Text(text) => match &room {
+            Message::Text(text) => match &self.room {
                 Some(channel) => {
                     let payload = Payload {
                         kind: PayloadKind::Text,
                         bytes: Bytes::from(text),
                     };
-                    publish(&shard, channel.clone(), payload, skip, Reply::None).await;
+                    shard.publish(channel.clone(), payload, self.skip, Reply::None)
                 }
-                None => handle_op(&shard, &conn, Bytes::from(text)).await,
+                None => handle_op(shard, conn, Bytes::from(text)),
             },
-            Message::Binary(bytes) => match &room {
+            Message::Binary(bytes) => match &self.room {
                 Some(channel) => {
                     let payload = Payload {
                         kind: PayloadKind::Binary,
                         bytes,
                     };
-                    publish(&shard, channel.clone(), payload, skip, Reply::None).await;
+                    shard.publish(channel.clone(), payload, self.skip, Reply::None)
                 }
-                None => conn.send(protocol::encode_err(&OpError::new(
-                    ErrorCode::BadJson,
-                    "binary frames are not part of the JSON protocol; use a raw room (/ws/<channel>)",
-                    None,
-                ))),
+                None => {
+                    conn.send(protocol::encode_err(&OpError::new(
+                        ErrorCode::BadJson,
+                        "binary frames are not part of the JSON protocol; use a raw room (/ws/<channel>)",
+                        None,
+                    )));
+                    None
+                }
             },
             Message::Close(frame) => {
                 conn.outbox.close_in_reply(frame.map(|f| u16::from(f.code)));
-                break;
+                None
             }
             // tungstenite queues the pong itself (through the outbox).
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
         }
     }
+}
 
-    // Stop deliveries first, then let the writer flush what is queued and
-    // the close frame.
-    shard.unregister_subscriptions(&conn);
+/// Stops deliveries, lets the writer flush what is queued and the close
+/// frame, waits briefly for the client's close, then half-closes the socket.
+async fn teardown(
+    shard: &Shard,
+    conn: &Conn,
+    writer: glommio::Task<()>,
+    mut ws: WebSocketStream<ReadSide>,
+    stream: &SharedStream,
+) {
+    shard.unregister_subscriptions(conn);
     let flushed = glommio::timer::timeout(CLOSE_FLUSH_TIMEOUT, async {
         writer.await;
         Ok(())
@@ -174,7 +252,6 @@ pub async fn serve(shard: Rc<Shard>, stream: SharedStream, leftover: Vec<u8>, se
         .await;
     }
     stream.shutdown_write();
-    drop(registration);
 }
 
 /// Maps a read error to how the connection closes.
@@ -190,28 +267,21 @@ fn close_reason(error: &WsError) -> CloseReason {
     }
 }
 
-/// Publishes, first waiting if the queue to the channel's owner is long.
-async fn publish(shard: &Shard, ch: Bytes, payload: Payload, skip: Option<Skip>, reply: Reply) {
-    if shard.is_shutting_down() {
-        return;
-    }
-    let owner = shard.owner_of(&ch);
-    if owner != shard.id {
-        shard.links.wait_for_room(owner).await;
-    }
-    shard.publish(ch, payload, skip, reply);
-}
-
-/// Executes one JSON-protocol text frame.
-async fn handle_op(shard: &Shard, conn: &Rc<Conn>, frame: Bytes) {
+/// Executes one JSON-protocol text frame. Returns the peer shard whose queue
+/// is congested after a publication (the reader then waits for it).
+fn handle_op(shard: &Shard, conn: &Rc<Conn>, frame: Bytes) -> Option<usize> {
     // tungstenite checked that text frames are UTF-8.
     let Ok(text) = std::str::from_utf8(&frame) else {
-        return;
+        return None;
     };
     let op = match protocol::parse_client_op(text) {
         Ok(op) => op,
-        Err(error) => return conn.send(protocol::encode_err(&error)),
+        Err(error) => {
+            conn.send(protocol::encode_err(&error));
+            return None;
+        }
     };
+    let mut congested = None;
     let result = match op {
         ClientOp::Sub { ch, id } => shard.subscribe(conn, &ch, Mode::Json, id),
         ClientOp::Unsub { ch, id } => shard.unsubscribe(conn, &ch, id),
@@ -243,12 +313,50 @@ async fn handle_op(shard: &Shard, conn: &Rc<Conn>, frame: Bytes) {
                     },
                     None => Reply::None,
                 };
-                publish(shard, ch, payload, None, reply).await;
+                congested = shard.publish(ch, payload, None, reply);
                 Ok(())
             }
         }
     };
     if let Err(error) = result {
         conn.send(protocol::encode_err(&error));
+    }
+    congested
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{atomic::AtomicUsize, Arc};
+
+    use super::*;
+    use crate::{config::Config, mesh::PeerLinks};
+
+    /// Memory per idle connection is a budget (docs/design.md): the session
+    /// future lives as long as the connection, so its size is guarded here.
+    #[test]
+    fn idle_session_future_stays_small() {
+        let executor = glommio::LocalExecutorBuilder::default()
+            .io_memory(64 << 10)
+            .make()
+            .unwrap();
+        executor.run(async {
+            let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let _client = std::net::TcpStream::connect(addr).unwrap();
+            let stream = SharedStream::new(listener.accept().await.unwrap());
+            let config = Config::default();
+            let (links, _) = PeerLinks::new(0, 1);
+            let shard = Rc::new(Shard::new(0, config, links, Arc::new(AtomicUsize::new(0))));
+            let session = serve(
+                shard,
+                stream,
+                Vec::new(),
+                Session::Json {
+                    subscribe: Vec::new(),
+                },
+            );
+            let size = std::mem::size_of_val(&session);
+            assert!(size <= 640, "session future grew to {size} bytes");
+        });
     }
 }

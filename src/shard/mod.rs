@@ -20,7 +20,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use glommio::channels::local_channel::LocalSender;
+use glommio::{channels::local_channel::LocalSender, sync::Gate};
 use slab::Slab;
 
 pub use run::{run_shard, ShardContext, ShardTotals};
@@ -65,6 +65,8 @@ pub struct Shard {
     shutting_down: Cell<bool>,
     /// Tasks waiting for shutdown to begin.
     stop_waiters: WaitQueue,
+    /// Every connection task enters it; shutdown waits for it to empty.
+    pub gate: Rc<Gate>,
 }
 
 impl Shard {
@@ -91,6 +93,7 @@ impl Shard {
             stats: Stats::default(),
             shutting_down: Cell::new(false),
             stop_waiters: WaitQueue::default(),
+            gate: Rc::new(Gate::new()),
         }
     }
 
@@ -267,12 +270,24 @@ impl Shard {
     }
 
     /// Publishes on `ch` (a validated name): orders it here if this shard owns
-    /// the channel, otherwise forwards it to the owner. Never blocks; callers
-    /// that can wait call `links.wait_for_room(owner)` first.
-    pub fn publish(&self, ch: Bytes, payload: Payload, skip: Option<Skip>, reply: Reply) {
+    /// the channel, otherwise forwards it to the owner. Never blocks. Returns
+    /// the owner's shard when the queue to it is over its high-water mark: a
+    /// publisher should then `links.wait_for_room` before publishing more.
+    /// During shutdown, publications are dropped.
+    pub fn publish(
+        &self,
+        ch: Bytes,
+        payload: Payload,
+        skip: Option<Skip>,
+        reply: Reply,
+    ) -> Option<usize> {
+        if self.shutting_down.get() {
+            return None;
+        }
         let owner = self.owner_of(&ch);
         if owner == self.id {
             self.order_and_distribute(ch, payload, self.id, skip, reply);
+            None
         } else {
             self.links.send(
                 owner,
@@ -284,6 +299,7 @@ impl Shard {
                     reply,
                 },
             );
+            (!self.links.has_room(owner)).then_some(owner)
         }
     }
 

@@ -16,7 +16,6 @@ use futures_lite::FutureExt;
 use glommio::{
     channels::channel_mesh::{Full, MeshBuilder},
     net::{TcpListener, UnixStream},
-    sync::Gate,
 };
 
 use super::Shard;
@@ -113,7 +112,7 @@ pub async fn run_shard(ctx: ShardContext) -> Result<ShardTotals, ServerError> {
     );
     let _ = ctx.events.send(ShardEvent::Ready(id));
 
-    let gate = Gate::new();
+    let gate = shard.gate.clone();
     loop {
         let accepted = async { Some(listener.accept().await) }
             .or(async {
