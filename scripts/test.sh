@@ -25,4 +25,10 @@ if [ ! -d tests/clients/node_modules/ws ]; then
   (cd tests/clients && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
-cargo test --locked "$@"
+# No doc-tests (there are none); end with one total line over every binary.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --locked --lib --bins --tests "$@" 2>&1 | tee "$log" || status=$?
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
