@@ -87,12 +87,7 @@ impl Server {
             std::thread::Builder::new()
                 .name(format!("shard-{id}"))
                 .spawn(move || shard_thread(ctx, placement, events))
-                .map_err(|e| ServerError::SpawnShard {
-                    shard: id,
-                    reason: e.to_string(),
-                    memlock_kib: memlock_kib(),
-                    need_kib: need_kib(),
-                })?;
+                .map_err(|e| spawn_error(id, e))?;
         }
         let server = Server {
             addr,
@@ -172,12 +167,7 @@ fn shard_thread(ctx: ShardContext, placement: Placement, events: mpsc::Sender<Sh
             .name(&format!("shard{id}"))
             .io_memory(IO_MEMORY)
             .make()
-            .map_err(|e| ServerError::SpawnShard {
-                shard: id,
-                reason: e.to_string(),
-                memlock_kib: memlock_kib(),
-                need_kib: need_kib(),
-            })?;
+            .map_err(|e| spawn_error(id, e))?;
         executor.run(run_shard(ctx))
     }));
     let result = outcome.unwrap_or_else(|panic| {
@@ -227,6 +217,17 @@ fn bind_listeners(
     Ok((bound, listeners))
 }
 
+/// A shard could not be started; quotes the locked-memory limit, the usual
+/// cause with io_uring.
+fn spawn_error(shard: usize, reason: impl std::fmt::Display) -> ServerError {
+    ServerError::SpawnShard {
+        shard,
+        reason: reason.to_string(),
+        memlock_kib: memlock_kib(),
+        need_kib: (IO_MEMORY as u64 * 3) / 1024 + 512,
+    }
+}
+
 fn memlock_kib() -> u64 {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -238,8 +239,4 @@ fn memlock_kib() -> u64 {
     } else {
         0
     }
-}
-
-fn need_kib() -> u64 {
-    (IO_MEMORY as u64 * 3) / 1024 + 512
 }

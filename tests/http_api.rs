@@ -73,13 +73,7 @@ fn keep_alive_serves_several_requests_on_one_connection() {
 #[test]
 fn garbage_instead_of_http_gets_400_and_server_carries_on() {
     let server = Server::start(&["--shards", "1"]);
-    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
-    stream.set_read_timeout(Some(support::DEADLINE)).unwrap();
-    stream
-        .write_all(b"\x16\x03\x01\x02\x00garbage\r\n\r\n")
-        .unwrap();
-    let mut reply = String::new();
-    let _ = stream.read_to_string(&mut reply);
+    let reply = support::raw_exchange(&server, b"\x16\x03\x01\x02\x00garbage\r\n\r\n");
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply:?}");
     assert_eq!(http(&server, "GET", "/health", "").0, 200);
 }

@@ -90,14 +90,7 @@ fn max_connections_answers_503() {
 
 #[test]
 fn handshake_that_never_completes_is_cut_off() {
-    use std::io::{Read, Write};
     let server = Server::start(&["--shards", "1", "--handshake-timeout", "300ms"]);
-    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
-    stream.set_read_timeout(Some(support::DEADLINE)).unwrap();
-    stream
-        .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
-        .unwrap();
-    let mut reply = String::new();
-    let _ = stream.read_to_string(&mut reply);
+    let reply = support::raw_exchange(&server, b"GET /ws HTTP/1.1\r\nHost: x\r\n");
     assert!(reply.starts_with("HTTP/1.1 408"), "{reply:?}");
 }

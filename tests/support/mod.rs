@@ -219,6 +219,17 @@ pub fn http(server: &Server, method: &str, path: &str, body: &str) -> (u16, Stri
     parse_response(&response)
 }
 
+/// Writes raw bytes on a new connection and returns everything the server
+/// answers until it closes.
+pub fn raw_exchange(server: &Server, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(server.addr).expect("connect");
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    stream.write_all(bytes).expect("write");
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply);
+    reply
+}
+
 /// Splits a raw response into status and body.
 pub fn parse_response(response: &str) -> (u16, String) {
     let status = response
