@@ -28,6 +28,7 @@ pub mod conn;
 pub mod error;
 pub mod frame;
 pub mod heartbeat;
+pub mod loadgen;
 pub mod mesh;
 pub mod protocol;
 pub mod runtime;

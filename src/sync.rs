@@ -46,10 +46,10 @@ impl<F: Fn() -> bool> Future for Until<'_, F> {
         if (self.ready)() {
             return Poll::Ready(());
         }
-        let mut waiters = self.queue.waiters.borrow_mut();
-        if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
-            waiters.push(cx.waker().clone());
-        }
+        // No de-duplication: a task polls again only after a wake, which
+        // emptied the list; at worst a spurious poll adds a second entry,
+        // costing one extra wake. Scanning would make n waiters cost n².
+        self.queue.waiters.borrow_mut().push(cx.waker().clone());
         Poll::Pending
     }
 }

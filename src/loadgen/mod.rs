@@ -1,0 +1,732 @@
+//! `shardcast-bench`, the load generator: opens WebSocket connections to a
+//! server (shardcast or a peer), publishes at a fixed rate with payloads that
+//! carry a send timestamp and a sequence, and reports end-to-end latency
+//! (hdrhistogram), deliveries/s, losses, duplicates, reordering, and the
+//! server's CPU and memory from `/proc`. It runs on one glommio executor and
+//! measures its own CPU: a run in which the generator, not the server, was
+//! the limit is marked invalid.
+
+pub mod procstat;
+pub mod report;
+pub mod tally;
+pub mod target;
+pub mod wsclient;
+
+use std::{
+    cell::{Cell, RefCell},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    rc::Rc,
+    time::{Duration, Instant},
+};
+
+use glommio::timer::sleep;
+
+use self::{
+    report::{Report, Results},
+    tally::Tally,
+    target::{Role, Stamp, Target},
+};
+use crate::conn::stream::SharedStream;
+
+/// Connections per source address (each has ~28k ephemeral ports).
+const CONNECTIONS_PER_SOURCE: usize = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// Subscribers on `--channels` channels, one publisher per channel.
+    Fanout,
+    /// Chat: every client subscribes to its room and publishes to it.
+    Rooms,
+    /// Connections that only subscribe: server memory and CPU while idle.
+    Idle,
+    /// Open connections as fast as possible: accepted/s and failures.
+    ConnectStorm,
+}
+
+/// Everything a run needs (the binary's command line).
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+pub struct Options {
+    /// Server address
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub server: SocketAddr,
+    /// How to speak to the server
+    #[arg(long, value_enum, default_value = "shardcast-json")]
+    pub target: Target,
+    #[arg(long, value_enum, default_value = "fanout")]
+    pub scenario: Scenario,
+    /// Subscribing connections (rooms: clients)
+    #[arg(long, default_value_t = 1000)]
+    pub subscribers: usize,
+    /// Channels (rooms) the subscribers are spread over
+    #[arg(long, default_value_t = 1)]
+    pub channels: usize,
+    /// Publications per second, all publishers together
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Payload size in bytes
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// Measured publishing time (idle: the idle window)
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[serde(serialize_with = "report::seconds")]
+    pub duration: Duration,
+    /// Connections being opened at once
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+    /// First source address; more are used every 10,000 connections
+    #[arg(long, default_value = "127.0.0.2")]
+    pub source: Ipv4Addr,
+    /// Server process to read CPU and memory of (from /proc)
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Server name and version for the report
+    #[arg(long, default_value = "shardcast")]
+    pub server_name: String,
+    #[arg(long, default_value = "")]
+    pub server_version: String,
+    /// Extra label for the report (e.g. "shards=2")
+    #[arg(long, default_value = "")]
+    pub label: String,
+    /// Subscribers that read every message at once and measure latency;
+    /// the others read in bulk every --bulk-read-interval (they still count
+    /// every message for loss, duplicates and order). Keeps the generator
+    /// from being the bottleneck.
+    #[arg(long, default_value_t = 32)]
+    pub latency_probes: usize,
+    #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+    #[serde(serialize_with = "report::seconds")]
+    pub bulk_read_interval: Duration,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, crate::units::UnitError> {
+    text.parse::<crate::units::HumanDuration>().map(|d| d.0)
+}
+
+/// Phases every task follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Connecting,
+    Warmup,
+    Measure,
+    Drain,
+    Done,
+}
+
+/// State shared by the generator's tasks (one executor, so `Rc`).
+struct Run {
+    options: Options,
+    started: Instant,
+    phase: Cell<Phase>,
+    tally: RefCell<Tally>,
+    connected: Cell<usize>,
+    failed: Cell<usize>,
+    /// Measured publications sent, per publisher id.
+    sent: RefCell<Vec<u64>>,
+    /// Wall time of the last measured delivery.
+    last_delivery: Cell<Option<Instant>>,
+    measure_started: Cell<Option<Instant>>,
+    errors: RefCell<Vec<String>>,
+    /// Subscribers read in bulk by one task (see `bulk_loop`).
+    bulk: RefCell<Vec<(SharedStream, ConnReader)>>,
+}
+
+impl Run {
+    fn nanos(&self) -> u64 {
+        self.started.elapsed().as_nanos() as u64
+    }
+
+    fn note_error(&self, error: String) {
+        let mut errors = self.errors.borrow_mut();
+        if errors.len() < 10 {
+            errors.push(error);
+        }
+    }
+}
+
+/// Layout of connections: who is on which channel, who publishes.
+struct Plan {
+    /// (channel, role) per connection.
+    connections: Vec<(usize, Role)>,
+    publishers_per_channel: usize,
+    /// Publications per second of each publishing connection.
+    rate_each: f64,
+}
+
+impl Plan {
+    fn new(o: &Options) -> Plan {
+        let channels = o.channels.max(1);
+        match o.scenario {
+            Scenario::Fanout => {
+                let mut connections: Vec<(usize, Role)> = (0..o.subscribers)
+                    .map(|i| (i % channels, Role::Subscriber))
+                    .collect();
+                connections.extend((0..channels).map(|c| (c, Role::Publisher)));
+                Plan {
+                    connections,
+                    publishers_per_channel: 1,
+                    rate_each: o.rate / channels as f64,
+                }
+            }
+            Scenario::Rooms => Plan {
+                connections: (0..o.subscribers)
+                    .map(|i| (i % channels, Role::Both))
+                    .collect(),
+                publishers_per_channel: o.subscribers.div_ceil(channels),
+                rate_each: o.rate / o.subscribers.max(1) as f64,
+            },
+            Scenario::Idle | Scenario::ConnectStorm => Plan {
+                connections: (0..o.subscribers)
+                    .map(|i| (i % channels, Role::Subscriber))
+                    .collect(),
+                publishers_per_channel: 1,
+                rate_each: 0.0,
+            },
+        }
+    }
+
+    /// Publisher id of connection `index` (its slot within the channel is
+    /// `id % publishers_per_channel`).
+    fn publisher_id(&self, index: usize) -> u32 {
+        let (channel, _) = self.connections[index];
+        let rank = self.connections[..index]
+            .iter()
+            .filter(|(c, r)| *c == channel && *r != Role::Subscriber)
+            .count();
+        (channel * self.publishers_per_channel + rank) as u32
+    }
+}
+
+fn channel_name(channel: usize) -> String {
+    format!("bench-{channel}")
+}
+
+fn source_for(options: &Options, index: usize) -> IpAddr {
+    let base = u32::from(options.source);
+    IpAddr::V4(Ipv4Addr::from(
+        base + (index / CONNECTIONS_PER_SOURCE) as u32,
+    ))
+}
+
+/// Why a benchmark could not run at all (problems during a run are
+/// reported in the [`Report`] instead).
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("cannot start the generator's executor: {0}")]
+    Executor(String),
+}
+
+/// Runs one benchmark on the current thread (a pinned glommio executor) and
+/// returns its report.
+pub fn run(options: Options) -> Result<Report, BenchError> {
+    let cpu = core_affinity::get_core_ids()
+        .and_then(|ids| ids.first().map(|c| c.id))
+        .map(glommio::Placement::Fixed)
+        .unwrap_or(glommio::Placement::Unbound);
+    let executor = glommio::LocalExecutorBuilder::new(cpu)
+        .name("bench")
+        .io_memory(256 << 10)
+        .make()
+        .map_err(|e| BenchError::Executor(e.to_string()))?;
+    Ok(executor.run(run_async(options)))
+}
+
+async fn run_async(options: Options) -> Report {
+    let plan = Rc::new(Plan::new(&options));
+    let publishers = plan
+        .connections
+        .iter()
+        .filter(|(_, r)| *r != Role::Subscriber)
+        .count();
+    let run = Rc::new(Run {
+        tally: RefCell::new(Tally::new(
+            plan.connections.len(),
+            plan.publishers_per_channel,
+        )),
+        sent: RefCell::new(vec![
+            0;
+            options.channels.max(1) * plan.publishers_per_channel
+        ]),
+        options,
+        started: Instant::now(),
+        phase: Cell::new(Phase::Connecting),
+        connected: Cell::new(0),
+        failed: Cell::new(0),
+        last_delivery: Cell::new(None),
+        measure_started: Cell::new(None),
+        errors: RefCell::new(Vec::new()),
+        bulk: RefCell::new(Vec::new()),
+    });
+    glommio::spawn_local(bulk_loop(run.clone())).detach();
+    let o = &run.options;
+    let rss_before = o.server_pid.and_then(|p| procstat::status_kib(p, "VmRSS:"));
+
+    // Connect everyone, at most `connect_concurrency` at a time.
+    let connect_started = Instant::now();
+    let in_flight = Rc::new(glommio::sync::Semaphore::new(
+        o.connect_concurrency.max(1) as u64
+    ));
+    for index in 0..plan.connections.len() {
+        let Ok(permit) = in_flight.acquire_static_permit(1).await else {
+            break;
+        };
+        let (run, plan) = (run.clone(), plan.clone());
+        glommio::spawn_local(async move {
+            client(run, plan, index, permit).await;
+        })
+        .detach();
+    }
+    let total = plan.connections.len();
+    while run.connected.get() + run.failed.get() < total {
+        sleep(Duration::from_millis(5)).await;
+    }
+    let connect_seconds = connect_started.elapsed().as_secs_f64();
+
+    let mut results = Results {
+        connections: total,
+        connect_failures: run.failed.get(),
+        connect_seconds,
+        connects_per_second: run.connected.get() as f64 / connect_seconds.max(1e-9),
+        ..Results::default()
+    };
+
+    match o.scenario {
+        Scenario::ConnectStorm => {}
+        Scenario::Idle => {
+            sleep(Duration::from_millis(500)).await;
+            let (cpu0, own0, t0) = (server_cpu(o), procstat::own_cpu_seconds(), Instant::now());
+            sleep(o.duration).await;
+            let wall = t0.elapsed().as_secs_f64();
+            results.generator_cpu_fraction = (procstat::own_cpu_seconds() - own0) / wall;
+            if let (Some(a), Some(b)) = (cpu0, server_cpu(o)) {
+                results.server_cpu_seconds = Some(b - a);
+                results.server_cpu_per_second_idle = Some((b - a) / wall);
+            }
+            let rss_after = o.server_pid.and_then(|p| procstat::status_kib(p, "VmRSS:"));
+            if let (Some(before), Some(after)) = (rss_before, rss_after) {
+                results.server_rss_per_connection_bytes = Some(
+                    after.saturating_sub(before) as f64 * 1024.0
+                        / run.connected.get().max(1) as f64,
+                );
+            }
+        }
+        Scenario::Fanout | Scenario::Rooms => {
+            measure(&run, &plan, publishers, &mut results).await;
+        }
+    }
+    run.phase.set(Phase::Done);
+    results.server_rss_kib = o.server_pid.and_then(|p| procstat::status_kib(p, "VmRSS:"));
+    results.server_rss_peak_kib = o.server_pid.and_then(|p| procstat::status_kib(p, "VmHWM:"));
+    results.errors = run.errors.borrow().clone();
+    Report::new(run.options.clone(), results)
+}
+
+/// Whether subscriber `index` measures latency (spread over all channels).
+fn is_probe(o: &Options, plan: &Plan, index: usize) -> bool {
+    let subscribers = plan.connections.len().max(1);
+    let every = (subscribers / o.latency_probes.max(1)).max(1);
+    o.latency_probes > 0 && index % every == 0
+}
+
+fn server_cpu(o: &Options) -> Option<f64> {
+    o.server_pid.and_then(procstat::cpu_seconds)
+}
+
+/// Warm-up until every subscriber hears every publisher of its channel,
+/// then publish for `duration`, then drain.
+async fn measure(run: &Rc<Run>, plan: &Plan, publishers: usize, results: &mut Results) {
+    let o = &run.options;
+    run.phase.set(Phase::Warmup);
+    let warm_deadline = Instant::now() + Duration::from_secs(20);
+    let expect_warm = plan
+        .connections
+        .iter()
+        .filter(|(_, r)| *r != Role::Publisher)
+        .count();
+    while run.tally.borrow().warm_count() < expect_warm && Instant::now() < warm_deadline {
+        sleep(Duration::from_millis(10)).await;
+    }
+    results.warm_subscribers = run.tally.borrow().warm_count();
+
+    let (cpu0, own0) = (server_cpu(o), procstat::own_cpu_seconds());
+    run.tally.borrow_mut().start_measuring();
+    let started = Instant::now();
+    run.measure_started.set(Some(started));
+    run.phase.set(Phase::Measure);
+    sleep(o.duration).await;
+    run.phase.set(Phase::Drain);
+    let publish_seconds = started.elapsed().as_secs_f64();
+    let own_during = procstat::own_cpu_seconds() - own0;
+
+    // Expected deliveries per subscriber: what the publishers of its channel sent.
+    let sent = run.sent.borrow().clone();
+    let per_channel = plan.publishers_per_channel;
+    let expected_for = |sub: usize| -> u64 {
+        let (channel, role) = plan.connections[sub];
+        if role == Role::Publisher {
+            return 0;
+        }
+        sent[channel * per_channel..(channel + 1) * per_channel]
+            .iter()
+            .sum()
+    };
+    let expected: u64 = (0..plan.connections.len()).map(expected_for).sum();
+    let drain_deadline = Instant::now() + Duration::from_secs(10);
+    while run.tally.borrow().totals(expected_for).received < expected
+        && Instant::now() < drain_deadline
+    {
+        sleep(Duration::from_millis(10)).await;
+    }
+    let cpu1 = server_cpu(o);
+    let delivery_seconds = run
+        .last_delivery
+        .get()
+        .map_or(publish_seconds, |t| t.duration_since(started).as_secs_f64())
+        .max(publish_seconds);
+
+    let totals = run.tally.borrow().totals(expected_for);
+    let published: u64 = sent.iter().sum();
+    results.publishers = publishers;
+    results.published = published;
+    results.publish_rate_achieved = published as f64 / publish_seconds;
+    results.expected_deliveries = expected;
+    results.totals = totals;
+    results.deliveries_per_second = totals.received as f64 / delivery_seconds;
+    results.latency_us = Some(report::Percentiles::of(&run.tally.borrow().latency_us));
+    results.generator_cpu_fraction = own_during / publish_seconds;
+    if let (Some(a), Some(b)) = (cpu0, cpu1) {
+        results.server_cpu_seconds = Some(b - a);
+        if totals.received > 0 {
+            results.server_cpu_seconds_per_million = Some((b - a) / totals.received as f64 * 1e6);
+        }
+    }
+}
+
+/// One connection's whole life: connect, upgrade, then read (and, for
+/// publishers, publish) until the run is done.
+async fn client(run: Rc<Run>, plan: Rc<Plan>, index: usize, permit: glommio::sync::StaticPermit) {
+    let o = &run.options;
+    let (channel, role) = plan.connections[index];
+    let name = channel_name(channel);
+    let connected = async {
+        let mut stream = wsclient::connect_from(source_for(o, index), o.server).await?;
+        let leftover =
+            wsclient::upgrade(&mut stream, o.server, &o.target.path(&name, role)).await?;
+        Ok::<_, std::io::Error>((stream, leftover))
+    };
+    let connected =
+        glommio::timer::timeout(Duration::from_secs(20), async { Ok(connected.await) }).await;
+    drop(permit);
+    let (stream, leftover) = match connected {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(e)) => {
+            run.failed.set(run.failed.get() + 1);
+            run.note_error(format!("connect: {e}"));
+            return;
+        }
+        Err(_) => {
+            run.failed.set(run.failed.get() + 1);
+            run.note_error("connect: timed out".into());
+            return;
+        }
+    };
+    run.connected.set(run.connected.get() + 1);
+    if o.scenario == Scenario::ConnectStorm {
+        // Hold the connection until the run ends.
+        while run.phase.get() != Phase::Done {
+            sleep(Duration::from_millis(100)).await;
+        }
+        return;
+    }
+    let stream = SharedStream::new(stream);
+    let mut hello = Vec::new();
+    o.target.hello(&name, role, &mut hello);
+    if !hello.is_empty() && stream.write_all(&hello).await.is_err() {
+        run.note_error("hello failed".into());
+        return;
+    }
+    if role != Role::Subscriber {
+        let publisher = plan.publisher_id(index);
+        let (run, stream, name, rate) = (run.clone(), stream.clone(), name.clone(), plan.rate_each);
+        glommio::spawn_local(async move { publish(run, stream, name, publisher, rate).await })
+            .detach();
+    }
+    if role != Role::Publisher || o.target == Target::Nats {
+        let probe = is_probe(o, &plan, index);
+        let reader = ConnReader::new(index, probe, leftover);
+        if probe {
+            probe_loop(&run, &stream, reader).await;
+        } else {
+            run.bulk.borrow_mut().push((stream, reader));
+        }
+    }
+}
+
+/// Parses what one connection received: WebSocket frames, and for NATS the
+/// protocol inside them. Synchronous, shared by probe and bulk readers.
+struct ConnReader {
+    index: usize,
+    probe: bool,
+    buf: Vec<u8>,
+    filled: usize,
+    /// A fragmented message being reassembled.
+    message: Vec<u8>,
+    /// NATS protocol bytes not yet parsed.
+    nats: Vec<u8>,
+}
+
+/// The server closed the connection.
+struct Closed;
+
+impl ConnReader {
+    fn new(index: usize, probe: bool, leftover: Vec<u8>) -> Self {
+        // Initialised once; `filled` marks the data (zero-filling before
+        // every read would cost more than the reads).
+        let mut buf = vec![0u8; (16 << 10).max(leftover.len() * 2)];
+        buf[..leftover.len()].copy_from_slice(&leftover);
+        ConnReader {
+            index,
+            probe,
+            filled: leftover.len(),
+            buf,
+            message: Vec::new(),
+            nats: Vec::new(),
+        }
+    }
+
+    /// Room to read into (grown when one frame needs more).
+    fn spare(&mut self) -> &mut [u8] {
+        if self.buf.len() - self.filled < 4096 {
+            let len = self.buf.len() * 2;
+            self.buf.resize(len, 0);
+        }
+        &mut self.buf[self.filled..]
+    }
+
+    /// Handles every complete frame received; replies (pongs) go to `out`.
+    fn process(&mut self, run: &Run, out: &mut Vec<u8>) -> Result<(), Closed> {
+        let mut start = 0;
+        while let Some(frame) = wsclient::parse_frame(&self.buf[start..self.filled]) {
+            let (lo, hi) = (start + frame.start, start + frame.end);
+            match frame.opcode {
+                0x9 => wsclient::push_frame(out, 0xA, &self.buf[lo..hi]),
+                0x8 => return Err(Closed),
+                0x0..=0x2 => {
+                    if frame.fin && frame.opcode != 0 && self.message.is_empty() {
+                        let payload = &self.buf[lo..hi];
+                        on_message(run, self.index, self.probe, payload, &mut self.nats, out);
+                    } else {
+                        self.message.extend_from_slice(&self.buf[lo..hi]);
+                        if frame.fin {
+                            let whole = std::mem::take(&mut self.message);
+                            on_message(run, self.index, self.probe, &whole, &mut self.nats, out);
+                        }
+                    }
+                }
+                _ => {}
+            }
+            start = hi;
+        }
+        if start > 0 {
+            self.buf.copy_within(start..self.filled, 0);
+            self.filled -= start;
+        }
+        Ok(())
+    }
+}
+
+/// A probe: reads every message as soon as it arrives.
+async fn probe_loop(run: &Run, stream: &SharedStream, mut reader: ConnReader) {
+    let mut out = Vec::new();
+    loop {
+        if reader.process(run, &mut out).is_err() || run.phase.get() == Phase::Done {
+            return;
+        }
+        if !out.is_empty() {
+            let _ = stream.write_all(&out).await;
+            out.clear();
+        }
+        match stream.read(reader.spare()).await {
+            Ok(n) if n > 0 => reader.filled += n,
+            _ => {
+                if run.phase.get() != Phase::Done {
+                    run.note_error("a subscriber's connection closed".into());
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Bulk subscribers: one task reads them all every tick with non-blocking
+/// `recv` until each socket is empty — no wake-up or io_uring request per
+/// connection, so the generator stays far below the server's cost.
+async fn bulk_loop(run: Rc<Run>) {
+    let mut out = Vec::new();
+    while run.phase.get() != Phase::Done {
+        sleep(run.options.bulk_read_interval).await;
+        let mut conns = run.bulk.borrow_mut();
+        let mut closed = Vec::new();
+        for (slot, (stream, reader)) in conns.iter_mut().enumerate() {
+            loop {
+                let spare = reader.spare();
+                // SAFETY: recv into a buffer we own, on a socket we own.
+                let n = unsafe {
+                    libc::recv(
+                        stream.fd(),
+                        spare.as_mut_ptr().cast(),
+                        spare.len(),
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                if n > 0 {
+                    reader.filled += n as usize;
+                    if reader.process(&run, &mut out).is_err() {
+                        closed.push(slot);
+                        break;
+                    }
+                    if !out.is_empty() {
+                        // Pongs are tiny; the socket has room for them.
+                        // SAFETY: send from a buffer we own.
+                        unsafe {
+                            libc::send(
+                                stream.fd(),
+                                out.as_ptr().cast(),
+                                out.len(),
+                                libc::MSG_DONTWAIT,
+                            )
+                        };
+                        out.clear();
+                    }
+                    continue;
+                }
+                let error = std::io::Error::last_os_error();
+                if n < 0 && error.kind() == std::io::ErrorKind::WouldBlock {
+                    break;
+                }
+                if n < 0 && error.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                closed.push(slot);
+                break;
+            }
+        }
+        for slot in closed.into_iter().rev() {
+            conns.swap_remove(slot);
+            if run.phase.get() != Phase::Done {
+                run.note_error("a subscriber's connection closed".into());
+            }
+        }
+    }
+}
+
+/// Handles one complete data message.
+fn on_message(
+    run: &Run,
+    index: usize,
+    probe: bool,
+    payload: &[u8],
+    nats: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) {
+    if run.options.target != Target::Nats {
+        if let Some(stamp) = target::find_stamp(payload) {
+            deliver(run, index, probe, stamp);
+        }
+        return;
+    }
+    nats.extend_from_slice(payload);
+    let mut used = 0;
+    loop {
+        let rest = &nats[used..];
+        let Some(eol) = memchr::memmem::find(rest, b"\r\n") else {
+            break;
+        };
+        let line = &rest[..eol];
+        if line.starts_with(b"MSG ") {
+            // MSG <subject> <sid> [reply] <bytes>
+            let Some(size) = std::str::from_utf8(line)
+                .ok()
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|n| n.parse::<usize>().ok())
+            else {
+                break;
+            };
+            let body_start = eol + 2;
+            if rest.len() < body_start + size + 2 {
+                break;
+            }
+            if let Some(stamp) = target::find_stamp(&rest[body_start..body_start + size]) {
+                deliver(run, index, probe, stamp);
+            }
+            used += body_start + size + 2;
+        } else {
+            if line == b"PING" {
+                wsclient::push_frame(out, 2, b"PONG\r\n");
+            }
+            used += eol + 2;
+        }
+    }
+    nats.drain(..used);
+}
+
+fn deliver(run: &Run, index: usize, probe: bool, stamp: Stamp) {
+    // Only probes read promptly, so only their latency means anything.
+    let now = if probe { Some(run.nanos()) } else { None };
+    run.tally.borrow_mut().record(index, stamp, now);
+    if probe && stamp.seq > 0 && run.phase.get() == Phase::Measure {
+        run.last_delivery.set(Some(Instant::now()));
+    }
+}
+
+/// Publishes on `channel` at `rate` per second: warm-up markers (seq 0)
+/// until measuring starts, then seq 1, 2, ... on a drift-free schedule,
+/// batching what is due into one write.
+async fn publish(run: Rc<Run>, stream: SharedStream, channel: String, publisher: u32, rate: f64) {
+    let o = &run.options;
+    let (mut out, mut scratch, mut payload) = (Vec::new(), Vec::new(), Vec::new());
+    // Warm-up: a marker every 50 ms.
+    while run.phase.get() == Phase::Connecting || run.phase.get() == Phase::Warmup {
+        if run.phase.get() == Phase::Warmup {
+            out.clear();
+            target::payload(0, publisher, run.nanos(), o.size, &mut payload);
+            o.target.publish(&channel, &payload, &mut out, &mut scratch);
+            if stream.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    let Some(started) = run.measure_started.get() else {
+        return;
+    };
+    let tick = Duration::from_secs_f64((1.0 / rate.max(1e-3)).clamp(0.001, 1.0));
+    let mut seq = 0u64;
+    // Stagger publishers so they do not all fire on the same tick.
+    let offset = tick.mul_f64((publisher % 97) as f64 / 97.0);
+    let mut next = started + offset;
+    while run.phase.get() == Phase::Measure {
+        let due = (rate * started.elapsed().as_secs_f64()).floor() as u64;
+        out.clear();
+        while seq < due {
+            seq += 1;
+            target::payload(seq, publisher, run.nanos(), o.size, &mut payload);
+            o.target.publish(&channel, &payload, &mut out, &mut scratch);
+        }
+        if !out.is_empty() {
+            if stream.write_all(&out).await.is_err() {
+                run.note_error("publisher connection failed".into());
+                break;
+            }
+            run.sent.borrow_mut()[publisher as usize] = seq;
+        }
+        next += tick;
+        let now = Instant::now();
+        if next > now {
+            sleep(next - now).await;
+        } else {
+            next = now;
+            glommio::yield_if_needed().await;
+        }
+    }
+}
