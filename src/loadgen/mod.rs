@@ -674,7 +674,7 @@ fn deliver(run: &Run, index: usize, probe: bool, stamp: Stamp) {
     // Only probes read promptly, so only their latency means anything.
     let now = if probe { Some(run.nanos()) } else { None };
     run.tally.borrow_mut().record(index, stamp, now);
-    if probe && stamp.seq > 0 && run.phase.get() == Phase::Measure {
+    if probe && stamp.seq > 0 && matches!(run.phase.get(), Phase::Measure | Phase::Drain) {
         run.last_delivery.set(Some(Instant::now()));
     }
 }

@@ -119,7 +119,9 @@ impl Report {
             .unwrap_or_default();
         Report {
             machine: Machine {
-                cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                // The machine's CPUs, not the generator's taskset.
+                // SAFETY: sysconf has no preconditions.
+                cpus: unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize,
                 kernel,
             },
             valid: why.is_empty(),

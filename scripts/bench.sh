@@ -1,0 +1,230 @@
+#!/usr/bin/env bash
+# Benchmarks shardcast and its peers under the same load generator, in one run.
+#
+#   scripts/bench.sh [--quick] [--runs N] [--servers a,b,..] [scenario...]
+#
+# Scenarios: fanout rooms idle connect-storm shards (default: all).
+# Servers:   shardcast-json shardcast-raw node-ws tokio-tungstenite
+#            python-websockets nats (default: all).
+# Each server is pinned to core 0 and the generator (shardcast-bench) to
+# core 1; each point runs --runs times (default 3). Results: one JSON file per
+# run in bench-results/<date>/, then scripts/report turns them into
+# BENCHMARKS.md. --quick shrinks every scenario to finish in a few minutes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+QUICK=0
+RUNS=3
+SERVERS="shardcast-json,shardcast-raw,node-ws,tokio-tungstenite,python-websockets,nats"
+SCENARIOS=()
+while (($#)); do
+  case "$1" in
+    --quick) QUICK=1 ;;
+    --runs) RUNS=$2; shift ;;
+    --servers) SERVERS=$2; shift ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    *) SCENARIOS+=("$1") ;;
+  esac
+  shift
+done
+((${#SCENARIOS[@]})) || SCENARIOS=(fanout rooms idle connect-storm shards)
+IFS=, read -r -a SERVER_LIST <<<"$SERVERS"
+
+OUT="bench-results/$(date +%Y-%m-%d)"
+mkdir -p "$OUT"
+SERVER_CPU=0
+GEN_CPU=1
+if (($(nproc) < 2)); then GEN_CPU=0; echo "warning: one CPU: server and generator share it" >&2; fi
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# ---- set-up: build and install everything the servers need ----------------
+setup() {
+  log "building shardcast (release)"
+  cargo build --release --locked --bins -q
+  for s in "${SERVER_LIST[@]}"; do
+    case "$s" in
+      node-ws)
+        command -v node >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs npm; }
+        [ -d benches/peers/node-ws/node_modules/ws ] || (cd benches/peers/node-ws && npm ci --no-audit --no-fund --loglevel=error) ;;
+      python-websockets)
+        python3 -c 'import websockets' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check -r benches/peers/python-websockets/requirements.txt ;;
+      tokio-tungstenite)
+        log "building the tokio-tungstenite peer"
+        (cd benches/peers/tokio-tungstenite && cargo build --release --locked -q) ;;
+      nats)
+        command -v nats-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server; } ;;
+    esac
+  done
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Starts server $1 (extra shardcast args in $2) on port $3; sets SERVER_PID
+# (the process to measure) and RUNNER_PID (the one to signal).
+start_server() {
+  local name=$1 extra=$2 port=$3 logf="$OUT/.server.log"
+  case "$name" in
+    shardcast-json|shardcast-raw)
+      taskset -c "$SERVER_CPU" target/release/shardcast serve --listen "127.0.0.1:$port" --shards 1 $extra >"$logf" 2>&1 & ;;
+    shardcast-shards-*)
+      local n=${name#shardcast-shards-}
+      target/release/shardcast serve --listen "127.0.0.1:$port" --shards "$n" $extra >"$logf" 2>&1 & ;;
+    node-ws)
+      taskset -c "$SERVER_CPU" node benches/peers/node-ws/server.mjs "$port" >"$logf" 2>&1 & ;;
+    python-websockets)
+      taskset -c "$SERVER_CPU" python3 benches/peers/python-websockets/server.py "$port" >"$logf" 2>&1 & ;;
+    tokio-tungstenite)
+      taskset -c "$SERVER_CPU" benches/peers/tokio-tungstenite/target/release/peer-tokio-tungstenite "$port" >"$logf" 2>&1 & ;;
+    nats)
+      taskset -c "$SERVER_CPU" benches/peers/nats/run.sh "$port" >"$logf" 2>&1 & ;;
+  esac
+  RUNNER_PID=$!
+  local deadline=$((SECONDS + 20))
+  until grep -q "listening" "$logf" 2>/dev/null; do
+    if ((SECONDS > deadline)) || ! kill -0 "$RUNNER_PID" 2>/dev/null; then
+      log "server $name did not start:"; cat "$logf" >&2; return 1
+    fi
+    sleep 0.05
+  done
+  SERVER_PID=$RUNNER_PID
+  if [ "$name" = nats ]; then SERVER_PID=$(pgrep -P "$RUNNER_PID" nats-server | head -1); fi
+}
+
+stop_server() {
+  kill -TERM "$RUNNER_PID" 2>/dev/null || true
+  local deadline=$((SECONDS + 15))
+  while kill -0 "$RUNNER_PID" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.05; done
+  kill -KILL "$RUNNER_PID" 2>/dev/null || true
+  wait "$RUNNER_PID" 2>/dev/null || true
+}
+
+target_of() {
+  case "$1" in
+    shardcast-json|shardcast-shards-*) echo shardcast-json ;;
+    shardcast-raw) echo shardcast-raw ;;
+    nats) echo nats ;;
+    *) echo peer ;;
+  esac
+}
+
+version_of() {
+  case "$1" in
+    shardcast*) target/release/shardcast --version | awk '{print $2}' ;;
+    node-ws) echo "ws $(node -p 'require("./benches/peers/node-ws/node_modules/ws/package.json").version'), node $(node --version)" ;;
+    python-websockets) python3 -c 'import websockets,sys; print("websockets", websockets.__version__, "python", sys.version.split()[0])' ;;
+    tokio-tungstenite) grep -A1 'name = "tokio-tungstenite"' benches/peers/tokio-tungstenite/Cargo.lock | awk -F'"' '/version/{print "tokio-tungstenite " $2}' ;;
+    nats) nats-server --version ;;
+  esac
+}
+
+# run_point SCENARIO SERVER FILE-TAG [shardcast server args] -- [generator args]
+run_point() {
+  local scenario=$1 server=$2 tag=$3; shift 3
+  local server_args=() gen_args=()
+  while (($#)) && [ "$1" != "--" ]; do server_args+=("$1"); shift; done
+  (($#)) && shift
+  gen_args=("$@")
+  for run in $(seq 1 "$RUNS"); do
+    local port file
+    port=$(free_port)
+    file="$OUT/$scenario-$tag-$server-run$run.json"
+    start_server "$server" "${server_args[*]:-}" "$port" || { log "skipping $server"; return 0; }
+    log "$scenario $server $tag run $run"
+    taskset -c "$GEN_CPU" target/release/shardcast-bench --server "127.0.0.1:$port" \
+      --server-pid "$SERVER_PID" --server-name "$server" --server-version "$(version_of "$server")" \
+      --target "$(target_of "$server")" --label "$tag" "${gen_args[@]}" --output "$file" \
+      || log "generator failed for $server ($scenario $tag)"
+    stop_server
+  done
+}
+
+# ---- scenarios --------------------------------------------------------------
+# p99 (µs) of the last result file of a point, or a huge number if invalid.
+last_p99() {
+  python3 - "$1" <<'PY'
+import json, sys
+try:
+    r = json.load(open(sys.argv[1]))
+    lat = r["results"].get("latency_us") or {}
+    print(lat.get("p99", 10**12) if r["valid"] else 10**12)
+except Exception:
+    print(10**12)
+PY
+}
+
+fanout() {
+  # For each server, rates rise until p99 passes 50 ms (or runs go invalid).
+  local subs_list rates duration
+  if ((QUICK)); then subs_list="1000"; rates="100 1000"; duration=3s
+  else subs_list="1000 10000"; rates="10 100 1000 3000 10000 30000"; duration=5s; fi
+  for subs in $subs_list; do
+    for server in "${SERVER_LIST[@]}"; do
+      for rate in $rates; do
+        run_point fanout "$server" "subs$subs-rate$rate" -- \
+          --scenario fanout --subscribers "$subs" --rate "$rate" --size 100 --duration "$duration"
+        local p99
+        p99=$(last_p99 "$OUT/fanout-subs$subs-rate$rate-$server-run$RUNS.json")
+        if ((p99 > 50000)); then
+          log "$server: p99 over 50 ms at $subs x $rate msg/s; stopping its sweep"
+          break
+        fi
+      done
+    done
+  done
+}
+
+rooms() {
+  local channels=1000 per=10 rate=10000 duration=5s
+  if ((QUICK)); then channels=100; rate=1000; duration=3s; fi
+  for server in "${SERVER_LIST[@]}"; do
+    run_point rooms "$server" "rooms$channels-x$per-rate$rate" -- \
+      --scenario rooms --subscribers $((channels * per)) --channels "$channels" --rate "$rate" \
+      --size 100 --duration "$duration"
+  done
+}
+
+idle() {
+  local conns=15000 window=10s
+  if ((QUICK)); then conns=2000; window=3s; fi
+  for server in "${SERVER_LIST[@]}"; do
+    # shardcast pings idle connections every 5 s here so heartbeats run in the window.
+    run_point idle "$server" "conns$conns" --ping-interval 5s -- \
+      --scenario idle --subscribers "$conns" --channels 100 --duration "$window"
+  done
+}
+
+connect_storm() {
+  local conns=10000
+  ((QUICK)) && conns=2000
+  for server in "${SERVER_LIST[@]}"; do
+    run_point connect-storm "$server" "conns$conns" -- \
+      --scenario connect-storm --subscribers "$conns" --connect-concurrency 512
+  done
+}
+
+shards() {
+  # The machine has 2 cores: with --shards 2 the server uses both and the
+  # generator competes with it for CPU. Reported as measured.
+  local duration=5s
+  ((QUICK)) && duration=3s
+  for n in 1 2; do
+    run_point shards "shardcast-shards-$n" "subs1000-rate1000" -- \
+      --scenario fanout --subscribers 1000 --rate 1000 --size 100 --duration "$duration"
+  done
+}
+
+setup
+for scenario in "${SCENARIOS[@]}"; do
+  case "$scenario" in
+    fanout) fanout ;;
+    rooms) rooms ;;
+    idle) idle ;;
+    connect-storm) connect_storm ;;
+    shards) shards ;;
+    *) log "unknown scenario $scenario"; exit 2 ;;
+  esac
+done
+log "results in $OUT"
+python3 scripts/report "$OUT"
