@@ -4,6 +4,7 @@
 #   scripts/bench.sh [--quick] [--runs N] [--servers a,b,..] [scenario...]
 #
 # Scenarios: fanout rooms idle connect-storm shards (default: all).
+# FANOUT_SUBS="1000" limits fanout to those subscriber counts.
 # Servers:   shardcast-json shardcast-raw node-ws tokio-tungstenite
 #            python-websockets nats (default: all).
 # Each server is pinned to core 0 and the generator (shardcast-bench) to
@@ -159,6 +160,7 @@ fanout() {
   local subs_list rates duration
   if ((QUICK)); then subs_list="1000"; rates="100 1000"; duration=3s
   else subs_list="1000 10000"; rates="10 100 1000 3000 10000 30000"; duration=5s; fi
+  subs_list=${FANOUT_SUBS:-$subs_list}
   for subs in $subs_list; do
     for server in "${SERVER_LIST[@]}"; do
       for rate in $rates; do

@@ -153,9 +153,13 @@ impl Report {
         match o.scenario {
             super::Scenario::Fanout | super::Scenario::Rooms => {
                 let l = r.latency_us.unwrap_or_default();
+                let subscribers = match o.scenario {
+                    super::Scenario::Rooms => r.connections,
+                    _ => r.connections - r.publishers.min(r.connections),
+                };
                 format!(
                     "{:?} {server}: {} subs x {:.0} msg/s -> {:.0} deliveries/s, p50 {} us, p99 {} us, max {} us, server {:.2} CPU-s/M, gen CPU {:.0}% ({verdict})",
-                    o.scenario, r.connections - r.publishers.min(r.connections), r.publish_rate_achieved, r.deliveries_per_second,
+                    o.scenario, subscribers, r.publish_rate_achieved, r.deliveries_per_second,
                     l.p50, l.p99, l.max, r.server_cpu_seconds_per_million.unwrap_or(f64::NAN),
                     r.generator_cpu_fraction * 100.0
                 )

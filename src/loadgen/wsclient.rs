@@ -24,6 +24,20 @@ pub async fn connect_from(source: IpAddr, server: SocketAddr) -> io::Result<TcpS
         Some(Protocol::TCP),
     )?;
     socket.set_nonblocking(true)?;
+    // Let connect() pick the port with the full 4-tuple in view, so ports
+    // still in TIME_WAIT from earlier runs (to other server ports) are
+    // reused instead of exhausting the source address.
+    let enable: libc::c_int = 1;
+    // SAFETY: setsockopt with a valid fd and an int option.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&enable as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
     socket.bind(&SocketAddr::new(source, 0).into())?;
     match socket.connect(&server.into()) {
         Ok(()) => {}
