@@ -65,32 +65,13 @@ fn environment_and_toml_file_configure_the_server() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("shardcast.toml");
     std::fs::write(&file, "max-connections = 1\n").unwrap();
-    let child_env = [
-        ("SHARDCAST_CONFIG", file.to_str().unwrap()),
-        ("SHARDCAST_SHARDS", "1"),
-        ("RUST_LOG", "warn"),
-    ];
-    let mut server = {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardcast"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0"])
-            .envs(child_env)
-            .stdout(std::process::Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        let addr: std::net::SocketAddr = line
-            .trim()
-            .rsplit("http://")
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        support::Server { addr, child }
-    };
+    let mut server = support::Server::start_with_env(
+        &[],
+        &[
+            ("SHARDCAST_CONFIG", file.to_str().unwrap()),
+            ("SHARDCAST_SHARDS", "1"),
+        ],
+    );
     let _first = support::Client::connect(&server, "/ws");
     match tungstenite::connect(server.url("/ws")) {
         Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),

@@ -148,6 +148,10 @@ impl Run {
 struct Plan {
     /// (channel, role) per connection.
     connections: Vec<(usize, Role)>,
+    /// Publisher id per connection (meaningful for publishing roles): its
+    /// channel times `publishers_per_channel` plus its rank in the channel,
+    /// so `id % publishers_per_channel` is its slot.
+    publisher_ids: Vec<u32>,
     publishers_per_channel: usize,
     /// Publications per second of each publishing connection.
     rate_each: f64,
@@ -155,6 +159,24 @@ struct Plan {
 
 impl Plan {
     fn new(o: &Options) -> Plan {
+        let mut plan = Plan::layout(o);
+        let mut ranks = vec![0usize; o.channels.max(1)];
+        plan.publisher_ids = plan
+            .connections
+            .iter()
+            .map(|&(channel, role)| {
+                let rank = ranks[channel];
+                if role != Role::Subscriber {
+                    ranks[channel] += 1;
+                }
+                (channel * plan.publishers_per_channel + rank) as u32
+            })
+            .collect();
+        plan
+    }
+
+    /// Who connects where, and the publishing rates.
+    fn layout(o: &Options) -> Plan {
         let channels = o.channels.max(1);
         match o.scenario {
             Scenario::Fanout => {
@@ -164,6 +186,7 @@ impl Plan {
                 connections.extend((0..channels).map(|c| (c, Role::Publisher)));
                 Plan {
                     connections,
+                    publisher_ids: Vec::new(),
                     publishers_per_channel: 1,
                     rate_each: o.rate / channels as f64,
                 }
@@ -172,6 +195,7 @@ impl Plan {
                 connections: (0..o.subscribers)
                     .map(|i| (i % channels, Role::Both))
                     .collect(),
+                publisher_ids: Vec::new(),
                 publishers_per_channel: o.subscribers.div_ceil(channels),
                 rate_each: o.rate / o.subscribers.max(1) as f64,
             },
@@ -179,21 +203,11 @@ impl Plan {
                 connections: (0..o.subscribers)
                     .map(|i| (i % channels, Role::Subscriber))
                     .collect(),
+                publisher_ids: Vec::new(),
                 publishers_per_channel: 1,
                 rate_each: 0.0,
             },
         }
-    }
-
-    /// Publisher id of connection `index` (its slot within the channel is
-    /// `id % publishers_per_channel`).
-    fn publisher_id(&self, index: usize) -> u32 {
-        let (channel, _) = self.connections[index];
-        let rank = self.connections[..index]
-            .iter()
-            .filter(|(c, r)| *c == channel && *r != Role::Subscriber)
-            .count();
-        (channel * self.publishers_per_channel + rank) as u32
     }
 }
 
@@ -446,7 +460,7 @@ async fn client(run: Rc<Run>, plan: Rc<Plan>, index: usize, permit: glommio::syn
         return;
     }
     if role != Role::Subscriber {
-        let publisher = plan.publisher_id(index);
+        let publisher = plan.publisher_ids[index];
         let (run, stream, name, rate) = (run.clone(), stream.clone(), name.clone(), plan.rate_each);
         glommio::spawn_local(async move { publish(run, stream, name, publisher, rate).await })
             .detach();
@@ -728,5 +742,44 @@ async fn publish(run: Rc<Run>, stream: SharedStream, channel: String, publisher:
             next = now;
             glommio::yield_if_needed().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn options(args: &[&str]) -> Options {
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            options: Options,
+        }
+        Cli::parse_from(std::iter::once("bench").chain(args.iter().copied())).options
+    }
+
+    #[test]
+    fn publisher_ids_number_each_channels_publishers_from_zero() {
+        let rooms = Plan::new(&options(&[
+            "--scenario",
+            "rooms",
+            "--subscribers",
+            "5",
+            "--channels",
+            "2",
+        ]));
+        // Connections alternate channels 0,1,0,1,0; 3 publishers per channel.
+        assert_eq!(rooms.publisher_ids, vec![0, 3, 1, 4, 2]);
+        let fanout = Plan::new(&options(&["--subscribers", "3", "--channels", "2"]));
+        let publishers: Vec<u32> = fanout
+            .connections
+            .iter()
+            .zip(&fanout.publisher_ids)
+            .filter(|((_, role), _)| *role == Role::Publisher)
+            .map(|(_, id)| *id)
+            .collect();
+        assert_eq!(publishers, vec![0, 1]);
     }
 }

@@ -30,6 +30,12 @@ impl Server {
     /// Starts `shardcast serve --listen 127.0.0.1:0 <args>` and waits for its
     /// "listening" line.
     pub fn start(args: &[&str]) -> Server {
+        Server::start_with_env(args, &[])
+    }
+
+    /// Like [`Server::start`], with extra environment variables (e.g.
+    /// `SHARDCAST_*` settings).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_shardcast"))
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(args)
@@ -37,6 +43,7 @@ impl Server {
                 "RUST_LOG",
                 std::env::var("SHARDCAST_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stdin(Stdio::null())
             .spawn()
