@@ -1,12 +1,27 @@
-//! Channel names: what characters and length are allowed, and which shard owns
-//! a channel (orders its publications). Pure functions.
+//! Channel names: what characters and length are allowed, which are the
+//! server's own (read-only) system channels, and which shard owns a channel
+//! (orders its publications). Pure functions.
 
 /// Longest channel name, in bytes.
 pub const MAX_CHANNEL_LEN: usize = 128;
 
-/// Names starting with this are reserved for the server's own channels and
-/// cannot be subscribed to or published on by clients.
+/// Names starting with this are reserved for the server's own channels:
+/// clients may subscribe to the ones in [`SYSTEM_CHANNELS`], never publish.
 pub const RESERVED_PREFIX: char = '$';
+
+/// Each shard publishes its figures here once a second (the dashboard's feed).
+pub const STATS_CHANNEL: &str = "$stats";
+
+/// The system channels clients may subscribe to.
+pub const SYSTEM_CHANNELS: [&str; 1] = [STATS_CHANNEL];
+
+/// What a client wants to do with a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Subscribe,
+    /// Publish (raw-room members may do both, so rooms ask for this).
+    Publish,
+}
 
 /// Why a channel name was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -19,11 +34,14 @@ pub enum ChannelError {
     BadCharacter,
     #[error("channel names starting with '$' are reserved")]
     Reserved,
+    #[error("system channels are read-only: subscribe with the JSON protocol")]
+    ReadOnly,
 }
 
-/// Checks a client-supplied channel name: 1 to 128 bytes of `A-Z a-z 0-9 . _ -
-/// : @`, not starting with `$`.
-pub fn validate(name: &str) -> Result<(), ChannelError> {
+/// Checks a client-supplied channel name for `access`: 1 to 128 bytes of
+/// `A-Z a-z 0-9 . _ - : @`; names starting with `$` only to subscribe to a
+/// system channel.
+pub fn validate(name: &str, access: Access) -> Result<(), ChannelError> {
     if name.is_empty() {
         return Err(ChannelError::Empty);
     }
@@ -31,7 +49,11 @@ pub fn validate(name: &str) -> Result<(), ChannelError> {
         return Err(ChannelError::TooLong);
     }
     if name.starts_with(RESERVED_PREFIX) {
-        return Err(ChannelError::Reserved);
+        return match (SYSTEM_CHANNELS.contains(&name), access) {
+            (false, _) => Err(ChannelError::Reserved),
+            (true, Access::Publish) => Err(ChannelError::ReadOnly),
+            (true, Access::Subscribe) => Ok(()),
+        };
     }
     if !name
         .bytes()
@@ -40,6 +62,11 @@ pub fn validate(name: &str) -> Result<(), ChannelError> {
         return Err(ChannelError::BadCharacter);
     }
     Ok(())
+}
+
+/// Whether `name` is one of the server's own channels.
+pub fn is_system(name: &[u8]) -> bool {
+    name.first() == Some(&(RESERVED_PREFIX as u8))
 }
 
 /// The shard that owns `name` among `shards`: FNV-1a of the name, so every
@@ -60,12 +87,27 @@ mod tests {
     #[test]
     fn accepts_ordinary_names() {
         for name in ["news", "user.42.inbox", "a-b_c:d@e", &"x".repeat(128)] {
-            assert_eq!(validate(name), Ok(()), "{name}");
+            assert_eq!(validate(name, Access::Publish), Ok(()), "{name}");
         }
     }
 
     #[test]
+    fn system_channels_are_read_only() {
+        assert_eq!(validate("$stats", Access::Subscribe), Ok(()));
+        assert_eq!(
+            validate("$stats", Access::Publish),
+            Err(ChannelError::ReadOnly)
+        );
+        assert_eq!(
+            validate("$other", Access::Subscribe),
+            Err(ChannelError::Reserved)
+        );
+        assert!(is_system(b"$stats") && !is_system(b"stats"));
+    }
+
+    #[test]
     fn refuses_bad_names() {
+        let validate = |name: &str| validate(name, Access::Subscribe);
         assert_eq!(validate(""), Err(ChannelError::Empty));
         assert_eq!(validate(&"x".repeat(129)), Err(ChannelError::TooLong));
         assert_eq!(validate("$system"), Err(ChannelError::Reserved));

@@ -16,24 +16,33 @@
 //!   [`frame`]: server WebSocket frames, encoded once and shared;
 //!   [`channel`]: channel names and owners.
 //! - [`heartbeat`]: the ping/timeout state machine driven by a per-shard sweep.
-//! - [`stats`]: per-shard counters; [`sync`]: a shard-local wait list;
-//!   [`error`]: the server's error types.
+//! - [`stats`]: per-shard counters and the latency histogram;
+//!   [`snapshot`]: what a shard reports and the server-wide report built from
+//!   them; [`exposition`]: that report as Prometheus text; [`process`]: CPU
+//!   and memory of the process; [`clock`]: the monotonic clock publications
+//!   are stamped with.
+//! - `GET /` serves `src/dashboard.html`, a page fed by the `$stats` channel.
+//! - [`sync`]: a shard-local wait list; [`error`]: the server's error types.
 //!
 //! `docs/design.md` explains how these fit together; `docs/protocol.md`
 //! specifies the wire protocol.
 
 pub mod channel;
+pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod error;
+pub mod exposition;
 pub mod frame;
 pub mod heartbeat;
 pub mod loadgen;
 pub mod mesh;
+pub mod process;
 pub mod protocol;
 pub mod runtime;
 pub mod shard;
 pub mod shutdown;
+pub mod snapshot;
 pub mod stats;
 pub mod sync;
 pub mod units;

@@ -8,7 +8,7 @@
 //! only ones that wait for the queue to shrink; mesh receivers never wait, so
 //! two shards can never deadlock on each other's full lanes.
 
-use std::rc::Rc;
+use std::{cell::Cell, rc::Rc};
 
 use bytes::Bytes;
 use glommio::channels::{
@@ -16,7 +16,7 @@ use glommio::channels::{
     local_channel::{self, LocalReceiver, LocalSender},
 };
 
-use crate::{protocol::PayloadKind, sync::WaitQueue};
+use crate::{clock, protocol::PayloadKind, snapshot::ShardSnapshot, stats::bump, sync::WaitQueue};
 
 /// Upper bound on shards (interest is a 64-bit mask per channel).
 pub const MAX_SHARDS: usize = 64;
@@ -44,11 +44,25 @@ pub struct Skip {
     pub conn: ConnRef,
 }
 
-/// The bytes of one publication and what they are.
+/// The bytes of one publication, what they are, and when it was published.
 #[derive(Debug, Clone)]
 pub struct Payload {
     pub kind: PayloadKind,
     pub bytes: Bytes,
+    /// When the server received it ([`clock::now_ns`]): deliveries are timed
+    /// from here.
+    pub published_at: u64,
+}
+
+impl Payload {
+    /// A publication received now.
+    pub fn new(kind: PayloadKind, bytes: Bytes) -> Self {
+        Payload {
+            kind,
+            bytes,
+            published_at: clock::now_ns(),
+        }
+    }
 }
 
 /// Where the assigned `seq` of a publication must be reported.
@@ -88,12 +102,21 @@ pub enum MeshMsg {
     InterestConfirmed { ch: Bytes },
     /// From the owner: the publication you forwarded got `seq`.
     Published { reply: Reply, seq: u64 },
+    /// A scrape on shard `from`: send your snapshot back for `slot`.
+    StatsRequest { from: u16, slot: u32 },
+    /// The snapshot asked for by `StatsRequest { slot }`.
+    StatsReply {
+        slot: u32,
+        snapshot: Box<ShardSnapshot>,
+    },
 }
 
 /// One shard's outgoing side of the mesh: an ordered queue per peer.
 pub struct PeerLinks {
     queues: Vec<Option<LocalSender<MeshMsg>>>,
     room: WaitQueue,
+    /// Messages queued for peers since start.
+    sent: Cell<u64>,
 }
 
 impl PeerLinks {
@@ -115,6 +138,7 @@ impl PeerLinks {
         let links = PeerLinks {
             queues,
             room: WaitQueue::default(),
+            sent: Cell::new(0),
         };
         (Rc::new(links), receivers)
     }
@@ -124,8 +148,15 @@ impl PeerLinks {
     pub fn send(&self, peer: usize, msg: MeshMsg) {
         if let Some(Some(queue)) = self.queues.get(peer) {
             // Unbounded: fails only when the drain task is gone (shutdown).
-            let _ = queue.try_send(msg);
+            if queue.try_send(msg).is_ok() {
+                bump(&self.sent, 1);
+            }
         }
+    }
+
+    /// Messages queued for peers since start.
+    pub fn sent(&self) -> u64 {
+        self.sent.get()
     }
 
     /// Messages waiting for `peer`.

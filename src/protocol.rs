@@ -11,7 +11,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 use crate::{
-    channel,
+    channel::{self, Access, ChannelError},
     frame::{self, FrameBuilder, OpCode},
 };
 
@@ -57,6 +57,9 @@ pub enum ErrorCode {
     TooManySubscriptions,
     /// The server is shutting down and takes no new work.
     ShuttingDown,
+    /// The operation is not allowed on this channel (publishing on a
+    /// read-only system channel).
+    Forbidden,
 }
 
 impl ErrorCode {
@@ -69,6 +72,7 @@ impl ErrorCode {
             ErrorCode::NotSubscribed => "not_subscribed",
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 }
@@ -128,11 +132,21 @@ fn read_id(raw: Option<&RawValue>) -> Result<Option<&str>, OpError<'_>> {
 
 fn read_channel<'a>(
     ch: Option<Cow<'a, str>>,
+    access: Access,
     id: Option<&'a str>,
 ) -> Result<Cow<'a, str>, OpError<'a>> {
     let ch = ch.ok_or_else(|| OpError::new(ErrorCode::BadChannel, "missing ch", id))?;
-    channel::validate(&ch).map_err(|e| OpError::new(ErrorCode::BadChannel, e.to_string(), id))?;
+    channel::validate(&ch, access)
+        .map_err(|e| OpError::new(channel_error_code(e), e.to_string(), id))?;
     Ok(ch)
+}
+
+/// The error code for a refused channel name.
+pub fn channel_error_code(error: ChannelError) -> ErrorCode {
+    match error {
+        ChannelError::ReadOnly => ErrorCode::Forbidden,
+        _ => ErrorCode::BadChannel,
+    }
 }
 
 /// Parses one client text frame.
@@ -150,15 +164,15 @@ pub fn parse_client_op(text: &str) -> Result<ClientOp<'_>, OpError<'_>> {
         .ok_or_else(|| OpError::new(ErrorCode::BadJson, "missing op", id))?;
     match op.as_ref() {
         "sub" => Ok(ClientOp::Sub {
-            ch: read_channel(envelope.ch, id)?,
+            ch: read_channel(envelope.ch, Access::Subscribe, id)?,
             id,
         }),
         "unsub" => Ok(ClientOp::Unsub {
-            ch: read_channel(envelope.ch, id)?,
+            ch: read_channel(envelope.ch, Access::Subscribe, id)?,
             id,
         }),
         "pub" => {
-            let ch = read_channel(envelope.ch, id)?;
+            let ch = read_channel(envelope.ch, Access::Publish, id)?;
             let data = envelope
                 .data
                 .ok_or_else(|| OpError::new(ErrorCode::BadJson, "pub needs data", id))?;
@@ -201,7 +215,7 @@ pub fn parse_http_publish(body: &str) -> Result<HttpPublish<'_>, OpError<'_>> {
             None,
         )
     })?;
-    let ch = read_channel(envelope.ch, None)?;
+    let ch = read_channel(envelope.ch, Access::Publish, None)?;
     let data = envelope
         .data
         .ok_or_else(|| OpError::new(ErrorCode::BadJson, "missing data", None))?;
@@ -401,6 +415,11 @@ mod tests {
         assert_eq!(code(r#"{"op":"sub","ch":"a b"}"#), ErrorCode::BadChannel);
         assert_eq!(code(r#"{"op":"sub"}"#), ErrorCode::BadChannel);
         assert_eq!(code(r#"{"op":"sub","ch":"$sys"}"#), ErrorCode::BadChannel);
+        assert!(parse_client_op(r#"{"op":"sub","ch":"$stats"}"#).is_ok());
+        assert_eq!(
+            code(r#"{"op":"pub","ch":"$stats","data":1}"#),
+            ErrorCode::Forbidden
+        );
         let err = parse_client_op(r#"{"op":"dance","id":7}"#).unwrap_err();
         assert_eq!(err.id, Some("7"));
     }

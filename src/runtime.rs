@@ -19,8 +19,9 @@ use crate::{
     config::Config,
     error::ServerError,
     mesh::LANE_CAPACITY,
-    shard::{run_shard, ShardContext, ShardTotals},
+    shard::{run_shard, ShardContext},
     shutdown::ShutdownHandle,
+    snapshot::ShardSnapshot,
 };
 
 /// Pending-connection backlog of each listener (glommio's own bind uses 1024,
@@ -38,7 +39,7 @@ pub enum ShardEvent {
     /// The shard is accepting connections.
     Ready(usize),
     /// The shard ended (after shutdown, or with an error).
-    Exited(usize, Result<ShardTotals, ServerError>),
+    Exited(usize, Result<Box<ShardSnapshot>, ServerError>),
 }
 
 /// A started server: every shard is accepting.
@@ -52,6 +53,7 @@ pub struct Server {
 impl Server {
     /// Binds, starts every shard and returns once all accept connections.
     pub fn start(config: Config) -> Result<Server, ServerError> {
+        crate::process::start_time_seconds();
         let shards = config.shards;
         let (addr, listeners) = bind_listeners(config.listen, shards)?;
         let cpus = core_affinity::get_core_ids().unwrap_or_default();
@@ -136,16 +138,15 @@ impl Server {
         self.shutdown.clone()
     }
 
-    /// Blocks until every shard has ended after a shutdown. The first shard
-    /// failure is returned at once (the caller exits non-zero).
-    pub fn wait(self) -> Result<Vec<(usize, ShardTotals)>, ServerError> {
+    /// Blocks until every shard has ended after a shutdown; returns each
+    /// shard's final snapshot. The first shard failure is returned at once
+    /// (the caller exits non-zero).
+    pub fn wait(self) -> Result<Vec<ShardSnapshot>, ServerError> {
         let mut totals = Vec::with_capacity(self.shards);
         while totals.len() < self.shards {
             match self.events.recv() {
                 Ok(ShardEvent::Ready(_)) => {}
-                Ok(ShardEvent::Exited(shard, Ok(shard_totals))) => {
-                    totals.push((shard, shard_totals))
-                }
+                Ok(ShardEvent::Exited(_, Ok(snapshot))) => totals.push(*snapshot),
                 Ok(ShardEvent::Exited(_, Err(error))) => {
                     self.shutdown.trigger();
                     return Err(error);
@@ -153,7 +154,7 @@ impl Server {
                 Err(_) => break,
             }
         }
-        totals.sort_by_key(|(shard, _)| *shard);
+        totals.sort_by_key(|s| s.shard);
         Ok(totals)
     }
 }
@@ -181,7 +182,7 @@ fn shard_thread(ctx: ShardContext, placement: Placement, events: mpsc::Sender<Sh
             reason: format!("panicked: {reason}"),
         })
     });
-    let _ = events.send(ShardEvent::Exited(id, result));
+    let _ = events.send(ShardEvent::Exited(id, result.map(Box::new)));
 }
 
 /// Binds `shards` listeners on the same address with SO_REUSEPORT; the

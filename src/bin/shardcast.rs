@@ -31,23 +31,44 @@ struct ServeArgs {
     /// TOML file with settings (same names as the flags, e.g. ping-interval = "25s")
     #[arg(long, env = "SHARDCAST_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Log lines on stderr: compact for people, or one JSON object per line.
+    /// The level comes from RUST_LOG (default info; debug adds one line per
+    /// connection opened and closed).
+    #[arg(long, env = "SHARDCAST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Compact)]
+    log_format: LogFormat,
     #[command(flatten)]
     settings: ConfigLayer,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Compact,
+    Json,
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    match cli.command {
+        Command::Serve(args) => {
+            init_logging(args.log_format);
+            serve(args)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .compact()
-        .init();
-    match cli.command {
-        Command::Serve(args) => serve(args),
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Compact => logs
+            .with_ansi(std::io::stderr().is_terminal())
+            .compact()
+            .init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
     }
 }
 
@@ -75,15 +96,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     stdout.flush()?;
 
     let totals = server.wait().context("shardcast stopped with an error")?;
-    for (shard, t) in totals {
+    for s in totals {
         tracing::info!(
-            shard,
-            connections_opened = t.connections_opened,
-            connections_left = t.connections_left,
-            publications_ordered = t.publications_ordered,
-            messages_delivered = t.messages_delivered,
-            slow_consumers = t.slow_consumers,
-            heartbeat_timeouts = t.heartbeat_timeouts,
+            shard = s.shard,
+            connections_opened = s.connections_opened,
+            connections_left = s.connections,
+            messages_published = s.messages_published,
+            messages_ordered = s.messages_ordered,
+            messages_delivered = s.messages_delivered,
+            bytes_in = s.bytes_in,
+            bytes_out = s.bytes_out,
+            frames_dropped = s.frames_dropped,
+            slow_consumers = s.closed.get("slow_consumer").copied().unwrap_or(0),
+            heartbeat_timeouts = s.closed.get("heartbeat_timeout").copied().unwrap_or(0),
+            latency_p99_us = s.latency_total_us.p99,
             "shard stopped"
         );
     }

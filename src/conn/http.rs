@@ -3,7 +3,10 @@
 //! upgrades to WebSocket. Pure functions over byte buffers; the connection
 //! task does the I/O.
 
-use crate::{channel, protocol::ErrorCode};
+use crate::{
+    channel::{self, Access},
+    protocol::{self, ErrorCode},
+};
 
 /// Largest request head accepted (431 above).
 pub const MAX_HEAD_BYTES: usize = 8192;
@@ -149,14 +152,27 @@ pub enum Route {
     WebSocket(Session),
     Publish,
     Health,
+    /// `GET /`: the live dashboard page.
+    Dashboard,
+    /// `GET /metrics`: Prometheus exposition.
+    Metrics,
+    /// `GET /api/stats`: the same figures as JSON.
+    Stats,
 }
 
 /// Routes a parsed head. WebSocket routes are checked for a valid upgrade.
 pub fn route(head: &Head, max_subscriptions: usize) -> Result<Route, HttpError> {
     let path = head.path.as_str();
-    if path == "/health" {
+    let page = match path {
+        "/health" => Some(Route::Health),
+        "/" | "/dashboard" => Some(Route::Dashboard),
+        "/metrics" => Some(Route::Metrics),
+        "/api/stats" => Some(Route::Stats),
+        _ => None,
+    };
+    if let Some(page) = page {
         return match head.method {
-            Method::Get => Ok(Route::Health),
+            Method::Get => Ok(page),
             _ => Err(method_not_allowed()),
         };
     }
@@ -170,7 +186,7 @@ pub fn route(head: &Head, max_subscriptions: usize) -> Result<Route, HttpError> 
         let mut subscribe = Vec::new();
         for value in query_values(&head.query, "sub") {
             for name in value.split(',').filter(|n| !n.is_empty()) {
-                check_channel(name)?;
+                check_channel(name, Access::Subscribe)?;
                 if !subscribe.iter().any(|s| s == name) {
                     subscribe.push(name.to_owned());
                 }
@@ -192,7 +208,7 @@ pub fn route(head: &Head, max_subscriptions: usize) -> Result<Route, HttpError> 
                 "bad percent-encoding in channel",
             )
         })?;
-        check_channel(&channel)?;
+        check_channel(&channel, Access::Publish)?;
         let echo = !query_values(&head.query, "echo").any(|v| v == "0" || v == "false");
         Session::Room { channel, echo }
     } else {
@@ -233,13 +249,15 @@ fn method_not_allowed() -> HttpError {
     HttpError::new(405, "method_not_allowed", "method not allowed here")
 }
 
-fn check_channel(name: &str) -> Result<(), HttpError> {
-    channel::validate(name).map_err(|e| {
-        HttpError::new(
-            400,
-            ErrorCode::BadChannel.as_str(),
-            format!("{name:?}: {e}"),
-        )
+fn check_channel(name: &str, access: Access) -> Result<(), HttpError> {
+    channel::validate(name, access).map_err(|e| {
+        let code = protocol::channel_error_code(e);
+        let status = if code == ErrorCode::Forbidden {
+            403
+        } else {
+            400
+        };
+        HttpError::new(status, code.as_str(), format!("{name:?}: {e}"))
     })
 }
 

@@ -20,11 +20,12 @@ use self::{
     stream::SharedStream,
 };
 use crate::{
+    exposition,
     heartbeat::Heartbeat,
     mesh::{ConnRef, Payload},
     protocol::{self, PayloadKind},
     shard::Shard,
-    stats::bump,
+    stats::{bump, Stats},
 };
 
 /// A WebSocket connection as the shard sees it.
@@ -38,10 +39,10 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(id: ConnRef, max_queue_bytes: usize, now_ms: u64) -> Self {
+    pub fn new(id: ConnRef, max_queue_bytes: usize, now_ms: u64, stats: Rc<Stats>) -> Self {
         Conn {
             id,
-            outbox: Rc::new(Outbox::new(max_queue_bytes)),
+            outbox: Rc::new(Outbox::new(max_queue_bytes, stats)),
             heartbeat: Heartbeat::new(now_ms),
             subscriptions: RefCell::new(Vec::new()),
         }
@@ -86,6 +87,9 @@ impl Conn {
     }
 }
 
+/// The live dashboard (`GET /`): one self-contained page, fed by `$stats`.
+const DASHBOARD: &str = include_str!("../dashboard.html");
+
 /// Serves one accepted socket until it closes.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let stream = SharedStream::new(stream);
@@ -104,6 +108,21 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         let keep_alive = head.keep_alive && !shard.is_shutting_down();
         let reply = match http::route(&head, shard.config.max_subscriptions) {
             Ok(Route::Health) => http::response(200, "text/plain", b"ok\n", keep_alive),
+            Ok(Route::Dashboard) => http::response(
+                200,
+                "text/html; charset=utf-8",
+                DASHBOARD.as_bytes(),
+                keep_alive,
+            ),
+            Ok(Route::Metrics) => {
+                let text = exposition::render(&shard.gather().await);
+                http::response(200, exposition::CONTENT_TYPE, text.as_bytes(), keep_alive)
+            }
+            Ok(Route::Stats) => {
+                let stats = shard.gather().await;
+                let json = serde_json::to_vec(&stats).unwrap_or_default();
+                http::response(200, "application/json", &json, keep_alive)
+            }
             Ok(Route::Publish) => match publish(&shard, &stream, &head, &mut buf).await {
                 Ok(seq) => {
                     let body = format!("{{\"seq\":{seq}}}");
@@ -198,7 +217,7 @@ fn admit(shard: &Shard) -> Result<(), HttpError> {
         ));
     }
     if !shard.try_reserve_connection() {
-        bump(&shard.stats.upgrades_refused_503, 1);
+        bump(&shard.stats.http_503, 1);
         return Err(HttpError::new(
             503,
             "too_many_connections",
@@ -224,7 +243,7 @@ async fn read_head(
             if let Some(head) = http::parse_head(buf)? {
                 return Ok(Some(head));
             }
-            if read_more(stream, buf).await? == 0 {
+            if read_more(&shard.stats, stream, buf).await? == 0 {
                 return Ok(None);
             }
         }
@@ -245,13 +264,18 @@ async fn read_head(
 }
 
 /// Appends what the socket has to `buf`; 0 at end of stream.
-async fn read_more(stream: &SharedStream, buf: &mut Vec<u8>) -> Result<usize, HttpError> {
+async fn read_more(
+    stats: &Stats,
+    stream: &SharedStream,
+    buf: &mut Vec<u8>,
+) -> Result<usize, HttpError> {
     const CHUNK: usize = 2048;
     let start = buf.len();
     buf.resize(start + CHUNK, 0);
     let read = stream.read(&mut buf[start..]).await;
     let n = read.as_ref().copied().unwrap_or(0);
     buf.truncate(start + n);
+    bump(&stats.bytes_received, n as u64);
     read.map_err(|e| HttpError::new(400, "bad_request", format!("read failed: {e}")))
 }
 
@@ -286,7 +310,7 @@ async fn publish(
     let limit = shard.config.handshake_timeout;
     let body_read = glommio::timer::timeout(limit, async {
         while buf.len() < end {
-            if read_more(stream, buf).await.unwrap_or(0) == 0 {
+            if read_more(&shard.stats, stream, buf).await.unwrap_or(0) == 0 {
                 return Ok(false);
             }
         }
@@ -312,10 +336,10 @@ async fn publish(
             "server is shutting down",
         ));
     }
-    let payload = Payload {
-        kind: PayloadKind::Json,
-        bytes: Bytes::copy_from_slice(request.data.as_bytes()),
-    };
+    let payload = Payload::new(
+        PayloadKind::Json,
+        Bytes::copy_from_slice(request.data.as_bytes()),
+    );
     let ch = Bytes::copy_from_slice(request.ch.as_bytes());
     let wait = shard.config.shutdown_timeout.max(Duration::from_secs(1));
     let seq = glommio::timer::timeout(wait, async {

@@ -5,6 +5,10 @@
 //! `sendmsg` (gathered, no copy), so a connection that fell behind catches up
 //! in few system calls. A push never blocks: over the bound the connection is
 //! closed as a slow consumer. tungstenite never writes to the socket.
+//!
+//! The outbox also keeps its shard's write-side counters: bytes sent, frames
+//! queued and dropped, publications delivered and their publish→write latency
+//! (a publication's frames carry the time it was published).
 
 use std::{
     cell::{Cell, RefCell},
@@ -20,7 +24,10 @@ use std::{
 use bytes::{Buf, Bytes};
 
 use super::stream::SharedStream;
-use crate::frame;
+use crate::{
+    clock, frame,
+    stats::{bump, Stats},
+};
 
 /// Most frames handed to one `sendmsg`.
 const MAX_IOV: usize = 64;
@@ -51,6 +58,18 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// Every reason, in declaration order (`reason as usize` indexes it).
+    pub const ALL: [CloseReason; 8] = [
+        CloseReason::Normal,
+        CloseReason::SlowConsumer,
+        CloseReason::HeartbeatTimeout,
+        CloseReason::TooLarge,
+        CloseReason::BadUtf8,
+        CloseReason::Protocol,
+        CloseReason::Shutdown,
+        CloseReason::SocketError,
+    ];
+
     /// The close code and reason sent to the client, if any.
     pub fn close_frame(self) -> Option<(u16, &'static str)> {
         match self {
@@ -97,9 +116,17 @@ enum Flush {
     WouldBlock,
 }
 
+/// A frame waiting to be written.
+struct Queued {
+    bytes: Bytes,
+    /// When the publication it carries was published ([`clock::now_ns`]);
+    /// 0 for frames that carry no publication (acks, pings, errors).
+    published_at: u64,
+}
+
 /// The bounded outgoing queue of one connection.
 pub struct Outbox {
-    frames: RefCell<VecDeque<Bytes>>,
+    frames: RefCell<VecDeque<Queued>>,
     /// Bytes in `frames` (the unsent part of a partly sent front frame).
     queued_bytes: Cell<usize>,
     limit: usize,
@@ -112,10 +139,12 @@ pub struct Outbox {
     close_frame: RefCell<Option<Bytes>>,
     writer: Cell<Option<Waker>>,
     reader: Cell<Option<Waker>>,
+    /// The shard's counters.
+    stats: Rc<Stats>,
 }
 
 impl Outbox {
-    pub fn new(limit: usize) -> Self {
+    pub fn new(limit: usize, stats: Rc<Stats>) -> Self {
         Outbox {
             frames: RefCell::new(VecDeque::new()),
             queued_bytes: Cell::new(0),
@@ -125,20 +154,38 @@ impl Outbox {
             close_frame: RefCell::new(None),
             writer: Cell::new(None),
             reader: Cell::new(None),
+            stats,
         }
     }
 
-    /// Queues a frame without blocking.
+    /// The shard's counters (the read side counts into them too).
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Queues a frame that carries no publication, without blocking.
     pub fn push(&self, frame: Bytes) -> Pushed {
+        self.push_published(frame, 0)
+    }
+
+    /// Queues the frame of a publication published at `published_at`
+    /// ([`clock::now_ns`]), without blocking.
+    pub fn push_published(&self, frame: Bytes, published_at: u64) -> Pushed {
         if self.closing.get().is_some() {
+            bump(&self.stats.frames_dropped, 1);
             return Pushed::Closed;
         }
         let queued = self.queued_bytes.get() + frame.len();
         if queued > self.limit {
+            bump(&self.stats.frames_dropped, 1);
             return Pushed::Overflow;
         }
         self.queued_bytes.set(queued);
-        self.frames.borrow_mut().push_back(frame);
+        self.frames.borrow_mut().push_back(Queued {
+            bytes: frame,
+            published_at,
+        });
+        bump(&self.stats.frames_queued, 1);
         wake(&self.writer);
         Pushed::Queued
     }
@@ -164,8 +211,10 @@ impl Outbox {
         if matches!(reason, CloseReason::SlowConsumer | CloseReason::SocketError) {
             let mut frames = self.frames.borrow_mut();
             let keep = usize::from(self.front_started.get() && !frames.is_empty());
+            bump(&self.stats.frames_dropped, (frames.len() - keep) as u64);
             frames.truncate(keep);
-            self.queued_bytes.set(frames.iter().map(Bytes::len).sum());
+            self.queued_bytes
+                .set(frames.iter().map(|f| f.bytes.len()).sum());
         }
         if let Some((code, text)) = reason.close_frame() {
             *self.close_frame.borrow_mut() = Some(frame::close(code, text));
@@ -231,7 +280,10 @@ impl Outbox {
             let mut frames = self.frames.borrow_mut();
             if frames.is_empty() {
                 match self.close_frame.borrow_mut().take() {
-                    Some(close) => frames.push_back(close),
+                    Some(close) => frames.push_back(Queued {
+                        bytes: close,
+                        published_at: 0,
+                    }),
                     None => {
                         if frames.capacity() > KEEP_CAPACITY {
                             frames.shrink_to(KEEP_CAPACITY);
@@ -251,21 +303,31 @@ impl Outbox {
         }
     }
 
-    /// Drops `sent` bytes from the front of the queue.
+    /// Drops `sent` bytes (just written) from the front of the queue; counts
+    /// them, and times the publications written completely.
     fn consume(&self, mut sent: usize) {
+        bump(&self.stats.bytes_sent, sent as u64);
         let mut frames = self.frames.borrow_mut();
         let mut from_queue = 0;
+        let mut now = 0;
         while sent > 0 {
             let Some(front) = frames.front_mut() else {
                 break;
             };
-            if sent >= front.len() {
-                sent -= front.len();
-                from_queue += front.len();
+            let len = front.bytes.len();
+            if sent >= len {
+                sent -= len;
+                from_queue += len;
+                if front.published_at != 0 {
+                    if now == 0 {
+                        now = clock::now_ns();
+                    }
+                    self.delivered(now.saturating_sub(front.published_at));
+                }
                 frames.pop_front();
                 self.front_started.set(false);
             } else {
-                front.advance(sent);
+                front.bytes.advance(sent);
                 from_queue += sent;
                 sent = 0;
                 self.front_started.set(true);
@@ -276,8 +338,24 @@ impl Outbox {
             .set(self.queued_bytes.get().saturating_sub(from_queue));
     }
 
+    /// Counts one publication written, `latency_ns` after it was published.
+    fn delivered(&self, latency_ns: u64) {
+        bump(&self.stats.messages_delivered, 1);
+        self.stats.latency.borrow_mut().record(latency_ns / 1_000);
+    }
+
     fn front(&self) -> Option<Bytes> {
-        self.frames.borrow().front().cloned()
+        self.frames.borrow().front().map(|f| f.bytes.clone())
+    }
+}
+
+impl Drop for Outbox {
+    /// Frames still queued when the connection is gone were never sent.
+    fn drop(&mut self) {
+        bump(
+            &self.stats.frames_dropped,
+            self.frames.get_mut().len() as u64,
+        );
     }
 }
 
@@ -298,14 +376,14 @@ fn wake(slot: &Cell<Option<Waker>>) {
 
 /// Hands up to [`MAX_IOV`] frames (at most [`MAX_BATCH_BYTES`]) to one
 /// non-blocking `sendmsg`.
-fn send_gathered(fd: RawFd, frames: &VecDeque<Bytes>) -> io::Result<usize> {
+fn send_gathered(fd: RawFd, frames: &VecDeque<Queued>) -> io::Result<usize> {
     let mut iov = [libc::iovec {
         iov_base: std::ptr::null_mut(),
         iov_len: 0,
     }; MAX_IOV];
     let mut count = 0;
     let mut total = 0;
-    for frame in frames.iter() {
+    for frame in frames.iter().map(|f| &f.bytes) {
         if count == MAX_IOV || (count > 0 && total + frame.len() > MAX_BATCH_BYTES) {
             break;
         }
@@ -390,7 +468,7 @@ mod tests {
 
     #[test]
     fn push_is_bounded_in_bytes() {
-        let outbox = Outbox::new(10);
+        let outbox = Outbox::new(10, Rc::default());
         assert_eq!(outbox.push(Bytes::from_static(b"12345")), Pushed::Queued);
         assert_eq!(outbox.push(Bytes::from_static(b"12345")), Pushed::Queued);
         assert_eq!(outbox.push(Bytes::from_static(b"1")), Pushed::Overflow);
@@ -399,7 +477,7 @@ mod tests {
 
     #[test]
     fn slow_consumer_close_keeps_only_a_started_frame() {
-        let outbox = Outbox::new(100);
+        let outbox = Outbox::new(100, Rc::default());
         outbox.push(Bytes::from_static(b"abcdef"));
         outbox.push(Bytes::from_static(b"ghij"));
         outbox.consume(2);
@@ -409,11 +487,43 @@ mod tests {
         assert_eq!(outbox.front().unwrap(), Bytes::from_static(b"cdef"));
         assert_eq!(outbox.push(Bytes::from_static(b"x")), Pushed::Closed);
         assert!(outbox.close_frame.borrow().is_some());
+        assert_eq!(outbox.stats().frames_queued.get(), 2);
+        assert_eq!(
+            outbox.stats().frames_dropped.get(),
+            2,
+            "ghij discarded and x refused; the started frame is kept"
+        );
+    }
+
+    #[test]
+    fn written_publications_are_counted_and_timed() {
+        let outbox = Outbox::new(100, Rc::default());
+        let published_at = clock::now_ns() - 2_000_000;
+        outbox.push_published(Bytes::from_static(b"abcd"), published_at);
+        outbox.push(Bytes::from_static(b"ack"));
+        outbox.consume(2);
+        assert_eq!(outbox.stats().messages_delivered.get(), 0, "half written");
+        outbox.consume(5);
+        let stats = outbox.stats();
+        assert_eq!(stats.messages_delivered.get(), 1, "acks are not deliveries");
+        assert_eq!(stats.bytes_sent.get(), 7);
+        let mut latency = stats.latency.borrow_mut();
+        latency.rotate();
+        let second = latency.last_second();
+        assert_eq!(second.count, 1);
+        assert!(second.p50 >= 1_990, "about 2 ms: {second:?}");
+    }
+
+    #[test]
+    fn close_reasons_index_their_table() {
+        for (i, reason) in CloseReason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, i);
+        }
     }
 
     #[test]
     fn graceful_close_keeps_the_queue() {
-        let outbox = Outbox::new(100);
+        let outbox = Outbox::new(100, Rc::default());
         outbox.push(Bytes::from_static(b"abc"));
         outbox.close(CloseReason::Shutdown);
         assert_eq!(outbox.queued_bytes(), 3);
@@ -429,7 +539,7 @@ mod tests {
     fn flush_gathers_frames_into_a_socket() {
         let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         use std::{io::Read, os::fd::AsRawFd};
-        let outbox = Outbox::new(1 << 20);
+        let outbox = Outbox::new(1 << 20, Rc::default());
         for i in 0..100u8 {
             outbox.push(Bytes::from(vec![i; 3]));
         }

@@ -20,6 +20,7 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
 use super::outbox::Outbox;
+use crate::stats::bump;
 
 /// A TCP stream shared by the tasks of one connection.
 #[derive(Clone)]
@@ -98,7 +99,11 @@ impl AsyncRead for ReadSide {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.stream.inner.borrow_mut()).poll_read(cx, buf)
+        let read = Pin::new(&mut *self.stream.inner.borrow_mut()).poll_read(cx, buf);
+        if let Poll::Ready(Ok(n)) = read {
+            bump(&self.outbox.stats().bytes_received, n as u64);
+        }
+        read
     }
 }
 

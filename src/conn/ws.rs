@@ -187,20 +187,14 @@ impl Reader<'_> {
         match message {
             Message::Text(text) => match &self.room {
                 Some(channel) => {
-                    let payload = Payload {
-                        kind: PayloadKind::Text,
-                        bytes: Bytes::from(text),
-                    };
+                    let payload = Payload::new(PayloadKind::Text, Bytes::from(text));
                     shard.publish(channel.clone(), payload, self.skip, Reply::None)
                 }
                 None => handle_op(shard, conn, Bytes::from(text)),
             },
             Message::Binary(bytes) => match &self.room {
                 Some(channel) => {
-                    let payload = Payload {
-                        kind: PayloadKind::Binary,
-                        bytes,
-                    };
+                    let payload = Payload::new(PayloadKind::Binary, bytes);
                     shard.publish(channel.clone(), payload, self.skip, Reply::None)
                 }
                 None => {
@@ -302,10 +296,7 @@ fn handle_op(shard: &Shard, conn: &Rc<Conn>, frame: Bytes) -> Option<usize> {
                     std::borrow::Cow::Borrowed(name) => frame.slice_ref(name.as_bytes()),
                     std::borrow::Cow::Owned(name) => Bytes::from(name.into_bytes()),
                 };
-                let payload = Payload {
-                    kind: PayloadKind::Json,
-                    bytes: frame.slice_ref(data.as_bytes()),
-                };
+                let payload = Payload::new(PayloadKind::Json, frame.slice_ref(data.as_bytes()));
                 let reply = match id {
                     Some(id) => Reply::Ack {
                         conn: conn.id,
@@ -346,7 +337,13 @@ mod tests {
             let stream = SharedStream::new(listener.accept().await.unwrap());
             let config = Config::default();
             let (links, _) = PeerLinks::new(0, 1);
-            let shard = Rc::new(Shard::new(0, config, links, Arc::new(AtomicUsize::new(0))));
+            let shard = Rc::new(Shard::new(
+                0,
+                None,
+                config,
+                links,
+                Arc::new(AtomicUsize::new(0)),
+            ));
             let session = serve(
                 shard,
                 stream,

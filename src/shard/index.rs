@@ -51,10 +51,11 @@ pub enum InterestChange {
     Lost,
 }
 
-/// Deliveries and overflows of one fan-out.
+/// Frames queued and overflows of one fan-out (for tests and benchmarks; the
+/// queues count for the metrics).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FanOut {
-    pub delivered: u64,
+    pub queued: u64,
     pub overflowed: u64,
 }
 
@@ -191,8 +192,12 @@ impl Index {
                     raw.get_or_insert_with(|| protocol::encode_raw(payload.kind, &payload.bytes))
                 }
             };
-            match subscriber.conn.outbox.push(frame.clone()) {
-                Pushed::Queued => result.delivered += 1,
+            match subscriber
+                .conn
+                .outbox
+                .push_published(frame.clone(), payload.published_at)
+            {
+                Pushed::Queued => result.queued += 1,
                 Pushed::Overflow => {
                     result.overflowed += 1;
                     subscriber.conn.close_slow_consumer();

@@ -6,6 +6,7 @@
 //! its lifecycle (mesh join, accept loop, heartbeat sweep, shutdown).
 
 pub mod index;
+mod observe;
 pub mod owner;
 mod run;
 
@@ -23,7 +24,8 @@ use bytes::Bytes;
 use glommio::{channels::local_channel::LocalSender, sync::Gate};
 use slab::Slab;
 
-pub use run::{run_shard, ShardContext, ShardTotals};
+pub use observe::STATS_INTERVAL;
+pub use run::{run_shard, ShardContext};
 
 use self::{
     index::{Index, InterestChange, Mode},
@@ -37,6 +39,7 @@ use crate::{
     heartbeat::{Action, HeartbeatTimes},
     mesh::{ConnRef, MeshMsg, Payload, PeerLinks, Reply, Skip},
     protocol::{self, ErrorCode, OpError},
+    snapshot::ShardSnapshot,
     stats::{bump, Stats},
     sync::WaitQueue,
 };
@@ -52,8 +55,12 @@ pub struct Shard {
     index: RefCell<Index>,
     owner: RefCell<Owner>,
     pub links: Rc<PeerLinks>,
+    /// The CPU this shard's thread is pinned to.
+    pub cpu: Option<usize>,
     /// HTTP publishes waiting for their `seq`, by reply slot.
     http_waiters: RefCell<Slab<LocalSender<u64>>>,
+    /// Scrapes waiting for the other shards' snapshots, by reply slot.
+    stats_waiters: RefCell<Slab<LocalSender<ShardSnapshot>>>,
     started: Instant,
     heartbeat: HeartbeatTimes,
     /// The ping frame, encoded once.
@@ -61,7 +68,8 @@ pub struct Shard {
     /// WebSocket connections open in the whole process (for
     /// `max-connections`); touched once per connect and disconnect.
     open_connections: Arc<AtomicUsize>,
-    pub stats: Stats,
+    /// This shard's counters, shared with its connections' queues.
+    pub stats: Rc<Stats>,
     shutting_down: Cell<bool>,
     /// Tasks waiting for shutdown to begin.
     stop_waiters: WaitQueue,
@@ -72,6 +80,7 @@ pub struct Shard {
 impl Shard {
     pub fn new(
         id: usize,
+        cpu: Option<usize>,
         config: Config,
         links: Rc<PeerLinks>,
         open_connections: Arc<AtomicUsize>,
@@ -86,11 +95,13 @@ impl Shard {
             index: RefCell::new(Index::default()),
             owner: RefCell::new(Owner::default()),
             links,
+            cpu,
             http_waiters: RefCell::new(Slab::new()),
+            stats_waiters: RefCell::new(Slab::new()),
             started: Instant::now(),
             ping_frame: frame::encode(frame::OpCode::Ping, &[]),
             open_connections,
-            stats: Stats::default(),
+            stats: Rc::default(),
             shutting_down: Cell::new(false),
             stop_waiters: WaitQueue::default(),
             gate: Rc::new(Gate::new()),
@@ -136,9 +147,15 @@ impl Shard {
             key: entry.key() as u32,
             gen,
         };
-        let conn = Rc::new(Conn::new(id, self.config.max_queue_bytes, self.now_ms()));
+        let conn = Rc::new(Conn::new(
+            id,
+            self.config.max_queue_bytes,
+            self.now_ms(),
+            self.stats.clone(),
+        ));
         entry.insert(conn.clone());
         bump(&self.stats.connections_opened, 1);
+        tracing::debug!(shard = self.id, conn = id.key, gen, "connection opened");
         conn
     }
 
@@ -169,8 +186,15 @@ impl Shard {
         }
         drop(conns);
         self.release_connection();
-        self.stats
-            .closed(conn.outbox.closing().unwrap_or(CloseReason::Normal));
+        let reason = conn.outbox.closing().unwrap_or(CloseReason::Normal);
+        self.stats.closed(reason);
+        tracing::debug!(
+            shard = self.id,
+            conn = conn.id.key,
+            gen = conn.id.gen,
+            reason = reason.as_str(),
+            "connection closed"
+        );
     }
 
     /// Subscribes `conn` to `name`. The ack (when `id` is given) goes out now,
@@ -284,6 +308,9 @@ impl Shard {
         if self.shutting_down.get() {
             return None;
         }
+        if !channel::is_system(&ch) {
+            bump(&self.stats.messages_published, 1);
+        }
         let owner = self.owner_of(&ch);
         if owner == self.id {
             self.order_and_distribute(ch, payload, self.id, skip, reply);
@@ -317,7 +344,9 @@ impl Shard {
             return;
         };
         let (seq, remote) = self.owner.borrow_mut().order(name);
-        bump(&self.stats.publications_ordered, 1);
+        if !channel::is_system(&ch) {
+            bump(&self.stats.messages_ordered, 1);
+        }
         for peer in shards_in(remote) {
             self.links.send(
                 peer,
@@ -337,13 +366,12 @@ impl Shard {
         }
     }
 
-    /// Fans a publication out to this shard's subscribers.
+    /// Fans a publication out to this shard's subscribers (their queues
+    /// count what they write).
     fn deliver(&self, name: &str, seq: u64, payload: &Payload, skip: Option<Skip>) {
-        let result = self
-            .index
+        self.index
             .borrow()
             .fan_out(self.id as u16, name, seq, payload, skip);
-        bump(&self.stats.messages_delivered, result.delivered);
     }
 
     /// Reports an assigned `seq` to whoever published.
@@ -425,6 +453,16 @@ impl Shard {
                 }
             }
             MeshMsg::Published { reply, seq } => self.complete(reply, seq),
+            MeshMsg::StatsRequest { from, slot } => {
+                let snapshot = Box::new(self.snapshot(true));
+                self.links
+                    .send(from as usize, MeshMsg::StatsReply { slot, snapshot });
+            }
+            MeshMsg::StatsReply { slot, snapshot } => {
+                if let Some(waiter) = self.stats_waiters.borrow().get(slot as usize) {
+                    let _ = waiter.try_send(*snapshot);
+                }
+            }
         }
     }
 

@@ -18,10 +18,10 @@ use glommio::{
     net::{TcpListener, UnixStream},
 };
 
-use super::Shard;
+use super::{observe::spawn_stats_tick, Shard};
 use crate::{
     config::Config, error::ServerError, mesh::MeshMsg, mesh::PeerLinks, runtime::ShardEvent,
-    stats::bump,
+    snapshot::ShardSnapshot, stats::bump,
 };
 
 /// How long a shard waits for its peers at the mesh barrier.
@@ -46,19 +46,8 @@ pub struct ShardContext {
     pub events: mpsc::Sender<ShardEvent>,
 }
 
-/// A shard's counters when it ended, for the shutdown log line.
-#[derive(Debug, Clone, Copy)]
-pub struct ShardTotals {
-    pub connections_opened: u64,
-    pub connections_left: usize,
-    pub publications_ordered: u64,
-    pub messages_delivered: u64,
-    pub slow_consumers: u64,
-    pub heartbeat_timeouts: u64,
-}
-
-/// Runs shard `ctx.id` until shutdown. Returns its totals.
-pub async fn run_shard(ctx: ShardContext) -> Result<ShardTotals, ServerError> {
+/// Runs shard `ctx.id` until shutdown. Returns its final snapshot.
+pub async fn run_shard(ctx: ShardContext) -> Result<ShardSnapshot, ServerError> {
     // glommio numbers mesh peers by executor id, not by start order: the
     // mesh's peer id is this shard's identity (it decides channel ownership).
     let mut id = ctx.id;
@@ -76,6 +65,7 @@ pub async fn run_shard(ctx: ShardContext) -> Result<ShardTotals, ServerError> {
     let (links, queues) = PeerLinks::new(id, ctx.config.shards);
     let shard = Rc::new(Shard::new(
         id,
+        ctx.cpu,
         ctx.config,
         links.clone(),
         ctx.open_connections,
@@ -91,6 +81,7 @@ pub async fn run_shard(ctx: ShardContext) -> Result<ShardTotals, ServerError> {
             let shard = shard.clone();
             glommio::spawn_local(async move {
                 while let Some(msg) = receiver.recv().await {
+                    bump(&shard.stats.mesh_received, 1);
                     shard.handle_mesh(msg);
                 }
             })
@@ -100,6 +91,7 @@ pub async fn run_shard(ctx: ShardContext) -> Result<ShardTotals, ServerError> {
 
     spawn_shutdown_watcher(&shard, ctx.shutdown);
     spawn_heartbeat_sweep(&shard);
+    spawn_stats_tick(&shard);
 
     // SAFETY: the runtime created this fd as a bound, listening TCP socket and
     // handed its ownership to this shard alone.
@@ -165,15 +157,7 @@ pub async fn run_shard(ctx: ShardContext) -> Result<ShardTotals, ServerError> {
             "shutdown timeout reached"
         );
     }
-    let stats = &shard.stats;
-    Ok(ShardTotals {
-        connections_opened: stats.connections_opened.get(),
-        connections_left: shard.connection_count(),
-        publications_ordered: stats.publications_ordered.get(),
-        messages_delivered: stats.messages_delivered.get(),
-        slow_consumers: stats.closed_slow_consumer.get(),
-        heartbeat_timeouts: stats.closed_heartbeat.get(),
-    })
+    Ok(shard.snapshot(false))
 }
 
 /// Waits for the shutdown byte, then starts the graceful shutdown.

@@ -1,0 +1,376 @@
+//! `GET /metrics`: a [`ServerStats`] written in the Prometheus text exposition
+//! format (version 0.0.4). Every per-shard figure carries a `shard` label;
+//! process figures use the standard `process_*` names. Written by hand: the
+//! figures arrive as snapshots gathered from the shards at scrape time, which
+//! a metrics registry of long-lived atomic handles would only get in the way
+//! of. `tests/metrics.rs` checks the output with Prometheus's own Python
+//! parser.
+
+use std::fmt::{Display, Write};
+
+use crate::{
+    conn::outbox::CloseReason,
+    snapshot::{ServerStats, ShardSnapshot},
+    stats::LatencySummary,
+};
+
+/// The `Content-Type` of the exposition.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Upper bounds of the latency histogram's buckets, in microseconds.
+const LATENCY_BUCKETS_US: [u64; 17] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+
+/// Reads one quantile of a summary.
+type Quantile = fn(&LatencySummary) -> u64;
+
+/// Quantiles of the latency summary.
+const QUANTILES: [(&str, Quantile); 4] = [
+    ("0.5", |l| l.p50),
+    ("0.9", |l| l.p90),
+    ("0.99", |l| l.p99),
+    ("0.999", |l| l.p999),
+];
+
+type Read = fn(&ShardSnapshot) -> u64;
+
+/// Per-shard counters: name, help, value.
+const COUNTERS: [(&str, &str, Read); 14] = [
+    (
+        "shardcast_connections_opened_total",
+        "WebSocket connections accepted.",
+        |s| s.connections_opened,
+    ),
+    (
+        "shardcast_messages_published_total",
+        "Publications received from clients (WebSocket pub, raw-room messages, HTTP publish).",
+        |s| s.messages_published,
+    ),
+    (
+        "shardcast_messages_ordered_total",
+        "Publications ordered by this shard as the channel's owner.",
+        |s| s.messages_ordered,
+    ),
+    (
+        "shardcast_messages_delivered_total",
+        "Publication frames written completely to subscribers' sockets.",
+        |s| s.messages_delivered,
+    ),
+    (
+        "shardcast_bytes_received_total",
+        "Bytes read from client sockets (HTTP and WebSocket).",
+        |s| s.bytes_in,
+    ),
+    (
+        "shardcast_bytes_sent_total",
+        "Bytes written to WebSocket client sockets.",
+        |s| s.bytes_out,
+    ),
+    (
+        "shardcast_frames_queued_total",
+        "Frames accepted into connection queues.",
+        |s| s.frames_queued,
+    ),
+    (
+        "shardcast_frames_dropped_total",
+        "Frames refused (queue full, connection closing) or discarded unsent.",
+        |s| s.frames_dropped,
+    ),
+    (
+        "shardcast_mesh_messages_sent_total",
+        "Messages sent to other shards.",
+        |s| s.mesh_sent,
+    ),
+    (
+        "shardcast_mesh_messages_received_total",
+        "Messages received from other shards.",
+        |s| s.mesh_received,
+    ),
+    (
+        "shardcast_http_requests_total",
+        "HTTP requests read (upgrades included).",
+        |s| s.http_requests,
+    ),
+    (
+        "shardcast_handshake_failures_total",
+        "Requests that were not valid HTTP, timed out, or were refused before an upgrade.",
+        |s| s.handshake_failures,
+    ),
+    (
+        "shardcast_http_503_total",
+        "Upgrades refused with 503 (max-connections, shutting down).",
+        |s| s.http_503,
+    ),
+    (
+        "shardcast_connection_panics_total",
+        "Connection tasks that panicked (a bug; the connection was dropped).",
+        |s| s.connection_panics,
+    ),
+];
+
+/// Per-shard gauges: name, help, value.
+const GAUGES: [(&str, &str, Read); 6] = [
+    (
+        "shardcast_connections",
+        "WebSocket connections open.",
+        |s| s.connections,
+    ),
+    (
+        "shardcast_subscriptions",
+        "Subscriptions of this shard's connections.",
+        |s| s.subscriptions,
+    ),
+    (
+        "shardcast_channels",
+        "Channels with a subscriber on this shard.",
+        |s| s.channels,
+    ),
+    (
+        "shardcast_channels_owned",
+        "Channels this shard orders.",
+        |s| s.channels_owned,
+    ),
+    (
+        "shardcast_outbox_bytes",
+        "Bytes waiting in connection queues.",
+        |s| s.outbox_bytes,
+    ),
+    (
+        "shardcast_uptime_seconds",
+        "Seconds since the shard started.",
+        |s| s.uptime_s as u64,
+    ),
+];
+
+/// Writes the exposition of `stats`.
+pub fn render(stats: &ServerStats) -> String {
+    let mut out = String::with_capacity(8192 + 4096 * stats.per_shard.len());
+    let shards = &stats.per_shard;
+
+    family(
+        &mut out,
+        "shardcast_info",
+        "gauge",
+        "Always 1; the version label says which shardcast.",
+    );
+    sample(&mut out, "shardcast_info", &[("version", stats.version)], 1);
+    family(
+        &mut out,
+        "shardcast_shards",
+        "gauge",
+        "Shards (executors) the server runs.",
+    );
+    sample(&mut out, "shardcast_shards", &[], stats.shards);
+    family(
+        &mut out,
+        "shardcast_shards_reporting",
+        "gauge",
+        "Shards that answered this scrape in time.",
+    );
+    sample(
+        &mut out,
+        "shardcast_shards_reporting",
+        &[],
+        stats.shards_reporting,
+    );
+
+    for (name, help, read) in GAUGES {
+        family(&mut out, name, "gauge", help);
+        for s in shards {
+            sample(&mut out, name, &[("shard", &s.shard.to_string())], read(s));
+        }
+    }
+    for (name, help, read) in COUNTERS {
+        family(&mut out, name, "counter", help);
+        for s in shards {
+            sample(&mut out, name, &[("shard", &s.shard.to_string())], read(s));
+        }
+    }
+
+    let name = "shardcast_connections_closed_total";
+    family(
+        &mut out,
+        name,
+        "counter",
+        "WebSocket connections closed, by reason.",
+    );
+    for s in shards {
+        let shard = s.shard.to_string();
+        for reason in CloseReason::ALL {
+            let n = s.closed.get(reason.as_str()).copied().unwrap_or(0);
+            sample(
+                &mut out,
+                name,
+                &[("shard", &shard), ("reason", reason.as_str())],
+                n,
+            );
+        }
+    }
+
+    let name = "shardcast_mesh_queue_depth";
+    family(
+        &mut out,
+        name,
+        "gauge",
+        "Messages waiting in a shard's queue to a peer shard.",
+    );
+    for s in shards {
+        let shard = s.shard.to_string();
+        for (peer, depth) in s
+            .mesh_queue
+            .iter()
+            .enumerate()
+            .filter(|(p, _)| *p != s.shard)
+        {
+            sample(
+                &mut out,
+                name,
+                &[("shard", &shard), ("peer", &peer.to_string())],
+                depth,
+            );
+        }
+    }
+
+    write_latency(&mut out, shards);
+
+    let process = &stats.process;
+    family(
+        &mut out,
+        "process_cpu_seconds_total",
+        "counter",
+        "User and system CPU time of the process.",
+    );
+    sample(
+        &mut out,
+        "process_cpu_seconds_total",
+        &[],
+        process.cpu_seconds,
+    );
+    family(
+        &mut out,
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory of the process.",
+    );
+    sample(
+        &mut out,
+        "process_resident_memory_bytes",
+        &[],
+        process.rss_bytes,
+    );
+    family(
+        &mut out,
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process, Unix seconds.",
+    );
+    sample(
+        &mut out,
+        "process_start_time_seconds",
+        &[],
+        process.start_time_seconds,
+    );
+    out
+}
+
+/// The publish→write latency: a histogram (aggregatable across shards) and a
+/// summary with the exact quantiles of each shard's HDR histogram.
+fn write_latency(out: &mut String, shards: &[ShardSnapshot]) {
+    let name = "shardcast_delivery_latency_seconds";
+    family(
+        out,
+        name,
+        "histogram",
+        "Time from a publication's arrival to its frame being written to a subscriber's socket.",
+    );
+    let bucket = format!("{name}_bucket");
+    for s in shards {
+        let shard = s.shard.to_string();
+        let mut counts = [0u64; LATENCY_BUCKETS_US.len()];
+        let mut total = 0;
+        if let Some(histogram) = &s.latency_histogram {
+            for value in histogram.iter_recorded() {
+                let at = value.value_iterated_to();
+                let n = value.count_at_value();
+                total += n;
+                for (bound, count) in LATENCY_BUCKETS_US.iter().zip(counts.iter_mut()) {
+                    if at <= *bound {
+                        *count += n;
+                    }
+                }
+            }
+        }
+        for (bound, count) in LATENCY_BUCKETS_US.iter().zip(counts) {
+            let le = seconds(*bound).to_string();
+            sample(out, &bucket, &[("shard", &shard), ("le", &le)], count);
+        }
+        sample(out, &bucket, &[("shard", &shard), ("le", "+Inf")], total);
+        sample(
+            out,
+            &format!("{name}_sum"),
+            &[("shard", &shard)],
+            seconds(s.latency_sum_us),
+        );
+        sample(out, &format!("{name}_count"), &[("shard", &shard)], total);
+    }
+
+    let name = "shardcast_delivery_latency_summary_seconds";
+    family(
+        out,
+        name,
+        "summary",
+        "The same latency as exact quantiles since the shard started.",
+    );
+    for s in shards {
+        let shard = s.shard.to_string();
+        for (quantile, read) in QUANTILES {
+            let value = seconds(read(&s.latency_total_us));
+            sample(
+                out,
+                name,
+                &[("shard", &shard), ("quantile", quantile)],
+                value,
+            );
+        }
+        sample(
+            out,
+            &format!("{name}_sum"),
+            &[("shard", &shard)],
+            seconds(s.latency_sum_us),
+        );
+        sample(
+            out,
+            &format!("{name}_count"),
+            &[("shard", &shard)],
+            s.latency_total_us.count,
+        );
+    }
+}
+
+fn seconds(micros: u64) -> f64 {
+    micros as f64 / 1e6
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// One sample line. Label values here are numbers and fixed words: nothing
+/// needs escaping.
+fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl Display) {
+    out.push_str(name);
+    if !labels.is_empty() {
+        out.push('{');
+        for (i, (key, value)) in labels.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(out, "{key}=\"{value}\"");
+        }
+        out.push('}');
+    }
+    let _ = writeln!(out, " {value}");
+}

@@ -1,0 +1,126 @@
+//! What a shard tells about itself: its snapshot, the gathering of every
+//! shard's snapshot for a scrape (over the mesh, only when asked), and the
+//! once-a-second tick that closes the latency second and publishes the
+//! snapshot on the `$stats` system channel for the dashboard.
+
+use std::{rc::Rc, time::Duration};
+
+use bytes::Bytes;
+use glommio::channels::local_channel;
+
+use super::Shard;
+use crate::{
+    channel::STATS_CHANNEL,
+    conn::outbox::CloseReason,
+    mesh::{MeshMsg, Payload, Reply},
+    process::{self, ProcessStats},
+    protocol::PayloadKind,
+    snapshot::{ServerStats, ShardSnapshot},
+    stats::LatencySummary,
+};
+
+/// How often each shard publishes on `$stats`.
+pub const STATS_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a scrape waits for the other shards.
+const GATHER_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Shard {
+    /// This shard's figures now. `for_scrape` adds the since-start latency
+    /// histogram (a copy of about 40 KiB) for `/metrics` buckets.
+    pub fn snapshot(&self, for_scrape: bool) -> ShardSnapshot {
+        let stats = &self.stats;
+        let (mut subscriptions, mut outbox_bytes) = (0, 0);
+        for (_, conn) in self.conns.borrow().iter() {
+            subscriptions += conn.subscription_count() as u64;
+            outbox_bytes += conn.outbox.queued_bytes() as u64;
+        }
+        let latency = stats.latency.borrow();
+        let since_start = latency.since_start();
+        ShardSnapshot {
+            shard: self.id,
+            shards: self.shards,
+            cpu: self.cpu,
+            time_ms: (process::unix_seconds() * 1e3) as u64,
+            uptime_s: self.started.elapsed().as_secs_f64(),
+            connections: self.connection_count() as u64,
+            subscriptions,
+            channels: self.channel_count() as u64,
+            channels_owned: self.owned_channel_count() as u64,
+            connections_opened: stats.connections_opened.get(),
+            connections_closed: stats.connections_closed(),
+            closed: CloseReason::ALL
+                .iter()
+                .map(|r| (r.as_str(), stats.closed_for(*r)))
+                .collect(),
+            messages_published: stats.messages_published.get(),
+            messages_ordered: stats.messages_ordered.get(),
+            messages_delivered: stats.messages_delivered.get(),
+            bytes_in: stats.bytes_received.get(),
+            bytes_out: stats.bytes_sent.get(),
+            frames_queued: stats.frames_queued.get(),
+            frames_dropped: stats.frames_dropped.get(),
+            outbox_bytes,
+            mesh_sent: self.links.sent(),
+            mesh_received: stats.mesh_received.get(),
+            mesh_queue: (0..self.shards)
+                .map(|peer| self.links.depth(peer) as u64)
+                .collect(),
+            http_requests: stats.http_requests.get(),
+            handshake_failures: stats.handshake_failures.get(),
+            http_503: stats.http_503.get(),
+            connection_panics: stats.connection_panics.get(),
+            latency_us: latency.last_second(),
+            latency_total_us: LatencySummary::of(&since_start),
+            latency_sum_us: latency.sum_us(),
+            latency_histogram: for_scrape.then(|| Box::new(since_start)),
+            process: ProcessStats::read(),
+        }
+    }
+
+    /// Every shard's snapshot, for a scrape: asks each peer over the mesh and
+    /// waits up to two seconds; a shard that does not answer (stopping) is
+    /// left out.
+    pub async fn gather(&self) -> ServerStats {
+        let mut snapshots = vec![self.snapshot(true)];
+        let peers = self.shards - 1;
+        if peers > 0 {
+            let (tx, rx) = local_channel::new_bounded(peers);
+            let slot = self.stats_waiters.borrow_mut().insert(tx) as u32;
+            for peer in (0..self.shards).filter(|p| *p != self.id) {
+                let from = self.id as u16;
+                self.links.send(peer, MeshMsg::StatsRequest { from, slot });
+            }
+            let _ = glommio::timer::timeout(GATHER_TIMEOUT, async {
+                while snapshots.len() <= peers {
+                    match rx.recv().await {
+                        Some(snapshot) => snapshots.push(snapshot),
+                        None => break,
+                    }
+                }
+                Ok(())
+            })
+            .await;
+            self.stats_waiters.borrow_mut().try_remove(slot as usize);
+        }
+        ServerStats::new(self.shards, snapshots)
+    }
+}
+
+/// Once a second: close the latency second, publish the snapshot on `$stats`.
+pub fn spawn_stats_tick(shard: &Rc<Shard>) {
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        let channel = Bytes::from_static(STATS_CHANNEL.as_bytes());
+        while !shard.is_shutting_down() {
+            glommio::timer::sleep(STATS_INTERVAL).await;
+            shard.stats.latency.borrow_mut().rotate();
+            let snapshot = shard.snapshot(false);
+            let Ok(json) = serde_json::to_vec(&snapshot) else {
+                continue;
+            };
+            let payload = Payload::new(PayloadKind::Json, Bytes::from(json));
+            shard.publish(channel.clone(), payload, None, Reply::None);
+        }
+    })
+    .detach();
+}

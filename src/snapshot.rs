@@ -1,0 +1,191 @@
+//! What a shard reports about itself at one moment ([`ShardSnapshot`]), and
+//! the whole server's report built from every shard's ([`ServerStats`], the
+//! document of `GET /api/stats`). Snapshots are plain data: a shard builds
+//! one from its counters when asked and sends it to the shard serving the
+//! request over the mesh. The same snapshot, serialized, is what each shard
+//! publishes on `$stats` once a second for the dashboard.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::{process::ProcessStats, stats::LatencySummary};
+
+/// One shard's figures. Counters are totals since the shard started; gauges
+/// (connections, subscriptions, channels, queue sizes) are current.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ShardSnapshot {
+    pub shard: usize,
+    pub shards: usize,
+    /// The CPU the shard is pinned to (`null`: unpinned).
+    pub cpu: Option<usize>,
+    /// Unix time of the snapshot, in milliseconds.
+    pub time_ms: u64,
+    pub uptime_s: f64,
+    /// WebSocket connections open now.
+    pub connections: u64,
+    /// Subscriptions of this shard's connections.
+    pub subscriptions: u64,
+    /// Channels with a subscriber on this shard.
+    pub channels: u64,
+    /// Channels this shard orders (owns).
+    pub channels_owned: u64,
+    pub connections_opened: u64,
+    pub connections_closed: u64,
+    /// Closed connections by reason (`normal`, `slow_consumer`, ...).
+    pub closed: BTreeMap<&'static str, u64>,
+    pub messages_published: u64,
+    pub messages_ordered: u64,
+    pub messages_delivered: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub frames_queued: u64,
+    pub frames_dropped: u64,
+    /// Bytes waiting in this shard's connection queues now.
+    pub outbox_bytes: u64,
+    pub mesh_sent: u64,
+    pub mesh_received: u64,
+    /// Messages waiting in this shard's queue to each peer (index = peer;
+    /// always 0 for the shard itself).
+    pub mesh_queue: Vec<u64>,
+    pub http_requests: u64,
+    pub handshake_failures: u64,
+    pub http_503: u64,
+    pub connection_panics: u64,
+    /// Publish→write latency over the last completed second.
+    pub latency_us: LatencySummary,
+    /// Publish→write latency since the shard started.
+    pub latency_total_us: LatencySummary,
+    /// Sum of every latency recorded, in µs (the histogram's `_sum`).
+    pub latency_sum_us: u64,
+    /// The since-start histogram, for `/metrics` buckets and merging; only
+    /// in snapshots taken for a scrape.
+    #[serde(skip)]
+    pub latency_histogram: Option<Box<Histogram<u64>>>,
+    pub process: ProcessStats,
+}
+
+/// Counters summed over every shard that answered.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Totals {
+    pub connections: u64,
+    pub subscriptions: u64,
+    pub channels_owned: u64,
+    pub connections_opened: u64,
+    pub connections_closed: u64,
+    pub closed: BTreeMap<&'static str, u64>,
+    pub messages_published: u64,
+    pub messages_delivered: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub frames_queued: u64,
+    pub frames_dropped: u64,
+    pub outbox_bytes: u64,
+    pub mesh_sent: u64,
+    pub handshake_failures: u64,
+    pub http_503: u64,
+    /// Latency since start over all shards (histograms merged).
+    pub latency_total_us: LatencySummary,
+}
+
+/// `GET /api/stats`: the process, the totals and every shard.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerStats {
+    pub version: &'static str,
+    pub shards: usize,
+    /// Shards that answered in time (all of them unless one is stopping).
+    pub shards_reporting: usize,
+    pub process: ProcessStats,
+    pub total: Totals,
+    #[serde(rename = "shard")]
+    pub per_shard: Vec<ShardSnapshot>,
+}
+
+impl ServerStats {
+    /// Builds the report from the snapshots gathered (sorted by shard).
+    pub fn new(shards: usize, mut per_shard: Vec<ShardSnapshot>) -> Self {
+        per_shard.sort_by_key(|s| s.shard);
+        let process = ProcessStats::read();
+        ServerStats {
+            version: env!("CARGO_PKG_VERSION"),
+            shards,
+            shards_reporting: per_shard.len(),
+            process,
+            total: Totals::of(&per_shard),
+            per_shard,
+        }
+    }
+}
+
+impl Totals {
+    pub fn of(snapshots: &[ShardSnapshot]) -> Self {
+        let mut total = Totals::default();
+        let mut merged: Option<Histogram<u64>> = None;
+        for s in snapshots {
+            total.connections += s.connections;
+            total.subscriptions += s.subscriptions;
+            total.channels_owned += s.channels_owned;
+            total.connections_opened += s.connections_opened;
+            total.connections_closed += s.connections_closed;
+            for (reason, n) in &s.closed {
+                *total.closed.entry(reason).or_default() += n;
+            }
+            total.messages_published += s.messages_published;
+            total.messages_delivered += s.messages_delivered;
+            total.bytes_in += s.bytes_in;
+            total.bytes_out += s.bytes_out;
+            total.frames_queued += s.frames_queued;
+            total.frames_dropped += s.frames_dropped;
+            total.outbox_bytes += s.outbox_bytes;
+            total.mesh_sent += s.mesh_sent;
+            total.handshake_failures += s.handshake_failures;
+            total.http_503 += s.http_503;
+            if let Some(histogram) = &s.latency_histogram {
+                match merged.as_mut() {
+                    Some(all) => {
+                        let _ = all.add(histogram.as_ref());
+                    }
+                    None => merged = Some(histogram.as_ref().clone()),
+                }
+            }
+        }
+        if let Some(all) = merged {
+            total.latency_total_us = LatencySummary::of(&all);
+        }
+        total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard(id: usize, connections: u64, latencies: &[u64]) -> ShardSnapshot {
+        let mut histogram = Histogram::new_with_bounds(1, 60_000_000, 2).unwrap();
+        for &l in latencies {
+            histogram.record(l).unwrap();
+        }
+        ShardSnapshot {
+            shard: id,
+            connections,
+            closed: [("normal", 1), ("slow_consumer", id as u64)].into(),
+            latency_histogram: Some(Box::new(histogram)),
+            ..ShardSnapshot::default()
+        }
+    }
+
+    #[test]
+    fn totals_sum_shards_and_merge_latency() {
+        let stats = ServerStats::new(2, vec![shard(1, 5, &[1000]), shard(0, 7, &[10, 20])]);
+        assert_eq!(stats.per_shard[0].shard, 0, "sorted by shard");
+        assert_eq!(stats.total.connections, 12);
+        assert_eq!(stats.total.closed["normal"], 2);
+        assert_eq!(stats.total.closed["slow_consumer"], 1);
+        assert_eq!(stats.total.latency_total_us.count, 3);
+        assert!(stats.total.latency_total_us.max >= 990);
+        let json = serde_json::to_value(&stats).unwrap();
+        assert_eq!(json["shard"][1]["connections"], 5);
+        assert!(json["shard"][0].get("latency_histogram").is_none());
+    }
+}
