@@ -73,13 +73,11 @@ fn environment_and_toml_file_configure_the_server() {
         ],
     );
     let _first = support::Client::connect(&server, "/ws");
-    match tungstenite::connect(server.url("/ws")) {
-        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
-        other => panic!(
-            "max-connections from the file should refuse: {:?}",
-            other.map(|_| ())
-        ),
-    }
+    assert_eq!(
+        support::refused_upgrade(&server, "/ws"),
+        503,
+        "max-connections from the file should refuse"
+    );
     server.signal(libc::SIGTERM);
     assert_eq!(server.wait_exit(support::DEADLINE), Some(0));
 }

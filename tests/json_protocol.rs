@@ -161,10 +161,8 @@ fn every_error_code_keeps_the_connection_open() {
 #[test]
 fn bad_channel_in_query_is_refused_at_upgrade() {
     let server = Server::start(&["--shards", "1"]);
-    let url = server.url("/ws?sub=ok,not%20ok");
-    let error = tungstenite::connect(url).expect_err("upgrade refused");
-    match error {
-        tungstenite::Error::Http(response) => assert_eq!(response.status(), 400),
-        other => panic!("expected HTTP 400, got {other}"),
-    }
+    assert_eq!(
+        support::refused_upgrade(&server, "/ws?sub=ok,not%20ok"),
+        400
+    );
 }

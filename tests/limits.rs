@@ -77,10 +77,7 @@ fn max_connections_answers_503() {
     let server = Server::start(&["--shards", "2", "--max-connections", "2"]);
     let first = Client::connect(&server, "/ws");
     let _second = Client::connect(&server, "/ws");
-    match tungstenite::connect(server.url("/ws")) {
-        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
-        other => panic!("expected 503, got {:?}", other.map(|_| ())),
-    }
+    assert_eq!(support::refused_upgrade(&server, "/ws"), 503);
     // A slot frees when a connection closes.
     drop(first);
     support::wait_until("slot freed", || {

@@ -36,6 +36,18 @@ impl Server {
     /// Like [`Server::start`], with extra environment variables (e.g.
     /// `SHARDCAST_*` settings).
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::spawn(args, env, Stdio::inherit())
+    }
+
+    /// Like [`Server::start_with_env`], and hands over the server's log
+    /// (stderr) line by line.
+    pub fn start_logged(args: &[&str], env: &[(&str, &str)]) -> (Server, mpsc::Receiver<String>) {
+        let mut server = Server::spawn(args, env, Stdio::piped());
+        let stderr = server.child.stderr.take().expect("stderr");
+        (server, lines_of(stderr))
+    }
+
+    fn spawn(args: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_shardcast"))
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(args)
@@ -45,17 +57,12 @@ impl Server {
             )
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
+            .stderr(stderr)
             .stdin(Stdio::null())
             .spawn()
             .expect("start shardcast");
         let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let line = rx
+        let line = lines_of(stdout)
             .recv_timeout(DEADLINE)
             .expect("server printed its address");
         let addr = line
@@ -96,6 +103,17 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The lines a child writes to `pipe`, read by a thread of their own.
+fn lines_of(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
 }
 
 /// Polls `condition` until it holds or the deadline passes.
@@ -199,6 +217,28 @@ impl Client {
         }
     }
 
+    /// The next JSON message that is not a publication on `channel`.
+    pub fn recv_json_skipping(&mut self, channel: &str) -> Value {
+        loop {
+            let msg = self.recv_json();
+            if msg["op"] != "msg" || msg["ch"] != channel {
+                return msg;
+            }
+        }
+    }
+
+    /// Closes normally and waits for the server's close reply.
+    pub fn close_and_wait(mut self) {
+        self.ws.close(None).expect("send close");
+        loop {
+            match self.ws.read() {
+                Ok(_) => continue,
+                Err(tungstenite::Error::ConnectionClosed) => return,
+                Err(e) => panic!("close handshake failed: {e}"),
+            }
+        }
+    }
+
     /// Subscribes with an `id` and waits for the ack.
     pub fn subscribe(&mut self, channel: &str) {
         self.send_json(serde_json::json!({"op": "sub", "ch": channel, "id": channel}));
@@ -208,6 +248,15 @@ impl Client {
             serde_json::json!({"op": "ack", "id": channel}),
             "sub ack"
         );
+    }
+}
+
+/// Tries a WebSocket upgrade of `path` that the server must refuse; returns
+/// the HTTP status it answered with.
+pub fn refused_upgrade(server: &Server, path: &str) -> u16 {
+    match tungstenite::connect(server.url(path)) {
+        Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
+        other => panic!("expected {path} to be refused, got {:?}", other.map(|_| ())),
     }
 }
 
@@ -249,6 +298,13 @@ pub fn parse_response(response: &str) -> (u16, String) {
         .map(|(_, b)| b)
         .unwrap_or("");
     (status, body.to_owned())
+}
+
+/// `GET path` and the body parsed as JSON (status must be 200).
+pub fn get_json(server: &Server, path: &str) -> Value {
+    let (status, body) = http(server, "GET", path, "");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path} is not JSON ({e}): {body}"))
 }
 
 /// Publishes over HTTP and returns the assigned seq.
