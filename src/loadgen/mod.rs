@@ -8,6 +8,7 @@
 
 pub mod procstat;
 pub mod report;
+pub mod scrape;
 pub mod tally;
 pub mod target;
 pub mod wsclient;
@@ -23,10 +24,11 @@ use glommio::timer::sleep;
 
 use self::{
     report::{Report, Results},
+    scrape::Scrape,
     tally::Tally,
     target::{Role, Stamp, Target},
 };
-use crate::conn::stream::SharedStream;
+use crate::{conn::stream::SharedStream, process};
 
 /// Connections per source address (each has ~28k ephemeral ports).
 const CONNECTIONS_PER_SOURCE: usize = 10_000;
@@ -308,13 +310,17 @@ async fn run_async(options: Options) -> Report {
         Scenario::ConnectStorm => {}
         Scenario::Idle => {
             sleep(Duration::from_millis(500)).await;
-            let (cpu0, own0, t0) = (server_cpu(o), procstat::own_cpu_seconds(), Instant::now());
+            let (cpu0, own0, t0) = (server_cpu(o), process::cpu_seconds(), Instant::now());
+            let scrape0 = scrape(o).await;
             sleep(o.duration).await;
             let wall = t0.elapsed().as_secs_f64();
-            results.generator_cpu_fraction = (procstat::own_cpu_seconds() - own0) / wall;
+            results.generator_cpu_fraction = (process::cpu_seconds() - own0) / wall;
             if let (Some(a), Some(b)) = (cpu0, server_cpu(o)) {
                 results.server_cpu_seconds = Some(b - a);
-                results.server_cpu_per_second_idle = Some((b - a) / wall);
+            }
+            results.take_server_figures(scrape0, scrape(o).await);
+            if let Some(cpu) = results.server_cpu_seconds {
+                results.server_cpu_per_second_idle = Some(cpu / wall);
             }
             let rss_after = o.server_pid.and_then(|p| procstat::status_kib(p, "VmRSS:"));
             if let (Some(before), Some(after)) = (rss_before, rss_after) {
@@ -346,6 +352,14 @@ fn server_cpu(o: &Options) -> Option<f64> {
     o.server_pid.and_then(procstat::cpu_seconds)
 }
 
+/// The server's own `/metrics` (shardcast targets only).
+async fn scrape(o: &Options) -> Option<Scrape> {
+    match o.target {
+        Target::ShardcastJson | Target::ShardcastRaw => Scrape::fetch(o.server).await,
+        Target::Peer | Target::Nats => None,
+    }
+}
+
 /// Warm-up until every subscriber hears every publisher of its channel,
 /// then publish for `duration`, then drain.
 async fn measure(run: &Rc<Run>, plan: &Plan, publishers: usize, results: &mut Results) {
@@ -362,7 +376,8 @@ async fn measure(run: &Rc<Run>, plan: &Plan, publishers: usize, results: &mut Re
     }
     results.warm_subscribers = run.tally.borrow().warm_count();
 
-    let (cpu0, own0) = (server_cpu(o), procstat::own_cpu_seconds());
+    let scrape0 = scrape(o).await;
+    let (cpu0, own0) = (server_cpu(o), process::cpu_seconds());
     run.tally.borrow_mut().start_measuring();
     let started = Instant::now();
     run.measure_started.set(Some(started));
@@ -370,7 +385,7 @@ async fn measure(run: &Rc<Run>, plan: &Plan, publishers: usize, results: &mut Re
     sleep(o.duration).await;
     run.phase.set(Phase::Drain);
     let publish_seconds = started.elapsed().as_secs_f64();
-    let own_during = procstat::own_cpu_seconds() - own0;
+    let own_during = process::cpu_seconds() - own0;
 
     // Expected deliveries per subscriber: what the publishers of its channel sent.
     let sent = run.sent.borrow().clone();
@@ -392,6 +407,7 @@ async fn measure(run: &Rc<Run>, plan: &Plan, publishers: usize, results: &mut Re
         sleep(Duration::from_millis(10)).await;
     }
     let cpu1 = server_cpu(o);
+    let scrape1 = scrape(o).await;
     let delivery_seconds = run
         .last_delivery
         .get()
@@ -410,9 +426,10 @@ async fn measure(run: &Rc<Run>, plan: &Plan, publishers: usize, results: &mut Re
     results.generator_cpu_fraction = own_during / publish_seconds;
     if let (Some(a), Some(b)) = (cpu0, cpu1) {
         results.server_cpu_seconds = Some(b - a);
-        if totals.received > 0 {
-            results.server_cpu_seconds_per_million = Some((b - a) / totals.received as f64 * 1e6);
-        }
+    }
+    results.take_server_figures(scrape0, scrape1);
+    if let (Some(cpu), true) = (results.server_cpu_seconds, totals.received > 0) {
+        results.server_cpu_seconds_per_million = Some(cpu / totals.received as f64 * 1e6);
     }
 }
 

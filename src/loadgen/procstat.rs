@@ -1,5 +1,6 @@
-//! Resource readings from `/proc` and `getrusage`: a process's CPU seconds
-//! and resident memory, and the generator's own CPU use.
+//! Resource readings of another process from `/proc`: its CPU seconds
+//! and resident memory. (The generator's own CPU use comes from
+//! [`crate::process::cpu_seconds`].)
 
 /// CPU seconds (user + system) a process has used, from `/proc/PID/stat`.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
@@ -26,18 +27,6 @@ pub fn status_kib(pid: u32, key: &str) -> Option<u64> {
         .ok()
 }
 
-/// CPU seconds this process has used.
-pub fn own_cpu_seconds() -> f64 {
-    // SAFETY: getrusage writes into the struct we pass.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage
-    };
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(usage.ru_utime) + secs(usage.ru_stime)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,6 +36,5 @@ mod tests {
         let pid = std::process::id();
         assert!(cpu_seconds(pid).is_some());
         assert!(status_kib(pid, "VmRSS:").unwrap() > 0);
-        assert!(own_cpu_seconds() >= 0.0);
     }
 }

@@ -6,7 +6,11 @@
 use hdrhistogram::Histogram;
 use serde::{Serialize, Serializer};
 
-use super::{tally::Totals, Options};
+use super::{
+    scrape::{Scrape, ServerFigures},
+    tally::Totals,
+    Options,
+};
 
 /// Above this share of one CPU the generator may be the limit.
 pub const GENERATOR_SATURATED: f64 = 0.90;
@@ -61,7 +65,21 @@ pub struct Results {
     pub server_rss_peak_kib: Option<u64>,
     pub server_rss_per_connection_bytes: Option<f64>,
     pub generator_cpu_fraction: f64,
+    /// What the server's own `/metrics` said (shardcast only).
+    pub server_metrics: Option<ServerFigures>,
     pub errors: Vec<String>,
+}
+
+impl Results {
+    /// Keeps the server's own figures between two scrapes; its CPU seconds
+    /// (from `getrusage`, in µs) replace the coarser `/proc` reading.
+    pub fn take_server_figures(&mut self, before: Option<Scrape>, after: Option<Scrape>) {
+        if let (Some(before), Some(after)) = (before, after) {
+            let figures = before.figures_until(&after);
+            self.server_cpu_seconds = Some(figures.cpu_seconds);
+            self.server_metrics = Some(figures);
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
