@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test of shardcast: unit tests, integration tests against the real
-# server, and the standard-client tests (Python websockets, Node ws). Installs
-# what those need when it is missing (pip, npm; apt-get for node/python3 on a
-# bare machine). Usage: scripts/test.sh [extra cargo test args]
+# server, the standard-client tests (Python websockets, Node ws), the metrics
+# test (Python prometheus_client parses /metrics) and the dashboard test
+# (headless Chromium via npm playwright-core). Installs what those need when it
+# is missing (pip, npm; apt-get for node, python3 and chromium).
+# Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,18 +12,19 @@ need_apt=()
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
 command -v node >/dev/null || need_apt+=(nodejs npm)
 command -v cc >/dev/null || need_apt+=(build-essential)
+command -v chromium >/dev/null || need_apt+=(chromium)
 if ((${#need_apt[@]})); then
   echo "installing with apt-get: ${need_apt[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
 
-if ! python3 -c 'import websockets' 2>/dev/null; then
-  echo "installing Python websockets"
+if ! python3 -c 'import websockets, prometheus_client' 2>/dev/null; then
+  echo "installing Python websockets and prometheus_client"
   python3 -m pip install --quiet --disable-pip-version-check -r tests/clients/requirements.txt
 fi
 
-if [ ! -d tests/clients/node_modules/ws ]; then
-  echo "installing Node ws"
+if [ ! -d tests/clients/node_modules/ws ] || [ ! -d tests/clients/node_modules/playwright-core ]; then
+  echo "installing Node ws and playwright-core"
   (cd tests/clients && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
