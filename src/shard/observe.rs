@@ -92,9 +92,13 @@ impl Shard {
             }
             let _ = glommio::timer::timeout(GATHER_TIMEOUT, async {
                 while snapshots.len() <= peers {
-                    match rx.recv().await {
-                        Some(snapshot) => snapshots.push(snapshot),
-                        None => break,
+                    let Some(snapshot) = rx.recv().await else {
+                        break;
+                    };
+                    // A late reply to an earlier, timed-out scrape can land in
+                    // a reused slot: one snapshot per shard.
+                    if !snapshots.iter().any(|s| s.shard == snapshot.shard) {
+                        snapshots.push(snapshot);
                     }
                 }
                 Ok(())
