@@ -68,11 +68,11 @@ fn fan_out(c: &mut Criterion) {
                     })
                     .collect();
                 for conn in &conns {
-                    index.insert("news", conn, Mode::Json);
+                    index.insert("news", conn, Mode::Json, None);
                 }
                 (index, conns)
             },
-            |(index, conns)| {
+            |(mut index, conns)| {
                 let result = index.fan_out(0, "news", 1, &payload, None);
                 assert_eq!(result.queued, SUBSCRIBERS as u64);
                 (index, conns)

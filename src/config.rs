@@ -49,6 +49,13 @@ pub struct Config {
     /// subscribers; publishers of large messages read faster with more.
     /// Default 256 bytes.
     pub read_buffer_bytes: usize,
+    /// Publications each channel keeps for recovery (`sub` with `since`);
+    /// 0 keeps none. Default 100.
+    pub history_size: usize,
+    /// Age after which a publication leaves the history; a channel with no
+    /// history and no subscriber is then forgotten (its `seq` restarts under a
+    /// new epoch). Default 5 minutes.
+    pub history_ttl: Duration,
 }
 
 impl Default for Config {
@@ -65,6 +72,8 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(10),
             read_buffer_bytes: 256,
+            history_size: 100,
+            history_ttl: Duration::from_secs(300),
         }
     }
 }
@@ -116,6 +125,12 @@ pub struct ConfigLayer {
     /// Read buffer per connection: memory per idle connection vs. bytes per read [default: 256B]
     #[arg(long, env = "SHARDCAST_READ_BUFFER_BYTES", value_name = "SIZE")]
     pub read_buffer_bytes: Option<ByteSize>,
+    /// Publications kept per channel for clients that resubscribe with `since` (0: none) [default: 100]
+    #[arg(long, env = "SHARDCAST_HISTORY_SIZE", value_name = "N")]
+    pub history_size: Option<usize>,
+    /// How long a publication stays in its channel's history [default: 5m]
+    #[arg(long, env = "SHARDCAST_HISTORY_TTL", value_name = "DURATION")]
+    pub history_ttl: Option<HumanDuration>,
 }
 
 /// Copies every field a layer sets onto the config, converting units.
@@ -151,9 +166,9 @@ impl Config {
     fn apply(&mut self, layer: &ConfigLayer) {
         let layer = layer.clone();
         apply_layer!(self, layer,
-            { listen, shards, max_connections, max_subscriptions },
+            { listen, shards, max_connections, max_subscriptions, history_size },
             { ping_interval, ping_timeout, max_queue_bytes, max_message_bytes,
-              handshake_timeout, shutdown_timeout, read_buffer_bytes });
+              handshake_timeout, shutdown_timeout, read_buffer_bytes, history_ttl });
     }
 
     /// Rejects settings the server cannot run with, quoting the numbers.
@@ -187,6 +202,15 @@ impl Config {
                 "read-buffer-bytes is {}, must be 64B..=1MiB",
                 self.read_buffer_bytes
             ));
+        }
+        if self.history_size > 100_000 {
+            return invalid(format!(
+                "history-size is {}, must be at most 100000",
+                self.history_size
+            ));
+        }
+        if self.history_ttl.is_zero() {
+            return invalid("history-ttl must be above zero".into());
         }
         if self.max_subscriptions == 0 {
             return invalid("max-subscriptions must be at least 1".into());

@@ -16,7 +16,10 @@ use glommio::channels::{
     local_channel::{self, LocalReceiver, LocalSender},
 };
 
-use crate::{clock, protocol::PayloadKind, snapshot::ShardSnapshot, stats::bump, sync::WaitQueue};
+use crate::{
+    clock, protocol::PayloadKind, shard::owner::Position, snapshot::ShardSnapshot, stats::bump,
+    sync::WaitQueue,
+};
 
 /// Upper bound on shards (interest is a 64-bit mask per channel).
 pub const MAX_SHARDS: usize = 64;
@@ -97,9 +100,27 @@ pub enum MeshMsg {
     /// To the owner: this shard gained its first (`on`) or lost its last
     /// subscriber of `ch`.
     Interest { ch: Bytes, on: bool, from: u16 },
-    /// From the owner: your `Interest { on: true }` is registered; every later
-    /// publication will reach you.
-    InterestConfirmed { ch: Bytes },
+    /// To the owner: subscription `token` of `conn` on shard `from` wants the
+    /// channel's position and, with `since`, what it missed. Sent after the
+    /// `Interest`, so the answer comes back ahead of every publication the
+    /// subscriber has not been sent yet.
+    Position {
+        ch: Bytes,
+        from: u16,
+        conn: ConnRef,
+        token: u32,
+        since: Option<(u64, Box<str>)>,
+        /// The `sub`'s `id`, for the ack.
+        id: Option<Box<str>>,
+    },
+    /// From the owner: the answer to `Position`.
+    PositionReply {
+        ch: Bytes,
+        conn: ConnRef,
+        token: u32,
+        id: Option<Box<str>>,
+        position: Box<Position>,
+    },
     /// From the owner: the publication you forwarded got `seq`.
     Published { reply: Reply, seq: u64 },
     /// A scrape on shard `from`: send your snapshot back for `slot`.

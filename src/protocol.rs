@@ -24,6 +24,8 @@ pub enum ClientOp<'a> {
     Sub {
         ch: Cow<'a, str>,
         id: Option<&'a str>,
+        /// Resume after this `seq` of that epoch (`"since"`, `"epoch"`).
+        since: Option<Since<'a>>,
     },
     Unsub {
         ch: Cow<'a, str>,
@@ -97,6 +99,14 @@ impl<'a> OpError<'a> {
     }
 }
 
+/// Where a resubscribing client left off: the last `seq` it has of a channel
+/// and the channel epoch that `seq` belongs to (both from an earlier ack).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Since<'a> {
+    pub seq: u64,
+    pub epoch: Cow<'a, str>,
+}
+
 /// `data` must be kept even when it is JSON `null`, which `Option` would eat.
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
     <&RawValue>::deserialize(d).map(Some)
@@ -112,6 +122,10 @@ struct Envelope<'a> {
     data: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     id: Option<&'a RawValue>,
+    #[serde(default)]
+    since: Option<u64>,
+    #[serde(borrow, default)]
+    epoch: Option<Cow<'a, str>>,
 }
 
 /// Checks that an `id` is a number or a string of at most [`MAX_ID_LEN`] bytes.
@@ -149,6 +163,26 @@ pub fn channel_error_code(error: ChannelError) -> ErrorCode {
     }
 }
 
+/// `since` needs the `epoch` it belongs to.
+fn read_since<'a>(
+    since: Option<u64>,
+    epoch: Option<Cow<'a, str>>,
+    id: Option<&'a str>,
+) -> Result<Option<Since<'a>>, OpError<'a>> {
+    match (since, epoch) {
+        (None, _) => Ok(None),
+        (Some(seq), Some(epoch)) if epoch.len() <= MAX_EPOCH_LEN => Ok(Some(Since { seq, epoch })),
+        (Some(_), _) => Err(OpError::new(
+            ErrorCode::BadJson,
+            "since needs the epoch (a string from the sub ack) it belongs to",
+            id,
+        )),
+    }
+}
+
+/// Longest `epoch` accepted (the server's are 18–38 bytes).
+const MAX_EPOCH_LEN: usize = 64;
+
 /// Parses one client text frame.
 pub fn parse_client_op(text: &str) -> Result<ClientOp<'_>, OpError<'_>> {
     let envelope: Envelope<'_> = serde_json::from_str(text).map_err(|e| {
@@ -166,6 +200,7 @@ pub fn parse_client_op(text: &str) -> Result<ClientOp<'_>, OpError<'_>> {
         "sub" => Ok(ClientOp::Sub {
             ch: read_channel(envelope.ch, Access::Subscribe, id)?,
             id,
+            since: read_since(envelope.since, envelope.epoch, id)?,
         }),
         "unsub" => Ok(ClientOp::Unsub {
             ch: read_channel(envelope.ch, Access::Subscribe, id)?,
@@ -304,6 +339,27 @@ pub fn encode_ack(id: &str, seq: Option<u64>) -> Bytes {
     out.finish()
 }
 
+/// The ack of a `sub`: `{"op":"ack","id":..,"seq":N,"epoch":"..."}` with
+/// `"recovered":bool` when the `sub` had `since`. `epoch` is the server's
+/// own (hex digits and a dash; no escaping needed).
+pub fn encode_sub_ack(id: &str, seq: u64, epoch: &str, recovered: Option<bool>) -> Bytes {
+    let mut out = FrameBuilder::new(OpCode::Text, 96 + id.len() + epoch.len());
+    out.push(b"{\"op\":\"ack\"");
+    push_id(&mut out, Some(id));
+    out.push(b",\"seq\":");
+    out.push(itoa::Buffer::new().format(seq).as_bytes());
+    out.push(b",\"epoch\":\"");
+    out.push(epoch.as_bytes());
+    out.push(b"\"");
+    match recovered {
+        Some(true) => out.push(b",\"recovered\":true"),
+        Some(false) => out.push(b",\"recovered\":false"),
+        None => {}
+    }
+    out.push(b"}");
+    out.finish()
+}
+
 /// `{"op":"err","id":..,"code":..,"msg":..}` (`id` only when known).
 pub fn encode_err(error: &OpError<'_>) -> Bytes {
     let mut out = FrameBuilder::new(OpCode::Text, 64 + error.msg.len());
@@ -345,7 +401,19 @@ mod tests {
             parse_client_op(r#"{"op":"sub","ch":"news","id":1}"#),
             Ok(ClientOp::Sub {
                 ch: "news".into(),
-                id: Some("1")
+                id: Some("1"),
+                since: None,
+            })
+        );
+        assert_eq!(
+            parse_client_op(r#"{"op":"sub","ch":"news","since":41,"epoch":"ab-1"}"#),
+            Ok(ClientOp::Sub {
+                ch: "news".into(),
+                id: None,
+                since: Some(Since {
+                    seq: 41,
+                    epoch: "ab-1".into()
+                }),
             })
         );
         assert_eq!(
@@ -395,7 +463,8 @@ mod tests {
             parse_client_op(r#"{"op":"sub","ch":"n\u0065ws"}"#),
             Ok(ClientOp::Sub {
                 ch: "news".into(),
-                id: None
+                id: None,
+                since: None,
             })
         );
     }
@@ -412,6 +481,15 @@ mod tests {
         );
         assert_eq!(code(r#"{"ch":"n"}"#), ErrorCode::BadJson);
         assert_eq!(code(r#"{"op":"dance","id":1}"#), ErrorCode::UnknownOp);
+        assert_eq!(
+            code(r#"{"op":"sub","ch":"n","since":4}"#),
+            ErrorCode::BadJson,
+            "since without its epoch"
+        );
+        assert_eq!(
+            code(r#"{"op":"sub","ch":"n","since":-1,"epoch":"e"}"#),
+            ErrorCode::BadJson
+        );
         assert_eq!(code(r#"{"op":"sub","ch":"a b"}"#), ErrorCode::BadChannel);
         assert_eq!(code(r#"{"op":"sub"}"#), ErrorCode::BadChannel);
         assert_eq!(code(r#"{"op":"sub","ch":"$sys"}"#), ErrorCode::BadChannel);
@@ -450,6 +528,17 @@ mod tests {
         let data = format!("\"{}\"", "x".repeat(1000));
         let frame = encode_msg("r", 1, PayloadKind::Json, data.as_bytes());
         assert_eq!(payload_json(&frame)["data"].as_str().unwrap().len(), 1000);
+    }
+
+    #[test]
+    fn sub_acks_carry_position_and_recovery() {
+        let ack = payload_json(&encode_sub_ack("7", 41, "ab-1", Some(true)));
+        assert_eq!(
+            ack,
+            json!({"op":"ack","id":7,"seq":41,"epoch":"ab-1","recovered":true})
+        );
+        let plain = payload_json(&encode_sub_ack("\"s\"", 0, "ab-2", None));
+        assert_eq!(plain, json!({"op":"ack","id":"s","seq":0,"epoch":"ab-2"}));
     }
 
     #[test]

@@ -59,6 +59,7 @@ impl Server {
         let cpus = core_affinity::get_core_ids().unwrap_or_default();
         let mesh = (shards > 1).then(|| MeshBuilder::full(shards, LANE_CAPACITY));
         let open_connections = Arc::new(AtomicUsize::new(0));
+        let epoch = random_epoch();
         let (events_tx, events) = mpsc::channel();
         let mut writers = Vec::with_capacity(shards);
         for (id, listener) in listeners.into_iter().enumerate() {
@@ -84,6 +85,7 @@ impl Server {
                 open_connections: open_connections.clone(),
                 cpu,
                 events: events_tx.clone(),
+                epoch,
             };
             let events = events_tx.clone();
             std::thread::Builder::new()
@@ -183,6 +185,19 @@ fn shard_thread(ctx: ShardContext, placement: Placement, events: mpsc::Sender<Sh
         })
     });
     let _ = events.send(ShardEvent::Exited(id, result.map(Box::new)));
+}
+
+/// A random number for this run's epoch: clients compare it to tell a
+/// restarted server (whose history is gone) from the one they left.
+fn random_epoch() -> u64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer.
+    let filled = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if filled == bytes.len() as isize {
+        return u64::from_ne_bytes(bytes);
+    }
+    // No entropy source: the clock still differs between runs.
+    crate::clock::now_ns() ^ u64::from(std::process::id()).rotate_left(32)
 }
 
 /// Binds `shards` listeners on the same address with SO_REUSEPORT; the

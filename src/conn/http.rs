@@ -143,7 +143,12 @@ pub enum Session {
     /// connect time.
     Json { subscribe: Vec<String> },
     /// `GET /ws/<channel>[?echo=0]`: a raw room.
-    Room { channel: String, echo: bool },
+    /// `?since=N&epoch=E`: replay what the room published after `N`.
+    Room {
+        channel: String,
+        echo: bool,
+        since: Option<(u64, String)>,
+    },
 }
 
 /// Where a request goes.
@@ -210,7 +215,12 @@ pub fn route(head: &Head, max_subscriptions: usize) -> Result<Route, HttpError> 
         })?;
         check_channel(&channel, Access::Publish)?;
         let echo = !query_values(&head.query, "echo").any(|v| v == "0" || v == "false");
-        Session::Room { channel, echo }
+        let since = room_since(&head.query)?;
+        Session::Room {
+            channel,
+            echo,
+            since,
+        }
     } else {
         return Err(HttpError::new(
             404,
@@ -243,6 +253,22 @@ pub fn route(head: &Head, max_subscriptions: usize) -> Result<Route, HttpError> 
         ));
     }
     Ok(Route::WebSocket(session))
+}
+
+/// `since` and `epoch` of a raw room's query (both or neither).
+fn room_since(query: &str) -> Result<Option<(u64, String)>, HttpError> {
+    let Some(since) = query_values(query, "since").next() else {
+        return Ok(None);
+    };
+    let bad = |msg: &str| HttpError::new(400, "bad_request", msg.to_owned());
+    let seq = since
+        .parse()
+        .map_err(|_| bad("since must be a sequence number"))?;
+    let epoch = query_values(query, "epoch")
+        .next()
+        .filter(|e| !e.is_empty() && e.len() <= 64)
+        .ok_or_else(|| bad("since needs the epoch it belongs to"))?;
+    Ok(Some((seq, epoch)))
 }
 
 fn method_not_allowed() -> HttpError {
@@ -393,9 +419,19 @@ mod tests {
             route(&h, 10),
             Ok(Route::WebSocket(Session::Room {
                 channel: "lobby".into(),
-                echo: false
+                echo: false,
+                since: None,
             }))
         );
+        let h = head(&format!(
+            "GET /ws/lobby?since=41&epoch=ab-1 HTTP/1.1\r\n{UPGRADE}"
+        ));
+        assert!(matches!(
+            route(&h, 10),
+            Ok(Route::WebSocket(Session::Room { since: Some((41, ref e)), .. })) if e == "ab-1"
+        ));
+        let h = head(&format!("GET /ws/lobby?since=41 HTTP/1.1\r\n{UPGRADE}"));
+        assert_eq!(route(&h, 10).unwrap_err().status, 400, "since needs epoch");
         let h = head(&format!("GET /ws/lobby HTTP/1.1\r\n{UPGRADE}"));
         assert!(matches!(
             route(&h, 10),

@@ -56,6 +56,14 @@ impl Conn {
         }
     }
 
+    /// Queues the frame of a publication published at `published_at`;
+    /// closes the connection as a slow consumer if its queue is full.
+    pub fn send_published(&self, frame: Bytes, published_at: u64) {
+        if self.outbox.push_published(frame, published_at) == Pushed::Overflow {
+            self.close_slow_consumer();
+        }
+    }
+
     pub fn close_slow_consumer(&self) {
         self.outbox.close(CloseReason::SlowConsumer);
     }
@@ -65,6 +73,15 @@ impl Conn {
             .borrow()
             .iter()
             .any(|(n, _)| &**n == name)
+    }
+
+    /// The slot of the subscription to `name` in its channel's list.
+    pub fn subscription_slot(&self, name: &str) -> Option<u32> {
+        self.subscriptions
+            .borrow()
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, slot)| *slot)
     }
 
     pub fn subscription_count(&self) -> usize {

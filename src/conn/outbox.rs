@@ -190,6 +190,11 @@ impl Outbox {
         Pushed::Queued
     }
 
+    /// The byte bound of the queue.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes.get()
     }

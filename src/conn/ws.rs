@@ -32,7 +32,7 @@ use super::{
 };
 use crate::{
     mesh::{Payload, Reply, Skip},
-    protocol::{self, ClientOp, ErrorCode, OpError, PayloadKind},
+    protocol::{self, ClientOp, ErrorCode, OpError, PayloadKind, Since},
     shard::{index::Mode, Shard},
 };
 
@@ -97,14 +97,22 @@ async fn start(
     let (room, echo) = match session {
         Session::Json { subscribe } => {
             for name in subscribe {
-                if let Err(error) = shard.subscribe(conn, &name, Mode::Json, None) {
+                if let Err(error) = shard.subscribe(conn, &name, Mode::Json, None, None) {
                     conn.send(protocol::encode_err(&error));
                 }
             }
             (None, true)
         }
-        Session::Room { channel, echo } => {
-            if let Err(error) = shard.subscribe(conn, &channel, Mode::Raw, None) {
+        Session::Room {
+            channel,
+            echo,
+            since,
+        } => {
+            let since = since.map(|(seq, epoch)| Since {
+                seq,
+                epoch: epoch.into(),
+            });
+            if let Err(error) = shard.subscribe(conn, &channel, Mode::Raw, None, since) {
                 conn.send(protocol::encode_err(&error));
             }
             (Some(Bytes::from(channel.into_bytes())), echo)
@@ -277,7 +285,7 @@ fn handle_op(shard: &Shard, conn: &Rc<Conn>, frame: Bytes) -> Option<usize> {
     };
     let mut congested = None;
     let result = match op {
-        ClientOp::Sub { ch, id } => shard.subscribe(conn, &ch, Mode::Json, id),
+        ClientOp::Sub { ch, id, since } => shard.subscribe(conn, &ch, Mode::Json, id, since),
         ClientOp::Unsub { ch, id } => shard.unsubscribe(conn, &ch, id),
         ClientOp::Ping { id } => {
             conn.send(protocol::encode_pong(id));
@@ -343,6 +351,7 @@ mod tests {
                 config,
                 links,
                 Arc::new(AtomicUsize::new(0)),
+                1,
             ));
             let session = serve(
                 shard,

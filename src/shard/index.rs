@@ -1,10 +1,10 @@
 //! The shard's subscription index: for each channel with local subscribers,
 //! who they are and how they want messages (JSON envelope or raw room). Fan-out
 //! walks it once per publication, encoding each form at most once and pushing
-//! the same bytes into every subscriber's outbox. Also tracks, for channels
-//! owned by another shard, whether the owner has confirmed this shard's
-//! interest (a `sub` is acknowledged only then, so an acknowledged subscriber
-//! misses nothing published afterwards).
+//! the same bytes into every subscriber's outbox. A subscriber still waiting
+//! for its channel's position from the owner (an acknowledged or recovering
+//! `sub`) is *pending*: its publications are held, numbered, until the
+//! owner's answer says which of them are new to it.
 
 use std::{collections::HashMap, rc::Rc};
 
@@ -29,16 +29,29 @@ pub enum Mode {
 struct Subscriber {
     conn: Rc<Conn>,
     mode: Mode,
+    /// Publications held until the owner's position arrives.
+    pending: Option<Pending>,
+}
+
+/// Publications held for a pending subscriber.
+struct Pending {
+    /// Which request the owner's answer must name.
+    token: u32,
+    frames: Vec<Held>,
+    bytes: usize,
+}
+
+/// One held publication frame.
+pub struct Held {
+    pub seq: u64,
+    pub frame: Bytes,
+    pub published_at: u64,
 }
 
 /// Local state of one channel on this shard.
 pub struct LocalChannel {
     name: Rc<str>,
     subscribers: Slab<Subscriber>,
-    /// `Interest { on }` messages sent to a remote owner and not yet confirmed.
-    unconfirmed: u32,
-    /// `sub` acks held back until the owner confirms this shard's interest.
-    waiting_acks: Vec<(Rc<Conn>, Box<str>)>,
 }
 
 /// What a subscribe or unsubscribe changed for the owner.
@@ -66,13 +79,15 @@ pub struct Index {
 }
 
 impl Index {
-    /// Adds `conn` to `name`. Returns the channel's interned name, the slot to
-    /// remember for unsubscribing, and whether this shard just gained interest.
+    /// Adds `conn` to `name`, pending under `token` if given. Returns the
+    /// channel's interned name, the slot to remember for unsubscribing, and
+    /// whether this shard just gained interest.
     pub fn insert(
         &mut self,
         name: &str,
         conn: &Rc<Conn>,
         mode: Mode,
+        pending: Option<u32>,
     ) -> (Rc<str>, u32, InterestChange) {
         let channel = match self.channels.get_mut(name) {
             Some(channel) => channel,
@@ -81,8 +96,6 @@ impl Index {
                 self.channels.entry(name.clone()).or_insert(LocalChannel {
                     name,
                     subscribers: Slab::new(),
-                    unconfirmed: 0,
-                    waiting_acks: Vec::new(),
                 })
             }
         };
@@ -94,6 +107,11 @@ impl Index {
         let slot = channel.subscribers.insert(Subscriber {
             conn: conn.clone(),
             mode,
+            pending: pending.map(|token| Pending {
+                token,
+                frames: Vec::new(),
+                bytes: 0,
+            }),
         });
         (channel.name.clone(), slot as u32, change)
     }
@@ -107,50 +125,24 @@ impl Index {
         if !channel.subscribers.is_empty() {
             return InterestChange::None;
         }
-        if channel.unconfirmed == 0 {
-            self.channels.remove(name);
-        } else {
-            // Keep the entry until the owner's confirmations drain, so a
-            // stale confirmation is not taken for a newer subscription's.
-            channel.subscribers.shrink_to_fit();
-        }
+        self.channels.remove(name);
         InterestChange::Lost
     }
 
-    /// Marks that an `Interest { on }` went to the remote owner of `name`.
-    pub fn expect_confirmation(&mut self, name: &str) {
-        if let Some(channel) = self.channels.get_mut(name) {
-            channel.unconfirmed += 1;
+    /// Makes the pending subscriber in `slot` of `name` live, if it is still
+    /// the one `token` names; returns the publications held for it (with
+    /// how it receives them).
+    pub fn go_live(&mut self, name: &str, slot: u32, token: u32) -> Option<(Mode, Vec<Held>)> {
+        let subscriber = self
+            .channels
+            .get_mut(name)?
+            .subscribers
+            .get_mut(slot as usize)?;
+        if subscriber.pending.as_ref()?.token != token {
+            return None;
         }
-    }
-
-    /// Whether `sub` acks for `name` can go out now.
-    pub fn is_confirmed(&self, name: &str) -> bool {
-        self.channels.get(name).is_none_or(|c| c.unconfirmed == 0)
-    }
-
-    /// Holds a `sub` ack until the owner confirms.
-    pub fn hold_ack(&mut self, name: &str, conn: &Rc<Conn>, id: &str) {
-        if let Some(channel) = self.channels.get_mut(name) {
-            channel.waiting_acks.push((conn.clone(), id.into()));
-        }
-    }
-
-    /// The owner confirmed one `Interest { on }`; returns the acks released
-    /// when no confirmation is outstanding any more.
-    pub fn confirm(&mut self, name: &str) -> Vec<(Rc<Conn>, Box<str>)> {
-        let Some(channel) = self.channels.get_mut(name) else {
-            return Vec::new();
-        };
-        channel.unconfirmed = channel.unconfirmed.saturating_sub(1);
-        if channel.unconfirmed > 0 {
-            return Vec::new();
-        }
-        let released = std::mem::take(&mut channel.waiting_acks);
-        if channel.subscribers.is_empty() {
-            self.channels.remove(name);
-        }
-        released
+        let pending = subscriber.pending.take()?;
+        Some((subscriber.mode, pending.frames))
     }
 
     /// Local subscribers of `name`.
@@ -163,10 +155,11 @@ impl Index {
     }
 
     /// Pushes publication `seq` of `name` to every local subscriber but
-    /// `skip`. Each form (envelope, raw) is encoded at most once. A subscriber
-    /// whose queue overflows is closed as a slow consumer; no one waits.
+    /// `skip` (holding it for pending ones). Each form (envelope, raw) is
+    /// encoded at most once. A subscriber whose queue overflows is closed as a
+    /// slow consumer; no one waits.
     pub fn fan_out(
-        &self,
+        &mut self,
         shard: u16,
         name: &str,
         seq: u64,
@@ -174,13 +167,13 @@ impl Index {
         skip: Option<Skip>,
     ) -> FanOut {
         let mut result = FanOut::default();
-        let Some(channel) = self.channels.get(name) else {
+        let Some(channel) = self.channels.get_mut(name) else {
             return result;
         };
         let skip = skip.filter(|s| s.shard == shard).map(|s| s.conn);
         let mut envelope: Option<Bytes> = None;
         let mut raw: Option<Bytes> = None;
-        for (_, subscriber) in channel.subscribers.iter() {
+        for (_, subscriber) in channel.subscribers.iter_mut() {
             if skip == Some(subscriber.conn.id) {
                 continue;
             }
@@ -192,6 +185,20 @@ impl Index {
                     raw.get_or_insert_with(|| protocol::encode_raw(payload.kind, &payload.bytes))
                 }
             };
+            if let Some(pending) = subscriber.pending.as_mut() {
+                pending.bytes += frame.len();
+                if pending.bytes > subscriber.conn.outbox.limit() {
+                    result.overflowed += 1;
+                    subscriber.conn.close_slow_consumer();
+                } else {
+                    pending.frames.push(Held {
+                        seq,
+                        frame: frame.clone(),
+                        published_at: payload.published_at,
+                    });
+                }
+                continue;
+            }
             match subscriber
                 .conn
                 .outbox

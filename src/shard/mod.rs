@@ -29,7 +29,7 @@ pub use run::{run_shard, ShardContext};
 
 use self::{
     index::{Index, InterestChange, Mode},
-    owner::{shards_in, Owner},
+    owner::{shards_in, HistoryLimits, Owner, Position},
 };
 use crate::{
     channel,
@@ -38,7 +38,7 @@ use crate::{
     frame,
     heartbeat::{Action, HeartbeatTimes},
     mesh::{ConnRef, MeshMsg, Payload, PeerLinks, Reply, Skip},
-    protocol::{self, ErrorCode, OpError},
+    protocol::{self, ErrorCode, OpError, Since},
     snapshot::ShardSnapshot,
     stats::{bump, Stats},
     sync::WaitQueue,
@@ -57,6 +57,8 @@ pub struct Shard {
     pub links: Rc<PeerLinks>,
     /// The CPU this shard's thread is pinned to.
     pub cpu: Option<usize>,
+    /// Last token handed to a subscription waiting for its position.
+    next_token: Cell<u32>,
     /// HTTP publishes waiting for their `seq`, by reply slot.
     http_waiters: RefCell<Slab<LocalSender<u64>>>,
     /// Scrapes waiting for the other shards' snapshots, by reply slot.
@@ -84,7 +86,12 @@ impl Shard {
         config: Config,
         links: Rc<PeerLinks>,
         open_connections: Arc<AtomicUsize>,
+        epoch: u64,
     ) -> Self {
+        let history = HistoryLimits {
+            size: config.history_size,
+            ttl_ms: config.history_ttl.as_millis() as u64,
+        };
         Shard {
             id,
             shards: config.shards,
@@ -93,9 +100,10 @@ impl Shard {
             conns: RefCell::new(Slab::new()),
             next_gen: Cell::new(0),
             index: RefCell::new(Index::default()),
-            owner: RefCell::new(Owner::default()),
+            owner: RefCell::new(Owner::new(history, epoch)),
             links,
             cpu,
+            next_token: Cell::new(0),
             http_waiters: RefCell::new(Slab::new()),
             stats_waiters: RefCell::new(Slab::new()),
             started: Instant::now(),
@@ -197,14 +205,18 @@ impl Shard {
         );
     }
 
-    /// Subscribes `conn` to `name`. The ack (when `id` is given) goes out now,
-    /// or once the channel's remote owner confirms this shard's interest.
+    /// Subscribes `conn` to `name` (a subscription already there is
+    /// replaced). With an `id` or `since`, the subscription first asks the
+    /// channel's owner where the channel stands; it is acknowledged with that
+    /// position, gets what it missed after `since` if history holds it, and
+    /// then every later publication, with no gap and no duplicate.
     pub fn subscribe<'a>(
         &self,
         conn: &Rc<Conn>,
         name: &str,
         mode: Mode,
         id: Option<&'a str>,
+        since: Option<Since<'_>>,
     ) -> Result<(), OpError<'a>> {
         if self.shutting_down.get() {
             return Err(OpError::new(
@@ -213,32 +225,98 @@ impl Shard {
                 id,
             ));
         }
-        if !conn.is_subscribed(name) {
-            if conn.subscription_count() >= self.config.max_subscriptions {
-                return Err(OpError::new(
-                    ErrorCode::TooManySubscriptions,
-                    format!(
-                        "at most {} subscriptions per connection",
-                        self.config.max_subscriptions
-                    ),
-                    id,
-                ));
-            }
-            let (interned, slot, change) = self.index.borrow_mut().insert(name, conn, mode);
-            conn.add_subscription(interned, slot);
-            if change == InterestChange::Gained {
-                self.interest_changed(name, true);
-            }
+        if let Some(slot) = conn.remove_subscription(name) {
+            self.remove_subscriber(name, slot);
         }
-        if let Some(id) = id {
-            let mut index = self.index.borrow_mut();
-            if index.is_confirmed(name) {
-                conn.send(protocol::encode_ack(id, None));
-            } else {
-                index.hold_ack(name, conn, id);
-            }
+        if conn.subscription_count() >= self.config.max_subscriptions {
+            return Err(OpError::new(
+                ErrorCode::TooManySubscriptions,
+                format!(
+                    "at most {} subscriptions per connection",
+                    self.config.max_subscriptions
+                ),
+                id,
+            ));
+        }
+        let token = (id.is_some() || since.is_some()).then(|| {
+            let token = self.next_token.get().wrapping_add(1);
+            self.next_token.set(token);
+            token
+        });
+        let (interned, slot, change) = self.index.borrow_mut().insert(name, conn, mode, token);
+        conn.add_subscription(interned, slot);
+        if change == InterestChange::Gained {
+            self.interest_changed(name, true);
+        }
+        let Some(token) = token else {
+            return Ok(());
+        };
+        let owner = self.owner_of(name.as_bytes());
+        let since = since.map(|s| (s.seq, s.epoch));
+        if owner == self.id {
+            let position = self.owner.borrow_mut().position(
+                name,
+                since.as_ref().map(|(seq, epoch)| (*seq, epoch.as_ref())),
+                self.now_ms(),
+            );
+            self.go_live(name, conn.id, token, id, &position);
+        } else {
+            self.links.send(
+                owner,
+                MeshMsg::Position {
+                    ch: Bytes::copy_from_slice(name.as_bytes()),
+                    from: self.id as u16,
+                    conn: conn.id,
+                    token,
+                    since: since.map(|(seq, epoch)| (seq, epoch.into())),
+                    id: id.map(Into::into),
+                },
+            );
         }
         Ok(())
+    }
+
+    /// The owner's answer reached a pending subscription: acknowledge it,
+    /// send what it missed, then what was held for it that is newer.
+    fn go_live(
+        &self,
+        name: &str,
+        conn: ConnRef,
+        token: u32,
+        id: Option<&str>,
+        position: &Position,
+    ) {
+        let Some(conn) = self.conn(conn) else { return };
+        let Some(slot) = conn.subscription_slot(name) else {
+            return;
+        };
+        let Some((mode, held)) = self.index.borrow_mut().go_live(name, slot, token) else {
+            return; // Unsubscribed or replaced meanwhile.
+        };
+        if let Some(id) = id {
+            conn.send(protocol::encode_sub_ack(
+                id,
+                position.seq,
+                &position.epoch,
+                position.recovered,
+            ));
+        }
+        for (seq, payload) in &position.missed {
+            let frame = match mode {
+                Mode::Json => protocol::encode_msg(name, *seq, payload.kind, &payload.bytes),
+                Mode::Raw => protocol::encode_raw(payload.kind, &payload.bytes),
+            };
+            conn.send_published(frame, payload.published_at);
+        }
+        for held in held.into_iter().filter(|h| h.seq > position.seq) {
+            conn.send_published(held.frame, held.published_at);
+        }
+    }
+
+    /// The live connection `id` names, if it is still there.
+    fn conn(&self, id: ConnRef) -> Option<Rc<Conn>> {
+        let conns = self.conns.borrow();
+        conns.get(id.key as usize).filter(|c| c.id == id).cloned()
     }
 
     /// Unsubscribes `conn` from `name`.
@@ -274,9 +352,6 @@ impl Shard {
         let owner = channel::owner_of(name.as_bytes(), self.shards);
         if owner == self.id {
             return; // The owner fans out to its own index directly.
-        }
-        if on {
-            self.index.borrow_mut().expect_confirmation(name);
         }
         self.links.send(
             owner,
@@ -343,7 +418,7 @@ impl Shard {
         let Ok(name) = std::str::from_utf8(&ch) else {
             return;
         };
-        let (seq, remote) = self.owner.borrow_mut().order(name);
+        let (seq, remote) = self.owner.borrow_mut().order(name, &payload, self.now_ms());
         if !channel::is_system(&ch) {
             bump(&self.stats.messages_ordered, 1);
         }
@@ -370,7 +445,7 @@ impl Shard {
     /// count what they write).
     fn deliver(&self, name: &str, seq: u64, payload: &Payload, skip: Option<Skip>) {
         self.index
-            .borrow()
+            .borrow_mut()
             .fan_out(self.id as u16, name, seq, payload, skip);
     }
 
@@ -379,8 +454,7 @@ impl Shard {
         match reply {
             Reply::None => {}
             Reply::Ack { conn, id } => {
-                let target = self.conns.borrow().get(conn.key as usize).cloned();
-                if let Some(target) = target.filter(|c| c.id == conn) {
+                if let Some(target) = self.conn(conn) {
                     if let Ok(id) = std::str::from_utf8(&id) {
                         target.send(protocol::encode_ack(id, Some(seq)));
                     }
@@ -432,24 +506,45 @@ impl Shard {
                 }
             }
             MeshMsg::Interest { ch, on, from } => {
-                let Ok(name) = std::str::from_utf8(&ch) else {
-                    return;
-                };
-                self.owner
-                    .borrow_mut()
-                    .set_interest(name, from as usize, on);
-                if on {
-                    self.links
-                        .send(from as usize, MeshMsg::InterestConfirmed { ch });
+                if let Ok(name) = std::str::from_utf8(&ch) {
+                    self.owner
+                        .borrow_mut()
+                        .set_interest(name, from as usize, on);
                 }
             }
-            MeshMsg::InterestConfirmed { ch } => {
+            MeshMsg::Position {
+                ch,
+                from,
+                conn,
+                token,
+                since,
+                id,
+            } => {
                 let Ok(name) = std::str::from_utf8(&ch) else {
                     return;
                 };
-                let released = self.index.borrow_mut().confirm(name);
-                for (conn, id) in released {
-                    conn.send(protocol::encode_ack(&id, None));
+                let since = since.as_ref().map(|(seq, epoch)| (*seq, epoch.as_ref()));
+                let position = self.owner.borrow_mut().position(name, since, self.now_ms());
+                self.links.send(
+                    from as usize,
+                    MeshMsg::PositionReply {
+                        ch,
+                        conn,
+                        token,
+                        id,
+                        position: Box::new(position),
+                    },
+                );
+            }
+            MeshMsg::PositionReply {
+                ch,
+                conn,
+                token,
+                id,
+                position,
+            } => {
+                if let Ok(name) = std::str::from_utf8(&ch) {
+                    self.go_live(name, conn, token, id.as_deref(), &position);
                 }
             }
             MeshMsg::Published { reply, seq } => self.complete(reply, seq),
@@ -497,5 +592,18 @@ impl Shard {
 
     pub fn owned_channel_count(&self) -> usize {
         self.owner.borrow().channel_count()
+    }
+
+    /// Publications held in the history of the channels this shard owns.
+    pub fn history_len(&self) -> usize {
+        self.owner.borrow().history_len()
+    }
+
+    /// Expires old history and forgets owned channels left with nothing.
+    pub fn sweep_history(&self) {
+        let index = self.index.borrow();
+        self.owner
+            .borrow_mut()
+            .sweep(self.now_ms(), |name| index.subscriber_count(name) > 0);
     }
 }

@@ -1,32 +1,88 @@
 //! The owner role: for each channel this shard owns (by hash of its name), the
-//! next `seq` and which other shards have subscribers. The owner is the single
-//! place a channel's publications are ordered; a cluster broker (Redis, NATS)
-//! plugs in here later, taking over the ordering across nodes.
+//! next `seq`, which other shards have subscribers, and the bounded history
+//! of its latest publications (`history-size` messages, `history-ttl` of
+//! age) that reconnecting clients recover from. The owner is the single place
+//! a channel's publications are ordered; a cluster broker (Redis, NATS) plugs
+//! in here later, taking over the ordering across nodes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
-/// Ordering and routing state of one owned channel.
-#[derive(Debug, Default)]
+use crate::mesh::Payload;
+
+/// Ordering, routing and history state of one owned channel.
+#[derive(Debug)]
 struct OwnedChannel {
+    /// Which incarnation of the channel this is: state of an idle channel is
+    /// reclaimed, and its `seq` then starts again under a new epoch.
+    incarnation: u64,
     /// Last assigned sequence number (0: none yet).
     last_seq: u64,
     /// Bit `p` set: shard `p` (other than this one) has subscribers.
     remote_interest: u64,
+    /// The latest publications, oldest first, with when they were ordered
+    /// (shard milliseconds).
+    history: VecDeque<(u64, Payload, u64)>,
+}
+
+/// Bounds of each channel's history.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryLimits {
+    /// Publications kept per channel (0: none).
+    pub size: usize,
+    /// Oldest publication kept, in milliseconds.
+    pub ttl_ms: u64,
+}
+
+/// The answer to a subscription that asked for the channel's position and,
+/// with `since`, for what it missed.
+#[derive(Debug, Clone)]
+pub struct Position {
+    /// The channel's epoch: changes when the server restarts or the channel's
+    /// state was reclaimed.
+    pub epoch: String,
+    /// The channel's last `seq` when the subscription took effect.
+    pub seq: u64,
+    /// With `since`: whether every publication after it is in `missed`.
+    pub recovered: Option<bool>,
+    /// Publications after `since`, oldest first (empty unless recovered).
+    pub missed: Vec<(u64, Payload)>,
 }
 
 /// The channels this shard owns.
-#[derive(Default)]
 pub struct Owner {
     channels: HashMap<Box<str>, OwnedChannel>,
+    limits: HistoryLimits,
+    /// The server run's epoch (random at start), prefix of every channel's.
+    run_epoch: u64,
+    /// Incarnations handed out so far.
+    incarnations: u64,
 }
 
 impl Owner {
-    /// Assigns the next `seq` of `name`; returns it with the mask of shards
-    /// that must receive the publication.
-    pub fn order(&mut self, name: &str) -> (u64, u64) {
+    pub fn new(limits: HistoryLimits, run_epoch: u64) -> Self {
+        Owner {
+            channels: HashMap::new(),
+            limits,
+            run_epoch,
+            incarnations: 0,
+        }
+    }
+
+    /// Assigns the next `seq` of `name` and keeps the publication in its
+    /// history; returns the `seq` with the mask of shards that must receive
+    /// it.
+    pub fn order(&mut self, name: &str, payload: &Payload, now_ms: u64) -> (u64, u64) {
+        let limits = self.limits;
         let channel = self.entry(name);
         channel.last_seq += 1;
-        (channel.last_seq, channel.remote_interest)
+        let seq = channel.last_seq;
+        if limits.size > 0 {
+            if channel.history.len() == limits.size {
+                channel.history.pop_front();
+            }
+            channel.history.push_back((seq, payload.clone(), now_ms));
+        }
+        (seq, channel.remote_interest)
     }
 
     /// Records that `peer` gained or lost interest in `name`.
@@ -39,6 +95,57 @@ impl Owner {
         }
     }
 
+    /// Where `name` stands for a new subscription; with `since` (a `seq` and
+    /// the epoch it belongs to), also what the subscriber missed after it,
+    /// if the history still holds all of it.
+    pub fn position(&mut self, name: &str, since: Option<(u64, &str)>, now_ms: u64) -> Position {
+        let ttl_ms = self.limits.ttl_ms;
+        let run_epoch = self.run_epoch;
+        let channel = self.entry(name);
+        expire(channel, now_ms, ttl_ms);
+        let epoch = epoch_string(run_epoch, channel.incarnation);
+        let mut position = Position {
+            seq: channel.last_seq,
+            recovered: None,
+            missed: Vec::new(),
+            epoch,
+        };
+        if let Some((since, their_epoch)) = since {
+            let first_kept = channel
+                .history
+                .front()
+                .map_or(channel.last_seq + 1, |e| e.0);
+            let recovered = their_epoch == position.epoch
+                && since <= channel.last_seq
+                && since + 1 >= first_kept;
+            if recovered {
+                position.missed = channel
+                    .history
+                    .iter()
+                    .filter(|(seq, _, _)| *seq > since)
+                    .map(|(seq, payload, _)| (*seq, payload.clone()))
+                    .collect();
+            }
+            position.recovered = Some(recovered);
+        }
+        position
+    }
+
+    /// Drops publications older than the history TTL, and the state of
+    /// channels that have nothing left: no history, no remote subscriber, no
+    /// local one (`has_local_subscribers`). Returns how many were reclaimed.
+    pub fn sweep(&mut self, now_ms: u64, has_local_subscribers: impl Fn(&str) -> bool) -> usize {
+        let ttl_ms = self.limits.ttl_ms;
+        let before = self.channels.len();
+        self.channels.retain(|name, channel| {
+            expire(channel, now_ms, ttl_ms);
+            !channel.history.is_empty()
+                || channel.remote_interest != 0
+                || has_local_subscribers(name)
+        });
+        before - self.channels.len()
+    }
+
     /// Last assigned `seq` of `name` (0 if none).
     pub fn last_seq(&self, name: &str) -> u64 {
         self.channels.get(name).map_or(0, |c| c.last_seq)
@@ -48,13 +155,44 @@ impl Owner {
         self.channels.len()
     }
 
+    /// Publications held in every channel's history.
+    pub fn history_len(&self) -> usize {
+        self.channels.values().map(|c| c.history.len()).sum()
+    }
+
     fn entry(&mut self, name: &str) -> &mut OwnedChannel {
         if !self.channels.contains_key(name) {
-            self.channels.insert(name.into(), OwnedChannel::default());
+            self.incarnations += 1;
+            let channel = OwnedChannel {
+                incarnation: self.incarnations,
+                last_seq: 0,
+                remote_interest: 0,
+                history: VecDeque::new(),
+            };
+            self.channels.insert(name.into(), channel);
         }
         // Just inserted when absent.
         self.channels.get_mut(name).expect("entry exists")
     }
+}
+
+/// Drops the publications of `channel` older than `ttl_ms`.
+fn expire(channel: &mut OwnedChannel, now_ms: u64, ttl_ms: u64) {
+    while channel
+        .history
+        .front()
+        .is_some_and(|(_, _, at)| now_ms.saturating_sub(*at) > ttl_ms)
+    {
+        channel.history.pop_front();
+    }
+    if channel.history.is_empty() && channel.history.capacity() > 0 {
+        channel.history = VecDeque::new();
+    }
+}
+
+/// A channel's epoch as clients see it: the run's, then the incarnation.
+fn epoch_string(run_epoch: u64, incarnation: u64) -> String {
+    format!("{run_epoch:016x}-{incarnation}")
 }
 
 /// The shards whose bit is set in `mask`.
@@ -64,25 +202,87 @@ pub fn shards_in(mask: u64) -> impl Iterator<Item = usize> {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
+    use crate::protocol::PayloadKind;
+
+    fn owner(size: usize, ttl_ms: u64) -> Owner {
+        Owner::new(HistoryLimits { size, ttl_ms }, 0xabc)
+    }
+
+    fn payload(text: &'static str) -> Payload {
+        Payload::new(PayloadKind::Json, Bytes::from_static(text.as_bytes()))
+    }
 
     #[test]
     fn seq_counts_per_channel_from_one() {
-        let mut owner = Owner::default();
-        assert_eq!(owner.order("a").0, 1);
-        assert_eq!(owner.order("a").0, 2);
-        assert_eq!(owner.order("b").0, 1);
+        let mut owner = owner(10, 1000);
+        assert_eq!(owner.order("a", &payload("1"), 0).0, 1);
+        assert_eq!(owner.order("a", &payload("2"), 0).0, 2);
+        assert_eq!(owner.order("b", &payload("1"), 0).0, 1);
         assert_eq!(owner.last_seq("a"), 2);
         assert_eq!(owner.last_seq("zzz"), 0);
     }
 
     #[test]
     fn interest_routes_only_to_interested_shards() {
-        let mut owner = Owner::default();
+        let mut owner = owner(10, 1000);
         owner.set_interest("a", 3, true);
         owner.set_interest("a", 1, true);
         owner.set_interest("a", 3, false);
-        let (_, mask) = owner.order("a");
+        let (_, mask) = owner.order("a", &payload("1"), 0);
         assert_eq!(shards_in(mask).collect::<Vec<_>>(), vec![1]);
+    }
+
+    #[test]
+    fn recovers_what_history_holds_and_says_when_it_cannot() {
+        let mut owner = owner(3, 1000);
+        for i in 0..5 {
+            owner.order("a", &payload("x"), i);
+        }
+        let epoch = owner.position("a", None, 5).epoch;
+        assert_eq!(epoch, "0000000000000abc-1");
+        let got = owner.position("a", Some((3, &epoch)), 5);
+        assert_eq!((got.seq, got.recovered), (5, Some(true)));
+        assert_eq!(got.missed.iter().map(|m| m.0).collect::<Vec<_>>(), [4, 5]);
+        let edge = owner.position("a", Some((2, &epoch)), 5);
+        assert_eq!(edge.recovered, Some(true), "3..=5 are kept");
+        assert_eq!(edge.missed.len(), 3);
+        let too_old = owner.position("a", Some((1, &epoch)), 5);
+        assert_eq!(too_old.recovered, Some(false), "2 was evicted");
+        assert!(too_old.missed.is_empty());
+        let other_run = owner.position("a", Some((4, "0000000000000abd-1")), 5);
+        assert_eq!(other_run.recovered, Some(false));
+        let future = owner.position("a", Some((9, &epoch)), 5);
+        assert_eq!(future.recovered, Some(false));
+        let current = owner.position("a", Some((5, &epoch)), 5);
+        assert_eq!(current.recovered, Some(true));
+        assert!(current.missed.is_empty());
+    }
+
+    #[test]
+    fn history_expires_and_idle_channels_are_reclaimed_under_a_new_epoch() {
+        let mut owner = owner(10, 100);
+        owner.order("a", &payload("x"), 0);
+        owner.order("a", &payload("y"), 50);
+        owner.order("kept", &payload("z"), 0);
+        owner.set_interest("kept", 1, true);
+        let epoch = owner.position("a", None, 60).epoch;
+        assert_eq!(owner.sweep(120, |_| false), 0, "a still holds seq 2");
+        assert_eq!(owner.history_len(), 1);
+        assert_eq!(
+            owner.sweep(200, |_| false),
+            1,
+            "a is reclaimed, kept is not"
+        );
+        assert_eq!(owner.last_seq("kept"), 1);
+        let again = owner.position("a", Some((2, &epoch)), 200);
+        assert_eq!(again.seq, 0);
+        assert_ne!(again.epoch, epoch);
+        assert_eq!(again.recovered, Some(false));
+        owner.order("local", &payload("x"), 0);
+        assert_eq!(owner.sweep(500, |name| name == "local"), 1, "only a again");
+        assert_eq!(owner.last_seq("local"), 1, "local subscribers keep it");
     }
 }

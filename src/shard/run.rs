@@ -26,6 +26,8 @@ use crate::{
 
 /// How long a shard waits for its peers at the mesh barrier.
 const MESH_JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often expired history is dropped.
+const HISTORY_SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Pause after an accept error such as EMFILE, so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(20);
 
@@ -44,6 +46,8 @@ pub struct ShardContext {
     pub cpu: Option<usize>,
     /// Where the shard reports that it is accepting.
     pub events: mpsc::Sender<ShardEvent>,
+    /// This run's epoch (random at start, the same on every shard).
+    pub epoch: u64,
 }
 
 /// Runs shard `ctx.id` until shutdown. Returns its final snapshot.
@@ -69,6 +73,7 @@ pub async fn run_shard(ctx: ShardContext) -> Result<ShardSnapshot, ServerError> 
         ctx.config,
         links.clone(),
         ctx.open_connections,
+        ctx.epoch,
     ));
     if let Some((senders, mut receivers)) = mesh {
         let senders = Rc::new(senders);
@@ -92,6 +97,7 @@ pub async fn run_shard(ctx: ShardContext) -> Result<ShardSnapshot, ServerError> 
     spawn_shutdown_watcher(&shard, ctx.shutdown);
     spawn_heartbeat_sweep(&shard);
     spawn_stats_tick(&shard);
+    spawn_history_sweep(&shard);
 
     // SAFETY: the runtime created this fd as a bound, listening TCP socket and
     // handed its ownership to this shard alone.
@@ -171,6 +177,18 @@ fn spawn_shutdown_watcher(shard: &Rc<Shard>, fd: OwnedFd) {
         // A byte or end of stream (the runtime is gone) both mean stop.
         let _ = futures_lite::AsyncReadExt::read(&mut pipe, &mut byte).await;
         shard.begin_shutdown();
+    })
+    .detach();
+}
+
+/// Once a second: expire old history, forget idle owned channels.
+fn spawn_history_sweep(shard: &Rc<Shard>) {
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        while !shard.is_shutting_down() {
+            glommio::timer::sleep(HISTORY_SWEEP_EVERY).await;
+            shard.sweep_history();
+        }
     })
     .detach();
 }

@@ -31,7 +31,11 @@ function open(url) {
 
 const alice = await open(`${base}/ws`);
 alice.send(JSON.stringify({ op: 'sub', ch: 'node-news', id: 'a1' }));
-assert.deepEqual(await alice.json(), { op: 'ack', id: 'a1' });
+const subAck = await alice.json();
+assert.equal(subAck.op, 'ack');
+assert.equal(subAck.id, 'a1');
+assert.equal(typeof subAck.epoch, 'string');
+assert.equal(subAck.seq, 0);
 alice.send(JSON.stringify({ op: 'pub', ch: 'node-news', data: [1, 'two'], id: 2 }));
 const got = {};
 while (!got.ack || !got.msg) { const m = await alice.json(); got[m.op] = m; }

@@ -24,7 +24,9 @@ async def main(base):
         f"{base}/ws?sub=py-news"
     ) as bob:
         await alice.send(json.dumps({"op": "sub", "ch": "py-news", "id": 1}))
-        assert await recv_json(alice) == {"op": "ack", "id": 1}
+        ack = await recv_json(alice)
+        assert ack["op"] == "ack" and ack["id"] == 1, ack
+        assert ack["seq"] == 0 and isinstance(ack["epoch"], str), ack
         # bob subscribed via ?sub=; wait until a publication reaches him.
         seq = 0
         while True:

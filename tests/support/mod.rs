@@ -239,15 +239,17 @@ impl Client {
         }
     }
 
-    /// Subscribes with an `id` and waits for the ack.
-    pub fn subscribe(&mut self, channel: &str) {
+    /// Subscribes with an `id` and waits for the ack; returns it (it carries
+    /// the channel's `seq` and `epoch`).
+    pub fn subscribe(&mut self, channel: &str) -> Value {
         self.send_json(serde_json::json!({"op": "sub", "ch": channel, "id": channel}));
         let ack = self.recv_json();
-        assert_eq!(
-            ack,
-            serde_json::json!({"op": "ack", "id": channel}),
-            "sub ack"
-        );
+        assert_eq!(ack["op"], "ack", "sub ack: {ack}");
+        assert_eq!(ack["id"], channel, "sub ack: {ack}");
+        assert!(ack["seq"].is_u64(), "sub ack has the seq: {ack}");
+        assert!(ack["epoch"].is_string(), "sub ack has the epoch: {ack}");
+        assert!(ack.get("recovered").is_none(), "no since, no recovered");
+        ack
     }
 }
 
