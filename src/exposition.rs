@@ -111,7 +111,7 @@ const COUNTERS: [(&str, &str, Read); 14] = [
 ];
 
 /// Per-shard gauges: name, help, value.
-const GAUGES: [(&str, &str, Read); 6] = [
+const GAUGES: [(&str, &str, Read); 7] = [
     (
         "shardcast_connections",
         "WebSocket connections open.",
@@ -131,6 +131,11 @@ const GAUGES: [(&str, &str, Read); 6] = [
         "shardcast_channels_owned",
         "Channels this shard orders.",
         |s| s.channels_owned,
+    ),
+    (
+        "shardcast_history_messages",
+        "Publications kept in the history of the channels this shard owns.",
+        |s| s.history_messages,
     ),
     (
         "shardcast_outbox_bytes",

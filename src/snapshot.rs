@@ -31,6 +31,8 @@ pub struct ShardSnapshot {
     pub channels: u64,
     /// Channels this shard orders (owns).
     pub channels_owned: u64,
+    /// Publications kept in the history of the channels this shard owns.
+    pub history_messages: u64,
     pub connections_opened: u64,
     pub connections_closed: u64,
     /// Closed connections by reason (`normal`, `slow_consumer`, ...).
@@ -72,6 +74,7 @@ pub struct Totals {
     pub connections: u64,
     pub subscriptions: u64,
     pub channels_owned: u64,
+    pub history_messages: u64,
     pub connections_opened: u64,
     pub connections_closed: u64,
     pub closed: BTreeMap<&'static str, u64>,
@@ -126,6 +129,7 @@ impl Totals {
             total.connections += s.connections;
             total.subscriptions += s.subscriptions;
             total.channels_owned += s.channels_owned;
+            total.history_messages += s.history_messages;
             total.connections_opened += s.connections_opened;
             total.connections_closed += s.connections_closed;
             for (reason, n) in &s.closed {

@@ -46,6 +46,7 @@ impl Shard {
             subscriptions,
             channels: self.channel_count() as u64,
             channels_owned: self.owned_channel_count() as u64,
+            history_messages: self.history_len() as u64,
             connections_opened: stats.connections_opened.get(),
             connections_closed: stats.connections_closed(),
             closed: CloseReason::ALL

@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::mesh::Payload;
+use crate::{channel, mesh::Payload};
 
 /// Ordering, routing and history state of one owned channel.
 #[derive(Debug)]
@@ -76,7 +76,8 @@ impl Owner {
         let channel = self.entry(name);
         channel.last_seq += 1;
         let seq = channel.last_seq;
-        if limits.size > 0 {
+        // System channels (`$stats`) are live figures: nothing to recover.
+        if limits.size > 0 && !channel::is_system(name.as_bytes()) {
             if channel.history.len() == limits.size {
                 channel.history.pop_front();
             }
