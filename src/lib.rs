@@ -34,6 +34,7 @@ pub mod conn;
 pub mod error;
 pub mod exposition;
 pub mod frame;
+pub mod fuzzing;
 pub mod heartbeat;
 pub mod loadgen;
 pub mod mesh;
