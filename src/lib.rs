@@ -7,7 +7,7 @@
 //!   shard, reports readiness and failures; [`shutdown`]: signals → shards.
 //! - [`shard`]: one shard's state and lifecycle — connections, subscription
 //!   index and fan-out ([`shard::index`]), channel ordering and interest
-//!   routing for the channels it owns ([`shard::owner`]).
+//!   routing and history for the channels it owns ([`shard::owner`]).
 //! - [`mesh`]: typed cross-shard messages and the ordered per-peer links.
 //! - [`conn`]: one client connection — HTTP routes ([`conn::http`]), the
 //!   WebSocket session, the bounded outgoing queue and its writer
@@ -22,7 +22,8 @@
 //!   and memory of the process; [`clock`]: the monotonic clock publications
 //!   are stamped with.
 //! - `GET /` serves `src/dashboard.html`, a page fed by the `$stats` channel.
-//! - [`sync`]: a shard-local wait list; [`error`]: the server's error types.
+//! - [`sync`]: a shard-local wait list; [`error`]: the server's error types;
+//!   [`fuzzing`]: entry points of the parser fuzzers (`fuzz/`).
 //!
 //! `docs/design.md` explains how these fit together; `docs/protocol.md`
 //! specifies the wire protocol.

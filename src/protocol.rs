@@ -128,6 +128,19 @@ struct Envelope<'a> {
     epoch: Option<Cow<'a, str>>,
 }
 
+/// Just the `id` of an envelope whose other fields are wrong, so the error
+/// still names the request it answers.
+#[derive(Deserialize)]
+struct IdOnly<'a> {
+    #[serde(borrow, default, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+}
+
+fn id_of(text: &str) -> Option<&str> {
+    let envelope: IdOnly<'_> = serde_json::from_str(text).ok()?;
+    read_id(envelope.id).ok().flatten()
+}
+
 /// Checks that an `id` is a number or a string of at most [`MAX_ID_LEN`] bytes.
 fn read_id(raw: Option<&RawValue>) -> Result<Option<&str>, OpError<'_>> {
     let Some(raw) = raw else { return Ok(None) };
@@ -189,7 +202,7 @@ pub fn parse_client_op(text: &str) -> Result<ClientOp<'_>, OpError<'_>> {
         OpError::new(
             ErrorCode::BadJson,
             format!("expected a JSON object with an op: {e}"),
-            None,
+            id_of(text),
         )
     })?;
     let id = read_id(envelope.id)?;
@@ -489,6 +502,12 @@ mod tests {
         assert_eq!(
             code(r#"{"op":"sub","ch":"n","since":-1,"epoch":"e"}"#),
             ErrorCode::BadJson
+        );
+        let typed = parse_client_op(r#"{"op":"sub","ch":"n","id":9,"since":-1,"epoch":"e"}"#);
+        assert_eq!(
+            typed.unwrap_err().id,
+            Some("9"),
+            "a mistyped field keeps the id"
         );
         assert_eq!(code(r#"{"op":"sub","ch":"a b"}"#), ErrorCode::BadChannel);
         assert_eq!(code(r#"{"op":"sub"}"#), ErrorCode::BadChannel);

@@ -200,28 +200,12 @@ fn reply_keeps_alive(reply: &[u8]) -> bool {
         .any(|w| w == b"Connection: keep-alive")
 }
 
-/// Sends a last response and closes gracefully: FIN first, then discard what
-/// the client still sends for a moment, so unread request bytes do not turn
-/// the close into a reset that destroys the response in flight.
+/// Sends a last response and closes gracefully (see
+/// [`SharedStream::close_gracefully`]).
 async fn respond_and_close(stream: &SharedStream, response: &[u8]) {
-    const LINGER: Duration = Duration::from_secs(1);
-    const DRAIN_LIMIT: usize = 1 << 20;
-    if stream.write_all(response).await.is_err() {
-        return;
+    if stream.write_all(response).await.is_ok() {
+        stream.close_gracefully().await;
     }
-    stream.shutdown_write();
-    let _ = glommio::timer::timeout(LINGER, async {
-        let mut scratch = vec![0u8; 4096];
-        let mut drained = 0;
-        while drained < DRAIN_LIMIT {
-            match stream.read(&mut scratch).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => drained += n,
-            }
-        }
-        Ok(())
-    })
-    .await;
 }
 
 /// Reserves a connection slot for an upgrade, or says why not (503).

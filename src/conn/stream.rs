@@ -13,6 +13,7 @@ use std::{
     pin::Pin,
     rc::Rc,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -68,6 +69,29 @@ impl SharedStream {
             buf = &buf[n..];
         }
         Ok(())
+    }
+
+    /// Closes after our last bytes (a response, a close frame) are written:
+    /// FIN first, then discard what the client still sends until it closes
+    /// too (at most a second, at most 1 MiB). Closing with unread bytes would
+    /// make the kernel send a reset, which can destroy our last bytes in
+    /// flight before the client reads them.
+    pub async fn close_gracefully(&self) {
+        const LINGER: Duration = Duration::from_secs(1);
+        const DRAIN_LIMIT: usize = 1 << 20;
+        self.shutdown_write();
+        let _ = glommio::timer::timeout(LINGER, async {
+            let mut scratch = vec![0u8; 4096];
+            let mut drained = 0;
+            while drained < DRAIN_LIMIT {
+                match self.read(&mut scratch).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => drained += n,
+                }
+            }
+            Ok(())
+        })
+        .await;
     }
 
     /// Half-closes the write side (sends FIN).

@@ -22,7 +22,7 @@ use async_tungstenite::{
     WebSocketStream,
 };
 use bytes::Bytes;
-use futures_lite::{Stream, StreamExt};
+use futures_lite::Stream;
 
 use super::{
     http::Session,
@@ -40,8 +40,6 @@ use crate::{
 /// connections dominate memory; larger frames grow it only while read.
 /// How long the writer may take to flush the close frame at teardown.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
-/// After our close frame, how long to wait for the client's close reply.
-const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// Messages one connection may handle before yielding to the others.
 const MESSAGES_PER_POLL: usize = 32;
 
@@ -225,12 +223,15 @@ impl Reader<'_> {
 }
 
 /// Stops deliveries, lets the writer flush what is queued and the close
-/// frame, waits briefly for the client's close, then half-closes the socket.
+/// frame, then closes: gracefully (waiting for the client's side, reading
+/// and discarding what it still sends) when the server closed, so the close
+/// frame is not destroyed by a reset — also after an oversized or malformed
+/// frame whose rest is still unread.
 async fn teardown(
     shard: &Shard,
     conn: &Conn,
     writer: glommio::Task<()>,
-    mut ws: WebSocketStream<ReadSide>,
+    ws: WebSocketStream<ReadSide>,
     stream: &SharedStream,
 ) {
     shard.unregister_subscriptions(conn);
@@ -244,16 +245,12 @@ async fn teardown(
         .outbox
         .closing()
         .is_some_and(|r| r != CloseReason::Normal);
+    drop(ws);
     if flushed && server_closed {
-        // Give the client a moment to answer our close before the socket
-        // goes, so it sees a clean close rather than a reset.
-        let _ = glommio::timer::timeout(CLOSE_LINGER, async {
-            while let Some(Ok(_)) = ws.next().await {}
-            Ok(())
-        })
-        .await;
+        stream.close_gracefully().await;
+    } else {
+        stream.shutdown_write();
     }
-    stream.shutdown_write();
 }
 
 /// Maps a read error to how the connection closes.

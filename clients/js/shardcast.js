@@ -1,0 +1,378 @@
+// shardcast.js: dependency-free client for the shardcast WebSocket pub/sub server.
+// Works as an ES module in browsers and in Node >= 22 (global WebSocket), or with an
+// injected WebSocket constructor. See README.md for the API and recovery semantics.
+
+/** Connection states reported by the 'state' event. */
+export const STATES = Object.freeze(['connecting', 'open', 'reconnecting', 'closed']);
+
+const DEFAULTS = {
+  WebSocket: undefined,      // constructor; defaults to globalThis.WebSocket
+  minReconnectDelay: 250,    // ms, base of the exponential backoff
+  maxReconnectDelay: 15000,  // ms, cap of the backoff
+  stableAfter: 5000,         // ms a connection must stay open before the backoff resets
+  connectTimeout: 10000,     // ms allowed for the WebSocket handshake
+  ackTimeout: 10000,         // ms to wait for an ack before the op's promise rejects
+  pingInterval: 20000,       // ms of silence before an application ping is sent (0: off)
+  pongTimeout: 10000,        // ms to wait for the pong before the connection is declared dead
+};
+
+/**
+ * Make an Error carrying the server's (or the client's) error code.
+ * @param {string} code @param {string} msg @returns {Error & {code: string}}
+ */
+function codedError(code, msg) {
+  const e = new Error(msg || code);
+  e.code = code;
+  return e;
+}
+
+/**
+ * One subscription to one channel. Created by {@link Shardcast#subscribe}.
+ * @property {string} ch channel name
+ * @property {Promise<{seq:number, epoch:string, recovered?:boolean}>} ready first ack
+ * @property {?string} epoch epoch of the stream the delivered seqs belong to
+ * @property {number} seq last seq delivered to the handler (or the ack's seq)
+ * @property {boolean} active false once unsubscribed or refused by the server
+ */
+export class Subscription {
+  /** @param {Shardcast} client @param {string} ch @param {Function} onMessage @param {object} opts */
+  constructor(client, ch, onMessage, opts) {
+    this.ch = ch;
+    this.epoch = opts.epoch ?? null;
+    this.seq = opts.since ?? 0;
+    this.active = true;
+    this._client = client;
+    this._onMessage = onMessage;
+    this._onReset = opts.onReset;
+    this._pending = false;   // a sub frame is in flight on the current socket
+    this._buffer = [];       // msgs that arrived before that sub's ack
+    this._acked = false;     // ready settled
+    this.ready = new Promise((res, rej) => { this._resolve = res; this._reject = rej; });
+    this.ready.catch(() => {}); // avoid unhandled rejections when the app ignores `ready`
+  }
+
+  /** Stop deliveries now and tell the server. @returns {Promise<void>} */
+  unsubscribe() { return this._client._unsubscribe(this); }
+
+  _ack(f) {
+    const wasKnown = this.epoch !== null;
+    const recovered = f.recovered === true && f.epoch === this.epoch;
+    if (wasKnown && !recovered) {
+      const reason = f.epoch !== this.epoch ? 'epoch_changed' : 'history_gap';
+      this.epoch = f.epoch;
+      this.seq = f.seq;
+      if (this._onReset) {
+        try { this._onReset({ ch: this.ch, epoch: f.epoch, seq: f.seq, reason }); }
+        catch (e) { this._client._emit('error', e); }
+      }
+    } else if (!wasKnown) {
+      this.epoch = f.epoch;
+      this.seq = f.seq;
+    }
+    if (!this._acked) {
+      this._acked = true;
+      this._resolve({ seq: f.seq, epoch: f.epoch, recovered: f.recovered });
+    }
+    const buf = this._buffer;
+    this._buffer = [];
+    for (const m of buf) this._deliver(m);
+  }
+
+  _deliver(f) {
+    if (!this.active) return;
+    if (this._pending) { this._buffer.push(f); return; }
+    if (f.seq <= this.seq) return; // defensive: never deliver a seq twice in one epoch
+    this.seq = f.seq;
+    try { this._onMessage(f.data, { ch: this.ch, seq: f.seq, epoch: this.epoch }); }
+    catch (e) { this._client._emit('error', e); }
+  }
+}
+
+/**
+ * Client for one shardcast server. Connects immediately and keeps reconnecting until
+ * {@link Shardcast#close} is called.
+ */
+export class Shardcast {
+  /**
+   * @param {string} url e.g. 'ws://localhost:8080/ws'
+   * @param {Partial<typeof DEFAULTS>} [options]
+   */
+  constructor(url, options = {}) {
+    this.url = url;
+    this.options = { ...DEFAULTS, ...options };
+    this._WS = this.options.WebSocket || globalThis.WebSocket;
+    if (typeof this._WS !== 'function') throw new Error('shardcast: no WebSocket constructor (pass options.WebSocket)');
+    /** @type {'connecting'|'open'|'reconnecting'|'closed'} */
+    this.state = 'connecting';
+    /** The current WebSocket (exposed for tests and debugging). */
+    this._ws = null;
+    this._nextId = 1;
+    this._ops = new Map();      // id -> {resolve, reject, timer, frame, sent, sub?}
+    this._queue = [];           // op ids waiting for a connection
+    this._subs = new Map();     // ch -> Subscription
+    this._listeners = new Map();
+    this._attempt = 0;
+    this._timers = {};
+    this._lastRx = 0;
+    this._pingId = null;
+    this._connect();
+  }
+
+  /**
+   * Listen to an event: 'state' (state string), 'open', 'close' ({code, reason}),
+   * 'error' (Error: unsolicited server errors, exceptions thrown by handlers).
+   * @returns {() => void} function removing the listener
+   */
+  on(event, fn) {
+    if (!this._listeners.has(event)) this._listeners.set(event, new Set());
+    this._listeners.get(event).add(fn);
+    return () => this._listeners.get(event).delete(fn);
+  }
+
+  /**
+   * Subscribe to a channel. Messages reach `onMessage(data, {ch, seq, epoch})` in seq order,
+   * each once. One subscription per channel per client.
+   * @param {string} ch
+   * @param {(data: any, meta: {ch: string, seq: number, epoch: string}) => void} onMessage
+   * @param {{onReset?: (info: {ch: string, epoch: string, seq: number, reason: string}) => void,
+   *          since?: number, epoch?: string}} [opts] since+epoch resume a stream saved earlier
+   * @returns {Subscription}
+   */
+  subscribe(ch, onMessage, opts = {}) {
+    if (this.state === 'closed') throw codedError('closed', 'client is closed');
+    if (this._subs.has(ch)) throw codedError('already_subscribed', `already subscribed to ${ch}`);
+    const sub = new Subscription(this, ch, onMessage, opts);
+    this._subs.set(ch, sub);
+    if (this.state === 'open') this._sendSub(sub);
+    return sub;
+  }
+
+  /**
+   * Publish `data` (any JSON value) to a channel. Queued while disconnected.
+   * @returns {Promise<number>} the publication's seq; rejects with an Error whose `.code` is
+   * the server's code, 'timeout', 'disconnected' (sent, connection lost before the ack: it
+   * may or may not have been published) or 'closed'.
+   */
+  publish(ch, data, { timeout } = {}) {
+    return this._op({ op: 'pub', ch, data }, timeout).then((f) => f.seq);
+  }
+
+  /** Round trip to the server. @returns {Promise<number>} milliseconds */
+  ping() {
+    const t0 = Date.now();
+    return this._op({ op: 'ping' }).then(() => Date.now() - t0);
+  }
+
+  /** Close for good: no reconnect; pending promises reject with code 'closed'. */
+  close() {
+    if (this.state === 'closed') return;
+    this._setState('closed');
+    this._clearTimers();
+    const ws = this._ws;
+    this._ws = null;
+    if (ws) { this._detach(ws); try { ws.close(1000, 'client closed'); } catch { /* ignore */ } }
+    for (const id of [...this._ops.keys()]) this._settle(id, codedError('closed', 'client closed'));
+    for (const sub of this._subs.values()) { sub.active = false; sub._reject(codedError('closed', 'client closed')); }
+    this._subs.clear();
+  }
+
+  // ---- internals ------------------------------------------------------------------------
+
+  _emit(event, arg) {
+    for (const fn of this._listeners.get(event) || []) {
+      try { fn(arg); } catch (e) { if (event !== 'error') this._emit('error', e); }
+    }
+  }
+
+  _setState(s) {
+    if (this.state === s) return;
+    this.state = s;
+    this._emit('state', s);
+  }
+
+  _clearTimers() {
+    for (const k of Object.keys(this._timers)) clearTimeout(this._timers[k]);
+    this._timers = {};
+  }
+
+  _timer(name, ms, fn) {
+    clearTimeout(this._timers[name]);
+    this._timers[name] = setTimeout(() => { delete this._timers[name]; fn(); }, ms);
+  }
+
+  _connect() {
+    if (this.state === 'closed') return;
+    let ws;
+    try { ws = new this._WS(this.url); } catch (e) { this._emit('error', e); this._scheduleReconnect(); return; }
+    this._ws = ws;
+    this._timer('connect', this.options.connectTimeout, () => this._abandon(ws, 'connect timeout'));
+    ws.onopen = () => this._onOpen(ws);
+    ws.onmessage = (ev) => this._onFrame(ev.data);
+    ws.onclose = (ev) => this._onClose(ws, ev.code, ev.reason);
+    ws.onerror = () => {}; // a close event always follows
+  }
+
+  _detach(ws) { ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null; }
+
+  /** Give up on a socket without waiting for its close handshake (it may be half-open). */
+  _abandon(ws, reason) {
+    if (ws !== this._ws) return;
+    this._detach(ws);
+    try { ws.close(4000, reason); } catch { /* CONNECTING sockets may throw in some runtimes */ }
+    this._onClose(ws, 4000, reason);
+  }
+
+  _onOpen(ws) {
+    clearTimeout(this._timers.connect);
+    this._lastRx = Date.now();
+    this._pingId = null;
+    this._setState('open');
+    this._emit('open');
+    this._timer('stable', this.options.stableAfter, () => { this._attempt = 0; });
+    this._schedulePing(this.options.pingInterval);
+    for (const sub of this._subs.values()) this._sendSub(sub);
+    const queued = this._queue;
+    this._queue = [];
+    for (const id of queued) this._sendOp(id);
+  }
+
+  _onClose(ws, code, reason) {
+    if (ws !== this._ws) return;
+    this._ws = null;
+    this._detach(ws);
+    this._clearTimers();
+    this._emit('close', { code, reason });
+    if (this.state === 'closed') return;
+    // Ops already on the wire cannot be resent blindly: a publish may have taken effect.
+    for (const [id, op] of this._ops) {
+      if (!op.sent) continue;
+      if (op.frame.op === 'unsub') this._settle(id, null, {});   // the server forgot it anyway
+      else this._settle(id, codedError('disconnected', `connection lost (${code})`));
+    }
+    for (const sub of this._subs.values()) { sub._pending = false; sub._buffer = []; }
+    this._scheduleReconnect();
+  }
+
+  _scheduleReconnect() {
+    this._setState('reconnecting');
+    const { minReconnectDelay: min, maxReconnectDelay: max } = this.options;
+    const cap = Math.min(max, min * 2 ** Math.min(this._attempt, 30));
+    this._attempt++;
+    this._timer('reconnect', Math.random() * cap, () => this._connect()); // full jitter
+  }
+
+  _schedulePing(ms) {
+    const every = this.options.pingInterval;
+    if (!every) return;
+    this._timer('ping', ms, () => {
+      const idle = Date.now() - this._lastRx;
+      if (this._pingId !== null || idle < every) {   // pong awaited, or traffic seen lately
+        this._schedulePing(this._pingId !== null ? every : every - idle);
+        return;
+      }
+      const ws = this._ws;
+      this._pingId = this._nextId++;
+      this._rawSend({ op: 'ping', id: this._pingId });
+      this._timer('pong', this.options.pongTimeout, () => this._abandon(ws, 'pong timeout'));
+      this._schedulePing(every);
+    });
+  }
+
+  _rawSend(frame) {
+    try { this._ws.send(JSON.stringify(frame)); return true; }
+    catch (e) { this._emit('error', e); return false; }
+  }
+
+  /** Register an op with an id, a promise and a timeout; send it now or when connected. */
+  _op(frame, timeout = this.options.ackTimeout, extra = {}) {
+    if (this.state === 'closed') return Promise.reject(codedError('closed', 'client is closed'));
+    const id = this._nextId++;
+    return new Promise((resolve, reject) => {
+      const op = { resolve, reject, frame: { ...frame, id }, sent: false, ...extra };
+      op.timer = setTimeout(() => {
+        this._settle(id, codedError('timeout', `no ack for ${frame.op} within ${timeout} ms`));
+        if (op.sub && op.sent && this._ws) this._abandon(this._ws, 'sub ack timeout');
+      }, timeout);
+      this._ops.set(id, op);
+      if (this.state === 'open') this._sendOp(id); else this._queue.push(id);
+    });
+  }
+
+  _sendOp(id) {
+    const op = this._ops.get(id);
+    if (!op) return;
+    op.sent = this._rawSend(op.frame);
+    if (!op.sent) this._settle(id, codedError('send_failed', 'could not send'));
+  }
+
+  _settle(id, err, value) {
+    const op = this._ops.get(id);
+    if (!op) return;
+    this._ops.delete(id);
+    clearTimeout(op.timer);
+    const qi = this._queue.indexOf(id);
+    if (qi >= 0) this._queue.splice(qi, 1);
+    if (err) op.reject(err); else op.resolve(value);
+  }
+
+  _sendSub(sub) {
+    const frame = { op: 'sub', ch: sub.ch };
+    if (sub.epoch !== null) { frame.since = sub.seq; frame.epoch = sub.epoch; }
+    sub._pending = true;
+    sub._buffer = [];
+    this._op(frame, this.options.ackTimeout, { sub }).then(
+      (f) => {
+        if (this._subs.get(sub.ch) !== sub) return; // unsubscribed meanwhile
+        sub._pending = false;
+        sub._ack(f);
+      },
+      (err) => {
+        if (this._subs.get(sub.ch) !== sub) return;
+        sub._pending = false;
+        if (err.code === 'disconnected') return; // resubscribed on the next connection
+        if (err.code !== 'timeout' && err.code !== 'closed') {
+          sub.active = false; // refused by the server: forget it
+          this._subs.delete(sub.ch);
+        }
+        if (!sub._acked) { sub._acked = true; sub._reject(err); }
+        else this._emit('error', err);
+      },
+    );
+  }
+
+  _unsubscribe(sub) {
+    if (!sub.active) return Promise.resolve();
+    sub.active = false;
+    sub._buffer = [];
+    if (this._subs.get(sub.ch) === sub) this._subs.delete(sub.ch);
+    if (!sub._acked) { sub._acked = true; sub._reject(codedError('unsubscribed', 'unsubscribed before the ack')); }
+    if (this.state !== 'open') return Promise.resolve();
+    return this._op({ op: 'unsub', ch: sub.ch }).then(() => {}, (err) => {
+      if (err.code !== 'not_subscribed' && err.code !== 'closed') throw err;
+    });
+  }
+
+  _onFrame(text) {
+    this._lastRx = Date.now();
+    let f;
+    try { f = JSON.parse(text); } catch { this._emit('error', codedError('bad_frame', 'unparsable frame')); return; }
+    if (f.op === 'msg') {
+      const sub = this._subs.get(f.ch);
+      if (sub) sub._deliver(f);
+    } else if (f.op === 'ack' || f.op === 'pong' || f.op === 'err') {
+      if (f.op === 'pong' && f.id === this._pingId) {
+        this._pingId = null;
+        clearTimeout(this._timers.pong);
+        return;
+      }
+      if (f.id === undefined || !this._ops.has(f.id)) {
+        if (f.op === 'err') this._emit('error', codedError(f.code, f.msg));
+        return;
+      }
+      if (f.op === 'err') this._settle(f.id, codedError(f.code, f.msg));
+      else this._settle(f.id, null, f);
+    }
+  }
+}
+
+export default Shardcast;

@@ -1,0 +1,42 @@
+//! The reference JavaScript client (`clients/js/shardcast.js`) against the
+//! real server, in Node and in headless Chromium: connections cut by the
+//! server (close 1009) and by the network (a dropped socket, a half-open
+//! link found by the client's application-level ping) while messages flow
+//! must end with every message exactly once and in order; a server killed
+//! and restarted on the same port must end with the client told it was not
+//! recovered (new epoch) and then live again. The scenarios live in
+//! `tests/clients/js_client_node.mjs` and `js_client_browser.mjs`; Node,
+//! Chromium and playwright-core come from `scripts/test.sh`.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn run(script: &str) {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients");
+    let output = Command::new("node")
+        .arg(format!("{dir}/{script}"))
+        .arg(env!("CARGO_BIN_EXE_shardcast"))
+        .current_dir(dir)
+        .output()
+        .expect("node (installed by scripts/test.sh)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{script} failed:\n{stdout}\n{stderr}"
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    let result: Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(result["ok"], true, "{stdout}");
+}
+
+#[test]
+fn js_client_recovers_in_node() {
+    run("js_client_node.mjs");
+}
+
+#[test]
+fn js_client_recovers_in_headless_chromium() {
+    run("js_client_browser.mjs");
+}
