@@ -137,6 +137,10 @@ struct IdOnly<'a> {
 }
 
 fn id_of(text: &str) -> Option<&str> {
+    // Only from an object: serde would also read a struct from an array.
+    if !text.trim_start().starts_with('{') {
+        return None;
+    }
     let envelope: IdOnly<'_> = serde_json::from_str(text).ok()?;
     read_id(envelope.id).ok().flatten()
 }
@@ -145,12 +149,14 @@ fn id_of(text: &str) -> Option<&str> {
 fn read_id(raw: Option<&RawValue>) -> Result<Option<&str>, OpError<'_>> {
     let Some(raw) = raw else { return Ok(None) };
     let text = raw.get();
-    let first = text.as_bytes().first().copied().unwrap_or(b' ');
-    let scalar = first == b'"' || first == b'-' || first.is_ascii_digit();
-    if !scalar || text.len() > MAX_ID_LEN {
+    // Echoed verbatim, so it must read back everywhere: a string, or an
+    // integer (a number like 2E6222 is valid JSON that most parsers refuse).
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    let integer = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+    if !(text.starts_with('"') || integer) || text.len() > MAX_ID_LEN {
         return Err(OpError::new(
             ErrorCode::BadJson,
-            "id must be a number or a string of at most 64 bytes",
+            "id must be an integer or a string of at most 64 bytes",
             None,
         ));
     }
@@ -503,6 +509,10 @@ mod tests {
             code(r#"{"op":"sub","ch":"n","since":-1,"epoch":"e"}"#),
             ErrorCode::BadJson
         );
+        assert_eq!(code(r#"{"op":"ping","id":2E6222}"#), ErrorCode::BadJson);
+        assert_eq!(code(r#"{"op":"ping","id":1.5}"#), ErrorCode::BadJson);
+        assert!(parse_client_op(r#"{"op":"ping","id":-12}"#).is_ok());
+        assert_eq!(parse_client_op("[2E6222]").unwrap_err().id, None);
         let typed = parse_client_op(r#"{"op":"sub","ch":"n","id":9,"since":-1,"epoch":"e"}"#);
         assert_eq!(
             typed.unwrap_err().id,
