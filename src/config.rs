@@ -56,6 +56,9 @@ pub struct Config {
     /// history and no subscriber is then forgotten (its `seq` restarts under a
     /// new epoch). Default 5 minutes.
     pub history_ttl: Duration,
+    /// Bytes of history one shard keeps over all its channels; over it, the
+    /// oldest publications go first. Default 64 MiB.
+    pub history_max_bytes: usize,
 }
 
 impl Default for Config {
@@ -74,6 +77,7 @@ impl Default for Config {
             read_buffer_bytes: 256,
             history_size: 100,
             history_ttl: Duration::from_secs(300),
+            history_max_bytes: 64 << 20,
         }
     }
 }
@@ -131,6 +135,9 @@ pub struct ConfigLayer {
     /// How long a publication stays in its channel's history [default: 5m]
     #[arg(long, env = "SHARDCAST_HISTORY_TTL", value_name = "DURATION")]
     pub history_ttl: Option<HumanDuration>,
+    /// History memory per shard over all channels; the oldest go first when over [default: 64MiB]
+    #[arg(long, env = "SHARDCAST_HISTORY_MAX_BYTES", value_name = "SIZE")]
+    pub history_max_bytes: Option<ByteSize>,
 }
 
 /// Copies every field a layer sets onto the config, converting units.
@@ -168,7 +175,8 @@ impl Config {
         apply_layer!(self, layer,
             { listen, shards, max_connections, max_subscriptions, history_size },
             { ping_interval, ping_timeout, max_queue_bytes, max_message_bytes,
-              handshake_timeout, shutdown_timeout, read_buffer_bytes, history_ttl });
+              handshake_timeout, shutdown_timeout, read_buffer_bytes, history_ttl,
+              history_max_bytes });
     }
 
     /// Rejects settings the server cannot run with, quoting the numbers.

@@ -111,7 +111,7 @@ const COUNTERS: [(&str, &str, Read); 14] = [
 ];
 
 /// Per-shard gauges: name, help, value.
-const GAUGES: [(&str, &str, Read); 7] = [
+const GAUGES: [(&str, &str, Read); 8] = [
     (
         "shardcast_connections",
         "WebSocket connections open.",
@@ -136,6 +136,11 @@ const GAUGES: [(&str, &str, Read); 7] = [
         "shardcast_history_messages",
         "Publications kept in the history of the channels this shard owns.",
         |s| s.history_messages,
+    ),
+    (
+        "shardcast_history_bytes",
+        "Bytes counted for that history (bounded by history-max-bytes per shard).",
+        |s| s.history_bytes,
     ),
     (
         "shardcast_outbox_bytes",

@@ -124,10 +124,12 @@ pub enum MeshMsg {
     /// From the owner: the publication you forwarded got `seq`.
     Published { reply: Reply, seq: u64 },
     /// A scrape on shard `from`: send your snapshot back for `slot`.
-    StatsRequest { from: u16, slot: u32 },
-    /// The snapshot asked for by `StatsRequest { slot }`.
+    /// `nonce` tells this scrape from an earlier one that used the slot.
+    StatsRequest { from: u16, slot: u32, nonce: u32 },
+    /// The snapshot asked for by `StatsRequest { slot, nonce }`.
     StatsReply {
         slot: u32,
+        nonce: u32,
         snapshot: Box<ShardSnapshot>,
     },
 }

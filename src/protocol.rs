@@ -65,6 +65,16 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// The HTTP status a request refused for this reason gets.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::Forbidden => 403,
+            ErrorCode::TooLarge => 413,
+            ErrorCode::ShuttingDown => 503,
+            _ => 400,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadJson => "bad_json",

@@ -33,6 +33,8 @@ pub struct ShardSnapshot {
     pub channels_owned: u64,
     /// Publications kept in the history of the channels this shard owns.
     pub history_messages: u64,
+    /// Bytes counted for that history (bounded by `history-max-bytes`).
+    pub history_bytes: u64,
     pub connections_opened: u64,
     pub connections_closed: u64,
     /// Closed connections by reason (`normal`, `slow_consumer`, ...).
@@ -73,8 +75,12 @@ pub struct ShardSnapshot {
 pub struct Totals {
     pub connections: u64,
     pub subscriptions: u64,
+    /// Local channels summed over shards (a channel with subscribers on two
+    /// shards counts twice).
+    pub channels: u64,
     pub channels_owned: u64,
     pub history_messages: u64,
+    pub history_bytes: u64,
     pub connections_opened: u64,
     pub connections_closed: u64,
     pub closed: BTreeMap<&'static str, u64>,
@@ -128,8 +134,10 @@ impl Totals {
         for s in snapshots {
             total.connections += s.connections;
             total.subscriptions += s.subscriptions;
+            total.channels += s.channels;
             total.channels_owned += s.channels_owned;
             total.history_messages += s.history_messages;
+            total.history_bytes += s.history_bytes;
             total.connections_opened += s.connections_opened;
             total.connections_closed += s.connections_closed;
             for (reason, n) in &s.closed {

@@ -3,14 +3,15 @@
 //! not `Send` by construction.
 //!
 //! Each waiting future owns one slot of the list for as long as it lives: a
-//! re-poll updates its waker in place and dropping the future (it completed,
-//! or a `select` dropped it) frees the slot. So a list never holds more
+//! re-poll puts its waker back in place, a wake takes it out (so a waiter is
+//! woken once per wait, not once per `wake_all`), and dropping the future
+//! (it completed, or a `select` dropped it) frees the slot. So a list never holds more
 //! entries than there are live waiters — a wait raced against other work in
 //! every request (such as "shutdown began") cannot pile up wakers, nor keep
 //! finished tasks alive through them.
 
 use std::{
-    cell::RefCell,
+    cell::{Cell, RefCell},
     future::Future,
     pin::Pin,
     task::{Context, Poll, Waker},
@@ -21,26 +22,34 @@ use slab::Slab;
 /// Wakers of tasks waiting for some shard-local condition.
 #[derive(Default)]
 pub struct WaitQueue {
-    waiters: RefCell<Slab<Waker>>,
+    /// A slot per live waiter; `None` once woken, until it polls again.
+    waiters: RefCell<Slab<Option<Waker>>>,
+    /// Slots holding a waker.
+    armed: Cell<usize>,
 }
 
 impl WaitQueue {
     /// Wakes every waiting task; each re-checks its condition and stays
     /// registered until it is satisfied or dropped.
     pub fn wake_all(&self) {
+        if self.armed.get() == 0 {
+            return;
+        }
         let wakers: Vec<Waker> = self
             .waiters
-            .borrow()
-            .iter()
-            .map(|(_, w)| w.clone())
+            .borrow_mut()
+            .iter_mut()
+            .filter_map(|(_, w)| w.take())
             .collect();
+        self.armed.set(0);
         for waker in wakers {
             waker.wake();
         }
     }
 
+    /// Whether a waiter is parked (not yet woken).
     pub fn has_waiters(&self) -> bool {
-        !self.waiters.borrow().is_empty()
+        self.armed.get() > 0
     }
 
     /// Waiters registered now.
@@ -75,7 +84,9 @@ struct Until<'a, F> {
 impl<F> Until<'_, F> {
     fn unregister(&mut self) {
         if let Some(slot) = self.slot.take() {
-            self.queue.waiters.borrow_mut().try_remove(slot);
+            if let Some(Some(_)) = self.queue.waiters.borrow_mut().try_remove(slot) {
+                self.queue.armed.set(self.queue.armed.get() - 1);
+            }
         }
     }
 }
@@ -89,14 +100,22 @@ impl<F: Fn() -> bool + Unpin> Future for Until<'_, F> {
             this.unregister();
             return Poll::Ready(());
         }
-        let mut waiters = this.queue.waiters.borrow_mut();
+        let queue = this.queue;
+        let mut waiters = queue.waiters.borrow_mut();
         match this.slot.and_then(|slot| waiters.get_mut(slot)) {
-            Some(waker) => {
+            Some(Some(waker)) => {
                 if !waker.will_wake(cx.waker()) {
                     *waker = cx.waker().clone();
                 }
             }
-            None => this.slot = Some(waiters.insert(cx.waker().clone())),
+            Some(empty) => {
+                *empty = Some(cx.waker().clone());
+                queue.armed.set(queue.armed.get() + 1);
+            }
+            None => {
+                this.slot = Some(waiters.insert(Some(cx.waker().clone())));
+                queue.armed.set(queue.armed.get() + 1);
+            }
         }
         Poll::Pending
     }
@@ -140,7 +159,16 @@ mod tests {
         }
         assert_eq!(queue.len(), 1, "a dropped waiter leaves");
         queue.wake_all();
-        assert_eq!(count.0.load(std::sync::atomic::Ordering::Relaxed), 1);
+        queue.wake_all();
+        assert_eq!(
+            count.0.load(std::sync::atomic::Ordering::Relaxed),
+            1,
+            "woken once until it waits again"
+        );
+        assert!(!queue.has_waiters());
+        assert!(first.as_mut().poll(&mut cx).is_pending());
+        assert!(queue.has_waiters());
+        assert_eq!(queue.len(), 1);
         flag.set(true);
         assert!(first.as_mut().poll(&mut cx).is_ready());
         assert!(queue.is_empty(), "a satisfied waiter leaves");

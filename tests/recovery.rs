@@ -252,3 +252,31 @@ fn a_restarted_server_has_a_new_epoch() {
     assert_eq!(ack["recovered"], false);
     assert_ne!(ack["epoch"], old.as_str());
 }
+
+#[test]
+fn every_sub_is_answered_even_when_unsubscribed_or_replaced_before_its_answer() {
+    let server = Server::start(&["--shards", "2"]);
+    let mut client = Client::connect(&server, "/ws");
+    // Eight channels: on a 2-shard server most have a remote owner, whose
+    // answer arrives after the unsub and the second sub were handled.
+    for n in 0..8 {
+        let ch = format!("quick-{n}");
+        client.send_json(json!({"op": "sub", "ch": ch, "id": "a"}));
+        client.send_json(json!({"op": "unsub", "ch": ch, "id": "u"}));
+        client.send_json(json!({"op": "sub", "ch": ch, "id": "b"}));
+        client.send_json(json!({"op": "sub", "ch": ch, "id": "c"}));
+        client.send_json(json!({"op": "ping", "id": "p"}));
+        let mut ids: Vec<String> = (0..5)
+            .map(|_| client.recv_json()["id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, ["a", "b", "c", "p", "u"], "channel {ch}");
+        // The last sub is the one in effect.
+        let seq = publish(&server, &ch, json!(n));
+        let msg = client.recv_json();
+        assert_eq!(
+            (msg["ch"].as_str(), msg["seq"].as_u64()),
+            (Some(ch.as_str()), Some(seq))
+        );
+    }
+}

@@ -278,12 +278,7 @@ fn method_not_allowed() -> HttpError {
 fn check_channel(name: &str, access: Access) -> Result<(), HttpError> {
     channel::validate(name, access).map_err(|e| {
         let code = protocol::channel_error_code(e);
-        let status = if code == ErrorCode::Forbidden {
-            403
-        } else {
-            400
-        };
-        HttpError::new(status, code.as_str(), format!("{name:?}: {e}"))
+        HttpError::new(code.http_status(), code.as_str(), format!("{name:?}: {e}"))
     })
 }
 

@@ -23,7 +23,7 @@ use crate::{
     exposition,
     heartbeat::Heartbeat,
     mesh::{ConnRef, Payload},
-    protocol::{self, ErrorCode, PayloadKind},
+    protocol::{self, PayloadKind},
     shard::Shard,
     stats::{bump, Stats},
 };
@@ -328,14 +328,8 @@ async fn publish(
             "body is not UTF-8",
         )
     })?;
-    let request = protocol::parse_http_publish(body).map_err(|e| {
-        let status = if e.code == ErrorCode::Forbidden {
-            403
-        } else {
-            400
-        };
-        HttpError::new(status, e.code.as_str(), e.msg.into_owned())
-    })?;
+    let request = protocol::parse_http_publish(body)
+        .map_err(|e| HttpError::new(e.code.http_status(), e.code.as_str(), e.msg.into_owned()))?;
     if shard.is_shutting_down() {
         return Err(HttpError::new(
             503,

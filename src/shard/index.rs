@@ -3,8 +3,10 @@
 //! walks it once per publication, encoding each form at most once and pushing
 //! the same bytes into every subscriber's outbox. A subscriber still waiting
 //! for its channel's position from the owner (an acknowledged or recovering
-//! `sub`) is *pending*: its publications are held, numbered, until the
-//! owner's answer says which of them are new to it.
+//! `sub`) is *pending* and skipped: every publication that reaches this shard
+//! before the owner's answer is at or below the answer's `seq` (the owner
+//! answers on the same FIFO lane as its deliveries), so it is either in the
+//! replayed history or before the subscription took effect.
 
 use std::{collections::HashMap, rc::Rc};
 
@@ -26,26 +28,21 @@ pub enum Mode {
     Raw,
 }
 
+impl Mode {
+    /// The frame of publication `seq` of `name` in this form.
+    pub fn encode(self, name: &str, seq: u64, payload: &Payload) -> Bytes {
+        match self {
+            Mode::Json => protocol::encode_msg(name, seq, payload.kind, &payload.bytes),
+            Mode::Raw => protocol::encode_raw(payload.kind, &payload.bytes),
+        }
+    }
+}
+
 struct Subscriber {
     conn: Rc<Conn>,
     mode: Mode,
-    /// Publications held until the owner's position arrives.
-    pending: Option<Pending>,
-}
-
-/// Publications held for a pending subscriber.
-struct Pending {
-    /// Which request the owner's answer must name.
-    token: u32,
-    frames: Vec<Held>,
-    bytes: usize,
-}
-
-/// One held publication frame.
-pub struct Held {
-    pub seq: u64,
-    pub frame: Bytes,
-    pub published_at: u64,
+    /// While waiting for the owner's position: the token its answer names.
+    pending: Option<u32>,
 }
 
 /// Local state of one channel on this shard.
@@ -107,11 +104,7 @@ impl Index {
         let slot = channel.subscribers.insert(Subscriber {
             conn: conn.clone(),
             mode,
-            pending: pending.map(|token| Pending {
-                token,
-                frames: Vec::new(),
-                bytes: 0,
-            }),
+            pending,
         });
         (channel.name.clone(), slot as u32, change)
     }
@@ -130,19 +123,18 @@ impl Index {
     }
 
     /// Makes the pending subscriber in `slot` of `name` live, if it is still
-    /// the one `token` names; returns the publications held for it (with
-    /// how it receives them).
-    pub fn go_live(&mut self, name: &str, slot: u32, token: u32) -> Option<(Mode, Vec<Held>)> {
+    /// the one `token` names; returns how it receives publications.
+    pub fn go_live(&mut self, name: &str, slot: u32, token: u32) -> Option<Mode> {
         let subscriber = self
             .channels
             .get_mut(name)?
             .subscribers
             .get_mut(slot as usize)?;
-        if subscriber.pending.as_ref()?.token != token {
+        if subscriber.pending != Some(token) {
             return None;
         }
-        let pending = subscriber.pending.take()?;
-        Some((subscriber.mode, pending.frames))
+        subscriber.pending = None;
+        Some(subscriber.mode)
     }
 
     /// Local subscribers of `name`.
@@ -155,7 +147,7 @@ impl Index {
     }
 
     /// Pushes publication `seq` of `name` to every local subscriber but
-    /// `skip` (holding it for pending ones). Each form (envelope, raw) is
+    /// `skip` and pending ones. Each form (envelope, raw) is
     /// encoded at most once. A subscriber whose queue overflows is closed as a
     /// slow consumer; no one waits.
     pub fn fan_out(
@@ -177,26 +169,13 @@ impl Index {
             if skip == Some(subscriber.conn.id) {
                 continue;
             }
-            let frame = match subscriber.mode {
-                Mode::Json => envelope.get_or_insert_with(|| {
-                    protocol::encode_msg(name, seq, payload.kind, &payload.bytes)
-                }),
-                Mode::Raw => {
-                    raw.get_or_insert_with(|| protocol::encode_raw(payload.kind, &payload.bytes))
-                }
-            };
-            if let Some(pending) = subscriber.pending.as_mut() {
-                pending.bytes += frame.len();
-                if pending.bytes > subscriber.conn.outbox.limit() {
-                    result.overflowed += 1;
-                    subscriber.conn.close_slow_consumer();
-                } else {
-                    pending.frames.push(Held {
-                        seq,
-                        frame: frame.clone(),
-                        published_at: payload.published_at,
-                    });
-                }
+            let mode = subscriber.mode;
+            let frame = match mode {
+                Mode::Json => &mut envelope,
+                Mode::Raw => &mut raw,
+            }
+            .get_or_insert_with(|| mode.encode(name, seq, payload));
+            if subscriber.pending.is_some() {
                 continue;
             }
             match subscriber

@@ -57,12 +57,13 @@ pub struct Shard {
     pub links: Rc<PeerLinks>,
     /// The CPU this shard's thread is pinned to.
     pub cpu: Option<usize>,
-    /// Last token handed to a subscription waiting for its position.
+    /// Last token handed to a subscription waiting for its position, or to
+    /// a scrape waiting for snapshots.
     next_token: Cell<u32>,
     /// HTTP publishes waiting for their `seq`, by reply slot.
     http_waiters: RefCell<Slab<LocalSender<u64>>>,
     /// Scrapes waiting for the other shards' snapshots, by reply slot.
-    stats_waiters: RefCell<Slab<LocalSender<ShardSnapshot>>>,
+    stats_waiters: RefCell<Slab<(u32, LocalSender<ShardSnapshot>)>>,
     started: Instant,
     heartbeat: HeartbeatTimes,
     /// The ping frame, encoded once.
@@ -91,6 +92,7 @@ impl Shard {
         let history = HistoryLimits {
             size: config.history_size,
             ttl_ms: config.history_ttl.as_millis() as u64,
+            max_bytes: config.history_max_bytes,
         };
         Shard {
             id,
@@ -238,11 +240,7 @@ impl Shard {
                 id,
             ));
         }
-        let token = (id.is_some() || since.is_some()).then(|| {
-            let token = self.next_token.get().wrapping_add(1);
-            self.next_token.set(token);
-            token
-        });
+        let token = (id.is_some() || since.is_some()).then(|| self.new_token());
         let (interned, slot, change) = self.index.borrow_mut().insert(name, conn, mode, token);
         conn.add_subscription(interned, slot);
         if change == InterestChange::Gained {
@@ -276,8 +274,17 @@ impl Shard {
         Ok(())
     }
 
+    /// A number no pending request of this shard uses.
+    fn new_token(&self) -> u32 {
+        let token = self.next_token.get().wrapping_add(1);
+        self.next_token.set(token);
+        token
+    }
+
     /// The owner's answer reached a pending subscription: acknowledge it,
-    /// send what it missed, then what was held for it that is newer.
+    /// send what it missed, and let fan-out reach it from now on. A `sub`
+    /// unsubscribed or replaced meanwhile is still acknowledged (ops are
+    /// answered, whatever followed them) but does not go live.
     fn go_live(
         &self,
         name: &str,
@@ -287,12 +294,9 @@ impl Shard {
         position: &Position,
     ) {
         let Some(conn) = self.conn(conn) else { return };
-        let Some(slot) = conn.subscription_slot(name) else {
-            return;
-        };
-        let Some((mode, held)) = self.index.borrow_mut().go_live(name, slot, token) else {
-            return; // Unsubscribed or replaced meanwhile.
-        };
+        let live = conn
+            .subscription_slot(name)
+            .and_then(|slot| self.index.borrow_mut().go_live(name, slot, token));
         if let Some(id) = id {
             conn.send(protocol::encode_sub_ack(
                 id,
@@ -301,15 +305,10 @@ impl Shard {
                 position.recovered,
             ));
         }
+        let Some(mode) = live else { return };
+        // Replays are not timed: their age is not delivery latency.
         for (seq, payload) in &position.missed {
-            let frame = match mode {
-                Mode::Json => protocol::encode_msg(name, *seq, payload.kind, &payload.bytes),
-                Mode::Raw => protocol::encode_raw(payload.kind, &payload.bytes),
-            };
-            conn.send_published(frame, payload.published_at);
-        }
-        for held in held.into_iter().filter(|h| h.seq > position.seq) {
-            conn.send_published(held.frame, held.published_at);
+            conn.send(mode.encode(name, *seq, payload));
         }
     }
 
@@ -548,13 +547,24 @@ impl Shard {
                 }
             }
             MeshMsg::Published { reply, seq } => self.complete(reply, seq),
-            MeshMsg::StatsRequest { from, slot } => {
+            MeshMsg::StatsRequest { from, slot, nonce } => {
                 let snapshot = Box::new(self.snapshot(true));
-                self.links
-                    .send(from as usize, MeshMsg::StatsReply { slot, snapshot });
+                self.links.send(
+                    from as usize,
+                    MeshMsg::StatsReply {
+                        slot,
+                        nonce,
+                        snapshot,
+                    },
+                );
             }
-            MeshMsg::StatsReply { slot, snapshot } => {
-                if let Some(waiter) = self.stats_waiters.borrow().get(slot as usize) {
+            MeshMsg::StatsReply {
+                slot,
+                nonce,
+                snapshot,
+            } => {
+                let waiters = self.stats_waiters.borrow();
+                if let Some((_, waiter)) = waiters.get(slot as usize).filter(|w| w.0 == nonce) {
                     let _ = waiter.try_send(*snapshot);
                 }
             }
@@ -597,6 +607,11 @@ impl Shard {
     /// Publications held in the history of the channels this shard owns.
     pub fn history_len(&self) -> usize {
         self.owner.borrow().history_len()
+    }
+
+    /// Bytes counted for that history.
+    pub fn history_bytes(&self) -> usize {
+        self.owner.borrow().history_bytes()
     }
 
     /// Expires old history and forgets owned channels left with nothing.

@@ -47,6 +47,7 @@ impl Shard {
             channels: self.channel_count() as u64,
             channels_owned: self.owned_channel_count() as u64,
             history_messages: self.history_len() as u64,
+            history_bytes: self.history_bytes() as u64,
             connections_opened: stats.connections_opened.get(),
             connections_closed: stats.connections_closed(),
             closed: CloseReason::ALL
@@ -86,18 +87,19 @@ impl Shard {
         let peers = self.shards - 1;
         if peers > 0 {
             let (tx, rx) = local_channel::new_bounded(peers);
-            let slot = self.stats_waiters.borrow_mut().insert(tx) as u32;
+            let nonce = self.new_token();
+            let slot = self.stats_waiters.borrow_mut().insert((nonce, tx)) as u32;
             for peer in (0..self.shards).filter(|p| *p != self.id) {
                 let from = self.id as u16;
-                self.links.send(peer, MeshMsg::StatsRequest { from, slot });
+                self.links
+                    .send(peer, MeshMsg::StatsRequest { from, slot, nonce });
             }
             let _ = glommio::timer::timeout(GATHER_TIMEOUT, async {
                 while snapshots.len() <= peers {
                     let Some(snapshot) = rx.recv().await else {
                         break;
                     };
-                    // A late reply to an earlier, timed-out scrape can land in
-                    // a reused slot: one snapshot per shard.
+                    // One snapshot per shard, whatever a peer sends.
                     if !snapshots.iter().any(|s| s.shard == snapshot.shard) {
                         snapshots.push(snapshot);
                     }

@@ -1,11 +1,15 @@
 //! The owner role: for each channel this shard owns (by hash of its name), the
 //! next `seq`, which other shards have subscribers, and the bounded history
 //! of its latest publications (`history-size` messages, `history-ttl` of
-//! age) that reconnecting clients recover from. The owner is the single place
+//! age, and `history-max-bytes` for all of this shard's channels together)
+//! that reconnecting clients recover from. The owner is the single place
 //! a channel's publications are ordered; a cluster broker (Redis, NATS) plugs
 //! in here later, taking over the ordering across nodes.
 
-use std::collections::{HashMap, VecDeque};
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap, VecDeque},
+};
 
 use crate::{channel, mesh::Payload};
 
@@ -24,13 +28,21 @@ struct OwnedChannel {
     history: VecDeque<(u64, Payload, u64)>,
 }
 
-/// Bounds of each channel's history.
+/// Bounds of the history.
 #[derive(Debug, Clone, Copy)]
 pub struct HistoryLimits {
     /// Publications kept per channel (0: none).
     pub size: usize,
     /// Oldest publication kept, in milliseconds.
     pub ttl_ms: u64,
+    /// Bytes of history kept by this shard over all its channels; the
+    /// oldest publications go first when over (checked each sweep).
+    pub max_bytes: usize,
+}
+
+/// What one kept publication is counted as: its bytes plus bookkeeping.
+fn weight(payload: &Payload) -> usize {
+    payload.bytes.len() + 64
 }
 
 /// The answer to a subscription that asked for the channel's position and,
@@ -56,6 +68,9 @@ pub struct Owner {
     run_epoch: u64,
     /// Incarnations handed out so far.
     incarnations: u64,
+    /// Publications and bytes kept in all histories.
+    kept: usize,
+    kept_bytes: usize,
 }
 
 impl Owner {
@@ -65,6 +80,8 @@ impl Owner {
             limits,
             run_epoch,
             incarnations: 0,
+            kept: 0,
+            kept_bytes: 0,
         }
     }
 
@@ -77,13 +94,21 @@ impl Owner {
         channel.last_seq += 1;
         let seq = channel.last_seq;
         // System channels (`$stats`) are live figures: nothing to recover.
+        let remote = channel.remote_interest;
         if limits.size > 0 && !channel::is_system(name.as_bytes()) {
+            let mut dropped = None;
             if channel.history.len() == limits.size {
-                channel.history.pop_front();
+                dropped = channel.history.pop_front();
             }
             channel.history.push_back((seq, payload.clone(), now_ms));
+            self.kept += 1;
+            self.kept_bytes += weight(payload);
+            if let Some((_, old, _)) = dropped {
+                self.kept -= 1;
+                self.kept_bytes -= weight(&old);
+            }
         }
-        (seq, channel.remote_interest)
+        (seq, remote)
     }
 
     /// Records that `peer` gained or lost interest in `name`.
@@ -103,7 +128,7 @@ impl Owner {
         let ttl_ms = self.limits.ttl_ms;
         let run_epoch = self.run_epoch;
         let channel = self.entry(name);
-        expire(channel, now_ms, ttl_ms);
+        let (n, bytes) = expire(channel, now_ms, ttl_ms);
         let epoch = epoch_string(run_epoch, channel.incarnation);
         let mut position = Position {
             seq: channel.last_seq,
@@ -129,6 +154,8 @@ impl Owner {
             }
             position.recovered = Some(recovered);
         }
+        self.kept -= n;
+        self.kept_bytes -= bytes;
         position
     }
 
@@ -138,13 +165,56 @@ impl Owner {
     pub fn sweep(&mut self, now_ms: u64, has_local_subscribers: impl Fn(&str) -> bool) -> usize {
         let ttl_ms = self.limits.ttl_ms;
         let before = self.channels.len();
+        let (mut kept, mut kept_bytes) = (self.kept, self.kept_bytes);
+        if kept_bytes > self.limits.max_bytes {
+            let (n, bytes) = self.evict_oldest();
+            kept -= n;
+            kept_bytes -= bytes;
+        }
         self.channels.retain(|name, channel| {
-            expire(channel, now_ms, ttl_ms);
+            let (n, bytes) = expire(channel, now_ms, ttl_ms);
+            kept -= n;
+            kept_bytes -= bytes;
             !channel.history.is_empty()
                 || channel.remote_interest != 0
                 || has_local_subscribers(name)
         });
+        (self.kept, self.kept_bytes) = (kept, kept_bytes);
         before - self.channels.len()
+    }
+
+    /// Over the byte budget: drops the oldest publications of all channels,
+    /// oldest first, until under it. Returns what was dropped (count, bytes).
+    fn evict_oldest(&mut self) -> (usize, usize) {
+        let mut over = self.kept_bytes - self.limits.max_bytes;
+        let mut channels: Vec<&mut OwnedChannel> = self
+            .channels
+            .values_mut()
+            .filter(|c| !c.history.is_empty())
+            .collect();
+        // Each channel's oldest entry, oldest on top.
+        let mut fronts: BinaryHeap<Reverse<(u64, usize)>> = channels
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.history.front().map(|e| Reverse((e.2, i))))
+            .collect();
+        let (mut n, mut bytes) = (0, 0);
+        while over > 0 {
+            let Some(Reverse((_, i))) = fronts.pop() else {
+                break;
+            };
+            let channel = &mut channels[i];
+            if let Some((_, payload, _)) = channel.history.pop_front() {
+                let w = weight(&payload);
+                n += 1;
+                bytes += w;
+                over = over.saturating_sub(w);
+            }
+            if let Some(next) = channel.history.front() {
+                fronts.push(Reverse((next.2, i)));
+            }
+        }
+        (n, bytes)
     }
 
     /// Last assigned `seq` of `name` (0 if none).
@@ -156,9 +226,14 @@ impl Owner {
         self.channels.len()
     }
 
-    /// Publications held in every channel's history.
+    /// Publications kept in every channel's history.
     pub fn history_len(&self) -> usize {
-        self.channels.values().map(|c| c.history.len()).sum()
+        self.kept
+    }
+
+    /// Bytes counted for what every channel's history keeps.
+    pub fn history_bytes(&self) -> usize {
+        self.kept_bytes
     }
 
     fn entry(&mut self, name: &str) -> &mut OwnedChannel {
@@ -177,18 +252,24 @@ impl Owner {
     }
 }
 
-/// Drops the publications of `channel` older than `ttl_ms`.
-fn expire(channel: &mut OwnedChannel, now_ms: u64, ttl_ms: u64) {
+/// Drops the publications of `channel` older than `ttl_ms`; returns how
+/// many and their weight.
+fn expire(channel: &mut OwnedChannel, now_ms: u64, ttl_ms: u64) -> (usize, usize) {
+    let (mut n, mut bytes) = (0, 0);
     while channel
         .history
         .front()
         .is_some_and(|(_, _, at)| now_ms.saturating_sub(*at) > ttl_ms)
     {
-        channel.history.pop_front();
+        if let Some((_, payload, _)) = channel.history.pop_front() {
+            n += 1;
+            bytes += weight(&payload);
+        }
     }
     if channel.history.is_empty() && channel.history.capacity() > 0 {
         channel.history = VecDeque::new();
     }
+    (n, bytes)
 }
 
 /// A channel's epoch as clients see it: the run's, then the incarnation.
@@ -203,13 +284,53 @@ pub fn shards_in(mask: u64) -> impl Iterator<Item = usize> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_byte_budget_evicts_the_oldest_first() {
+        let mut owner = Owner::new(
+            HistoryLimits {
+                size: 100,
+                ttl_ms: 1_000_000,
+                max_bytes: 10 * 65,
+            },
+            1,
+        );
+        let one = payload("x"); // weighs 65
+        for i in 0..20 {
+            owner.order("old", &one, i);
+        }
+        for i in 0..10 {
+            owner.order("new", &one, 100 + i);
+        }
+        assert_eq!(owner.history_len(), 30);
+        owner.sweep(200, |_| true);
+        assert!(
+            owner.history_bytes() <= 10 * 65,
+            "{}",
+            owner.history_bytes()
+        );
+        assert_eq!(owner.history_len(), owner.history_bytes() / 65);
+        let epoch = owner.position("new", None, 200).epoch;
+        let new = owner.position("new", Some((0, &epoch)), 200);
+        assert_eq!(new.recovered, Some(true), "the newest channel is untouched");
+        let epoch = owner.position("old", None, 200).epoch;
+        let old = owner.position("old", Some((0, &epoch)), 200);
+        assert_eq!(old.recovered, Some(false), "the oldest were evicted");
+    }
+
     use bytes::Bytes;
 
     use super::*;
     use crate::protocol::PayloadKind;
 
     fn owner(size: usize, ttl_ms: u64) -> Owner {
-        Owner::new(HistoryLimits { size, ttl_ms }, 0xabc)
+        Owner::new(
+            HistoryLimits {
+                size,
+                ttl_ms,
+                max_bytes: 1 << 30,
+            },
+            0xabc,
+        )
     }
 
     fn payload(text: &'static str) -> Payload {
@@ -284,6 +405,8 @@ mod tests {
         assert_eq!(again.recovered, Some(false));
         owner.order("local", &payload("x"), 0);
         assert_eq!(owner.sweep(500, |name| name == "local"), 1, "only a again");
+        assert_eq!(owner.history_len(), 0);
+        assert_eq!(owner.history_bytes(), 0);
         assert_eq!(owner.last_seq("local"), 1, "local subscribers keep it");
     }
 }
