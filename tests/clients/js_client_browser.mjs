@@ -2,25 +2,22 @@
 // Usage: node js_client_browser.mjs <path-to-shardcast-binary>
 // Needs `npm install` (playwright-core) and a Chromium (CHROMIUM env, default /usr/bin/chromium).
 // Prints one JSON line ({"ok":true,...} exit 0, or {"ok":false,"error":...} exit 1).
-import { spawn } from 'node:child_process';
 import http from 'node:http';
 import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
+import { assert, httpPublish, killAll, sleep, startServer as start, waitFor } from './js_harness.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const BIN = process.argv[2];
 const HARD_TIMEOUT_MS = 60000;
 const N = 300;
-const servers = new Set();
 const t0 = Date.now();
 const timings = {};
 let browser = null;
 let staticServer = null;
 
-const killAll = () => { for (const p of servers) { try { p.kill('SIGKILL'); } catch { /* gone */ } } };
-process.on('exit', killAll);
 let finished = false;
 async function finish(result) {
   if (finished) return;
@@ -34,46 +31,7 @@ async function finish(result) {
 }
 setTimeout(() => finish({ ok: false, error: `hard timeout after ${HARD_TIMEOUT_MS} ms`, timings }), HARD_TIMEOUT_MS).unref();
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-function assert(cond, msg) { if (!cond) throw new Error(msg); }
-async function waitFor(pred, ms, what) {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await pred();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${typeof what === 'function' ? await what() : what}`);
-    await sleep(20);
-  }
-}
-
-function startOnce(port, extra) {
-  return new Promise((resolve, reject) => {
-    const proc = spawn(BIN, ['serve', '--listen', `127.0.0.1:${port}`, '--shards', '2', ...extra],
-      { stdio: ['ignore', 'pipe', 'pipe'] });
-    servers.add(proc);
-    let out = '', err = '';
-    const timer = setTimeout(() => { proc.kill('SIGKILL'); reject(new Error(`server did not start: ${err.slice(-500)}`)); }, 10000);
-    proc.stdout.on('data', (d) => {
-      out += d;
-      const m = /listening on http:\/\/[^\s:]+:(\d+)/.exec(out);
-      if (m) { clearTimeout(timer); resolve({ proc, port: Number(m[1]) }); }
-    });
-    proc.stderr.on('data', (d) => { err = (err + d).slice(-4000); });
-    proc.on('exit', (code) => { servers.delete(proc); clearTimeout(timer); reject(new Error(`server exited (${code}): ${err.slice(-500)}`)); });
-  });
-}
-async function startServer(port = 0, extra = []) {
-  const deadline = Date.now() + 10000;
-  for (;;) {
-    try { return await startOnce(port, extra); } catch (e) { if (Date.now() > deadline) throw e; await sleep(100); }
-  }
-}
-
-async function httpPublish(port, ch, data) {
-  const r = await fetch(`http://127.0.0.1:${port}/api/publish`, { method: 'POST', body: JSON.stringify({ ch, data }) });
-  if (r.status !== 200) throw new Error(`HTTP publish ${r.status}: ${await r.text()}`);
-  return (await r.json()).seq;
-}
+const startServer = (port, extra) => start(BIN, port, extra);
 
 /** Serve js_client_page.html and shardcast.js (and nothing else) on 127.0.0.1:0. */
 async function startStatic() {

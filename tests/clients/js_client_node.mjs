@@ -22,15 +22,13 @@ if (typeof WebSocket === 'undefined') {
 
 async function main() {
   const { Shardcast } = await import('../../clients/js/shardcast.js');
+  const { assert, httpPublish, killAll, sleep, startServer: start, waitFor } = await import('./js_harness.mjs');
   const BIN = process.argv[2];
   const HARD_TIMEOUT_MS = 60000;
-  const servers = new Set();
   const clients = new Set();
   const t0 = Date.now();
   const timings = {};
 
-  const killAll = () => { for (const p of servers) { try { p.kill('SIGKILL'); } catch { /* gone */ } } };
-  process.on('exit', killAll);
   const finish = (result) => {
     for (const c of clients) c.close();
     killAll();
@@ -40,48 +38,7 @@ async function main() {
   setTimeout(() => finish({ ok: false, error: `hard timeout after ${HARD_TIMEOUT_MS} ms`, timings }), HARD_TIMEOUT_MS).unref();
   if (!BIN) finish({ ok: false, error: 'usage: node js_client_node.mjs <path-to-shardcast-binary>' });
 
-  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-  function assert(cond, msg) { if (!cond) throw new Error(msg); }
-  async function waitFor(pred, ms, what) {
-    const deadline = Date.now() + ms;
-    for (;;) {
-      const v = await pred();
-      if (v) return v;
-      if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-      await sleep(10);
-    }
-  }
-
-  /** Spawn the server; resolve {proc, port, exited} once it prints its address. */
-  function startOnce(port, extra) {
-    return new Promise((resolve, reject) => {
-      const proc = spawn(BIN, ['serve', '--listen', `127.0.0.1:${port}`, '--shards', '2', ...extra],
-        { stdio: ['ignore', 'pipe', 'pipe'] });
-      servers.add(proc);
-      let out = '', err = '';
-      const timer = setTimeout(() => { proc.kill('SIGKILL'); reject(new Error(`server did not start: ${err.slice(-500)}`)); }, 10000);
-      proc.stdout.on('data', (d) => {
-        out += d;
-        const m = /listening on http:\/\/[^\s:]+:(\d+)/.exec(out);
-        if (m) { clearTimeout(timer); resolve({ proc, port: Number(m[1]) }); }
-      });
-      proc.stderr.on('data', (d) => { err = (err + d).slice(-4000); });
-      proc.on('exit', (code) => { servers.delete(proc); clearTimeout(timer); reject(new Error(`server exited (${code}): ${err.slice(-500)}`)); });
-    });
-  }
-  /** Start a server, retrying a few times when a fixed port is still busy. */
-  async function startServer(port = 0, extra = []) {
-    const deadline = Date.now() + 10000;
-    for (;;) {
-      try { return await startOnce(port, extra); } catch (e) { if (Date.now() > deadline) throw e; await sleep(100); }
-    }
-  }
-
-  async function httpPublish(port, ch, data) {
-    const r = await fetch(`http://127.0.0.1:${port}/api/publish`, { method: 'POST', body: JSON.stringify({ ch, data }) });
-    if (r.status !== 200) throw new Error(`HTTP publish ${r.status}: ${await r.text()}`);
-    return (await r.json()).seq;
-  }
+  const startServer = (port, extra) => start(BIN, port, extra);
 
   /** Publish {n: 1..count} every `pace` ms; `hook(n)` runs after each success; retries failures. */
   async function publisher(getPort, ch, count, pace, hook) {
