@@ -68,13 +68,6 @@ impl Conn {
         self.outbox.close(CloseReason::SlowConsumer);
     }
 
-    pub fn is_subscribed(&self, name: &str) -> bool {
-        self.subscriptions
-            .borrow()
-            .iter()
-            .any(|(n, _)| &**n == name)
-    }
-
     /// The slot of the subscription to `name` in its channel's list.
     pub fn subscription_slot(&self, name: &str) -> Option<u32> {
         self.subscriptions
