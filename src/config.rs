@@ -59,6 +59,39 @@ pub struct Config {
     /// Bytes of history one shard keeps over all its channels; over it, the
     /// oldest publications go first. Default 64 MiB.
     pub history_max_bytes: usize,
+    /// Allow everything without a token. The default when no JWT key is
+    /// configured (logged loudly); cannot be combined with one.
+    pub anonymous: bool,
+    /// HS256 secret for connection tokens (at least 32 bytes).
+    pub jwt_secret: Option<String>,
+    /// PEM public key (RSA or EC P-256) for RS256/ES256 connection tokens.
+    pub jwt_public_key: Option<PathBuf>,
+    /// Required `aud` claim, if set.
+    pub jwt_audience: Option<String>,
+    /// Required `iss` claim, if set.
+    pub jwt_issuer: Option<String>,
+    /// Time a `/ws` client without a token at upgrade has to send its
+    /// `auth` frame. Default 10 s.
+    pub auth_timeout: Duration,
+    /// Key required on `POST /api/publish`, `/metrics` and `/api/stats`.
+    pub api_key: Option<String>,
+    /// A second address serving only the admin routes (`/metrics`,
+    /// `/api/stats`, the dashboard and its `$stats` feed); they then leave
+    /// the public address.
+    pub admin_listen: Option<SocketAddr>,
+    /// Origins browsers may connect from (`Origin` header); empty: any.
+    pub allowed_origins: Vec<String>,
+    /// Publications per second one connection may make; 0: no limit.
+    pub publish_rate: u32,
+    /// Publications one connection may make at once (token bucket size).
+    /// Default: the rate.
+    pub publish_burst: Option<u32>,
+    /// Open connections per client address (IPv6: per /64); 0: no cap.
+    pub max_connections_per_ip: u32,
+    /// PEM certificate chain: serve `wss://`/`https://` with it.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -78,6 +111,20 @@ impl Default for Config {
             history_size: 100,
             history_ttl: Duration::from_secs(300),
             history_max_bytes: 64 << 20,
+            anonymous: false,
+            jwt_secret: None,
+            jwt_public_key: None,
+            jwt_audience: None,
+            jwt_issuer: None,
+            auth_timeout: Duration::from_secs(10),
+            api_key: None,
+            admin_listen: None,
+            allowed_origins: Vec::new(),
+            publish_rate: 0,
+            publish_burst: None,
+            max_connections_per_ip: 0,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -138,13 +185,72 @@ pub struct ConfigLayer {
     /// History memory per shard over all channels; the oldest go first when over [default: 64MiB]
     #[arg(long, env = "SHARDCAST_HISTORY_MAX_BYTES", value_name = "SIZE")]
     pub history_max_bytes: Option<ByteSize>,
+    /// Let anyone connect, subscribe and publish without a token (the default without a JWT key)
+    #[arg(long, env = "SHARDCAST_ANONYMOUS", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub anonymous: Option<bool>,
+    /// HS256 secret (>= 32 bytes) verifying connection tokens; prefer the environment variable
+    #[arg(
+        long,
+        env = "SHARDCAST_JWT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<String>,
+    /// PEM public key (RSA or EC P-256) verifying RS256/ES256 connection tokens
+    #[arg(long, env = "SHARDCAST_JWT_PUBLIC_KEY", value_name = "FILE")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Required `aud` claim of connection tokens
+    #[arg(long, env = "SHARDCAST_JWT_AUDIENCE", value_name = "AUD")]
+    pub jwt_audience: Option<String>,
+    /// Required `iss` claim of connection tokens
+    #[arg(long, env = "SHARDCAST_JWT_ISSUER", value_name = "ISS")]
+    pub jwt_issuer: Option<String>,
+    /// Time a /ws client without a token has to send {"op":"auth"} [default: 10s]
+    #[arg(long, env = "SHARDCAST_AUTH_TIMEOUT", value_name = "DURATION")]
+    pub auth_timeout: Option<HumanDuration>,
+    /// Key (>= 16 bytes) required on POST /api/publish, /metrics and /api/stats (X-API-Key or Authorization: Bearer)
+    #[arg(
+        long,
+        env = "SHARDCAST_API_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub api_key: Option<String>,
+    /// Serve /metrics, /api/stats and the dashboard on this address only [default: on the public address]
+    #[arg(long, env = "SHARDCAST_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Origins browsers may connect from, comma-separated (https://app.example.com, https://*.example.com) [default: any]
+    #[arg(
+        long,
+        env = "SHARDCAST_ALLOWED_ORIGINS",
+        value_name = "ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Option<Vec<String>>,
+    /// Publications per second per connection; over it `err rate_limited` (0: no limit) [default: 0]
+    #[arg(long, env = "SHARDCAST_PUBLISH_RATE", value_name = "N")]
+    pub publish_rate: Option<u32>,
+    /// Publications a connection may make at once before the rate applies [default: the rate]
+    #[arg(long, env = "SHARDCAST_PUBLISH_BURST", value_name = "N")]
+    pub publish_burst: Option<u32>,
+    /// Open connections per client IP (IPv6: per /64); over it HTTP 429 (0: no cap) [default: 0]
+    #[arg(long, env = "SHARDCAST_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    pub max_connections_per_ip: Option<u32>,
+    /// PEM certificate chain: serve wss:// and https:// (with --tls-key)
+    #[arg(long, env = "SHARDCAST_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert
+    #[arg(long, env = "SHARDCAST_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Copies every field a layer sets onto the config, converting units.
 macro_rules! apply_layer {
-    ($config:expr, $layer:expr, { $($plain:ident),* }, { $($unit:ident),* }) => {
+    ($config:expr, $layer:expr, { $($plain:ident),* }, { $($unit:ident),* },
+     { $($optional:ident),* }) => {
         $( if let Some(value) = $layer.$plain { $config.$plain = value; } )*
         $( if let Some(value) = $layer.$unit { $config.$unit = value.0; } )*
+        $( if let Some(value) = $layer.$optional { $config.$optional = Some(value); } )*
     };
 }
 
@@ -173,10 +279,13 @@ impl Config {
     fn apply(&mut self, layer: &ConfigLayer) {
         let layer = layer.clone();
         apply_layer!(self, layer,
-            { listen, shards, max_connections, max_subscriptions, history_size },
+            { listen, shards, max_connections, max_subscriptions, history_size, anonymous,
+              allowed_origins, publish_rate, max_connections_per_ip },
             { ping_interval, ping_timeout, max_queue_bytes, max_message_bytes,
               handshake_timeout, shutdown_timeout, read_buffer_bytes, history_ttl,
-              history_max_bytes });
+              history_max_bytes, auth_timeout },
+            { jwt_secret, jwt_public_key, jwt_audience, jwt_issuer, api_key, admin_listen,
+              publish_burst, tls_cert, tls_key });
     }
 
     /// Rejects settings the server cannot run with, quoting the numbers.
@@ -222,6 +331,34 @@ impl Config {
         }
         if self.max_subscriptions == 0 {
             return invalid("max-subscriptions must be at least 1".into());
+        }
+        let jwt = self.jwt_secret.is_some() || self.jwt_public_key.is_some();
+        if self.anonymous && jwt {
+            return invalid(
+                "anonymous and a JWT key (jwt-secret, jwt-public-key) exclude each other".into(),
+            );
+        }
+        if !jwt && (self.jwt_audience.is_some() || self.jwt_issuer.is_some()) {
+            return invalid("jwt-audience and jwt-issuer need a JWT key".into());
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return invalid("tls-cert and tls-key go together".into());
+        }
+        if self.auth_timeout.is_zero() {
+            return invalid("auth-timeout must be above zero".into());
+        }
+        if self.publish_rate == 0 && self.publish_burst.is_some() {
+            return invalid("publish-burst needs publish-rate".into());
+        }
+        if self.publish_burst == Some(0) {
+            return invalid("publish-burst must be at least 1".into());
+        }
+        if self.admin_listen.is_some_and(|admin| {
+            admin.port() != 0
+                && admin.port() == self.listen.port()
+                && admin.ip() == self.listen.ip()
+        }) {
+            return invalid("admin-listen must differ from listen".into());
         }
         Ok(())
     }

@@ -44,6 +44,9 @@ pub enum ServerError {
     /// A shard ended with an error or a panic while serving.
     #[error("shard {shard} failed: {reason}")]
     ShardFailed { shard: usize, reason: String },
+    /// A key, certificate or other security setting could not be loaded.
+    #[error("{0}")]
+    Security(#[from] crate::security::SecurityError),
     /// Signal handlers or the shutdown pipe could not be set up.
     #[error("cannot set up shutdown signalling: {0}")]
     Signals(io::Error),

@@ -37,7 +37,7 @@ const QUANTILES: [(&str, Quantile); 4] = [
 type Read = fn(&ShardSnapshot) -> u64;
 
 /// Per-shard counters: name, help, value.
-const COUNTERS: [(&str, &str, Read); 14] = [
+const COUNTERS: [(&str, &str, Read); 18] = [
     (
         "shardcast_connections_opened_total",
         "WebSocket connections accepted.",
@@ -102,6 +102,26 @@ const COUNTERS: [(&str, &str, Read); 14] = [
         "shardcast_http_503_total",
         "Upgrades refused with 503 (max-connections, shutting down).",
         |s| s.http_503,
+    ),
+    (
+        "shardcast_auth_failures_total",
+        "Tokens refused (401 at upgrade, auth frames) and requests without the API key.",
+        |s| s.auth_failures,
+    ),
+    (
+        "shardcast_forbidden_total",
+        "Operations outside the token's permissions (err forbidden, 403 at upgrade).",
+        |s| s.forbidden,
+    ),
+    (
+        "shardcast_rate_limited_total",
+        "Publications refused by the per-connection publish rate limit.",
+        |s| s.rate_limited,
+    ),
+    (
+        "shardcast_ip_cap_refusals_total",
+        "Connections refused by the per-IP connection cap.",
+        |s| s.ip_cap_refusals,
     ),
     (
         "shardcast_connection_panics_total",

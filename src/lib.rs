@@ -15,6 +15,8 @@
 //! - [`protocol`]: the JSON envelope, parsed and encoded without I/O;
 //!   [`frame`]: server WebSocket frames, encoded once and shared;
 //!   [`channel`]: channel names and owners.
+//! - [`security`]: tokens and channel permissions, API key, origins, rate
+//!   limit, per-IP cap, TLS.
 //! - [`heartbeat`]: the ping/timeout state machine driven by a per-shard sweep.
 //! - [`stats`]: per-shard counters and the latency histogram;
 //!   [`snapshot`]: what a shard reports and the server-wide report built from
@@ -42,6 +44,7 @@ pub mod mesh;
 pub mod process;
 pub mod protocol;
 pub mod runtime;
+pub mod security;
 pub mod shard;
 pub mod shutdown;
 pub mod snapshot;

@@ -39,6 +39,11 @@ pub enum ClientOp<'a> {
     Ping {
         id: Option<&'a str>,
     },
+    /// Authenticate, or refresh the token before it expires.
+    Auth {
+        token: Cow<'a, str>,
+        id: Option<&'a str>,
+    },
 }
 
 /// Stable error codes carried by `err` frames and HTTP error bodies.
@@ -59,9 +64,14 @@ pub enum ErrorCode {
     TooManySubscriptions,
     /// The server is shutting down and takes no new work.
     ShuttingDown,
-    /// The operation is not allowed on this channel (publishing on a
-    /// read-only system channel).
+    /// The operation is not allowed on this channel: outside the token's
+    /// permissions, or publishing on a read-only system channel.
     Forbidden,
+    /// No valid token: the connection must `auth` first, or the token was
+    /// refused (the connection then closes with 4001).
+    Unauthorized,
+    /// Over the connection's publish rate; the publication was dropped.
+    RateLimited,
 }
 
 impl ErrorCode {
@@ -69,6 +79,8 @@ impl ErrorCode {
     pub fn http_status(self) -> u16 {
         match self {
             ErrorCode::Forbidden => 403,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::RateLimited => 429,
             ErrorCode::TooLarge => 413,
             ErrorCode::ShuttingDown => 503,
             _ => 400,
@@ -85,6 +97,8 @@ impl ErrorCode {
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 }
@@ -136,6 +150,8 @@ struct Envelope<'a> {
     since: Option<u64>,
     #[serde(borrow, default)]
     epoch: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    token: Option<Cow<'a, str>>,
 }
 
 /// Just the `id` of an envelope whose other fields are wrong, so the error
@@ -247,9 +263,15 @@ pub fn parse_client_op(text: &str) -> Result<ClientOp<'_>, OpError<'_>> {
             })
         }
         "ping" => Ok(ClientOp::Ping { id }),
+        "auth" => Ok(ClientOp::Auth {
+            token: envelope
+                .token
+                .ok_or_else(|| OpError::new(ErrorCode::BadJson, "auth needs a token", id))?,
+            id,
+        }),
         _ => Err(OpError::new(
             ErrorCode::UnknownOp,
-            "op must be one of sub, unsub, pub, ping",
+            "op must be one of sub, unsub, pub, ping, auth",
             id,
         )),
     }
@@ -463,6 +485,17 @@ mod tests {
         assert_eq!(
             parse_client_op(r#"{"op":"ping","id":4}"#),
             Ok(ClientOp::Ping { id: Some("4") })
+        );
+        assert_eq!(
+            parse_client_op(r#"{"op":"auth","token":"a.b.c","id":5}"#),
+            Ok(ClientOp::Auth {
+                token: "a.b.c".into(),
+                id: Some("5")
+            })
+        );
+        assert_eq!(
+            parse_client_op(r#"{"op":"auth","id":6}"#).unwrap_err().code,
+            ErrorCode::BadJson
         );
     }
 

@@ -19,6 +19,7 @@ use crate::{
     config::Config,
     error::ServerError,
     mesh::LANE_CAPACITY,
+    security::Security,
     shard::{run_shard, ShardContext},
     shutdown::ShutdownHandle,
     snapshot::ShardSnapshot,
@@ -45,6 +46,8 @@ pub enum ShardEvent {
 /// A started server: every shard is accepting.
 pub struct Server {
     addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    tls: bool,
     shards: usize,
     shutdown: ShutdownHandle,
     events: mpsc::Receiver<ShardEvent>,
@@ -55,14 +58,26 @@ impl Server {
     pub fn start(config: Config) -> Result<Server, ServerError> {
         crate::process::start_time_seconds();
         let shards = config.shards;
+        let epoch = random_epoch();
+        let security = Arc::new(Security::load(&config, epoch)?);
+        log_security(&config, &security);
         let (addr, listeners) = bind_listeners(config.listen, shards)?;
+        let (admin_addr, mut admin_listeners) = match config.admin_listen {
+            Some(admin) => {
+                let (addr, listeners) = bind_listeners(admin, shards)?;
+                (Some(addr), listeners.into_iter().map(Some).collect())
+            }
+            None => (None, Vec::new()),
+        };
+        admin_listeners.resize_with(shards, || None);
         let cpus = core_affinity::get_core_ids().unwrap_or_default();
         let mesh = (shards > 1).then(|| MeshBuilder::full(shards, LANE_CAPACITY));
         let open_connections = Arc::new(AtomicUsize::new(0));
-        let epoch = random_epoch();
         let (events_tx, events) = mpsc::channel();
         let mut writers = Vec::with_capacity(shards);
-        for (id, listener) in listeners.into_iter().enumerate() {
+        for (id, (listener, admin_listener)) in
+            listeners.into_iter().zip(admin_listeners).enumerate()
+        {
             let (read_end, write_end) = UnixStream::pair().map_err(ServerError::Signals)?;
             write_end
                 .set_nonblocking(true)
@@ -77,9 +92,12 @@ impl Server {
                 id,
                 config: Config {
                     listen: addr,
+                    admin_listen: admin_addr,
                     ..config.clone()
                 },
                 listener,
+                admin_listener,
+                security: security.clone(),
                 mesh: mesh.clone(),
                 shutdown: OwnedFd::from(read_end),
                 open_connections: open_connections.clone(),
@@ -95,6 +113,8 @@ impl Server {
         }
         let server = Server {
             addr,
+            admin_addr,
+            tls: security.tls.is_some(),
             shards,
             shutdown: ShutdownHandle::new(writers),
             events,
@@ -132,6 +152,16 @@ impl Server {
         self.addr
     }
 
+    /// The admin address, when admin routes have a listener of their own.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Whether the public address speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
     pub fn shards(&self) -> usize {
         self.shards
     }
@@ -159,6 +189,38 @@ impl Server {
         totals.sort_by_key(|s| s.shard);
         Ok(totals)
     }
+}
+
+/// Says at start-up what protects the server, and loudly when nothing does.
+fn log_security(config: &Config, security: &Security) {
+    if security.is_anonymous() {
+        let why = if config.anonymous {
+            "--anonymous"
+        } else {
+            "no --jwt-secret or --jwt-public-key is set"
+        };
+        tracing::warn!(
+            "ANONYMOUS MODE ({why}): anyone who can reach this server may connect, \
+             subscribe and publish to any channel. Configure connection tokens before \
+             exposing it (docs/security.md)."
+        );
+    }
+    if security.api_key.is_none() {
+        tracing::warn!(
+            "no --api-key: POST /api/publish, /metrics and /api/stats are open to anyone \
+             who can reach them"
+        );
+    }
+    tracing::info!(
+        tokens = !security.is_anonymous(),
+        api_key = security.api_key.is_some(),
+        tls = security.tls.is_some(),
+        origins_restricted = security.origins.is_restricted(),
+        publish_rate = config.publish_rate,
+        max_connections_per_ip = config.max_connections_per_ip,
+        admin_listen = ?config.admin_listen,
+        "security settings"
+    );
 }
 
 /// The body of a shard thread: build the pinned executor, run the shard,

@@ -56,6 +56,10 @@ pub struct ShardSnapshot {
     pub http_requests: u64,
     pub handshake_failures: u64,
     pub http_503: u64,
+    pub auth_failures: u64,
+    pub forbidden: u64,
+    pub rate_limited: u64,
+    pub ip_cap_refusals: u64,
     pub connection_panics: u64,
     /// Publish→write latency over the last completed second.
     pub latency_us: LatencySummary,
@@ -94,6 +98,10 @@ pub struct Totals {
     pub mesh_sent: u64,
     pub handshake_failures: u64,
     pub http_503: u64,
+    pub auth_failures: u64,
+    pub forbidden: u64,
+    pub rate_limited: u64,
+    pub ip_cap_refusals: u64,
     /// Latency since start over all shards (histograms merged).
     pub latency_total_us: LatencySummary,
 }
@@ -153,6 +161,10 @@ impl Totals {
             total.mesh_sent += s.mesh_sent;
             total.handshake_failures += s.handshake_failures;
             total.http_503 += s.http_503;
+            total.auth_failures += s.auth_failures;
+            total.forbidden += s.forbidden;
+            total.rate_limited += s.rate_limited;
+            total.ip_cap_refusals += s.ip_cap_refusals;
             if let Some(histogram) = &s.latency_histogram {
                 match merged.as_mut() {
                     Some(all) => {

@@ -45,6 +45,15 @@ pub struct Stats {
     pub handshake_failures: Cell<u64>,
     /// Upgrades refused with 503 (at `max-connections`, shutting down).
     pub http_503: Cell<u64>,
+    /// Tokens refused (HTTP 401 at upgrade, `auth` frames refused) and
+    /// requests without the API key.
+    pub auth_failures: Cell<u64>,
+    /// Operations outside a token's permissions (`err forbidden`).
+    pub forbidden: Cell<u64>,
+    /// Publications refused by the per-connection rate limit.
+    pub rate_limited: Cell<u64>,
+    /// Connections refused by the per-IP cap.
+    pub ip_cap_refusals: Cell<u64>,
     pub connection_panics: Cell<u64>,
     pub latency: RefCell<Latency>,
 }

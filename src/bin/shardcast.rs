@@ -88,11 +88,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     // The one line on stdout: scripts and tests wait for it.
     let mut stdout = std::io::stdout();
-    writeln!(
-        stdout,
-        "shardcast listening on http://{}",
-        server.local_addr()
-    )?;
+    let scheme = if server.is_tls() { "https" } else { "http" };
+    match server.admin_addr() {
+        Some(admin) => writeln!(
+            stdout,
+            "shardcast listening on {scheme}://{}, admin on http://{admin}",
+            server.local_addr()
+        )?,
+        None => writeln!(
+            stdout,
+            "shardcast listening on {scheme}://{}",
+            server.local_addr()
+        )?,
+    }
     stdout.flush()?;
 
     let totals = server.wait().context("shardcast stopped with an error")?;

@@ -6,6 +6,7 @@
 use crate::{
     channel::{self, Access},
     protocol::{self, ErrorCode},
+    security::api_key::bearer,
 };
 
 /// Largest request head accepted (431 above).
@@ -32,8 +33,33 @@ pub struct Head {
     pub content_length: Option<usize>,
     pub chunked: bool,
     pub keep_alive: bool,
+    /// `Origin` (browsers send it with every upgrade).
+    pub origin: Option<String>,
+    /// `Authorization` (a bearer token or API key).
+    pub authorization: Option<String>,
+    /// `X-API-Key`.
+    pub api_key: Option<String>,
     /// Bytes of the head, including the blank line.
     pub len: usize,
+}
+
+impl Head {
+    /// The connection token: `?token=`, else `Authorization: Bearer`.
+    pub fn token(&self) -> Option<String> {
+        query_values(&self.query, "token").next().or_else(|| {
+            self.authorization
+                .as_deref()
+                .and_then(bearer)
+                .map(str::to_owned)
+        })
+    }
+
+    /// The API key: `X-API-Key`, else `Authorization: Bearer`.
+    pub fn presented_api_key(&self) -> Option<&str> {
+        self.api_key
+            .as_deref()
+            .or_else(|| self.authorization.as_deref().and_then(bearer))
+    }
 }
 
 /// A request refused with an HTTP status and a JSON body
@@ -102,6 +128,9 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HttpError> {
         content_length: None,
         chunked: false,
         keep_alive: http11,
+        origin: None,
+        authorization: None,
+        api_key: None,
         len,
     };
     let (mut upgrade, mut connection_upgrade) = (false, false);
@@ -130,6 +159,12 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HttpError> {
             head.content_length = Some(parsed);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             head.chunked = true;
+        } else if name.eq_ignore_ascii_case("origin") {
+            head.origin = Some(value.trim().to_owned());
+        } else if name.eq_ignore_ascii_case("authorization") {
+            head.authorization = Some(value.trim().to_owned());
+        } else if name.eq_ignore_ascii_case("x-api-key") {
+            head.api_key = Some(value.trim().to_owned());
         }
     }
     head.wants_websocket = upgrade && connection_upgrade;
@@ -163,6 +198,18 @@ pub enum Route {
     Metrics,
     /// `GET /api/stats`: the same figures as JSON.
     Stats,
+}
+
+impl Route {
+    /// Admin routes: on `--admin-listen` when it is set.
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Route::Dashboard | Route::Metrics | Route::Stats)
+    }
+
+    /// Routes that need the API key when one is configured.
+    pub fn needs_api_key(&self) -> bool {
+        matches!(self, Route::Publish | Route::Metrics | Route::Stats)
+    }
 }
 
 /// Routes a parsed head. WebSocket routes are checked for a valid upgrade.
@@ -319,12 +366,15 @@ fn status_text(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         411 => "Length Required",
         413 => "Content Too Large",
         426 => "Upgrade Required",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",

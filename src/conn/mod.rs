@@ -5,10 +5,15 @@
 
 pub mod http;
 pub mod outbox;
+pub mod permit;
 pub mod stream;
 mod ws;
 
-use std::{cell::RefCell, rc::Rc, time::Duration};
+use std::{
+    cell::{Cell, RefCell},
+    rc::Rc,
+    time::Duration,
+};
 
 use bytes::Bytes;
 use futures_lite::FutureExt;
@@ -17,16 +22,32 @@ use glommio::net::TcpStream;
 use self::{
     http::{Head, HttpError, Route},
     outbox::{CloseReason, Outbox, Pushed},
+    permit::Permit,
     stream::SharedStream,
 };
 use crate::{
+    channel::Access,
     exposition,
     heartbeat::Heartbeat,
     mesh::{ConnRef, Payload},
     protocol::{self, PayloadKind},
+    security::{
+        ip_cap::IpSlot,
+        rate::{RateLimit, TokenBucket},
+        token,
+    },
     shard::Shard,
     stats::{bump, Stats},
 };
+
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The public address: clients, publishers.
+    Public,
+    /// `--admin-listen`: metrics, stats and the dashboard, trusted network.
+    Admin,
+}
 
 /// A WebSocket connection as the shard sees it.
 pub struct Conn {
@@ -36,16 +57,63 @@ pub struct Conn {
     pub heartbeat: Heartbeat,
     /// Channels subscribed to, with the slot in each channel's subscriber list.
     subscriptions: RefCell<Vec<(Rc<str>, u32)>>,
+    /// What the connection may do.
+    permit: RefCell<Permit>,
+    /// When the connection must be closed for want of a (fresh) token, on
+    /// the shard's clock; `u64::MAX`: never.
+    auth_deadline_ms: Cell<u64>,
+    /// The publish rate limit's bucket, when a limit is configured.
+    pub publish_bucket: Option<TokenBucket>,
+    /// This connection's place under the per-IP cap, held until it ends.
+    ip_slot: RefCell<Option<IpSlot>>,
 }
 
 impl Conn {
-    pub fn new(id: ConnRef, max_queue_bytes: usize, now_ms: u64, stats: Rc<Stats>) -> Self {
+    pub fn new(
+        id: ConnRef,
+        max_queue_bytes: usize,
+        now_ms: u64,
+        stats: Rc<Stats>,
+        publish_limit: Option<RateLimit>,
+    ) -> Self {
         Conn {
             id,
             outbox: Rc::new(Outbox::new(max_queue_bytes, stats)),
             heartbeat: Heartbeat::new(now_ms),
             subscriptions: RefCell::new(Vec::new()),
+            permit: RefCell::new(Permit::Everything),
+            auth_deadline_ms: Cell::new(u64::MAX),
+            publish_bucket: publish_limit.map(|limit| TokenBucket::new(limit, now_ms)),
+            ip_slot: RefCell::new(None),
         }
+    }
+
+    pub fn permit(&self) -> std::cell::Ref<'_, Permit> {
+        self.permit.borrow()
+    }
+
+    /// Replaces what the connection may do; it must renew or be closed at
+    /// `deadline_ms` (shard clock; `u64::MAX`: never).
+    pub fn set_permit(&self, permit: Permit, deadline_ms: u64) {
+        *self.permit.borrow_mut() = permit;
+        self.auth_deadline_ms.set(deadline_ms);
+    }
+
+    pub fn auth_deadline_ms(&self) -> u64 {
+        self.auth_deadline_ms.get()
+    }
+
+    pub fn hold_ip_slot(&self, slot: Option<IpSlot>) {
+        *self.ip_slot.borrow_mut() = slot;
+    }
+
+    /// The channels subscribed to (for re-checking after a token refresh).
+    pub fn subscribed_channels(&self) -> Vec<Rc<str>> {
+        self.subscriptions
+            .borrow()
+            .iter()
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     /// Queues a frame; closes the connection as a slow consumer if its queue
@@ -101,8 +169,51 @@ impl Conn {
 const DASHBOARD: &str = include_str!("../dashboard.html");
 
 /// Serves one accepted socket until it closes.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
-    let stream = SharedStream::new(stream);
+pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
+    let tls = shard.security.tls.as_ref().filter(|_| side == Side::Public);
+    let mut ip_slot = None;
+    if let (Side::Public, Some(cap)) = (side, &shard.security.ip_cap) {
+        match tcp
+            .peer_addr()
+            .ok()
+            .and_then(|peer| cap.try_acquire(peer.ip()))
+        {
+            Some(slot) => ip_slot = Some(slot),
+            None => {
+                bump(&shard.stats.ip_cap_refusals, 1);
+                // Over TLS a plain answer would be noise: just close, before
+                // spending a handshake on an address over its cap.
+                if tls.is_none() {
+                    let error = HttpError::new(
+                        429,
+                        "too_many_connections",
+                        format!("at most {} connections per client address", cap.limit()),
+                    );
+                    respond_and_close(
+                        &SharedStream::new(tcp),
+                        &http::error_response(&error, false),
+                    )
+                    .await;
+                }
+                return;
+            }
+        }
+    }
+    let stream = match tls {
+        Some(acceptor) => {
+            let limit = shard.config.handshake_timeout;
+            let handshake =
+                glommio::timer::timeout(limit, async { Ok(acceptor.accept(tcp).await) }).await;
+            match handshake {
+                Ok(Ok(stream)) => SharedStream::new_tls(stream),
+                _ => {
+                    bump(&shard.stats.handshake_failures, 1);
+                    return;
+                }
+            }
+        }
+        None => SharedStream::new(tcp),
+    };
     let mut buf: Vec<u8> = Vec::new();
     loop {
         let head = match read_head(&shard, &stream, &mut buf).await {
@@ -116,7 +227,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         };
         bump(&shard.stats.http_requests, 1);
         let keep_alive = head.keep_alive && !shard.is_shutting_down();
-        let reply = match http::route(&head, shard.config.max_subscriptions) {
+        let route = http::route(&head, shard.config.max_subscriptions)
+            .and_then(|route| admit_route(&shard, side, &head, route));
+        let reply = match route {
             Ok(Route::Health) => http::response(200, "text/plain", b"ok\n", keep_alive),
             Ok(Route::Dashboard) => http::response(
                 200,
@@ -141,10 +254,18 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 Err(error) => http::error_response(&error, keep_alive && error.status != 413),
             },
             Ok(Route::WebSocket(session)) => {
-                if let Err(error) = admit(&shard) {
-                    respond_and_close(&stream, &http::error_response(&error, false)).await;
-                    return;
-                }
+                let admitted = upgrade_permit(&shard, side, &head, &session)
+                    .and_then(|permit| admit(&shard).map(|()| permit));
+                let (permit, deadline_ms) = match admitted {
+                    Ok(admitted) => admitted,
+                    Err(error) => {
+                        if error.status == 401 {
+                            bump(&shard.stats.auth_failures, 1);
+                        }
+                        respond_and_close(&stream, &http::error_response(&error, false)).await;
+                        return;
+                    }
+                };
                 let key = head.ws_key.as_deref().unwrap_or_default();
                 if stream
                     .write_all(&http::switching_protocols(key))
@@ -156,19 +277,28 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 }
                 // Bytes after the head already belong to the WebSocket stream.
                 let leftover = buf.split_off(head.len.min(buf.len()));
+                let conn = shard.register();
+                conn.set_permit(permit, deadline_ms);
+                conn.hold_ip_slot(ip_slot.take());
                 // The session is a task of its own, so this task's handshake
                 // state is freed instead of living as long as the connection.
                 let gate = shard.gate.clone();
-                match gate.spawn(ws::serve(shard.clone(), stream, leftover, session)) {
+                let session = ws::serve(shard.clone(), stream, leftover, session, conn.clone());
+                match gate.spawn(session) {
                     Ok(task) => {
                         task.detach();
                     }
-                    Err(_) => shard.release_connection(),
+                    // Shutting down: the session never ran, so its guard
+                    // cannot unregister the connection.
+                    Err(_) => shard.unregister(&conn),
                 }
                 return;
             }
             Err(error) => {
                 bump(&shard.stats.handshake_failures, 1);
+                if error.status == 401 {
+                    bump(&shard.stats.auth_failures, 1);
+                }
                 http::error_response(&error, keep_alive)
             }
         };
@@ -183,6 +313,95 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         let consumed = (head.len + head.content_length.unwrap_or(0)).min(buf.len());
         buf.drain(..consumed);
     }
+}
+
+/// Whether `route` is served on this side, and with the API key it needs.
+fn admit_route(shard: &Shard, side: Side, head: &Head, route: Route) -> Result<Route, HttpError> {
+    let separate_admin = shard.config.admin_listen.is_some();
+    let served = match side {
+        Side::Public => !(separate_admin && route.is_admin()),
+        Side::Admin => {
+            route.is_admin()
+                || matches!(
+                    route,
+                    Route::Health | Route::WebSocket(http::Session::Json { .. })
+                )
+        }
+    };
+    if !served {
+        return Err(HttpError::new(
+            404,
+            "not_found",
+            format!("no route for {} on this address", head.path),
+        ));
+    }
+    if route.needs_api_key() {
+        if let Some(key) = &shard.security.api_key {
+            if !key.accepts(head.presented_api_key()) {
+                return Err(HttpError::new(
+                    401,
+                    protocol::ErrorCode::Unauthorized.as_str(),
+                    "missing or wrong API key (X-API-Key or Authorization: Bearer)",
+                ));
+            }
+        }
+    }
+    Ok(route)
+}
+
+/// What an upgrade may do: checks the origin, then the token (if tokens are
+/// required) and the channels the URL names. Returns the permit and the
+/// deadline by which the connection must (re)authenticate.
+fn upgrade_permit(
+    shard: &Shard,
+    side: Side,
+    head: &Head,
+    session: &http::Session,
+) -> Result<(Permit, u64), HttpError> {
+    let security = &shard.security;
+    if !security.origins.allows(head.origin.as_deref()) {
+        return Err(HttpError::new(
+            403,
+            "origin_not_allowed",
+            "this Origin may not connect (allowed-origins)",
+        ));
+    }
+    let verifier = match (&security.verifier, side) {
+        (Some(verifier), Side::Public) => verifier,
+        _ => return Ok((Permit::Everything, u64::MAX)),
+    };
+    let now = shard.now_ms();
+    let unauthorized =
+        |msg: String| HttpError::new(401, protocol::ErrorCode::Unauthorized.as_str(), msg);
+    let Some(token) = head.token() else {
+        return match session {
+            http::Session::Json { subscribe } if subscribe.is_empty() => Ok((
+                Permit::AwaitingAuth,
+                now.saturating_add(security.auth_timeout.as_millis() as u64),
+            )),
+            _ => Err(unauthorized(
+                "a token is required: ?token=, Authorization: Bearer, or connect to /ws \
+                 and send {\"op\":\"auth\",\"token\":...}"
+                    .into(),
+            )),
+        };
+    };
+    let grant = verifier
+        .verify(&token, token::unix_now())
+        .map_err(|e| unauthorized(e.to_string()))?;
+    let named: Vec<&str> = match session {
+        http::Session::Json { subscribe } => subscribe.iter().map(String::as_str).collect(),
+        http::Session::Room { channel, .. } => vec![channel.as_str()],
+    };
+    if let Some(refused) = named.iter().find(|ch| !grant.allows(Access::Subscribe, ch)) {
+        return Err(HttpError::new(
+            403,
+            protocol::ErrorCode::Forbidden.as_str(),
+            format!("the token does not allow subscribing to {refused:?}"),
+        ));
+    }
+    let deadline = token::deadline_ms(now, grant.expires_at, token::unix_now());
+    Ok((Permit::Token(Rc::new(grant)), deadline))
 }
 
 /// Whether a response we built says `Connection: keep-alive`.

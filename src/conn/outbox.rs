@@ -3,7 +3,7 @@
 //! publication is encoded once per shard and the same buffer is queued for
 //! every subscriber); the writer hands as many queued frames as fit to one
 //! `sendmsg` (gathered, no copy), so a connection that fell behind catches up
-//! in few system calls. A push never blocks: over the bound the connection is
+//! in few system calls (over TLS, into few records). A push never blocks: over the bound the connection is
 //! closed as a slow consumer. tungstenite never writes to the socket.
 //!
 //! The outbox also keeps its shard's write-side counters: bytes sent, frames
@@ -14,7 +14,7 @@ use std::{
     cell::{Cell, RefCell},
     collections::VecDeque,
     future::Future,
-    io,
+    io::{self, IoSlice},
     os::fd::RawFd,
     pin::Pin,
     rc::Rc,
@@ -55,11 +55,22 @@ pub enum CloseReason {
     Shutdown,
     /// Reading or writing the socket failed; no close frame can be sent.
     SocketError,
+    /// Tokens are required and no `auth` came within the auth timeout (4001).
+    AuthTimeout,
+    /// The token was refused, or the client did something before `auth`
+    /// (4001).
+    Unauthorized,
+    /// The connection's token expired without a refresh (4001).
+    TokenExpired,
+    /// Publishing far over the rate limit, again and again (1008).
+    RateLimited,
+    /// A raw-room member published without the token's permission (1008).
+    Forbidden,
 }
 
 impl CloseReason {
     /// Every reason, in declaration order (`reason as usize` indexes it).
-    pub const ALL: [CloseReason; 8] = [
+    pub const ALL: [CloseReason; 13] = [
         CloseReason::Normal,
         CloseReason::SlowConsumer,
         CloseReason::HeartbeatTimeout,
@@ -68,6 +79,11 @@ impl CloseReason {
         CloseReason::Protocol,
         CloseReason::Shutdown,
         CloseReason::SocketError,
+        CloseReason::AuthTimeout,
+        CloseReason::Unauthorized,
+        CloseReason::TokenExpired,
+        CloseReason::RateLimited,
+        CloseReason::Forbidden,
     ];
 
     /// The close code and reason sent to the client, if any.
@@ -80,6 +96,11 @@ impl CloseReason {
             CloseReason::BadUtf8 => Some((1007, "invalid UTF-8")),
             CloseReason::Protocol => Some((1002, "protocol error")),
             CloseReason::Shutdown => Some((1001, "server shutting down")),
+            CloseReason::AuthTimeout => Some((4001, "authentication timed out")),
+            CloseReason::Unauthorized => Some((4001, "unauthorized")),
+            CloseReason::TokenExpired => Some((4001, "token expired")),
+            CloseReason::RateLimited => Some((1008, "publish rate limit exceeded")),
+            CloseReason::Forbidden => Some((1008, "not allowed to publish here")),
         }
     }
 
@@ -93,6 +114,11 @@ impl CloseReason {
             CloseReason::Protocol => "protocol_error",
             CloseReason::Shutdown => "shutdown",
             CloseReason::SocketError => "socket_error",
+            CloseReason::AuthTimeout => "auth_timeout",
+            CloseReason::Unauthorized => "unauthorized",
+            CloseReason::TokenExpired => "token_expired",
+            CloseReason::RateLimited => "rate_limited",
+            CloseReason::Forbidden => "forbidden",
         }
     }
 }
@@ -109,6 +135,7 @@ pub enum Pushed {
 }
 
 /// Outcome of one non-blocking flush.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flush {
     /// Nothing left to send right now.
     Drained,
@@ -277,10 +304,14 @@ impl Outbox {
             && self.close_frame.borrow().is_none()
     }
 
-    /// Sends queued frames without blocking, gathered into as few `sendmsg`
-    /// calls as the socket accepts. The close frame is appended once the
-    /// queue is empty.
-    fn flush(&self, fd: RawFd) -> io::Result<Flush> {
+    /// Hands queued frames to `send` without blocking, gathered into as
+    /// few calls as it accepts: `sendmsg` on a plain socket, the TLS
+    /// session's buffer otherwise. `send` returning 0 or `WouldBlock` means
+    /// "full for now". The close frame is appended once the queue is empty.
+    fn flush(
+        &self,
+        mut send: impl FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
+    ) -> io::Result<Flush> {
         loop {
             let mut frames = self.frames.borrow_mut();
             if frames.is_empty() {
@@ -297,7 +328,10 @@ impl Outbox {
                     }
                 }
             }
-            let sent = match send_gathered(fd, &frames) {
+            let mut slices = [IoSlice::new(&[]); MAX_IOV];
+            let count = gather(&frames, &mut slices);
+            let sent = match send(&slices[..count]) {
+                Ok(0) => return Ok(Flush::WouldBlock),
                 Ok(sent) => sent,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flush::WouldBlock),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -379,32 +413,31 @@ fn wake(slot: &Cell<Option<Waker>>) {
     }
 }
 
-/// Hands up to [`MAX_IOV`] frames (at most [`MAX_BATCH_BYTES`]) to one
-/// non-blocking `sendmsg`.
-fn send_gathered(fd: RawFd, frames: &VecDeque<Queued>) -> io::Result<usize> {
-    let mut iov = [libc::iovec {
-        iov_base: std::ptr::null_mut(),
-        iov_len: 0,
-    }; MAX_IOV];
+/// Points `slices` at up to [`MAX_IOV`] queued frames (at most
+/// [`MAX_BATCH_BYTES`], but always the first); returns how many.
+fn gather<'a>(frames: &'a VecDeque<Queued>, slices: &mut [IoSlice<'a>; MAX_IOV]) -> usize {
     let mut count = 0;
     let mut total = 0;
     for frame in frames.iter().map(|f| &f.bytes) {
         if count == MAX_IOV || (count > 0 && total + frame.len() > MAX_BATCH_BYTES) {
             break;
         }
-        iov[count] = libc::iovec {
-            iov_base: frame.as_ptr() as *mut libc::c_void,
-            iov_len: frame.len(),
-        };
+        slices[count] = IoSlice::new(frame);
         count += 1;
         total += frame.len();
     }
+    count
+}
+
+/// One non-blocking `sendmsg` of `slices`.
+fn send_gathered(fd: RawFd, slices: &[IoSlice<'_>]) -> io::Result<usize> {
     // SAFETY: msghdr is plain data; all-zero is a valid empty header.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = iov.as_mut_ptr();
-    msg.msg_iovlen = count as _;
-    // SAFETY: every iovec points into a `Bytes` borrowed from `frames` for the
-    // duration of the call; the kernel only reads them.
+    // IoSlice is ABI-compatible with iovec on Unix; the kernel only reads.
+    msg.msg_iov = slices.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = slices.len() as _;
+    // SAFETY: every iovec points into a `Bytes` borrowed from the queue for
+    // the duration of the call.
     let sent = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
     if sent < 0 {
         Err(io::Error::last_os_error())
@@ -436,33 +469,50 @@ impl<T, F: Fn(&Outbox) -> Option<T> + Unpin> Future for WaitFor<'_, T, F> {
 /// connection has closed and everything (close frame included) is written.
 /// On a socket error it closes the outbox so the reader tears down too.
 pub async fn run_writer(outbox: Rc<Outbox>, stream: SharedStream) {
+    let written = if stream.is_tls() {
+        write_tls(&outbox, &stream).await
+    } else {
+        write_plain(&outbox, &stream).await
+    };
+    if written.is_err() {
+        outbox.close(CloseReason::SocketError);
+    }
+}
+
+async fn write_plain(outbox: &Outbox, stream: &SharedStream) -> io::Result<()> {
     let fd = stream.fd();
     loop {
-        match outbox.flush(fd) {
-            Ok(Flush::Drained) => {
+        match outbox.flush(|slices| send_gathered(fd, slices))? {
+            Flush::Drained => {
                 if outbox.finished() {
-                    return;
+                    return Ok(());
                 }
                 outbox.work().await;
             }
-            Ok(Flush::WouldBlock) => {
+            Flush::WouldBlock => {
                 // Let glommio wait for the socket to take more: it sends the
                 // front frame (or part of it) as soon as there is room.
                 let Some(front) = outbox.front() else {
                     continue;
                 };
-                match stream.write(&front).await {
-                    Ok(sent) => outbox.consume(sent),
-                    Err(_) => {
-                        outbox.close(CloseReason::SocketError);
-                        return;
-                    }
-                }
+                let sent = stream.write(&front).await?;
+                outbox.consume(sent);
             }
-            Err(_) => {
-                outbox.close(CloseReason::SocketError);
-                return;
+        }
+    }
+}
+
+/// Frames go into the TLS session as plaintext (many frames make one
+/// record), then the session's records are written out.
+async fn write_tls(outbox: &Outbox, stream: &SharedStream) -> io::Result<()> {
+    loop {
+        let flushed = outbox.flush(|slices| stream.encrypt(slices))?;
+        stream.flush().await?;
+        if flushed == Flush::Drained {
+            if outbox.finished() {
+                return Ok(());
             }
+            outbox.work().await;
         }
     }
 }
@@ -550,7 +600,9 @@ mod tests {
         }
         outbox.close(CloseReason::Shutdown);
         assert!(matches!(
-            outbox.flush(ours.as_raw_fd()).unwrap(),
+            outbox
+                .flush(|slices| send_gathered(ours.as_raw_fd(), slices))
+                .unwrap(),
             Flush::Drained
         ));
         assert!(outbox.finished());

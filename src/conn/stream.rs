@@ -1,14 +1,17 @@
-//! One accepted TCP stream shared by a connection's reader and writer tasks on
-//! the same shard. Each task borrows the stream only inside a single poll, so
-//! the borrows never overlap; glommio keeps separate read and write readiness
-//! for a stream, so the two tasks do not steal each other's wake-ups.
+//! One accepted TCP stream — plain, or TLS through futures-rustls — shared by
+//! a connection's reader and writer tasks on the same shard. Each task
+//! borrows the stream only inside a single poll, so the borrows never
+//! overlap; glommio keeps separate read and write readiness for a stream, so
+//! the two tasks do not steal each other's wake-ups. Plain streams are
+//! written with `sendmsg` by the outbox; TLS streams take the outbox's
+//! frames as plaintext ([`SharedStream::encrypt`]) and are then flushed.
 //! [`ReadSide`] is what tungstenite gets: it reads from the socket, and the
 //! few frames tungstenite writes by itself (pongs) go into the outbox, in
 //! order with everything else.
 
 use std::{
     cell::RefCell,
-    io,
+    io::{self, IoSlice, Write},
     os::fd::{AsRawFd, RawFd},
     pin::Pin,
     rc::Rc,
@@ -18,15 +21,35 @@ use std::{
 
 use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncWrite};
+use futures_rustls::server::TlsStream;
 use glommio::net::TcpStream;
 
 use super::outbox::Outbox;
 use crate::stats::bump;
 
+/// The socket, with or without TLS over it.
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Transport {
+    fn pinned(&mut self) -> Pin<&mut dyn AsyncReadWrite> {
+        match self {
+            Transport::Plain(stream) => Pin::new(stream),
+            Transport::Tls(stream) => Pin::new(&mut **stream),
+        }
+    }
+}
+
+/// Both halves of a stream, as one trait object.
+trait AsyncReadWrite: AsyncRead + AsyncWrite + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncReadWrite for T {}
+
 /// A TCP stream shared by the tasks of one connection.
 #[derive(Clone)]
 pub struct SharedStream {
-    inner: Rc<RefCell<TcpStream>>,
+    inner: Rc<RefCell<Transport>>,
     fd: RawFd,
 }
 
@@ -34,7 +57,16 @@ impl SharedStream {
     pub fn new(stream: TcpStream) -> Self {
         let fd = stream.as_raw_fd();
         SharedStream {
-            inner: Rc::new(RefCell::new(stream)),
+            inner: Rc::new(RefCell::new(Transport::Plain(stream))),
+            fd,
+        }
+    }
+
+    /// A stream whose TLS handshake has completed.
+    pub fn new_tls(stream: TlsStream<TcpStream>) -> Self {
+        let fd = stream.get_ref().0.as_raw_fd();
+        SharedStream {
+            inner: Rc::new(RefCell::new(Transport::Tls(Box::new(stream)))),
             fd,
         }
     }
@@ -43,20 +75,35 @@ impl SharedStream {
         self.fd
     }
 
+    pub fn is_tls(&self) -> bool {
+        matches!(*self.inner.borrow(), Transport::Tls(_))
+    }
+
+    /// Hands plaintext to the TLS session, which encrypts it into records
+    /// to be written by [`SharedStream::flush`]; returns how much it took
+    /// (0 when its buffer is full). Does no I/O.
+    pub fn encrypt(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match &mut *self.inner.borrow_mut() {
+            Transport::Tls(stream) => stream.get_mut().1.writer().write_vectored(bufs),
+            Transport::Plain(_) => Err(io::ErrorKind::Unsupported.into()),
+        }
+    }
+
+    /// Writes out whatever the TLS session holds (nothing to do for plain).
+    pub async fn flush(&self) -> io::Result<()> {
+        futures_lite::future::poll_fn(|cx| self.inner.borrow_mut().pinned().poll_flush(cx)).await
+    }
+
     /// Reads into `buf`, waiting for data.
     pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        futures_lite::future::poll_fn(|cx| {
-            Pin::new(&mut *self.inner.borrow_mut()).poll_read(cx, buf)
-        })
-        .await
+        futures_lite::future::poll_fn(|cx| self.inner.borrow_mut().pinned().poll_read(cx, buf))
+            .await
     }
 
     /// Writes some of `buf`, waiting for the socket to have room.
     pub async fn write(&self, buf: &[u8]) -> io::Result<usize> {
-        futures_lite::future::poll_fn(|cx| {
-            Pin::new(&mut *self.inner.borrow_mut()).poll_write(cx, buf)
-        })
-        .await
+        futures_lite::future::poll_fn(|cx| self.inner.borrow_mut().pinned().poll_write(cx, buf))
+            .await
     }
 
     /// Writes all of `buf` (HTTP responses, before any WebSocket traffic).
@@ -68,7 +115,7 @@ impl SharedStream {
             }
             buf = &buf[n..];
         }
-        Ok(())
+        self.flush().await
     }
 
     /// Closes after our last bytes (a response, a close frame) are written:
@@ -79,6 +126,17 @@ impl SharedStream {
     pub async fn close_gracefully(&self) {
         const LINGER: Duration = Duration::from_secs(1);
         const DRAIN_LIMIT: usize = 1 << 20;
+        if self.is_tls() {
+            // close_notify, then the TLS layer's own flush and shutdown.
+            let _ = glommio::timer::timeout(LINGER, async {
+                let closed = futures_lite::future::poll_fn(|cx| {
+                    self.inner.borrow_mut().pinned().poll_close(cx)
+                });
+                let _ = closed.await;
+                Ok(())
+            })
+            .await;
+        }
         self.shutdown_write();
         let _ = glommio::timer::timeout(LINGER, async {
             let mut scratch = vec![0u8; 4096];
@@ -123,7 +181,7 @@ impl AsyncRead for ReadSide {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        let read = Pin::new(&mut *self.stream.inner.borrow_mut()).poll_read(cx, buf);
+        let read = self.stream.inner.borrow_mut().pinned().poll_read(cx, buf);
         if let Poll::Ready(Ok(n)) = read {
             bump(&self.outbox.stats().bytes_received, n as u64);
         }

@@ -27,13 +27,20 @@ use futures_lite::Stream;
 use super::{
     http::Session,
     outbox::{run_writer, CloseReason},
+    permit::Permit,
     stream::{ReadSide, SharedStream},
     Conn,
 };
 use crate::{
+    channel::Access,
     mesh::{Payload, Reply, Skip},
     protocol::{self, ClientOp, ErrorCode, OpError, PayloadKind, Since},
+    security::{
+        rate::Verdict,
+        token::{self, TokenError},
+    },
     shard::{index::Mode, Shard},
+    stats::bump,
 };
 
 /// tungstenite's read buffer per connection. Small on purpose: idle
@@ -58,9 +65,15 @@ impl Drop for Registration<'_> {
     }
 }
 
-/// Runs one WebSocket session to its end. The connection slot was reserved.
-pub async fn serve(shard: Rc<Shard>, stream: SharedStream, leftover: Vec<u8>, session: Session) {
-    let conn = shard.register();
+/// Runs one WebSocket session to its end. `conn` was registered with the
+/// shard for it (see [`Shard::register`]).
+pub async fn serve(
+    shard: Rc<Shard>,
+    stream: SharedStream,
+    leftover: Vec<u8>,
+    session: Session,
+    conn: Rc<Conn>,
+) {
     let registration = Registration {
         shard: &shard,
         conn: conn.clone(),
@@ -187,12 +200,39 @@ impl Future for Reader<'_> {
 }
 
 impl Reader<'_> {
+    /// Whether a raw-room member may publish this message: the token must
+    /// allow publishing to the room (else the connection closes: a raw room
+    /// has no way to say `err`), and the rate limit must have room (else the
+    /// message is dropped, and sustained abuse closes the connection).
+    fn may_publish_in_room(&self, channel: &Bytes) -> bool {
+        let conn = self.conn;
+        if let Permit::Token(grant) = &*conn.permit() {
+            let name = std::str::from_utf8(channel).unwrap_or_default();
+            if !grant.allows(Access::Publish, name) {
+                bump(&self.shard.stats.forbidden, 1);
+                conn.outbox.close(CloseReason::Forbidden);
+                return false;
+            }
+        }
+        match rate_verdict(self.shard, conn) {
+            Verdict::Allowed => true,
+            Verdict::Refused => false,
+            Verdict::Abusive => {
+                conn.outbox.close(CloseReason::RateLimited);
+                false
+            }
+        }
+    }
+
     /// Acts on one message. Returns the congested peer shard, if any.
     fn handle(&mut self, message: Message) -> Option<usize> {
         let (shard, conn) = (self.shard, self.conn);
         match message {
             Message::Text(text) => match &self.room {
                 Some(channel) => {
+                    if !self.may_publish_in_room(channel) {
+                        return None;
+                    }
                     let payload = Payload::new(PayloadKind::Text, Bytes::from(text));
                     shard.publish(channel.clone(), payload, self.skip, Reply::None)
                 }
@@ -200,6 +240,9 @@ impl Reader<'_> {
             },
             Message::Binary(bytes) => match &self.room {
                 Some(channel) => {
+                    if !self.may_publish_in_room(channel) {
+                        return None;
+                    }
                     let payload = Payload::new(PayloadKind::Binary, bytes);
                     shard.publish(channel.clone(), payload, self.skip, Reply::None)
                 }
@@ -281,8 +324,23 @@ fn handle_op(shard: &Shard, conn: &Rc<Conn>, frame: Bytes) -> Option<usize> {
         }
     };
     let mut congested = None;
+    if matches!(*conn.permit(), Permit::AwaitingAuth) && !matches!(op, ClientOp::Auth { .. }) {
+        bump(&shard.stats.auth_failures, 1);
+        conn.send(protocol::encode_err(&OpError::new(
+            ErrorCode::Unauthorized,
+            "the first message must be {\"op\":\"auth\",\"token\":...}",
+            op_id(&op),
+        )));
+        conn.outbox.close(CloseReason::Unauthorized);
+        return None;
+    }
     let result = match op {
-        ClientOp::Sub { ch, id, since } => shard.subscribe(conn, &ch, Mode::Json, id, since),
+        ClientOp::Auth { token, id } => {
+            authenticate(shard, conn, &token, id);
+            Ok(())
+        }
+        ClientOp::Sub { ch, id, since } => permitted(shard, conn, Access::Subscribe, &ch, id)
+            .and_then(|()| shard.subscribe(conn, &ch, Mode::Json, id, since)),
         ClientOp::Unsub { ch, id } => shard.unsubscribe(conn, &ch, id),
         ClientOp::Ping { id } => {
             conn.send(protocol::encode_pong(id));
@@ -295,6 +353,10 @@ fn handle_op(shard: &Shard, conn: &Rc<Conn>, frame: Bytes) -> Option<usize> {
                     "server is shutting down",
                     id,
                 ))
+            } else if let Err(refused) = permitted(shard, conn, Access::Publish, &ch, id) {
+                Err(refused)
+            } else if let Some(refused) = over_rate(shard, conn, id) {
+                Err(refused)
             } else {
                 // Both are slices of the frame: no copy of the payload.
                 let ch = match ch {
@@ -318,6 +380,123 @@ fn handle_op(shard: &Shard, conn: &Rc<Conn>, frame: Bytes) -> Option<usize> {
         conn.send(protocol::encode_err(&error));
     }
     congested
+}
+
+/// The `id` of any operation.
+fn op_id<'a>(op: &ClientOp<'a>) -> Option<&'a str> {
+    match op {
+        ClientOp::Sub { id, .. }
+        | ClientOp::Unsub { id, .. }
+        | ClientOp::Pub { id, .. }
+        | ClientOp::Ping { id }
+        | ClientOp::Auth { id, .. } => *id,
+    }
+}
+
+/// Checks the connection's permit for `access` to `ch`, counting refusals.
+fn permitted<'a>(
+    shard: &Shard,
+    conn: &Conn,
+    access: Access,
+    ch: &str,
+    id: Option<&'a str>,
+) -> Result<(), OpError<'a>> {
+    let checked = conn.permit().check(access, ch, id);
+    if checked.is_err() {
+        bump(&shard.stats.forbidden, 1);
+    }
+    checked
+}
+
+/// What the publish rate limit says about one more publication (always
+/// allowed without a limit). Refusals are counted.
+fn rate_verdict(shard: &Shard, conn: &Conn) -> Verdict {
+    let (Some(bucket), Some(limit)) = (&conn.publish_bucket, shard.security.publish_limit) else {
+        return Verdict::Allowed;
+    };
+    let verdict = bucket.take(limit, shard.now_ms());
+    if verdict != Verdict::Allowed {
+        bump(&shard.stats.rate_limited, 1);
+    }
+    verdict
+}
+
+/// `Some(err)` when a JSON publication is over the rate limit; sustained
+/// abuse also closes the connection with 1008.
+fn over_rate<'a>(shard: &Shard, conn: &Conn, id: Option<&'a str>) -> Option<OpError<'a>> {
+    let verdict = rate_verdict(shard, conn);
+    if verdict == Verdict::Abusive {
+        conn.outbox.close(CloseReason::RateLimited);
+    }
+    (verdict != Verdict::Allowed).then(|| {
+        OpError::new(
+            ErrorCode::RateLimited,
+            "over the publish rate limit; the publication was dropped",
+            id,
+        )
+    })
+}
+
+/// `{"op":"auth"}`: verifies the token and replaces the connection's permit
+/// (a refresh must be for the same user). Subscriptions the new token no
+/// longer allows end with an `err forbidden` each. A refused token ends the
+/// connection with 4001 after an `err unauthorized` that says why.
+fn authenticate(shard: &Shard, conn: &Conn, token_text: &str, id: Option<&str>) {
+    let verifier = match (&shard.security.verifier, &*conn.permit()) {
+        (Some(verifier), Permit::Token(_) | Permit::AwaitingAuth) => verifier,
+        // Anonymous mode or the admin listener: nothing to check.
+        _ => {
+            if let Some(id) = id {
+                conn.send(protocol::encode_ack(id, None));
+            }
+            return;
+        }
+    };
+    let refuse = |msg: String, reason: CloseReason| {
+        bump(&shard.stats.auth_failures, 1);
+        conn.send(protocol::encode_err(&OpError::new(
+            ErrorCode::Unauthorized,
+            msg,
+            id,
+        )));
+        conn.outbox.close(reason);
+    };
+    let grant = match verifier.verify(token_text, token::unix_now()) {
+        Ok(grant) => grant,
+        Err(error) => {
+            let reason = match error {
+                TokenError::Expired => CloseReason::TokenExpired,
+                _ => CloseReason::Unauthorized,
+            };
+            return refuse(error.to_string(), reason);
+        }
+    };
+    if conn
+        .permit()
+        .user()
+        .is_some_and(|user| user != &*grant.user)
+    {
+        return refuse(
+            "a refreshed token must be for the same user (sub)".into(),
+            CloseReason::Unauthorized,
+        );
+    }
+    let deadline = token::deadline_ms(shard.now_ms(), grant.expires_at, token::unix_now());
+    let grant = Rc::new(grant);
+    conn.set_permit(Permit::Token(grant.clone()), deadline);
+    for ch in conn.subscribed_channels() {
+        if !grant.allows(Access::Subscribe, &ch) {
+            let _ = shard.unsubscribe(conn, &ch, None);
+            conn.send(protocol::encode_err(&OpError::new(
+                ErrorCode::Forbidden,
+                format!("subscription to {ch:?} ended: the refreshed token does not allow it"),
+                None,
+            )));
+        }
+    }
+    if let Some(id) = id {
+        conn.send(protocol::encode_ack(id, None));
+    }
 }
 
 #[cfg(test)]
@@ -349,7 +528,9 @@ mod tests {
                 links,
                 Arc::new(AtomicUsize::new(0)),
                 1,
+                Arc::default(),
             ));
+            let conn = shard.register();
             let session = serve(
                 shard,
                 stream,
@@ -357,6 +538,7 @@ mod tests {
                 Session::Json {
                     subscribe: Vec::new(),
                 },
+                conn,
             );
             let size = std::mem::size_of_val(&session);
             assert!(size <= 640, "session future grew to {size} bytes");

@@ -34,11 +34,12 @@ use self::{
 use crate::{
     channel,
     config::Config,
-    conn::{outbox::CloseReason, Conn},
+    conn::{outbox::CloseReason, permit::Permit, Conn},
     frame,
     heartbeat::{Action, HeartbeatTimes},
     mesh::{ConnRef, MeshMsg, Payload, PeerLinks, Reply, Skip},
     protocol::{self, ErrorCode, OpError, Since},
+    security::Security,
     snapshot::ShardSnapshot,
     stats::{bump, Stats},
     sync::WaitQueue,
@@ -78,6 +79,8 @@ pub struct Shard {
     stop_waiters: WaitQueue,
     /// Every connection task enters it; shutdown waits for it to empty.
     pub gate: Rc<Gate>,
+    /// Keys, certificates and limits (shared read-only by all shards).
+    pub security: Arc<Security>,
 }
 
 impl Shard {
@@ -88,6 +91,7 @@ impl Shard {
         links: Rc<PeerLinks>,
         open_connections: Arc<AtomicUsize>,
         epoch: u64,
+        security: Arc<Security>,
     ) -> Self {
         let history = HistoryLimits {
             size: config.history_size,
@@ -115,6 +119,7 @@ impl Shard {
             shutting_down: Cell::new(false),
             stop_waiters: WaitQueue::default(),
             gate: Rc::new(Gate::new()),
+            security,
         }
     }
 
@@ -149,6 +154,7 @@ impl Shard {
 
     /// Registers a new WebSocket connection (its slot was reserved).
     pub fn register(&self) -> Rc<Conn> {
+        let now = self.now_ms();
         let gen = self.next_gen.get().wrapping_add(1);
         self.next_gen.set(gen);
         let mut conns = self.conns.borrow_mut();
@@ -160,8 +166,9 @@ impl Shard {
         let conn = Rc::new(Conn::new(
             id,
             self.config.max_queue_bytes,
-            self.now_ms(),
+            now,
             self.stats.clone(),
+            self.security.publish_limit,
         ));
         entry.insert(conn.clone());
         bump(&self.stats.connections_opened, 1);
@@ -581,6 +588,12 @@ impl Shard {
                 Action::Nothing => {}
                 Action::SendPing => conn.send(self.ping_frame.clone()),
                 Action::TimedOut => conn.outbox.close(CloseReason::HeartbeatTimeout),
+            }
+            if now >= conn.auth_deadline_ms() {
+                conn.outbox.close(match *conn.permit() {
+                    Permit::AwaitingAuth => CloseReason::AuthTimeout,
+                    _ => CloseReason::TokenExpired,
+                });
             }
         }
     }

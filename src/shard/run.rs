@@ -20,8 +20,8 @@ use glommio::{
 
 use super::{observe::spawn_stats_tick, Shard};
 use crate::{
-    config::Config, error::ServerError, mesh::MeshMsg, mesh::PeerLinks, runtime::ShardEvent,
-    snapshot::ShardSnapshot, stats::bump,
+    config::Config, conn::Side, error::ServerError, mesh::MeshMsg, mesh::PeerLinks,
+    runtime::ShardEvent, security::Security, snapshot::ShardSnapshot, stats::bump,
 };
 
 /// How long a shard waits for its peers at the mesh barrier.
@@ -37,6 +37,10 @@ pub struct ShardContext {
     pub config: Config,
     /// This shard's bound, listening socket.
     pub listener: OwnedFd,
+    /// This shard's admin listener, when admin routes have their own address.
+    pub admin_listener: Option<OwnedFd>,
+    /// Keys, certificates and limits, shared read-only by all shards.
+    pub security: Arc<Security>,
     /// The cross-shard mesh (absent with one shard).
     pub mesh: Option<MeshBuilder<MeshMsg, Full>>,
     /// Read end of this shard's shutdown pipe: one byte means "shut down".
@@ -74,6 +78,7 @@ pub async fn run_shard(ctx: ShardContext) -> Result<ShardSnapshot, ServerError> 
         links.clone(),
         ctx.open_connections,
         ctx.epoch,
+        ctx.security,
     ));
     if let Some((senders, mut receivers)) = mesh {
         let senders = Rc::new(senders);
@@ -99,54 +104,29 @@ pub async fn run_shard(ctx: ShardContext) -> Result<ShardSnapshot, ServerError> 
     spawn_stats_tick(&shard);
     spawn_history_sweep(&shard);
 
-    // SAFETY: the runtime created this fd as a bound, listening TCP socket and
-    // handed its ownership to this shard alone.
-    let listener = unsafe { TcpListener::from_raw_fd(ctx.listener.into_raw_fd()) };
+    let listener = adopt_listener(ctx.listener);
+    let admin = ctx.admin_listener.map(adopt_listener);
     tracing::info!(
         shard = id,
         cpu = ?ctx.cpu,
         listen = %shard.config.listen,
+        admin = ?shard.config.admin_listen,
         "shard accepting"
     );
     let _ = ctx.events.send(ShardEvent::Ready(id));
 
-    let gate = shard.gate.clone();
-    loop {
-        let accepted = async { Some(listener.accept().await) }
-            .or(async {
-                shard.stopped().await;
-                None
-            })
+    let public = accept_until_stopped(shard.clone(), listener, Side::Public);
+    match admin {
+        Some(admin) => {
+            futures_lite::future::zip(
+                public,
+                accept_until_stopped(shard.clone(), admin, Side::Admin),
+            )
             .await;
-        let Some(accepted) = accepted else { break };
-        match accepted {
-            Ok(stream) => {
-                let _ = stream.set_nodelay(true);
-                let shard_for_task = shard.clone();
-                let task = gate.spawn(async move {
-                    let served =
-                        AssertUnwindSafe(crate::conn::serve(shard_for_task.clone(), stream))
-                            .catch_unwind()
-                            .await;
-                    if served.is_err() {
-                        bump(&shard_for_task.stats.connection_panics, 1);
-                        tracing::error!(
-                            shard = shard_for_task.id,
-                            "connection task panicked; connection dropped"
-                        );
-                    }
-                });
-                if let Ok(task) = task {
-                    task.detach();
-                }
-            }
-            Err(error) => {
-                tracing::warn!(shard = id, %error, "accept failed");
-                glommio::timer::sleep(ACCEPT_ERROR_BACKOFF).await;
-            }
         }
+        None => public.await,
     }
-    drop(listener);
+    let gate = shard.gate.clone();
 
     let open = shard.connection_count();
     tracing::info!(shard = id, open, "shard stopping: closing connections");
@@ -164,6 +144,54 @@ pub async fn run_shard(ctx: ShardContext) -> Result<ShardSnapshot, ServerError> 
         );
     }
     Ok(shard.snapshot(false))
+}
+
+/// Takes over a listening socket the runtime bound for this shard.
+fn adopt_listener(fd: OwnedFd) -> TcpListener {
+    // SAFETY: the runtime created this fd as a bound, listening TCP socket and
+    // handed its ownership to this shard alone.
+    unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) }
+}
+
+/// Accepts connections on `listener` until shutdown begins; each is served
+/// by a task of its own inside the shard's gate, so shutdown can wait for it.
+async fn accept_until_stopped(shard: Rc<Shard>, listener: TcpListener, side: Side) {
+    let gate = shard.gate.clone();
+    loop {
+        let accepted = async { Some(listener.accept().await) }
+            .or(async {
+                shard.stopped().await;
+                None
+            })
+            .await;
+        let Some(accepted) = accepted else { break };
+        match accepted {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                let shard_for_task = shard.clone();
+                let task = gate.spawn(async move {
+                    let served =
+                        AssertUnwindSafe(crate::conn::serve(shard_for_task.clone(), stream, side))
+                            .catch_unwind()
+                            .await;
+                    if served.is_err() {
+                        bump(&shard_for_task.stats.connection_panics, 1);
+                        tracing::error!(
+                            shard = shard_for_task.id,
+                            "connection task panicked; connection dropped"
+                        );
+                    }
+                });
+                if let Ok(task) = task {
+                    task.detach();
+                }
+            }
+            Err(error) => {
+                tracing::warn!(shard = shard.id, %error, "accept failed");
+                glommio::timer::sleep(ACCEPT_ERROR_BACKOFF).await;
+            }
+        }
+    }
 }
 
 /// Waits for the shutdown byte, then starts the graceful shutdown.

@@ -23,6 +23,8 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 /// A running server process, killed when dropped.
 pub struct Server {
     pub addr: SocketAddr,
+    /// The admin address, when started with `--admin-listen`.
+    pub admin: Option<SocketAddr>,
     pub child: Child,
 }
 
@@ -65,12 +67,21 @@ impl Server {
         let line = lines_of(stdout)
             .recv_timeout(DEADLINE)
             .expect("server printed its address");
-        let addr = line
-            .rsplit("http://")
-            .next()
-            .and_then(|a| a.parse().ok())
+        // "shardcast listening on http(s)://ADDR[, admin on http://ADDR]"
+        let address_after = |marker: &str| {
+            line.split(marker)
+                .nth(1)
+                .and_then(|rest| rest.split_once("://"))
+                .and_then(|(_, a)| a.split(',').next())
+                .and_then(|a| a.parse().ok())
+        };
+        let addr = address_after("listening on ")
             .unwrap_or_else(|| panic!("unexpected first line: {line}"));
-        Server { addr, child }
+        Server {
+            addr,
+            admin: address_after("admin on "),
+            child,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,0 +1,60 @@
+//! What one connection may do: everything (anonymous mode, admin listener),
+//! what its token grants, or nothing but `auth` while it has not sent one.
+//! Checked on every `sub` and `pub` (a few string comparisons) and replaced
+//! when the client refreshes its token.
+
+use std::rc::Rc;
+
+use crate::{
+    channel::Access,
+    protocol::{ErrorCode, OpError},
+    security::token::Grant,
+};
+
+/// A connection's permissions.
+#[derive(Debug, Clone)]
+pub enum Permit {
+    /// Anonymous mode or the admin listener: every channel, both ways.
+    Everything,
+    /// What a verified token grants, until it expires.
+    Token(Rc<Grant>),
+    /// Tokens are required and this connection has not sent one yet: only
+    /// `auth` is accepted, until the auth deadline.
+    AwaitingAuth,
+}
+
+impl Permit {
+    /// Whether `access` to `channel` is allowed; the refusal is an `err`.
+    pub fn check<'a>(
+        &self,
+        access: Access,
+        channel: &str,
+        id: Option<&'a str>,
+    ) -> Result<(), OpError<'a>> {
+        match self {
+            Permit::Everything => Ok(()),
+            Permit::Token(grant) if grant.allows(access, channel) => Ok(()),
+            Permit::Token(_) => Err(OpError::new(
+                ErrorCode::Forbidden,
+                match access {
+                    Access::Subscribe => "the token does not allow subscribing to this channel",
+                    Access::Publish => "the token does not allow publishing to this channel",
+                },
+                id,
+            )),
+            Permit::AwaitingAuth => Err(OpError::new(
+                ErrorCode::Unauthorized,
+                "authenticate first: {\"op\":\"auth\",\"token\":...}",
+                id,
+            )),
+        }
+    }
+
+    /// The user the connection authenticated as, if it did.
+    pub fn user(&self) -> Option<&str> {
+        match self {
+            Permit::Token(grant) => Some(&grant.user),
+            _ => None,
+        }
+    }
+}

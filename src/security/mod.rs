@@ -1,0 +1,129 @@
+//! Who may connect, subscribe and publish, and how much: what the security
+//! settings turn into, built once at start-up and shared read-only by the
+//! shards (only the per-IP counters change, and they are atomics).
+//!
+//! - [`token`] verifies JWT connection tokens into a [`token::Grant`];
+//!   [`pattern`] matches the channel patterns grants carry.
+//! - [`api_key`] guards HTTP publish and the admin routes.
+//! - [`origin`] applies `--allowed-origins`.
+//! - [`rate`] is the per-connection publish token bucket.
+//! - [`ip_cap`] counts connections per client address.
+//! - [`tls`] builds the rustls configuration for `wss://`.
+//!
+//! `docs/security.md` explains the model.
+
+pub mod api_key;
+pub mod ip_cap;
+pub mod origin;
+pub mod pattern;
+pub mod rate;
+pub mod tls;
+pub mod token;
+
+use std::{sync::Arc, time::Duration};
+
+use futures_rustls::TlsAcceptor;
+
+use self::{
+    api_key::ApiKey,
+    ip_cap::IpCap,
+    origin::OriginPolicy,
+    rate::RateLimit,
+    tls::TlsError,
+    token::{KeyError, Verifier},
+};
+use crate::config::Config;
+
+/// The security settings, ready to use.
+#[derive(Default)]
+pub struct Security {
+    /// `None`: anonymous mode, everything is allowed to everyone.
+    pub verifier: Option<Verifier>,
+    /// Time a `/ws` client may take to send its `auth` frame.
+    pub auth_timeout: Duration,
+    pub api_key: Option<ApiKey>,
+    pub origins: OriginPolicy,
+    pub publish_limit: Option<RateLimit>,
+    pub ip_cap: Option<Arc<IpCap>>,
+    pub tls: Option<TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Security")
+            .field("verifier", &self.verifier)
+            .field("api_key", &self.api_key.is_some())
+            .field("origins", &self.origins)
+            .field("publish_limit", &self.publish_limit)
+            .field("ip_cap", &self.ip_cap)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// Why the security settings could not be loaded. Ends start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum SecurityError {
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("cannot read jwt-public-key {path}: {source}")]
+    ReadKey {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("api-key must be at least {} bytes", api_key::MIN_KEY_BYTES)]
+    ShortApiKey,
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+impl Security {
+    /// Loads keys and certificates named by `config`. `seed` keys the
+    /// per-IP counters' hashes.
+    pub fn load(config: &Config, seed: u64) -> Result<Self, SecurityError> {
+        let public_key = match &config.jwt_public_key {
+            Some(path) => Some(
+                std::fs::read(path).map_err(|source| SecurityError::ReadKey {
+                    path: path.display().to_string(),
+                    source,
+                })?,
+            ),
+            None => None,
+        };
+        let verifier = if config.jwt_secret.is_some() || public_key.is_some() {
+            Some(Verifier::new(
+                config.jwt_secret.as_deref(),
+                public_key.as_deref(),
+                config.jwt_audience.clone(),
+                config.jwt_issuer.clone(),
+            )?)
+        } else {
+            None
+        };
+        let api_key = match &config.api_key {
+            Some(key) => Some(ApiKey::new(key).ok_or(SecurityError::ShortApiKey)?),
+            None => None,
+        };
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsAcceptor::from(tls::server_config(cert, key)?)),
+            _ => None,
+        };
+        Ok(Security {
+            verifier,
+            auth_timeout: config.auth_timeout,
+            api_key,
+            origins: OriginPolicy::new(&config.allowed_origins),
+            publish_limit: (config.publish_rate > 0).then(|| RateLimit {
+                per_second: config.publish_rate,
+                burst: config.publish_burst.unwrap_or(config.publish_rate),
+            }),
+            ip_cap: (config.max_connections_per_ip > 0)
+                .then(|| IpCap::new(config.max_connections_per_ip, seed)),
+            tls,
+        })
+    }
+
+    pub fn is_anonymous(&self) -> bool {
+        self.verifier.is_none()
+    }
+}
