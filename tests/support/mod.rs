@@ -3,6 +3,8 @@
 //! is bounded by a deadline; nothing sleeps to "let things happen".
 #![allow(dead_code)]
 
+pub mod secure;
+
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpStream},
@@ -170,7 +172,8 @@ impl Client {
     pub fn tcp(&self) -> &TcpStream {
         match self.ws.get_ref() {
             MaybeTlsStream::Plain(s) => s,
-            _ => unreachable!("tests use plain TCP"),
+            MaybeTlsStream::Rustls(s) => s.get_ref(),
+            _ => unreachable!("tests use plain TCP or rustls"),
         }
     }
 
