@@ -1,0 +1,140 @@
+//! Surviving abuse: browser origins, the per-connection publish rate limit
+//! (JSON and raw rooms), and the per-IP connection cap. Each rule refuses
+//! what it must and lets the rest through.
+
+mod support;
+
+use std::net::IpAddr;
+
+use serde_json::json;
+use support::{
+    secure::{connect_from, connect_with},
+    Client, Server,
+};
+
+#[test]
+fn only_allowed_origins_may_upgrade() {
+    let server = Server::start(&[
+        "--allowed-origins",
+        "https://app.example.com,https://*.example.org",
+    ]);
+    let origin = |value: &str| connect_with(&server, "/ws", &[("Origin", value)]);
+    let (status, body) = origin("https://evil.example.net").err().unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(origin("http://app.example.com").err().unwrap().0, 403, "scheme");
+    assert_eq!(origin("https://example.org").err().unwrap().0, 403, "apex");
+    assert!(origin("https://app.example.com").is_ok());
+    assert!(origin("https://chat.example.org").is_ok());
+    // Non-browser clients send no Origin.
+    let mut client = Client::connect(&server, "/ws");
+    client.subscribe("news");
+}
+
+#[test]
+fn publishers_over_the_rate_get_refused_then_closed() {
+    let server = Server::start(&["--publish-rate", "5", "--publish-burst", "5"]);
+    let mut subscriber = Client::connect(&server, "/ws?sub=news");
+    let mut publisher = Client::connect(&server, "/ws");
+    support::wait_until("subscribed", || {
+        support::get_json(&server, "/api/stats")["total"]["subscriptions"] == 1
+    });
+    let mut refused = 0;
+    // The burst is taken at once; the rest of a fast loop is refused, and
+    // more than MIN_STRIKES (10) refusals within 10 s close the connection.
+    // (Acks of the accepted ones come from the channel's owner and may
+    // arrive after the close: a closing connection is sent nothing more.)
+    for i in 0..40 {
+        publisher.send_json(json!({"op":"pub","ch":"news","data":i,"id":i}));
+    }
+    let close = loop {
+        match publisher.ws.read() {
+            Ok(tungstenite::Message::Text(text)) => {
+                let reply: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
+                if reply["op"] == "err" {
+                    assert_eq!(reply["code"], "rate_limited", "{reply}");
+                    refused += 1;
+                }
+            }
+            Ok(tungstenite::Message::Close(frame)) => break frame.expect("close frame"),
+            Ok(_) => {}
+            Err(e) => panic!("closed without a close frame: {e}"),
+        }
+    };
+    assert_eq!(u16::from(close.code), 1008);
+    assert_eq!(close.reason.as_str(), "publish rate limit exceeded");
+    // Ten `err`s; the eleventh refusal closes instead.
+    assert_eq!(refused, 10);
+    // The subscriber got the burst (at 5/s the loop may earn a token more),
+    // in order, and nothing that was refused: the marker published after
+    // the close is ordered after all of them.
+    support::publish(&server, "news", json!("end"));
+    let mut delivered = 0;
+    loop {
+        let msg = subscriber.recv_json();
+        if msg["data"] == "end" {
+            break;
+        }
+        assert_eq!(msg["data"], delivered, "{msg}");
+        delivered += 1;
+    }
+    assert!((5..=6).contains(&delivered), "delivered {delivered}");
+
+    // A publisher within the limit is never refused.
+    let mut polite = Client::connect(&server, "/ws");
+    for i in 0..5 {
+        polite.send_json(json!({"op":"pub","ch":"news","data":i,"id":i}));
+        assert_eq!(polite.recv_json()["op"], "ack");
+    }
+    support::wait_until("the abusive connection counted as closed", || {
+        support::get_json(&server, "/api/stats")["total"]["closed"]["rate_limited"] == 1
+    });
+    let stats = support::get_json(&server, "/api/stats");
+    assert_eq!(stats["total"]["rate_limited"], refused + 1, "{stats}");
+    assert_eq!(stats["total"]["messages_published"], delivered + 1 + 5, "{stats}");
+}
+
+#[test]
+fn raw_room_floods_are_dropped_then_closed() {
+    let server = Server::start(&["--publish-rate", "2", "--publish-burst", "3"]);
+    let mut listener = Client::connect(&server, "/ws/lobby");
+    let mut flooder = Client::connect(&server, "/ws/lobby?echo=0");
+    support::wait_until("both in the room", || {
+        support::get_json(&server, "/api/stats")["total"]["subscriptions"] == 2
+    });
+    for i in 0..30 {
+        flooder.send_text(&format!("m{i}"));
+    }
+    let (code, reason, _) = flooder.expect_close();
+    assert_eq!((code, reason.as_str()), (1008, "publish rate limit exceeded"));
+    // The room heard the burst, in order, and then nothing of the flood.
+    for i in 0..3 {
+        assert_eq!(listener.recv(), tungstenite::Message::text(format!("m{i}")));
+    }
+    support::publish(&server, "lobby", json!("after"));
+    assert_eq!(listener.recv(), tungstenite::Message::text("\"after\""));
+}
+
+#[test]
+fn each_address_gets_at_most_its_cap_of_connections() {
+    let server = Server::start(&["--max-connections-per-ip", "3"]);
+    let a: IpAddr = "127.0.0.2".parse().unwrap();
+    let b: IpAddr = "127.0.0.3".parse().unwrap();
+    let mut held: Vec<Client> = (0..3)
+        .map(|_| connect_from(a, &server, "/ws").expect("under the cap"))
+        .collect();
+    assert_eq!(connect_from(a, &server, "/ws").err(), Some(429));
+    // Another address is not affected, and plain HTTP counts too.
+    let others: Vec<Client> = (0..3)
+        .map(|_| connect_from(b, &server, "/ws").expect("other address"))
+        .collect();
+    assert_eq!(connect_from(b, &server, "/ws").err(), Some(429));
+    // When one leaves, the address may connect again.
+    held.pop().unwrap().close_and_wait();
+    support::wait_until("the cap freed a place", || {
+        connect_from(a, &server, "/ws").map(|c| held.push(c)).is_ok()
+    });
+    assert_eq!(connect_from(a, &server, "/ws").err(), Some(429));
+    let stats = support::get_json(&server, "/api/stats");
+    assert!(stats["total"]["ip_cap_refusals"].as_u64().unwrap() >= 3, "{stats}");
+    drop(others);
+}
