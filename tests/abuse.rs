@@ -21,7 +21,11 @@ fn only_allowed_origins_may_upgrade() {
     let origin = |value: &str| connect_with(&server, "/ws", &[("Origin", value)]);
     let (status, body) = origin("https://evil.example.net").err().unwrap();
     assert_eq!(status, 403, "{body}");
-    assert_eq!(origin("http://app.example.com").err().unwrap().0, 403, "scheme");
+    assert_eq!(
+        origin("http://app.example.com").err().unwrap().0,
+        403,
+        "scheme"
+    );
     assert_eq!(origin("https://example.org").err().unwrap().0, 403, "apex");
     assert!(origin("https://app.example.com").is_ok());
     assert!(origin("https://chat.example.org").is_ok());
@@ -90,7 +94,11 @@ fn publishers_over_the_rate_get_refused_then_closed() {
     });
     let stats = support::get_json(&server, "/api/stats");
     assert_eq!(stats["total"]["rate_limited"], refused + 1, "{stats}");
-    assert_eq!(stats["total"]["messages_published"], delivered + 1 + 5, "{stats}");
+    assert_eq!(
+        stats["total"]["messages_published"],
+        delivered + 1 + 5,
+        "{stats}"
+    );
 }
 
 #[test]
@@ -105,7 +113,10 @@ fn raw_room_floods_are_dropped_then_closed() {
         flooder.send_text(&format!("m{i}"));
     }
     let (code, reason, _) = flooder.expect_close();
-    assert_eq!((code, reason.as_str()), (1008, "publish rate limit exceeded"));
+    assert_eq!(
+        (code, reason.as_str()),
+        (1008, "publish rate limit exceeded")
+    );
     // The room heard the burst, in order, and then nothing of the flood.
     for i in 0..3 {
         assert_eq!(listener.recv(), tungstenite::Message::text(format!("m{i}")));
@@ -131,10 +142,15 @@ fn each_address_gets_at_most_its_cap_of_connections() {
     // When one leaves, the address may connect again.
     held.pop().unwrap().close_and_wait();
     support::wait_until("the cap freed a place", || {
-        connect_from(a, &server, "/ws").map(|c| held.push(c)).is_ok()
+        connect_from(a, &server, "/ws")
+            .map(|c| held.push(c))
+            .is_ok()
     });
     assert_eq!(connect_from(a, &server, "/ws").err(), Some(429));
     let stats = support::get_json(&server, "/api/stats");
-    assert!(stats["total"]["ip_cap_refusals"].as_u64().unwrap() >= 3, "{stats}");
+    assert!(
+        stats["total"]["ip_cap_refusals"].as_u64().unwrap() >= 3,
+        "{stats}"
+    );
     drop(others);
 }

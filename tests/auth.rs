@@ -78,7 +78,10 @@ fn upgrades_need_a_valid_token_for_the_channels_they_name() {
     assert_eq!(in_room.recv(), tungstenite::Message::text("\"hello\""));
 
     let stats = support::get_json(&server, "/api/stats");
-    assert!(stats["total"]["auth_failures"].as_u64().unwrap() >= 5, "{stats}");
+    assert!(
+        stats["total"]["auth_failures"].as_u64().unwrap() >= 5,
+        "{stats}"
+    );
 }
 
 #[test]
@@ -92,13 +95,19 @@ fn the_first_frame_may_authenticate_within_the_deadline() {
     client.subscribe("news");
     client.send_json(json!({"op":"sub","ch":"sport","id":2}));
     let err = client.recv_json();
-    assert_eq!((err["code"].as_str(), &err["id"]), (Some("forbidden"), &json!(2)));
+    assert_eq!(
+        (err["code"].as_str(), &err["id"]),
+        (Some("forbidden"), &json!(2))
+    );
 
     // Anything else first: err unauthorized, then 4001.
     let mut eager = Client::connect(&server, "/ws");
     eager.send_json(json!({"op":"sub","ch":"news","id":7}));
     let err = eager.recv_json();
-    assert_eq!((err["code"].as_str(), &err["id"]), (Some("unauthorized"), &json!(7)));
+    assert_eq!(
+        (err["code"].as_str(), &err["id"]),
+        (Some("unauthorized"), &json!(7))
+    );
     assert_eq!(eager.expect_close().0, 4001);
 
     // A forged token in the auth frame: err with the reason, then 4001.
@@ -150,7 +159,10 @@ fn permissions_decide_what_is_subscribed_and_published() {
     // Outside the publish patterns: err forbidden and nothing delivered.
     publisher.send_json(json!({"op":"pub","ch":"news","data":"not yours","id":1}));
     let err = publisher.recv_json();
-    assert_eq!((err["code"].as_str(), &err["id"]), (Some("forbidden"), &json!(1)));
+    assert_eq!(
+        (err["code"].as_str(), &err["id"]),
+        (Some("forbidden"), &json!(1))
+    );
     // The reader may not publish at all.
     subscriber.send_json(json!({"op":"pub","ch":"chat.lobby","data":"x","id":9}));
     assert_eq!(subscriber.recv_json()["code"], "forbidden");
@@ -159,16 +171,26 @@ fn permissions_decide_what_is_subscribed_and_published() {
     publisher.send_json(json!({"op":"pub","ch":"chat.lobby","data":"hi","id":2}));
     assert_eq!(publisher.recv_json()["op"], "ack");
     let msg = subscriber.recv_json();
-    assert_eq!((msg["ch"].as_str(), &msg["data"]), (Some("chat.lobby"), &json!("hi")));
+    assert_eq!(
+        (msg["ch"].as_str(), &msg["data"]),
+        (Some("chat.lobby"), &json!("hi"))
+    );
 
     // A raw-room member without publish permission is closed when it sends.
     let mut room = connect_with(&server, &format!("/ws/chat.lobby?token={reader}"), &[]).unwrap();
     room.send_text("\"sneaky\"");
     let (code, reason, _) = room.expect_close();
-    assert_eq!((code, reason.as_str()), (1008, "not allowed to publish here"));
+    assert_eq!(
+        (code, reason.as_str()),
+        (1008, "not allowed to publish here")
+    );
     publisher.send_json(json!({"op":"pub","ch":"chat.lobby","data":"after","id":3}));
     assert_eq!(publisher.recv_json()["op"], "ack");
-    assert_eq!(subscriber.recv_json()["data"], "after", "sneaky was not delivered");
+    assert_eq!(
+        subscriber.recv_json()["data"],
+        "after",
+        "sneaky was not delivered"
+    );
 }
 
 #[test]
@@ -182,7 +204,8 @@ fn an_expiring_token_closes_the_connection_unless_refreshed() {
 
     // A refresh must be for the same user.
     let mut impostor = connect_with(&server, &format!("/ws?token={short}"), &[]).unwrap();
-    impostor.send_json(json!({"op":"auth","token":hs256(&claims("43", 600, &["news"], &[])),"id":1}));
+    impostor
+        .send_json(json!({"op":"auth","token":hs256(&claims("43", 600, &["news"], &[])),"id":1}));
     assert_eq!(impostor.recv_json()["code"], "unauthorized");
     assert_eq!(impostor.expect_close().0, 4001);
 
@@ -249,7 +272,7 @@ fn rs256_and_es256_tokens_verify_with_a_public_key() {
 
 #[test]
 fn anonymous_mode_is_the_loud_default_and_excludes_keys() {
-    let (server, logs) = Server::start_logged(&[], &[]);
+    let (server, logs) = Server::start_logged(&[], &[("RUST_LOG", "warn")]);
     let warned = logs
         .iter()
         .take(20)
@@ -280,9 +303,8 @@ fn the_api_key_guards_http_publish_and_admin_routes() {
     const KEY: &str = "test-api-key-0123456789";
     let server = Server::start(&["--api-key", KEY]);
     let body = json!({"ch":"news","data":1}).to_string();
-    let publish = |headers: &[(&str, &str)]| {
-        http_with(&server, "POST", "/api/publish", headers, &body).0
-    };
+    let publish =
+        |headers: &[(&str, &str)]| http_with(&server, "POST", "/api/publish", headers, &body).0;
     assert_eq!(publish(&[]), 401);
     assert_eq!(publish(&[("X-API-Key", "test-api-key-0123456780")]), 401);
     assert_eq!(publish(&[("Authorization", "Bearer nope")]), 401);
@@ -290,7 +312,10 @@ fn the_api_key_guards_http_publish_and_admin_routes() {
     assert_eq!(publish(&[("Authorization", &format!("Bearer {KEY}"))]), 200);
     for path in ["/metrics", "/api/stats"] {
         assert_eq!(http_with(&server, "GET", path, &[], "").0, 401, "{path}");
-        assert_eq!(http_with(&server, "GET", path, &[("X-API-Key", KEY)], "").0, 200);
+        assert_eq!(
+            http_with(&server, "GET", path, &[("X-API-Key", KEY)], "").0,
+            200
+        );
     }
     assert_eq!(http_with(&server, "GET", "/health", &[], "").0, 200);
     let (status, stats) = http_with(&server, "GET", "/api/stats", &[("X-API-Key", KEY)], "");

@@ -126,18 +126,7 @@ impl SharedStream {
     pub async fn close_gracefully(&self) {
         const LINGER: Duration = Duration::from_secs(1);
         const DRAIN_LIMIT: usize = 1 << 20;
-        if self.is_tls() {
-            // close_notify, then the TLS layer's own flush and shutdown.
-            let _ = glommio::timer::timeout(LINGER, async {
-                let closed = futures_lite::future::poll_fn(|cx| {
-                    self.inner.borrow_mut().pinned().poll_close(cx)
-                });
-                let _ = closed.await;
-                Ok(())
-            })
-            .await;
-        }
-        self.shutdown_write();
+        self.finish().await;
         let _ = glommio::timer::timeout(LINGER, async {
             let mut scratch = vec![0u8; 4096];
             let mut drained = 0;
@@ -150,6 +139,22 @@ impl SharedStream {
             Ok(())
         })
         .await;
+    }
+
+    /// Ends our side: TLS `close_notify` first (at most a second), then FIN.
+    pub async fn finish(&self) {
+        const CLOSE_NOTIFY_TIMEOUT: Duration = Duration::from_secs(1);
+        if self.is_tls() {
+            let _ = glommio::timer::timeout(CLOSE_NOTIFY_TIMEOUT, async {
+                let closed = futures_lite::future::poll_fn(|cx| {
+                    self.inner.borrow_mut().pinned().poll_close(cx)
+                });
+                let _ = closed.await;
+                Ok(())
+            })
+            .await;
+        }
+        self.shutdown_write();
     }
 
     /// Half-closes the write side (sends FIN).

@@ -292,7 +292,7 @@ async fn teardown(
     if flushed && server_closed {
         stream.close_gracefully().await;
     } else {
-        stream.shutdown_write();
+        stream.finish().await;
     }
 }
 

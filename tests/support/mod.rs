@@ -57,7 +57,10 @@ impl Server {
             .args(args)
             .env(
                 "RUST_LOG",
-                std::env::var("SHARDCAST_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+                // The start-up warnings about anonymous mode and a missing API
+                // key would repeat for every test server.
+                std::env::var("SHARDCAST_TEST_LOG")
+                    .unwrap_or_else(|_| "warn,shardcast::runtime=error".into()),
             )
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
