@@ -405,6 +405,38 @@ mod tests {
     }
 
     #[test]
+    fn the_production_example_is_valid() {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/production.toml");
+        let config = Config::resolve(&ConfigLayer::default(), Some(&path)).unwrap();
+        assert!(config.jwt_public_key.is_some() && config.tls_cert.is_some());
+        assert_eq!(config.allowed_origins.len(), 2);
+        assert_eq!((config.publish_rate, config.publish_burst), (20, Some(40)));
+        assert_eq!(config.max_connections_per_ip, 200);
+        assert!(config.admin_listen.is_some());
+    }
+
+    #[test]
+    fn security_settings_that_contradict_are_refused() {
+        let invalid = |config: Config| config.validate().unwrap_err().to_string();
+        let anonymous_with_key = Config {
+            anonymous: true,
+            jwt_secret: Some("x".repeat(40)),
+            ..Config::default()
+        };
+        assert!(invalid(anonymous_with_key).contains("exclude"));
+        let half_tls = Config {
+            tls_cert: Some("c.pem".into()),
+            ..Config::default()
+        };
+        assert!(invalid(half_tls).contains("tls-key"));
+        let burst_alone = Config {
+            publish_burst: Some(5),
+            ..Config::default()
+        };
+        assert!(invalid(burst_alone).contains("publish-rate"));
+    }
+
+    #[test]
     fn queue_must_hold_one_message() {
         let config = Config {
             max_queue_bytes: 1000,

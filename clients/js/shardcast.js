@@ -14,7 +14,20 @@ const DEFAULTS = {
   ackTimeout: 10000,         // ms to wait for an ack before the op's promise rejects
   pingInterval: 20000,       // ms of silence before an application ping is sent (0: off)
   pongTimeout: 10000,        // ms to wait for the pong before the connection is declared dead
+  token: undefined,          // JWT, or a function returning one (or a Promise of one): sent as
+                             // the first frame of every connection; with a function, fetched
+                             // again and sent before the current token's exp
+  refreshBefore: 30000,      // ms before a token's exp when the token function is called again
 };
+
+/** The `exp` claim of a JWT in ms, or null. */
+function tokenExpiry(token) {
+  try {
+    const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    const exp = JSON.parse(atob(part + '='.repeat((4 - (part.length % 4)) % 4))).exp;
+    return typeof exp === 'number' ? exp * 1000 : null;
+  } catch { return null; }
+}
 
 /**
  * Make an Error carrying the server's (or the client's) error code.
@@ -230,10 +243,50 @@ export class Shardcast {
     this._emit('open');
     this._timer('stable', this.options.stableAfter, () => { this._attempt = 0; });
     this._schedulePing(this.options.pingInterval);
+    if (this.options.token === undefined) { this._resume(); return; }
+    // The token goes first; the server reads frames in order, so the
+    // subscriptions can follow at once (a refused token closes with 4001).
+    this._fetchToken().then((token) => {
+      if (ws !== this._ws) return;
+      this._rawSend({ op: 'auth', token });
+      this._scheduleRefresh(ws, token);
+      this._resume();
+    }, (e) => { this._emit('error', e); this._abandon(ws, 'no token'); });
+  }
+
+  /** Resubscribe and send what waited for the connection. */
+  _resume() {
     for (const sub of this._subs.values()) this._sendSub(sub);
     const queued = this._queue;
     this._queue = [];
     for (const id of queued) this._sendOp(id);
+  }
+
+  async _fetchToken() {
+    const { token } = this.options;
+    return typeof token === 'function' ? await token() : token;
+  }
+
+  /** With a token function, send a fresh token `refreshBefore` ms before this one expires. */
+  _scheduleRefresh(ws, token) {
+    const exp = tokenExpiry(token);
+    if (typeof this.options.token !== 'function' || exp === null) return;
+    const wait = Math.max(0, exp - this.options.refreshBefore - Date.now());
+    this._timer('refresh', wait, () => {
+      this.refreshToken().catch((e) => { this._emit('error', e); });
+    });
+  }
+
+  /**
+   * Send a fresh token (from the `token` option) on the open connection. The server
+   * replaces the connection's permissions; subscriptions the new token does not allow end.
+   * @returns {Promise<void>}
+   */
+  async refreshToken() {
+    const ws = this._ws;
+    const token = await this._fetchToken();
+    await this._op({ op: 'auth', token });
+    if (ws && ws === this._ws) this._scheduleRefresh(ws, token);
   }
 
   _onClose(ws, code, reason) {

@@ -240,6 +240,38 @@ async function main() {
       return { before: before.length, after: after.length, resetSeq: reset.seq, oldEpoch: first.epoch, newEpoch: reset.epoch, closes: c.closes };
     });
 
+    // ---- d) tokens: sent first on every connection, refreshed before they expire ----
+    await step('token', async () => {
+      const SECRET = 'a-test-secret-that-is-long-enough-for-hs256';
+      const srv = await startServer(0, ['--jwt-secret', SECRET, '--auth-timeout', '2s']);
+      const { createHmac } = await import('node:crypto');
+      const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+      const mint = (claims) => {
+        const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64(claims)}`;
+        return `${body}.${createHmac('sha256', SECRET).update(body).digest('base64url')}`;
+      };
+      let minted = 0;
+      const token = () => {
+        minted++;
+        return mint({ sub: 'u1', exp: Math.floor(Date.now() / 1000) + 3, channels: { sub: ['feed-d'], pub: [] } });
+      };
+      const c = makeClient(`ws://127.0.0.1:${srv.port}/ws`, { token, refreshBefore: 1500 });
+      const rec = record(c, 'feed-d');
+      await rec.sub.ready;
+      // 6 s of messages: two token lifetimes, so the connection lives only by refreshing.
+      await publisher(() => srv.port, 'feed-d', 40, 150);
+      await waitFor(() => rec.got.length >= 40, 5000, `40 messages (got ${rec.got.length})`);
+      rec.got.forEach((m, i) => assert(m.n === i + 1, `message ${i} is n=${m.n}`));
+      assert(c.closes.length === 0, `closes ${c.closes} (the token lapsed?)`);
+      assert(minted >= 3, `token minted ${minted} times`);
+      // A channel outside the token: the sub is refused with the server's code.
+      const refused = await c.subscribe('elsewhere', () => {}).ready.then(() => null, (e) => e.code);
+      assert(refused === 'forbidden', `sub outside the token: ${refused}`);
+      c.close();
+      srv.proc.kill('SIGKILL');
+      return { minted, closes: c.closes };
+    });
+
     finish({ ok: true, ms: Date.now() - t0, timings, ...summary });
   } catch (e) {
     finish({ ok: false, error: String(e && e.stack || e), ms: Date.now() - t0, timings });
