@@ -9,6 +9,7 @@ use shardcast::{
     channel::Access,
     security::{
         rate::{RateLimit, TokenBucket},
+        ring_jwt,
         token::{unix_now, Verifier},
     },
 };
@@ -23,8 +24,20 @@ fn claims() -> serde_json::Value {
     })
 }
 
+/// Verification as the server does it: with ring installed as
+/// jsonwebtoken's provider. `SHARDCAST_BENCH_JWT=rust_crypto` measures
+/// jsonwebtoken's pure-Rust default instead (the provider is chosen once
+/// per process).
 fn token_verify(c: &mut Criterion) {
-    let mut group = c.benchmark_group("token_verify");
+    let rust_crypto = std::env::var("SHARDCAST_BENCH_JWT").is_ok_and(|v| v == "rust_crypto");
+    if !rust_crypto {
+        ring_jwt::install();
+    }
+    let mut group = c.benchmark_group(if rust_crypto {
+        "token_verify_rust_crypto"
+    } else {
+        "token_verify"
+    });
     let hs = Verifier::new(Some(SECRET), None, None, None).unwrap();
     let token = jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),

@@ -2,7 +2,8 @@
 //! settings turn into, built once at start-up and shared read-only by the
 //! shards (only the per-IP counters change, and they are atomics).
 //!
-//! - [`token`] verifies JWT connection tokens into a [`token::Grant`];
+//! - [`token`] verifies JWT connection tokens into a [`token::Grant`]
+//!   (signatures checked with ring: [`ring_jwt`]);
 //!   [`pattern`] matches the channel patterns grants carry.
 //! - [`api_key`] guards HTTP publish and the admin routes.
 //! - [`origin`] applies `--allowed-origins`.
@@ -17,6 +18,7 @@ pub mod ip_cap;
 pub mod origin;
 pub mod pattern;
 pub mod rate;
+pub mod ring_jwt;
 pub mod tls;
 pub mod token;
 
@@ -91,6 +93,7 @@ impl Security {
             None => None,
         };
         let verifier = if config.jwt_secret.is_some() || public_key.is_some() {
+            ring_jwt::install();
             Some(Verifier::new(
                 config.jwt_secret.as_deref(),
                 public_key.as_deref(),
