@@ -15,9 +15,9 @@
 # SHARDCAST_BIN=path runs that shardcast server binary instead of the one
 # built here. Each server is pinned to core 0 and the generator
 # (shardcast-bench) to core 1; each point runs --runs times (default 3).
-# Results: one JSON file per run in bench-results/<date>/, then scripts/report
-# turns them into BENCHMARKS.md. --quick shrinks every scenario to finish in a
-# few minutes.
+# Results: one JSON file per run in bench-results/<date>/ (or $BENCH_OUT),
+# then scripts/report turns them into BENCHMARKS.md. --quick shrinks every
+# scenario to finish in a few minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -40,7 +40,7 @@ done
 ((${#SCENARIOS[@]})) || SCENARIOS=(fanout rooms idle connect-storm shards)
 IFS=, read -r -a SERVER_LIST <<<"$SERVERS"
 
-OUT="bench-results/$(date +%Y-%m-%d)"
+OUT=${BENCH_OUT:-bench-results/$(date +%Y-%m-%d)}
 mkdir -p "$OUT"
 SERVER_CPU=0
 GEN_CPU=1
