@@ -6,25 +6,33 @@
 # Scenarios: fanout rooms idle connect-storm shards (default: all).
 # FANOUT_SUBS="1000" limits fanout to those subscriber counts.
 # Servers:   shardcast-json shardcast-raw node-ws tokio-tungstenite
-#            python-websockets nats (default: all).
-# Each server is pinned to core 0 and the generator (shardcast-bench) to
-# core 1; each point runs --runs times (default 3). Results: one JSON file per
-# run in bench-results/<date>/, then scripts/report turns them into
-# BENCHMARKS.md. --quick shrinks every scenario to finish in a few minutes.
+#            python-websockets nats shardcast-tls node-ws-tls (default: all).
+# shardcast-tls and node-ws-tls are shardcast (JSON protocol) and the Node ws
+# peer serving wss:// with a self-signed certificate for localhost, made once
+# per bench run in bench-results/<date>/.tls/ (removed at the end, never
+# committed); the generator speaks TLS to them (--tls-ca). They run in fanout
+# only and are skipped in the other scenarios.
+# SHARDCAST_BIN=path runs that shardcast server binary instead of the one
+# built here. Each server is pinned to core 0 and the generator
+# (shardcast-bench) to core 1; each point runs --runs times (default 3).
+# Results: one JSON file per run in bench-results/<date>/ (or $BENCH_OUT),
+# then scripts/report turns them into BENCHMARKS.md. --quick shrinks every
+# scenario to finish in a few minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
 QUICK=0
 RUNS=3
-SERVERS="shardcast-json,shardcast-raw,node-ws,tokio-tungstenite,python-websockets,nats"
+SERVERS="shardcast-json,shardcast-raw,node-ws,tokio-tungstenite,python-websockets,nats,shardcast-tls,node-ws-tls"
+SHARDCAST=${SHARDCAST_BIN:-target/release/shardcast}
 SCENARIOS=()
 while (($#)); do
   case "$1" in
     --quick) QUICK=1 ;;
     --runs) RUNS=$2; shift ;;
     --servers) SERVERS=$2; shift ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) SCENARIOS+=("$1") ;;
   esac
   shift
@@ -32,7 +40,7 @@ done
 ((${#SCENARIOS[@]})) || SCENARIOS=(fanout rooms idle connect-storm shards)
 IFS=, read -r -a SERVER_LIST <<<"$SERVERS"
 
-OUT="bench-results/$(date +%Y-%m-%d)"
+OUT=${BENCH_OUT:-bench-results/$(date +%Y-%m-%d)}
 mkdir -p "$OUT"
 SERVER_CPU=0
 GEN_CPU=1
@@ -40,13 +48,20 @@ if (($(nproc) < 2)); then GEN_CPU=0; echo "warning: one CPU: server and generato
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
+# The TLS servers' certificate and key (made by setup when one is selected).
+TLS_DIR="$OUT/.tls"
+TLS_CERT="$TLS_DIR/cert.pem"
+TLS_KEY="$TLS_DIR/key.pem"
+is_tls() { [[ "$1" == *-tls ]]; }
+
 # ---- set-up: build and install everything the servers need ----------------
 setup() {
   log "building shardcast (release)"
   cargo build --release --locked --bins -q
   for s in "${SERVER_LIST[@]}"; do
+    is_tls "$s" && make_certificate
     case "$s" in
-      node-ws)
+      node-ws|node-ws-tls)
         command -v node >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs npm; }
         [ -d benches/peers/node-ws/node_modules/ws ] || (cd benches/peers/node-ws && npm ci --no-audit --no-fund --loglevel=error) ;;
       python-websockets)
@@ -60,6 +75,24 @@ setup() {
   done
 }
 
+# A self-signed P-256 certificate for localhost and 127.0.0.1, valid 2 days,
+# made once per bench run. CA:FALSE: the generator (webpki) refuses a CA
+# certificate as a server's own.
+make_certificate() {
+  [ -n "${TLS_MADE:-}" ] && return 0
+  command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
+  rm -rf "$TLS_DIR"
+  mkdir -p "$TLS_DIR"
+  echo '*' >"$TLS_DIR/.gitignore"
+  trap 'rm -rf "$TLS_DIR"' EXIT
+  log "making a self-signed certificate in $TLS_DIR"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+    -addext basicConstraints=critical,CA:FALSE \
+    -keyout "$TLS_KEY" -out "$TLS_CERT" 2>/dev/null
+  TLS_MADE=1
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # Starts server $1 (extra shardcast args in $2) on port $3; sets SERVER_PID
@@ -68,12 +101,18 @@ start_server() {
   local name=$1 extra=$2 port=$3 logf="$OUT/.server.log"
   case "$name" in
     shardcast-json|shardcast-raw)
-      taskset -c "$SERVER_CPU" target/release/shardcast serve --listen "127.0.0.1:$port" --shards 1 $extra >"$logf" 2>&1 & ;;
+      taskset -c "$SERVER_CPU" "$SHARDCAST" serve --listen "127.0.0.1:$port" --shards 1 $extra >"$logf" 2>&1 & ;;
+    shardcast-tls)
+      taskset -c "$SERVER_CPU" "$SHARDCAST" serve --listen "127.0.0.1:$port" --shards 1 \
+        --tls-cert "$TLS_CERT" --tls-key "$TLS_KEY" $extra >"$logf" 2>&1 & ;;
     shardcast-shards-*)
       local n=${name#shardcast-shards-}
-      target/release/shardcast serve --listen "127.0.0.1:$port" --shards "$n" $extra >"$logf" 2>&1 & ;;
+      "$SHARDCAST" serve --listen "127.0.0.1:$port" --shards "$n" $extra >"$logf" 2>&1 & ;;
     node-ws)
       taskset -c "$SERVER_CPU" node benches/peers/node-ws/server.mjs "$port" >"$logf" 2>&1 & ;;
+    node-ws-tls)
+      TLS_CERT="$TLS_CERT" TLS_KEY="$TLS_KEY" \
+        taskset -c "$SERVER_CPU" node benches/peers/node-ws/server.mjs "$port" >"$logf" 2>&1 & ;;
     python-websockets)
       taskset -c "$SERVER_CPU" python3 benches/peers/python-websockets/server.py "$port" >"$logf" 2>&1 & ;;
     tokio-tungstenite)
@@ -103,7 +142,7 @@ stop_server() {
 
 target_of() {
   case "$1" in
-    shardcast-json|shardcast-shards-*) echo shardcast-json ;;
+    shardcast-json|shardcast-tls|shardcast-shards-*) echo shardcast-json ;;
     shardcast-raw) echo shardcast-raw ;;
     nats) echo nats ;;
     *) echo peer ;;
@@ -112,8 +151,8 @@ target_of() {
 
 version_of() {
   case "$1" in
-    shardcast*) target/release/shardcast --version | awk '{print $2}' ;;
-    node-ws) echo "ws $(node -p 'require("./benches/peers/node-ws/node_modules/ws/package.json").version'), node $(node --version)" ;;
+    shardcast*) "$SHARDCAST" --version | awk '{print $2}' ;;
+    node-ws|node-ws-tls) echo "ws $(node -p 'require("./benches/peers/node-ws/node_modules/ws/package.json").version'), node $(node --version)" ;;
     python-websockets) python3 -c 'import websockets,sys; print("websockets", websockets.__version__, "python", sys.version.split()[0])' ;;
     tokio-tungstenite) grep -A1 'name = "tokio-tungstenite"' benches/peers/tokio-tungstenite/Cargo.lock | awk -F'"' '/version/{print "tokio-tungstenite " $2}' ;;
     nats) nats-server --version ;;
@@ -127,6 +166,7 @@ run_point() {
   while (($#)) && [ "$1" != "--" ]; do server_args+=("$1"); shift; done
   (($#)) && shift
   gen_args=("$@")
+  if is_tls "$server"; then gen_args+=(--tls-ca "$TLS_CERT"); fi
   for run in $(seq 1 "$RUNS"); do
     local port file
     port=$(free_port)
@@ -181,6 +221,7 @@ rooms() {
   local channels=1000 per=10 rate=10000 duration=5s
   if ((QUICK)); then channels=100; rate=1000; duration=3s; fi
   for server in "${SERVER_LIST[@]}"; do
+    is_tls "$server" && continue
     run_point rooms "$server" "rooms$channels-x$per-rate$rate" -- \
       --scenario rooms --subscribers $((channels * per)) --channels "$channels" --rate "$rate" \
       --size 100 --duration "$duration"
@@ -191,6 +232,7 @@ idle() {
   local conns=15000 window=10s
   if ((QUICK)); then conns=2000; window=3s; fi
   for server in "${SERVER_LIST[@]}"; do
+    is_tls "$server" && continue
     # shardcast pings idle connections every 5 s here so heartbeats run in the window.
     run_point idle "$server" "conns$conns" --ping-interval 5s -- \
       --scenario idle --subscribers "$conns" --channels 100 --duration "$window"
@@ -201,6 +243,7 @@ connect_storm() {
   local conns=10000
   ((QUICK)) && conns=2000
   for server in "${SERVER_LIST[@]}"; do
+    is_tls "$server" && continue
     run_point connect-storm "$server" "conns$conns" -- \
       --scenario connect-storm --subscribers "$conns" --connect-concurrency 512
   done

@@ -2,20 +2,24 @@
 //! server (shardcast or a peer), publishes at a fixed rate with payloads that
 //! carry a send timestamp and a sequence, and reports end-to-end latency
 //! (hdrhistogram), deliveries/s, losses, duplicates, reordering, and the
-//! server's CPU and memory from `/proc`. It runs on one glommio executor and
-//! measures its own CPU: a run in which the generator, not the server, was
-//! the limit is marked invalid.
+//! server's CPU and memory from `/proc`. With `--tls-ca` it speaks TLS
+//! (`wss://`). It runs on one glommio executor and measures its own CPU: a
+//! run in which the generator, not the server, was the limit is marked
+//! invalid.
 
 pub mod procstat;
 pub mod report;
 pub mod scrape;
+pub mod stream;
 pub mod tally;
 pub mod target;
+pub mod tls;
 pub mod wsclient;
 
 use std::{
     cell::{Cell, RefCell},
     net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
     rc::Rc,
     time::{Duration, Instant},
 };
@@ -25,10 +29,12 @@ use glommio::timer::sleep;
 use self::{
     report::{Report, Results},
     scrape::Scrape,
+    stream::{Inbox, Shared, Stream},
     tally::Tally,
     target::{Role, Stamp, Target},
+    tls::{Tls, TlsError},
 };
-use crate::{conn::stream::SharedStream, process};
+use crate::process;
 
 /// Connections per source address (each has ~28k ephemeral ports).
 const CONNECTIONS_PER_SOURCE: usize = 10_000;
@@ -99,6 +105,14 @@ pub struct Options {
     #[arg(long, default_value = "10ms", value_parser = parse_duration)]
     #[serde(serialize_with = "report::seconds")]
     pub bulk_read_interval: Duration,
+    /// Speak TLS (wss://), trusting the CA or self-signed certificate in
+    /// this PEM file. A self-signed certificate must not be a CA one
+    /// (`openssl req -x509` needs `-addext basicConstraints=critical,CA:FALSE`)
+    #[arg(long, value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+    /// Name the server's certificate must carry (sent as SNI; with --tls-ca)
+    #[arg(long, default_value = "localhost", requires = "tls_ca")]
+    pub tls_server_name: String,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, crate::units::UnitError> {
@@ -118,6 +132,8 @@ enum Phase {
 /// State shared by the generator's tasks (one executor, so `Rc`).
 struct Run {
     options: Options,
+    /// Set with `--tls-ca`: every connection (and scrape) speaks TLS.
+    tls: Option<Tls>,
     started: Instant,
     phase: Cell<Phase>,
     tally: RefCell<Tally>,
@@ -130,7 +146,7 @@ struct Run {
     measure_started: Cell<Option<Instant>>,
     errors: RefCell<Vec<String>>,
     /// Subscribers read in bulk by one task (see `bulk_loop`).
-    bulk: RefCell<Vec<(SharedStream, ConnReader)>>,
+    bulk: RefCell<Vec<(Shared, ConnReader)>>,
 }
 
 impl Run {
@@ -230,11 +246,17 @@ fn source_for(options: &Options, index: usize) -> IpAddr {
 pub enum BenchError {
     #[error("cannot start the generator's executor: {0}")]
     Executor(String),
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// Runs one benchmark on the current thread (a pinned glommio executor) and
 /// returns its report.
 pub fn run(options: Options) -> Result<Report, BenchError> {
+    let tls = match &options.tls_ca {
+        Some(ca) => Some(Tls::new(ca, &options.tls_server_name)?),
+        None => None,
+    };
     let cpu = core_affinity::get_core_ids()
         .and_then(|ids| ids.first().map(|c| c.id))
         .map(glommio::Placement::Fixed)
@@ -244,10 +266,10 @@ pub fn run(options: Options) -> Result<Report, BenchError> {
         .io_memory(256 << 10)
         .make()
         .map_err(|e| BenchError::Executor(e.to_string()))?;
-    Ok(executor.run(run_async(options)))
+    Ok(executor.run(run_async(options, tls)))
 }
 
-async fn run_async(options: Options) -> Report {
+async fn run_async(options: Options, tls: Option<Tls>) -> Report {
     let plan = Rc::new(Plan::new(&options));
     let publishers = plan
         .connections
@@ -264,6 +286,7 @@ async fn run_async(options: Options) -> Report {
             options.channels.max(1) * plan.publishers_per_channel
         ]),
         options,
+        tls,
         started: Instant::now(),
         phase: Cell::new(Phase::Connecting),
         connected: Cell::new(0),
@@ -311,14 +334,14 @@ async fn run_async(options: Options) -> Report {
         Scenario::Idle => {
             sleep(Duration::from_millis(500)).await;
             let (cpu0, own0, t0) = (server_cpu(o), process::cpu_seconds(), Instant::now());
-            let scrape0 = scrape(o).await;
+            let scrape0 = scrape(&run).await;
             sleep(o.duration).await;
             let wall = t0.elapsed().as_secs_f64();
             results.generator_cpu_fraction = (process::cpu_seconds() - own0) / wall;
             if let (Some(a), Some(b)) = (cpu0, server_cpu(o)) {
                 results.server_cpu_seconds = Some(b - a);
             }
-            results.take_server_figures(scrape0, scrape(o).await);
+            results.take_server_figures(scrape0, scrape(&run).await);
             if let Some(cpu) = results.server_cpu_seconds {
                 results.server_cpu_per_second_idle = Some(cpu / wall);
             }
@@ -353,9 +376,12 @@ fn server_cpu(o: &Options) -> Option<f64> {
 }
 
 /// The server's own `/metrics` (shardcast targets only).
-async fn scrape(o: &Options) -> Option<Scrape> {
+async fn scrape(run: &Run) -> Option<Scrape> {
+    let o = &run.options;
     match o.target {
-        Target::ShardcastJson | Target::ShardcastRaw => Scrape::fetch(o.server).await,
+        Target::ShardcastJson | Target::ShardcastRaw => {
+            Scrape::fetch(o.server, run.tls.as_ref()).await
+        }
         Target::Peer | Target::Nats => None,
     }
 }
@@ -376,7 +402,7 @@ async fn measure(run: &Rc<Run>, plan: &Plan, publishers: usize, results: &mut Re
     }
     results.warm_subscribers = run.tally.borrow().warm_count();
 
-    let scrape0 = scrape(o).await;
+    let scrape0 = scrape(run).await;
     let (cpu0, own0) = (server_cpu(o), process::cpu_seconds());
     run.tally.borrow_mut().start_measuring();
     let started = Instant::now();
@@ -407,7 +433,7 @@ async fn measure(run: &Rc<Run>, plan: &Plan, publishers: usize, results: &mut Re
         sleep(Duration::from_millis(10)).await;
     }
     let cpu1 = server_cpu(o);
-    let scrape1 = scrape(o).await;
+    let scrape1 = scrape(run).await;
     let delivery_seconds = run
         .last_delivery
         .get()
@@ -440,7 +466,11 @@ async fn client(run: Rc<Run>, plan: Rc<Plan>, index: usize, permit: glommio::syn
     let (channel, role) = plan.connections[index];
     let name = channel_name(channel);
     let connected = async {
-        let mut stream = wsclient::connect_from(source_for(o, index), o.server).await?;
+        let tcp = wsclient::connect_from(source_for(o, index), o.server).await?;
+        let mut stream = match &run.tls {
+            None => Stream::Plain(tcp),
+            Some(tls) => Stream::Tls(Box::new(tls.connect(tcp).await?)),
+        };
         let leftover =
             wsclient::upgrade(&mut stream, o.server, &o.target.path(&name, role)).await?;
         Ok::<_, std::io::Error>((stream, leftover))
@@ -469,7 +499,7 @@ async fn client(run: Rc<Run>, plan: Rc<Plan>, index: usize, permit: glommio::syn
         }
         return;
     }
-    let stream = SharedStream::new(stream);
+    let stream = Shared::new(stream);
     let mut hello = Vec::new();
     o.target.hello(&name, role, &mut hello);
     if !hello.is_empty() && stream.write_all(&hello).await.is_err() {
@@ -567,7 +597,7 @@ impl ConnReader {
 }
 
 /// A probe: reads every message as soon as it arrives.
-async fn probe_loop(run: &Run, stream: &SharedStream, mut reader: ConnReader) {
+async fn probe_loop(run: &Run, stream: &Shared, mut reader: ConnReader) {
     let mut out = Vec::new();
     loop {
         if reader.process(run, &mut out).is_err() || run.phase.get() == Phase::Done {
@@ -591,55 +621,28 @@ async fn probe_loop(run: &Run, stream: &SharedStream, mut reader: ConnReader) {
 
 /// Bulk subscribers: one task reads them all every tick with non-blocking
 /// `recv` until each socket is empty — no wake-up or io_uring request per
-/// connection, so the generator stays far below the server's cost.
+/// connection, so the generator stays far below the server's cost. (TLS:
+/// rustls decrypts what each `recv` brought, in the same pass.)
 async fn bulk_loop(run: Rc<Run>) {
-    let mut out = Vec::new();
+    let (mut out, mut scratch) = (Vec::new(), Vec::new());
     while run.phase.get() != Phase::Done {
         sleep(run.options.bulk_read_interval).await;
         let mut conns = run.bulk.borrow_mut();
         let mut closed = Vec::new();
         for (slot, (stream, reader)) in conns.iter_mut().enumerate() {
-            loop {
-                let spare = reader.spare();
-                // SAFETY: recv into a buffer we own, on a socket we own.
-                let n = unsafe {
-                    libc::recv(
-                        stream.fd(),
-                        spare.as_mut_ptr().cast(),
-                        spare.len(),
-                        libc::MSG_DONTWAIT,
-                    )
-                };
-                if n > 0 {
-                    reader.filled += n as usize;
-                    if reader.process(&run, &mut out).is_err() {
-                        closed.push(slot);
-                        break;
-                    }
-                    if !out.is_empty() {
-                        // Pongs are tiny; the socket has room for them.
-                        // SAFETY: send from a buffer we own.
-                        unsafe {
-                            libc::send(
-                                stream.fd(),
-                                out.as_ptr().cast(),
-                                out.len(),
-                                libc::MSG_DONTWAIT,
-                            )
-                        };
-                        out.clear();
-                    }
-                    continue;
-                }
-                let error = std::io::Error::last_os_error();
-                if n < 0 && error.kind() == std::io::ErrorKind::WouldBlock {
-                    break;
-                }
-                if n < 0 && error.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
+            let mut feed = Feed {
+                reader,
+                run: &run,
+                out: &mut out,
+            };
+            let read = stream.read_available(&mut scratch, &mut feed);
+            if !out.is_empty() {
+                // Pongs are tiny; the socket has room for them.
+                stream.send_available(&out);
+                out.clear();
+            }
+            if read.is_err() {
                 closed.push(slot);
-                break;
             }
         }
         for slot in closed.into_iter().rev() {
@@ -648,6 +651,25 @@ async fn bulk_loop(run: Rc<Run>) {
                 run.note_error("a subscriber's connection closed".into());
             }
         }
+    }
+}
+
+/// A bulk subscriber's parser as the destination of non-blocking reads.
+struct Feed<'a> {
+    reader: &'a mut ConnReader,
+    run: &'a Run,
+    /// Replies (pongs) to send once the socket is drained.
+    out: &'a mut Vec<u8>,
+}
+
+impl Inbox for Feed<'_> {
+    fn spare(&mut self) -> &mut [u8] {
+        self.reader.spare()
+    }
+
+    fn received(&mut self, n: usize) -> bool {
+        self.reader.filled += n;
+        self.reader.process(self.run, self.out).is_ok()
     }
 }
 
@@ -713,7 +735,7 @@ fn deliver(run: &Run, index: usize, probe: bool, stamp: Stamp) {
 /// Publishes on `channel` at `rate` per second: warm-up markers (seq 0)
 /// until measuring starts, then seq 1, 2, ... on a drift-free schedule,
 /// batching what is due into one write.
-async fn publish(run: Rc<Run>, stream: SharedStream, channel: String, publisher: u32, rate: f64) {
+async fn publish(run: Rc<Run>, stream: Shared, channel: String, publisher: u32, rate: f64) {
     let o = &run.options;
     let (mut out, mut scratch, mut payload) = (Vec::new(), Vec::new(), Vec::new());
     // Warm-up: a marker every 50 ms.
@@ -798,5 +820,23 @@ mod tests {
             .map(|(_, id)| *id)
             .collect();
         assert_eq!(publishers, vec![0, 1]);
+    }
+
+    #[test]
+    fn tls_is_off_unless_a_ca_is_given() {
+        let plain = options(&[]);
+        assert_eq!(
+            (plain.tls_ca, plain.tls_server_name.as_str()),
+            (None, "localhost")
+        );
+        let tls = options(&["--tls-ca", "ca.pem", "--tls-server-name", "127.0.0.1"]);
+        assert_eq!(tls.tls_ca, Some(PathBuf::from("ca.pem")));
+        assert_eq!(tls.tls_server_name, "127.0.0.1");
+        #[derive(Parser, Debug)]
+        struct Cli {
+            #[command(flatten)]
+            options: Options,
+        }
+        assert!(Cli::try_parse_from(["bench", "--tls-server-name", "x"]).is_err());
     }
 }

@@ -2,13 +2,16 @@
 //! a measurement: CPU seconds from `getrusage` (microseconds, where
 //! `/proc/PID/stat` counts 10 ms ticks), messages the server says it wrote,
 //! frames it dropped, and how connections spread over shards. Only for
-//! shardcast targets; peers are measured through `/proc` alone.
+//! shardcast targets; peers are measured through `/proc` alone. Over TLS
+//! when the run's connections are.
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use serde::Serialize;
+
+use super::{stream::Stream, tls::Tls};
 
 /// Longest a scrape may take.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -35,11 +38,13 @@ pub struct ServerFigures {
 }
 
 impl Scrape {
-    /// Fetches and parses `GET /metrics`; `None` if the server has none.
-    pub async fn fetch(server: SocketAddr) -> Option<Scrape> {
-        let fetched =
-            glommio::timer::timeout(SCRAPE_TIMEOUT, async { Ok(get_metrics(server).await.ok()) })
-                .await;
+    /// Fetches and parses `GET /metrics` (over `tls` if given); `None` if
+    /// the server has none.
+    pub async fn fetch(server: SocketAddr, tls: Option<&Tls>) -> Option<Scrape> {
+        let fetched = glommio::timer::timeout(SCRAPE_TIMEOUT, async {
+            Ok(get_metrics(server, tls).await.ok())
+        })
+        .await;
         fetched.ok().flatten().map(|text| Scrape::parse(&text))
     }
 
@@ -90,18 +95,49 @@ fn label<'a>(labels: &'a str, key: &str) -> Option<&'a str> {
     })
 }
 
-async fn get_metrics(server: SocketAddr) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect(server).await?;
+async fn get_metrics(server: SocketAddr, tls: Option<&Tls>) -> std::io::Result<String> {
+    let tcp = TcpStream::connect(server).await?;
+    let mut stream = match tls {
+        None => Stream::Plain(tcp),
+        Some(tls) => Stream::Tls(Box::new(tls.connect(tcp).await?)),
+    };
     let request = format!("GET /metrics HTTP/1.1\r\nHost: {server}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
+    stream.flush().await?;
     let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
+    let mut chunk = vec![0u8; 16 << 10];
+    // Until the body is complete: a TLS server may close without
+    // close_notify, which reads as an error rather than the end.
+    while !complete(&response) {
+        match stream.read(&mut chunk).await {
+            Ok(0) => break,
+            Ok(n) => response.extend_from_slice(&chunk[..n]),
+            Err(e) if response.is_empty() => return Err(e),
+            Err(_) => break,
+        }
+    }
     let text = String::from_utf8_lossy(&response);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     if !head.starts_with("HTTP/1.1 200") {
         return Err(std::io::Error::other("no /metrics"));
     }
     Ok(body.to_owned())
+}
+
+/// Whether `response` holds a head and all of the body its Content-Length
+/// announces (without one, only the server closing ends it).
+fn complete(response: &[u8]) -> bool {
+    let Some(end) = memchr::memmem::find(response, b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&response[..end]);
+    let length = head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse::<usize>().ok())?
+    });
+    length.is_some_and(|len| response.len() - (end + 4) >= len)
 }
 
 #[cfg(test)]
@@ -126,5 +162,18 @@ mod tests {
         assert_eq!(figures.cpu_seconds, 0.75);
         assert_eq!(figures.messages_delivered, 150);
         assert_eq!(figures.connections_by_shard, vec![9, 7]);
+    }
+
+    #[test]
+    fn a_response_is_complete_once_its_body_has_arrived() {
+        let head = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nConnection: close\r\n\r\n";
+        let mut response = head.to_vec();
+        assert!(!complete(&response[..10]));
+        assert!(!complete(&response));
+        response.extend_from_slice(b"abcd");
+        assert!(!complete(&response));
+        response.push(b'e');
+        assert!(complete(&response));
+        assert!(!complete(b"HTTP/1.1 200 OK\r\n\r\nbody"), "no length");
     }
 }

@@ -1,9 +1,10 @@
 //! The load generator's WebSocket client side: connect from a chosen source
 //! address (so tens of thousands of connections do not exhaust one
-//! address's ports), perform the upgrade, parse the server's frames in place
-//! from a reusable buffer, and encode client frames (masked with an all-zero
-//! key: valid per RFC 6455 and free to apply, so the generator spends nothing
-//! on masking). Deliberately lean: the generator must not be the bottleneck.
+//! address's ports), perform the upgrade (over plain TCP or TLS alike), parse
+//! the server's frames in place from a reusable buffer, and encode client
+//! frames (masked with an all-zero key: valid per RFC 6455 and free to apply,
+//! so the generator spends nothing on masking). Deliberately lean: the
+//! generator must not be the bottleneck.
 
 use std::{
     io,
@@ -11,7 +12,7 @@ use std::{
     os::fd::{FromRawFd, IntoRawFd},
 };
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -51,13 +52,17 @@ pub async fn connect_from(source: IpAddr, server: SocketAddr) -> io::Result<TcpS
 
 /// Sends the upgrade request for `path` and reads the response head.
 /// Returns bytes read past the head (already WebSocket data).
-pub async fn upgrade(stream: &mut TcpStream, host: SocketAddr, path: &str) -> io::Result<Vec<u8>> {
+pub async fn upgrade<S>(stream: &mut S, host: SocketAddr, path: &str) -> io::Result<Vec<u8>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
     // A connect still in progress makes the first send wait for writability.
     stream.write_all(request.as_bytes()).await?;
+    stream.flush().await?;
     let mut head = Vec::with_capacity(256);
     let mut chunk = [0u8; 512];
     loop {

@@ -1,11 +1,25 @@
 // Benchmark peer: WebSocket pub/sub broadcast server on Node.js + ws.
 // Usage: node server.mjs <port>   — /ws?sub=<channel>&pub=<channel>
+// With TLS_CERT and TLS_KEY (PEM files) in the environment it serves wss://
+// through https.createServer instead of plain ws://.
+import { readFileSync } from 'node:fs';
+import { createServer } from 'node:https';
 import { WebSocketServer, WebSocket } from 'ws';
 
 const port = Number(process.argv[2]);
 const channels = new Map(); // channel -> Set<WebSocket>
 
-const wss = new WebSocketServer({ host: '127.0.0.1', port, path: '/ws' });
+const { TLS_CERT, TLS_KEY } = process.env;
+let wss;
+if (TLS_CERT || TLS_KEY) {
+  if (!TLS_CERT || !TLS_KEY) throw new Error('TLS needs both TLS_CERT and TLS_KEY');
+  const https = createServer({ cert: readFileSync(TLS_CERT), key: readFileSync(TLS_KEY) });
+  wss = new WebSocketServer({ server: https, path: '/ws' });
+  https.listen(port, '127.0.0.1', () => process.stdout.write(`listening on ${port} (TLS)\n`));
+} else {
+  wss = new WebSocketServer({ host: '127.0.0.1', port, path: '/ws' });
+  wss.on('listening', () => process.stdout.write(`listening on ${port}\n`));
+}
 
 wss.on('connection', (ws, req) => {
   const params = new URL(req.url, 'http://localhost').searchParams;
@@ -34,8 +48,6 @@ wss.on('connection', (ws, req) => {
 
   ws.on('error', () => {}); // a client dropping must not crash the server
 });
-
-wss.on('listening', () => process.stdout.write(`listening on ${port}\n`));
 
 const shutdown = () => process.exit(0);
 process.on('SIGTERM', shutdown);
