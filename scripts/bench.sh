@@ -6,16 +6,20 @@
 # Scenarios: fanout rooms idle connect-storm shards (default: all).
 # FANOUT_SUBS="1000" limits fanout to those subscriber counts.
 # Servers:   shardcast-json shardcast-raw node-ws tokio-tungstenite
-#            python-websockets nats shardcast-tls node-ws-tls (default: all).
+#            python-websockets nats shardcast-tls node-ws-tls shardcast-auth
+#            (default: all).
 # shardcast-tls and node-ws-tls are shardcast (JSON protocol) and the Node ws
 # peer serving wss:// with a self-signed certificate for localhost, made once
 # per bench run in bench-results/<date>/.tls/ (removed at the end, never
 # committed); the generator speaks TLS to them (--tls-ca). They run in fanout
-# only and are skipped in the other scenarios.
+# and idle only and are skipped in the other scenarios. shardcast-auth is
+# shardcast-json with connection tokens required (--jwt-secret); every
+# generator connection presents an HS256 token.
 # SHARDCAST_BIN=path runs that shardcast server binary instead of the one
 # built here. Each server is pinned to core 0 and the generator
 # (shardcast-bench) to core 1; each point runs --runs times (default 3).
-# Results: one JSON file per run in bench-results/<date>/ (or $BENCH_OUT),
+# Results: one JSON file per run in bench-results/<date>/ (or $BENCH_OUT, whose
+# report goes to $BENCH_OUT/BENCHMARKS.md),
 # then scripts/report turns them into BENCHMARKS.md. --quick shrinks every
 # scenario to finish in a few minutes.
 set -euo pipefail
@@ -24,7 +28,7 @@ ROOT=$(pwd)
 
 QUICK=0
 RUNS=3
-SERVERS="shardcast-json,shardcast-raw,node-ws,tokio-tungstenite,python-websockets,nats,shardcast-tls,node-ws-tls"
+SERVERS="shardcast-json,shardcast-raw,node-ws,tokio-tungstenite,python-websockets,nats,shardcast-tls,node-ws-tls,shardcast-auth"
 SHARDCAST=${SHARDCAST_BIN:-target/release/shardcast}
 SCENARIOS=()
 while (($#)); do
@@ -32,7 +36,7 @@ while (($#)); do
     --quick) QUICK=1 ;;
     --runs) RUNS=$2; shift ;;
     --servers) SERVERS=$2; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) SCENARIOS+=("$1") ;;
   esac
   shift
@@ -53,6 +57,22 @@ TLS_DIR="$OUT/.tls"
 TLS_CERT="$TLS_DIR/cert.pem"
 TLS_KEY="$TLS_DIR/key.pem"
 is_tls() { [[ "$1" == *-tls ]]; }
+is_auth() { [[ "$1" == *-auth ]]; }
+
+# shardcast-auth: connection tokens on (HS256), every generator connection
+# presents one with ?token= (permissions: every channel).
+JWT_SECRET="bench-secret-$(date +%s)-0123456789abcdefghij"
+mint_token() {
+  python3 - "$JWT_SECRET" <<'PY'
+import base64, hashlib, hmac, json, sys, time
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+body = b64(json.dumps({"sub": "bench", "exp": int(time.time()) + 86400,
+                       "channels": {"sub": [">"], "pub": [">"]}}).encode())
+sig = hmac.new(sys.argv[1].encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+print(f"{head}.{body}.{b64(sig)}")
+PY
+}
 
 # ---- set-up: build and install everything the servers need ----------------
 setup() {
@@ -102,6 +122,9 @@ start_server() {
   case "$name" in
     shardcast-json|shardcast-raw)
       taskset -c "$SERVER_CPU" "$SHARDCAST" serve --listen "127.0.0.1:$port" --shards 1 $extra >"$logf" 2>&1 & ;;
+    shardcast-auth)
+      taskset -c "$SERVER_CPU" "$SHARDCAST" serve --listen "127.0.0.1:$port" --shards 1 \
+        --jwt-secret "$JWT_SECRET" $extra >"$logf" 2>&1 & ;;
     shardcast-tls)
       taskset -c "$SERVER_CPU" "$SHARDCAST" serve --listen "127.0.0.1:$port" --shards 1 \
         --tls-cert "$TLS_CERT" --tls-key "$TLS_KEY" $extra >"$logf" 2>&1 & ;;
@@ -142,7 +165,7 @@ stop_server() {
 
 target_of() {
   case "$1" in
-    shardcast-json|shardcast-tls|shardcast-shards-*) echo shardcast-json ;;
+    shardcast-json|shardcast-tls|shardcast-auth|shardcast-shards-*) echo shardcast-json ;;
     shardcast-raw) echo shardcast-raw ;;
     nats) echo nats ;;
     *) echo peer ;;
@@ -167,6 +190,7 @@ run_point() {
   (($#)) && shift
   gen_args=("$@")
   if is_tls "$server"; then gen_args+=(--tls-ca "$TLS_CERT"); fi
+  if is_auth "$server"; then gen_args+=(--token "$(mint_token)"); fi
   for run in $(seq 1 "$RUNS"); do
     local port file
     port=$(free_port)
@@ -232,7 +256,6 @@ idle() {
   local conns=15000 window=10s
   if ((QUICK)); then conns=2000; window=3s; fi
   for server in "${SERVER_LIST[@]}"; do
-    is_tls "$server" && continue
     # shardcast pings idle connections every 5 s here so heartbeats run in the window.
     run_point idle "$server" "conns$conns" --ping-interval 5s -- \
       --scenario idle --subscribers "$conns" --channels 100 --duration "$window"
@@ -272,4 +295,10 @@ for scenario in "${SCENARIOS[@]}"; do
   esac
 done
 log "results in $OUT"
-python3 scripts/report "$OUT"
+# A side run (BENCH_OUT) reports next to its results; BENCHMARKS.md is the
+# committed run's.
+if [ -n "${BENCH_OUT:-}" ]; then
+  python3 scripts/report "$OUT" --output "$OUT/BENCHMARKS.md"
+else
+  python3 scripts/report "$OUT"
+fi

@@ -113,6 +113,23 @@ pub struct Options {
     /// Name the server's certificate must carry (sent as SNI; with --tls-ca)
     #[arg(long, default_value = "localhost", requires = "tls_ca")]
     pub tls_server_name: String,
+    /// Connection token (JWT) sent as `?token=` on every upgrade, for
+    /// servers that require one
+    #[arg(long, value_name = "JWT")]
+    #[serde(skip)]
+    pub token: Option<String>,
+}
+
+/// The upgrade path of a connection, with `?token=` when one is given.
+fn path_with_token(o: &Options, channel: &str, role: Role) -> String {
+    let path = o.target.path(channel, role);
+    match &o.token {
+        None => path,
+        Some(token) => {
+            let join = if path.contains('?') { '&' } else { '?' };
+            format!("{path}{join}token={token}")
+        }
+    }
 }
 
 fn parse_duration(text: &str) -> Result<Duration, crate::units::UnitError> {
@@ -472,7 +489,7 @@ async fn client(run: Rc<Run>, plan: Rc<Plan>, index: usize, permit: glommio::syn
             Some(tls) => Stream::Tls(Box::new(tls.connect(tcp).await?)),
         };
         let leftover =
-            wsclient::upgrade(&mut stream, o.server, &o.target.path(&name, role)).await?;
+            wsclient::upgrade(&mut stream, o.server, &path_with_token(o, &name, role)).await?;
         Ok::<_, std::io::Error>((stream, leftover))
     };
     let connected =
