@@ -36,7 +36,7 @@ while (($#)); do
     --quick) QUICK=1 ;;
     --runs) RUNS=$2; shift ;;
     --servers) SERVERS=$2; shift ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) SCENARIOS+=("$1") ;;
   esac
   shift
