@@ -130,6 +130,16 @@ fn the_first_frame_may_authenticate_within_the_deadline() {
     assert_eq!(late.recv_json()["code"], "unauthorized");
     assert_eq!(late.expect_close(), (4001, "token expired".into(), 0));
 
+    // Garbage or a binary frame before auth: the same.
+    let mut garbage = Client::connect(&server, "/ws");
+    garbage.send_text("not json");
+    assert_eq!(garbage.recv_json()["code"], "unauthorized");
+    assert_eq!(garbage.expect_close().0, 4001);
+    let mut binary = Client::connect(&server, "/ws");
+    binary.send_binary(&[1, 2, 3]);
+    assert_eq!(binary.recv_json()["code"], "unauthorized");
+    assert_eq!(binary.expect_close().0, 4001);
+
     // Silence: closed when the deadline passes.
     let mut silent = Client::connect(&server, "/ws");
     let (code, reason, _) = silent.expect_close();
@@ -318,15 +328,37 @@ fn the_api_key_guards_http_publish_and_admin_routes() {
         );
     }
     assert_eq!(http_with(&server, "GET", "/health", &[], "").0, 200);
+    // A refused request's body is not read as the next request: the server
+    // answers once and closes.
+    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(support::DEADLINE)).unwrap();
+    let smuggled = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+    let head = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        smuggled.len() + 10
+    );
+    std::io::Write::write_all(&mut stream, head.as_bytes()).unwrap();
+    let mut first = [0u8; 12];
+    std::io::Read::read_exact(&mut stream, &mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 401");
+    let _ = std::io::Write::write_all(&mut stream, smuggled.as_bytes());
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut stream, &mut rest);
+    assert!(!rest.contains("HTTP/1.1"), "a second response: {rest}");
     let (status, stats) = http_with(&server, "GET", "/api/stats", &[("X-API-Key", KEY)], "");
     assert_eq!(status, 200);
     let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
-    assert_eq!(stats["total"]["auth_failures"], 5, "{stats}");
+    assert_eq!(stats["total"]["auth_failures"], 6, "{stats}");
 }
 
 #[test]
 fn the_admin_listener_takes_the_admin_routes() {
-    let server = server_with_tokens(&["--admin-listen", "127.0.0.1:0"]);
+    let server = server_with_tokens(&[
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--allowed-origins",
+        "https://app.example.com",
+    ]);
     let admin = server.admin.expect("admin address printed");
     assert_eq!(http_with(&server, "GET", "/metrics", &[], "").0, 404);
     assert_eq!(http_with(&server, "GET", "/api/stats", &[], "").0, 404);
@@ -336,11 +368,25 @@ fn the_admin_listener_takes_the_admin_routes() {
     assert_eq!(http_to(admin, "GET", "/", &[], "").0, 200);
     let body = json!({"ch":"news","data":1}).to_string();
     assert_eq!(http_to(admin, "POST", "/api/publish", &[], &body).0, 404);
-    // The dashboard's feed: $stats over /ws on the admin address, no token.
-    let mut feed = Client::connect_url(&format!("ws://{admin}/ws"));
+    // The dashboard's feed: $stats over /ws on the admin address, no token,
+    // from the dashboard's own origin (not one of the allowed ones).
+    let admin_ws = support::Server {
+        addr: admin,
+        admin: None,
+        child: std::process::Command::new("true").spawn().unwrap(),
+    };
+    let origin = format!("http://{admin}");
+    let mut feed = connect_with(&admin_ws, "/ws", &[("Origin", &origin)]).unwrap();
     feed.subscribe("$stats");
-    let stats = feed.recv_json();
+    let stats = feed.recv_json_skipping("none");
     assert_eq!(stats["ch"], "$stats", "{stats}");
+    // It may only subscribe.
+    feed.send_json(json!({"op":"pub","ch":"news","data":1,"id":"p"}));
+    let err = feed.recv_json_skipping("$stats");
+    assert_eq!(
+        (err["code"].as_str(), &err["id"]),
+        (Some("forbidden"), &json!("p"))
+    );
     // The public address still wants a token for it.
     let (status, _) = connect_with(&server, "/ws?sub=$stats", &[]).err().unwrap();
     assert_eq!(status, 401);

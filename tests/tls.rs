@@ -117,3 +117,18 @@ fn a_handshake_that_never_comes_is_cut_off() {
     let mut client = connect_tls(&server, "/ws", cert.client_config()).unwrap();
     client.subscribe("news");
 }
+
+#[test]
+fn a_pending_handshake_does_not_hold_up_shutdown() {
+    let cert = TestCert::generate("tls-shutdown");
+    let mut server = tls_server(&cert, &["--handshake-timeout", "30s"]);
+    let _silent = TcpStream::connect(server.addr).unwrap();
+    // A full request after it: the server is accepting, the silent one is
+    // in its handshake.
+    assert_eq!(
+        https(&server, cert.client_config(), "GET", "/health", "").0,
+        200
+    );
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(Duration::from_secs(5)), Some(0));
+}

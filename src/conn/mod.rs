@@ -202,10 +202,17 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
     let stream = match tls {
         Some(acceptor) => {
             let limit = shard.config.handshake_timeout;
-            let handshake =
-                glommio::timer::timeout(limit, async { Ok(acceptor.accept(tcp).await) }).await;
+            let handshake = glommio::timer::timeout(limit, async {
+                let accepted = async { Some(acceptor.accept(tcp).await) };
+                let stopped = async {
+                    shard.stopped().await;
+                    None
+                };
+                Ok(accepted.or(stopped).await)
+            })
+            .await;
             match handshake {
-                Ok(Ok(stream)) => SharedStream::new_tls(stream),
+                Ok(Some(Ok(stream))) => SharedStream::new_tls(stream),
                 _ => {
                     bump(&shard.stats.handshake_failures, 1);
                     return;
@@ -251,7 +258,10 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
                     let body = format!("{{\"seq\":{seq}}}");
                     http::response(200, "application/json", body.as_bytes(), keep_alive)
                 }
-                Err(error) => http::error_response(&error, keep_alive && error.status != 413),
+                Err(error) => {
+                    let reusable = error.status != 413 && body_buffered(&head, &buf);
+                    http::error_response(&error, keep_alive && reusable)
+                }
             },
             Ok(Route::WebSocket(session)) => {
                 let admitted = upgrade_permit(&shard, side, &head, &session)
@@ -299,10 +309,11 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
                 if error.status == 401 {
                     bump(&shard.stats.auth_failures, 1);
                 }
-                http::error_response(&error, keep_alive)
+                // A body left unread would be parsed as the next request.
+                http::error_response(&error, keep_alive && body_buffered(&head, &buf))
             }
         };
-        let keep_alive = keep_alive && reply_keeps_alive(&reply);
+        let keep_alive = keep_alive && reply_keeps_alive(&reply) && body_buffered(&head, &buf);
         if !keep_alive {
             respond_and_close(&stream, &reply).await;
             return;
@@ -351,7 +362,9 @@ fn admit_route(shard: &Shard, side: Side, head: &Head, route: Route) -> Result<R
 
 /// What an upgrade may do: checks the origin, then the token (if tokens are
 /// required) and the channels the URL names. Returns the permit and the
-/// deadline by which the connection must (re)authenticate.
+/// deadline by which the connection must (re)authenticate. The admin
+/// listener needs no origin or token (its dashboard page is served from its
+/// own origin) and may only subscribe.
 fn upgrade_permit(
     shard: &Shard,
     side: Side,
@@ -359,6 +372,9 @@ fn upgrade_permit(
     session: &http::Session,
 ) -> Result<(Permit, u64), HttpError> {
     let security = &shard.security;
+    if side == Side::Admin {
+        return Ok((Permit::ReadOnly, u64::MAX));
+    }
     if !security.origins.allows(head.origin.as_deref()) {
         return Err(HttpError::new(
             403,
@@ -366,9 +382,8 @@ fn upgrade_permit(
             "this Origin may not connect (allowed-origins)",
         ));
     }
-    let verifier = match (&security.verifier, side) {
-        (Some(verifier), Side::Public) => verifier,
-        _ => return Ok((Permit::Everything, u64::MAX)),
+    let Some(verifier) = &security.verifier else {
+        return Ok((Permit::Everything, u64::MAX));
     };
     let now = shard.now_ms();
     let unauthorized =
@@ -402,6 +417,12 @@ fn upgrade_permit(
     }
     let deadline = token::deadline_ms(now, grant.expires_at, token::unix_now());
     Ok((Permit::Token(Rc::new(grant)), deadline))
+}
+
+/// Whether the whole request body (if any) is in `buf`, so the next request
+/// starts right after it. A chunked body is never read.
+fn body_buffered(head: &Head, buf: &[u8]) -> bool {
+    !head.chunked && buf.len() >= head.len + head.content_length.unwrap_or(0)
 }
 
 /// Whether a response we built says `Connection: keep-alive`.

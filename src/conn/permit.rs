@@ -1,5 +1,6 @@
-//! What one connection may do: everything (anonymous mode, admin listener),
-//! what its token grants, or nothing but `auth` while it has not sent one.
+//! What one connection may do: everything (anonymous mode), subscribing only
+//! (the admin listener), what its token grants, or nothing but `auth` while
+//! it has not sent one.
 //! Checked on every `sub` and `pub` (a few string comparisons) and replaced
 //! when the client refreshes its token.
 
@@ -14,8 +15,11 @@ use crate::{
 /// A connection's permissions.
 #[derive(Debug, Clone)]
 pub enum Permit {
-    /// Anonymous mode or the admin listener: every channel, both ways.
+    /// Anonymous mode: every channel, both ways.
     Everything,
+    /// The admin listener (the dashboard's feed): subscribe to anything,
+    /// publish nothing.
+    ReadOnly,
     /// What a verified token grants, until it expires.
     Token(Rc<Grant>),
     /// Tokens are required and this connection has not sent one yet: only
@@ -33,6 +37,12 @@ impl Permit {
     ) -> Result<(), OpError<'a>> {
         match self {
             Permit::Everything => Ok(()),
+            Permit::ReadOnly if access == Access::Subscribe => Ok(()),
+            Permit::ReadOnly => Err(OpError::new(
+                ErrorCode::Forbidden,
+                "the admin address is read-only: publish on the public address",
+                id,
+            )),
             Permit::Token(grant) if grant.allows(access, channel) => Ok(()),
             Permit::Token(_) => Err(OpError::new(
                 ErrorCode::Forbidden,

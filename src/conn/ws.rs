@@ -81,13 +81,15 @@ pub async fn serve(
     let writer = glommio::spawn_local(run_writer(conn.outbox.clone(), stream.clone()));
     // Boxed: set-up runs once; its states need not live in every idle
     // connection's future.
-    let (mut ws, room, skip) = Box::pin(start(&shard, &conn, &stream, leftover, session)).await;
+    let (mut ws, room, skip, room_may_publish) =
+        Box::pin(start(&shard, &conn, &stream, leftover, session)).await;
     Reader {
         shard: &shard,
         conn: &conn,
         ws: &mut ws,
         room,
         skip,
+        room_may_publish,
         waiting: None,
     }
     .await;
@@ -96,15 +98,24 @@ pub async fn serve(
 }
 
 /// Subscribes what the URL asked for and wraps the stream for tungstenite.
-/// Returns the stream, the raw room's channel (if a room) and who to leave
-/// out of this connection's own publications (`?echo=0`).
+/// Returns the stream, the raw room's channel (if a room), who to leave
+/// out of this connection's own publications (`?echo=0`), and whether the
+/// connection may publish in its room.
 async fn start(
     shard: &Shard,
     conn: &Rc<Conn>,
     stream: &SharedStream,
     leftover: Vec<u8>,
     session: Session,
-) -> (WebSocketStream<ReadSide>, Option<Bytes>, Option<Skip>) {
+) -> (WebSocketStream<ReadSide>, Option<Bytes>, Option<Skip>, bool) {
+    // A room member's permissions cannot change (a raw room has no `auth`
+    // frame), so whether it may publish is decided once.
+    let room_may_publish = match &session {
+        Session::Room { channel, .. } => {
+            conn.permit().check(Access::Publish, channel, None).is_ok()
+        }
+        Session::Json { .. } => true,
+    };
     let (room, echo) = match session {
         Session::Json { subscribe } => {
             for name in subscribe {
@@ -140,7 +151,7 @@ async fn start(
         shard: shard.id as u16,
         conn: conn.id,
     });
-    (ws, room, skip)
+    (ws, room, skip, room_may_publish)
 }
 
 /// The read loop of a session, written as a future by hand so that an idle
@@ -153,6 +164,8 @@ struct Reader<'a> {
     /// The channel of a raw room; `None` for the JSON protocol.
     room: Option<Bytes>,
     skip: Option<Skip>,
+    /// Whether the token allows publishing to the raw room.
+    room_may_publish: bool,
     /// Backpressure: waiting for room in the queue to a channel's owner.
     waiting: Option<Pin<Box<dyn Future<Output = ()> + 'a>>>,
 }
@@ -204,15 +217,12 @@ impl Reader<'_> {
     /// allow publishing to the room (else the connection closes: a raw room
     /// has no way to say `err`), and the rate limit must have room (else the
     /// message is dropped, and sustained abuse closes the connection).
-    fn may_publish_in_room(&self, channel: &Bytes) -> bool {
+    fn may_publish_in_room(&self) -> bool {
         let conn = self.conn;
-        if let Permit::Token(grant) = &*conn.permit() {
-            let name = std::str::from_utf8(channel).unwrap_or_default();
-            if !grant.allows(Access::Publish, name) {
-                bump(&self.shard.stats.forbidden, 1);
-                conn.outbox.close(CloseReason::Forbidden);
-                return false;
-            }
+        if !self.room_may_publish {
+            bump(&self.shard.stats.forbidden, 1);
+            conn.outbox.close(CloseReason::Forbidden);
+            return false;
         }
         match rate_verdict(self.shard, conn) {
             Verdict::Allowed => true,
@@ -230,7 +240,7 @@ impl Reader<'_> {
         match message {
             Message::Text(text) => match &self.room {
                 Some(channel) => {
-                    if !self.may_publish_in_room(channel) {
+                    if !self.may_publish_in_room() {
                         return None;
                     }
                     let payload = Payload::new(PayloadKind::Text, Bytes::from(text));
@@ -240,11 +250,15 @@ impl Reader<'_> {
             },
             Message::Binary(bytes) => match &self.room {
                 Some(channel) => {
-                    if !self.may_publish_in_room(channel) {
+                    if !self.may_publish_in_room() {
                         return None;
                     }
                     let payload = Payload::new(PayloadKind::Binary, bytes);
                     shard.publish(channel.clone(), payload, self.skip, Reply::None)
+                }
+                None if matches!(*conn.permit(), Permit::AwaitingAuth) => {
+                    refuse_before_auth(shard, conn, None);
+                    None
                 }
                 None => {
                     conn.send(protocol::encode_err(&OpError::new(
@@ -316,22 +330,21 @@ fn handle_op(shard: &Shard, conn: &Rc<Conn>, frame: Bytes) -> Option<usize> {
     let Ok(text) = std::str::from_utf8(&frame) else {
         return None;
     };
+    let awaiting_auth = matches!(*conn.permit(), Permit::AwaitingAuth);
     let op = match protocol::parse_client_op(text) {
         Ok(op) => op,
+        Err(error) if awaiting_auth => {
+            refuse_before_auth(shard, conn, error.id);
+            return None;
+        }
         Err(error) => {
             conn.send(protocol::encode_err(&error));
             return None;
         }
     };
     let mut congested = None;
-    if matches!(*conn.permit(), Permit::AwaitingAuth) && !matches!(op, ClientOp::Auth { .. }) {
-        bump(&shard.stats.auth_failures, 1);
-        conn.send(protocol::encode_err(&OpError::new(
-            ErrorCode::Unauthorized,
-            "the first message must be {\"op\":\"auth\",\"token\":...}",
-            op_id(&op),
-        )));
-        conn.outbox.close(CloseReason::Unauthorized);
+    if awaiting_auth && !matches!(op, ClientOp::Auth { .. }) {
+        refuse_before_auth(shard, conn, op_id(&op));
         return None;
     }
     let result = match op {
@@ -380,6 +393,18 @@ fn handle_op(shard: &Shard, conn: &Rc<Conn>, frame: Bytes) -> Option<usize> {
         conn.send(protocol::encode_err(&error));
     }
     congested
+}
+
+/// Anything but a valid `auth` from a connection that must authenticate
+/// first: `err unauthorized`, then close 4001.
+fn refuse_before_auth(shard: &Shard, conn: &Conn, id: Option<&str>) {
+    bump(&shard.stats.auth_failures, 1);
+    conn.send(protocol::encode_err(&OpError::new(
+        ErrorCode::Unauthorized,
+        "the first message must be {\"op\":\"auth\",\"token\":...}",
+        id,
+    )));
+    conn.outbox.close(CloseReason::Unauthorized);
 }
 
 /// The `id` of any operation.

@@ -163,13 +163,21 @@ impl Verifier {
         validation.validate_exp = false;
         validation.leeway = 0;
         validation.validate_nbf = true;
+        // A configured audience or issuer must be present, not just match
+        // when present (jsonwebtoken checks them only if the token has them).
+        let mut required = vec!["exp"];
         match &self.audience {
-            Some(audience) => validation.set_audience(&[audience]),
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
         if let Some(issuer) = &self.issuer {
             validation.set_issuer(&[issuer]);
+            required.push("iss");
         }
+        validation.set_required_spec_claims(&required);
         let claims = jsonwebtoken::decode::<Claims>(token, key, &validation)
             .map_err(|e| match e.into_kind() {
                 ErrorKind::InvalidSignature => TokenError::BadSignature,
@@ -321,5 +329,16 @@ mod tests {
         assert!(v.verify(&right, NOW).is_ok());
         let wrong = hs256(json!({"exp":NOW + 60,"aud":"other","iss":"auth"}), SECRET);
         assert_eq!(v.verify(&wrong, NOW), Err(TokenError::WrongParty));
+        // Configured claims are required, not only checked when present.
+        for partial in [
+            json!({"exp":NOW + 60,"iss":"auth"}),
+            json!({"exp":NOW + 60,"aud":"shardcast"}),
+        ] {
+            let token = hs256(partial.clone(), SECRET);
+            assert!(
+                matches!(v.verify(&token, NOW), Err(TokenError::Claims(_))),
+                "{partial}"
+            );
+        }
     }
 }
