@@ -64,7 +64,7 @@ fn fan_out(c: &mut Criterion) {
                 let conns: Vec<Rc<Conn>> = (0..SUBSCRIBERS as u32)
                     .map(|key| {
                         let id = ConnRef { key, gen: 1 };
-                        Rc::new(Conn::new(id, 1 << 20, 0, stats.clone(), None))
+                        Rc::new(Conn::new(id, 1 << 20, 0, stats.clone()))
                     })
                     .collect();
                 for conn in &conns {

@@ -9,11 +9,7 @@ pub mod permit;
 pub mod stream;
 mod ws;
 
-use std::{
-    cell::{Cell, RefCell},
-    rc::Rc,
-    time::Duration,
-};
+use std::{cell::RefCell, rc::Rc, time::Duration};
 
 use bytes::Bytes;
 use futures_lite::FutureExt;
@@ -33,7 +29,7 @@ use crate::{
     protocol::{self, PayloadKind},
     security::{
         ip_cap::IpSlot,
-        rate::{RateLimit, TokenBucket},
+        rate::{RateLimit, TokenBucket, Verdict},
         token,
     },
     shard::Shard,
@@ -57,54 +53,101 @@ pub struct Conn {
     pub heartbeat: Heartbeat,
     /// Channels subscribed to, with the slot in each channel's subscriber list.
     subscriptions: RefCell<Vec<(Rc<str>, u32)>>,
-    /// What the connection may do.
-    permit: RefCell<Permit>,
-    /// When the connection must be closed for want of a (fresh) token, on
-    /// the shard's clock; `u64::MAX`: never.
-    auth_deadline_ms: Cell<u64>,
-    /// The publish rate limit's bucket, when a limit is configured.
-    pub publish_bucket: Option<TokenBucket>,
-    /// This connection's place under the per-IP cap, held until it ends.
-    ip_slot: RefCell<Option<IpSlot>>,
+    /// Tokens, rate limit and per-IP slot: allocated only when one of them
+    /// is in use, so an anonymous server's idle connections do not pay for
+    /// them (`None`: may do everything, no deadline, no limit).
+    guard: RefCell<Option<Box<Guard>>>,
 }
 
+/// A connection's security state (see [`Conn::guard`]).
+struct Guard {
+    /// What the connection may do.
+    permit: Permit,
+    /// When the connection must be closed for want of a (fresh) token, on
+    /// the shard's clock; `u64::MAX`: never.
+    deadline_ms: u64,
+    /// The publish rate limit's bucket, when a limit is configured.
+    bucket: Option<TokenBucket>,
+    /// This connection's place under the per-IP cap, held until it ends.
+    _ip_slot: Option<IpSlot>,
+}
+
+/// The permit of a connection without a [`Guard`].
+const EVERYTHING: &Permit = &Permit::Everything;
+
 impl Conn {
-    pub fn new(
-        id: ConnRef,
-        max_queue_bytes: usize,
-        now_ms: u64,
-        stats: Rc<Stats>,
-        publish_limit: Option<RateLimit>,
-    ) -> Self {
+    pub fn new(id: ConnRef, max_queue_bytes: usize, now_ms: u64, stats: Rc<Stats>) -> Self {
         Conn {
             id,
             outbox: Rc::new(Outbox::new(max_queue_bytes, stats)),
             heartbeat: Heartbeat::new(now_ms),
             subscriptions: RefCell::new(Vec::new()),
-            permit: RefCell::new(Permit::Everything),
-            auth_deadline_ms: Cell::new(u64::MAX),
-            publish_bucket: publish_limit.map(|limit| TokenBucket::new(limit, now_ms)),
-            ip_slot: RefCell::new(None),
+            guard: RefCell::new(None),
         }
     }
 
+    /// Sets up what an admitted connection may do: its permit and deadline
+    /// (shard clock; `u64::MAX`: never), its publish rate limit and its
+    /// per-IP slot. Allocates only if one of them is in use.
+    pub fn admit(
+        &self,
+        permit: Permit,
+        deadline_ms: u64,
+        publish_limit: Option<RateLimit>,
+        ip_slot: Option<IpSlot>,
+        now_ms: u64,
+    ) {
+        let plain = matches!(permit, Permit::Everything) && deadline_ms == u64::MAX;
+        if plain && publish_limit.is_none() && ip_slot.is_none() {
+            return;
+        }
+        *self.guard.borrow_mut() = Some(Box::new(Guard {
+            permit,
+            deadline_ms,
+            bucket: publish_limit.map(|limit| TokenBucket::new(limit, now_ms)),
+            _ip_slot: ip_slot,
+        }));
+    }
+
     pub fn permit(&self) -> std::cell::Ref<'_, Permit> {
-        self.permit.borrow()
+        std::cell::Ref::map(self.guard.borrow(), |guard| {
+            guard.as_ref().map_or(EVERYTHING, |g| &g.permit)
+        })
     }
 
     /// Replaces what the connection may do; it must renew or be closed at
     /// `deadline_ms` (shard clock; `u64::MAX`: never).
     pub fn set_permit(&self, permit: Permit, deadline_ms: u64) {
-        *self.permit.borrow_mut() = permit;
-        self.auth_deadline_ms.set(deadline_ms);
+        let mut guard = self.guard.borrow_mut();
+        match guard.as_mut() {
+            Some(g) => {
+                g.permit = permit;
+                g.deadline_ms = deadline_ms;
+            }
+            None => {
+                *guard = Some(Box::new(Guard {
+                    permit,
+                    deadline_ms,
+                    bucket: None,
+                    _ip_slot: None,
+                }))
+            }
+        }
     }
 
     pub fn auth_deadline_ms(&self) -> u64 {
-        self.auth_deadline_ms.get()
+        self.guard
+            .borrow()
+            .as_ref()
+            .map_or(u64::MAX, |g| g.deadline_ms)
     }
 
-    pub fn hold_ip_slot(&self, slot: Option<IpSlot>) {
-        *self.ip_slot.borrow_mut() = slot;
+    /// Takes a token from the publish rate limit's bucket; `None` without a
+    /// limit.
+    pub fn take_publish_token(&self, limit: RateLimit, now_ms: u64) -> Option<Verdict> {
+        let guard = self.guard.borrow();
+        let bucket = guard.as_ref()?.bucket.as_ref()?;
+        Some(bucket.take(limit, now_ms))
     }
 
     /// The channels subscribed to (for re-checking after a token refresh).
@@ -288,8 +331,8 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
                 // Bytes after the head already belong to the WebSocket stream.
                 let leftover = buf.split_off(head.len.min(buf.len()));
                 let conn = shard.register();
-                conn.set_permit(permit, deadline_ms);
-                conn.hold_ip_slot(ip_slot.take());
+                let limit = shard.security.publish_limit;
+                conn.admit(permit, deadline_ms, limit, ip_slot.take(), shard.now_ms());
                 // The session is a task of its own, so this task's handshake
                 // state is freed instead of living as long as the connection.
                 let gate = shard.gate.clone();

@@ -436,10 +436,12 @@ fn permitted<'a>(
 /// What the publish rate limit says about one more publication (always
 /// allowed without a limit). Refusals are counted.
 fn rate_verdict(shard: &Shard, conn: &Conn) -> Verdict {
-    let (Some(bucket), Some(limit)) = (&conn.publish_bucket, shard.security.publish_limit) else {
+    let Some(limit) = shard.security.publish_limit else {
         return Verdict::Allowed;
     };
-    let verdict = bucket.take(limit, shard.now_ms());
+    let Some(verdict) = conn.take_publish_token(limit, shard.now_ms()) else {
+        return Verdict::Allowed;
+    };
     if verdict != Verdict::Allowed {
         bump(&shard.stats.rate_limited, 1);
     }

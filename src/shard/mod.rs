@@ -168,7 +168,6 @@ impl Shard {
             self.config.max_queue_bytes,
             now,
             self.stats.clone(),
-            self.security.publish_limit,
         ));
         entry.insert(conn.clone());
         bump(&self.stats.connections_opened, 1);
