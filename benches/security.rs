@@ -28,6 +28,18 @@ fn claims() -> serde_json::Value {
 /// jsonwebtoken's provider. `SHARDCAST_BENCH_JWT=rust_crypto` measures
 /// jsonwebtoken's pure-Rust default instead (the provider is chosen once
 /// per process).
+/// A verifier with the HS256 secret and a token it accepts.
+fn hs256() -> (Verifier, String) {
+    let verifier = Verifier::new(Some(SECRET), None, None, None).unwrap();
+    let token = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims(),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    (verifier, token)
+}
+
 fn token_verify(c: &mut Criterion) {
     let rust_crypto = std::env::var("SHARDCAST_BENCH_JWT").is_ok_and(|v| v == "rust_crypto");
     if !rust_crypto {
@@ -38,13 +50,7 @@ fn token_verify(c: &mut Criterion) {
     } else {
         "token_verify"
     });
-    let hs = Verifier::new(Some(SECRET), None, None, None).unwrap();
-    let token = jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims(),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap();
+    let (hs, token) = hs256();
     group.bench_function("hs256", |b| {
         b.iter(|| hs.verify(black_box(&token), unix_now()).is_ok())
     });
@@ -79,13 +85,7 @@ fn token_verify(c: &mut Criterion) {
 
 fn per_operation(c: &mut Criterion) {
     let mut group = c.benchmark_group("per_op");
-    let hs = Verifier::new(Some(SECRET), None, None, None).unwrap();
-    let token = jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims(),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap();
+    let (hs, token) = hs256();
     let grant = hs.verify(&token, unix_now()).unwrap();
     group.bench_function("permission_exact", |b| {
         b.iter(|| grant.allows(Access::Subscribe, black_box("news")))

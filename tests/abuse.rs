@@ -39,9 +39,7 @@ fn publishers_over_the_rate_get_refused_then_closed() {
     let server = Server::start(&["--publish-rate", "5", "--publish-burst", "5"]);
     let mut subscriber = Client::connect(&server, "/ws?sub=news");
     let mut publisher = Client::connect(&server, "/ws");
-    support::wait_until("subscribed", || {
-        support::get_json(&server, "/api/stats")["total"]["subscriptions"] == 1
-    });
+    support::wait_for_subscriptions(&server, 1);
     let mut refused = 0;
     // The burst is taken at once; the rest of a fast loop is refused, and
     // more than MIN_STRIKES (10) refusals within 10 s close the connection.
@@ -106,9 +104,7 @@ fn raw_room_floods_are_dropped_then_closed() {
     let server = Server::start(&["--publish-rate", "2", "--publish-burst", "3"]);
     let mut listener = Client::connect(&server, "/ws/lobby");
     let mut flooder = Client::connect(&server, "/ws/lobby?echo=0");
-    support::wait_until("both in the room", || {
-        support::get_json(&server, "/api/stats")["total"]["subscriptions"] == 2
-    });
+    support::wait_for_subscriptions(&server, 2);
     for i in 0..30 {
         flooder.send_text(&format!("m{i}"));
     }

@@ -69,9 +69,7 @@ fn upgrades_need_a_valid_token_for_the_channels_they_name() {
     let mut by_header =
         connect_with(&server, "/ws?sub=news", &[("Authorization", &bearer)]).unwrap();
     let mut in_room = connect_with(&server, &format!("/ws/news?token={news}"), &[]).unwrap();
-    support::wait_until("three subscribers", || {
-        support::get_json(&server, "/api/stats")["total"]["subscriptions"] == 3
-    });
+    support::wait_for_subscriptions(&server, 3);
     support::publish(&server, "news", json!("hello"));
     assert_eq!(by_query.recv_json()["data"], "hello");
     assert_eq!(by_header.recv_json()["data"], "hello");

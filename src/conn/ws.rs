@@ -398,13 +398,31 @@ fn handle_op(shard: &Shard, conn: &Rc<Conn>, frame: Bytes) -> Option<usize> {
 /// Anything but a valid `auth` from a connection that must authenticate
 /// first: `err unauthorized`, then close 4001.
 fn refuse_before_auth(shard: &Shard, conn: &Conn, id: Option<&str>) {
+    refuse_auth(
+        shard,
+        conn,
+        "the first message must be {\"op\":\"auth\",\"token\":...}".into(),
+        id,
+        CloseReason::Unauthorized,
+    );
+}
+
+/// Counts an authentication failure, says why (`err unauthorized`) and
+/// closes the connection with `reason` (4001).
+fn refuse_auth(
+    shard: &Shard,
+    conn: &Conn,
+    msg: std::borrow::Cow<'static, str>,
+    id: Option<&str>,
+    reason: CloseReason,
+) {
     bump(&shard.stats.auth_failures, 1);
     conn.send(protocol::encode_err(&OpError::new(
         ErrorCode::Unauthorized,
-        "the first message must be {\"op\":\"auth\",\"token\":...}",
+        msg,
         id,
     )));
-    conn.outbox.close(CloseReason::Unauthorized);
+    conn.outbox.close(reason);
 }
 
 /// The `id` of any operation.
@@ -479,15 +497,7 @@ fn authenticate(shard: &Shard, conn: &Conn, token_text: &str, id: Option<&str>) 
             return;
         }
     };
-    let refuse = |msg: String, reason: CloseReason| {
-        bump(&shard.stats.auth_failures, 1);
-        conn.send(protocol::encode_err(&OpError::new(
-            ErrorCode::Unauthorized,
-            msg,
-            id,
-        )));
-        conn.outbox.close(reason);
-    };
+    let refuse = |msg: String, reason| refuse_auth(shard, conn, msg.into(), id, reason);
     let grant = match verifier.verify(token_text, token::unix_now()) {
         Ok(grant) => grant,
         Err(error) => {

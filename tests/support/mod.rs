@@ -281,17 +281,14 @@ pub fn refused_upgrade(server: &Server, path: &str) -> u16 {
 
 /// A raw HTTP/1.1 exchange on a new connection; returns (status, body).
 pub fn http(server: &Server, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(server.addr).expect("connect");
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response");
-    parse_response(&response)
+    secure::http_with(server, method, path, &[], body)
+}
+
+/// Waits until the server counts `n` subscriptions over all shards.
+pub fn wait_for_subscriptions(server: &Server, n: u64) {
+    wait_until(&format!("{n} subscriptions"), || {
+        get_json(server, "/api/stats")["total"]["subscriptions"] == n
+    });
 }
 
 /// Writes raw bytes on a new connection and returns everything the server
