@@ -32,6 +32,8 @@ pub enum ChannelError {
     TooLong,
     #[error("channel name may only contain A-Z a-z 0-9 and . _ - : @")]
     BadCharacter,
+    #[error("channel name has an empty segment (a leading, trailing or doubled '.')")]
+    EmptySegment,
     #[error("channel names starting with '$' are reserved")]
     Reserved,
     #[error("system channels are read-only: subscribe with the JSON protocol")]
@@ -39,8 +41,9 @@ pub enum ChannelError {
 }
 
 /// Checks a client-supplied channel name for `access`: 1 to 128 bytes of
-/// `A-Z a-z 0-9 . _ - : @`; names starting with `$` only to subscribe to a
-/// system channel.
+/// `A-Z a-z 0-9 . _ - : @` whose `.`-separated segments are never empty
+/// (token patterns match whole segments); names starting with `$` only to
+/// subscribe to a system channel.
 pub fn validate(name: &str, access: Access) -> Result<(), ChannelError> {
     if name.is_empty() {
         return Err(ChannelError::Empty);
@@ -60,6 +63,9 @@ pub fn validate(name: &str, access: Access) -> Result<(), ChannelError> {
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'@'))
     {
         return Err(ChannelError::BadCharacter);
+    }
+    if name.split('.').any(str::is_empty) {
+        return Err(ChannelError::EmptySegment);
     }
     Ok(())
 }
@@ -113,6 +119,9 @@ mod tests {
         assert_eq!(validate("$system"), Err(ChannelError::Reserved));
         for name in ["a b", "a/b", "é", "a,b", "a?b", "a\"b"] {
             assert_eq!(validate(name), Err(ChannelError::BadCharacter), "{name}");
+        }
+        for name in [".", "news.", ".news", "chat..x", "a.b."] {
+            assert_eq!(validate(name), Err(ChannelError::EmptySegment), "{name}");
         }
     }
 

@@ -48,6 +48,9 @@ pub struct Skip {
 }
 
 /// The bytes of one publication, what they are, and when it was published.
+/// A payload owns exactly its bytes, never a slice of a read buffer: history
+/// keeps payloads for `history-ttl`, and a slice would pin (and leave
+/// unaccounted) the whole buffer it was read into.
 #[derive(Debug, Clone)]
 pub struct Payload {
     pub kind: PayloadKind,
@@ -58,7 +61,14 @@ pub struct Payload {
 }
 
 impl Payload {
-    /// A publication received now.
+    /// A publication received now, copied out of the buffer it was read
+    /// into (one allocation of exactly its length).
+    pub fn copy_of(kind: PayloadKind, bytes: &[u8]) -> Self {
+        Payload::new(kind, Bytes::copy_from_slice(bytes))
+    }
+
+    /// A publication received now, whose `bytes` the caller built for it
+    /// (they must not be a slice of a longer-lived buffer).
     pub fn new(kind: PayloadKind, bytes: Bytes) -> Self {
         Payload {
             kind,

@@ -15,8 +15,15 @@ use crate::{
     frame::{self, FrameBuilder, OpCode},
 };
 
-/// Longest accepted request `id`, in bytes of JSON text.
+/// Longest accepted request `id`, in bytes of JSON text: digits of an
+/// integer, or what is between the quotes of a string.
 pub const MAX_ID_LEN: usize = 64;
+
+/// Deepest nesting of arrays and objects accepted in `data` (and in raw-room
+/// text delivered to JSON subscribers as `data`): deeper is `bad_json`. Any
+/// subscriber's parser handles this much inside the `msg` envelope (Python's
+/// and serde_json's recursion limits are 1000 and 128).
+pub const MAX_DATA_DEPTH: usize = 64;
 
 /// An operation a client asked for, borrowing from the frame it came in.
 #[derive(Debug, PartialEq)]
@@ -163,8 +170,7 @@ struct IdOnly<'a> {
 }
 
 fn id_of(text: &str) -> Option<&str> {
-    // Only from an object: serde would also read a struct from an array.
-    if !text.trim_start().starts_with('{') {
+    if !is_object(text) {
         return None;
     }
     let envelope: IdOnly<'_> = serde_json::from_str(text).ok()?;
@@ -179,7 +185,9 @@ fn read_id(raw: Option<&RawValue>) -> Result<Option<&str>, OpError<'_>> {
     // integer (a number like 2E6222 is valid JSON that most parsers refuse).
     let digits = text.strip_prefix('-').unwrap_or(text);
     let integer = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
-    if !(text.starts_with('"') || integer) || text.len() > MAX_ID_LEN {
+    let string = text.len() >= 2 && text.starts_with('"');
+    let len = if string { text.len() - 2 } else { digits.len() };
+    if !(string || integer) || len > MAX_ID_LEN {
         return Err(OpError::new(
             ErrorCode::BadJson,
             "id must be an integer or a string of at most 64 bytes",
@@ -228,8 +236,65 @@ fn read_since<'a>(
 /// Longest `epoch` accepted (the server's are 18–38 bytes).
 const MAX_EPOCH_LEN: usize = 64;
 
+/// Whether `text` starts (after white space) like a JSON object: serde
+/// would also read the envelope's fields from an array.
+fn is_object(text: &str) -> bool {
+    text.trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('{')
+}
+
+/// Whether the arrays and objects of the JSON text `json` (valid JSON) nest
+/// at most `max` deep. One pass over the bytes, skipping strings.
+pub fn nesting_within(json: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &byte in json {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
+}
+
+/// `data` of a publication: present, and not nested deeper than
+/// [`MAX_DATA_DEPTH`].
+fn read_data<'a>(data: Option<&'a RawValue>, id: Option<&'a str>) -> Result<&'a str, OpError<'a>> {
+    let data = data.ok_or_else(|| OpError::new(ErrorCode::BadJson, "pub needs data", id))?;
+    if !nesting_within(data.get().as_bytes(), MAX_DATA_DEPTH) {
+        return Err(OpError::new(
+            ErrorCode::BadJson,
+            format!("data nests arrays and objects deeper than {MAX_DATA_DEPTH}"),
+            id,
+        ));
+    }
+    Ok(data.get())
+}
+
 /// Parses one client text frame.
 pub fn parse_client_op(text: &str) -> Result<ClientOp<'_>, OpError<'_>> {
+    if !is_object(text) {
+        return Err(OpError::new(
+            ErrorCode::BadJson,
+            "expected a JSON object with an op",
+            None,
+        ));
+    }
     let envelope: Envelope<'_> = serde_json::from_str(text).map_err(|e| {
         OpError::new(
             ErrorCode::BadJson,
@@ -251,17 +316,11 @@ pub fn parse_client_op(text: &str) -> Result<ClientOp<'_>, OpError<'_>> {
             ch: read_channel(envelope.ch, Access::Subscribe, id)?,
             id,
         }),
-        "pub" => {
-            let ch = read_channel(envelope.ch, Access::Publish, id)?;
-            let data = envelope
-                .data
-                .ok_or_else(|| OpError::new(ErrorCode::BadJson, "pub needs data", id))?;
-            Ok(ClientOp::Pub {
-                ch,
-                data: data.get(),
-                id,
-            })
-        }
+        "pub" => Ok(ClientOp::Pub {
+            ch: read_channel(envelope.ch, Access::Publish, id)?,
+            data: read_data(envelope.data, id)?,
+            id,
+        }),
         "ping" => Ok(ClientOp::Ping { id }),
         "auth" => Ok(ClientOp::Auth {
             token: envelope
@@ -294,6 +353,13 @@ struct HttpEnvelope<'a> {
 
 /// Parses the body of `POST /api/publish`: `{"ch":"news","data":<JSON>}`.
 pub fn parse_http_publish(body: &str) -> Result<HttpPublish<'_>, OpError<'_>> {
+    if !is_object(body) {
+        return Err(OpError::new(
+            ErrorCode::BadJson,
+            "expected {\"ch\":..,\"data\":..}",
+            None,
+        ));
+    }
     let envelope: HttpEnvelope<'_> = serde_json::from_str(body).map_err(|e| {
         OpError::new(
             ErrorCode::BadJson,
@@ -301,13 +367,9 @@ pub fn parse_http_publish(body: &str) -> Result<HttpPublish<'_>, OpError<'_>> {
             None,
         )
     })?;
-    let ch = read_channel(envelope.ch, Access::Publish, None)?;
-    let data = envelope
-        .data
-        .ok_or_else(|| OpError::new(ErrorCode::BadJson, "missing data", None))?;
     Ok(HttpPublish {
-        ch,
-        data: data.get(),
+        ch: read_channel(envelope.ch, Access::Publish, None)?,
+        data: read_data(envelope.data, None)?,
     })
 }
 
@@ -338,7 +400,10 @@ pub fn encode_msg(ch: &str, seq: u64, kind: PayloadKind, payload: &[u8]) -> Byte
     out.push(seq_text.as_bytes());
     let as_json = match kind {
         PayloadKind::Json => true,
-        PayloadKind::Text => serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok(),
+        PayloadKind::Text => {
+            serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok()
+                && nesting_within(payload, MAX_DATA_DEPTH)
+        }
         PayloadKind::Binary => false,
     };
     if as_json {
@@ -572,6 +637,64 @@ mod tests {
         );
         let err = parse_client_op(r#"{"op":"dance","id":7}"#).unwrap_err();
         assert_eq!(err.id, Some("7"));
+    }
+
+    #[test]
+    fn envelopes_are_objects_only() {
+        for text in [r#"["sub","arr",null,"a1"]"#, r#" ["pub","c",[1],1]"#, "1"] {
+            let err = parse_client_op(text).unwrap_err();
+            assert_eq!((err.code, err.id), (ErrorCode::BadJson, None), "{text}");
+        }
+        assert_eq!(
+            parse_http_publish(r#"["news","hi"]"#).unwrap_err().code,
+            ErrorCode::BadJson
+        );
+        assert!(parse_client_op(" \n{\"op\":\"ping\"}").is_ok());
+    }
+
+    #[test]
+    fn ids_are_limited_to_64_bytes_as_documented() {
+        let ping = |id: String| {
+            let text = format!(r#"{{"op":"ping","id":{id}}}"#);
+            parse_client_op(&text).map(drop).map_err(|e| e.code)
+        };
+        let string = |n| format!("\"{}\"", "x".repeat(n));
+        assert!(ping(string(64)).is_ok(), "64 bytes between the quotes");
+        assert_eq!(ping(string(65)).unwrap_err(), ErrorCode::BadJson);
+        assert!(ping("9".repeat(64)).is_ok());
+        assert!(ping(format!("-{}", "9".repeat(64))).is_ok());
+        assert_eq!(ping("9".repeat(65)).unwrap_err(), ErrorCode::BadJson);
+    }
+
+    #[test]
+    fn deeply_nested_data_is_refused() {
+        let nested = |depth| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        let publish = |data: String| {
+            let text = format!(r#"{{"op":"pub","ch":"c","data":{data},"id":1}}"#);
+            parse_client_op(&text)
+                .map(drop)
+                .map_err(|e| (e.code, e.id.map(str::to_owned)))
+        };
+        assert!(publish(nested(MAX_DATA_DEPTH)).is_ok());
+        assert_eq!(
+            publish(nested(MAX_DATA_DEPTH + 1)).unwrap_err(),
+            (ErrorCode::BadJson, Some("1".to_owned()))
+        );
+        assert!(publish(nested(30_000)).is_err());
+        let brackets_in_strings = format!(r#"{{"a":"{}\"[{{"}}"#, "[".repeat(100));
+        assert!(publish(brackets_in_strings).is_ok(), "strings are skipped");
+        let body = format!(r#"{{"ch":"c","data":{}}}"#, nested(MAX_DATA_DEPTH + 1));
+        assert_eq!(
+            parse_http_publish(&body).unwrap_err().code,
+            ErrorCode::BadJson
+        );
+        let deep_text = nested(MAX_DATA_DEPTH + 1);
+        let frame = encode_msg("r", 1, PayloadKind::Text, deep_text.as_bytes());
+        assert_eq!(
+            payload_json(&frame)["text"],
+            json!(deep_text),
+            "deep raw-room text reaches JSON subscribers as a string"
+        );
     }
 
     #[test]

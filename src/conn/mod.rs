@@ -613,10 +613,7 @@ async fn publish(
             "server is shutting down",
         ));
     }
-    let payload = Payload::new(
-        PayloadKind::Json,
-        Bytes::copy_from_slice(request.data.as_bytes()),
-    );
+    let payload = Payload::copy_of(PayloadKind::Json, request.data.as_bytes());
     let ch = Bytes::copy_from_slice(request.ch.as_bytes());
     let wait = shard.config.shutdown_timeout.max(Duration::from_secs(1));
     let seq = glommio::timer::timeout(wait, async {

@@ -43,8 +43,6 @@ use crate::{
     stats::bump,
 };
 
-/// tungstenite's read buffer per connection. Small on purpose: idle
-/// connections dominate memory; larger frames grow it only while read.
 /// How long the writer may take to flush the close frame at teardown.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Messages one connection may handle before yielding to the others.
@@ -243,17 +241,17 @@ impl Reader<'_> {
                     if !self.may_publish_in_room() {
                         return None;
                     }
-                    let payload = Payload::new(PayloadKind::Text, Bytes::from(text));
+                    let payload = Payload::copy_of(PayloadKind::Text, text.as_bytes());
                     shard.publish(channel.clone(), payload, self.skip, Reply::None)
                 }
-                None => handle_op(shard, conn, Bytes::from(text)),
+                None => handle_op(shard, conn, text.as_str()),
             },
             Message::Binary(bytes) => match &self.room {
                 Some(channel) => {
                     if !self.may_publish_in_room() {
                         return None;
                     }
-                    let payload = Payload::new(PayloadKind::Binary, bytes);
+                    let payload = Payload::copy_of(PayloadKind::Binary, &bytes);
                     shard.publish(channel.clone(), payload, self.skip, Reply::None)
                 }
                 None if matches!(*conn.permit(), Permit::AwaitingAuth) => {
@@ -325,11 +323,7 @@ fn close_reason(error: &WsError) -> CloseReason {
 
 /// Executes one JSON-protocol text frame. Returns the peer shard whose queue
 /// is congested after a publication (the reader then waits for it).
-fn handle_op(shard: &Shard, conn: &Rc<Conn>, frame: Bytes) -> Option<usize> {
-    // tungstenite checked that text frames are UTF-8.
-    let Ok(text) = std::str::from_utf8(&frame) else {
-        return None;
-    };
+fn handle_op(shard: &Shard, conn: &Rc<Conn>, text: &str) -> Option<usize> {
     let awaiting_auth = matches!(*conn.permit(), Permit::AwaitingAuth);
     let op = match protocol::parse_client_op(text) {
         Ok(op) => op,
@@ -371,16 +365,15 @@ fn handle_op(shard: &Shard, conn: &Rc<Conn>, frame: Bytes) -> Option<usize> {
             } else if let Some(refused) = over_rate(shard, conn, id) {
                 Err(refused)
             } else {
-                // Both are slices of the frame: no copy of the payload.
-                let ch = match ch {
-                    std::borrow::Cow::Borrowed(name) => frame.slice_ref(name.as_bytes()),
-                    std::borrow::Cow::Owned(name) => Bytes::from(name.into_bytes()),
-                };
-                let payload = Payload::new(PayloadKind::Json, frame.slice_ref(data.as_bytes()));
+                // Copies, not slices of the frame: what is published outlives
+                // the read (history keeps it for minutes), and a slice would
+                // pin the whole read buffer the frame came in.
+                let ch = Bytes::copy_from_slice(ch.as_bytes());
+                let payload = Payload::copy_of(PayloadKind::Json, data.as_bytes());
                 let reply = match id {
                     Some(id) => Reply::Ack {
                         conn: conn.id,
-                        id: frame.slice_ref(id.as_bytes()),
+                        id: Bytes::copy_from_slice(id.as_bytes()),
                     },
                     None => Reply::None,
                 };

@@ -55,7 +55,9 @@ impl ChannelPattern {
         &self.text
     }
 
-    /// Whether `channel` is covered by this pattern.
+    /// Whether `channel` is covered by this pattern. A wildcard never
+    /// matches an empty segment (valid channel names have none; this holds
+    /// even for a name that was not validated).
     pub fn matches(&self, channel: &str) -> bool {
         if self.exact {
             return *self.text == *channel;
@@ -63,7 +65,8 @@ impl ChannelPattern {
         let mut names = channel.split('.');
         for segment in self.text.split('.') {
             match (segment, names.next()) {
-                (">", Some(_)) => return true,
+                (_, Some("")) => return false,
+                (">", Some(_)) => return names.all(|name| !name.is_empty()),
                 ("*", Some(_)) => {}
                 (literal, Some(name)) if literal == name => {}
                 _ => return false,
@@ -110,6 +113,17 @@ mod tests {
         assert!(covers("user.42.>", "user.42.a.b"));
         assert!(!covers("user.42.>", "user.42"));
         assert!(covers(">", "anything.at.all"));
+    }
+
+    #[test]
+    fn wildcards_never_match_empty_segments() {
+        assert!(!covers("news.*", "news."));
+        assert!(!covers("user.42.*", "user.42."));
+        assert!(!covers("chat.>", "chat."));
+        assert!(!covers("chat.>", "chat..x"));
+        assert!(!covers("chat.>", "chat.x."));
+        assert!(!covers("*.a", ".a"));
+        assert!(covers("chat.>", "chat.x.y"));
     }
 
     #[test]

@@ -25,8 +25,12 @@ struct OwnedChannel {
     remote_interest: u64,
     /// The latest publications, oldest first, with when they were ordered
     /// (shard milliseconds).
-    history: VecDeque<(u64, Payload, u64)>,
+    history: VecDeque<HistoryEntry>,
 }
+
+/// One kept publication: its `seq`, its payload, and when it was ordered
+/// (shard milliseconds).
+type HistoryEntry = (u64, Payload, u64);
 
 /// Bounds of the history.
 #[derive(Debug, Clone, Copy)]
@@ -40,9 +44,18 @@ pub struct HistoryLimits {
     pub max_bytes: usize,
 }
 
-/// What one kept publication is counted as: its bytes plus bookkeeping.
+/// The memory one kept publication holds, as `history-max-bytes` counts it:
+/// its bytes (one allocation of exactly their length, see
+/// [`Payload::copy_of`], rounded up to the allocator's 16-byte granularity
+/// plus its chunk header), the shared handle made when the payload was
+/// cloned into history, and the history entry itself.
 fn weight(payload: &Payload) -> usize {
-    payload.bytes.len() + 64
+    const CHUNK_HEADER: usize = 16;
+    const SHARED_HANDLE: usize = 32;
+    payload.bytes.len().next_multiple_of(16)
+        + CHUNK_HEADER
+        + SHARED_HANDLE
+        + std::mem::size_of::<HistoryEntry>()
 }
 
 /// The answer to a subscription that asked for the channel's position and,
@@ -290,11 +303,12 @@ mod tests {
             HistoryLimits {
                 size: 100,
                 ttl_ms: 1_000_000,
-                max_bytes: 10 * 65,
+                max_bytes: 10 * weight(&payload("x")),
             },
             1,
         );
-        let one = payload("x"); // weighs 65
+        let one = payload("x");
+        let w = weight(&one);
         for i in 0..20 {
             owner.order("old", &one, i);
         }
@@ -303,12 +317,8 @@ mod tests {
         }
         assert_eq!(owner.history_len(), 30);
         owner.sweep(200, |_| true);
-        assert!(
-            owner.history_bytes() <= 10 * 65,
-            "{}",
-            owner.history_bytes()
-        );
-        assert_eq!(owner.history_len(), owner.history_bytes() / 65);
+        assert!(owner.history_bytes() <= 10 * w, "{}", owner.history_bytes());
+        assert_eq!(owner.history_len(), owner.history_bytes() / w);
         let epoch = owner.position("new", None, 200).epoch;
         let new = owner.position("new", Some((0, &epoch)), 200);
         assert_eq!(new.recovered, Some(true), "the newest channel is untouched");
