@@ -307,10 +307,12 @@ impl Config {
                 self.max_message_bytes
             ));
         }
-        if self.max_queue_bytes < self.max_message_bytes + 256 {
+        let largest_frame = crate::protocol::max_msg_frame_len(self.max_message_bytes);
+        if self.max_queue_bytes < largest_frame {
             return invalid(format!(
-                "max-queue-bytes ({}) must exceed max-message-bytes ({}) by at least 256 \
-                 so one full message fits with its envelope",
+                "max-queue-bytes is {}, must be at least {largest_frame}: one message of \
+                 max-message-bytes ({}) can grow to that for a JSON subscriber (raw-room \
+                 text escaped, 6x, plus its envelope)",
                 self.max_queue_bytes, self.max_message_bytes
             ));
         }
@@ -437,12 +439,16 @@ mod tests {
     }
 
     #[test]
-    fn queue_must_hold_one_message() {
-        let config = Config {
-            max_queue_bytes: 1000,
-            max_message_bytes: 1000,
+    fn queue_must_hold_one_message_as_any_subscriber_receives_it() {
+        let with = |queue, message| Config {
+            max_queue_bytes: queue,
+            max_message_bytes: message,
             ..Config::default()
         };
-        assert!(config.validate().is_err());
+        assert!(with(1000, 1000).validate().is_err());
+        // Raw-room text escaped for a JSON subscriber: 6x, not +256.
+        let error = with(200 << 10, 64 << 10).validate().unwrap_err().to_string();
+        assert!(error.contains("must be at least 393411"), "{error}");
+        assert!(with(393_411, 64 << 10).validate().is_ok());
     }
 }

@@ -425,6 +425,19 @@ pub fn encode_msg(ch: &str, seq: u64, kind: PayloadKind, payload: &[u8]) -> Byte
     out.finish()
 }
 
+/// Bytes a `msg` frame adds around its payload at most: the frame header
+/// (10), `{"op":"msg","ch":"` (18), the channel (128), `","seq":` (8), the
+/// `seq` (20 digits), `,"text":` (8), the string's quotes and `}` (3).
+const MSG_OVERHEAD: usize = 10 + 18 + channel::MAX_CHANNEL_LEN + 8 + 20 + 8 + 3;
+
+/// The largest frame one publication of `payload_len` bytes can become for
+/// any subscriber: raw-room text of control characters is escaped to six
+/// bytes each (`\u0001`) for JSON subscribers; base64 of binary (4/3) and
+/// verbatim JSON are smaller. A queue must hold this to take any message.
+pub const fn max_msg_frame_len(payload_len: usize) -> usize {
+    6 * payload_len + MSG_OVERHEAD
+}
+
 /// Encodes the frame raw-room members receive: the payload verbatim, as a text
 /// frame (JSON and text) or a binary frame.
 pub fn encode_raw(kind: PayloadKind, payload: &[u8]) -> Bytes {
@@ -716,6 +729,29 @@ mod tests {
         assert!(plain.get("data").is_none());
         let bin = payload_json(&encode_msg("r", 3, PayloadKind::Binary, &[0, 1, 255]));
         assert_eq!(bin["bin"], json!("AAH/"));
+    }
+
+    #[test]
+    fn no_encoding_of_a_message_is_over_its_bound() {
+        let ch = "c".repeat(channel::MAX_CHANNEL_LEN);
+        let n = 70_000;
+        let worst_text = "\u{1}".repeat(n);
+        let cases = [
+            (PayloadKind::Text, worst_text.as_bytes().to_vec()),
+            (PayloadKind::Text, "\"".repeat(n).into_bytes()),
+            (PayloadKind::Binary, vec![0xff; n]),
+            (PayloadKind::Json, vec![b'1'; n]),
+        ];
+        for (kind, payload) in cases {
+            let frame = encode_msg(&ch, u64::MAX, kind, &payload);
+            assert!(frame.len() <= max_msg_frame_len(n), "{kind:?}: {}", frame.len());
+            assert!(encode_raw(kind, &payload).len() <= max_msg_frame_len(n));
+        }
+        let frame = encode_msg(&ch, u64::MAX, PayloadKind::Text, worst_text.as_bytes());
+        assert!(
+            frame.len() + 10 > max_msg_frame_len(n),
+            "the bound is tight"
+        );
     }
 
     #[test]
