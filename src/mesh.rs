@@ -85,8 +85,10 @@ pub enum Reply {
     None,
     /// A JSON `pub` with an `id`: send an `ack` to that connection.
     Ack { conn: ConnRef, id: Bytes },
-    /// An HTTP publish waiting in the publisher shard's reply slot.
-    Http { slot: u32 },
+    /// An HTTP publish waiting in the publisher shard's reply slot; `nonce`
+    /// tells it from a later publish given the same slot after this one
+    /// gave up waiting.
+    Http { slot: u32, nonce: u32 },
 }
 
 /// Everything shards say to each other.

@@ -61,8 +61,9 @@ pub struct Shard {
     /// Last token handed to a subscription waiting for its position, or to
     /// a scrape waiting for snapshots.
     next_token: Cell<u32>,
-    /// HTTP publishes waiting for their `seq`, by reply slot.
-    http_waiters: RefCell<Slab<LocalSender<u64>>>,
+    /// HTTP publishes waiting for their `seq`, by reply slot, with the
+    /// nonce their `Reply::Http` carries.
+    http_waiters: RefCell<Slab<(u32, LocalSender<u64>)>>,
     /// Scrapes waiting for the other shards' snapshots, by reply slot.
     stats_waiters: RefCell<Slab<(u32, LocalSender<ShardSnapshot>)>>,
     started: Instant,
@@ -465,29 +466,38 @@ impl Shard {
                     }
                 }
             }
-            Reply::Http { slot } => {
-                if let Some(waiter) = self.http_waiters.borrow_mut().try_remove(slot as usize) {
-                    let _ = waiter.try_send(seq);
+            Reply::Http { slot, nonce } => {
+                let mut waiters = self.http_waiters.borrow_mut();
+                if waiters.get(slot as usize).is_some_and(|w| w.0 == nonce) {
+                    let _ = waiters.remove(slot as usize).1.try_send(seq);
                 }
             }
         }
     }
 
     /// Publishes from HTTP and waits for the assigned `seq`. `None` if the
-    /// owner went away (shutdown).
+    /// owner went away (shutdown). The reply slot is freed however the wait
+    /// ends, also when the caller gives up (a timeout drops this future).
     pub async fn publish_and_wait(&self, ch: Bytes, payload: Payload) -> Option<u64> {
         let owner = self.owner_of(&ch);
         if owner != self.id {
             self.links.wait_for_room(owner).await;
         }
         let (tx, rx) = glommio::channels::local_channel::new_bounded(1);
-        let slot = self.http_waiters.borrow_mut().insert(tx) as u32;
-        self.publish(ch, payload, None, Reply::Http { slot });
-        let seq = rx.recv().await;
-        if seq.is_none() {
-            self.http_waiters.borrow_mut().try_remove(slot as usize);
-        }
-        seq
+        let nonce = self.new_token();
+        let slot = self.http_waiters.borrow_mut().insert((nonce, tx)) as u32;
+        let _waiting = HttpWaiter {
+            waiters: &self.http_waiters,
+            slot,
+            nonce,
+        };
+        self.publish(ch, payload, None, Reply::Http { slot, nonce });
+        rx.recv().await
+    }
+
+    /// HTTP publishes waiting for their `seq`.
+    pub fn pending_http_publishes(&self) -> usize {
+        self.http_waiters.borrow().len()
     }
 
     /// Handles a message from another shard. Never waits.
@@ -632,5 +642,73 @@ impl Shard {
         self.owner
             .borrow_mut()
             .sweep(self.now_ms(), |name| index.subscriber_count(name) > 0);
+    }
+}
+
+/// Frees an HTTP publish's reply slot when its wait ends, unless the answer
+/// already did (the slot may then belong to a later publish: the nonce
+/// tells).
+struct HttpWaiter<'a> {
+    waiters: &'a RefCell<Slab<(u32, LocalSender<u64>)>>,
+    slot: u32,
+    nonce: u32,
+}
+
+impl Drop for HttpWaiter<'_> {
+    fn drop(&mut self) {
+        let mut waiters = self.waiters.borrow_mut();
+        if waiters
+            .get(self.slot as usize)
+            .is_some_and(|w| w.0 == self.nonce)
+        {
+            waiters.remove(self.slot as usize);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::protocol::PayloadKind;
+
+    /// A shard 0 of two whose peer never answers (its link is gone).
+    fn lonely_shard() -> Shard {
+        let config = Config {
+            shards: 2,
+            ..Config::default()
+        };
+        let (links, receivers) = PeerLinks::new(0, 2);
+        drop(receivers);
+        Shard::new(0, None, config, links, Arc::default(), 1, Arc::default())
+    }
+
+    #[test]
+    fn an_http_publish_that_gives_up_frees_its_reply_slot() {
+        let executor = glommio::LocalExecutorBuilder::default()
+            .io_memory(64 << 10)
+            .make()
+            .unwrap();
+        executor.run(async {
+            let shard = lonely_shard();
+            let remote = (0..)
+                .map(|i| format!("ch{i}"))
+                .find(|name| shard.owner_of(name.as_bytes()) == 1)
+                .unwrap();
+            for _ in 0..3 {
+                let payload = Payload::copy_of(PayloadKind::Json, b"1");
+                let publish = shard.publish_and_wait(Bytes::from(remote.clone()), payload);
+                let waited = glommio::timer::timeout(Duration::from_millis(5), async {
+                    Ok(publish.await)
+                })
+                .await;
+                assert!(waited.is_err(), "nobody answers");
+                assert_eq!(shard.pending_http_publishes(), 0);
+            }
+            // A late answer for a slot given up on reaches nobody.
+            shard.complete(Reply::Http { slot: 0, nonce: 1 }, 7);
+            assert_eq!(shard.pending_http_publishes(), 0);
+        });
     }
 }
