@@ -59,6 +59,20 @@ pub struct Config {
     /// Bytes of history one shard keeps over all its channels; over it, the
     /// oldest publications go first. Default 64 MiB.
     pub history_max_bytes: usize,
+    /// Time a client has to finish a message once its first byte arrived
+    /// (all fragments, the whole payload); over it the connection is closed
+    /// with 1008. Default 10 s.
+    pub message_timeout: Duration,
+    /// Time a connection's outgoing queue may hold bytes without the socket
+    /// taking any; over it the connection is closed (no close frame can get
+    /// through). Default 30 s.
+    pub send_timeout: Duration,
+    /// Memory budget of the process (split evenly over the shards) for what
+    /// clients make it hold: connections, outgoing queues, unfinished
+    /// messages and history. Over its share a shard refuses new connections
+    /// (503) and subscriptions (`err over_capacity`). Default: half of the
+    /// machine's memory, or of the cgroup's limit when that is lower.
+    pub max_memory: usize,
     /// Allow everything without a token. The default when no JWT key is
     /// configured (logged loudly); cannot be combined with one.
     pub anonymous: bool,
@@ -111,6 +125,9 @@ impl Default for Config {
             history_size: 100,
             history_ttl: Duration::from_secs(300),
             history_max_bytes: 64 << 20,
+            message_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(30),
+            max_memory: default_max_memory(),
             anonymous: false,
             jwt_secret: None,
             jwt_public_key: None,
@@ -135,6 +152,15 @@ pub fn default_shards() -> usize {
         .map(|ids| ids.len())
         .unwrap_or(1)
         .max(1)
+}
+
+/// The smallest memory budget of one shard (`max-memory` / `shards`).
+const MIN_MEMORY_PER_SHARD: usize = 4 << 20;
+
+/// Half of the memory this process may use: the machine's, or its cgroup's
+/// limit when lower (1 GiB when neither can be read).
+pub fn default_max_memory() -> usize {
+    crate::process::memory_limit_bytes().map_or(1 << 30, |bytes| (bytes / 2) as usize)
 }
 
 /// One source of settings: every field optional, so layers can be stacked.
@@ -185,6 +211,15 @@ pub struct ConfigLayer {
     /// History memory per shard over all channels; the oldest go first when over [default: 64MiB]
     #[arg(long, env = "SHARDCAST_HISTORY_MAX_BYTES", value_name = "SIZE")]
     pub history_max_bytes: Option<ByteSize>,
+    /// Time a client has to finish a message it started; then close 1008 [default: 10s]
+    #[arg(long, env = "SHARDCAST_MESSAGE_TIMEOUT", value_name = "DURATION")]
+    pub message_timeout: Option<HumanDuration>,
+    /// Close a connection whose queued bytes the socket has not taken for this long [default: 30s]
+    #[arg(long, env = "SHARDCAST_SEND_TIMEOUT", value_name = "DURATION")]
+    pub send_timeout: Option<HumanDuration>,
+    /// Memory budget for connections, queues, unfinished messages and history; over it new connections and subscriptions are refused [default: half of the machine's or cgroup's memory]
+    #[arg(long, env = "SHARDCAST_MAX_MEMORY", value_name = "SIZE")]
+    pub max_memory: Option<ByteSize>,
     /// Let anyone connect, subscribe and publish without a token (the default without a JWT key)
     #[arg(long, env = "SHARDCAST_ANONYMOUS", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub anonymous: Option<bool>,
@@ -283,7 +318,7 @@ impl Config {
               allowed_origins, publish_rate, max_connections_per_ip },
             { ping_interval, ping_timeout, max_queue_bytes, max_message_bytes,
               handshake_timeout, shutdown_timeout, read_buffer_bytes, history_ttl,
-              history_max_bytes, auth_timeout },
+              history_max_bytes, auth_timeout, message_timeout, send_timeout, max_memory },
             { jwt_secret, jwt_public_key, jwt_audience, jwt_issuer, api_key, admin_listen,
               publish_burst, tls_cert, tls_key });
     }
@@ -326,6 +361,16 @@ impl Config {
             return invalid(format!(
                 "history-size is {}, must be at most 100000",
                 self.history_size
+            ));
+        }
+        if self.message_timeout.is_zero() || self.send_timeout.is_zero() {
+            return invalid("message-timeout and send-timeout must be above zero".into());
+        }
+        let least_memory = self.shards * MIN_MEMORY_PER_SHARD;
+        if self.max_memory < least_memory {
+            return invalid(format!(
+                "max-memory is {}, must be at least {least_memory} ({} per shard)",
+                self.max_memory, MIN_MEMORY_PER_SHARD
             ));
         }
         if self.history_ttl.is_zero() {

@@ -37,7 +37,7 @@ const QUANTILES: [(&str, Quantile); 4] = [
 type Read = fn(&ShardSnapshot) -> u64;
 
 /// Per-shard counters: name, help, value.
-const COUNTERS: [(&str, &str, Read); 18] = [
+const COUNTERS: [(&str, &str, Read); 20] = [
     (
         "shardcast_connections_opened_total",
         "WebSocket connections accepted.",
@@ -124,6 +124,16 @@ const COUNTERS: [(&str, &str, Read); 18] = [
         |s| s.ip_cap_refusals,
     ),
     (
+        "shardcast_replays_refused_total",
+        "Resumes answered recovered:false because what was missed did not fit in the connection's queue.",
+        |s| s.replays_refused,
+    ),
+    (
+        "shardcast_memory_refusals_total",
+        "Connections (503) and subscriptions (err over_capacity) refused over the shard's memory budget.",
+        |s| s.memory_refusals,
+    ),
+    (
         "shardcast_connection_panics_total",
         "Connection tasks that panicked (a bug; the connection was dropped).",
         |s| s.connection_panics,
@@ -131,7 +141,7 @@ const COUNTERS: [(&str, &str, Read); 18] = [
 ];
 
 /// Per-shard gauges: name, help, value.
-const GAUGES: [(&str, &str, Read); 8] = [
+const GAUGES: [(&str, &str, Read); 11] = [
     (
         "shardcast_connections",
         "WebSocket connections open.",
@@ -166,6 +176,21 @@ const GAUGES: [(&str, &str, Read); 8] = [
         "shardcast_outbox_bytes",
         "Bytes waiting in connection queues.",
         |s| s.outbox_bytes,
+    ),
+    (
+        "shardcast_unfinished_message_bytes",
+        "Payload bytes of incoming messages begun and not yet finished.",
+        |s| s.unfinished_bytes,
+    ),
+    (
+        "shardcast_memory_counted_bytes",
+        "Bytes counted against the shard's memory budget: connections, queues, unfinished messages, history.",
+        |s| s.memory_counted_bytes,
+    ),
+    (
+        "shardcast_memory_budget_bytes",
+        "The shard's memory budget (max-memory divided by the shards).",
+        |s| s.memory_budget_bytes,
     ),
     (
         "shardcast_uptime_seconds",

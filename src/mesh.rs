@@ -84,7 +84,7 @@ pub enum Reply {
     /// Nobody is waiting.
     None,
     /// A JSON `pub` with an `id`: send an `ack` to that connection.
-    Ack { conn: ConnRef, id: Bytes },
+    Ack { conn: ConnRef, id: Box<str> },
     /// An HTTP publish waiting in the publisher shard's reply slot; `nonce`
     /// tells it from a later publish given the same slot after this one
     /// gave up waiting.
@@ -179,14 +179,16 @@ impl PeerLinks {
     }
 
     /// Queues `msg` for `peer`. Never blocks; a message for a peer that has
-    /// shut down is dropped.
-    pub fn send(&self, peer: usize, msg: MeshMsg) {
+    /// shut down is dropped (then `false`).
+    pub fn send(&self, peer: usize, msg: MeshMsg) -> bool {
         if let Some(Some(queue)) = self.queues.get(peer) {
             // Unbounded: fails only when the drain task is gone (shutdown).
             if queue.try_send(msg).is_ok() {
                 bump(&self.sent, 1);
+                return true;
             }
         }
+        false
     }
 
     /// Messages queued for peers since start.

@@ -1,7 +1,7 @@
 //! Figures of the whole server process for `/metrics` and the dashboard: CPU
 //! seconds from `getrusage` (microsecond precision, no file), resident memory
 //! from `/proc/self/statm` (procfs: served from memory, never blocks on a
-//! disk), and the process start time.
+//! disk), the process start time, and the memory it may use at all.
 
 use std::{
     sync::OnceLock,
@@ -29,6 +29,26 @@ impl ProcessStats {
             start_time_seconds: start_time_seconds(),
         }
     }
+}
+
+/// The memory this process may use: the machine's (`MemTotal`), or the
+/// cgroup v2 limit (`memory.max`) when that is set and lower. Read once, at
+/// start-up.
+pub fn memory_limit_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let total_kib: u64 = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    let total = total_kib * 1024;
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok());
+    Some(cgroup.map_or(total, |limit| limit.min(total)))
 }
 
 /// CPU seconds (user + system) this process has used.
@@ -78,5 +98,15 @@ mod tests {
         assert!(stats.rss_bytes > 1 << 20, "a test process holds over 1 MiB");
         assert!(stats.start_time_seconds > 1.6e9);
         assert_eq!(start_time_seconds(), stats.start_time_seconds);
+    }
+
+    #[test]
+    fn knows_how_much_memory_there_is() {
+        let limit = memory_limit_bytes().expect("procfs is there");
+        assert!(limit > stats_rss(), "more than this process holds");
+    }
+
+    fn stats_rss() -> u64 {
+        rss_bytes().unwrap_or(0)
     }
 }

@@ -79,6 +79,9 @@ pub enum ErrorCode {
     Unauthorized,
     /// Over the connection's publish rate; the publication was dropped.
     RateLimited,
+    /// The server is over its memory budget (`max-memory`) and takes no new
+    /// connection or subscription for now; retry later.
+    OverCapacity,
 }
 
 impl ErrorCode {
@@ -89,7 +92,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => 401,
             ErrorCode::RateLimited => 429,
             ErrorCode::TooLarge => 413,
-            ErrorCode::ShuttingDown => 503,
+            ErrorCode::ShuttingDown | ErrorCode::OverCapacity => 503,
             _ => 400,
         }
     }
@@ -106,6 +109,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::OverCapacity => "over_capacity",
         }
     }
 }

@@ -61,6 +61,17 @@ pub struct ShardSnapshot {
     pub rate_limited: u64,
     pub ip_cap_refusals: u64,
     pub connection_panics: u64,
+    /// Resumes answered `recovered:false`: what was missed did not fit in
+    /// the connection's queue.
+    pub replays_refused: u64,
+    /// Connections and subscriptions refused over the memory budget.
+    pub memory_refusals: u64,
+    /// Bytes counted against this shard's memory budget now.
+    pub memory_counted_bytes: u64,
+    /// This shard's memory budget (`max-memory` / shards).
+    pub memory_budget_bytes: u64,
+    /// Payload bytes of unfinished incoming messages now.
+    pub unfinished_bytes: u64,
     /// Publish→write latency over the last completed second.
     pub latency_us: LatencySummary,
     /// Publish→write latency since the shard started.
@@ -102,6 +113,10 @@ pub struct Totals {
     pub forbidden: u64,
     pub rate_limited: u64,
     pub ip_cap_refusals: u64,
+    pub replays_refused: u64,
+    pub memory_refusals: u64,
+    pub memory_counted_bytes: u64,
+    pub memory_budget_bytes: u64,
     /// Latency since start over all shards (histograms merged).
     pub latency_total_us: LatencySummary,
 }
@@ -165,6 +180,10 @@ impl Totals {
             total.forbidden += s.forbidden;
             total.rate_limited += s.rate_limited;
             total.ip_cap_refusals += s.ip_cap_refusals;
+            total.replays_refused += s.replays_refused;
+            total.memory_refusals += s.memory_refusals;
+            total.memory_counted_bytes += s.memory_counted_bytes;
+            total.memory_budget_bytes += s.memory_budget_bytes;
             if let Some(histogram) = &s.latency_histogram {
                 match merged.as_mut() {
                     Some(all) => {

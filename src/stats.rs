@@ -55,6 +55,16 @@ pub struct Stats {
     /// Connections refused by the per-IP cap.
     pub ip_cap_refusals: Cell<u64>,
     pub connection_panics: Cell<u64>,
+    /// Resumes answered `recovered:false` because what was missed would not
+    /// fit in the connection's queue.
+    pub replays_refused: Cell<u64>,
+    /// Connections (503) and subscriptions (`err over_capacity`) refused
+    /// over the shard's share of `max-memory`.
+    pub memory_refusals: Cell<u64>,
+    /// Bytes in this shard's connection queues now (a gauge).
+    pub queued_bytes: Cell<u64>,
+    /// Payload bytes of unfinished incoming messages now (a gauge).
+    pub unfinished_bytes: Cell<u64>,
     pub latency: RefCell<Latency>,
 }
 

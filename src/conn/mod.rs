@@ -6,10 +6,15 @@
 pub mod http;
 pub mod outbox;
 pub mod permit;
+pub mod progress;
 pub mod stream;
 mod ws;
 
-use std::{cell::RefCell, rc::Rc, time::Duration};
+use std::{
+    cell::{Cell, RefCell},
+    rc::Rc,
+    time::Duration,
+};
 
 use bytes::Bytes;
 use futures_lite::FutureExt;
@@ -51,6 +56,10 @@ pub struct Conn {
     /// Shared with the writer task.
     pub outbox: Rc<Outbox>,
     pub heartbeat: Heartbeat,
+    /// When the client began the message it has not finished
+    /// ([`clock::now_ns`](crate::clock::now_ns)); 0 when none is unfinished.
+    /// The sweep closes it after `message-timeout`.
+    pub message_started_ns: Cell<u64>,
     /// Channels subscribed to, with the slot in each channel's subscriber list.
     subscriptions: RefCell<Vec<(Rc<str>, u32)>>,
     /// Tokens, rate limit and per-IP slot: allocated only when one of them
@@ -81,6 +90,7 @@ impl Conn {
             id,
             outbox: Rc::new(Outbox::new(max_queue_bytes, stats)),
             heartbeat: Heartbeat::new(now_ms),
+            message_started_ns: Cell::new(0),
             subscriptions: RefCell::new(Vec::new()),
             guard: RefCell::new(None),
         }
@@ -491,6 +501,13 @@ fn admit(shard: &Shard) -> Result<(), HttpError> {
             503,
             "shutting_down",
             "server is shutting down",
+        ));
+    }
+    if shard.refuses_for_memory() {
+        return Err(HttpError::new(
+            503,
+            protocol::ErrorCode::OverCapacity.as_str(),
+            "the server is over its memory budget (max-memory); try again later",
         ));
     }
     if !shard.try_reserve_connection() {

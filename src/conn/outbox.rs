@@ -66,11 +66,16 @@ pub enum CloseReason {
     RateLimited,
     /// A raw-room member published without the token's permission (1008).
     Forbidden,
+    /// A message begun and not finished within `message-timeout` (1008).
+    MessageTimeout,
+    /// Queued bytes the socket did not take for `send-timeout`; no close
+    /// frame can get through.
+    SendTimeout,
 }
 
 impl CloseReason {
     /// Every reason, in declaration order (`reason as usize` indexes it).
-    pub const ALL: [CloseReason; 13] = [
+    pub const ALL: [CloseReason; 15] = [
         CloseReason::Normal,
         CloseReason::SlowConsumer,
         CloseReason::HeartbeatTimeout,
@@ -84,12 +89,14 @@ impl CloseReason {
         CloseReason::TokenExpired,
         CloseReason::RateLimited,
         CloseReason::Forbidden,
+        CloseReason::MessageTimeout,
+        CloseReason::SendTimeout,
     ];
 
     /// The close code and reason sent to the client, if any.
     pub fn close_frame(self) -> Option<(u16, &'static str)> {
         match self {
-            CloseReason::Normal | CloseReason::SocketError => None,
+            CloseReason::Normal | CloseReason::SocketError | CloseReason::SendTimeout => None,
             CloseReason::SlowConsumer => Some((1008, "slow consumer")),
             CloseReason::HeartbeatTimeout => Some((1001, "ping timeout")),
             CloseReason::TooLarge => Some((1009, "message too large")),
@@ -101,6 +108,7 @@ impl CloseReason {
             CloseReason::TokenExpired => Some((4001, "token expired")),
             CloseReason::RateLimited => Some((1008, "publish rate limit exceeded")),
             CloseReason::Forbidden => Some((1008, "not allowed to publish here")),
+            CloseReason::MessageTimeout => Some((1008, "message not finished in time")),
         }
     }
 
@@ -119,6 +127,8 @@ impl CloseReason {
             CloseReason::TokenExpired => "token_expired",
             CloseReason::RateLimited => "rate_limited",
             CloseReason::Forbidden => "forbidden",
+            CloseReason::MessageTimeout => "message_timeout",
+            CloseReason::SendTimeout => "send_timeout",
         }
     }
 }
@@ -160,6 +170,13 @@ pub struct Outbox {
     /// The front frame is partly on the wire: it must be finished before
     /// anything else, even a close frame, or the stream loses framing.
     front_started: Cell<bool>,
+    /// When the sweep first saw bytes queued that the socket has not taken
+    /// since (shard milliseconds, at least 1); 0: none waiting, or written
+    /// since. See [`Outbox::stalled_for`].
+    stalled_since_ms: Cell<u64>,
+    /// Acks still to come from channels' owner shards for this connection's
+    /// publications: a graceful close sends them before its close frame.
+    awaited_replies: Cell<u32>,
     /// Set once, when the connection starts closing.
     closing: Cell<Option<CloseReason>>,
     /// Close frame still to send after the queue.
@@ -177,6 +194,8 @@ impl Outbox {
             queued_bytes: Cell::new(0),
             limit,
             front_started: Cell::new(false),
+            stalled_since_ms: Cell::new(0),
+            awaited_replies: Cell::new(0),
             closing: Cell::new(None),
             close_frame: RefCell::new(None),
             writer: Cell::new(None),
@@ -207,10 +226,40 @@ impl Outbox {
             bump(&self.stats.frames_dropped, 1);
             return Pushed::Overflow;
         }
-        self.queued_bytes.set(queued);
+        self.set_queued(queued);
         self.frames.borrow_mut().push_back(Queued {
             bytes: frame,
             published_at,
+        });
+        bump(&self.stats.frames_queued, 1);
+        wake(&self.writer);
+        Pushed::Queued
+    }
+
+    /// A publication of this connection went to another shard, whose ack
+    /// will come back through [`Outbox::push_reply`].
+    pub fn expect_reply(&self) {
+        self.awaited_replies.set(self.awaited_replies.get() + 1);
+    }
+
+    /// Queues an ack that [`Outbox::expect_reply`] announced. While a
+    /// graceful close waits for it (its close frame not sent yet), it is
+    /// still queued, so every publication that took effect is acknowledged
+    /// before the close.
+    pub fn push_reply(&self, frame: Bytes) -> Pushed {
+        let awaited = self.awaited_replies.get();
+        self.awaited_replies.set(awaited.saturating_sub(1));
+        if self.closing.get().is_none() {
+            return self.push(frame);
+        }
+        if awaited == 0 || self.close_frame.borrow().is_none() {
+            bump(&self.stats.frames_dropped, 1);
+            return Pushed::Closed;
+        }
+        self.set_queued(self.queued_bytes.get() + frame.len());
+        self.frames.borrow_mut().push_back(Queued {
+            bytes: frame,
+            published_at: 0,
         });
         bump(&self.stats.frames_queued, 1);
         wake(&self.writer);
@@ -224,6 +273,30 @@ impl Outbox {
 
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes.get()
+    }
+
+    /// Sets the bytes queued, keeping the shard's total in step.
+    fn set_queued(&self, bytes: usize) {
+        let total = &self.stats.queued_bytes;
+        total.set(total.get() + bytes as u64 - self.queued_bytes.get() as u64);
+        self.queued_bytes.set(bytes);
+    }
+
+    /// For the sweep at `now_ms` (shard clock): how long bytes have been
+    /// queued without the socket taking any, as far as the sweeps saw
+    /// (0 when nothing waits or something was written since the last one).
+    pub fn stalled_for(&self, now_ms: u64) -> u64 {
+        if self.queued_bytes.get() == 0 {
+            self.stalled_since_ms.set(0);
+            return 0;
+        }
+        match self.stalled_since_ms.get() {
+            0 => {
+                self.stalled_since_ms.set(now_ms.max(1));
+                0
+            }
+            since => now_ms.saturating_sub(since),
+        }
     }
 
     /// Why the connection is closing, once it is.
@@ -245,11 +318,12 @@ impl Outbox {
             let keep = usize::from(self.front_started.get() && !frames.is_empty());
             bump(&self.stats.frames_dropped, (frames.len() - keep) as u64);
             frames.truncate(keep);
-            self.queued_bytes
-                .set(frames.iter().map(|f| f.bytes.len()).sum());
+            self.set_queued(frames.iter().map(|f| f.bytes.len()).sum());
         }
-        if let Some((code, text)) = reason.close_frame() {
-            *self.close_frame.borrow_mut() = Some(frame::close(code, text));
+        match reason.close_frame() {
+            Some((code, text)) => *self.close_frame.borrow_mut() = Some(frame::close(code, text)),
+            // Nothing more can reach the client: no ack to wait for.
+            None => self.awaited_replies.set(0),
         }
         wake(&self.writer);
         wake(&self.reader);
@@ -289,9 +363,9 @@ impl Outbox {
             outbox: self,
             slot: &self.writer,
             check: |o: &Outbox| {
+                // Closing: the close frame goes once no ack is awaited.
                 let has_work = !o.frames.borrow().is_empty()
-                    || o.close_frame.borrow().is_some()
-                    || o.closing.get().is_some();
+                    || (o.closing.get().is_some() && o.awaited_replies.get() == 0);
                 has_work.then_some(())
             },
         }
@@ -315,7 +389,8 @@ impl Outbox {
         loop {
             let mut frames = self.frames.borrow_mut();
             if frames.is_empty() {
-                match self.close_frame.borrow_mut().take() {
+                let close_due = self.awaited_replies.get() == 0;
+                match close_due.then(|| self.close_frame.borrow_mut().take()).flatten() {
                     Some(close) => frames.push_back(Queued {
                         bytes: close,
                         published_at: 0,
@@ -373,8 +448,8 @@ impl Outbox {
             }
         }
         // The close frame is not counted in queued_bytes.
-        self.queued_bytes
-            .set(self.queued_bytes.get().saturating_sub(from_queue));
+        self.set_queued(self.queued_bytes.get().saturating_sub(from_queue));
+        self.stalled_since_ms.set(0);
     }
 
     /// Counts one publication written, `latency_ns` after it was published.
@@ -395,6 +470,7 @@ impl Drop for Outbox {
             &self.stats.frames_dropped,
             self.frames.get_mut().len() as u64,
         );
+        self.set_queued(0);
     }
 }
 
@@ -567,6 +643,72 @@ mod tests {
         let second = latency.last_second();
         assert_eq!(second.count, 1);
         assert!(second.p50 >= 1_990, "about 2 ms: {second:?}");
+    }
+
+    #[test]
+    fn the_shard_total_follows_every_queue() {
+        let stats = Rc::new(Stats::default());
+        let a = Outbox::new(100, stats.clone());
+        let b = Outbox::new(100, stats.clone());
+        a.push(Bytes::from_static(b"abcdef"));
+        b.push(Bytes::from_static(b"ghij"));
+        assert_eq!(stats.queued_bytes.get(), 10);
+        a.consume(4);
+        assert_eq!(stats.queued_bytes.get(), 6);
+        b.close(CloseReason::SlowConsumer);
+        assert_eq!(stats.queued_bytes.get(), 2);
+        drop(a);
+        assert_eq!(stats.queued_bytes.get(), 0);
+    }
+
+    #[test]
+    fn a_queue_the_socket_takes_nothing_from_is_stalled() {
+        let outbox = Outbox::new(100, Rc::default());
+        assert_eq!(outbox.stalled_for(1_000), 0, "nothing queued");
+        outbox.push(Bytes::from_static(b"abcdef"));
+        assert_eq!(outbox.stalled_for(2_000), 0, "first seen waiting");
+        assert_eq!(outbox.stalled_for(5_000), 3_000);
+        outbox.consume(1);
+        assert_eq!(outbox.stalled_for(6_000), 0, "written since: progress");
+        assert_eq!(outbox.stalled_for(9_000), 3_000);
+        outbox.consume(5);
+        assert_eq!(outbox.stalled_for(10_000), 0, "drained");
+    }
+
+    #[test]
+    fn a_graceful_close_sends_awaited_acks_before_its_close_frame() {
+        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        use std::{io::Read, os::fd::AsRawFd};
+        let send = |slices: &[IoSlice<'_>]| send_gathered(ours.as_raw_fd(), slices);
+        let outbox = Outbox::new(100, Rc::default());
+        outbox.expect_reply();
+        outbox.expect_reply();
+        outbox.push(Bytes::from_static(b"ack1"));
+        outbox.close(CloseReason::RateLimited);
+        assert_eq!(outbox.flush(send).unwrap(), Flush::Drained);
+        assert!(!outbox.finished(), "two acks still to come");
+        assert_eq!(outbox.push_reply(Bytes::from_static(b"ack2")), Pushed::Queued);
+        outbox.flush(send).unwrap();
+        assert!(!outbox.finished(), "one ack still to come");
+        assert_eq!(outbox.push_reply(Bytes::from_static(b"ack3")), Pushed::Queued);
+        outbox.flush(send).unwrap();
+        assert!(outbox.finished());
+        assert_eq!(outbox.push_reply(Bytes::from_static(b"late")), Pushed::Closed);
+        drop(ours);
+        let mut got = Vec::new();
+        theirs.read_to_end(&mut got).unwrap();
+        let close = frame::close(1008, "publish rate limit exceeded");
+        assert_eq!(&got[..12], b"ack1ack2ack3");
+        assert_eq!(&got[12..], &close[..]);
+    }
+
+    #[test]
+    fn a_close_without_a_frame_waits_for_no_ack() {
+        let outbox = Outbox::new(100, Rc::default());
+        outbox.expect_reply();
+        outbox.close(CloseReason::SocketError);
+        assert!(outbox.finished());
+        assert_eq!(outbox.push_reply(Bytes::from_static(b"ack")), Pushed::Closed);
     }
 
     #[test]

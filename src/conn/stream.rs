@@ -24,8 +24,8 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use futures_rustls::server::TlsStream;
 use glommio::net::TcpStream;
 
-use super::outbox::Outbox;
-use crate::stats::bump;
+use super::{progress::MessageProgress, Conn};
+use crate::{clock, stats::bump};
 
 /// The socket, with or without TLS over it.
 enum Transport {
@@ -157,6 +157,27 @@ impl SharedStream {
         self.shutdown_write();
     }
 
+    /// Makes the close a reset (`SO_LINGER` 0): for a peer that has taken
+    /// nothing for a long time, so the kernel does not keep our unsent bytes
+    /// for it after we let go.
+    pub fn reset_on_close(&self) {
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: setsockopt on a valid fd we own, reading the linger struct
+        // we pass with its exact size; an error leaves a normal close.
+        unsafe {
+            libc::setsockopt(
+                self.fd,
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+        }
+    }
+
     /// Half-closes the write side (sends FIN).
     pub fn shutdown_write(&self) {
         // SAFETY: shutdown on a valid fd we own; an error (already closed)
@@ -168,27 +189,72 @@ impl SharedStream {
 }
 
 /// The stream as tungstenite sees it: reads from the socket, writes into the
-/// connection's outbox.
+/// connection's outbox. On the way it follows the client's frame boundaries
+/// ([`MessageProgress`]): when a message starts and ends (the deadline of
+/// `message-timeout`), and how much of it the shard holds (the memory
+/// budget).
 pub struct ReadSide {
     stream: SharedStream,
-    outbox: Rc<Outbox>,
+    conn: Rc<Conn>,
+    progress: MessageProgress,
+    /// The unfinished message's bytes as last added to the shard's count.
+    counted: u64,
 }
 
 impl ReadSide {
-    pub fn new(stream: SharedStream, outbox: Rc<Outbox>) -> Self {
-        ReadSide { stream, outbox }
+    /// `leftover`: bytes read with the HTTP head, which tungstenite reads
+    /// first.
+    pub fn new(stream: SharedStream, conn: Rc<Conn>, leftover: &[u8]) -> Self {
+        let mut side = ReadSide {
+            stream,
+            conn,
+            progress: MessageProgress::default(),
+            counted: 0,
+        };
+        side.follow(leftover);
+        side
+    }
+
+    /// Follows bytes just read: stamps when an unfinished message began and
+    /// keeps the shard's count of unfinished-message bytes.
+    fn follow(&mut self, bytes: &[u8]) {
+        let was_in_progress = self.progress.in_progress();
+        let fed = self.progress.feed(bytes);
+        let in_progress = self.progress.in_progress();
+        if !in_progress {
+            self.conn.message_started_ns.set(0);
+        } else if fed.completed || !was_in_progress {
+            self.conn.message_started_ns.set(clock::now_ns());
+        }
+        self.recount(self.progress.unfinished_bytes());
+    }
+
+    fn recount(&mut self, unfinished: u64) {
+        if unfinished != self.counted {
+            let stats = self.conn.outbox.stats();
+            let held = stats.unfinished_bytes.get() + unfinished - self.counted;
+            stats.unfinished_bytes.set(held);
+            self.counted = unfinished;
+        }
+    }
+}
+
+impl Drop for ReadSide {
+    fn drop(&mut self) {
+        self.recount(0);
     }
 }
 
 impl AsyncRead for ReadSide {
     fn poll_read(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         let read = self.stream.inner.borrow_mut().pinned().poll_read(cx, buf);
         if let Poll::Ready(Ok(n)) = read {
-            bump(&self.outbox.stats().bytes_received, n as u64);
+            bump(&self.conn.outbox.stats().bytes_received, n as u64);
+            self.follow(&buf[..n]);
         }
         read
     }
@@ -202,7 +268,7 @@ impl AsyncWrite for ReadSide {
     ) -> Poll<io::Result<usize>> {
         // Only tungstenite's automatic replies arrive here. A full or closing
         // outbox drops them; the connection is going away in that case.
-        let _ = self.outbox.push(Bytes::copy_from_slice(buf));
+        let _ = self.conn.outbox.push(Bytes::copy_from_slice(buf));
         Poll::Ready(Ok(buf.len()))
     }
 

@@ -143,7 +143,7 @@ async fn start(
         .write_buffer_size(0)
         .max_message_size(Some(shard.config.max_message_bytes))
         .max_frame_size(Some(shard.config.max_message_bytes));
-    let side = ReadSide::new(stream.clone(), conn.outbox.clone());
+    let side = ReadSide::new(stream.clone(), conn.clone(), &leftover);
     let ws = WebSocketStream::from_partially_read(side, leftover, Role::Server, Some(config)).await;
     let skip = (!echo).then_some(Skip {
         shard: shard.id as u16,
@@ -290,18 +290,23 @@ async fn teardown(
     stream: &SharedStream,
 ) {
     shard.unregister_subscriptions(conn);
-    let flushed = glommio::timer::timeout(CLOSE_FLUSH_TIMEOUT, async {
-        writer.await;
-        Ok(())
-    })
-    .await
-    .is_ok();
+    // A socket that took nothing for send-timeout will not take the rest.
+    let stalled = conn.outbox.closing() == Some(CloseReason::SendTimeout);
+    let flushed = !stalled
+        && glommio::timer::timeout(CLOSE_FLUSH_TIMEOUT, async {
+            writer.await;
+            Ok(())
+        })
+        .await
+        .is_ok();
     let server_closed = conn
         .outbox
         .closing()
         .is_some_and(|r| r != CloseReason::Normal);
     drop(ws);
-    if flushed && server_closed {
+    if stalled {
+        stream.reset_on_close();
+    } else if flushed && server_closed {
         stream.close_gracefully().await;
     } else {
         stream.finish().await;
@@ -373,7 +378,7 @@ fn handle_op(shard: &Shard, conn: &Rc<Conn>, text: &str) -> Option<usize> {
                 let reply = match id {
                     Some(id) => Reply::Ack {
                         conn: conn.id,
-                        id: Bytes::copy_from_slice(id.as_bytes()),
+                        id: id.into(),
                     },
                     None => Reply::None,
                 };

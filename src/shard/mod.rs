@@ -5,6 +5,7 @@
 //! operations connections call (subscribe, unsubscribe, publish); `run` holds
 //! its lifecycle (mesh join, accept loop, heartbeat sweep, shutdown).
 
+pub mod budget;
 pub mod index;
 mod observe;
 pub mod owner;
@@ -28,13 +29,18 @@ pub use observe::STATS_INTERVAL;
 pub use run::{run_shard, ShardContext};
 
 use self::{
+    budget::MemoryUse,
     index::{Index, InterestChange, Mode},
     owner::{shards_in, HistoryLimits, Owner, Position},
 };
 use crate::{
-    channel,
+    channel, clock,
     config::Config,
-    conn::{outbox::CloseReason, permit::Permit, Conn},
+    conn::{
+        outbox::{CloseReason, Pushed},
+        permit::Permit,
+        Conn,
+    },
     frame,
     heartbeat::{Action, HeartbeatTimes},
     mesh::{ConnRef, MeshMsg, Payload, PeerLinks, Reply, Skip},
@@ -153,6 +159,31 @@ impl Shard {
             .is_ok()
     }
 
+    /// What this shard holds for its clients, as its memory budget counts it.
+    pub fn memory_use(&self) -> MemoryUse {
+        MemoryUse {
+            connections: self.conns.borrow().len() as u64,
+            queued_bytes: self.stats.queued_bytes.get(),
+            unfinished_bytes: self.stats.unfinished_bytes.get(),
+            history_bytes: self.history_bytes() as u64,
+        }
+    }
+
+    /// This shard's share of `max-memory`.
+    pub fn memory_budget(&self) -> u64 {
+        (self.config.max_memory / self.shards.max(1)) as u64
+    }
+
+    /// Whether the shard is at or over its memory budget; then it takes no
+    /// new connection or subscription (each refusal is counted here).
+    pub fn refuses_for_memory(&self) -> bool {
+        let over = self.memory_use().is_over(self.memory_budget());
+        if over {
+            bump(&self.stats.memory_refusals, 1);
+        }
+        over
+    }
+
     /// Registers a new WebSocket connection (its slot was reserved).
     pub fn register(&self) -> Rc<Conn> {
         let now = self.now_ms();
@@ -237,6 +268,13 @@ impl Shard {
         if let Some(slot) = conn.remove_subscription(name) {
             self.remove_subscriber(name, slot);
         }
+        if self.refuses_for_memory() {
+            return Err(OpError::new(
+                ErrorCode::OverCapacity,
+                "the server is over its memory budget (max-memory); try again later",
+                id,
+            ));
+        }
         if conn.subscription_count() >= self.config.max_subscriptions {
             return Err(OpError::new(
                 ErrorCode::TooManySubscriptions,
@@ -304,18 +342,28 @@ impl Shard {
         let live = conn
             .subscription_slot(name)
             .and_then(|slot| self.index.borrow_mut().go_live(name, slot, token));
+        let mut recovered = position.recovered;
+        let replay = match live {
+            Some(mode) => replay_frames(name, mode, position, &conn),
+            None => Vec::new(),
+        };
+        if replay.is_empty() && !position.missed.is_empty() && live.is_some() {
+            // More than the queue can take: the client resyncs instead of
+            // being closed as a slow consumer before its ack, again and again.
+            bump(&self.stats.replays_refused, 1);
+            recovered = Some(false);
+        }
         if let Some(id) = id {
             conn.send(protocol::encode_sub_ack(
                 id,
                 position.seq,
                 &position.epoch,
-                position.recovered,
+                recovered,
             ));
         }
-        let Some(mode) = live else { return };
         // Replays are not timed: their age is not delivery latency.
-        for (seq, payload) in &position.missed {
-            conn.send(mode.encode(name, *seq, payload));
+        for frame in replay {
+            conn.send(frame);
         }
     }
 
@@ -397,16 +445,23 @@ impl Shard {
             self.order_and_distribute(ch, payload, self.id, skip, reply);
             None
         } else {
-            self.links.send(
-                owner,
-                MeshMsg::Publish {
-                    ch,
-                    payload,
-                    from: self.id as u16,
-                    skip,
-                    reply,
-                },
-            );
+            // The publisher's close waits for this ack (see Outbox::push_reply).
+            let acked = match &reply {
+                Reply::Ack { conn, .. } => self.conn(*conn),
+                _ => None,
+            };
+            let msg = MeshMsg::Publish {
+                ch,
+                payload,
+                from: self.id as u16,
+                skip,
+                reply,
+            };
+            if self.links.send(owner, msg) {
+                if let Some(conn) = acked {
+                    conn.outbox.expect_reply();
+                }
+            }
             (!self.links.has_room(owner)).then_some(owner)
         }
     }
@@ -441,7 +496,7 @@ impl Shard {
         }
         self.deliver(name, seq, &payload, skip);
         if from == self.id {
-            self.complete(reply, seq);
+            self.complete(reply, seq, false);
         } else if !matches!(reply, Reply::None) {
             self.links.send(from, MeshMsg::Published { reply, seq });
         }
@@ -455,15 +510,22 @@ impl Shard {
             .fan_out(self.id as u16, name, seq, payload, skip);
     }
 
-    /// Reports an assigned `seq` to whoever published.
-    fn complete(&self, reply: Reply, seq: u64) {
+    /// Reports an assigned `seq` to whoever published; `from_owner`: the
+    /// answer came back from another shard (the publisher awaits it).
+    fn complete(&self, reply: Reply, seq: u64, from_owner: bool) {
         match reply {
             Reply::None => {}
             Reply::Ack { conn, id } => {
-                if let Some(target) = self.conn(conn) {
-                    if let Ok(id) = std::str::from_utf8(&id) {
-                        target.send(protocol::encode_ack(id, Some(seq)));
-                    }
+                let Some(target) = self.conn(conn) else {
+                    return;
+                };
+                let ack = protocol::encode_ack(&id, Some(seq));
+                let pushed = match from_owner {
+                    true => target.outbox.push_reply(ack),
+                    false => target.outbox.push(ack),
+                };
+                if pushed == Pushed::Overflow {
+                    target.close_slow_consumer();
                 }
             }
             Reply::Http { slot, nonce } => {
@@ -562,7 +624,7 @@ impl Shard {
                     self.go_live(name, conn, token, id.as_deref(), &position);
                 }
             }
-            MeshMsg::Published { reply, seq } => self.complete(reply, seq),
+            MeshMsg::Published { reply, seq } => self.complete(reply, seq, true),
             MeshMsg::StatsRequest { from, slot, nonce } => {
                 let snapshot = Box::new(self.snapshot(true));
                 self.links.send(
@@ -588,15 +650,27 @@ impl Shard {
     }
 
     /// One heartbeat sweep over all connections: ping the silent ones, close
-    /// the ones that did not answer.
+    /// the ones that did not answer, whose token expired, whose unfinished
+    /// message is over `message-timeout`, or whose queue the socket has not
+    /// taken from for `send-timeout`.
     pub fn sweep_heartbeats(&self) {
         let now = self.now_ms();
+        let now_ns = clock::now_ns();
+        let message_timeout_ns = self.config.message_timeout.as_nanos() as u64;
+        let send_timeout_ms = self.config.send_timeout.as_millis() as u64;
         let conns = self.conns.borrow();
         for (_, conn) in conns.iter() {
             match conn.heartbeat.tick(now, self.heartbeat) {
                 Action::Nothing => {}
                 Action::SendPing => conn.send(self.ping_frame.clone()),
                 Action::TimedOut => conn.outbox.close(CloseReason::HeartbeatTimeout),
+            }
+            let started = conn.message_started_ns.get();
+            if started != 0 && now_ns.saturating_sub(started) > message_timeout_ns {
+                conn.outbox.close(CloseReason::MessageTimeout);
+            }
+            if conn.outbox.stalled_for(now) > send_timeout_ms {
+                conn.outbox.close(CloseReason::SendTimeout);
             }
             if now >= conn.auth_deadline_ms() {
                 conn.outbox.close(match *conn.permit() {
@@ -643,6 +717,30 @@ impl Shard {
             .borrow_mut()
             .sweep(self.now_ms(), |name| index.subscriber_count(name) > 0);
     }
+}
+
+/// The frames of what a resuming subscriber missed, if they fit in its
+/// queue beside what is already there and the ack; empty if they do not.
+fn replay_frames(name: &str, mode: Mode, position: &Position, conn: &Conn) -> Vec<Bytes> {
+    /// Room kept for the `sub` ack (its `id` and `epoch` are at most 64
+    /// bytes each).
+    const ACK_ROOM: usize = 256;
+    let room = (conn.outbox.limit())
+        .saturating_sub(conn.outbox.queued_bytes())
+        .saturating_sub(ACK_ROOM);
+    let payload_bytes: usize = position.missed.iter().map(|(_, p)| p.bytes.len()).sum();
+    if payload_bytes > room {
+        return Vec::new();
+    }
+    let frames: Vec<Bytes> = position
+        .missed
+        .iter()
+        .map(|(seq, payload)| mode.encode(name, *seq, payload))
+        .collect();
+    if frames.iter().map(Bytes::len).sum::<usize>() > room {
+        return Vec::new();
+    }
+    frames
 }
 
 /// Frees an HTTP publish's reply slot when its wait ends, unless the answer
@@ -707,7 +805,7 @@ mod tests {
                 assert_eq!(shard.pending_http_publishes(), 0);
             }
             // A late answer for a slot given up on reaches nobody.
-            shard.complete(Reply::Http { slot: 0, nonce: 1 }, 7);
+            shard.complete(Reply::Http { slot: 0, nonce: 1 }, 7, true);
             assert_eq!(shard.pending_http_publishes(), 0);
         });
     }

@@ -1,0 +1,82 @@
+//! The shard's memory budget (`max-memory` / `shards`): what the memory
+//! clients make a shard hold is counted as, and whether the shard is over
+//! it. Over it the shard refuses new connections and subscriptions; what
+//! clients already hold stays bounded per connection (`max-queue-bytes`,
+//! `max-message-bytes`) and in time (`send-timeout`, `message-timeout`), and
+//! history by `history-max-bytes`. Pure: the shard passes its figures in.
+
+/// What an idle WebSocket connection costs the process: 3.2 KiB of resident
+/// memory measured per idle connection (BENCHMARKS.md), rounded up. Kernel
+/// socket buffers are not in it (they are the kernel's, ~5 KiB per idle
+/// loopback socket pair).
+pub const IDLE_CONNECTION_BYTES: u64 = 4096;
+
+/// An unfinished incoming message is held about twice: the frame in the
+/// reader's buffer, then copied into the message being reassembled.
+const UNFINISHED_COPIES: u64 = 2;
+
+/// The figures of one shard that the budget counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryUse {
+    pub connections: u64,
+    /// Bytes in outgoing queues.
+    pub queued_bytes: u64,
+    /// Payload bytes of unfinished incoming messages.
+    pub unfinished_bytes: u64,
+    /// What history holds, as `history-max-bytes` counts it.
+    pub history_bytes: u64,
+}
+
+impl MemoryUse {
+    /// The bytes counted against the budget.
+    pub fn counted(&self) -> u64 {
+        self.connections * IDLE_CONNECTION_BYTES
+            + self.queued_bytes
+            + self.unfinished_bytes * UNFINISHED_COPIES
+            + self.history_bytes
+    }
+
+    /// Whether this use is at or over `budget` bytes.
+    pub fn is_over(&self, budget: u64) -> bool {
+        self.counted() >= budget
+    }
+}
+
+/// The worst case one connection can make a shard hold, in bytes of
+/// process memory: its idle cost, a full queue and an unfinished message of
+/// the largest size (docs/design.md quotes it).
+pub fn worst_case_per_connection(max_queue_bytes: u64, max_message_bytes: u64) -> u64 {
+    IDLE_CONNECTION_BYTES + max_queue_bytes + max_message_bytes * UNFINISHED_COPIES
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_every_kind_of_holding() {
+        let idle = MemoryUse {
+            connections: 10,
+            ..MemoryUse::default()
+        };
+        assert_eq!(idle.counted(), 10 * IDLE_CONNECTION_BYTES);
+        let busy = MemoryUse {
+            connections: 1,
+            queued_bytes: 1000,
+            unfinished_bytes: 500,
+            history_bytes: 7,
+        };
+        assert_eq!(busy.counted(), IDLE_CONNECTION_BYTES + 1000 + 1000 + 7);
+        assert!(busy.is_over(busy.counted()));
+        assert!(!busy.is_over(busy.counted() + 1));
+    }
+
+    #[test]
+    fn the_documented_worst_case_with_defaults() {
+        // 1 MiB queue, 64 KiB messages: about 1.13 MiB per connection.
+        assert_eq!(
+            worst_case_per_connection(1 << 20, 64 << 10),
+            4096 + (1 << 20) + (128 << 10)
+        );
+    }
+}
