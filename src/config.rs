@@ -492,7 +492,10 @@ mod tests {
         };
         assert!(with(1000, 1000).validate().is_err());
         // Raw-room text escaped for a JSON subscriber: 6x, not +256.
-        let error = with(200 << 10, 64 << 10).validate().unwrap_err().to_string();
+        let error = with(200 << 10, 64 << 10)
+            .validate()
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("must be at least 393411"), "{error}");
         assert!(with(393_411, 64 << 10).validate().is_ok());
     }

@@ -748,7 +748,11 @@ mod tests {
         ];
         for (kind, payload) in cases {
             let frame = encode_msg(&ch, u64::MAX, kind, &payload);
-            assert!(frame.len() <= max_msg_frame_len(n), "{kind:?}: {}", frame.len());
+            assert!(
+                frame.len() <= max_msg_frame_len(n),
+                "{kind:?}: {}",
+                frame.len()
+            );
             assert!(encode_raw(kind, &payload).len() <= max_msg_frame_len(n));
         }
         let frame = encode_msg(&ch, u64::MAX, PayloadKind::Text, worst_text.as_bytes());

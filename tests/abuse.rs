@@ -43,8 +43,6 @@ fn publishers_over_the_rate_get_refused_then_closed() {
     let mut refused = 0;
     // The burst is taken at once; the rest of a fast loop is refused, and
     // more than MIN_STRIKES (10) refusals within 10 s close the connection.
-    // (Acks of the accepted ones come from the channel's owner and may
-    // arrive after the close: a closing connection is sent nothing more.)
     for i in 0..40 {
         publisher.send_json(json!({"op":"pub","ch":"news","data":i,"id":i}));
     }
@@ -149,4 +147,47 @@ fn each_address_gets_at_most_its_cap_of_connections() {
         "{stats}"
     );
     drop(others);
+}
+
+/// Acks of publications that took effect come back from the channel's owner
+/// shard; a publisher closed for its rate right after must still get each
+/// of them before its close frame, whichever shard owns the channel.
+#[test]
+fn every_accepted_publication_is_acknowledged_before_a_rate_limit_close() {
+    let server = Server::start(&["--shards", "2", "--publish-rate", "10"]);
+    let owned_by = |shard| {
+        (0..)
+            .map(|i| format!("rl{i}"))
+            .filter(move |ch| shardcast::channel::owner_of(ch.as_bytes(), 2) == shard)
+    };
+    let channels = owned_by(0).take(2).chain(owned_by(1).take(2));
+    for channel in channels {
+        let mut publisher = Client::connect(&server, "/ws");
+        for i in 0..100 {
+            publisher.send_json(json!({"op":"pub","ch":channel,"data":i,"id":i}));
+        }
+        let mut acks = Vec::new();
+        let close = loop {
+            match publisher.ws.read() {
+                Ok(tungstenite::Message::Text(text)) => {
+                    let reply: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
+                    if reply["op"] == "ack" {
+                        acks.push(reply["seq"].as_u64().expect("a pub ack has its seq"));
+                    }
+                }
+                Ok(tungstenite::Message::Close(frame)) => break frame.expect("close frame"),
+                Ok(_) => {}
+                Err(e) => panic!("closed without a close frame: {e}"),
+            }
+        };
+        assert_eq!(u16::from(close.code), 1008);
+        let mut reader = Client::connect(&server, "/ws");
+        let published = reader.subscribe(&channel)["seq"].as_u64().unwrap();
+        acks.sort_unstable();
+        assert_eq!(
+            acks,
+            (1..=published).collect::<Vec<_>>(),
+            "{channel}: every publication that took effect was acknowledged"
+        );
+    }
 }

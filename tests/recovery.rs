@@ -280,3 +280,38 @@ fn every_sub_is_answered_even_when_unsubscribed_or_replaced_before_its_answer() 
         );
     }
 }
+
+/// A client that was away while large messages went by: what it missed is
+/// more than its queue may hold, so instead of a slow-consumer close before
+/// the ack (and the same resume again on every reconnect), it is told
+/// `recovered:false` and goes on live.
+#[test]
+fn a_resume_bigger_than_the_queue_is_answered_not_recovered() {
+    let server = Server::start(&["--shards", "2", "--max-queue-bytes", "1MiB"]);
+    let mut first = Client::connect(&server, "/ws");
+    let epoch = first.subscribe("big")["epoch"].as_str().unwrap().to_owned();
+    let pad = "r".repeat(20_000);
+    // 1.8 MB, all still in history (100 per channel) after the 3 below.
+    for i in 1..=90 {
+        assert_eq!(publish(&server, "big", json!({"i": i, "pad": pad})), i);
+    }
+    for attempt in 0..3 {
+        let mut client = Client::connect(&server, "/ws");
+        let ack = resume(&mut client, "big", 0, &epoch);
+        assert_eq!(ack["recovered"], false, "{ack}");
+        assert_eq!(ack["seq"], 90 + attempt, "{ack}");
+        let seq = publish(&server, "big", json!("live"));
+        let msg = client.recv_json();
+        assert_eq!(
+            (msg["seq"].as_u64(), &msg["data"]),
+            (Some(seq), &json!("live"))
+        );
+    }
+    // What fits is still replayed.
+    let mut near = Client::connect(&server, "/ws");
+    let ack = resume(&mut near, "big", 90, &epoch);
+    assert_eq!(ack["recovered"], true, "{ack}");
+    assert_eq!(seqs(&mut near, 3), [91, 92, 93]);
+    let stats = get_json(&server, "/api/stats");
+    assert_eq!(stats["total"]["replays_refused"], 3, "{stats}");
+}

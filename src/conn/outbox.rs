@@ -390,7 +390,10 @@ impl Outbox {
             let mut frames = self.frames.borrow_mut();
             if frames.is_empty() {
                 let close_due = self.awaited_replies.get() == 0;
-                match close_due.then(|| self.close_frame.borrow_mut().take()).flatten() {
+                match close_due
+                    .then(|| self.close_frame.borrow_mut().take())
+                    .flatten()
+                {
                     Some(close) => frames.push_back(Queued {
                         bytes: close,
                         published_at: 0,
@@ -687,13 +690,22 @@ mod tests {
         outbox.close(CloseReason::RateLimited);
         assert_eq!(outbox.flush(send).unwrap(), Flush::Drained);
         assert!(!outbox.finished(), "two acks still to come");
-        assert_eq!(outbox.push_reply(Bytes::from_static(b"ack2")), Pushed::Queued);
+        assert_eq!(
+            outbox.push_reply(Bytes::from_static(b"ack2")),
+            Pushed::Queued
+        );
         outbox.flush(send).unwrap();
         assert!(!outbox.finished(), "one ack still to come");
-        assert_eq!(outbox.push_reply(Bytes::from_static(b"ack3")), Pushed::Queued);
+        assert_eq!(
+            outbox.push_reply(Bytes::from_static(b"ack3")),
+            Pushed::Queued
+        );
         outbox.flush(send).unwrap();
         assert!(outbox.finished());
-        assert_eq!(outbox.push_reply(Bytes::from_static(b"late")), Pushed::Closed);
+        assert_eq!(
+            outbox.push_reply(Bytes::from_static(b"late")),
+            Pushed::Closed
+        );
         drop(ours);
         let mut got = Vec::new();
         theirs.read_to_end(&mut got).unwrap();
@@ -708,7 +720,10 @@ mod tests {
         outbox.expect_reply();
         outbox.close(CloseReason::SocketError);
         assert!(outbox.finished());
-        assert_eq!(outbox.push_reply(Bytes::from_static(b"ack")), Pushed::Closed);
+        assert_eq!(
+            outbox.push_reply(Bytes::from_static(b"ack")),
+            Pushed::Closed
+        );
     }
 
     #[test]

@@ -797,10 +797,9 @@ mod tests {
             for _ in 0..3 {
                 let payload = Payload::copy_of(PayloadKind::Json, b"1");
                 let publish = shard.publish_and_wait(Bytes::from(remote.clone()), payload);
-                let waited = glommio::timer::timeout(Duration::from_millis(5), async {
-                    Ok(publish.await)
-                })
-                .await;
+                let waited =
+                    glommio::timer::timeout(Duration::from_millis(5), async { Ok(publish.await) })
+                        .await;
                 assert!(waited.is_err(), "nobody answers");
                 assert_eq!(shard.pending_http_publishes(), 0);
             }
