@@ -37,6 +37,11 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// What shard threads report to the thread that started them.
 #[derive(Debug)]
 pub enum ShardEvent {
+    /// The shard's executor exists. Executors are created one after the
+    /// other in shard order, so their ids (which number the mesh's peers)
+    /// follow it: the shard's number is the same in every log line, error
+    /// and metric.
+    Created(usize),
     /// The shard is accepting connections.
     Ready(usize),
     /// The shard ended (after shutdown, or with an error).
@@ -74,6 +79,7 @@ impl Server {
         let mesh = (shards > 1).then(|| MeshBuilder::full(shards, LANE_CAPACITY));
         let open_connections = Arc::new(AtomicUsize::new(0));
         let (events_tx, events) = mpsc::channel();
+        let mut startup = Startup::new(shards);
         let mut writers = Vec::with_capacity(shards);
         for (id, (listener, admin_listener)) in
             listeners.into_iter().zip(admin_listeners).enumerate()
@@ -105,11 +111,16 @@ impl Server {
                 events: events_tx.clone(),
                 epoch,
             };
-            let events = events_tx.clone();
-            std::thread::Builder::new()
+            let reports = events_tx.clone();
+            let spawned = std::thread::Builder::new()
                 .name(format!("shard-{id}"))
-                .spawn(move || shard_thread(ctx, placement, events))
-                .map_err(|e| spawn_error(id, e))?;
+                .spawn(move || shard_thread(ctx, placement, reports))
+                .map_err(|e| spawn_error(id, e))
+                .and_then(|_| startup.wait(&events, |s| s.created[id]));
+            if let Err(error) = spawned {
+                ShutdownHandle::new(writers).trigger();
+                return Err(error);
+            }
         }
         let server = Server {
             addr,
@@ -119,32 +130,11 @@ impl Server {
             shutdown: ShutdownHandle::new(writers),
             events,
         };
-        server.wait_ready()?;
-        Ok(server)
-    }
-
-    fn wait_ready(&self) -> Result<(), ServerError> {
-        let mut ready = 0;
-        while ready < self.shards {
-            match self.events.recv_timeout(START_TIMEOUT) {
-                Ok(ShardEvent::Ready(_)) => ready += 1,
-                Ok(ShardEvent::Exited(shard, result)) => {
-                    self.shutdown.trigger();
-                    return Err(result.err().unwrap_or(ServerError::ShardFailed {
-                        shard,
-                        reason: "exited during start-up".into(),
-                    }));
-                }
-                Err(_) => {
-                    self.shutdown.trigger();
-                    return Err(ServerError::ShardFailed {
-                        shard: ready,
-                        reason: "did not start in time".into(),
-                    });
-                }
-            }
+        if let Err(error) = startup.wait(&server.events, |s| s.ready.iter().all(|r| *r)) {
+            server.shutdown.trigger();
+            return Err(error);
         }
-        Ok(())
+        Ok(server)
     }
 
     /// The address the shards listen on (with the real port if 0 was asked).
@@ -177,7 +167,7 @@ impl Server {
         let mut totals = Vec::with_capacity(self.shards);
         while totals.len() < self.shards {
             match self.events.recv() {
-                Ok(ShardEvent::Ready(_)) => {}
+                Ok(ShardEvent::Created(_) | ShardEvent::Ready(_)) => {}
                 Ok(ShardEvent::Exited(_, Ok(snapshot))) => totals.push(*snapshot),
                 Ok(ShardEvent::Exited(_, Err(error))) => {
                     self.shutdown.trigger();
@@ -188,6 +178,55 @@ impl Server {
         }
         totals.sort_by_key(|s| s.shard);
         Ok(totals)
+    }
+}
+
+/// Which shards have their executor and which accept, during start-up.
+struct Startup {
+    created: Vec<bool>,
+    ready: Vec<bool>,
+    /// How long any one step may take.
+    timeout: Duration,
+}
+
+impl Startup {
+    fn new(shards: usize) -> Self {
+        Startup {
+            created: vec![false; shards],
+            ready: vec![false; shards],
+            timeout: START_TIMEOUT,
+        }
+    }
+
+    /// Follows the shards' events until `done`, each within the start-up
+    /// timeout. A shard that exits, or the first one that is late, fails the
+    /// start (the caller stops the others).
+    fn wait(
+        &mut self,
+        events: &mpsc::Receiver<ShardEvent>,
+        done: impl Fn(&Startup) -> bool,
+    ) -> Result<(), ServerError> {
+        while !done(self) {
+            match events.recv_timeout(self.timeout) {
+                Ok(ShardEvent::Created(shard)) => self.created[shard] = true,
+                Ok(ShardEvent::Ready(shard)) => self.ready[shard] = true,
+                Ok(ShardEvent::Exited(shard, result)) => {
+                    return Err(result.err().unwrap_or(ServerError::ShardFailed {
+                        shard,
+                        reason: "exited during start-up".into(),
+                    }));
+                }
+                Err(_) => {
+                    let late = self.ready.iter().position(|r| !r).unwrap_or(0);
+                    let late = self.created.iter().position(|c| !c).unwrap_or(late);
+                    return Err(ServerError::ShardFailed {
+                        shard: late,
+                        reason: format!("did not start within {:?}", self.timeout),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -233,6 +272,7 @@ fn shard_thread(ctx: ShardContext, placement: Placement, events: mpsc::Sender<Sh
             .io_memory(IO_MEMORY)
             .make()
             .map_err(|e| spawn_error(id, e))?;
+        let _ = ctx.events.send(ShardEvent::Created(id));
         executor.run(run_shard(ctx))
     }));
     let result = outcome.unwrap_or_else(|panic| {
@@ -316,5 +356,38 @@ fn memlock_kib() -> u64 {
         limit.rlim_cur / 1024
     } else {
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_late_start_names_the_shard_that_is_late() {
+        let (tx, rx) = mpsc::channel();
+        let mut startup = Startup {
+            timeout: Duration::from_millis(20),
+            ..Startup::new(3)
+        };
+        tx.send(ShardEvent::Created(0)).unwrap();
+        tx.send(ShardEvent::Created(1)).unwrap();
+        tx.send(ShardEvent::Created(2)).unwrap();
+        tx.send(ShardEvent::Ready(0)).unwrap();
+        tx.send(ShardEvent::Ready(2)).unwrap();
+        let error = startup
+            .wait(&rx, |s| s.ready.iter().all(|r| *r))
+            .unwrap_err();
+        assert!(
+            matches!(error, ServerError::ShardFailed { shard: 1, .. }),
+            "{error}"
+        );
+        let mut startup = Startup {
+            timeout: Duration::from_millis(20),
+            ..Startup::new(3)
+        };
+        tx.send(ShardEvent::Created(0)).unwrap();
+        let error = startup.wait(&rx, |s| s.created[1]).unwrap_err();
+        assert!(error.to_string().starts_with("shard 1 failed"), "{error}");
     }
 }

@@ -94,3 +94,41 @@ fn json_logs_with_connection_events_and_shard_summaries() {
         seen.len()
     );
 }
+
+/// Shard `i` is pinned to the `i`-th CPU the process may use, and calls
+/// itself `i` in its logs and its metrics: one numbering everywhere (the
+/// mesh's, which decides channel ownership, and the start order, which
+/// decides the CPU and the thread's name, once differed from run to run).
+#[test]
+fn each_shard_has_one_number_in_logs_metrics_and_placement() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for _ in 0..3 {
+        let (server, logs) = Server::start_logged(
+            &["--shards", "2", "--log-format", "json"],
+            &[("RUST_LOG", "shardcast=info")],
+        );
+        let mut seen = Vec::new();
+        let mut placed: Vec<(u64, u64)> = (0..2)
+            .map(|_| {
+                let line = read_until(&logs, &mut seen, message_is("shard accepting"));
+                (
+                    line["shard"].as_u64().unwrap(),
+                    line["cpu"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        placed.sort_unstable();
+        assert_eq!(placed[0].0, 0);
+        assert_eq!(placed[1].0, 1);
+        if cpus >= 2 {
+            assert!(
+                placed[0].1 < placed[1].1,
+                "shard 0 before shard 1: {placed:?}"
+            );
+        }
+        let stats = support::get_json(&server, "/api/stats");
+        for (shard, cpu) in placed {
+            assert_eq!(stats["shard"][shard as usize]["cpu"], cpu, "{stats}");
+        }
+    }
+}

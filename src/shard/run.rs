@@ -56,9 +56,10 @@ pub struct ShardContext {
 
 /// Runs shard `ctx.id` until shutdown. Returns its final snapshot.
 pub async fn run_shard(ctx: ShardContext) -> Result<ShardSnapshot, ServerError> {
-    // glommio numbers mesh peers by executor id, not by start order: the
-    // mesh's peer id is this shard's identity (it decides channel ownership).
-    let mut id = ctx.id;
+    // glommio numbers mesh peers by executor id; executors are created in
+    // shard order (see runtime::ShardEvent::Created), so the peer id is the
+    // shard's number. It decides channel ownership: checked, not assumed.
+    let id = ctx.id;
     let mut mesh = None;
     if let Some(builder) = ctx.mesh {
         let joined =
@@ -67,7 +68,12 @@ pub async fn run_shard(ctx: ShardContext) -> Result<ShardSnapshot, ServerError> 
             Ok(Ok(pair)) => pair,
             _ => return Err(ServerError::MeshJoin { shard: id }),
         };
-        id = senders.peer_id();
+        if senders.peer_id() != id {
+            return Err(ServerError::ShardFailed {
+                shard: id,
+                reason: format!("the mesh numbered it {}", senders.peer_id()),
+            });
+        }
         mesh = Some((senders, receivers));
     }
     let (links, queues) = PeerLinks::new(id, ctx.config.shards);
@@ -108,7 +114,7 @@ pub async fn run_shard(ctx: ShardContext) -> Result<ShardSnapshot, ServerError> 
     let admin = ctx.admin_listener.map(adopt_listener);
     tracing::info!(
         shard = id,
-        cpu = ?ctx.cpu,
+        cpu = ctx.cpu,
         listen = %shard.config.listen,
         admin = ?shard.config.admin_listen,
         "shard accepting"
