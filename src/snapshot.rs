@@ -60,6 +60,7 @@ pub struct ShardSnapshot {
     pub forbidden: u64,
     pub rate_limited: u64,
     pub ip_cap_refusals: u64,
+    pub http_cap_refusals: u64,
     pub connection_panics: u64,
     /// Publish→write latency over the last completed second.
     pub latency_us: LatencySummary,
@@ -102,6 +103,7 @@ pub struct Totals {
     pub forbidden: u64,
     pub rate_limited: u64,
     pub ip_cap_refusals: u64,
+    pub http_cap_refusals: u64,
     /// Latency since start over all shards (histograms merged).
     pub latency_total_us: LatencySummary,
 }
@@ -165,6 +167,7 @@ impl Totals {
             total.forbidden += s.forbidden;
             total.rate_limited += s.rate_limited;
             total.ip_cap_refusals += s.ip_cap_refusals;
+            total.http_cap_refusals += s.http_cap_refusals;
             if let Some(histogram) = &s.latency_histogram {
                 match merged.as_mut() {
                     Some(all) => {
