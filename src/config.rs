@@ -38,9 +38,15 @@ pub struct Config {
     /// Open WebSocket connections over which an upgrade is answered with 503.
     /// Default 100,000.
     pub max_connections: usize,
+    /// Open connections on the public address that are not WebSocket
+    /// sessions (HTTP requests, keep-alive, handshakes, TLS included); over
+    /// it a new one is answered with 503 and closed (over TLS: closed).
+    /// Default 4096.
+    pub max_http_connections: usize,
     /// Channels one connection may be subscribed to at once. Default 256.
     pub max_subscriptions: usize,
-    /// Time allowed for a client to send its HTTP request head. Default 10 s.
+    /// Time allowed for a client to send its HTTP request head, and to take
+    /// each HTTP response. Default 10 s.
     pub handshake_timeout: Duration,
     /// Time allowed after SIGINT/SIGTERM to flush and close. Default 10 s.
     pub shutdown_timeout: Duration,
@@ -118,6 +124,7 @@ impl Default for Config {
             max_queue_bytes: 1 << 20,
             max_message_bytes: 64 << 10,
             max_connections: 100_000,
+            max_http_connections: 4096,
             max_subscriptions: 256,
             handshake_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(10),
@@ -190,10 +197,13 @@ pub struct ConfigLayer {
     /// Open WebSocket connections over which upgrades get HTTP 503 [default: 100000]
     #[arg(long, env = "SHARDCAST_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Open plain HTTP connections (not upgraded) over which new ones get HTTP 503 [default: 4096]
+    #[arg(long, env = "SHARDCAST_MAX_HTTP_CONNECTIONS", value_name = "N")]
+    pub max_http_connections: Option<usize>,
     /// Channels one connection may subscribe to at once [default: 256]
     #[arg(long, env = "SHARDCAST_MAX_SUBSCRIPTIONS", value_name = "N")]
     pub max_subscriptions: Option<usize>,
-    /// Time a client has to send its HTTP request head [default: 10s]
+    /// Time a client has to send its HTTP request head, and to read each response [default: 10s]
     #[arg(long, env = "SHARDCAST_HANDSHAKE_TIMEOUT", value_name = "DURATION")]
     pub handshake_timeout: Option<HumanDuration>,
     /// Time allowed after SIGINT/SIGTERM to flush and close everyone [default: 10s]
@@ -314,7 +324,7 @@ impl Config {
     fn apply(&mut self, layer: &ConfigLayer) {
         let layer = layer.clone();
         apply_layer!(self, layer,
-            { listen, shards, max_connections, max_subscriptions, history_size, anonymous,
+            { listen, shards, max_connections, max_http_connections, max_subscriptions, history_size, anonymous,
               allowed_origins, publish_rate, max_connections_per_ip },
             { ping_interval, ping_timeout, max_queue_bytes, max_message_bytes,
               handshake_timeout, shutdown_timeout, read_buffer_bytes, history_ttl,
@@ -378,6 +388,9 @@ impl Config {
         }
         if self.max_subscriptions == 0 {
             return invalid("max-subscriptions must be at least 1".into());
+        }
+        if self.max_http_connections == 0 {
+            return invalid("max-http-connections must be at least 1".into());
         }
         let jwt = self.jwt_secret.is_some() || self.jwt_public_key.is_some();
         if self.anonymous && jwt {

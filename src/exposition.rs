@@ -37,7 +37,7 @@ const QUANTILES: [(&str, Quantile); 4] = [
 type Read = fn(&ShardSnapshot) -> u64;
 
 /// Per-shard counters: name, help, value.
-const COUNTERS: [(&str, &str, Read); 20] = [
+const COUNTERS: [(&str, &str, Read); 21] = [
     (
         "shardcast_connections_opened_total",
         "WebSocket connections accepted.",
@@ -95,7 +95,7 @@ const COUNTERS: [(&str, &str, Read); 20] = [
     ),
     (
         "shardcast_handshake_failures_total",
-        "Requests that were not valid HTTP, timed out, or were refused before an upgrade.",
+        "Requests that were not valid HTTP, timed out (head or response), or were refused before an upgrade.",
         |s| s.handshake_failures,
     ),
     (
@@ -132,6 +132,11 @@ const COUNTERS: [(&str, &str, Read); 20] = [
         "shardcast_memory_refusals_total",
         "Connections (503) and subscriptions (err over_capacity) refused over the shard's memory budget.",
         |s| s.memory_refusals,
+    ),
+    (
+        "shardcast_http_cap_refusals_total",
+        "Connections refused at the cap on plain HTTP connections (max-http-connections).",
+        |s| s.http_cap_refusals,
     ),
     (
         "shardcast_connection_panics_total",

@@ -60,6 +60,7 @@ pub struct ShardSnapshot {
     pub forbidden: u64,
     pub rate_limited: u64,
     pub ip_cap_refusals: u64,
+    pub http_cap_refusals: u64,
     pub connection_panics: u64,
     /// Resumes answered `recovered:false`: what was missed did not fit in
     /// the connection's queue.
@@ -117,6 +118,7 @@ pub struct Totals {
     pub memory_refusals: u64,
     pub memory_counted_bytes: u64,
     pub memory_budget_bytes: u64,
+    pub http_cap_refusals: u64,
     /// Latency since start over all shards (histograms merged).
     pub latency_total_us: LatencySummary,
 }
@@ -184,6 +186,7 @@ impl Totals {
             total.memory_refusals += s.memory_refusals;
             total.memory_counted_bytes += s.memory_counted_bytes;
             total.memory_budget_bytes += s.memory_budget_bytes;
+            total.http_cap_refusals += s.http_cap_refusals;
             if let Some(histogram) = &s.latency_histogram {
                 match merged.as_mut() {
                     Some(all) => {

@@ -41,7 +41,8 @@ pub struct Stats {
     /// Messages received from other shards.
     pub mesh_received: Cell<u64>,
     pub http_requests: Cell<u64>,
-    /// Requests that were not valid HTTP, timed out, or asked for a bad route.
+    /// Requests that were not valid HTTP, timed out (head not sent, response
+    /// not taken), or asked for a bad route.
     pub handshake_failures: Cell<u64>,
     /// Upgrades refused with 503 (at `max-connections`, shutting down).
     pub http_503: Cell<u64>,
@@ -54,6 +55,8 @@ pub struct Stats {
     pub rate_limited: Cell<u64>,
     /// Connections refused by the per-IP cap.
     pub ip_cap_refusals: Cell<u64>,
+    /// Connections refused at `max-http-connections`.
+    pub http_cap_refusals: Cell<u64>,
     pub connection_panics: Cell<u64>,
     /// Resumes answered `recovered:false` because what was missed would not
     /// fit in the connection's queue.

@@ -14,6 +14,7 @@ const SETTINGS: &[&str] = &[
     "max-queue-bytes",
     "max-message-bytes",
     "max-connections",
+    "max-http-connections",
     "max-subscriptions",
     "handshake-timeout",
     "shutdown-timeout",

@@ -31,8 +31,11 @@ pub struct Head {
     pub ws_key: Option<String>,
     pub ws_version: Option<String>,
     pub content_length: Option<usize>,
+    /// A `Transfer-Encoding` header is present (its body is never read).
     pub chunked: bool,
     pub keep_alive: bool,
+    /// HTTP/1.1 (else 1.0).
+    pub http11: bool,
     /// `Origin` (browsers send it with every upgrade).
     pub origin: Option<String>,
     /// `Authorization` (a bearer token or API key).
@@ -88,6 +91,12 @@ fn header_has_token(value: &str, token: &str) -> bool {
 }
 
 /// Parses a request head from the start of `buf`. `Ok(None)`: incomplete.
+///
+/// Framing is strict (RFC 9112 §6.3): `Content-Length` must be one run of
+/// digits (repeated lines must agree; a comma list is refused), and
+/// `Transfer-Encoding` with it is refused, so no body can be read two ways.
+/// An HTTP/1.1 request needs exactly one `Host` (§3.2). `Connection` and
+/// `Upgrade` split over several lines are one list (RFC 9110 §5.3).
 pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HttpError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
@@ -110,13 +119,13 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HttpError> {
             ))
         }
     };
+    let bad = |msg: &str| HttpError::new(400, "bad_request", msg.to_owned());
     let method = match request.method {
         Some("GET") => Method::Get,
         Some("POST") => Method::Post,
         _ => Method::Other,
     };
-    let target = request.path.unwrap_or("/");
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let (path, query) = split_target(request.path.unwrap_or("/"));
     let http11 = request.version == Some(1);
     let mut head = Head {
         method,
@@ -128,37 +137,53 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HttpError> {
         content_length: None,
         chunked: false,
         keep_alive: http11,
+        http11,
         origin: None,
         authorization: None,
         api_key: None,
         len,
     };
     let (mut upgrade, mut connection_upgrade) = (false, false);
+    let (mut close, mut keep_alive) = (false, false);
+    let mut hosts = 0;
     for header in request.headers.iter() {
+        let name = header.name;
+        // Framing headers count whatever their bytes: skipping one would
+        // frame the body differently from a proxy that reads it.
+        if name.eq_ignore_ascii_case("content-length") {
+            let length = parse_content_length(header.value)
+                .ok_or_else(|| bad("Content-Length must be one decimal number"))?;
+            if head.content_length.is_some_and(|earlier| earlier != length) {
+                return Err(bad("conflicting Content-Length headers"));
+            }
+            head.content_length = Some(length);
+            continue;
+        }
+        if name.eq_ignore_ascii_case("transfer-encoding") {
+            head.chunked = true;
+            continue;
+        }
+        if name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+            continue;
+        }
         let Ok(value) = std::str::from_utf8(header.value) else {
             continue;
         };
-        let name = header.name;
         if name.eq_ignore_ascii_case("upgrade") {
-            upgrade = header_has_token(value, "websocket");
+            upgrade |= header_has_token(value, "websocket");
         } else if name.eq_ignore_ascii_case("connection") {
-            connection_upgrade = header_has_token(value, "upgrade");
-            if header_has_token(value, "close") {
-                head.keep_alive = false;
-            } else if header_has_token(value, "keep-alive") {
-                head.keep_alive = true;
-            }
+            connection_upgrade |= header_has_token(value, "upgrade");
+            close |= header_has_token(value, "close");
+            keep_alive |= header_has_token(value, "keep-alive");
         } else if name.eq_ignore_ascii_case("sec-websocket-key") {
-            head.ws_key = Some(value.trim().to_owned());
+            // A second line makes a list, which is no valid key.
+            head.ws_key = Some(match head.ws_key.take() {
+                Some(first) => format!("{first}, {}", value.trim()),
+                None => value.trim().to_owned(),
+            });
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
             head.ws_version = Some(value.trim().to_owned());
-        } else if name.eq_ignore_ascii_case("content-length") {
-            let parsed = value.trim().parse().map_err(|_| {
-                HttpError::new(400, "bad_request", "Content-Length is not a number")
-            })?;
-            head.content_length = Some(parsed);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            head.chunked = true;
         } else if name.eq_ignore_ascii_case("origin") {
             head.origin = Some(value.trim().to_owned());
         } else if name.eq_ignore_ascii_case("authorization") {
@@ -167,8 +192,52 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HttpError> {
             head.api_key = Some(value.trim().to_owned());
         }
     }
+    if head.chunked && head.content_length.is_some() {
+        return Err(bad("Transfer-Encoding and Content-Length together"));
+    }
+    if hosts > 1 || (http11 && hosts == 0) {
+        return Err(bad("an HTTP/1.1 request needs exactly one Host header"));
+    }
+    if close {
+        head.keep_alive = false;
+    } else if keep_alive {
+        head.keep_alive = true;
+    }
     head.wants_websocket = upgrade && connection_upgrade;
     Ok(Some(head))
+}
+
+/// A `Content-Length` value: `1*DIGIT` (optional whitespace around it).
+fn parse_content_length(value: &[u8]) -> Option<usize> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// Path and query of a request target: origin-form (`/p?q`), or
+/// absolute-form (`http://host/p?q`, RFC 9112 §3.2.2), whose authority is
+/// dropped.
+fn split_target(target: &str) -> (&str, &str) {
+    let scheme = ["http://", "https://"].iter().find(|scheme| {
+        target
+            .get(..scheme.len())
+            .is_some_and(|t| t.eq_ignore_ascii_case(scheme))
+    });
+    let target = match scheme {
+        Some(scheme) => {
+            let rest = &target[scheme.len()..];
+            match rest.find(['/', '?']) {
+                Some(at) if rest[at..].starts_with('/') => &rest[at..],
+                // `http://host?q`: the path is `/`.
+                Some(at) => return ("/", &rest[at + 1..]),
+                None => "/",
+            }
+        }
+        None => target,
+    };
+    target.split_once('?').unwrap_or((target, ""))
 }
 
 /// How a WebSocket session speaks.
@@ -234,6 +303,9 @@ pub fn route(head: &Head, max_subscriptions: usize) -> Result<Route, HttpError> 
             _ => Err(method_not_allowed()),
         };
     }
+    if path == "/ws" || path.starts_with("/ws/") {
+        check_query_escapes(&head.query)?;
+    }
     let session = if path == "/ws" {
         let mut subscribe = Vec::new();
         for value in query_values(&head.query, "sub") {
@@ -278,6 +350,13 @@ pub fn route(head: &Head, max_subscriptions: usize) -> Result<Route, HttpError> 
     if head.method != Method::Get {
         return Err(method_not_allowed());
     }
+    if !head.http11 {
+        return Err(HttpError::new(
+            400,
+            "bad_request",
+            "a WebSocket upgrade needs HTTP/1.1",
+        ));
+    }
     if !head.wants_websocket {
         return Err(HttpError::new(
             426,
@@ -292,14 +371,56 @@ pub fn route(head: &Head, max_subscriptions: usize) -> Result<Route, HttpError> 
             "Sec-WebSocket-Version must be 13",
         ));
     }
-    if head.ws_key.is_none() {
-        return Err(HttpError::new(
-            400,
-            "bad_request",
-            "missing Sec-WebSocket-Key",
-        ));
+    match head.ws_key.as_deref() {
+        None => {
+            return Err(HttpError::new(
+                400,
+                "bad_request",
+                "missing Sec-WebSocket-Key",
+            ))
+        }
+        Some(key) if !valid_ws_key(key) => {
+            return Err(HttpError::new(
+                400,
+                "bad_request",
+                "Sec-WebSocket-Key must be base64 of 16 bytes",
+            ))
+        }
+        Some(_) => {}
     }
     Ok(Route::WebSocket(session))
+}
+
+/// RFC 6455 §4.2.1: the key is base64 that decodes to exactly 16 bytes.
+fn valid_ws_key(key: &str) -> bool {
+    use base64::Engine as _;
+    // 16 bytes are 24 base64 characters; a longer key cannot be valid.
+    key.len() == 24
+        && base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .is_ok_and(|bytes| bytes.len() == 16)
+}
+
+/// Refuses a malformed percent-escape in any query value of a WebSocket
+/// route, instead of dropping the value (`?sub=` with one: `bad_channel`,
+/// like the room name in `/ws/<channel>`).
+fn check_query_escapes(query: &str) -> Result<(), HttpError> {
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if percent_decode(value).is_none() {
+            let code = if key == "sub" {
+                ErrorCode::BadChannel.as_str()
+            } else {
+                "bad_request"
+            };
+            return Err(HttpError::new(
+                400,
+                code,
+                format!("bad percent-encoding in the value of {key:?}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `since` and `epoch` of a raw room's query (both or neither).
@@ -329,7 +450,8 @@ fn check_channel(name: &str, access: Access) -> Result<(), HttpError> {
     })
 }
 
-/// Percent-decoded values of `key` in a query string.
+/// Percent-decoded values of `key` in a query string (a WebSocket route's
+/// query has none that fail to decode: [`check_query_escapes`]).
 fn query_values<'a>(query: &'a str, key: &'a str) -> impl Iterator<Item = String> + 'a {
     query.split('&').filter_map(move |pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -507,16 +629,141 @@ mod tests {
 
     #[test]
     fn http_routes_and_keep_alive() {
-        let h = head("POST /api/publish HTTP/1.1\r\nContent-Length: 12\r\n\r\n");
+        let h = head("POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n\r\n");
         assert_eq!(route(&h, 1), Ok(Route::Publish));
         assert_eq!(h.content_length, Some(12));
         assert!(h.keep_alive);
         let h = head("GET /health HTTP/1.0\r\n\r\n");
         assert_eq!(route(&h, 1), Ok(Route::Health));
         assert!(!h.keep_alive);
-        let h = head("GET /api/publish HTTP/1.1\r\nConnection: close\r\n\r\n");
+        let h = head("GET /api/publish HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         assert_eq!(route(&h, 1).unwrap_err().status, 405);
         assert!(!h.keep_alive);
+    }
+
+    #[test]
+    fn content_length_is_one_number() {
+        let parse = |lines: &str| {
+            parse_head(format!("POST /api/publish HTTP/1.1\r\nHost: x\r\n{lines}\r\n").as_bytes())
+                .map(|h| h.unwrap().content_length)
+                .map_err(|e| e.status)
+        };
+        assert_eq!(parse("Content-Length:  22 \r\n"), Ok(Some(22)));
+        assert_eq!(
+            parse("Content-Length: 22\r\nContent-Length: 22\r\n"),
+            Ok(Some(22))
+        );
+        for refused in [
+            "Content-Length: 5\r\nContent-Length: 22\r\n",
+            "Content-Length: +22\r\n",
+            "Content-Length: -1\r\n",
+            "Content-Length: 22, 22\r\n",
+            "Content-Length: 0x16\r\n",
+            "Content-Length: \r\n",
+            "Content-Length: 99999999999999999999999\r\n",
+            "Content-Length: 22\r\nTransfer-Encoding: chunked\r\n",
+            "Transfer-Encoding: gzip\r\nContent-Length: 22\r\n",
+        ] {
+            assert_eq!(parse(refused), Err(400), "{refused:?}");
+        }
+        let raw = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\xff\r\n\r\n";
+        assert_eq!(parse_head(raw).unwrap_err().status, 400, "not UTF-8");
+    }
+
+    #[test]
+    fn http11_needs_exactly_one_host() {
+        let status = |text: &str| {
+            parse_head(text.as_bytes())
+                .map(|_| ())
+                .map_err(|e| e.status)
+        };
+        assert_eq!(status("GET /health HTTP/1.1\r\n\r\n"), Err(400));
+        assert_eq!(
+            status("GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            Err(400)
+        );
+        assert_eq!(
+            status("GET /health HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n"),
+            Err(400)
+        );
+        assert_eq!(status("GET /health HTTP/1.0\r\n\r\n"), Ok(()));
+        assert_eq!(status("GET /health HTTP/1.1\r\nHost:\r\n\r\n"), Ok(()));
+    }
+
+    #[test]
+    fn upgrades_are_checked_as_rfc_6455_says() {
+        let status = |text: String| route(&head(&text), 2).map(|_| ()).map_err(|e| e.status);
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        for bad_key in [
+            "abc",
+            "",
+            "dGhlIHNhbXBsZSBub25jZQ",
+            "dGhlIHNhbXBsZSBub25jZQ=!",
+        ] {
+            let text = format!("GET /ws HTTP/1.1\r\n{}", UPGRADE.replace(key, bad_key));
+            assert_eq!(status(text), Err(400), "key {bad_key:?}");
+        }
+        let twice = UPGRADE.replace("\r\n\r\n", &format!("\r\nSec-WebSocket-Key: {key}\r\n\r\n"));
+        assert_eq!(status(format!("GET /ws HTTP/1.1\r\n{twice}")), Err(400));
+        assert_eq!(status(format!("GET /ws HTTP/1.0\r\n{UPGRADE}")), Err(400));
+        // RFC 9110 §5.3: header lines of one name combine into one list.
+        let split = "Host: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+            Connection: keep-alive\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+            Sec-WebSocket-Version: 13\r\n\r\n";
+        assert_eq!(status(format!("GET /ws HTTP/1.1\r\n{split}")), Ok(()));
+        let split = UPGRADE.replace("Upgrade: websocket", "Upgrade: h2c\r\nUpgrade: websocket");
+        assert_eq!(status(format!("GET /ws HTTP/1.1\r\n{split}")), Ok(()));
+        let h = head("GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n");
+        assert!(!h.keep_alive, "close anywhere in the list wins");
+    }
+
+    #[test]
+    fn absolute_form_targets_route_by_path_and_query() {
+        let h = head("GET http://127.0.0.1:8080/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+        assert_eq!(
+            (h.path.as_str(), route(&h, 1)),
+            ("/health", Ok(Route::Health))
+        );
+        let h = head(&format!(
+            "GET HTTPS://example.com/ws?sub=a HTTP/1.1\r\n{UPGRADE}"
+        ));
+        assert_eq!(
+            route(&h, 1),
+            Ok(Route::WebSocket(Session::Json {
+                subscribe: vec!["a".into()]
+            }))
+        );
+        assert_eq!(split_target("http://example.com"), ("/", ""));
+        assert_eq!(split_target("http://example.com?x=1"), ("/", "x=1"));
+        assert_eq!(split_target("/a/b?c=d?e"), ("/a/b", "c=d?e"));
+    }
+
+    #[test]
+    fn malformed_escapes_in_query_values_are_refused() {
+        let error = |target: &str| {
+            route(&head(&format!("GET {target} HTTP/1.1\r\n{UPGRADE}")), 8).unwrap_err()
+        };
+        let refused = error("/ws?sub=news,%zz");
+        assert_eq!((refused.status, refused.code), (400, "bad_channel"));
+        for target in [
+            "/ws?token=%zz",
+            "/ws?sub=news&other=%4",
+            "/ws/lobby?echo=%zz",
+            "/ws/lobby?since=1&epoch=%e9",
+            "/ws/lobby?since=%31%",
+        ] {
+            let refused = error(target);
+            assert_eq!(
+                (refused.status, refused.code),
+                (400, "bad_request"),
+                "{target}"
+            );
+        }
+        let h = head(&format!(
+            "GET /ws?sub=a%2Cb&token=x%2By HTTP/1.1\r\n{UPGRADE}"
+        ));
+        assert!(route(&h, 8).is_ok());
+        assert_eq!(h.token().as_deref(), Some("x+y"));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! One client connection, from the accepted socket to its close: read HTTP
 //! request heads (keep-alive), answer plain HTTP routes, and hand upgraded
-//! connections to the WebSocket session. Also [`Conn`], the per-connection
-//! state the shard's index and fan-out refer to.
+//! connections to the WebSocket session. Every HTTP read and write is
+//! bounded by `--handshake-timeout` and yields to shutdown. Also [`Conn`],
+//! the per-connection state the shard's index and fan-out refer to.
 
 pub mod http;
 pub mod outbox;
@@ -234,20 +235,31 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
             Some(slot) => ip_slot = Some(slot),
             None => {
                 bump(&shard.stats.ip_cap_refusals, 1);
-                // Over TLS a plain answer would be noise: just close, before
-                // spending a handshake on an address over its cap.
-                if tls.is_none() {
-                    let error = HttpError::new(
-                        429,
-                        "too_many_connections",
-                        format!("at most {} connections per client address", cap.limit()),
-                    );
-                    respond_and_close(
-                        &SharedStream::new(tcp),
-                        &http::error_response(&error, false),
-                    )
-                    .await;
-                }
+                let error = HttpError::new(
+                    429,
+                    "too_many_connections",
+                    format!("at most {} connections per client address", cap.limit()),
+                );
+                refuse_accepted(&shard, tcp, tls.is_some(), &error).await;
+                return;
+            }
+        }
+    }
+    // Counted until the connection is upgraded (the session then counts
+    // under max-connections) or ends. The admin listener is not counted, so
+    // a flood of the public one cannot lock monitoring out.
+    let mut http_slot = None;
+    if let (Side::Public, Some(cap)) = (side, &shard.security.http_cap) {
+        match cap.try_acquire() {
+            Some(slot) => http_slot = Some(slot),
+            None => {
+                bump(&shard.stats.http_cap_refusals, 1);
+                let error = HttpError::new(
+                    503,
+                    "too_many_connections",
+                    format!("server is at max-http-connections ({})", cap.limit()),
+                );
+                refuse_accepted(&shard, tcp, tls.is_some(), &error).await;
                 return;
             }
         }
@@ -281,7 +293,7 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
             Ok(None) => return,
             Err(error) => {
                 bump(&shard.stats.handshake_failures, 1);
-                respond_and_close(&stream, &http::error_response(&error, false)).await;
+                respond_and_close(&shard, &stream, &http::error_response(&error, false)).await;
                 return;
             }
         };
@@ -325,19 +337,17 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
                         if error.status == 401 {
                             bump(&shard.stats.auth_failures, 1);
                         }
-                        respond_and_close(&stream, &http::error_response(&error, false)).await;
+                        respond_and_close(&shard, &stream, &http::error_response(&error, false))
+                            .await;
                         return;
                     }
                 };
                 let key = head.ws_key.as_deref().unwrap_or_default();
-                if stream
-                    .write_all(&http::switching_protocols(key))
-                    .await
-                    .is_err()
-                {
+                if !write_response(&shard, &stream, &http::switching_protocols(key)).await {
                     shard.release_connection();
                     return;
                 }
+                drop(http_slot.take());
                 // Bytes after the head already belong to the WebSocket stream.
                 let leftover = buf.split_off(head.len.min(buf.len()));
                 let conn = shard.register();
@@ -368,10 +378,10 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
         };
         let keep_alive = keep_alive && reply_keeps_alive(&reply) && body_buffered(&head, &buf);
         if !keep_alive {
-            respond_and_close(&stream, &reply).await;
+            respond_and_close(&shard, &stream, &reply).await;
             return;
         }
-        if stream.write_all(&reply).await.is_err() {
+        if !write_response(&shard, &stream, &reply).await {
             return;
         }
         let consumed = (head.len + head.content_length.unwrap_or(0)).min(buf.len());
@@ -487,10 +497,41 @@ fn reply_keeps_alive(reply: &[u8]) -> bool {
 }
 
 /// Sends a last response and closes gracefully (see
-/// [`SharedStream::close_gracefully`]).
-async fn respond_and_close(stream: &SharedStream, response: &[u8]) {
-    if stream.write_all(response).await.is_ok() {
+/// [`SharedStream::close_gracefully`]); just closes if the client does not
+/// take the response (see [`write_response`]).
+async fn respond_and_close(shard: &Shard, stream: &SharedStream, response: &[u8]) {
+    if write_response(shard, stream, response).await {
         stream.close_gracefully().await;
+    }
+}
+
+/// Writes an HTTP response; `false` if the socket failed, the client did
+/// not take it within `--handshake-timeout` (it pipelines and does not
+/// read), or shutdown began while it waited for the client to read. What
+/// the socket takes at once is written even during shutdown.
+async fn write_response(shard: &Shard, stream: &SharedStream, response: &[u8]) -> bool {
+    let write = async { stream.write_all(response).await.is_ok() };
+    let stopped = async {
+        shard.stopped().await;
+        false
+    };
+    let limit = shard.config.handshake_timeout;
+    match glommio::timer::timeout(limit, async { Ok(write.or(stopped).await) }).await {
+        Ok(written) => written,
+        Err(_) => {
+            bump(&shard.stats.handshake_failures, 1);
+            false
+        }
+    }
+}
+
+/// Refuses an accepted socket before anything is read from it: a JSON
+/// answer and a close, or over TLS just a close (a plain answer would be
+/// noise, and a handshake is not worth spending on it).
+async fn refuse_accepted(shard: &Shard, tcp: TcpStream, tls: bool, error: &HttpError) {
+    if !tls {
+        let stream = SharedStream::new(tcp);
+        respond_and_close(shard, &stream, &http::error_response(error, false)).await;
     }
 }
 
@@ -557,7 +598,8 @@ async fn read_head(
     }
 }
 
-/// Appends what the socket has to `buf`; 0 at end of stream.
+/// Appends what the socket has to `buf`; 0 at end of stream. Cancel-safe:
+/// dropped while it waits (a timeout, shutdown), it leaves `buf` as it was.
 async fn read_more(
     stats: &Stats,
     stream: &SharedStream,
@@ -566,11 +608,26 @@ async fn read_more(
     const CHUNK: usize = 2048;
     let start = buf.len();
     buf.resize(start + CHUNK, 0);
-    let read = stream.read(&mut buf[start..]).await;
+    let mut filled = Filled { buf, len: start };
+    let read = stream.read(&mut filled.buf[start..]).await;
     let n = read.as_ref().copied().unwrap_or(0);
-    buf.truncate(start + n);
+    filled.len = start + n;
+    drop(filled);
     bump(&stats.bytes_received, n as u64);
     read.map_err(|e| HttpError::new(400, "bad_request", format!("read failed: {e}")))
+}
+
+/// Cuts a buffer grown for a read back to the bytes the read filled
+/// (`len`), however the read ends, so the padding is never taken for data.
+struct Filled<'a> {
+    buf: &'a mut Vec<u8>,
+    len: usize,
+}
+
+impl Drop for Filled<'_> {
+    fn drop(&mut self) {
+        self.buf.truncate(self.len);
+    }
 }
 
 /// `POST /api/publish`: reads the body, publishes, returns the `seq`.
@@ -603,15 +660,30 @@ async fn publish(
     let end = head.len + length;
     let limit = shard.config.handshake_timeout;
     let body_read = glommio::timer::timeout(limit, async {
-        while buf.len() < end {
-            if read_more(&shard.stats, stream, buf).await.unwrap_or(0) == 0 {
-                return Ok(false);
+        let read = async {
+            while buf.len() < end {
+                if read_more(&shard.stats, stream, buf).await.unwrap_or(0) == 0 {
+                    return false;
+                }
             }
-        }
-        Ok(true)
+            true
+        };
+        let stopped = async {
+            shard.stopped().await;
+            false
+        };
+        Ok(read.or(stopped).await)
     })
     .await;
     if !matches!(body_read, Ok(true)) {
+        // The body is not all in `buf`: the reply closes the connection.
+        if shard.is_shutting_down() {
+            return Err(HttpError::new(
+                503,
+                "shutting_down",
+                "server is shutting down",
+            ));
+        }
         return Err(HttpError::new(400, "bad_request", "body not received"));
     }
     let body = std::str::from_utf8(&buf[head.len..end]).map_err(|_| {

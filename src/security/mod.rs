@@ -1,6 +1,6 @@
 //! Who may connect, subscribe and publish, and how much: what the security
 //! settings turn into, built once at start-up and shared read-only by the
-//! shards (only the per-IP counters change, and they are atomics).
+//! shards (only the connection counters change, and they are atomics).
 //!
 //! - [`token`] verifies JWT connection tokens into a [`token::Grant`]
 //!   (signatures checked with ring: [`ring_jwt`]);
@@ -8,12 +8,14 @@
 //! - [`api_key`] guards HTTP publish and the admin routes.
 //! - [`origin`] applies `--allowed-origins`.
 //! - [`rate`] is the per-connection publish token bucket.
-//! - [`ip_cap`] counts connections per client address.
+//! - [`ip_cap`] counts connections per client address, [`http_cap`] the
+//!   connections not upgraded to WebSocket.
 //! - [`tls`] builds the rustls configuration for `wss://`.
 //!
 //! `docs/security.md` explains the model.
 
 pub mod api_key;
+pub mod http_cap;
 pub mod ip_cap;
 pub mod origin;
 pub mod pattern;
@@ -28,6 +30,7 @@ use futures_rustls::TlsAcceptor;
 
 use self::{
     api_key::ApiKey,
+    http_cap::HttpCap,
     ip_cap::IpCap,
     origin::OriginPolicy,
     rate::RateLimit,
@@ -47,6 +50,8 @@ pub struct Security {
     pub origins: OriginPolicy,
     pub publish_limit: Option<RateLimit>,
     pub ip_cap: Option<Arc<IpCap>>,
+    /// `None` (only in tests' `Security::default()`): no cap.
+    pub http_cap: Option<Arc<HttpCap>>,
     pub tls: Option<TlsAcceptor>,
 }
 
@@ -58,6 +63,7 @@ impl std::fmt::Debug for Security {
             .field("origins", &self.origins)
             .field("publish_limit", &self.publish_limit)
             .field("ip_cap", &self.ip_cap)
+            .field("http_cap", &self.http_cap)
             .field("tls", &self.tls.is_some())
             .finish()
     }
@@ -122,6 +128,7 @@ impl Security {
             }),
             ip_cap: (config.max_connections_per_ip > 0)
                 .then(|| IpCap::new(config.max_connections_per_ip, seed)),
+            http_cap: Some(HttpCap::new(config.max_http_connections)),
             tls,
         })
     }

@@ -74,6 +74,7 @@ impl Shard {
             forbidden: stats.forbidden.get(),
             rate_limited: stats.rate_limited.get(),
             ip_cap_refusals: stats.ip_cap_refusals.get(),
+            http_cap_refusals: stats.http_cap_refusals.get(),
             connection_panics: stats.connection_panics.get(),
             replays_refused: stats.replays_refused.get(),
             memory_refusals: stats.memory_refusals.get(),

@@ -1,0 +1,194 @@
+//! Plain HTTP against clients that misbehave on purpose, over raw TCP: they
+//! pipeline and never read, stall a body, frame it two ways, or hold
+//! sockets open. Every response write is bounded by --handshake-timeout and
+//! yields to shutdown; --max-http-connections caps what is not a WebSocket.
+
+mod support;
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    time::Duration,
+};
+
+use serde_json::Value;
+use support::{get_json, http, raw_exchange, wait_until, Server, DEADLINE};
+
+/// A connection that sends `requests` dashboard requests at once and then
+/// never reads, with a small receive buffer so the server's writes stall.
+fn pipeline_without_reading(server: &Server, requests: usize) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&server.addr.into()).expect("connect");
+    let mut stream: TcpStream = socket.into();
+    stream
+        .write_all(
+            "GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+                .repeat(requests)
+                .as_bytes(),
+        )
+        .expect("pipeline requests");
+    stream
+}
+
+/// Reads everything until the server closes (EOF or reset).
+fn read_until_closed(stream: &mut TcpStream) -> String {
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut all = Vec::new();
+    let mut chunk = [0u8; 65536];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => all.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the server did not close the connection: {e}"),
+        }
+    }
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+fn shard_stat(server: &Server, name: &str) -> u64 {
+    let stats = get_json(server, "/api/stats");
+    stats["shard"][0][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {name} in {stats}"))
+}
+
+#[test]
+fn a_client_that_pipelines_and_never_reads_is_dropped_after_the_write_timeout() {
+    let server = Server::start(&["--shards", "1", "--handshake-timeout", "300ms"]);
+    let requests = 600;
+    let mut stalled = pipeline_without_reading(&server, requests);
+    wait_until("the stalled response write to time out", || {
+        shard_stat(&server, "handshake_failures") >= 1
+    });
+    let answered = read_until_closed(&mut stalled)
+        .matches("HTTP/1.1 200")
+        .count();
+    assert!(answered < requests, "all {answered} responses were written");
+    assert_eq!(http(&server, "GET", "/health", "").0, 200);
+}
+
+#[test]
+fn shutdown_does_not_wait_for_a_client_that_never_reads() {
+    let mut server = Server::start(&[
+        "--shards",
+        "1",
+        "--handshake-timeout",
+        "60s",
+        "--shutdown-timeout",
+        "60s",
+    ]);
+    let stalled = pipeline_without_reading(&server, 600);
+    // The first response has arrived: the server is writing to this socket.
+    stalled.set_read_timeout(Some(DEADLINE)).unwrap();
+    stalled.peek(&mut [0u8; 1]).expect("a first response");
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(Duration::from_secs(5)), Some(0));
+}
+
+#[test]
+fn a_stalled_publish_body_does_not_hold_shutdown() {
+    let mut server = Server::start(&[
+        "--shards",
+        "1",
+        "--handshake-timeout",
+        "60s",
+        "--shutdown-timeout",
+        "60s",
+    ]);
+    let mut stalled = TcpStream::connect(server.addr).unwrap();
+    stalled
+        .write_all(b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        .unwrap();
+    // Each poll counts itself; one more means the POST's head was read.
+    let mut polls = 0;
+    wait_until("the POST's head to be read", || {
+        polls += 1;
+        shard_stat(&server, "http_requests") > polls
+    });
+    server.signal(libc::SIGTERM);
+    let reply = read_until_closed(&mut stalled);
+    drop(stalled);
+    assert!(reply.starts_with("HTTP/1.1 503"), "{reply:?}");
+    assert!(reply.contains("shutting_down"), "{reply:?}");
+    assert_eq!(server.wait_exit(Duration::from_secs(5)), Some(0));
+}
+
+#[test]
+fn a_body_that_times_out_gets_one_400_that_closes() {
+    let server = Server::start(&["--shards", "1", "--handshake-timeout", "300ms"]);
+    let reply = raw_exchange(
+        &server,
+        b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"ch\":",
+    );
+    assert_eq!(reply.matches("HTTP/1.1 ").count(), 1, "{reply:?}");
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply:?}");
+    assert!(reply.contains("Connection: close\r\n"), "{reply:?}");
+    assert!(reply.contains("body not received"), "{reply:?}");
+}
+
+#[test]
+fn conflicting_content_lengths_are_refused_and_close() {
+    let server = Server::start(&["--shards", "1"]);
+    let body = r#"{"ch":"smug","data":1}"#;
+    for lengths in [
+        format!("Content-Length: 5\r\nContent-Length: {}\r\n", body.len()),
+        format!("Content-Length: +{}\r\n", body.len()),
+        format!(
+            "Content-Length: {}\r\nTransfer-Encoding: chunked\r\n",
+            body.len()
+        ),
+    ] {
+        let request = format!("POST /api/publish HTTP/1.1\r\nHost: x\r\n{lengths}\r\n{body}");
+        let reply = raw_exchange(&server, request.as_bytes());
+        assert_eq!(reply.matches("HTTP/1.1 ").count(), 1, "{reply:?}");
+        assert!(reply.starts_with("HTTP/1.1 400"), "{lengths:?}: {reply:?}");
+        assert!(reply.contains("Connection: close\r\n"), "{reply:?}");
+    }
+    let stats = get_json(&server, "/api/stats");
+    assert_eq!(stats["total"]["messages_published"], 0, "{stats}");
+}
+
+#[test]
+fn plain_http_connections_have_a_cap_of_their_own() {
+    let server = Server::start(&["--shards", "2", "--max-http-connections", "1"]);
+    let idle = TcpStream::connect(server.addr).unwrap();
+    let mut refused = (0, String::new());
+    wait_until("a request over the cap to be refused", || {
+        refused = http(&server, "GET", "/health", "");
+        refused.0 == 503
+    });
+    let body: Value = serde_json::from_str(&refused.1).unwrap();
+    assert_eq!(body["error"], "too_many_connections", "{body}");
+    drop(idle);
+    // Each request below may still meet the previous one's socket closing,
+    // so each is retried until it gets its place.
+    let mut ws = None;
+    wait_until("an upgrade once the idle connection is gone", || {
+        ws = tungstenite::connect(server.url("/ws")).ok();
+        ws.is_some()
+    });
+    // The upgraded connection is a WebSocket session: it left the count.
+    wait_until("stats beside an open WebSocket", || {
+        let (status, body) = http(&server, "GET", "/api/stats", "");
+        status == 200
+            && serde_json::from_str::<Value>(&body).unwrap()["total"]["http_cap_refusals"]
+                .as_u64()
+                .is_some_and(|n| n >= 1)
+    });
+    wait_until("the counter in /metrics", || {
+        let (status, body) = http(&server, "GET", "/metrics", "");
+        status == 200 && body.contains("shardcast_http_cap_refusals_total{")
+    });
+}
+
+#[test]
+fn a_bad_escape_in_sub_refuses_the_upgrade() {
+    let server = Server::start(&["--shards", "1"]);
+    assert_eq!(support::refused_upgrade(&server, "/ws?sub=news,%zz"), 400);
+    assert_eq!(
+        support::refused_upgrade(&server, "/ws?sub=news&token=%zz"),
+        400
+    );
+}
