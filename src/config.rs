@@ -67,7 +67,7 @@ pub struct Config {
     pub history_max_bytes: usize,
     /// Time a client has to finish a message once its first byte arrived
     /// (all fragments, the whole payload); over it the connection is closed
-    /// with 1008. Default 10 s.
+    /// with 1008. Default 5 s: 64 KiB at 105 kbit/s.
     pub message_timeout: Duration,
     /// Time a connection's outgoing queue may hold bytes without the socket
     /// taking any; over it the connection is closed (no close frame can get
@@ -132,7 +132,7 @@ impl Default for Config {
             history_size: 100,
             history_ttl: Duration::from_secs(300),
             history_max_bytes: 64 << 20,
-            message_timeout: Duration::from_secs(10),
+            message_timeout: Duration::from_secs(5),
             send_timeout: Duration::from_secs(30),
             max_memory: default_max_memory(),
             anonymous: false,
@@ -221,7 +221,7 @@ pub struct ConfigLayer {
     /// History memory per shard over all channels; the oldest go first when over [default: 64MiB]
     #[arg(long, env = "SHARDCAST_HISTORY_MAX_BYTES", value_name = "SIZE")]
     pub history_max_bytes: Option<ByteSize>,
-    /// Time a client has to finish a message it started; then close 1008 [default: 10s]
+    /// Time a client has to finish a message it started; then close 1008 [default: 5s]
     #[arg(long, env = "SHARDCAST_MESSAGE_TIMEOUT", value_name = "DURATION")]
     pub message_timeout: Option<HumanDuration>,
     /// Close a connection whose queued bytes the socket has not taken for this long [default: 30s]
