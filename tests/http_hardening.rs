@@ -69,16 +69,22 @@ fn a_client_that_pipelines_and_never_reads_is_dropped_after_the_write_timeout() 
     assert_eq!(http(&server, "GET", "/health", "").0, 200);
 }
 
-#[test]
-fn shutdown_does_not_wait_for_a_client_that_never_reads() {
-    let mut server = Server::start(&[
+/// A server whose own timeouts are far longer than any test: whatever ends
+/// a stalled client there is shutdown itself.
+fn patient_server() -> Server {
+    Server::start(&[
         "--shards",
         "1",
         "--handshake-timeout",
         "60s",
         "--shutdown-timeout",
         "60s",
-    ]);
+    ])
+}
+
+#[test]
+fn shutdown_does_not_wait_for_a_client_that_never_reads() {
+    let mut server = patient_server();
     let stalled = pipeline_without_reading(&server, 600);
     // The first response has arrived: the server is writing to this socket.
     stalled.set_read_timeout(Some(DEADLINE)).unwrap();
@@ -89,14 +95,7 @@ fn shutdown_does_not_wait_for_a_client_that_never_reads() {
 
 #[test]
 fn a_stalled_publish_body_does_not_hold_shutdown() {
-    let mut server = Server::start(&[
-        "--shards",
-        "1",
-        "--handshake-timeout",
-        "60s",
-        "--shutdown-timeout",
-        "60s",
-    ]);
+    let mut server = patient_server();
     let mut stalled = TcpStream::connect(server.addr).unwrap();
     stalled
         .write_all(b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
