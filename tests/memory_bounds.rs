@@ -191,6 +191,9 @@ fn over_its_memory_budget_the_server_refuses_new_connections_and_subscriptions()
         "{shard}"
     );
     assert_eq!(totals(&server)["memory_refusals"], 2);
+    // Subscribing again to a channel (a replacement) takes nothing more.
+    client.subscribe("before");
+    assert_eq!(totals(&server)["memory_refusals"], 2);
     // Existing subscriptions are served all along.
     let seq = support::publish(&server, "before", json!("served"));
     assert_eq!(client.recv_json()["seq"], seq);

@@ -377,12 +377,23 @@ export class Shardcast {
       (f) => {
         if (this._subs.get(sub.ch) !== sub) return; // unsubscribed meanwhile
         sub._pending = false;
+        sub._refusals = 0;
         sub._ack(f);
       },
       (err) => {
         if (this._subs.get(sub.ch) !== sub) return;
         sub._pending = false;
         if (err.code === 'disconnected') return; // resubscribed on the next connection
+        if (err.code === 'over_capacity') {
+          // The server is full for now: keep the subscription, ask again later.
+          const { minReconnectDelay: min, maxReconnectDelay: max } = this.options;
+          sub._refusals = (sub._refusals || 0) + 1;
+          const cap = Math.min(max, min * 2 ** Math.min(sub._refusals, 30));
+          this._timer(`sub:${sub.ch}`, Math.random() * cap, () => {
+            if (this._subs.get(sub.ch) === sub && this.state === 'open' && !sub._pending) this._sendSub(sub);
+          });
+          return;
+        }
         if (err.code !== 'timeout' && err.code !== 'closed') {
           sub.active = false; // refused by the server: forget it
           this._subs.delete(sub.ch);

@@ -265,15 +265,16 @@ impl Shard {
                 id,
             ));
         }
-        if let Some(slot) = conn.remove_subscription(name) {
-            self.remove_subscriber(name, slot);
-        }
-        if self.refuses_for_memory() {
+        // A replaced subscription takes no more memory: only new ones wait.
+        if conn.subscription_slot(name).is_none() && self.refuses_for_memory() {
             return Err(OpError::new(
                 ErrorCode::OverCapacity,
                 "the server is over its memory budget (max-memory); try again later",
                 id,
             ));
+        }
+        if let Some(slot) = conn.remove_subscription(name) {
+            self.remove_subscriber(name, slot);
         }
         if conn.subscription_count() >= self.config.max_subscriptions {
             return Err(OpError::new(

@@ -272,6 +272,26 @@ async function main() {
       return { minted, closes: c.closes };
     });
 
+    // ---- e) a server over its memory budget: the sub is asked again until it is taken ----
+    await step('over_capacity', async () => {
+      const srv = await startServer(0, ['--shards', '1', '--max-memory', '4MiB', '--history-ttl', '3s']);
+      const frames = [];
+      const c = makeClient(`ws://127.0.0.1:${srv.port}/ws`, { minReconnectDelay: 100, maxReconnectDelay: 400, WebSocket: spyClass(frames) });
+      await waitFor(() => c.state === 'open', 5000, 'connected');
+      const pad = 'h'.repeat(50000);
+      for (let i = 0; i < 120; i++) await httpPublish(srv.port, 'kept', { i, pad }); // 6 MB of history, for 3 s
+      const rec = record(c, 'feed-e');
+      const ack = await rec.sub.ready;
+      const refusals = frames.filter((f) => f.code === 'over_capacity').length;
+      assert(refusals >= 1, `no over_capacity refusal seen (${refusals})`);
+      await publisher(() => srv.port, 'feed-e', 5, 10);
+      await waitFor(() => rec.got.length >= 5, 5000, `5 messages (got ${rec.got.length})`);
+      assert(rec.got[0].seq === ack.seq + 1, `first message after the ack: ${JSON.stringify(rec.got[0])}`);
+      c.close();
+      srv.proc.kill('SIGKILL');
+      return { refusals };
+    });
+
     finish({ ok: true, ms: Date.now() - t0, timings, ...summary });
   } catch (e) {
     finish({ ok: false, error: String(e && e.stack || e), ms: Date.now() - t0, timings });
