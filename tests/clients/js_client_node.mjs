@@ -274,12 +274,21 @@ async function main() {
 
     // ---- e) a server over its memory budget: the sub is asked again until it is taken ----
     await step('over_capacity', async () => {
-      const srv = await startServer(0, ['--shards', '1', '--max-memory', '4MiB', '--history-ttl', '3s']);
+      // Two shards of 4 MiB each: fill the history of a channel owned by each.
+      const srv = await startServer(0, ['--max-memory', '8MiB', '--history-ttl', '3s']);
+      const ownerOf = (name) => {
+        let h = 0xcbf29ce484222325n;
+        for (const b of Buffer.from(name)) h = ((h ^ BigInt(b)) * 0x100000001b3n) & 0xffffffffffffffffn;
+        return Number(h % 2n);
+      };
+      const kept = [0, 1].map((shard) => [...Array(100).keys()].map((i) => `kept${i}`).find((n) => ownerOf(n) === shard));
       const frames = [];
       const c = makeClient(`ws://127.0.0.1:${srv.port}/ws`, { minReconnectDelay: 100, maxReconnectDelay: 400, WebSocket: spyClass(frames) });
       await waitFor(() => c.state === 'open', 5000, 'connected');
       const pad = 'h'.repeat(50000);
-      for (let i = 0; i < 120; i++) await httpPublish(srv.port, 'kept', { i, pad }); // 6 MB of history, for 3 s
+      for (const ch of kept) {
+        for (let i = 0; i < 100; i++) await httpPublish(srv.port, ch, { i, pad }); // 5 MB of history, for 3 s
+      }
       const rec = record(c, 'feed-e');
       const ack = await rec.sub.ready;
       const refusals = frames.filter((f) => f.code === 'over_capacity').length;
