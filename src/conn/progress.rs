@@ -134,22 +134,14 @@ fn header_len(header: &[u8]) -> Option<usize> {
 mod tests {
     use super::*;
 
-    /// A masked client frame (mask key zero: the payload is as given).
+    /// A masked client frame (mask key zero: the payload is as given), the
+    /// load generator's encoder with FIN cleared when `fin` is false.
     fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mut out = vec![u8::from(fin) << 7 | opcode];
-        match payload.len() {
-            n if n < 126 => out.push(0x80 | n as u8),
-            n if n <= 0xffff => {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(0x80 | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
+        let mut out = Vec::new();
+        crate::loadgen::wsclient::push_frame(&mut out, opcode, payload);
+        if !fin {
+            out[0] &= 0x7f;
         }
-        out.extend_from_slice(&[0; 4]);
-        out.extend_from_slice(payload);
         out
     }
 
