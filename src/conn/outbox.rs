@@ -461,8 +461,13 @@ impl Outbox {
         self.stats.latency.borrow_mut().record(latency_ns / 1_000);
     }
 
-    fn front(&self) -> Option<Bytes> {
-        self.frames.borrow().front().map(|f| f.bytes.clone())
+    /// The front frame, for a write that may take only part of it: marked
+    /// started first, so a close while the write waits (a slow consumer)
+    /// keeps the frame whole instead of cutting it on the wire.
+    fn start_front(&self) -> Option<Bytes> {
+        let front = self.frames.borrow().front().map(|f| f.bytes.clone())?;
+        self.front_started.set(true);
+        Some(front)
     }
 }
 
@@ -571,7 +576,7 @@ async fn write_plain(outbox: &Outbox, stream: &SharedStream) -> io::Result<()> {
             Flush::WouldBlock => {
                 // Let glommio wait for the socket to take more: it sends the
                 // front frame (or part of it) as soon as there is room.
-                let Some(front) = outbox.front() else {
+                let Some(front) = outbox.start_front() else {
                     continue;
                 };
                 let sent = stream.write(&front).await?;
@@ -618,7 +623,7 @@ mod tests {
         assert_eq!(outbox.queued_bytes(), 8);
         outbox.close(CloseReason::SlowConsumer);
         assert_eq!(outbox.queued_bytes(), 4, "rest of the started frame stays");
-        assert_eq!(outbox.front().unwrap(), Bytes::from_static(b"cdef"));
+        assert_eq!(outbox.start_front().unwrap(), Bytes::from_static(b"cdef"));
         assert_eq!(outbox.push(Bytes::from_static(b"x")), Pushed::Closed);
         assert!(outbox.close_frame.borrow().is_some());
         assert_eq!(outbox.stats().frames_queued.get(), 2);
@@ -676,6 +681,33 @@ mod tests {
         assert_eq!(outbox.stalled_for(9_000), 3_000);
         outbox.consume(5);
         assert_eq!(outbox.stalled_for(10_000), 0, "drained");
+    }
+
+    /// The writer hands the front frame to a write that waits for the socket
+    /// (`write_plain`); a slow-consumer close while it waits must not drop
+    /// that frame: the client gets it whole, then the close frame.
+    #[test]
+    fn a_close_while_the_front_frame_is_being_written_keeps_it_whole() {
+        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        use std::{io::Read, os::fd::AsRawFd};
+        let outbox = Outbox::new(100, Rc::default());
+        outbox.push(Bytes::from_static(b"0123456789"));
+        outbox.push(Bytes::from_static(b"next"));
+        let front = outbox.start_front().unwrap();
+        outbox.close(CloseReason::SlowConsumer);
+        // The waiting write took 4 bytes of the front frame.
+        std::io::Write::write_all(&mut &ours, &front[..4]).unwrap();
+        outbox.consume(4);
+        outbox
+            .flush(|slices| send_gathered(ours.as_raw_fd(), slices))
+            .unwrap();
+        assert!(outbox.finished());
+        drop(ours);
+        let mut got = Vec::new();
+        theirs.read_to_end(&mut got).unwrap();
+        let close = frame::close(1008, "slow consumer");
+        assert_eq!(&got[..10], b"0123456789", "the started frame, whole");
+        assert_eq!(&got[10..], &close[..], "then the close frame, nothing else");
     }
 
     #[test]
