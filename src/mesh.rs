@@ -7,8 +7,24 @@
 //! `channel_mesh` lane, waiting for room there. Publishers (leaf tasks) are the
 //! only ones that wait for the queue to shrink; mesh receivers never wait, so
 //! two shards can never deadlock on each other's full lanes.
+//!
+//! Backpressure reaches every hop: a shard with any queue over its high-water
+//! mark raises its flag in [`Congestion`] (shared by all shards, each writes
+//! only its own); a publisher waits while the queue to the channel's owner is
+//! full *or* the owner is congested, so a publisher on the owner itself, or
+//! one whose publications the owner forwards to a slow shard, slows down too.
+//! The owner lowers its flag once all its queues are under half the mark and
+//! tells every peer ([`MeshMsg::Room`]), which wakes their waiting
+//! publishers.
 
-use std::{cell::Cell, rc::Rc};
+use std::{
+    cell::Cell,
+    rc::Rc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
 
 use bytes::Bytes;
 use glommio::channels::{
@@ -144,20 +160,40 @@ pub enum MeshMsg {
         nonce: u32,
         snapshot: Box<ShardSnapshot>,
     },
+    /// The sender's queues are all under half their high-water mark again:
+    /// publishers waiting for it may go on.
+    Room,
+}
+
+/// One flag per shard: set while that shard has a queue to a peer over its
+/// high-water mark. Shared by every shard; each writes only its own.
+pub type Congestion = Arc<[AtomicBool]>;
+
+/// Flags for `shards` shards, none congested.
+pub fn new_congestion(shards: usize) -> Congestion {
+    (0..shards).map(|_| AtomicBool::new(false)).collect()
 }
 
 /// One shard's outgoing side of the mesh: an ordered queue per peer.
 pub struct PeerLinks {
+    /// This shard.
+    shard: usize,
     queues: Vec<Option<LocalSender<MeshMsg>>>,
     room: WaitQueue,
     /// Messages queued for peers since start.
     sent: Cell<u64>,
+    /// Every shard's congestion flag (this shard raises and lowers its own).
+    congestion: Congestion,
 }
 
 impl PeerLinks {
     /// Creates the queues and returns their receiving ends, one per peer
     /// (`None` for this shard itself), for [`PeerLinks::drain`].
-    pub fn new(shard: usize, shards: usize) -> (Rc<Self>, Vec<Option<LocalReceiver<MeshMsg>>>) {
+    pub fn new(
+        shard: usize,
+        shards: usize,
+        congestion: Congestion,
+    ) -> (Rc<Self>, Vec<Option<LocalReceiver<MeshMsg>>>) {
         let mut queues = Vec::with_capacity(shards);
         let mut receivers = Vec::with_capacity(shards);
         for peer in 0..shards {
@@ -171,9 +207,11 @@ impl PeerLinks {
             }
         }
         let links = PeerLinks {
+            shard,
             queues,
             room: WaitQueue::default(),
             sent: Cell::new(0),
+            congestion,
         };
         (Rc::new(links), receivers)
     }
@@ -185,6 +223,9 @@ impl PeerLinks {
             // Unbounded: fails only when the drain task is gone (shutdown).
             if queue.try_send(msg).is_ok() {
                 bump(&self.sent, 1);
+                if queue.len() >= PEER_QUEUE_HIGH_WATER {
+                    self.set_congested(true);
+                }
                 return true;
             }
         }
@@ -204,15 +245,60 @@ impl PeerLinks {
         }
     }
 
-    /// Whether the queue to `peer` is under its high-water mark.
-    pub fn has_room(&self, peer: usize) -> bool {
-        self.depth(peer) < PEER_QUEUE_HIGH_WATER
+    /// Whether a publication for a channel `owner` orders may go out now:
+    /// the queue to it is under its high-water mark and it is not congested
+    /// itself (the owner may be this shard).
+    pub fn has_room(&self, owner: usize) -> bool {
+        self.depth(owner) < PEER_QUEUE_HIGH_WATER && !self.is_congested(owner)
     }
 
-    /// For publishers: waits while the queue to `peer` is over its high-water
-    /// mark, so a flooding publisher slows down instead of growing memory.
-    pub async fn wait_for_room(&self, peer: usize) {
-        self.room.until(|| self.has_room(peer)).await;
+    /// Whether `shard` has a queue over its high-water mark.
+    pub fn is_congested(&self, shard: usize) -> bool {
+        self.congestion
+            .get(shard)
+            .is_some_and(|flag| flag.load(Ordering::Acquire))
+    }
+
+    fn set_congested(&self, on: bool) {
+        if let Some(flag) = self.congestion.get(self.shard) {
+            flag.store(on, Ordering::Release);
+        }
+    }
+
+    /// For publishers: waits while [`PeerLinks::has_room`] says no, so a
+    /// flooding publisher slows down instead of growing memory at any hop.
+    pub async fn wait_for_room(&self, owner: usize) {
+        self.room.until(|| self.has_room(owner)).await;
+    }
+
+    /// A peer's [`MeshMsg::Room`], or a queue here drained: waiting
+    /// publishers check again.
+    pub fn wake_publishers(&self) {
+        if self.room.has_waiters() {
+            self.room.wake_all();
+        }
+    }
+
+    /// After a queue drained: once every queue is under half the mark, lowers
+    /// this shard's flag and tells every peer. Returns whether it did.
+    fn relieve(&self) -> bool {
+        if !self.is_congested(self.shard) {
+            return false;
+        }
+        let low = (0..self.queues.len()).all(|peer| self.depth(peer) < PEER_QUEUE_HIGH_WATER / 2);
+        if !low {
+            return false;
+        }
+        // Lowered before the peers hear of it: a publisher that wakes finds
+        // it down (no lost wake-up).
+        self.set_congested(false);
+        for peer in 0..self.queues.len() {
+            if peer != self.shard {
+                self.send(peer, MeshMsg::Room);
+            }
+        }
+        self.wake_publishers();
+        true
     }
 
     /// The drain task for one peer: moves queued messages into the mesh lane
@@ -227,9 +313,54 @@ impl PeerLinks {
             if senders.send_to(peer, msg).await.is_err() {
                 break;
             }
-            if self.room.has_waiters() && self.depth(peer) < PEER_QUEUE_HIGH_WATER / 2 {
-                self.room.wake_all();
+            if !self.relieve() && self.depth(peer) < PEER_QUEUE_HIGH_WATER / 2 {
+                self.wake_publishers();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deliver() -> MeshMsg {
+        MeshMsg::Interest {
+            ch: Bytes::from_static(b"c"),
+            on: true,
+            from: 0,
+        }
+    }
+
+    #[test]
+    fn a_congested_owner_stops_publishers_on_every_shard_until_it_drains() {
+        let executor = glommio::LocalExecutorBuilder::default()
+            .io_memory(64 << 10)
+            .make()
+            .unwrap();
+        executor.run(async {
+            let congestion = new_congestion(3);
+            let (owner, mut receivers) = PeerLinks::new(0, 3, congestion.clone());
+            let (elsewhere, _) = PeerLinks::new(1, 3, congestion.clone());
+            assert!(owner.has_room(0) && elsewhere.has_room(0));
+            // The owner's queue to shard 2 (a slow one) fills.
+            for _ in 0..PEER_QUEUE_HIGH_WATER {
+                owner.send(2, deliver());
+            }
+            assert!(owner.is_congested(0));
+            assert!(!owner.has_room(0), "a publisher on the owner waits");
+            assert!(!elsewhere.has_room(0), "a publisher on another shard waits");
+            assert!(elsewhere.has_room(2), "other owners are not held up");
+            // Draining to half the mark lowers the flag and tells the peers.
+            let to_slow = receivers[2].take().unwrap();
+            for _ in 0..=PEER_QUEUE_HIGH_WATER / 2 {
+                assert!(!owner.relieve(), "not yet under half");
+                to_slow.recv().await.unwrap();
+            }
+            assert!(owner.relieve());
+            assert!(owner.has_room(0) && elsewhere.has_room(0));
+            let to_one = receivers[1].take().unwrap();
+            assert!(matches!(to_one.recv().await, Some(MeshMsg::Room)));
+        });
     }
 }

@@ -78,6 +78,7 @@ impl Server {
         let cpus = core_affinity::get_core_ids().unwrap_or_default();
         let mesh = (shards > 1).then(|| MeshBuilder::full(shards, LANE_CAPACITY));
         let open_connections = Arc::new(AtomicUsize::new(0));
+        let congestion = crate::mesh::new_congestion(shards);
         let (events_tx, events) = mpsc::channel();
         let mut startup = Startup::new(shards);
         let mut writers = Vec::with_capacity(shards);
@@ -107,6 +108,7 @@ impl Server {
                 mesh: mesh.clone(),
                 shutdown: OwnedFd::from(read_end),
                 open_connections: open_connections.clone(),
+                congestion: congestion.clone(),
                 cpu,
                 events: events_tx.clone(),
                 epoch,

@@ -555,7 +555,7 @@ mod tests {
             let _client = std::net::TcpStream::connect(addr).unwrap();
             let stream = SharedStream::new(listener.accept().await.unwrap());
             let config = Config::default();
-            let (links, _) = PeerLinks::new(0, 1);
+            let (links, _) = PeerLinks::new(0, 1, crate::mesh::new_congestion(1));
             let shard = Rc::new(Shard::new(
                 0,
                 None,

@@ -425,7 +425,8 @@ impl Shard {
 
     /// Publishes on `ch` (a validated name): orders it here if this shard owns
     /// the channel, otherwise forwards it to the owner. Never blocks. Returns
-    /// the owner's shard when the queue to it is over its high-water mark: a
+    /// the owner's shard when the queue to it is over its high-water mark or
+    /// the owner (this shard included) is congested towards a peer: a
     /// publisher should then `links.wait_for_room` before publishing more.
     /// During shutdown, publications are dropped.
     pub fn publish(
@@ -444,7 +445,8 @@ impl Shard {
         let owner = self.owner_of(&ch);
         if owner == self.id {
             self.order_and_distribute(ch, payload, self.id, skip, reply);
-            None
+            // Its deliveries went into this shard's queues to the others.
+            (!self.links.has_room(owner)).then_some(owner)
         } else {
             // The publisher's close waits for this ack (see Outbox::push_reply).
             let acked = match &reply {
@@ -543,9 +545,7 @@ impl Shard {
     /// ends, also when the caller gives up (a timeout drops this future).
     pub async fn publish_and_wait(&self, ch: Bytes, payload: Payload) -> Option<u64> {
         let owner = self.owner_of(&ch);
-        if owner != self.id {
-            self.links.wait_for_room(owner).await;
-        }
+        self.links.wait_for_room(owner).await;
         let (tx, rx) = glommio::channels::local_channel::new_bounded(1);
         let nonce = self.new_token();
         let slot = self.http_waiters.borrow_mut().insert((nonce, tx)) as u32;
@@ -626,6 +626,7 @@ impl Shard {
                 }
             }
             MeshMsg::Published { reply, seq } => self.complete(reply, seq, true),
+            MeshMsg::Room => self.links.wake_publishers(),
             MeshMsg::StatsRequest { from, slot, nonce } => {
                 let snapshot = Box::new(self.snapshot(true));
                 self.links.send(
@@ -778,9 +779,49 @@ mod tests {
             shards: 2,
             ..Config::default()
         };
-        let (links, receivers) = PeerLinks::new(0, 2);
+        let (links, receivers) = PeerLinks::new(0, 2, crate::mesh::new_congestion(2));
         drop(receivers);
         Shard::new(0, None, config, links, Arc::default(), 1, Arc::default())
+    }
+
+    /// Backpressure past the first hop: a publisher on the channel's owner
+    /// is told to wait once the owner's queue to a subscribing shard is
+    /// full, instead of growing it without bound.
+    #[test]
+    fn a_publisher_on_the_owner_waits_for_a_slow_subscribing_shard() {
+        let executor = glommio::LocalExecutorBuilder::default()
+            .io_memory(64 << 10)
+            .make()
+            .unwrap();
+        executor.run(async {
+            let config = Config {
+                shards: 2,
+                ..Config::default()
+            };
+            // Shard 1 never drains what shard 0 queues for it.
+            let (links, _undrained) = PeerLinks::new(0, 2, crate::mesh::new_congestion(2));
+            let shard = Shard::new(0, None, config, links, Arc::default(), 1, Arc::default());
+            let local = (0..)
+                .map(|i| format!("ch{i}"))
+                .find(|name| shard.owner_of(name.as_bytes()) == 0)
+                .unwrap();
+            shard.handle_mesh(MeshMsg::Interest {
+                ch: Bytes::from(local.clone()),
+                on: true,
+                from: 1,
+            });
+            let publish = || {
+                let payload = Payload::copy_of(PayloadKind::Json, b"1");
+                shard.publish(Bytes::from(local.clone()), payload, None, Reply::None)
+            };
+            let mut accepted = 0;
+            while publish().is_none() {
+                accepted += 1;
+                assert!(accepted < 100_000, "never told to wait");
+            }
+            assert!(accepted < 10_000, "told to wait after {accepted}");
+            assert_eq!(shard.links.depth(1), accepted + 1);
+        });
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub struct ShardContext {
     /// Read end of this shard's shutdown pipe: one byte means "shut down".
     pub shutdown: OwnedFd,
     pub open_connections: Arc<AtomicUsize>,
+    /// Every shard's congestion flag (see [`crate::mesh::Congestion`]).
+    pub congestion: crate::mesh::Congestion,
     /// The CPU this shard's thread is pinned to (`None`: unpinned).
     pub cpu: Option<usize>,
     /// Where the shard reports that it is accepting.
@@ -76,7 +78,7 @@ pub async fn run_shard(ctx: ShardContext) -> Result<ShardSnapshot, ServerError> 
         }
         mesh = Some((senders, receivers));
     }
-    let (links, queues) = PeerLinks::new(id, ctx.config.shards);
+    let (links, queues) = PeerLinks::new(id, ctx.config.shards, ctx.congestion);
     let shard = Rc::new(Shard::new(
         id,
         ctx.cpu,
