@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes the parsers that read network input with cargo-fuzz (libFuzzer):
-# the JSON envelope (client_op) and HTTP request heads (http_request), each
+# the JSON envelope (client_op), HTTP request heads (http_request) and the
+# WebSocket frame decoder with its round trip (frame_decode), each
 # for a bounded time. Installs the nightly toolchain and cargo-fuzz when
 # missing. A crash's input is copied to fuzz/regressions/<target>/ (replayed
 # by tests/fuzz_regressions.rs from then on) and the script fails.
@@ -11,7 +12,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-60}
 shift || true
 targets=("$@")
-((${#targets[@]})) || targets=(client_op http_request)
+((${#targets[@]})) || targets=(client_op http_request frame_decode)
 
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked

@@ -1,24 +1,16 @@
-//! Encoding of server-to-client WebSocket frames (RFC 6455 §5.2): unmasked,
-//! final, one buffer per frame. A frame is built once and its `Bytes` shared by
+//! Server-to-client WebSocket frames (RFC 6455 §5.2) as the shard shares
+//! them: unmasked, final, one buffer per frame, the header written by the
+//! codec (`shardcast-wire`). A frame is built once and its `Bytes` shared by
 //! every subscriber it goes to. The payload is written first into a buffer that
 //! keeps [`MAX_HEADER`] bytes free at the front; the header is then written just
 //! before it, so no frame is ever copied to prepend its header. Pure code.
 
 use bytes::{Bytes, BytesMut};
+pub use shardcast_wire::OpCode;
+use shardcast_wire::{FrameHeader, MAX_SERVER_HEADER};
 
 /// Largest header of an unmasked server frame: 2 bytes + 8 bytes of length.
-pub const MAX_HEADER: usize = 10;
-
-/// Frame opcodes the server sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum OpCode {
-    Text = 0x1,
-    Binary = 0x2,
-    Close = 0x8,
-    Ping = 0x9,
-    Pong = 0xA,
-}
+pub const MAX_HEADER: usize = MAX_SERVER_HEADER;
 
 /// A frame under construction: append the payload, then [`FrameBuilder::finish`].
 pub struct FrameBuilder {
@@ -47,8 +39,8 @@ impl FrameBuilder {
     /// Writes the header in front of the payload and returns the whole frame.
     pub fn finish(mut self) -> Bytes {
         let len = self.payload_len();
-        let mut header = [0u8; MAX_HEADER];
-        let header_len = write_header(&mut header, self.opcode, len);
+        let mut header = [0u8; shardcast_wire::MAX_HEADER];
+        let header_len = FrameHeader::server(self.opcode, len).write(&mut header);
         let start = MAX_HEADER - header_len;
         self.buf[start..MAX_HEADER].copy_from_slice(&header[..header_len]);
         self.buf.freeze().slice(start..)
@@ -63,23 +55,6 @@ impl std::io::Write for FrameBuilder {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
-    }
-}
-
-/// Writes a final, unmasked frame header into `out`; returns its length.
-pub fn write_header(out: &mut [u8; MAX_HEADER], opcode: OpCode, len: usize) -> usize {
-    out[0] = 0x80 | opcode as u8;
-    if len < 126 {
-        out[1] = len as u8;
-        2
-    } else if len <= u16::MAX as usize {
-        out[1] = 126;
-        out[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-        4
-    } else {
-        out[1] = 127;
-        out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
-        10
     }
 }
 

@@ -13,7 +13,8 @@
 //!   WebSocket session, the bounded outgoing queue and its writer
 //!   ([`conn::outbox`]).
 //! - [`protocol`]: the JSON envelope, parsed and encoded without I/O;
-//!   [`frame`]: server WebSocket frames, encoded once and shared;
+//!   [`frame`]: server WebSocket frames, encoded once and shared (headers
+//!   by the frame codec, the `shardcast-wire` crate in `wire/`);
 //!   [`channel`]: channel names and owners.
 //! - [`security`]: tokens and channel permissions, API key, origins, rate
 //!   limit, per-IP cap, TLS.

@@ -16,6 +16,7 @@ use std::{
 };
 
 use serde_json::{json, Value};
+use shardcast_wire::OpCode;
 use socket2::{Domain, Socket, Type};
 use support::{get_json, publish, Client, Server, DEADLINE};
 
@@ -54,23 +55,8 @@ fn reset(stream: TcpStream) {
 }
 
 /// A client frame (masked, as clients must), FIN set unless `more`.
-fn client_frame(opcode: u8, payload: &[u8], more: bool) -> Vec<u8> {
-    let mut frame = vec![if more { opcode } else { 0x80 | opcode }];
-    match payload.len() {
-        n if n < 126 => frame.push(0x80 | n as u8),
-        n if n <= 0xffff => {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            frame.push(0x80 | 127);
-            frame.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    let mask = [0x12, 0x34, 0x56, 0x78];
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    frame
+fn client_frame(opcode: OpCode, payload: &[u8], more: bool) -> Vec<u8> {
+    shardcast_wire::encode::client_frame(opcode, payload, more, [0x12, 0x34, 0x56, 0x78])
 }
 
 /// Polls `/api/stats` until `ok` holds for its totals; returns them.
@@ -274,7 +260,7 @@ fn malformed_and_truncated_frames_close_only_their_connection() {
         (
             "reserved bits",
             {
-                let mut f = client_frame(0x1, b"hi", false);
+                let mut f = client_frame(OpCode::Text, b"hi", false);
                 f[0] |= 0x40;
                 f
             },
@@ -282,17 +268,17 @@ fn malformed_and_truncated_frames_close_only_their_connection() {
         ),
         (
             "control frame over 125 bytes",
-            client_frame(0x9, &[0; 200], false),
+            client_frame(OpCode::Ping, &[0; 200], false),
             Some(1002),
         ),
         (
             "fragmented control frame",
-            client_frame(0x9, b"p", true),
+            client_frame(OpCode::Ping, b"p", true),
             Some(1002),
         ),
         (
             "continuation without a start",
-            client_frame(0x0, b"x", false),
+            client_frame(OpCode::Continuation, b"x", false),
             Some(1002),
         ),
         (
@@ -307,7 +293,7 @@ fn malformed_and_truncated_frames_close_only_their_connection() {
         ),
         (
             "truncated frame, then reset",
-            client_frame(0x1, &[b'a'; 1000], false)[..100].to_vec(),
+            client_frame(OpCode::Text, &[b'a'; 1000], false)[..100].to_vec(),
             None,
         ),
         ("garbage bytes", vec![0xff; 64], Some(1002)),

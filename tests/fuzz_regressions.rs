@@ -35,3 +35,8 @@ fn client_op_inputs_stay_fixed() {
 fn http_request_inputs_stay_fixed() {
     assert!(replay("http_request", shardcast::fuzzing::http_request) >= 4);
 }
+
+#[test]
+fn frame_decode_inputs_stay_fixed() {
+    assert!(replay("frame_decode", shardcast_wire::fuzzing::frame_decode) >= 7);
+}

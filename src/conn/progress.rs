@@ -6,10 +6,10 @@
 //! boundaries only; validating frames stays with the reader. Pure: fed byte
 //! slices, no I/O, no clock.
 
-/// Longest client frame header: 2 bytes, 8 of extended length, 4 of mask.
-const MAX_HEADER: usize = 14;
+use shardcast_wire::header::{self, MAX_HEADER};
 
-/// Frame-boundary state of one client's byte stream (32 bytes).
+/// Frame-boundary state of one client's byte stream (40 bytes: see the
+/// test `stays_small`).
 #[derive(Debug, Default, Clone)]
 pub struct MessageProgress {
     /// Payload bytes of the current frame still to come.
@@ -71,35 +71,25 @@ impl MessageProgress {
             self.header[self.header_len as usize] = bytes[0];
             bytes = &bytes[1..];
             self.header_len += 1;
-            let header = &self.header[..self.header_len as usize];
-            if header_len(header) == Some(header.len()) {
-                self.start_frame();
-                if self.payload_left == 0 {
-                    fed.completed |= self.frame_done();
+            match header::parse(&self.header[..self.header_len as usize]) {
+                Ok(None) => {}
+                Ok(Some((frame, _))) => {
+                    self.header_len = 0;
+                    self.payload_left = frame.payload_len;
+                    // Control frames (close, ping, pong) may come between
+                    // fragments and are not part of the message.
+                    self.in_data_frame = !frame.opcode.is_control();
+                    self.frame_is_final = frame.fin;
+                    if self.payload_left == 0 {
+                        fed.completed |= self.frame_done();
+                    }
                 }
+                // Not a frame the reader will accept: it closes the
+                // connection; nothing to follow.
+                Err(_) => self.header_len = 0,
             }
         }
         fed
-    }
-
-    /// The header in `self.header` is complete: the frame's payload starts.
-    fn start_frame(&mut self) {
-        let header = &self.header;
-        let opcode = header[0] & 0x0f;
-        let length = match header[1] & 0x7f {
-            126 => u64::from(u16::from_be_bytes([header[2], header[3]])),
-            127 => u64::from_be_bytes([
-                header[2], header[3], header[4], header[5], header[6], header[7], header[8],
-                header[9],
-            ]),
-            short => u64::from(short),
-        };
-        self.header_len = 0;
-        self.payload_left = length;
-        // Control frames (opcode 8 and up) may come between fragments and
-        // are not part of the message.
-        self.in_data_frame = opcode < 8;
-        self.frame_is_final = header[0] & 0x80 != 0;
     }
 
     /// The current frame's payload is complete. Returns whether a message
@@ -117,32 +107,21 @@ impl MessageProgress {
     }
 }
 
-/// The length of the header that starts with `header`, once its first two
-/// bytes say it; `None` before.
-fn header_len(header: &[u8]) -> Option<usize> {
-    let second = *header.get(1)?;
-    let mask = if second & 0x80 != 0 { 4 } else { 0 };
-    let extended = match second & 0x7f {
-        126 => 2,
-        127 => 8,
-        _ => 0,
-    };
-    Some(2 + extended + mask)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A masked client frame (mask key zero: the payload is as given), the
-    /// load generator's encoder with FIN cleared when `fin` is false.
+    /// A masked client frame (mask key zero: the payload is as given), from
+    /// the codec.
     fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        crate::loadgen::wsclient::push_frame(&mut out, opcode, payload);
-        if !fin {
-            out[0] &= 0x7f;
-        }
-        out
+        let opcode = shardcast_wire::OpCode::from_bits(opcode).unwrap();
+        shardcast_wire::encode::client_frame(opcode, payload, !fin, [0; 4])
+    }
+
+    #[test]
+    fn stays_small() {
+        // Every connection carries one (docs/design.md's memory table).
+        assert!(std::mem::size_of::<MessageProgress>() <= 40);
     }
 
     #[test]

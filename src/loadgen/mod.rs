@@ -25,6 +25,7 @@ use std::{
 };
 
 use glommio::timer::sleep;
+use shardcast_wire::OpCode;
 
 use self::{
     report::{Report, Results},
@@ -584,13 +585,20 @@ impl ConnReader {
     /// Handles every complete frame received; replies (pongs) go to `out`.
     fn process(&mut self, run: &Run, out: &mut Vec<u8>) -> Result<(), Closed> {
         let mut start = 0;
-        while let Some(frame) = wsclient::parse_frame(&self.buf[start..self.filled]) {
+        loop {
+            let frame = match wsclient::parse_frame(&self.buf[start..self.filled]) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                // A reserved opcode or an impossible length: not a server.
+                Err(_) => return Err(Closed),
+            };
             let (lo, hi) = (start + frame.start, start + frame.end);
             match frame.opcode {
-                0x9 => wsclient::push_frame(out, 0xA, &self.buf[lo..hi]),
-                0x8 => return Err(Closed),
-                0x0..=0x2 => {
-                    if frame.fin && frame.opcode != 0 && self.message.is_empty() {
+                OpCode::Ping => wsclient::push_frame(out, OpCode::Pong, &self.buf[lo..hi]),
+                OpCode::Close => return Err(Closed),
+                OpCode::Continuation | OpCode::Text | OpCode::Binary => {
+                    let first = frame.opcode != OpCode::Continuation;
+                    if frame.fin && first && self.message.is_empty() {
                         let payload = &self.buf[lo..hi];
                         on_message(run, self.index, self.probe, payload, &mut self.nats, out);
                     } else {
@@ -601,7 +609,7 @@ impl ConnReader {
                         }
                     }
                 }
-                _ => {}
+                OpCode::Pong => {}
             }
             start = hi;
         }
@@ -732,7 +740,7 @@ fn on_message(
             used += body_start + size + 2;
         } else {
             if line == b"PING" {
-                wsclient::push_frame(out, 2, b"PONG\r\n");
+                wsclient::push_frame(out, OpCode::Binary, b"PONG\r\n");
             }
             used += eol + 2;
         }

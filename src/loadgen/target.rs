@@ -12,6 +12,8 @@
 
 use std::fmt::Write as _;
 
+use shardcast_wire::OpCode;
+
 use super::wsclient::push_frame;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -56,7 +58,7 @@ impl Target {
             if role != Role::Publisher {
                 let _ = write!(text, "SUB {channel} 1\r\n");
             }
-            push_frame(out, 2, text.as_bytes());
+            push_frame(out, OpCode::Binary, text.as_bytes());
         }
     }
 
@@ -70,14 +72,14 @@ impl Target {
                 scratch.extend_from_slice(b"\",\"data\":");
                 scratch.extend_from_slice(payload);
                 scratch.push(b'}');
-                push_frame(out, 1, scratch);
+                push_frame(out, OpCode::Text, scratch);
             }
-            Target::ShardcastRaw | Target::Peer => push_frame(out, 1, payload),
+            Target::ShardcastRaw | Target::Peer => push_frame(out, OpCode::Text, payload),
             Target::Nats => {
                 let _ = write!(SliceWriter(scratch), "PUB {channel} {}\r\n", payload.len());
                 scratch.extend_from_slice(payload);
                 scratch.extend_from_slice(b"\r\n");
-                push_frame(out, 2, scratch);
+                push_frame(out, OpCode::Binary, scratch);
             }
         }
     }

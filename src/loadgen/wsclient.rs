@@ -14,6 +14,7 @@ use std::{
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
+use shardcast_wire::header::{self, FrameHeader, HeaderError, OpCode};
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// Opens a TCP connection from `source` (port chosen by the kernel) to
@@ -87,61 +88,38 @@ where
     }
 }
 
-/// Appends a client frame (final, masked with a zero key) to `out`.
-pub fn push_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
-    out.push(0x80 | opcode);
-    let len = payload.len();
-    if len < 126 {
-        out.push(0x80 | len as u8);
-    } else if len <= u16::MAX as usize {
-        out.push(0x80 | 126);
-        out.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        out.push(0x80 | 127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-    out.extend_from_slice(&[0, 0, 0, 0]);
-    out.extend_from_slice(payload);
+/// Appends a client frame (final, masked with a zero key: a load generator
+/// has no cache to poison) to `out`.
+pub fn push_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
+    let header = FrameHeader::client(opcode, true, payload.len(), [0; 4]);
+    shardcast_wire::encode::push_frame(out, header, payload);
 }
 
 /// One complete frame at the start of a buffer.
 #[derive(Debug, PartialEq, Eq)]
 pub struct FrameRef {
     pub fin: bool,
-    pub opcode: u8,
+    pub opcode: OpCode,
     /// Payload range within the buffer.
     pub start: usize,
     pub end: usize,
 }
 
-/// Parses the server frame at the start of `buf`; `None` if incomplete.
-/// Server frames are unmasked.
-pub fn parse_frame(buf: &[u8]) -> Option<FrameRef> {
-    if buf.len() < 2 {
-        return None;
-    }
-    let fin = buf[0] & 0x80 != 0;
-    let opcode = buf[0] & 0x0f;
-    let (len, header) = match buf[1] & 0x7f {
-        126 => (
-            u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as usize,
-            4,
-        ),
-        127 => (
-            u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize,
-            10,
-        ),
-        n => (n as usize, 2),
+/// Parses the server frame at the start of `buf`; `Ok(None)` if
+/// incomplete. Server frames are unmasked.
+pub fn parse_frame(buf: &[u8]) -> Result<Option<FrameRef>, HeaderError> {
+    let Some((header, start)) = header::parse(buf)? else {
+        return Ok(None);
     };
-    let masked: usize = if buf[1] & 0x80 != 0 { 4 } else { 0 };
-    let start: usize = header + masked;
-    let end = start.checked_add(len)?;
-    (buf.len() >= end).then_some(FrameRef {
-        fin,
-        opcode,
+    let end = usize::try_from(header.payload_len)
+        .ok()
+        .and_then(|len| start.checked_add(len));
+    Ok(end.filter(|end| buf.len() >= *end).map(|end| FrameRef {
+        fin: header.fin,
+        opcode: header.opcode,
         start,
         end,
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -153,19 +131,23 @@ mod tests {
         for len in [0usize, 5, 125, 126, 65535, 65536] {
             let payload = vec![7u8; len];
             let frame = crate::frame::encode(crate::frame::OpCode::Text, &payload);
-            let parsed = parse_frame(&frame).unwrap();
+            let parsed = parse_frame(&frame).unwrap().unwrap();
             assert_eq!(
                 (parsed.fin, parsed.opcode, parsed.end - parsed.start),
-                (true, 1, len)
+                (true, OpCode::Text, len)
             );
-            assert_eq!(parse_frame(&frame[..frame.len() - 1]), None, "incomplete");
+            assert_eq!(
+                parse_frame(&frame[..frame.len() - 1]),
+                Ok(None),
+                "incomplete"
+            );
         }
     }
 
     #[test]
     fn client_frames_are_masked_and_readable() {
         let mut out = Vec::new();
-        push_frame(&mut out, 1, b"hello");
+        push_frame(&mut out, OpCode::Text, b"hello");
         assert_eq!(&out[..2], &[0x81, 0x85]);
         assert_eq!(&out[6..], b"hello");
     }
