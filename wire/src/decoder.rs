@@ -142,8 +142,11 @@ pub struct Decoder {
     kept: Vec<u8>,
     /// A control frame's payload split over reads (at most 125 bytes).
     kept_control: Vec<u8>,
-    /// `kept` or `kept_control` was handed out by the last call: clear it.
-    release: bool,
+    /// `kept` was handed out by the last call: free it.
+    release_kept: bool,
+    /// `kept_control` was handed out by the last call: clear it (a message
+    /// may still be kept in `kept`).
+    release_control: bool,
     utf8: Utf8Validator,
     /// A close frame or an error was decoded: nothing more is read.
     ended: bool,
@@ -159,7 +162,8 @@ impl Decoder {
             message: None,
             kept: Vec::new(),
             kept_control: Vec::new(),
-            release: false,
+            release_kept: false,
+            release_control: false,
             utf8: Utf8Validator::default(),
             ended: false,
         }
@@ -180,9 +184,10 @@ impl Decoder {
     /// it completes one event or uses all of `input`. After an error or a
     /// close frame, it consumes everything and returns nothing.
     pub fn decode<'a>(&'a mut self, input: &'a mut [u8]) -> Result<Decoded<'a>, DecodeError> {
-        if self.release {
-            self.release = false;
+        if std::mem::take(&mut self.release_kept) {
             self.kept = Vec::new();
+        }
+        if std::mem::take(&mut self.release_control) {
             self.kept_control.clear();
         }
         if self.ended {
@@ -387,7 +392,7 @@ impl Decoder {
     ) -> Result<Option<Done>, DecodeError> {
         let kept = !matches!(at, Where::Input(_));
         if header.opcode.is_control() {
-            self.release |= kept;
+            self.release_control |= kept;
             return Ok(Some(match header.opcode {
                 OpCode::Ping => Done::Ping(at),
                 OpCode::Pong => Done::Pong(at),
@@ -409,7 +414,7 @@ impl Decoder {
             .message
             .take()
             .ok_or(DecodeError::UnexpectedContinuation)?;
-        self.release |= kept;
+        self.release_kept |= kept;
         if message.compressed {
             return Ok(Some(Done::Compressed(message.text, at)));
         }
@@ -522,6 +527,27 @@ mod tests {
                 Owned::Text("κόσμε!".into()),
                 Owned::Binary(b"after".to_vec()),
             ]
+        );
+    }
+
+    /// Found by the fuzzer: a control frame split over reads, handed out
+    /// from its own storage, must not free the message kept beside it.
+    #[test]
+    fn a_split_ping_inside_a_fragmented_message_keeps_the_message() {
+        let mut decoder = Decoder::new(LIMITS);
+        let mut first = frame(OpCode::Binary, b"abc", true);
+        assert_eq!(decoder.decode(&mut first).unwrap().event, None);
+        let ping = frame(OpCode::Ping, b"ping", false);
+        let (mut head, mut tail) = (ping[..7].to_vec(), ping[7..].to_vec());
+        assert_eq!(decoder.decode(&mut head).unwrap().event, None);
+        assert_eq!(
+            decoder.decode(&mut tail).unwrap().event,
+            Some(Event::Ping(b"ping"))
+        );
+        let mut last = frame(OpCode::Continuation, b"def", false);
+        assert_eq!(
+            decoder.decode(&mut last).unwrap().event,
+            Some(Event::Binary(b"abcdef"))
         );
     }
 
