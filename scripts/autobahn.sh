@@ -13,13 +13,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bin=${1:-target/debug/shardcast}
-work=target/autobahn
+work=$(pwd)/target/autobahn
 venv=$work/venv
 mkdir -p "$work"
 
 if [ ! -x "$venv/bin/wstest" ]; then
   py=""
-  if command -v pyenv >/dev/null && [ -x "$(pyenv root)/versions/2.7.18/bin/python2.7" ]; then
+  if command -v pyenv >/dev/null; then
+    [ -x "$(pyenv root)/versions/2.7.18/bin/python2.7" ] || pyenv install --skip-existing 2.7.18
     py="$(pyenv root)/versions/2.7.18/bin/python2.7"
   elif command -v python2.7 >/dev/null; then
     py=$(command -v python2.7)

@@ -2,7 +2,8 @@
 # Runs every test of shardcast: unit tests, integration tests against the real
 # server, the standard-client tests (Python websockets, Node ws), the metrics
 # test (Python prometheus_client parses /metrics) and the dashboard test
-# (headless Chromium via npm playwright-core). Installs what those need when it
+# (headless Chromium via npm playwright-core), then Autobahn|Testsuite's
+# conformance cases (scripts/autobahn.sh). Installs what those need when it
 # is missing (pip, npm; apt-get for node, python3 and chromium).
 # Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
@@ -34,4 +35,9 @@ trap 'rm -f "$log"' EXIT
 status=0
 cargo test --locked --lib --bins --tests "$@" 2>&1 | tee "$log" || status=$?
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+# WebSocket conformance of the server the tests just built (Autobahn cases
+# 1-10 against a raw room; results must match scripts/autobahn/expected.json).
+if ((status == 0)) && (($# == 0)); then
+  bash scripts/autobahn.sh target/debug/shardcast || status=$?
+fi
 exit "$status"
