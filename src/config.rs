@@ -50,10 +50,9 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Time allowed after SIGINT/SIGTERM to flush and close. Default 10 s.
     pub shutdown_timeout: Duration,
-    /// Read buffer per WebSocket connection, allocated for its lifetime and
-    /// the most one read takes from the socket. Small suits many idle
-    /// subscribers; publishers of large messages read faster with more.
-    /// Default 256 bytes.
+    /// Read buffer of each shard, where every connection's reads land: the
+    /// most one read takes from a socket. Connections hold none of it.
+    /// Default 64 KiB.
     pub read_buffer_bytes: usize,
     /// Publications each channel keeps for recovery (`sub` with `since`);
     /// 0 keeps none. Default 100.
@@ -128,7 +127,7 @@ impl Default for Config {
             max_subscriptions: 256,
             handshake_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(10),
-            read_buffer_bytes: 256,
+            read_buffer_bytes: 64 << 10,
             history_size: 100,
             history_ttl: Duration::from_secs(300),
             history_max_bytes: 64 << 20,
@@ -209,7 +208,7 @@ pub struct ConfigLayer {
     /// Time allowed after SIGINT/SIGTERM to flush and close everyone [default: 10s]
     #[arg(long, env = "SHARDCAST_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
     pub shutdown_timeout: Option<HumanDuration>,
-    /// Read buffer per connection: memory per idle connection vs. bytes per read [default: 256B]
+    /// Read buffer of each shard, shared by its connections: the most one read takes [default: 64KiB]
     #[arg(long, env = "SHARDCAST_READ_BUFFER_BYTES", value_name = "SIZE")]
     pub read_buffer_bytes: Option<ByteSize>,
     /// Publications kept per channel for clients that resubscribe with `since` (0: none) [default: 100]

@@ -285,11 +285,22 @@ fn malformed_and_truncated_frames_close_only_their_connection() {
             "length over the limit",
             {
                 let mut f = vec![0x81, 0x80 | 127];
-                f.extend_from_slice(&u64::MAX.to_be_bytes());
+                f.extend_from_slice(&(1u64 << 40).to_be_bytes());
                 f.extend_from_slice(&[1, 2, 3, 4]); // the mask key
                 f
             },
             Some(1009),
+        ),
+        (
+            // RFC 6455 §5.2: the most significant bit MUST be 0.
+            "length with its top bit set",
+            {
+                let mut f = vec![0x81, 0x80 | 127];
+                f.extend_from_slice(&u64::MAX.to_be_bytes());
+                f.extend_from_slice(&[1, 2, 3, 4]);
+                f
+            },
+            Some(1002),
         ),
         (
             "truncated frame, then reset",

@@ -87,7 +87,7 @@ fn a_message_never_finished_is_closed_at_the_message_timeout() {
     let first_fragment = Frame::message(vec![b'q'; 60_000], OpCode::Data(Data::Text), false);
     holder.ws.send(Message::Frame(first_fragment)).unwrap();
     wait_until("the unfinished message counted", || {
-        totals_of_shard(&server)["unfinished_bytes"] == 60_000
+        totals_of_shard(&server)["unfinished_bytes"].as_u64() >= Some(60_000)
     });
     // Alive all along (pongs between fragments reset the heartbeat), yet
     // the message must be finished in time.

@@ -7,7 +7,6 @@
 pub mod http;
 pub mod outbox;
 pub mod permit;
-pub mod progress;
 pub mod stream;
 mod ws;
 

@@ -5,9 +5,6 @@
 //! the two tasks do not steal each other's wake-ups. Plain streams are
 //! written with `sendmsg` by the outbox; TLS streams take the outbox's
 //! frames as plaintext ([`SharedStream::encrypt`]) and are then flushed.
-//! [`ReadSide`] is what tungstenite gets: it reads from the socket, and the
-//! few frames tungstenite writes by itself (pongs) go into the outbox, in
-//! order with everything else.
 
 use std::{
     cell::RefCell,
@@ -19,13 +16,9 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncWrite};
 use futures_rustls::server::TlsStream;
 use glommio::net::TcpStream;
-
-use super::{progress::MessageProgress, Conn};
-use crate::{clock, stats::bump};
 
 /// The socket, with or without TLS over it.
 enum Transport {
@@ -92,6 +85,11 @@ impl SharedStream {
     /// Writes out whatever the TLS session holds (nothing to do for plain).
     pub async fn flush(&self) -> io::Result<()> {
         futures_lite::future::poll_fn(|cx| self.inner.borrow_mut().pinned().poll_flush(cx)).await
+    }
+
+    /// Reads into `buf` if the socket has data (the session's read loop).
+    pub fn poll_read(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        self.inner.borrow_mut().pinned().poll_read(cx, buf)
     }
 
     /// Reads into `buf`, waiting for data.
@@ -185,98 +183,5 @@ impl SharedStream {
         unsafe {
             libc::shutdown(self.fd, libc::SHUT_WR);
         }
-    }
-}
-
-/// The stream as tungstenite sees it: reads from the socket, writes into the
-/// connection's outbox. On the way it follows the client's frame boundaries
-/// ([`MessageProgress`]): when a message starts and ends (the deadline of
-/// `message-timeout`), and how much of it the shard holds (the memory
-/// budget).
-pub struct ReadSide {
-    stream: SharedStream,
-    conn: Rc<Conn>,
-    progress: MessageProgress,
-    /// The unfinished message's bytes as last added to the shard's count.
-    counted: u64,
-}
-
-impl ReadSide {
-    /// `leftover`: bytes read with the HTTP head, which tungstenite reads
-    /// first.
-    pub fn new(stream: SharedStream, conn: Rc<Conn>, leftover: &[u8]) -> Self {
-        let mut side = ReadSide {
-            stream,
-            conn,
-            progress: MessageProgress::default(),
-            counted: 0,
-        };
-        side.follow(leftover);
-        side
-    }
-
-    /// Follows bytes just read: stamps when an unfinished message began and
-    /// keeps the shard's count of unfinished-message bytes.
-    fn follow(&mut self, bytes: &[u8]) {
-        let was_in_progress = self.progress.in_progress();
-        let fed = self.progress.feed(bytes);
-        let in_progress = self.progress.in_progress();
-        if !in_progress {
-            self.conn.message_started_ns.set(0);
-        } else if fed.completed || !was_in_progress {
-            self.conn.message_started_ns.set(clock::now_ns());
-        }
-        self.recount(self.progress.unfinished_bytes());
-    }
-
-    fn recount(&mut self, unfinished: u64) {
-        if unfinished != self.counted {
-            let stats = self.conn.outbox.stats();
-            let held = stats.unfinished_bytes.get() + unfinished - self.counted;
-            stats.unfinished_bytes.set(held);
-            self.counted = unfinished;
-        }
-    }
-}
-
-impl Drop for ReadSide {
-    fn drop(&mut self) {
-        self.recount(0);
-    }
-}
-
-impl AsyncRead for ReadSide {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        let read = self.stream.inner.borrow_mut().pinned().poll_read(cx, buf);
-        if let Poll::Ready(Ok(n)) = read {
-            bump(&self.conn.outbox.stats().bytes_received, n as u64);
-            self.follow(&buf[..n]);
-        }
-        read
-    }
-}
-
-impl AsyncWrite for ReadSide {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        // Only tungstenite's automatic replies arrive here. A full or closing
-        // outbox drops them; the connection is going away in that case.
-        let _ = self.conn.outbox.push(Bytes::copy_from_slice(buf));
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
     }
 }

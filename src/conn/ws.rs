@@ -1,9 +1,11 @@
 //! A WebSocket session after the 101: registers the connection with its
 //! shard, starts its writer task, subscribes what the URL asked for, then
-//! reads frames (through tungstenite) and acts on them — JSON ops on `/ws`,
-//! verbatim publication in raw rooms — until either side closes. Teardown
-//! (unsubscribe, free the slot) runs from a guard, so it happens even if the
-//! task is cancelled or panics.
+//! reads the client's bytes into the shard's scratch buffer, decodes them
+//! with the frame codec (`shardcast-wire`) and acts on what they say — JSON
+//! ops on `/ws`, verbatim publication in raw rooms, pings answered, the
+//! close handshake — until either side closes. Teardown (unsubscribe, free
+//! the slot) runs from a guard, so it happens even if the task is cancelled
+//! or panics.
 
 use std::{
     future::Future,
@@ -13,26 +15,19 @@ use std::{
     time::Duration,
 };
 
-use async_tungstenite::{
-    tungstenite::{
-        error::{CapacityError, ProtocolError},
-        protocol::{Role, WebSocketConfig},
-        Error as WsError, Message,
-    },
-    WebSocketStream,
-};
 use bytes::Bytes;
-use futures_lite::Stream;
+use shardcast_wire::{Decoder, Event, Limits};
 
 use super::{
     http::Session,
     outbox::{run_writer, CloseReason},
     permit::Permit,
-    stream::{ReadSide, SharedStream},
+    stream::SharedStream,
     Conn,
 };
 use crate::{
     channel::Access,
+    clock, frame,
     mesh::{Payload, Reply, Skip},
     protocol::{self, ClientOp, ErrorCode, OpError, PayloadKind, Since},
     security::{
@@ -45,8 +40,9 @@ use crate::{
 
 /// How long the writer may take to flush the close frame at teardown.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
-/// Messages one connection may handle before yielding to the others.
-const MESSAGES_PER_POLL: usize = 32;
+/// Reads one connection may make (each at most the shard's scratch
+/// buffer) before yielding to the others.
+const READS_PER_POLL: usize = 4;
 
 /// Unregisters the connection when the session ends, however it ends.
 struct Registration<'a> {
@@ -79,33 +75,36 @@ pub async fn serve(
     let writer = glommio::spawn_local(run_writer(conn.outbox.clone(), stream.clone()));
     // Boxed: set-up runs once; its states need not live in every idle
     // connection's future.
-    let (mut ws, room, skip, room_may_publish) =
-        Box::pin(start(&shard, &conn, &stream, leftover, session)).await;
+    let (room, skip, room_may_publish) = Box::pin(start(&shard, &conn, session)).await;
+    let limits = Limits {
+        max_message: shard.config.max_message_bytes,
+        rsv1: false,
+    };
     Reader {
         shard: &shard,
         conn: &conn,
-        ws: &mut ws,
+        stream: &stream,
+        decoder: Decoder::new(limits),
+        backlog: leftover,
         room,
         skip,
         room_may_publish,
         waiting: None,
+        counted: 0,
     }
     .await;
-    Box::pin(teardown(&shard, &conn, writer, ws, &stream)).await;
+    Box::pin(teardown(&shard, &conn, writer, &stream)).await;
     drop(registration);
 }
 
-/// Subscribes what the URL asked for and wraps the stream for tungstenite.
-/// Returns the stream, the raw room's channel (if a room), who to leave
-/// out of this connection's own publications (`?echo=0`), and whether the
-/// connection may publish in its room.
+/// Subscribes what the URL asked for. Returns the raw room's channel (if a
+/// room), who to leave out of this connection's own publications
+/// (`?echo=0`), and whether the connection may publish in its room.
 async fn start(
     shard: &Shard,
     conn: &Rc<Conn>,
-    stream: &SharedStream,
-    leftover: Vec<u8>,
     session: Session,
-) -> (WebSocketStream<ReadSide>, Option<Bytes>, Option<Skip>, bool) {
+) -> (Option<Bytes>, Option<Skip>, bool) {
     // A room member's permissions cannot change (a raw room has no `auth`
     // frame), so whether it may publish is decided once.
     let room_may_publish = match &session {
@@ -138,27 +137,27 @@ async fn start(
             (Some(Bytes::from(channel.into_bytes())), echo)
         }
     };
-    let config = WebSocketConfig::default()
-        .read_buffer_size(shard.config.read_buffer_bytes)
-        .write_buffer_size(0)
-        .max_message_size(Some(shard.config.max_message_bytes))
-        .max_frame_size(Some(shard.config.max_message_bytes));
-    let side = ReadSide::new(stream.clone(), conn.clone(), &leftover);
-    let ws = WebSocketStream::from_partially_read(side, leftover, Role::Server, Some(config)).await;
     let skip = (!echo).then_some(Skip {
         shard: shard.id as u16,
         conn: conn.id,
     });
-    (ws, room, skip, room_may_publish)
+    (room, skip, room_may_publish)
 }
 
 /// The read loop of a session, written as a future by hand so that an idle
-/// connection holds only these fields. Ends when the connection starts
-/// closing, from either side.
+/// connection holds only these fields. It reads into the shard's scratch
+/// buffer and decodes in place with the frame codec; only what the decoder
+/// keeps (a frame or message split over reads) stays with the connection.
+/// Ends when the connection starts closing, from either side.
 struct Reader<'a> {
     shard: &'a Shard,
     conn: &'a Rc<Conn>,
-    ws: &'a mut WebSocketStream<ReadSide>,
+    stream: &'a SharedStream,
+    decoder: Decoder,
+    /// Bytes read and not yet decoded: what came with the HTTP head, or the
+    /// rest of a read left while waiting for room towards an owner. Empty
+    /// (no allocation) otherwise.
+    backlog: Vec<u8>,
     /// The channel of a raw room; `None` for the JSON protocol.
     room: Option<Bytes>,
     skip: Option<Skip>,
@@ -166,6 +165,19 @@ struct Reader<'a> {
     room_may_publish: bool,
     /// Backpressure: waiting for room in the queue to a channel's owner.
     waiting: Option<Pin<Box<dyn Future<Output = ()> + 'a>>>,
+    /// What the decoder holds, as last added to the shard's count of
+    /// unfinished-message bytes.
+    counted: u64,
+}
+
+/// What decoding a batch of bytes led to.
+enum Decoded {
+    /// All of them handled.
+    Done,
+    /// A publication found the way to its owner congested: the rest waits.
+    Congested(usize),
+    /// The connection is closing.
+    Closed,
 }
 
 impl Future for Reader<'_> {
@@ -173,7 +185,7 @@ impl Future for Reader<'_> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
-        for _ in 0..MESSAGES_PER_POLL {
+        for _ in 0..READS_PER_POLL {
             if this.conn.outbox.poll_closed(cx).is_ready() {
                 return Poll::Ready(());
             }
@@ -183,24 +195,35 @@ impl Future for Reader<'_> {
                 }
                 this.waiting = None;
             }
-            let message = match Pin::new(&mut *this.ws).poll_next(cx) {
+            if !this.backlog.is_empty() {
+                let mut backlog = std::mem::take(&mut this.backlog);
+                let used = this.decode_all(&mut backlog);
+                if this.after_decode(used, &backlog).is_ready() {
+                    return Poll::Ready(());
+                }
+                continue;
+            }
+            let shard = this.shard;
+            let mut buf = shard.read_scratch().borrow_mut();
+            let read = match this.stream.poll_read(cx, &mut buf) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => {
+                Poll::Ready(read) => read,
+            };
+            let n = match read {
+                Ok(0) => {
                     this.conn.outbox.close(CloseReason::Normal);
                     return Poll::Ready(());
                 }
-                Poll::Ready(Some(Err(error))) => {
-                    this.conn.outbox.close(close_reason(&error));
+                Ok(n) => n,
+                Err(_) => {
+                    this.conn.outbox.close(CloseReason::SocketError);
                     return Poll::Ready(());
                 }
-                Poll::Ready(Some(Ok(message))) => message,
             };
-            this.conn.heartbeat.seen(this.shard.now_ms());
-            if let Some(peer) = this.handle(message) {
-                // Read nothing more from this publisher until the queue to the
-                // channel's owner drains. Rare, so boxed.
-                let links = &this.shard.links;
-                this.waiting = Some(Box::pin(links.wait_for_room(peer)));
+            bump(&this.shard.stats.bytes_received, n as u64);
+            let used = this.decode_all(&mut buf[..n]);
+            if this.after_decode(used, &buf[..n]).is_ready() {
+                return Poll::Ready(());
             }
         }
         // A client with a full socket would otherwise keep this task running
@@ -211,6 +234,112 @@ impl Future for Reader<'_> {
 }
 
 impl Reader<'_> {
+    /// Decodes and handles `bytes` (unmasking them in place). Returns how
+    /// many were used and why it stopped.
+    fn decode_all(&mut self, bytes: &mut [u8]) -> (usize, Decoded) {
+        let was_in_progress = self.decoder.in_progress();
+        let mut completed = false;
+        let mut at = 0;
+        let handler = Handler {
+            shard: self.shard,
+            conn: self.conn,
+            room: &self.room,
+            skip: self.skip,
+            room_may_publish: self.room_may_publish,
+        };
+        let outcome = loop {
+            if at == bytes.len() {
+                break Decoded::Done;
+            }
+            let decoded = match self.decoder.decode(&mut bytes[at..]) {
+                Ok(decoded) => decoded,
+                Err(error) => {
+                    handler.conn.outbox.close(match error.close_code() {
+                        1009 => CloseReason::TooLarge,
+                        1007 => CloseReason::BadUtf8,
+                        _ => CloseReason::Protocol,
+                    });
+                    break Decoded::Closed;
+                }
+            };
+            at += decoded.consumed;
+            let Some(event) = decoded.event else {
+                continue;
+            };
+            // A control frame between fragments does not end the message.
+            completed |= matches!(
+                event,
+                Event::Text(_) | Event::Binary(_) | Event::Compressed { .. }
+            );
+            handler.conn.heartbeat.seen(handler.shard.now_ms());
+            let congested = handler.handle(event);
+            if handler.conn.outbox.closing().is_some() {
+                break Decoded::Closed;
+            }
+            if let Some(peer) = congested {
+                break Decoded::Congested(peer);
+            }
+        };
+        self.follow_progress(was_in_progress, completed);
+        (at, outcome)
+    }
+
+    /// After a batch: keeps what was not used (while waiting), starts the
+    /// wait. Ready when the connection is closing.
+    fn after_decode(&mut self, (used, outcome): (usize, Decoded), bytes: &[u8]) -> Poll<()> {
+        match outcome {
+            Decoded::Closed => Poll::Ready(()),
+            Decoded::Done => Poll::Pending,
+            Decoded::Congested(peer) => {
+                // Read nothing more from this publisher until the queue to
+                // the channel's owner drains. Rare, so boxed.
+                self.backlog = bytes[used..].to_vec();
+                let links = &self.shard.links;
+                self.waiting = Some(Box::pin(links.wait_for_room(peer)));
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Stamps when an unfinished message began (the sweep closes it after
+    /// `message-timeout`) and keeps the shard's count of what the decoder
+    /// holds for it.
+    fn follow_progress(&mut self, was_in_progress: bool, completed: bool) {
+        let started = &self.conn.message_started_ns;
+        if !self.decoder.in_progress() {
+            started.set(0);
+        } else if completed || !was_in_progress {
+            started.set(clock::now_ns());
+        }
+        self.recount(self.decoder.held_bytes() as u64);
+    }
+
+    /// Sets what the shard's count of unfinished-message bytes holds for
+    /// this connection.
+    fn recount(&mut self, held: u64) {
+        let total = &self.shard.stats.unfinished_bytes;
+        total.set(total.get() + held - std::mem::replace(&mut self.counted, held));
+    }
+}
+
+/// What handling one event needs of the session: all of the reader but the
+/// decoder, which the event borrows.
+struct Handler<'s, 'a> {
+    shard: &'a Shard,
+    conn: &'a Rc<Conn>,
+    room: &'s Option<Bytes>,
+    skip: Option<Skip>,
+    room_may_publish: bool,
+}
+
+impl Drop for Reader<'_> {
+    /// What the decoder held no longer counts against the shard.
+    fn drop(&mut self) {
+        self.recount(0);
+    }
+}
+
+impl Handler<'_, '_> {
     /// Whether a raw-room member may publish this message: the token must
     /// allow publishing to the room (else the connection closes: a raw room
     /// has no way to say `err`), and the rate limit must have room (else the
@@ -232,28 +361,27 @@ impl Reader<'_> {
         }
     }
 
-    /// Acts on one message. Returns the congested peer shard, if any.
-    fn handle(&mut self, message: Message) -> Option<usize> {
+    /// Publishes a raw-room message, if the member may.
+    fn publish_in_room(&self, channel: &Bytes, kind: PayloadKind, bytes: &[u8]) -> Option<usize> {
+        if !self.may_publish_in_room() {
+            return None;
+        }
+        let payload = Payload::copy_of(kind, bytes);
+        self.shard
+            .publish(channel.clone(), payload, self.skip, Reply::None)
+    }
+
+    /// Acts on one thing the client said. Returns the congested owner shard
+    /// of a publication, if any (the reader then waits for it).
+    fn handle(&self, event: Event<'_>) -> Option<usize> {
         let (shard, conn) = (self.shard, self.conn);
-        match message {
-            Message::Text(text) => match &self.room {
-                Some(channel) => {
-                    if !self.may_publish_in_room() {
-                        return None;
-                    }
-                    let payload = Payload::copy_of(PayloadKind::Text, text.as_bytes());
-                    shard.publish(channel.clone(), payload, self.skip, Reply::None)
-                }
-                None => handle_op(shard, conn, text.as_str()),
+        match event {
+            Event::Text(text) => match self.room {
+                Some(channel) => self.publish_in_room(channel, PayloadKind::Text, text.as_bytes()),
+                None => handle_op(shard, conn, text),
             },
-            Message::Binary(bytes) => match &self.room {
-                Some(channel) => {
-                    if !self.may_publish_in_room() {
-                        return None;
-                    }
-                    let payload = Payload::copy_of(PayloadKind::Binary, &bytes);
-                    shard.publish(channel.clone(), payload, self.skip, Reply::None)
-                }
+            Event::Binary(bytes) => match self.room {
+                Some(channel) => self.publish_in_room(channel, PayloadKind::Binary, bytes),
                 None if matches!(*conn.permit(), Permit::AwaitingAuth) => {
                     refuse_before_auth(shard, conn, None);
                     None
@@ -267,12 +395,21 @@ impl Reader<'_> {
                     None
                 }
             },
-            Message::Close(frame) => {
-                conn.outbox.close_in_reply(frame.map(|f| u16::from(f.code)));
+            Event::Ping(payload) => {
+                conn.send(frame::encode(frame::OpCode::Pong, payload));
                 None
             }
-            // tungstenite queues the pong itself (through the outbox).
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
+            Event::Pong(_) => None,
+            Event::Close(close) => {
+                conn.outbox.close_in_reply(close.map(|(code, _)| code));
+                None
+            }
+            // No extension sets RSV1 yet (the decoder refuses it): never
+            // seen until compression is negotiated.
+            Event::Compressed { .. } => {
+                conn.outbox.close(CloseReason::Protocol);
+                None
+            }
         }
     }
 }
@@ -282,13 +419,7 @@ impl Reader<'_> {
 /// and discarding what it still sends) when the server closed, so the close
 /// frame is not destroyed by a reset — also after an oversized or malformed
 /// frame whose rest is still unread.
-async fn teardown(
-    shard: &Shard,
-    conn: &Conn,
-    writer: glommio::Task<()>,
-    ws: WebSocketStream<ReadSide>,
-    stream: &SharedStream,
-) {
+async fn teardown(shard: &Shard, conn: &Conn, writer: glommio::Task<()>, stream: &SharedStream) {
     shard.unregister_subscriptions(conn);
     // A socket that took nothing for send-timeout will not take the rest.
     let stalled = conn.outbox.closing() == Some(CloseReason::SendTimeout);
@@ -303,26 +434,12 @@ async fn teardown(
         .outbox
         .closing()
         .is_some_and(|r| r != CloseReason::Normal);
-    drop(ws);
     if stalled {
         stream.reset_on_close();
     } else if flushed && server_closed {
         stream.close_gracefully().await;
     } else {
         stream.finish().await;
-    }
-}
-
-/// Maps a read error to how the connection closes.
-fn close_reason(error: &WsError) -> CloseReason {
-    match error {
-        WsError::Capacity(CapacityError::MessageTooLong { .. }) => CloseReason::TooLarge,
-        WsError::Capacity(_) => CloseReason::TooLarge,
-        WsError::Utf8(_) => CloseReason::BadUtf8,
-        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => CloseReason::SocketError,
-        WsError::Protocol(_) => CloseReason::Protocol,
-        WsError::ConnectionClosed | WsError::AlreadyClosed => CloseReason::Normal,
-        _ => CloseReason::SocketError,
     }
 }
 

@@ -11,9 +11,9 @@
 /// loopback socket pair).
 pub const IDLE_CONNECTION_BYTES: u64 = 4096;
 
-/// An unfinished incoming message is held about twice: the frame in the
-/// reader's buffer, then copied into the message being reassembled.
-const UNFINISHED_COPIES: u64 = 2;
+/// An unfinished incoming message is held once, by the connection's
+/// decoder (counted by its buffers' capacity).
+const UNFINISHED_COPIES: u64 = 1;
 
 /// The figures of one shard that the budget counts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -66,17 +66,17 @@ mod tests {
             unfinished_bytes: 500,
             history_bytes: 7,
         };
-        assert_eq!(busy.counted(), IDLE_CONNECTION_BYTES + 1000 + 1000 + 7);
+        assert_eq!(busy.counted(), IDLE_CONNECTION_BYTES + 1000 + 500 + 7);
         assert!(busy.is_over(busy.counted()));
         assert!(!busy.is_over(busy.counted() + 1));
     }
 
     #[test]
     fn the_documented_worst_case_with_defaults() {
-        // 1 MiB queue, 64 KiB messages: about 1.13 MiB per connection.
+        // 1 MiB queue, 64 KiB messages: about 1.07 MiB per connection.
         assert_eq!(
             worst_case_per_connection(1 << 20, 64 << 10),
-            4096 + (1 << 20) + (128 << 10)
+            4096 + (1 << 20) + (64 << 10)
         );
     }
 }

@@ -88,6 +88,10 @@ pub struct Shard {
     pub gate: Rc<Gate>,
     /// Keys, certificates and limits (shared read-only by all shards).
     pub security: Arc<Security>,
+    /// Where every connection's reads land (`read-buffer-bytes`): sessions
+    /// decode in place and keep only what the decoder must, so an idle
+    /// connection holds no read buffer. Borrowed only within one poll.
+    read_scratch: RefCell<Box<[u8]>>,
 }
 
 impl Shard {
@@ -100,6 +104,7 @@ impl Shard {
         epoch: u64,
         security: Arc<Security>,
     ) -> Self {
+        let config_read_buffer = config.read_buffer_bytes;
         let history = HistoryLimits {
             size: config.history_size,
             ttl_ms: config.history_ttl.as_millis() as u64,
@@ -127,7 +132,13 @@ impl Shard {
             stop_waiters: WaitQueue::default(),
             gate: Rc::new(Gate::new()),
             security,
+            read_scratch: RefCell::new(vec![0; config_read_buffer].into_boxed_slice()),
         }
+    }
+
+    /// The shard's read buffer (see [`Shard::read_scratch`]'s field).
+    pub fn read_scratch(&self) -> &RefCell<Box<[u8]>> {
+        &self.read_scratch
     }
 
     /// Milliseconds since the shard started: the heartbeat clock.
