@@ -127,8 +127,8 @@ struct Frame {
     read: u64,
 }
 
-/// Decoding state of one client connection: 48 bytes when between
-/// messages (no storage held).
+/// Decoding state of one client connection: 136 bytes, and no storage
+/// between messages.
 #[derive(Debug)]
 pub struct Decoder {
     limits: Limits,
