@@ -334,11 +334,7 @@ mod tests {
 
     #[test]
     fn a_congested_owner_stops_publishers_on_every_shard_until_it_drains() {
-        let executor = glommio::LocalExecutorBuilder::default()
-            .io_memory(64 << 10)
-            .make()
-            .unwrap();
-        executor.run(async {
+        crate::sync::on_test_executor(async {
             let congestion = new_congestion(3);
             let (owner, mut receivers) = PeerLinks::new(0, 3, congestion.clone());
             let (elsewhere, _) = PeerLinks::new(1, 3, congestion.clone());

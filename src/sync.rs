@@ -174,3 +174,14 @@ mod tests {
         assert!(queue.is_empty(), "a satisfied waiter leaves");
     }
 }
+
+/// Runs `future` to its end on a glommio executor of its own, as small as
+/// a shard's (for unit tests of code that needs one).
+#[cfg(test)]
+pub(crate) fn on_test_executor<T>(future: impl std::future::Future<Output = T>) -> T {
+    glommio::LocalExecutorBuilder::default()
+        .io_memory(64 << 10)
+        .make()
+        .expect("a test executor")
+        .run(future)
+}

@@ -662,11 +662,7 @@ mod tests {
     /// future lives as long as the connection, so its size is guarded here.
     #[test]
     fn idle_session_future_stays_small() {
-        let executor = glommio::LocalExecutorBuilder::default()
-            .io_memory(64 << 10)
-            .make()
-            .unwrap();
-        executor.run(async {
+        crate::sync::on_test_executor(async {
             let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap();
             let _client = std::net::TcpStream::connect(addr).unwrap();

@@ -800,11 +800,7 @@ mod tests {
     /// full, instead of growing it without bound.
     #[test]
     fn a_publisher_on_the_owner_waits_for_a_slow_subscribing_shard() {
-        let executor = glommio::LocalExecutorBuilder::default()
-            .io_memory(64 << 10)
-            .make()
-            .unwrap();
-        executor.run(async {
+        crate::sync::on_test_executor(async {
             let config = Config {
                 shards: 2,
                 ..Config::default()
@@ -837,11 +833,7 @@ mod tests {
 
     #[test]
     fn an_http_publish_that_gives_up_frees_its_reply_slot() {
-        let executor = glommio::LocalExecutorBuilder::default()
-            .io_memory(64 << 10)
-            .make()
-            .unwrap();
-        executor.run(async {
+        crate::sync::on_test_executor(async {
             let shard = lonely_shard();
             let remote = (0..)
                 .map(|i| format!("ch{i}"))
