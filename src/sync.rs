@@ -127,6 +127,17 @@ impl<F> Drop for Until<'_, F> {
     }
 }
 
+/// Runs `future` to its end on a glommio executor of its own, as small as
+/// a shard's (for unit tests of code that needs one).
+#[cfg(test)]
+pub(crate) fn on_test_executor<T>(future: impl std::future::Future<Output = T>) -> T {
+    glommio::LocalExecutorBuilder::default()
+        .io_memory(64 << 10)
+        .make()
+        .expect("a test executor")
+        .run(future)
+}
+
 #[cfg(test)]
 mod tests {
     use std::{cell::Cell, task::Wake};
@@ -173,15 +184,4 @@ mod tests {
         assert!(first.as_mut().poll(&mut cx).is_ready());
         assert!(queue.is_empty(), "a satisfied waiter leaves");
     }
-}
-
-/// Runs `future` to its end on a glommio executor of its own, as small as
-/// a shard's (for unit tests of code that needs one).
-#[cfg(test)]
-pub(crate) fn on_test_executor<T>(future: impl std::future::Future<Output = T>) -> T {
-    glommio::LocalExecutorBuilder::default()
-        .io_memory(64 << 10)
-        .make()
-        .expect("a test executor")
-        .run(future)
 }
