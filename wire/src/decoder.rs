@@ -127,10 +127,178 @@ struct Frame {
     read: u64,
 }
 
-/// Decoding state of one client connection: 136 bytes, and no storage
-/// between messages.
+/// Decoding state of one client connection: 24 bytes (a test holds it to
+/// that). A frame found whole
+/// in the bytes handed in is decoded on the spot; only while a frame or
+/// message is split over reads does the connection hold an [`Assembler`]
+/// (boxed), dropped again once that message has been handed out.
 #[derive(Debug)]
 pub struct Decoder {
+    limits: Limits,
+    assembler: Option<Box<Assembler>>,
+}
+
+impl Decoder {
+    pub fn new(limits: Limits) -> Self {
+        Decoder {
+            limits,
+            assembler: None,
+        }
+    }
+
+    /// Whether a message (or a frame) has begun and not ended: the caller
+    /// may give it a deadline.
+    pub fn in_progress(&self) -> bool {
+        self.assembler.as_ref().is_some_and(|a| a.in_progress())
+    }
+
+    /// Bytes this decoder holds between reads (its assembler and what it
+    /// keeps).
+    pub fn held_bytes(&self) -> usize {
+        self.assembler
+            .as_ref()
+            .map_or(0, |a| std::mem::size_of::<Assembler>() + a.held_bytes())
+    }
+
+    /// Decodes from the start of `input` (which it unmasks in place) until
+    /// it completes one event or uses all of `input`. After an error or a
+    /// close frame, it consumes everything and returns nothing.
+    pub fn decode<'a>(&'a mut self, input: &'a mut [u8]) -> Result<Decoded<'a>, DecodeError> {
+        if self
+            .assembler
+            .as_mut()
+            .is_some_and(|a| a.release_and_is_idle())
+        {
+            self.assembler = None;
+        }
+        if self.assembler.is_none() {
+            let found = whole_frame(self.limits, input);
+            let ended = || Some(Box::new(Assembler::ended(self.limits)));
+            match found {
+                Ok(Some((header, start, end))) => {
+                    let event = match whole_event(&header, &mut input[start..end]) {
+                        Ok(event) => event,
+                        Err(error) => {
+                            self.assembler = ended();
+                            return Err(error);
+                        }
+                    };
+                    if matches!(event, Event::Close(_)) {
+                        self.assembler = ended();
+                    }
+                    return Ok(Decoded {
+                        consumed: end,
+                        event: Some(event),
+                    });
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    self.assembler = ended();
+                    return Err(error);
+                }
+            }
+        }
+        let limits = self.limits;
+        let assembler = self
+            .assembler
+            .get_or_insert_with(|| Box::new(Assembler::new(limits)));
+        assembler.decode(input)
+    }
+}
+
+/// The frame at the start of `input`, when it is whole there and is a whole
+/// message (or a control frame): its checked header and where its payload
+/// starts and ends. `None`: not whole here, or the first of several frames;
+/// the assembler takes it.
+fn whole_frame(
+    limits: Limits,
+    input: &[u8],
+) -> Result<Option<(FrameHeader, usize, usize)>, DecodeError> {
+    let Some((header, start)) = header::parse(input).map_err(DecodeError::Header)? else {
+        return Ok(None);
+    };
+    check_header(&header, None, limits)?;
+    let single = header.opcode.is_control() || header.fin;
+    let end = start as u64 + header.payload_len;
+    if !single || end > input.len() as u64 {
+        return Ok(None);
+    }
+    Ok(Some((header, start, end as usize)))
+}
+
+/// The event of a whole frame (see [`whole_frame`]) whose payload is
+/// `payload`: unmasked in place, then checked.
+fn whole_event<'a>(header: &FrameHeader, payload: &'a mut [u8]) -> Result<Event<'a>, DecodeError> {
+    apply_mask(payload, header.mask.unwrap_or_default(), 0);
+    let payload: &'a [u8] = payload;
+    let event = match header.opcode {
+        OpCode::Ping => Event::Ping(payload),
+        OpCode::Pong => Event::Pong(payload),
+        OpCode::Close => Event::Close(close::parse(payload).map_err(|e| match e {
+            CloseError::BadReason => DecodeError::InvalidUtf8,
+            _ => DecodeError::BadClose,
+        })?),
+        opcode if header.rsv1 => Event::Compressed {
+            text: opcode == OpCode::Text,
+            payload,
+        },
+        OpCode::Text => {
+            Event::Text(std::str::from_utf8(payload).map_err(|_| DecodeError::InvalidUtf8)?)
+        }
+        _ => Event::Binary(payload),
+    };
+    Ok(event)
+}
+
+/// Checks a new frame's header against the rules and the limits, given the
+/// message in progress (if any).
+fn check_header(
+    header: &FrameHeader,
+    message: Option<Message>,
+    limits: Limits,
+) -> Result<(), DecodeError> {
+    if header.mask.is_none() {
+        return Err(DecodeError::Unmasked);
+    }
+    if header.rsv2 || header.rsv3 {
+        return Err(DecodeError::ReservedBits);
+    }
+    match header.opcode {
+        opcode if opcode.is_control() => {
+            if !header.fin || header.payload_len > MAX_CONTROL_PAYLOAD as u64 {
+                return Err(DecodeError::BadControlFrame);
+            }
+            if header.rsv1 {
+                return Err(DecodeError::ReservedBits);
+            }
+        }
+        OpCode::Continuation => {
+            let message = message.ok_or(DecodeError::UnexpectedContinuation)?;
+            if header.rsv1 {
+                return Err(DecodeError::ReservedBits);
+            }
+            if message.len as u64 + header.payload_len > limits.max_message as u64 {
+                return Err(DecodeError::TooLarge);
+            }
+        }
+        _ => {
+            if message.is_some() {
+                return Err(DecodeError::ExpectedContinuation);
+            }
+            if header.rsv1 && !limits.rsv1 {
+                return Err(DecodeError::ReservedBits);
+            }
+            if header.payload_len > limits.max_message as u64 {
+                return Err(DecodeError::TooLarge);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The full decoding state, for frames and messages split over reads.
+#[derive(Debug)]
+struct Assembler {
     limits: Limits,
     /// A header split over reads, so far.
     header: [u8; MAX_HEADER],
@@ -152,9 +320,9 @@ pub struct Decoder {
     ended: bool,
 }
 
-impl Decoder {
-    pub fn new(limits: Limits) -> Self {
-        Decoder {
+impl Assembler {
+    fn new(limits: Limits) -> Self {
+        Assembler {
             limits,
             header: [0; MAX_HEADER],
             header_len: 0,
@@ -169,27 +337,36 @@ impl Decoder {
         }
     }
 
-    /// Whether a message (or a frame) has begun and not ended: the caller
-    /// may give it a deadline.
-    pub fn in_progress(&self) -> bool {
+    /// One that reads nothing more (after a close frame or an error).
+    fn ended(limits: Limits) -> Self {
+        Assembler {
+            ended: true,
+            ..Assembler::new(limits)
+        }
+    }
+
+    fn in_progress(&self) -> bool {
         self.message.is_some() || self.frame.is_some() || self.header_len > 0
     }
 
-    /// Payload bytes this decoder holds (kept between reads).
-    pub fn held_bytes(&self) -> usize {
+    fn held_bytes(&self) -> usize {
         self.kept.capacity() + self.kept_control.capacity()
     }
 
-    /// Decodes from the start of `input` (which it unmasks in place) until
-    /// it completes one event or uses all of `input`. After an error or a
-    /// close frame, it consumes everything and returns nothing.
-    pub fn decode<'a>(&'a mut self, input: &'a mut [u8]) -> Result<Decoded<'a>, DecodeError> {
+    /// Frees what the last call handed out; then whether nothing is left in
+    /// progress (the decoder can drop this assembler).
+    fn release_and_is_idle(&mut self) -> bool {
         if std::mem::take(&mut self.release_kept) {
             self.kept = Vec::new();
         }
         if std::mem::take(&mut self.release_control) {
-            self.kept_control.clear();
+            self.kept_control = Vec::new();
         }
+        !self.ended && !self.in_progress()
+    }
+
+    fn decode<'a>(&'a mut self, input: &'a mut [u8]) -> Result<Decoded<'a>, DecodeError> {
+        self.release_and_is_idle();
         if self.ended {
             return Ok(Decoded {
                 consumed: input.len(),
@@ -336,46 +513,13 @@ impl Decoder {
     /// Checks a new frame's header against the rules and the limits, and
     /// begins a message if it is a message's first frame.
     fn start_frame(&mut self, header: FrameHeader) -> Result<Frame, DecodeError> {
-        if header.mask.is_none() {
-            return Err(DecodeError::Unmasked);
-        }
-        if header.rsv2 || header.rsv3 {
-            return Err(DecodeError::ReservedBits);
-        }
-        match header.opcode {
-            opcode if opcode.is_control() => {
-                if !header.fin || header.payload_len > MAX_CONTROL_PAYLOAD as u64 {
-                    return Err(DecodeError::BadControlFrame);
-                }
-                if header.rsv1 {
-                    return Err(DecodeError::ReservedBits);
-                }
-            }
-            OpCode::Continuation => {
-                let message = self.message.ok_or(DecodeError::UnexpectedContinuation)?;
-                if header.rsv1 {
-                    return Err(DecodeError::ReservedBits);
-                }
-                if message.len as u64 + header.payload_len > self.limits.max_message as u64 {
-                    return Err(DecodeError::TooLarge);
-                }
-            }
-            opcode => {
-                if self.message.is_some() {
-                    return Err(DecodeError::ExpectedContinuation);
-                }
-                if header.rsv1 && !self.limits.rsv1 {
-                    return Err(DecodeError::ReservedBits);
-                }
-                if header.payload_len > self.limits.max_message as u64 {
-                    return Err(DecodeError::TooLarge);
-                }
-                self.message = Some(Message {
-                    text: opcode == OpCode::Text,
-                    compressed: header.rsv1,
-                    len: 0,
-                });
-            }
+        check_header(&header, self.message, self.limits)?;
+        if !header.opcode.is_control() && header.opcode != OpCode::Continuation {
+            self.message = Some(Message {
+                text: header.opcode == OpCode::Text,
+                compressed: header.rsv1,
+                len: 0,
+            });
         }
         let frame = Frame { header, read: 0 };
         self.frame = Some(frame);
@@ -493,6 +637,27 @@ mod tests {
             );
         }
         at_once
+    }
+
+    #[test]
+    fn an_idle_decoder_is_small_and_holds_nothing() {
+        // Every connection has one (the server's memory per connection).
+        assert!(std::mem::size_of::<Decoder>() <= 24);
+        let mut decoder = Decoder::new(LIMITS);
+        let mut split = frame(OpCode::Text, b"split", false);
+        let (head, tail) = split.split_at_mut(4);
+        decoder.decode(head).unwrap();
+        assert!(
+            decoder.in_progress() && decoder.held_bytes() > 0,
+            "assembling"
+        );
+        assert_eq!(
+            decoder.decode(tail).unwrap().event,
+            Some(Event::Text("split"))
+        );
+        let mut ping = frame(OpCode::Ping, b"", false);
+        decoder.decode(&mut ping).unwrap();
+        assert_eq!(decoder.held_bytes(), 0, "the assembler is gone again");
     }
 
     #[test]
