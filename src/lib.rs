@@ -40,7 +40,6 @@ pub mod exposition;
 pub mod frame;
 pub mod fuzzing;
 pub mod heartbeat;
-pub mod loadgen;
 pub mod mesh;
 pub mod process;
 pub mod protocol;

@@ -287,7 +287,7 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     use super::*;
-    use crate::loadgen::tls::tests::handshaken;
+    use crate::tls::tests::handshaken;
 
     /// Collects what it is given; says "closed" after `limit` bytes.
     struct Collect {

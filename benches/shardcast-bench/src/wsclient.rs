@@ -130,7 +130,7 @@ mod tests {
     fn frames_round_trip_through_the_servers_encoder() {
         for len in [0usize, 5, 125, 126, 65535, 65536] {
             let payload = vec![7u8; len];
-            let frame = crate::frame::encode(crate::frame::OpCode::Text, &payload);
+            let frame = shardcast::frame::encode(shardcast::frame::OpCode::Text, &payload);
             let parsed = parse_frame(&frame).unwrap().unwrap();
             assert_eq!(
                 (parsed.fin, parsed.opcode, parsed.end - parsed.start),

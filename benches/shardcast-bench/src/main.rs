@@ -1,5 +1,5 @@
 //! `shardcast-bench`: the load generator. Parses the command line, runs one
-//! benchmark (see `shardcast::loadgen`), prints the JSON report to stdout (or
+//! benchmark (see the `shardcast_bench` library), prints the JSON report to stdout (or
 //! `--output`) and a one-line summary to stderr.
 
 use std::path::PathBuf;
@@ -11,7 +11,7 @@ use clap::Parser;
 #[command(name = "shardcast-bench", version, about)]
 struct Cli {
     #[command(flatten)]
-    options: shardcast::loadgen::Options,
+    options: shardcast_bench::Options,
     /// Write the JSON report here instead of stdout
     #[arg(long)]
     output: Option<PathBuf>,
@@ -19,7 +19,7 @@ struct Cli {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let report = shardcast::loadgen::run(cli.options)?;
+    let report = shardcast_bench::run(cli.options)?;
     let json = serde_json::to_string_pretty(&report)?;
     match cli.output {
         Some(path) => std::fs::write(path, json + "\n")?,

@@ -5,7 +5,8 @@
 //! server's CPU and memory from `/proc`. With `--tls-ca` it speaks TLS
 //! (`wss://`). It runs on one glommio executor and measures its own CPU: a
 //! run in which the generator, not the server, was the limit is marked
-//! invalid.
+//! invalid. A crate of its own in the workspace (`benches/shardcast-bench`),
+//! not part of the server library's API.
 
 pub mod procstat;
 pub mod report;
@@ -35,7 +36,7 @@ use self::{
     target::{Role, Stamp, Target},
     tls::{Tls, TlsError},
 };
-use crate::process;
+use shardcast::process;
 
 /// Connections per source address (each has ~28k ephemeral ports).
 const CONNECTIONS_PER_SOURCE: usize = 10_000;
@@ -133,8 +134,8 @@ fn path_with_token(o: &Options, channel: &str, role: Role) -> String {
     }
 }
 
-fn parse_duration(text: &str) -> Result<Duration, crate::units::UnitError> {
-    text.parse::<crate::units::HumanDuration>().map(|d| d.0)
+fn parse_duration(text: &str) -> Result<Duration, shardcast::units::UnitError> {
+    text.parse::<shardcast::units::HumanDuration>().map(|d| d.0)
 }
 
 /// Phases every task follows.

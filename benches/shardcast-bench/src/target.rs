@@ -151,7 +151,8 @@ mod tests {
         payload(42, 7, 123456789, 100, &mut p);
         assert_eq!(p.len(), 100);
         serde_json::from_slice::<serde_json::Value>(&p).unwrap();
-        let envelope = crate::protocol::encode_msg("c", 9, crate::protocol::PayloadKind::Json, &p);
+        let envelope =
+            shardcast::protocol::encode_msg("c", 9, shardcast::protocol::PayloadKind::Json, &p);
         assert_eq!(
             find_stamp(&envelope),
             Some(Stamp {

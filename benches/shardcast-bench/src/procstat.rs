@@ -1,6 +1,6 @@
 //! Resource readings of another process from `/proc`: its CPU seconds
 //! and resident memory. (The generator's own CPU use comes from
-//! [`crate::process::cpu_seconds`].)
+//! [`shardcast::process::cpu_seconds`].)
 
 /// CPU seconds (user + system) a process has used, from `/proc/PID/stat`.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
