@@ -24,6 +24,18 @@ fn resume(client: &mut Client, channel: &str, since: u64, epoch: &str) -> Value 
     ack
 }
 
+/// Unsubscribes and waits for the ack, so nothing published after it can
+/// still reach the client.
+fn unsubscribe(client: &mut Client, channel: &str) {
+    client.send_json(json!({"op": "unsub", "ch": channel, "id": "u"}));
+    let ack = client.recv_json();
+    assert_eq!(
+        (&ack["op"], &ack["id"]),
+        (&json!("ack"), &json!("u")),
+        "{ack}"
+    );
+}
+
 /// The `seq`s of the next `n` publications a client receives.
 fn seqs(client: &mut Client, n: usize) -> Vec<u64> {
     (0..n)
@@ -148,7 +160,7 @@ fn not_recovered_when_history_cannot_vouch_for_the_gap() {
         .as_str()
         .unwrap()
         .to_owned();
-    client.send_json(json!({"op": "unsub", "ch": "news"}));
+    unsubscribe(&mut client, "news");
     for i in 1..=10 {
         publish(&server, "news", json!(i));
     }
@@ -185,7 +197,7 @@ fn history_expires_and_its_memory_is_released() {
         .as_str()
         .unwrap()
         .to_owned();
-    client.send_json(json!({"op": "unsub", "ch": "brief"}));
+    unsubscribe(&mut client, "brief");
     for i in 1..=3 {
         publish(&server, "brief", json!(i));
     }
@@ -194,7 +206,7 @@ fn history_expires_and_its_memory_is_released() {
     let ack = resume(&mut client, "brief", 1, &epoch);
     assert_eq!(ack["recovered"], true);
     assert_eq!(seqs(&mut client, 2), [2, 3]);
-    client.send_json(json!({"op": "unsub", "ch": "brief"}));
+    unsubscribe(&mut client, "brief");
     let deadline = Instant::now() + DEADLINE;
     loop {
         let stats = get_json(&server, "/api/stats");
