@@ -4,6 +4,11 @@
 
 mod support;
 
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
+
 use serde_json::json;
 use socket2::{Domain, Socket, Type};
 use support::{Client, Server};
@@ -35,6 +40,8 @@ fn slow_consumer_is_closed_and_healthy_subscriber_gets_everything() {
 
     let payload = "x".repeat(8000);
     let messages = 2500; // ~20 MB: far more than kernel buffers plus the queue.
+    let received = Arc::new(AtomicU64::new(0));
+    let counted = received.clone();
     let reader = std::thread::spawn(move || {
         let mut last = 0;
         for _ in 0..messages {
@@ -42,11 +49,20 @@ fn slow_consumer_is_closed_and_healthy_subscriber_gets_everything() {
             let seq = msg["seq"].as_u64().unwrap();
             assert!(seq > last, "in order");
             last = seq;
+            counted.fetch_add(1, Ordering::Relaxed);
         }
         last
     });
     for i in 0..messages {
         publisher.send_json(json!({"op": "pub", "ch": "firehose", "data": payload}));
+        if i % 10 == 0 {
+            // Healthy means keeping up: the publisher goes no more than 10
+            // messages (80 KB) ahead of it, whatever the test machine's load,
+            // while the slow subscriber's queue grows without bound.
+            support::wait_until("the healthy subscriber keeping up", || {
+                received.load(Ordering::Relaxed) + 10 >= i as u64
+            });
+        }
         if i % 100 == 0 {
             // Keep the publisher's own inbound acks from piling up.
             publisher.send_json(json!({"op": "ping", "id": i}));
