@@ -324,7 +324,7 @@ impl PeerLinks {
 mod tests {
     use super::*;
 
-    fn deliver() -> MeshMsg {
+    fn any_message() -> MeshMsg {
         MeshMsg::Interest {
             ch: Bytes::from_static(b"c"),
             on: true,
@@ -341,7 +341,7 @@ mod tests {
             assert!(owner.has_room(0) && elsewhere.has_room(0));
             // The owner's queue to shard 2 (a slow one) fills.
             for _ in 0..PEER_QUEUE_HIGH_WATER {
-                owner.send(2, deliver());
+                owner.send(2, any_message());
             }
             assert!(owner.is_congested(0));
             assert!(!owner.has_room(0), "a publisher on the owner waits");

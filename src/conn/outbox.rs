@@ -221,12 +221,16 @@ impl Outbox {
             bump(&self.stats.frames_dropped, 1);
             return Pushed::Closed;
         }
-        let queued = self.queued_bytes.get() + frame.len();
-        if queued > self.limit {
+        if self.queued_bytes.get() + frame.len() > self.limit {
             bump(&self.stats.frames_dropped, 1);
             return Pushed::Overflow;
         }
-        self.set_queued(queued);
+        self.enqueue(frame, published_at)
+    }
+
+    /// Appends a frame the caller decided to take, and wakes the writer.
+    fn enqueue(&self, frame: Bytes, published_at: u64) -> Pushed {
+        self.set_queued(self.queued_bytes.get() + frame.len());
         self.frames.borrow_mut().push_back(Queued {
             bytes: frame,
             published_at,
@@ -256,14 +260,7 @@ impl Outbox {
             bump(&self.stats.frames_dropped, 1);
             return Pushed::Closed;
         }
-        self.set_queued(self.queued_bytes.get() + frame.len());
-        self.frames.borrow_mut().push_back(Queued {
-            bytes: frame,
-            published_at: 0,
-        });
-        bump(&self.stats.frames_queued, 1);
-        wake(&self.writer);
-        Pushed::Queued
+        self.enqueue(frame, 0)
     }
 
     /// The byte bound of the queue.

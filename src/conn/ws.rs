@@ -16,7 +16,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use shardcast_wire::{Decoder, Event, Limits};
+use shardcast_wire::{DecodeError, Decoder, Event, Limits};
 
 use super::{
     http::Session,
@@ -254,9 +254,9 @@ impl Reader<'_> {
             let decoded = match self.decoder.decode(&mut bytes[at..]) {
                 Ok(decoded) => decoded,
                 Err(error) => {
-                    handler.conn.outbox.close(match error.close_code() {
-                        1009 => CloseReason::TooLarge,
-                        1007 => CloseReason::BadUtf8,
+                    handler.conn.outbox.close(match error {
+                        DecodeError::TooLarge => CloseReason::TooLarge,
+                        DecodeError::InvalidUtf8 => CloseReason::BadUtf8,
                         _ => CloseReason::Protocol,
                     });
                     break Decoded::Closed;

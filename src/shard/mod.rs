@@ -355,11 +355,12 @@ impl Shard {
             .subscription_slot(name)
             .and_then(|slot| self.index.borrow_mut().go_live(name, slot, token));
         let mut recovered = position.recovered;
+        // Nothing to replay for a subscription that did not go live.
         let replay = match live {
             Some(mode) => replay_frames(name, mode, position, &conn),
-            None => Vec::new(),
+            None => Some(Vec::new()),
         };
-        if replay.is_empty() && !position.missed.is_empty() && live.is_some() {
+        if replay.is_none() {
             // More than the queue can take: the client resyncs instead of
             // being closed as a slow consumer before its ack, again and again.
             bump(&self.stats.replays_refused, 1);
@@ -374,7 +375,7 @@ impl Shard {
             ));
         }
         // Replays are not timed: their age is not delivery latency.
-        for frame in replay {
+        for frame in replay.unwrap_or_default() {
             conn.send(frame);
         }
     }
@@ -733,8 +734,8 @@ impl Shard {
 }
 
 /// The frames of what a resuming subscriber missed, if they fit in its
-/// queue beside what is already there and the ack; empty if they do not.
-fn replay_frames(name: &str, mode: Mode, position: &Position, conn: &Conn) -> Vec<Bytes> {
+/// queue beside what is already there and the ack; `None` if they do not.
+fn replay_frames(name: &str, mode: Mode, position: &Position, conn: &Conn) -> Option<Vec<Bytes>> {
     /// Room kept for the `sub` ack (its `id` and `epoch` are at most 64
     /// bytes each).
     const ACK_ROOM: usize = 256;
@@ -743,17 +744,14 @@ fn replay_frames(name: &str, mode: Mode, position: &Position, conn: &Conn) -> Ve
         .saturating_sub(ACK_ROOM);
     let payload_bytes: usize = position.missed.iter().map(|(_, p)| p.bytes.len()).sum();
     if payload_bytes > room {
-        return Vec::new();
+        return None;
     }
     let frames: Vec<Bytes> = position
         .missed
         .iter()
         .map(|(seq, payload)| mode.encode(name, *seq, payload))
         .collect();
-    if frames.iter().map(Bytes::len).sum::<usize>() > room {
-        return Vec::new();
-    }
-    frames
+    (frames.iter().map(Bytes::len).sum::<usize>() <= room).then_some(frames)
 }
 
 /// Frees an HTTP publish's reply slot when its wait ends, unless the answer

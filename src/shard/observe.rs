@@ -29,11 +29,11 @@ impl Shard {
     /// histogram (a copy of about 40 KiB) for `/metrics` buckets.
     pub fn snapshot(&self, for_scrape: bool) -> ShardSnapshot {
         let stats = &self.stats;
-        let (mut subscriptions, mut outbox_bytes) = (0, 0);
-        for (_, conn) in self.conns.borrow().iter() {
-            subscriptions += conn.subscription_count() as u64;
-            outbox_bytes += conn.outbox.queued_bytes() as u64;
-        }
+        let subscriptions = (self.conns.borrow().iter())
+            .map(|(_, conn)| conn.subscription_count() as u64)
+            .sum();
+        // Kept by every queue as it changes (see `Outbox::set_queued`).
+        let outbox_bytes = stats.queued_bytes.get();
         let latency = stats.latency.borrow();
         let since_start = latency.since_start();
         ShardSnapshot {

@@ -234,10 +234,7 @@ fn whole_event<'a>(header: &FrameHeader, payload: &'a mut [u8]) -> Result<Event<
     let event = match header.opcode {
         OpCode::Ping => Event::Ping(payload),
         OpCode::Pong => Event::Pong(payload),
-        OpCode::Close => Event::Close(close::parse(payload).map_err(|e| match e {
-            CloseError::BadReason => DecodeError::InvalidUtf8,
-            _ => DecodeError::BadClose,
-        })?),
+        OpCode::Close => Event::Close(parse_close(payload)?),
         opcode if header.rsv1 => Event::Compressed {
             text: opcode == OpCode::Text,
             payload,
@@ -248,6 +245,15 @@ fn whole_event<'a>(header: &FrameHeader, payload: &'a mut [u8]) -> Result<Event<
         _ => Event::Binary(payload),
     };
     Ok(event)
+}
+
+/// Reads a close payload, as the errors the decoder reports: a reason that
+/// is not UTF-8 is 1007, any other fault 1002.
+fn parse_close(payload: &[u8]) -> Result<Option<(u16, &str)>, DecodeError> {
+    close::parse(payload).map_err(|e| match e {
+        CloseError::BadReason => DecodeError::InvalidUtf8,
+        _ => DecodeError::BadClose,
+    })
 }
 
 /// Checks a new frame's header against the rules and the limits, given the
@@ -410,11 +416,8 @@ impl Assembler {
             Done::Pong(at) => Event::Pong(bytes(&at)),
             Done::Close(None) => Event::Close(None),
             Done::Close(Some((code, at))) => {
-                let reason = match at {
-                    // A kept close payload still has its two code bytes.
-                    Where::KeptControl => self.kept_control.get(2..).unwrap_or_default(),
-                    other => bytes(&other),
-                };
+                // After the two bytes of the code.
+                let reason = bytes(&at).get(2..).unwrap_or_default();
                 // SAFETY: `close::parse` checked this reason is UTF-8 in
                 // `step` before it reported `Done::Close` with it.
                 Event::Close(Some((code, unsafe {
@@ -543,11 +546,8 @@ impl Assembler {
                 _ => {
                     self.ended = true;
                     let payload = if kept { &self.kept_control[..] } else { here };
-                    let parsed = close::parse(payload).map_err(|e| match e {
-                        CloseError::BadReason => DecodeError::InvalidUtf8,
-                        _ => DecodeError::BadClose,
-                    })?;
-                    Done::Close(parsed.map(|(code, _)| (code, at.skip(2))))
+                    let code = parse_close(payload)?.map(|(code, _)| code);
+                    Done::Close(code.map(|code| (code, at)))
                 }
             }));
         }
@@ -581,7 +581,7 @@ enum Done {
     Compressed(bool, Where),
     Ping(Where),
     Pong(Where),
-    /// The code, and where its reason is.
+    /// The code, and where the whole payload (code, then reason) is.
     Close(Option<(u16, Where)>),
 }
 
@@ -594,17 +594,6 @@ enum Where {
     Kept,
     /// In [`Decoder::kept_control`].
     KeptControl,
-}
-
-impl Where {
-    /// The same payload without its first `n` bytes. (Only input ranges are
-    /// cut: a kept close payload is cut by the caller, see `event`.)
-    fn skip(self, n: usize) -> Where {
-        match self {
-            Where::Input(range) => Where::Input(range.start + n..range.end),
-            kept => kept,
-        }
-    }
 }
 
 #[cfg(test)]
