@@ -4,12 +4,12 @@
 //! `cargo bench --bench hot_paths`; throughput is reported in bytes or
 //! elements so results compare across machines.
 
-use std::rc::Rc;
+use std::{rc::Rc, time::Duration};
 
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use shardcast::{
-    conn::Conn,
+    conn::{flush::Flusher, Conn},
     mesh::{ConnRef, Payload},
     protocol::{self, PayloadKind},
     shard::index::{Index, Mode},
@@ -60,22 +60,23 @@ fn fan_out(c: &mut Criterion) {
             || {
                 // Fresh, empty queues each batch so the byte bound never bites.
                 let mut index = Index::default();
-                let stats = Rc::new(Stats::default());
+                // A fresh flush pass too: every queue marks itself dirty on it.
+                let flusher = Rc::new(Flusher::new(Rc::new(Stats::default()), Duration::ZERO));
                 let conns: Vec<Rc<Conn>> = (0..SUBSCRIBERS as u32)
                     .map(|key| {
                         let id = ConnRef { key, gen: 1 };
-                        Rc::new(Conn::new(id, 1 << 20, 0, stats.clone()))
+                        Rc::new(Conn::new(id, 1 << 20, 0, flusher.clone(), None))
                     })
                     .collect();
                 for conn in &conns {
                     index.insert("news", conn, Mode::Json, None);
                 }
-                (index, conns)
+                (index, conns, flusher)
             },
-            |(mut index, conns)| {
+            |(mut index, conns, flusher)| {
                 let result = index.fan_out(0, "news", 1, &payload, None);
                 assert_eq!(result.queued, SUBSCRIBERS as u64);
-                (index, conns)
+                (index, conns, flusher)
             },
             BatchSize::LargeInput,
         )

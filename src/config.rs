@@ -72,6 +72,10 @@ pub struct Config {
     /// taking any; over it the connection is closed (no close frame can get
     /// through). Default 30 s.
     pub send_timeout: Duration,
+    /// How long the flush pass holds a connection's queued frames before
+    /// writing them, to gather more frames into each write. Zero (the
+    /// default) writes once per executor turn. At most 100 ms.
+    pub write_delay: Duration,
     /// Memory budget of the process (split evenly over the shards) for what
     /// clients make it hold: connections, outgoing queues, unfinished
     /// messages and history. Over its share a shard refuses new connections
@@ -133,6 +137,7 @@ impl Default for Config {
             history_max_bytes: 64 << 20,
             message_timeout: Duration::from_secs(5),
             send_timeout: Duration::from_secs(30),
+            write_delay: Duration::ZERO,
             max_memory: default_max_memory(),
             anonymous: false,
             jwt_secret: None,
@@ -162,6 +167,9 @@ pub fn default_shards() -> usize {
 
 /// The smallest memory budget of one shard (`max-memory` / `shards`).
 const MIN_MEMORY_PER_SHARD: usize = 4 << 20;
+/// The longest `write-delay`: past it, latency costs more than any batching
+/// buys.
+const MAX_WRITE_DELAY: Duration = Duration::from_millis(100);
 
 /// Half of the memory this process may use: the machine's, or its cgroup's
 /// limit when lower (1 GiB when neither can be read).
@@ -226,6 +234,9 @@ pub struct ConfigLayer {
     /// Close a connection whose queued bytes the socket has not taken for this long [default: 30s]
     #[arg(long, env = "SHARDCAST_SEND_TIMEOUT", value_name = "DURATION")]
     pub send_timeout: Option<HumanDuration>,
+    /// Hold queued frames this long before writing, to gather more per write, e.g. 1ms (0: once per executor turn) [default: 0]
+    #[arg(long, env = "SHARDCAST_WRITE_DELAY", value_name = "DURATION")]
+    pub write_delay: Option<HumanDuration>,
     /// Memory budget for connections, queues, unfinished messages and history; over it new connections and subscriptions are refused [default: half of the machine's or cgroup's memory]
     #[arg(long, env = "SHARDCAST_MAX_MEMORY", value_name = "SIZE")]
     pub max_memory: Option<ByteSize>,
@@ -327,7 +338,8 @@ impl Config {
               allowed_origins, publish_rate, max_connections_per_ip },
             { ping_interval, ping_timeout, max_queue_bytes, max_message_bytes,
               handshake_timeout, shutdown_timeout, read_buffer_bytes, history_ttl,
-              history_max_bytes, auth_timeout, message_timeout, send_timeout, max_memory },
+              history_max_bytes, auth_timeout, message_timeout, send_timeout, write_delay,
+              max_memory },
             { jwt_secret, jwt_public_key, jwt_audience, jwt_issuer, api_key, admin_listen,
               publish_burst, tls_cert, tls_key });
     }
@@ -374,6 +386,12 @@ impl Config {
         }
         if self.message_timeout.is_zero() || self.send_timeout.is_zero() {
             return invalid("message-timeout and send-timeout must be above zero".into());
+        }
+        if self.write_delay > MAX_WRITE_DELAY {
+            return invalid(format!(
+                "write-delay is {:?}, must be at most {MAX_WRITE_DELAY:?}",
+                self.write_delay
+            ));
         }
         let least_memory = self.shards * MIN_MEMORY_PER_SHARD;
         if self.max_memory < least_memory {

@@ -11,7 +11,7 @@ use std::fmt::{Display, Write};
 use crate::{
     conn::outbox::CloseReason,
     snapshot::{ServerStats, ShardSnapshot},
-    stats::LatencySummary,
+    stats::{LatencySummary, COUNTERS},
 };
 
 /// The `Content-Type` of the exposition.
@@ -35,115 +35,6 @@ const QUANTILES: [(&str, Quantile); 4] = [
 ];
 
 type Read = fn(&ShardSnapshot) -> u64;
-
-/// Per-shard counters: name, help, value.
-const COUNTERS: [(&str, &str, Read); 21] = [
-    (
-        "shardcast_connections_opened_total",
-        "WebSocket connections accepted.",
-        |s| s.connections_opened,
-    ),
-    (
-        "shardcast_messages_published_total",
-        "Publications received from clients (WebSocket pub, raw-room messages, HTTP publish).",
-        |s| s.messages_published,
-    ),
-    (
-        "shardcast_messages_ordered_total",
-        "Publications ordered by this shard as the channel's owner.",
-        |s| s.messages_ordered,
-    ),
-    (
-        "shardcast_messages_delivered_total",
-        "Publication frames written completely to subscribers' sockets.",
-        |s| s.messages_delivered,
-    ),
-    (
-        "shardcast_bytes_received_total",
-        "Bytes read from client sockets (HTTP and WebSocket).",
-        |s| s.bytes_in,
-    ),
-    (
-        "shardcast_bytes_sent_total",
-        "Bytes written to WebSocket client sockets.",
-        |s| s.bytes_out,
-    ),
-    (
-        "shardcast_frames_queued_total",
-        "Frames accepted into connection queues.",
-        |s| s.frames_queued,
-    ),
-    (
-        "shardcast_frames_dropped_total",
-        "Frames refused (queue full, connection closing) or discarded unsent.",
-        |s| s.frames_dropped,
-    ),
-    (
-        "shardcast_mesh_messages_sent_total",
-        "Messages sent to other shards.",
-        |s| s.mesh_sent,
-    ),
-    (
-        "shardcast_mesh_messages_received_total",
-        "Messages received from other shards.",
-        |s| s.mesh_received,
-    ),
-    (
-        "shardcast_http_requests_total",
-        "HTTP requests read (upgrades included).",
-        |s| s.http_requests,
-    ),
-    (
-        "shardcast_handshake_failures_total",
-        "Requests that were not valid HTTP, timed out (head or response), or were refused before an upgrade.",
-        |s| s.handshake_failures,
-    ),
-    (
-        "shardcast_http_503_total",
-        "Upgrades refused with 503 (max-connections, shutting down).",
-        |s| s.http_503,
-    ),
-    (
-        "shardcast_auth_failures_total",
-        "Tokens refused (401 at upgrade, auth frames) and requests without the API key.",
-        |s| s.auth_failures,
-    ),
-    (
-        "shardcast_forbidden_total",
-        "Operations outside the token's permissions (err forbidden, 403 at upgrade).",
-        |s| s.forbidden,
-    ),
-    (
-        "shardcast_rate_limited_total",
-        "Publications refused by the per-connection publish rate limit.",
-        |s| s.rate_limited,
-    ),
-    (
-        "shardcast_ip_cap_refusals_total",
-        "Connections refused by the per-IP connection cap.",
-        |s| s.ip_cap_refusals,
-    ),
-    (
-        "shardcast_replays_refused_total",
-        "Resumes answered recovered:false because what was missed did not fit in the connection's queue.",
-        |s| s.replays_refused,
-    ),
-    (
-        "shardcast_memory_refusals_total",
-        "Connections (503) and subscriptions (err over_capacity) refused over the shard's memory budget.",
-        |s| s.memory_refusals,
-    ),
-    (
-        "shardcast_http_cap_refusals_total",
-        "Connections refused at the cap on plain HTTP connections (max-http-connections).",
-        |s| s.http_cap_refusals,
-    ),
-    (
-        "shardcast_connection_panics_total",
-        "Connection tasks that panicked (a bug; the connection was dropped).",
-        |s| s.connection_panics,
-    ),
-];
 
 /// Per-shard gauges: name, help, value.
 const GAUGES: [(&str, &str, Read); 11] = [
@@ -242,10 +133,12 @@ pub fn render(stats: &ServerStats) -> String {
             sample(&mut out, name, &[("shard", &s.shard.to_string())], read(s));
         }
     }
-    for (name, help, read) in COUNTERS {
-        family(&mut out, name, "counter", help);
+    for counter in COUNTERS {
+        let name = counter.metric;
+        family(&mut out, name, "counter", &counter.help());
         for s in shards {
-            sample(&mut out, name, &[("shard", &s.shard.to_string())], read(s));
+            let value = (counter.read)(&s.counters);
+            sample(&mut out, name, &[("shard", &s.shard.to_string())], value);
         }
     }
 

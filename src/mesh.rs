@@ -18,7 +18,6 @@
 //! publishers.
 
 use std::{
-    cell::Cell,
     rc::Rc,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -33,7 +32,11 @@ use glommio::channels::{
 };
 
 use crate::{
-    clock, protocol::PayloadKind, shard::owner::Position, snapshot::ShardSnapshot, stats::bump,
+    clock,
+    protocol::PayloadKind,
+    shard::owner::Position,
+    snapshot::ShardSnapshot,
+    stats::{bump, Stats},
     sync::WaitQueue,
 };
 
@@ -180,8 +183,8 @@ pub struct PeerLinks {
     shard: usize,
     queues: Vec<Option<LocalSender<MeshMsg>>>,
     room: WaitQueue,
-    /// Messages queued for peers since start.
-    sent: Cell<u64>,
+    /// The shard's counters (`mesh_sent` is kept here).
+    stats: Rc<Stats>,
     /// Every shard's congestion flag (this shard raises and lowers its own).
     congestion: Congestion,
 }
@@ -193,6 +196,7 @@ impl PeerLinks {
         shard: usize,
         shards: usize,
         congestion: Congestion,
+        stats: Rc<Stats>,
     ) -> (Rc<Self>, Vec<Option<LocalReceiver<MeshMsg>>>) {
         let mut queues = Vec::with_capacity(shards);
         let mut receivers = Vec::with_capacity(shards);
@@ -210,7 +214,7 @@ impl PeerLinks {
             shard,
             queues,
             room: WaitQueue::default(),
-            sent: Cell::new(0),
+            stats,
             congestion,
         };
         (Rc::new(links), receivers)
@@ -222,7 +226,7 @@ impl PeerLinks {
         if let Some(Some(queue)) = self.queues.get(peer) {
             // Unbounded: fails only when the drain task is gone (shutdown).
             if queue.try_send(msg).is_ok() {
-                bump(&self.sent, 1);
+                bump(&self.stats.mesh_sent, 1);
                 if queue.len() >= PEER_QUEUE_HIGH_WATER {
                     self.set_congested(true);
                 }
@@ -232,9 +236,9 @@ impl PeerLinks {
         false
     }
 
-    /// Messages queued for peers since start.
-    pub fn sent(&self) -> u64 {
-        self.sent.get()
+    /// The shard's counters, which the links count into.
+    pub fn stats(&self) -> &Rc<Stats> {
+        &self.stats
     }
 
     /// Messages waiting for `peer`.
@@ -336,8 +340,8 @@ mod tests {
     fn a_congested_owner_stops_publishers_on_every_shard_until_it_drains() {
         crate::sync::on_test_executor(async {
             let congestion = new_congestion(3);
-            let (owner, mut receivers) = PeerLinks::new(0, 3, congestion.clone());
-            let (elsewhere, _) = PeerLinks::new(1, 3, congestion.clone());
+            let (owner, mut receivers) = PeerLinks::new(0, 3, congestion.clone(), Rc::default());
+            let (elsewhere, _) = PeerLinks::new(1, 3, congestion.clone(), Rc::default());
             assert!(owner.has_room(0) && elsewhere.has_room(0));
             // The owner's queue to shard 2 (a slow one) fills.
             for _ in 0..PEER_QUEUE_HIGH_WATER {

@@ -10,7 +10,10 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::{process::ProcessStats, stats::LatencySummary};
+use crate::{
+    process::ProcessStats,
+    stats::{CounterValues, LatencySummary},
+};
 
 /// One shard's figures. Counters are totals since the shard started; gauges
 /// (connections, subscriptions, channels, queue sizes) are current.
@@ -35,38 +38,17 @@ pub struct ShardSnapshot {
     pub history_messages: u64,
     /// Bytes counted for that history (bounded by `history-max-bytes`).
     pub history_bytes: u64,
-    pub connections_opened: u64,
     pub connections_closed: u64,
+    /// Every counter of the table in `stats.rs`, at the top level.
+    #[serde(flatten)]
+    pub counters: CounterValues,
     /// Closed connections by reason (`normal`, `slow_consumer`, ...).
     pub closed: BTreeMap<&'static str, u64>,
-    pub messages_published: u64,
-    pub messages_ordered: u64,
-    pub messages_delivered: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub frames_queued: u64,
-    pub frames_dropped: u64,
     /// Bytes waiting in this shard's connection queues now.
     pub outbox_bytes: u64,
-    pub mesh_sent: u64,
-    pub mesh_received: u64,
     /// Messages waiting in this shard's queue to each peer (index = peer;
     /// always 0 for the shard itself).
     pub mesh_queue: Vec<u64>,
-    pub http_requests: u64,
-    pub handshake_failures: u64,
-    pub http_503: u64,
-    pub auth_failures: u64,
-    pub forbidden: u64,
-    pub rate_limited: u64,
-    pub ip_cap_refusals: u64,
-    pub http_cap_refusals: u64,
-    pub connection_panics: u64,
-    /// Resumes answered `recovered:false`: what was missed did not fit in
-    /// the connection's queue.
-    pub replays_refused: u64,
-    /// Connections and subscriptions refused over the memory budget.
-    pub memory_refusals: u64,
     /// Bytes counted against this shard's memory budget now.
     pub memory_counted_bytes: u64,
     /// This shard's memory budget (`max-memory` / shards).
@@ -97,28 +79,13 @@ pub struct Totals {
     pub channels_owned: u64,
     pub history_messages: u64,
     pub history_bytes: u64,
-    pub connections_opened: u64,
     pub connections_closed: u64,
+    #[serde(flatten)]
+    pub counters: CounterValues,
     pub closed: BTreeMap<&'static str, u64>,
-    pub messages_published: u64,
-    pub messages_delivered: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub frames_queued: u64,
-    pub frames_dropped: u64,
     pub outbox_bytes: u64,
-    pub mesh_sent: u64,
-    pub handshake_failures: u64,
-    pub http_503: u64,
-    pub auth_failures: u64,
-    pub forbidden: u64,
-    pub rate_limited: u64,
-    pub ip_cap_refusals: u64,
-    pub replays_refused: u64,
-    pub memory_refusals: u64,
     pub memory_counted_bytes: u64,
     pub memory_budget_bytes: u64,
-    pub http_cap_refusals: u64,
     /// Latency since start over all shards (histograms merged).
     pub latency_total_us: LatencySummary,
 }
@@ -163,30 +130,14 @@ impl Totals {
             total.channels_owned += s.channels_owned;
             total.history_messages += s.history_messages;
             total.history_bytes += s.history_bytes;
-            total.connections_opened += s.connections_opened;
             total.connections_closed += s.connections_closed;
+            total.counters.add(&s.counters);
             for (reason, n) in &s.closed {
                 *total.closed.entry(reason).or_default() += n;
             }
-            total.messages_published += s.messages_published;
-            total.messages_delivered += s.messages_delivered;
-            total.bytes_in += s.bytes_in;
-            total.bytes_out += s.bytes_out;
-            total.frames_queued += s.frames_queued;
-            total.frames_dropped += s.frames_dropped;
             total.outbox_bytes += s.outbox_bytes;
-            total.mesh_sent += s.mesh_sent;
-            total.handshake_failures += s.handshake_failures;
-            total.http_503 += s.http_503;
-            total.auth_failures += s.auth_failures;
-            total.forbidden += s.forbidden;
-            total.rate_limited += s.rate_limited;
-            total.ip_cap_refusals += s.ip_cap_refusals;
-            total.replays_refused += s.replays_refused;
-            total.memory_refusals += s.memory_refusals;
             total.memory_counted_bytes += s.memory_counted_bytes;
             total.memory_budget_bytes += s.memory_budget_bytes;
-            total.http_cap_refusals += s.http_cap_refusals;
             if let Some(histogram) = &s.latency_histogram {
                 match merged.as_mut() {
                     Some(all) => {

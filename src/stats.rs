@@ -6,6 +6,7 @@
 use std::cell::{Cell, RefCell};
 
 use hdrhistogram::Histogram;
+use serde::Serialize;
 
 use crate::conn::outbox::CloseReason;
 
@@ -16,59 +17,136 @@ const LATENCY_MAX_US: u64 = 60_000_000;
 /// per histogram.
 const LATENCY_SIGFIGS: u8 = 2;
 
-/// Counters of one shard since it started.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub connections_opened: Cell<u64>,
-    /// Closed connections by [`CloseReason`], in [`CloseReason::ALL`] order.
-    closed: [Cell<u64>; CloseReason::ALL.len()],
-    /// Publications received from clients on this shard (WebSocket `pub`,
-    /// raw-room messages, HTTP publish).
-    pub messages_published: Cell<u64>,
-    /// Publications this shard ordered as the channel's owner.
-    pub messages_ordered: Cell<u64>,
-    /// Publication frames written completely to a subscriber's socket.
-    pub messages_delivered: Cell<u64>,
+/// Declares the counters once: each becomes a `Cell` of [`Stats`], a field
+/// of [`CounterValues`] (a snapshot's figures, named as in `/api/stats`)
+/// and an entry of [`COUNTERS`], which drives the Prometheus exposition and
+/// is checked against the metrics table of `docs/metrics.md`. The doc
+/// comment is the metric's help text.
+macro_rules! counters {
+    ($( $(#[doc = $doc:literal])+ $field:ident => $metric:literal, )*) => {
+        /// Counters of one shard since it started, and its gauges kept where
+        /// the bytes change.
+        #[derive(Debug, Default)]
+        pub struct Stats {
+            $( $(#[doc = $doc])+ pub $field: Cell<u64>, )*
+            /// Closed connections by [`CloseReason`], in [`CloseReason::ALL`]
+            /// order.
+            closed: [Cell<u64>; CloseReason::ALL.len()],
+            /// Bytes in this shard's connection queues now (a gauge).
+            pub queued_bytes: Cell<u64>,
+            /// Payload bytes of unfinished incoming messages now (a gauge).
+            pub unfinished_bytes: Cell<u64>,
+            pub latency: RefCell<Latency>,
+        }
+
+        /// The counters' values at one moment (one shard's, or summed).
+        #[derive(Debug, Clone, Default, PartialEq, Serialize)]
+        pub struct CounterValues {
+            $( pub $field: u64, )*
+        }
+
+        impl Stats {
+            /// What every counter holds now.
+            pub fn counter_values(&self) -> CounterValues {
+                CounterValues { $( $field: self.$field.get(), )* }
+            }
+        }
+
+        impl CounterValues {
+            /// Adds another shard's values.
+            pub fn add(&mut self, other: &CounterValues) {
+                $( self.$field += other.$field; )*
+            }
+        }
+
+        /// Every counter, in declaration order.
+        pub const COUNTERS: &[Counter] = &[
+            $( Counter {
+                metric: $metric,
+                json: stringify!($field),
+                help: &[$($doc),+],
+                read: |v| v.$field,
+            }, )*
+        ];
+    };
+}
+
+/// One counter of the table (see [`COUNTERS`]).
+pub struct Counter {
+    /// Its Prometheus name.
+    pub metric: &'static str,
+    /// Its name in `/api/stats` and `$stats` snapshots.
+    pub json: &'static str,
+    /// Its doc comment, line by line.
+    help: &'static [&'static str],
+    pub read: fn(&CounterValues) -> u64,
+}
+
+impl Counter {
+    /// The help text: the doc comment on one line.
+    pub fn help(&self) -> String {
+        let words: Vec<&str> = self.help.iter().map(|line| line.trim()).collect();
+        words.join(" ")
+    }
+}
+
+counters! {
+    /// WebSocket connections accepted.
+    connections_opened => "shardcast_connections_opened_total",
+    /// Publications received from clients (WebSocket pub, raw-room messages,
+    /// HTTP publish).
+    messages_published => "shardcast_messages_published_total",
+    /// Publications ordered by this shard as the channel's owner.
+    messages_ordered => "shardcast_messages_ordered_total",
+    /// Publication frames written completely to subscribers' sockets.
+    messages_delivered => "shardcast_messages_delivered_total",
     /// Bytes read from client sockets (HTTP and WebSocket).
-    pub bytes_received: Cell<u64>,
-    /// Bytes written to WebSocket client sockets.
-    pub bytes_sent: Cell<u64>,
+    bytes_in => "shardcast_bytes_received_total",
+    /// Bytes written to WebSocket client sockets (before TLS).
+    bytes_out => "shardcast_bytes_sent_total",
     /// Frames accepted into connection queues.
-    pub frames_queued: Cell<u64>,
-    /// Frames refused (queue over its bound, connection closing) or discarded
-    /// unsent (slow consumer closed, connection gone).
-    pub frames_dropped: Cell<u64>,
+    frames_queued => "shardcast_frames_queued_total",
+    /// Frames refused (queue over its bound, connection closing) or
+    /// discarded unsent (slow consumer closed, connection gone).
+    frames_dropped => "shardcast_frames_dropped_total",
+    /// Socket writes of WebSocket frames (gathered `sendmsg` calls; over
+    /// TLS, writes of records).
+    socket_writes => "shardcast_socket_writes_total",
+    /// Flush passes that wrote at least one connection (one per executor
+    /// turn with something queued).
+    flush_passes => "shardcast_flush_passes_total",
+    /// Messages sent to other shards.
+    mesh_sent => "shardcast_mesh_messages_sent_total",
     /// Messages received from other shards.
-    pub mesh_received: Cell<u64>,
-    pub http_requests: Cell<u64>,
-    /// Requests that were not valid HTTP, timed out (head not sent, response
-    /// not taken), or asked for a bad route.
-    pub handshake_failures: Cell<u64>,
-    /// Upgrades refused with 503 (at `max-connections`, shutting down).
-    pub http_503: Cell<u64>,
-    /// Tokens refused (HTTP 401 at upgrade, `auth` frames refused) and
-    /// requests without the API key.
-    pub auth_failures: Cell<u64>,
-    /// Operations outside a token's permissions (`err forbidden`).
-    pub forbidden: Cell<u64>,
-    /// Publications refused by the per-connection rate limit.
-    pub rate_limited: Cell<u64>,
-    /// Connections refused by the per-IP cap.
-    pub ip_cap_refusals: Cell<u64>,
-    /// Connections refused at `max-http-connections`.
-    pub http_cap_refusals: Cell<u64>,
-    pub connection_panics: Cell<u64>,
-    /// Resumes answered `recovered:false` because what was missed would not
-    /// fit in the connection's queue.
-    pub replays_refused: Cell<u64>,
-    /// Connections (503) and subscriptions (`err over_capacity`) refused
-    /// over the shard's share of `max-memory`.
-    pub memory_refusals: Cell<u64>,
-    /// Bytes in this shard's connection queues now (a gauge).
-    pub queued_bytes: Cell<u64>,
-    /// Payload bytes of unfinished incoming messages now (a gauge).
-    pub unfinished_bytes: Cell<u64>,
-    pub latency: RefCell<Latency>,
+    mesh_received => "shardcast_mesh_messages_received_total",
+    /// HTTP requests read (upgrades included).
+    http_requests => "shardcast_http_requests_total",
+    /// Requests that were not valid HTTP, timed out (head or response), or
+    /// were refused before an upgrade.
+    handshake_failures => "shardcast_handshake_failures_total",
+    /// Upgrades refused with 503 (max-connections, shutting down).
+    http_503 => "shardcast_http_503_total",
+    /// Tokens refused (401 at upgrade, auth frames) and requests without the
+    /// API key.
+    auth_failures => "shardcast_auth_failures_total",
+    /// Operations outside the token's permissions (err forbidden, 403 at
+    /// upgrade).
+    forbidden => "shardcast_forbidden_total",
+    /// Publications refused by the per-connection publish rate limit.
+    rate_limited => "shardcast_rate_limited_total",
+    /// Connections refused by the per-IP connection cap.
+    ip_cap_refusals => "shardcast_ip_cap_refusals_total",
+    /// Connections refused at the cap on plain HTTP connections
+    /// (max-http-connections).
+    http_cap_refusals => "shardcast_http_cap_refusals_total",
+    /// Connection tasks that panicked (a bug; the connection was dropped).
+    connection_panics => "shardcast_connection_panics_total",
+    /// Resumes answered recovered:false because what was missed did not fit
+    /// in the connection's queue.
+    replays_refused => "shardcast_replays_refused_total",
+    /// Connections (503) and subscriptions (err over_capacity) refused over
+    /// the shard's memory budget.
+    memory_refusals => "shardcast_memory_refusals_total",
 }
 
 /// Adds `n` to a counter.
@@ -155,7 +233,7 @@ impl Latency {
 
 /// Count and quantiles of a latency histogram, in microseconds (all 0 when
 /// empty).
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct LatencySummary {
     pub count: u64,
     pub p50: u64,

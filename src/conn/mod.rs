@@ -4,6 +4,7 @@
 //! bounded by `--handshake-timeout` and yields to shutdown. Also [`Conn`],
 //! the per-connection state the shard's index and fan-out refer to.
 
+pub mod flush;
 pub mod http;
 pub mod outbox;
 pub mod permit;
@@ -22,6 +23,7 @@ use glommio::net::TcpStream;
 
 use self::{
     http::{Head, HttpError, Route},
+    flush::Flusher,
     outbox::{CloseReason, Outbox, Pushed},
     permit::Permit,
     stream::SharedStream,
@@ -53,7 +55,7 @@ pub enum Side {
 /// A WebSocket connection as the shard sees it.
 pub struct Conn {
     pub id: ConnRef,
-    /// Shared with the writer task.
+    /// Shared with the shard's flush pass.
     pub outbox: Rc<Outbox>,
     pub heartbeat: Heartbeat,
     /// When the client began the message it has not finished
@@ -85,10 +87,16 @@ struct Guard {
 const EVERYTHING: &Permit = &Permit::Everything;
 
 impl Conn {
-    pub fn new(id: ConnRef, max_queue_bytes: usize, now_ms: u64, stats: Rc<Stats>) -> Self {
+    pub fn new(
+        id: ConnRef,
+        max_queue_bytes: usize,
+        now_ms: u64,
+        flusher: Rc<Flusher>,
+        stream: Option<SharedStream>,
+    ) -> Self {
         Conn {
             id,
-            outbox: Rc::new(Outbox::new(max_queue_bytes, stats)),
+            outbox: Rc::new(Outbox::new(max_queue_bytes, flusher, stream)),
             heartbeat: Heartbeat::new(now_ms),
             message_started_ns: Cell::new(0),
             subscriptions: RefCell::new(Vec::new()),
@@ -349,7 +357,7 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
                 drop(http_slot.take());
                 // Bytes after the head already belong to the WebSocket stream.
                 let leftover = buf.split_off(head.len.min(buf.len()));
-                let conn = shard.register();
+                let conn = shard.register(stream.clone());
                 let limit = shard.security.publish_limit;
                 conn.admit(permit, deadline_ms, limit, ip_slot.take(), shard.now_ms());
                 // The session is a task of its own, so this task's handshake
@@ -612,7 +620,7 @@ async fn read_more(
     let n = read.as_ref().copied().unwrap_or(0);
     filled.len = start + n;
     drop(filled);
-    bump(&stats.bytes_received, n as u64);
+    bump(&stats.bytes_in, n as u64);
     read.map_err(|e| HttpError::new(400, "bad_request", format!("read failed: {e}")))
 }
 

@@ -1,10 +1,12 @@
 //! The write side of one connection: a queue of pre-encoded frames bounded in
-//! bytes, and the writer task that drains it. Frames are shared `Bytes` (a
-//! publication is encoded once per shard and the same buffer is queued for
-//! every subscriber); the writer hands as many queued frames as fit to one
-//! `sendmsg` (gathered, no copy), so a connection that fell behind catches up
-//! in few system calls (over TLS, into few records). A push never blocks: over the bound the connection is
-//! closed as a slow consumer. tungstenite never writes to the socket.
+//! bytes. Frames are shared `Bytes` (a publication is encoded once per shard
+//! and the same buffer is queued for every subscriber). Queuing a frame marks
+//! the connection dirty with its shard's flush pass (`conn/flush.rs`), which
+//! hands as many queued frames as fit to one `sendmsg` (gathered, no copy),
+//! so frames queued in one executor turn leave in one write and a connection
+//! that fell behind catches up in few system calls (over TLS, into few
+//! records). A push never blocks: over the bound the connection is closed as
+//! a slow consumer. tungstenite never writes to the socket.
 //!
 //! The outbox also keeps its shard's write-side counters: bytes sent, frames
 //! queued and dropped, publications delivered and their publish→write latency
@@ -15,15 +17,15 @@ use std::{
     collections::VecDeque,
     future::Future,
     io::{self, IoSlice},
-    os::fd::RawFd,
     pin::Pin,
     rc::Rc,
     task::{Context, Poll, Waker},
 };
 
 use bytes::{Buf, Bytes};
+use glommio::task::JoinHandle;
 
-use super::stream::SharedStream;
+use super::{flush::Flusher, stream::SharedStream};
 use crate::{
     clock, frame,
     stats::{bump, Stats},
@@ -146,11 +148,23 @@ pub enum Pushed {
 
 /// Outcome of one non-blocking flush.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Flush {
+pub(super) enum Flush {
     /// Nothing left to send right now.
     Drained,
     /// The socket buffer is full.
     WouldBlock,
+}
+
+/// Where an outbox stands with its shard's flush pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum WriteState {
+    /// Nothing to write, or the connection is not marked yet.
+    Idle,
+    /// On the shard's dirty list: the next pass flushes it.
+    Dirty,
+    /// The socket is full: a task waits for it to take more, then marks the
+    /// outbox dirty again.
+    Blocked,
 }
 
 /// A frame waiting to be written.
@@ -181,14 +195,21 @@ pub struct Outbox {
     closing: Cell<Option<CloseReason>>,
     /// Close frame still to send after the queue.
     close_frame: RefCell<Option<Bytes>>,
-    writer: Cell<Option<Waker>>,
-    reader: Cell<Option<Waker>>,
-    /// The shard's counters.
-    stats: Rc<Stats>,
+    write_state: Cell<WriteState>,
+    /// While [`WriteState::Blocked`]: the task waiting for the socket.
+    blocked: Cell<Option<JoinHandle<()>>>,
+    /// The session's task: woken when the connection starts closing, and
+    /// when everything (close frame included) is written.
+    session: Cell<Option<Waker>>,
+    /// The socket the flush pass writes to (`None`: a queue no pass
+    /// writes, in tests that flush by hand).
+    stream: Option<SharedStream>,
+    /// The shard's flush pass, which also holds the shard's counters.
+    flusher: Rc<Flusher>,
 }
 
 impl Outbox {
-    pub fn new(limit: usize, stats: Rc<Stats>) -> Self {
+    pub fn new(limit: usize, flusher: Rc<Flusher>, stream: Option<SharedStream>) -> Self {
         Outbox {
             frames: RefCell::new(VecDeque::new()),
             queued_bytes: Cell::new(0),
@@ -198,46 +219,110 @@ impl Outbox {
             awaited_replies: Cell::new(0),
             closing: Cell::new(None),
             close_frame: RefCell::new(None),
-            writer: Cell::new(None),
-            reader: Cell::new(None),
-            stats,
+            write_state: Cell::new(WriteState::Idle),
+            blocked: Cell::new(None),
+            session: Cell::new(None),
+            stream,
+            flusher,
         }
     }
 
     /// The shard's counters (the read side counts into them too).
     pub fn stats(&self) -> &Stats {
-        &self.stats
+        self.flusher.stats()
     }
 
     /// Queues a frame that carries no publication, without blocking.
-    pub fn push(&self, frame: Bytes) -> Pushed {
+    pub fn push(self: &Rc<Self>, frame: Bytes) -> Pushed {
         self.push_published(frame, 0)
     }
 
     /// Queues the frame of a publication published at `published_at`
     /// ([`clock::now_ns`]), without blocking.
-    pub fn push_published(&self, frame: Bytes, published_at: u64) -> Pushed {
+    pub fn push_published(self: &Rc<Self>, frame: Bytes, published_at: u64) -> Pushed {
         if self.closing.get().is_some() {
-            bump(&self.stats.frames_dropped, 1);
+            bump(&self.stats().frames_dropped, 1);
             return Pushed::Closed;
         }
         if self.queued_bytes.get() + frame.len() > self.limit {
-            bump(&self.stats.frames_dropped, 1);
+            bump(&self.stats().frames_dropped, 1);
             return Pushed::Overflow;
         }
         self.enqueue(frame, published_at)
     }
 
-    /// Appends a frame the caller decided to take, and wakes the writer.
-    fn enqueue(&self, frame: Bytes, published_at: u64) -> Pushed {
+    /// Appends a frame the caller decided to take, and marks the outbox
+    /// dirty.
+    fn enqueue(self: &Rc<Self>, frame: Bytes, published_at: u64) -> Pushed {
         self.set_queued(self.queued_bytes.get() + frame.len());
         self.frames.borrow_mut().push_back(Queued {
             bytes: frame,
             published_at,
         });
-        bump(&self.stats.frames_queued, 1);
-        wake(&self.writer);
+        bump(&self.stats().frames_queued, 1);
+        self.mark_dirty();
         Pushed::Queued
+    }
+
+    /// Puts the outbox on its shard's dirty list, unless it is there already
+    /// or waits for its socket (which marks it again once writable).
+    pub(super) fn mark_dirty(self: &Rc<Self>) {
+        if self.write_state.get() == WriteState::Idle {
+            self.write_state.set(WriteState::Dirty);
+            self.flusher.mark(self.clone());
+        }
+    }
+
+    /// The socket the flush pass writes to.
+    pub(super) fn stream(&self) -> Option<&SharedStream> {
+        self.stream.as_ref()
+    }
+
+    pub(super) fn set_write_state(&self, state: WriteState) {
+        self.write_state.set(state);
+    }
+
+    /// Keeps the task that waits for the socket, so teardown can cancel it.
+    pub(super) fn set_blocked(&self, task: JoinHandle<()>) {
+        self.write_state.set(WriteState::Blocked);
+        self.blocked.set(Some(task));
+    }
+
+    /// The socket took more (or failed): the waiting task is done.
+    pub(super) fn unblock(&self) {
+        drop(self.blocked.take());
+        self.write_state.set(WriteState::Idle);
+    }
+
+    /// Stops waiting for the socket (the connection is going away).
+    pub fn cancel_blocked(&self) {
+        if let Some(task) = self.blocked.take() {
+            task.cancel();
+        }
+    }
+
+    /// After a flush that left nothing to write now: wakes the session if
+    /// the connection has closed and everything is out.
+    pub(super) fn drained(&self) {
+        self.write_state.set(WriteState::Idle);
+        if self.finished() {
+            wake(&self.session);
+        }
+    }
+
+    /// The socket failed: nothing more can be written, so nothing waits to
+    /// be (the started frame, the close frame, awaited acks go too).
+    pub(super) fn abandon(self: &Rc<Self>) {
+        self.close(CloseReason::SocketError);
+        let mut frames = self.frames.borrow_mut();
+        bump(&self.stats().frames_dropped, frames.len() as u64);
+        frames.clear();
+        drop(frames);
+        self.front_started.set(false);
+        self.set_queued(0);
+        self.close_frame.borrow_mut().take();
+        self.awaited_replies.set(0);
+        wake(&self.session);
     }
 
     /// A publication of this connection went to another shard, whose ack
@@ -250,14 +335,14 @@ impl Outbox {
     /// graceful close waits for it (its close frame not sent yet), it is
     /// still queued, so every publication that took effect is acknowledged
     /// before the close.
-    pub fn push_reply(&self, frame: Bytes) -> Pushed {
+    pub fn push_reply(self: &Rc<Self>, frame: Bytes) -> Pushed {
         let awaited = self.awaited_replies.get();
         self.awaited_replies.set(awaited.saturating_sub(1));
         if self.closing.get().is_none() {
             return self.push(frame);
         }
         if awaited == 0 || self.close_frame.borrow().is_none() {
-            bump(&self.stats.frames_dropped, 1);
+            bump(&self.stats().frames_dropped, 1);
             return Pushed::Closed;
         }
         self.enqueue(frame, 0)
@@ -274,7 +359,7 @@ impl Outbox {
 
     /// Sets the bytes queued, keeping the shard's total in step.
     fn set_queued(&self, bytes: usize) {
-        let total = &self.stats.queued_bytes;
+        let total = &self.stats().queued_bytes;
         total.set(total.get() + bytes as u64 - self.queued_bytes.get() as u64);
         self.queued_bytes.set(bytes);
     }
@@ -301,11 +386,11 @@ impl Outbox {
         self.closing.get()
     }
 
-    /// Starts closing: no more pushes; the writer sends what is queued (or,
-    /// for a slow consumer, drops it), then the close frame for `reason`.
-    /// Wakes the reader so the connection task tears down. Later calls do
-    /// nothing: the first reason wins.
-    pub fn close(&self, reason: CloseReason) {
+    /// Starts closing: no more pushes; the flush pass sends what is queued
+    /// (or, for a slow consumer, drops it), then the close frame for
+    /// `reason`. Wakes the session so the connection task tears down. Later
+    /// calls do nothing: the first reason wins.
+    pub fn close(self: &Rc<Self>, reason: CloseReason) {
         if self.closing.get().is_some() {
             return;
         }
@@ -313,7 +398,7 @@ impl Outbox {
         if matches!(reason, CloseReason::SlowConsumer | CloseReason::SocketError) {
             let mut frames = self.frames.borrow_mut();
             let keep = usize::from(self.front_started.get() && !frames.is_empty());
-            bump(&self.stats.frames_dropped, (frames.len() - keep) as u64);
+            bump(&self.stats().frames_dropped, (frames.len() - keep) as u64);
             frames.truncate(keep);
             self.set_queued(frames.iter().map(|f| f.bytes.len()).sum());
         }
@@ -322,13 +407,13 @@ impl Outbox {
             // Nothing more can reach the client: no ack to wait for.
             None => self.awaited_replies.set(0),
         }
-        wake(&self.writer);
-        wake(&self.reader);
+        self.mark_dirty();
+        wake(&self.session);
     }
 
     /// Like [`Outbox::close`], but echoes the client's close code (a reply to
     /// the client's own close frame).
-    pub fn close_in_reply(&self, code: Option<u16>) {
+    pub fn close_in_reply(self: &Rc<Self>, code: Option<u16>) {
         if self.closing.get().is_some() {
             return;
         }
@@ -338,38 +423,30 @@ impl Outbox {
             None => frame::encode(frame::OpCode::Close, &[]),
         };
         *self.close_frame.borrow_mut() = Some(reply);
-        wake(&self.writer);
-        wake(&self.reader);
+        self.mark_dirty();
+        wake(&self.session);
     }
 
     /// Ready once the connection starts closing; otherwise registers the
-    /// reader task to be woken when it does.
+    /// session task to be woken when it does.
     pub fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<CloseReason> {
         match self.closing.get() {
             Some(reason) => Poll::Ready(reason),
             None => {
-                register(&self.reader, cx);
+                register(&self.session, cx);
                 Poll::Pending
             }
         }
     }
 
-    /// Resolves when the writer has something to do.
-    fn work(&self) -> impl Future<Output = ()> + '_ {
-        WaitFor {
-            outbox: self,
-            slot: &self.writer,
-            check: |o: &Outbox| {
-                // Closing: the close frame goes once no ack is awaited.
-                let has_work = !o.frames.borrow().is_empty()
-                    || (o.closing.get().is_some() && o.awaited_replies.get() == 0);
-                has_work.then_some(())
-            },
-        }
+    /// Resolves once the connection has closed and everything queued, close
+    /// frame included, is written (or the socket failed).
+    pub fn written_out(&self) -> impl Future<Output = ()> + '_ {
+        WrittenOut(self)
     }
 
     /// All written: closing, queue empty, close frame (if any) sent.
-    fn finished(&self) -> bool {
+    pub(super) fn finished(&self) -> bool {
         self.closing.get().is_some()
             && self.frames.borrow().is_empty()
             && self.close_frame.borrow().is_none()
@@ -379,7 +456,7 @@ impl Outbox {
     /// few calls as it accepts: `sendmsg` on a plain socket, the TLS
     /// session's buffer otherwise. `send` returning 0 or `WouldBlock` means
     /// "full for now". The close frame is appended once the queue is empty.
-    fn flush(
+    pub(super) fn flush(
         &self,
         mut send: impl FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
     ) -> io::Result<Flush> {
@@ -419,8 +496,8 @@ impl Outbox {
 
     /// Drops `sent` bytes (just written) from the front of the queue; counts
     /// them, and times the publications written completely.
-    fn consume(&self, mut sent: usize) {
-        bump(&self.stats.bytes_sent, sent as u64);
+    pub(super) fn consume(&self, mut sent: usize) {
+        bump(&self.stats().bytes_out, sent as u64);
         let mut frames = self.frames.borrow_mut();
         let mut from_queue = 0;
         let mut now = 0;
@@ -454,14 +531,15 @@ impl Outbox {
 
     /// Counts one publication written, `latency_ns` after it was published.
     fn delivered(&self, latency_ns: u64) {
-        bump(&self.stats.messages_delivered, 1);
-        self.stats.latency.borrow_mut().record(latency_ns / 1_000);
+        let stats = self.stats();
+        bump(&stats.messages_delivered, 1);
+        stats.latency.borrow_mut().record(latency_ns / 1_000);
     }
 
     /// The front frame, for a write that may take only part of it: marked
     /// started first, so a close while the write waits (a slow consumer)
     /// keeps the frame whole instead of cutting it on the wire.
-    fn start_front(&self) -> Option<Bytes> {
+    pub(super) fn start_front(&self) -> Option<Bytes> {
         let front = self.frames.borrow().front().map(|f| f.bytes.clone())?;
         self.front_started.set(true);
         Some(front)
@@ -471,11 +549,10 @@ impl Outbox {
 impl Drop for Outbox {
     /// Frames still queued when the connection is gone were never sent.
     fn drop(&mut self) {
-        bump(
-            &self.stats.frames_dropped,
-            self.frames.get_mut().len() as u64,
-        );
+        let unsent = self.frames.get_mut().len() as u64;
+        bump(&self.stats().frames_dropped, unsent);
         self.set_queued(0);
+        self.cancel_blocked();
     }
 }
 
@@ -510,101 +587,39 @@ fn gather<'a>(frames: &'a VecDeque<Queued>, slices: &mut [IoSlice<'a>; MAX_IOV])
     count
 }
 
-/// One non-blocking `sendmsg` of `slices`.
-fn send_gathered(fd: RawFd, slices: &[IoSlice<'_>]) -> io::Result<usize> {
-    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    // IoSlice is ABI-compatible with iovec on Unix; the kernel only reads.
-    msg.msg_iov = slices.as_ptr() as *mut libc::iovec;
-    msg.msg_iovlen = slices.len() as _;
-    // SAFETY: every iovec points into a `Bytes` borrowed from the queue for
-    // the duration of the call.
-    let sent = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
-    if sent < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(sent as usize)
-    }
-}
+/// Resolves once everything is written (see [`Outbox::written_out`]).
+struct WrittenOut<'a>(&'a Outbox);
 
-/// Polls a condition of the outbox, parking in one waker slot until woken.
-struct WaitFor<'a, T, F: Fn(&Outbox) -> Option<T>> {
-    outbox: &'a Outbox,
-    slot: &'a Cell<Option<Waker>>,
-    check: F,
-}
+impl Future for WrittenOut<'_> {
+    type Output = ();
 
-impl<T, F: Fn(&Outbox) -> Option<T> + Unpin> Future for WaitFor<'_, T, F> {
-    type Output = T;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
-        if let Some(value) = (self.check)(self.outbox) {
-            return Poll::Ready(value);
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.finished() {
+            return Poll::Ready(());
         }
-        register(self.slot, cx);
+        register(&self.0.session, cx);
         Poll::Pending
-    }
-}
-
-/// The writer task of one connection: sends what the outbox holds until the
-/// connection has closed and everything (close frame included) is written.
-/// On a socket error it closes the outbox so the reader tears down too.
-pub async fn run_writer(outbox: Rc<Outbox>, stream: SharedStream) {
-    let written = if stream.is_tls() {
-        write_tls(&outbox, &stream).await
-    } else {
-        write_plain(&outbox, &stream).await
-    };
-    if written.is_err() {
-        outbox.close(CloseReason::SocketError);
-    }
-}
-
-async fn write_plain(outbox: &Outbox, stream: &SharedStream) -> io::Result<()> {
-    let fd = stream.fd();
-    loop {
-        match outbox.flush(|slices| send_gathered(fd, slices))? {
-            Flush::Drained => {
-                if outbox.finished() {
-                    return Ok(());
-                }
-                outbox.work().await;
-            }
-            Flush::WouldBlock => {
-                // Let glommio wait for the socket to take more: it sends the
-                // front frame (or part of it) as soon as there is room.
-                let Some(front) = outbox.start_front() else {
-                    continue;
-                };
-                let sent = stream.write(&front).await?;
-                outbox.consume(sent);
-            }
-        }
-    }
-}
-
-/// Frames go into the TLS session as plaintext (many frames make one
-/// record), then the session's records are written out.
-async fn write_tls(outbox: &Outbox, stream: &SharedStream) -> io::Result<()> {
-    loop {
-        let flushed = outbox.flush(|slices| stream.encrypt(slices))?;
-        stream.flush().await?;
-        if flushed == Flush::Drained {
-            if outbox.finished() {
-                return Ok(());
-            }
-            outbox.work().await;
-        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conn::stream::send_gathered;
+
+    /// A queue no flush pass writes (the tests flush it by hand).
+    fn outbox(limit: usize) -> Rc<Outbox> {
+        outbox_counting(limit, &Rc::default())
+    }
+
+    fn outbox_counting(limit: usize, stats: &Rc<Stats>) -> Rc<Outbox> {
+        let flusher = Flusher::new(stats.clone(), std::time::Duration::ZERO);
+        Rc::new(Outbox::new(limit, Rc::new(flusher), None))
+    }
 
     #[test]
     fn push_is_bounded_in_bytes() {
-        let outbox = Outbox::new(10, Rc::default());
+        let outbox = outbox(10);
         assert_eq!(outbox.push(Bytes::from_static(b"12345")), Pushed::Queued);
         assert_eq!(outbox.push(Bytes::from_static(b"12345")), Pushed::Queued);
         assert_eq!(outbox.push(Bytes::from_static(b"1")), Pushed::Overflow);
@@ -613,7 +628,7 @@ mod tests {
 
     #[test]
     fn slow_consumer_close_keeps_only_a_started_frame() {
-        let outbox = Outbox::new(100, Rc::default());
+        let outbox = outbox(100);
         outbox.push(Bytes::from_static(b"abcdef"));
         outbox.push(Bytes::from_static(b"ghij"));
         outbox.consume(2);
@@ -633,7 +648,7 @@ mod tests {
 
     #[test]
     fn written_publications_are_counted_and_timed() {
-        let outbox = Outbox::new(100, Rc::default());
+        let outbox = outbox(100);
         let published_at = clock::now_ns() - 2_000_000;
         outbox.push_published(Bytes::from_static(b"abcd"), published_at);
         outbox.push(Bytes::from_static(b"ack"));
@@ -642,7 +657,7 @@ mod tests {
         outbox.consume(5);
         let stats = outbox.stats();
         assert_eq!(stats.messages_delivered.get(), 1, "acks are not deliveries");
-        assert_eq!(stats.bytes_sent.get(), 7);
+        assert_eq!(stats.bytes_out.get(), 7);
         let mut latency = stats.latency.borrow_mut();
         latency.rotate();
         let second = latency.last_second();
@@ -653,8 +668,9 @@ mod tests {
     #[test]
     fn the_shard_total_follows_every_queue() {
         let stats = Rc::new(Stats::default());
-        let a = Outbox::new(100, stats.clone());
-        let b = Outbox::new(100, stats.clone());
+        let flusher = Rc::new(Flusher::new(stats.clone(), std::time::Duration::ZERO));
+        let a = Rc::new(Outbox::new(100, flusher.clone(), None));
+        let b = Rc::new(Outbox::new(100, flusher.clone(), None));
         a.push(Bytes::from_static(b"abcdef"));
         b.push(Bytes::from_static(b"ghij"));
         assert_eq!(stats.queued_bytes.get(), 10);
@@ -662,13 +678,16 @@ mod tests {
         assert_eq!(stats.queued_bytes.get(), 6);
         b.close(CloseReason::SlowConsumer);
         assert_eq!(stats.queued_bytes.get(), 2);
+        assert_eq!(flusher.dirty_count(), 2, "both marked dirty once");
+        // A pass lets go of them (these have no socket to write to).
+        flusher.flush_dirty(&mut Vec::new());
         drop(a);
         assert_eq!(stats.queued_bytes.get(), 0);
     }
 
     #[test]
     fn a_queue_the_socket_takes_nothing_from_is_stalled() {
-        let outbox = Outbox::new(100, Rc::default());
+        let outbox = outbox(100);
         assert_eq!(outbox.stalled_for(1_000), 0, "nothing queued");
         outbox.push(Bytes::from_static(b"abcdef"));
         assert_eq!(outbox.stalled_for(2_000), 0, "first seen waiting");
@@ -687,7 +706,7 @@ mod tests {
     fn a_close_while_the_front_frame_is_being_written_keeps_it_whole() {
         let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         use std::{io::Read, os::fd::AsRawFd};
-        let outbox = Outbox::new(100, Rc::default());
+        let outbox = outbox(100);
         outbox.push(Bytes::from_static(b"0123456789"));
         outbox.push(Bytes::from_static(b"next"));
         let front = outbox.start_front().unwrap();
@@ -712,7 +731,7 @@ mod tests {
         let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         use std::{io::Read, os::fd::AsRawFd};
         let send = |slices: &[IoSlice<'_>]| send_gathered(ours.as_raw_fd(), slices);
-        let outbox = Outbox::new(100, Rc::default());
+        let outbox = outbox(100);
         outbox.expect_reply();
         outbox.expect_reply();
         outbox.push(Bytes::from_static(b"ack1"));
@@ -745,7 +764,7 @@ mod tests {
 
     #[test]
     fn a_close_without_a_frame_waits_for_no_ack() {
-        let outbox = Outbox::new(100, Rc::default());
+        let outbox = outbox(100);
         outbox.expect_reply();
         outbox.close(CloseReason::SocketError);
         assert!(outbox.finished());
@@ -764,7 +783,7 @@ mod tests {
 
     #[test]
     fn graceful_close_keeps_the_queue() {
-        let outbox = Outbox::new(100, Rc::default());
+        let outbox = outbox(100);
         outbox.push(Bytes::from_static(b"abc"));
         outbox.close(CloseReason::Shutdown);
         assert_eq!(outbox.queued_bytes(), 3);
@@ -780,7 +799,7 @@ mod tests {
     fn flush_gathers_frames_into_a_socket() {
         let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         use std::{io::Read, os::fd::AsRawFd};
-        let outbox = Outbox::new(1 << 20, Rc::default());
+        let outbox = outbox(1 << 20);
         for i in 0..100u8 {
             outbox.push(Bytes::from(vec![i; 3]));
         }

@@ -1,10 +1,12 @@
 //! One accepted TCP stream — plain, or TLS through futures-rustls — shared by
-//! a connection's reader and writer tasks on the same shard. Each task
-//! borrows the stream only inside a single poll, so the borrows never
-//! overlap; glommio keeps separate read and write readiness for a stream, so
-//! the two tasks do not steal each other's wake-ups. Plain streams are
-//! written with `sendmsg` by the outbox; TLS streams take the outbox's
-//! frames as plaintext ([`SharedStream::encrypt`]) and are then flushed.
+//! a connection's session task, its shard's flush pass and, while the socket
+//! is full, a task waiting for it to take more. Each borrows the stream only
+//! inside a single poll or call, so the borrows never overlap; glommio keeps
+//! separate read and write readiness for a stream, so readers and writers do
+//! not steal each other's wake-ups. The flush pass writes without waiting:
+//! plain streams with one gathered `sendmsg` ([`SharedStream::send_now`]),
+//! TLS streams by taking frames as plaintext ([`SharedStream::encrypt`]) and
+//! writing the session's records out ([`SharedStream::send_tls_now`]).
 
 use std::{
     cell::RefCell,
@@ -82,7 +84,37 @@ impl SharedStream {
         }
     }
 
-    /// Writes out whatever the TLS session holds (nothing to do for plain).
+    /// One non-blocking gathered `sendmsg` of `slices` on the socket (a
+    /// plain stream's frames; a TLS stream's records, see
+    /// [`SharedStream::send_tls_now`]).
+    pub fn send_now(&self, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+        send_gathered(self.fd, slices)
+    }
+
+    /// Writes the records the TLS session holds without waiting; `false`
+    /// when the socket is full before they are all out (nothing to do for a
+    /// plain stream: `true`).
+    pub fn send_tls_now(&self) -> io::Result<bool> {
+        let mut inner = self.inner.borrow_mut();
+        let Transport::Tls(stream) = &mut *inner else {
+            return Ok(true);
+        };
+        let session = stream.get_mut().1;
+        let mut socket = Socket(self.fd);
+        while session.wants_write() {
+            match session.write_tls(&mut socket) {
+                Ok(0) => return Ok(false),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Writes out whatever the TLS session holds, waiting for the socket
+    /// (nothing to do for plain).
     pub async fn flush(&self) -> io::Result<()> {
         futures_lite::future::poll_fn(|cx| self.inner.borrow_mut().pinned().poll_flush(cx)).await
     }
@@ -183,5 +215,39 @@ impl SharedStream {
         unsafe {
             libc::shutdown(self.fd, libc::SHUT_WR);
         }
+    }
+}
+
+/// A socket written without waiting, for the TLS session's records.
+struct Socket(RawFd);
+
+impl Write for Socket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        send_gathered(self.0, &[IoSlice::new(buf)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        send_gathered(self.0, bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One non-blocking `sendmsg` of `slices`.
+pub fn send_gathered(fd: RawFd, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // IoSlice is ABI-compatible with iovec on Unix; the kernel only reads.
+    msg.msg_iov = slices.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = slices.len() as _;
+    // SAFETY: every iovec points into memory borrowed for the duration of
+    // the call.
+    let sent = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    if sent < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(sent as usize)
     }
 }

@@ -1,5 +1,5 @@
-//! A WebSocket session after the 101: registers the connection with its
-//! shard, starts its writer task, subscribes what the URL asked for, then
+//! A WebSocket session after the 101: the connection is registered with its
+//! shard (whose flush pass writes its queue), subscribes what the URL asked for, then
 //! reads the client's bytes into the shard's scratch buffer, decodes them
 //! with the frame codec (`shardcast-wire`) and acts on what they say — JSON
 //! ops on `/ws`, verbatim publication in raw rooms, pings answered, the
@@ -20,7 +20,7 @@ use shardcast_wire::{DecodeError, Decoder, Event, Limits};
 
 use super::{
     http::Session,
-    outbox::{run_writer, CloseReason},
+    outbox::CloseReason,
     permit::Permit,
     stream::SharedStream,
     Conn,
@@ -38,7 +38,8 @@ use crate::{
     stats::bump,
 };
 
-/// How long the writer may take to flush the close frame at teardown.
+/// How long the flush pass may take to write the queue and the close frame
+/// at teardown.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reads one connection may make (each at most the shard's scratch
 /// buffer) before yielding to the others.
@@ -52,9 +53,11 @@ struct Registration<'a> {
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        if self.conn.outbox.closing().is_none() {
-            self.conn.outbox.close(CloseReason::SocketError);
+        let outbox = &self.conn.outbox;
+        if outbox.closing().is_none() {
+            outbox.close(CloseReason::SocketError);
         }
+        outbox.cancel_blocked();
         self.shard.unregister(&self.conn);
     }
 }
@@ -72,7 +75,6 @@ pub async fn serve(
         shard: &shard,
         conn: conn.clone(),
     };
-    let writer = glommio::spawn_local(run_writer(conn.outbox.clone(), stream.clone()));
     // Boxed: set-up runs once; its states need not live in every idle
     // connection's future.
     let (room, skip, room_may_publish) = Box::pin(start(&shard, &conn, session)).await;
@@ -93,7 +95,7 @@ pub async fn serve(
         counted: 0,
     }
     .await;
-    Box::pin(teardown(&shard, &conn, writer, &stream)).await;
+    Box::pin(teardown(&shard, &conn, &stream)).await;
     drop(registration);
 }
 
@@ -220,7 +222,7 @@ impl Future for Reader<'_> {
                     return Poll::Ready(());
                 }
             };
-            bump(&this.shard.stats.bytes_received, n as u64);
+            bump(&this.shard.stats.bytes_in, n as u64);
             let used = this.decode_all(&mut buf[..n]);
             if this.after_decode(used, &buf[..n]).is_ready() {
                 return Poll::Ready(());
@@ -414,22 +416,23 @@ impl Handler<'_, '_> {
     }
 }
 
-/// Stops deliveries, lets the writer flush what is queued and the close
+/// Stops deliveries, lets the flush pass write what is queued and the close
 /// frame, then closes: gracefully (waiting for the client's side, reading
 /// and discarding what it still sends) when the server closed, so the close
 /// frame is not destroyed by a reset — also after an oversized or malformed
 /// frame whose rest is still unread.
-async fn teardown(shard: &Shard, conn: &Conn, writer: glommio::Task<()>, stream: &SharedStream) {
+async fn teardown(shard: &Shard, conn: &Conn, stream: &SharedStream) {
     shard.unregister_subscriptions(conn);
     // A socket that took nothing for send-timeout will not take the rest.
     let stalled = conn.outbox.closing() == Some(CloseReason::SendTimeout);
     let flushed = !stalled
         && glommio::timer::timeout(CLOSE_FLUSH_TIMEOUT, async {
-            writer.await;
+            conn.outbox.written_out().await;
             Ok(())
         })
         .await
         .is_ok();
+    conn.outbox.cancel_blocked();
     let server_closed = conn
         .outbox
         .closing()
@@ -668,7 +671,7 @@ mod tests {
             let _client = std::net::TcpStream::connect(addr).unwrap();
             let stream = SharedStream::new(listener.accept().await.unwrap());
             let config = Config::default();
-            let (links, _) = PeerLinks::new(0, 1, crate::mesh::new_congestion(1));
+            let (links, _) = PeerLinks::new(0, 1, crate::mesh::new_congestion(1), Rc::default());
             let shard = Rc::new(Shard::new(
                 0,
                 None,
@@ -678,7 +681,7 @@ mod tests {
                 1,
                 Arc::default(),
             ));
-            let conn = shard.register();
+            let conn = shard.register(stream.clone());
             let session = serve(
                 shard,
                 stream,

@@ -37,8 +37,10 @@ use crate::{
     channel, clock,
     config::Config,
     conn::{
+        flush::Flusher,
         outbox::{CloseReason, Pushed},
         permit::Permit,
+        stream::SharedStream,
         Conn,
     },
     frame,
@@ -81,6 +83,8 @@ pub struct Shard {
     open_connections: Arc<AtomicUsize>,
     /// This shard's counters, shared with its connections' queues.
     pub stats: Rc<Stats>,
+    /// The flush pass that writes every connection's queue.
+    pub flusher: Rc<Flusher>,
     shutting_down: Cell<bool>,
     /// Tasks waiting for shutdown to begin.
     stop_waiters: WaitQueue,
@@ -105,6 +109,9 @@ impl Shard {
         security: Arc<Security>,
     ) -> Self {
         let config_read_buffer = config.read_buffer_bytes;
+        let config_write_delay = config.write_delay;
+        // Counted into by the links too (messages sent to peers).
+        let stats = links.stats().clone();
         let history = HistoryLimits {
             size: config.history_size,
             ttl_ms: config.history_ttl.as_millis() as u64,
@@ -127,7 +134,8 @@ impl Shard {
             started: Instant::now(),
             ping_frame: frame::encode(frame::OpCode::Ping, &[]),
             open_connections,
-            stats: Rc::default(),
+            stats: stats.clone(),
+            flusher: Rc::new(Flusher::new(stats, config_write_delay)),
             shutting_down: Cell::new(false),
             stop_waiters: WaitQueue::default(),
             gate: Rc::new(Gate::new()),
@@ -195,8 +203,9 @@ impl Shard {
         over
     }
 
-    /// Registers a new WebSocket connection (its slot was reserved).
-    pub fn register(&self) -> Rc<Conn> {
+    /// Registers a new WebSocket connection (its slot was reserved) on the
+    /// stream its flush pass writes to.
+    pub fn register(&self, stream: SharedStream) -> Rc<Conn> {
         let now = self.now_ms();
         let gen = self.next_gen.get().wrapping_add(1);
         self.next_gen.set(gen);
@@ -210,7 +219,8 @@ impl Shard {
             id,
             self.config.max_queue_bytes,
             now,
-            self.stats.clone(),
+            self.flusher.clone(),
+            Some(stream),
         ));
         entry.insert(conn.clone());
         bump(&self.stats.connections_opened, 1);
@@ -788,7 +798,7 @@ mod tests {
             shards: 2,
             ..Config::default()
         };
-        let (links, receivers) = PeerLinks::new(0, 2, crate::mesh::new_congestion(2));
+        let (links, receivers) = PeerLinks::new(0, 2, crate::mesh::new_congestion(2), Rc::default());
         drop(receivers);
         Shard::new(0, None, config, links, Arc::default(), 1, Arc::default())
     }
@@ -804,7 +814,7 @@ mod tests {
                 ..Config::default()
             };
             // Shard 1 never drains what shard 0 queues for it.
-            let (links, _undrained) = PeerLinks::new(0, 2, crate::mesh::new_congestion(2));
+            let (links, _undrained) = PeerLinks::new(0, 2, crate::mesh::new_congestion(2), Rc::default());
             let shard = Shard::new(0, None, config, links, Arc::default(), 1, Arc::default());
             let local = (0..)
                 .map(|i| format!("ch{i}"))

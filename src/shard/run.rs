@@ -1,5 +1,5 @@
 //! A shard's lifecycle on its executor: join the cross-shard mesh, start the
-//! peer-link and mesh-receiver tasks and the heartbeat sweep, accept
+//! peer-link and mesh-receiver tasks, the flush pass and the heartbeat sweep, accept
 //! connections on this shard's SO_REUSEPORT listener until shutdown is
 //! requested, then close every connection gracefully within the shutdown
 //! timeout.
@@ -78,7 +78,7 @@ pub async fn run_shard(ctx: ShardContext) -> Result<ShardSnapshot, ServerError> 
         }
         mesh = Some((senders, receivers));
     }
-    let (links, queues) = PeerLinks::new(id, ctx.config.shards, ctx.congestion);
+    let (links, queues) = PeerLinks::new(id, ctx.config.shards, ctx.congestion, Rc::default());
     let shard = Rc::new(Shard::new(
         id,
         ctx.cpu,
@@ -107,6 +107,8 @@ pub async fn run_shard(ctx: ShardContext) -> Result<ShardSnapshot, ServerError> 
         }
     }
 
+    // The one writer of every connection's queue, for the shard's lifetime.
+    glommio::spawn_local(shard.flusher.clone().run()).detach();
     spawn_shutdown_watcher(&shard, ctx.shutdown);
     spawn_heartbeat_sweep(&shard);
     spawn_stats_tick(&shard);
