@@ -327,3 +327,69 @@ fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl Dis
     }
     let _ = writeln!(out, " {value}");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const METRICS_DOC: &str = include_str!("../docs/metrics.md");
+
+    /// The counters `docs/metrics.md` documents: `(metric, kind)` of each
+    /// row of its table.
+    fn documented() -> Vec<(&'static str, &'static str)> {
+        METRICS_DOC
+            .lines()
+            .filter_map(|line| {
+                let mut cells = line.strip_prefix("| `")?.split(" | ");
+                let name = cells.next()?.strip_suffix('`')?;
+                Some((name, cells.next()?))
+            })
+            .collect()
+    }
+
+    /// One list of counters (`stats.rs`) drives the exposition; the docs
+    /// must name exactly those, and the `$stats` fields by their JSON names.
+    #[test]
+    fn the_docs_list_every_counter_and_no_other() {
+        let documented: Vec<&str> = documented()
+            .into_iter()
+            .filter(|(_, kind)| *kind == "counter")
+            .map(|(name, _)| name)
+            .collect();
+        // Counted outside the table: by reason, and the process's.
+        let elsewhere = [
+            "shardcast_connections_closed_total",
+            "process_cpu_seconds_total",
+        ];
+        for counter in COUNTERS {
+            assert!(
+                documented.contains(&counter.metric),
+                "docs/metrics.md has no row for {}",
+                counter.metric
+            );
+            let field = format!("`{}`", counter.json);
+            assert!(
+                METRICS_DOC.contains(&field),
+                "docs/metrics.md does not name the snapshot field {field}"
+            );
+        }
+        for name in documented {
+            assert!(
+                elsewhere.contains(&name) || COUNTERS.iter().any(|c| c.metric == name),
+                "docs/metrics.md documents {name}, which is not a counter"
+            );
+        }
+    }
+
+    #[test]
+    fn every_counter_is_exposed_with_its_help() {
+        let mut snapshot = ShardSnapshot::default();
+        snapshot.counters.socket_writes = 7;
+        let text = render(&ServerStats::new(1, vec![snapshot]));
+        for counter in COUNTERS {
+            let help = format!("# HELP {} {}\n", counter.metric, counter.help());
+            assert!(text.contains(&help), "missing {help}");
+        }
+        assert!(text.contains("shardcast_socket_writes_total{shard=\"0\"} 7\n"));
+    }
+}

@@ -112,6 +112,9 @@ counters! {
     /// Socket writes of WebSocket frames (gathered `sendmsg` calls; over
     /// TLS, writes of records).
     socket_writes => "shardcast_socket_writes_total",
+    /// Times a connection's socket was full, so its queue waited for room
+    /// (a task of its own until the socket took more).
+    socket_full => "shardcast_socket_full_total",
     /// Flush passes that wrote at least one connection (one per executor
     /// turn with something queued).
     flush_passes => "shardcast_flush_passes_total",

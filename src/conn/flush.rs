@@ -158,6 +158,7 @@ fn wait_for_room(outbox: &Rc<Outbox>, stream: &SharedStream) {
     } else {
         outbox.start_front()
     };
+    bump(&outbox.stats().socket_full, 1);
     let weak = Rc::downgrade(outbox);
     let stream = stream.clone();
     let task = glommio::spawn_local(async move {
@@ -182,4 +183,92 @@ fn wait_for_room(outbox: &Rc<Outbox>, stream: &SharedStream) {
     })
     .detach();
     outbox.set_blocked(task);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::{conn::outbox::CloseReason, frame, sync::on_test_executor};
+
+    /// A connected pair: the server's end as the flush pass writes it, and
+    /// the client's, read with std.
+    async fn pair() -> (SharedStream, std::net::TcpStream) {
+        let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        (SharedStream::new(listener.accept().await.unwrap()), client)
+    }
+
+    /// A flush pass running on the test executor, counting into `stats`.
+    fn running_flusher(stats: &Rc<Stats>) -> Rc<Flusher> {
+        let flusher = Rc::new(Flusher::new(stats.clone(), Duration::ZERO));
+        glommio::spawn_local(flusher.clone().run()).detach();
+        flusher
+    }
+
+    #[test]
+    fn frames_queued_in_one_turn_leave_in_one_write() {
+        on_test_executor(async {
+            let (stream, mut client) = pair().await;
+            let stats = Rc::new(Stats::default());
+            let flusher = running_flusher(&stats);
+            let outbox = Rc::new(Outbox::new(1 << 20, flusher.clone(), Some(stream.clone())));
+            for i in 0..10u8 {
+                outbox.push(Bytes::from(vec![i; 100]));
+            }
+            outbox.close(CloseReason::Shutdown);
+            assert_eq!(flusher.dirty_count(), 1, "marked dirty once");
+            outbox.written_out().await;
+            assert_eq!(stats.socket_writes.get(), 1, "ten frames and the close frame");
+            assert_eq!(stats.flush_passes.get(), 1);
+            assert_eq!(flusher.dirty_count(), 0);
+            stream.shutdown_write();
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).unwrap();
+            let close = frame::close(1001, "server shutting down");
+            assert_eq!(got.len(), 1000 + close.len());
+            assert_eq!(&got[900..1000], &[9; 100][..]);
+            assert_eq!(&got[1000..], &close[..]);
+        });
+    }
+
+    /// A socket that fills up waits for room in a task of its own, then the
+    /// pass goes on where it stopped: every byte arrives, in order.
+    #[test]
+    fn a_full_socket_resumes_where_it_stopped() {
+        on_test_executor(async {
+            let (stream, client) = pair().await;
+            // A small send buffer fills at once.
+            // SAFETY: the fd is the stream's, open for the whole test.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.fd()) };
+            socket2::SockRef::from(&fd).set_send_buffer_size(16 << 10).unwrap();
+            let stats = Rc::new(Stats::default());
+            let flusher = running_flusher(&stats);
+            let outbox = Rc::new(Outbox::new(8 << 20, flusher, Some(stream.clone())));
+            let mut expected = Vec::new();
+            for i in 0..64u8 {
+                let frame = vec![i; 64 << 10];
+                expected.extend_from_slice(&frame);
+                outbox.push(Bytes::from(frame));
+            }
+            // Read slowly on a thread of its own, so the socket fills up.
+            let reader = std::thread::spawn(move || {
+                let mut client = client;
+                let mut got = Vec::new();
+                client.read_to_end(&mut got).map(|_| got)
+            });
+            outbox.close(CloseReason::Shutdown);
+            outbox.written_out().await;
+            stream.shutdown_write();
+            let got = reader.join().unwrap().unwrap();
+            expected.extend_from_slice(&frame::close(1001, "server shutting down"));
+            assert_eq!(got.len(), expected.len());
+            assert!(got == expected, "bytes out of order");
+            assert!(stats.socket_full.get() > 0, "the socket was full");
+            assert_eq!(stats.bytes_out.get(), expected.len() as u64);
+        });
+    }
 }

@@ -462,23 +462,21 @@ impl Outbox {
     ) -> io::Result<Flush> {
         loop {
             let mut frames = self.frames.borrow_mut();
-            if frames.is_empty() {
-                let close_due = self.awaited_replies.get() == 0;
-                match close_due
-                    .then(|| self.close_frame.borrow_mut().take())
-                    .flatten()
-                {
-                    Some(close) => frames.push_back(Queued {
+            // Once no ack is awaited nothing more can be queued: the close
+            // frame goes last, in the same write as the frames before it.
+            if self.awaited_replies.get() == 0 {
+                if let Some(close) = self.close_frame.borrow_mut().take() {
+                    frames.push_back(Queued {
                         bytes: close,
                         published_at: 0,
-                    }),
-                    None => {
-                        if frames.capacity() > KEEP_CAPACITY {
-                            frames.shrink_to(KEEP_CAPACITY);
-                        }
-                        return Ok(Flush::Drained);
-                    }
+                    });
                 }
+            }
+            if frames.is_empty() {
+                if frames.capacity() > KEEP_CAPACITY {
+                    frames.shrink_to(KEEP_CAPACITY);
+                }
+                return Ok(Flush::Drained);
             }
             let mut slices = [IoSlice::new(&[]); MAX_IOV];
             let count = gather(&frames, &mut slices);
