@@ -211,7 +211,13 @@ impl Conn {
     }
 
     pub fn add_subscription(&self, name: Rc<str>, slot: u32) {
-        self.subscriptions.borrow_mut().push((name, slot));
+        let mut subscriptions = self.subscriptions.borrow_mut();
+        // Most connections subscribe to one channel: room for exactly one
+        // (a first push would make room for four).
+        if subscriptions.capacity() == 0 {
+            subscriptions.reserve_exact(1);
+        }
+        subscriptions.push((name, slot));
     }
 
     /// Forgets the subscription to `name`; returns its slot if there was one.
@@ -362,16 +368,10 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
                 conn.admit(permit, deadline_ms, limit, ip_slot.take(), shard.now_ms());
                 // The session is a task of its own, so this task's handshake
                 // state is freed instead of living as long as the connection.
-                let gate = shard.gate.clone();
-                let session = ws::serve(shard.clone(), stream, leftover, session, conn.clone());
-                match gate.spawn(session) {
-                    Ok(task) => {
-                        task.detach();
-                    }
-                    // Shutting down: the session never ran, so its guard
-                    // cannot unregister the connection.
-                    Err(_) => shard.unregister(&conn),
-                }
+                // Shutdown waits for it through the shard's connection count
+                // (see `Shard::gate`).
+                let session = ws::serve(shard.clone(), stream, leftover, session, conn);
+                glommio::spawn_local(session).detach();
                 return;
             }
             Err(error) => {

@@ -35,7 +35,8 @@ use crate::{
 const MAX_IOV: usize = 64;
 /// Most bytes handed to one `sendmsg`.
 const MAX_BATCH_BYTES: usize = 256 << 10;
-/// A drained queue keeps at most this many slots of capacity.
+/// A drained queue keeps at most this many slots of capacity (until the
+/// sweep finds it still empty: [`Outbox::release_idle_storage`]).
 const KEEP_CAPACITY: usize = 8;
 
 /// Why a connection is being closed; decides the close frame and is counted.
@@ -381,6 +382,16 @@ impl Outbox {
         }
     }
 
+    /// Frees the queue's storage if it is empty: for the sweep, so a
+    /// connection that has had nothing to send since the last sweep holds
+    /// none, while a busy one keeps its storage from write to write.
+    pub fn release_idle_storage(&self) {
+        let mut frames = self.frames.borrow_mut();
+        if frames.is_empty() && frames.capacity() > 0 {
+            *frames = VecDeque::new();
+        }
+    }
+
     /// Why the connection is closing, once it is.
     pub fn closing(&self) -> Option<CloseReason> {
         self.closing.get()
@@ -681,6 +692,17 @@ mod tests {
         flusher.flush_dirty(&mut Vec::new());
         drop(a);
         assert_eq!(stats.queued_bytes.get(), 0);
+    }
+
+    #[test]
+    fn an_empty_queue_gives_its_storage_back() {
+        let outbox = outbox(100);
+        outbox.push(Bytes::from_static(b"abc"));
+        outbox.release_idle_storage();
+        assert!(outbox.frames.borrow().capacity() > 0, "not empty: kept");
+        outbox.consume(3);
+        outbox.release_idle_storage();
+        assert_eq!(outbox.frames.borrow().capacity(), 0);
     }
 
     #[test]

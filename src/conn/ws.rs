@@ -46,12 +46,12 @@ const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 const READS_PER_POLL: usize = 4;
 
 /// Unregisters the connection when the session ends, however it ends.
-struct Registration<'a> {
-    shard: &'a Shard,
+struct Registration {
+    shard: Rc<Shard>,
     conn: Rc<Conn>,
 }
 
-impl Drop for Registration<'_> {
+impl Drop for Registration {
     fn drop(&mut self) {
         let outbox = &self.conn.outbox;
         if outbox.closing().is_none() {
@@ -62,30 +62,36 @@ impl Drop for Registration<'_> {
     }
 }
 
-/// Runs one WebSocket session to its end. `conn` was registered with the
-/// shard for it (see [`Shard::register`]).
-pub async fn serve(
+/// The session of one WebSocket connection, to be run as a task of its own.
+/// `conn` was registered with the shard for it (see [`Shard::register`]);
+/// however the future ends — or if it is dropped unpolled — the connection
+/// is unregistered. What the URL asked for is subscribed before it returns,
+/// so the future holds only what the read loop needs (an idle connection
+/// keeps it for as long as it lives).
+pub fn serve(
     shard: Rc<Shard>,
     stream: SharedStream,
     leftover: Vec<u8>,
     session: Session,
     conn: Rc<Conn>,
-) {
+) -> impl Future<Output = ()> {
     let registration = Registration {
-        shard: &shard,
+        shard: shard.clone(),
         conn: conn.clone(),
     };
-    // Boxed: set-up runs once; its states need not live in every idle
-    // connection's future.
-    let (room, skip, room_may_publish) = Box::pin(start(&shard, &conn, session)).await;
+    let (room, skip, room_may_publish) = start(&shard, &conn, session);
+    // Shutdown began during the upgrade, after it closed every connection.
+    if shard.is_shutting_down() {
+        conn.outbox.close(CloseReason::Shutdown);
+    }
     let limits = Limits {
         max_message: shard.config.max_message_bytes,
         rsv1: false,
     };
-    Reader {
-        shard: &shard,
-        conn: &conn,
-        stream: &stream,
+    let mut reader = Reader {
+        shard,
+        conn,
+        stream,
         decoder: Decoder::new(limits),
         backlog: leftover,
         room,
@@ -93,16 +99,21 @@ pub async fn serve(
         room_may_publish,
         waiting: None,
         counted: 0,
+    };
+    async move {
+        (&mut reader).await;
+        // Boxed: teardown runs once; its states need not live in every
+        // idle connection's future.
+        Box::pin(teardown(&reader.shard, &reader.conn, &reader.stream)).await;
+        drop(reader);
+        drop(registration);
     }
-    .await;
-    Box::pin(teardown(&shard, &conn, &stream)).await;
-    drop(registration);
 }
 
 /// Subscribes what the URL asked for. Returns the raw room's channel (if a
 /// room), who to leave out of this connection's own publications
 /// (`?echo=0`), and whether the connection may publish in its room.
-async fn start(
+fn start(
     shard: &Shard,
     conn: &Rc<Conn>,
     session: Session,
@@ -151,10 +162,10 @@ async fn start(
 /// buffer and decodes in place with the frame codec; only what the decoder
 /// keeps (a frame or message split over reads) stays with the connection.
 /// Ends when the connection starts closing, from either side.
-struct Reader<'a> {
-    shard: &'a Shard,
-    conn: &'a Rc<Conn>,
-    stream: &'a SharedStream,
+struct Reader {
+    shard: Rc<Shard>,
+    conn: Rc<Conn>,
+    stream: SharedStream,
     decoder: Decoder,
     /// Bytes read and not yet decoded: what came with the HTTP head, or the
     /// rest of a read left while waiting for room towards an owner. Empty
@@ -166,7 +177,7 @@ struct Reader<'a> {
     /// Whether the token allows publishing to the raw room.
     room_may_publish: bool,
     /// Backpressure: waiting for room in the queue to a channel's owner.
-    waiting: Option<Pin<Box<dyn Future<Output = ()> + 'a>>>,
+    waiting: Option<Pin<Box<dyn Future<Output = ()>>>>,
     /// What the decoder holds, as last added to the shard's count of
     /// unfinished-message bytes.
     counted: u64,
@@ -182,7 +193,7 @@ enum Decoded {
     Closed,
 }
 
-impl Future for Reader<'_> {
+impl Future for Reader {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
@@ -205,7 +216,7 @@ impl Future for Reader<'_> {
                 }
                 continue;
             }
-            let shard = this.shard;
+            let shard = this.shard.clone();
             let mut buf = shard.read_scratch().borrow_mut();
             let read = match this.stream.poll_read(cx, &mut buf) {
                 Poll::Pending => return Poll::Pending,
@@ -235,7 +246,7 @@ impl Future for Reader<'_> {
     }
 }
 
-impl Reader<'_> {
+impl Reader {
     /// Decodes and handles `bytes` (unmasking them in place). Returns how
     /// many were used and why it stopped.
     fn decode_all(&mut self, bytes: &mut [u8]) -> (usize, Decoded) {
@@ -243,8 +254,8 @@ impl Reader<'_> {
         let mut completed = false;
         let mut at = 0;
         let handler = Handler {
-            shard: self.shard,
-            conn: self.conn,
+            shard: &self.shard,
+            conn: &self.conn,
             room: &self.room,
             skip: self.skip,
             room_may_publish: self.room_may_publish,
@@ -296,8 +307,8 @@ impl Reader<'_> {
                 // Read nothing more from this publisher until the queue to
                 // the channel's owner drains. Rare, so boxed.
                 self.backlog = bytes[used..].to_vec();
-                let links = &self.shard.links;
-                self.waiting = Some(Box::pin(links.wait_for_room(peer)));
+                let links = self.shard.links.clone();
+                self.waiting = Some(Box::pin(async move { links.wait_for_room(peer).await }));
                 Poll::Pending
             }
         }
@@ -334,7 +345,7 @@ struct Handler<'s, 'a> {
     room_may_publish: bool,
 }
 
-impl Drop for Reader<'_> {
+impl Drop for Reader {
     /// What the decoder held no longer counts against the shard.
     fn drop(&mut self) {
         self.recount(0);
@@ -692,7 +703,7 @@ mod tests {
                 conn,
             );
             let size = std::mem::size_of_val(&session);
-            assert!(size <= 640, "session future grew to {size} bytes");
+            assert!(size <= 224, "session future grew to {size} bytes");
         });
     }
 }

@@ -88,8 +88,12 @@ pub struct Shard {
     shutting_down: Cell<bool>,
     /// Tasks waiting for shutdown to begin.
     stop_waiters: WaitQueue,
-    /// Every connection task enters it; shutdown waits for it to empty.
+    /// Every HTTP connection task enters it; shutdown waits for it to empty.
+    /// WebSocket sessions are not in it (its wrapper would double each
+    /// session future's size): shutdown waits for them on `closed_waiters`.
     pub gate: Rc<Gate>,
+    /// Tasks waiting for the last WebSocket connection to close.
+    closed_waiters: WaitQueue,
     /// Keys, certificates and limits (shared read-only by all shards).
     pub security: Arc<Security>,
     /// Where every connection's reads land (`read-buffer-bytes`): sessions
@@ -138,6 +142,7 @@ impl Shard {
             flusher: Rc::new(Flusher::new(stats, config_write_delay)),
             shutting_down: Cell::new(false),
             stop_waiters: WaitQueue::default(),
+            closed_waiters: WaitQueue::default(),
             gate: Rc::new(Gate::new()),
             security,
             read_scratch: RefCell::new(vec![0; config_read_buffer].into_boxed_slice()),
@@ -165,6 +170,11 @@ impl Shard {
 
     pub fn connection_count(&self) -> usize {
         self.conns.borrow().len()
+    }
+
+    /// Resolves once no WebSocket connection is registered (for shutdown).
+    pub fn all_closed(&self) -> impl std::future::Future<Output = ()> + '_ {
+        self.closed_waiters.until(|| self.conns.borrow().is_empty())
     }
 
     /// Reserves a process-wide connection slot; `false` when at
@@ -253,7 +263,11 @@ impl Shard {
         {
             conns.remove(conn.id.key as usize);
         }
+        let none_left = conns.is_empty();
         drop(conns);
+        if none_left {
+            self.closed_waiters.wake_all();
+        }
         self.release_connection();
         let reason = conn.outbox.closing().unwrap_or(CloseReason::Normal);
         self.stats.closed(reason);
@@ -696,6 +710,7 @@ impl Shard {
             if conn.outbox.stalled_for(now) > send_timeout_ms {
                 conn.outbox.close(CloseReason::SendTimeout);
             }
+            conn.outbox.release_idle_storage();
             if now >= conn.auth_deadline_ms() {
                 conn.outbox.close(match *conn.permit() {
                     Permit::AwaitingAuth => CloseReason::AuthTimeout,

@@ -143,6 +143,7 @@ pub async fn run_shard(ctx: ShardContext) -> Result<ShardSnapshot, ServerError> 
     let timeout = shard.config.shutdown_timeout;
     let drained = glommio::timer::timeout(timeout, async {
         let _ = gate.close().await;
+        shard.all_closed().await;
         Ok(())
     })
     .await;
