@@ -222,7 +222,11 @@ mod tests {
             outbox.close(CloseReason::Shutdown);
             assert_eq!(flusher.dirty_count(), 1, "marked dirty once");
             outbox.written_out().await;
-            assert_eq!(stats.socket_writes.get(), 1, "ten frames and the close frame");
+            assert_eq!(
+                stats.socket_writes.get(),
+                1,
+                "ten frames and the close frame"
+            );
             assert_eq!(stats.flush_passes.get(), 1);
             assert_eq!(flusher.dirty_count(), 0);
             stream.shutdown_write();
@@ -244,7 +248,9 @@ mod tests {
             // A small send buffer fills at once.
             // SAFETY: the fd is the stream's, open for the whole test.
             let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.fd()) };
-            socket2::SockRef::from(&fd).set_send_buffer_size(16 << 10).unwrap();
+            socket2::SockRef::from(&fd)
+                .set_send_buffer_size(16 << 10)
+                .unwrap();
             let stats = Rc::new(Stats::default());
             let flusher = running_flusher(&stats);
             let outbox = Rc::new(Outbox::new(8 << 20, flusher, Some(stream.clone())));

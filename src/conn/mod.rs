@@ -22,8 +22,8 @@ use futures_lite::FutureExt;
 use glommio::net::TcpStream;
 
 use self::{
-    http::{Head, HttpError, Route},
     flush::Flusher,
+    http::{Head, HttpError, Route},
     outbox::{CloseReason, Outbox, Pushed},
     permit::Permit,
     stream::SharedStream,

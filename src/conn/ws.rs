@@ -18,13 +18,7 @@ use std::{
 use bytes::Bytes;
 use shardcast_wire::{DecodeError, Decoder, Event, Limits};
 
-use super::{
-    http::Session,
-    outbox::CloseReason,
-    permit::Permit,
-    stream::SharedStream,
-    Conn,
-};
+use super::{http::Session, outbox::CloseReason, permit::Permit, stream::SharedStream, Conn};
 use crate::{
     channel::Access,
     clock, frame,
@@ -113,11 +107,7 @@ pub fn serve(
 /// Subscribes what the URL asked for. Returns the raw room's channel (if a
 /// room), who to leave out of this connection's own publications
 /// (`?echo=0`), and whether the connection may publish in its room.
-fn start(
-    shard: &Shard,
-    conn: &Rc<Conn>,
-    session: Session,
-) -> (Option<Bytes>, Option<Skip>, bool) {
+fn start(shard: &Shard, conn: &Rc<Conn>, session: Session) -> (Option<Bytes>, Option<Skip>, bool) {
     // A room member's permissions cannot change (a raw room has no `auth`
     // frame), so whether it may publish is decided once.
     let room_may_publish = match &session {

@@ -813,7 +813,8 @@ mod tests {
             shards: 2,
             ..Config::default()
         };
-        let (links, receivers) = PeerLinks::new(0, 2, crate::mesh::new_congestion(2), Rc::default());
+        let (links, receivers) =
+            PeerLinks::new(0, 2, crate::mesh::new_congestion(2), Rc::default());
         drop(receivers);
         Shard::new(0, None, config, links, Arc::default(), 1, Arc::default())
     }
@@ -829,7 +830,8 @@ mod tests {
                 ..Config::default()
             };
             // Shard 1 never drains what shard 0 queues for it.
-            let (links, _undrained) = PeerLinks::new(0, 2, crate::mesh::new_congestion(2), Rc::default());
+            let (links, _undrained) =
+                PeerLinks::new(0, 2, crate::mesh::new_congestion(2), Rc::default());
             let shard = Shard::new(0, None, config, links, Arc::default(), 1, Arc::default());
             let local = (0..)
                 .map(|i| format!("ch{i}"))
