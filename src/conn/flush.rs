@@ -160,12 +160,21 @@ fn wait_for_room(outbox: &Rc<Outbox>, stream: &SharedStream) {
     };
     bump(&outbox.stats().socket_full, 1);
     let weak = Rc::downgrade(outbox);
-    let stream = stream.clone();
     let task = glommio::spawn_local(async move {
-        let written = match &front {
-            Some(front) => stream.write(front).await,
-            None => stream.flush().await.map(|()| 0),
-        };
+        let gone = || Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+        let written = futures_lite::future::poll_fn(|cx| {
+            let Some(outbox) = weak.upgrade() else {
+                return gone();
+            };
+            let Some(stream) = outbox.stream() else {
+                return gone();
+            };
+            match &front {
+                Some(front) => stream.poll_write(cx, front),
+                None => stream.poll_flush(cx).map_ok(|()| 0),
+            }
+        })
+        .await;
         let Some(outbox) = weak.upgrade() else {
             return;
         };
@@ -215,7 +224,7 @@ mod tests {
             let (stream, mut client) = pair().await;
             let stats = Rc::new(Stats::default());
             let flusher = running_flusher(&stats);
-            let outbox = Rc::new(Outbox::new(1 << 20, flusher.clone(), Some(stream.clone())));
+            let outbox = Rc::new(Outbox::new(1 << 20, flusher.clone(), Some(stream)));
             for i in 0..10u8 {
                 outbox.push(Bytes::from(vec![i; 100]));
             }
@@ -229,7 +238,7 @@ mod tests {
             );
             assert_eq!(stats.flush_passes.get(), 1);
             assert_eq!(flusher.dirty_count(), 0);
-            stream.shutdown_write();
+            outbox.stream().unwrap().shutdown_write();
             let mut got = Vec::new();
             client.read_to_end(&mut got).unwrap();
             let close = frame::close(1001, "server shutting down");
@@ -253,7 +262,7 @@ mod tests {
                 .unwrap();
             let stats = Rc::new(Stats::default());
             let flusher = running_flusher(&stats);
-            let outbox = Rc::new(Outbox::new(8 << 20, flusher, Some(stream.clone())));
+            let outbox = Rc::new(Outbox::new(8 << 20, flusher, Some(stream)));
             let mut expected = Vec::new();
             for i in 0..64u8 {
                 let frame = vec![i; 64 << 10];
@@ -268,7 +277,7 @@ mod tests {
             });
             outbox.close(CloseReason::Shutdown);
             outbox.written_out().await;
-            stream.shutdown_write();
+            outbox.stream().unwrap().shutdown_write();
             let got = reader.join().unwrap().unwrap();
             expected.extend_from_slice(&frame::close(1001, "server shutting down"));
             assert_eq!(got.len(), expected.len());

@@ -363,14 +363,14 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
                 drop(http_slot.take());
                 // Bytes after the head already belong to the WebSocket stream.
                 let leftover = buf.split_off(head.len.min(buf.len()));
-                let conn = shard.register(stream.clone());
+                let conn = shard.register(stream);
                 let limit = shard.security.publish_limit;
                 conn.admit(permit, deadline_ms, limit, ip_slot.take(), shard.now_ms());
                 // The session is a task of its own, so this task's handshake
                 // state is freed instead of living as long as the connection.
                 // Shutdown waits for it through the shard's connection count
                 // (see `Shard::gate`).
-                let session = ws::serve(shard.clone(), stream, leftover, session, conn);
+                let session = ws::serve(shard.clone(), leftover, session, conn);
                 glommio::spawn_local(session).detach();
                 return;
             }

@@ -168,6 +168,30 @@ pub(super) enum WriteState {
     Blocked,
 }
 
+/// The close frame still to send after the queue, kept as what it says (a
+/// few bytes) and encoded when it is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PendingClose {
+    /// The close frame of a reason of ours.
+    Ours(CloseReason),
+    /// A reply to the client's close frame, echoing its code (if any).
+    Echo(Option<u16>),
+}
+
+impl PendingClose {
+    fn encode(self) -> Bytes {
+        match self {
+            // Only reasons with a close frame are kept (see `Outbox::close`).
+            PendingClose::Ours(reason) => {
+                let (code, text) = reason.close_frame().unwrap_or((1000, ""));
+                frame::close(code, text)
+            }
+            PendingClose::Echo(Some(code)) => frame::close(code, ""),
+            PendingClose::Echo(None) => frame::encode(frame::OpCode::Close, &[]),
+        }
+    }
+}
+
 /// A frame waiting to be written.
 struct Queued {
     bytes: Bytes,
@@ -195,7 +219,7 @@ pub struct Outbox {
     /// Set once, when the connection starts closing.
     closing: Cell<Option<CloseReason>>,
     /// Close frame still to send after the queue.
-    close_frame: RefCell<Option<Bytes>>,
+    close_frame: Cell<Option<PendingClose>>,
     write_state: Cell<WriteState>,
     /// While [`WriteState::Blocked`]: the task waiting for the socket.
     blocked: Cell<Option<JoinHandle<()>>>,
@@ -219,7 +243,7 @@ impl Outbox {
             stalled_since_ms: Cell::new(0),
             awaited_replies: Cell::new(0),
             closing: Cell::new(None),
-            close_frame: RefCell::new(None),
+            close_frame: Cell::new(None),
             write_state: Cell::new(WriteState::Idle),
             blocked: Cell::new(None),
             session: Cell::new(None),
@@ -321,7 +345,7 @@ impl Outbox {
         drop(frames);
         self.front_started.set(false);
         self.set_queued(0);
-        self.close_frame.borrow_mut().take();
+        self.close_frame.take();
         self.awaited_replies.set(0);
         wake(&self.session);
     }
@@ -342,7 +366,7 @@ impl Outbox {
         if self.closing.get().is_none() {
             return self.push(frame);
         }
-        if awaited == 0 || self.close_frame.borrow().is_none() {
+        if awaited == 0 || self.close_frame.get().is_none() {
             bump(&self.stats().frames_dropped, 1);
             return Pushed::Closed;
         }
@@ -414,7 +438,7 @@ impl Outbox {
             self.set_queued(frames.iter().map(|f| f.bytes.len()).sum());
         }
         match reason.close_frame() {
-            Some((code, text)) => *self.close_frame.borrow_mut() = Some(frame::close(code, text)),
+            Some(_) => self.close_frame.set(Some(PendingClose::Ours(reason))),
             // Nothing more can reach the client: no ack to wait for.
             None => self.awaited_replies.set(0),
         }
@@ -429,11 +453,7 @@ impl Outbox {
             return;
         }
         self.closing.set(Some(CloseReason::Normal));
-        let reply = match code {
-            Some(code) => frame::close(code, ""),
-            None => frame::encode(frame::OpCode::Close, &[]),
-        };
-        *self.close_frame.borrow_mut() = Some(reply);
+        self.close_frame.set(Some(PendingClose::Echo(code)));
         self.mark_dirty();
         wake(&self.session);
     }
@@ -460,7 +480,7 @@ impl Outbox {
     pub(super) fn finished(&self) -> bool {
         self.closing.get().is_some()
             && self.frames.borrow().is_empty()
-            && self.close_frame.borrow().is_none()
+            && self.close_frame.get().is_none()
     }
 
     /// Hands queued frames to `send` without blocking, gathered into as
@@ -476,9 +496,9 @@ impl Outbox {
             // Once no ack is awaited nothing more can be queued: the close
             // frame goes last, in the same write as the frames before it.
             if self.awaited_replies.get() == 0 {
-                if let Some(close) = self.close_frame.borrow_mut().take() {
+                if let Some(close) = self.close_frame.take() {
                     frames.push_back(Queued {
-                        bytes: close,
+                        bytes: close.encode(),
                         published_at: 0,
                     });
                 }
@@ -646,7 +666,7 @@ mod tests {
         assert_eq!(outbox.queued_bytes(), 4, "rest of the started frame stays");
         assert_eq!(outbox.start_front().unwrap(), Bytes::from_static(b"cdef"));
         assert_eq!(outbox.push(Bytes::from_static(b"x")), Pushed::Closed);
-        assert!(outbox.close_frame.borrow().is_some());
+        assert!(outbox.close_frame.get().is_some());
         assert_eq!(outbox.stats().frames_queued.get(), 2);
         assert_eq!(
             outbox.stats().frames_dropped.get(),

@@ -1,7 +1,8 @@
-//! One accepted TCP stream — plain, or TLS through futures-rustls — shared by
-//! a connection's session task, its shard's flush pass and, while the socket
-//! is full, a task waiting for it to take more. Each borrows the stream only
-//! inside a single poll or call, so the borrows never overlap; glommio keeps
+//! One accepted TCP stream — plain, or TLS through futures-rustls. The HTTP
+//! task owns it until the upgrade; then it lives in the connection's outbox,
+//! and the session task, the shard's flush pass and, while the socket is
+//! full, a task waiting for it to take more each borrow it only inside a
+//! single poll or call, so the borrows never overlap; glommio keeps
 //! separate read and write readiness for a stream, so readers and writers do
 //! not steal each other's wake-ups. The flush pass writes without waiting:
 //! plain streams with one gathered `sendmsg` ([`SharedStream::send_now`]),
@@ -13,7 +14,6 @@ use std::{
     io::{self, IoSlice, Write},
     os::fd::{AsRawFd, RawFd},
     pin::Pin,
-    rc::Rc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -41,10 +41,10 @@ impl Transport {
 trait AsyncReadWrite: AsyncRead + AsyncWrite + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Unpin> AsyncReadWrite for T {}
 
-/// A TCP stream shared by the tasks of one connection.
-#[derive(Clone)]
+/// A TCP stream shared by the tasks of one connection (by borrowing: it is
+/// not reference-counted).
 pub struct SharedStream {
-    inner: Rc<RefCell<Transport>>,
+    inner: RefCell<Transport>,
     fd: RawFd,
 }
 
@@ -52,7 +52,7 @@ impl SharedStream {
     pub fn new(stream: TcpStream) -> Self {
         let fd = stream.as_raw_fd();
         SharedStream {
-            inner: Rc::new(RefCell::new(Transport::Plain(stream))),
+            inner: RefCell::new(Transport::Plain(stream)),
             fd,
         }
     }
@@ -61,7 +61,7 @@ impl SharedStream {
     pub fn new_tls(stream: TlsStream<TcpStream>) -> Self {
         let fd = stream.get_ref().0.as_raw_fd();
         SharedStream {
-            inner: Rc::new(RefCell::new(Transport::Tls(Box::new(stream)))),
+            inner: RefCell::new(Transport::Tls(Box::new(stream))),
             fd,
         }
     }
@@ -116,7 +116,7 @@ impl SharedStream {
     /// Writes out whatever the TLS session holds, waiting for the socket
     /// (nothing to do for plain).
     pub async fn flush(&self) -> io::Result<()> {
-        futures_lite::future::poll_fn(|cx| self.inner.borrow_mut().pinned().poll_flush(cx)).await
+        futures_lite::future::poll_fn(|cx| self.poll_flush(cx)).await
     }
 
     /// Reads into `buf` if the socket has data (the session's read loop).
@@ -130,10 +130,20 @@ impl SharedStream {
             .await
     }
 
+    /// Writes some of `buf` if the socket has room (else registers for it).
+    pub fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.inner.borrow_mut().pinned().poll_write(cx, buf)
+    }
+
+    /// Writes out what the TLS session holds if the socket has room (else
+    /// registers for it).
+    pub fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner.borrow_mut().pinned().poll_flush(cx)
+    }
+
     /// Writes some of `buf`, waiting for the socket to have room.
     pub async fn write(&self, buf: &[u8]) -> io::Result<usize> {
-        futures_lite::future::poll_fn(|cx| self.inner.borrow_mut().pinned().poll_write(cx, buf))
-            .await
+        futures_lite::future::poll_fn(|cx| self.poll_write(cx, buf)).await
     }
 
     /// Writes all of `buf` (HTTP responses, before any WebSocket traffic).

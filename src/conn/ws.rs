@@ -18,7 +18,7 @@ use std::{
 use bytes::Bytes;
 use shardcast_wire::{DecodeError, Decoder, Event, Limits};
 
-use super::{http::Session, outbox::CloseReason, permit::Permit, stream::SharedStream, Conn};
+use super::{http::Session, outbox::CloseReason, permit::Permit, Conn};
 use crate::{
     channel::Access,
     clock, frame,
@@ -64,7 +64,6 @@ impl Drop for Registration {
 /// keeps it for as long as it lives).
 pub fn serve(
     shard: Rc<Shard>,
-    stream: SharedStream,
     leftover: Vec<u8>,
     session: Session,
     conn: Rc<Conn>,
@@ -85,7 +84,6 @@ pub fn serve(
     let mut reader = Reader {
         shard,
         conn,
-        stream,
         decoder: Decoder::new(limits),
         backlog: leftover,
         room,
@@ -98,7 +96,7 @@ pub fn serve(
         (&mut reader).await;
         // Boxed: teardown runs once; its states need not live in every
         // idle connection's future.
-        Box::pin(teardown(&reader.shard, &reader.conn, &reader.stream)).await;
+        Box::pin(teardown(&reader.shard, &reader.conn)).await;
         drop(reader);
         drop(registration);
     }
@@ -155,7 +153,6 @@ fn start(shard: &Shard, conn: &Rc<Conn>, session: Session) -> (Option<Bytes>, Op
 struct Reader {
     shard: Rc<Shard>,
     conn: Rc<Conn>,
-    stream: SharedStream,
     decoder: Decoder,
     /// Bytes read and not yet decoded: what came with the HTTP head, or the
     /// rest of a read left while waiting for room towards an owner. Empty
@@ -208,7 +205,11 @@ impl Future for Reader {
             }
             let shard = this.shard.clone();
             let mut buf = shard.read_scratch().borrow_mut();
-            let read = match this.stream.poll_read(cx, &mut buf) {
+            // The connection's socket lives in its outbox.
+            let Some(stream) = this.conn.outbox.stream() else {
+                return Poll::Ready(());
+            };
+            let read = match stream.poll_read(cx, &mut buf) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(read) => read,
             };
@@ -422,7 +423,7 @@ impl Handler<'_, '_> {
 /// and discarding what it still sends) when the server closed, so the close
 /// frame is not destroyed by a reset — also after an oversized or malformed
 /// frame whose rest is still unread.
-async fn teardown(shard: &Shard, conn: &Conn, stream: &SharedStream) {
+async fn teardown(shard: &Shard, conn: &Conn) {
     shard.unregister_subscriptions(conn);
     // A socket that took nothing for send-timeout will not take the rest.
     let stalled = conn.outbox.closing() == Some(CloseReason::SendTimeout);
@@ -434,6 +435,9 @@ async fn teardown(shard: &Shard, conn: &Conn, stream: &SharedStream) {
         .await
         .is_ok();
     conn.outbox.cancel_blocked();
+    let Some(stream) = conn.outbox.stream() else {
+        return;
+    };
     let server_closed = conn
         .outbox
         .closing()
@@ -670,7 +674,7 @@ mod tests {
             let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap();
             let _client = std::net::TcpStream::connect(addr).unwrap();
-            let stream = SharedStream::new(listener.accept().await.unwrap());
+            let stream = super::super::stream::SharedStream::new(listener.accept().await.unwrap());
             let config = Config::default();
             let (links, _) = PeerLinks::new(0, 1, crate::mesh::new_congestion(1), Rc::default());
             let shard = Rc::new(Shard::new(
@@ -682,10 +686,9 @@ mod tests {
                 1,
                 Arc::default(),
             ));
-            let conn = shard.register(stream.clone());
+            let conn = shard.register(stream);
             let session = serve(
                 shard,
-                stream,
                 Vec::new(),
                 Session::Json {
                     subscribe: Vec::new(),
