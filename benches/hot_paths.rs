@@ -10,8 +10,8 @@ use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use shardcast::{
     conn::{flush::Flusher, Conn},
-    mesh::{ConnRef, Payload},
     protocol::{self, PayloadKind},
+    publication::{ConnRef, Payload},
     shard::index::{Index, Mode},
     stats::Stats,
 };

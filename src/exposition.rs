@@ -9,7 +9,7 @@
 use std::fmt::{Display, Write};
 
 use crate::{
-    conn::outbox::CloseReason,
+    close::CloseReason,
     snapshot::{ServerStats, ShardSnapshot},
     stats::{LatencySummary, COUNTERS},
 };

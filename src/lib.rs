@@ -33,6 +33,7 @@
 
 pub mod channel;
 pub mod clock;
+pub mod close;
 pub mod config;
 pub mod conn;
 pub mod error;
@@ -43,6 +44,7 @@ pub mod heartbeat;
 pub mod mesh;
 pub mod process;
 pub mod protocol;
+pub mod publication;
 pub mod runtime;
 pub mod security;
 pub mod shard;

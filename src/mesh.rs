@@ -32,9 +32,7 @@ use glommio::channels::{
 };
 
 use crate::{
-    clock,
-    protocol::PayloadKind,
-    shard::owner::Position,
+    publication::{ConnRef, Payload, Position, Skip},
     snapshot::ShardSnapshot,
     stats::{bump, Stats},
     sync::WaitQueue,
@@ -49,53 +47,6 @@ pub const LANE_CAPACITY: usize = 1024;
 /// A publisher waits before queueing more for a peer when this many messages
 /// are already queued for it.
 const PEER_QUEUE_HIGH_WATER: usize = 8192;
-
-/// Identifies a connection on its shard: slab key plus a generation so a
-/// reused slot is not mistaken for the old connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnRef {
-    pub key: u32,
-    pub gen: u32,
-}
-
-/// A connection that must not receive a publication (a raw-room sender with
-/// `?echo=0`), named by shard and connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Skip {
-    pub shard: u16,
-    pub conn: ConnRef,
-}
-
-/// The bytes of one publication, what they are, and when it was published.
-/// A payload owns exactly its bytes, never a slice of a read buffer: history
-/// keeps payloads for `history-ttl`, and a slice would pin (and leave
-/// unaccounted) the whole buffer it was read into.
-#[derive(Debug, Clone)]
-pub struct Payload {
-    pub kind: PayloadKind,
-    pub bytes: Bytes,
-    /// When the server received it ([`clock::now_ns`]): deliveries are timed
-    /// from here.
-    pub published_at: u64,
-}
-
-impl Payload {
-    /// A publication received now, copied out of the buffer it was read
-    /// into (one allocation of exactly its length).
-    pub fn copy_of(kind: PayloadKind, bytes: &[u8]) -> Self {
-        Payload::new(kind, Bytes::copy_from_slice(bytes))
-    }
-
-    /// A publication received now, whose `bytes` the caller built for it
-    /// (they must not be a slice of a longer-lived buffer).
-    pub fn new(kind: PayloadKind, bytes: Bytes) -> Self {
-        Payload {
-            kind,
-            bytes,
-            published_at: clock::now_ns(),
-        }
-    }
-}
 
 /// Where the assigned `seq` of a publication must be reported.
 #[derive(Debug)]

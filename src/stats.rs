@@ -8,7 +8,7 @@ use std::cell::{Cell, RefCell};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::conn::outbox::CloseReason;
+use crate::close::CloseReason;
 
 /// Highest latency the histogram tells apart (one minute, in µs); longer ones
 /// are counted as this.

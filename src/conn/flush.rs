@@ -201,7 +201,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::{conn::outbox::CloseReason, frame, sync::on_test_executor};
+    use crate::{close::CloseReason, frame, sync::on_test_executor};
 
     /// A connected pair: the server's end as the flush pass writes it, and
     /// the client's, read with std.

@@ -24,16 +24,17 @@ use glommio::net::TcpStream;
 use self::{
     flush::Flusher,
     http::{Head, HttpError, Route},
-    outbox::{CloseReason, Outbox, Pushed},
+    outbox::{Outbox, Pushed},
     permit::Permit,
     stream::SharedStream,
 };
 use crate::{
     channel::Access,
+    close::CloseReason,
     exposition,
     heartbeat::Heartbeat,
-    mesh::{ConnRef, Payload},
     protocol::{self, PayloadKind},
+    publication::{ConnRef, Payload},
     security::{
         ip_cap::IpSlot,
         rate::{RateLimit, TokenBucket, Verdict},

@@ -18,12 +18,14 @@ use std::{
 use bytes::Bytes;
 use shardcast_wire::{DecodeError, Decoder, Event, Limits};
 
-use super::{http::Session, outbox::CloseReason, permit::Permit, Conn};
+use super::{http::Session, permit::Permit, Conn};
+use crate::close::CloseReason;
 use crate::{
     channel::Access,
     clock, frame,
-    mesh::{Payload, Reply, Skip},
+    mesh::Reply,
     protocol::{self, ClientOp, ErrorCode, OpError, PayloadKind, Since},
+    publication::{Payload, Skip},
     security::{
         rate::Verdict,
         token::{self, TokenError},

@@ -15,8 +15,8 @@ use slab::Slab;
 
 use crate::{
     conn::{outbox::Pushed, Conn},
-    mesh::{Payload, Skip},
     protocol,
+    publication::{Payload, Skip},
 };
 
 /// How a subscriber receives publications.

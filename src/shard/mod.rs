@@ -31,22 +31,18 @@ pub use run::{run_shard, ShardContext};
 use self::{
     budget::MemoryUse,
     index::{Index, InterestChange, Mode},
-    owner::{shards_in, HistoryLimits, Owner, Position},
+    owner::{shards_in, HistoryLimits, Owner},
 };
 use crate::{
     channel, clock,
+    close::CloseReason,
     config::Config,
-    conn::{
-        flush::Flusher,
-        outbox::{CloseReason, Pushed},
-        permit::Permit,
-        stream::SharedStream,
-        Conn,
-    },
+    conn::{flush::Flusher, outbox::Pushed, permit::Permit, stream::SharedStream, Conn},
     frame,
     heartbeat::{Action, HeartbeatTimes},
-    mesh::{ConnRef, MeshMsg, Payload, PeerLinks, Reply, Skip},
+    mesh::{MeshMsg, PeerLinks, Reply},
     protocol::{self, ErrorCode, OpError, Since},
+    publication::{ConnRef, Payload, Position, Skip},
     security::Security,
     snapshot::ShardSnapshot,
     stats::{bump, Stats},

@@ -11,10 +11,11 @@ use glommio::channels::local_channel;
 use super::Shard;
 use crate::{
     channel::STATS_CHANNEL,
-    conn::outbox::CloseReason,
-    mesh::{MeshMsg, Payload, Reply},
+    close::CloseReason,
+    mesh::{MeshMsg, Reply},
     process::{self, ProcessStats},
     protocol::PayloadKind,
+    publication::Payload,
     snapshot::{ServerStats, ShardSnapshot},
     stats::LatencySummary,
 };

@@ -11,7 +11,10 @@ use std::{
     collections::{BinaryHeap, HashMap, VecDeque},
 };
 
-use crate::{channel, mesh::Payload};
+use crate::{
+    channel,
+    publication::{Payload, Position},
+};
 
 /// Ordering, routing and history state of one owned channel.
 #[derive(Debug)]
@@ -56,21 +59,6 @@ fn weight(payload: &Payload) -> usize {
         + CHUNK_HEADER
         + SHARED_HANDLE
         + std::mem::size_of::<HistoryEntry>()
-}
-
-/// The answer to a subscription that asked for the channel's position and,
-/// with `since`, for what it missed.
-#[derive(Debug, Clone)]
-pub struct Position {
-    /// The channel's epoch: changes when the server restarts or the channel's
-    /// state was reclaimed.
-    pub epoch: String,
-    /// The channel's last `seq` when the subscription took effect.
-    pub seq: u64,
-    /// With `since`: whether every publication after it is in `missed`.
-    pub recovered: Option<bool>,
-    /// Publications after `since`, oldest first (empty unless recovered).
-    pub missed: Vec<(u64, Payload)>,
 }
 
 /// The channels this shard owns.

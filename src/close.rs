@@ -1,0 +1,112 @@
+//! Why a connection closes: one list of reasons that decides the close
+//! frame a client gets and the label its close is counted under. Plain data,
+//! shared by the connection layer, the shard's counters and the exposition.
+
+/// Why a connection is being closed; decides the close frame and is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed (close frame or end of stream).
+    Normal,
+    /// The outgoing queue went over `max-queue-bytes` (1008).
+    SlowConsumer,
+    /// No sign of life within the ping timeout (1001).
+    HeartbeatTimeout,
+    /// A message over `max-message-bytes` (1009).
+    TooLarge,
+    /// A text frame that is not UTF-8 (1007).
+    BadUtf8,
+    /// A WebSocket protocol violation (1002).
+    Protocol,
+    /// The server is shutting down (1001).
+    Shutdown,
+    /// Reading or writing the socket failed; no close frame can be sent.
+    SocketError,
+    /// Tokens are required and no `auth` came within the auth timeout (4001).
+    AuthTimeout,
+    /// The token was refused, or the client did something before `auth`
+    /// (4001).
+    Unauthorized,
+    /// The connection's token expired without a refresh (4001).
+    TokenExpired,
+    /// Publishing far over the rate limit, again and again (1008).
+    RateLimited,
+    /// A raw-room member published without the token's permission (1008).
+    Forbidden,
+    /// A message begun and not finished within `message-timeout` (1008).
+    MessageTimeout,
+    /// Queued bytes the socket did not take for `send-timeout`; no close
+    /// frame can get through.
+    SendTimeout,
+}
+
+impl CloseReason {
+    /// Every reason, in declaration order (`reason as usize` indexes it).
+    pub const ALL: [CloseReason; 15] = [
+        CloseReason::Normal,
+        CloseReason::SlowConsumer,
+        CloseReason::HeartbeatTimeout,
+        CloseReason::TooLarge,
+        CloseReason::BadUtf8,
+        CloseReason::Protocol,
+        CloseReason::Shutdown,
+        CloseReason::SocketError,
+        CloseReason::AuthTimeout,
+        CloseReason::Unauthorized,
+        CloseReason::TokenExpired,
+        CloseReason::RateLimited,
+        CloseReason::Forbidden,
+        CloseReason::MessageTimeout,
+        CloseReason::SendTimeout,
+    ];
+
+    /// The close code and reason sent to the client, if any.
+    pub fn close_frame(self) -> Option<(u16, &'static str)> {
+        match self {
+            CloseReason::Normal | CloseReason::SocketError | CloseReason::SendTimeout => None,
+            CloseReason::SlowConsumer => Some((1008, "slow consumer")),
+            CloseReason::HeartbeatTimeout => Some((1001, "ping timeout")),
+            CloseReason::TooLarge => Some((1009, "message too large")),
+            CloseReason::BadUtf8 => Some((1007, "invalid UTF-8")),
+            CloseReason::Protocol => Some((1002, "protocol error")),
+            CloseReason::Shutdown => Some((1001, "server shutting down")),
+            CloseReason::AuthTimeout => Some((4001, "authentication timed out")),
+            CloseReason::Unauthorized => Some((4001, "unauthorized")),
+            CloseReason::TokenExpired => Some((4001, "token expired")),
+            CloseReason::RateLimited => Some((1008, "publish rate limit exceeded")),
+            CloseReason::Forbidden => Some((1008, "not allowed to publish here")),
+            CloseReason::MessageTimeout => Some((1008, "message not finished in time")),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Normal => "normal",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::HeartbeatTimeout => "heartbeat_timeout",
+            CloseReason::TooLarge => "too_large",
+            CloseReason::BadUtf8 => "bad_utf8",
+            CloseReason::Protocol => "protocol_error",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::SocketError => "socket_error",
+            CloseReason::AuthTimeout => "auth_timeout",
+            CloseReason::Unauthorized => "unauthorized",
+            CloseReason::TokenExpired => "token_expired",
+            CloseReason::RateLimited => "rate_limited",
+            CloseReason::Forbidden => "forbidden",
+            CloseReason::MessageTimeout => "message_timeout",
+            CloseReason::SendTimeout => "send_timeout",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reasons_index_their_table() {
+        for (i, reason) in CloseReason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, i);
+        }
+    }
+}

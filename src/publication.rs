@@ -1,0 +1,71 @@
+//! What a publication is, as every layer passes it around: its payload,
+//! the connection it must skip, the channel position a subscriber is
+//! answered with, and how a connection is named on its shard. Plain data:
+//! the mesh, the owner, fan-out and the connections share these types
+//! without importing each other.
+
+use bytes::Bytes;
+
+use crate::{clock, protocol::PayloadKind};
+
+/// Identifies a connection on its shard: slab key plus a generation so a
+/// reused slot is not mistaken for the old connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnRef {
+    pub key: u32,
+    pub gen: u32,
+}
+
+/// A connection that must not receive a publication (a raw-room sender with
+/// `?echo=0`), named by shard and connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Skip {
+    pub shard: u16,
+    pub conn: ConnRef,
+}
+
+/// The bytes of one publication, what they are, and when it was published.
+/// A payload owns exactly its bytes, never a slice of a read buffer: history
+/// keeps payloads for `history-ttl`, and a slice would pin (and leave
+/// unaccounted) the whole buffer it was read into.
+#[derive(Debug, Clone)]
+pub struct Payload {
+    pub kind: PayloadKind,
+    pub bytes: Bytes,
+    /// When the server received it ([`clock::now_ns`]): deliveries are timed
+    /// from here.
+    pub published_at: u64,
+}
+
+impl Payload {
+    /// A publication received now, copied out of the buffer it was read
+    /// into (one allocation of exactly its length).
+    pub fn copy_of(kind: PayloadKind, bytes: &[u8]) -> Self {
+        Payload::new(kind, Bytes::copy_from_slice(bytes))
+    }
+
+    /// A publication received now, whose `bytes` the caller built for it
+    /// (they must not be a slice of a longer-lived buffer).
+    pub fn new(kind: PayloadKind, bytes: Bytes) -> Self {
+        Payload {
+            kind,
+            bytes,
+            published_at: clock::now_ns(),
+        }
+    }
+}
+
+/// The answer to a subscription that asked for the channel's position and,
+/// with `since`, for what it missed.
+#[derive(Debug, Clone)]
+pub struct Position {
+    /// The channel's epoch: changes when the server restarts or the channel's
+    /// state was reclaimed.
+    pub epoch: String,
+    /// The channel's last `seq` when the subscription took effect.
+    pub seq: u64,
+    /// With `since`: whether every publication after it is in `missed`.
+    pub recovered: Option<bool>,
+    /// Publications after `since`, oldest first (empty unless recovered).
+    pub missed: Vec<(u64, Payload)>,
+}
