@@ -9,11 +9,8 @@ use std::{rc::Rc, time::Duration};
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use shardcast::{
-    conn::{flush::Flusher, Conn},
+    internals::{Conn, ConnRef, Flusher, Index, Mode, Payload, Stats},
     protocol::{self, PayloadKind},
-    publication::{ConnRef, Payload},
-    shard::index::{Index, Mode},
-    stats::Stats,
 };
 
 const ENVELOPE: &str = r#"{"op":"pub","ch":"news","data":{"s":1,"i":0,"t":123456789,"p":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"},"id":42}"#;

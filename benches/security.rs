@@ -5,14 +5,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use shardcast::{
-    channel::Access,
-    security::{
-        rate::{RateLimit, TokenBucket},
-        ring_jwt,
-        token::{unix_now, Verifier},
-    },
-};
+use shardcast::internals::{ring_jwt, unix_now, Access, RateLimit, TokenBucket, Verifier};
 
 const SECRET: &str = "a-bench-secret-that-is-long-enough-for-hs256";
 

@@ -32,28 +32,47 @@
 //! specifies the wire protocol.
 
 pub mod channel;
-pub mod clock;
-pub mod close;
+pub(crate) mod clock;
+pub(crate) mod close;
 pub mod config;
-pub mod conn;
+pub(crate) mod conn;
 pub mod error;
-pub mod exposition;
+pub(crate) mod exposition;
 pub mod frame;
 pub mod fuzzing;
-pub mod heartbeat;
-pub mod mesh;
+pub(crate) mod heartbeat;
+pub(crate) mod mesh;
 pub mod process;
 pub mod protocol;
-pub mod publication;
+pub(crate) mod publication;
 pub mod runtime;
-pub mod security;
-pub mod shard;
+pub(crate) mod security;
+pub(crate) mod shard;
 pub mod shutdown;
-pub mod snapshot;
-pub mod stats;
-pub mod sync;
+pub(crate) mod snapshot;
+pub(crate) mod stats;
+pub(crate) mod sync;
 pub mod units;
 
 pub use config::Config;
+
+/// What the micro-benchmarks (`benches/`) measure of the server's inside:
+/// not an API, and not kept stable.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::{
+        channel::Access,
+        conn::{flush::Flusher, Conn},
+        publication::{ConnRef, Payload},
+        security::{
+            rate::{RateLimit, TokenBucket},
+            ring_jwt,
+            token::{unix_now, Verifier},
+        },
+        shard::index::{Index, Mode},
+        stats::Stats,
+    };
+}
+
 pub use runtime::Server;
 pub use shutdown::ShutdownHandle;

@@ -63,7 +63,6 @@ macro_rules! counters {
         pub const COUNTERS: &[Counter] = &[
             $( Counter {
                 metric: $metric,
-                json: stringify!($field),
                 help: &[$($doc),+],
                 read: |v| v.$field,
             }, )*
@@ -73,10 +72,9 @@ macro_rules! counters {
 
 /// One counter of the table (see [`COUNTERS`]).
 pub struct Counter {
-    /// Its Prometheus name.
+    /// Its Prometheus name (its name in `/api/stats` and `$stats`
+    /// snapshots is its field's in [`CounterValues`]).
     pub metric: &'static str,
-    /// Its name in `/api/stats` and `$stats` snapshots.
-    pub json: &'static str,
     /// Its doc comment, line by line.
     help: &'static [&'static str],
     pub read: fn(&CounterValues) -> u64,

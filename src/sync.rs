@@ -52,11 +52,13 @@ impl WaitQueue {
         self.armed.get() > 0
     }
 
+    #[cfg(test)]
     /// Waiters registered now.
     pub fn len(&self) -> usize {
         self.waiters.borrow().len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.waiters.borrow().is_empty()
     }

@@ -52,6 +52,7 @@ impl HttpCap {
         Some(HttpSlot { cap: self.clone() })
     }
 
+    #[cfg(test)]
     /// Connections counted now.
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Acquire)

@@ -101,6 +101,7 @@ impl IpCap {
         (before[0].min(before[1]) < self.limit).then_some(slot)
     }
 
+    #[cfg(test)]
     /// Connections counted for `ip` (an estimate: never below the truth).
     pub fn count(&self, ip: IpAddr) -> u32 {
         let key = client_key(ip);

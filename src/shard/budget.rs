@@ -42,6 +42,7 @@ impl MemoryUse {
     }
 }
 
+#[cfg(test)]
 /// The worst case one connection can make a shard hold, in bytes of
 /// process memory: its idle cost, a full queue and an unfinished message of
 /// the largest size (docs/design.md quotes it).

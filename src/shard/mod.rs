@@ -25,7 +25,6 @@ use bytes::Bytes;
 use glommio::{channels::local_channel::LocalSender, sync::Gate};
 use slab::Slab;
 
-pub use observe::STATS_INTERVAL;
 pub use run::{run_shard, ShardContext};
 
 use self::{
@@ -590,6 +589,7 @@ impl Shard {
         rx.recv().await
     }
 
+    #[cfg(test)]
     /// HTTP publishes waiting for their `seq`.
     pub fn pending_http_publishes(&self) -> usize {
         self.http_waiters.borrow().len()

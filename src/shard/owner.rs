@@ -218,6 +218,7 @@ impl Owner {
         (n, bytes)
     }
 
+    #[cfg(test)]
     /// Last assigned `seq` of `name` (0 if none).
     pub fn last_seq(&self, name: &str) -> u64 {
         self.channels.get(name).map_or(0, |c| c.last_seq)
