@@ -9,7 +9,7 @@ use std::{rc::Rc, time::Duration};
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use shardcast::{
-    internals::{Conn, ConnRef, Flusher, Index, Mode, Payload, Stats},
+    internals::{Codec, Conn, ConnRef, Flusher, Index, Payload, Stats},
     protocol::{self, PayloadKind},
 };
 
@@ -62,11 +62,18 @@ fn fan_out(c: &mut Criterion) {
                 let conns: Vec<Rc<Conn>> = (0..SUBSCRIBERS as u32)
                     .map(|key| {
                         let id = ConnRef { key, gen: 1 };
-                        Rc::new(Conn::new(id, 1 << 20, 0, flusher.clone(), None))
+                        Rc::new(Conn::new(
+                            id,
+                            Codec::Json,
+                            1 << 20,
+                            0,
+                            flusher.clone(),
+                            None,
+                        ))
                     })
                     .collect();
                 for conn in &conns {
-                    index.insert("news", conn, Mode::Json, None);
+                    index.insert("news", conn, None);
                 }
                 (index, conns, flusher)
             },

@@ -62,6 +62,7 @@ pub use config::Config;
 pub mod internals {
     pub use crate::{
         channel::Access,
+        conn::codec::Codec,
         conn::{flush::Flusher, Conn},
         publication::{ConnRef, Payload},
         security::{
@@ -69,7 +70,7 @@ pub mod internals {
             ring_jwt,
             token::{unix_now, Verifier},
         },
-        shard::index::{Index, Mode},
+        shard::index::Index,
         stats::Stats,
     };
 }

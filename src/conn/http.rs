@@ -3,6 +3,7 @@
 //! upgrades to WebSocket. Pure functions over byte buffers; the connection
 //! task does the I/O.
 
+use super::codec::Codec;
 use crate::{
     channel::{self, Access},
     protocol::{self, ErrorCode},
@@ -253,6 +254,16 @@ pub enum Session {
         echo: bool,
         since: Option<(u64, String)>,
     },
+}
+
+impl Session {
+    /// The codec the session speaks.
+    pub fn codec(&self) -> Codec {
+        match self {
+            Session::Json { .. } => Codec::Json,
+            Session::Room { .. } => Codec::Raw,
+        }
+    }
 }
 
 /// Where a request goes.

@@ -4,6 +4,7 @@
 //! bounded by `--handshake-timeout` and yields to shutdown. Also [`Conn`],
 //! the per-connection state the shard's index and fan-out refer to.
 
+pub mod codec;
 pub mod flush;
 pub mod http;
 pub mod outbox;
@@ -22,6 +23,7 @@ use futures_lite::FutureExt;
 use glommio::net::TcpStream;
 
 use self::{
+    codec::Codec,
     flush::Flusher,
     http::{Head, HttpError, Route},
     outbox::{Outbox, Pushed},
@@ -56,6 +58,8 @@ pub enum Side {
 /// A WebSocket connection as the shard sees it.
 pub struct Conn {
     pub id: ConnRef,
+    /// How every frame for this connection is written.
+    pub codec: Codec,
     /// Shared with the shard's flush pass.
     pub outbox: Rc<Outbox>,
     pub heartbeat: Heartbeat,
@@ -90,6 +94,7 @@ const EVERYTHING: &Permit = &Permit::Everything;
 impl Conn {
     pub fn new(
         id: ConnRef,
+        codec: Codec,
         max_queue_bytes: usize,
         now_ms: u64,
         flusher: Rc<Flusher>,
@@ -97,6 +102,7 @@ impl Conn {
     ) -> Self {
         Conn {
             id,
+            codec,
             outbox: Rc::new(Outbox::new(max_queue_bytes, flusher, stream)),
             heartbeat: Heartbeat::new(now_ms),
             message_started_ns: Cell::new(0),
@@ -364,7 +370,7 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
                 drop(http_slot.take());
                 // Bytes after the head already belong to the WebSocket stream.
                 let leftover = buf.split_off(head.len.min(buf.len()));
-                let conn = shard.register(stream);
+                let conn = shard.register(stream, session.codec());
                 let limit = shard.security.publish_limit;
                 conn.admit(permit, deadline_ms, limit, ip_slot.take(), shard.now_ms());
                 // The session is a task of its own, so this task's handshake

@@ -30,7 +30,7 @@ use crate::{
         rate::Verdict,
         token::{self, TokenError},
     },
-    shard::{index::Mode, Shard},
+    shard::Shard,
     stats::bump,
 };
 
@@ -119,7 +119,7 @@ fn start(shard: &Shard, conn: &Rc<Conn>, session: Session) -> (Option<Bytes>, Op
     let (room, echo) = match session {
         Session::Json { subscribe } => {
             for name in subscribe {
-                if let Err(error) = shard.subscribe(conn, &name, Mode::Json, None, None) {
+                if let Err(error) = shard.subscribe(conn, &name, None, None) {
                     conn.send(protocol::encode_err(&error));
                 }
             }
@@ -134,7 +134,7 @@ fn start(shard: &Shard, conn: &Rc<Conn>, session: Session) -> (Option<Bytes>, Op
                 seq,
                 epoch: epoch.into(),
             });
-            if let Err(error) = shard.subscribe(conn, &channel, Mode::Raw, None, since) {
+            if let Err(error) = shard.subscribe(conn, &channel, None, since) {
                 conn.send(protocol::encode_err(&error));
             }
             (Some(Bytes::from(channel.into_bytes())), echo)
@@ -479,7 +479,7 @@ fn handle_op(shard: &Shard, conn: &Rc<Conn>, text: &str) -> Option<usize> {
             Ok(())
         }
         ClientOp::Sub { ch, id, since } => permitted(shard, conn, Access::Subscribe, &ch, id)
-            .and_then(|()| shard.subscribe(conn, &ch, Mode::Json, id, since)),
+            .and_then(|()| shard.subscribe(conn, &ch, id, since)),
         ClientOp::Unsub { ch, id } => shard.unsubscribe(conn, &ch, id),
         ClientOp::Ping { id } => {
             conn.send(protocol::encode_pong(id));
@@ -688,7 +688,7 @@ mod tests {
                 1,
                 Arc::default(),
             ));
-            let conn = shard.register(stream);
+            let conn = shard.register(stream, crate::conn::codec::Codec::Json);
             let session = serve(
                 shard,
                 Vec::new(),

@@ -14,33 +14,13 @@ use bytes::Bytes;
 use slab::Slab;
 
 use crate::{
-    conn::{outbox::Pushed, Conn},
-    protocol,
+    conn::{codec::Codec, outbox::Pushed, Conn},
     publication::{Payload, Skip},
 };
 
-/// How a subscriber receives publications.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// The `msg` envelope of the JSON protocol.
-    Json,
-    /// The payload verbatim (raw room member).
-    Raw,
-}
-
-impl Mode {
-    /// The frame of publication `seq` of `name` in this form.
-    pub fn encode(self, name: &str, seq: u64, payload: &Payload) -> Bytes {
-        match self {
-            Mode::Json => protocol::encode_msg(name, seq, payload.kind, &payload.bytes),
-            Mode::Raw => protocol::encode_raw(payload.kind, &payload.bytes),
-        }
-    }
-}
-
+/// A subscriber receives publications in its connection's codec.
 struct Subscriber {
     conn: Rc<Conn>,
-    mode: Mode,
     /// While waiting for the owner's position: the token its answer names.
     pending: Option<u32>,
 }
@@ -83,7 +63,6 @@ impl Index {
         &mut self,
         name: &str,
         conn: &Rc<Conn>,
-        mode: Mode,
         pending: Option<u32>,
     ) -> (Rc<str>, u32, InterestChange) {
         let channel = match self.channels.get_mut(name) {
@@ -103,7 +82,6 @@ impl Index {
         };
         let slot = channel.subscribers.insert(Subscriber {
             conn: conn.clone(),
-            mode,
             pending,
         });
         (channel.name.clone(), slot as u32, change)
@@ -123,8 +101,8 @@ impl Index {
     }
 
     /// Makes the pending subscriber in `slot` of `name` live, if it is still
-    /// the one `token` names; returns how it receives publications.
-    pub fn go_live(&mut self, name: &str, slot: u32, token: u32) -> Option<Mode> {
+    /// the one `token` names; returns the codec it receives publications in.
+    pub fn go_live(&mut self, name: &str, slot: u32, token: u32) -> Option<Codec> {
         let subscriber = self
             .channels
             .get_mut(name)?
@@ -134,7 +112,7 @@ impl Index {
             return None;
         }
         subscriber.pending = None;
-        Some(subscriber.mode)
+        Some(subscriber.conn.codec)
     }
 
     /// Local subscribers of `name`.
@@ -147,8 +125,8 @@ impl Index {
     }
 
     /// Pushes publication `seq` of `name` to every local subscriber but
-    /// `skip` and pending ones. Each form (envelope, raw) is
-    /// encoded at most once. A subscriber whose queue overflows is closed as a
+    /// `skip` and pending ones. The publication is encoded at most once per
+    /// codec. A subscriber whose queue overflows is closed as a
     /// slow consumer; no one waits.
     pub fn fan_out(
         &mut self,
@@ -163,21 +141,14 @@ impl Index {
             return result;
         };
         let skip = skip.filter(|s| s.shard == shard).map(|s| s.conn);
-        let mut envelope: Option<Bytes> = None;
-        let mut raw: Option<Bytes> = None;
+        let mut encoded: [Option<Bytes>; Codec::ALL.len()] = Default::default();
         for (_, subscriber) in channel.subscribers.iter_mut() {
-            if skip == Some(subscriber.conn.id) {
+            if skip == Some(subscriber.conn.id) || subscriber.pending.is_some() {
                 continue;
             }
-            let mode = subscriber.mode;
-            let frame = match mode {
-                Mode::Json => &mut envelope,
-                Mode::Raw => &mut raw,
-            }
-            .get_or_insert_with(|| mode.encode(name, seq, payload));
-            if subscriber.pending.is_some() {
-                continue;
-            }
+            let codec = subscriber.conn.codec;
+            let frame = encoded[codec as usize]
+                .get_or_insert_with(|| codec.publication(name, seq, payload));
             match subscriber
                 .conn
                 .outbox

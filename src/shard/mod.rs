@@ -29,18 +29,20 @@ pub use run::{run_shard, ShardContext};
 
 use self::{
     budget::MemoryUse,
-    index::{Index, InterestChange, Mode},
+    index::{Index, InterestChange},
     owner::{shards_in, HistoryLimits, Owner},
 };
 use crate::{
     channel, clock,
     close::CloseReason,
     config::Config,
-    conn::{flush::Flusher, outbox::Pushed, permit::Permit, stream::SharedStream, Conn},
+    conn::{
+        codec::Codec, flush::Flusher, outbox::Pushed, permit::Permit, stream::SharedStream, Conn,
+    },
     frame,
     heartbeat::{Action, HeartbeatTimes},
     mesh::{MeshMsg, PeerLinks, Reply},
-    protocol::{self, ErrorCode, OpError, Since},
+    protocol::{ErrorCode, OpError, Since},
     publication::{ConnRef, Payload, Position, Skip},
     security::Security,
     snapshot::ShardSnapshot,
@@ -210,7 +212,7 @@ impl Shard {
 
     /// Registers a new WebSocket connection (its slot was reserved) on the
     /// stream its flush pass writes to.
-    pub fn register(&self, stream: SharedStream) -> Rc<Conn> {
+    pub fn register(&self, stream: SharedStream, codec: Codec) -> Rc<Conn> {
         let now = self.now_ms();
         let gen = self.next_gen.get().wrapping_add(1);
         self.next_gen.set(gen);
@@ -222,6 +224,7 @@ impl Shard {
         };
         let conn = Rc::new(Conn::new(
             id,
+            codec,
             self.config.max_queue_bytes,
             now,
             self.flusher.clone(),
@@ -284,7 +287,6 @@ impl Shard {
         &self,
         conn: &Rc<Conn>,
         name: &str,
-        mode: Mode,
         id: Option<&'a str>,
         since: Option<Since<'_>>,
     ) -> Result<(), OpError<'a>> {
@@ -317,7 +319,7 @@ impl Shard {
             ));
         }
         let token = (id.is_some() || since.is_some()).then(|| self.new_token());
-        let (interned, slot, change) = self.index.borrow_mut().insert(name, conn, mode, token);
+        let (interned, slot, change) = self.index.borrow_mut().insert(name, conn, token);
         conn.add_subscription(interned, slot);
         if change == InterestChange::Gained {
             self.interest_changed(name, true);
@@ -376,7 +378,7 @@ impl Shard {
         let mut recovered = position.recovered;
         // Nothing to replay for a subscription that did not go live.
         let replay = match live {
-            Some(mode) => replay_frames(name, mode, position, &conn),
+            Some(codec) => replay_frames(name, codec, position, &conn),
             None => Some(Vec::new()),
         };
         if replay.is_none() {
@@ -386,12 +388,10 @@ impl Shard {
             recovered = Some(false);
         }
         if let Some(id) = id {
-            conn.send(protocol::encode_sub_ack(
-                id,
-                position.seq,
-                &position.epoch,
-                recovered,
-            ));
+            conn.send(
+                conn.codec
+                    .sub_ack(id, position.seq, &position.epoch, recovered),
+            );
         }
         // Replays are not timed: their age is not delivery latency.
         for frame in replay.unwrap_or_default() {
@@ -421,7 +421,7 @@ impl Shard {
         };
         self.remove_subscriber(name, slot);
         if let Some(id) = id {
-            conn.send(protocol::encode_ack(id, None));
+            conn.send(conn.codec.ack(id, None));
         }
         Ok(())
     }
@@ -553,7 +553,7 @@ impl Shard {
                 let Some(target) = self.conn(conn) else {
                     return;
                 };
-                let ack = protocol::encode_ack(&id, Some(seq));
+                let ack = target.codec.ack(&id, Some(seq));
                 let pushed = match from_owner {
                     true => target.outbox.push_reply(ack),
                     false => target.outbox.push(ack),
@@ -756,7 +756,7 @@ impl Shard {
 
 /// The frames of what a resuming subscriber missed, if they fit in its
 /// queue beside what is already there and the ack; `None` if they do not.
-fn replay_frames(name: &str, mode: Mode, position: &Position, conn: &Conn) -> Option<Vec<Bytes>> {
+fn replay_frames(name: &str, codec: Codec, position: &Position, conn: &Conn) -> Option<Vec<Bytes>> {
     /// Room kept for the `sub` ack (its `id` and `epoch` are at most 64
     /// bytes each).
     const ACK_ROOM: usize = 256;
@@ -770,7 +770,7 @@ fn replay_frames(name: &str, mode: Mode, position: &Position, conn: &Conn) -> Op
     let frames: Vec<Bytes> = position
         .missed
         .iter()
-        .map(|(seq, payload)| mode.encode(name, *seq, payload))
+        .map(|(seq, payload)| codec.publication(name, *seq, payload))
         .collect();
     (frames.iter().map(Bytes::len).sum::<usize>() <= room).then_some(frames)
 }
