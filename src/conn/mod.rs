@@ -7,6 +7,7 @@
 pub mod codec;
 pub mod flush;
 pub mod http;
+pub mod machine;
 pub mod outbox;
 pub mod permit;
 pub mod stream;

@@ -1,11 +1,10 @@
-//! A WebSocket session after the 101: the connection is registered with its
-//! shard (whose flush pass writes its queue), subscribes what the URL asked for, then
-//! reads the client's bytes into the shard's scratch buffer, decodes them
-//! with the frame codec (`shardcast-wire`) and acts on what they say — JSON
-//! ops on `/ws`, verbatim publication in raw rooms, pings answered, the
-//! close handshake — until either side closes. Teardown (unsubscribe, free
-//! the slot) runs from a guard, so it happens even if the task is cancelled
-//! or panics.
+//! A WebSocket session after the 101, as a task of its own: it reads the
+//! client's bytes into the shard's scratch buffer and feeds them to the
+//! connection's protocol state machine (`machine.rs`), whose host it is on
+//! the shard (subscribe, publish, queue a frame, close), until either side
+//! closes. The connection was registered with the shard, whose flush pass
+//! writes its queue. Teardown (unsubscribe, free the slot) runs from a
+//! guard, so it happens however the task ends.
 
 use std::{
     future::Future,
@@ -16,19 +15,22 @@ use std::{
 };
 
 use bytes::Bytes;
-use shardcast_wire::{DecodeError, Decoder, Event, Limits};
 
-use super::{http::Session, permit::Permit, Conn};
-use crate::close::CloseReason;
+use super::{
+    http::Session,
+    machine::{Connection, Host, Receipt, Refusal, Stop},
+    permit::Permit,
+    Conn,
+};
 use crate::{
-    channel::Access,
-    clock, frame,
+    clock,
+    close::CloseReason,
     mesh::Reply,
-    protocol::{self, ClientOp, ErrorCode, OpError, PayloadKind, Since},
+    protocol::{OpError, Since},
     publication::{Payload, Skip},
     security::{
         rate::Verdict,
-        token::{self, TokenError},
+        token::{self, Verifier},
     },
     shard::Shard,
     stats::bump,
@@ -74,23 +76,17 @@ pub fn serve(
         shard: shard.clone(),
         conn: conn.clone(),
     };
-    let (room, skip, room_may_publish) = start(&shard, &conn, session);
+    let max_message = shard.config.max_message_bytes;
+    let machine = Connection::open(session, max_message, &mut OnShard::new(&shard, &conn));
     // Shutdown began during the upgrade, after it closed every connection.
     if shard.is_shutting_down() {
         conn.outbox.close(CloseReason::Shutdown);
     }
-    let limits = Limits {
-        max_message: shard.config.max_message_bytes,
-        rsv1: false,
-    };
     let mut reader = Reader {
         shard,
         conn,
-        decoder: Decoder::new(limits),
+        machine,
         backlog: leftover,
-        room,
-        skip,
-        room_may_publish,
         waiting: None,
         counted: 0,
     };
@@ -104,82 +100,144 @@ pub fn serve(
     }
 }
 
-/// Subscribes what the URL asked for. Returns the raw room's channel (if a
-/// room), who to leave out of this connection's own publications
-/// (`?echo=0`), and whether the connection may publish in its room.
-fn start(shard: &Shard, conn: &Rc<Conn>, session: Session) -> (Option<Bytes>, Option<Skip>, bool) {
-    // A room member's permissions cannot change (a raw room has no `auth`
-    // frame), so whether it may publish is decided once.
-    let room_may_publish = match &session {
-        Session::Room { channel, .. } => {
-            conn.permit().check(Access::Publish, channel, None).is_ok()
+/// The connection's host on its shard (see [`Host`]).
+struct OnShard<'a> {
+    shard: &'a Shard,
+    conn: &'a Rc<Conn>,
+}
+
+impl<'a> OnShard<'a> {
+    fn new(shard: &'a Shard, conn: &'a Rc<Conn>) -> Self {
+        OnShard { shard, conn }
+    }
+}
+
+impl Host for OnShard<'_> {
+    fn now_ms(&self) -> u64 {
+        self.shard.now_ms()
+    }
+
+    fn unix_now(&self) -> u64 {
+        token::unix_now()
+    }
+
+    fn verifier(&self) -> Option<&Verifier> {
+        self.shard.security.verifier.as_ref()
+    }
+
+    fn send(&mut self, frame: Bytes) {
+        self.conn.send(frame);
+    }
+
+    fn close(&mut self, reason: CloseReason) {
+        self.conn.outbox.close(reason);
+    }
+
+    fn close_in_reply(&mut self, code: Option<u16>) {
+        self.conn.outbox.close_in_reply(code);
+    }
+
+    fn is_closing(&self) -> bool {
+        self.conn.outbox.closing().is_some()
+    }
+
+    fn heard(&mut self) {
+        self.conn.heartbeat.seen(self.shard.now_ms());
+    }
+
+    fn refused(&mut self, refusal: Refusal) {
+        let stats = &self.shard.stats;
+        bump(
+            match refusal {
+                Refusal::Unauthorized => &stats.auth_failures,
+                Refusal::Forbidden => &stats.forbidden,
+                Refusal::RateLimited => &stats.rate_limited,
+            },
+            1,
+        );
+    }
+
+    fn is_shutting_down(&self) -> bool {
+        self.shard.is_shutting_down()
+    }
+
+    fn permit(&self) -> Permit {
+        self.conn.permit().clone()
+    }
+
+    fn set_permit(&mut self, permit: Permit, deadline_ms: u64) {
+        self.conn.set_permit(permit, deadline_ms);
+    }
+
+    fn take_publish_token(&mut self) -> Verdict {
+        let Some(limit) = self.shard.security.publish_limit else {
+            return Verdict::Allowed;
+        };
+        (self.conn)
+            .take_publish_token(limit, self.shard.now_ms())
+            .unwrap_or(Verdict::Allowed)
+    }
+
+    fn subscribe<'a>(
+        &mut self,
+        ch: &str,
+        id: Option<&'a str>,
+        since: Option<Since<'_>>,
+    ) -> Result<(), OpError<'a>> {
+        self.shard.subscribe(self.conn, ch, id, since)
+    }
+
+    fn unsubscribe<'a>(&mut self, ch: &str, id: Option<&'a str>) -> Result<(), OpError<'a>> {
+        self.shard.unsubscribe(self.conn, ch, id)
+    }
+
+    fn subscribed_channels(&self) -> Vec<Rc<str>> {
+        self.conn.subscribed_channels()
+    }
+
+    fn publish(
+        &mut self,
+        ch: Bytes,
+        payload: Payload,
+        skip: Option<Skip>,
+        ack_id: Option<&str>,
+    ) -> Option<usize> {
+        let reply = match ack_id {
+            Some(id) => Reply::Ack {
+                conn: self.conn.id,
+                id: id.into(),
+            },
+            None => Reply::None,
+        };
+        self.shard.publish(ch, payload, skip, reply)
+    }
+
+    fn as_skip(&self) -> Skip {
+        Skip {
+            shard: self.shard.id as u16,
+            conn: self.conn.id,
         }
-        Session::Json { .. } => true,
-    };
-    let (room, echo) = match session {
-        Session::Json { subscribe } => {
-            for name in subscribe {
-                if let Err(error) = shard.subscribe(conn, &name, None, None) {
-                    conn.send(protocol::encode_err(&error));
-                }
-            }
-            (None, true)
-        }
-        Session::Room {
-            channel,
-            echo,
-            since,
-        } => {
-            let since = since.map(|(seq, epoch)| Since {
-                seq,
-                epoch: epoch.into(),
-            });
-            if let Err(error) = shard.subscribe(conn, &channel, None, since) {
-                conn.send(protocol::encode_err(&error));
-            }
-            (Some(Bytes::from(channel.into_bytes())), echo)
-        }
-    };
-    let skip = (!echo).then_some(Skip {
-        shard: shard.id as u16,
-        conn: conn.id,
-    });
-    (room, skip, room_may_publish)
+    }
 }
 
 /// The read loop of a session, written as a future by hand so that an idle
 /// connection holds only these fields. It reads into the shard's scratch
-/// buffer and decodes in place with the frame codec; only what the decoder
-/// keeps (a frame or message split over reads) stays with the connection.
-/// Ends when the connection starts closing, from either side.
+/// buffer and the machine decodes in place; only what the decoder keeps (a
+/// frame or message split over reads) stays with the connection. Ends when
+/// the connection starts closing, from either side.
 struct Reader {
     shard: Rc<Shard>,
     conn: Rc<Conn>,
-    decoder: Decoder,
+    machine: Connection,
     /// Bytes read and not yet decoded: what came with the HTTP head, or the
     /// rest of a read left while waiting for room towards an owner. Empty
     /// (no allocation) otherwise.
     backlog: Vec<u8>,
-    /// The channel of a raw room; `None` for the JSON protocol.
-    room: Option<Bytes>,
-    skip: Option<Skip>,
-    /// Whether the token allows publishing to the raw room.
-    room_may_publish: bool,
     /// Backpressure: waiting for room in the queue to a channel's owner.
     waiting: Option<Pin<Box<dyn Future<Output = ()>>>>,
     /// What the decoder holds, as last added to the shard's count of
     /// unfinished-message bytes.
     counted: u64,
-}
-
-/// What decoding a batch of bytes led to.
-enum Decoded {
-    /// All of them handled.
-    Done,
-    /// A publication found the way to its owner congested: the rest waits.
-    Congested(usize),
-    /// The connection is closing.
-    Closed,
 }
 
 impl Future for Reader {
@@ -199,8 +257,8 @@ impl Future for Reader {
             }
             if !this.backlog.is_empty() {
                 let mut backlog = std::mem::take(&mut this.backlog);
-                let used = this.decode_all(&mut backlog);
-                if this.after_decode(used, &backlog).is_ready() {
+                let receipt = this.receive(&mut backlog);
+                if this.after_receive(receipt, &backlog).is_ready() {
                     return Poll::Ready(());
                 }
                 continue;
@@ -227,8 +285,8 @@ impl Future for Reader {
                 }
             };
             bump(&this.shard.stats.bytes_in, n as u64);
-            let used = this.decode_all(&mut buf[..n]);
-            if this.after_decode(used, &buf[..n]).is_ready() {
+            let receipt = this.receive(&mut buf[..n]);
+            if this.after_receive(receipt, &buf[..n]).is_ready() {
                 return Poll::Ready(());
             }
         }
@@ -240,66 +298,25 @@ impl Future for Reader {
 }
 
 impl Reader {
-    /// Decodes and handles `bytes` (unmasking them in place). Returns how
-    /// many were used and why it stopped.
-    fn decode_all(&mut self, bytes: &mut [u8]) -> (usize, Decoded) {
-        let was_in_progress = self.decoder.in_progress();
-        let mut completed = false;
-        let mut at = 0;
-        let handler = Handler {
-            shard: &self.shard,
-            conn: &self.conn,
-            room: &self.room,
-            skip: self.skip,
-            room_may_publish: self.room_may_publish,
-        };
-        let outcome = loop {
-            if at == bytes.len() {
-                break Decoded::Done;
-            }
-            let decoded = match self.decoder.decode(&mut bytes[at..]) {
-                Ok(decoded) => decoded,
-                Err(error) => {
-                    handler.conn.outbox.close(match error {
-                        DecodeError::TooLarge => CloseReason::TooLarge,
-                        DecodeError::InvalidUtf8 => CloseReason::BadUtf8,
-                        _ => CloseReason::Protocol,
-                    });
-                    break Decoded::Closed;
-                }
-            };
-            at += decoded.consumed;
-            let Some(event) = decoded.event else {
-                continue;
-            };
-            // A control frame between fragments does not end the message.
-            completed |= matches!(
-                event,
-                Event::Text(_) | Event::Binary(_) | Event::Compressed { .. }
-            );
-            handler.conn.heartbeat.seen(handler.shard.now_ms());
-            let congested = handler.handle(event);
-            if handler.conn.outbox.closing().is_some() {
-                break Decoded::Closed;
-            }
-            if let Some(peer) = congested {
-                break Decoded::Congested(peer);
-            }
-        };
-        self.follow_progress(was_in_progress, completed);
-        (at, outcome)
+    /// Hands `bytes` to the machine (which unmasks them in place), then
+    /// follows the message in progress.
+    fn receive(&mut self, bytes: &mut [u8]) -> Receipt {
+        let was_in_progress = self.machine.in_progress();
+        let receipt = (self.machine).receive(bytes, &mut OnShard::new(&self.shard, &self.conn));
+        self.follow_progress(was_in_progress, receipt.completed);
+        receipt
     }
 
     /// After a batch: keeps what was not used (while waiting), starts the
     /// wait. Ready when the connection is closing.
-    fn after_decode(&mut self, (used, outcome): (usize, Decoded), bytes: &[u8]) -> Poll<()> {
-        match outcome {
-            Decoded::Closed => Poll::Ready(()),
-            Decoded::Done => Poll::Pending,
-            Decoded::Congested(peer) => {
+    fn after_receive(&mut self, receipt: Receipt, bytes: &[u8]) -> Poll<()> {
+        match receipt.stop {
+            Stop::Closed => Poll::Ready(()),
+            Stop::Done => Poll::Pending,
+            Stop::Congested(peer) => {
                 // Read nothing more from this publisher until the queue to
                 // the channel's owner drains. Rare, so boxed.
-                self.backlog = bytes[used..].to_vec();
+                self.backlog = bytes[receipt.used..].to_vec();
                 let links = self.shard.links.clone();
                 self.waiting = Some(Box::pin(async move { links.wait_for_room(peer).await }));
                 Poll::Pending
@@ -312,12 +329,12 @@ impl Reader {
     /// holds for it.
     fn follow_progress(&mut self, was_in_progress: bool, completed: bool) {
         let started = &self.conn.message_started_ns;
-        if !self.decoder.in_progress() {
+        if !self.machine.in_progress() {
             started.set(0);
         } else if completed || !was_in_progress {
             started.set(clock::now_ns());
         }
-        self.recount(self.decoder.held_bytes() as u64);
+        self.recount(self.machine.held_bytes() as u64);
     }
 
     /// Sets what the shard's count of unfinished-message bytes holds for
@@ -328,95 +345,10 @@ impl Reader {
     }
 }
 
-/// What handling one event needs of the session: all of the reader but the
-/// decoder, which the event borrows.
-struct Handler<'s, 'a> {
-    shard: &'a Shard,
-    conn: &'a Rc<Conn>,
-    room: &'s Option<Bytes>,
-    skip: Option<Skip>,
-    room_may_publish: bool,
-}
-
 impl Drop for Reader {
     /// What the decoder held no longer counts against the shard.
     fn drop(&mut self) {
         self.recount(0);
-    }
-}
-
-impl Handler<'_, '_> {
-    /// Whether a raw-room member may publish this message: the token must
-    /// allow publishing to the room (else the connection closes: a raw room
-    /// has no way to say `err`), and the rate limit must have room (else the
-    /// message is dropped, and sustained abuse closes the connection).
-    fn may_publish_in_room(&self) -> bool {
-        let conn = self.conn;
-        if !self.room_may_publish {
-            bump(&self.shard.stats.forbidden, 1);
-            conn.outbox.close(CloseReason::Forbidden);
-            return false;
-        }
-        match rate_verdict(self.shard, conn) {
-            Verdict::Allowed => true,
-            Verdict::Refused => false,
-            Verdict::Abusive => {
-                conn.outbox.close(CloseReason::RateLimited);
-                false
-            }
-        }
-    }
-
-    /// Publishes a raw-room message, if the member may.
-    fn publish_in_room(&self, channel: &Bytes, kind: PayloadKind, bytes: &[u8]) -> Option<usize> {
-        if !self.may_publish_in_room() {
-            return None;
-        }
-        let payload = Payload::copy_of(kind, bytes);
-        self.shard
-            .publish(channel.clone(), payload, self.skip, Reply::None)
-    }
-
-    /// Acts on one thing the client said. Returns the congested owner shard
-    /// of a publication, if any (the reader then waits for it).
-    fn handle(&self, event: Event<'_>) -> Option<usize> {
-        let (shard, conn) = (self.shard, self.conn);
-        match event {
-            Event::Text(text) => match self.room {
-                Some(channel) => self.publish_in_room(channel, PayloadKind::Text, text.as_bytes()),
-                None => handle_op(shard, conn, text),
-            },
-            Event::Binary(bytes) => match self.room {
-                Some(channel) => self.publish_in_room(channel, PayloadKind::Binary, bytes),
-                None if matches!(*conn.permit(), Permit::AwaitingAuth) => {
-                    refuse_before_auth(shard, conn, None);
-                    None
-                }
-                None => {
-                    conn.send(protocol::encode_err(&OpError::new(
-                        ErrorCode::BadJson,
-                        "binary frames are not part of the JSON protocol; use a raw room (/ws/<channel>)",
-                        None,
-                    )));
-                    None
-                }
-            },
-            Event::Ping(payload) => {
-                conn.send(frame::encode(frame::OpCode::Pong, payload));
-                None
-            }
-            Event::Pong(_) => None,
-            Event::Close(close) => {
-                conn.outbox.close_in_reply(close.map(|(code, _)| code));
-                None
-            }
-            // No extension sets RSV1 yet (the decoder refuses it): never
-            // seen until compression is negotiated.
-            Event::Compressed { .. } => {
-                conn.outbox.close(CloseReason::Protocol);
-                None
-            }
-        }
     }
 }
 
@@ -450,214 +382,6 @@ async fn teardown(shard: &Shard, conn: &Conn) {
         stream.close_gracefully().await;
     } else {
         stream.finish().await;
-    }
-}
-
-/// Executes one JSON-protocol text frame. Returns the peer shard whose queue
-/// is congested after a publication (the reader then waits for it).
-fn handle_op(shard: &Shard, conn: &Rc<Conn>, text: &str) -> Option<usize> {
-    let awaiting_auth = matches!(*conn.permit(), Permit::AwaitingAuth);
-    let op = match protocol::parse_client_op(text) {
-        Ok(op) => op,
-        Err(error) if awaiting_auth => {
-            refuse_before_auth(shard, conn, error.id);
-            return None;
-        }
-        Err(error) => {
-            conn.send(protocol::encode_err(&error));
-            return None;
-        }
-    };
-    let mut congested = None;
-    if awaiting_auth && !matches!(op, ClientOp::Auth { .. }) {
-        refuse_before_auth(shard, conn, op_id(&op));
-        return None;
-    }
-    let result = match op {
-        ClientOp::Auth { token, id } => {
-            authenticate(shard, conn, &token, id);
-            Ok(())
-        }
-        ClientOp::Sub { ch, id, since } => permitted(shard, conn, Access::Subscribe, &ch, id)
-            .and_then(|()| shard.subscribe(conn, &ch, id, since)),
-        ClientOp::Unsub { ch, id } => shard.unsubscribe(conn, &ch, id),
-        ClientOp::Ping { id } => {
-            conn.send(protocol::encode_pong(id));
-            Ok(())
-        }
-        ClientOp::Pub { ch, data, id } => {
-            if shard.is_shutting_down() {
-                Err(OpError::new(
-                    ErrorCode::ShuttingDown,
-                    "server is shutting down",
-                    id,
-                ))
-            } else if let Err(refused) = permitted(shard, conn, Access::Publish, &ch, id) {
-                Err(refused)
-            } else if let Some(refused) = over_rate(shard, conn, id) {
-                Err(refused)
-            } else {
-                // Copies, not slices of the frame: what is published outlives
-                // the read (history keeps it for minutes), and a slice would
-                // pin the whole read buffer the frame came in.
-                let ch = Bytes::copy_from_slice(ch.as_bytes());
-                let payload = Payload::copy_of(PayloadKind::Json, data.as_bytes());
-                let reply = match id {
-                    Some(id) => Reply::Ack {
-                        conn: conn.id,
-                        id: id.into(),
-                    },
-                    None => Reply::None,
-                };
-                congested = shard.publish(ch, payload, None, reply);
-                Ok(())
-            }
-        }
-    };
-    if let Err(error) = result {
-        conn.send(protocol::encode_err(&error));
-    }
-    congested
-}
-
-/// Anything but a valid `auth` from a connection that must authenticate
-/// first: `err unauthorized`, then close 4001.
-fn refuse_before_auth(shard: &Shard, conn: &Conn, id: Option<&str>) {
-    refuse_auth(
-        shard,
-        conn,
-        "the first message must be {\"op\":\"auth\",\"token\":...}".into(),
-        id,
-        CloseReason::Unauthorized,
-    );
-}
-
-/// Counts an authentication failure, says why (`err unauthorized`) and
-/// closes the connection with `reason` (4001).
-fn refuse_auth(
-    shard: &Shard,
-    conn: &Conn,
-    msg: std::borrow::Cow<'static, str>,
-    id: Option<&str>,
-    reason: CloseReason,
-) {
-    bump(&shard.stats.auth_failures, 1);
-    conn.send(protocol::encode_err(&OpError::new(
-        ErrorCode::Unauthorized,
-        msg,
-        id,
-    )));
-    conn.outbox.close(reason);
-}
-
-/// The `id` of any operation.
-fn op_id<'a>(op: &ClientOp<'a>) -> Option<&'a str> {
-    match op {
-        ClientOp::Sub { id, .. }
-        | ClientOp::Unsub { id, .. }
-        | ClientOp::Pub { id, .. }
-        | ClientOp::Ping { id }
-        | ClientOp::Auth { id, .. } => *id,
-    }
-}
-
-/// Checks the connection's permit for `access` to `ch`, counting refusals.
-fn permitted<'a>(
-    shard: &Shard,
-    conn: &Conn,
-    access: Access,
-    ch: &str,
-    id: Option<&'a str>,
-) -> Result<(), OpError<'a>> {
-    let checked = conn.permit().check(access, ch, id);
-    if checked.is_err() {
-        bump(&shard.stats.forbidden, 1);
-    }
-    checked
-}
-
-/// What the publish rate limit says about one more publication (always
-/// allowed without a limit). Refusals are counted.
-fn rate_verdict(shard: &Shard, conn: &Conn) -> Verdict {
-    let Some(limit) = shard.security.publish_limit else {
-        return Verdict::Allowed;
-    };
-    let Some(verdict) = conn.take_publish_token(limit, shard.now_ms()) else {
-        return Verdict::Allowed;
-    };
-    if verdict != Verdict::Allowed {
-        bump(&shard.stats.rate_limited, 1);
-    }
-    verdict
-}
-
-/// `Some(err)` when a JSON publication is over the rate limit; sustained
-/// abuse also closes the connection with 1008.
-fn over_rate<'a>(shard: &Shard, conn: &Conn, id: Option<&'a str>) -> Option<OpError<'a>> {
-    let verdict = rate_verdict(shard, conn);
-    if verdict == Verdict::Abusive {
-        conn.outbox.close(CloseReason::RateLimited);
-    }
-    (verdict != Verdict::Allowed).then(|| {
-        OpError::new(
-            ErrorCode::RateLimited,
-            "over the publish rate limit; the publication was dropped",
-            id,
-        )
-    })
-}
-
-/// `{"op":"auth"}`: verifies the token and replaces the connection's permit
-/// (a refresh must be for the same user). Subscriptions the new token no
-/// longer allows end with an `err forbidden` each. A refused token ends the
-/// connection with 4001 after an `err unauthorized` that says why.
-fn authenticate(shard: &Shard, conn: &Conn, token_text: &str, id: Option<&str>) {
-    let verifier = match (&shard.security.verifier, &*conn.permit()) {
-        (Some(verifier), Permit::Token(_) | Permit::AwaitingAuth) => verifier,
-        // Anonymous mode or the admin listener: nothing to check.
-        _ => {
-            if let Some(id) = id {
-                conn.send(protocol::encode_ack(id, None));
-            }
-            return;
-        }
-    };
-    let refuse = |msg: String, reason| refuse_auth(shard, conn, msg.into(), id, reason);
-    let grant = match verifier.verify(token_text, token::unix_now()) {
-        Ok(grant) => grant,
-        Err(error) => {
-            let reason = match error {
-                TokenError::Expired => CloseReason::TokenExpired,
-                _ => CloseReason::Unauthorized,
-            };
-            return refuse(error.to_string(), reason);
-        }
-    };
-    if conn
-        .permit()
-        .user()
-        .is_some_and(|user| user != &*grant.user)
-    {
-        return refuse(
-            "a refreshed token must be for the same user (sub)".into(),
-            CloseReason::Unauthorized,
-        );
-    }
-    let deadline = token::deadline_ms(shard.now_ms(), grant.expires_at, token::unix_now());
-    let grant = Rc::new(grant);
-    conn.set_permit(Permit::Token(grant.clone()), deadline);
-    for ch in conn.subscribed_channels() {
-        if !grant.allows(Access::Subscribe, &ch) {
-            let _ = shard.unsubscribe(conn, &ch, None);
-            conn.send(protocol::encode_err(&OpError::new(
-                ErrorCode::Forbidden,
-                format!("subscription to {ch:?} ended: the refreshed token does not allow it"),
-                None,
-            )));
-        }
-    }
-    if let Some(id) = id {
-        conn.send(protocol::encode_ack(id, None));
     }
 }
 
