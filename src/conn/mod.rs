@@ -15,7 +15,11 @@ mod ws;
 
 use std::{
     cell::{Cell, RefCell},
+    future::Future,
+    panic::AssertUnwindSafe,
+    pin::Pin,
     rc::Rc,
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -379,7 +383,11 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
                 // Shutdown waits for it through the shard's connection count
                 // (see `Shard::gate`).
                 let session = ws::serve(shard.clone(), leftover, session, conn);
-                glommio::spawn_local(session).detach();
+                glommio::spawn_local(PanicsCounted {
+                    session,
+                    stats: shard.stats.clone(),
+                })
+                .detach();
                 return;
             }
             Err(error) => {
@@ -731,5 +739,33 @@ async fn publish(
             "unavailable",
             "the channel's owner shard did not answer",
         )),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A session task whose panic ends only its own connection: caught,
+    /// counted and logged; dropping the session then tears the connection
+    /// down (its guard), and the shard carries on.
+    struct PanicsCounted<F> {
+        #[pin]
+        session: F,
+        stats: Rc<Stats>,
+    }
+}
+
+impl<F: Future<Output = ()>> Future for PanicsCounted<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let session = this.session;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| session.poll(cx))) {
+            Ok(poll) => poll,
+            Err(_) => {
+                bump(&this.stats.connection_panics, 1);
+                tracing::error!("WebSocket session panicked; connection dropped");
+                Poll::Ready(())
+            }
+        }
     }
 }
