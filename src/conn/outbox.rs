@@ -184,10 +184,18 @@ impl Outbox {
     /// dirty.
     fn enqueue(self: &Rc<Self>, frame: Bytes, published_at: u64) -> Pushed {
         self.set_queued(self.queued_bytes.get() + frame.len());
-        self.frames.borrow_mut().push_back(Queued {
+        let mut frames = self.frames.borrow_mut();
+        // A quiet connection's queue holds one frame at a time (a ping, a
+        // publication now and then): room for one, not the four a first
+        // push would make. A busy one grows as usual.
+        if frames.capacity() == 0 {
+            frames.reserve_exact(1);
+        }
+        frames.push_back(Queued {
             bytes: frame,
             published_at,
         });
+        drop(frames);
         bump(&self.stats().frames_queued, 1);
         self.mark_dirty();
         Pushed::Queued
