@@ -6,12 +6,17 @@
 //! - [`runtime`]: binds the listeners, starts one pinned glommio executor per
 //!   shard, reports readiness and failures; [`shutdown`]: signals → shards.
 //! - [`shard`]: one shard's state and lifecycle — connections, subscription
-//!   index and fan-out ([`shard::index`]), channel ordering and interest
-//!   routing and history for the channels it owns ([`shard::owner`]).
-//! - [`mesh`]: typed cross-shard messages and the ordered per-peer links.
-//! - [`conn`]: one client connection — HTTP routes ([`conn::http`]), the
-//!   WebSocket session, the bounded outgoing queue and its writer
-//!   ([`conn::outbox`]).
+//!   index and fan-out (`shard::index`), channel ordering and interest
+//!   routing and history for the channels it owns (`shard::owner`), one
+//!   accepted socket's HTTP and upgrade (`shard::serve`), the WebSocket
+//!   session task (`shard::session`).
+//! - [`mesh`]: typed cross-shard messages and the ordered per-peer links;
+//!   [`publication`]: the publication types every layer shares; [`close`]:
+//!   why a connection closes.
+//! - [`conn`]: one client connection's own parts, which know nothing of the
+//!   shard — HTTP parsing (`conn::http`), the session's protocol as a state
+//!   machine without I/O (`conn::machine`), its codec, the bounded queue
+//!   (`conn::outbox`) and the shard's flush pass (`conn::flush`).
 //! - [`protocol`]: the JSON envelope, parsed and encoded without I/O;
 //!   [`frame`]: server WebSocket frames, encoded once and shared (headers
 //!   by the frame codec, the `shardcast-wire` crate in `wire/`);

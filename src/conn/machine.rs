@@ -5,7 +5,7 @@
 //! authenticated, refreshed; expiry is the sweep's), the publish rate limit,
 //! pings, the close handshake. Whatever it needs of the world goes through
 //! [`Host`]: queue a frame, close, subscribe, publish, the permit and the
-//! clocks. The session task (`ws.rs`) is the host on a shard and does the
+//! clocks. The session task (`shard/session.rs`) is the host on a shard and does the
 //! reading; the tests here are a host of their own, without sockets or an
 //! executor (quinn-proto's `Connection` and mini-redis's parse/apply split
 //! are the models).

@@ -211,7 +211,7 @@ impl Outbox {
     }
 
     /// The socket the flush pass writes to.
-    pub(super) fn stream(&self) -> Option<&SharedStream> {
+    pub fn stream(&self) -> Option<&SharedStream> {
         self.stream.as_ref()
     }
 

@@ -10,6 +10,8 @@ pub mod index;
 mod observe;
 pub mod owner;
 mod run;
+mod serve;
+mod session;
 
 use std::{
     cell::{Cell, RefCell},
@@ -26,6 +28,7 @@ use glommio::{channels::local_channel::LocalSender, sync::Gate};
 use slab::Slab;
 
 pub use run::{run_shard, ShardContext};
+pub use serve::serve;
 
 use self::{
     budget::MemoryUse,

@@ -182,7 +182,7 @@ async fn accept_until_stopped(shard: Rc<Shard>, listener: TcpListener, side: Sid
                 let shard_for_task = shard.clone();
                 let task = gate.spawn(async move {
                     let served =
-                        AssertUnwindSafe(crate::conn::serve(shard_for_task.clone(), stream, side))
+                        AssertUnwindSafe(super::serve(shard_for_task.clone(), stream, side))
                             .catch_unwind()
                             .await;
                     if served.is_err() {

@@ -1,6 +1,6 @@
 //! A WebSocket session after the 101, as a task of its own: it reads the
 //! client's bytes into the shard's scratch buffer and feeds them to the
-//! connection's protocol state machine (`machine.rs`), whose host it is on
+//! connection's protocol state machine (`conn/machine.rs`), whose host it is on
 //! the shard (subscribe, publish, queue a frame, close), until either side
 //! closes. The connection was registered with the shard, whose flush pass
 //! writes its queue. Teardown (unsubscribe, free the slot) runs from a
@@ -16,15 +16,16 @@ use std::{
 
 use bytes::Bytes;
 
-use super::{
-    http::Session,
-    machine::{Connection, Host, Receipt, Refusal, Stop},
-    permit::Permit,
-    Conn,
-};
+use super::Shard;
 use crate::{
     clock,
     close::CloseReason,
+    conn::{
+        http::Session,
+        machine::{Connection, Host, Receipt, Refusal, Stop},
+        permit::Permit,
+        Conn,
+    },
     mesh::Reply,
     protocol::{OpError, Since},
     publication::{Payload, Skip},
@@ -32,7 +33,6 @@ use crate::{
         rate::Verdict,
         token::{self, Verifier},
     },
-    shard::Shard,
     stats::bump,
 };
 
@@ -400,7 +400,7 @@ mod tests {
             let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap();
             let _client = std::net::TcpStream::connect(addr).unwrap();
-            let stream = super::super::stream::SharedStream::new(listener.accept().await.unwrap());
+            let stream = crate::conn::stream::SharedStream::new(listener.accept().await.unwrap());
             let config = Config::default();
             let (links, _) = PeerLinks::new(0, 1, crate::mesh::new_congestion(1), Rc::default());
             let shard = Rc::new(Shard::new(

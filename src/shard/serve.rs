@@ -1,0 +1,560 @@
+//! One accepted socket, from its first byte to its close: read HTTP request
+//! heads (keep-alive), answer plain HTTP routes, and hand upgraded
+//! connections to their WebSocket session (`session.rs`), a task of its
+//! own. Every HTTP read and write is bounded by `--handshake-timeout` and
+//! yields to shutdown.
+
+use std::{
+    future::Future,
+    panic::AssertUnwindSafe,
+    pin::Pin,
+    rc::Rc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures_lite::FutureExt;
+use glommio::net::TcpStream;
+
+use super::{session, Shard};
+use crate::{
+    channel::Access,
+    conn::{
+        http::{self, Head, HttpError, Route},
+        permit::Permit,
+        stream::SharedStream,
+        Side,
+    },
+    exposition,
+    protocol::{self, PayloadKind},
+    publication::Payload,
+    security::token,
+    stats::{bump, Stats},
+};
+
+/// The live dashboard (`GET /`): one self-contained page, fed by `$stats`.
+const DASHBOARD: &str = include_str!("../dashboard.html");
+
+/// Serves one accepted socket until it closes.
+pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
+    let tls = shard.security.tls.as_ref().filter(|_| side == Side::Public);
+    let mut ip_slot = None;
+    if let (Side::Public, Some(cap)) = (side, &shard.security.ip_cap) {
+        match tcp
+            .peer_addr()
+            .ok()
+            .and_then(|peer| cap.try_acquire(peer.ip()))
+        {
+            Some(slot) => ip_slot = Some(slot),
+            None => {
+                bump(&shard.stats.ip_cap_refusals, 1);
+                let error = HttpError::new(
+                    429,
+                    "too_many_connections",
+                    format!("at most {} connections per client address", cap.limit()),
+                );
+                refuse_accepted(&shard, tcp, tls.is_some(), &error).await;
+                return;
+            }
+        }
+    }
+    // Counted until the connection is upgraded (the session then counts
+    // under max-connections) or ends. The admin listener is not counted, so
+    // a flood of the public one cannot lock monitoring out.
+    let mut http_slot = None;
+    if let (Side::Public, Some(cap)) = (side, &shard.security.http_cap) {
+        match cap.try_acquire() {
+            Some(slot) => http_slot = Some(slot),
+            None => {
+                bump(&shard.stats.http_cap_refusals, 1);
+                let error = HttpError::new(
+                    503,
+                    "too_many_connections",
+                    format!("server is at max-http-connections ({})", cap.limit()),
+                );
+                refuse_accepted(&shard, tcp, tls.is_some(), &error).await;
+                return;
+            }
+        }
+    }
+    let stream = match tls {
+        Some(acceptor) => {
+            let limit = shard.config.handshake_timeout;
+            let handshake = glommio::timer::timeout(limit, async {
+                let accepted = async { Some(acceptor.accept(tcp).await) };
+                let stopped = async {
+                    shard.stopped().await;
+                    None
+                };
+                Ok(accepted.or(stopped).await)
+            })
+            .await;
+            match handshake {
+                Ok(Some(Ok(stream))) => SharedStream::new_tls(stream),
+                _ => {
+                    bump(&shard.stats.handshake_failures, 1);
+                    return;
+                }
+            }
+        }
+        None => SharedStream::new(tcp),
+    };
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        let head = match read_head(&shard, &stream, &mut buf).await {
+            Ok(Some(head)) => head,
+            Ok(None) => return,
+            Err(error) => {
+                bump(&shard.stats.handshake_failures, 1);
+                respond_and_close(&shard, &stream, &http::error_response(&error, false)).await;
+                return;
+            }
+        };
+        bump(&shard.stats.http_requests, 1);
+        let keep_alive = head.keep_alive && !shard.is_shutting_down();
+        let route = http::route(&head, shard.config.max_subscriptions)
+            .and_then(|route| admit_route(&shard, side, &head, route));
+        let reply = match route {
+            Ok(Route::Health) => http::response(200, "text/plain", b"ok\n", keep_alive),
+            Ok(Route::Dashboard) => http::response(
+                200,
+                "text/html; charset=utf-8",
+                DASHBOARD.as_bytes(),
+                keep_alive,
+            ),
+            Ok(Route::Metrics) => {
+                let text = exposition::render(&shard.gather().await);
+                http::response(200, exposition::CONTENT_TYPE, text.as_bytes(), keep_alive)
+            }
+            Ok(Route::Stats) => {
+                let stats = shard.gather().await;
+                let json = serde_json::to_vec(&stats).unwrap_or_default();
+                http::response(200, "application/json", &json, keep_alive)
+            }
+            Ok(Route::Publish) => match publish(&shard, &stream, &head, &mut buf).await {
+                Ok(seq) => {
+                    let body = format!("{{\"seq\":{seq}}}");
+                    http::response(200, "application/json", body.as_bytes(), keep_alive)
+                }
+                Err(error) => {
+                    let reusable = error.status != 413 && body_buffered(&head, &buf);
+                    http::error_response(&error, keep_alive && reusable)
+                }
+            },
+            Ok(Route::WebSocket(session)) => {
+                let admitted = upgrade_permit(&shard, side, &head, &session)
+                    .and_then(|permit| admit(&shard).map(|()| permit));
+                let (permit, deadline_ms) = match admitted {
+                    Ok(admitted) => admitted,
+                    Err(error) => {
+                        if error.status == 401 {
+                            bump(&shard.stats.auth_failures, 1);
+                        }
+                        respond_and_close(&shard, &stream, &http::error_response(&error, false))
+                            .await;
+                        return;
+                    }
+                };
+                let key = head.ws_key.as_deref().unwrap_or_default();
+                if !write_response(&shard, &stream, &http::switching_protocols(key)).await {
+                    shard.release_connection();
+                    return;
+                }
+                drop(http_slot.take());
+                // Bytes after the head already belong to the WebSocket stream.
+                let leftover = buf.split_off(head.len.min(buf.len()));
+                let conn = shard.register(stream, session.codec());
+                let limit = shard.security.publish_limit;
+                conn.admit(permit, deadline_ms, limit, ip_slot.take(), shard.now_ms());
+                // The session is a task of its own, so this task's handshake
+                // state is freed instead of living as long as the connection.
+                // Shutdown waits for it through the shard's connection count
+                // (see `Shard::gate`).
+                let session = session::serve(shard.clone(), leftover, session, conn);
+                glommio::spawn_local(PanicsCounted {
+                    session,
+                    stats: shard.stats.clone(),
+                })
+                .detach();
+                return;
+            }
+            Err(error) => {
+                bump(&shard.stats.handshake_failures, 1);
+                if error.status == 401 {
+                    bump(&shard.stats.auth_failures, 1);
+                }
+                // A body left unread would be parsed as the next request.
+                http::error_response(&error, keep_alive && body_buffered(&head, &buf))
+            }
+        };
+        let keep_alive = keep_alive && reply_keeps_alive(&reply) && body_buffered(&head, &buf);
+        if !keep_alive {
+            respond_and_close(&shard, &stream, &reply).await;
+            return;
+        }
+        if !write_response(&shard, &stream, &reply).await {
+            return;
+        }
+        let consumed = (head.len + head.content_length.unwrap_or(0)).min(buf.len());
+        buf.drain(..consumed);
+    }
+}
+
+/// Whether `route` is served on this side, and with the API key it needs.
+fn admit_route(shard: &Shard, side: Side, head: &Head, route: Route) -> Result<Route, HttpError> {
+    let separate_admin = shard.config.admin_listen.is_some();
+    let served = match side {
+        Side::Public => !(separate_admin && route.is_admin()),
+        Side::Admin => {
+            route.is_admin()
+                || matches!(
+                    route,
+                    Route::Health | Route::WebSocket(http::Session::Json { .. })
+                )
+        }
+    };
+    if !served {
+        return Err(HttpError::new(
+            404,
+            "not_found",
+            format!("no route for {} on this address", head.path),
+        ));
+    }
+    if route.needs_api_key() {
+        if let Some(key) = &shard.security.api_key {
+            if !key.accepts(head.presented_api_key()) {
+                return Err(HttpError::new(
+                    401,
+                    protocol::ErrorCode::Unauthorized.as_str(),
+                    "missing or wrong API key (X-API-Key or Authorization: Bearer)",
+                ));
+            }
+        }
+    }
+    Ok(route)
+}
+
+/// What an upgrade may do: checks the origin, then the token (if tokens are
+/// required) and the channels the URL names. Returns the permit and the
+/// deadline by which the connection must (re)authenticate. The admin
+/// listener needs no origin or token (its dashboard page is served from its
+/// own origin) and may only subscribe.
+fn upgrade_permit(
+    shard: &Shard,
+    side: Side,
+    head: &Head,
+    session: &http::Session,
+) -> Result<(Permit, u64), HttpError> {
+    let security = &shard.security;
+    if side == Side::Admin {
+        return Ok((Permit::ReadOnly, u64::MAX));
+    }
+    if !security.origins.allows(head.origin.as_deref()) {
+        return Err(HttpError::new(
+            403,
+            "origin_not_allowed",
+            "this Origin may not connect (allowed-origins)",
+        ));
+    }
+    let Some(verifier) = &security.verifier else {
+        return Ok((Permit::Everything, u64::MAX));
+    };
+    let now = shard.now_ms();
+    let unauthorized =
+        |msg: String| HttpError::new(401, protocol::ErrorCode::Unauthorized.as_str(), msg);
+    let Some(token) = head.token() else {
+        return match session {
+            http::Session::Json { subscribe } if subscribe.is_empty() => Ok((
+                Permit::AwaitingAuth,
+                now.saturating_add(security.auth_timeout.as_millis() as u64),
+            )),
+            _ => Err(unauthorized(
+                "a token is required: ?token=, Authorization: Bearer, or connect to /ws \
+                 and send {\"op\":\"auth\",\"token\":...}"
+                    .into(),
+            )),
+        };
+    };
+    let grant = verifier
+        .verify(&token, token::unix_now())
+        .map_err(|e| unauthorized(e.to_string()))?;
+    let named: Vec<&str> = match session {
+        http::Session::Json { subscribe } => subscribe.iter().map(String::as_str).collect(),
+        http::Session::Room { channel, .. } => vec![channel.as_str()],
+    };
+    if let Some(refused) = named.iter().find(|ch| !grant.allows(Access::Subscribe, ch)) {
+        return Err(HttpError::new(
+            403,
+            protocol::ErrorCode::Forbidden.as_str(),
+            format!("the token does not allow subscribing to {refused:?}"),
+        ));
+    }
+    let deadline = token::deadline_ms(now, grant.expires_at, token::unix_now());
+    Ok((Permit::Token(Rc::new(grant)), deadline))
+}
+
+/// Whether the whole request body (if any) is in `buf`, so the next request
+/// starts right after it. A chunked body is never read.
+fn body_buffered(head: &Head, buf: &[u8]) -> bool {
+    !head.chunked && buf.len() >= head.len + head.content_length.unwrap_or(0)
+}
+
+/// Whether a response we built says `Connection: keep-alive`.
+fn reply_keeps_alive(reply: &[u8]) -> bool {
+    reply
+        .windows(22)
+        .take(256)
+        .any(|w| w == b"Connection: keep-alive")
+}
+
+/// Sends a last response and closes gracefully (see
+/// [`SharedStream::close_gracefully`]); just closes if the client does not
+/// take the response (see [`write_response`]).
+async fn respond_and_close(shard: &Shard, stream: &SharedStream, response: &[u8]) {
+    if write_response(shard, stream, response).await {
+        stream.close_gracefully().await;
+    }
+}
+
+/// Writes an HTTP response; `false` if the socket failed, the client did
+/// not take it within `--handshake-timeout` (it pipelines and does not
+/// read), or shutdown began while it waited for the client to read. What
+/// the socket takes at once is written even during shutdown.
+async fn write_response(shard: &Shard, stream: &SharedStream, response: &[u8]) -> bool {
+    let write = async { stream.write_all(response).await.is_ok() };
+    let stopped = async {
+        shard.stopped().await;
+        false
+    };
+    let limit = shard.config.handshake_timeout;
+    match glommio::timer::timeout(limit, async { Ok(write.or(stopped).await) }).await {
+        Ok(written) => written,
+        Err(_) => {
+            bump(&shard.stats.handshake_failures, 1);
+            false
+        }
+    }
+}
+
+/// Refuses an accepted socket before anything is read from it: a JSON
+/// answer and a close, or over TLS just a close (a plain answer would be
+/// noise, and a handshake is not worth spending on it).
+async fn refuse_accepted(shard: &Shard, tcp: TcpStream, tls: bool, error: &HttpError) {
+    if !tls {
+        let stream = SharedStream::new(tcp);
+        respond_and_close(shard, &stream, &http::error_response(error, false)).await;
+    }
+}
+
+/// Reserves a connection slot for an upgrade, or says why not (503).
+fn admit(shard: &Shard) -> Result<(), HttpError> {
+    if shard.is_shutting_down() {
+        return Err(HttpError::new(
+            503,
+            "shutting_down",
+            "server is shutting down",
+        ));
+    }
+    if shard.refuses_for_memory() {
+        return Err(HttpError::new(
+            503,
+            protocol::ErrorCode::OverCapacity.as_str(),
+            "the server is over its memory budget (max-memory); try again later",
+        ));
+    }
+    if !shard.try_reserve_connection() {
+        bump(&shard.stats.http_503, 1);
+        return Err(HttpError::new(
+            503,
+            "too_many_connections",
+            format!(
+                "server is at max-connections ({})",
+                shard.config.max_connections
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads until `buf` holds a complete request head, within the handshake
+/// timeout. `Ok(None)`: the client closed, or shutdown began, between
+/// requests.
+async fn read_head(
+    shard: &Shard,
+    stream: &SharedStream,
+    buf: &mut Vec<u8>,
+) -> Result<Option<Head>, HttpError> {
+    let read = async {
+        loop {
+            if let Some(head) = http::parse_head(buf)? {
+                return Ok(Some(head));
+            }
+            if read_more(&shard.stats, stream, buf).await? == 0 {
+                return Ok(None);
+            }
+        }
+    };
+    let stopped = async {
+        shard.stopped().await;
+        Ok(None)
+    };
+    let limit = shard.config.handshake_timeout;
+    match glommio::timer::timeout(limit, async { Ok(read.or(stopped).await) }).await {
+        Ok(result) => result,
+        Err(_) => Err(HttpError::new(
+            408,
+            "timeout",
+            "request head not received in time",
+        )),
+    }
+}
+
+/// Appends what the socket has to `buf`; 0 at end of stream. Cancel-safe:
+/// dropped while it waits (a timeout, shutdown), it leaves `buf` as it was.
+async fn read_more(
+    stats: &Stats,
+    stream: &SharedStream,
+    buf: &mut Vec<u8>,
+) -> Result<usize, HttpError> {
+    const CHUNK: usize = 2048;
+    let start = buf.len();
+    buf.resize(start + CHUNK, 0);
+    let mut filled = Filled { buf, len: start };
+    let read = stream.read(&mut filled.buf[start..]).await;
+    let n = read.as_ref().copied().unwrap_or(0);
+    filled.len = start + n;
+    drop(filled);
+    bump(&stats.bytes_in, n as u64);
+    read.map_err(|e| HttpError::new(400, "bad_request", format!("read failed: {e}")))
+}
+
+/// Cuts a buffer grown for a read back to the bytes the read filled
+/// (`len`), however the read ends, so the padding is never taken for data.
+struct Filled<'a> {
+    buf: &'a mut Vec<u8>,
+    len: usize,
+}
+
+impl Drop for Filled<'_> {
+    fn drop(&mut self) {
+        self.buf.truncate(self.len);
+    }
+}
+
+/// `POST /api/publish`: reads the body, publishes, returns the `seq`.
+async fn publish(
+    shard: &Shard,
+    stream: &SharedStream,
+    head: &Head,
+    buf: &mut Vec<u8>,
+) -> Result<u64, HttpError> {
+    if head.chunked {
+        return Err(HttpError::new(
+            411,
+            "bad_request",
+            "send a Content-Length, not chunked encoding",
+        ));
+    }
+    let length = head
+        .content_length
+        .ok_or_else(|| HttpError::new(411, "bad_request", "Content-Length required"))?;
+    if length > shard.config.max_message_bytes {
+        return Err(HttpError::new(
+            413,
+            protocol::ErrorCode::TooLarge.as_str(),
+            format!(
+                "body is over max-message-bytes ({})",
+                shard.config.max_message_bytes
+            ),
+        ));
+    }
+    let end = head.len + length;
+    let limit = shard.config.handshake_timeout;
+    let body_read = glommio::timer::timeout(limit, async {
+        let read = async {
+            while buf.len() < end {
+                if read_more(&shard.stats, stream, buf).await.unwrap_or(0) == 0 {
+                    return false;
+                }
+            }
+            true
+        };
+        let stopped = async {
+            shard.stopped().await;
+            false
+        };
+        Ok(read.or(stopped).await)
+    })
+    .await;
+    if !matches!(body_read, Ok(true)) {
+        // The body is not all in `buf`: the reply closes the connection.
+        if shard.is_shutting_down() {
+            return Err(HttpError::new(
+                503,
+                "shutting_down",
+                "server is shutting down",
+            ));
+        }
+        return Err(HttpError::new(400, "bad_request", "body not received"));
+    }
+    let body = std::str::from_utf8(&buf[head.len..end]).map_err(|_| {
+        HttpError::new(
+            400,
+            protocol::ErrorCode::BadJson.as_str(),
+            "body is not UTF-8",
+        )
+    })?;
+    let request = protocol::parse_http_publish(body)
+        .map_err(|e| HttpError::new(e.code.http_status(), e.code.as_str(), e.msg.into_owned()))?;
+    if shard.is_shutting_down() {
+        return Err(HttpError::new(
+            503,
+            "shutting_down",
+            "server is shutting down",
+        ));
+    }
+    let payload = Payload::copy_of(PayloadKind::Json, request.data.as_bytes());
+    let ch = Bytes::copy_from_slice(request.ch.as_bytes());
+    let wait = shard.config.shutdown_timeout.max(Duration::from_secs(1));
+    let seq = glommio::timer::timeout(wait, async {
+        Ok(shard.publish_and_wait(ch, payload).await)
+    })
+    .await;
+    match seq {
+        Ok(Some(seq)) => Ok(seq),
+        _ => Err(HttpError::new(
+            503,
+            "unavailable",
+            "the channel's owner shard did not answer",
+        )),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A session task whose panic ends only its own connection: caught,
+    /// counted and logged; dropping the session then tears the connection
+    /// down (its guard), and the shard carries on.
+    struct PanicsCounted<F> {
+        #[pin]
+        session: F,
+        stats: Rc<Stats>,
+    }
+}
+
+impl<F: Future<Output = ()>> Future for PanicsCounted<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let session = this.session;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| session.poll(cx))) {
+            Ok(poll) => poll,
+            Err(_) => {
+                bump(&this.stats.connection_panics, 1);
+                tracing::error!("WebSocket session panicked; connection dropped");
+                Poll::Ready(())
+            }
+        }
+    }
+}
