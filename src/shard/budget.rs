@@ -5,10 +5,12 @@
 //! `max-message-bytes`) and in time (`send-timeout`, `message-timeout`), and
 //! history by `history-max-bytes`. Pure: the shard passes its figures in.
 
-/// What an idle WebSocket connection costs the process: 3.2 KiB of resident
-/// memory measured per idle connection (BENCHMARKS.md), rounded up. Kernel
-/// socket buffers are not in it (they are the kernel's, ~5 KiB per idle
-/// loopback socket pair).
+/// What an idle WebSocket connection is counted as: 1.3 KiB of resident
+/// memory are measured per idle plain connection and 11.4 KiB over TLS
+/// (BENCHMARKS.md); 4 KiB covers a plain one with its queue storage and a
+/// token's grant, and leaves room for a share of TLS ones. Kernel socket
+/// buffers are not in it (they are the kernel's, ~5 KiB per idle loopback
+/// socket pair).
 pub const IDLE_CONNECTION_BYTES: u64 = 4096;
 
 /// An unfinished incoming message is held once, by the connection's
