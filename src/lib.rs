@@ -52,6 +52,7 @@ pub mod protocol;
 pub(crate) mod publication;
 pub mod runtime;
 pub(crate) mod security;
+pub mod settings;
 pub(crate) mod shard;
 pub mod shutdown;
 pub(crate) mod snapshot;

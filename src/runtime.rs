@@ -58,6 +58,15 @@ pub struct Server {
     events: mpsc::Receiver<ShardEvent>,
 }
 
+/// Checks what a start would check before binding anything: the settings
+/// (already validated by [`Config::resolve`]) and every key, certificate and
+/// secret they name, loaded as the server loads them. `check-config` and
+/// `serve` both go through it.
+pub fn check(config: &Config) -> Result<(), ServerError> {
+    Security::load(config, 0)?;
+    Ok(())
+}
+
 impl Server {
     /// Binds, starts every shard and returns once all accept connections.
     pub fn start(config: Config) -> Result<Server, ServerError> {

@@ -87,15 +87,31 @@ impl FromStr for HumanDuration {
     }
 }
 
+/// Written in the largest unit that holds it exactly (`64KiB`, `1MiB`,
+/// `1000B`), so it parses back to the same size.
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}B", self.0)
+        let bytes = self.0;
+        for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] {
+            if bytes != 0 && bytes % (1 << shift) == 0 {
+                return write!(f, "{}{unit}", bytes >> shift);
+            }
+        }
+        write!(f, "{bytes}B")
     }
 }
 
+/// Written in whole seconds when it is some (`25s`), else in milliseconds
+/// (`1500ms`), so it parses back to the same duration at millisecond
+/// precision.
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}ms", self.0.as_millis())
+        let ms = self.0.as_millis();
+        if ms != 0 && ms % 1000 == 0 {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
     }
 }
 
@@ -131,6 +147,24 @@ impl<'de> Deserialize<'de> for HumanDuration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn units_are_written_as_they_parse() {
+        for (size, text) in [
+            (65536, "64KiB"),
+            (1 << 20, "1MiB"),
+            (1000, "1000B"),
+            (0, "0B"),
+        ] {
+            assert_eq!(ByteSize(size).to_string(), text);
+            assert_eq!(text.parse::<ByteSize>().unwrap().0, size);
+        }
+        for (ms, text) in [(25_000, "25s"), (1_500, "1500ms"), (0, "0ms")] {
+            let duration = Duration::from_millis(ms);
+            assert_eq!(HumanDuration(duration).to_string(), text);
+            assert_eq!(text.parse::<HumanDuration>().unwrap().0, duration);
+        }
+    }
 
     #[test]
     fn byte_sizes() {

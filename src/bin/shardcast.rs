@@ -24,6 +24,14 @@ enum Command {
     /// environment variable or the TOML file given with --config (flag >
     /// environment > file > default).
     Serve(ServeArgs),
+    /// Load the settings exactly as `serve` does (flags, SHARDCAST_*
+    /// environment, --config file, defaults), check them and every key and
+    /// certificate they name, and print the effective settings as a TOML
+    /// file (secrets are never printed). Exits 1 with the reason when they
+    /// are invalid. Binds nothing.
+    ///
+    /// Example: shardcast check-config --config /etc/shardcast/shardcast.toml
+    CheckConfig(ServeArgs),
 }
 
 #[derive(clap::Args)]
@@ -53,7 +61,25 @@ fn main() -> anyhow::Result<()> {
             init_logging(args.log_format);
             serve(args)
         }
+        Command::CheckConfig(args) => match load(&args) {
+            Ok(config) => {
+                print!("{}", shardcast::settings::effective_toml(&config));
+                Ok(())
+            }
+            // A verdict, not a crash: the reason alone, exit status 1.
+            Err(error) => {
+                eprintln!("shardcast check-config: {error}");
+                std::process::exit(1);
+            }
+        },
     }
+}
+
+/// The settings `serve` runs with, checked (see `runtime::check`).
+fn load(args: &ServeArgs) -> anyhow::Result<Config> {
+    let config = Config::resolve(&args.settings, args.config.as_ref())?;
+    shardcast::runtime::check(&config)?;
+    Ok(config)
 }
 
 fn init_logging(format: LogFormat) {
@@ -73,7 +99,7 @@ fn init_logging(format: LogFormat) {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = Config::resolve(&args.settings, args.config.as_ref())?;
+    let config = load(&args)?;
     let server = Server::start(config.clone()).context("shardcast could not start")?;
     server
         .shutdown_handle()
