@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Runs every test of shardcast: unit tests, integration tests against the real
 # server, the standard-client tests (Python websockets, Node ws), the metrics
-# test (Python prometheus_client parses /metrics) and the dashboard test
-# (headless Chromium via npm playwright-core), then Autobahn|Testsuite's
-# conformance cases (scripts/autobahn.sh). Installs what those need when it
-# is missing (pip, npm; apt-get for node, python3 and chromium).
+# test (Python prometheus_client parses /metrics), the Prometheus test
+# (promtool, and a real Prometheus answering the documented queries), the
+# dashboard test (headless Chromium via npm playwright-core), then
+# Autobahn|Testsuite's conformance cases (scripts/autobahn.sh). Installs what
+# those need when it is missing (pip, npm; apt-get for node, python3,
+# chromium and prometheus).
 # Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +16,7 @@ command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
 command -v node >/dev/null || need_apt+=(nodejs npm)
 command -v cc >/dev/null || need_apt+=(build-essential)
 command -v chromium >/dev/null || need_apt+=(chromium)
+{ command -v prometheus && command -v promtool; } >/dev/null || need_apt+=(prometheus)
 if ((${#need_apt[@]})); then
   echo "installing with apt-get: ${need_apt[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

@@ -269,7 +269,7 @@ fn write_latency(out: &mut String, shards: &[ShardSnapshot]) {
         sample(out, &format!("{name}_count"), &[("shard", &shard)], total);
     }
 
-    let name = "shardcast_delivery_latency_summary_seconds";
+    let name = "shardcast_delivery_latency_quantile_seconds";
     family(
         out,
         name,

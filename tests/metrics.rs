@@ -99,7 +99,7 @@ fn metrics_match_what_the_clients_did() {
     assert_eq!(families["shardcast_messages_delivered"], "counter");
     assert_eq!(families["shardcast_delivery_latency_seconds"], "histogram");
     assert_eq!(
-        families["shardcast_delivery_latency_summary_seconds"],
+        families["shardcast_delivery_latency_quantile_seconds"],
         "summary"
     );
     assert_eq!(sum(&samples, "shardcast_shards_reporting", all), 2.0);
