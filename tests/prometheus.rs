@@ -2,7 +2,8 @@
 //! package, installed by `scripts/test.sh`): `promtool check metrics` finds
 //! nothing to say about `/metrics`, and a Prometheus scraping a shardcast
 //! under a little traffic answers every PromQL example of `docs/metrics.md`
-//! with data.
+//! and every query of the Grafana dashboard (`docs/grafana/shardcast.json`,
+//! run through `promtool query`) with data.
 
 mod support;
 
@@ -25,6 +26,42 @@ use support::{http, publish, Client, Server};
 const PROMETHEUS_DEADLINE: Duration = Duration::from_secs(60);
 
 const METRICS_DOC: &str = include_str!("../docs/metrics.md");
+const GRAFANA_DASHBOARD: &str = include_str!("../docs/grafana/shardcast.json");
+
+/// Every query of the Grafana dashboard, with Grafana's `$__rate_interval`
+/// as the one-minute window Prometheus itself would need.
+fn dashboard_queries() -> Vec<String> {
+    let dashboard: Value = serde_json::from_str(GRAFANA_DASHBOARD).expect("the dashboard is JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    panels
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().cloned().unwrap_or_default())
+        .map(|target| {
+            let expr = target["expr"].as_str().expect("every target has an expr");
+            expr.replace("$__rate_interval", "1m")
+        })
+        .collect()
+}
+
+/// `promtool query instant` of `query` on the Prometheus at `addr`: the
+/// values of the series it returns (`None` if promtool refused it).
+fn promtool_query(addr: SocketAddr, query: &str) -> Option<Vec<f64>> {
+    let out = Command::new("promtool")
+        .args(["query", "instant", &format!("http://{addr}"), query])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8(out.stdout).ok()?;
+    // One series per line: `{labels} => value @[time]`.
+    text.lines()
+        .map(|line| {
+            let value = line.split("=>").nth(1)?.split('@').next()?.trim();
+            value.parse().ok()
+        })
+        .collect()
+}
 
 /// The PromQL examples of `docs/metrics.md`: each line of its `promql`
 /// block, comments cut off.
@@ -173,7 +210,7 @@ fn promtool_finds_nothing_to_say_about_the_exposition() {
 }
 
 #[test]
-fn every_documented_query_returns_data_from_a_real_prometheus() {
+fn every_documented_and_dashboard_query_returns_data_from_a_real_prometheus() {
     let server = Server::start(&["--shards", "2"]);
     let mut subscriber = Client::connect(&server, "/ws");
     subscriber.subscribe("prom");
@@ -220,6 +257,14 @@ fn every_documented_query_returns_data_from_a_real_prometheus() {
             prometheus.query(query).is_some_and(|series| {
                 !series.is_empty() && series.iter().all(|s| sample(s).is_some_and(f64::is_finite))
             })
+        });
+    }
+    let dashboard = dashboard_queries();
+    assert!(dashboard.len() >= 12, "{dashboard:?}");
+    for query in &dashboard {
+        eventually(&format!("promtool data for {query}"), || {
+            promtool_query(prometheus.addr, query)
+                .is_some_and(|values| !values.is_empty() && values.iter().all(|v| v.is_finite()))
         });
     }
     stop.store(true, Ordering::Relaxed);
