@@ -37,6 +37,7 @@
 //! specifies the wire protocol.
 
 pub mod channel;
+pub mod client;
 pub(crate) mod clock;
 pub(crate) mod close;
 pub mod config;

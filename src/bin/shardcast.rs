@@ -8,7 +8,11 @@ use std::{
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use shardcast::{config::ConfigLayer, Config, Server};
+use shardcast::{
+    client::{ClientError, PubOptions, SubOptions},
+    config::ConfigLayer,
+    Config, Server,
+};
 
 /// A thread-per-core WebSocket broadcast server.
 #[derive(Parser)]
@@ -32,6 +36,74 @@ enum Command {
     ///
     /// Example: shardcast check-config --config /etc/shardcast/shardcast.toml
     CheckConfig(ServeArgs),
+    /// Subscribe and print one JSON envelope per line (or only its data).
+    /// Reconnects with backoff and resumes from the last seq printed,
+    /// unless --once. Exit codes: 0 ok, 2 bad usage, 3 refused, 4 connection
+    /// failed.
+    ///
+    /// Examples:
+    ///   shardcast sub ws://127.0.0.1:8080 news sports
+    ///   shardcast sub --data-only --count 10 ws://127.0.0.1:8080 news
+    ///   shardcast sub --since 41 --epoch 7f3a-1 ws://127.0.0.1:8080 news
+    #[command(verbatim_doc_comment)]
+    Sub(SubArgs),
+    /// Publish DATA, or one publication per line of standard input (a line
+    /// that is JSON is sent as that JSON, any other as a JSON string), and
+    /// print each acknowledged seq. Exit codes: 0 ok, 2 bad usage, 3
+    /// refused, 4 connection failed.
+    ///
+    /// Examples:
+    ///   shardcast pub ws://127.0.0.1:8080 news '{"headline":"hi"}'
+    ///   tail -f app.log | shardcast pub ws://127.0.0.1:8080 logs
+    ///   shardcast pub --http --api-key $KEY ws://127.0.0.1:8080 news hello
+    #[command(verbatim_doc_comment)]
+    Pub(PubArgs),
+}
+
+#[derive(clap::Args)]
+struct SubArgs {
+    /// ws://HOST:PORT[/path] (the path defaults to /ws)
+    url: String,
+    /// Channels to subscribe to
+    #[arg(required = true)]
+    channels: Vec<String>,
+    /// Print only each message's data
+    #[arg(long)]
+    data_only: bool,
+    /// Resume after this seq (with --epoch, from a sub ack)
+    #[arg(long, value_name = "SEQ")]
+    since: Option<u64>,
+    /// The epoch --since belongs to
+    #[arg(long, value_name = "EPOCH")]
+    epoch: Option<String>,
+    /// Connection token (sent as Authorization: Bearer)
+    #[arg(long, env = "SHARDCAST_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Stop at the first disconnection instead of reconnecting
+    #[arg(long)]
+    once: bool,
+    /// Exit after printing this many messages
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+}
+
+#[derive(clap::Args)]
+struct PubArgs {
+    /// ws://HOST:PORT[/path] (the path defaults to /ws)
+    url: String,
+    /// Channel to publish to
+    channel: String,
+    /// What to publish (JSON, or else sent as a string); default: each line of standard input
+    data: Option<String>,
+    /// Connection token (sent as Authorization: Bearer)
+    #[arg(long, env = "SHARDCAST_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Publish through POST /api/publish instead of a WebSocket
+    #[arg(long)]
+    http: bool,
+    /// API key for --http (X-API-Key)
+    #[arg(long, env = "SHARDCAST_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -61,6 +133,24 @@ fn main() -> anyhow::Result<()> {
             init_logging(args.log_format);
             serve(args)
         }
+        Command::Sub(args) => client_exit(shardcast::client::run_sub(SubOptions {
+            url: args.url,
+            channels: args.channels,
+            data_only: args.data_only,
+            since: args.since,
+            epoch: args.epoch,
+            token: args.token,
+            once: args.once,
+            count: args.count,
+        })),
+        Command::Pub(args) => client_exit(shardcast::client::run_pub(PubOptions {
+            url: args.url,
+            channel: args.channel,
+            data: args.data,
+            token: args.token,
+            http: args.http,
+            api_key: args.api_key,
+        })),
         Command::CheckConfig(args) => match load(&args) {
             Ok(config) => {
                 print!("{}", shardcast::settings::effective_toml(&config));
@@ -73,6 +163,15 @@ fn main() -> anyhow::Result<()> {
             }
         },
     }
+}
+
+/// Ends a client command with the exit code its outcome calls for.
+fn client_exit(outcome: Result<(), ClientError>) -> anyhow::Result<()> {
+    if let Err(error) = outcome {
+        eprintln!("shardcast: {error}");
+        std::process::exit(error.exit_code());
+    }
+    Ok(())
 }
 
 /// The settings `serve` runs with, checked (see `runtime::check`).

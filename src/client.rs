@@ -1,0 +1,403 @@
+//! `shardcast sub` and `shardcast pub`: a command-line client of the JSON
+//! protocol, on async-tungstenite over glommio (the client side is where a
+//! general-purpose WebSocket implementation is the right tool). `sub` prints
+//! one envelope (or its `data`) per line and, unless told `--once`,
+//! reconnects with backoff and resumes every channel from the last `seq` it
+//! printed. `pub` publishes its argument or one publication per line of
+//! standard input and prints each acknowledged `seq`; `--http` publishes
+//! through `POST /api/publish` instead. Failures map to exit codes scripts
+//! can tell apart ([`ClientError::exit_code`]).
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, Read, Write},
+    net::{SocketAddr, TcpStream as StdTcpStream, ToSocketAddrs},
+    time::Duration,
+};
+
+use async_tungstenite::{
+    tungstenite::{client::IntoClientRequest, http::HeaderValue, Message},
+    WebSocketStream,
+};
+use futures_lite::StreamExt;
+use glommio::net::TcpStream;
+use serde_json::{json, Value};
+
+/// Longest wait between two reconnection attempts of `sub`.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the client stopped, as its exit code tells.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The arguments do not make sense (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// The server refused: no or a wrong token, not permitted, an `err` (exit 3).
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The server could not be reached, or the connection broke (exit 4).
+    #[error("connection failed: {0}")]
+    Connection(String),
+}
+
+impl ClientError {
+    /// 2 bad usage, 3 refused or unauthorized, 4 connection failed.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ClientError::Usage(_) => 2,
+            ClientError::Refused(_) => 3,
+            ClientError::Connection(_) => 4,
+        }
+    }
+}
+
+/// What `shardcast sub` was asked.
+#[derive(Debug, Clone)]
+pub struct SubOptions {
+    /// `ws://HOST:PORT[/path]`; the path defaults to `/ws`.
+    pub url: String,
+    pub channels: Vec<String>,
+    /// Print only each message's `data`.
+    pub data_only: bool,
+    /// Resume after this `seq` (with `epoch`).
+    pub since: Option<u64>,
+    pub epoch: Option<String>,
+    pub token: Option<String>,
+    /// Do not reconnect: the first disconnection ends the command.
+    pub once: bool,
+    /// Exit after printing this many messages.
+    pub count: Option<u64>,
+}
+
+/// What `shardcast pub` was asked.
+#[derive(Debug, Clone)]
+pub struct PubOptions {
+    pub url: String,
+    pub channel: String,
+    /// One publication; `None`: one per line of standard input.
+    pub data: Option<String>,
+    pub token: Option<String>,
+    /// Publish through `POST /api/publish` with this API key (if any).
+    pub http: bool,
+    pub api_key: Option<String>,
+}
+
+/// Where a `ws://` URL points.
+struct Target {
+    addr: SocketAddr,
+    host: String,
+    path: String,
+}
+
+fn parse_url(url: &str) -> Result<Target, ClientError> {
+    let rest = url
+        .strip_prefix("ws://")
+        .ok_or_else(|| ClientError::Usage(format!("{url}: only ws:// URLs are supported")))?;
+    let (host, path) = match rest.find('/') {
+        Some(at) => (&rest[..at], &rest[at..]),
+        None => (rest, "/ws"),
+    };
+    let addr = host
+        .to_socket_addrs()
+        .map_err(|e| ClientError::Usage(format!("{url}: {e}")))?
+        .next()
+        .ok_or_else(|| ClientError::Usage(format!("{url}: no address")))?;
+    Ok(Target {
+        addr,
+        host: host.to_owned(),
+        path: path.to_owned(),
+    })
+}
+
+/// A JSON line of standard input as JSON, any other line as a JSON string.
+pub fn line_as_data(line: &str) -> Value {
+    serde_json::from_str(line).unwrap_or_else(|_| Value::String(line.to_owned()))
+}
+
+/// Runs `sub` to its end on an executor of its own.
+pub fn run_sub(options: SubOptions) -> Result<(), ClientError> {
+    let target = parse_url(&options.url)?;
+    if options.channels.is_empty() {
+        return Err(ClientError::Usage("name at least one channel".into()));
+    }
+    if options.since.is_some() != options.epoch.is_some() {
+        return Err(ClientError::Usage("--since and --epoch go together".into()));
+    }
+    on_executor(subscribe_loop(target, options))
+}
+
+/// Runs `pub` to its end on an executor of its own.
+pub fn run_pub(options: PubOptions) -> Result<(), ClientError> {
+    let target = parse_url(&options.url)?;
+    let lines: Box<dyn Iterator<Item = String>> = match options.data.clone() {
+        Some(data) => Box::new(std::iter::once(data)),
+        None => Box::new(std::io::stdin().lock().lines().map_while(Result::ok)),
+    };
+    if options.http {
+        for line in lines {
+            let seq = http_publish(&target, &options, line_as_data(&line))?;
+            println!("{seq}");
+        }
+        return Ok(());
+    }
+    let lines: Vec<String> = lines.collect();
+    on_executor(publish_all(target, options, lines))
+}
+
+fn on_executor<T: 'static>(
+    future: impl std::future::Future<Output = Result<T, ClientError>> + 'static,
+) -> Result<T, ClientError> {
+    glommio::LocalExecutorBuilder::default()
+        .io_memory(64 << 10)
+        .make()
+        .map_err(|e| ClientError::Connection(format!("cannot start an executor: {e}")))?
+        .run(future)
+}
+
+type Socket = WebSocketStream<TcpStream>;
+
+/// Opens the WebSocket, with the token as a bearer header if given.
+async fn connect(target: &Target, token: Option<&str>) -> Result<Socket, ClientError> {
+    let url = format!("ws://{}{}", target.host, target.path);
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| ClientError::Usage(format!("{url}: {e}")))?;
+    if let Some(token) = token {
+        let value = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| ClientError::Usage("the token is not a valid header value".into()))?;
+        request.headers_mut().insert("Authorization", value);
+    }
+    let tcp = glommio::timer::timeout(CONNECT_TIMEOUT, async {
+        Ok(TcpStream::connect(target.addr).await)
+    })
+    .await
+    .map_err(|_| ClientError::Connection(format!("{}: timed out", target.addr)))?
+    .map_err(|e| ClientError::Connection(format!("{}: {e}", target.addr)))?;
+    match async_tungstenite::client_async(request, tcp).await {
+        Ok((socket, _)) => Ok(socket),
+        Err(async_tungstenite::tungstenite::Error::Http(response)) => {
+            let status = response.status();
+            let body = response
+                .body()
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default()
+                .into_owned();
+            Err(match status.as_u16() {
+                401 | 403 | 429 => ClientError::Refused(format!("HTTP {status}: {body}")),
+                _ => ClientError::Connection(format!("HTTP {status}: {body}")),
+            })
+        }
+        Err(e) => Err(ClientError::Connection(e.to_string())),
+    }
+}
+
+async fn send(socket: &mut Socket, value: Value) -> Result<(), ClientError> {
+    socket
+        .send(Message::text(value.to_string()))
+        .await
+        .map_err(|e| ClientError::Connection(e.to_string()))
+}
+
+/// The next JSON envelope from the server; `None` when it closed.
+async fn next_envelope(socket: &mut Socket) -> Result<Option<Value>, ClientError> {
+    loop {
+        match socket.next().await {
+            None | Some(Ok(Message::Close(_))) => return Ok(None),
+            Some(Ok(Message::Text(text))) => {
+                return serde_json::from_str(text.as_str()).map(Some).map_err(|e| {
+                    ClientError::Connection(format!("not JSON from the server: {e}"))
+                });
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(ClientError::Connection(e.to_string())),
+        }
+    }
+}
+
+/// An `err` envelope as the error it is.
+fn refusal(envelope: &Value) -> ClientError {
+    let code = envelope["code"].as_str().unwrap_or("error");
+    let msg = envelope["msg"].as_str().unwrap_or("");
+    ClientError::Refused(format!("{code}: {msg}"))
+}
+
+/// Subscribes, prints, and (unless `--once`) reconnects and resumes.
+async fn subscribe_loop(target: Target, options: SubOptions) -> Result<(), ClientError> {
+    // Where each channel stands: the last seq printed and its epoch.
+    let mut positions: HashMap<String, (u64, String)> = HashMap::new();
+    if let (Some(seq), Some(epoch)) = (options.since, &options.epoch) {
+        for ch in &options.channels {
+            positions.insert(ch.clone(), (seq, epoch.clone()));
+        }
+    }
+    let mut printed = 0u64;
+    let mut backoff = Duration::from_millis(100);
+    let stdout = std::io::stdout();
+    loop {
+        let ended = async {
+            let mut socket = connect(&target, options.token.as_deref()).await?;
+            for (i, ch) in options.channels.iter().enumerate() {
+                let mut sub = json!({"op": "sub", "ch": ch, "id": format!("s{i}")});
+                if let Some((seq, epoch)) = positions.get(ch) {
+                    sub["since"] = json!(seq);
+                    sub["epoch"] = json!(epoch);
+                }
+                send(&mut socket, sub).await?;
+            }
+            while let Some(envelope) = next_envelope(&mut socket).await? {
+                match envelope["op"].as_str() {
+                    Some("msg") => {
+                        let (Some(ch), Some(seq)) =
+                            (envelope["ch"].as_str(), envelope["seq"].as_u64())
+                        else {
+                            continue;
+                        };
+                        let epoch = positions.get(ch).map(|p| p.1.clone()).unwrap_or_default();
+                        positions.insert(ch.to_owned(), (seq, epoch));
+                        let line = match options.data_only {
+                            true => envelope["data"].to_string(),
+                            false => envelope.to_string(),
+                        };
+                        let mut out = stdout.lock();
+                        let _ = writeln!(out, "{line}");
+                        let _ = out.flush();
+                        printed += 1;
+                        if options.count.is_some_and(|count| printed >= count) {
+                            return Ok(true);
+                        }
+                    }
+                    Some("ack") => {
+                        // A sub ack names the channel's epoch: resume in it.
+                        let index = envelope["id"]
+                            .as_str()
+                            .and_then(|id| id.strip_prefix('s'))
+                            .and_then(|i| i.parse::<usize>().ok());
+                        if let (Some(ch), Some(epoch)) = (
+                            index.and_then(|i| options.channels.get(i)),
+                            envelope["epoch"].as_str(),
+                        ) {
+                            let seq = envelope["seq"].as_u64().unwrap_or(0);
+                            let entry = positions
+                                .entry(ch.clone())
+                                .or_insert((seq, epoch.to_owned()));
+                            if entry.1 != epoch || envelope["recovered"] == json!(false) {
+                                *entry = (seq, epoch.to_owned());
+                            }
+                        }
+                    }
+                    Some("err") => return Err(refusal(&envelope)),
+                    _ => {}
+                }
+            }
+            Ok::<bool, ClientError>(false)
+        }
+        .await;
+        match ended {
+            Ok(true) => return Ok(()),
+            Err(e @ (ClientError::Refused(_) | ClientError::Usage(_))) => return Err(e),
+            Ok(false) if options.once => return Ok(()),
+            Err(e) if options.once => return Err(e),
+            Ok(false) => eprintln!("shardcast sub: the server closed; reconnecting"),
+            Err(e) => eprintln!("shardcast sub: {e}; reconnecting in {backoff:?}"),
+        }
+        glommio::timer::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Publishes each line and prints its acknowledged `seq`, in order.
+async fn publish_all(
+    target: Target,
+    options: PubOptions,
+    lines: Vec<String>,
+) -> Result<(), ClientError> {
+    let mut socket = connect(&target, options.token.as_deref()).await?;
+    for (i, line) in lines.iter().enumerate() {
+        let op = json!({"op": "pub", "ch": options.channel, "data": line_as_data(line), "id": i});
+        send(&mut socket, op).await?;
+        loop {
+            let Some(envelope) = next_envelope(&mut socket).await? else {
+                return Err(ClientError::Connection(
+                    "the server closed before the ack".into(),
+                ));
+            };
+            match envelope["op"].as_str() {
+                Some("ack") if envelope["id"] == json!(i) => {
+                    println!("{}", envelope["seq"]);
+                    break;
+                }
+                Some("err") => return Err(refusal(&envelope)),
+                _ => {}
+            }
+        }
+    }
+    let _ = socket.close(None).await;
+    Ok(())
+}
+
+/// One `POST /api/publish`; returns the `seq`.
+fn http_publish(target: &Target, options: &PubOptions, data: Value) -> Result<u64, ClientError> {
+    let body = json!({"ch": options.channel, "data": data}).to_string();
+    let mut request = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n",
+        target.host,
+        body.len()
+    );
+    if let Some(key) = &options.api_key {
+        request.push_str(&format!("X-API-Key: {key}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(&body);
+    let connection = |e: std::io::Error| ClientError::Connection(format!("{}: {e}", target.addr));
+    let mut stream =
+        StdTcpStream::connect_timeout(&target.addr, CONNECT_TIMEOUT).map_err(connection)?;
+    stream
+        .set_read_timeout(Some(CONNECT_TIMEOUT))
+        .map_err(connection)?;
+    stream.write_all(request.as_bytes()).map_err(connection)?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).map_err(connection)?;
+    let status: u16 = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| ClientError::Connection("not an HTTP response".into()))?;
+    let reply = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let reply: Value = serde_json::from_str(reply).unwrap_or(Value::Null);
+    match status {
+        200 => reply["seq"]
+            .as_u64()
+            .ok_or_else(|| ClientError::Connection("no seq in the answer".into())),
+        400..=499 => Err(refusal(&reply)),
+        _ => Err(ClientError::Connection(format!("HTTP {status}: {reply}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_json_line_is_json_and_any_other_line_a_string() {
+        assert_eq!(line_as_data(r#"{"a":1}"#), json!({"a": 1}));
+        assert_eq!(line_as_data("42"), json!(42));
+        assert_eq!(line_as_data("hello there"), json!("hello there"));
+    }
+
+    #[test]
+    fn urls_name_the_json_protocol_by_default() {
+        let target = parse_url("ws://127.0.0.1:8080").unwrap();
+        assert_eq!((target.path.as_str(), target.addr.port()), ("/ws", 8080));
+        let target = parse_url("ws://127.0.0.1:8080/ws?token=x").unwrap();
+        assert_eq!(target.path, "/ws?token=x");
+        assert_eq!(
+            parse_url("http://x:1").err().map(|e| e.exit_code()),
+            Some(2)
+        );
+    }
+}

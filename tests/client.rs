@@ -1,0 +1,224 @@
+//! `shardcast sub` and `shardcast pub` against the real server: what they
+//! print, publishing from standard input and over HTTP, the exit codes
+//! scripts rely on, and `sub` resuming without loss after its connection
+//! breaks (through a proxy the test cuts).
+
+mod support;
+
+use std::{
+    io::{Read, Write},
+    net::{Shutdown, TcpListener, TcpStream},
+    process::{Child, Command, Output, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde_json::{json, Value};
+use support::{publish, wait_for_subscriptions, Client, Server};
+
+fn shardcast() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_shardcast"));
+    command
+        .env_remove("SHARDCAST_TOKEN")
+        .env_remove("SHARDCAST_API_KEY");
+    command
+}
+
+fn ws_url(server: &Server) -> String {
+    format!("ws://{}", server.addr)
+}
+
+/// Waits for a child to exit, killing it after `within`.
+fn wait_output(mut child: Child, within: Duration) -> Output {
+    let deadline = Instant::now() + within;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "the client did not exit in {within:?}: {:?}",
+                child.wait_with_output()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn lines(output: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect()
+}
+
+#[test]
+fn pub_sends_each_line_of_its_input_and_sub_prints_each_message() {
+    let server = Server::start(&["--shards", "2"]);
+    let sub = shardcast()
+        .args([
+            "sub",
+            "--data-only",
+            "--count",
+            "3",
+            &ws_url(&server),
+            "news",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_subscriptions(&server, 1);
+    let mut publisher = shardcast()
+        .args(["pub", &ws_url(&server), "news"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    publisher
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"{\"a\":1}\nhello there\n")
+        .unwrap();
+    let published = wait_output(publisher, Duration::from_secs(10));
+    assert!(published.status.success(), "{published:?}");
+    assert_eq!(lines(&published), [json!(1), json!(2)], "the acks' seqs");
+    let over_http = shardcast()
+        .args(["pub", "--http", &ws_url(&server), "news", "[1,2]"])
+        .output()
+        .unwrap();
+    assert!(over_http.status.success(), "{over_http:?}");
+    assert_eq!(lines(&over_http), [json!(3)]);
+    let printed = wait_output(sub, Duration::from_secs(10));
+    assert!(printed.status.success(), "{printed:?}");
+    assert_eq!(
+        lines(&printed),
+        [json!({"a": 1}), json!("hello there"), json!([1, 2])]
+    );
+}
+
+#[test]
+fn exit_codes_tell_usage_refusal_and_connection_apart() {
+    let status = |args: &[&str]| shardcast().args(args).output().unwrap().status.code();
+    assert_eq!(status(&["sub", "ws://127.0.0.1:1"]), Some(2), "no channel");
+    assert_eq!(
+        status(&["pub", "http://x", "ch", "1"]),
+        Some(2),
+        "not ws://"
+    );
+    // Nothing listens on port 1.
+    assert_eq!(status(&["pub", "ws://127.0.0.1:1", "ch", "1"]), Some(4));
+    assert_eq!(
+        status(&["sub", "--once", "ws://127.0.0.1:1", "ch"]),
+        Some(4)
+    );
+    let secret = "a-test-secret-that-is-long-enough-0123";
+    let server = Server::start(&["--jwt-secret", secret]);
+    let url = ws_url(&server);
+    assert_eq!(status(&["pub", &url, "ch", "1"]), Some(3), "no token");
+    assert_eq!(status(&["sub", &url, "ch"]), Some(3), "no token");
+    assert_eq!(
+        status(&["pub", "--token", "not-a-token", &url, "ch", "1"]),
+        Some(3),
+        "a bad token"
+    );
+}
+
+/// Forwards connections to `target` until told to cut every one of them.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(target: std::net::SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let registry = open.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                let Ok(upstream) = TcpStream::connect(target) else {
+                    continue;
+                };
+                let mut open = registry.lock().unwrap();
+                open.push(client.try_clone().unwrap());
+                open.push(upstream.try_clone().unwrap());
+                pump(client.try_clone().unwrap(), upstream.try_clone().unwrap());
+                pump(upstream, client);
+            }
+        });
+        Proxy { addr, open }
+    }
+
+    /// Breaks every connection through the proxy.
+    fn cut(&self) {
+        for stream in self.open.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+fn pump(mut from: TcpStream, mut to: TcpStream) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16 << 10];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(Shutdown::Both);
+    });
+}
+
+#[test]
+fn sub_resumes_after_its_connection_breaks_without_losing_a_message() {
+    let server = Server::start(&[]);
+    let proxy = Proxy::start(server.addr);
+    let sub = shardcast()
+        .args([
+            "sub",
+            "--data-only",
+            "--count",
+            "6",
+            &format!("ws://{}", proxy.addr),
+            "feed",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_subscriptions(&server, 1);
+    for i in 1..=2 {
+        publish(&server, "feed", json!(i));
+    }
+    // Its connection breaks; what is published meanwhile waits in history.
+    let mut witness = Client::connect(&server, "/ws");
+    witness.subscribe("feed");
+    wait_for_subscriptions(&server, 2);
+    let delivered = |n: u64| {
+        let stats = support::get_json(&server, "/api/stats");
+        stats["total"]["messages_delivered"].as_u64() >= Some(n)
+    };
+    support::wait_until("both messages written to sub", || delivered(2));
+    proxy.cut();
+    support::wait_until("sub gone", || {
+        support::get_json(&server, "/api/stats")["total"]["subscriptions"] == 1
+    });
+    for i in 3..=4 {
+        publish(&server, "feed", json!(i));
+    }
+    // It reconnects (backoff from 100 ms), resumes after seq 2, and gets 3
+    // and 4 from history, then the live ones.
+    wait_for_subscriptions(&server, 2);
+    for i in 5..=6 {
+        publish(&server, "feed", json!(i));
+    }
+    let printed = wait_output(sub, Duration::from_secs(20));
+    assert!(printed.status.success(), "{printed:?}");
+    assert_eq!(
+        lines(&printed),
+        (1..=6).map(|i| json!(i)).collect::<Vec<_>>()
+    );
+    drop(witness);
+}
