@@ -2,7 +2,11 @@
 //!
 //! # Layout
 //! - [`config`]: the one `Config` type and its sources (flags, `SHARDCAST_*`
-//!   environment, TOML file); [`units`]: sizes and durations in them.
+//!   environment, TOML file); [`units`]: sizes and durations in them;
+//!   [`settings`]: the effective settings written back as TOML
+//!   (`check-config`).
+//! - [`client`]: `shardcast sub` and `shardcast pub`, a command-line client
+//!   of the JSON protocol.
 //! - [`runtime`]: binds the listeners, starts one pinned glommio executor per
 //!   shard, reports readiness and failures; [`shutdown`]: signals → shards.
 //! - [`shard`]: one shard's state and lifecycle — connections, subscription
