@@ -10,8 +10,11 @@
 
 use std::{
     collections::HashMap,
-    io::{BufRead, Read, Write},
+    io::{self, BufRead, Read, Write},
     net::{SocketAddr, TcpStream as StdTcpStream, ToSocketAddrs},
+    path::PathBuf,
+    pin::Pin,
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -19,9 +22,12 @@ use async_tungstenite::{
     tungstenite::{client::IntoClientRequest, http::HeaderValue, Message},
     WebSocketStream,
 };
-use futures_lite::StreamExt;
+use futures_lite::{AsyncRead, AsyncWrite, StreamExt};
+use futures_rustls::client::TlsStream;
 use glommio::net::TcpStream;
 use serde_json::{json, Value};
+
+use crate::tls_client::Tls;
 
 /// Longest wait between two reconnection attempts of `sub`.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -69,6 +75,16 @@ pub struct SubOptions {
     pub once: bool,
     /// Exit after printing this many messages.
     pub count: Option<u64>,
+    pub tls: TlsOptions,
+}
+
+/// How a `wss://` URL's server is verified.
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    /// PEM file of the CA (or self-signed certificate) to trust.
+    pub ca: Option<PathBuf>,
+    /// The name the certificate must carry (default: the URL's host).
+    pub server_name: Option<String>,
 }
 
 /// What `shardcast pub` was asked.
@@ -82,19 +98,28 @@ pub struct PubOptions {
     /// Publish through `POST /api/publish` with this API key (if any).
     pub http: bool,
     pub api_key: Option<String>,
+    pub tls: TlsOptions,
 }
 
-/// Where a `ws://` URL points.
+/// Where a `ws://` or `wss://` URL points.
 struct Target {
     addr: SocketAddr,
     host: String,
     path: String,
+    /// `wss://`: the TLS to speak.
+    tls: Option<Tls>,
 }
 
-fn parse_url(url: &str) -> Result<Target, ClientError> {
-    let rest = url
-        .strip_prefix("ws://")
-        .ok_or_else(|| ClientError::Usage(format!("{url}: only ws:// URLs are supported")))?;
+fn parse_url(url: &str, tls: &TlsOptions) -> Result<Target, ClientError> {
+    let (secure, rest) = match (url.strip_prefix("ws://"), url.strip_prefix("wss://")) {
+        (Some(rest), _) => (false, rest),
+        (_, Some(rest)) => (true, rest),
+        _ => {
+            return Err(ClientError::Usage(format!(
+                "{url}: use a ws:// or wss:// URL"
+            )))
+        }
+    };
     let (host, path) = match rest.find('/') {
         Some(at) => (&rest[..at], &rest[at..]),
         None => (rest, "/ws"),
@@ -104,11 +129,38 @@ fn parse_url(url: &str) -> Result<Target, ClientError> {
         .map_err(|e| ClientError::Usage(format!("{url}: {e}")))?
         .next()
         .ok_or_else(|| ClientError::Usage(format!("{url}: no address")))?;
+    let tls = match (secure, &tls.ca) {
+        (false, _) => None,
+        (true, None) => {
+            return Err(ClientError::Usage(format!(
+                "{url}: wss:// needs --tls-ca (the CA that signed the server's certificate)"
+            )))
+        }
+        (true, Some(ca)) => {
+            let name = match &tls.server_name {
+                Some(name) => name.clone(),
+                None => host_name(host),
+            };
+            Some(Tls::new(ca, &name).map_err(|e| ClientError::Usage(e.to_string()))?)
+        }
+    };
     Ok(Target {
         addr,
         host: host.to_owned(),
         path: path.to_owned(),
+        tls,
     })
+}
+
+/// The host of `host:port` (an IPv6 address without its brackets).
+fn host_name(host: &str) -> String {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    name.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned()
 }
 
 /// A JSON line of standard input as JSON, any other line as a JSON string.
@@ -118,7 +170,7 @@ pub fn line_as_data(line: &str) -> Value {
 
 /// Runs `sub` to its end on an executor of its own.
 pub fn run_sub(options: SubOptions) -> Result<(), ClientError> {
-    let target = parse_url(&options.url)?;
+    let target = parse_url(&options.url, &options.tls)?;
     if options.channels.is_empty() {
         return Err(ClientError::Usage("name at least one channel".into()));
     }
@@ -130,7 +182,12 @@ pub fn run_sub(options: SubOptions) -> Result<(), ClientError> {
 
 /// Runs `pub` to its end on an executor of its own.
 pub fn run_pub(options: PubOptions) -> Result<(), ClientError> {
-    let target = parse_url(&options.url)?;
+    let target = parse_url(&options.url, &options.tls)?;
+    if options.http && target.tls.is_some() {
+        return Err(ClientError::Usage(
+            "--http publishes over plain HTTP only".into(),
+        ));
+    }
     let lines: Box<dyn Iterator<Item = String>> = match options.data.clone() {
         Some(data) => Box::new(std::iter::once(data)),
         None => Box::new(std::io::stdin().lock().lines().map_while(Result::ok)),
@@ -156,11 +213,57 @@ fn on_executor<T: 'static>(
         .run(future)
 }
 
-type Socket = WebSocketStream<TcpStream>;
+type Socket = WebSocketStream<ClientStream>;
+
+/// A client's socket, with or without TLS over it.
+enum ClientStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl ClientStream {
+    fn pinned(&mut self) -> Pin<&mut (dyn ReadWrite + Unpin)> {
+        match self {
+            ClientStream::Plain(stream) => Pin::new(stream),
+            ClientStream::Tls(stream) => Pin::new(&mut **stream),
+        }
+    }
+}
+
+/// Both halves of a stream, as one trait object.
+trait ReadWrite: AsyncRead + AsyncWrite {}
+impl<T: AsyncRead + AsyncWrite> ReadWrite for T {}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        self.pinned().poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.pinned().poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.pinned().poll_flush(cx)
+    }
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.pinned().poll_close(cx)
+    }
+}
 
 /// Opens the WebSocket, with the token as a bearer header if given.
 async fn connect(target: &Target, token: Option<&str>) -> Result<Socket, ClientError> {
-    let url = format!("ws://{}{}", target.host, target.path);
+    let scheme = if target.tls.is_some() { "wss" } else { "ws" };
+    let url = format!("{scheme}://{}{}", target.host, target.path);
     let mut request = url
         .as_str()
         .into_client_request()
@@ -176,7 +279,15 @@ async fn connect(target: &Target, token: Option<&str>) -> Result<Socket, ClientE
     .await
     .map_err(|_| ClientError::Connection(format!("{}: timed out", target.addr)))?
     .map_err(|e| ClientError::Connection(format!("{}: {e}", target.addr)))?;
-    match async_tungstenite::client_async(request, tcp).await {
+    let stream = match &target.tls {
+        None => ClientStream::Plain(tcp),
+        Some(tls) => ClientStream::Tls(Box::new(
+            tls.connect(tcp)
+                .await
+                .map_err(|e| ClientError::Connection(format!("TLS: {e}")))?,
+        )),
+    };
+    match async_tungstenite::client_async(request, stream).await {
         Ok((socket, _)) => Ok(socket),
         Err(async_tungstenite::tungstenite::Error::Http(response)) => {
             let status = response.status();
@@ -391,13 +502,15 @@ mod tests {
 
     #[test]
     fn urls_name_the_json_protocol_by_default() {
-        let target = parse_url("ws://127.0.0.1:8080").unwrap();
+        let plain = TlsOptions::default();
+        let target = parse_url("ws://127.0.0.1:8080", &plain).unwrap();
         assert_eq!((target.path.as_str(), target.addr.port()), ("/ws", 8080));
-        let target = parse_url("ws://127.0.0.1:8080/ws?token=x").unwrap();
+        let target = parse_url("ws://127.0.0.1:8080/ws?token=x", &plain).unwrap();
         assert_eq!(target.path, "/ws?token=x");
-        assert_eq!(
-            parse_url("http://x:1").err().map(|e| e.exit_code()),
-            Some(2)
-        );
+        let code = |url| parse_url(url, &plain).err().map(|e| e.exit_code());
+        assert_eq!(code("http://x:1"), Some(2));
+        assert_eq!(code("wss://127.0.0.1:1"), Some(2), "wss:// needs --tls-ca");
+        assert_eq!(host_name("localhost:8443"), "localhost");
+        assert_eq!(host_name("[::1]:8443"), "::1");
     }
 }

@@ -63,6 +63,7 @@ pub mod shutdown;
 pub(crate) mod snapshot;
 pub(crate) mod stats;
 pub(crate) mod sync;
+pub mod tls_client;
 pub mod units;
 
 pub use config::Config;

@@ -222,3 +222,65 @@ fn sub_resumes_after_its_connection_breaks_without_losing_a_message() {
     );
     drop(witness);
 }
+
+#[test]
+fn sub_and_pub_speak_wss_with_the_given_ca() {
+    let cert = support::secure::TestCert::generate("client-wss");
+    let args = cert.args();
+    let server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let url = format!("wss://localhost:{}", server.addr.port());
+    let ca = cert.cert.display().to_string();
+    let sub = shardcast()
+        .args([
+            "sub",
+            "--data-only",
+            "--count",
+            "1",
+            "--tls-ca",
+            &ca,
+            &url,
+            "tls",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let published = shardcast()
+        .args(["pub", "--tls-ca", &ca, &url, "tls", "{\"secure\":true}"])
+        .output()
+        .unwrap();
+    // The subscriber may not be subscribed yet: publish until it prints.
+    assert!(published.status.success(), "{published:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut sub = sub;
+    while sub.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "sub printed nothing");
+        let again = shardcast()
+            .args(["pub", "--tls-ca", &ca, &url, "tls", "{\"secure\":true}"])
+            .output()
+            .unwrap();
+        assert!(again.status.success(), "{again:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let printed = sub.wait_with_output().unwrap();
+    assert!(printed.status.success(), "{printed:?}");
+    assert_eq!(lines(&printed), [json!({"secure": true})]);
+    // Without the CA, or for another name, the server is not trusted.
+    let status = |args: &[&str]| shardcast().args(args).output().unwrap().status.code();
+    assert_eq!(
+        status(&["pub", &url, "tls", "1"]),
+        Some(2),
+        "wss:// needs --tls-ca"
+    );
+    let other_name = [
+        "pub",
+        "--tls-ca",
+        &ca,
+        "--tls-server-name",
+        "example.com",
+        &url,
+        "tls",
+        "1",
+    ];
+    assert_eq!(status(&other_name), Some(4));
+}

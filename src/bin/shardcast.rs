@@ -9,7 +9,7 @@ use std::{
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use shardcast::{
-    client::{ClientError, PubOptions, SubOptions},
+    client::{ClientError, PubOptions, SubOptions, TlsOptions},
     config::ConfigLayer,
     Config, Server,
 };
@@ -85,6 +85,27 @@ struct SubArgs {
     /// Exit after printing this many messages
     #[arg(long, value_name = "N")]
     count: Option<u64>,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+#[derive(clap::Args)]
+struct TlsArgs {
+    /// For wss:// URLs: PEM file of the CA (or self-signed certificate) to trust
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// For wss:// URLs: the name the server's certificate must carry [default: the URL's host]
+    #[arg(long, value_name = "NAME")]
+    tls_server_name: Option<String>,
+}
+
+impl TlsArgs {
+    fn options(self) -> TlsOptions {
+        TlsOptions {
+            ca: self.tls_ca,
+            server_name: self.tls_server_name,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -104,6 +125,8 @@ struct PubArgs {
     /// API key for --http (X-API-Key)
     #[arg(long, env = "SHARDCAST_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 #[derive(clap::Args)]
@@ -142,6 +165,7 @@ fn main() -> anyhow::Result<()> {
             token: args.token,
             once: args.once,
             count: args.count,
+            tls: args.tls.options(),
         })),
         Command::Pub(args) => client_exit(shardcast::client::run_pub(PubOptions {
             url: args.url,
@@ -150,6 +174,7 @@ fn main() -> anyhow::Result<()> {
             token: args.token,
             http: args.http,
             api_key: args.api_key,
+            tls: args.tls.options(),
         })),
         Command::CheckConfig(args) => match load(&args) {
             Ok(config) => {

@@ -14,7 +14,8 @@ pub mod scrape;
 pub mod stream;
 pub mod tally;
 pub mod target;
-pub mod tls;
+#[cfg(test)]
+mod tls;
 pub mod wsclient;
 
 use std::{
@@ -31,12 +32,12 @@ use shardcast_wire::OpCode;
 use self::{
     report::{Report, Results},
     scrape::Scrape,
+    shardcast_tls::{Tls, TlsError},
     stream::{Inbox, Shared, Stream},
     tally::Tally,
     target::{Role, Stamp, Target},
-    tls::{Tls, TlsError},
 };
-use shardcast::process;
+use shardcast::{process, tls_client as shardcast_tls};
 
 /// Connections per source address (each has ~28k ephemeral ports).
 const CONNECTIONS_PER_SOURCE: usize = 10_000;

@@ -11,7 +11,8 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use serde::Serialize;
 
-use super::{stream::Stream, tls::Tls};
+use super::stream::Stream;
+use shardcast::tls_client::Tls;
 
 /// Longest a scrape may take.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
