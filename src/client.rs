@@ -3,7 +3,9 @@
 //! general-purpose WebSocket implementation is the right tool). `sub` prints
 //! one envelope (or its `data`) per line and, unless told `--once`,
 //! reconnects with backoff and resumes every channel from the last `seq` it
-//! printed. `pub` publishes its argument or one publication per line of
+//! printed; when the server answers with a new epoch (it restarted), it
+//! replays the new epoch's history from its start, so what was published
+//! while it was away is not lost as far as history holds it. `pub` publishes its argument or one publication per line of
 //! standard input and prints each acknowledged `seq`; `--http` publishes
 //! through `POST /api/publish` instead. Failures map to exit codes scripts
 //! can tell apart ([`ClientError::exit_code`]).
@@ -351,6 +353,9 @@ async fn subscribe_loop(target: Target, options: SubOptions) -> Result<(), Clien
     loop {
         let ended = async {
             let mut socket = connect(&target, options.token.as_deref()).await?;
+            // Channels being replayed from the start of a new epoch: their
+            // live messages wait for the replay, which repeats them.
+            let mut resyncing: Vec<String> = Vec::new();
             for (i, ch) in options.channels.iter().enumerate() {
                 let mut sub = json!({"op": "sub", "ch": ch, "id": format!("s{i}")});
                 if let Some((seq, epoch)) = positions.get(ch) {
@@ -367,6 +372,9 @@ async fn subscribe_loop(target: Target, options: SubOptions) -> Result<(), Clien
                         else {
                             continue;
                         };
+                        if resyncing.iter().any(|r| r == ch) {
+                            continue;
+                        }
                         let epoch = positions.get(ch).map(|p| p.1.clone()).unwrap_or_default();
                         positions.insert(ch.to_owned(), (seq, epoch));
                         let line = match options.data_only {
@@ -382,21 +390,34 @@ async fn subscribe_loop(target: Target, options: SubOptions) -> Result<(), Clien
                         }
                     }
                     Some("ack") => {
-                        // A sub ack names the channel's epoch: resume in it.
-                        let index = envelope["id"]
-                            .as_str()
-                            .and_then(|id| id.strip_prefix('s'))
-                            .and_then(|i| i.parse::<usize>().ok());
-                        if let (Some(ch), Some(epoch)) = (
-                            index.and_then(|i| options.channels.get(i)),
-                            envelope["epoch"].as_str(),
-                        ) {
-                            let seq = envelope["seq"].as_u64().unwrap_or(0);
-                            let entry = positions
-                                .entry(ch.clone())
-                                .or_insert((seq, epoch.to_owned()));
-                            if entry.1 != epoch || envelope["recovered"] == json!(false) {
-                                *entry = (seq, epoch.to_owned());
+                        // A sub ack names the channel's epoch and where it
+                        // stands. A new epoch (the server restarted, or the
+                        // channel's state was reclaimed) cannot resume from
+                        // our seq: replay the new epoch's history from its
+                        // start instead, so what was published since is not
+                        // lost.
+                        let id = envelope["id"].as_str().unwrap_or("");
+                        let (kind, index) = id.split_at(id.len().min(1));
+                        let ch = index.parse::<usize>().ok().and_then(|i| options.channels.get(i));
+                        let (Some(ch), Some(epoch)) = (ch, envelope["epoch"].as_str()) else {
+                            continue;
+                        };
+                        let seq = envelope["seq"].as_u64().unwrap_or(0);
+                        if kind == "r" {
+                            resyncing.retain(|r| r != ch);
+                            continue;
+                        }
+                        match positions.get(ch) {
+                            Some((_, known)) if known != epoch => {
+                                let resync = json!({"op": "sub", "ch": ch, "id": format!("r{index}"),
+                                                    "since": 0, "epoch": epoch});
+                                send(&mut socket, resync).await?;
+                                resyncing.push(ch.clone());
+                                positions.insert(ch.clone(), (0, epoch.to_owned()));
+                            }
+                            Some(_) if envelope["recovered"] != json!(false) => {}
+                            _ => {
+                                positions.insert(ch.clone(), (seq, epoch.to_owned()));
                             }
                         }
                     }

@@ -124,10 +124,12 @@ fn exit_codes_tell_usage_refusal_and_connection_apart() {
     );
 }
 
-/// Forwards connections to `target` until told to cut every one of them.
+/// Forwards connections to its target (`None`: refuses them, closing at
+/// once) until told to cut every one of them.
 struct Proxy {
     addr: std::net::SocketAddr,
     open: Arc<Mutex<Vec<TcpStream>>>,
+    target: Arc<Mutex<Option<std::net::SocketAddr>>>,
 }
 
 impl Proxy {
@@ -136,8 +138,13 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         let registry = open.clone();
+        let target = Arc::new(Mutex::new(Some(target)));
+        let current = target.clone();
         std::thread::spawn(move || {
             for client in listener.incoming().map_while(Result::ok) {
+                let Some(target) = *current.lock().unwrap() else {
+                    continue;
+                };
                 let Ok(upstream) = TcpStream::connect(target) else {
                     continue;
                 };
@@ -148,7 +155,12 @@ impl Proxy {
                 pump(upstream, client);
             }
         });
-        Proxy { addr, open }
+        Proxy { addr, open, target }
+    }
+
+    /// Forwards new connections to `target` (`None`: refuses them).
+    fn point_at(&self, target: Option<std::net::SocketAddr>) {
+        *self.target.lock().unwrap() = target;
     }
 
     /// Breaks every connection through the proxy.
@@ -283,4 +295,46 @@ fn sub_and_pub_speak_wss_with_the_given_ca() {
         "1",
     ];
     assert_eq!(status(&other_name), Some(4));
+}
+
+#[test]
+fn sub_resumes_after_a_server_restart_with_what_the_new_history_holds() {
+    let first = Server::start(&[]);
+    let proxy = Proxy::start(first.addr);
+    let sub = shardcast()
+        .args([
+            "sub",
+            "--data-only",
+            "--count",
+            "6",
+            &format!("ws://{}", proxy.addr),
+            "feed",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_subscriptions(&first, 1);
+    publish(&first, "feed", json!("a1"));
+    publish(&first, "feed", json!("a2"));
+    support::wait_until("both written", || {
+        support::get_json(&first, "/api/stats")["total"]["messages_delivered"].as_u64() >= Some(2)
+    });
+    // The server restarts: a new process, a new epoch, an empty history.
+    // While sub cannot get in, three publications land in the new history.
+    proxy.point_at(None);
+    proxy.cut();
+    drop(first);
+    let second = Server::start(&[]);
+    for data in ["b1", "b2", "b3"] {
+        publish(&second, "feed", json!(data));
+    }
+    proxy.point_at(Some(second.addr));
+    wait_for_subscriptions(&second, 1);
+    // Replayed or live, whichever way it reaches sub: once.
+    publish(&second, "feed", json!("b4"));
+    let printed = wait_output(sub, Duration::from_secs(20));
+    assert!(printed.status.success(), "{printed:?}");
+    let expected = ["a1", "a2", "b1", "b2", "b3", "b4"].map(|d| json!(d));
+    assert_eq!(lines(&printed), expected);
 }
