@@ -24,9 +24,12 @@ use async_tungstenite::{
     tungstenite::{client::IntoClientRequest, http::HeaderValue, Message},
     WebSocketStream,
 };
-use futures_lite::{AsyncRead, AsyncWrite, StreamExt};
+use futures_lite::{AsyncRead, AsyncWrite, FutureExt, StreamExt};
 use futures_rustls::client::TlsStream;
-use glommio::net::TcpStream;
+use glommio::{
+    channels::shared_channel::{self, ConnectedReceiver},
+    net::TcpStream,
+};
 use serde_json::{json, Value};
 
 use crate::tls_client::Tls;
@@ -190,19 +193,61 @@ pub fn run_pub(options: PubOptions) -> Result<(), ClientError> {
             "--http publishes over plain HTTP only".into(),
         ));
     }
-    let lines: Box<dyn Iterator<Item = String>> = match options.data.clone() {
-        Some(data) => Box::new(std::iter::once(data)),
-        None => Box::new(std::io::stdin().lock().lines().map_while(Result::ok)),
-    };
     if options.http {
+        let lines: Box<dyn Iterator<Item = String>> = match options.data.clone() {
+            Some(data) => Box::new(std::iter::once(data)),
+            None => Box::new(std::io::stdin().lock().lines().map_while(Result::ok)),
+        };
         for line in lines {
             let seq = http_publish(&target, &options, line_as_data(&line))?;
             println!("{seq}");
         }
         return Ok(());
     }
-    let lines: Vec<String> = lines.collect();
-    on_executor(publish_all(target, options, lines))
+    on_executor(publish_all(target, options))
+}
+
+/// What `pub` publishes: its one DATA, or the lines of standard input as
+/// they come, read on a thread of its own so that the connection is served
+/// (pings answered, a close noticed) while the input is quiet.
+enum Input {
+    One(Option<String>),
+    Stdin(ConnectedReceiver<String>),
+}
+
+impl Input {
+    async fn open(data: Option<String>) -> Result<Input, ClientError> {
+        if let Some(data) = data {
+            return Ok(Input::One(Some(data)));
+        }
+        let (lines, received) = shared_channel::new_bounded(64);
+        let executor = glommio::LocalExecutorBuilder::default().io_memory(64 << 10);
+        executor
+            .spawn(move || async move {
+                let lines = lines.connect().await;
+                for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+                    if lines.send(line).await.is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| ClientError::Connection(format!("cannot read standard input: {e}")))?;
+        Ok(Input::Stdin(received.connect().await))
+    }
+
+    /// The next line; `None` at the end of the input.
+    async fn next(&mut self) -> Option<String> {
+        match self {
+            Input::One(data) => data.take(),
+            Input::Stdin(lines) => lines.recv().await,
+        }
+    }
+}
+
+/// What came first while `pub` waited for its next line.
+enum Waited {
+    Line(Option<String>),
+    Server(Result<Option<Value>, ClientError>),
 }
 
 fn on_executor<T: 'static>(
@@ -442,14 +487,26 @@ async fn subscribe_loop(target: Target, options: SubOptions) -> Result<(), Clien
 }
 
 /// Publishes each line and prints its acknowledged `seq`, in order.
-async fn publish_all(
-    target: Target,
-    options: PubOptions,
-    lines: Vec<String>,
-) -> Result<(), ClientError> {
+async fn publish_all(target: Target, options: PubOptions) -> Result<(), ClientError> {
     let mut socket = connect(&target, options.token.as_deref()).await?;
-    for (i, line) in lines.iter().enumerate() {
-        let op = json!({"op": "pub", "ch": options.channel, "data": line_as_data(line), "id": i});
+    let mut input = Input::open(options.data.clone()).await?;
+    for i in 0u64.. {
+        let waited = async { Waited::Line(input.next().await) }
+            .or(async { Waited::Server(next_envelope(&mut socket).await) })
+            .await;
+        let line = match waited {
+            Waited::Line(Some(line)) => line,
+            Waited::Line(None) => break,
+            Waited::Server(Ok(Some(envelope))) if envelope["op"] == "err" => {
+                return Err(refusal(&envelope))
+            }
+            Waited::Server(Ok(Some(_))) => continue,
+            Waited::Server(Ok(None)) => {
+                return Err(ClientError::Connection("the server closed".into()))
+            }
+            Waited::Server(Err(e)) => return Err(e),
+        };
+        let op = json!({"op": "pub", "ch": options.channel, "data": line_as_data(&line), "id": i});
         send(&mut socket, op).await?;
         loop {
             let Some(envelope) = next_envelope(&mut socket).await? else {

@@ -24,6 +24,17 @@ fn shardcast() -> Command {
     command
 }
 
+/// Starts `shardcast sub ARGS...` with its output captured.
+fn spawn_sub(args: &[&str]) -> Child {
+    shardcast()
+        .arg("sub")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn ws_url(server: &Server) -> String {
     format!("ws://{}", server.addr)
 }
@@ -54,19 +65,7 @@ fn lines(output: &Output) -> Vec<Value> {
 #[test]
 fn pub_sends_each_line_of_its_input_and_sub_prints_each_message() {
     let server = Server::start(&["--shards", "2"]);
-    let sub = shardcast()
-        .args([
-            "sub",
-            "--data-only",
-            "--count",
-            "3",
-            &ws_url(&server),
-            "news",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let sub = spawn_sub(&["--data-only", "--count", "3", &ws_url(&server), "news"]);
     wait_for_subscriptions(&server, 1);
     let mut publisher = shardcast()
         .args(["pub", &ws_url(&server), "news"])
@@ -95,6 +94,30 @@ fn pub_sends_each_line_of_its_input_and_sub_prints_each_message() {
         lines(&printed),
         [json!({"a": 1}), json!("hello there"), json!([1, 2])]
     );
+}
+
+/// `pub` publishes each line as it comes: a quiet input (`tail -f`) is not
+/// read to its end first.
+#[test]
+fn pub_publishes_each_line_before_its_input_ends() {
+    let server = Server::start(&[]);
+    let mut publisher = shardcast()
+        .args(["pub", &ws_url(&server), "live"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = publisher.stdin.take().unwrap();
+    input.write_all(b"first\n").unwrap();
+    input.flush().unwrap();
+    support::wait_until("the first line published, the input still open", || {
+        support::get_json(&server, "/api/stats")["total"]["messages_published"] == 1
+    });
+    input.write_all(b"second\n").unwrap();
+    drop(input);
+    let published = wait_output(publisher, Duration::from_secs(10));
+    assert!(published.status.success(), "{published:?}");
+    assert_eq!(lines(&published), [json!(1), json!(2)]);
 }
 
 #[test]
@@ -187,19 +210,13 @@ fn pump(mut from: TcpStream, mut to: TcpStream) {
 fn sub_resumes_after_its_connection_breaks_without_losing_a_message() {
     let server = Server::start(&[]);
     let proxy = Proxy::start(server.addr);
-    let sub = shardcast()
-        .args([
-            "sub",
-            "--data-only",
-            "--count",
-            "6",
-            &format!("ws://{}", proxy.addr),
-            "feed",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let sub = spawn_sub(&[
+        "--data-only",
+        "--count",
+        "6",
+        &format!("ws://{}", proxy.addr),
+        "feed",
+    ]);
     wait_for_subscriptions(&server, 1);
     for i in 1..=2 {
         publish(&server, "feed", json!(i));
@@ -242,21 +259,7 @@ fn sub_and_pub_speak_wss_with_the_given_ca() {
     let server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let url = format!("wss://localhost:{}", server.addr.port());
     let ca = cert.cert.display().to_string();
-    let sub = shardcast()
-        .args([
-            "sub",
-            "--data-only",
-            "--count",
-            "1",
-            "--tls-ca",
-            &ca,
-            &url,
-            "tls",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let sub = spawn_sub(&["--data-only", "--count", "1", "--tls-ca", &ca, &url, "tls"]);
     let published = shardcast()
         .args(["pub", "--tls-ca", &ca, &url, "tls", "{\"secure\":true}"])
         .output()
@@ -301,19 +304,13 @@ fn sub_and_pub_speak_wss_with_the_given_ca() {
 fn sub_resumes_after_a_server_restart_with_what_the_new_history_holds() {
     let first = Server::start(&[]);
     let proxy = Proxy::start(first.addr);
-    let sub = shardcast()
-        .args([
-            "sub",
-            "--data-only",
-            "--count",
-            "6",
-            &format!("ws://{}", proxy.addr),
-            "feed",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let sub = spawn_sub(&[
+        "--data-only",
+        "--count",
+        "6",
+        &format!("ws://{}", proxy.addr),
+        "feed",
+    ]);
     wait_for_subscriptions(&first, 1);
     publish(&first, "feed", json!("a1"));
     publish(&first, "feed", json!("a2"));
