@@ -5,11 +5,7 @@
 
 mod support;
 
-use std::{
-    collections::HashSet,
-    io::Write,
-    process::{Command, Stdio},
-};
+use std::{collections::HashSet, process::Command};
 
 use serde_json::{json, Value};
 use support::{get_json, http, wait_until, Client, Server};
@@ -25,20 +21,11 @@ fn scrape(server: &Server) -> (Value, Vec<(String, Value, f64)>) {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/clients/parse_metrics.py"
     );
-    let mut parser = Command::new("python3")
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 (installed by scripts/test.sh)");
-    parser
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let output = parser.wait_with_output().unwrap();
+    let output = support::run_with_input(
+        Command::new("python3").arg(script),
+        text.as_bytes(),
+        "python3 (installed by scripts/test.sh)",
+    );
     assert!(
         output.status.success(),
         "prometheus_client rejected the exposition: {}\n{text}",

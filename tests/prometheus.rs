@@ -187,20 +187,11 @@ fn promtool_finds_nothing_to_say_about_the_exposition() {
     publish(&server, "prom", json!(1));
     let (status, text) = http(&server, "GET", "/metrics", "");
     assert_eq!(status, 200);
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian's prometheus package, installed by scripts/test.sh)");
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = promtool.wait_with_output().unwrap();
+    let out = support::run_with_input(
+        Command::new("promtool").args(["check", "metrics"]),
+        text.as_bytes(),
+        "promtool (Debian's prometheus package, installed by scripts/test.sh)",
+    );
     let said =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -331,3 +331,16 @@ pub fn publish(server: &Server, channel: &str, data: Value) -> u64 {
     let reply: Value = serde_json::from_str(&body).unwrap();
     reply["seq"].as_u64().expect("seq")
 }
+
+/// Runs `command` with `input` on its standard input and waits for it;
+/// `what` names the program for the message if it cannot be started.
+pub fn run_with_input(command: &mut Command, input: &[u8], what: &str) -> std::process::Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
