@@ -206,18 +206,28 @@ fn pump(mut from: TcpStream, mut to: TcpStream) {
     });
 }
 
+/// A `sub` of `feed` through a proxy to `server`, subscribed, that prints
+/// six messages' data and exits.
+fn six_through_a_proxy(server: &Server) -> (Proxy, Child) {
+    let proxy = Proxy::start(server.addr);
+    let url = format!("ws://{}", proxy.addr);
+    let sub = spawn_sub(&["--data-only", "--count", "6", &url, "feed"]);
+    wait_for_subscriptions(server, 1);
+    (proxy, sub)
+}
+
+/// Waits until `server` has written `n` deliveries.
+fn wait_delivered(server: &Server, n: u64) {
+    support::wait_until(&format!("{n} deliveries written"), || {
+        let stats = support::get_json(server, "/api/stats");
+        stats["total"]["messages_delivered"].as_u64() >= Some(n)
+    });
+}
+
 #[test]
 fn sub_resumes_after_its_connection_breaks_without_losing_a_message() {
     let server = Server::start(&[]);
-    let proxy = Proxy::start(server.addr);
-    let sub = spawn_sub(&[
-        "--data-only",
-        "--count",
-        "6",
-        &format!("ws://{}", proxy.addr),
-        "feed",
-    ]);
-    wait_for_subscriptions(&server, 1);
+    let (proxy, sub) = six_through_a_proxy(&server);
     for i in 1..=2 {
         publish(&server, "feed", json!(i));
     }
@@ -225,11 +235,7 @@ fn sub_resumes_after_its_connection_breaks_without_losing_a_message() {
     let mut witness = Client::connect(&server, "/ws");
     witness.subscribe("feed");
     wait_for_subscriptions(&server, 2);
-    let delivered = |n: u64| {
-        let stats = support::get_json(&server, "/api/stats");
-        stats["total"]["messages_delivered"].as_u64() >= Some(n)
-    };
-    support::wait_until("both messages written to sub", || delivered(2));
+    wait_delivered(&server, 2);
     proxy.cut();
     support::wait_until("sub gone", || {
         support::get_json(&server, "/api/stats")["total"]["subscriptions"] == 1
@@ -303,20 +309,10 @@ fn sub_and_pub_speak_wss_with_the_given_ca() {
 #[test]
 fn sub_resumes_after_a_server_restart_with_what_the_new_history_holds() {
     let first = Server::start(&[]);
-    let proxy = Proxy::start(first.addr);
-    let sub = spawn_sub(&[
-        "--data-only",
-        "--count",
-        "6",
-        &format!("ws://{}", proxy.addr),
-        "feed",
-    ]);
-    wait_for_subscriptions(&first, 1);
+    let (proxy, sub) = six_through_a_proxy(&first);
     publish(&first, "feed", json!("a1"));
     publish(&first, "feed", json!("a2"));
-    support::wait_until("both written", || {
-        support::get_json(&first, "/api/stats")["total"]["messages_delivered"].as_u64() >= Some(2)
-    });
+    wait_delivered(&first, 2);
     // The server restarts: a new process, a new epoch, an empty history.
     // While sub cannot get in, three publications land in the new history.
     proxy.point_at(None);
