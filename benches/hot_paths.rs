@@ -64,11 +64,12 @@ fn fan_out(c: &mut Criterion) {
                         let id = ConnRef { key, gen: 1 };
                         Rc::new(Conn::new(
                             id,
-                            Codec::Json,
+                            Codec::JSON,
                             1 << 20,
                             0,
                             flusher.clone(),
                             None,
+                            false,
                         ))
                     })
                     .collect();

@@ -37,11 +37,14 @@ pub enum CloseReason {
     /// Queued bytes the socket did not take for `send-timeout`; no close
     /// frame can get through.
     SendTimeout,
+    /// A compressed message (permessage-deflate) that does not inflate
+    /// (1007).
+    BadCompression,
 }
 
 impl CloseReason {
     /// Every reason, in declaration order (`reason as usize` indexes it).
-    pub const ALL: [CloseReason; 15] = [
+    pub const ALL: [CloseReason; 16] = [
         CloseReason::Normal,
         CloseReason::SlowConsumer,
         CloseReason::HeartbeatTimeout,
@@ -57,6 +60,7 @@ impl CloseReason {
         CloseReason::Forbidden,
         CloseReason::MessageTimeout,
         CloseReason::SendTimeout,
+        CloseReason::BadCompression,
     ];
 
     /// The close code and reason sent to the client, if any.
@@ -75,6 +79,7 @@ impl CloseReason {
             CloseReason::RateLimited => Some((1008, "publish rate limit exceeded")),
             CloseReason::Forbidden => Some((1008, "not allowed to publish here")),
             CloseReason::MessageTimeout => Some((1008, "message not finished in time")),
+            CloseReason::BadCompression => Some((1007, "invalid compressed data")),
         }
     }
 
@@ -95,6 +100,7 @@ impl CloseReason {
             CloseReason::Forbidden => "forbidden",
             CloseReason::MessageTimeout => "message_timeout",
             CloseReason::SendTimeout => "send_timeout",
+            CloseReason::BadCompression => "bad_compression",
         }
     }
 }

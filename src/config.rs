@@ -76,6 +76,13 @@ pub struct Config {
     /// writing them, to gather more frames into each write. Zero (the
     /// default) writes once per executor turn. At most 100 ms.
     pub write_delay: Duration,
+    /// Offer permessage-deflate (RFC 7692) to clients that ask for it.
+    /// Default on.
+    pub compression: bool,
+    /// Messages under this many bytes go uncompressed. Default 256 B.
+    pub compression_min_bytes: usize,
+    /// zlib level of compression, 1 (fastest) to 9 (smallest). Default 3.
+    pub compression_level: u32,
     /// Memory budget of the process (split evenly over the shards) for what
     /// clients make it hold: connections, outgoing queues, unfinished
     /// messages and history. Over its share a shard refuses new connections
@@ -138,6 +145,9 @@ impl Default for Config {
             message_timeout: Duration::from_secs(5),
             send_timeout: Duration::from_secs(30),
             write_delay: Duration::ZERO,
+            compression: true,
+            compression_min_bytes: 256,
+            compression_level: 3,
             max_memory: default_max_memory(),
             anonymous: false,
             jwt_secret: None,
@@ -237,6 +247,15 @@ pub struct ConfigLayer {
     /// Hold queued frames this long before writing, to gather more per write, e.g. 1ms (0: once per executor turn) [default: 0]
     #[arg(long, env = "SHARDCAST_WRITE_DELAY", value_name = "DURATION")]
     pub write_delay: Option<HumanDuration>,
+    /// Compress messages with permessage-deflate for clients that offer it: on or off [default: on]
+    #[arg(long, env = "SHARDCAST_COMPRESSION", value_name = "on|off")]
+    pub compression: Option<Switch>,
+    /// Messages under this size go uncompressed [default: 256B]
+    #[arg(long, env = "SHARDCAST_COMPRESSION_MIN_BYTES", value_name = "SIZE")]
+    pub compression_min_bytes: Option<ByteSize>,
+    /// zlib level, 1 (fastest) to 9 (smallest) [default: 3]
+    #[arg(long, env = "SHARDCAST_COMPRESSION_LEVEL", value_name = "N")]
+    pub compression_level: Option<u32>,
     /// Memory budget for connections, queues, unfinished messages and history; over it new connections and subscriptions are refused [default: half of the machine's or cgroup's memory]
     #[arg(long, env = "SHARDCAST_MAX_MEMORY", value_name = "SIZE")]
     pub max_memory: Option<ByteSize>,
@@ -299,6 +318,18 @@ pub struct ConfigLayer {
     pub tls_key: Option<PathBuf>,
 }
 
+/// A feature turned on or off (`on`/`off`, also `true`/`false`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Switch {
+    #[value(alias = "true")]
+    #[serde(alias = "true")]
+    On,
+    #[value(alias = "false")]
+    #[serde(alias = "false")]
+    Off,
+}
+
 /// Copies every field a layer sets onto the config, converting units.
 macro_rules! apply_layer {
     ($config:expr, $layer:expr, { $($plain:ident),* }, { $($unit:ident),* },
@@ -335,13 +366,16 @@ impl Config {
         let layer = layer.clone();
         apply_layer!(self, layer,
             { listen, shards, max_connections, max_http_connections, max_subscriptions, history_size, anonymous,
-              allowed_origins, publish_rate, max_connections_per_ip },
+              allowed_origins, publish_rate, max_connections_per_ip, compression_level },
             { ping_interval, ping_timeout, max_queue_bytes, max_message_bytes,
               handshake_timeout, shutdown_timeout, read_buffer_bytes, history_ttl,
               history_max_bytes, auth_timeout, message_timeout, send_timeout, write_delay,
-              max_memory },
+              max_memory, compression_min_bytes },
             { jwt_secret, jwt_public_key, jwt_audience, jwt_issuer, api_key, admin_listen,
               publish_burst, tls_cert, tls_key });
+        if let Some(switch) = layer.compression {
+            self.compression = switch == Switch::On;
+        }
     }
 
     /// Rejects settings the server cannot run with, quoting the numbers.
@@ -391,6 +425,12 @@ impl Config {
             return invalid(format!(
                 "write-delay is {:?}, must be at most {MAX_WRITE_DELAY:?}",
                 self.write_delay
+            ));
+        }
+        if !(1..=9).contains(&self.compression_level) {
+            return invalid(format!(
+                "compression-level is {}, must be 1..=9",
+                self.compression_level
             ));
         }
         let least_memory = self.shards * MIN_MEMORY_PER_SHARD;

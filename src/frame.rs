@@ -16,6 +16,8 @@ pub const MAX_HEADER: usize = MAX_SERVER_HEADER;
 pub struct FrameBuilder {
     buf: BytesMut,
     opcode: OpCode,
+    /// RSV1: the payload is compressed (permessage-deflate).
+    compressed: bool,
 }
 
 impl FrameBuilder {
@@ -23,7 +25,33 @@ impl FrameBuilder {
     pub fn new(opcode: OpCode, payload_hint: usize) -> Self {
         let mut buf = BytesMut::with_capacity(MAX_HEADER + payload_hint);
         buf.resize(MAX_HEADER, 0);
-        FrameBuilder { buf, opcode }
+        FrameBuilder {
+            buf,
+            opcode,
+            compressed: false,
+        }
+    }
+
+    /// Starts a frame whose payload is compressed (RSV1 set), of at most
+    /// `max_payload` bytes: [`FrameBuilder::spare`] hands out the room.
+    pub fn compressed(opcode: OpCode, max_payload: usize) -> Self {
+        FrameBuilder {
+            compressed: true,
+            ..FrameBuilder::new(opcode, max_payload)
+        }
+    }
+
+    /// `len` more payload bytes, zeroed, to be written in place; give back
+    /// what was not used with [`FrameBuilder::truncate`].
+    pub fn spare(&mut self, len: usize) -> &mut [u8] {
+        let start = self.buf.len();
+        self.buf.resize(start + len, 0);
+        &mut self.buf[start..]
+    }
+
+    /// Keeps the first `payload_len` bytes of the payload.
+    pub fn truncate(&mut self, payload_len: usize) {
+        self.buf.truncate(MAX_HEADER + payload_len);
     }
 
     /// The payload written so far (after the reserved header room).
@@ -39,8 +67,13 @@ impl FrameBuilder {
     /// Writes the header in front of the payload and returns the whole frame.
     pub fn finish(mut self) -> Bytes {
         let len = self.payload_len();
-        let mut header = [0u8; shardcast_wire::MAX_HEADER];
-        let header_len = FrameHeader::server(self.opcode, len).write(&mut header);
+        let header = FrameHeader {
+            rsv1: self.compressed,
+            ..FrameHeader::server(self.opcode, len)
+        };
+        let mut bytes = [0u8; shardcast_wire::MAX_HEADER];
+        let header_len = header.write(&mut bytes);
+        let header = bytes;
         let start = MAX_HEADER - header_len;
         self.buf[start..MAX_HEADER].copy_from_slice(&header[..header_len]);
         self.buf.freeze().slice(start..)
@@ -56,6 +89,21 @@ impl std::io::Write for FrameBuilder {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// The payload of a whole server frame built here (its header skipped).
+pub fn payload_of(frame: &[u8]) -> &[u8] {
+    let header_len = match frame.get(1).map(|b| b & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    };
+    frame.get(header_len..).unwrap_or_default()
+}
+
+/// Whether a server frame built here has RSV1 set (a compressed message).
+pub fn is_compressed(frame: &[u8]) -> bool {
+    frame.first().is_some_and(|b| b & 0x40 != 0)
 }
 
 /// A whole frame around `payload`, in one new buffer.

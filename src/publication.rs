@@ -44,6 +44,20 @@ impl Payload {
         Payload::new(kind, Bytes::copy_from_slice(bytes))
     }
 
+    /// A JSON publication's `data` (valid JSON), copied. A raw line break
+    /// in it can only be whitespace between tokens (JSON strings escape
+    /// them), so it becomes a space: every envelope is one line, and
+    /// batched envelopes split on `\n` (`conn/batch.rs`).
+    pub fn json(raw: &[u8]) -> Self {
+        let mut bytes = bytes::BytesMut::from(raw);
+        if memchr::memchr2(b'\n', b'\r', raw).is_some() {
+            for byte in bytes.iter_mut().filter(|b| matches!(b, b'\n' | b'\r')) {
+                *byte = b' ';
+            }
+        }
+        Payload::new(PayloadKind::Json, bytes.freeze())
+    }
+
     /// A publication received now, whose `bytes` the caller built for it
     /// (they must not be a slice of a longer-lived buffer).
     pub fn new(kind: PayloadKind, bytes: Bytes) -> Self {
@@ -68,4 +82,20 @@ pub struct Position {
     pub recovered: Option<bool>,
     /// Publications after `since`, oldest first (empty unless recovered).
     pub missed: Vec<(u64, Payload)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_data_becomes_one_line() {
+        let data = "{\n  \"a\": \"x\\ny\",\r\n  \"b\": [1,\n2]\n}";
+        let payload = Payload::json(data.as_bytes());
+        let text = std::str::from_utf8(&payload.bytes).unwrap();
+        assert!(!text.contains(['\n', '\r']));
+        let parsed: serde_json::Value = serde_json::from_str(text).unwrap();
+        let original: serde_json::Value = serde_json::from_str(data).unwrap();
+        assert_eq!(parsed, original, "the same value, escapes kept");
+    }
 }

@@ -75,6 +75,15 @@ fn settings(config: &Config) -> Vec<(&'static str, Value)> {
         ("message-timeout", duration(c.message_timeout)),
         ("send-timeout", duration(c.send_timeout)),
         ("write-delay", duration(c.write_delay)),
+        (
+            "compression",
+            text(if c.compression { "on" } else { "off" }),
+        ),
+        ("compression-min-bytes", size(c.compression_min_bytes)),
+        (
+            "compression-level",
+            Value::Number(u64::from(c.compression_level)),
+        ),
         ("max-memory", size(c.max_memory)),
         ("anonymous", Value::Bool(c.anonymous)),
         (

@@ -116,6 +116,16 @@ counters! {
     /// Flush passes that wrote at least one connection (one per executor
     /// turn with something queued).
     flush_passes => "shardcast_flush_passes_total",
+    /// Publications compressed for permessage-deflate subscribers: once
+    /// per publication per shard, however many subscribers share it.
+    publications_compressed => "shardcast_publications_compressed_total",
+    /// Publications sent uncompressed to permessage-deflate subscribers
+    /// because compression saved less than a tenth.
+    compression_declined => "shardcast_compression_declined_total",
+    /// Publication frames queued compressed (one per subscriber).
+    deliveries_compressed => "shardcast_deliveries_compressed_total",
+    /// Compressed client messages inflated.
+    messages_inflated => "shardcast_messages_inflated_total",
     /// Messages sent to other shards.
     mesh_sent => "shardcast_mesh_messages_sent_total",
     /// Messages received from other shards.

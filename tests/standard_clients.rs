@@ -1,6 +1,7 @@
 //! "Any standard WebSocket client": Python `websockets` and Node `ws` (the
-//! most used client libraries) subscribe, publish and receive. Their
-//! dependencies are installed by `scripts/test.sh`.
+//! most used client libraries) subscribe, publish and receive, with
+//! permessage-deflate on as they have it by default. Their dependencies are
+//! installed by `scripts/test.sh`.
 
 mod support;
 
@@ -27,14 +28,25 @@ fn run_client(program: &str, script: &str, server: &Server) {
     assert!(stdout.contains(": ok"), "{stdout}");
 }
 
+/// The client sent compressed messages that the server inflated, and the
+/// server sent it compressed frames (permessage-deflate, on by default in
+/// both libraries).
+fn assert_compressed_both_ways(server: &Server) {
+    let total = &support::get_json(server, "/api/stats")["total"];
+    assert!(total["messages_inflated"].as_u64() >= Some(1), "{total}");
+    assert!(total["deliveries_compressed"].as_u64() >= Some(1), "{total}");
+}
+
 #[test]
 fn python_websockets_client() {
     let server = Server::start(&["--shards", "2"]);
     run_client("python3", "python_client.py", &server);
+    assert_compressed_both_ways(&server);
 }
 
 #[test]
 fn node_ws_client() {
     let server = Server::start(&["--shards", "2"]);
     run_client("node", "node_client.mjs", &server);
+    assert_compressed_both_ways(&server);
 }

@@ -1,19 +1,22 @@
 //! How one connection's messages are written: every frame the shard sends a
 //! client is encoded by the connection's codec, never by the shard itself.
-//! Fan-out encodes each publication once per codec present on the channel
-//! and shares the bytes among that codec's subscribers (`shard/index.rs`).
-//! A binary codec joins here later; compression wraps a codec's frames.
+//! Fan-out encodes each publication once per protocol present on the
+//! channel, compresses it at most once more for the subscribers that
+//! negotiated permessage-deflate ([`PublicationFrames`]), and shares the
+//! bytes among them (`shard/index.rs`).
 
 use bytes::Bytes;
 
+use super::{deflate::Deflater, extension::Agreement};
 use crate::{
+    frame,
     protocol::{self, OpError},
     publication::Payload,
 };
 
 /// The protocol a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Codec {
+pub enum Protocol {
     /// The JSON envelope protocol (`/ws`): `msg` envelopes, acks, errors.
     Json,
     /// A raw room (`/ws/<channel>`): publications verbatim, no envelope. A
@@ -22,15 +25,51 @@ pub enum Codec {
     Raw,
 }
 
-impl Codec {
-    /// Every codec (`codec as usize` indexes it).
-    pub const ALL: [Codec; 2] = [Codec::Json, Codec::Raw];
+impl Protocol {
+    /// How many protocols there are (`protocol as usize` indexes them).
+    pub const COUNT: usize = 2;
+}
 
-    /// The frame of publication `seq` of `channel`.
+/// How one connection's frames are written: its protocol, and whether
+/// its publications may go compressed (permessage-deflate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Codec {
+    pub protocol: Protocol,
+    /// permessage-deflate was negotiated: the window the client inflates
+    /// with, in bits; 0: it was not.
+    pub deflate_window: u8,
+}
+
+impl Codec {
+    /// The JSON protocol, uncompressed.
+    pub const JSON: Codec = Codec {
+        protocol: Protocol::Json,
+        deflate_window: 0,
+    };
+    /// A raw room, uncompressed.
+    pub const RAW: Codec = Codec {
+        protocol: Protocol::Raw,
+        deflate_window: 0,
+    };
+
+    /// This codec with permessage-deflate as agreed (if it was).
+    pub fn with_deflate(self, agreement: Option<&Agreement>) -> Codec {
+        Codec {
+            deflate_window: agreement.map_or(0, |a| a.window_bits),
+            ..self
+        }
+    }
+
+    /// Whether the client may send compressed messages.
+    pub fn inflates(self) -> bool {
+        self.deflate_window != 0
+    }
+
+    /// The uncompressed frame of publication `seq` of `channel`.
     pub fn publication(self, channel: &str, seq: u64, payload: &Payload) -> Bytes {
-        match self {
-            Codec::Json => protocol::encode_msg(channel, seq, payload.kind, &payload.bytes),
-            Codec::Raw => protocol::encode_raw(payload.kind, &payload.bytes),
+        match self.protocol {
+            Protocol::Json => protocol::encode_msg(channel, seq, payload.kind, &payload.bytes),
+            Protocol::Raw => protocol::encode_raw(payload.kind, &payload.bytes),
         }
     }
 
@@ -52,5 +91,62 @@ impl Codec {
     /// The answer to a JSON `ping` op.
     pub fn pong(self, id: Option<&str>) -> Bytes {
         protocol::encode_pong(id)
+    }
+}
+
+/// One publication's frames, each made the first time a subscriber needs
+/// it: at most one uncompressed frame per protocol, and one compressed
+/// frame per protocol (compressed from the uncompressed one), shared by
+/// every subscriber that speaks it.
+pub struct PublicationFrames<'a> {
+    channel: &'a str,
+    seq: u64,
+    payload: &'a Payload,
+    plain: [Option<Bytes>; Protocol::COUNT],
+    /// `Some(None)`: compression was tried and did not pay.
+    compressed: [Option<Option<Bytes>>; Protocol::COUNT],
+}
+
+impl<'a> PublicationFrames<'a> {
+    pub fn new(channel: &'a str, seq: u64, payload: &'a Payload) -> Self {
+        PublicationFrames {
+            channel,
+            seq,
+            payload,
+            plain: Default::default(),
+            compressed: Default::default(),
+        }
+    }
+
+    /// Compressions made and declined (did not pay) so far.
+    pub fn compressions(&self) -> (u64, u64) {
+        let made = self.compressed.iter().filter(|c| matches!(c, Some(Some(_)))).count();
+        let declined = self.compressed.iter().filter(|c| matches!(c, Some(None))).count();
+        (made as u64, declined as u64)
+    }
+
+    /// The frame for a subscriber with `codec`: compressed when it
+    /// negotiated permessage-deflate, compression pays and the message fits
+    /// its window; uncompressed otherwise.
+    pub fn frame(&mut self, codec: Codec, deflater: &mut Deflater) -> &Bytes {
+        let at = codec.protocol as usize;
+        let (channel, seq, payload) = (self.channel, self.seq, self.payload);
+        let plain = self.plain[at].get_or_insert_with(|| codec.publication(channel, seq, payload));
+        if codec.deflate_window == 0 {
+            return plain;
+        }
+        let body = frame::payload_of(plain);
+        if !Agreement::fits(codec.deflate_window, body.len()) {
+            return plain;
+        }
+        let compressed = self.compressed[at].get_or_insert_with(|| {
+            let opcode = if plain[0] & 0x0f == frame::OpCode::Binary as u8 {
+                frame::OpCode::Binary
+            } else {
+                frame::OpCode::Text
+            };
+            deflater.frame(opcode, body)
+        });
+        compressed.as_ref().unwrap_or(&*plain)
     }
 }

@@ -224,7 +224,7 @@ mod tests {
             let (stream, mut client) = pair().await;
             let stats = Rc::new(Stats::default());
             let flusher = running_flusher(&stats);
-            let outbox = Rc::new(Outbox::new(1 << 20, flusher.clone(), Some(stream)));
+            let outbox = Rc::new(Outbox::new(1 << 20, flusher.clone(), Some(stream), false));
             for i in 0..10u8 {
                 outbox.push(Bytes::from(vec![i; 100]));
             }
@@ -262,7 +262,7 @@ mod tests {
                 .unwrap();
             let stats = Rc::new(Stats::default());
             let flusher = running_flusher(&stats);
-            let outbox = Rc::new(Outbox::new(8 << 20, flusher, Some(stream)));
+            let outbox = Rc::new(Outbox::new(8 << 20, flusher, Some(stream), false));
             let mut expected = Vec::new();
             for i in 0..64u8 {
                 let frame = vec![i; 64 << 10];

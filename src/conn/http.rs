@@ -31,6 +31,8 @@ pub struct Head {
     pub wants_websocket: bool,
     pub ws_key: Option<String>,
     pub ws_version: Option<String>,
+    /// `Sec-WebSocket-Extensions`, every line of it joined by commas.
+    pub ws_extensions: Option<String>,
     pub content_length: Option<usize>,
     /// A `Transfer-Encoding` header is present (its body is never read).
     pub chunked: bool,
@@ -135,6 +137,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HttpError> {
         wants_websocket: false,
         ws_key: None,
         ws_version: None,
+        ws_extensions: None,
         content_length: None,
         chunked: false,
         keep_alive: http11,
@@ -182,6 +185,12 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HttpError> {
             head.ws_key = Some(match head.ws_key.take() {
                 Some(first) => format!("{first}, {}", value.trim()),
                 None => value.trim().to_owned(),
+            });
+        } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+            let value = value.trim();
+            head.ws_extensions = Some(match head.ws_extensions.take() {
+                Some(earlier) => format!("{earlier}, {value}"),
+                None => value.to_owned(),
             });
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
             head.ws_version = Some(value.trim().to_owned());
@@ -244,9 +253,10 @@ fn split_target(target: &str) -> (&str, &str) {
 /// How a WebSocket session speaks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Session {
-    /// `GET /ws[?sub=a,b]`: the JSON protocol, with channels to subscribe at
-    /// connect time.
-    Json { subscribe: Vec<String> },
+    /// `GET /ws[?sub=a,b][&batch=1]`: the JSON protocol, with channels to
+    /// subscribe at connect time, and envelopes batched into frames if
+    /// asked (`conn/batch.rs`).
+    Json { subscribe: Vec<String>, batch: bool },
     /// `GET /ws/<channel>[?echo=0]`: a raw room.
     /// `?since=N&epoch=E`: replay what the room published after `N`.
     Room {
@@ -260,9 +270,14 @@ impl Session {
     /// The codec the session speaks.
     pub fn codec(&self) -> Codec {
         match self {
-            Session::Json { .. } => Codec::Json,
-            Session::Room { .. } => Codec::Raw,
+            Session::Json { .. } => Codec::JSON,
+            Session::Room { .. } => Codec::RAW,
         }
+    }
+
+    /// Whether the client asked for envelopes batched into frames.
+    pub fn batches(&self) -> bool {
+        matches!(self, Session::Json { batch: true, .. })
     }
 }
 
@@ -334,7 +349,8 @@ pub fn route(head: &Head, max_subscriptions: usize) -> Result<Route, HttpError> 
                 format!("at most {max_subscriptions} channels in ?sub="),
             ));
         }
-        Session::Json { subscribe }
+        let batch = query_values(&head.query, "batch").any(|v| v == "1" || v == "true");
+        Session::Json { subscribe, batch }
     } else if let Some(room) = path.strip_prefix("/ws/") {
         let channel = percent_decode(room).ok_or_else(|| {
             HttpError::new(
@@ -547,13 +563,18 @@ pub fn error_response(error: &HttpError, keep_alive: bool) -> Vec<u8> {
     )
 }
 
-/// The 101 response completing a WebSocket handshake.
-pub fn switching_protocols(key: &str) -> Vec<u8> {
+/// The 101 response completing a WebSocket handshake, with the extensions
+/// agreed (a `Sec-WebSocket-Extensions` value), if any.
+pub fn switching_protocols(key: &str, extensions: Option<&str>) -> Vec<u8> {
     let accept = async_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
-    )
-    .into_bytes()
+    let mut response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n"
+    );
+    if let Some(extensions) = extensions {
+        response.push_str(&format!("Sec-WebSocket-Extensions: {extensions}\r\n"));
+    }
+    response.push_str("\r\n");
+    response.into_bytes()
 }
 
 #[cfg(test)]
@@ -589,7 +610,8 @@ mod tests {
         assert_eq!(
             route(&h, 10),
             Ok(Route::WebSocket(Session::Json {
-                subscribe: vec!["a".into(), "b".into(), "c".into()]
+                subscribe: vec!["a".into(), "b".into(), "c".into()],
+                batch: false,
             }))
         );
         let h = head(&format!("GET /ws/lobby?echo=0 HTTP/1.1\r\n{UPGRADE}"));
@@ -741,7 +763,8 @@ mod tests {
         assert_eq!(
             route(&h, 1),
             Ok(Route::WebSocket(Session::Json {
-                subscribe: vec!["a".into()]
+                subscribe: vec!["a".into()],
+                batch: false,
             }))
         );
         assert_eq!(split_target("http://example.com"), ("/", ""));
@@ -779,7 +802,7 @@ mod tests {
 
     #[test]
     fn accept_key_matches_rfc_example() {
-        let text = String::from_utf8(switching_protocols("dGhlIHNhbXBsZSBub25jZQ==")).unwrap();
+        let text = String::from_utf8(switching_protocols("dGhlIHNhbXBsZSBub25jZQ==", None)).unwrap();
         assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
     }
 

@@ -15,7 +15,12 @@ use std::{borrow::Cow, rc::Rc};
 use bytes::Bytes;
 use shardcast_wire::{DecodeError, Decoder, Event, Limits};
 
-use super::{codec::Codec, http::Session, permit::Permit};
+use super::{
+    codec::Codec,
+    deflate::InflateError,
+    http::Session,
+    permit::Permit,
+};
 use crate::{
     channel::Access,
     close::CloseReason,
@@ -36,9 +41,16 @@ pub trait Host {
     fn unix_now(&self) -> u64;
     /// The verifier of tokens, when tokens are required.
     fn verifier(&self) -> Option<&Verifier>;
+    /// How the connection's frames are written.
+    fn codec(&self) -> Codec;
     /// Queues a frame for the client; a full queue closes the connection as
     /// a slow consumer.
     fn send(&mut self, frame: Bytes);
+    /// Inflates a whole compressed message (permessage-deflate) with the
+    /// shard's inflater, at most `limit` bytes of it; the buffer goes back
+    /// through [`Host::recycle`].
+    fn inflate(&mut self, compressed: &[u8], limit: usize) -> Result<Vec<u8>, InflateError>;
+    fn recycle(&mut self, inflated: Vec<u8>);
     /// Starts closing; the first reason wins.
     fn close(&mut self, reason: CloseReason);
     /// Answers the client's close frame, echoing its code.
@@ -131,6 +143,9 @@ struct Room {
 /// The protocol state of one WebSocket session.
 pub struct Connection {
     decoder: Decoder,
+    /// The message limit, for inflated messages (the decoder checks it on
+    /// what arrives).
+    max_message: usize,
     /// `None`: the JSON protocol. Boxed: most connections are not rooms.
     room: Option<Box<Room>>,
 }
@@ -141,13 +156,13 @@ impl Connection {
     pub fn open(session: Session, max_message: usize, host: &mut impl Host) -> Self {
         let limits = Limits {
             max_message,
-            rsv1: false,
+            rsv1: host.codec().inflates(),
         };
         let room = match session {
-            Session::Json { subscribe } => {
+            Session::Json { subscribe, .. } => {
                 for name in subscribe {
                     if let Err(error) = host.subscribe(&name, None, None) {
-                        host.send(Codec::Json.err(&error));
+                        host.send(host.codec().err(&error));
                     }
                 }
                 None
@@ -163,7 +178,7 @@ impl Connection {
                     epoch: epoch.into(),
                 });
                 if let Err(error) = host.subscribe(&channel, None, since) {
-                    host.send(Codec::Raw.err(&error));
+                    host.send(host.codec().err(&error));
                 }
                 Some(Box::new(Room {
                     channel: Bytes::from(channel.into_bytes()),
@@ -174,6 +189,7 @@ impl Connection {
         };
         Connection {
             decoder: Decoder::new(limits),
+            max_message,
             room,
         }
     }
@@ -219,7 +235,12 @@ impl Connection {
                 Event::Text(_) | Event::Binary(_) | Event::Compressed { .. }
             );
             host.heard();
-            let congested = act(self.room.as_deref(), event, host);
+            let congested = match event {
+                Event::Compressed { text, payload } => {
+                    inflate_and_act(self.room.as_deref(), text, payload, self.max_message, host)
+                }
+                event => act(self.room.as_deref(), event, host),
+            };
             if host.is_closing() {
                 receipt.stop = Stop::Closed;
                 return receipt;
@@ -248,7 +269,7 @@ fn act(room: Option<&Room>, event: Event<'_>, host: &mut impl Host) -> Option<us
                 None
             }
             None => {
-                host.send(Codec::Json.err(&OpError::new(
+                host.send(host.codec().err(&OpError::new(
                     ErrorCode::BadJson,
                     "binary frames are not part of the JSON protocol; use a raw room (/ws/<channel>)",
                     None,
@@ -265,13 +286,45 @@ fn act(room: Option<&Room>, event: Event<'_>, host: &mut impl Host) -> Option<us
             host.close_in_reply(close.map(|(code, _)| code));
             None
         }
-        // No extension sets RSV1 yet (the decoder refuses it): never seen
-        // until compression is negotiated.
+        // Inflated first (`inflate_and_act`).
         Event::Compressed { .. } => {
             host.close(CloseReason::Protocol);
             None
         }
     }
+}
+
+/// Inflates a compressed message (the decoder allows RSV1 only once
+/// permessage-deflate was negotiated) and acts on it as if it had come
+/// uncompressed. Over `max_message` once inflated closes with 1009, a
+/// stream that does not inflate with 1007, as invalid text does.
+fn inflate_and_act(
+    room: Option<&Room>,
+    text: bool,
+    payload: &[u8],
+    max_message: usize,
+    host: &mut impl Host,
+) -> Option<usize> {
+    let inflated = match host.inflate(payload, max_message) {
+        Ok(inflated) => inflated,
+        Err(error) => {
+            host.close(match error {
+                InflateError::TooLarge => CloseReason::TooLarge,
+                InflateError::Corrupt => CloseReason::BadCompression,
+            });
+            return None;
+        }
+    };
+    let congested = match (text, std::str::from_utf8(&inflated)) {
+        (true, Ok(text)) => act(room, Event::Text(text), host),
+        (true, Err(_)) => {
+            host.close(CloseReason::BadUtf8);
+            None
+        }
+        (false, _) => act(room, Event::Binary(&inflated), host),
+    };
+    host.recycle(inflated);
+    congested
 }
 
 /// Publishes a raw-room message, if the member may: the token must allow
@@ -314,7 +367,7 @@ fn handle_op(text: &str, host: &mut impl Host) -> Option<usize> {
             return None;
         }
         Err(error) => {
-            host.send(Codec::Json.err(&error));
+            host.send(host.codec().err(&error));
             return None;
         }
     };
@@ -332,7 +385,7 @@ fn handle_op(text: &str, host: &mut impl Host) -> Option<usize> {
             .and_then(|()| host.subscribe(&ch, id, since)),
         ClientOp::Unsub { ch, id } => host.unsubscribe(&ch, id),
         ClientOp::Ping { id } => {
-            host.send(Codec::Json.pong(id));
+            host.send(host.codec().pong(id));
             Ok(())
         }
         ClientOp::Pub { ch, data, id } => {
@@ -349,14 +402,14 @@ fn handle_op(text: &str, host: &mut impl Host) -> Option<usize> {
             } else {
                 // Copies, not slices of the frame (see `publish_in_room`).
                 let ch = Bytes::copy_from_slice(ch.as_bytes());
-                let payload = Payload::copy_of(PayloadKind::Json, data.as_bytes());
+                let payload = Payload::json(data.as_bytes());
                 congested = host.publish(ch, payload, None, id);
                 Ok(())
             }
         }
     };
     if let Err(error) = result {
-        host.send(Codec::Json.err(&error));
+        host.send(host.codec().err(&error));
     }
     congested
 }
@@ -381,7 +434,7 @@ fn refuse_auth(
     host: &mut impl Host,
 ) {
     host.refused(Refusal::Unauthorized);
-    host.send(Codec::Json.err(&OpError::new(ErrorCode::Unauthorized, msg, id)));
+    host.send(host.codec().err(&OpError::new(ErrorCode::Unauthorized, msg, id)));
     host.close(reason);
 }
 
@@ -452,7 +505,7 @@ fn authenticate(token_text: &str, id: Option<&str>, host: &mut impl Host) {
     let grant = match checked {
         None => {
             if let Some(id) = id {
-                host.send(Codec::Json.ack(id, None));
+                host.send(host.codec().ack(id, None));
             }
             return;
         }
@@ -479,7 +532,7 @@ fn authenticate(token_text: &str, id: Option<&str>, host: &mut impl Host) {
     for ch in host.subscribed_channels() {
         if !grant.allows(Access::Subscribe, &ch) {
             let _ = host.unsubscribe(&ch, None);
-            host.send(Codec::Json.err(&OpError::new(
+            host.send(host.codec().err(&OpError::new(
                 ErrorCode::Forbidden,
                 format!("subscription to {ch:?} ended: the refreshed token does not allow it"),
                 None,
@@ -487,7 +540,7 @@ fn authenticate(token_text: &str, id: Option<&str>, host: &mut impl Host) {
         }
     }
     if let Some(id) = id {
-        host.send(Codec::Json.ack(id, None));
+        host.send(host.codec().ack(id, None));
     }
 }
 
@@ -525,6 +578,9 @@ mod tests {
         verdict: Option<Verdict>,
         /// What `publish` answers.
         congested: Option<usize>,
+        /// permessage-deflate's window, 0: not negotiated.
+        deflate_window: u8,
+        inflater: crate::conn::deflate::Inflater,
     }
 
     impl Recorder {
@@ -565,8 +621,20 @@ mod tests {
         fn verifier(&self) -> Option<&Verifier> {
             self.verifier.as_ref()
         }
+        fn codec(&self) -> Codec {
+            Codec {
+                deflate_window: self.deflate_window,
+                ..Codec::JSON
+            }
+        }
         fn send(&mut self, frame: Bytes) {
             self.sent.push(frame.to_vec());
+        }
+        fn inflate(&mut self, compressed: &[u8], limit: usize) -> Result<Vec<u8>, InflateError> {
+            self.inflater.inflate(compressed, limit)
+        }
+        fn recycle(&mut self, inflated: Vec<u8>) {
+            self.inflater.recycle(inflated);
         }
         fn close(&mut self, reason: CloseReason) {
             self.closed.get_or_insert(reason);
@@ -643,6 +711,7 @@ mod tests {
     fn json_session() -> Session {
         Session::Json {
             subscribe: Vec::new(),
+            batch: false,
         }
     }
 
@@ -687,6 +756,7 @@ mod tests {
         let mut host = Recorder::anonymous();
         let session = Session::Json {
             subscribe: vec!["a".into(), "b".into()],
+            batch: false,
         };
         Connection::open(session, 1 << 16, &mut host);
         assert_eq!(host.subscribed, ["a", "b"]);
@@ -897,5 +967,106 @@ mod tests {
         );
         assert_eq!(host.sent_json()[0]["code"], "bad_json");
         assert_eq!(host.closed, None);
+    }
+
+    /// A compressed client message as permessage-deflate frames it: RSV1
+    /// on the first frame, split into frames of `chunk` bytes.
+    fn compressed(opcode: OpCode, message: &[u8], chunk: usize) -> Vec<u8> {
+        use flate2::{Compress, Compression, FlushCompress};
+        let mut c = Compress::new(Compression::new(6), false);
+        let mut deflated = Vec::with_capacity(message.len() + 64);
+        c.compress_vec(message, &mut deflated, FlushCompress::Sync)
+            .unwrap();
+        deflated.truncate(deflated.len() - 4);
+        let pieces: Vec<&[u8]> = deflated.chunks(chunk).collect();
+        let mut bytes = Vec::new();
+        for (i, piece) in pieces.iter().enumerate() {
+            let op = if i == 0 { opcode } else { OpCode::Continuation };
+            let mut frame = client_frame(op, piece, i + 1 < pieces.len(), MASK);
+            if i == 0 {
+                frame[0] |= 0x40;
+            }
+            bytes.extend(frame);
+        }
+        bytes
+    }
+
+    fn deflate_host() -> Recorder {
+        Recorder {
+            deflate_window: 15,
+            ..Recorder::anonymous()
+        }
+    }
+
+    #[test]
+    fn compressed_ops_are_inflated_whole_and_acted_on() {
+        let mut host = deflate_host();
+        let mut conn = Connection::open(json_session(), 1 << 16, &mut host);
+        let op = format!(r#"{{"op":"pub","ch":"x","data":"{}"}}"#, "abc".repeat(300));
+        // In one frame, then split over three frames and two reads.
+        let mut bytes = compressed(OpCode::Text, op.as_bytes(), 1 << 20);
+        conn.receive(&mut bytes, &mut host);
+        let mut split = compressed(OpCode::Text, op.as_bytes(), 10);
+        let (first, second) = split.split_at_mut(7);
+        conn.receive(first, &mut host);
+        conn.receive(second, &mut host);
+        assert_eq!(host.published.len(), 2);
+        for published in &host.published {
+            assert_eq!(published.1, format!("\"{}\"", "abc".repeat(300)).as_bytes());
+        }
+        // Uncompressed messages still work beside them.
+        conn.receive(&mut text(r#"{"op":"sub","ch":"y"}"#), &mut host);
+        assert_eq!(host.subscribed, ["y"]);
+        assert_eq!(host.closed, None);
+    }
+
+    #[test]
+    fn a_deflate_bomb_closes_with_1009_at_the_inflated_limit() {
+        let mut host = deflate_host();
+        let mut conn = Connection::open(json_session(), 1 << 16, &mut host);
+        let bomb = format!(r#"{{"op":"pub","ch":"x","data":"{}"}}"#, "a".repeat(1 << 20));
+        let mut bytes = compressed(OpCode::Text, bomb.as_bytes(), 1 << 20);
+        assert!(bytes.len() < 4096, "small on the wire");
+        assert_eq!(conn.receive(&mut bytes, &mut host).stop, Stop::Closed);
+        assert_eq!(host.closed, Some(CloseReason::TooLarge));
+        assert!(host.published.is_empty());
+    }
+
+    #[test]
+    fn bad_compressed_messages_close_the_connection() {
+        // Not deflate at all.
+        let mut host = deflate_host();
+        let mut conn = Connection::open(json_session(), 1 << 16, &mut host);
+        let mut frame = client_frame(OpCode::Text, &[0xff; 8], false, MASK);
+        frame[0] |= 0x40;
+        assert_eq!(conn.receive(&mut frame, &mut host).stop, Stop::Closed);
+        assert_eq!(host.closed, Some(CloseReason::BadCompression));
+        // Inflates to invalid UTF-8 in a text message.
+        let mut host = deflate_host();
+        let mut conn = Connection::open(json_session(), 1 << 16, &mut host);
+        let mut bytes = compressed(OpCode::Text, &[0xc3, 0x28, b'a', b'b'], 100);
+        assert_eq!(conn.receive(&mut bytes, &mut host).stop, Stop::Closed);
+        assert_eq!(host.closed, Some(CloseReason::BadUtf8));
+        // RSV1 without permessage-deflate negotiated.
+        let mut host = Recorder::anonymous();
+        let mut conn = Connection::open(json_session(), 1 << 16, &mut host);
+        let mut bytes = compressed(OpCode::Text, br#"{"op":"ping"}"#, 100);
+        assert_eq!(conn.receive(&mut bytes, &mut host).stop, Stop::Closed);
+        assert_eq!(host.closed, Some(CloseReason::Protocol));
+    }
+
+    #[test]
+    fn a_room_publishes_inflated_binary_messages() {
+        let mut host = deflate_host();
+        let session = Session::Room {
+            channel: "lobby".into(),
+            echo: true,
+            since: None,
+        };
+        let mut conn = Connection::open(session, 1 << 16, &mut host);
+        let message: Vec<u8> = (0..2000u32).map(|i| (i % 7) as u8).collect();
+        let mut bytes = compressed(OpCode::Binary, &message, 300);
+        conn.receive(&mut bytes, &mut host);
+        assert_eq!(host.published[0].1, message);
     }
 }

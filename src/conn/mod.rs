@@ -5,7 +5,10 @@
 //! [`Conn`], the per-connection state the shard's index and fan-out refer
 //! to. The shard drives them (`shard/serve.rs`, `shard/session.rs`).
 
+pub mod batch;
 pub mod codec;
+pub mod deflate;
+pub mod extension;
 pub mod flush;
 pub mod http;
 pub mod machine;
@@ -90,11 +93,12 @@ impl Conn {
         now_ms: u64,
         flusher: Rc<Flusher>,
         stream: Option<SharedStream>,
+        batch: bool,
     ) -> Self {
         Conn {
             id,
             codec,
-            outbox: Rc::new(Outbox::new(max_queue_bytes, flusher, stream)),
+            outbox: Rc::new(Outbox::new(max_queue_bytes, flusher, stream, batch)),
             heartbeat: Heartbeat::new(now_ms),
             message_started_ns: Cell::new(0),
             subscriptions: RefCell::new(Vec::new()),

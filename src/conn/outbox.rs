@@ -25,7 +25,7 @@ use std::{
 use bytes::{Buf, Bytes};
 use glommio::task::JoinHandle;
 
-use super::{flush::Flusher, stream::SharedStream};
+use super::{batch, flush::Flusher, stream::SharedStream};
 use crate::close::CloseReason;
 use crate::{
     clock, frame,
@@ -96,12 +96,51 @@ impl PendingClose {
     }
 }
 
-/// A frame waiting to be written.
-struct Queued {
-    bytes: Bytes,
+/// A frame waiting to be written, or one piece of a batched frame
+/// (`conn/batch.rs`).
+pub(super) struct Queued {
+    pub(super) bytes: Bytes,
     /// When the publication it carries was published ([`clock::now_ns`]);
     /// 0 for frames that carry no publication (acks, pings, errors).
-    published_at: u64,
+    pub(super) published_at: u64,
+    /// What goes on the wire before `bytes`: a batched frame's header on
+    /// its first piece, the separator on the others; `prefix_at` of
+    /// `prefix_len` already written.
+    pub(super) prefix: [u8; MAX_PREFIX],
+    pub(super) prefix_at: u8,
+    pub(super) prefix_len: u8,
+    /// A piece of a batched frame that goes on in the next item: it must
+    /// be written whole with the rest.
+    pub(super) continues: bool,
+    /// Considered for batching already.
+    pub(super) sealed: bool,
+}
+
+/// The longest prefix: a server frame header (the separator is as long).
+pub(super) const MAX_PREFIX: usize = frame::MAX_HEADER;
+
+impl Queued {
+    pub(super) fn new(bytes: Bytes, published_at: u64) -> Self {
+        Queued {
+            bytes,
+            published_at,
+            prefix: [0; MAX_PREFIX],
+            prefix_at: 0,
+            prefix_len: 0,
+            continues: false,
+            sealed: false,
+        }
+    }
+
+    /// The prefix still to write.
+    pub(super) fn prefix(&self) -> &[u8] {
+        &self.prefix[usize::from(self.prefix_at)..usize::from(self.prefix_len)]
+    }
+
+    /// Bytes still to write.
+    pub(super) fn len(&self) -> usize {
+        self.prefix().len() + self.bytes.len()
+    }
 }
 
 /// The bounded outgoing queue of one connection.
@@ -135,10 +174,18 @@ pub struct Outbox {
     stream: Option<SharedStream>,
     /// The shard's flush pass, which also holds the shard's counters.
     flusher: Rc<Flusher>,
+    /// The client asked for envelopes batched (`?batch=1`): text frames
+    /// queued together go as one (`conn/batch.rs`).
+    batch: bool,
 }
 
 impl Outbox {
-    pub fn new(limit: usize, flusher: Rc<Flusher>, stream: Option<SharedStream>) -> Self {
+    pub fn new(
+        limit: usize,
+        flusher: Rc<Flusher>,
+        stream: Option<SharedStream>,
+        batch: bool,
+    ) -> Self {
         Outbox {
             frames: RefCell::new(VecDeque::new()),
             queued_bytes: Cell::new(0),
@@ -153,6 +200,7 @@ impl Outbox {
             session: Cell::new(None),
             stream,
             flusher,
+            batch,
         }
     }
 
@@ -191,10 +239,7 @@ impl Outbox {
         if frames.capacity() == 0 {
             frames.reserve_exact(1);
         }
-        frames.push_back(Queued {
-            bytes: frame,
-            published_at,
-        });
+        frames.push_back(Queued::new(frame, published_at));
         drop(frames);
         bump(&self.stats().frames_queued, 1);
         self.mark_dirty();
@@ -344,10 +389,14 @@ impl Outbox {
         self.closing.set(Some(reason));
         if matches!(reason, CloseReason::SlowConsumer | CloseReason::SocketError) {
             let mut frames = self.frames.borrow_mut();
-            let keep = usize::from(self.front_started.get() && !frames.is_empty());
+            // The frame on the wire goes out whole: all its pieces.
+            let keep = match self.front_started.get() {
+                true => frames.iter().position(|f| !f.continues).map_or(frames.len(), |at| at + 1),
+                false => 0,
+            };
             bump(&self.stats().frames_dropped, (frames.len() - keep) as u64);
             frames.truncate(keep);
-            self.set_queued(frames.iter().map(|f| f.bytes.len()).sum());
+            self.set_queued(frames.iter().map(Queued::len).sum());
         }
         match reason.close_frame() {
             Some(_) => self.close_frame.set(Some(PendingClose::Ours(reason))),
@@ -409,10 +458,7 @@ impl Outbox {
             // frame goes last, in the same write as the frames before it.
             if self.awaited_replies.get() == 0 {
                 if let Some(close) = self.close_frame.take() {
-                    frames.push_back(Queued {
-                        bytes: close.encode(),
-                        published_at: 0,
-                    });
+                    frames.push_back(Queued::new(close.encode(), 0));
                 }
             }
             if frames.is_empty() {
@@ -420,6 +466,11 @@ impl Outbox {
                     frames.shrink_to(KEEP_CAPACITY);
                 }
                 return Ok(Flush::Drained);
+            }
+            if self.batch {
+                let grown = batch::seal(&mut frames);
+                let queued = self.queued_bytes.get() as isize + grown;
+                self.set_queued(queued.max(0) as usize);
             }
             let mut slices = [IoSlice::new(&[]); MAX_IOV];
             let count = gather(&frames, &mut slices);
@@ -446,8 +497,12 @@ impl Outbox {
             let Some(front) = frames.front_mut() else {
                 break;
             };
+            let prefix = front.prefix().len().min(sent);
+            front.prefix_at += prefix as u8;
+            sent -= prefix;
+            from_queue += prefix;
             let len = front.bytes.len();
-            if sent >= len {
+            if sent >= len && front.prefix().is_empty() {
                 sent -= len;
                 from_queue += len;
                 if front.published_at != 0 {
@@ -456,8 +511,10 @@ impl Outbox {
                     }
                     self.delivered(now.saturating_sub(front.published_at));
                 }
+                // Inside a batched frame, the frame is still started.
+                let continues = front.continues;
                 frames.pop_front();
-                self.front_started.set(false);
+                self.front_started.set(continues);
             } else {
                 front.bytes.advance(sent);
                 from_queue += sent;
@@ -481,7 +538,10 @@ impl Outbox {
     /// started first, so a close while the write waits (a slow consumer)
     /// keeps the frame whole instead of cutting it on the wire.
     pub(super) fn start_front(&self) -> Option<Bytes> {
-        let front = self.frames.borrow().front().map(|f| f.bytes.clone())?;
+        let front = self.frames.borrow().front().map(|f| match f.prefix() {
+            [] => f.bytes.clone(),
+            prefix => Bytes::copy_from_slice(prefix),
+        })?;
         self.front_started.set(true);
         Some(front)
     }
@@ -512,16 +572,22 @@ fn wake(slot: &Cell<Option<Waker>>) {
     }
 }
 
-/// Points `slices` at up to [`MAX_IOV`] queued frames (at most
-/// [`MAX_BATCH_BYTES`], but always the first); returns how many.
+/// Points `slices` at up to [`MAX_IOV`] pieces of queued frames (at most
+/// [`MAX_BATCH_BYTES`], but always the first frame); returns how many.
 fn gather<'a>(frames: &'a VecDeque<Queued>, slices: &mut [IoSlice<'a>; MAX_IOV]) -> usize {
     let mut count = 0;
     let mut total = 0;
-    for frame in frames.iter().map(|f| &f.bytes) {
-        if count == MAX_IOV || (count > 0 && total + frame.len() > MAX_BATCH_BYTES) {
+    for frame in frames {
+        let prefix = frame.prefix();
+        let pieces = 1 + usize::from(!prefix.is_empty());
+        if count + pieces > MAX_IOV || (count > 0 && total + frame.len() > MAX_BATCH_BYTES) {
             break;
         }
-        slices[count] = IoSlice::new(frame);
+        if !prefix.is_empty() {
+            slices[count] = IoSlice::new(prefix);
+            count += 1;
+        }
+        slices[count] = IoSlice::new(&frame.bytes);
         count += 1;
         total += frame.len();
     }
@@ -555,7 +621,7 @@ mod tests {
 
     fn outbox_counting(limit: usize, stats: &Rc<Stats>) -> Rc<Outbox> {
         let flusher = Flusher::new(stats.clone(), std::time::Duration::ZERO);
-        Rc::new(Outbox::new(limit, Rc::new(flusher), None))
+        Rc::new(Outbox::new(limit, Rc::new(flusher), None, false))
     }
 
     #[test]
@@ -610,8 +676,8 @@ mod tests {
     fn the_shard_total_follows_every_queue() {
         let stats = Rc::new(Stats::default());
         let flusher = Rc::new(Flusher::new(stats.clone(), std::time::Duration::ZERO));
-        let a = Rc::new(Outbox::new(100, flusher.clone(), None));
-        let b = Rc::new(Outbox::new(100, flusher.clone(), None));
+        let a = Rc::new(Outbox::new(100, flusher.clone(), None, false));
+        let b = Rc::new(Outbox::new(100, flusher.clone(), None, false));
         a.push(Bytes::from_static(b"abcdef"));
         b.push(Bytes::from_static(b"ghij"));
         assert_eq!(stats.queued_bytes.get(), 10);

@@ -10,11 +10,16 @@
 
 use std::{collections::HashMap, rc::Rc};
 
-use bytes::Bytes;
 use slab::Slab;
 
 use crate::{
-    conn::{codec::Codec, outbox::Pushed, Conn},
+    conn::{
+        codec::{Codec, PublicationFrames},
+        deflate::Deflater,
+        outbox::Pushed,
+        Conn,
+    },
+    frame,
     publication::{Payload, Skip},
 };
 
@@ -47,6 +52,10 @@ pub enum InterestChange {
 pub struct FanOut {
     pub queued: u64,
     pub overflowed: u64,
+    /// Frames queued compressed.
+    pub compressed: u64,
+    /// Compressions made, and tried without paying.
+    pub compressions: (u64, u64),
 }
 
 /// Channel name → local subscribers.
@@ -126,7 +135,8 @@ impl Index {
 
     /// Pushes publication `seq` of `name` to every local subscriber but
     /// `skip` and pending ones. The publication is encoded at most once per
-    /// codec. A subscriber whose queue overflows is closed as a
+    /// protocol, and compressed at most once more (with the shard's
+    /// `deflater`). A subscriber whose queue overflows is closed as a
     /// slow consumer; no one waits.
     pub fn fan_out(
         &mut self,
@@ -135,26 +145,29 @@ impl Index {
         seq: u64,
         payload: &Payload,
         skip: Option<Skip>,
+        deflater: &mut Deflater,
     ) -> FanOut {
         let mut result = FanOut::default();
         let Some(channel) = self.channels.get_mut(name) else {
             return result;
         };
         let skip = skip.filter(|s| s.shard == shard).map(|s| s.conn);
-        let mut encoded: [Option<Bytes>; Codec::ALL.len()] = Default::default();
+        let mut frames = PublicationFrames::new(name, seq, payload);
         for (_, subscriber) in channel.subscribers.iter_mut() {
             if skip == Some(subscriber.conn.id) || subscriber.pending.is_some() {
                 continue;
             }
-            let codec = subscriber.conn.codec;
-            let frame = encoded[codec as usize]
-                .get_or_insert_with(|| codec.publication(name, seq, payload));
+            let frame = frames.frame(subscriber.conn.codec, deflater);
+            let compressed = frame::is_compressed(frame);
             match subscriber
                 .conn
                 .outbox
                 .push_published(frame.clone(), payload.published_at)
             {
-                Pushed::Queued => result.queued += 1,
+                Pushed::Queued => {
+                    result.queued += 1;
+                    result.compressed += u64::from(compressed);
+                }
                 Pushed::Overflow => {
                     result.overflowed += 1;
                     subscriber.conn.close_slow_consumer();
@@ -162,6 +175,7 @@ impl Index {
                 Pushed::Closed => {}
             }
         }
+        result.compressions = frames.compressions();
         result
     }
 }

@@ -40,7 +40,13 @@ use crate::{
     close::CloseReason,
     config::Config,
     conn::{
-        codec::Codec, flush::Flusher, outbox::Pushed, permit::Permit, stream::SharedStream, Conn,
+        codec::{Codec, PublicationFrames},
+        deflate::{DeflateSettings, Deflater, Inflater},
+        flush::Flusher,
+        outbox::Pushed,
+        permit::Permit,
+        stream::SharedStream,
+        Conn,
     },
     frame,
     heartbeat::{Action, HeartbeatTimes},
@@ -100,6 +106,12 @@ pub struct Shard {
     /// decode in place and keep only what the decoder must, so an idle
     /// connection holds no read buffer. Borrowed only within one poll.
     read_scratch: RefCell<Box<[u8]>>,
+    /// Compresses publications for the connections that negotiated
+    /// permessage-deflate: once per publication, for all of them.
+    deflater: RefCell<Deflater>,
+    /// Inflates every connection's compressed messages, one whole message
+    /// at a time.
+    pub inflater: RefCell<Inflater>,
 }
 
 impl Shard {
@@ -114,6 +126,10 @@ impl Shard {
     ) -> Self {
         let config_read_buffer = config.read_buffer_bytes;
         let config_write_delay = config.write_delay;
+        let deflate = DeflateSettings {
+            min_bytes: config.compression_min_bytes,
+            level: config.compression_level,
+        };
         // Counted into by the links too (messages sent to peers).
         let stats = links.stats().clone();
         let history = HistoryLimits {
@@ -146,6 +162,8 @@ impl Shard {
             gate: Rc::new(Gate::new()),
             security,
             read_scratch: RefCell::new(vec![0; config_read_buffer].into_boxed_slice()),
+            deflater: RefCell::new(Deflater::new(deflate)),
+            inflater: RefCell::new(Inflater::default()),
         }
     }
 
@@ -215,7 +233,8 @@ impl Shard {
 
     /// Registers a new WebSocket connection (its slot was reserved) on the
     /// stream its flush pass writes to.
-    pub fn register(&self, stream: SharedStream, codec: Codec) -> Rc<Conn> {
+    /// `batch`: its envelopes go batched into frames (`?batch=1`).
+    pub fn register(&self, stream: SharedStream, codec: Codec, batch: bool) -> Rc<Conn> {
         let now = self.now_ms();
         let gen = self.next_gen.get().wrapping_add(1);
         self.next_gen.set(gen);
@@ -232,6 +251,7 @@ impl Shard {
             now,
             self.flusher.clone(),
             Some(stream),
+            batch,
         ));
         entry.insert(conn.clone());
         bump(&self.stats.connections_opened, 1);
@@ -381,7 +401,13 @@ impl Shard {
         let mut recovered = position.recovered;
         // Nothing to replay for a subscription that did not go live.
         let replay = match live {
-            Some(codec) => replay_frames(name, codec, position, &conn),
+            Some(codec) => replay_frames(
+                name,
+                codec,
+                position,
+                &conn,
+                &mut self.deflater.borrow_mut(),
+            ),
             None => Some(Vec::new()),
         };
         if replay.is_none() {
@@ -542,9 +568,18 @@ impl Shard {
     /// Fans a publication out to this shard's subscribers (their queues
     /// count what they write).
     fn deliver(&self, name: &str, seq: u64, payload: &Payload, skip: Option<Skip>) {
-        self.index
-            .borrow_mut()
-            .fan_out(self.id as u16, name, seq, payload, skip);
+        let fan_out = self.index.borrow_mut().fan_out(
+            self.id as u16,
+            name,
+            seq,
+            payload,
+            skip,
+            &mut self.deflater.borrow_mut(),
+        );
+        let stats = &self.stats;
+        bump(&stats.deliveries_compressed, fan_out.compressed);
+        bump(&stats.publications_compressed, fan_out.compressions.0);
+        bump(&stats.compression_declined, fan_out.compressions.1);
     }
 
     /// Reports an assigned `seq` to whoever published; `from_owner`: the
@@ -759,7 +794,13 @@ impl Shard {
 
 /// The frames of what a resuming subscriber missed, if they fit in its
 /// queue beside what is already there and the ack; `None` if they do not.
-fn replay_frames(name: &str, codec: Codec, position: &Position, conn: &Conn) -> Option<Vec<Bytes>> {
+fn replay_frames(
+    name: &str,
+    codec: Codec,
+    position: &Position,
+    conn: &Conn,
+    deflater: &mut Deflater,
+) -> Option<Vec<Bytes>> {
     /// Room kept for the `sub` ack (its `id` and `epoch` are at most 64
     /// bytes each).
     const ACK_ROOM: usize = 256;
@@ -773,7 +814,11 @@ fn replay_frames(name: &str, codec: Codec, position: &Position, conn: &Conn) -> 
     let frames: Vec<Bytes> = position
         .missed
         .iter()
-        .map(|(seq, payload)| codec.publication(name, *seq, payload))
+        .map(|(seq, payload)| {
+            PublicationFrames::new(name, *seq, payload)
+                .frame(codec, deflater)
+                .clone()
+        })
         .collect();
     (frames.iter().map(Bytes::len).sum::<usize>() <= room).then_some(frames)
 }

@@ -21,13 +21,14 @@ use super::{session, Shard};
 use crate::{
     channel::Access,
     conn::{
+        extension,
         http::{self, Head, HttpError, Route},
         permit::Permit,
         stream::SharedStream,
         Side,
     },
     exposition,
-    protocol::{self, PayloadKind},
+    protocol,
     publication::Payload,
     security::token,
     stats::{bump, Stats},
@@ -157,14 +158,21 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
                     }
                 };
                 let key = head.ws_key.as_deref().unwrap_or_default();
-                if !write_response(&shard, &stream, &http::switching_protocols(key)).await {
+                let deflate = match head.ws_extensions.as_deref() {
+                    Some(offers) if shard.config.compression => extension::negotiate(offers),
+                    _ => None,
+                };
+                let agreed = deflate.as_ref().map(|a| a.response.as_str());
+                let response = http::switching_protocols(key, agreed);
+                if !write_response(&shard, &stream, &response).await {
                     shard.release_connection();
                     return;
                 }
                 drop(http_slot.take());
                 // Bytes after the head already belong to the WebSocket stream.
                 let leftover = buf.split_off(head.len.min(buf.len()));
-                let conn = shard.register(stream, session.codec());
+                let codec = session.codec().with_deflate(deflate.as_ref());
+                let conn = shard.register(stream, codec, session.batches());
                 let limit = shard.security.publish_limit;
                 conn.admit(permit, deadline_ms, limit, ip_slot.take(), shard.now_ms());
                 // The session is a task of its own, so this task's handshake
@@ -265,7 +273,7 @@ fn upgrade_permit(
         |msg: String| HttpError::new(401, protocol::ErrorCode::Unauthorized.as_str(), msg);
     let Some(token) = head.token() else {
         return match session {
-            http::Session::Json { subscribe } if subscribe.is_empty() => Ok((
+            http::Session::Json { subscribe, .. } if subscribe.is_empty() => Ok((
                 Permit::AwaitingAuth,
                 now.saturating_add(security.auth_timeout.as_millis() as u64),
             )),
@@ -280,7 +288,7 @@ fn upgrade_permit(
         .verify(&token, token::unix_now())
         .map_err(|e| unauthorized(e.to_string()))?;
     let named: Vec<&str> = match session {
-        http::Session::Json { subscribe } => subscribe.iter().map(String::as_str).collect(),
+        http::Session::Json { subscribe, .. } => subscribe.iter().map(String::as_str).collect(),
         http::Session::Room { channel, .. } => vec![channel.as_str()],
     };
     if let Some(refused) = named.iter().find(|ch| !grant.allows(Access::Subscribe, ch)) {
@@ -514,7 +522,7 @@ async fn publish(
             "server is shutting down",
         ));
     }
-    let payload = Payload::copy_of(PayloadKind::Json, request.data.as_bytes());
+    let payload = Payload::json(request.data.as_bytes());
     let ch = Bytes::copy_from_slice(request.ch.as_bytes());
     let wait = shard.config.shutdown_timeout.max(Duration::from_secs(1));
     let seq = glommio::timer::timeout(wait, async {

@@ -21,6 +21,8 @@ use crate::{
     clock,
     close::CloseReason,
     conn::{
+        codec::Codec,
+        deflate::InflateError,
         http::Session,
         machine::{Connection, Host, Receipt, Refusal, Stop},
         permit::Permit,
@@ -125,8 +127,21 @@ impl Host for OnShard<'_> {
         self.shard.security.verifier.as_ref()
     }
 
+    fn codec(&self) -> Codec {
+        self.conn.codec
+    }
+
     fn send(&mut self, frame: Bytes) {
         self.conn.send(frame);
+    }
+
+    fn inflate(&mut self, compressed: &[u8], limit: usize) -> Result<Vec<u8>, InflateError> {
+        bump(&self.shard.stats.messages_inflated, 1);
+        self.shard.inflater.borrow_mut().inflate(compressed, limit)
+    }
+
+    fn recycle(&mut self, inflated: Vec<u8>) {
+        self.shard.inflater.borrow_mut().recycle(inflated);
     }
 
     fn close(&mut self, reason: CloseReason) {
@@ -412,12 +427,13 @@ mod tests {
                 1,
                 Arc::default(),
             ));
-            let conn = shard.register(stream, crate::conn::codec::Codec::Json);
+            let conn = shard.register(stream, crate::conn::codec::Codec::JSON, false);
             let session = serve(
                 shard,
                 Vec::new(),
                 Session::Json {
                     subscribe: Vec::new(),
+                    batch: false,
                 },
                 conn,
             );

@@ -13,6 +13,7 @@ const HERE = path.dirname(fileURLToPath(import.meta.url));
 const BIN = process.argv[2];
 const HARD_TIMEOUT_MS = 60000;
 const N = 300;
+const PAD = 'the quick brown fox jumps over the lazy dog. '.repeat(12);
 const t0 = Date.now();
 const timings = {};
 let browser = null;
@@ -74,12 +75,16 @@ try {
   const first = await waitFor(async () => (await page.evaluate(() => window.results && window.results.ready)), 10000, 'first ack in page');
   timings.launch = Date.now() - s;
   assert(pageErrors.length === 0, `page errors: ${pageErrors}`);
+  const extensions = await page.evaluate(() => window.client._ws.extensions);
+  assert(/permessage-deflate/.test(extensions), `Chromium negotiated "${extensions}"`);
 
   // Publish 1..N from Node; cuts: server-side 1009 at n=60, in-page drop at n=130, kill -9 at n=200.
   s = Date.now();
   let next = Date.now();
   for (let n = 1; n <= N;) {
-    try { await httpPublish(port, ch, { n }); } catch (e) {
+    // Padded past --compression-min-bytes: each goes out compressed once per
+    // shard, and Chromium inflates it (permessage-deflate, negotiated below).
+    try { await httpPublish(port, ch, { n, pad: PAD }); } catch (e) {
       if (/HTTP publish/.test(e.message)) throw e;
       await sleep(20); continue;
     }
@@ -124,6 +129,11 @@ try {
   // sees the 1009 itself (a reset would have turned it into 1006).
   assert(r.closes.length === 3 && r.closes[0] === 1009 && r.closes[1] === 4001 && r.closes[2] === 1006,
     `closes ${r.closes}`);
+  assert(r.got.every((m) => m.padded), 'a message lost its padding');
+  // The restarted server compressed what it sent and inflated what Chromium sent.
+  const stats = await (await fetch(`http://127.0.0.1:${port}/api/stats`)).json();
+  assert(stats.total.deliveries_compressed >= N - 250, `compressed ${stats.total.deliveries_compressed}`);
+  assert(stats.total.messages_inflated >= 1, `inflated ${stats.total.messages_inflated}`);
 
   await finish({ ok: true, ms: Date.now() - t0, timings, before: before.length, after: after.length,
     closes: r.closes, reset, states: r.states.join(','), errors: r.errors });

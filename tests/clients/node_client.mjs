@@ -41,6 +41,14 @@ const got = {};
 while (!got.ack || !got.msg) { const m = await alice.json(); got[m.op] = m; }
 assert.deepEqual(got.ack, { op: 'ack', id: 2, seq: 1 });
 assert.deepEqual(got.msg, { op: 'msg', ch: 'node-news', seq: 1, data: [1, 'two'] });
+// ws offers permessage-deflate by default and compresses what it sends over
+// 1 KiB; shardcast answers with one compressed frame per publication.
+assert.match(alice.extensions, /^permessage-deflate/);
+const big = { text: 'the quick brown fox jumps over the lazy dog '.repeat(100) };
+alice.send(JSON.stringify({ op: 'pub', ch: 'node-news', data: big, id: 3 }));
+const gotBig = {};
+while (!gotBig.ack || !gotBig.msg) { const m = await alice.json(); gotBig[m.op] = m; }
+assert.deepEqual(gotBig.msg, { op: 'msg', ch: 'node-news', seq: 2, data: big });
 alice.close();
 
 const a = await open(`${base}/ws/node-room`);

@@ -2,8 +2,10 @@
 
 Usage: python_client.py ws://HOST:PORT
 Subscribes (by op and by ?sub=), publishes with an id, checks the ack's seq
-and the delivered envelope, then round-trips a raw room. Exits non-zero with
-a message on any mismatch; every wait is bounded.
+and the delivered envelope, then round-trips a raw room. Compression is on,
+as websockets has it by default: a large publication goes compressed both
+ways (permessage-deflate). Exits non-zero with a message on any mismatch;
+every wait is bounded.
 """
 
 import asyncio
@@ -44,6 +46,18 @@ async def main(base):
                 break
             except asyncio.TimeoutError:
                 assert seq < 20, "bob never received anything"
+
+        extensions = alice.response.headers.get("Sec-WebSocket-Extensions", "")
+        assert extensions.startswith("permessage-deflate"), extensions
+        # websockets compresses what it sends; shardcast compresses it once
+        # for both subscribers.
+        big = {"text": "the quick brown fox jumps over the lazy dog " * 100}
+        await alice.send(json.dumps({"op": "pub", "ch": "py-news", "data": big}))
+        for ws in (alice, bob):
+            while True:
+                m = await recv_json(ws)
+                if m["op"] == "msg" and m["data"] == big:
+                    break
 
     async with websockets.connect(f"{base}/ws/py-room") as a, websockets.connect(
         f"{base}/ws/py-room?echo=0"
