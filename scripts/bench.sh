@@ -3,7 +3,8 @@
 #
 #   scripts/bench.sh [--quick] [--runs N] [--servers a,b,..] [scenario...]
 #
-# Scenarios: fanout rooms idle connect-storm shards (default: all).
+# Scenarios: fanout rooms idle connect-storm shards bytes (default: all but
+# bytes).
 # FANOUT_SUBS="1000" limits fanout to those subscriber counts.
 # Servers:   shardcast-json shardcast-raw node-ws tokio-tungstenite
 #            python-websockets nats shardcast-tls node-ws-tls shardcast-auth
@@ -15,6 +16,12 @@
 # and idle only and are skipped in the other scenarios. shardcast-auth is
 # shardcast-json with connection tokens required (--jwt-secret); every
 # generator connection presents an HS256 token.
+# bytes: bytes on the wire and server CPU per delivery for three payload
+# shapes (a ~100 B tick, a ~1 KB chat line, a ~10 KB order book), over
+# BYTES_SERVERS (default shardcast-json, shardcast-json-deflate, node-ws,
+# node-ws-deflate, nats, nats-deflate). A -deflate server is the same server
+# with permessage-deflate negotiated: the generator offers it as a browser
+# does and inflates (Node ws and NATS compress per connection).
 # SHARDCAST_BIN=path runs that shardcast server binary instead of the one
 # built here. Each server is pinned to core 0 and the generator
 # (shardcast-bench) to core 1; each point runs --runs times (default 3).
@@ -78,9 +85,11 @@ PY
 setup() {
   log "building shardcast (release)"
   cargo build --release --locked --bins -q
-  for s in "${SERVER_LIST[@]}"; do
+  local bytes_list=()
+  [[ " ${SCENARIOS[*]} " == *" bytes "* ]] && IFS=, read -r -a bytes_list <<<"${BYTES_SERVERS:-node-ws,nats}"
+  for s in "${SERVER_LIST[@]}" "${bytes_list[@]}"; do
     is_tls "$s" && make_certificate
-    case "$s" in
+    case "${s%-deflate}" in
       node-ws|node-ws-tls)
         command -v node >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs npm; }
         [ -d benches/peers/node-ws/node_modules/ws ] || (cd benches/peers/node-ws && npm ci --no-audit --no-fund --loglevel=error) ;;
@@ -119,6 +128,13 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # (the process to measure) and RUNNER_PID (the one to signal).
 start_server() {
   local name=$1 extra=$2 port=$3 logf="$OUT/.server.log"
+  # A -deflate server is its base server with compression negotiated.
+  if [[ "$name" == *-deflate ]]; then
+    name=${name%-deflate}
+    export PERMESSAGE_DEFLATE=1 NATS_WS_COMPRESSION=true
+  else
+    unset PERMESSAGE_DEFLATE NATS_WS_COMPRESSION
+  fi
   case "$name" in
     shardcast-json|shardcast-raw)
       taskset -c "$SERVER_CPU" "$SHARDCAST" serve --listen "127.0.0.1:$port" --shards 1 $extra >"$logf" 2>&1 & ;;
@@ -164,7 +180,7 @@ stop_server() {
 }
 
 target_of() {
-  case "$1" in
+  case "${1%-deflate}" in
     shardcast-json|shardcast-tls|shardcast-auth|shardcast-shards-*) echo shardcast-json ;;
     shardcast-raw) echo shardcast-raw ;;
     nats) echo nats ;;
@@ -173,7 +189,7 @@ target_of() {
 }
 
 version_of() {
-  case "$1" in
+  case "${1%-deflate}" in
     shardcast*) "$SHARDCAST" --version | awk '{print $2}' ;;
     node-ws|node-ws-tls) echo "ws $(node -p 'require("./benches/peers/node-ws/node_modules/ws/package.json").version'), node $(node --version)" ;;
     python-websockets) python3 -c 'import websockets,sys; print("websockets", websockets.__version__, "python", sys.version.split()[0])' ;;
@@ -191,6 +207,7 @@ run_point() {
   gen_args=("$@")
   if is_tls "$server"; then gen_args+=(--tls-ca "$TLS_CERT"); fi
   if is_auth "$server"; then gen_args+=(--token "$(mint_token)"); fi
+  if [[ "$server" == *-deflate ]]; then gen_args+=(--compress); fi
   for run in $(seq 1 "$RUNS"); do
     local port file
     port=$(free_port)
@@ -283,6 +300,21 @@ shards() {
   done
 }
 
+bytes() {
+  # Rates keep every server under the loopback's and the generator's limits
+  # (a 10 KB book to 1,000 subscribers at 10/s is 100 MB/s uncompressed).
+  local subs=1000 duration=5s servers=${BYTES_SERVERS:-shardcast-json,shardcast-json-deflate,node-ws,node-ws-deflate,nats,nats-deflate}
+  ((QUICK)) && { subs=200; duration=3s; }
+  IFS=, read -r -a bytes_servers <<<"$servers"
+  for shape_rate in tick:100 chat:100 book:10; do
+    local shape=${shape_rate%:*} rate=${shape_rate#*:}
+    for server in "${bytes_servers[@]}"; do
+      run_point bytes "$server" "$shape-subs$subs-rate$rate" -- \
+        --scenario fanout --subscribers "$subs" --rate "$rate" --payload "$shape" --duration "$duration"
+    done
+  done
+}
+
 setup
 for scenario in "${SCENARIOS[@]}"; do
   case "$scenario" in
@@ -291,6 +323,7 @@ for scenario in "${SCENARIOS[@]}"; do
     idle) idle ;;
     connect-storm) connect_storm ;;
     shards) shards ;;
+    bytes) bytes ;;
     *) log "unknown scenario $scenario"; exit 2 ;;
   esac
 done

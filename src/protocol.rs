@@ -33,6 +33,9 @@ pub enum ClientOp<'a> {
         id: Option<&'a str>,
         /// Resume after this `seq` of that epoch (`"since"`, `"epoch"`).
         since: Option<Since<'a>>,
+        /// `"delta":"fossil"`: publications may come as fossil deltas
+        /// against the one before.
+        delta: bool,
     },
     Unsub {
         ch: Cow<'a, str>,
@@ -163,6 +166,8 @@ struct Envelope<'a> {
     epoch: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     token: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    delta: Option<Cow<'a, str>>,
 }
 
 /// Just the `id` of an envelope whose other fields are wrong, so the error
@@ -236,6 +241,22 @@ fn read_since<'a>(
         )),
     }
 }
+
+/// `delta` of a `sub`: absent, or `"fossil"`, the one delta encoding.
+pub fn read_delta<'a>(delta: Option<&str>, id: Option<&'a str>) -> Result<bool, OpError<'a>> {
+    match delta {
+        None => Ok(false),
+        Some(DELTA_FOSSIL) => Ok(true),
+        Some(_) => Err(OpError::new(
+            ErrorCode::BadJson,
+            "delta must be \"fossil\"",
+            id,
+        )),
+    }
+}
+
+/// The delta encoding's name in `sub` and `?delta=`.
+pub const DELTA_FOSSIL: &str = "fossil";
 
 /// Longest `epoch` accepted (the server's are 18–38 bytes).
 const MAX_EPOCH_LEN: usize = 64;
@@ -315,6 +336,7 @@ pub fn parse_client_op(text: &str) -> Result<ClientOp<'_>, OpError<'_>> {
             ch: read_channel(envelope.ch, Access::Subscribe, id)?,
             id,
             since: read_since(envelope.since, envelope.epoch, id)?,
+            delta: read_delta(envelope.delta.as_deref(), id)?,
         }),
         "unsub" => Ok(ClientOp::Unsub {
             ch: read_channel(envelope.ch, Access::Subscribe, id)?,
@@ -429,6 +451,38 @@ pub fn encode_msg(ch: &str, seq: u64, kind: PayloadKind, payload: &[u8]) -> Byte
     out.finish()
 }
 
+/// The frame of publication `seq` of `ch` as a fossil delta against
+/// publication `seq - 1`: `{"op":"msg","ch":..,"seq":N,"delta":true,
+/// "data":"<delta>"}`, the delta's bytes written as a JSON string of the
+/// code points U+0000–U+00FF of the same values (docs/protocol.md).
+pub fn encode_msg_delta(ch: &str, seq: u64, delta: &[u8]) -> Bytes {
+    let mut seq_text = itoa::Buffer::new();
+    let seq_text = seq_text.format(seq);
+    let hint = 48 + ch.len() + seq_text.len() + delta.len() + delta.len() / 8;
+    let mut out = FrameBuilder::new(OpCode::Text, hint);
+    out.push(b"{\"op\":\"msg\",\"ch\":\"");
+    out.push(ch.as_bytes());
+    out.push(b"\",\"seq\":");
+    out.push(seq_text.as_bytes());
+    out.push(b",\"delta\":true,\"data\":\"");
+    for &byte in delta {
+        match byte {
+            b'"' => out.push(b"\\\""),
+            b'\\' => out.push(b"\\\\"),
+            b'\n' => out.push(b"\\n"),
+            0x00..=0x1f | 0x7f => {
+                let hex = b"0123456789abcdef";
+                out.push(&[b'\\', b'u', b'0', b'0', hex[usize::from(byte >> 4)], hex[usize::from(byte & 15)]]);
+            }
+            0x20..=0x7e => out.push(&[byte]),
+            // U+0080..U+00FF in UTF-8.
+            _ => out.push(&[0xc0 | byte >> 6, 0x80 | (byte & 0x3f)]),
+        }
+    }
+    out.push(b"\"}");
+    out.finish()
+}
+
 /// Bytes a `msg` frame adds around its payload at most: the frame header
 /// (10), `{"op":"msg","ch":"` (18), the channel (128), `","seq":` (8), the
 /// `seq` (20 digits), `,"text":` (8), the string's quotes and `}` (3).
@@ -536,6 +590,7 @@ mod tests {
                 ch: "news".into(),
                 id: Some("1"),
                 since: None,
+                delta: false,
             })
         );
         assert_eq!(
@@ -547,6 +602,7 @@ mod tests {
                     seq: 41,
                     epoch: "ab-1".into()
                 }),
+                delta: false,
             })
         );
         assert_eq!(
@@ -609,6 +665,7 @@ mod tests {
                 ch: "news".into(),
                 id: None,
                 since: None,
+                delta: false,
             })
         );
     }

@@ -1,10 +1,12 @@
-//! permessage-deflate (RFC 7692) against the real server, with a client of
-//! the test's own that shows what tungstenite hides: the offer and the
-//! answer, RSV1 on each frame, and the bytes on the wire. One compressed
-//! frame serves every subscriber; a client's compressed messages are
-//! inflated under the message limit; offers are accepted or declined as
-//! the RFC says. The standard clients (Python `websockets`, Node `ws`,
-//! Chromium) are driven with compression on in their own tests.
+//! Fewer bytes on the wire, against the real server, with a client of the
+//! test's own that shows what tungstenite hides: the offer and the answer,
+//! RSV1 on each frame, the frames themselves and their bytes.
+//! permessage-deflate (RFC 7692): one compressed frame serves every
+//! subscriber; a client's compressed messages are inflated under the
+//! message limit; offers are accepted or declined as the RFC says.
+//! Batching (`?batch=1`): envelopes queued together arrive as one frame,
+//! compressed or not. The standard clients (Python `websockets`, Node
+//! `ws`, Chromium) are driven with compression on in their own tests.
 
 mod support;
 
@@ -312,4 +314,53 @@ fn compressed_garbage_closes_with_1007_and_uncompressed_rsv1_needs_negotiation()
     let mut mixed = DeflateClient::connect(&server, "/ws", Some(OFFER));
     mixed.send_text(r#"{"op":"ping","id":"p"}"#);
     assert_eq!(mixed.recv().json()["op"], "pong");
+}
+
+/// Reads frames until `count` envelopes came, splitting batched frames on
+/// `\n`; returns the envelopes and how many frames carried them.
+fn envelopes(client: &mut DeflateClient, count: usize) -> (Vec<Value>, usize, bool) {
+    let (mut got, mut frames, mut compressed) = (Vec::new(), 0, false);
+    while got.len() < count {
+        let message = client.recv();
+        frames += 1;
+        compressed |= message.compressed;
+        for line in message.payload.split(|b| *b == b'\n') {
+            got.push(serde_json::from_slice(line).expect("one envelope per line"));
+        }
+    }
+    (got, frames, compressed)
+}
+
+#[test]
+fn batched_subscribers_get_envelopes_queued_together_in_one_frame() {
+    let server = Server::start(&["--shards", "1"]);
+    let mut batched = DeflateClient::connect(&server, "/ws?sub=b&batch=1", None);
+    let mut both = DeflateClient::connect(&server, "/ws?sub=b&batch=1", Some(OFFER));
+    let mut unbatched = DeflateClient::connect(&server, "/ws?sub=b", None);
+    let mut publisher = DeflateClient::connect(&server, "/ws", None);
+    wait_for_subscriptions(&server, 3);
+    // Multi-line JSON data: its line breaks must not split envelopes.
+    let messages: Vec<String> = (0..50).map(|i| format!("{i}: {}", chat(400))).collect();
+    // Sent in one write, so the server reads, orders and fans them out in
+    // one turn: they are queued together for each subscriber.
+    let mut burst = Vec::new();
+    for message in &messages {
+        let op = format!("{{\"op\":\"pub\",\n\"ch\":\"b\",\r\n\"data\":{}}}", json!(message));
+        burst.extend(client_frame(OpCode::Text, op.as_bytes(), false, MASK));
+    }
+    publisher.stream.write_all(&burst).unwrap();
+    let expected: Vec<Value> = messages.iter().map(|m| json!(m)).collect();
+    let data = |got: &[Value]| got.iter().map(|e| e["data"].clone()).collect::<Vec<_>>();
+    let (got, frames, _) = envelopes(&mut batched, 50);
+    assert_eq!(data(&got), expected);
+    assert!(frames < 50, "{frames} frames for 50 envelopes");
+    // Compressed and batched: one deflate stream per frame, still split on \n.
+    let (got, frames, compressed) = envelopes(&mut both, 50);
+    assert_eq!(data(&got), expected);
+    assert!(compressed && frames < 50, "{frames} frames, compressed {compressed}");
+    let (got, frames, _) = envelopes(&mut unbatched, 50);
+    assert_eq!((data(&got), frames), (expected, 50));
+    // Seqs in order across the batches.
+    let seqs: Vec<u64> = got.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=50).collect::<Vec<_>>());
 }

@@ -18,7 +18,15 @@ const DEFAULTS = {
                              // the first frame of every connection; with a function, fetched
                              // again and sent before the current token's exp
   refreshBefore: 30000,      // ms before a token's exp when the token function is called again
+  batch: true,               // ask for envelopes batched into frames (?batch=1): several
+                             // envelopes queued together arrive as one frame, split on \n
 };
+
+/** `url` asking for batched envelopes (unless it already says). */
+function withBatch(url) {
+  if (/[?&]batch=/.test(url)) return url;
+  return url + (url.includes('?') ? '&' : '?') + 'batch=1';
+}
 
 /** The `exp` claim of a JWT in ms, or null. */
 function tokenExpiry(token) {
@@ -111,8 +119,8 @@ export class Shardcast {
    * @param {Partial<typeof DEFAULTS>} [options]
    */
   constructor(url, options = {}) {
-    this.url = url;
     this.options = { ...DEFAULTS, ...options };
+    this.url = this.options.batch ? withBatch(url) : url;
     this._WS = this.options.WebSocket || globalThis.WebSocket;
     if (typeof this._WS !== 'function') throw new Error('shardcast: no WebSocket constructor (pass options.WebSocket)');
     /** @type {'connecting'|'open'|'reconnecting'|'closed'} */
@@ -416,8 +424,17 @@ export class Shardcast {
     });
   }
 
-  _onFrame(text) {
+  _onFrame(data) {
     this._lastRx = Date.now();
+    // A batched frame holds envelopes separated by \n (never inside one).
+    if (typeof data === 'string' && data.includes('\n')) {
+      for (const line of data.split('\n')) this._onEnvelope(line);
+    } else {
+      this._onEnvelope(data);
+    }
+  }
+
+  _onEnvelope(text) {
     let f;
     try { f = JSON.parse(text); } catch { this._emit('error', codedError('bad_frame', 'unparsable frame')); return; }
     if (f.op === 'msg') {

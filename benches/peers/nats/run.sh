@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Usage: run.sh PORT
 # Starts nats-server with a plain-text WebSocket listener on 127.0.0.1:PORT
+# (permessage-deflate with NATS_WS_COMPRESSION=true)
 # and the normal NATS client listener on 127.0.0.1:PORT+1.
 # Prints exactly one line "listening on PORT" to stdout once the WebSocket port
 # accepts TCP connections. Server logs go to stderr. SIGTERM/SIGINT stop it.
@@ -24,7 +25,7 @@ websocket {
   host: 127.0.0.1
   port: $PORT
   no_tls: true
-  compression: false
+  compression: ${NATS_WS_COMPRESSION:-false}
 }
 CONF
 

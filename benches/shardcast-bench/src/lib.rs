@@ -8,9 +8,11 @@
 //! invalid. A crate of its own in the workspace (`benches/shardcast-bench`),
 //! not part of the server library's API.
 
+pub mod inflate;
 pub mod procstat;
 pub mod report;
 pub mod scrape;
+pub mod shape;
 pub mod stream;
 pub mod tally;
 pub mod target;
@@ -30,8 +32,10 @@ use glommio::timer::sleep;
 use shardcast_wire::OpCode;
 
 use self::{
+    inflate::MessageInflater,
     report::{Report, Results},
     scrape::Scrape,
+    shape::PayloadMaker,
     shardcast_tls::{Tls, TlsError},
     stream::{Inbox, Shared, Stream},
     tally::Tally,
@@ -75,9 +79,18 @@ pub struct Options {
     /// Publications per second, all publishers together
     #[arg(long, default_value_t = 1000.0)]
     pub rate: f64,
-    /// Payload size in bytes
+    /// Payload size in bytes (the `pad` payload)
     #[arg(long, default_value_t = 100)]
     pub size: usize,
+    /// What publications look like (`bytes` benchmark): pad (the stamp
+    /// padded to --size), tick (~100 B), chat (~1 KB), book (~10 KB order
+    /// book, a few levels changed per update)
+    #[arg(long, value_enum, default_value = "pad")]
+    pub payload: shape::Shape,
+    /// Subscribers offer permessage-deflate (as browsers do) and inflate
+    /// what comes compressed
+    #[arg(long)]
+    pub compress: bool,
     /// Measured publishing time (idle: the idle window)
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     #[serde(serialize_with = "report::seconds")]
@@ -167,11 +180,21 @@ struct Run {
     errors: RefCell<Vec<String>>,
     /// Subscribers read in bulk by one task (see `bulk_loop`).
     bulk: RefCell<Vec<(Shared, ConnReader)>>,
+    /// Bytes subscribers read from their sockets while measuring (frames,
+    /// headers included; before TLS decryption counts nothing else).
+    wire_bytes: Cell<u64>,
 }
 
 impl Run {
     fn nanos(&self) -> u64 {
         self.started.elapsed().as_nanos() as u64
+    }
+
+    /// Counts bytes a subscriber read, if measuring.
+    fn read_bytes(&self, n: usize) {
+        if matches!(self.phase.get(), Phase::Measure | Phase::Drain) {
+            self.wire_bytes.set(self.wire_bytes.get() + n as u64);
+        }
     }
 
     fn note_error(&self, error: String) {
@@ -315,6 +338,7 @@ async fn run_async(options: Options, tls: Option<Tls>) -> Report {
         measure_started: Cell::new(None),
         errors: RefCell::new(Vec::new()),
         bulk: RefCell::new(Vec::new()),
+        wire_bytes: Cell::new(0),
     });
     glommio::spawn_local(bulk_loop(run.clone())).detach();
     let o = &run.options;
@@ -425,6 +449,7 @@ async fn measure(run: &Rc<Run>, plan: &Plan, publishers: usize, results: &mut Re
     let scrape0 = scrape(run).await;
     let (cpu0, own0) = (server_cpu(o), process::cpu_seconds());
     run.tally.borrow_mut().start_measuring();
+    run.wire_bytes.set(0);
     let started = Instant::now();
     run.measure_started.set(Some(started));
     run.phase.set(Phase::Measure);
@@ -477,6 +502,10 @@ async fn measure(run: &Rc<Run>, plan: &Plan, publishers: usize, results: &mut Re
     if let (Some(cpu), true) = (results.server_cpu_seconds, totals.received > 0) {
         results.server_cpu_seconds_per_million = Some(cpu / totals.received as f64 * 1e6);
     }
+    results.wire_bytes_received = run.wire_bytes.get();
+    if totals.received > 0 {
+        results.wire_bytes_per_delivery = Some(run.wire_bytes.get() as f64 / totals.received as f64);
+    }
 }
 
 /// One connection's whole life: connect, upgrade, then read (and, for
@@ -491,14 +520,15 @@ async fn client(run: Rc<Run>, plan: Rc<Plan>, index: usize, permit: glommio::syn
             None => Stream::Plain(tcp),
             Some(tls) => Stream::Tls(Box::new(tls.connect(tcp).await?)),
         };
-        let leftover =
-            wsclient::upgrade(&mut stream, o.server, &path_with_token(o, &name, role)).await?;
-        Ok::<_, std::io::Error>((stream, leftover))
+        let path = path_with_token(o, &name, role);
+        let offer = o.compress && role != Role::Publisher;
+        let upgraded = wsclient::upgrade(&mut stream, o.server, &path, offer).await?;
+        Ok::<_, std::io::Error>((stream, upgraded))
     };
     let connected =
         glommio::timer::timeout(Duration::from_secs(20), async { Ok(connected.await) }).await;
     drop(permit);
-    let (stream, leftover) = match connected {
+    let (stream, upgraded) = match connected {
         Ok(Ok(pair)) => pair,
         Ok(Err(e)) => {
             run.failed.set(run.failed.get() + 1);
@@ -534,7 +564,8 @@ async fn client(run: Rc<Run>, plan: Rc<Plan>, index: usize, permit: glommio::syn
     }
     if role != Role::Publisher || o.target == Target::Nats {
         let probe = is_probe(o, &plan, index);
-        let reader = ConnReader::new(index, probe, leftover);
+        let inflater = MessageInflater::for_agreement(upgraded.extensions.as_deref());
+        let reader = ConnReader::new(index, probe, upgraded.leftover, inflater);
         if probe {
             probe_loop(&run, &stream, reader).await;
         } else {
@@ -546,32 +577,66 @@ async fn client(run: Rc<Run>, plan: Rc<Plan>, index: usize, permit: glommio::syn
 /// Parses what one connection received: WebSocket frames, and for NATS the
 /// protocol inside them. Synchronous, shared by probe and bulk readers.
 struct ConnReader {
-    index: usize,
-    probe: bool,
     buf: Vec<u8>,
     filled: usize,
     /// A fragmented message being reassembled.
     message: Vec<u8>,
+    /// Where whole messages go.
+    sink: Sink,
+}
+
+/// What becomes of a connection's whole messages: inflated if compressed,
+/// unwrapped from NATS, counted.
+struct Sink {
+    index: usize,
+    probe: bool,
+    /// Whether the message being received is compressed.
+    compressed: bool,
+    /// permessage-deflate, when the server agreed to it.
+    inflater: Option<Box<MessageInflater>>,
     /// NATS protocol bytes not yet parsed.
     nats: Vec<u8>,
+}
+
+impl Sink {
+    /// Acts on a whole message, inflated first if it came compressed.
+    fn message(&mut self, run: &Run, payload: &[u8], out: &mut Vec<u8>) {
+        let (index, probe) = (self.index, self.probe);
+        match (self.compressed, self.inflater.as_mut()) {
+            (true, Some(inflater)) => match inflater.inflate(payload) {
+                Some(inflated) => on_message(run, index, probe, inflated, &mut self.nats, out),
+                None => run.note_error("a compressed message did not inflate".into()),
+            },
+            _ => on_message(run, index, probe, payload, &mut self.nats, out),
+        }
+    }
 }
 
 /// The server closed the connection.
 struct Closed;
 
 impl ConnReader {
-    fn new(index: usize, probe: bool, leftover: Vec<u8>) -> Self {
+    fn new(
+        index: usize,
+        probe: bool,
+        leftover: Vec<u8>,
+        inflater: Option<MessageInflater>,
+    ) -> Self {
         // Initialised once; `filled` marks the data (zero-filling before
         // every read would cost more than the reads).
         let mut buf = vec![0u8; (16 << 10).max(leftover.len() * 2)];
         buf[..leftover.len()].copy_from_slice(&leftover);
         ConnReader {
-            index,
-            probe,
             filled: leftover.len(),
             buf,
             message: Vec::new(),
-            nats: Vec::new(),
+            sink: Sink {
+                index,
+                probe,
+                compressed: false,
+                inflater: inflater.map(Box::new),
+                nats: Vec::new(),
+            },
         }
     }
 
@@ -600,14 +665,16 @@ impl ConnReader {
                 OpCode::Close => return Err(Closed),
                 OpCode::Continuation | OpCode::Text | OpCode::Binary => {
                     let first = frame.opcode != OpCode::Continuation;
+                    if first {
+                        self.sink.compressed = frame.compressed;
+                    }
                     if frame.fin && first && self.message.is_empty() {
-                        let payload = &self.buf[lo..hi];
-                        on_message(run, self.index, self.probe, payload, &mut self.nats, out);
+                        self.sink.message(run, &self.buf[lo..hi], out);
                     } else {
                         self.message.extend_from_slice(&self.buf[lo..hi]);
                         if frame.fin {
                             let whole = std::mem::take(&mut self.message);
-                            on_message(run, self.index, self.probe, &whole, &mut self.nats, out);
+                            self.sink.message(run, &whole, out);
                         }
                     }
                 }
@@ -635,7 +702,10 @@ async fn probe_loop(run: &Run, stream: &Shared, mut reader: ConnReader) {
             out.clear();
         }
         match stream.read(reader.spare()).await {
-            Ok(n) if n > 0 => reader.filled += n,
+            Ok(n) if n > 0 => {
+                reader.filled += n;
+                run.read_bytes(n);
+            }
             _ => {
                 if run.phase.get() != Phase::Done {
                     run.note_error("a subscriber's connection closed".into());
@@ -696,6 +766,7 @@ impl Inbox for Feed<'_> {
 
     fn received(&mut self, n: usize) -> bool {
         self.reader.filled += n;
+        self.run.read_bytes(n);
         self.reader.process(self.run, self.out).is_ok()
     }
 }
@@ -765,11 +836,12 @@ fn deliver(run: &Run, index: usize, probe: bool, stamp: Stamp) {
 async fn publish(run: Rc<Run>, stream: Shared, channel: String, publisher: u32, rate: f64) {
     let o = &run.options;
     let (mut out, mut scratch, mut payload) = (Vec::new(), Vec::new(), Vec::new());
+    let mut maker = PayloadMaker::new(o.payload, o.size, publisher);
     // Warm-up: a marker every 50 ms.
     while run.phase.get() == Phase::Connecting || run.phase.get() == Phase::Warmup {
         if run.phase.get() == Phase::Warmup {
             out.clear();
-            target::payload(0, publisher, run.nanos(), o.size, &mut payload);
+            maker.make(0, publisher, run.nanos(), &mut payload);
             o.target.publish(&channel, &payload, &mut out, &mut scratch);
             if stream.write_all(&out).await.is_err() {
                 return;
@@ -790,7 +862,7 @@ async fn publish(run: Rc<Run>, stream: Shared, channel: String, publisher: u32, 
         out.clear();
         while seq < due {
             seq += 1;
-            target::payload(seq, publisher, run.nanos(), o.size, &mut payload);
+            maker.make(seq, publisher, run.nanos(), &mut payload);
             o.target.publish(&channel, &payload, &mut out, &mut scratch);
         }
         if !out.is_empty() {

@@ -65,6 +65,10 @@ pub struct Results {
     pub server_rss_peak_kib: Option<u64>,
     pub server_rss_per_connection_bytes: Option<f64>,
     pub generator_cpu_fraction: f64,
+    /// Bytes the subscribers read while measuring (frames with their
+    /// headers), and per publication delivered.
+    pub wire_bytes_received: u64,
+    pub wire_bytes_per_delivery: Option<f64>,
     /// What the server's own `/metrics` said (shardcast only).
     pub server_metrics: Option<ServerFigures>,
     pub errors: Vec<String>,

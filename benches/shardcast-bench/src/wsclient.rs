@@ -51,15 +51,31 @@ pub async fn connect_from(source: IpAddr, server: SocketAddr) -> io::Result<TcpS
     Ok(unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) })
 }
 
-/// Sends the upgrade request for `path` and reads the response head.
-/// Returns bytes read past the head (already WebSocket data).
-pub async fn upgrade<S>(stream: &mut S, host: SocketAddr, path: &str) -> io::Result<Vec<u8>>
+/// What a browser offers for permessage-deflate.
+const DEFLATE_OFFER: &str = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
+
+/// The upgrade's outcome: bytes read past the head (already WebSocket
+/// data), and the extensions the server agreed to.
+pub struct Upgraded {
+    pub leftover: Vec<u8>,
+    pub extensions: Option<String>,
+}
+
+/// Sends the upgrade request for `path` (offering permessage-deflate as a
+/// browser does if `deflate`) and reads the response head.
+pub async fn upgrade<S>(
+    stream: &mut S,
+    host: SocketAddr,
+    path: &str,
+    deflate: bool,
+) -> io::Result<Upgraded>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let offer = if deflate { DEFLATE_OFFER } else { "" };
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
     );
     // A connect still in progress makes the first send wait for writability.
     stream.write_all(request.as_bytes()).await?;
@@ -80,7 +96,16 @@ where
                 let status = String::from_utf8_lossy(&head[..head.len().min(64)]).into_owned();
                 return Err(io::Error::other(format!("upgrade refused: {status}")));
             }
-            return Ok(head.split_off(end + 4));
+            let leftover = head.split_off(end + 4);
+            let extensions = String::from_utf8_lossy(&head).lines().find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("sec-websocket-extensions")
+                    .then(|| value.trim().to_owned())
+            });
+            return Ok(Upgraded {
+                leftover,
+                extensions,
+            });
         }
         if head.len() > 8192 {
             return Err(io::Error::other("upgrade response too long"));
@@ -99,6 +124,8 @@ pub fn push_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
 #[derive(Debug, PartialEq, Eq)]
 pub struct FrameRef {
     pub fin: bool,
+    /// RSV1: the first frame of a compressed message.
+    pub compressed: bool,
     pub opcode: OpCode,
     /// Payload range within the buffer.
     pub start: usize,
@@ -116,6 +143,7 @@ pub fn parse_frame(buf: &[u8]) -> Result<Option<FrameRef>, HeaderError> {
         .and_then(|len| start.checked_add(len));
     Ok(end.filter(|end| buf.len() >= *end).map(|end| FrameRef {
         fin: header.fin,
+        compressed: header.rsv1,
         opcode: header.opcode,
         start,
         end,
@@ -136,6 +164,7 @@ mod tests {
                 (parsed.fin, parsed.opcode, parsed.end - parsed.start),
                 (true, OpCode::Text, len)
             );
+            assert!(!parsed.compressed);
             assert_eq!(
                 parse_frame(&frame[..frame.len() - 1]),
                 Ok(None),
