@@ -9,7 +9,7 @@ use std::{rc::Rc, time::Duration};
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use shardcast::{
-    internals::{Codec, Conn, ConnRef, Flusher, Index, Payload, Stats},
+    internals::{Codec, Conn, ConnRef, DeflateSettings, Deflater, Flusher, Index, Payload, Stats},
     protocol::{self, PayloadKind},
 };
 
@@ -48,44 +48,60 @@ fn fan_out(c: &mut Criterion) {
     const SUBSCRIBERS: usize = 10_000;
     let mut group = c.benchmark_group("fan_out");
     group.throughput(Throughput::Elements(SUBSCRIBERS as u64));
-    let payload = Payload::new(
-        PayloadKind::Json,
-        Bytes::from_static(br#"{"s":1,"t":2,"p":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#),
-    );
-    group.bench_function("one_publication_to_10k_queues", |b| {
-        b.iter_batched(
-            || {
-                // Fresh, empty queues each batch so the byte bound never bites.
-                let mut index = Index::default();
-                // A fresh flush pass too: every queue marks itself dirty on it.
-                let flusher = Rc::new(Flusher::new(Rc::new(Stats::default()), Duration::ZERO));
-                let conns: Vec<Rc<Conn>> = (0..SUBSCRIBERS as u32)
-                    .map(|key| {
-                        let id = ConnRef { key, gen: 1 };
-                        Rc::new(Conn::new(
-                            id,
-                            Codec::JSON,
-                            1 << 20,
-                            0,
-                            flusher.clone(),
-                            None,
-                            false,
-                        ))
-                    })
-                    .collect();
-                for conn in &conns {
-                    index.insert("news", conn, None);
-                }
-                (index, conns, flusher)
+    let chat = "alice: are we still on for lunch at noon? bob: yes, the usual place. ".repeat(14);
+    let data = format!(r#"{{"s":1,"t":2,"text":"{chat}"}}"#);
+    let payload = Payload::new(PayloadKind::Json, Bytes::from(data));
+    // The same 1 KB publication to plain subscribers and to subscribers that
+    // negotiated permessage-deflate (compressed once for all of them).
+    for (name, codec) in [
+        ("one_1kb_publication_to_10k_queues", Codec::JSON),
+        (
+            "one_1kb_publication_to_10k_deflate_queues",
+            Codec {
+                deflate_window: 15,
+                ..Codec::JSON
             },
-            |(mut index, conns, flusher)| {
-                let result = index.fan_out(0, "news", 1, &payload, None);
-                assert_eq!(result.queued, SUBSCRIBERS as u64);
-                (index, conns, flusher)
-            },
-            BatchSize::LargeInput,
-        )
-    });
+        ),
+    ] {
+        group.bench_function(name, |b| {
+            let mut deflater = Deflater::new(DeflateSettings {
+                min_bytes: 256,
+                level: 3,
+            });
+            b.iter_batched(
+                || {
+                    // Fresh, empty queues each batch so the byte bound never bites.
+                    let mut index = Index::default();
+                    // A fresh flush pass too: every queue marks itself dirty on it.
+                    let flusher = Rc::new(Flusher::new(Rc::new(Stats::default()), Duration::ZERO));
+                    let conns: Vec<Rc<Conn>> = (0..SUBSCRIBERS as u32)
+                        .map(|key| {
+                            let id = ConnRef { key, gen: 1 };
+                            Rc::new(Conn::new(
+                                id,
+                                codec,
+                                1 << 20,
+                                0,
+                                flusher.clone(),
+                                None,
+                                false,
+                            ))
+                        })
+                        .collect();
+                    for conn in &conns {
+                        index.insert("news", conn, None, false);
+                    }
+                    (index, conns, flusher)
+                },
+                |(mut index, conns, flusher)| {
+                    let result = index.fan_out(0, ("news", 1, &payload), None, None, &mut deflater);
+                    assert_eq!(result.queued, SUBSCRIBERS as u64);
+                    (index, conns, flusher)
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
     group.finish();
 }
 

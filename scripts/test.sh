@@ -28,8 +28,9 @@ if ! python3 -c 'import websockets, prometheus_client' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check -r tests/clients/requirements.txt
 fi
 
-if [ ! -d tests/clients/node_modules/ws ] || [ ! -d tests/clients/node_modules/playwright-core ]; then
-  echo "installing Node ws and playwright-core"
+if [ ! -d tests/clients/node_modules/ws ] || [ ! -d tests/clients/node_modules/playwright-core ] \
+  || [ ! -d tests/clients/node_modules/fossil-delta ]; then
+  echo "installing Node ws, playwright-core and fossil-delta"
   (cd tests/clients && npm ci --no-audit --no-fund --loglevel=error)
 fi
 

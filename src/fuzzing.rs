@@ -41,7 +41,9 @@ pub fn http_request(data: &[u8]) {
     match http::parse_head(data) {
         Ok(Some(head)) => {
             assert!(head.len <= data.len(), "head longer than the input");
-            if let Ok(Route::WebSocket(http::Session::Json { subscribe, .. })) = http::route(&head, 8) {
+            if let Ok(Route::WebSocket(http::Session::Json { subscribe, .. })) =
+                http::route(&head, 8)
+            {
                 assert!(subscribe.len() <= 8);
             }
         }

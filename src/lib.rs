@@ -11,7 +11,8 @@
 //!   shard, reports readiness and failures; [`shutdown`]: signals → shards.
 //! - [`shard`]: one shard's state and lifecycle — connections, subscription
 //!   index and fan-out (`shard::index`), channel ordering and interest
-//!   routing and history for the channels it owns (`shard::owner`), one
+//!   routing, history and fossil deltas for the channels it owns
+//!   (`shard::owner`), one
 //!   accepted socket's HTTP and upgrade (`shard::serve`), the WebSocket
 //!   session task (`shard::session`).
 //! - [`mesh`]: typed cross-shard messages and the ordered per-peer links;
@@ -19,8 +20,11 @@
 //!   why a connection closes.
 //! - [`conn`]: one client connection's own parts, which know nothing of the
 //!   shard — HTTP parsing (`conn::http`), the session's protocol as a state
-//!   machine without I/O (`conn::machine`), its codec, the bounded queue
-//!   (`conn::outbox`) and the shard's flush pass (`conn::flush`).
+//!   machine without I/O (`conn::machine`), its codec, permessage-deflate's
+//!   negotiation and the shard's compressor and inflater
+//!   (`conn::extension`, `conn::deflate`), envelopes batched into one frame
+//!   (`conn::batch`), the bounded queue (`conn::outbox`) and the shard's
+//!   flush pass (`conn::flush`).
 //! - [`protocol`]: the JSON envelope, parsed and encoded without I/O;
 //!   [`frame`]: server WebSocket frames, encoded once and shared (headers
 //!   by the frame codec, the `shardcast-wire` crate in `wire/`);
@@ -75,6 +79,7 @@ pub mod internals {
     pub use crate::{
         channel::Access,
         conn::codec::Codec,
+        conn::deflate::{DeflateSettings, Deflater},
         conn::{flush::Flusher, Conn},
         publication::{ConnRef, Payload},
         security::{

@@ -78,10 +78,17 @@ pub enum MeshMsg {
         seq: u64,
         payload: Payload,
         skip: Option<Skip>,
+        /// Its fossil delta against `seq - 1`, for subscribers that asked.
+        delta: Option<Bytes>,
     },
-    /// To the owner: this shard gained its first (`on`) or lost its last
-    /// subscriber of `ch`.
-    Interest { ch: Bytes, on: bool, from: u16 },
+    /// To the owner: this shard now has subscribers of `ch` (`on`), and
+    /// some that asked for deltas (`delta`), or no longer.
+    Interest {
+        ch: Bytes,
+        on: bool,
+        delta: bool,
+        from: u16,
+    },
     /// To the owner: subscription `token` of `conn` on shard `from` wants the
     /// channel's position and, with `since`, what it missed. Sent after the
     /// `Interest`, so the answer comes back ahead of every publication the
@@ -283,6 +290,7 @@ mod tests {
         MeshMsg::Interest {
             ch: Bytes::from_static(b"c"),
             on: true,
+            delta: false,
             from: 0,
         }
     }

@@ -472,7 +472,14 @@ pub fn encode_msg_delta(ch: &str, seq: u64, delta: &[u8]) -> Bytes {
             b'\n' => out.push(b"\\n"),
             0x00..=0x1f | 0x7f => {
                 let hex = b"0123456789abcdef";
-                out.push(&[b'\\', b'u', b'0', b'0', hex[usize::from(byte >> 4)], hex[usize::from(byte & 15)]]);
+                out.push(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    hex[usize::from(byte >> 4)],
+                    hex[usize::from(byte & 15)],
+                ]);
             }
             0x20..=0x7e => out.push(&[byte]),
             // U+0080..U+00FF in UTF-8.

@@ -126,6 +126,11 @@ counters! {
     deliveries_compressed => "shardcast_deliveries_compressed_total",
     /// Compressed client messages inflated.
     messages_inflated => "shardcast_messages_inflated_total",
+    /// Fossil deltas computed by channel owners (once per publication, while
+    /// some subscriber asked for deltas).
+    deltas_computed => "shardcast_deltas_computed_total",
+    /// Publication frames queued as deltas (one per subscriber).
+    deliveries_delta => "shardcast_deliveries_delta_total",
     /// Messages sent to other shards.
     mesh_sent => "shardcast_mesh_messages_sent_total",
     /// Messages received from other shards.

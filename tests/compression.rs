@@ -121,7 +121,11 @@ impl DeflateClient {
                     assert!(header.fin && header.mask.is_none());
                     let wire: Vec<u8> = self.buffer[len..end].to_vec();
                     self.buffer.drain(..end);
-                    let payload = if header.rsv1 { inflate(&wire) } else { wire.clone() };
+                    let payload = if header.rsv1 {
+                        inflate(&wire)
+                    } else {
+                        wire.clone()
+                    };
                     return Received {
                         opcode: header.opcode,
                         compressed: header.rsv1,
@@ -264,13 +268,20 @@ fn raw_rooms_compress_text_and_binary_and_inflate_what_members_send() {
     other.send_compressed(OpCode::Text, text.as_bytes(), 100);
     let got = member.recv();
     assert_eq!((got.opcode, got.compressed), (OpCode::Text, true));
-    assert!(got.payload == text.as_bytes(), "{} bytes", got.payload.len());
+    assert!(
+        got.payload == text.as_bytes(),
+        "{} bytes",
+        got.payload.len()
+    );
     let binary: Vec<u8> = (0..4000u32).map(|i| (i % 13) as u8).collect();
     member.send_compressed(OpCode::Binary, &binary, 1 << 20);
     let got = other.recv();
     assert_eq!((got.opcode, got.compressed), (OpCode::Binary, true));
     assert!(got.payload == binary, "{} bytes", got.payload.len());
-    assert_eq!(get_json(&server, "/api/stats")["total"]["messages_inflated"], 2);
+    assert_eq!(
+        get_json(&server, "/api/stats")["total"]["messages_inflated"],
+        2
+    );
 }
 
 #[test]
@@ -345,7 +356,10 @@ fn batched_subscribers_get_envelopes_queued_together_in_one_frame() {
     // one turn: they are queued together for each subscriber.
     let mut burst = Vec::new();
     for message in &messages {
-        let op = format!("{{\"op\":\"pub\",\n\"ch\":\"b\",\r\n\"data\":{}}}", json!(message));
+        let op = format!(
+            "{{\"op\":\"pub\",\n\"ch\":\"b\",\r\n\"data\":{}}}",
+            json!(message)
+        );
         burst.extend(client_frame(OpCode::Text, op.as_bytes(), false, MASK));
     }
     publisher.stream.write_all(&burst).unwrap();
@@ -357,7 +371,10 @@ fn batched_subscribers_get_envelopes_queued_together_in_one_frame() {
     // Compressed and batched: one deflate stream per frame, still split on \n.
     let (got, frames, compressed) = envelopes(&mut both, 50);
     assert_eq!(data(&got), expected);
-    assert!(compressed && frames < 50, "{frames} frames, compressed {compressed}");
+    assert!(
+        compressed && frames < 50,
+        "{frames} frames, compressed {compressed}"
+    );
     let (got, frames, _) = envelopes(&mut unbatched, 50);
     assert_eq!((data(&got), frames), (expected, 50));
     // Seqs in order across the batches.

@@ -5,7 +5,8 @@
 //! must end with every message exactly once and in order; a server killed
 //! and restarted on the same port must end with the client told it was not
 //! recovered (new epoch) and then live again. The scenarios live in
-//! `tests/clients/js_client_node.mjs` and `js_client_browser.mjs`; Node,
+//! `tests/clients/js_client_node.mjs` and `js_client_browser.mjs`; deltas
+//! (checked against the npm `fossil-delta` package) in `js_client_delta.mjs`. Node,
 //! Chromium and playwright-core come from `scripts/test.sh`.
 
 use std::process::Command;
@@ -34,6 +35,11 @@ fn run(script: &str) {
 #[test]
 fn js_client_recovers_in_node() {
     run("js_client_node.mjs");
+}
+
+#[test]
+fn js_client_applies_fossil_deltas_as_npm_fossil_delta_does() {
+    run("js_client_delta.mjs");
 }
 
 #[test]

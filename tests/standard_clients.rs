@@ -34,7 +34,10 @@ fn run_client(program: &str, script: &str, server: &Server) {
 fn assert_compressed_both_ways(server: &Server) {
     let total = &support::get_json(server, "/api/stats")["total"];
     assert!(total["messages_inflated"].as_u64() >= Some(1), "{total}");
-    assert!(total["deliveries_compressed"].as_u64() >= Some(1), "{total}");
+    assert!(
+        total["deliveries_compressed"].as_u64() >= Some(1),
+        "{total}"
+    );
 }
 
 #[test]

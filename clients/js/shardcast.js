@@ -22,6 +22,80 @@ const DEFAULTS = {
                              // envelopes queued together arrive as one frame, split on \n
 };
 
+const B64 = '0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz~';
+const B64_VALUE = new Map([...B64].map((c, i) => [c.charCodeAt(0), i]));
+
+/**
+ * Applies a fossil delta (the format of the Fossil SCM, as the server makes
+ * them) to `source`; returns the target. Both are Uint8Arrays. Throws on a
+ * malformed delta or a checksum that does not match.
+ */
+export function applyDelta(source, delta) {
+  let at = 0;
+  const int = () => {
+    let n = 0, any = false;
+    for (;;) {
+      const v = B64_VALUE.get(delta[at]);
+      if (v === undefined) break;
+      n = n * 64 + v; at++; any = true;
+    }
+    if (!any) throw new Error('delta: number expected');
+    return n;
+  };
+  const size = int();
+  if (delta[at++] !== 0x0a) throw new Error('delta: bad header');
+  const out = new Uint8Array(size);
+  let len = 0;
+  while (at < delta.length) {
+    const n = int();
+    const op = delta[at++];
+    if (op === 0x40) { // '@': copy n bytes from source at offset
+      const offset = int();
+      if (delta[at++] !== 0x2c) throw new Error('delta: , expected');
+      if (len + n > size || offset + n > source.length) throw new Error('delta: copy out of range');
+      out.set(source.subarray(offset, offset + n), len); len += n;
+    } else if (op === 0x3a) { // ':': n literal bytes
+      if (len + n > size || at + n > delta.length) throw new Error('delta: literal out of range');
+      out.set(delta.subarray(at, at + n), len); len += n; at += n;
+    } else if (op === 0x3b) { // ';': checksum of the output
+      if (len !== size) throw new Error('delta: size mismatch');
+      if (n !== checksum(out)) throw new Error('delta: bad checksum');
+      return out;
+    } else {
+      throw new Error('delta: unexpected command');
+    }
+  }
+  throw new Error('delta: unterminated');
+}
+
+/** Fossil's checksum: the sum of the big-endian 32-bit words (the last padded). */
+function checksum(bytes) {
+  let sum = 0;
+  const whole = bytes.length - (bytes.length % 4);
+  for (let i = 0; i < whole; i += 4) {
+    sum = (sum + ((bytes[i] << 24) | (bytes[i + 1] << 16) | (bytes[i + 2] << 8) | bytes[i + 3])) >>> 0;
+  }
+  let tail = 0;
+  for (let i = whole, shift = 24; i < bytes.length; i++, shift -= 8) tail |= bytes[i] << shift;
+  return (sum + (tail >>> 0)) >>> 0;
+}
+
+/** A delta carried in a JSON string: each character's code (0-255) is one byte. */
+function deltaBytes(text) {
+  const out = new Uint8Array(text.length);
+  for (let i = 0; i < text.length; i++) out[i] = text.charCodeAt(i);
+  return out;
+}
+
+const utf8 = new TextEncoder();
+const fromUtf8 = new TextDecoder();
+
+/** The raw JSON text of a `msg` envelope's data (always its last field), or null. */
+function rawData(envelope) {
+  const at = envelope.indexOf(',"data":');
+  return at < 0 ? null : envelope.slice(at + 8, envelope.length - 1);
+}
+
 /** `url` asking for batched envelopes (unless it already says). */
 function withBatch(url) {
   if (/[?&]batch=/.test(url)) return url;
@@ -65,6 +139,8 @@ export class Subscription {
     this._client = client;
     this._onMessage = onMessage;
     this._onReset = opts.onReset;
+    this._delta = opts.delta === 'fossil';
+    this._base = null;       // the last data's bytes: what the next delta applies to
     this._pending = false;   // a sub frame is in flight on the current socket
     this._buffer = [];       // msgs that arrived before that sub's ack
     this._acked = false;     // ready settled
@@ -379,6 +455,7 @@ export class Shardcast {
   _sendSub(sub) {
     const frame = { op: 'sub', ch: sub.ch };
     if (sub.epoch !== null) { frame.since = sub.seq; frame.epoch = sub.epoch; }
+    if (sub._delta) frame.delta = 'fossil';
     sub._pending = true;
     sub._buffer = [];
     this._op(frame, this.options.ackTimeout, { sub }).then(
@@ -434,12 +511,39 @@ export class Shardcast {
     }
   }
 
+  /** Turns a delta `msg` back into the whole one; remembers the base. */
+  _undelta(sub, f, text) {
+    try {
+      if (f.delta === true) {
+        if (sub._base === null) throw new Error('delta without a base');
+        sub._base = applyDelta(sub._base, deltaBytes(f.data));
+        f.data = JSON.parse(fromUtf8.decode(sub._base));
+        delete f.delta;
+      } else {
+        const raw = rawData(text);
+        sub._base = raw === null ? null : utf8.encode(raw);
+      }
+      return true;
+    } catch (e) {
+      // Cannot happen with a sound server; if it does, reconnect: the
+      // resubscription's replay brings whole messages again.
+      sub._base = null;
+      this._emit('error', codedError('bad_delta', String(e.message || e)));
+      if (this._ws) this._abandon(this._ws, 'bad delta');
+      return false;
+    }
+  }
+
   _onEnvelope(text) {
     let f;
     try { f = JSON.parse(text); } catch { this._emit('error', codedError('bad_frame', 'unparsable frame')); return; }
     if (f.op === 'msg') {
       const sub = this._subs.get(f.ch);
-      if (sub) sub._deliver(f);
+      if (!sub) return;
+      // Deltas apply in arrival order: the server sends one only right
+      // after the publication it applies to, on the same connection.
+      if (sub._delta && !this._undelta(sub, f, text)) return;
+      sub._deliver(f);
     } else if (f.op === 'ack' || f.op === 'pong' || f.op === 'err') {
       if (f.op === 'pong' && f.id === this._pingId) {
         this._pingId = null;

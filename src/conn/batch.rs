@@ -62,7 +62,10 @@ impl Kind {
 /// marks everything looked at). Returns how many bytes the queue grew by
 /// (headers dropped, batch headers and separators added; may be negative).
 pub(super) fn seal(frames: &mut VecDeque<Queued>) -> isize {
-    let mut at = frames.iter().position(|f| !f.sealed).unwrap_or(frames.len());
+    let mut at = frames
+        .iter()
+        .position(|f| !f.sealed)
+        .unwrap_or(frames.len());
     let mut grown = 0;
     while at < frames.len() {
         let kind = Kind::of(&frames[at]);
@@ -91,7 +94,13 @@ pub(super) fn seal(frames: &mut VecDeque<Queued>) -> isize {
 }
 
 /// Turns frames `from..to` into the pieces of one frame of `payload` bytes.
-fn join(frames: &mut VecDeque<Queued>, from: usize, to: usize, kind: Kind, payload: usize) -> isize {
+fn join(
+    frames: &mut VecDeque<Queued>,
+    from: usize,
+    to: usize,
+    kind: Kind,
+    payload: usize,
+) -> isize {
     let header = FrameHeader {
         rsv1: kind == Kind::Compressed,
         ..FrameHeader::server(OpCode::Text, payload)
@@ -102,7 +111,11 @@ fn join(frames: &mut VecDeque<Queued>, from: usize, to: usize, kind: Kind, paylo
     for (i, item) in frames.range_mut(from..to).enumerate() {
         let skipped = item.bytes.len() - frame::payload_of(&item.bytes).len();
         bytes::Buf::advance(&mut item.bytes, skipped);
-        let prefix = if i == 0 { &head[..head_len] } else { kind.separator() };
+        let prefix = if i == 0 {
+            &head[..head_len]
+        } else {
+            kind.separator()
+        };
         item.prefix[..prefix.len()].copy_from_slice(prefix);
         item.prefix_len = prefix.len() as u8;
         item.prefix_at = 0;
@@ -122,10 +135,7 @@ mod tests {
     use flate2::{Decompress, FlushDecompress};
 
     fn queue(frames: &[Bytes]) -> VecDeque<Queued> {
-        frames
-            .iter()
-            .map(|f| Queued::new(f.clone(), 0))
-            .collect()
+        frames.iter().map(|f| Queued::new(f.clone(), 0)).collect()
     }
 
     /// What the queue puts on the wire.
@@ -167,7 +177,12 @@ mod tests {
     #[test]
     fn text_frames_queued_together_become_one_and_the_rest_stay() {
         let ping = frame::encode(OpCode::Ping, b"");
-        let mut frames = queue(&[text("{\"a\":1}"), text("{\"b\":2}"), ping.clone(), text("{\"c\":3}")]);
+        let mut frames = queue(&[
+            text("{\"a\":1}"),
+            text("{\"b\":2}"),
+            ping.clone(),
+            text("{\"c\":3}"),
+        ]);
         let before: usize = frames.iter().map(Queued::len).sum();
         let grown = seal(&mut frames);
         let after: usize = frames.iter().map(Queued::len).sum();
@@ -198,7 +213,12 @@ mod tests {
             level: 3,
         });
         let bodies: Vec<String> = (0..3)
-            .map(|i| format!("{{\"n\":{i},\"text\":\"{}\"}}", "hello world ".repeat(40 + i)))
+            .map(|i| {
+                format!(
+                    "{{\"n\":{i},\"text\":\"{}\"}}",
+                    "hello world ".repeat(40 + i)
+                )
+            })
             .collect();
         let frames: Vec<Bytes> = bodies
             .iter()
@@ -228,7 +248,11 @@ mod tests {
         seal(&mut frames);
         let got = read(&wire(&frames));
         assert!(got.len() > 1 && got.iter().all(|f| f.2.len() <= MAX_BATCH_PAYLOAD));
-        let joined: Vec<u8> = got.iter().map(|f| f.2.clone()).collect::<Vec<_>>().join(&b'\n');
+        let joined: Vec<u8> = got
+            .iter()
+            .map(|f| f.2.clone())
+            .collect::<Vec<_>>()
+            .join(&b'\n');
         assert_eq!(joined.split(|b| *b == b'\n').count(), 2000);
     }
 }

@@ -102,26 +102,51 @@ pub struct PublicationFrames<'a> {
     channel: &'a str,
     seq: u64,
     payload: &'a Payload,
+    /// Its fossil delta against the channel's publication before, when the
+    /// owner made one, and the frame of it (JSON only).
+    delta: Option<&'a Bytes>,
+    delta_frame: Option<Bytes>,
     plain: [Option<Bytes>; Protocol::COUNT],
     /// `Some(None)`: compression was tried and did not pay.
     compressed: [Option<Option<Bytes>>; Protocol::COUNT],
 }
 
 impl<'a> PublicationFrames<'a> {
-    pub fn new(channel: &'a str, seq: u64, payload: &'a Payload) -> Self {
+    pub fn new(channel: &'a str, seq: u64, payload: &'a Payload, delta: Option<&'a Bytes>) -> Self {
         PublicationFrames {
             channel,
             seq,
             payload,
+            delta,
+            delta_frame: None,
             plain: Default::default(),
             compressed: Default::default(),
         }
     }
 
+    /// The delta frame for a subscriber with `codec` that was sent the
+    /// publication before, if the owner made a delta (JSON protocol only).
+    pub fn delta(&mut self, codec: Codec) -> Option<&Bytes> {
+        let delta = self.delta.filter(|_| codec.protocol == Protocol::Json)?;
+        let (channel, seq) = (self.channel, self.seq);
+        Some(
+            self.delta_frame
+                .get_or_insert_with(|| protocol::encode_msg_delta(channel, seq, delta)),
+        )
+    }
+
     /// Compressions made and declined (did not pay) so far.
     pub fn compressions(&self) -> (u64, u64) {
-        let made = self.compressed.iter().filter(|c| matches!(c, Some(Some(_)))).count();
-        let declined = self.compressed.iter().filter(|c| matches!(c, Some(None))).count();
+        let made = self
+            .compressed
+            .iter()
+            .filter(|c| matches!(c, Some(Some(_))))
+            .count();
+        let declined = self
+            .compressed
+            .iter()
+            .filter(|c| matches!(c, Some(None)))
+            .count();
         (made as u64, declined as u64)
     }
 

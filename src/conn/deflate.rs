@@ -257,7 +257,10 @@ mod tests {
         }
         let message = chat(300);
         let frame = deflater.frame(OpCode::Text, &message).unwrap();
-        assert_eq!(inflate_as_client(crate::frame::payload_of(&frame), 15), message);
+        assert_eq!(
+            inflate_as_client(crate::frame::payload_of(&frame), 15),
+            message
+        );
     }
 
     #[test]

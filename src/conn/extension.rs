@@ -148,9 +148,7 @@ fn parse_offers(header: &str) -> Option<Vec<Offer<'_>>> {
 
 /// A token (RFC 9110 §5.6.2) at the start of `text`, and what follows it.
 fn token(text: &str) -> Option<(&str, &str)> {
-    let end = text
-        .find(|c: char| !is_tchar(c))
-        .unwrap_or(text.len());
+    let end = text.find(|c: char| !is_tchar(c)).unwrap_or(text.len());
     (end > 0).then(|| text.split_at(end))
 }
 
@@ -171,8 +169,7 @@ fn value(text: &str) -> Option<(String, &str)> {
         match c {
             '"' => {
                 let rest = &quoted[at + 1..];
-                return (!value.is_empty() && value.chars().all(is_tchar))
-                    .then_some((value, rest));
+                return (!value.is_empty() && value.chars().all(is_tchar)).then_some((value, rest));
             }
             '\\' => value.push(chars.next()?.1),
             c => value.push(c),
@@ -249,6 +246,9 @@ mod tests {
             assert_eq!(agreed(broken), None, "{broken}");
         }
         assert_eq!(agreed(""), None);
-        assert_eq!(agreed(" , ,permessage-deflate,"), Some((15, BASE.to_owned())));
+        assert_eq!(
+            agreed(" , ,permessage-deflate,"),
+            Some((15, BASE.to_owned()))
+        );
     }
 }

@@ -253,10 +253,14 @@ fn split_target(target: &str) -> (&str, &str) {
 /// How a WebSocket session speaks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Session {
-    /// `GET /ws[?sub=a,b][&batch=1]`: the JSON protocol, with channels to
-    /// subscribe at connect time, and envelopes batched into frames if
-    /// asked (`conn/batch.rs`).
-    Json { subscribe: Vec<String>, batch: bool },
+    /// `GET /ws[?sub=a,b][&batch=1][&delta=fossil]`: the JSON protocol,
+    /// with channels to subscribe at connect time (with deltas if asked),
+    /// and envelopes batched into frames if asked (`conn/batch.rs`).
+    Json {
+        subscribe: Vec<String>,
+        batch: bool,
+        delta: bool,
+    },
     /// `GET /ws/<channel>[?echo=0]`: a raw room.
     /// `?since=N&epoch=E`: replay what the room published after `N`.
     Room {
@@ -350,7 +354,16 @@ pub fn route(head: &Head, max_subscriptions: usize) -> Result<Route, HttpError> 
             ));
         }
         let batch = query_values(&head.query, "batch").any(|v| v == "1" || v == "true");
-        Session::Json { subscribe, batch }
+        let delta = match query_values(&head.query, "delta").last() {
+            None => false,
+            Some(value) => protocol::read_delta(Some(&value), None)
+                .map_err(|e| HttpError::new(400, e.code.as_str(), e.msg))?,
+        };
+        Session::Json {
+            subscribe,
+            batch,
+            delta,
+        }
     } else if let Some(room) = path.strip_prefix("/ws/") {
         let channel = percent_decode(room).ok_or_else(|| {
             HttpError::new(
@@ -612,6 +625,7 @@ mod tests {
             Ok(Route::WebSocket(Session::Json {
                 subscribe: vec!["a".into(), "b".into(), "c".into()],
                 batch: false,
+                delta: false,
             }))
         );
         let h = head(&format!("GET /ws/lobby?echo=0 HTTP/1.1\r\n{UPGRADE}"));
@@ -765,6 +779,7 @@ mod tests {
             Ok(Route::WebSocket(Session::Json {
                 subscribe: vec!["a".into()],
                 batch: false,
+                delta: false,
             }))
         );
         assert_eq!(split_target("http://example.com"), ("/", ""));
@@ -802,7 +817,8 @@ mod tests {
 
     #[test]
     fn accept_key_matches_rfc_example() {
-        let text = String::from_utf8(switching_protocols("dGhlIHNhbXBsZSBub25jZQ==", None)).unwrap();
+        let text =
+            String::from_utf8(switching_protocols("dGhlIHNhbXBsZSBub25jZQ==", None)).unwrap();
         assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
     }
 

@@ -15,12 +15,7 @@ use std::{borrow::Cow, rc::Rc};
 use bytes::Bytes;
 use shardcast_wire::{DecodeError, Decoder, Event, Limits};
 
-use super::{
-    codec::Codec,
-    deflate::InflateError,
-    http::Session,
-    permit::Permit,
-};
+use super::{codec::Codec, deflate::InflateError, http::Session, permit::Permit};
 use crate::{
     channel::Access,
     close::CloseReason,
@@ -72,11 +67,13 @@ pub trait Host {
     fn take_publish_token(&mut self) -> Verdict;
     /// Subscribes the connection to `ch` (acknowledged to `id`, resuming
     /// after `since`).
+    /// (`delta`: publications may come as deltas).
     fn subscribe<'a>(
         &mut self,
         ch: &str,
         id: Option<&'a str>,
         since: Option<Since<'_>>,
+        delta: bool,
     ) -> Result<(), OpError<'a>>;
     fn unsubscribe<'a>(&mut self, ch: &str, id: Option<&'a str>) -> Result<(), OpError<'a>>;
     /// The channels the connection is subscribed to.
@@ -159,9 +156,11 @@ impl Connection {
             rsv1: host.codec().inflates(),
         };
         let room = match session {
-            Session::Json { subscribe, .. } => {
+            Session::Json {
+                subscribe, delta, ..
+            } => {
                 for name in subscribe {
-                    if let Err(error) = host.subscribe(&name, None, None) {
+                    if let Err(error) = host.subscribe(&name, None, None, delta) {
                         host.send(host.codec().err(&error));
                     }
                 }
@@ -177,7 +176,7 @@ impl Connection {
                     seq,
                     epoch: epoch.into(),
                 });
-                if let Err(error) = host.subscribe(&channel, None, since) {
+                if let Err(error) = host.subscribe(&channel, None, since, false) {
                     host.send(host.codec().err(&error));
                 }
                 Some(Box::new(Room {
@@ -381,8 +380,13 @@ fn handle_op(text: &str, host: &mut impl Host) -> Option<usize> {
             authenticate(&token, id, host);
             Ok(())
         }
-        ClientOp::Sub { ch, id, since } => permitted(Access::Subscribe, &ch, id, host)
-            .and_then(|()| host.subscribe(&ch, id, since)),
+        ClientOp::Sub {
+            ch,
+            id,
+            since,
+            delta,
+        } => permitted(Access::Subscribe, &ch, id, host)
+            .and_then(|()| host.subscribe(&ch, id, since, delta)),
         ClientOp::Unsub { ch, id } => host.unsubscribe(&ch, id),
         ClientOp::Ping { id } => {
             host.send(host.codec().pong(id));
@@ -434,7 +438,10 @@ fn refuse_auth(
     host: &mut impl Host,
 ) {
     host.refused(Refusal::Unauthorized);
-    host.send(host.codec().err(&OpError::new(ErrorCode::Unauthorized, msg, id)));
+    host.send(
+        host.codec()
+            .err(&OpError::new(ErrorCode::Unauthorized, msg, id)),
+    );
     host.close(reason);
 }
 
@@ -669,6 +676,7 @@ mod tests {
             ch: &str,
             _id: Option<&'a str>,
             _since: Option<Since<'_>>,
+            _delta: bool,
         ) -> Result<(), OpError<'a>> {
             self.subscribed.push(ch.into());
             Ok(())
@@ -712,6 +720,7 @@ mod tests {
         Session::Json {
             subscribe: Vec::new(),
             batch: false,
+            delta: false,
         }
     }
 
@@ -757,6 +766,7 @@ mod tests {
         let session = Session::Json {
             subscribe: vec!["a".into(), "b".into()],
             batch: false,
+            delta: false,
         };
         Connection::open(session, 1 << 16, &mut host);
         assert_eq!(host.subscribed, ["a", "b"]);
@@ -1024,7 +1034,10 @@ mod tests {
     fn a_deflate_bomb_closes_with_1009_at_the_inflated_limit() {
         let mut host = deflate_host();
         let mut conn = Connection::open(json_session(), 1 << 16, &mut host);
-        let bomb = format!(r#"{{"op":"pub","ch":"x","data":"{}"}}"#, "a".repeat(1 << 20));
+        let bomb = format!(
+            r#"{{"op":"pub","ch":"x","data":"{}"}}"#,
+            "a".repeat(1 << 20)
+        );
         let mut bytes = compressed(OpCode::Text, bomb.as_bytes(), 1 << 20);
         assert!(bytes.len() < 4096, "small on the wire");
         assert_eq!(conn.receive(&mut bytes, &mut host).stop, Stop::Closed);

@@ -391,7 +391,10 @@ impl Outbox {
             let mut frames = self.frames.borrow_mut();
             // The frame on the wire goes out whole: all its pieces.
             let keep = match self.front_started.get() {
-                true => frames.iter().position(|f| !f.continues).map_or(frames.len(), |at| at + 1),
+                true => frames
+                    .iter()
+                    .position(|f| !f.continues)
+                    .map_or(frames.len(), |at| at + 1),
                 false => 0,
             };
             bump(&self.stats().frames_dropped, (frames.len() - keep) as u64);

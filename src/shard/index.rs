@@ -10,6 +10,7 @@
 
 use std::{collections::HashMap, rc::Rc};
 
+use bytes::Bytes;
 use slab::Slab;
 
 use crate::{
@@ -28,26 +29,43 @@ struct Subscriber {
     conn: Rc<Conn>,
     /// While waiting for the owner's position: the token its answer names.
     pending: Option<u32>,
+    /// Deltas (`"delta":"fossil"`): the `seq` that may come as a delta,
+    /// the one after the last it was sent; [`NO_BASE`] before it has been
+    /// sent any; 0: it did not ask for deltas.
+    delta_next: u64,
 }
+
+/// A delta subscriber that holds no publication to apply a delta to.
+const NO_BASE: u64 = u64::MAX;
 
 /// Local state of one channel on this shard.
 pub struct LocalChannel {
     name: Rc<str>,
     subscribers: Slab<Subscriber>,
+    /// How many of them asked for deltas.
+    delta_subscribers: u32,
 }
 
-/// What a subscribe or unsubscribe changed for the owner.
+/// This shard's interest in a channel, as its owner must know it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InterestChange {
-    None,
-    /// The first local subscriber arrived.
-    Gained,
-    /// The last local subscriber left.
-    Lost,
+pub struct Interest {
+    /// Some local subscriber.
+    pub on: bool,
+    /// Some local subscriber that asked for deltas.
+    pub delta: bool,
+}
+
+impl LocalChannel {
+    fn interest(&self) -> Interest {
+        Interest {
+            on: !self.subscribers.is_empty(),
+            delta: self.delta_subscribers > 0,
+        }
+    }
 }
 
 /// Frames queued and overflows of one fan-out (for tests and benchmarks; the
-/// queues count for the metrics).
+/// queues count for the metrics), and what was compressed.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FanOut {
     pub queued: u64,
@@ -56,6 +74,8 @@ pub struct FanOut {
     pub compressed: u64,
     /// Compressions made, and tried without paying.
     pub compressions: (u64, u64),
+    /// Frames queued as deltas.
+    pub deltas: u64,
 }
 
 /// Channel name → local subscribers.
@@ -65,15 +85,16 @@ pub struct Index {
 }
 
 impl Index {
-    /// Adds `conn` to `name`, pending under `token` if given. Returns the
-    /// channel's interned name, the slot to remember for unsubscribing, and
-    /// whether this shard just gained interest.
+    /// Adds `conn` to `name`, pending under `token` if given, taking deltas
+    /// if `delta`. Returns the channel's interned name, the slot to
+    /// remember for unsubscribing, and this shard's interest if it changed.
     pub fn insert(
         &mut self,
         name: &str,
         conn: &Rc<Conn>,
         pending: Option<u32>,
-    ) -> (Rc<str>, u32, InterestChange) {
+        delta: bool,
+    ) -> (Rc<str>, u32, Option<Interest>) {
         let channel = match self.channels.get_mut(name) {
             Some(channel) => channel,
             None => {
@@ -81,32 +102,44 @@ impl Index {
                 self.channels.entry(name.clone()).or_insert(LocalChannel {
                     name,
                     subscribers: Slab::new(),
+                    delta_subscribers: 0,
                 })
             }
         };
-        let change = if channel.subscribers.is_empty() {
-            InterestChange::Gained
-        } else {
-            InterestChange::None
-        };
+        let before = channel.interest();
         let slot = channel.subscribers.insert(Subscriber {
             conn: conn.clone(),
             pending,
+            delta_next: if delta { NO_BASE } else { 0 },
         });
-        (channel.name.clone(), slot as u32, change)
+        channel.delta_subscribers += u32::from(delta);
+        let after = channel.interest();
+        (
+            channel.name.clone(),
+            slot as u32,
+            (after != before).then_some(after),
+        )
     }
 
-    /// Removes the subscriber in `slot` of `name`.
-    pub fn remove(&mut self, name: &str, slot: u32) -> InterestChange {
-        let Some(channel) = self.channels.get_mut(name) else {
-            return InterestChange::None;
-        };
-        channel.subscribers.try_remove(slot as usize);
-        if !channel.subscribers.is_empty() {
-            return InterestChange::None;
+    /// Removes the subscriber in `slot` of `name`; returns this shard's
+    /// interest if it changed.
+    pub fn remove(&mut self, name: &str, slot: u32) -> Option<Interest> {
+        let channel = self.channels.get_mut(name)?;
+        let before = channel.interest();
+        let removed = channel.subscribers.try_remove(slot as usize)?;
+        channel.delta_subscribers -= u32::from(removed.delta_next != 0);
+        let after = channel.interest();
+        if !after.on {
+            self.channels.remove(name);
         }
-        self.channels.remove(name);
-        InterestChange::Lost
+        (after != before).then_some(after)
+    }
+
+    /// Whether some local subscriber of `name` asked for deltas.
+    pub fn wants_delta(&self, name: &str) -> bool {
+        self.channels
+            .get(name)
+            .is_some_and(|c| c.delta_subscribers > 0)
     }
 
     /// Makes the pending subscriber in `slot` of `name` live, if it is still
@@ -124,6 +157,22 @@ impl Index {
         Some(subscriber.conn.codec)
     }
 
+    /// A delta subscriber just went live and was replayed up to
+    /// `replayed_to` (0: nothing): its first delta may apply to that one.
+    pub fn set_delta_base(&mut self, name: &str, slot: u32, replayed_to: u64) {
+        let subscriber = self
+            .channels
+            .get_mut(name)
+            .and_then(|c| c.subscribers.get_mut(slot as usize));
+        if let Some(subscriber) = subscriber.filter(|s| s.delta_next != 0) {
+            subscriber.delta_next = if replayed_to > 0 {
+                replayed_to + 1
+            } else {
+                NO_BASE
+            };
+        }
+    }
+
     /// Local subscribers of `name`.
     pub fn subscriber_count(&self, name: &str) -> usize {
         self.channels.get(name).map_or(0, |c| c.subscribers.len())
@@ -136,28 +185,43 @@ impl Index {
     /// Pushes publication `seq` of `name` to every local subscriber but
     /// `skip` and pending ones. The publication is encoded at most once per
     /// protocol, and compressed at most once more (with the shard's
-    /// `deflater`). A subscriber whose queue overflows is closed as a
-    /// slow consumer; no one waits.
+    /// `deflater`); `delta`, its fossil delta against `seq - 1` when the
+    /// owner made one, goes (encoded once) to the delta subscribers that
+    /// were sent `seq - 1`. A subscriber whose queue overflows is closed as
+    /// a slow consumer; no one waits.
     pub fn fan_out(
         &mut self,
         shard: u16,
-        name: &str,
-        seq: u64,
-        payload: &Payload,
+        publication: (&str, u64, &Payload),
+        delta: Option<&Bytes>,
         skip: Option<Skip>,
         deflater: &mut Deflater,
     ) -> FanOut {
+        let (name, seq, payload) = publication;
         let mut result = FanOut::default();
         let Some(channel) = self.channels.get_mut(name) else {
             return result;
         };
         let skip = skip.filter(|s| s.shard == shard).map(|s| s.conn);
-        let mut frames = PublicationFrames::new(name, seq, payload);
+        let mut frames = PublicationFrames::new(name, seq, payload, delta);
         for (_, subscriber) in channel.subscribers.iter_mut() {
             if skip == Some(subscriber.conn.id) || subscriber.pending.is_some() {
                 continue;
             }
-            let frame = frames.frame(subscriber.conn.codec, deflater);
+            let as_delta = subscriber.delta_next == seq;
+            if subscriber.delta_next != 0 {
+                subscriber.delta_next = seq + 1;
+            }
+            let frame = match as_delta
+                .then(|| frames.delta(subscriber.conn.codec))
+                .flatten()
+            {
+                Some(frame) => {
+                    result.deltas += 1;
+                    frame
+                }
+                None => frames.frame(subscriber.conn.codec, deflater),
+            };
             let compressed = frame::is_compressed(frame);
             match subscriber
                 .conn

@@ -32,7 +32,7 @@ pub use serve::serve;
 
 use self::{
     budget::MemoryUse,
-    index::{Index, InterestChange},
+    index::{Index, Interest},
     owner::{shards_in, HistoryLimits, Owner},
 };
 use crate::{
@@ -312,6 +312,7 @@ impl Shard {
         name: &str,
         id: Option<&'a str>,
         since: Option<Since<'_>>,
+        delta: bool,
     ) -> Result<(), OpError<'a>> {
         if self.shutting_down.get() {
             return Err(OpError::new(
@@ -342,10 +343,10 @@ impl Shard {
             ));
         }
         let token = (id.is_some() || since.is_some()).then(|| self.new_token());
-        let (interned, slot, change) = self.index.borrow_mut().insert(name, conn, token);
+        let (interned, slot, change) = self.index.borrow_mut().insert(name, conn, token, delta);
         conn.add_subscription(interned, slot);
-        if change == InterestChange::Gained {
-            self.interest_changed(name, true);
+        if let Some(interest) = change {
+            self.interest_changed(name, interest);
         }
         let Some(token) = token else {
             return Ok(());
@@ -395,9 +396,8 @@ impl Shard {
         position: &Position,
     ) {
         let Some(conn) = self.conn(conn) else { return };
-        let live = conn
-            .subscription_slot(name)
-            .and_then(|slot| self.index.borrow_mut().go_live(name, slot, token));
+        let slot = conn.subscription_slot(name);
+        let live = slot.and_then(|slot| self.index.borrow_mut().go_live(name, slot, token));
         let mut recovered = position.recovered;
         // Nothing to replay for a subscription that did not go live.
         let replay = match live {
@@ -415,6 +415,15 @@ impl Shard {
             // being closed as a slow consumer before its ack, again and again.
             bump(&self.stats.replays_refused, 1);
             recovered = Some(false);
+        }
+        if let (Some(slot), Some(_)) = (slot, live) {
+            let replayed_to = match &replay {
+                Some(frames) if !frames.is_empty() => position.missed.last().map_or(0, |m| m.0),
+                _ => 0,
+            };
+            self.index
+                .borrow_mut()
+                .set_delta_base(name, slot, replayed_to);
         }
         if let Some(id) = id {
             conn.send(
@@ -457,13 +466,13 @@ impl Shard {
 
     fn remove_subscriber(&self, name: &str, slot: u32) {
         let change = self.index.borrow_mut().remove(name, slot);
-        if change == InterestChange::Lost {
-            self.interest_changed(name, false);
+        if let Some(interest) = change {
+            self.interest_changed(name, interest);
         }
     }
 
     /// Tells the channel's owner that this shard gained or lost interest.
-    fn interest_changed(&self, name: &str, on: bool) {
+    fn interest_changed(&self, name: &str, interest: Interest) {
         let owner = channel::owner_of(name.as_bytes(), self.shards);
         if owner == self.id {
             return; // The owner fans out to its own index directly.
@@ -472,7 +481,8 @@ impl Shard {
             owner,
             MeshMsg::Interest {
                 ch: Bytes::copy_from_slice(name.as_bytes()),
-                on,
+                on: interest.on,
+                delta: interest.delta,
                 from: self.id as u16,
             },
         );
@@ -542,11 +552,17 @@ impl Shard {
         let Ok(name) = std::str::from_utf8(&ch) else {
             return;
         };
-        let (seq, remote) = self.owner.borrow_mut().order(name, &payload, self.now_ms());
+        let local_delta = self.index.borrow().wants_delta(name);
+        let ordered = self
+            .owner
+            .borrow_mut()
+            .order(name, &payload, self.now_ms(), local_delta);
+        let (seq, delta) = (ordered.seq, ordered.delta);
         if !channel::is_system(&ch) {
             bump(&self.stats.messages_ordered, 1);
         }
-        for peer in shards_in(remote) {
+        bump(&self.stats.deltas_computed, u64::from(delta.is_some()));
+        for peer in shards_in(ordered.remote) {
             self.links.send(
                 peer,
                 MeshMsg::Deliver {
@@ -554,10 +570,11 @@ impl Shard {
                     seq,
                     payload: payload.clone(),
                     skip,
+                    delta: delta.clone(),
                 },
             );
         }
-        self.deliver(name, seq, &payload, skip);
+        self.deliver(name, seq, &payload, delta.as_ref(), skip);
         if from == self.id {
             self.complete(reply, seq, false);
         } else if !matches!(reply, Reply::None) {
@@ -567,16 +584,23 @@ impl Shard {
 
     /// Fans a publication out to this shard's subscribers (their queues
     /// count what they write).
-    fn deliver(&self, name: &str, seq: u64, payload: &Payload, skip: Option<Skip>) {
+    fn deliver(
+        &self,
+        name: &str,
+        seq: u64,
+        payload: &Payload,
+        delta: Option<&Bytes>,
+        skip: Option<Skip>,
+    ) {
         let fan_out = self.index.borrow_mut().fan_out(
             self.id as u16,
-            name,
-            seq,
-            payload,
+            (name, seq, payload),
+            delta,
             skip,
             &mut self.deflater.borrow_mut(),
         );
         let stats = &self.stats;
+        bump(&stats.deliveries_delta, fan_out.deltas);
         bump(&stats.deliveries_compressed, fan_out.compressed);
         bump(&stats.publications_compressed, fan_out.compressions.0);
         bump(&stats.compression_declined, fan_out.compressions.1);
@@ -648,16 +672,22 @@ impl Shard {
                 seq,
                 payload,
                 skip,
+                delta,
             } => {
                 if let Ok(name) = std::str::from_utf8(&ch) {
-                    self.deliver(name, seq, &payload, skip);
+                    self.deliver(name, seq, &payload, delta.as_ref(), skip);
                 }
             }
-            MeshMsg::Interest { ch, on, from } => {
+            MeshMsg::Interest {
+                ch,
+                on,
+                delta,
+                from,
+            } => {
                 if let Ok(name) = std::str::from_utf8(&ch) {
                     self.owner
                         .borrow_mut()
-                        .set_interest(name, from as usize, on);
+                        .set_interest(name, from as usize, on, delta);
                 }
             }
             MeshMsg::Position {
@@ -815,7 +845,7 @@ fn replay_frames(
         .missed
         .iter()
         .map(|(seq, payload)| {
-            PublicationFrames::new(name, *seq, payload)
+            PublicationFrames::new(name, *seq, payload, None)
                 .frame(codec, deflater)
                 .clone()
         })
@@ -884,6 +914,7 @@ mod tests {
             shard.handle_mesh(MeshMsg::Interest {
                 ch: Bytes::from(local.clone()),
                 on: true,
+                delta: false,
                 from: 1,
             });
             let publish = || {

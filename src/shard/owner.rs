@@ -2,7 +2,9 @@
 //! next `seq`, which other shards have subscribers, and the bounded history
 //! of its latest publications (`history-size` messages, `history-ttl` of
 //! age, and `history-max-bytes` for all of this shard's channels together)
-//! that reconnecting clients recover from. The owner is the single place
+//! that reconnecting clients recover from; and, while some subscriber asked
+//! for deltas, each publication's fossil delta against the one before,
+//! computed once here for every shard. The owner is the single place
 //! a channel's publications are ordered; a cluster broker (Redis, NATS) plugs
 //! in here later, taking over the ordering across nodes.
 
@@ -13,6 +15,7 @@ use std::{
 
 use crate::{
     channel,
+    protocol::PayloadKind,
     publication::{Payload, Position},
 };
 
@@ -26,6 +29,12 @@ struct OwnedChannel {
     last_seq: u64,
     /// Bit `p` set: shard `p` (other than this one) has subscribers.
     remote_interest: u64,
+    /// Bit `p` set: shard `p` (other than this one) has subscribers that
+    /// asked for deltas.
+    remote_delta: u64,
+    /// While deltas are wanted: the last publication, the base of the next
+    /// one's delta.
+    previous: Option<(u64, Payload)>,
     /// The latest publications, oldest first, with when they were ordered
     /// (shard milliseconds).
     history: VecDeque<HistoryEntry>,
@@ -61,6 +70,25 @@ fn weight(payload: &Payload) -> usize {
         + std::mem::size_of::<HistoryEntry>()
 }
 
+/// What ordering a publication decided.
+#[derive(Debug)]
+pub struct Ordered {
+    pub seq: u64,
+    /// The shards (other than this one) that must receive it.
+    pub remote: u64,
+    /// Its fossil delta against publication `seq - 1`, when some subscriber
+    /// asked for deltas and one is smaller than the publication.
+    pub delta: Option<bytes::Bytes>,
+}
+
+/// The fossil delta turning `base` into `target` (`fossil-delta`), when it
+/// is smaller than `target` itself. A panic in the library is contained:
+/// the publication then simply goes whole.
+fn fossil_delta(base: &[u8], target: &[u8]) -> Option<bytes::Bytes> {
+    let delta = std::panic::catch_unwind(|| fossil_delta::delta(target, base)).ok()?;
+    (delta.len() < target.len()).then(|| bytes::Bytes::from(delta))
+}
+
 /// The channels this shard owns.
 pub struct Owner {
     channels: HashMap<Box<str>, OwnedChannel>,
@@ -87,13 +115,29 @@ impl Owner {
     }
 
     /// Assigns the next `seq` of `name` and keeps the publication in its
-    /// history; returns the `seq` with the mask of shards that must receive
-    /// it.
-    pub fn order(&mut self, name: &str, payload: &Payload, now_ms: u64) -> (u64, u64) {
+    /// history; returns the `seq`, the mask of shards that must receive it
+    /// and, if subscribers here (`local_delta`) or elsewhere asked for
+    /// deltas, its delta against the one before (JSON data only).
+    pub fn order(
+        &mut self,
+        name: &str,
+        payload: &Payload,
+        now_ms: u64,
+        local_delta: bool,
+    ) -> Ordered {
         let limits = self.limits;
         let channel = self.entry(name);
         channel.last_seq += 1;
         let seq = channel.last_seq;
+        let mut delta = None;
+        if (local_delta || channel.remote_delta != 0) && payload.kind == PayloadKind::Json {
+            if let Some((_, base)) = channel.previous.as_ref().filter(|(s, _)| *s + 1 == seq) {
+                delta = fossil_delta(&base.bytes, &payload.bytes);
+            }
+            channel.previous = Some((seq, payload.clone()));
+        } else {
+            channel.previous = None;
+        }
         // System channels (`$stats`) are live figures: nothing to recover.
         let remote = channel.remote_interest;
         if limits.size > 0 && !channel::is_system(name.as_bytes()) {
@@ -109,17 +153,24 @@ impl Owner {
                 self.kept_bytes -= weight(&old);
             }
         }
-        (seq, remote)
+        Ordered { seq, remote, delta }
     }
 
-    /// Records that `peer` gained or lost interest in `name`.
-    pub fn set_interest(&mut self, name: &str, peer: usize, on: bool) {
+    /// Records whether `peer` has subscribers of `name` (`on`), and some
+    /// that asked for deltas.
+    pub fn set_interest(&mut self, name: &str, peer: usize, on: bool, delta: bool) {
         let channel = self.entry(name);
-        if on {
-            channel.remote_interest |= 1 << peer;
+        let bit = 1 << peer;
+        channel.remote_interest = if on {
+            channel.remote_interest | bit
         } else {
-            channel.remote_interest &= !(1 << peer);
-        }
+            channel.remote_interest & !bit
+        };
+        channel.remote_delta = if delta {
+            channel.remote_delta | bit
+        } else {
+            channel.remote_delta & !bit
+        };
     }
 
     /// Where `name` stands for a new subscription; with `since` (a `seq` and
@@ -245,6 +296,8 @@ impl Owner {
                 incarnation: self.incarnations,
                 last_seq: 0,
                 remote_interest: 0,
+                remote_delta: 0,
+                previous: None,
                 history: VecDeque::new(),
             };
             self.channels.insert(name.into(), channel);
@@ -299,10 +352,10 @@ mod tests {
         let one = payload("x");
         let w = weight(&one);
         for i in 0..20 {
-            owner.order("old", &one, i);
+            owner.order("old", &one, i, false);
         }
         for i in 0..10 {
-            owner.order("new", &one, 100 + i);
+            owner.order("new", &one, 100 + i, false);
         }
         assert_eq!(owner.history_len(), 30);
         owner.sweep(200, |_| true);
@@ -339,9 +392,9 @@ mod tests {
     #[test]
     fn seq_counts_per_channel_from_one() {
         let mut owner = owner(10, 1000);
-        assert_eq!(owner.order("a", &payload("1"), 0).0, 1);
-        assert_eq!(owner.order("a", &payload("2"), 0).0, 2);
-        assert_eq!(owner.order("b", &payload("1"), 0).0, 1);
+        assert_eq!(owner.order("a", &payload("1"), 0, false).seq, 1);
+        assert_eq!(owner.order("a", &payload("2"), 0, false).seq, 2);
+        assert_eq!(owner.order("b", &payload("1"), 0, false).seq, 1);
         assert_eq!(owner.last_seq("a"), 2);
         assert_eq!(owner.last_seq("zzz"), 0);
     }
@@ -349,10 +402,10 @@ mod tests {
     #[test]
     fn interest_routes_only_to_interested_shards() {
         let mut owner = owner(10, 1000);
-        owner.set_interest("a", 3, true);
-        owner.set_interest("a", 1, true);
-        owner.set_interest("a", 3, false);
-        let (_, mask) = owner.order("a", &payload("1"), 0);
+        owner.set_interest("a", 3, true, false);
+        owner.set_interest("a", 1, true, false);
+        owner.set_interest("a", 3, false, false);
+        let mask = owner.order("a", &payload("1"), 0, false).remote;
         assert_eq!(shards_in(mask).collect::<Vec<_>>(), vec![1]);
     }
 
@@ -360,7 +413,7 @@ mod tests {
     fn recovers_what_history_holds_and_says_when_it_cannot() {
         let mut owner = owner(3, 1000);
         for i in 0..5 {
-            owner.order("a", &payload("x"), i);
+            owner.order("a", &payload("x"), i, false);
         }
         let epoch = owner.position("a", None, 5).epoch;
         assert_eq!(epoch, "0000000000000abc-1");
@@ -385,10 +438,10 @@ mod tests {
     #[test]
     fn history_expires_and_idle_channels_are_reclaimed_under_a_new_epoch() {
         let mut owner = owner(10, 100);
-        owner.order("a", &payload("x"), 0);
-        owner.order("a", &payload("y"), 50);
-        owner.order("kept", &payload("z"), 0);
-        owner.set_interest("kept", 1, true);
+        owner.order("a", &payload("x"), 0, false);
+        owner.order("a", &payload("y"), 50, false);
+        owner.order("kept", &payload("z"), 0, false);
+        owner.set_interest("kept", 1, true, false);
         let epoch = owner.position("a", None, 60).epoch;
         assert_eq!(owner.sweep(120, |_| false), 0, "a still holds seq 2");
         assert_eq!(owner.history_len(), 1);
@@ -402,7 +455,7 @@ mod tests {
         assert_eq!(again.seq, 0);
         assert_ne!(again.epoch, epoch);
         assert_eq!(again.recovered, Some(false));
-        owner.order("local", &payload("x"), 0);
+        owner.order("local", &payload("x"), 0, false);
         assert_eq!(owner.sweep(500, |name| name == "local"), 1, "only a again");
         assert_eq!(owner.history_len(), 0);
         assert_eq!(owner.history_bytes(), 0);

@@ -198,8 +198,9 @@ impl Host for OnShard<'_> {
         ch: &str,
         id: Option<&'a str>,
         since: Option<Since<'_>>,
+        delta: bool,
     ) -> Result<(), OpError<'a>> {
-        self.shard.subscribe(self.conn, ch, id, since)
+        self.shard.subscribe(self.conn, ch, id, since, delta)
     }
 
     fn unsubscribe<'a>(&mut self, ch: &str, id: Option<&'a str>) -> Result<(), OpError<'a>> {
@@ -434,6 +435,7 @@ mod tests {
                 Session::Json {
                     subscribe: Vec::new(),
                     batch: false,
+                    delta: false,
                 },
                 conn,
             );

@@ -55,10 +55,14 @@ async function main() {
     }
   }
 
-  /** WebSocket subclass recording every frame received (injected through options.WebSocket). */
+  /** WebSocket subclass recording every envelope received (injected through options.WebSocket);
+   * the client asks for batches, so a frame may hold several, one per line. */
   function spyClass(frames) {
     return class SpyWS extends WebSocket {
-      constructor(url) { super(url); this.addEventListener('message', (e) => frames.push(JSON.parse(e.data))); }
+      constructor(url) {
+        super(url);
+        this.addEventListener('message', (e) => { for (const line of e.data.split('\n')) frames.push(JSON.parse(line)); });
+      }
     };
   }
 

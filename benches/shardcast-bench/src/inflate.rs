@@ -19,11 +19,13 @@ impl MessageInflater {
     /// permessage-deflate.
     pub fn for_agreement(extensions: Option<&str>) -> Option<Self> {
         let agreed = extensions?;
-        agreed.contains("permessage-deflate").then(|| MessageInflater {
-            decompress: None,
-            reset_each: agreed.contains("server_no_context_takeover"),
-            out: Vec::new(),
-        })
+        agreed
+            .contains("permessage-deflate")
+            .then(|| MessageInflater {
+                decompress: None,
+                reset_each: agreed.contains("server_no_context_takeover"),
+                out: Vec::new(),
+            })
     }
 
     /// The message `payload` inflates to, or `None` if it does not.

@@ -504,7 +504,8 @@ async fn measure(run: &Rc<Run>, plan: &Plan, publishers: usize, results: &mut Re
     }
     results.wire_bytes_received = run.wire_bytes.get();
     if totals.received > 0 {
-        results.wire_bytes_per_delivery = Some(run.wire_bytes.get() as f64 / totals.received as f64);
+        results.wire_bytes_per_delivery =
+            Some(run.wire_bytes.get() as f64 / totals.received as f64);
     }
 }
 

@@ -9,7 +9,7 @@
 //! - `tick`: a ~100 B market tick, numbers changing every time.
 //! - `chat`: a ~1 KB chat line of words drawn at random from a vocabulary,
 //!   as compressible as English text.
-//! - `book`: a ~10 KB order book of 100 levels a side, of which a few
+//! - `book`: a ~10 KB order book of 320 levels a side, of which ten
 //!   change per update: what delta compression is for.
 
 use std::fmt::Write as _;
@@ -25,17 +25,18 @@ pub enum Shape {
 }
 
 /// Levels per side of the `book` shape.
-const LEVELS: usize = 100;
+const LEVELS: usize = 320;
 /// Levels changed per `book` update.
-const CHANGED_PER_UPDATE: usize = 4;
+const CHANGED_PER_UPDATE: usize = 10;
 
 const WORDS: &[&str] = &[
     "the", "a", "we", "you", "they", "meeting", "tomorrow", "at", "noon", "lunch", "is", "are",
-    "still", "on", "for", "deploy", "friday", "please", "review", "my", "pull", "request", "thanks",
-    "sounds", "good", "can", "someone", "check", "the", "build", "broke", "again", "after", "merge",
-    "customer", "reported", "an", "issue", "with", "login", "page", "fixed", "in", "next", "release",
-    "coffee", "anyone", "going", "to", "office", "today", "working", "from", "home", "and", "but",
-    "numbers", "look", "great", "this", "week", "sales", "up", "percent", "let's", "sync", "later",
+    "still", "on", "for", "deploy", "friday", "please", "review", "my", "pull", "request",
+    "thanks", "sounds", "good", "can", "someone", "check", "the", "build", "broke", "again",
+    "after", "merge", "customer", "reported", "an", "issue", "with", "login", "page", "fixed",
+    "in", "next", "release", "coffee", "anyone", "going", "to", "office", "today", "working",
+    "from", "home", "and", "but", "numbers", "look", "great", "this", "week", "sales", "up",
+    "percent", "let's", "sync", "later",
 ];
 
 /// Makes one publisher's payloads (a `book` keeps its state between them).
@@ -121,12 +122,7 @@ impl PayloadMaker {
                     }
                     for (i, (price, qty)) in levels.iter().enumerate() {
                         let comma = if i > 0 { "," } else { "" };
-                        let _ = write!(
-                            text,
-                            "{comma}[{}.{:02},{qty}]",
-                            price / 100,
-                            price % 100
-                        );
+                        let _ = write!(text, "{comma}[{}.{:02},{qty}]", price / 100, price % 100);
                     }
                 }
                 text.push_str("]}");
@@ -146,14 +142,21 @@ mod tests {
         for (shape, low, high) in [
             (Shape::Tick, 60, 140),
             (Shape::Chat, 900, 1100),
-            (Shape::Book, 6_000, 14_000),
+            (Shape::Book, 8_000, 12_000),
         ] {
             let mut maker = PayloadMaker::new(shape, 100, 3);
             let mut out = Vec::new();
             maker.make(7, 3, 99, &mut out);
             let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
-            assert_eq!((value["s"].as_u64(), value["i"].as_u64()), (Some(7), Some(3)));
-            assert!((low..high).contains(&out.len()), "{shape:?}: {} B", out.len());
+            assert_eq!(
+                (value["s"].as_u64(), value["i"].as_u64()),
+                (Some(7), Some(3))
+            );
+            assert!(
+                (low..high).contains(&out.len()),
+                "{shape:?}: {} B",
+                out.len()
+            );
             let stamp = crate::target::find_stamp(&out).unwrap();
             assert_eq!((stamp.seq, stamp.nanos), (7, 99));
         }

@@ -52,7 +52,8 @@ pub async fn connect_from(source: IpAddr, server: SocketAddr) -> io::Result<TcpS
 }
 
 /// What a browser offers for permessage-deflate.
-const DEFLATE_OFFER: &str = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
+const DEFLATE_OFFER: &str =
+    "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
 
 /// The upgrade's outcome: bytes read past the head (already WebSocket
 /// data), and the extensions the server agreed to.
