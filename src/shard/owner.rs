@@ -32,8 +32,9 @@ struct OwnedChannel {
     /// Bit `p` set: shard `p` (other than this one) has subscribers that
     /// asked for deltas.
     remote_delta: u64,
-    /// While deltas are wanted: the last publication, the base of the next
-    /// one's delta.
+    /// While deltas are wanted and no history is kept: the last
+    /// publication, the base of the next one's delta (with history, its
+    /// newest entry is).
     previous: Option<(u64, Payload)>,
     /// The latest publications, oldest first, with when they were ordered
     /// (shard milliseconds).
@@ -131,10 +132,17 @@ impl Owner {
         let seq = channel.last_seq;
         let mut delta = None;
         if (local_delta || channel.remote_delta != 0) && payload.kind == PayloadKind::Json {
-            if let Some((_, base)) = channel.previous.as_ref().filter(|(s, _)| *s + 1 == seq) {
+            // The base: the history's newest entry, or (history off) the
+            // publication kept while deltas are wanted.
+            let newest = channel.history.back().map(|(s, p, _)| (*s, p));
+            let kept = channel.previous.as_ref().map(|(s, p)| (*s, p));
+            let base = newest.or(kept).filter(|(s, b)| *s + 1 == seq && b.kind == PayloadKind::Json);
+            if let Some((_, base)) = base {
                 delta = fossil_delta(&base.bytes, &payload.bytes);
             }
-            channel.previous = Some((seq, payload.clone()));
+            if limits.size == 0 {
+                channel.previous = Some((seq, payload.clone()));
+            }
         } else {
             channel.previous = None;
         }
@@ -387,6 +395,31 @@ mod tests {
 
     fn payload(text: &'static str) -> Payload {
         Payload::new(PayloadKind::Json, Bytes::from_static(text.as_bytes()))
+    }
+
+    #[test]
+    fn deltas_are_made_while_wanted_against_the_publication_before() {
+        let text: &'static str = Box::leak(format!("[{}]", "1234567,".repeat(40) + "0").into_boxed_str());
+        let edited: &'static str = Box::leak(text.replacen("1234567", "7654321", 1).into_boxed_str());
+        for history in [0, 10] {
+            let mut owner = owner(history, 60_000);
+            // Nobody wants deltas: none made.
+            assert!(owner.order("b", &payload(text), 0, false).delta.is_none());
+            // Wanted here: the first has no base (history off), then one.
+            let first = owner.order("b", &payload(text), 0, true);
+            assert_eq!(first.delta.is_some(), history > 0, "history holds the base");
+            let second = owner.order("b", &payload(edited), 0, true).delta.unwrap();
+            assert!(second.len() < 40, "{} B", second.len());
+            let rebuilt = fossil_delta::apply(text, &second).unwrap();
+            assert_eq!(rebuilt, edited.as_bytes());
+            // Wanted elsewhere (another shard's interest) counts too.
+            owner.set_interest("b", 2, true, true);
+            assert!(owner.order("b", &payload(text), 0, false).delta.is_some());
+            // Text payloads (raw rooms) have no delta, and are no base.
+            let raw = Payload::new(PayloadKind::Text, Bytes::from_static(text.as_bytes()));
+            assert!(owner.order("b", &raw, 0, false).delta.is_none());
+            assert!(owner.order("b", &payload(text), 0, false).delta.is_none());
+        }
     }
 
     #[test]
