@@ -18,10 +18,12 @@
 # generator connection presents an HS256 token.
 # bytes: bytes on the wire and server CPU per delivery for three payload
 # shapes (a ~100 B tick, a ~1 KB chat line, a ~10 KB order book), over
-# BYTES_SERVERS (default shardcast-json, shardcast-json-deflate, node-ws,
-# node-ws-deflate, nats, nats-deflate). A -deflate server is the same server
-# with permessage-deflate negotiated: the generator offers it as a browser
-# does and inflates (Node ws and NATS compress per connection).
+# BYTES_SERVERS (default shardcast-json, shardcast-json-deflate,
+# shardcast-json-delta, node-ws, node-ws-deflate, nats, nats-deflate). A
+# -deflate server is the same server with permessage-deflate negotiated: the
+# generator offers it as a browser does and inflates (Node ws and NATS
+# compress per connection); -delta: subscribers ask for fossil deltas
+# (?delta=fossil) and rebuild each publication.
 # SHARDCAST_BIN=path runs that shardcast server binary instead of the one
 # built here. Each server is pinned to core 0 and the generator
 # (shardcast-bench) to core 1; each point runs --runs times (default 3).
@@ -89,7 +91,7 @@ setup() {
   [[ " ${SCENARIOS[*]} " == *" bytes "* ]] && IFS=, read -r -a bytes_list <<<"${BYTES_SERVERS:-node-ws,nats}"
   for s in "${SERVER_LIST[@]}" "${bytes_list[@]}"; do
     is_tls "$s" && make_certificate
-    case "${s%-deflate}" in
+    case "$(base_of "$s")" in
       node-ws|node-ws-tls)
         command -v node >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs npm; }
         [ -d benches/peers/node-ws/node_modules/ws ] || (cd benches/peers/node-ws && npm ci --no-audit --no-fund --loglevel=error) ;;
@@ -128,7 +130,9 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # (the process to measure) and RUNNER_PID (the one to signal).
 start_server() {
   local name=$1 extra=$2 port=$3 logf="$OUT/.server.log"
-  # A -deflate server is its base server with compression negotiated.
+  # A -deflate server is its base server with compression negotiated; a
+  # -delta one, with deltas asked for.
+  name=${name%-delta}
   if [[ "$name" == *-deflate ]]; then
     name=${name%-deflate}
     export PERMESSAGE_DEFLATE=1 NATS_WS_COMPRESSION=true
@@ -179,8 +183,10 @@ stop_server() {
   wait "$RUNNER_PID" 2>/dev/null || true
 }
 
+base_of() { local name=${1%-delta}; echo "${name%-deflate}"; }
+
 target_of() {
-  case "${1%-deflate}" in
+  case "$(base_of "$1")" in
     shardcast-json|shardcast-tls|shardcast-auth|shardcast-shards-*) echo shardcast-json ;;
     shardcast-raw) echo shardcast-raw ;;
     nats) echo nats ;;
@@ -189,7 +195,7 @@ target_of() {
 }
 
 version_of() {
-  case "${1%-deflate}" in
+  case "$(base_of "$1")" in
     shardcast*) "$SHARDCAST" --version | awk '{print $2}' ;;
     node-ws|node-ws-tls) echo "ws $(node -p 'require("./benches/peers/node-ws/node_modules/ws/package.json").version'), node $(node --version)" ;;
     python-websockets) python3 -c 'import websockets,sys; print("websockets", websockets.__version__, "python", sys.version.split()[0])' ;;
@@ -208,6 +214,7 @@ run_point() {
   if is_tls "$server"; then gen_args+=(--tls-ca "$TLS_CERT"); fi
   if is_auth "$server"; then gen_args+=(--token "$(mint_token)"); fi
   if [[ "$server" == *-deflate ]]; then gen_args+=(--compress); fi
+  if [[ "$server" == *-delta ]]; then gen_args+=(--delta); fi
   for run in $(seq 1 "$RUNS"); do
     local port file
     port=$(free_port)
@@ -303,7 +310,7 @@ shards() {
 bytes() {
   # Rates keep every server under the loopback's and the generator's limits
   # (a 10 KB book to 1,000 subscribers at 10/s is 100 MB/s uncompressed).
-  local subs=1000 duration=5s servers=${BYTES_SERVERS:-shardcast-json,shardcast-json-deflate,node-ws,node-ws-deflate,nats,nats-deflate}
+  local subs=1000 duration=5s servers=${BYTES_SERVERS:-shardcast-json,shardcast-json-deflate,shardcast-json-delta,node-ws,node-ws-deflate,nats,nats-deflate}
   ((QUICK)) && { subs=200; duration=3s; }
   IFS=, read -r -a bytes_servers <<<"$servers"
   for shape_rate in tick:100 chat:100 book:10; do

@@ -490,6 +490,24 @@ pub fn encode_msg_delta(ch: &str, seq: u64, delta: &[u8]) -> Bytes {
     out.finish()
 }
 
+/// How many bytes a delta frame spends beyond a whole one of the same
+/// publication, if positive: `"delta":true,` and the string's quotes, plus
+/// the escapes the delta's bytes need in the string, minus what the delta
+/// saves against the data.
+pub fn delta_frame_is_smaller(delta: &[u8], data_len: usize) -> bool {
+    let escapes: usize = delta
+        .iter()
+        .map(|&b| match b {
+            b'"' | b'\\' | b'\n' => 1,
+            0x00..=0x1f | 0x7f => 5,
+            0x80..=0xff => 1,
+            _ => 0,
+        })
+        .sum();
+    const DELTA_OVERHEAD: usize = ",\"delta\":true".len() + 2;
+    delta.len() + escapes + DELTA_OVERHEAD < data_len
+}
+
 /// Bytes a `msg` frame adds around its payload at most: the frame header
 /// (10), `{"op":"msg","ch":"` (18), the channel (128), `","seq":` (8), the
 /// `seq` (20 digits), `,"text":` (8), the string's quotes and `}` (3).
@@ -880,5 +898,22 @@ mod tests {
                 .code,
             ErrorCode::BadChannel
         );
+    }
+
+    #[test]
+    fn a_delta_frame_is_used_only_when_smaller_than_the_whole_one() {
+        let data = br#"{"bids":[[1,2],[3,4]],"n":1}"#;
+        // What the delta frame adds: 15 bytes, and each quote's escape.
+        assert!(delta_frame_is_smaller(b"abc", data.len()));
+        assert!(!delta_frame_is_smaller(&data[..data.len() - 10], data.len()));
+        assert!(!delta_frame_is_smaller(&[b'"'; 10], 25));
+        assert!(delta_frame_is_smaller(&[b'a'; 10], 26));
+        let whole = encode_msg("c", 2, PayloadKind::Json, data);
+        let delta = b"t\n2:ab1;";
+        assert!(delta_frame_is_smaller(delta, data.len()));
+        assert!(encode_msg_delta("c", 2, delta).len() < whole.len());
+        let too_long = b"t\n2:ab3@0,1;";
+        assert!(!delta_frame_is_smaller(too_long, data.len()));
+        assert!(encode_msg_delta("c", 2, too_long).len() >= whole.len());
     }
 }

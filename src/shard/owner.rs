@@ -82,12 +82,12 @@ pub struct Ordered {
     pub delta: Option<bytes::Bytes>,
 }
 
-/// The fossil delta turning `base` into `target` (`fossil-delta`), when it
-/// is smaller than `target` itself. A panic in the library is contained:
-/// the publication then simply goes whole.
+/// The fossil delta turning `base` into `target` (`fossil-delta`), when
+/// its frame is smaller than the whole publication's. A panic in the
+/// library is contained: the publication then simply goes whole.
 fn fossil_delta(base: &[u8], target: &[u8]) -> Option<bytes::Bytes> {
     let delta = std::panic::catch_unwind(|| fossil_delta::delta(target, base)).ok()?;
-    (delta.len() < target.len()).then(|| bytes::Bytes::from(delta))
+    crate::protocol::delta_frame_is_smaller(&delta, target.len()).then(|| bytes::Bytes::from(delta))
 }
 
 /// The channels this shard owns.

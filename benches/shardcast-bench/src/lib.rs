@@ -8,6 +8,7 @@
 //! invalid. A crate of its own in the workspace (`benches/shardcast-bench`),
 //! not part of the server library's API.
 
+pub mod delta;
 pub mod inflate;
 pub mod procstat;
 pub mod report;
@@ -32,6 +33,7 @@ use glommio::timer::sleep;
 use shardcast_wire::OpCode;
 
 use self::{
+    delta::DeltaReader,
     inflate::MessageInflater,
     report::{Report, Results},
     scrape::Scrape,
@@ -91,6 +93,10 @@ pub struct Options {
     /// what comes compressed
     #[arg(long)]
     pub compress: bool,
+    /// Subscribers ask for fossil deltas (`?delta=fossil`) and rebuild each
+    /// publication from the one before (shardcast-json only)
+    #[arg(long)]
+    pub delta: bool,
     /// Measured publishing time (idle: the idle window)
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     #[serde(serialize_with = "report::seconds")]
@@ -138,7 +144,10 @@ pub struct Options {
 
 /// The upgrade path of a connection, with `?token=` when one is given.
 fn path_with_token(o: &Options, channel: &str, role: Role) -> String {
-    let path = o.target.path(channel, role);
+    let mut path = o.target.path(channel, role);
+    if o.delta && role == Role::Subscriber {
+        path.push_str("&delta=fossil");
+    }
     match &o.token {
         None => path,
         Some(token) => {
@@ -566,7 +575,7 @@ async fn client(run: Rc<Run>, plan: Rc<Plan>, index: usize, permit: glommio::syn
     if role != Role::Publisher || o.target == Target::Nats {
         let probe = is_probe(o, &plan, index);
         let inflater = MessageInflater::for_agreement(upgraded.extensions.as_deref());
-        let reader = ConnReader::new(index, probe, upgraded.leftover, inflater);
+        let reader = ConnReader::new(index, probe, upgraded.leftover, inflater, o.delta);
         if probe {
             probe_loop(&run, &stream, reader).await;
         } else {
@@ -595,6 +604,8 @@ struct Sink {
     compressed: bool,
     /// permessage-deflate, when the server agreed to it.
     inflater: Option<Box<MessageInflater>>,
+    /// With `--delta`: the base of the next delta.
+    deltas: Option<Box<DeltaReader>>,
     /// NATS protocol bytes not yet parsed.
     nats: Vec<u8>,
 }
@@ -603,13 +614,21 @@ impl Sink {
     /// Acts on a whole message, inflated first if it came compressed.
     fn message(&mut self, run: &Run, payload: &[u8], out: &mut Vec<u8>) {
         let (index, probe) = (self.index, self.probe);
-        match (self.compressed, self.inflater.as_mut()) {
+        let payload = match (self.compressed, self.inflater.as_mut()) {
             (true, Some(inflater)) => match inflater.inflate(payload) {
-                Some(inflated) => on_message(run, index, probe, inflated, &mut self.nats, out),
-                None => run.note_error("a compressed message did not inflate".into()),
+                Some(inflated) => inflated,
+                None => return run.note_error("a compressed message did not inflate".into()),
             },
-            _ => on_message(run, index, probe, payload, &mut self.nats, out),
-        }
+            _ => payload,
+        };
+        let payload = match self.deltas.as_mut() {
+            Some(deltas) => match deltas.data(payload) {
+                Some(data) => data,
+                None => return run.note_error("a delta did not apply".into()),
+            },
+            None => payload,
+        };
+        on_message(run, index, probe, payload, &mut self.nats, out);
     }
 }
 
@@ -622,6 +641,7 @@ impl ConnReader {
         probe: bool,
         leftover: Vec<u8>,
         inflater: Option<MessageInflater>,
+        deltas: bool,
     ) -> Self {
         // Initialised once; `filled` marks the data (zero-filling before
         // every read would cost more than the reads).
@@ -636,6 +656,7 @@ impl ConnReader {
                 probe,
                 compressed: false,
                 inflater: inflater.map(Box::new),
+                deltas: deltas.then(Box::default),
                 nats: Vec::new(),
             },
         }
