@@ -23,7 +23,9 @@
 # -deflate server is the same server with permessage-deflate negotiated: the
 # generator offers it as a browser does and inflates (Node ws and NATS
 # compress per connection); -delta: subscribers ask for fossil deltas
-# (?delta=fossil) and rebuild each publication.
+# (?delta=fossil) and rebuild each publication. BYTES_RATES="chat:30 ..."
+# picks shapes and their publication rates (default tick:100 chat:100
+# book:10).
 # SHARDCAST_BIN=path runs that shardcast server binary instead of the one
 # built here. Each server is pinned to core 0 and the generator
 # (shardcast-bench) to core 1; each point runs --runs times (default 3).
@@ -313,7 +315,7 @@ bytes() {
   local subs=1000 duration=5s servers=${BYTES_SERVERS:-shardcast-json,shardcast-json-deflate,shardcast-json-delta,node-ws,node-ws-deflate,nats,nats-deflate}
   ((QUICK)) && { subs=200; duration=3s; }
   IFS=, read -r -a bytes_servers <<<"$servers"
-  for shape_rate in tick:100 chat:100 book:10; do
+  for shape_rate in ${BYTES_RATES:-tick:100 chat:100 book:10}; do
     local shape=${shape_rate%:*} rate=${shape_rate#*:}
     for server in "${bytes_servers[@]}"; do
       run_point bytes "$server" "$shape-subs$subs-rate$rate" -- \

@@ -416,14 +416,7 @@ pub enum PayloadKind {
 /// goes in `"text"` as a JSON string, binary in `"bin"` as base64.
 /// `ch` must be a validated channel name (needs no escaping).
 pub fn encode_msg(ch: &str, seq: u64, kind: PayloadKind, payload: &[u8]) -> Bytes {
-    let mut seq_text = itoa::Buffer::new();
-    let seq_text = seq_text.format(seq);
-    let hint = 40 + ch.len() + seq_text.len() + payload.len() + payload.len() / 3;
-    let mut out = FrameBuilder::new(OpCode::Text, hint);
-    out.push(b"{\"op\":\"msg\",\"ch\":\"");
-    out.push(ch.as_bytes());
-    out.push(b"\",\"seq\":");
-    out.push(seq_text.as_bytes());
+    let mut out = msg_head(ch, seq, payload.len() + payload.len() / 3);
     let as_json = match kind {
         PayloadKind::Json => true,
         PayloadKind::Text => {
@@ -451,19 +444,25 @@ pub fn encode_msg(ch: &str, seq: u64, kind: PayloadKind, payload: &[u8]) -> Byte
     out.finish()
 }
 
+/// A `msg` envelope up to its `seq` (`{"op":"msg","ch":..,"seq":N`), in a
+/// frame with room for `rest` more bytes.
+fn msg_head(ch: &str, seq: u64, rest: usize) -> FrameBuilder {
+    let mut seq_text = itoa::Buffer::new();
+    let seq_text = seq_text.format(seq);
+    let mut out = FrameBuilder::new(OpCode::Text, 40 + ch.len() + seq_text.len() + rest);
+    out.push(b"{\"op\":\"msg\",\"ch\":\"");
+    out.push(ch.as_bytes());
+    out.push(b"\",\"seq\":");
+    out.push(seq_text.as_bytes());
+    out
+}
+
 /// The frame of publication `seq` of `ch` as a fossil delta against
 /// publication `seq - 1`: `{"op":"msg","ch":..,"seq":N,"delta":true,
 /// "data":"<delta>"}`, the delta's bytes written as a JSON string of the
 /// code points U+0000–U+00FF of the same values (docs/protocol.md).
 pub fn encode_msg_delta(ch: &str, seq: u64, delta: &[u8]) -> Bytes {
-    let mut seq_text = itoa::Buffer::new();
-    let seq_text = seq_text.format(seq);
-    let hint = 48 + ch.len() + seq_text.len() + delta.len() + delta.len() / 8;
-    let mut out = FrameBuilder::new(OpCode::Text, hint);
-    out.push(b"{\"op\":\"msg\",\"ch\":\"");
-    out.push(ch.as_bytes());
-    out.push(b"\",\"seq\":");
-    out.push(seq_text.as_bytes());
+    let mut out = msg_head(ch, seq, 8 + delta.len() + delta.len() / 8);
     out.push(b",\"delta\":true,\"data\":\"");
     for &byte in delta {
         match byte {
@@ -905,7 +904,10 @@ mod tests {
         let data = br#"{"bids":[[1,2],[3,4]],"n":1}"#;
         // What the delta frame adds: 15 bytes, and each quote's escape.
         assert!(delta_frame_is_smaller(b"abc", data.len()));
-        assert!(!delta_frame_is_smaller(&data[..data.len() - 10], data.len()));
+        assert!(!delta_frame_is_smaller(
+            &data[..data.len() - 10],
+            data.len()
+        ));
         assert!(!delta_frame_is_smaller(&[b'"'; 10], 25));
         assert!(delta_frame_is_smaller(&[b'a'; 10], 26));
         let whole = encode_msg("c", 2, PayloadKind::Json, data);

@@ -115,7 +115,10 @@ fn a_resumed_subscriber_is_replayed_whole_then_gets_deltas() {
     back.send_json(json!({"op":"sub","ch":"book","id":"r","since":1,
         "epoch":ack["epoch"],"delta":"fossil"}));
     let resumed = back.recv_json();
-    assert_eq!((resumed["op"].as_str(), resumed["recovered"].as_bool()), (Some("ack"), Some(true)));
+    assert_eq!(
+        (resumed["op"].as_str(), resumed["recovered"].as_bool()),
+        (Some("ack"), Some(true))
+    );
     let mut base = first;
     for n in 2..=4 {
         let (data, seq, delta) = read(&mut back, &base);
@@ -135,5 +138,8 @@ fn only_fossil_is_a_delta_encoding() {
     let mut client = Client::connect(&server, "/ws");
     client.send_json(json!({"op":"sub","ch":"a","id":1,"delta":"vcdiff"}));
     let err = client.recv_json();
-    assert_eq!((err["op"].as_str(), err["code"].as_str()), (Some("err"), Some("bad_json")));
+    assert_eq!(
+        (err["op"].as_str(), err["code"].as_str()),
+        (Some("err"), Some("bad_json"))
+    );
 }

@@ -219,19 +219,29 @@ mod tests {
         let mut deflater = deflater();
         assert!(deflater.frame(OpCode::Text, &chat(15)).is_none());
         // Pseudo-random bytes do not shrink by a tenth.
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let noise: Vec<u8> = (0..4096)
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        assert!(deflater
+            .frame(OpCode::Binary, &noise(4096, &mut seed))
+            .is_none());
+        assert_still_compresses(&mut deflater, 500);
+    }
+
+    /// `len` pseudo-random bytes (xorshift from `seed`).
+    fn noise(len: usize, seed: &mut u64) -> Vec<u8> {
+        (0..len)
             .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
+                *seed ^= *seed << 13;
+                *seed ^= *seed >> 7;
+                *seed ^= *seed << 17;
+                *seed as u8
             })
-            .collect();
-        assert!(deflater.frame(OpCode::Binary, &noise).is_none());
-        // And the deflater is still good afterwards.
-        let message = chat(500);
-        let frame = deflater.frame(OpCode::Binary, &message).unwrap();
+            .collect()
+    }
+
+    /// The deflater still makes frames a client inflates.
+    fn assert_still_compresses(deflater: &mut Deflater, len: usize) {
+        let message = chat(len);
+        let frame = deflater.frame(OpCode::Text, &message).unwrap();
         assert_eq!(
             inflate_as_client(crate::frame::payload_of(&frame), 15),
             message
@@ -243,24 +253,13 @@ mod tests {
         // zlib-rs 0.6 panicked here when handed less room than the message
         // could take (Autobahn 12.2.*: random binary messages).
         let mut deflater = deflater();
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         for len in (16..3000).step_by(7) {
-            let noise: Vec<u8> = (0..len)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
-            assert!(deflater.frame(OpCode::Binary, &noise).is_none());
+            assert!(deflater
+                .frame(OpCode::Binary, &noise(len, &mut seed))
+                .is_none());
         }
-        let message = chat(300);
-        let frame = deflater.frame(OpCode::Text, &message).unwrap();
-        assert_eq!(
-            inflate_as_client(crate::frame::payload_of(&frame), 15),
-            message
-        );
+        assert_still_compresses(&mut deflater, 300);
     }
 
     #[test]

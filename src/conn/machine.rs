@@ -140,9 +140,6 @@ struct Room {
 /// The protocol state of one WebSocket session.
 pub struct Connection {
     decoder: Decoder,
-    /// The message limit, for inflated messages (the decoder checks it on
-    /// what arrives).
-    max_message: usize,
     /// `None`: the JSON protocol. Boxed: most connections are not rooms.
     room: Option<Box<Room>>,
 }
@@ -188,7 +185,6 @@ impl Connection {
         };
         Connection {
             decoder: Decoder::new(limits),
-            max_message,
             room,
         }
     }
@@ -212,6 +208,9 @@ impl Connection {
             stop: Stop::Done,
             completed: false,
         };
+        // The limit the decoder checks on what arrives applies to inflated
+        // messages too.
+        let max_message = self.decoder.limits().max_message;
         while receipt.used < bytes.len() {
             let decoded = match self.decoder.decode(&mut bytes[receipt.used..]) {
                 Ok(decoded) => decoded,
@@ -236,7 +235,7 @@ impl Connection {
             host.heard();
             let congested = match event {
                 Event::Compressed { text, payload } => {
-                    inflate_and_act(self.room.as_deref(), text, payload, self.max_message, host)
+                    inflate_and_act(self.room.as_deref(), text, payload, max_message, host)
                 }
                 event => act(self.room.as_deref(), event, host),
             };

@@ -29,10 +29,6 @@ struct Subscriber {
     conn: Rc<Conn>,
     /// While waiting for the owner's position: the token its answer names.
     pending: Option<u32>,
-    /// Deltas (`"delta":"fossil"`): the `seq` that may come as a delta,
-    /// the one after the last it was sent; [`NO_BASE`] before it has been
-    /// sent any; 0: it did not ask for deltas.
-    delta_next: u64,
 }
 
 /// A delta subscriber that holds no publication to apply a delta to.
@@ -42,8 +38,11 @@ const NO_BASE: u64 = u64::MAX;
 pub struct LocalChannel {
     name: Rc<str>,
     subscribers: Slab<Subscriber>,
-    /// How many of them asked for deltas.
-    delta_subscribers: u32,
+    /// The subscribers that asked for deltas (`"delta":"fossil"`), by slot:
+    /// the `seq` that may go to each as a delta, the one after the last it
+    /// was sent ([`NO_BASE`] before it has been sent any). Kept aside, so
+    /// subscribers that did not ask (most) pay nothing for it.
+    deltas: HashMap<u32, u64>,
 }
 
 /// This shard's interest in a channel, as its owner must know it.
@@ -59,7 +58,7 @@ impl LocalChannel {
     fn interest(&self) -> Interest {
         Interest {
             on: !self.subscribers.is_empty(),
-            delta: self.delta_subscribers > 0,
+            delta: !self.deltas.is_empty(),
         }
     }
 }
@@ -102,7 +101,7 @@ impl Index {
                 self.channels.entry(name.clone()).or_insert(LocalChannel {
                     name,
                     subscribers: Slab::new(),
-                    delta_subscribers: 0,
+                    deltas: HashMap::new(),
                 })
             }
         };
@@ -110,13 +109,14 @@ impl Index {
         let slot = channel.subscribers.insert(Subscriber {
             conn: conn.clone(),
             pending,
-            delta_next: if delta { NO_BASE } else { 0 },
-        });
-        channel.delta_subscribers += u32::from(delta);
+        }) as u32;
+        if delta {
+            channel.deltas.insert(slot, NO_BASE);
+        }
         let after = channel.interest();
         (
             channel.name.clone(),
-            slot as u32,
+            slot,
             (after != before).then_some(after),
         )
     }
@@ -126,8 +126,8 @@ impl Index {
     pub fn remove(&mut self, name: &str, slot: u32) -> Option<Interest> {
         let channel = self.channels.get_mut(name)?;
         let before = channel.interest();
-        let removed = channel.subscribers.try_remove(slot as usize)?;
-        channel.delta_subscribers -= u32::from(removed.delta_next != 0);
+        channel.subscribers.try_remove(slot as usize)?;
+        channel.deltas.remove(&slot);
         let after = channel.interest();
         if !after.on {
             self.channels.remove(name);
@@ -139,7 +139,7 @@ impl Index {
     pub fn wants_delta(&self, name: &str) -> bool {
         self.channels
             .get(name)
-            .is_some_and(|c| c.delta_subscribers > 0)
+            .is_some_and(|c| !c.deltas.is_empty())
     }
 
     /// Makes the pending subscriber in `slot` of `name` live, if it is still
@@ -160,12 +160,12 @@ impl Index {
     /// A delta subscriber just went live and was replayed up to
     /// `replayed_to` (0: nothing): its first delta may apply to that one.
     pub fn set_delta_base(&mut self, name: &str, slot: u32, replayed_to: u64) {
-        let subscriber = self
+        let next = self
             .channels
             .get_mut(name)
-            .and_then(|c| c.subscribers.get_mut(slot as usize));
-        if let Some(subscriber) = subscriber.filter(|s| s.delta_next != 0) {
-            subscriber.delta_next = if replayed_to > 0 {
+            .and_then(|c| c.deltas.get_mut(&slot));
+        if let Some(next) = next {
+            *next = if replayed_to > 0 {
                 replayed_to + 1
             } else {
                 NO_BASE
@@ -204,13 +204,21 @@ impl Index {
         };
         let skip = skip.filter(|s| s.shard == shard).map(|s| s.conn);
         let mut frames = PublicationFrames::new(name, seq, payload, delta);
-        for (_, subscriber) in channel.subscribers.iter_mut() {
+        let LocalChannel {
+            subscribers,
+            deltas,
+            ..
+        } = channel;
+        for (slot, subscriber) in subscribers.iter_mut() {
             if skip == Some(subscriber.conn.id) || subscriber.pending.is_some() {
                 continue;
             }
-            let as_delta = subscriber.delta_next == seq;
-            if subscriber.delta_next != 0 {
-                subscriber.delta_next = seq + 1;
+            let mut as_delta = false;
+            if !deltas.is_empty() {
+                if let Some(next) = deltas.get_mut(&(slot as u32)) {
+                    as_delta = *next == seq;
+                    *next = seq + 1;
+                }
             }
             let frame = match as_delta
                 .then(|| frames.delta(subscriber.conn.codec))

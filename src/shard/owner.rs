@@ -136,7 +136,9 @@ impl Owner {
             // publication kept while deltas are wanted.
             let newest = channel.history.back().map(|(s, p, _)| (*s, p));
             let kept = channel.previous.as_ref().map(|(s, p)| (*s, p));
-            let base = newest.or(kept).filter(|(s, b)| *s + 1 == seq && b.kind == PayloadKind::Json);
+            let base = newest
+                .or(kept)
+                .filter(|(s, b)| *s + 1 == seq && b.kind == PayloadKind::Json);
             if let Some((_, base)) = base {
                 delta = fossil_delta(&base.bytes, &payload.bytes);
             }
@@ -399,8 +401,10 @@ mod tests {
 
     #[test]
     fn deltas_are_made_while_wanted_against_the_publication_before() {
-        let text: &'static str = Box::leak(format!("[{}]", "1234567,".repeat(40) + "0").into_boxed_str());
-        let edited: &'static str = Box::leak(text.replacen("1234567", "7654321", 1).into_boxed_str());
+        let text: &'static str =
+            Box::leak(format!("[{}]", "1234567,".repeat(40) + "0").into_boxed_str());
+        let edited: &'static str =
+            Box::leak(text.replacen("1234567", "7654321", 1).into_boxed_str());
         for history in [0, 10] {
             let mut owner = owner(history, 60_000);
             // Nobody wants deltas: none made.

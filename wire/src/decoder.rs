@@ -146,6 +146,11 @@ impl Decoder {
         }
     }
 
+    /// What this decoder accepts.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
     /// Whether a message (or a frame) has begun and not ended: the caller
     /// may give it a deadline.
     pub fn in_progress(&self) -> bool {

@@ -21,9 +21,10 @@ impl DeltaReader {
     pub fn data<'a>(&'a mut self, envelope: &'a [u8]) -> Option<&'a [u8]> {
         if let Some(at) = memchr::memmem::find(envelope, DELTA_MARK) {
             decode_string(&envelope[at + DELTA_MARK.len()..], &mut self.scratch)?;
-            let rebuilt = std::panic::catch_unwind(|| fossil_delta::apply(&self.base, &self.scratch))
-                .ok()?
-                .ok()?;
+            let rebuilt =
+                std::panic::catch_unwind(|| fossil_delta::apply(&self.base, &self.scratch))
+                    .ok()?
+                    .ok()?;
             self.base = rebuilt;
             return Some(&self.base);
         }
@@ -85,11 +86,18 @@ mod tests {
         let base = br#"{"s":1,"t":9,"levels":[[1,2],[3,4],[5,6],[7,8],[9,10],[11,12]]}"#;
         let next = br#"{"s":2,"t":10,"levels":[[1,2],[3,4],[5,66],[7,8],[9,10],[11,12]]}"#;
         let delta = fossil_delta::delta(&next[..], &base[..]);
-        let whole = shardcast::protocol::encode_msg("c", 1, shardcast::protocol::PayloadKind::Json, base);
+        let whole =
+            shardcast::protocol::encode_msg("c", 1, shardcast::protocol::PayloadKind::Json, base);
         let as_delta = shardcast::protocol::encode_msg_delta("c", 2, &delta);
         let mut reader = DeltaReader::default();
-        assert_eq!(reader.data(shardcast::frame::payload_of(&whole)), Some(&base[..]));
-        assert_eq!(reader.data(shardcast::frame::payload_of(&as_delta)), Some(&next[..]));
+        assert_eq!(
+            reader.data(shardcast::frame::payload_of(&whole)),
+            Some(&base[..])
+        );
+        assert_eq!(
+            reader.data(shardcast::frame::payload_of(&as_delta)),
+            Some(&next[..])
+        );
         // Every byte value survives the JSON string.
         let mut all = Vec::new();
         let bytes: Vec<u8> = (0..=255).collect();
@@ -99,7 +107,12 @@ mod tests {
         decode_string(&text[at..], &mut all).unwrap();
         assert_eq!(all, bytes);
         let parsed: serde_json::Value = serde_json::from_slice(text).unwrap();
-        let chars: Vec<u32> = parsed["data"].as_str().unwrap().chars().map(u32::from).collect();
+        let chars: Vec<u32> = parsed["data"]
+            .as_str()
+            .unwrap()
+            .chars()
+            .map(u32::from)
+            .collect();
         assert_eq!(chars, (0..=255).collect::<Vec<u32>>());
     }
 }

@@ -33,6 +33,10 @@ pub struct ServerFigures {
     pub messages_delivered: u64,
     pub messages_published: u64,
     pub frames_dropped: u64,
+    /// Gathered socket writes, and bytes they wrote (frames per write tell
+    /// how much each system call carried).
+    pub socket_writes: u64,
+    pub bytes_sent: u64,
     pub rss_bytes: u64,
     /// Open connections on each shard at the end (the SO_REUSEPORT spread).
     pub connections_by_shard: Vec<u64>,
@@ -82,6 +86,8 @@ impl Scrape {
             messages_delivered: delta("shardcast_messages_delivered_total") as u64,
             messages_published: delta("shardcast_messages_published_total") as u64,
             frames_dropped: delta("shardcast_frames_dropped_total") as u64,
+            socket_writes: delta("shardcast_socket_writes_total") as u64,
+            bytes_sent: delta("shardcast_bytes_sent_total") as u64,
             rss_bytes: after.total("process_resident_memory_bytes") as u64,
             connections_by_shard: after.connections_by_shard.values().copied().collect(),
         }
