@@ -62,10 +62,13 @@ impl Kind {
 /// marks everything looked at). Returns how many bytes the queue grew by
 /// (headers dropped, batch headers and separators added; may be negative).
 pub(super) fn seal(frames: &mut VecDeque<Queued>) -> isize {
+    // Sealed entries are a prefix of the queue (everything there at a seal
+    // is sealed, later pushes go behind): look for its end from the back,
+    // so a long backlog is not walked again at every flush.
     let mut at = frames
         .iter()
-        .position(|f| !f.sealed)
-        .unwrap_or(frames.len());
+        .rposition(|f| f.sealed)
+        .map_or(0, |last| last + 1);
     let mut grown = 0;
     while at < frames.len() {
         let kind = Kind::of(&frames[at]);
