@@ -834,4 +834,110 @@ mod tests {
         assert_eq!(&got[297..300], &[99, 99, 99]);
         assert_eq!(&got[300..], &close[..]);
     }
+
+    /// Reads server frames off `wire`: (RSV1, opcode, payload).
+    fn frames_on(mut wire: &[u8]) -> Vec<(bool, u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        while let Some((header, len)) = shardcast_wire::header::parse(wire).unwrap() {
+            let end = len + header.payload_len as usize;
+            out.push((header.rsv1, header.opcode as u8, wire[len..end].to_vec()));
+            wire = &wire[end..];
+        }
+        assert!(wire.is_empty(), "a frame cut short");
+        out
+    }
+
+    #[test]
+    fn batches_survive_partial_writes_and_closes_keep_framing() {
+        // A pseudo-random mix of envelopes and pings, pushed in bursts, the
+        // socket taking a random few bytes per write: whatever the cuts,
+        // the wire carries whole frames, every envelope once and in order.
+        let mut rng = 0x1234_5678_9abc_def0u64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        for round in 0..200 {
+            let flusher = Flusher::new(Rc::default(), std::time::Duration::ZERO);
+            let outbox = Rc::new(Outbox::new(1 << 20, Rc::new(flusher), None, true));
+            let (mut wire, mut pushed) = (Vec::new(), Vec::new());
+            let slow_close_at = (round % 4 == 0).then(|| next(40));
+            for step in 0..40 {
+                for _ in 0..=next(4) {
+                    if next(5) == 0 {
+                        outbox.push(frame::encode(frame::OpCode::Ping, b""));
+                    } else {
+                        let envelope = format!(
+                            "{{\"n\":{},\"pad\":\"{}\"}}",
+                            pushed.len(),
+                            "x".repeat(next(300) as usize)
+                        );
+                        outbox.push(frame::encode(frame::OpCode::Text, envelope.as_bytes()));
+                        pushed.push(envelope);
+                    }
+                }
+                if slow_close_at == Some(step) {
+                    outbox.close(CloseReason::SlowConsumer);
+                }
+                // One write of a few bytes, then the socket is full.
+                let mut writes = 0;
+                let flushed = outbox.flush(|slices| {
+                    writes += 1;
+                    if writes > 1 {
+                        return Ok(0);
+                    }
+                    // Half the time the write ends exactly on a piece's
+                    // end (inside a batch, between two of its pieces).
+                    let whole = 1 + next(slices.len() as u64) as usize;
+                    let room = match next(2) {
+                        0 => slices[..whole].iter().map(|s| s.len()).sum(),
+                        _ => 1 + next(400) as usize,
+                    };
+                    let mut taken = 0;
+                    for slice in slices {
+                        let n = slice.len().min(room - taken);
+                        wire.extend_from_slice(&slice[..n]);
+                        taken += n;
+                        if taken == room {
+                            break;
+                        }
+                    }
+                    Ok(taken)
+                });
+                assert!(flushed.is_ok());
+            }
+            outbox.close(CloseReason::Shutdown);
+            while !outbox.finished() {
+                outbox
+                    .flush(|slices| {
+                        let n = slices.iter().map(|s| s.len()).sum();
+                        slices.iter().for_each(|s| wire.extend_from_slice(s));
+                        Ok(n)
+                    })
+                    .unwrap();
+            }
+            assert_eq!(outbox.queued_bytes(), 0);
+            let mut got = Vec::new();
+            for (rsv1, opcode, payload) in frames_on(&wire) {
+                assert!(!rsv1);
+                if opcode == frame::OpCode::Text as u8 {
+                    got.extend(
+                        payload
+                            .split(|b| *b == b'\n')
+                            .map(|e| String::from_utf8(e.to_vec()).unwrap()),
+                    );
+                }
+            }
+            // Everything, or (a slow consumer) a prefix of it.
+            assert!(
+                got.len() <= pushed.len() && got[..] == pushed[..got.len()],
+                "round {round}"
+            );
+            if slow_close_at.is_none() {
+                assert_eq!(got.len(), pushed.len(), "round {round}");
+            }
+        }
+    }
 }
