@@ -83,6 +83,13 @@ pub struct Config {
     pub compression_min_bytes: usize,
     /// zlib level of compression, 1 (fastest) to 9 (smallest). Default 3.
     pub compression_level: u32,
+    /// Channels whose keyed publications conflate for subscribers that fall
+    /// behind (token-pattern syntax: `prices.*`, `quotes.>`).
+    pub conflate: Vec<String>,
+    /// Bytes queued for a subscriber over which a keyed publication of a
+    /// conflated channel replaces the older one with its key still queued.
+    /// Default 64 KiB.
+    pub conflate_after_bytes: usize,
     /// Memory budget of the process (split evenly over the shards) for what
     /// clients make it hold: connections, outgoing queues, unfinished
     /// messages and history. Over its share a shard refuses new connections
@@ -148,6 +155,8 @@ impl Default for Config {
             compression: true,
             compression_min_bytes: 256,
             compression_level: 3,
+            conflate: Vec::new(),
+            conflate_after_bytes: 64 << 10,
             max_memory: default_max_memory(),
             anonymous: false,
             jwt_secret: None,
@@ -256,6 +265,17 @@ pub struct ConfigLayer {
     /// zlib level, 1 (fastest) to 9 (smallest) [default: 3]
     #[arg(long, env = "SHARDCAST_COMPRESSION_LEVEL", value_name = "N")]
     pub compression_level: Option<u32>,
+    /// Channels (patterns, comma-separated: prices.*, quotes.>) whose publications with a "key" conflate for subscribers that fall behind
+    #[arg(
+        long,
+        env = "SHARDCAST_CONFLATE",
+        value_name = "PATTERNS",
+        value_delimiter = ','
+    )]
+    pub conflate: Option<Vec<String>>,
+    /// Queued bytes over which a subscriber's older keyed publication is replaced by the newer one [default: 64KiB]
+    #[arg(long, env = "SHARDCAST_CONFLATE_AFTER_BYTES", value_name = "SIZE")]
+    pub conflate_after_bytes: Option<ByteSize>,
     /// Memory budget for connections, queues, unfinished messages and history; over it new connections and subscriptions are refused [default: half of the machine's or cgroup's memory]
     #[arg(long, env = "SHARDCAST_MAX_MEMORY", value_name = "SIZE")]
     pub max_memory: Option<ByteSize>,
@@ -366,11 +386,11 @@ impl Config {
         let layer = layer.clone();
         apply_layer!(self, layer,
             { listen, shards, max_connections, max_http_connections, max_subscriptions, history_size, anonymous,
-              allowed_origins, publish_rate, max_connections_per_ip, compression_level },
+              allowed_origins, publish_rate, max_connections_per_ip, compression_level, conflate },
             { ping_interval, ping_timeout, max_queue_bytes, max_message_bytes,
               handshake_timeout, shutdown_timeout, read_buffer_bytes, history_ttl,
               history_max_bytes, auth_timeout, message_timeout, send_timeout, write_delay,
-              max_memory, compression_min_bytes },
+              max_memory, compression_min_bytes, conflate_after_bytes },
             { jwt_secret, jwt_public_key, jwt_audience, jwt_issuer, api_key, admin_listen,
               publish_burst, tls_cert, tls_key });
         if let Some(switch) = layer.compression {
@@ -432,6 +452,11 @@ impl Config {
                 "compression-level is {}, must be 1..=9",
                 self.compression_level
             ));
+        }
+        for pattern in &self.conflate {
+            if let Err(error) = crate::security::pattern::ChannelPattern::parse(pattern) {
+                return invalid(format!("conflate: {error}"));
+            }
         }
         let least_memory = self.shards * MIN_MEMORY_PER_SHARD;
         if self.max_memory < least_memory {

@@ -16,7 +16,7 @@ pub fn client_op(data: &[u8]) {
         return;
     };
     match protocol::parse_client_op(text) {
-        Ok(ClientOp::Pub { ch, data, id }) => {
+        Ok(ClientOp::Pub { ch, data, id, .. }) => {
             let frame = protocol::encode_msg(&ch, 1, PayloadKind::Json, data.as_bytes());
             assert_valid_json(&frame);
             if let Some(id) = id {

@@ -45,6 +45,9 @@ pub enum ClientOp<'a> {
         ch: Cow<'a, str>,
         data: &'a str,
         id: Option<&'a str>,
+        /// `"key"`: on a conflated channel, what a newer publication with
+        /// the same key may replace for a subscriber that fell behind.
+        key: Option<Cow<'a, str>>,
     },
     Ping {
         id: Option<&'a str>,
@@ -168,6 +171,8 @@ struct Envelope<'a> {
     token: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     delta: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    key: Option<Cow<'a, str>>,
 }
 
 /// Just the `id` of an envelope whose other fields are wrong, so the error
@@ -346,6 +351,7 @@ pub fn parse_client_op(text: &str) -> Result<ClientOp<'_>, OpError<'_>> {
             ch: read_channel(envelope.ch, Access::Publish, id)?,
             data: read_data(envelope.data, id)?,
             id,
+            key: read_key(envelope.key, id)?,
         }),
         "ping" => Ok(ClientOp::Ping { id }),
         "auth" => Ok(ClientOp::Auth {
@@ -367,6 +373,8 @@ pub fn parse_client_op(text: &str) -> Result<ClientOp<'_>, OpError<'_>> {
 pub struct HttpPublish<'a> {
     pub ch: Cow<'a, str>,
     pub data: &'a str,
+    /// Its conflation key (see [`ClientOp::Pub`]).
+    pub key: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -375,6 +383,26 @@ struct HttpEnvelope<'a> {
     ch: Option<Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    key: Option<Cow<'a, str>>,
+}
+
+/// The longest conflation key.
+pub const MAX_KEY_LEN: usize = 128;
+
+/// A publication's `key`: a string of 1 to [`MAX_KEY_LEN`] bytes.
+fn read_key<'a>(
+    key: Option<Cow<'a, str>>,
+    id: Option<&'a str>,
+) -> Result<Option<Cow<'a, str>>, OpError<'a>> {
+    match key {
+        Some(key) if key.is_empty() || key.len() > MAX_KEY_LEN => Err(OpError::new(
+            ErrorCode::BadJson,
+            format!("key must be 1 to {MAX_KEY_LEN} bytes"),
+            id,
+        )),
+        key => Ok(key),
+    }
 }
 
 /// Parses the body of `POST /api/publish`: `{"ch":"news","data":<JSON>}`.
@@ -396,6 +424,7 @@ pub fn parse_http_publish(body: &str) -> Result<HttpPublish<'_>, OpError<'_>> {
     Ok(HttpPublish {
         ch: read_channel(envelope.ch, Access::Publish, None)?,
         data: read_data(envelope.data, None)?,
+        key: read_key(envelope.key, None)?,
     })
 }
 
@@ -417,6 +446,31 @@ pub enum PayloadKind {
 /// `ch` must be a validated channel name (needs no escaping).
 pub fn encode_msg(ch: &str, seq: u64, kind: PayloadKind, payload: &[u8]) -> Bytes {
     let mut out = msg_head(ch, seq, payload.len() + payload.len() / 3);
+    push_data(&mut out, kind, payload);
+    out.finish()
+}
+
+/// Like [`encode_msg`], for a publication that replaced `conflated` older
+/// ones with its key still queued for a subscriber that fell behind:
+/// `{"op":"msg","ch":..,"seq":..,"conflated":N,"data":..}`.
+pub fn encode_msg_conflated(
+    ch: &str,
+    seq: u64,
+    kind: PayloadKind,
+    payload: &[u8],
+    conflated: u32,
+) -> Bytes {
+    let mut out = msg_head(ch, seq, 24 + payload.len() + payload.len() / 3);
+    out.push(b",\"conflated\":");
+    out.push(itoa::Buffer::new().format(conflated).as_bytes());
+    push_data(&mut out, kind, payload);
+    out.finish()
+}
+
+/// The data of a `msg` envelope, and its closing brace: JSON as it is,
+/// raw-room text as a string (`"text"`), binary as base64 (`"bin"`). Always
+/// the envelope's last field.
+fn push_data(out: &mut FrameBuilder, kind: PayloadKind, payload: &[u8]) {
     let as_json = match kind {
         PayloadKind::Json => true,
         PayloadKind::Text => {
@@ -433,7 +487,7 @@ pub fn encode_msg(ch: &str, seq: u64, kind: PayloadKind, payload: &[u8]) -> Byte
         // Raw-room text frames were UTF-8-checked by the reader.
         let text = String::from_utf8_lossy(payload);
         // Writing a str into an in-memory buffer cannot fail.
-        let _ = serde_json::to_writer(&mut out, text.as_ref());
+        let _ = serde_json::to_writer(&mut *out, text.as_ref());
     } else {
         out.push(b",\"bin\":\"");
         let encoded = base64::engine::general_purpose::STANDARD.encode(payload);
@@ -441,7 +495,6 @@ pub fn encode_msg(ch: &str, seq: u64, kind: PayloadKind, payload: &[u8]) -> Byte
         out.push(b"\"");
     }
     out.push(b"}");
-    out.finish()
 }
 
 /// A `msg` envelope up to its `seq` (`{"op":"msg","ch":..,"seq":N`), in a
@@ -641,7 +694,8 @@ mod tests {
             Ok(ClientOp::Pub {
                 ch: "news".into(),
                 data: r#"{"a":[1, 2]}"#,
-                id: Some("\"x\"")
+                id: Some("\"x\""),
+                key: None,
             })
         );
         assert_eq!(
@@ -668,7 +722,8 @@ mod tests {
             Ok(ClientOp::Pub {
                 ch: "n".into(),
                 data: "null",
-                id: None
+                id: None,
+                key: None,
             })
         );
     }
@@ -917,5 +972,28 @@ mod tests {
         let too_long = b"t\n2:ab3@0,1;";
         assert!(!delta_frame_is_smaller(too_long, data.len()));
         assert!(encode_msg_delta("c", 2, too_long).len() >= whole.len());
+    }
+
+    #[test]
+    fn publications_may_carry_a_conflation_key() {
+        match parse_client_op(r#"{"op":"pub","ch":"prices","key":"AAPL","data":1}"#) {
+            Ok(ClientOp::Pub { key, .. }) => assert_eq!(key.as_deref(), Some("AAPL")),
+            other => panic!("{other:?}"),
+        }
+        let long = format!(
+            r#"{{"op":"pub","ch":"p","key":"{}","data":1}}"#,
+            "k".repeat(129)
+        );
+        assert_eq!(parse_client_op(&long).unwrap_err().code, ErrorCode::BadJson);
+        let empty = r#"{"op":"pub","ch":"p","key":"","data":1}"#;
+        assert_eq!(parse_client_op(empty).unwrap_err().code, ErrorCode::BadJson);
+        let http = parse_http_publish(r#"{"ch":"prices","data":{"px":1},"key":"MSFT"}"#).unwrap();
+        assert_eq!(http.key.as_deref(), Some("MSFT"));
+        let frame = encode_msg_conflated("prices", 9, PayloadKind::Json, b"{\"px\":1}", 3);
+        let text = std::str::from_utf8(crate::frame::payload_of(&frame)).unwrap();
+        assert_eq!(
+            text,
+            r#"{"op":"msg","ch":"prices","seq":9,"conflated":3,"data":{"px":1}}"#
+        );
     }
 }

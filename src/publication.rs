@@ -35,6 +35,10 @@ pub struct Payload {
     /// When the server received it ([`clock::now_ns`]): deliveries are timed
     /// from here.
     pub published_at: u64,
+    /// Its conflation key, hashed with its channel, on a channel that
+    /// conflates (`--conflate`); 0: none. A newer publication with the same
+    /// one may replace it in the queue of a subscriber that fell behind.
+    pub conflation: u64,
 }
 
 impl Payload {
@@ -58,6 +62,18 @@ impl Payload {
         Payload::new(PayloadKind::Json, bytes.freeze())
     }
 
+    /// This payload conflating under `key` on `channel` (see
+    /// [`Payload::conflation`]).
+    pub fn with_key(mut self, channel: &[u8], key: &str) -> Self {
+        // FNV-1a over channel, a separator no name holds, and key; never 0.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in channel.iter().chain(b"\0").chain(key.as_bytes()) {
+            hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.conflation = hash.max(1);
+        self
+    }
+
     /// A publication received now, whose `bytes` the caller built for it
     /// (they must not be a slice of a longer-lived buffer).
     pub fn new(kind: PayloadKind, bytes: Bytes) -> Self {
@@ -65,6 +81,7 @@ impl Payload {
             kind,
             bytes,
             published_at: clock::now_ns(),
+            conflation: 0,
         }
     }
 }

@@ -84,6 +84,8 @@ fn settings(config: &Config) -> Vec<(&'static str, Value)> {
             "compression-level",
             Value::Number(u64::from(c.compression_level)),
         ),
+        ("conflate", Value::List(c.conflate.clone())),
+        ("conflate-after-bytes", size(c.conflate_after_bytes)),
         ("max-memory", size(c.max_memory)),
         ("anonymous", Value::Bool(c.anonymous)),
         (

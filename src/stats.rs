@@ -131,6 +131,9 @@ counters! {
     deltas_computed => "shardcast_deltas_computed_total",
     /// Publication frames queued as deltas (one per subscriber).
     deliveries_delta => "shardcast_deliveries_delta_total",
+    /// Publications that took the place of an older one with the same key
+    /// in the queue of a subscriber that fell behind (`--conflate`).
+    publications_conflated => "shardcast_publications_conflated_total",
     /// Messages sent to other shards.
     mesh_sent => "shardcast_mesh_messages_sent_total",
     /// Messages received from other shards.

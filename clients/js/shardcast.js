@@ -180,7 +180,11 @@ export class Subscription {
     if (this._pending) { this._buffer.push(f); return; }
     if (f.seq <= this.seq) return; // defensive: never deliver a seq twice in one epoch
     this.seq = f.seq;
-    try { this._onMessage(f.data, { ch: this.ch, seq: f.seq, epoch: this.epoch }); }
+    const meta = { ch: this.ch, seq: f.seq, epoch: this.epoch };
+    // On a conflated channel, a subscriber that fell behind gets the latest
+    // value of a key in place of older ones: seqs then skip, by this many.
+    if (f.conflated) meta.conflated = f.conflated;
+    try { this._onMessage(f.data, meta); }
     catch (e) { this._client._emit('error', e); }
   }
 }

@@ -391,7 +391,7 @@ fn handle_op(text: &str, host: &mut impl Host) -> Option<usize> {
             host.send(host.codec().pong(id));
             Ok(())
         }
-        ClientOp::Pub { ch, data, id } => {
+        ClientOp::Pub { ch, data, id, key } => {
             if host.is_shutting_down() {
                 Err(OpError::new(
                     ErrorCode::ShuttingDown,
@@ -404,8 +404,11 @@ fn handle_op(text: &str, host: &mut impl Host) -> Option<usize> {
                 Err(refused)
             } else {
                 // Copies, not slices of the frame (see `publish_in_room`).
+                let mut payload = Payload::json(data.as_bytes());
+                if let Some(key) = key {
+                    payload = payload.with_key(ch.as_bytes(), &key);
+                }
                 let ch = Bytes::copy_from_slice(ch.as_bytes());
-                let payload = Payload::json(data.as_bytes());
                 congested = host.publish(ch, payload, None, id);
                 Ok(())
             }

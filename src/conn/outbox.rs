@@ -114,6 +114,10 @@ pub(super) struct Queued {
     pub(super) continues: bool,
     /// Considered for batching already.
     pub(super) sealed: bool,
+    /// The publication's conflation key and channel, hashed (0: none), and
+    /// how many older ones this frame replaced (see [`Outbox::take_keyed`]).
+    conflation: u64,
+    conflated: u32,
 }
 
 /// The longest prefix: a server frame header (the separator is as long).
@@ -129,6 +133,8 @@ impl Queued {
             prefix_len: 0,
             continues: false,
             sealed: false,
+            conflation: 0,
+            conflated: 0,
         }
     }
 
@@ -226,6 +232,46 @@ impl Outbox {
             return Pushed::Overflow;
         }
         self.enqueue(frame, published_at)
+    }
+
+    /// Queues the frame of a publication that conflates under `conflation`
+    /// (a hash of its channel and key, see `Payload::conflation`), having
+    /// replaced `conflated` older ones.
+    pub fn push_keyed(
+        self: &Rc<Self>,
+        frame: Bytes,
+        published_at: u64,
+        conflation: u64,
+        conflated: u32,
+    ) -> Pushed {
+        let pushed = self.push_published(frame, published_at);
+        if pushed == Pushed::Queued {
+            if let Some(last) = self.frames.borrow_mut().back_mut() {
+                last.conflation = conflation;
+                last.conflated = conflated;
+            }
+        }
+        pushed
+    }
+
+    /// Takes out of the queue the newest frame still waiting whole (not
+    /// begun on the wire, not joined into a batch) of a publication that
+    /// conflates under `conflation`; returns how many it had replaced
+    /// itself. The newer publication then goes in its stead, at the back.
+    pub fn take_keyed(&self, conflation: u64) -> Option<u32> {
+        let mut frames = self.frames.borrow_mut();
+        let started = usize::from(self.front_started.get());
+        let at = frames
+            .iter()
+            .enumerate()
+            .skip(started)
+            .rev()
+            .find(|(_, f)| f.conflation == conflation && !f.sealed)
+            .map(|(at, _)| at)?;
+        let taken = frames.remove(at)?;
+        drop(frames);
+        self.set_queued(self.queued_bytes.get() - taken.len());
+        Some(taken.conflated)
     }
 
     /// Appends a frame the caller decided to take, and marks the outbox
@@ -939,5 +985,23 @@ mod tests {
                 assert_eq!(got.len(), pushed.len(), "round {round}");
             }
         }
+    }
+
+    #[test]
+    fn a_keyed_frame_is_taken_back_unless_it_is_on_the_wire() {
+        let outbox = outbox(1 << 20);
+        outbox.push_keyed(Bytes::from_static(b"a1"), 1, 7, 0);
+        outbox.push_keyed(Bytes::from_static(b"b1"), 1, 8, 0);
+        outbox.push_keyed(Bytes::from_static(b"a2"), 1, 7, 2);
+        // The newest with the key goes, and says what it stood for.
+        assert_eq!(outbox.take_keyed(7), Some(2));
+        assert_eq!(outbox.queued_bytes(), 4);
+        assert_eq!(outbox.take_keyed(9), None);
+        // A frame begun on the wire stays, whatever its key.
+        outbox.consume(1);
+        assert_eq!(outbox.take_keyed(7), None);
+        assert_eq!(outbox.take_keyed(8), Some(0));
+        assert_eq!(outbox.queued_bytes(), 1);
+        assert_eq!(outbox.start_front().unwrap(), Bytes::from_static(b"1"));
     }
 }

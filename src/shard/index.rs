@@ -15,12 +15,12 @@ use slab::Slab;
 
 use crate::{
     conn::{
-        codec::{Codec, PublicationFrames},
+        codec::{Codec, Protocol, PublicationFrames},
         deflate::Deflater,
         outbox::Pushed,
         Conn,
     },
-    frame,
+    frame, protocol,
     publication::{Payload, Skip},
 };
 
@@ -75,15 +75,33 @@ pub struct FanOut {
     pub compressions: (u64, u64),
     /// Frames queued as deltas.
     pub deltas: u64,
+    /// Publications that replaced an older one with their key in a slow
+    /// subscriber's queue.
+    pub conflated: u64,
 }
 
 /// Channel name → local subscribers.
-#[derive(Default)]
 pub struct Index {
     channels: HashMap<Rc<str>, LocalChannel>,
+    /// `conflate-after-bytes`: queued bytes over which a keyed publication
+    /// of a conflated channel replaces the older one with its key.
+    conflate_after: usize,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Index::new(64 << 10)
+    }
 }
 
 impl Index {
+    pub fn new(conflate_after: usize) -> Self {
+        Index {
+            channels: HashMap::new(),
+            conflate_after,
+        }
+    }
+
     /// Adds `conn` to `name`, pending under `token` if given, taking deltas
     /// if `delta`. Returns the channel's interned name, the slot to
     /// remember for unsubscribing, and this shard's interest if it changed.
@@ -213,29 +231,43 @@ impl Index {
             if skip == Some(subscriber.conn.id) || subscriber.pending.is_some() {
                 continue;
             }
-            let mut as_delta = false;
-            if !deltas.is_empty() {
-                if let Some(next) = deltas.get_mut(&(slot as u32)) {
-                    as_delta = *next == seq;
-                    *next = seq + 1;
+            let outbox = &subscriber.conn.outbox;
+            let wants_delta = !deltas.is_empty() && deltas.contains_key(&(slot as u32));
+            // Conflation: for a JSON subscriber that fell behind (and does
+            // not take deltas, which need every publication's base), a keyed
+            // publication takes the place of the older one with its key.
+            let replaced = (payload.conflation != 0
+                && !wants_delta
+                && subscriber.conn.codec.protocol == Protocol::Json
+                && outbox.queued_bytes() > self.conflate_after)
+                .then(|| outbox.take_keyed(payload.conflation))
+                .flatten();
+            let (frame, conflated) = match replaced {
+                Some(replaced) => {
+                    result.conflated += 1;
+                    let (kind, bytes) = (payload.kind, &payload.bytes);
+                    let frame =
+                        protocol::encode_msg_conflated(name, seq, kind, bytes, replaced + 1);
+                    (frame, replaced + 1)
                 }
-            }
-            let frame = match as_delta
-                .then(|| frames.delta(subscriber.conn.codec))
-                .flatten()
-            {
-                Some(frame) => {
-                    result.deltas += 1;
-                    frame
+                None => {
+                    let mut as_delta = false;
+                    if let Some(next) = deltas.get_mut(&(slot as u32)).filter(|_| wants_delta) {
+                        as_delta = *next == seq;
+                        *next = seq + 1;
+                    }
+                    let codec = subscriber.conn.codec;
+                    match as_delta.then(|| frames.delta(codec)).flatten() {
+                        Some(frame) => {
+                            result.deltas += 1;
+                            (frame.clone(), 0)
+                        }
+                        None => (frames.frame(codec, deflater).clone(), 0),
+                    }
                 }
-                None => frames.frame(subscriber.conn.codec, deflater),
             };
-            let compressed = frame::is_compressed(frame);
-            match subscriber
-                .conn
-                .outbox
-                .push_published(frame.clone(), payload.published_at)
-            {
+            let compressed = frame::is_compressed(&frame);
+            match outbox.push_keyed(frame, payload.published_at, payload.conflation, conflated) {
                 Pushed::Queued => {
                     result.queued += 1;
                     result.compressed += u64::from(compressed);

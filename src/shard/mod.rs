@@ -53,7 +53,10 @@ use crate::{
     mesh::{MeshMsg, PeerLinks, Reply},
     protocol::{ErrorCode, OpError, Since},
     publication::{ConnRef, Payload, Position, Skip},
-    security::Security,
+    security::{
+        pattern::{self, ChannelPattern},
+        Security,
+    },
     snapshot::ShardSnapshot,
     stats::{bump, Stats},
     sync::WaitQueue,
@@ -112,6 +115,8 @@ pub struct Shard {
     /// Inflates every connection's compressed messages, one whole message
     /// at a time.
     pub inflater: RefCell<Inflater>,
+    /// `--conflate`: the channels whose keyed publications conflate.
+    conflate: Vec<ChannelPattern>,
 }
 
 impl Shard {
@@ -126,6 +131,13 @@ impl Shard {
     ) -> Self {
         let config_read_buffer = config.read_buffer_bytes;
         let config_write_delay = config.write_delay;
+        let conflate_after = config.conflate_after_bytes;
+        // Checked by `Config::validate`.
+        let conflate = config
+            .conflate
+            .iter()
+            .filter_map(|p| ChannelPattern::parse(p).ok())
+            .collect();
         let deflate = DeflateSettings {
             min_bytes: config.compression_min_bytes,
             level: config.compression_level,
@@ -144,7 +156,8 @@ impl Shard {
             config,
             conns: RefCell::new(Slab::new()),
             next_gen: Cell::new(0),
-            index: RefCell::new(Index::default()),
+            index: RefCell::new(Index::new(conflate_after)),
+            conflate,
             owner: RefCell::new(Owner::new(history, epoch)),
             links,
             cpu,
@@ -544,7 +557,7 @@ impl Shard {
     fn order_and_distribute(
         &self,
         ch: Bytes,
-        payload: Payload,
+        mut payload: Payload,
         from: usize,
         skip: Option<Skip>,
         reply: Reply,
@@ -552,6 +565,10 @@ impl Shard {
         let Ok(name) = std::str::from_utf8(&ch) else {
             return;
         };
+        // A key only means something on a channel that conflates.
+        if payload.conflation != 0 && !pattern::any_matches(&self.conflate, name) {
+            payload.conflation = 0;
+        }
         let local_delta = self.index.borrow().wants_delta(name);
         let ordered = self
             .owner
@@ -601,6 +618,7 @@ impl Shard {
         );
         let stats = &self.stats;
         bump(&stats.deliveries_delta, fan_out.deltas);
+        bump(&stats.publications_conflated, fan_out.conflated);
         bump(&stats.deliveries_compressed, fan_out.compressed);
         bump(&stats.publications_compressed, fan_out.compressions.0);
         bump(&stats.compression_declined, fan_out.compressions.1);

@@ -521,7 +521,10 @@ async fn publish(
             "server is shutting down",
         ));
     }
-    let payload = Payload::json(request.data.as_bytes());
+    let mut payload = Payload::json(request.data.as_bytes());
+    if let Some(key) = &request.key {
+        payload = payload.with_key(request.ch.as_bytes(), key);
+    }
     let ch = Bytes::copy_from_slice(request.ch.as_bytes());
     let wait = shard.config.shutdown_timeout.max(Duration::from_secs(1));
     let seq = glommio::timer::timeout(wait, async {
