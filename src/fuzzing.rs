@@ -3,10 +3,17 @@
 //! with their routing. The `cargo fuzz` targets in `fuzz/` call these, and
 //! `tests/fuzz_regressions.rs` replays every kept input through them, so a
 //! fixed crash stays fixed. Each also checks properties, not just "no
-//! panic": what the server encodes from a parsed op is valid JSON.
+//! panic": what the server encodes from a parsed op is valid JSON; a delta
+//! frame of any bytes is valid JSON whose string gives the bytes back; a
+//! permessage-deflate answer, read as an offer, is agreed to the same way;
+//! inflating any bytes never passes its limit.
 
 use crate::{
-    conn::http::{self, Route},
+    conn::{
+        deflate::Inflater,
+        extension,
+        http::{self, Route},
+    },
     protocol::{self, ClientOp, PayloadKind},
 };
 
@@ -34,6 +41,26 @@ pub fn client_op(data: &[u8]) {
             protocol::encode_msg(&publish.ch, 1, PayloadKind::Json, publish.data.as_bytes());
         assert_valid_json(&frame);
     }
+    delta_frame(data);
+    let limit = 1 << 16;
+    if let Ok(inflated) = Inflater::default().inflate(data, limit) {
+        assert!(inflated.len() <= limit, "inflated past the limit");
+    }
+}
+
+/// Any bytes as a delta: its frame is JSON, and the string decodes back.
+fn delta_frame(delta: &[u8]) {
+    let frame = protocol::encode_msg_delta("c", 2, delta);
+    assert_valid_json(&frame);
+    let envelope: serde_json::Value =
+        serde_json::from_slice(crate::frame::payload_of(&frame)).expect("valid JSON");
+    let back: Vec<u8> = envelope["data"]
+        .as_str()
+        .expect("a string")
+        .chars()
+        .map(|c| u8::try_from(u32::from(c)).expect("one byte per character"))
+        .collect();
+    assert_eq!(back, delta, "the delta string gives its bytes back");
 }
 
 /// Any bytes as the start of an HTTP request.
@@ -45,6 +72,15 @@ pub fn http_request(data: &[u8]) {
                 http::route(&head, 8)
             {
                 assert!(subscribe.len() <= 8);
+            }
+            if let Some(agreed) = head.ws_extensions.as_deref().and_then(extension::negotiate) {
+                assert!((8..=15).contains(&agreed.window_bits));
+                let again = extension::negotiate(&agreed.response)
+                    .expect("our answer is an offer we accept");
+                assert_eq!(
+                    again, agreed,
+                    "the answer, read as an offer, agrees the same"
+                );
             }
         }
         Ok(None) => {}
