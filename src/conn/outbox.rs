@@ -255,7 +255,7 @@ impl Outbox {
     }
 
     /// Takes out of the queue the newest frame still waiting whole (not
-    /// begun on the wire, not joined into a batch) of a publication that
+    /// begun on the wire, not joined into a batched frame) of a publication that
     /// conflates under `conflation`; returns how many it had replaced
     /// itself. The newer publication then goes in its stead, at the back.
     pub fn take_keyed(&self, conflation: u64) -> Option<u32> {
@@ -266,7 +266,9 @@ impl Outbox {
             .enumerate()
             .skip(started)
             .rev()
-            .find(|(_, f)| f.conflation == conflation && !f.sealed)
+            // A piece of a batched frame (it has a header or separator
+            // before it) stays: the batch's header counts its bytes.
+            .find(|(_, f)| f.conflation == conflation && f.prefix_len == 0)
             .map(|(at, _)| at)?;
         let taken = frames.remove(at)?;
         drop(frames);
@@ -1003,5 +1005,22 @@ mod tests {
         assert_eq!(outbox.take_keyed(8), Some(0));
         assert_eq!(outbox.queued_bytes(), 1);
         assert_eq!(outbox.start_front().unwrap(), Bytes::from_static(b"1"));
+    }
+
+    #[test]
+    fn a_keyed_frame_joined_into_a_batch_stays_and_one_left_alone_goes() {
+        let flusher = Flusher::new(Rc::default(), std::time::Duration::ZERO);
+        let outbox = Rc::new(Outbox::new(1 << 20, Rc::new(flusher), None, true));
+        let text = |body: &str| frame::encode(frame::OpCode::Text, body.as_bytes());
+        outbox.push_keyed(text("{\"a\":1}"), 1, 7, 0);
+        outbox.push_keyed(text("{\"b\":1}"), 1, 8, 0);
+        outbox.push(frame::encode(frame::OpCode::Ping, b""));
+        outbox.push_keyed(text("{\"c\":1}"), 1, 9, 0);
+        // A flush the socket takes nothing of: the first two are joined,
+        // the last is sealed but stands alone.
+        outbox.flush(|_| Ok(0)).unwrap();
+        assert_eq!(outbox.take_keyed(7), None, "joined into a batch");
+        assert_eq!(outbox.take_keyed(8), None, "joined into a batch");
+        assert_eq!(outbox.take_keyed(9), Some(0), "alone");
     }
 }
