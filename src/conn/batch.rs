@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 
 use shardcast_wire::{FrameHeader, OpCode};
 
-use super::outbox::{Queued, MAX_PREFIX};
+use super::outbox::{Prefix, Queued};
 use crate::frame;
 
 /// Between two plain envelopes.
@@ -30,11 +30,12 @@ const DEFLATE_SEPARATOR: &[u8] = &[0x00, 0x00, 0xff, 0xff, 0x00, 0x01, 0x00, 0xf
 
 /// The largest batch payload: clients cap what they accept (Python
 /// `websockets` at 1 MiB by default), so a batch stays far under.
-const MAX_BATCH_PAYLOAD: usize = 64 << 10;
+/// Under 64 KiB, its header is at most 4 bytes.
+const MAX_BATCH_PAYLOAD: usize = (64 << 10) - 1;
 
 /// What kind of batch a queued frame can join.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(super) enum Kind {
     Plain,
     Compressed,
 }
@@ -50,7 +51,7 @@ impl Kind {
         }
     }
 
-    fn separator(self) -> &'static [u8] {
+    pub(super) fn separator(self) -> &'static [u8] {
         match self {
             Kind::Plain => PLAIN_SEPARATOR,
             Kind::Compressed => DEFLATE_SEPARATOR,
@@ -110,25 +111,24 @@ fn join(
     };
     let mut head = [0u8; shardcast_wire::MAX_HEADER];
     let head_len = header.write(&mut head);
+    debug_assert!(head_len <= 4, "a batch is under 64 KiB");
+    let mut short = [0u8; 4];
+    short.copy_from_slice(&head[..4]);
     let mut grown = 0;
     for (i, item) in frames.range_mut(from..to).enumerate() {
         let skipped = item.bytes.len() - frame::payload_of(&item.bytes).len();
         bytes::Buf::advance(&mut item.bytes, skipped);
-        let prefix = if i == 0 {
-            &head[..head_len]
+        item.prefix = if i == 0 {
+            Prefix::Header(short, head_len as u8)
         } else {
-            kind.separator()
+            Prefix::Separator(kind)
         };
-        item.prefix[..prefix.len()].copy_from_slice(prefix);
-        item.prefix_len = prefix.len() as u8;
         item.prefix_at = 0;
         item.continues = from + i + 1 < to;
-        grown += prefix.len() as isize - skipped as isize;
+        grown += item.prefix().len() as isize - skipped as isize;
     }
     grown
 }
-
-const _: () = assert!(DEFLATE_SEPARATOR.len() <= MAX_PREFIX);
 
 #[cfg(test)]
 mod tests {

@@ -103,12 +103,10 @@ pub(super) struct Queued {
     /// When the publication it carries was published ([`clock::now_ns`]);
     /// 0 for frames that carry no publication (acks, pings, errors).
     pub(super) published_at: u64,
-    /// What goes on the wire before `bytes`: a batched frame's header on
-    /// its first piece, the separator on the others; `prefix_at` of
-    /// `prefix_len` already written.
-    pub(super) prefix: [u8; MAX_PREFIX],
+    /// What goes on the wire before `bytes` (a piece of a batched frame),
+    /// of which `prefix_at` bytes are written already.
+    pub(super) prefix: Prefix,
     pub(super) prefix_at: u8,
-    pub(super) prefix_len: u8,
     /// A piece of a batched frame that goes on in the next item: it must
     /// be written whole with the rest.
     pub(super) continues: bool,
@@ -120,17 +118,25 @@ pub(super) struct Queued {
     conflated: u32,
 }
 
-/// The longest prefix: a server frame header (the separator is as long).
-pub(super) const MAX_PREFIX: usize = frame::MAX_HEADER;
+/// What goes on the wire before a queued entry's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Prefix {
+    /// Nothing: a frame of its own.
+    None,
+    /// The first piece of a batched frame: the batch's header (a batch is
+    /// under 64 KiB, so its header is at most 4 bytes), and its length.
+    Header([u8; 4], u8),
+    /// A later piece: the separator from the piece before.
+    Separator(batch::Kind),
+}
 
 impl Queued {
     pub(super) fn new(bytes: Bytes, published_at: u64) -> Self {
         Queued {
             bytes,
             published_at,
-            prefix: [0; MAX_PREFIX],
+            prefix: Prefix::None,
             prefix_at: 0,
-            prefix_len: 0,
             continues: false,
             sealed: false,
             conflation: 0,
@@ -140,7 +146,12 @@ impl Queued {
 
     /// The prefix still to write.
     pub(super) fn prefix(&self) -> &[u8] {
-        &self.prefix[usize::from(self.prefix_at)..usize::from(self.prefix_len)]
+        let whole: &[u8] = match &self.prefix {
+            Prefix::None => &[],
+            Prefix::Header(bytes, len) => &bytes[..usize::from(*len)],
+            Prefix::Separator(kind) => kind.separator(),
+        };
+        &whole[usize::from(self.prefix_at)..]
     }
 
     /// Bytes still to write.
@@ -268,7 +279,7 @@ impl Outbox {
             .rev()
             // A piece of a batched frame (it has a header or separator
             // before it) stays: the batch's header counts its bytes.
-            .find(|(_, f)| f.conflation == conflation && f.prefix_len == 0)
+            .find(|(_, f)| f.conflation == conflation && f.prefix == Prefix::None)
             .map(|(at, _)| at)?;
         let taken = frames.remove(at)?;
         drop(frames);
