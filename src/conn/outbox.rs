@@ -1034,4 +1034,11 @@ mod tests {
         assert_eq!(outbox.take_keyed(8), None, "joined into a batch");
         assert_eq!(outbox.take_keyed(9), Some(0), "alone");
     }
+
+    #[test]
+    fn a_queued_frame_stays_small() {
+        // A shared buffer (32), its publication time and conflation key
+        // (16), and what batching and conflation keep beside it.
+        assert!(std::mem::size_of::<Queued>() <= 64);
+    }
 }
