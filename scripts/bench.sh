@@ -23,7 +23,8 @@
 # -deflate server is the same server with permessage-deflate negotiated: the
 # generator offers it as a browser does and inflates (Node ws and NATS
 # compress per connection); -delta: subscribers ask for fossil deltas
-# (?delta=fossil) and rebuild each publication. BYTES_RATES="chat:30 ..."
+# (?delta=fossil) and rebuild each publication; -batch (any scenario):
+# subscribers ask for batched envelopes (?batch=1). BYTES_RATES="chat:30 ..."
 # picks shapes and their publication rates (default tick:100 chat:100
 # book:10).
 # SHARDCAST_BIN=path runs that shardcast server binary instead of the one
@@ -135,6 +136,7 @@ start_server() {
   # A -deflate server is its base server with compression negotiated; a
   # -delta one, with deltas asked for.
   name=${name%-delta}
+  name=${name%-batch}
   if [[ "$name" == *-deflate ]]; then
     name=${name%-deflate}
     export PERMESSAGE_DEFLATE=1 NATS_WS_COMPRESSION=true
@@ -185,7 +187,7 @@ stop_server() {
   wait "$RUNNER_PID" 2>/dev/null || true
 }
 
-base_of() { local name=${1%-delta}; echo "${name%-deflate}"; }
+base_of() { local name=${1%-delta}; name=${name%-batch}; echo "${name%-deflate}"; }
 
 target_of() {
   case "$(base_of "$1")" in
@@ -217,6 +219,7 @@ run_point() {
   if is_auth "$server"; then gen_args+=(--token "$(mint_token)"); fi
   if [[ "$server" == *-deflate ]]; then gen_args+=(--compress); fi
   if [[ "$server" == *-delta ]]; then gen_args+=(--delta); fi
+  if [[ "$server" == *-batch ]]; then gen_args+=(--batch); fi
   for run in $(seq 1 "$RUNS"); do
     local port file
     port=$(free_port)

@@ -97,6 +97,10 @@ pub struct Options {
     /// publication from the one before (shardcast-json only)
     #[arg(long)]
     pub delta: bool,
+    /// Subscribers ask for batched envelopes (`?batch=1`) and split each
+    /// frame on `\n` (shardcast-json only)
+    #[arg(long)]
+    pub batch: bool,
     /// Measured publishing time (idle: the idle window)
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     #[serde(serialize_with = "report::seconds")]
@@ -147,6 +151,9 @@ fn path_with_token(o: &Options, channel: &str, role: Role) -> String {
     let mut path = o.target.path(channel, role);
     if o.delta && role == Role::Subscriber {
         path.push_str("&delta=fossil");
+    }
+    if o.batch && role == Role::Subscriber {
+        path.push_str("&batch=1");
     }
     match &o.token {
         None => path,
@@ -596,14 +603,19 @@ struct ConnReader {
 }
 
 /// What becomes of a connection's whole messages: inflated if compressed,
-/// unwrapped from NATS, counted.
+/// split if batched, rebuilt if deltas, unwrapped from NATS, counted.
 struct Sink {
-    index: usize,
-    probe: bool,
     /// Whether the message being received is compressed.
     compressed: bool,
     /// permessage-deflate, when the server agreed to it.
     inflater: Option<Box<MessageInflater>>,
+    envelopes: Envelopes,
+}
+
+/// The part of a [`Sink`] that handles one envelope.
+struct Envelopes {
+    index: usize,
+    probe: bool,
     /// With `--delta`: the base of the next delta.
     deltas: Option<Box<DeltaReader>>,
     /// NATS protocol bytes not yet parsed.
@@ -613,7 +625,6 @@ struct Sink {
 impl Sink {
     /// Acts on a whole message, inflated first if it came compressed.
     fn message(&mut self, run: &Run, payload: &[u8], out: &mut Vec<u8>) {
-        let (index, probe) = (self.index, self.probe);
         let payload = match (self.compressed, self.inflater.as_mut()) {
             (true, Some(inflater)) => match inflater.inflate(payload) {
                 Some(inflated) => inflated,
@@ -621,6 +632,20 @@ impl Sink {
             },
             _ => payload,
         };
+        if !run.options.batch {
+            return self.envelopes.one(run, payload, out);
+        }
+        // A batched frame: envelopes one per line.
+        for envelope in payload.split(|b| *b == b'\n') {
+            self.envelopes.one(run, envelope, out);
+        }
+    }
+}
+
+impl Envelopes {
+    /// Acts on one envelope (or a peer's message), rebuilt first if it is a
+    /// delta.
+    fn one(&mut self, run: &Run, payload: &[u8], out: &mut Vec<u8>) {
         let payload = match self.deltas.as_mut() {
             Some(deltas) => match deltas.data(payload) {
                 Some(data) => data,
@@ -628,7 +653,7 @@ impl Sink {
             },
             None => payload,
         };
-        on_message(run, index, probe, payload, &mut self.nats, out);
+        on_message(run, self.index, self.probe, payload, &mut self.nats, out);
     }
 }
 
@@ -652,12 +677,14 @@ impl ConnReader {
             buf,
             message: Vec::new(),
             sink: Sink {
-                index,
-                probe,
                 compressed: false,
                 inflater: inflater.map(Box::new),
-                deltas: deltas.then(Box::default),
-                nats: Vec::new(),
+                envelopes: Envelopes {
+                    index,
+                    probe,
+                    deltas: deltas.then(Box::default),
+                    nats: Vec::new(),
+                },
             },
         }
     }
