@@ -4,7 +4,7 @@
 # every message to its sender like the suite's echo server. Cases 1-10,
 # and 12 and 13 (permessage-deflate, with every offer the suite makes) for
 # messages of up to 4 KiB (cases x.y.1-5): the larger ones (x.y.6-18, up to
-# 1000 messages of 128 KiB each) take the Python 2 suite half an hour, so
+# 1000 messages of 128 KiB each) take the Python 2 suite about 17 minutes, so
 # they run with AUTOBAHN_FULL=1 (their results are committed too). Fails unless every
 # case is OK, NON-STRICT or INFORMATIONAL and each matches the result
 # committed in scripts/autobahn/expected.json.
