@@ -23,8 +23,8 @@ if ((${#need_apt[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
 
-if ! python3 -c 'import websockets, prometheus_client' 2>/dev/null; then
-  echo "installing Python websockets and prometheus_client"
+if ! python3 -c 'import websockets, prometheus_client, msgpack' 2>/dev/null; then
+  echo "installing Python websockets, prometheus_client and msgpack"
   python3 -m pip install --quiet --disable-pip-version-check -r tests/clients/requirements.txt
 fi
 

@@ -1,7 +1,8 @@
 //! "Any standard WebSocket client": Python `websockets` and Node `ws` (the
 //! most used client libraries) subscribe, publish and receive, with
-//! permessage-deflate on as they have it by default. Their dependencies are
-//! installed by `scripts/test.sh`.
+//! permessage-deflate on as they have it by default; Python's `msgpack`
+//! speaks the MessagePack protocol (`shardcast.msgpack`). Their
+//! dependencies are installed by `scripts/test.sh`.
 
 mod support;
 
@@ -45,6 +46,12 @@ fn python_websockets_client() {
     let server = Server::start(&["--shards", "2"]);
     run_client("python3", "python_client.py", &server);
     assert_compressed_both_ways(&server);
+}
+
+#[test]
+fn python_msgpack_client() {
+    let server = Server::start(&["--shards", "2"]);
+    run_client("python3", "msgpack_client.py", &server);
 }
 
 #[test]

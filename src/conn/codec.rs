@@ -7,7 +7,7 @@
 
 use bytes::Bytes;
 
-use super::{deflate::Deflater, extension::Agreement};
+use super::{deflate::Deflater, extension::Agreement, msgpack};
 use crate::{
     frame,
     protocol::{self, OpError},
@@ -23,11 +23,14 @@ pub enum Protocol {
     /// room member sends no ops, so it is never acknowledged; the one
     /// control message it can get is the JSON `err` of a refused join.
     Raw,
+    /// The JSON protocol's ops and fields in MessagePack (`/ws` with
+    /// `Sec-WebSocket-Protocol: shardcast.msgpack`, `conn/msgpack.rs`).
+    MsgPack,
 }
 
 impl Protocol {
     /// How many protocols there are (`protocol as usize` indexes them).
-    pub const COUNT: usize = 2;
+    pub const COUNT: usize = 3;
 }
 
 /// How one connection's frames are written: its protocol, and whether
@@ -70,27 +73,36 @@ impl Codec {
         match self.protocol {
             Protocol::Json => protocol::encode_msg(channel, seq, payload.kind, &payload.bytes),
             Protocol::Raw => protocol::encode_raw(payload.kind, &payload.bytes),
+            Protocol::MsgPack => msgpack::publication(channel, seq, payload),
+        }
+    }
+
+    /// A control message of the JSON protocol, in this codec.
+    fn control(self, json: Bytes) -> Bytes {
+        match self.protocol {
+            Protocol::MsgPack => msgpack::from_json_frame(&json),
+            Protocol::Json | Protocol::Raw => json,
         }
     }
 
     /// The acknowledgement of op `id` (with the `seq` a publication got).
     pub fn ack(self, id: &str, seq: Option<u64>) -> Bytes {
-        protocol::encode_ack(id, seq)
+        self.control(protocol::encode_ack(id, seq))
     }
 
     /// The acknowledgement of a `sub` with `id`: where the channel stands.
     pub fn sub_ack(self, id: &str, seq: u64, epoch: &str, recovered: Option<bool>) -> Bytes {
-        protocol::encode_sub_ack(id, seq, epoch, recovered)
+        self.control(protocol::encode_sub_ack(id, seq, epoch, recovered))
     }
 
     /// An op refused, and why.
     pub fn err(self, error: &OpError<'_>) -> Bytes {
-        protocol::encode_err(error)
+        self.control(protocol::encode_err(error))
     }
 
-    /// The answer to a JSON `ping` op.
+    /// The answer to a `ping` op.
     pub fn pong(self, id: Option<&str>) -> Bytes {
-        protocol::encode_pong(id)
+        self.control(protocol::encode_pong(id))
     }
 }
 

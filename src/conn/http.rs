@@ -33,6 +33,8 @@ pub struct Head {
     pub ws_version: Option<String>,
     /// `Sec-WebSocket-Extensions`, every line of it joined by commas.
     pub ws_extensions: Option<String>,
+    /// `Sec-WebSocket-Protocol`, every line of it joined by commas.
+    pub ws_protocols: Option<String>,
     pub content_length: Option<usize>,
     /// A `Transfer-Encoding` header is present (its body is never read).
     pub chunked: bool,
@@ -138,6 +140,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HttpError> {
         ws_key: None,
         ws_version: None,
         ws_extensions: None,
+        ws_protocols: None,
         content_length: None,
         chunked: false,
         keep_alive: http11,
@@ -189,6 +192,12 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HttpError> {
         } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
             let value = value.trim();
             head.ws_extensions = Some(match head.ws_extensions.take() {
+                Some(earlier) => format!("{earlier}, {value}"),
+                None => value.to_owned(),
+            });
+        } else if name.eq_ignore_ascii_case("sec-websocket-protocol") {
+            let value = value.trim();
+            head.ws_protocols = Some(match head.ws_protocols.take() {
                 Some(earlier) => format!("{earlier}, {value}"),
                 None => value.to_owned(),
             });
@@ -250,6 +259,10 @@ fn split_target(target: &str) -> (&str, &str) {
     target.split_once('?').unwrap_or((target, ""))
 }
 
+/// The subprotocol names of the JSON protocol and its MessagePack twin.
+pub const JSON_PROTOCOL: &str = "shardcast.json";
+pub const MSGPACK_PROTOCOL: &str = "shardcast.msgpack";
+
 /// How a WebSocket session speaks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Session {
@@ -276,6 +289,20 @@ impl Session {
         match self {
             Session::Json { .. } => Codec::JSON,
             Session::Room { .. } => Codec::RAW,
+        }
+    }
+
+    /// The subprotocol to answer for a client that offered `offers`
+    /// (`Sec-WebSocket-Protocol`): `shardcast.msgpack` if offered on `/ws`
+    /// (the JSON protocol's ops in MessagePack), else `shardcast.json` if
+    /// offered there; none for a raw room or other offers (the JSON
+    /// protocol, or the room, as without the header).
+    pub fn subprotocol(&self, offers: Option<&str>) -> Option<&'static str> {
+        let offered = |name: &str| offers.is_some_and(|o| o.split(',').any(|p| p.trim() == name));
+        match self {
+            Session::Json { .. } if offered(MSGPACK_PROTOCOL) => Some(MSGPACK_PROTOCOL),
+            Session::Json { .. } if offered(JSON_PROTOCOL) => Some(JSON_PROTOCOL),
+            _ => None,
         }
     }
 
@@ -577,14 +604,18 @@ pub fn error_response(error: &HttpError, keep_alive: bool) -> Vec<u8> {
 }
 
 /// The 101 response completing a WebSocket handshake, with the extensions
-/// agreed (a `Sec-WebSocket-Extensions` value), if any.
-pub fn switching_protocols(key: &str, extensions: Option<&str>) -> Vec<u8> {
+/// agreed (a `Sec-WebSocket-Extensions` value) and the subprotocol chosen,
+/// if any.
+pub fn switching_protocols(key: &str, extensions: Option<&str>, protocol: Option<&str>) -> Vec<u8> {
     let accept = async_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let mut response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n"
     );
     if let Some(extensions) = extensions {
         response.push_str(&format!("Sec-WebSocket-Extensions: {extensions}\r\n"));
+    }
+    if let Some(protocol) = protocol {
+        response.push_str(&format!("Sec-WebSocket-Protocol: {protocol}\r\n"));
     }
     response.push_str("\r\n");
     response.into_bytes()
@@ -818,7 +849,7 @@ mod tests {
     #[test]
     fn accept_key_matches_rfc_example() {
         let text =
-            String::from_utf8(switching_protocols("dGhlIHNhbXBsZSBub25jZQ==", None)).unwrap();
+            String::from_utf8(switching_protocols("dGhlIHNhbXBsZSBub25jZQ==", None, None)).unwrap();
         assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
     }
 

@@ -15,7 +15,13 @@ use std::{borrow::Cow, rc::Rc};
 use bytes::Bytes;
 use shardcast_wire::{DecodeError, Decoder, Event, Limits};
 
-use super::{codec::Codec, deflate::InflateError, http::Session, permit::Permit};
+use super::{
+    codec::{Codec, Protocol},
+    deflate::InflateError,
+    http::Session,
+    msgpack,
+    permit::Permit,
+};
 use crate::{
     channel::Access,
     close::CloseReason,
@@ -258,10 +264,19 @@ fn act(room: Option<&Room>, event: Event<'_>, host: &mut impl Host) -> Option<us
     match event {
         Event::Text(text) => match room {
             Some(room) => publish_in_room(room, PayloadKind::Text, text.as_bytes(), host),
-            None => handle_op(text, host),
+            None if host.codec().protocol == Protocol::MsgPack => {
+                host.send(host.codec().err(&OpError::new(
+                    ErrorCode::BadJson,
+                    "text frames are not part of the MessagePack protocol",
+                    None,
+                )));
+                None
+            }
+            None => handle_op(text, None, host),
         },
         Event::Binary(bytes) => match room {
             Some(room) => publish_in_room(room, PayloadKind::Binary, bytes, host),
+            None if host.codec().protocol == Protocol::MsgPack => handle_msgpack_op(bytes, host),
             None if matches!(host.permit(), Permit::AwaitingAuth) => {
                 refuse_before_auth(None, host);
                 None
@@ -356,7 +371,27 @@ fn publish_in_room(
 
 /// Executes one JSON-protocol text frame. Returns the congested owner
 /// shard of a publication, if any.
-fn handle_op(text: &str, host: &mut impl Host) -> Option<usize> {
+/// Executes one MessagePack op: the same op as JSON (see `conn/msgpack.rs`),
+/// with binary data when the client sent `bin`.
+fn handle_msgpack_op(bytes: &[u8], host: &mut impl Host) -> Option<usize> {
+    match msgpack::parse_op(bytes) {
+        Ok(msgpack::Op::Json(text)) => handle_op(&text, None, host),
+        Ok(msgpack::Op::BinaryPub { op, data }) => handle_op(&op, Some(&data), host),
+        Err(error) if matches!(host.permit(), Permit::AwaitingAuth) => {
+            refuse_before_auth(error.id, host);
+            None
+        }
+        Err(error) => {
+            host.send(host.codec().err(&error));
+            None
+        }
+    }
+}
+
+/// Executes one JSON-protocol op (`binary`: the data of a `pub` whose
+/// `data` came as MessagePack `bin`, in place of its JSON `data`). Returns
+/// the congested owner shard of a publication, if any.
+fn handle_op(text: &str, binary: Option<&[u8]>, host: &mut impl Host) -> Option<usize> {
     let awaiting_auth = matches!(host.permit(), Permit::AwaitingAuth);
     let op = match protocol::parse_client_op(text) {
         Ok(op) => op,
@@ -404,7 +439,10 @@ fn handle_op(text: &str, host: &mut impl Host) -> Option<usize> {
                 Err(refused)
             } else {
                 // Copies, not slices of the frame (see `publish_in_room`).
-                let mut payload = Payload::json(data.as_bytes());
+                let mut payload = match binary {
+                    Some(bytes) => Payload::copy_of(PayloadKind::Binary, bytes),
+                    None => Payload::json(data.as_bytes()),
+                };
                 if let Some(key) = key {
                     payload = payload.with_key(ch.as_bytes(), &key);
                 }

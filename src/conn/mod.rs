@@ -12,6 +12,7 @@ pub mod extension;
 pub mod flush;
 pub mod http;
 pub mod machine;
+pub mod msgpack;
 pub mod outbox;
 pub mod permit;
 pub mod stream;

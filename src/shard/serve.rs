@@ -21,6 +21,7 @@ use super::{session, Shard};
 use crate::{
     channel::Access,
     conn::{
+        codec::Protocol,
         extension,
         http::{self, Head, HttpError, Route},
         permit::Permit,
@@ -162,7 +163,8 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
                     _ => None,
                 };
                 let agreed = deflate.as_ref().map(|a| a.response.as_str());
-                let response = http::switching_protocols(key, agreed);
+                let subprotocol = session.subprotocol(head.ws_protocols.as_deref());
+                let response = http::switching_protocols(key, agreed, subprotocol);
                 if !write_response(&shard, &stream, &response).await {
                     shard.release_connection();
                     return;
@@ -170,7 +172,10 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
                 drop(http_slot.take());
                 // Bytes after the head already belong to the WebSocket stream.
                 let leftover = buf.split_off(head.len.min(buf.len()));
-                let codec = session.codec().with_deflate(deflate.as_ref());
+                let mut codec = session.codec().with_deflate(deflate.as_ref());
+                if subprotocol == Some(http::MSGPACK_PROTOCOL) {
+                    codec.protocol = Protocol::MsgPack;
+                }
                 let conn = shard.register(stream, codec, session.batches());
                 let limit = shard.security.publish_limit;
                 conn.admit(permit, deadline_ms, limit, ip_slot.take(), shard.now_ms());

@@ -1,0 +1,283 @@
+//! The MessagePack protocol (`Sec-WebSocket-Protocol: shardcast.msgpack`):
+//! the JSON protocol one to one — the same ops and field names — in binary
+//! frames of MessagePack maps. Server messages are the JSON protocol's,
+//! transcoded (one code path decides what they say); a publication's
+//! `data` is carried as MessagePack, and binary data (raw-room frames, a
+//! `pub` whose `data` is `bin`) as `bin`, without base64. A client's op is
+//! transcoded to the JSON op and read by the JSON parser, so both protocols
+//! obey the same rules; only `bin` data takes a path of its own. Pure code.
+
+use bytes::Bytes;
+use rmpv::Value;
+
+use crate::{
+    frame::{self, OpCode},
+    protocol::{self, ErrorCode, OpError, PayloadKind, MAX_DATA_DEPTH},
+    publication::Payload,
+};
+
+/// A client op, read.
+#[derive(Debug, PartialEq)]
+pub enum Op {
+    /// The same op as JSON text, for the JSON protocol's parser.
+    Json(String),
+    /// A `pub` whose `data` is binary: the op with `"data":null` as JSON
+    /// (for its channel, id and key), and the data.
+    BinaryPub { op: String, data: Vec<u8> },
+}
+
+/// Reads one client frame: a MessagePack map, nothing after it.
+pub fn parse_op(bytes: &[u8]) -> Result<Op, OpError<'static>> {
+    let bad = |msg: &'static str| OpError::new(ErrorCode::BadJson, msg, None);
+    let mut rest = bytes;
+    let value = rmpv::decode::read_value_with_max_depth(&mut rest, MAX_DATA_DEPTH + 1)
+        .map_err(|_| bad("expected a MessagePack map with an op"))?;
+    if !rest.is_empty() {
+        return Err(bad("bytes after the MessagePack map"));
+    }
+    let Value::Map(mut fields) = value else {
+        return Err(bad("expected a MessagePack map with an op"));
+    };
+    let mut binary = None;
+    let is_pub = fields
+        .iter()
+        .any(|(k, v)| k.as_str() == Some("op") && v.as_str() == Some("pub"));
+    if is_pub {
+        for (key, value) in fields.iter_mut() {
+            if key.as_str() == Some("data") {
+                if let Value::Binary(data) = value {
+                    binary = Some(std::mem::take(data));
+                    *value = Value::Nil;
+                }
+            }
+        }
+    }
+    let json = to_json(Value::Map(fields)).map_err(bad)?.to_string();
+    Ok(match binary {
+        Some(data) => Op::BinaryPub { op: json, data },
+        None => Op::Json(json),
+    })
+}
+
+/// A server frame of the JSON protocol (built by `protocol.rs`), as the
+/// MessagePack protocol's binary frame.
+pub fn from_json_frame(json_frame: &[u8]) -> Bytes {
+    let value = serde_json::from_slice(frame::payload_of(json_frame))
+        .map(from_json)
+        .unwrap_or(Value::Nil);
+    encode(&value)
+}
+
+/// The frame of publication `seq` of `channel`: `{op:"msg",ch,seq,data}`
+/// with `data` as MessagePack; binary data as `bin` bytes, raw-room text
+/// that is not JSON as `text`, as in the JSON protocol.
+pub fn publication(channel: &str, seq: u64, payload: &Payload) -> Bytes {
+    if payload.kind != PayloadKind::Binary {
+        return from_json_frame(&protocol::encode_msg(
+            channel,
+            seq,
+            payload.kind,
+            &payload.bytes,
+        ));
+    }
+    encode(&Value::Map(vec![
+        (Value::from("op"), Value::from("msg")),
+        (Value::from("ch"), Value::from(channel)),
+        (Value::from("seq"), Value::from(seq)),
+        (Value::from("bin"), Value::Binary(payload.bytes.to_vec())),
+    ]))
+}
+
+fn encode(value: &Value) -> Bytes {
+    let mut out = Vec::with_capacity(64);
+    // Writing into a Vec cannot fail.
+    let _ = rmpv::encode::write_value(&mut out, value);
+    frame::encode(OpCode::Binary, &out)
+}
+
+/// JSON as MessagePack: numbers as integers when they are, else floats.
+fn from_json(value: serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    match value {
+        J::Null => Value::Nil,
+        J::Bool(b) => Value::Boolean(b),
+        J::Number(n) => match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => Value::from(u),
+            (_, Some(i)) => Value::from(i),
+            _ => Value::F64(n.as_f64().unwrap_or(0.0)),
+        },
+        J::String(s) => Value::from(s),
+        J::Array(items) => Value::Array(items.into_iter().map(from_json).collect()),
+        J::Object(fields) => Value::Map(
+            fields
+                .into_iter()
+                .map(|(k, v)| (Value::from(k), from_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// MessagePack as JSON, for what JSON can say: no binary (but as a
+/// `pub`'s whole `data`), no extension types, string keys, finite floats.
+fn to_json(value: Value) -> Result<serde_json::Value, &'static str> {
+    use serde_json::Value as J;
+    Ok(match value {
+        Value::Nil => J::Null,
+        Value::Boolean(b) => J::Bool(b),
+        Value::Integer(i) => match (i.as_u64(), i.as_i64()) {
+            (Some(u), _) => J::from(u),
+            (_, Some(i)) => J::from(i),
+            _ => return Err("an integer out of range"),
+        },
+        Value::F32(f) => finite(f64::from(f))?,
+        Value::F64(f) => finite(f)?,
+        Value::String(s) => J::String(s.into_str().ok_or("a string that is not UTF-8")?),
+        Value::Binary(_) => return Err("binary values only as the whole data of a pub"),
+        Value::Array(items) => J::Array(items.into_iter().map(to_json).collect::<Result<_, _>>()?),
+        Value::Map(fields) => {
+            let mut object = serde_json::Map::with_capacity(fields.len());
+            for (key, value) in fields {
+                let Value::String(key) = key else {
+                    return Err("map keys must be strings");
+                };
+                let key = key.into_str().ok_or("a key that is not UTF-8")?;
+                object.insert(key, to_json(value)?);
+            }
+            J::Object(object)
+        }
+        Value::Ext(..) => return Err("MessagePack extension types are not accepted"),
+    })
+}
+
+fn finite(f: f64) -> Result<serde_json::Value, &'static str> {
+    serde_json::Number::from_f64(f)
+        .map(serde_json::Value::Number)
+        .ok_or("a float that is not finite")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes the MessagePack `msg` envelope adds around its data for a channel
+    /// of `channel_len` bytes and a `seq` under 2^32: a 4-entry map (1), the
+    /// keys `op`, `ch`, `seq`, `data` (3 + 3 + 4 + 5), `"msg"` (4), the
+    /// channel (1 + len under 32 bytes) and the `seq` (at most 5).
+    fn envelope_overhead(channel_len: usize) -> usize {
+        1 + 3 + 4 + 3 + (1 + channel_len) + 4 + 5 + 5
+    }
+
+    fn map(pairs: &[(&str, Value)]) -> Vec<u8> {
+        let value = Value::Map(
+            pairs
+                .iter()
+                .map(|(k, v)| (Value::from(*k), v.clone()))
+                .collect(),
+        );
+        let mut out = Vec::new();
+        rmpv::encode::write_value(&mut out, &value).unwrap();
+        out
+    }
+
+    fn decode(frame: &[u8]) -> Value {
+        assert_eq!(frame[0] & 0x0f, OpCode::Binary as u8);
+        rmpv::decode::read_value(&mut frame::payload_of(frame)).unwrap()
+    }
+
+    #[test]
+    fn ops_become_the_same_json_ops() {
+        let sub = map(&[
+            ("op", "sub".into()),
+            ("ch", "news".into()),
+            ("id", 7.into()),
+        ]);
+        let Op::Json(json) = parse_op(&sub).unwrap() else {
+            panic!()
+        };
+        assert!(matches!(
+            protocol::parse_client_op(&json),
+            Ok(protocol::ClientOp::Sub { id: Some("7"), .. })
+        ));
+        let data = Value::Map(vec![
+            ("px".into(), Value::F64(1.5)),
+            ("n".into(), (-3).into()),
+        ]);
+        let publish = map(&[("op", "pub".into()), ("ch", "p".into()), ("data", data)]);
+        let Op::Json(json) = parse_op(&publish).unwrap() else {
+            panic!()
+        };
+        match protocol::parse_client_op(&json) {
+            Ok(protocol::ClientOp::Pub { data, .. }) => {
+                let data: serde_json::Value = serde_json::from_str(data).unwrap();
+                assert_eq!(data, serde_json::json!({"px": 1.5, "n": -3}));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn binary_data_takes_its_own_path_and_bad_input_is_refused() {
+        let publish = map(&[
+            ("op", "pub".into()),
+            ("ch", "raw".into()),
+            ("data", Value::Binary(vec![0, 255, 7])),
+        ]);
+        match parse_op(&publish).unwrap() {
+            Op::BinaryPub { op, data } => {
+                assert_eq!(data, [0, 255, 7]);
+                assert!(matches!(
+                    protocol::parse_client_op(&op),
+                    Ok(protocol::ClientOp::Pub { data: "null", .. })
+                ));
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            vec![0x93, 1, 2, 3],                    // an array
+            vec![0xc1],                             // never used
+            vec![0x81, 0xa2, b'o', b'p'],           // cut short
+            map(&[("op", "sub".into())]).repeat(2), // two maps
+            map(&[("op", "x".into()), ("a", Value::Binary(vec![1]))]),
+            map(&[("op", "x".into()), ("a", Value::F64(f64::NAN))]),
+            {
+                let mut v = map(&[("op", "x".into())]);
+                v[0] = 0x82;
+                v.extend([0x01, 0x02]); // an integer key
+                v
+            },
+        ] {
+            assert!(parse_op(&bad).is_err(), "{bad:?}");
+        }
+        // Nesting past the data limit is refused before it costs anything.
+        let mut deep = vec![0x81, 0xa4, b'd', b'a', b't', b'a'];
+        deep.extend(std::iter::repeat_n(0x91, 1000));
+        deep.push(0xc0);
+        assert!(parse_op(&deep).is_err());
+    }
+
+    #[test]
+    fn server_messages_mirror_the_json_ones() {
+        let ack = decode(&from_json_frame(&protocol::encode_sub_ack(
+            "\"a\"",
+            4,
+            "e-1",
+            Some(true),
+        )));
+        assert_eq!(ack["op"].as_str(), Some("ack"));
+        assert_eq!(ack["id"].as_str(), Some("a"));
+        assert_eq!(ack["seq"].as_u64(), Some(4));
+        assert_eq!(ack["recovered"].as_bool(), Some(true));
+        let json = Payload::copy_of(PayloadKind::Json, br#"{"px":187.25,"tags":["a"]}"#);
+        let msg = decode(&publication("prices", 9, &json));
+        assert_eq!(msg["data"]["px"].as_f64(), Some(187.25));
+        assert_eq!(msg["data"]["tags"][0].as_str(), Some("a"));
+        let raw = Payload::copy_of(PayloadKind::Binary, &[1, 2, 3]);
+        let msg = decode(&publication("room", 2, &raw));
+        assert_eq!(msg["bin"].as_slice(), Some(&[1u8, 2, 3][..]));
+        // The envelope overhead, as documented.
+        let tick = Payload::copy_of(PayloadKind::Json, b"1");
+        let frame = publication("c", 1000, &tick);
+        let body = frame::payload_of(&frame).len();
+        assert!(body - 1 <= envelope_overhead(1), "{body}");
+    }
+}
