@@ -29,8 +29,8 @@ if ! python3 -c 'import websockets, prometheus_client, msgpack' 2>/dev/null; the
 fi
 
 if [ ! -d tests/clients/node_modules/ws ] || [ ! -d tests/clients/node_modules/playwright-core ] \
-  || [ ! -d tests/clients/node_modules/fossil-delta ]; then
-  echo "installing Node ws, playwright-core and fossil-delta"
+  || [ ! -d tests/clients/node_modules/fossil-delta ] || [ ! -d tests/clients/node_modules/@msgpack/msgpack ]; then
+  echo "installing Node ws, playwright-core, fossil-delta and @msgpack/msgpack"
   (cd tests/clients && npm ci --no-audit --no-fund --loglevel=error)
 fi
 

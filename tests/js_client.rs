@@ -6,7 +6,8 @@
 //! and restarted on the same port must end with the client told it was not
 //! recovered (new epoch) and then live again. The scenarios live in
 //! `tests/clients/js_client_node.mjs` and `js_client_browser.mjs`; deltas
-//! (checked against the npm `fossil-delta` package) in `js_client_delta.mjs`. Node,
+//! (checked against the npm `fossil-delta` package) in `js_client_delta.mjs`;
+//! MessagePack (checked against `@msgpack/msgpack`) in `js_client_msgpack.mjs`. Node,
 //! Chromium and playwright-core come from `scripts/test.sh`.
 
 use std::process::Command;
@@ -40,6 +41,11 @@ fn js_client_recovers_in_node() {
 #[test]
 fn js_client_applies_fossil_deltas_as_npm_fossil_delta_does() {
     run("js_client_delta.mjs");
+}
+
+#[test]
+fn js_client_speaks_messagepack_as_npm_msgpack_does() {
+    run("js_client_msgpack.mjs");
 }
 
 #[test]

@@ -20,6 +20,123 @@ const DEFAULTS = {
   refreshBefore: 30000,      // ms before a token's exp when the token function is called again
   batch: true,               // ask for envelopes batched into frames (?batch=1): several
                              // envelopes queued together arrive as one frame, split on \n
+  protocol: 'json',          // 'msgpack': speak the same protocol in MessagePack
+                             // (subprotocol shardcast.msgpack; binary data as Uint8Array)
+};
+
+/**
+ * MessagePack, the subset the protocol uses: nil, booleans, numbers (integers
+ * as Numbers; 64-bit ones past 2^53 lose precision), strings, Uint8Array as
+ * bin, arrays, maps from plain objects. Extension types are refused.
+ */
+export const msgpack = {
+  /** @returns {Uint8Array} */
+  encode(value) {
+    const out = [];
+    const u8 = (...b) => { for (const x of b) out.push(x & 0xff); };
+    const be = (n, bytes) => { for (let i = bytes - 1; i >= 0; i--) out.push(Math.floor(n / 2 ** (8 * i)) & 0xff); };
+    const head = (len, fix, fixMax, c8, c16, c32) => {
+      if (len <= fixMax && fix !== null) u8(fix | len);
+      else if (len < 0x100 && c8 !== null) u8(c8, len);
+      else if (len < 0x10000) { u8(c16); be(len, 2); } else { u8(c32); be(len, 4); }
+    };
+    const put = (v) => {
+      if (v === null || v === undefined) u8(0xc0);
+      else if (v === false) u8(0xc2);
+      else if (v === true) u8(0xc3);
+      else if (typeof v === 'number') {
+        if (Number.isInteger(v) && Math.abs(v) <= Number.MAX_SAFE_INTEGER) {
+          if (v >= 0) {
+            if (v < 0x80) u8(v);
+            else if (v < 0x100) u8(0xcc, v);
+            else if (v < 0x10000) { u8(0xcd); be(v, 2); }
+            else if (v < 2 ** 32) { u8(0xce); be(v, 4); }
+            else { u8(0xcf); be(v, 8); }
+          } else if (v >= -32) u8(0xe0 | (v + 32));
+          else if (v >= -0x80) u8(0xd0, v);
+          else if (v >= -0x8000) { u8(0xd1); be(v + 0x10000, 2); }
+          else if (v >= -(2 ** 31)) { u8(0xd2); be(v + 2 ** 32, 4); }
+          else { u8(0xd3); const view = new DataView(new ArrayBuffer(8)); view.setBigInt64(0, BigInt(v)); u8(...new Uint8Array(view.buffer)); }
+        } else {
+          const view = new DataView(new ArrayBuffer(8));
+          view.setFloat64(0, v);
+          u8(0xcb, ...new Uint8Array(view.buffer));
+        }
+      } else if (typeof v === 'string') {
+        const bytes = utf8.encode(v);
+        head(bytes.length, 0xa0, 31, 0xd9, 0xda, 0xdb);
+        for (const b of bytes) out.push(b);
+      } else if (v instanceof Uint8Array) {
+        head(v.length, null, -1, 0xc4, 0xc5, 0xc6);
+        for (const b of v) out.push(b);
+      } else if (Array.isArray(v)) {
+        head(v.length, 0x90, 15, null, 0xdc, 0xdd);
+        for (const x of v) put(x);
+      } else if (typeof v === 'object') {
+        const keys = Object.keys(v).filter((k) => v[k] !== undefined);
+        head(keys.length, 0x80, 15, null, 0xde, 0xdf);
+        for (const k of keys) { put(k); put(v[k]); }
+      } else {
+        throw new Error(`msgpack: cannot encode ${typeof v}`);
+      }
+    };
+    put(value);
+    return Uint8Array.from(out);
+  },
+
+  /** @param {Uint8Array} bytes */
+  decode(bytes) {
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    let at = 0;
+    const need = (n) => { if (at + n > bytes.length) throw new Error('msgpack: cut short'); };
+    const uint = (n) => { need(n); let v = 0; for (let i = 0; i < n; i++) v = v * 256 + bytes[at++]; return v; };
+    const str = (n) => { need(n); const s = fromUtf8.decode(bytes.subarray(at, at + n)); at += n; return s; };
+    const bin = (n) => { need(n); const b = bytes.slice(at, at + n); at += n; return b; };
+    const arr = (n) => { const a = []; for (let i = 0; i < n; i++) a.push(get()); return a; };
+    const map = (n) => {
+      const m = {};
+      for (let i = 0; i < n; i++) { const k = get(); m[String(k)] = get(); }
+      return m;
+    };
+    const get = () => {
+      need(1);
+      const t = bytes[at++];
+      if (t < 0x80) return t;
+      if (t < 0x90) return map(t & 0x0f);
+      if (t < 0xa0) return arr(t & 0x0f);
+      if (t < 0xc0) return str(t & 0x1f);
+      if (t >= 0xe0) return t - 0x100;
+      switch (t) {
+        case 0xc0: return null;
+        case 0xc2: return false;
+        case 0xc3: return true;
+        case 0xc4: return bin(uint(1));
+        case 0xc5: return bin(uint(2));
+        case 0xc6: return bin(uint(4));
+        case 0xca: need(4); at += 4; return view.getFloat32(at - 4);
+        case 0xcb: need(8); at += 8; return view.getFloat64(at - 8);
+        case 0xcc: return uint(1);
+        case 0xcd: return uint(2);
+        case 0xce: return uint(4);
+        case 0xcf: return uint(8);
+        case 0xd0: need(1); at += 1; return view.getInt8(at - 1);
+        case 0xd1: need(2); at += 2; return view.getInt16(at - 2);
+        case 0xd2: need(4); at += 4; return view.getInt32(at - 4);
+        case 0xd3: need(8); at += 8; return Number(view.getBigInt64(at - 8));
+        case 0xd9: return str(uint(1));
+        case 0xda: return str(uint(2));
+        case 0xdb: return str(uint(4));
+        case 0xdc: return arr(uint(2));
+        case 0xdd: return arr(uint(4));
+        case 0xde: return map(uint(2));
+        case 0xdf: return map(uint(4));
+        default: throw new Error(`msgpack: unsupported type 0x${t.toString(16)}`);
+      }
+    };
+    const value = get();
+    if (at !== bytes.length) throw new Error('msgpack: bytes after the value');
+    return value;
+  },
 };
 
 const B64 = '0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz~';
@@ -304,7 +421,11 @@ export class Shardcast {
   _connect() {
     if (this.state === 'closed') return;
     let ws;
-    try { ws = new this._WS(this.url); } catch (e) { this._emit('error', e); this._scheduleReconnect(); return; }
+    const msgpackProtocol = this.options.protocol === 'msgpack';
+    try {
+      ws = msgpackProtocol ? new this._WS(this.url, 'shardcast.msgpack') : new this._WS(this.url);
+    } catch (e) { this._emit('error', e); this._scheduleReconnect(); return; }
+    if (msgpackProtocol) ws.binaryType = 'arraybuffer';
     this._ws = ws;
     this._timer('connect', this.options.connectTimeout, () => this._abandon(ws, 'connect timeout'));
     ws.onopen = () => this._onOpen(ws);
@@ -420,7 +541,10 @@ export class Shardcast {
   }
 
   _rawSend(frame) {
-    try { this._ws.send(JSON.stringify(frame)); return true; }
+    try {
+      this._ws.send(this.options.protocol === 'msgpack' ? msgpack.encode(frame) : JSON.stringify(frame));
+      return true;
+    }
     catch (e) { this._emit('error', e); return false; }
   }
 
@@ -507,6 +631,14 @@ export class Shardcast {
 
   _onFrame(data) {
     this._lastRx = Date.now();
+    if (this.options.protocol === 'msgpack') {
+      let f;
+      try { f = msgpack.decode(new Uint8Array(data)); } catch { this._emit('error', codedError('bad_frame', 'unparsable frame')); return; }
+      // Binary data (a raw room's, or a bin pub) is the message's data.
+      if (f && f.op === 'msg' && f.bin !== undefined && f.data === undefined) f.data = f.bin;
+      this._onParsed(f, null);
+      return;
+    }
     // A batched frame holds envelopes separated by \n (never inside one).
     if (typeof data === 'string' && data.includes('\n')) {
       for (const line of data.split('\n')) this._onEnvelope(line);
@@ -541,12 +673,18 @@ export class Shardcast {
   _onEnvelope(text) {
     let f;
     try { f = JSON.parse(text); } catch { this._emit('error', codedError('bad_frame', 'unparsable frame')); return; }
+    this._onParsed(f, text);
+  }
+
+  /** Acts on one envelope (`text`: its JSON, for deltas; null in MessagePack). */
+  _onParsed(f, text) {
+    if (!f || typeof f !== 'object') return;
     if (f.op === 'msg') {
       const sub = this._subs.get(f.ch);
       if (!sub) return;
       // Deltas apply in arrival order: the server sends one only right
       // after the publication it applies to, on the same connection.
-      if (sub._delta && !this._undelta(sub, f, text)) return;
+      if (sub._delta && text !== null && !this._undelta(sub, f, text)) return;
       sub._deliver(f);
     } else if (f.op === 'ack' || f.op === 'pong' || f.op === 'err') {
       if (f.op === 'pong' && f.id === this._pingId) {
