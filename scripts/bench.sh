@@ -19,11 +19,13 @@
 # bytes: bytes on the wire and server CPU per delivery for three payload
 # shapes (a ~100 B tick, a ~1 KB chat line, a ~10 KB order book), over
 # BYTES_SERVERS (default shardcast-json, shardcast-json-deflate,
-# shardcast-json-delta, node-ws, node-ws-deflate, nats, nats-deflate). A
+# shardcast-json-delta, shardcast-json-msgpack, node-ws, node-ws-deflate, nats,
+# nats-deflate). A
 # -deflate server is the same server with permessage-deflate negotiated: the
 # generator offers it as a browser does and inflates (Node ws and NATS
 # compress per connection); -delta: subscribers ask for fossil deltas
-# (?delta=fossil) and rebuild each publication; -batch (any scenario):
+# (?delta=fossil) and rebuild each publication; -msgpack: subscribers speak
+# MessagePack (shardcast.msgpack); -batch (any scenario):
 # subscribers ask for batched envelopes (?batch=1). BYTES_RATES="chat:30 ..."
 # picks shapes and their publication rates (default tick:100 chat:100
 # book:10).
@@ -137,6 +139,7 @@ start_server() {
   # -delta one, with deltas asked for.
   name=${name%-delta}
   name=${name%-batch}
+  name=${name%-msgpack}
   if [[ "$name" == *-deflate ]]; then
     name=${name%-deflate}
     export PERMESSAGE_DEFLATE=1 NATS_WS_COMPRESSION=true
@@ -187,7 +190,7 @@ stop_server() {
   wait "$RUNNER_PID" 2>/dev/null || true
 }
 
-base_of() { local name=${1%-delta}; name=${name%-batch}; echo "${name%-deflate}"; }
+base_of() { local name=${1%-delta}; name=${name%-batch}; name=${name%-msgpack}; echo "${name%-deflate}"; }
 
 target_of() {
   case "$(base_of "$1")" in
@@ -220,6 +223,7 @@ run_point() {
   if [[ "$server" == *-deflate ]]; then gen_args+=(--compress); fi
   if [[ "$server" == *-delta ]]; then gen_args+=(--delta); fi
   if [[ "$server" == *-batch ]]; then gen_args+=(--batch); fi
+  if [[ "$server" == *-msgpack ]]; then gen_args+=(--msgpack); fi
   for run in $(seq 1 "$RUNS"); do
     local port file
     port=$(free_port)
@@ -315,7 +319,7 @@ shards() {
 bytes() {
   # Rates keep every server under the loopback's and the generator's limits
   # (a 10 KB book to 1,000 subscribers at 10/s is 100 MB/s uncompressed).
-  local subs=1000 duration=5s servers=${BYTES_SERVERS:-shardcast-json,shardcast-json-deflate,shardcast-json-delta,node-ws,node-ws-deflate,nats,nats-deflate}
+  local subs=1000 duration=5s servers=${BYTES_SERVERS:-shardcast-json,shardcast-json-deflate,shardcast-json-delta,shardcast-json-msgpack,node-ws,node-ws-deflate,nats,nats-deflate}
   ((QUICK)) && { subs=200; duration=3s; }
   IFS=, read -r -a bytes_servers <<<"$servers"
   for shape_rate in ${BYTES_RATES:-tick:100 chat:100 book:10}; do

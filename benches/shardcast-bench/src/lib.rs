@@ -101,6 +101,10 @@ pub struct Options {
     /// frame on `\n` (shardcast-json only)
     #[arg(long)]
     pub batch: bool,
+    /// Subscribers speak the MessagePack protocol (`shardcast.msgpack`;
+    /// shardcast-json only; publishers stay JSON)
+    #[arg(long)]
+    pub msgpack: bool,
     /// Measured publishing time (idle: the idle window)
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     #[serde(serialize_with = "report::seconds")]
@@ -539,7 +543,8 @@ async fn client(run: Rc<Run>, plan: Rc<Plan>, index: usize, permit: glommio::syn
         };
         let path = path_with_token(o, &name, role);
         let offer = o.compress && role != Role::Publisher;
-        let upgraded = wsclient::upgrade(&mut stream, o.server, &path, offer).await?;
+        let protocol = (o.msgpack && role == Role::Subscriber).then_some("shardcast.msgpack");
+        let upgraded = wsclient::upgrade(&mut stream, o.server, &path, offer, protocol).await?;
         Ok::<_, std::io::Error>((stream, upgraded))
     };
     let connected =
@@ -646,6 +651,14 @@ impl Envelopes {
     /// Acts on one envelope (or a peer's message), rebuilt first if it is a
     /// delta.
     fn one(&mut self, run: &Run, payload: &[u8], out: &mut Vec<u8>) {
+        if run.options.msgpack {
+            // The stamp is in the data map: `s`, `i`, `t`.
+            match msgpack_stamp(payload) {
+                Some(stamp) => deliver(run, self.index, self.probe, stamp),
+                None => run.note_error("a MessagePack message without a stamp".into()),
+            }
+            return;
+        }
         let payload = match self.deltas.as_mut() {
             Some(deltas) => match deltas.data(payload) {
                 Some(data) => data,
@@ -868,6 +881,18 @@ fn on_message(
         }
     }
     nats.drain(..used);
+}
+
+/// The generator's stamp in a MessagePack `msg`: its `data` map's `s`,
+/// `i` and `t`.
+fn msgpack_stamp(message: &[u8]) -> Option<Stamp> {
+    let value = rmpv::decode::read_value(&mut &message[..]).ok()?;
+    let data = &value["data"];
+    Some(Stamp {
+        seq: data["s"].as_u64()?,
+        publisher: data["i"].as_u64()? as u32,
+        nanos: data["t"].as_u64()?,
+    })
 }
 
 fn deliver(run: &Run, index: usize, probe: bool, stamp: Stamp) {

@@ -63,17 +63,22 @@ pub struct Upgraded {
 }
 
 /// Sends the upgrade request for `path` (offering permessage-deflate as a
-/// browser does if `deflate`) and reads the response head.
+/// browser does if `deflate`, and the subprotocol `protocol` if given) and
+/// reads the response head.
 pub async fn upgrade<S>(
     stream: &mut S,
     host: SocketAddr,
     path: &str,
     deflate: bool,
+    protocol: Option<&str>,
 ) -> io::Result<Upgraded>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let offer = if deflate { DEFLATE_OFFER } else { "" };
+    let mut offer = String::from(if deflate { DEFLATE_OFFER } else { "" });
+    if let Some(protocol) = protocol {
+        offer.push_str(&format!("Sec-WebSocket-Protocol: {protocol}\r\n"));
+    }
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
