@@ -20,7 +20,8 @@
 //!   why a connection closes.
 //! - [`conn`]: one client connection's own parts, which know nothing of the
 //!   shard — HTTP parsing (`conn::http`), the session's protocol as a state
-//!   machine without I/O (`conn::machine`), its codec, permessage-deflate's
+//!   machine without I/O (`conn::machine`), its codec and the MessagePack
+//!   protocol (`conn::msgpack`), permessage-deflate's
 //!   negotiation and the shard's compressor and inflater
 //!   (`conn::extension`, `conn::deflate`), envelopes batched into one frame
 //!   (`conn::batch`), the bounded queue (`conn::outbox`) and the shard's
