@@ -13,12 +13,29 @@ use crate::{
         deflate::Inflater,
         extension,
         http::{self, Route},
+        msgpack,
     },
     protocol::{self, ClientOp, PayloadKind},
 };
 
-/// Any bytes as a client's text frame or HTTP publish body.
+/// Any bytes as a client's frame (text: a JSON op or HTTP publish body;
+/// any: a delta, a compressed message, a MessagePack op).
 pub fn client_op(data: &[u8]) {
+    // Bytes, whatever they are: as a delta, as a compressed message, as a
+    // MessagePack op.
+    delta_frame(data);
+    // Any bytes as a MessagePack op: what it becomes is JSON the op parser reads.
+    match msgpack::parse_op(data) {
+        Ok(msgpack::Op::Json(text)) | Ok(msgpack::Op::BinaryPub { op: text, .. }) => {
+            assert!(serde_json::from_str::<serde_json::Value>(&text).is_ok());
+            let _ = protocol::parse_client_op(&text);
+        }
+        Err(error) => assert_valid_json(&protocol::encode_err(&error)),
+    }
+    let limit = 1 << 16;
+    if let Ok(inflated) = Inflater::default().inflate(data, limit) {
+        assert!(inflated.len() <= limit, "inflated past the limit");
+    }
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
@@ -40,11 +57,6 @@ pub fn client_op(data: &[u8]) {
         let frame =
             protocol::encode_msg(&publish.ch, 1, PayloadKind::Json, publish.data.as_bytes());
         assert_valid_json(&frame);
-    }
-    delta_frame(data);
-    let limit = 1 << 16;
-    if let Ok(inflated) = Inflater::default().inflate(data, limit) {
-        assert!(inflated.len() <= limit, "inflated past the limit");
     }
 }
 
