@@ -185,22 +185,11 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HttpError> {
             keep_alive |= header_has_token(value, "keep-alive");
         } else if name.eq_ignore_ascii_case("sec-websocket-key") {
             // A second line makes a list, which is no valid key.
-            head.ws_key = Some(match head.ws_key.take() {
-                Some(first) => format!("{first}, {}", value.trim()),
-                None => value.trim().to_owned(),
-            });
+            append_to_list(&mut head.ws_key, value);
         } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
-            let value = value.trim();
-            head.ws_extensions = Some(match head.ws_extensions.take() {
-                Some(earlier) => format!("{earlier}, {value}"),
-                None => value.to_owned(),
-            });
+            append_to_list(&mut head.ws_extensions, value);
         } else if name.eq_ignore_ascii_case("sec-websocket-protocol") {
-            let value = value.trim();
-            head.ws_protocols = Some(match head.ws_protocols.take() {
-                Some(earlier) => format!("{earlier}, {value}"),
-                None => value.to_owned(),
-            });
+            append_to_list(&mut head.ws_protocols, value);
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
             head.ws_version = Some(value.trim().to_owned());
         } else if name.eq_ignore_ascii_case("origin") {
@@ -224,6 +213,16 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HttpError> {
     }
     head.wants_websocket = upgrade && connection_upgrade;
     Ok(Some(head))
+}
+
+/// Adds one line of a header to what earlier lines of it said: repeated
+/// lines make one comma-separated list (RFC 9110 §5.3).
+fn append_to_list(list: &mut Option<String>, value: &str) {
+    let value = value.trim();
+    *list = Some(match list.take() {
+        Some(earlier) => format!("{earlier}, {value}"),
+        None => value.to_owned(),
+    });
 }
 
 /// A `Content-Length` value: `1*DIGIT` (optional whitespace around it).
