@@ -78,12 +78,17 @@ pub fn is_system(name: &[u8]) -> bool {
 /// The shard that owns `name` among `shards`: FNV-1a of the name, so every
 /// shard (and every node of a later cluster) computes the same owner.
 pub fn owner_of(name: &[u8], shards: usize) -> usize {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for &byte in name {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    (hash % shards as u64) as usize
+    (fnv1a(name) % shards as u64) as usize
+}
+
+/// The 64-bit FNV-1a hash of `bytes`: stable across processes and
+/// machines (channel owners, conflation keys).
+pub fn fnv1a<'a>(bytes: impl IntoIterator<Item = &'a u8>) -> u64 {
+    bytes
+        .into_iter()
+        .fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
 }
 
 #[cfg(test)]

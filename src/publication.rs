@@ -65,11 +65,8 @@ impl Payload {
     /// This payload conflating under `key` on `channel` (see
     /// [`Payload::conflation`]).
     pub fn with_key(mut self, channel: &[u8], key: &str) -> Self {
-        // FNV-1a over channel, a separator no name holds, and key; never 0.
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in channel.iter().chain(b"\0").chain(key.as_bytes()) {
-            hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        // Channel, a separator no name holds, and key; never 0 (none).
+        let hash = crate::channel::fnv1a(channel.iter().chain(b"\0").chain(key.as_bytes()));
         self.conflation = hash.max(1);
         self
     }
