@@ -234,6 +234,19 @@ impl Outbox {
     /// Queues the frame of a publication published at `published_at`
     /// ([`clock::now_ns`]), without blocking.
     pub fn push_published(self: &Rc<Self>, frame: Bytes, published_at: u64) -> Pushed {
+        self.push_keyed(frame, published_at, 0, 0)
+    }
+
+    /// Queues the frame of a publication that conflates under `conflation`
+    /// (a hash of its channel and key, see `Payload::conflation`; 0: none),
+    /// having replaced `conflated` older ones.
+    pub fn push_keyed(
+        self: &Rc<Self>,
+        frame: Bytes,
+        published_at: u64,
+        conflation: u64,
+        conflated: u32,
+    ) -> Pushed {
         if self.closing.get().is_some() {
             bump(&self.stats().frames_dropped, 1);
             return Pushed::Closed;
@@ -242,27 +255,11 @@ impl Outbox {
             bump(&self.stats().frames_dropped, 1);
             return Pushed::Overflow;
         }
-        self.enqueue(frame, published_at)
-    }
-
-    /// Queues the frame of a publication that conflates under `conflation`
-    /// (a hash of its channel and key, see `Payload::conflation`), having
-    /// replaced `conflated` older ones.
-    pub fn push_keyed(
-        self: &Rc<Self>,
-        frame: Bytes,
-        published_at: u64,
-        conflation: u64,
-        conflated: u32,
-    ) -> Pushed {
-        let pushed = self.push_published(frame, published_at);
-        if pushed == Pushed::Queued {
-            if let Some(last) = self.frames.borrow_mut().back_mut() {
-                last.conflation = conflation;
-                last.conflated = conflated;
-            }
-        }
-        pushed
+        self.enqueue(Queued {
+            conflation,
+            conflated,
+            ..Queued::new(frame, published_at)
+        })
     }
 
     /// Takes out of the queue the newest frame still waiting whole (not
@@ -289,8 +286,8 @@ impl Outbox {
 
     /// Appends a frame the caller decided to take, and marks the outbox
     /// dirty.
-    fn enqueue(self: &Rc<Self>, frame: Bytes, published_at: u64) -> Pushed {
-        self.set_queued(self.queued_bytes.get() + frame.len());
+    fn enqueue(self: &Rc<Self>, entry: Queued) -> Pushed {
+        self.set_queued(self.queued_bytes.get() + entry.bytes.len());
         let mut frames = self.frames.borrow_mut();
         // A quiet connection's queue holds one frame at a time (a ping, a
         // publication now and then): room for one, not the four a first
@@ -298,7 +295,7 @@ impl Outbox {
         if frames.capacity() == 0 {
             frames.reserve_exact(1);
         }
-        frames.push_back(Queued::new(frame, published_at));
+        frames.push_back(entry);
         drop(frames);
         bump(&self.stats().frames_queued, 1);
         self.mark_dirty();
@@ -386,7 +383,7 @@ impl Outbox {
             bump(&self.stats().frames_dropped, 1);
             return Pushed::Closed;
         }
-        self.enqueue(frame, 0)
+        self.enqueue(Queued::new(frame, 0))
     }
 
     /// The byte bound of the queue.
