@@ -232,12 +232,16 @@ impl Index {
                 continue;
             }
             let outbox = &subscriber.conn.outbox;
-            let wants_delta = !deltas.is_empty() && deltas.contains_key(&(slot as u32));
+            // Its delta state, if it asked for deltas (most did not).
+            let delta_next = match deltas.is_empty() {
+                true => None,
+                false => deltas.get_mut(&(slot as u32)),
+            };
             // Conflation: for a JSON subscriber that fell behind (and does
             // not take deltas, which need every publication's base), a keyed
             // publication takes the place of the older one with its key.
             let replaced = (payload.conflation != 0
-                && !wants_delta
+                && delta_next.is_none()
                 && subscriber.conn.codec.protocol == Protocol::Json
                 && outbox.queued_bytes() > self.conflate_after)
                 .then(|| outbox.take_keyed(payload.conflation))
@@ -252,7 +256,7 @@ impl Index {
                 }
                 None => {
                     let mut as_delta = false;
-                    if let Some(next) = deltas.get_mut(&(slot as u32)).filter(|_| wants_delta) {
+                    if let Some(next) = delta_next {
                         as_delta = *next == seq;
                         *next = seq + 1;
                     }
