@@ -518,46 +518,39 @@ pub fn encode_msg_delta(ch: &str, seq: u64, delta: &[u8]) -> Bytes {
     let mut out = msg_head(ch, seq, 8 + delta.len() + delta.len() / 8);
     out.push(b",\"delta\":true,\"data\":\"");
     for &byte in delta {
-        match byte {
-            b'"' => out.push(b"\\\""),
-            b'\\' => out.push(b"\\\\"),
-            b'\n' => out.push(b"\\n"),
-            0x00..=0x1f | 0x7f => {
-                let hex = b"0123456789abcdef";
-                out.push(&[
-                    b'\\',
-                    b'u',
-                    b'0',
-                    b'0',
-                    hex[usize::from(byte >> 4)],
-                    hex[usize::from(byte & 15)],
-                ]);
-            }
-            0x20..=0x7e => out.push(&[byte]),
-            // U+0080..U+00FF in UTF-8.
-            _ => out.push(&[0xc0 | byte >> 6, 0x80 | (byte & 0x3f)]),
-        }
+        let (bytes, len) = delta_char(byte);
+        out.push(&bytes[..len]);
     }
     out.push(b"\"}");
     out.finish()
 }
 
-/// How many bytes a delta frame spends beyond a whole one of the same
-/// publication, if positive: `"delta":true,` and the string's quotes, plus
-/// the escapes the delta's bytes need in the string, minus what the delta
-/// saves against the data.
+/// How one byte of a delta is written in its JSON string: as the code
+/// point of the same value, JSON-escaped where it must be (`\"`, `\\`,
+/// `\n`, `\u00XX` for other control characters and 0x7f), two bytes of
+/// UTF-8 from 0x80. Returns the bytes and how many of them there are.
+fn delta_char(byte: u8) -> ([u8; 6], usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    match byte {
+        b'"' | b'\\' => ([b'\\', byte, 0, 0, 0, 0], 2),
+        b'\n' => ([b'\\', b'n', 0, 0, 0, 0], 2),
+        0x00..=0x1f | 0x7f => {
+            let (hi, lo) = (HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 15)]);
+            ([b'\\', b'u', b'0', b'0', hi, lo], 6)
+        }
+        0x20..=0x7e => ([byte, 0, 0, 0, 0, 0], 1),
+        _ => ([0xc0 | byte >> 6, 0x80 | (byte & 0x3f), 0, 0, 0, 0], 2),
+    }
+}
+
+/// Whether the delta frame of a publication whose data is `data_len` bytes
+/// would be smaller than its whole frame: the delta as its JSON string
+/// writes it, plus `,"delta":true` and the string's quotes, against the
+/// data.
 pub fn delta_frame_is_smaller(delta: &[u8], data_len: usize) -> bool {
-    let escapes: usize = delta
-        .iter()
-        .map(|&b| match b {
-            b'"' | b'\\' | b'\n' => 1,
-            0x00..=0x1f | 0x7f => 5,
-            0x80..=0xff => 1,
-            _ => 0,
-        })
-        .sum();
+    let written: usize = delta.iter().map(|&b| delta_char(b).1).sum();
     const DELTA_OVERHEAD: usize = ",\"delta\":true".len() + 2;
-    delta.len() + escapes + DELTA_OVERHEAD < data_len
+    written + DELTA_OVERHEAD < data_len
 }
 
 /// Bytes a `msg` frame adds around its payload at most: the frame header
