@@ -88,12 +88,6 @@ pub struct Index {
     conflate_after: usize,
 }
 
-impl Default for Index {
-    fn default() -> Self {
-        Index::new(64 << 10)
-    }
-}
-
 impl Index {
     pub fn new(conflate_after: usize) -> Self {
         Index {
