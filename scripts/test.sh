@@ -6,7 +6,7 @@
 # dashboard test (headless Chromium via npm playwright-core), then
 # Autobahn|Testsuite's conformance cases (scripts/autobahn.sh). Installs what
 # those need when it is missing (pip, npm; apt-get for node, python3,
-# chromium and prometheus).
+# chromium, prometheus, redis-server and nats-server).
 # Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,9 @@ command -v cc >/dev/null || need_apt+=(build-essential)
 command -v chromium >/dev/null || need_apt+=(chromium)
 { command -v prometheus && command -v promtool; } >/dev/null || need_apt+=(prometheus)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v nats-server >/dev/null || need_apt+=(nats-server)
+command -v ip >/dev/null || need_apt+=(iproute2)
 if ((${#need_apt[@]})); then
   echo "installing with apt-get: ${need_apt[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

@@ -129,6 +129,60 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// How nodes agree: `memory` (one node), `redis` or `nats`.
+    pub engine: EngineKind,
+    /// Redis servers of the `redis` engine; channels are spread over them
+    /// by a stable hash of their name.
+    pub redis_url: Vec<String>,
+    /// The NATS server of the `nats` engine.
+    pub nats_url: Option<String>,
+    /// This node's name in logs, metrics and the records it publishes.
+    /// Default: the host name and a random suffix.
+    pub node_id: String,
+    /// Prefix of every key, pub/sub channel and subject the engine uses.
+    /// Default `shardcast`.
+    pub engine_prefix: String,
+}
+
+/// How the nodes of one service agree (`--engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// One node on its own: ordering and history in this process.
+    #[default]
+    Memory,
+    /// Ordering and history in Redis: one order per channel on every node.
+    Redis,
+    /// Fan-out over core NATS, at most once; history stays on each node.
+    Nats,
+}
+
+impl EngineKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Memory => "memory",
+            EngineKind::Redis => "redis",
+            EngineKind::Nats => "nats",
+        }
+    }
+}
+
+/// The host name and a random suffix: unique enough to tell nodes apart.
+pub fn default_node_id() -> String {
+    let mut name = [0u8; 256];
+    // SAFETY: gethostname writes at most `len` bytes into the buffer.
+    let ok = unsafe { libc::gethostname(name.as_mut_ptr().cast(), name.len()) } == 0;
+    let len = name.iter().position(|b| *b == 0).unwrap_or(0);
+    let host: String = match ok && len > 0 {
+        true => String::from_utf8_lossy(&name[..len])
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || "._-".contains(*c))
+            .collect(),
+        false => String::new(),
+    };
+    let host = if host.is_empty() { "node".into() } else { host };
+    let suffix = crate::engine::backoff::random_u64() & 0xff_ffff;
+    format!("{host}-{suffix:06x}")
 }
 
 impl Default for Config {
@@ -172,6 +226,11 @@ impl Default for Config {
             max_connections_per_ip: 0,
             tls_cert: None,
             tls_key: None,
+            engine: EngineKind::Memory,
+            redis_url: Vec::new(),
+            nats_url: None,
+            node_id: default_node_id(),
+            engine_prefix: "shardcast".into(),
         }
     }
 }
@@ -336,6 +395,32 @@ pub struct ConfigLayer {
     /// PEM private key of --tls-cert
     #[arg(long, env = "SHARDCAST_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+    /// How nodes agree: memory (one node), redis (one order and shared history) or nats (at-most-once fan-out) [default: memory]
+    #[arg(long, env = "SHARDCAST_ENGINE", value_name = "ENGINE")]
+    pub engine: Option<EngineKind>,
+    /// Redis of the redis engine, redis://[user:password@]host:port[/db]; repeat (or comma-separate) to spread channels over several
+    #[arg(
+        long,
+        env = "SHARDCAST_REDIS_URL",
+        value_name = "URL",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub redis_url: Option<Vec<String>>,
+    /// NATS of the nats engine, nats://[user:password@]host:port
+    #[arg(
+        long,
+        env = "SHARDCAST_NATS_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub nats_url: Option<String>,
+    /// This node's name in logs, metrics and the dashboard [default: host name and a random suffix]
+    #[arg(long, env = "SHARDCAST_NODE_ID", value_name = "NAME")]
+    pub node_id: Option<String>,
+    /// Prefix of the engine's Redis keys, pub/sub channels and NATS subjects [default: shardcast]
+    #[arg(long, env = "SHARDCAST_ENGINE_PREFIX", value_name = "PREFIX")]
+    pub engine_prefix: Option<String>,
 }
 
 /// A feature turned on or off (`on`/`off`, also `true`/`false`).
@@ -386,13 +471,14 @@ impl Config {
         let layer = layer.clone();
         apply_layer!(self, layer,
             { listen, shards, max_connections, max_http_connections, max_subscriptions, history_size, anonymous,
-              allowed_origins, publish_rate, max_connections_per_ip, compression_level, conflate },
+              allowed_origins, publish_rate, max_connections_per_ip, compression_level, conflate,
+              engine, redis_url, node_id, engine_prefix },
             { ping_interval, ping_timeout, max_queue_bytes, max_message_bytes,
               handshake_timeout, shutdown_timeout, read_buffer_bytes, history_ttl,
               history_max_bytes, auth_timeout, message_timeout, send_timeout, write_delay,
               max_memory, compression_min_bytes, conflate_after_bytes },
             { jwt_secret, jwt_public_key, jwt_audience, jwt_issuer, api_key, admin_listen,
-              publish_burst, tls_cert, tls_key });
+              publish_burst, tls_cert, tls_key, nats_url });
         if let Some(switch) = layer.compression {
             self.compression = switch == Switch::On;
         }
@@ -465,6 +551,7 @@ impl Config {
                 self.max_memory, MIN_MEMORY_PER_SHARD
             ));
         }
+        self.validate_engine()?;
         if self.history_ttl.is_zero() {
             return invalid("history-ttl must be above zero".into());
         }
@@ -501,6 +588,56 @@ impl Config {
                 && admin.ip() == self.listen.ip()
         }) {
             return invalid("admin-listen must differ from listen".into());
+        }
+        Ok(())
+    }
+
+    /// The engine's settings: its broker URLs parse, and none is given for
+    /// another engine.
+    fn validate_engine(&self) -> Result<(), ConfigError> {
+        use crate::engine::addr::BrokerAddr;
+        let invalid = |what: String| Err(ConfigError::Invalid(what));
+        match self.engine {
+            EngineKind::Redis if self.redis_url.is_empty() => {
+                return invalid("engine redis needs at least one redis-url".into());
+            }
+            EngineKind::Nats if self.nats_url.is_none() => {
+                return invalid("engine nats needs nats-url".into());
+            }
+            EngineKind::Memory | EngineKind::Nats if !self.redis_url.is_empty() => {
+                return invalid("redis-url is for engine redis".into());
+            }
+            EngineKind::Memory | EngineKind::Redis if self.nats_url.is_some() => {
+                return invalid("nats-url is for engine nats".into());
+            }
+            _ => {}
+        }
+        for url in &self.redis_url {
+            if let Err(error) = BrokerAddr::parse(url, "redis") {
+                return invalid(format!("redis-url: {error}"));
+            }
+        }
+        if let Some(Err(error)) = self
+            .nats_url
+            .as_deref()
+            .map(|u| BrokerAddr::parse(u, "nats"))
+        {
+            return invalid(format!("nats-url: {error}"));
+        }
+        let prefix_ok = !self.engine_prefix.is_empty()
+            && self.engine_prefix.len() <= 64
+            && self
+                .engine_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b));
+        if !prefix_ok {
+            return invalid("engine-prefix must be 1 to 64 of A-Z a-z 0-9 _ -".into());
+        }
+        if self.node_id.is_empty()
+            || self.node_id.len() > 128
+            || self.node_id.chars().any(char::is_whitespace)
+        {
+            return invalid("node-id must be 1 to 128 characters without spaces".into());
         }
         Ok(())
     }

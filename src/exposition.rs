@@ -37,7 +37,7 @@ const QUANTILES: [(&str, Quantile); 4] = [
 type Read = fn(&ShardSnapshot) -> u64;
 
 /// Per-shard gauges: name, help, value.
-const GAUGES: [(&str, &str, Read); 11] = [
+const GAUGES: [(&str, &str, Read); 12] = [
     (
         "shardcast_connections",
         "WebSocket connections open.",
@@ -93,6 +93,11 @@ const GAUGES: [(&str, &str, Read); 11] = [
         "Seconds since the shard started.",
         |s| s.uptime_s as u64,
     ),
+    (
+        "shardcast_engine_up",
+        "1 while the shard's links to the cluster engine are up (always with the memory engine); 0 makes /health answer 503.",
+        |s| u64::from(s.engine_up),
+    ),
 ];
 
 /// Writes the exposition of `stats`.
@@ -104,9 +109,18 @@ pub fn render(stats: &ServerStats) -> String {
         &mut out,
         "shardcast_info",
         "gauge",
-        "Always 1; the version label says which shardcast.",
+        "Always 1; the labels say which shardcast, which node and which cluster engine.",
     );
-    sample(&mut out, "shardcast_info", &[("version", stats.version)], 1);
+    sample(
+        &mut out,
+        "shardcast_info",
+        &[
+            ("version", stats.version),
+            ("node", &stats.node),
+            ("engine", stats.engine),
+        ],
+        1,
+    );
     family(
         &mut out,
         "shardcast_shards",

@@ -15,6 +15,11 @@
 //!   (`shard::owner`), one
 //!   accepted socket's HTTP and upgrade (`shard::serve`), the WebSocket
 //!   session task (`shard::session`).
+//! - [`engine`]: how nodes agree — the Redis engine (a pipelined RESP3
+//!   client per shard, Lua scripts that order and keep history), the NATS
+//!   engine (core NATS fan-out), broker URLs, reconnect backoff, and the
+//!   record a publication travels between nodes as; the shard's side is
+//!   `shard::cluster`.
 //! - [`mesh`]: typed cross-shard messages and the ordered per-peer links;
 //!   [`publication`]: the publication types every layer shares; [`close`]:
 //!   why a connection closes.
@@ -51,6 +56,7 @@ pub(crate) mod clock;
 pub(crate) mod close;
 pub mod config;
 pub(crate) mod conn;
+pub(crate) mod engine;
 pub mod error;
 pub(crate) mod exposition;
 pub mod frame;

@@ -112,6 +112,16 @@ pub enum MeshMsg {
     },
     /// From the owner: the publication you forwarded got `seq`.
     Published { reply: Reply, seq: u64 },
+    /// From the owner: the publication you forwarded was refused (the
+    /// cluster engine is unavailable).
+    Refused { reply: Reply },
+    /// From the owner: the channel's subscribers missed publications that
+    /// cannot be recovered; they resync at `seq` under `epoch`.
+    Resync {
+        ch: Bytes,
+        seq: u64,
+        epoch: Box<str>,
+    },
     /// A scrape on shard `from`: send your snapshot back for `slot`.
     /// `nonce` tells this scrape from an earlier one that used the slot.
     StatsRequest { from: u16, slot: u32, nonce: u32 },
@@ -145,6 +155,9 @@ pub struct PeerLinks {
     stats: Rc<Stats>,
     /// Every shard's congestion flag (this shard raises and lowers its own).
     congestion: Congestion,
+    /// The cluster engine has more requests in flight than publishers
+    /// should add to: this shard is congested until it has fewer.
+    engine_busy: std::cell::Cell<bool>,
 }
 
 impl PeerLinks {
@@ -174,6 +187,7 @@ impl PeerLinks {
             room: WaitQueue::default(),
             stats,
             congestion,
+            engine_busy: std::cell::Cell::new(false),
         };
         (Rc::new(links), receivers)
     }
@@ -241,10 +255,21 @@ impl PeerLinks {
         }
     }
 
+    /// The cluster engine's backlog went over its mark (`busy`) or back
+    /// under half of it: congested like a full queue, relieved the same way.
+    pub fn set_engine_busy(&self, busy: bool) {
+        self.engine_busy.set(busy);
+        if busy {
+            self.set_congested(true);
+        } else {
+            self.relieve();
+        }
+    }
+
     /// After a queue drained: once every queue is under half the mark, lowers
     /// this shard's flag and tells every peer. Returns whether it did.
     fn relieve(&self) -> bool {
-        if !self.is_congested(self.shard) {
+        if !self.is_congested(self.shard) || self.engine_busy.get() {
             return false;
         }
         let low = (0..self.queues.len()).all(|peer| self.depth(peer) < PEER_QUEUE_HIGH_WATER / 2);

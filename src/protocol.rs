@@ -88,6 +88,9 @@ pub enum ErrorCode {
     /// The server is over its memory budget (`max-memory`) and takes no new
     /// connection or subscription for now; retry later.
     OverCapacity,
+    /// The cluster engine (Redis, NATS) is unreachable: the publication was
+    /// not accepted; retry later.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -98,7 +101,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => 401,
             ErrorCode::RateLimited => 429,
             ErrorCode::TooLarge => 413,
-            ErrorCode::ShuttingDown | ErrorCode::OverCapacity => 503,
+            ErrorCode::ShuttingDown | ErrorCode::OverCapacity | ErrorCode::Unavailable => 503,
             _ => 400,
         }
     }
@@ -116,6 +119,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::OverCapacity => "over_capacity",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }
@@ -640,10 +644,33 @@ pub fn encode_pong(id: Option<&str>) -> Bytes {
     out.finish()
 }
 
+/// `{"op":"resync","ch":..,"seq":..,"epoch":..}`: publications of `ch` were
+/// lost that cannot be recovered; the channel goes on after `seq` under
+/// `epoch` (a client reloads its state, then takes what follows).
+pub fn encode_resync(channel: &str, seq: u64, epoch: &str) -> Bytes {
+    let mut out = FrameBuilder::new(OpCode::Text, 64 + channel.len() + epoch.len());
+    out.push(b"{\"op\":\"resync\",\"ch\":\"");
+    out.push(channel.as_bytes());
+    out.push(b"\",\"seq\":");
+    out.push(itoa::Buffer::new().format(seq).as_bytes());
+    out.push(b",\"epoch\":\"");
+    out.push(epoch.as_bytes());
+    out.push(b"\"}");
+    out.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::{json, Value};
+
+    #[test]
+    fn resyncs_name_the_channel_position_and_epoch() {
+        assert_eq!(
+            payload_json(&encode_resync("a.b", 7, "e1")),
+            json!({"op":"resync","ch":"a.b","seq":7,"epoch":"e1"})
+        );
+    }
 
     /// The JSON payload of a text frame built by this module.
     fn payload_json(frame: &[u8]) -> Value {

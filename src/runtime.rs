@@ -88,6 +88,7 @@ impl Server {
         let mesh = (shards > 1).then(|| MeshBuilder::full(shards, LANE_CAPACITY));
         let open_connections = Arc::new(AtomicUsize::new(0));
         let congestion = crate::mesh::new_congestion(shards);
+        let engine_health = crate::engine::new_health(shards);
         let (events_tx, events) = mpsc::channel();
         let mut startup = Startup::new(shards);
         let mut writers = Vec::with_capacity(shards);
@@ -118,6 +119,7 @@ impl Server {
                 shutdown: OwnedFd::from(read_end),
                 open_connections: open_connections.clone(),
                 congestion: congestion.clone(),
+                engine_health: engine_health.clone(),
                 cpu,
                 events: events_tx.clone(),
                 epoch,

@@ -116,7 +116,28 @@ fn settings(config: &Config) -> Vec<(&'static str, Value)> {
         ),
         ("tls-cert", optional(c.tls_cert.as_deref(), path)),
         ("tls-key", optional(c.tls_key.as_deref(), path)),
+        ("engine", text(c.engine.as_str())),
+        (
+            "redis-url",
+            Value::List(
+                c.redis_url
+                    .iter()
+                    .map(|u| without_password(u, "redis"))
+                    .collect(),
+            ),
+        ),
+        (
+            "nats-url",
+            optional(c.nats_url.as_deref(), |u| text(without_password(u, "nats"))),
+        ),
+        ("node-id", text(&c.node_id)),
+        ("engine-prefix", text(&c.engine_prefix)),
     ]
+}
+
+/// A broker URL as it may be shown: with its password left out.
+fn without_password(url: &str, scheme: &'static str) -> String {
+    crate::engine::addr::BrokerAddr::parse(url, scheme).map_or_else(|_| url.into(), |a| a.shown)
 }
 
 /// The effective settings as the lines of a TOML file.

@@ -21,6 +21,12 @@ use crate::{
 pub struct ShardSnapshot {
     pub shard: usize,
     pub shards: usize,
+    /// The node this shard is part of (`--node-id`).
+    pub node: String,
+    /// The cluster engine, and whether this shard's links to it are up
+    /// (always with `memory`).
+    pub engine: &'static str,
+    pub engine_up: bool,
     /// The CPU the shard is pinned to (`null`: unpinned).
     pub cpu: Option<usize>,
     /// Unix time of the snapshot, in milliseconds.
@@ -94,6 +100,9 @@ pub struct Totals {
 #[derive(Debug, Clone, Serialize)]
 pub struct ServerStats {
     pub version: &'static str,
+    /// This node (`--node-id`) and its engine (`memory`, `redis`, `nats`).
+    pub node: String,
+    pub engine: &'static str,
     pub shards: usize,
     /// Shards that answered in time (all of them unless one is stopping).
     pub shards_reporting: usize,
@@ -108,8 +117,15 @@ impl ServerStats {
     pub fn new(shards: usize, mut per_shard: Vec<ShardSnapshot>) -> Self {
         per_shard.sort_by_key(|s| s.shard);
         let process = ProcessStats::read();
+        let node = per_shard
+            .first()
+            .map(|s| s.node.clone())
+            .unwrap_or_default();
+        let engine = per_shard.first().map_or("memory", |s| s.engine);
         ServerStats {
             version: env!("CARGO_PKG_VERSION"),
+            node,
+            engine,
             shards,
             shards_reporting: per_shard.len(),
             process,

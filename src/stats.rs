@@ -166,6 +166,30 @@ counters! {
     /// Connections (503) and subscriptions (err over_capacity) refused over
     /// the shard's memory budget.
     memory_refusals => "shardcast_memory_refusals_total",
+    /// Publications this shard sent to the cluster engine (Redis script,
+    /// NATS publish).
+    engine_publications => "shardcast_engine_publications_total",
+    /// Publications refused because the cluster engine was unreachable
+    /// (`err unavailable`, HTTP 503), or whose answer was lost with it.
+    engine_refused => "shardcast_engine_refused_total",
+    /// Times a connection to the cluster engine was made again after a
+    /// loss.
+    engine_reconnects => "shardcast_engine_reconnects_total",
+    /// Messages received from the cluster engine (pub/sub pushes, NATS
+    /// messages).
+    engine_messages => "shardcast_engine_messages_total",
+    /// Messages from the cluster engine that could not be read (dropped).
+    engine_unreadable => "shardcast_engine_unreadable_total",
+    /// Publications missed from the engine's pub/sub and filled from the
+    /// channel's Redis stream.
+    engine_gaps_filled => "shardcast_engine_gaps_filled_total",
+    /// Times a channel's subscribers were told to resync (`resync` op): its
+    /// epoch changed in Redis, or a gap could not be filled.
+    engine_resyncs => "shardcast_engine_resyncs_total",
+    /// Requests to Redis answered (the count of the round-trip time).
+    engine_replies => "shardcast_engine_replies_total",
+    /// Round-trip time of those requests, summed, in microseconds.
+    engine_rtt_us => "shardcast_engine_rtt_microseconds_total",
 }
 
 /// Adds `n` to a counter.

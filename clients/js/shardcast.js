@@ -292,6 +292,20 @@ export class Subscription {
     for (const m of buf) this._deliver(m);
   }
 
+  /** The server lost publications it cannot recover (a cluster engine's
+   * history was lost, or did not reach back far enough): the app reloads
+   * its state through onReset, and deliveries go on after `f.seq`. */
+  _resync(f) {
+    if (!this.active) return;
+    this.epoch = f.epoch;
+    this.seq = f.seq;
+    this._base = null;
+    if (this._onReset) {
+      try { this._onReset({ ch: this.ch, epoch: f.epoch, seq: f.seq, reason: 'resync' }); }
+      catch (e) { this._client._emit('error', e); }
+    }
+  }
+
   _deliver(f) {
     if (!this.active) return;
     if (this._pending) { this._buffer.push(f); return; }
@@ -686,6 +700,9 @@ export class Shardcast {
       // after the publication it applies to, on the same connection.
       if (sub._delta && text !== null && !this._undelta(sub, f, text)) return;
       sub._deliver(f);
+    } else if (f.op === 'resync') {
+      const sub = this._subs.get(f.ch);
+      if (sub) sub._resync(f);
     } else if (f.op === 'ack' || f.op === 'pong' || f.op === 'err') {
       if (f.op === 'pong' && f.id === this._pingId) {
         this._pingId = null;

@@ -100,6 +100,11 @@ impl Codec {
         self.control(protocol::encode_err(error))
     }
 
+    /// A channel's subscribers resync: see [`protocol::encode_resync`].
+    pub fn resync(self, channel: &str, seq: u64, epoch: &str) -> Bytes {
+        self.control(protocol::encode_resync(channel, seq, epoch))
+    }
+
     /// The answer to a `ping` op.
     pub fn pong(self, id: Option<&str>) -> Bytes {
         self.control(protocol::encode_pong(id))

@@ -185,6 +185,28 @@ impl Index {
         }
     }
 
+    /// Tells every live JSON and MessagePack subscriber of `name` to resync
+    /// at `seq` under `epoch` (raw-room members have no `seq` to resync);
+    /// returns how many were told.
+    pub fn resync(&self, name: &str, seq: u64, epoch: &str) -> usize {
+        let Some(channel) = self.channels.get(name) else {
+            return 0;
+        };
+        let mut frames: [Option<Bytes>; Protocol::COUNT] = Default::default();
+        let mut told = 0;
+        for (_, subscriber) in channel.subscribers.iter() {
+            let codec = subscriber.conn.codec;
+            if subscriber.pending.is_some() || codec.protocol == Protocol::Raw {
+                continue;
+            }
+            let frame = frames[codec.protocol as usize]
+                .get_or_insert_with(|| codec.resync(name, seq, epoch));
+            subscriber.conn.send(frame.clone());
+            told += 1;
+        }
+        told
+    }
+
     /// Local subscribers of `name`.
     pub fn subscriber_count(&self, name: &str) -> usize {
         self.channels.get(name).map_or(0, |c| c.subscribers.len())

@@ -6,6 +6,7 @@
 //! its lifecycle (mesh join, accept loop, heartbeat sweep, shutdown).
 
 pub mod budget;
+mod cluster;
 pub mod index;
 mod observe;
 pub mod owner;
@@ -48,6 +49,7 @@ use crate::{
         stream::SharedStream,
         Conn,
     },
+    engine::{Engine, EngineHealth, Refused},
     frame,
     heartbeat::{Action, HeartbeatTimes},
     mesh::{MeshMsg, PeerLinks, Reply},
@@ -80,7 +82,7 @@ pub struct Shard {
     next_token: Cell<u32>,
     /// HTTP publishes waiting for their `seq`, by reply slot, with the
     /// nonce their `Reply::Http` carries.
-    http_waiters: RefCell<Slab<(u32, LocalSender<u64>)>>,
+    http_waiters: RefCell<HttpWaiters>,
     /// Scrapes waiting for the other shards' snapshots, by reply slot.
     stats_waiters: RefCell<Slab<(u32, LocalSender<ShardSnapshot>)>>,
     started: Instant,
@@ -117,18 +119,54 @@ pub struct Shard {
     pub inflater: RefCell<Inflater>,
     /// `--conflate`: the channels whose keyed publications conflate.
     conflate: Vec<ChannelPattern>,
+    /// The cluster engine's links (`None`: the memory engine).
+    engine: Option<Engine>,
+    /// Every shard's "engine links up" flag (this shard writes its own).
+    pub engine_health: EngineHealth,
+    /// This node's id as records carry it.
+    node: u64,
+}
+
+/// HTTP publishes waiting for their `seq` (or refusal), by reply slot, with
+/// the nonce their `Reply::Http` carries.
+type HttpWaiters = Slab<(u32, LocalSender<Result<u64, Refused>>)>;
+
+/// What a shard is started with besides its configuration.
+pub struct ShardParts {
+    pub links: Rc<PeerLinks>,
+    pub open_connections: Arc<AtomicUsize>,
+    pub epoch: u64,
+    pub security: Arc<Security>,
+    pub engine: Option<Engine>,
+    pub engine_health: EngineHealth,
+}
+
+#[cfg(test)]
+impl ShardParts {
+    /// A shard of `shards` with the memory engine, default security and
+    /// its own connection count (for tests).
+    pub fn alone(links: Rc<PeerLinks>, shards: usize) -> Self {
+        ShardParts {
+            links,
+            open_connections: Arc::default(),
+            epoch: 1,
+            security: Arc::default(),
+            engine: None,
+            engine_health: crate::engine::new_health(shards),
+        }
+    }
 }
 
 impl Shard {
-    pub fn new(
-        id: usize,
-        cpu: Option<usize>,
-        config: Config,
-        links: Rc<PeerLinks>,
-        open_connections: Arc<AtomicUsize>,
-        epoch: u64,
-        security: Arc<Security>,
-    ) -> Self {
+    pub fn new(id: usize, cpu: Option<usize>, config: Config, parts: ShardParts) -> Self {
+        let ShardParts {
+            links,
+            open_connections,
+            epoch,
+            security,
+            engine,
+            engine_health,
+        } = parts;
         let config_read_buffer = config.read_buffer_bytes;
         let config_write_delay = config.write_delay;
         let conflate_after = config.conflate_after_bytes;
@@ -144,14 +182,20 @@ impl Shard {
         };
         // Counted into by the links too (messages sent to peers).
         let stats = links.stats().clone();
+        // With Redis, history is Redis's: none is kept here.
+        let redis = matches!(engine, Some(Engine::Redis(_)));
         let history = HistoryLimits {
-            size: config.history_size,
+            size: if redis { 0 } else { config.history_size },
             ttl_ms: config.history_ttl.as_millis() as u64,
             max_bytes: config.history_max_bytes,
         };
+        let node = crate::engine::record::node_hash(&config.node_id);
         Shard {
             id,
             shards: config.shards,
+            engine,
+            engine_health,
+            node,
             heartbeat: HeartbeatTimes::new(config.ping_interval, config.ping_timeout),
             config,
             conns: RefCell::new(Slab::new()),
@@ -367,12 +411,9 @@ impl Shard {
         let owner = self.owner_of(name.as_bytes());
         let since = since.map(|s| (s.seq, s.epoch));
         if owner == self.id {
-            let position = self.owner.borrow_mut().position(
-                name,
-                since.as_ref().map(|(seq, epoch)| (*seq, epoch.as_ref())),
-                self.now_ms(),
-            );
-            self.go_live(name, conn.id, token, id, &position);
+            let since = since.map(|(seq, epoch)| (seq, Box::<str>::from(epoch.as_ref())));
+            let asker = (self.id, conn.id, token, id.map(Into::into));
+            self.answer_position(name, asker, since);
         } else {
             self.links.send(
                 owner,
@@ -488,7 +529,10 @@ impl Shard {
     fn interest_changed(&self, name: &str, interest: Interest) {
         let owner = channel::owner_of(name.as_bytes(), self.shards);
         if owner == self.id {
-            return; // The owner fans out to its own index directly.
+            // The owner fans out to its own index directly; the node's
+            // interest is the engine's business.
+            self.engine_interest(name);
+            return;
         }
         self.links.send(
             owner,
@@ -552,8 +596,8 @@ impl Shard {
         }
     }
 
-    /// Owner side: assign the next `seq`, send the publication to every shard
-    /// with subscribers, fan out locally, report the `seq` to the publisher.
+    /// Owner side: have the publication ordered — by the engine (Redis), or
+    /// here (memory, NATS: also sent to the other nodes) — and distributed.
     fn order_and_distribute(
         &self,
         ch: Bytes,
@@ -565,17 +609,68 @@ impl Shard {
         let Ok(name) = std::str::from_utf8(&ch) else {
             return;
         };
-        // A key only means something on a channel that conflates.
+        self.check_conflation(name, &mut payload);
+        // System channels (`$stats`) are this node's own.
+        if !channel::is_system(&ch) {
+            match &self.engine {
+                Some(Engine::Redis(links)) => {
+                    return self.publish_to_redis(links, name, payload, from, skip, reply);
+                }
+                Some(Engine::Nats(link)) => {
+                    if !link.publish(name, &payload, skip) {
+                        return self.refuse(from, reply);
+                    }
+                    bump(&self.stats.engine_publications, 1);
+                }
+                None => {}
+            }
+        }
+        self.order_locally(name, &ch, payload, from, skip, reply);
+    }
+
+    /// A key only means something on a channel that conflates.
+    fn check_conflation(&self, name: &str, payload: &mut Payload) {
         if payload.conflation != 0 && !pattern::any_matches(&self.conflate, name) {
             payload.conflation = 0;
         }
+    }
+
+    /// Assigns the next `seq` here, distributes, reports the `seq`.
+    fn order_locally(
+        &self,
+        name: &str,
+        ch: &Bytes,
+        payload: Payload,
+        from: usize,
+        skip: Option<Skip>,
+        reply: Reply,
+    ) {
         let local_delta = self.index.borrow().wants_delta(name);
         let ordered = self
             .owner
             .borrow_mut()
             .order(name, &payload, self.now_ms(), local_delta);
+        let seq = ordered.seq;
+        self.distribute(name, ch, ordered, &payload, skip);
+        if from == self.id {
+            self.complete(reply, seq, false);
+        } else if !matches!(reply, Reply::None) {
+            self.links.send(from, MeshMsg::Published { reply, seq });
+        }
+    }
+
+    /// Sends an ordered publication to every shard with subscribers and
+    /// fans it out here.
+    fn distribute(
+        &self,
+        name: &str,
+        ch: &Bytes,
+        ordered: owner::Ordered,
+        payload: &Payload,
+        skip: Option<Skip>,
+    ) {
         let (seq, delta) = (ordered.seq, ordered.delta);
-        if !channel::is_system(&ch) {
+        if !channel::is_system(ch) {
             bump(&self.stats.messages_ordered, 1);
         }
         bump(&self.stats.deltas_computed, u64::from(delta.is_some()));
@@ -591,12 +686,7 @@ impl Shard {
                 },
             );
         }
-        self.deliver(name, seq, &payload, delta.as_ref(), skip);
-        if from == self.id {
-            self.complete(reply, seq, false);
-        } else if !matches!(reply, Reply::None) {
-            self.links.send(from, MeshMsg::Published { reply, seq });
-        }
+        self.deliver(name, seq, payload, delta.as_ref(), skip);
     }
 
     /// Fans a publication out to this shard's subscribers (their queues
@@ -642,19 +732,67 @@ impl Shard {
                     target.close_slow_consumer();
                 }
             }
-            Reply::Http { slot, nonce } => {
-                let mut waiters = self.http_waiters.borrow_mut();
-                if waiters.get(slot as usize).is_some_and(|w| w.0 == nonce) {
-                    let _ = waiters.remove(slot as usize).1.try_send(seq);
+            Reply::Http { slot, nonce } => self.answer_http(slot, nonce, Ok(seq)),
+        }
+    }
+
+    /// Wakes the HTTP publish waiting in `slot`, if it still is.
+    fn answer_http(&self, slot: u32, nonce: u32, result: Result<u64, Refused>) {
+        let mut waiters = self.http_waiters.borrow_mut();
+        if waiters.get(slot as usize).is_some_and(|w| w.0 == nonce) {
+            let _ = waiters.remove(slot as usize).1.try_send(result);
+        }
+    }
+
+    /// Tells a publisher its publication was refused (the engine is
+    /// unavailable): an `err unavailable` for a `pub` with an `id`, 503 for
+    /// an HTTP publish; nothing for one nobody waits for (counted).
+    fn refuse(&self, from: usize, reply: Reply) {
+        bump(&self.stats.engine_refused, 1);
+        if from != self.id {
+            if !matches!(reply, Reply::None) {
+                self.links.send(from, MeshMsg::Refused { reply });
+            }
+            return;
+        }
+        self.refused(reply, false);
+    }
+
+    /// A refusal reaches the publisher's shard.
+    fn refused(&self, reply: Reply, from_owner: bool) {
+        match reply {
+            Reply::None => {}
+            Reply::Ack { conn, id } => {
+                let Some(target) = self.conn(conn) else {
+                    return;
+                };
+                let error = OpError::new(
+                    ErrorCode::Unavailable,
+                    "the cluster engine is unavailable; the publication was not accepted",
+                    Some(&id),
+                );
+                let frame = target.codec.err(&error);
+                let pushed = match from_owner {
+                    true => target.outbox.push_reply(frame),
+                    false => target.outbox.push(frame),
+                };
+                if pushed == Pushed::Overflow {
+                    target.close_slow_consumer();
                 }
             }
+            Reply::Http { slot, nonce } => self.answer_http(slot, nonce, Err(Refused::Unavailable)),
         }
     }
 
     /// Publishes from HTTP and waits for the assigned `seq`. `None` if the
-    /// owner went away (shutdown). The reply slot is freed however the wait
-    /// ends, also when the caller gives up (a timeout drops this future).
-    pub async fn publish_and_wait(&self, ch: Bytes, payload: Payload) -> Option<u64> {
+    /// owner went away (shutdown), `Some(Err)` if the engine refused it. The
+    /// reply slot is freed however the wait ends, also when the caller
+    /// gives up (a timeout drops this future).
+    pub async fn publish_and_wait(
+        &self,
+        ch: Bytes,
+        payload: Payload,
+    ) -> Option<Result<u64, Refused>> {
         let owner = self.owner_of(&ch);
         self.links.wait_for_room(owner).await;
         let (tx, rx) = glommio::channels::local_channel::new_bounded(1);
@@ -706,6 +844,7 @@ impl Shard {
                     self.owner
                         .borrow_mut()
                         .set_interest(name, from as usize, on, delta);
+                    self.engine_interest(name);
                 }
             }
             MeshMsg::Position {
@@ -716,21 +855,9 @@ impl Shard {
                 since,
                 id,
             } => {
-                let Ok(name) = std::str::from_utf8(&ch) else {
-                    return;
-                };
-                let since = since.as_ref().map(|(seq, epoch)| (*seq, epoch.as_ref()));
-                let position = self.owner.borrow_mut().position(name, since, self.now_ms());
-                self.links.send(
-                    from as usize,
-                    MeshMsg::PositionReply {
-                        ch,
-                        conn,
-                        token,
-                        id,
-                        position: Box::new(position),
-                    },
-                );
+                if let Ok(name) = std::str::from_utf8(&ch) {
+                    self.answer_position(name, (from as usize, conn, token, id), since);
+                }
             }
             MeshMsg::PositionReply {
                 ch,
@@ -744,6 +871,12 @@ impl Shard {
                 }
             }
             MeshMsg::Published { reply, seq } => self.complete(reply, seq, true),
+            MeshMsg::Refused { reply } => self.refused(reply, true),
+            MeshMsg::Resync { ch, seq, epoch } => {
+                if let Ok(name) = std::str::from_utf8(&ch) {
+                    self.resync_local(name, seq, &epoch);
+                }
+            }
             MeshMsg::Room => self.links.wake_publishers(),
             MeshMsg::StatsRequest { from, slot, nonce } => {
                 let snapshot = Box::new(self.snapshot(true));
@@ -875,7 +1008,7 @@ fn replay_frames(
 /// already did (the slot may then belong to a later publish: the nonce
 /// tells).
 struct HttpWaiter<'a> {
-    waiters: &'a RefCell<Slab<(u32, LocalSender<u64>)>>,
+    waiters: &'a RefCell<HttpWaiters>,
     slot: u32,
     nonce: u32,
 }
@@ -908,7 +1041,7 @@ mod tests {
         let (links, receivers) =
             PeerLinks::new(0, 2, crate::mesh::new_congestion(2), Rc::default());
         drop(receivers);
-        Shard::new(0, None, config, links, Arc::default(), 1, Arc::default())
+        Shard::new(0, None, config, ShardParts::alone(links, 2))
     }
 
     /// Backpressure past the first hop: a publisher on the channel's owner
@@ -924,7 +1057,7 @@ mod tests {
             // Shard 1 never drains what shard 0 queues for it.
             let (links, _undrained) =
                 PeerLinks::new(0, 2, crate::mesh::new_congestion(2), Rc::default());
-            let shard = Shard::new(0, None, config, links, Arc::default(), 1, Arc::default());
+            let shard = Shard::new(0, None, config, ShardParts::alone(links, 2));
             let local = (0..)
                 .map(|i| format!("ch{i}"))
                 .find(|name| shard.owner_of(name.as_bytes()) == 0)

@@ -40,6 +40,12 @@ impl Shard {
         ShardSnapshot {
             shard: self.id,
             shards: self.shards,
+            node: self.config.node_id.clone(),
+            engine: self.config.engine.as_str(),
+            engine_up: self
+                .engine
+                .as_ref()
+                .is_none_or(crate::engine::Engine::is_up),
             cpu: self.cpu,
             time_ms: (process::unix_seconds() * 1e3) as u64,
             uptime_s: self.started.elapsed().as_secs_f64(),

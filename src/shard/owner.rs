@@ -39,6 +39,39 @@ struct OwnedChannel {
     /// The latest publications, oldest first, with when they were ordered
     /// (shard milliseconds).
     history: VecDeque<HistoryEntry>,
+    /// With a broker that orders (Redis): the channel's epoch there, and
+    /// whether `last_seq` is the last publication delivered from it in an
+    /// unbroken run (`false`: not yet known, so the next one is taken as is).
+    broker_epoch: Option<Box<str>>,
+    following: bool,
+    /// Missing publications are being fetched from the broker's history:
+    /// what arrives meanwhile comes with the answer, and is dropped.
+    filling: bool,
+}
+
+/// What the owner makes of a publication a broker ordered.
+#[derive(Debug)]
+pub enum Followed {
+    /// The next one: deliver it.
+    Deliver(Ordered),
+    /// Already delivered, or arriving while a gap is filled: drop it.
+    Drop,
+    /// Publications after `after` were missed: fill them from the broker's
+    /// history (this one comes with the answer).
+    Gap { after: u64 },
+    /// The channel's epoch changed: its subscribers resync at `seq - 1`
+    /// under the new one, then get this publication.
+    Resync(Ordered),
+}
+
+/// How a fill from the broker's history went.
+#[derive(Debug, Default)]
+pub struct Filled {
+    /// Subscribers must resync at this `seq` first (the epoch changed, or
+    /// the history no longer held what was missed).
+    pub resync: Option<u64>,
+    /// Then these, in order.
+    pub deliver: Vec<(Ordered, Payload)>,
 }
 
 /// One kept publication: its `seq`, its payload, and when it was ordered
@@ -126,10 +159,23 @@ impl Owner {
         now_ms: u64,
         local_delta: bool,
     ) -> Ordered {
+        let seq = self.entry(name).last_seq + 1;
+        self.take(name, seq, payload, now_ms, local_delta)
+    }
+
+    /// Records publication `seq` of `name` as its last: delta against the
+    /// one before (while wanted), history. Returns what `order` does.
+    fn take(
+        &mut self,
+        name: &str,
+        seq: u64,
+        payload: &Payload,
+        now_ms: u64,
+        local_delta: bool,
+    ) -> Ordered {
         let limits = self.limits;
         let channel = self.entry(name);
-        channel.last_seq += 1;
-        let seq = channel.last_seq;
+        channel.last_seq = seq;
         let mut delta = None;
         if (local_delta || channel.remote_delta != 0) && payload.kind == PayloadKind::Json {
             // The base: the history's newest entry, or (history off) the
@@ -164,6 +210,198 @@ impl Owner {
             }
         }
         Ordered { seq, remote, delta }
+    }
+
+    /// A publication the broker ordered as `seq` of `name` in `epoch`:
+    /// deliver it, drop it (a duplicate, or a gap is being filled), fill the
+    /// gap before it, or resync first (the epoch changed).
+    pub fn follow(
+        &mut self,
+        name: &str,
+        (seq, epoch): (u64, &str),
+        payload: &Payload,
+        now_ms: u64,
+        local_delta: bool,
+    ) -> Followed {
+        let channel = self.entry(name);
+        if channel.filling {
+            return Followed::Drop;
+        }
+        let same_epoch = channel.broker_epoch.as_deref() == Some(epoch);
+        if channel.following && same_epoch {
+            if seq <= channel.last_seq {
+                return Followed::Drop;
+            }
+            if seq > channel.last_seq + 1 {
+                channel.filling = true;
+                return Followed::Gap {
+                    after: channel.last_seq,
+                };
+            }
+            return Followed::Deliver(self.take(name, seq, payload, now_ms, local_delta));
+        }
+        let resync = channel.following && !same_epoch;
+        channel.following = true;
+        if !same_epoch {
+            channel.broker_epoch = Some(epoch.into());
+            channel.previous = None;
+        }
+        let ordered = self.take(name, seq, payload, now_ms, local_delta);
+        match resync {
+            true => Followed::Resync(ordered),
+            false => Followed::Deliver(ordered),
+        }
+    }
+
+    /// Pushes of `name` stopped (or will be re-established): its next one
+    /// is taken as is.
+    pub fn unfollow(&mut self, name: &str) {
+        if let Some(channel) = self.channels.get_mut(name) {
+            channel.following = false;
+            channel.filling = false;
+        }
+    }
+
+    /// A reconnected broker link: what `name` missed after the returned
+    /// `seq` is fetched, and pushes until the answer are dropped (they come
+    /// with it). `None`: not followed, nothing to fill.
+    pub fn begin_fill(&mut self, name: &str) -> Option<u64> {
+        let channel = self.channels.get_mut(name)?;
+        if !channel.following {
+            return None;
+        }
+        channel.filling = true;
+        Some(channel.last_seq)
+    }
+
+    /// A fill could not be asked for or answered: try again on the next one.
+    pub fn fill_failed(&mut self, name: &str) {
+        if let Some(channel) = self.channels.get_mut(name) {
+            channel.filling = false;
+        }
+    }
+
+    /// The broker's answer to a fill: the channel stands at `top` in
+    /// `epoch`, and its history holds `entries` after what was asked.
+    pub fn filled(
+        &mut self,
+        name: &str,
+        (top, epoch): (u64, &str),
+        entries: &[(u64, Payload)],
+        now_ms: u64,
+        local_delta: bool,
+    ) -> Filled {
+        let channel = self.entry(name);
+        channel.filling = false;
+        let mut filled = Filled::default();
+        if channel.broker_epoch.as_deref() != Some(epoch) {
+            channel.broker_epoch = Some(epoch.into());
+            channel.previous = None;
+            channel.following = true;
+            channel.last_seq = top;
+            filled.resync = Some(top);
+            return filled;
+        }
+        channel.following = true;
+        let last = channel.last_seq;
+        let newer = entries.iter().filter(|(seq, _)| *seq > last && *seq <= top);
+        let mut expected = last + 1;
+        for (seq, payload) in newer {
+            if *seq != expected && filled.resync.is_none() {
+                filled.resync = Some(seq - 1);
+                self.entry(name).previous = None;
+            }
+            expected = seq + 1;
+            let ordered = self.take(name, *seq, payload, now_ms, local_delta);
+            filled.deliver.push((ordered, payload.clone()));
+        }
+        let channel = self.entry(name);
+        if channel.last_seq < top {
+            // The history did not reach the top (none kept): start over there.
+            filled.resync.get_or_insert(top);
+            channel.last_seq = top;
+            channel.previous = None;
+        }
+        filled
+    }
+
+    /// The broker's answer to a subscription's question: where `name` stands
+    /// (`top`, `epoch`) and, with `since`, what it missed after it, taken
+    /// from `entries` (the broker's history after `since`). Also returns
+    /// the `seq` the channel's live subscribers must resync at, if the
+    /// answer shows they missed something (the epoch changed).
+    pub fn broker_position(
+        &mut self,
+        name: &str,
+        (top, epoch): (u64, &str),
+        entries: &[(u64, Payload)],
+        since: Option<(u64, &str)>,
+    ) -> (Position, Option<u64>) {
+        let channel = self.entry(name);
+        let mut resync = None;
+        if channel.broker_epoch.as_deref() != Some(epoch) {
+            if channel.following {
+                resync = Some(top);
+            }
+            channel.broker_epoch = Some(epoch.into());
+            channel.previous = None;
+            channel.following = true;
+            channel.last_seq = top;
+        } else if !channel.following || channel.last_seq < top {
+            // Pushes from here on follow `top`; what came before it is
+            // history (for this subscriber, in `missed`).
+            channel.following = true;
+            channel.last_seq = top;
+        }
+        let mut position = Position {
+            seq: top,
+            recovered: None,
+            missed: Vec::new(),
+            epoch: epoch.to_string(),
+        };
+        if let Some((since, their_epoch)) = since {
+            let first = entries.first().map(|e| e.0);
+            let recovered =
+                their_epoch == epoch && since <= top && (since == top || first == Some(since + 1));
+            if recovered {
+                position.missed = entries
+                    .iter()
+                    .filter(|(seq, _)| *seq > since && *seq <= top)
+                    .cloned()
+                    .collect();
+            }
+            position.recovered = Some(recovered);
+        }
+        (position, resync)
+    }
+
+    /// Where `name` stands as far as this shard knows, when the broker
+    /// cannot be asked: its last delivered `seq` and epoch, nothing
+    /// recovered.
+    pub fn known_position(&mut self, name: &str, since: bool) -> Position {
+        let channel = self.entry(name);
+        Position {
+            seq: channel.last_seq,
+            recovered: since.then_some(false),
+            missed: Vec::new(),
+            epoch: channel
+                .broker_epoch
+                .as_deref()
+                .unwrap_or("unavailable")
+                .to_string(),
+        }
+    }
+
+    /// The shards (other than this one) with subscribers of `name`.
+    pub fn remote_mask(&self, name: &str) -> u64 {
+        self.channels.get(name).map_or(0, |c| c.remote_interest)
+    }
+
+    /// Whether another shard has subscribers of `name`.
+    pub fn has_remote_interest(&self, name: &str) -> bool {
+        self.channels
+            .get(name)
+            .is_some_and(|c| c.remote_interest != 0)
     }
 
     /// Records whether `peer` has subscribers of `name` (`on`), and some
@@ -309,6 +547,9 @@ impl Owner {
                 remote_delta: 0,
                 previous: None,
                 history: VecDeque::new(),
+                broker_epoch: None,
+                following: false,
+                filling: false,
             };
             self.channels.insert(name.into(), channel);
         }

@@ -18,9 +18,9 @@ use glommio::{
     net::{TcpListener, UnixStream},
 };
 
-use super::{observe::spawn_stats_tick, Shard};
+use super::{observe::spawn_stats_tick, Shard, ShardParts};
 use crate::{
-    config::Config, conn::Side, error::ServerError, mesh::MeshMsg, mesh::PeerLinks,
+    config::Config, conn::Side, engine::Engine, error::ServerError, mesh::MeshMsg, mesh::PeerLinks,
     runtime::ShardEvent, security::Security, snapshot::ShardSnapshot, stats::bump,
 };
 
@@ -48,6 +48,8 @@ pub struct ShardContext {
     pub open_connections: Arc<AtomicUsize>,
     /// Every shard's congestion flag (see [`crate::mesh::Congestion`]).
     pub congestion: crate::mesh::Congestion,
+    /// Every shard's engine flag (see [`crate::engine::EngineHealth`]).
+    pub engine_health: crate::engine::EngineHealth,
     /// The CPU this shard's thread is pinned to (`None`: unpinned).
     pub cpu: Option<usize>,
     /// Where the shard reports that it is accepting.
@@ -79,15 +81,19 @@ pub async fn run_shard(ctx: ShardContext) -> Result<ShardSnapshot, ServerError> 
         mesh = Some((senders, receivers));
     }
     let (links, queues) = PeerLinks::new(id, ctx.config.shards, ctx.congestion, Rc::default());
-    let shard = Rc::new(Shard::new(
-        id,
-        ctx.cpu,
-        ctx.config,
-        links.clone(),
-        ctx.open_connections,
-        ctx.epoch,
-        ctx.security,
-    ));
+    let engine = Engine::for_shard(&ctx.config, id).map_err(|error| ServerError::ShardFailed {
+        shard: id,
+        reason: error.to_string(),
+    })?;
+    let parts = ShardParts {
+        links: links.clone(),
+        open_connections: ctx.open_connections,
+        epoch: ctx.epoch,
+        security: ctx.security,
+        engine,
+        engine_health: ctx.engine_health,
+    };
+    let shard = Rc::new(Shard::new(id, ctx.cpu, ctx.config, parts));
     if let Some((senders, mut receivers)) = mesh {
         let senders = Rc::new(senders);
         for (peer, queue) in queues.into_iter().enumerate() {
@@ -113,6 +119,7 @@ pub async fn run_shard(ctx: ShardContext) -> Result<ShardSnapshot, ServerError> 
     spawn_heartbeat_sweep(&shard);
     spawn_stats_tick(&shard);
     spawn_history_sweep(&shard);
+    shard.spawn_engine();
 
     let listener = adopt_listener(ctx.listener);
     let admin = ctx.admin_listener.map(adopt_listener);

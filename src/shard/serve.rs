@@ -117,7 +117,11 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
         let route = http::route(&head, shard.config.max_subscriptions)
             .and_then(|route| admit_route(&shard, side, &head, route));
         let reply = match route {
-            Ok(Route::Health) => http::response(200, "text/plain", b"ok\n", keep_alive),
+            Ok(Route::Health) => match crate::engine::all_up(&shard.engine_health) {
+                true => http::response(200, "text/plain", b"ok\n", keep_alive),
+                // A load balancer drains the node while its engine is down.
+                false => http::response(503, "text/plain", b"degraded\n", keep_alive),
+            },
             Ok(Route::Dashboard) => http::response(
                 200,
                 "text/html; charset=utf-8",
@@ -537,7 +541,8 @@ async fn publish(
     })
     .await;
     match seq {
-        Ok(Some(seq)) => Ok(seq),
+        Ok(Some(Ok(seq))) => Ok(seq),
+        Ok(Some(Err(refused))) => Err(HttpError::new(503, "unavailable", refused.to_string())),
         _ => Err(HttpError::new(
             503,
             "unavailable",

@@ -403,7 +403,6 @@ async fn teardown(shard: &Shard, conn: &Conn) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{atomic::AtomicUsize, Arc};
 
     use super::*;
     use crate::{config::Config, mesh::PeerLinks};
@@ -419,15 +418,8 @@ mod tests {
             let stream = crate::conn::stream::SharedStream::new(listener.accept().await.unwrap());
             let config = Config::default();
             let (links, _) = PeerLinks::new(0, 1, crate::mesh::new_congestion(1), Rc::default());
-            let shard = Rc::new(Shard::new(
-                0,
-                None,
-                config,
-                links,
-                Arc::new(AtomicUsize::new(0)),
-                1,
-                Arc::default(),
-            ));
+            let parts = crate::shard::ShardParts::alone(links, 1);
+            let shard = Rc::new(Shard::new(0, None, config, parts));
             let conn = shard.register(stream, crate::conn::codec::Codec::JSON, false);
             let session = serve(
                 shard,

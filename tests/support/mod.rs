@@ -3,6 +3,7 @@
 //! is bounded by a deadline; nothing sleeps to "let things happen".
 #![allow(dead_code)]
 
+pub mod brokers;
 pub mod secure;
 
 use std::{
@@ -206,6 +207,29 @@ impl Client {
                 other => return other,
             }
         }
+    }
+
+    /// The next JSON message if one comes `within` (pings skipped).
+    pub fn try_recv_json(&mut self, within: Duration) -> Option<Value> {
+        self.set_timeout(Some(within));
+        let got = loop {
+            match self.ws.read() {
+                Ok(Message::Text(text)) => break serde_json::from_str(text.as_str()).ok(),
+                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                Ok(other) => panic!("expected JSON text, got {other:?}"),
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break None
+                }
+                Err(error) => panic!("read: {error}"),
+            }
+        };
+        self.set_timeout(Some(DEADLINE));
+        got
     }
 
     /// The next message, parsed as JSON.

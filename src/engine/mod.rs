@@ -1,0 +1,126 @@
+//! Engines: how the nodes of one service agree. `memory` (the default) is
+//! one node on its own, exactly as without an engine. `redis` orders every
+//! channel's publications in Redis (one Lua script per publication: its
+//! offset is the channel's `seq` on every node) and keeps their history in a
+//! Redis Stream, so any node answers recovery; `nats` fans publications out
+//! to the other nodes over core NATS, at most once, each node ordering and
+//! keeping history on its own. Each shard holds its own connections to the
+//! broker (`redis`: one per `--redis-url`, the channels spread over them by
+//! a stable hash of the name), used only for the channels it owns.
+//! `docs/cluster.md` states the guarantees.
+
+pub mod addr;
+pub mod backoff;
+pub mod nats;
+pub mod nats_proto;
+pub mod record;
+pub mod redis;
+pub mod resp;
+pub mod scripts;
+
+use std::{
+    rc::Rc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use self::{
+    addr::{AddrError, BrokerAddr},
+    nats::NatsLink,
+    redis::{RedisLink, RedisSettings},
+};
+use crate::config::{Config, EngineKind};
+
+/// Why the engine did not take a publication (or a question).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// The broker is unreachable: nothing was acknowledged.
+    #[error("the cluster engine is unavailable; retry")]
+    Unavailable,
+}
+
+/// A channel's offset and epoch outlive its history this long at least,
+/// so a quiet channel keeps its numbering.
+const META_TTL_FLOOR: Duration = Duration::from_secs(24 * 3600);
+
+/// One flag per shard: set while all its engine links are up. Shared by
+/// every shard (each writes its own) for `/health`.
+pub type EngineHealth = Arc<[AtomicBool]>;
+
+/// Flags for `shards` shards: up (the memory engine is never down).
+pub fn new_health(shards: usize) -> EngineHealth {
+    (0..shards).map(|_| AtomicBool::new(true)).collect()
+}
+
+/// Whether every shard's links are up.
+pub fn all_up(health: &EngineHealth) -> bool {
+    health.iter().all(|flag| flag.load(Ordering::Acquire))
+}
+
+/// A shard's engine, when it is not `memory`.
+pub enum Engine {
+    Redis(Vec<Rc<RedisLink>>),
+    Nats(Rc<NatsLink>),
+}
+
+impl Engine {
+    /// The links of shard `shard` for `config`'s engine (`None`: memory).
+    /// Resolves broker host names (blocking: called once, before the shard
+    /// accepts).
+    pub fn for_shard(config: &Config, shard: usize) -> Result<Option<Engine>, AddrError> {
+        let node = record::node_hash(&config.node_id);
+        match config.engine {
+            EngineKind::Memory => Ok(None),
+            EngineKind::Redis => {
+                let settings = Rc::new(RedisSettings {
+                    prefix: config.engine_prefix.clone(),
+                    history_size: config.history_size,
+                    history_ttl: config.history_ttl,
+                    meta_ttl: config.history_ttl.max(META_TTL_FLOOR),
+                    node,
+                });
+                let mut links = Vec::with_capacity(config.redis_url.len());
+                for (index, url) in config.redis_url.iter().enumerate() {
+                    let addr = BrokerAddr::parse(url, "redis")?;
+                    let socket = addr.resolve()?;
+                    links.push(Rc::new(RedisLink::new(
+                        index,
+                        addr,
+                        socket,
+                        settings.clone(),
+                    )));
+                }
+                Ok(Some(Engine::Redis(links)))
+            }
+            EngineKind::Nats => {
+                let url = config.nats_url.as_deref().unwrap_or_default();
+                let addr = BrokerAddr::parse(url, "nats")?;
+                let socket = addr.resolve()?;
+                let link = NatsLink::new(addr, socket, &config.engine_prefix, node, shard);
+                Ok(Some(Engine::Nats(Rc::new(link))))
+            }
+        }
+    }
+
+    /// Whether every link is up.
+    pub fn is_up(&self) -> bool {
+        match self {
+            Engine::Redis(links) => links.iter().all(|l| l.is_up()),
+            Engine::Nats(link) => link.is_up(),
+        }
+    }
+}
+
+/// The Redis link that carries `name`: a stable hash of the name over the
+/// `--redis-url`s, independent of the node's shard count (salted, so it
+/// does not follow channel ownership inside a node).
+pub fn redis_link_for<'a>(links: &'a [Rc<RedisLink>], name: &str) -> Option<&'a Rc<RedisLink>> {
+    if links.len() <= 1 {
+        return links.first();
+    }
+    let hash = crate::channel::fnv1a(b"redis\0".iter().chain(name.as_bytes()));
+    links.get((hash % links.len() as u64) as usize)
+}

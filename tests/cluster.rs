@@ -1,0 +1,314 @@
+//! Several shardcast nodes as one service, through a real Redis (and NATS)
+//! started by the test: one order per channel on every node, recovery on
+//! another node after a node is killed, publications refused (never lost)
+//! while Redis is down, and the NATS engine's fan-out.
+
+mod support;
+
+use std::{collections::HashMap, time::Duration};
+
+use serde_json::{json, Value};
+use support::{
+    brokers::{Nats, Redis},
+    http, wait_until, Client, Server,
+};
+
+/// A node of two shards on `redis`.
+fn redis_node(redis: &Redis, node: &str, extra: &[&str]) -> Server {
+    let url = redis.url();
+    let mut args = vec![
+        "--shards",
+        "2",
+        "--engine",
+        "redis",
+        "--redis-url",
+        &url,
+        "--node-id",
+        node,
+    ];
+    args.extend_from_slice(extra);
+    let server = Server::start(&args);
+    wait_healthy(&server);
+    server
+}
+
+fn health(server: &Server) -> u16 {
+    http(server, "GET", "/health", "").0
+}
+
+fn wait_healthy(server: &Server) {
+    wait_until("the node's engine links are up", || health(server) == 200);
+}
+
+/// Publishes over HTTP; the status and the reply.
+fn try_publish(server: &Server, channel: &str, data: Value) -> (u16, Value) {
+    let body = json!({"ch": channel, "data": data}).to_string();
+    let (status, body) = http(server, "POST", "/api/publish", &body);
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// The next message about `channel` (a publication, a resync).
+fn next_on(client: &mut Client, channel: &str) -> Value {
+    loop {
+        let msg = client.recv_json();
+        if msg["ch"] == channel {
+            return msg;
+        }
+    }
+}
+
+/// Reads `n` publications of `channel`; returns (seq, data) in arrival order.
+fn read_messages(client: &mut Client, channel: &str, n: usize) -> Vec<(u64, Value)> {
+    (0..n)
+        .map(|_| {
+            let msg = next_on(client, channel);
+            assert_eq!(msg["op"], "msg", "{msg}");
+            (msg["seq"].as_u64().unwrap(), msg["data"].clone())
+        })
+        .collect()
+}
+
+#[test]
+fn three_nodes_deliver_every_publication_in_one_order() {
+    let redis = Redis::start();
+    let nodes: Vec<Server> = ["a", "b", "c"]
+        .iter()
+        .map(|n| redis_node(&redis, n, &[]))
+        .collect();
+    let channels = ["room.1", "room.2"];
+    // Two subscribers per node and channel.
+    let mut subscribers = Vec::new();
+    for node in &nodes {
+        for channel in channels {
+            for _ in 0..2 {
+                let mut client = Client::connect(node, "/ws");
+                let ack = client.subscribe(channel);
+                assert_eq!(ack["seq"], 0, "{ack}");
+                subscribers.push((channel, client));
+            }
+        }
+    }
+    // Publishers on every node at once, HTTP and WebSocket.
+    const EACH: usize = 60;
+    let acked: Vec<Vec<(String, u64, Value)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = nodes
+            .iter()
+            .enumerate()
+            .map(|(n, node)| {
+                scope.spawn(move || {
+                    let mut acked = Vec::new();
+                    let mut ws = Client::connect(node, "/ws");
+                    for i in 0..EACH {
+                        let channel = channels[i % 2];
+                        let data = json!({"node": n, "i": i});
+                        if i % 3 == 0 {
+                            ws.send_json(
+                                json!({"op": "pub", "ch": channel, "id": i, "data": data}),
+                            );
+                            let ack = ws.recv_json();
+                            assert_eq!(ack["op"], "ack", "{ack}");
+                            acked.push((channel.to_string(), ack["seq"].as_u64().unwrap(), data));
+                        } else {
+                            let (status, reply) = try_publish(node, channel, data.clone());
+                            assert_eq!(status, 200, "{reply}");
+                            acked.push((channel.to_string(), reply["seq"].as_u64().unwrap(), data));
+                        }
+                    }
+                    acked
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    // Every acknowledged seq names one publication, per channel 1..=N.
+    let mut by_seq: HashMap<(String, u64), Value> = HashMap::new();
+    for (channel, seq, data) in acked.into_iter().flatten() {
+        assert!(
+            by_seq.insert((channel, seq), data).is_none(),
+            "seq given twice"
+        );
+    }
+    let per_channel = EACH * nodes.len() / 2;
+    for (channel, mut client) in subscribers {
+        let got = read_messages(&mut client, channel, per_channel);
+        let seqs: Vec<u64> = got.iter().map(|m| m.0).collect();
+        assert_eq!(
+            seqs,
+            (1..=per_channel as u64).collect::<Vec<_>>(),
+            "{channel}"
+        );
+        for (seq, data) in got {
+            assert_eq!(
+                by_seq[&(channel.to_string(), seq)],
+                data,
+                "{channel} seq {seq}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_client_of_a_killed_node_resumes_on_another_without_loss() {
+    let redis = Redis::start();
+    let mut a = redis_node(&redis, "a", &[]);
+    let b = redis_node(&redis, "b", &[]);
+    let mut client = Client::connect(&a, "/ws");
+    let ack = client.subscribe("feed");
+    let epoch = ack["epoch"].as_str().unwrap().to_string();
+    for i in 0..30 {
+        assert_eq!(try_publish(&b, "feed", json!(i)).0, 200);
+    }
+    let got = read_messages(&mut client, "feed", 30);
+    assert_eq!(got.last().unwrap().0, 30);
+    a.signal(libc::SIGKILL);
+    a.wait_exit(Duration::from_secs(5));
+    for i in 30..50 {
+        assert_eq!(try_publish(&b, "feed", json!(i)).0, 200);
+    }
+    let mut resumed = Client::connect(&b, "/ws");
+    resumed.send_json(json!({"op": "sub", "ch": "feed", "id": 1, "since": 30, "epoch": epoch}));
+    let ack = resumed.recv_json();
+    assert_eq!(
+        (ack["op"].as_str(), ack["recovered"].as_bool()),
+        (Some("ack"), Some(true)),
+        "{ack}"
+    );
+    assert_eq!(ack["seq"], 50);
+    let missed = read_messages(&mut resumed, "feed", 20);
+    assert_eq!(
+        missed.iter().map(|m| m.0).collect::<Vec<_>>(),
+        (31..=50).collect::<Vec<_>>()
+    );
+    assert_eq!(missed[0].1, json!(30));
+    assert_eq!(try_publish(&b, "feed", json!("live")).0, 200);
+    assert_eq!(
+        read_messages(&mut resumed, "feed", 1),
+        vec![(51, json!("live"))]
+    );
+    // An epoch Redis never gave is not recovered.
+    let mut stranger = Client::connect(&b, "/ws");
+    stranger.send_json(json!({"op": "sub", "ch": "feed", "id": 1, "since": 3, "epoch": "nope"}));
+    let ack = stranger.recv_json();
+    assert_eq!(ack["recovered"], false, "{ack}");
+}
+
+#[test]
+fn while_redis_is_down_publications_are_refused_and_none_acknowledged_is_lost() {
+    let mut redis = Redis::start_durable();
+    let a = redis_node(&redis, "a", &[]);
+    let b = redis_node(&redis, "b", &[]);
+    let mut subscriber = Client::connect(&b, "/ws");
+    subscriber.subscribe("orders");
+    let mut acked = Vec::new();
+    let publish = |i: u64, acked: &mut Vec<u64>| -> u16 {
+        let (status, reply) = try_publish(&a, "orders", json!(i));
+        match status {
+            200 => acked.push(i),
+            503 => assert_eq!(reply["error"], "unavailable", "{reply}"),
+            other => panic!("publish answered {other}: {reply}"),
+        }
+        status
+    };
+    for i in 0..20 {
+        assert_eq!(publish(i, &mut acked), 200);
+    }
+    redis.kill();
+    wait_until("the node reports degraded", || health(&a) == 503);
+    let mut i = 20;
+    let mut refused = 0;
+    while refused < 5 {
+        if publish(i, &mut acked) == 503 {
+            refused += 1;
+        }
+        i += 1;
+    }
+    redis.restart();
+    wait_healthy(&a);
+    wait_healthy(&b);
+    for _ in 0..20 {
+        publish(i, &mut acked);
+        i += 1;
+    }
+    assert!(acked.len() >= 40, "{} acknowledged", acked.len());
+    // Every acknowledged publication reaches the subscriber, once, in order.
+    let mut seen = Vec::new();
+    let mut last_seq = 0;
+    while seen.len() < acked.len() || seen.last() != acked.last() {
+        let msg = next_on(&mut subscriber, "orders");
+        if msg["op"] == "resync" {
+            panic!("a durable Redis lost nothing, yet: {msg}");
+        }
+        let seq = msg["seq"].as_u64().unwrap();
+        assert!(seq > last_seq, "seq {seq} after {last_seq}");
+        last_seq = seq;
+        seen.push(msg["data"].as_u64().unwrap());
+    }
+    for i in &acked {
+        assert!(seen.contains(i), "acknowledged {i} was not delivered");
+    }
+}
+
+#[test]
+fn nats_fans_out_to_every_node_at_most_once_and_refuses_while_down() {
+    let nats = Nats::start();
+    let url = nats.url();
+    let node = |id: &str| {
+        let server = Server::start(&[
+            "--shards",
+            "2",
+            "--engine",
+            "nats",
+            "--nats-url",
+            &url,
+            "--node-id",
+            id,
+        ]);
+        wait_healthy(&server);
+        server
+    };
+    let (a, b) = (node("a"), node("b"));
+    let mut on_a = Client::connect(&a, "/ws");
+    on_a.subscribe("news");
+    let mut on_b = Client::connect(&b, "/ws");
+    on_b.subscribe("news");
+    // NATS does not confirm a SUB: probe until b hears a's publications.
+    let deadline = std::time::Instant::now() + support::DEADLINE;
+    loop {
+        assert!(std::time::Instant::now() < deadline, "b never heard from a");
+        assert_eq!(try_publish(&a, "news", json!("probe")).0, 200);
+        if on_b
+            .try_recv_json(Duration::from_millis(100))
+            .is_some_and(|m| m["data"] == "probe")
+        {
+            break;
+        }
+    }
+    // Drain the probes on both sides.
+    while on_a.try_recv_json(Duration::from_millis(100)).is_some() {}
+    while on_b.try_recv_json(Duration::from_millis(100)).is_some() {}
+    for i in 0..50 {
+        assert_eq!(try_publish(&a, "news", json!(i)).0, 200);
+    }
+    let expected: Vec<Value> = (0..50).map(|i| json!(i)).collect();
+    let from_b: Vec<Value> = (0..50)
+        .map(|_| next_on(&mut on_b, "news")["data"].clone())
+        .collect();
+    assert_eq!(
+        from_b, expected,
+        "another node: every one, in the publisher's order"
+    );
+    let from_a: Vec<(u64, Value)> = read_messages(&mut on_a, "news", 50);
+    assert_eq!(
+        from_a.iter().map(|m| m.1.clone()).collect::<Vec<_>>(),
+        expected,
+        "the publisher's node"
+    );
+    drop(nats);
+    wait_until("a reports degraded", || health(&a) == 503);
+    let (status, reply) = try_publish(&a, "news", json!("lost?"));
+    assert_eq!(
+        (status, reply["error"].as_str()),
+        (503, Some("unavailable")),
+        "{reply}"
+    );
+}
