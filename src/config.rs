@@ -142,6 +142,10 @@ pub struct Config {
     /// Prefix of every key, pub/sub channel and subject the engine uses.
     /// Default `shardcast`.
     pub engine_prefix: String,
+    /// A broker that leaves a request unanswered this long (or an idle
+    /// link's ping) is taken for lost: the link is dropped and made again.
+    /// Default 3 s.
+    pub engine_timeout: Duration,
 }
 
 /// How the nodes of one service agree (`--engine`).
@@ -231,6 +235,7 @@ impl Default for Config {
             nats_url: None,
             node_id: default_node_id(),
             engine_prefix: "shardcast".into(),
+            engine_timeout: Duration::from_secs(3),
         }
     }
 }
@@ -421,6 +426,9 @@ pub struct ConfigLayer {
     /// Prefix of the engine's Redis keys, pub/sub channels and NATS subjects [default: shardcast]
     #[arg(long, env = "SHARDCAST_ENGINE_PREFIX", value_name = "PREFIX")]
     pub engine_prefix: Option<String>,
+    /// Drop and remake a broker link that leaves a request (or its ping) unanswered this long [default: 3s]
+    #[arg(long, env = "SHARDCAST_ENGINE_TIMEOUT", value_name = "DURATION")]
+    pub engine_timeout: Option<HumanDuration>,
 }
 
 /// A feature turned on or off (`on`/`off`, also `true`/`false`).
@@ -476,7 +484,7 @@ impl Config {
             { ping_interval, ping_timeout, max_queue_bytes, max_message_bytes,
               handshake_timeout, shutdown_timeout, read_buffer_bytes, history_ttl,
               history_max_bytes, auth_timeout, message_timeout, send_timeout, write_delay,
-              max_memory, compression_min_bytes, conflate_after_bytes },
+              max_memory, compression_min_bytes, conflate_after_bytes, engine_timeout },
             { jwt_secret, jwt_public_key, jwt_audience, jwt_issuer, api_key, admin_listen,
               publish_burst, tls_cert, tls_key, nats_url });
         if let Some(switch) = layer.compression {
@@ -632,6 +640,9 @@ impl Config {
                 .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b));
         if !prefix_ok {
             return invalid("engine-prefix must be 1 to 64 of A-Z a-z 0-9 _ -".into());
+        }
+        if self.engine_timeout < Duration::from_millis(100) {
+            return invalid("engine-timeout must be at least 100ms".into());
         }
         if self.node_id.is_empty()
             || self.node_id.len() > 128

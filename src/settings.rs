@@ -132,6 +132,7 @@ fn settings(config: &Config) -> Vec<(&'static str, Value)> {
         ),
         ("node-id", text(&c.node_id)),
         ("engine-prefix", text(&c.engine_prefix)),
+        ("engine-timeout", duration(c.engine_timeout)),
     ]
 }
 

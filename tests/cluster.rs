@@ -312,3 +312,110 @@ fn nats_fans_out_to_every_node_at_most_once_and_refuses_while_down() {
         "{reply}"
     );
 }
+
+#[test]
+fn a_redis_that_lost_everything_makes_live_subscribers_resync() {
+    let mut redis = Redis::start();
+    let a = redis_node(&redis, "a", &["--engine-timeout", "500ms"]);
+    let b = redis_node(&redis, "b", &["--engine-timeout", "500ms"]);
+    let mut subscriber = Client::connect(&b, "/ws");
+    let first_epoch = subscriber.subscribe("book")["epoch"].clone();
+    for i in 0..5 {
+        assert_eq!(try_publish(&a, "book", json!(i)).0, 200);
+    }
+    assert_eq!(
+        read_messages(&mut subscriber, "book", 5).last().unwrap().0,
+        5
+    );
+    // Not durable: the restarted Redis has no offset, no stream, no epoch.
+    redis.restart();
+    wait_until("both nodes are back", || {
+        health(&a) == 200 && health(&b) == 200
+    });
+    let resync = next_on(&mut subscriber, "book");
+    assert_eq!(resync["op"], "resync", "{resync}");
+    assert_ne!(resync["epoch"], first_epoch);
+    assert_eq!(resync["seq"], 0);
+    let (status, reply) = try_publish(&a, "book", json!("after"));
+    assert_eq!((status, &reply["seq"]), (200, &json!(1)), "{reply}");
+    assert_eq!(
+        read_messages(&mut subscriber, "book", 1),
+        vec![(1, json!("after"))]
+    );
+    let stats = support::get_json(&b, "/api/stats");
+    assert!(
+        stats["total"]["engine_resyncs"].as_u64() >= Some(1),
+        "{}",
+        stats["total"]
+    );
+}
+
+#[test]
+fn scripts_flushed_from_redis_are_loaded_again() {
+    let redis = Redis::start();
+    let a = redis_node(&redis, "a", &[]);
+    assert_eq!(try_publish(&a, "c", json!(1)).0, 200);
+    assert_eq!(
+        redis.command(&["SCRIPT", "FLUSH"]).as_deref(),
+        Some("+OK\r\n")
+    );
+    // The publication that met NOSCRIPT is refused (it was not applied),
+    // and the next one goes through the reloaded script.
+    let (status, reply) = try_publish(&a, "c", json!(2));
+    assert_eq!(
+        (status, reply["error"].as_str()),
+        (503, Some("unavailable")),
+        "{reply}"
+    );
+    let (status, reply) = try_publish(&a, "c", json!(3));
+    assert_eq!((status, &reply["seq"]), (200, &json!(2)), "{reply}");
+}
+
+#[test]
+fn channels_spread_over_several_redis_servers() {
+    let (one, two) = (Redis::start(), Redis::start());
+    let urls = format!("{},{}", one.url(), two.url());
+    let node = |id| {
+        let server = Server::start(&[
+            "--shards",
+            "2",
+            "--engine",
+            "redis",
+            "--redis-url",
+            &urls,
+            "--node-id",
+            id,
+        ]);
+        wait_healthy(&server);
+        server
+    };
+    let (a, b) = (node("a"), node("b"));
+    let channels: Vec<String> = (0..16).map(|i| format!("spread.{i}")).collect();
+    let mut subscriber = Client::connect(&b, "/ws");
+    for channel in &channels {
+        subscriber.subscribe(channel);
+    }
+    for channel in &channels {
+        assert_eq!(try_publish(&a, channel, json!(channel)).0, 200);
+    }
+    let mut got: Vec<String> = (0..channels.len())
+        .map(|_| subscriber.recv_json()["data"].as_str().unwrap().to_string())
+        .collect();
+    got.sort();
+    let mut expected = channels.clone();
+    expected.sort();
+    assert_eq!(got, expected);
+    let keys = |redis: &Redis| {
+        redis
+            .command(&["KEYS", "shardcast:{*}:m"])
+            .unwrap()
+            .matches(":m")
+            .count()
+    };
+    let (on_one, on_two) = (keys(&one), keys(&two));
+    assert_eq!(on_one + on_two, channels.len());
+    assert!(
+        on_one > 0 && on_two > 0,
+        "{on_one} and {on_two}: both Redis servers carry channels"
+    );
+}

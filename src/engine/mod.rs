@@ -81,6 +81,7 @@ impl Engine {
                     history_ttl: config.history_ttl,
                     meta_ttl: config.history_ttl.max(META_TTL_FLOOR),
                     node,
+                    timeout: config.engine_timeout,
                 });
                 let mut links = Vec::with_capacity(config.redis_url.len());
                 for (index, url) in config.redis_url.iter().enumerate() {
@@ -99,7 +100,8 @@ impl Engine {
                 let url = config.nats_url.as_deref().unwrap_or_default();
                 let addr = BrokerAddr::parse(url, "nats")?;
                 let socket = addr.resolve()?;
-                let link = NatsLink::new(addr, socket, &config.engine_prefix, node, shard);
+                let link = NatsLink::new(addr, socket, &config.engine_prefix, node, shard)
+                    .with_timeout(config.engine_timeout);
                 Ok(Some(Engine::Nats(Rc::new(link))))
             }
         }
@@ -110,6 +112,30 @@ impl Engine {
         match self {
             Engine::Redis(links) => links.iter().all(|l| l.is_up()),
             Engine::Nats(link) => link.is_up(),
+        }
+    }
+}
+
+/// Watches a link for silence: a request unanswered (or a ping) for longer
+/// than the timeout means the broker is gone even if TCP has not noticed (a
+/// partition sends no reset). Idle links are pinged every third of it.
+/// Resolves with the reason once the link is taken for lost.
+pub(crate) async fn watch_liveness(
+    timeout: Duration,
+    awaiting_since: impl Fn() -> Option<u64>,
+    ping: impl Fn(),
+) -> String {
+    let every = timeout / 3;
+    loop {
+        glommio::timer::sleep(every).await;
+        match awaiting_since() {
+            Some(since) => {
+                let waited = crate::clock::now_ns().saturating_sub(since);
+                if waited > timeout.as_nanos() as u64 {
+                    return format!("no answer for {timeout:?}");
+                }
+            }
+            None => ping(),
         }
     }
 }

@@ -65,6 +65,10 @@ pub struct NatsLink {
     wanted: RefCell<HashMap<Box<str>, u64>>,
     next_sid: Cell<u64>,
     scratch: RefCell<BytesMut>,
+    /// `--engine-timeout`, and since when a `PING` of ours has waited for
+    /// its `PONG` (0: none outstanding).
+    timeout: Duration,
+    ping_sent: Cell<u64>,
 }
 
 impl NatsLink {
@@ -87,7 +91,14 @@ impl NatsLink {
             wanted: RefCell::new(HashMap::new()),
             next_sid: Cell::new(0),
             scratch: RefCell::new(BytesMut::new()),
+            timeout: Duration::from_secs(3),
+            ping_sent: Cell::new(0),
         }
+    }
+
+    /// The same link, taken for lost after `timeout` without an answer.
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        NatsLink { timeout, ..self }
     }
 
     pub fn is_up(&self) -> bool {
@@ -182,6 +193,7 @@ impl NatsLink {
         out.clear();
         let (user, password) = (self.addr.user.as_deref(), self.addr.password.as_deref());
         nats_proto::connect(&mut out, &self.name, user, password);
+        self.ping_sent.set(crate::clock::now_ns());
         for (name, sid) in self.wanted.borrow().iter() {
             nats_proto::subscribe(&mut out, &self.subject(name), *sid);
         }
@@ -222,7 +234,16 @@ impl NatsLink {
                 }
             }
         };
-        read.or(write).await
+        let alive = super::watch_liveness(
+            self.timeout,
+            || Some(self.ping_sent.get()).filter(|sent| *sent != 0),
+            || {
+                nats_proto::ping(&mut self.out.borrow_mut());
+                self.ping_sent.set(crate::clock::now_ns());
+                self.writer.wake_all();
+            },
+        );
+        read.or(write).or(alive).await
     }
 
     fn handle<H: NatsHost>(&self, op: ServerOp, host: &H) -> Result<(), String> {
@@ -233,6 +254,7 @@ impl NatsLink {
                 self.writer.wake_all();
             }
             ServerOp::Pong => {
+                self.ping_sent.set(0);
                 if !self.up.replace(true) {
                     tracing::info!(nats = %self.addr.shown, "connected to NATS");
                     host.on_link(0, true);

@@ -135,6 +135,11 @@ pub fn unsubscribe(out: &mut BytesMut, sid: u64) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// `PING`: the server answers `PONG` (a liveness check).
+pub fn ping(out: &mut BytesMut) {
+    out.extend_from_slice(b"PING\r\n");
+}
+
 /// `PONG`, the answer to the server's `PING`.
 pub fn pong(out: &mut BytesMut) {
     out.extend_from_slice(b"PONG\r\n");

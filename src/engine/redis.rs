@@ -62,6 +62,8 @@ pub struct RedisSettings {
     pub meta_ttl: Duration,
     /// This node (records carry its hash).
     pub node: u64,
+    /// `--engine-timeout`.
+    pub timeout: Duration,
 }
 
 /// A publication waiting for the script's answer.
@@ -150,6 +152,9 @@ pub struct RedisLink {
     /// Epochs made here: a random start, then counted (never reused).
     epoch_seed: u64,
     epochs_made: Cell<u64>,
+    /// Since when the oldest unanswered request has waited (sent, or the
+    /// last reply before it came).
+    awaiting_since: Cell<u64>,
 }
 
 impl RedisLink {
@@ -175,6 +180,7 @@ impl RedisLink {
             scratch: RefCell::new((BytesMut::new(), String::new())),
             epoch_seed: random_u64(),
             epochs_made: Cell::new(0),
+            awaiting_since: Cell::new(0),
         }
     }
 
@@ -305,6 +311,9 @@ impl RedisLink {
     fn expect(&self, pending: Pending) -> bool {
         let len = {
             let mut queue = self.pending.borrow_mut();
+            if queue.is_empty() {
+                self.awaiting_since.set(crate::clock::now_ns());
+            }
             queue.push_back(pending);
             queue.len()
         };
@@ -414,6 +423,7 @@ impl RedisLink {
                 &[b"SCRIPT", b"LOAD", scripts::POSITION.as_bytes()],
             );
         }
+        self.awaiting_since.set(crate::clock::now_ns());
         let mut pending = self.pending.borrow_mut();
         pending.push_back(Pending::Setup("HELLO 3"));
         if self.addr.database != 0 {
@@ -489,7 +499,15 @@ impl RedisLink {
                 }
             }
         };
-        read.or(write).await
+        let alive = super::watch_liveness(
+            self.settings.timeout,
+            || (!self.pending.borrow().is_empty()).then(|| self.awaiting_since.get()),
+            || {
+                resp::command(&mut self.out.borrow_mut(), &[b"PING"]);
+                self.expect(Pending::Setup("PING"));
+            },
+        );
+        read.or(write).or(alive).await
     }
 
     /// One frame from Redis: a push, or the reply to the oldest request.
@@ -503,6 +521,7 @@ impl RedisLink {
         let Some(pending) = self.pending.borrow_mut().pop_front() else {
             return Err("a reply nobody asked for".into());
         };
+        self.awaiting_since.set(crate::clock::now_ns());
         match pending {
             Pending::Setup(what) => {
                 if let Some(error) = resp::error_text(&frame) {

@@ -739,4 +739,113 @@ mod tests {
         assert_eq!(owner.history_bytes(), 0);
         assert_eq!(owner.last_seq("local"), 1, "local subscribers keep it");
     }
+
+    fn seqs(filled: &Filled) -> Vec<u64> {
+        filled.deliver.iter().map(|(o, _)| o.seq).collect()
+    }
+
+    #[test]
+    fn a_broker_order_is_followed_dropping_duplicates_and_stopping_at_gaps() {
+        let mut owner = owner(0, 1000);
+        let p = payload("x");
+        let step = |owner: &mut Owner, seq, epoch| owner.follow("c", (seq, epoch), &p, 0, false);
+        // Not followed yet: the first one is taken as it comes.
+        assert!(matches!(step(&mut owner, 7, "e1"), Followed::Deliver(o) if o.seq == 7));
+        assert!(matches!(step(&mut owner, 8, "e1"), Followed::Deliver(o) if o.seq == 8));
+        assert!(
+            matches!(step(&mut owner, 8, "e1"), Followed::Drop),
+            "a duplicate"
+        );
+        assert!(
+            matches!(step(&mut owner, 5, "e1"), Followed::Drop),
+            "an old one"
+        );
+        // 9 and 10 went missing: fill from after 8; meanwhile, drop.
+        assert!(matches!(
+            step(&mut owner, 11, "e1"),
+            Followed::Gap { after: 8 }
+        ));
+        assert!(matches!(step(&mut owner, 12, "e1"), Followed::Drop));
+        let history: Vec<(u64, Payload)> = (9..=12).map(|s| (s, payload("x"))).collect();
+        let filled = owner.filled("c", (12, "e1"), &history, 0, false);
+        assert_eq!((filled.resync, seqs(&filled)), (None, vec![9, 10, 11, 12]));
+        assert!(matches!(step(&mut owner, 13, "e1"), Followed::Deliver(o) if o.seq == 13));
+        // A new epoch (Redis lost the channel): resync, then go on.
+        assert!(matches!(step(&mut owner, 1, "e2"), Followed::Resync(o) if o.seq == 1));
+        assert!(matches!(step(&mut owner, 2, "e2"), Followed::Deliver(o) if o.seq == 2));
+        // Unfollowed (pushes stopped): the next is taken as is again.
+        owner.unfollow("c");
+        assert!(matches!(step(&mut owner, 40, "e2"), Followed::Deliver(o) if o.seq == 40));
+    }
+
+    #[test]
+    fn a_fill_that_history_cannot_cover_resyncs_first() {
+        let mut owner = owner(0, 1000);
+        let p = payload("x");
+        owner.follow("c", (3, "e"), &p, 0, false);
+        assert_eq!(owner.begin_fill("c"), Some(3), "a reconnect fills after 3");
+        assert!(matches!(
+            owner.follow("c", (9, "e"), &p, 0, false),
+            Followed::Drop
+        ));
+        // The stream kept only 7..=9.
+        let kept: Vec<(u64, Payload)> = (7..=9).map(|s| (s, payload("x"))).collect();
+        let filled = owner.filled("c", (9, "e"), &kept, 0, false);
+        assert_eq!((filled.resync, seqs(&filled)), (Some(6), vec![7, 8, 9]));
+        // No history at all: resync at the top.
+        owner.begin_fill("c");
+        let filled = owner.filled("c", (15, "e"), &[], 0, false);
+        assert_eq!((filled.resync, seqs(&filled)), (Some(15), vec![]));
+        // The epoch changed meanwhile: resync at the top, nothing delivered.
+        owner.begin_fill("c");
+        let filled = owner.filled("c", (2, "other"), &kept, 0, false);
+        assert_eq!((filled.resync, seqs(&filled)), (Some(2), vec![]));
+        assert!(matches!(
+            owner.follow("c", (3, "other"), &p, 0, false),
+            Followed::Deliver(_)
+        ));
+        // A fill that failed leaves the channel followed as before.
+        owner.begin_fill("c");
+        owner.fill_failed("c");
+        assert!(matches!(
+            owner.follow("c", (4, "other"), &p, 0, false),
+            Followed::Deliver(_)
+        ));
+        assert_eq!(owner.begin_fill("never-seen"), None);
+    }
+
+    #[test]
+    fn broker_positions_recover_what_the_stream_holds_after_since() {
+        let mut owner = owner(0, 1000);
+        let kept: Vec<(u64, Payload)> = (4..=6).map(|s| (s, payload("x"))).collect();
+        let (got, resync) = owner.broker_position("c", (6, "e"), &kept, Some((3, "e")));
+        assert_eq!((got.seq, got.recovered, resync), (6, Some(true), None));
+        assert_eq!(
+            got.missed.iter().map(|m| m.0).collect::<Vec<_>>(),
+            [4, 5, 6]
+        );
+        let (trimmed, _) = owner.broker_position("c", (6, "e"), &kept[1..], Some((3, "e")));
+        assert_eq!(trimmed.recovered, Some(false), "4 is gone");
+        assert!(trimmed.missed.is_empty());
+        let (current, _) = owner.broker_position("c", (6, "e"), &[], Some((6, "e")));
+        assert_eq!(current.recovered, Some(true));
+        let (other, _) = owner.broker_position("c", (6, "e"), &kept, Some((3, "old")));
+        assert_eq!(other.recovered, Some(false));
+        let (ahead, _) = owner.broker_position("c", (6, "e"), &[], Some((9, "e")));
+        assert_eq!(ahead.recovered, Some(false));
+        // Pushes continue after the answer's top.
+        assert!(matches!(
+            owner.follow("c", (7, "e"), &payload("x"), 0, false),
+            Followed::Deliver(_)
+        ));
+        // An answer in a new epoch resyncs the live subscribers.
+        let (renewed, resync) = owner.broker_position("c", (1, "e2"), &[], None);
+        assert_eq!((renewed.epoch.as_str(), resync), ("e2", Some(1)));
+        // Without the broker: what is known, nothing recovered.
+        let known = owner.known_position("c", true);
+        assert_eq!(
+            (known.seq, known.epoch.as_str(), known.recovered),
+            (1, "e2", Some(false))
+        );
+    }
 }
