@@ -150,46 +150,73 @@ fn three_nodes_deliver_every_publication_in_one_order() {
 #[test]
 fn a_client_of_a_killed_node_resumes_on_another_without_loss() {
     let redis = Redis::start();
-    let mut a = redis_node(&redis, "a", &[]);
-    let b = redis_node(&redis, "b", &[]);
+    let history = ["--history-size", "1000"];
+    let mut a = redis_node(&redis, "a", &history);
+    let b = redis_node(&redis, "b", &history);
     let mut client = Client::connect(&a, "/ws");
     let ack = client.subscribe("feed");
     let epoch = ack["epoch"].as_str().unwrap().to_string();
-    for i in 0..30 {
-        assert_eq!(try_publish(&b, "feed", json!(i)).0, 200);
-    }
-    let got = read_messages(&mut client, "feed", 30);
-    assert_eq!(got.last().unwrap().0, 30);
-    a.signal(libc::SIGKILL);
-    a.wait_exit(Duration::from_secs(5));
-    for i in 30..50 {
-        assert_eq!(try_publish(&b, "feed", json!(i)).0, 200);
-    }
+    const TOTAL: u64 = 300;
+    // Publications go on through b while a is killed mid-stream.
+    let last_seen = std::thread::scope(|scope| {
+        let publisher = scope.spawn(|| {
+            for i in 0..TOTAL {
+                assert_eq!(try_publish(&b, "feed", json!(i)).0, 200);
+            }
+        });
+        let mut last = 0;
+        while last < TOTAL / 3 {
+            let msg = next_on(&mut client, "feed");
+            assert_eq!(msg["seq"], last + 1, "{msg}");
+            last += 1;
+        }
+        a.signal(libc::SIGKILL);
+        a.wait_exit(Duration::from_secs(5));
+        // What was already on its way still counts as seen.
+        while let Some(msg) = client_read(&mut client) {
+            assert_eq!(msg["seq"], last + 1, "{msg}");
+            last += 1;
+        }
+        publisher.join().unwrap();
+        last
+    });
+    assert!(last_seen < TOTAL, "a was killed before the end");
     let mut resumed = Client::connect(&b, "/ws");
-    resumed.send_json(json!({"op": "sub", "ch": "feed", "id": 1, "since": 30, "epoch": epoch}));
+    resumed
+        .send_json(json!({"op": "sub", "ch": "feed", "id": 1, "since": last_seen, "epoch": epoch}));
     let ack = resumed.recv_json();
     assert_eq!(
         (ack["op"].as_str(), ack["recovered"].as_bool()),
         (Some("ack"), Some(true)),
         "{ack}"
     );
-    assert_eq!(ack["seq"], 50);
-    let missed = read_messages(&mut resumed, "feed", 20);
+    assert_eq!(ack["seq"], TOTAL);
+    let missed = read_messages(&mut resumed, "feed", (TOTAL - last_seen) as usize);
     assert_eq!(
         missed.iter().map(|m| m.0).collect::<Vec<_>>(),
-        (31..=50).collect::<Vec<_>>()
+        (last_seen + 1..=TOTAL).collect::<Vec<_>>()
     );
-    assert_eq!(missed[0].1, json!(30));
+    assert_eq!(missed[0].1, json!(last_seen));
     assert_eq!(try_publish(&b, "feed", json!("live")).0, 200);
     assert_eq!(
         read_messages(&mut resumed, "feed", 1),
-        vec![(51, json!("live"))]
+        vec![(TOTAL + 1, json!("live"))]
     );
     // An epoch Redis never gave is not recovered.
     let mut stranger = Client::connect(&b, "/ws");
     stranger.send_json(json!({"op": "sub", "ch": "feed", "id": 1, "since": 3, "epoch": "nope"}));
     let ack = stranger.recv_json();
     assert_eq!(ack["recovered"], false, "{ack}");
+}
+
+/// The next message of a connection whose server may be gone (`None`
+/// once it is).
+fn client_read(client: &mut Client) -> Option<Value> {
+    match client.ws.read() {
+        Ok(tungstenite::Message::Text(text)) => serde_json::from_str(text.as_str()).ok(),
+        Ok(_) => client_read(client),
+        Err(_) => None,
+    }
 }
 
 #[test]
@@ -417,5 +444,85 @@ fn channels_spread_over_several_redis_servers() {
     assert!(
         on_one > 0 && on_two > 0,
         "{on_one} and {on_two}: both Redis servers carry channels"
+    );
+}
+
+/// Waits for `n` log lines of `server` containing `text`.
+fn wait_for_log(log: &std::sync::mpsc::Receiver<String>, text: &str, n: usize) {
+    let deadline = std::time::Instant::now() + support::DEADLINE;
+    let mut seen = 0;
+    while seen < n {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match log.recv_timeout(left) {
+            Ok(line) if line.contains(text) => seen += 1,
+            Ok(_) => {}
+            Err(_) => panic!("no {n} log lines with {text:?} (saw {seen})"),
+        }
+    }
+}
+
+#[test]
+fn a_node_cut_off_from_redis_catches_up_without_duplicates_or_reordering() {
+    let host = support::netns::Namespace::new(1);
+    let redis = Redis::start_bound(&[&host.host_ip]);
+    let redis_url = format!("redis://{}:{}", host.host_ip, redis.port);
+    let listen = format!("{}:0", host.inner_ip);
+    // Node a on a host of its own; node b beside Redis.
+    let (a, log) = Server::start_wrapped(
+        &host.wrapper(),
+        &listen,
+        &[
+            "--shards",
+            "2",
+            "--engine",
+            "redis",
+            "--redis-url",
+            &redis_url,
+            "--node-id",
+            "a",
+            "--engine-timeout",
+            "300ms",
+            "--history-size",
+            "10000",
+        ],
+        &[("RUST_LOG", "warn,shardcast::engine=info")],
+    );
+    wait_for_log(&log, "connected to Redis", 2);
+    wait_healthy(&a);
+    let b = redis_node(&redis, "b", &["--history-size", "10000"]);
+    let mut subscriber = Client::connect(&a, "/ws");
+    subscriber.subscribe("ticks");
+    let mut acked = Vec::new();
+    let mut publish_some = |n: usize, acked: &mut Vec<u64>| {
+        for _ in 0..n {
+            let (status, reply) = try_publish(&b, "ticks", json!(acked.len()));
+            assert_eq!(status, 200, "b is not cut off: {reply}");
+            acked.push(reply["seq"].as_u64().unwrap());
+        }
+    };
+    publish_some(50, &mut acked);
+    host.cut();
+    // Both of a's links notice the silence, reset or not.
+    wait_for_log(&log, "lost Redis", 2);
+    publish_some(200, &mut acked);
+    host.heal();
+    wait_for_log(&log, "connected to Redis", 2);
+    publish_some(50, &mut acked);
+    // What a missed is filled from the stream: every one, in order, once.
+    let got = read_messages(&mut subscriber, "ticks", acked.len());
+    assert_eq!(got.iter().map(|m| m.0).collect::<Vec<_>>(), acked);
+    for (i, (_, data)) in got.iter().enumerate() {
+        assert_eq!(data, &json!(i));
+    }
+    let stats = support::get_json(&a, "/api/stats");
+    assert!(
+        stats["total"]["engine_gaps_filled"].as_u64() >= Some(1),
+        "{}",
+        stats["total"]
+    );
+    assert!(
+        stats["total"]["engine_reconnects"].as_u64() >= Some(1),
+        "{}",
+        stats["total"]
     );
 }

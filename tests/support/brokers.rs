@@ -31,20 +31,27 @@ pub struct Redis {
     /// Append-only file, fsynced on every write: a restart keeps every
     /// acknowledged write.
     durable: bool,
+    /// Addresses it listens on besides 127.0.0.1.
+    also_bind: Vec<String>,
 }
 
 impl Redis {
     /// A Redis that keeps nothing on disk.
     pub fn start() -> Redis {
-        Redis::launch(false)
+        Redis::launch(false, &[])
     }
 
     /// A Redis with `appendfsync always`, for restarts that lose nothing.
     pub fn start_durable() -> Redis {
-        Redis::launch(true)
+        Redis::launch(true, &[])
     }
 
-    fn launch(durable: bool) -> Redis {
+    /// A durable Redis also listening on `addresses` (e.g. a veth's).
+    pub fn start_bound(addresses: &[&str]) -> Redis {
+        Redis::launch(true, addresses)
+    }
+
+    fn launch(durable: bool, also_bind: &[&str]) -> Redis {
         let dir = std::env::temp_dir().join(format!(
             "shardcast-redis-{}-{}",
             std::process::id(),
@@ -56,6 +63,7 @@ impl Redis {
             dir,
             child: None,
             durable,
+            also_bind: also_bind.iter().map(|a| a.to_string()).collect(),
         };
         redis.spawn();
         redis
@@ -64,8 +72,14 @@ impl Redis {
     fn spawn(&mut self) {
         let port = self.port.to_string();
         let mut command = Command::new("redis-server");
+        let bind = std::iter::once("127.0.0.1".to_string())
+            .chain(self.also_bind.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" ");
         command
-            .args(["--port", &port, "--bind", "127.0.0.1", "--save", ""])
+            .args(["--port", &port, "--bind", &bind, "--save", ""])
+            // Other hosts (namespaces) may connect without a password.
+            .args(["--protected-mode", "no"])
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())

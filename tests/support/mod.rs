@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod brokers;
+pub mod netns;
 pub mod secure;
 
 use std::{
@@ -52,9 +53,41 @@ impl Server {
         (server, lines_of(stderr))
     }
 
+    /// Starts the server through `wrapper` (e.g. `ip netns exec NS`),
+    /// listening on `listen`, with its log handed over line by line.
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        listen: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> (Server, mpsc::Receiver<String>) {
+        let mut server = Server::spawn_with(wrapper, listen, args, env, Stdio::piped());
+        let stderr = server.child.stderr.take().expect("stderr");
+        (server, lines_of(stderr))
+    }
+
     fn spawn(args: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shardcast"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
+        Server::spawn_with(&[], "127.0.0.1:0", args, env, stderr)
+    }
+
+    fn spawn_with(
+        wrapper: &[&str],
+        listen: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> Server {
+        let binary = env!("CARGO_BIN_EXE_shardcast");
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let mut child = command
+            .args(["serve", "--listen", listen])
             .args(args)
             .env(
                 "RUST_LOG",
