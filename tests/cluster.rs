@@ -493,7 +493,7 @@ fn a_node_cut_off_from_redis_catches_up_without_duplicates_or_reordering() {
     let mut subscriber = Client::connect(&a, "/ws");
     subscriber.subscribe("ticks");
     let mut acked = Vec::new();
-    let mut publish_some = |n: usize, acked: &mut Vec<u64>| {
+    let publish_some = |n: usize, acked: &mut Vec<u64>| {
         for _ in 0..n {
             let (status, reply) = try_publish(&b, "ticks", json!(acked.len()));
             assert_eq!(status, 200, "b is not cut off: {reply}");
