@@ -3,8 +3,8 @@
 #
 #   scripts/bench.sh [--quick] [--runs N] [--servers a,b,..] [scenario...]
 #
-# Scenarios: fanout rooms idle connect-storm shards bytes (default: all but
-# bytes).
+# Scenarios: fanout rooms idle connect-storm shards bytes cluster (default:
+# all but bytes and cluster).
 # FANOUT_SUBS="1000" limits fanout to those subscriber counts.
 # Servers:   shardcast-json shardcast-raw node-ws tokio-tungstenite
 #            python-websockets nats shardcast-tls node-ws-tls shardcast-auth
@@ -29,6 +29,11 @@
 # subscribers ask for batched envelopes (?batch=1). BYTES_RATES="chat:30 ..."
 # picks shapes and their publication rates (default tick:100 chat:100
 # book:10).
+# cluster: three shardcast nodes (--engine redis, one shard each) through one
+# redis-server, all on the server core: publishers on node a, subscribers on
+# nodes b and c, beside one node alone (the memory engine) in the same run, at
+# CLUSTER_POINTS (default "1000:100 10:10000 1:100000", subscribers:rate).
+# Server CPU is the four processes' together.
 # SHARDCAST_BIN=path runs that shardcast server binary instead of the one
 # built here. Each server is pinned to core 0 and the generator
 # (shardcast-bench) to core 1; each point runs --runs times (default 3).
@@ -94,6 +99,9 @@ setup() {
   cargo build --release --locked --bins -q
   local bytes_list=()
   [[ " ${SCENARIOS[*]} " == *" bytes "* ]] && IFS=, read -r -a bytes_list <<<"${BYTES_SERVERS:-node-ws,nats}"
+  if [[ " ${SCENARIOS[*]} " == *" cluster "* ]]; then
+    command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
+  fi
   for s in "${SERVER_LIST[@]}" "${bytes_list[@]}"; do
     is_tls "$s" && make_certificate
     case "$(base_of "$s")" in
@@ -331,6 +339,66 @@ bytes() {
   done
 }
 
+# Starts redis-server and three nodes on it (server core); sets CLUSTER_PIDS,
+# CLUSTER_PORTS (a b c) and REDIS_PID.
+start_cluster() {
+  local redis_port; redis_port=$(free_port)
+  taskset -c "$SERVER_CPU" redis-server --port "$redis_port" --bind 127.0.0.1 --save "" \
+    --appendonly no >"$OUT/.redis.log" 2>&1 &
+  REDIS_PID=$!
+  local deadline=$((SECONDS + 10))
+  until redis-cli -p "$redis_port" ping >/dev/null 2>&1; do
+    ((SECONDS > deadline)) && { log "redis-server did not start"; return 1; }
+    sleep 0.05
+  done
+  CLUSTER_PIDS=() CLUSTER_PORTS=()
+  for node in a b c; do
+    local port; port=$(free_port)
+    taskset -c "$SERVER_CPU" "$SHARDCAST" serve --listen "127.0.0.1:$port" --shards 1 \
+      --engine redis --redis-url "redis://127.0.0.1:$redis_port" --node-id "$node" \
+      >"$OUT/.node-$node.log" 2>&1 &
+    CLUSTER_PIDS+=($!) CLUSTER_PORTS+=("$port")
+  done
+  for port in "${CLUSTER_PORTS[@]}"; do
+    deadline=$((SECONDS + 20))
+    until [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health")" = 200 ]; do
+      ((SECONDS > deadline)) && { log "a cluster node did not come up"; return 1; }
+      sleep 0.05
+    done
+  done
+}
+
+stop_cluster() {
+  kill -TERM "${CLUSTER_PIDS[@]}" "$REDIS_PID" 2>/dev/null || true
+  wait "${CLUSTER_PIDS[@]}" "$REDIS_PID" 2>/dev/null || true
+}
+
+cluster() {
+  local duration=5s points=${CLUSTER_POINTS:-1000:100 10:10000 1:100000}
+  ((QUICK)) && duration=3s
+  for point in $points; do
+    local subs=${point%:*} rate=${point#*:} tag
+    tag="subs$subs-rate$rate"
+    # One node alone, the same load, in the same run.
+    run_point cluster shardcast-json "$tag" -- \
+      --scenario fanout --subscribers "$subs" --rate "$rate" --size 100 --duration "$duration"
+    for run in $(seq 1 "$RUNS"); do
+      start_cluster || { stop_cluster; log "skipping the cluster"; return 0; }
+      local file="$OUT/cluster-$tag-shardcast-cluster3-run$run.json"
+      log "cluster shardcast-cluster3 $tag run $run"
+      taskset -c "$GEN_CPU" target/release/shardcast-bench --server "127.0.0.1:${CLUSTER_PORTS[1]}" \
+        --also-server "127.0.0.1:${CLUSTER_PORTS[2]}" --publish-server "127.0.0.1:${CLUSTER_PORTS[0]}" \
+        --server-pid "${CLUSTER_PIDS[1]}" --also-pid "${CLUSTER_PIDS[0]}" --also-pid "${CLUSTER_PIDS[2]}" \
+        --also-pid "$REDIS_PID" --server-name shardcast-cluster3 \
+        --server-version "$(version_of shardcast-json), $(redis-server --version | awk '{print $3}')" \
+        --target shardcast-json --label "$tag" --scenario fanout --subscribers "$subs" \
+        --rate "$rate" --size 100 --duration "$duration" --output "$file" \
+        || log "generator failed for the cluster ($tag)"
+      stop_cluster
+    done
+  done
+}
+
 setup
 for scenario in "${SCENARIOS[@]}"; do
   case "$scenario" in
@@ -340,6 +408,7 @@ for scenario in "${SCENARIOS[@]}"; do
     connect-storm) connect_storm ;;
     shards) shards ;;
     bytes) bytes ;;
+    cluster) cluster ;;
     *) log "unknown scenario $scenario"; exit 2 ;;
   esac
 done

@@ -7,7 +7,8 @@
 //! recovered (new epoch) and then live again. The scenarios live in
 //! `tests/clients/js_client_node.mjs` and `js_client_browser.mjs`; deltas
 //! (checked against the npm `fossil-delta` package) in `js_client_delta.mjs`;
-//! MessagePack (checked against `@msgpack/msgpack`) in `js_client_msgpack.mjs`. Node,
+//! MessagePack (checked against `@msgpack/msgpack`) in `js_client_msgpack.mjs`; a
+//! `resync` from a two-node Redis cluster in `js_client_cluster.mjs`. Node,
 //! Chromium and playwright-core come from `scripts/test.sh`.
 
 use std::process::Command;
@@ -46,6 +47,11 @@ fn js_client_applies_fossil_deltas_as_npm_fossil_delta_does() {
 #[test]
 fn js_client_speaks_messagepack_as_npm_msgpack_does() {
     run("js_client_msgpack.mjs");
+}
+
+#[test]
+fn js_client_resyncs_when_a_cluster_loses_its_redis() {
+    run("js_client_cluster.mjs");
 }
 
 #[test]

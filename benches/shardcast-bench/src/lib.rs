@@ -67,6 +67,18 @@ pub struct Options {
     /// Server address
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub server: SocketAddr,
+    /// More nodes of the same service (cluster runs): subscribers are
+    /// spread round-robin over `--server` and these (repeat the flag)
+    #[arg(long = "also-server", value_name = "ADDR")]
+    pub also_servers: Vec<SocketAddr>,
+    /// Publishers connect here instead of to `--server` (cluster runs:
+    /// publications cross nodes)
+    #[arg(long, value_name = "ADDR")]
+    pub publish_server: Option<SocketAddr>,
+    /// More server processes whose CPU counts with `--server-pid`'s (the
+    /// other nodes, their broker; repeat the flag)
+    #[arg(long = "also-pid", value_name = "PID")]
+    pub also_pids: Vec<u32>,
     /// How to speak to the server
     #[arg(long, value_enum, default_value = "shardcast-json")]
     pub target: Target,
@@ -435,8 +447,26 @@ fn is_probe(o: &Options, plan: &Plan, index: usize) -> bool {
     o.latency_probes > 0 && index % every == 0
 }
 
+/// CPU seconds of the server and every `--also-pid` process.
 fn server_cpu(o: &Options) -> Option<f64> {
-    o.server_pid.and_then(procstat::cpu_seconds)
+    let main = o.server_pid.and_then(procstat::cpu_seconds)?;
+    let others: Option<f64> = o.also_pids.iter().map(|p| procstat::cpu_seconds(*p)).sum();
+    Some(main + others?)
+}
+
+/// Where connection `index` (of `role`) connects: publishers to
+/// `--publish-server` when given, everyone else round-robin over
+/// `--server` and `--also-server`s.
+fn server_for(o: &Options, index: usize, role: Role) -> SocketAddr {
+    if role == Role::Publisher {
+        if let Some(publish) = o.publish_server {
+            return publish;
+        }
+    }
+    match index % (1 + o.also_servers.len()) {
+        0 => o.server,
+        n => o.also_servers[n - 1],
+    }
 }
 
 /// The server's own `/metrics` (shardcast targets only).
@@ -535,8 +565,9 @@ async fn client(run: Rc<Run>, plan: Rc<Plan>, index: usize, permit: glommio::syn
     let o = &run.options;
     let (channel, role) = plan.connections[index];
     let name = channel_name(channel);
+    let server = server_for(o, index, role);
     let connected = async {
-        let tcp = wsclient::connect_from(source_for(o, index), o.server).await?;
+        let tcp = wsclient::connect_from(source_for(o, index), server).await?;
         let mut stream = match &run.tls {
             None => Stream::Plain(tcp),
             Some(tls) => Stream::Tls(Box::new(tls.connect(tcp).await?)),
@@ -544,7 +575,7 @@ async fn client(run: Rc<Run>, plan: Rc<Plan>, index: usize, permit: glommio::syn
         let path = path_with_token(o, &name, role);
         let offer = o.compress && role != Role::Publisher;
         let protocol = (o.msgpack && role == Role::Subscriber).then_some("shardcast.msgpack");
-        let upgraded = wsclient::upgrade(&mut stream, o.server, &path, offer, protocol).await?;
+        let upgraded = wsclient::upgrade(&mut stream, server, &path, offer, protocol).await?;
         Ok::<_, std::io::Error>((stream, upgraded))
     };
     let connected =
