@@ -13,6 +13,7 @@ pub mod addr;
 pub mod backoff;
 pub mod nats;
 pub mod nats_proto;
+pub mod pipe;
 pub mod record;
 pub mod redis;
 pub mod resp;

@@ -18,28 +18,22 @@ use std::{
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::FutureExt;
-use glommio::net::TcpStream;
 
 use super::{
     addr::BrokerAddr,
-    backoff::{random_u64, Backoff},
     nats_proto::{self, ServerOp},
+    pipe::{self, Pipe},
     record::{self, Record},
 };
 use crate::{
     conn::stream::SharedStream,
     publication::{Payload, Skip},
     stats::{bump, Stats},
-    sync::WaitQueue,
 };
 
-/// Time allowed to connect to NATS.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Bytes not yet written over which publications are refused (the
 /// connection is not keeping up).
 const MAX_UNWRITTEN: usize = 16 << 20;
-/// Most bytes read from the socket at once.
-const READ_CHUNK: usize = 64 << 10;
 
 /// What a link hands to the shard it serves.
 pub trait NatsHost {
@@ -59,8 +53,7 @@ pub struct NatsLink {
     /// The client name NATS shows (`shardcast-<shard>`).
     name: String,
     up: Cell<bool>,
-    out: RefCell<BytesMut>,
-    writer: WaitQueue,
+    pipe: Pipe,
     /// Channels with subscribers here, by subscription id.
     wanted: RefCell<HashMap<Box<str>, u64>>,
     next_sid: Cell<u64>,
@@ -86,8 +79,7 @@ impl NatsLink {
             node,
             name: format!("shardcast-{shard}"),
             up: Cell::new(false),
-            out: RefCell::new(BytesMut::new()),
-            writer: WaitQueue::default(),
+            pipe: Pipe::default(),
             wanted: RefCell::new(HashMap::new()),
             next_sid: Cell::new(0),
             scratch: RefCell::new(BytesMut::new()),
@@ -108,14 +100,14 @@ impl NatsLink {
     /// Sends a publication ordered here to the other nodes; `false` (the
     /// publication is refused) while the link is down or far behind.
     pub fn publish(&self, name: &str, payload: &Payload, skip: Option<Skip>) -> bool {
-        if !self.up.get() || self.out.borrow().len() > MAX_UNWRITTEN {
+        if !self.up.get() || self.pipe.unwritten() > MAX_UNWRITTEN {
             return false;
         }
         let mut body = self.scratch.borrow_mut();
         body.clear();
         record::encode(&mut body, payload, self.node, skip);
-        nats_proto::publish(&mut self.out.borrow_mut(), &self.subject(name), &body);
-        self.writer.wake_all();
+        self.pipe
+            .write(|out| nats_proto::publish(out, &self.subject(name), &body));
         true
     }
 
@@ -128,17 +120,16 @@ impl NatsLink {
             self.next_sid.set(sid);
             wanted.insert(name.into(), sid);
             if self.up.get() {
-                nats_proto::subscribe(&mut self.out.borrow_mut(), &self.subject(name), sid);
+                self.pipe
+                    .write(|out| nats_proto::subscribe(out, &self.subject(name), sid));
             }
         } else if !on {
             if let Some(sid) = wanted.remove(name) {
                 if self.up.get() {
-                    nats_proto::unsubscribe(&mut self.out.borrow_mut(), sid);
+                    self.pipe.write(|out| nats_proto::unsubscribe(out, sid));
                 }
             }
         }
-        drop(wanted);
-        self.writer.wake_all();
     }
 
     fn subject(&self, name: &str) -> Vec<u8> {
@@ -151,107 +142,58 @@ impl NatsLink {
 
     /// Keeps this link connected until the shard drops the future.
     pub async fn run<H: NatsHost>(self: Rc<Self>, host: &H) {
-        let mut backoff = Backoff::default();
-        let mut attempts = 0u64;
-        loop {
-            attempts += 1;
-            let connected = glommio::timer::timeout(CONNECT_TIMEOUT, async {
-                TcpStream::connect(self.socket).await
-            })
-            .await;
-            match connected {
-                Ok(tcp) => {
-                    let _ = tcp.set_nodelay(true);
-                    if attempts > 1 {
-                        bump(&host.stats().engine_reconnects, 1);
-                    }
-                    backoff.reset();
-                    let stream = SharedStream::new(tcp);
-                    self.start();
-                    let ended = self.serve(&stream, host).await;
-                    let was_up = self.up.replace(false);
-                    self.out.borrow_mut().clear();
-                    tracing::warn!(nats = %self.addr.shown, reason = %ended, "lost NATS; refusing publications until it is back");
-                    if was_up {
-                        host.on_link(0, false);
-                    }
-                }
-                Err(error) => {
-                    if attempts == 1 || attempts.is_power_of_two() {
-                        tracing::warn!(nats = %self.addr.shown, %error, attempts, "cannot reach NATS");
-                    }
-                }
+        pipe::keep_connected(self.socket, &self.addr.shown, host.stats(), async |stream| {
+            self.start();
+            let ended = self.serve(&stream, host).await;
+            let was_up = self.up.replace(false);
+            self.pipe.clear();
+            tracing::warn!(nats = %self.addr.shown, reason = %ended, "lost NATS; refusing publications until it is back");
+            if was_up {
+                host.on_link(0, false);
             }
-            glommio::timer::sleep(backoff.next_delay(random_u64())).await;
-        }
+        })
+        .await;
     }
 
     /// A fresh connection: `CONNECT`, `PING`, and every wanted channel
     /// subscribed again. Up once the server's `PONG` answers.
     fn start(&self) {
-        let mut out = self.out.borrow_mut();
-        out.clear();
+        self.pipe.clear();
         let (user, password) = (self.addr.user.as_deref(), self.addr.password.as_deref());
-        nats_proto::connect(&mut out, &self.name, user, password);
         self.ping_sent.set(crate::clock::now_ns());
-        for (name, sid) in self.wanted.borrow().iter() {
-            nats_proto::subscribe(&mut out, &self.subject(name), *sid);
-        }
-        drop(out);
-        self.writer.wake_all();
+        self.pipe.write(|out| {
+            nats_proto::connect(out, &self.name, user, password);
+            for (name, sid) in self.wanted.borrow().iter() {
+                nats_proto::subscribe(out, &self.subject(name), *sid);
+            }
+        });
     }
 
+    /// Reads and writes until the connection fails or goes silent; says why.
     async fn serve<H: NatsHost>(&self, stream: &SharedStream, host: &H) -> String {
-        let read = async {
-            let mut chunk = vec![0u8; READ_CHUNK];
-            let mut buf = BytesMut::new();
-            loop {
-                let n = match stream.read(&mut chunk).await {
-                    Ok(0) => return "closed by NATS".to_string(),
-                    Ok(n) => n,
-                    Err(error) => return error.to_string(),
-                };
-                buf.extend_from_slice(&chunk[..n]);
-                loop {
-                    match nats_proto::next_op(&mut buf) {
-                        Ok(Some(op)) => {
-                            if let Err(reason) = self.handle(op, host) {
-                                return reason;
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(error) => return error.to_string(),
-                    }
-                }
+        let traffic = self.pipe.serve(stream, "NATS", |buf| loop {
+            match nats_proto::next_op(buf) {
+                Ok(Some(op)) => self.handle(op, host)?,
+                Ok(None) => return Ok(()),
+                Err(error) => return Err(error.to_string()),
             }
-        };
-        let write = async {
-            loop {
-                self.writer.until(|| !self.out.borrow().is_empty()).await;
-                let chunk = self.out.borrow_mut().split().freeze();
-                if let Err(error) = stream.write_all(&chunk).await {
-                    return error.to_string();
-                }
-            }
-        };
+        });
         let alive = super::watch_liveness(
             self.timeout,
             || Some(self.ping_sent.get()).filter(|sent| *sent != 0),
             || {
-                nats_proto::ping(&mut self.out.borrow_mut());
                 self.ping_sent.set(crate::clock::now_ns());
-                self.writer.wake_all();
+                self.pipe.write(nats_proto::ping);
             },
         );
-        read.or(write).or(alive).await
+        traffic.or(alive).await
     }
 
     fn handle<H: NatsHost>(&self, op: ServerOp, host: &H) -> Result<(), String> {
         match op {
             ServerOp::Msg { subject, body, .. } => self.on_msg(&subject, &body, host),
             ServerOp::Ping => {
-                nats_proto::pong(&mut self.out.borrow_mut());
-                self.writer.wake_all();
+                self.pipe.write(nats_proto::pong);
             }
             ServerOp::Pong => {
                 self.ping_sent.set(0);

@@ -24,12 +24,12 @@ use std::{
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::FutureExt;
-use glommio::net::TcpStream;
 use redis_protocol::resp3::types::BytesFrame;
 
 use super::{
     addr::BrokerAddr,
-    backoff::{random_u64, Backoff},
+    backoff::random_u64,
+    pipe::{self, Pipe},
     record::{self, Record},
     resp, scripts, Refused,
 };
@@ -38,16 +38,11 @@ use crate::{
     mesh::Reply,
     publication::{ConnRef, Payload, Skip},
     stats::{bump, Stats},
-    sync::WaitQueue,
 };
 
-/// Time allowed to connect to Redis.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Requests awaiting their reply over which publishers are held back
 /// (the shard's congestion flag), and under half of which they go on.
 const PENDING_HIGH_WATER: usize = 16_384;
-/// Most bytes read from the socket at once.
-const READ_CHUNK: usize = 64 << 10;
 
 /// What every link of one shard is configured with.
 #[derive(Debug, Clone)]
@@ -142,9 +137,8 @@ pub struct RedisLink {
     up: Cell<bool>,
     busy: Cell<bool>,
     /// Commands not yet written.
-    out: RefCell<BytesMut>,
+    pipe: Pipe,
     pending: RefCell<VecDeque<Pending>>,
-    writer: WaitQueue,
     /// Channels this shard wants pushes for (`SUBSCRIBE`d while up).
     wanted: RefCell<HashSet<Box<str>>>,
     /// Scratch for a record and an epoch, reused by every publication.
@@ -173,9 +167,8 @@ impl RedisLink {
             position_sha: scripts::sha1_hex(scripts::POSITION),
             up: Cell::new(false),
             busy: Cell::new(false),
-            out: RefCell::new(BytesMut::new()),
+            pipe: Pipe::default(),
             pending: RefCell::new(VecDeque::new()),
-            writer: WaitQueue::default(),
             wanted: RefCell::new(HashSet::new()),
             scratch: RefCell::new((BytesMut::new(), String::new())),
             epoch_seed: random_u64(),
@@ -207,33 +200,16 @@ impl RedisLink {
         record_buf.clear();
         record::encode(record_buf, payload, settings.node, skip);
         self.new_epoch(epoch);
-        let mut digits = [
-            itoa::Buffer::new(),
-            itoa::Buffer::new(),
-            itoa::Buffer::new(),
-        ];
-        let [size, ttl, meta_ttl] = &mut digits;
-        let mut out = self.out.borrow_mut();
-        resp::command(
-            &mut out,
-            &[
-                b"EVALSHA",
-                self.publish_sha.as_bytes(),
-                b"2",
-                &key(&settings.prefix, name, b'm'),
-                &key(&settings.prefix, name, b's'),
-                record_buf,
-                size.format(settings.history_size).as_bytes(),
-                ttl.format(settings.history_ttl.as_millis().max(1) as u64)
-                    .as_bytes(),
-                epoch.as_bytes(),
-                &pubsub_channel(&settings.prefix, name),
-                meta_ttl
-                    .format(settings.meta_ttl.as_millis().max(1) as u64)
-                    .as_bytes(),
-            ],
-        );
-        drop(out);
+        let mut digits = [itoa::Buffer::new(), itoa::Buffer::new()];
+        let [size, ttl] = &mut digits;
+        let prefix = settings.prefix.as_bytes();
+        self.pipe.write(|out| {
+            self.evalsha(out, (&self.publish_sha, name, epoch), 4);
+            resp::bulk(out, &[record_buf]);
+            resp::bulk(out, &[size.format(settings.history_size).as_bytes()]);
+            resp::bulk(out, &[ttl.format(millis(settings.history_ttl)).as_bytes()]);
+            resp::bulk(out, &[prefix, b":p:", name.as_bytes()]);
+        });
         Ok(self.expect(Pending::Publish {
             ticket,
             sent_ns: crate::clock::now_ns(),
@@ -250,35 +226,43 @@ impl RedisLink {
         let name = match &ask {
             PositionAsk::Subscriber { ch, .. } | PositionAsk::Fill { ch, .. } => ch.clone(),
         };
-        self.send_position(&name, after);
+        let mut epoch = String::new();
+        self.new_epoch(&mut epoch);
+        let after = after.map_or_else(|| "-1".to_string(), |a| a.to_string());
+        let settings = &self.settings;
+        let mut count = itoa::Buffer::new();
+        self.pipe.write(|out| {
+            self.evalsha(out, (&self.position_sha, &name, &epoch), 2);
+            resp::bulk(out, &[after.as_bytes()]);
+            resp::bulk(
+                out,
+                &[count.format(settings.history_size.max(1)).as_bytes()],
+            );
+        });
         Ok(self.expect(Pending::Position {
             ask,
             sent_ns: crate::clock::now_ns(),
         }))
     }
 
-    fn send_position(&self, name: &str, after: Option<u64>) {
-        let settings = &self.settings;
-        let mut epoch = String::new();
-        self.new_epoch(&mut epoch);
-        let after = after.map_or_else(|| "-1".to_string(), |a| a.to_string());
-        let mut digits = [itoa::Buffer::new(), itoa::Buffer::new()];
-        let [meta_ttl, count] = &mut digits;
-        resp::command(
-            &mut self.out.borrow_mut(),
-            &[
-                b"EVALSHA",
-                self.position_sha.as_bytes(),
-                b"2",
-                &key(&settings.prefix, name, b'm'),
-                &key(&settings.prefix, name, b's'),
-                after.as_bytes(),
-                epoch.as_bytes(),
-                meta_ttl
-                    .format(settings.meta_ttl.as_millis().max(1) as u64)
-                    .as_bytes(),
-                count.format(settings.history_size.max(1)).as_bytes(),
-            ],
+    /// `EVALSHA <sha> 2 <meta key> <stream key> <new epoch> <meta ttl>` of
+    /// channel `name` (what the scripts' shared start takes), to be
+    /// followed by `argv` more arguments ([`resp::bulk`]). The keys are
+    /// written in place, `<prefix>:{<name>}:m` and `:s`: the braces keep
+    /// both in one Redis Cluster slot.
+    fn evalsha(&self, out: &mut BytesMut, (sha, name, epoch): (&str, &str, &str), argv: usize) {
+        let (prefix, name) = (self.settings.prefix.as_bytes(), name.as_bytes());
+        let mut meta_ttl = itoa::Buffer::new();
+        resp::array_head(out, 7 + argv);
+        resp::bulk(out, &[b"EVALSHA"]);
+        resp::bulk(out, &[sha.as_bytes()]);
+        resp::bulk(out, &[b"2"]);
+        resp::bulk(out, &[prefix, b":{", name, b"}:m"]);
+        resp::bulk(out, &[prefix, b":{", name, b"}:s"]);
+        resp::bulk(out, &[epoch.as_bytes()]);
+        resp::bulk(
+            out,
+            &[meta_ttl.format(millis(self.settings.meta_ttl)).as_bytes()],
         );
     }
 
@@ -292,8 +276,7 @@ impl RedisLink {
         if changed && self.up.get() {
             let verb: &[u8] = if on { b"SUBSCRIBE" } else { b"UNSUBSCRIBE" };
             let channel = pubsub_channel(&self.settings.prefix, name);
-            resp::command(&mut self.out.borrow_mut(), &[verb, &channel]);
-            self.writer.wake_all();
+            self.pipe.write(|out| resp::command(out, &[verb, &channel]));
         }
     }
 
@@ -317,7 +300,6 @@ impl RedisLink {
             queue.push_back(pending);
             queue.len()
         };
-        self.writer.wake_all();
         let became_busy = len >= PENDING_HIGH_WATER && !self.busy.get();
         if became_busy {
             self.busy.set(true);
@@ -326,16 +308,15 @@ impl RedisLink {
     }
 }
 
-/// A channel's key in Redis: `<prefix>:{<name>}:<kind>` (`m` meta, `s`
-/// stream); the braces keep both keys of a channel in one Redis Cluster slot.
-fn key(prefix: &str, name: &str, kind: u8) -> Vec<u8> {
-    let mut key = Vec::with_capacity(prefix.len() + name.len() + 5);
-    key.extend_from_slice(prefix.as_bytes());
-    key.extend_from_slice(b":{");
-    key.extend_from_slice(name.as_bytes());
-    key.extend_from_slice(b"}:");
-    key.push(kind);
-    key
+/// A duration as the scripts take it: whole milliseconds, at least 1.
+fn millis(duration: Duration) -> u64 {
+    duration.as_millis().max(1) as u64
+}
+
+/// `SCRIPT LOAD` of both scripts (two replies).
+fn load_scripts(out: &mut BytesMut) {
+    resp::command(out, &[b"SCRIPT", b"LOAD", scripts::PUBLISH.as_bytes()]);
+    resp::command(out, &[b"SCRIPT", b"LOAD", scripts::POSITION.as_bytes()]);
 }
 
 /// The pub/sub channel of `name`: `<prefix>:p:<name>`.
@@ -360,49 +341,26 @@ impl RedisLink {
     /// set up, serve until the connection fails, answer what was in flight
     /// as refused, wait (backoff with jitter), again.
     pub async fn run<H: RedisHost>(self: Rc<Self>, host: &H) {
-        let mut backoff = Backoff::default();
-        let mut attempts = 0u64;
-        loop {
-            attempts += 1;
-            let connected = glommio::timer::timeout(CONNECT_TIMEOUT, async {
-                TcpStream::connect(self.socket).await
-            })
-            .await;
-            match connected {
-                Ok(tcp) => {
-                    let _ = tcp.set_nodelay(true);
-                    if attempts > 1 {
-                        bump(&host.stats().engine_reconnects, 1);
-                    }
-                    tracing::info!(redis = %self.addr.shown, link = self.index, "connected to Redis");
-                    backoff.reset();
-                    let stream = SharedStream::new(tcp);
-                    self.start(host);
-                    let ended = self.serve(&stream, host).await;
-                    tracing::warn!(redis = %self.addr.shown, link = self.index, reason = %ended, "lost Redis; refusing publications until it is back");
-                    self.stop(host);
-                }
-                Err(error) => {
-                    if attempts == 1 || attempts.is_power_of_two() {
-                        tracing::warn!(redis = %self.addr.shown, link = self.index, %error, attempts, "cannot reach Redis");
-                    }
-                }
-            }
-            glommio::timer::sleep(backoff.next_delay(random_u64())).await;
-        }
+        pipe::keep_connected(self.socket, &self.addr.shown, host.stats(), async |stream| {
+            tracing::info!(redis = %self.addr.shown, link = self.index, "connected to Redis");
+            self.start(host);
+            let ended = self.serve(&stream, host).await;
+            tracing::warn!(redis = %self.addr.shown, link = self.index, reason = %ended, "lost Redis; refusing publications until it is back");
+            self.stop(host);
+        })
+        .await;
     }
 
     /// A fresh connection: `HELLO 3`, the database, the scripts, every
     /// wanted channel `SUBSCRIBE`d and, for each one followed, where it
     /// stands now (the shard fills what it missed). Then the link is up.
     fn start<H: RedisHost>(&self, host: &H) {
-        self.out.borrow_mut().clear();
-        {
-            let mut out = self.out.borrow_mut();
+        self.pipe.clear();
+        self.pipe.write(|out| {
             let user = self.addr.user.as_deref().unwrap_or("default");
             match &self.addr.password {
                 Some(password) => resp::command(
-                    &mut out,
+                    out,
                     &[
                         b"HELLO",
                         b"3",
@@ -411,18 +369,14 @@ impl RedisLink {
                         password.as_bytes(),
                     ],
                 ),
-                None => resp::command(&mut out, &[b"HELLO", b"3"]),
+                None => resp::command(out, &[b"HELLO", b"3"]),
             }
             if self.addr.database != 0 {
                 let db = self.addr.database.to_string();
-                resp::command(&mut out, &[b"SELECT", db.as_bytes()]);
+                resp::command(out, &[b"SELECT", db.as_bytes()]);
             }
-            resp::command(&mut out, &[b"SCRIPT", b"LOAD", scripts::PUBLISH.as_bytes()]);
-            resp::command(
-                &mut out,
-                &[b"SCRIPT", b"LOAD", scripts::POSITION.as_bytes()],
-            );
-        }
+            load_scripts(out);
+        });
         self.awaiting_since.set(crate::clock::now_ns());
         let mut pending = self.pending.borrow_mut();
         pending.push_back(Pending::Setup("HELLO 3"));
@@ -436,13 +390,13 @@ impl RedisLink {
         let wanted: Vec<Box<str>> = self.wanted.borrow().iter().cloned().collect();
         for name in wanted {
             let channel = pubsub_channel(&self.settings.prefix, &name);
-            resp::command(&mut self.out.borrow_mut(), &[b"SUBSCRIBE", &channel]);
+            self.pipe
+                .write(|out| resp::command(out, &[b"SUBSCRIBE", &channel]));
             if let Some(after) = host.resume_from(&name) {
                 let _ = self.position(PositionAsk::Fill { ch: name }, Some(after));
             }
         }
         host.on_link(self.index, true);
-        self.writer.wake_all();
     }
 
     /// The connection ended: down, and everything in flight refused (a
@@ -450,7 +404,7 @@ impl RedisLink {
     /// `unavailable` and may retry).
     fn stop<H: RedisHost>(&self, host: &H) {
         self.up.set(false);
-        self.out.borrow_mut().clear();
+        self.pipe.clear();
         let failed: Vec<Pending> = self.pending.borrow_mut().drain(..).collect();
         for pending in failed {
             match pending {
@@ -465,49 +419,24 @@ impl RedisLink {
         host.on_link(self.index, false);
     }
 
-    /// Reads and writes until the connection fails; says why.
+    /// Reads and writes until the connection fails or goes silent; says why.
     async fn serve<H: RedisHost>(&self, stream: &SharedStream, host: &H) -> String {
-        let read = async {
-            let mut chunk = vec![0u8; READ_CHUNK];
-            let mut buf = BytesMut::new();
-            loop {
-                let n = match stream.read(&mut chunk).await {
-                    Ok(0) => return "closed by Redis".to_string(),
-                    Ok(n) => n,
-                    Err(error) => return error.to_string(),
-                };
-                buf.extend_from_slice(&chunk[..n]);
-                loop {
-                    match resp::next_frame(&mut buf) {
-                        Ok(Some(frame)) => {
-                            if let Err(reason) = self.handle(frame, host) {
-                                return reason;
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(error) => return error.to_string(),
-                    }
-                }
+        let traffic = self.pipe.serve(stream, "Redis", |buf| loop {
+            match resp::next_frame(buf) {
+                Ok(Some(frame)) => self.handle(frame, host)?,
+                Ok(None) => return Ok(()),
+                Err(error) => return Err(error.to_string()),
             }
-        };
-        let write = async {
-            loop {
-                self.writer.until(|| !self.out.borrow().is_empty()).await;
-                let chunk = self.out.borrow_mut().split().freeze();
-                if let Err(error) = stream.write_all(&chunk).await {
-                    return error.to_string();
-                }
-            }
-        };
+        });
         let alive = super::watch_liveness(
             self.settings.timeout,
             || (!self.pending.borrow().is_empty()).then(|| self.awaiting_since.get()),
             || {
-                resp::command(&mut self.out.borrow_mut(), &[b"PING"]);
+                self.pipe.write(|out| resp::command(out, &[b"PING"]));
                 self.expect(Pending::Setup("PING"));
             },
         );
-        read.or(write).or(alive).await
+        traffic.or(alive).await
     }
 
     /// One frame from Redis: a push, or the reply to the oldest request.
@@ -555,18 +484,11 @@ impl RedisLink {
     fn refusal(&self, frame: &BytesFrame) -> Refused {
         let error = resp::error_text(frame).unwrap_or_else(|| "unexpected reply".into());
         if error.starts_with("NOSCRIPT") {
-            let mut out = self.out.borrow_mut();
-            resp::command(&mut out, &[b"SCRIPT", b"LOAD", scripts::PUBLISH.as_bytes()]);
-            resp::command(
-                &mut out,
-                &[b"SCRIPT", b"LOAD", scripts::POSITION.as_bytes()],
-            );
-            drop(out);
+            self.pipe.write(load_scripts);
             let mut pending = self.pending.borrow_mut();
             pending.push_back(Pending::Setup("SCRIPT LOAD"));
             pending.push_back(Pending::Setup("SCRIPT LOAD"));
             drop(pending);
-            self.writer.wake_all();
             tracing::warn!(redis = %self.addr.shown, "Redis lost the scripts; loading them again");
         } else {
             tracing::warn!(redis = %self.addr.shown, %error, "Redis refused a script");
@@ -633,8 +555,7 @@ mod tests {
     use crate::protocol::PayloadKind;
 
     #[test]
-    fn keys_keep_a_channel_in_one_cluster_slot_and_names_come_back() {
-        assert_eq!(key("sc", "a.b", b'm'), b"sc:{a.b}:m");
+    fn pubsub_channels_name_their_channel() {
         assert_eq!(pubsub_channel("sc", "a:b"), b"sc:p:a:b");
         assert_eq!(channel_name("sc", b"sc:p:a:b"), Some("a:b"));
         assert_eq!(channel_name("sc", b"other:p:a"), None);

@@ -17,17 +17,31 @@ pub struct RespError(String);
 
 /// Appends one command (`args` as bulk strings) to `out`.
 pub fn command(out: &mut BytesMut, args: &[&[u8]]) {
-    let mut digits = itoa::Buffer::new();
-    out.extend_from_slice(b"*");
-    out.extend_from_slice(digits.format(args.len()).as_bytes());
-    out.extend_from_slice(b"\r\n");
+    array_head(out, args.len());
     for arg in args {
-        out.extend_from_slice(b"$");
-        out.extend_from_slice(digits.format(arg.len()).as_bytes());
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(arg);
-        out.extend_from_slice(b"\r\n");
+        bulk(out, &[arg]);
     }
+}
+
+/// The head of a command of `len` arguments, each then written with
+/// [`bulk`].
+pub fn array_head(out: &mut BytesMut, len: usize) {
+    out.extend_from_slice(b"*");
+    out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// One argument made of `parts` end to end (a key built in place, with no
+/// buffer of its own).
+pub fn bulk(out: &mut BytesMut, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    out.extend_from_slice(b"$");
+    out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for part in parts {
+        out.extend_from_slice(part);
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// The next complete frame in `buf`, taken off its front; `None` until one
@@ -104,6 +118,11 @@ mod tests {
             &out[..],
             b"*3\r\n$7\r\nPUBLISH\r\n$2\r\nch\r\n$4\r\na\r\nb\r\n"
         );
+        let mut parts = BytesMut::new();
+        array_head(&mut parts, 2);
+        bulk(&mut parts, &[b"GET"]);
+        bulk(&mut parts, &[b"sc:{", b"ch", b"}:m"]);
+        assert_eq!(&parts[..], b"*2\r\n$3\r\nGET\r\n$9\r\nsc:{ch}:m\r\n");
     }
 
     #[test]

@@ -6,46 +6,51 @@
 //! `EVALSHA` by their SHA-1, computed here.
 //!
 //! Keys: `KEYS[1]` the channel's meta hash (`e` epoch, `o` offset), kept
-//! `ARGV` meta-ttl ms after its last use; `KEYS[2]` its stream of records
-//! under ids `<offset>-0`, capped at the history size and expiring
-//! history-ttl after its last publication. A channel whose meta is gone
-//! starts over at offset 1 under a new epoch (given by the caller), and its
-//! stream is dropped first so offsets never go backwards inside it.
+//! meta-ttl ms after its last use; `KEYS[2]` its stream of records under
+//! ids `<offset>-0`, capped at the history size and expiring history-ttl
+//! after its last publication. Both scripts start the same way
+//! (`epoch_prelude!`): a channel whose meta is gone starts over at offset 0
+//! under the new epoch the caller gives in `ARGV[1]`, its old stream dropped
+//! first so offsets never go backwards inside it; `ARGV[2]` is the meta ttl.
 
-/// `ARGV`: record, history size, history ttl ms, new epoch, pub/sub channel,
-/// meta ttl ms. Returns `{offset, epoch}`.
-pub const PUBLISH: &str = r#"
+/// The start both scripts share (see the module's text).
+macro_rules! epoch_prelude {
+    () => {
+        r#"
 local epoch = redis.call('hget', KEYS[1], 'e')
 if not epoch then
-  epoch = ARGV[4]
+  epoch = ARGV[1]
   redis.call('del', KEYS[2])
   redis.call('hset', KEYS[1], 'e', epoch, 'o', 0)
 end
-local offset = redis.call('hincrby', KEYS[1], 'o', 1)
-redis.call('pexpire', KEYS[1], ARGV[6])
-if tonumber(ARGV[2]) > 0 then
-  redis.call('xadd', KEYS[2], 'MAXLEN', ARGV[2], offset .. '-0', 'r', ARGV[1])
-  redis.call('pexpire', KEYS[2], ARGV[3])
-end
-redis.call('publish', ARGV[5], offset .. ':' .. epoch .. ':' .. ARGV[1])
-return {offset, epoch}
-"#;
+redis.call('pexpire', KEYS[1], ARGV[2])
+"#
+    };
+}
 
-/// `ARGV`: after (offset; -1: no entries wanted), new epoch, meta ttl ms,
-/// most entries. Returns `{offset, epoch, o1, r1, o2, r2, ...}`: the
+/// `ARGV` after the prelude's: 3 record, 4 history size, 5 history ttl ms,
+/// 6 pub/sub channel. Returns `{offset, epoch}`.
+pub const PUBLISH: &str = concat!(
+    epoch_prelude!(),
+    r#"local offset = redis.call('hincrby', KEYS[1], 'o', 1)
+if tonumber(ARGV[4]) > 0 then
+  redis.call('xadd', KEYS[2], 'MAXLEN', ARGV[4], offset .. '-0', 'r', ARGV[3])
+  redis.call('pexpire', KEYS[2], ARGV[5])
+end
+redis.call('publish', ARGV[6], offset .. ':' .. epoch .. ':' .. ARGV[3])
+return {offset, epoch}
+"#
+);
+
+/// `ARGV` after the prelude's: 3 after (an offset; -1: no entries wanted),
+/// 4 most entries. Returns `{offset, epoch, o1, r1, o2, r2, ...}`: the
 /// channel's last offset and epoch, then the stream's entries after
 /// `after`, oldest first.
-pub const POSITION: &str = r#"
-local epoch = redis.call('hget', KEYS[1], 'e')
-if not epoch then
-  epoch = ARGV[2]
-  redis.call('del', KEYS[2])
-  redis.call('hset', KEYS[1], 'e', epoch, 'o', 0)
-  redis.call('pexpire', KEYS[1], ARGV[3])
-end
-local offset = tonumber(redis.call('hget', KEYS[1], 'o'))
+pub const POSITION: &str = concat!(
+    epoch_prelude!(),
+    r#"local offset = tonumber(redis.call('hget', KEYS[1], 'o'))
 local result = {offset, epoch}
-local after = tonumber(ARGV[1])
+local after = tonumber(ARGV[3])
 if after >= 0 and after < offset then
   local entries = redis.call('xrange', KEYS[2], (after + 1) .. '-0', '+', 'COUNT', ARGV[4])
   for _, entry in ipairs(entries) do
@@ -54,7 +59,8 @@ if after >= 0 and after < offset then
   end
 end
 return result
-"#;
+"#
+);
 
 /// A script's SHA-1 in lower-case hex, the name `EVALSHA` takes.
 pub fn sha1_hex(script: &str) -> String {
