@@ -31,7 +31,8 @@
 # book:10).
 # cluster: three shardcast nodes (--engine redis, one shard each) through one
 # redis-server, all on the server core: publishers on node a, subscribers on
-# nodes b and c, beside one node alone (the memory engine) in the same run, at
+# nodes b and c (Redis on the generator's core), beside one node alone (the
+# memory engine) in the same run, at
 # CLUSTER_POINTS (default "1000:100 10:10000 1:100000", subscribers:rate).
 # Server CPU is the four processes' together.
 # SHARDCAST_BIN=path runs that shardcast server binary instead of the one
@@ -343,7 +344,9 @@ bytes() {
 # CLUSTER_PORTS (a b c) and REDIS_PID.
 start_cluster() {
   local redis_port; redis_port=$(free_port)
-  taskset -c "$SERVER_CPU" redis-server --port "$redis_port" --bind 127.0.0.1 --save "" \
+  # Redis gets the generator's core: beside three nodes on one core it
+  # would have a third of it.
+  taskset -c "$GEN_CPU" redis-server --port "$redis_port" --bind 127.0.0.1 --save "" \
     --appendonly no >"$OUT/.redis.log" 2>&1 &
   REDIS_PID=$!
   local deadline=$((SECONDS + 10))

@@ -171,13 +171,18 @@ impl NatsLink {
 
     /// Reads and writes until the connection fails or goes silent; says why.
     async fn serve<H: NatsHost>(&self, stream: &SharedStream, host: &H) -> String {
-        let traffic = self.pipe.serve(stream, "NATS", |buf| loop {
-            match nats_proto::next_op(buf) {
-                Ok(Some(op)) => self.handle(op, host)?,
-                Ok(None) => return Ok(()),
-                Err(error) => return Err(error.to_string()),
-            }
-        });
+        let traffic = self.pipe.serve(
+            stream,
+            "NATS",
+            |buf| loop {
+                match nats_proto::next_op(buf) {
+                    Ok(Some(op)) => self.handle(op, host)?,
+                    Ok(None) => return Ok(()),
+                    Err(error) => return Err(error.to_string()),
+                }
+            },
+            || {},
+        );
         let alive = super::watch_liveness(
             self.timeout,
             || Some(self.ping_sent.get()).filter(|sent| *sent != 0),

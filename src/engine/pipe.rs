@@ -25,12 +25,22 @@ const READ_CHUNK: usize = 64 << 10;
 pub struct Pipe {
     out: RefCell<BytesMut>,
     writer: WaitQueue,
+    /// Something is gathered elsewhere to be written at the writer's next
+    /// turn (the Redis link's batch of publications).
+    held: std::cell::Cell<bool>,
 }
 
 impl Pipe {
     /// Appends to what goes out next, and wakes the writer.
     pub fn write(&self, append: impl FnOnce(&mut BytesMut)) {
         append(&mut self.out.borrow_mut());
+        self.writer.wake_all();
+    }
+
+    /// Wakes the writer for what is held elsewhere: its `seal` (see
+    /// [`Pipe::serve`]) appends it before the next write.
+    pub fn hold(&self) {
+        self.held.set(true);
         self.writer.wake_all();
     }
 
@@ -47,11 +57,14 @@ impl Pipe {
     /// Writes what is appended, and reads into `decode` (which takes every
     /// complete unit off the front of the buffer it is given), until
     /// either fails; returns why. `broker` names the peer in the reason.
+    /// Before each write, after [`Pipe::hold`], `seal` appends what was
+    /// held (it runs after the tasks of the turn that held it).
     pub async fn serve(
         &self,
         stream: &SharedStream,
         broker: &str,
         mut decode: impl FnMut(&mut BytesMut) -> Result<(), String>,
+        seal: impl Fn(),
     ) -> String {
         let read = async {
             let mut chunk = vec![0u8; READ_CHUNK];
@@ -70,8 +83,16 @@ impl Pipe {
         };
         let write = async {
             loop {
-                self.writer.until(|| !self.out.borrow().is_empty()).await;
+                self.writer
+                    .until(|| self.held.get() || !self.out.borrow().is_empty())
+                    .await;
+                if self.held.replace(false) {
+                    seal();
+                }
                 let chunk = self.out.borrow_mut().split().freeze();
+                if chunk.is_empty() {
+                    continue;
+                }
                 if let Err(error) = stream.write_all(&chunk).await {
                     return error.to_string();
                 }

@@ -40,9 +40,12 @@ use crate::{
     stats::{bump, Stats},
 };
 
-/// Requests awaiting their reply over which publishers are held back
+/// Publications awaiting their reply over which publishers are held back
 /// (the shard's congestion flag), and under half of which they go on.
-const PENDING_HIGH_WATER: usize = 16_384;
+const IN_FLIGHT_HIGH_WATER: usize = 16_384;
+/// Most publications, and record bytes, one script call carries.
+const BATCH_MAX: usize = 1024;
+const BATCH_MAX_BYTES: usize = 1 << 20;
 
 /// What every link of one shard is configured with.
 #[derive(Debug, Clone)]
@@ -115,8 +118,9 @@ pub trait RedisHost {
 enum Pending {
     /// `HELLO`, `SELECT`, `SCRIPT LOAD`: an error ends the connection.
     Setup(&'static str),
+    /// One script call publishing these, in order.
     Publish {
-        ticket: PublishTicket,
+        tickets: Vec<PublishTicket>,
         sent_ns: u64,
     },
     Position {
@@ -136,13 +140,18 @@ pub struct RedisLink {
     position_sha: String,
     up: Cell<bool>,
     busy: Cell<bool>,
+    /// Publications sent or batched, not yet answered.
+    in_flight: Cell<usize>,
+    /// Publications of this executor turn, written as one script call
+    /// when the writer runs (or before any other command).
+    batch: RefCell<Batch>,
     /// Commands not yet written.
     pipe: Pipe,
     pending: RefCell<VecDeque<Pending>>,
     /// Channels this shard wants pushes for (`SUBSCRIBE`d while up).
     wanted: RefCell<HashSet<Box<str>>>,
-    /// Scratch for a record and an epoch, reused by every publication.
-    scratch: RefCell<(BytesMut, String)>,
+    /// Scratch for an epoch and a record, reused by every request.
+    scratch: RefCell<(String, BytesMut)>,
     /// Epochs made here: a random start, then counted (never reused).
     epoch_seed: u64,
     epochs_made: Cell<u64>,
@@ -167,10 +176,12 @@ impl RedisLink {
             position_sha: scripts::sha1_hex(scripts::POSITION),
             up: Cell::new(false),
             busy: Cell::new(false),
+            in_flight: Cell::new(0),
+            batch: RefCell::new(Batch::default()),
             pipe: Pipe::default(),
             pending: RefCell::new(VecDeque::new()),
             wanted: RefCell::new(HashSet::new()),
-            scratch: RefCell::new((BytesMut::new(), String::new())),
+            scratch: RefCell::new((String::new(), BytesMut::new())),
             epoch_seed: random_u64(),
             epochs_made: Cell::new(0),
             awaiting_since: Cell::new(0),
@@ -181,9 +192,9 @@ impl RedisLink {
         self.up.get()
     }
 
-    /// Sends a publication to the script; `Ok(true)` when the link just
-    /// became busy. Refused at once while the link is down (the ticket
-    /// comes back).
+    /// Adds a publication to this turn's script call; `Ok(true)` when the
+    /// link just became busy. Refused at once while the link is down (the
+    /// ticket comes back).
     pub fn publish(
         &self,
         name: &str,
@@ -195,31 +206,90 @@ impl RedisLink {
             return Err(ticket);
         }
         let settings = &self.settings;
-        let mut scratch = self.scratch.borrow_mut();
-        let (record_buf, epoch) = &mut *scratch;
-        record_buf.clear();
-        record::encode(record_buf, payload, settings.node, skip);
-        self.new_epoch(epoch);
-        let mut digits = [itoa::Buffer::new(), itoa::Buffer::new()];
-        let [size, ttl] = &mut digits;
-        let prefix = settings.prefix.as_bytes();
+        let (prefix, channel) = (settings.prefix.as_bytes(), name.as_bytes());
+        let full = {
+            let mut batch = self.batch.borrow_mut();
+            let Batch {
+                keys,
+                argv,
+                tickets,
+            } = &mut *batch;
+            resp::bulk(keys, &[prefix, b":{", channel, b"}:m"]);
+            resp::bulk(keys, &[prefix, b":{", channel, b"}:s"]);
+            let mut scratch = self.scratch.borrow_mut();
+            let record_buf = &mut scratch.1;
+            record_buf.clear();
+            record::encode(record_buf, payload, settings.node, skip);
+            resp::bulk(argv, &[record_buf]);
+            resp::bulk(argv, &[prefix, b":p:", channel]);
+            tickets.push(ticket);
+            tickets.len() >= BATCH_MAX || argv.len() >= BATCH_MAX_BYTES
+        };
+        match full {
+            true => self.seal(),
+            false => self.pipe.hold(),
+        }
+        let in_flight = self.in_flight.get() + 1;
+        self.in_flight.set(in_flight);
+        let became_busy = in_flight >= IN_FLIGHT_HIGH_WATER && !self.busy.get();
+        if became_busy {
+            self.busy.set(true);
+        }
+        Ok(became_busy)
+    }
+
+    /// Writes the batched publications as one script call.
+    fn seal(&self) {
+        let Batch {
+            keys,
+            argv,
+            tickets,
+        } = std::mem::take(&mut *self.batch.borrow_mut());
+        if tickets.is_empty() {
+            return;
+        }
+        let settings = &self.settings;
+        let mut epoch = std::mem::take(&mut self.scratch.borrow_mut().0);
+        self.new_epoch(&mut epoch);
+        let mut digits = [
+            itoa::Buffer::new(),
+            itoa::Buffer::new(),
+            itoa::Buffer::new(),
+            itoa::Buffer::new(),
+        ];
+        let [count, meta_ttl, size, ttl] = &mut digits;
         self.pipe.write(|out| {
-            self.evalsha(out, (&self.publish_sha, name, epoch), 4);
-            resp::bulk(out, &[record_buf]);
+            resp::array_head(out, 7 + 4 * tickets.len());
+            resp::bulk(out, &[b"EVALSHA"]);
+            resp::bulk(out, &[self.publish_sha.as_bytes()]);
+            resp::bulk(out, &[count.format(2 * tickets.len()).as_bytes()]);
+            out.extend_from_slice(&keys);
+            resp::bulk(out, &[epoch.as_bytes()]);
+            resp::bulk(
+                out,
+                &[meta_ttl.format(millis(settings.meta_ttl)).as_bytes()],
+            );
             resp::bulk(out, &[size.format(settings.history_size).as_bytes()]);
             resp::bulk(out, &[ttl.format(millis(settings.history_ttl)).as_bytes()]);
-            resp::bulk(out, &[prefix, b":p:", name.as_bytes()]);
+            out.extend_from_slice(&argv);
         });
-        Ok(self.expect(Pending::Publish {
-            ticket,
+        self.scratch.borrow_mut().0 = epoch;
+        self.expect(Pending::Publish {
+            tickets,
             sent_ns: crate::clock::now_ns(),
-        }))
+        });
+    }
+
+    /// Writes a command that is not a publication: the batch goes first, so
+    /// replies keep the order requests were made in.
+    fn command(&self, append: impl FnOnce(&mut BytesMut)) {
+        self.seal();
+        self.pipe.write(append);
     }
 
     /// Asks where `ask`'s channel stands and for the stream's entries after
-    /// `after` (`None`: none wanted); `Ok(true)` when the link just became
-    /// busy. Refused at once while down.
-    pub fn position(&self, ask: PositionAsk, after: Option<u64>) -> Result<bool, PositionAsk> {
+    /// `after` (`None`: none wanted). Refused at once while down.
+    pub fn position(&self, ask: PositionAsk, after: Option<u64>) -> Result<(), PositionAsk> {
         if !self.up.get() {
             return Err(ask);
         }
@@ -230,40 +300,32 @@ impl RedisLink {
         self.new_epoch(&mut epoch);
         let after = after.map_or_else(|| "-1".to_string(), |a| a.to_string());
         let settings = &self.settings;
-        let mut count = itoa::Buffer::new();
-        self.pipe.write(|out| {
-            self.evalsha(out, (&self.position_sha, &name, &epoch), 2);
-            resp::bulk(out, &[after.as_bytes()]);
+        let mut digits = [itoa::Buffer::new(), itoa::Buffer::new()];
+        let [meta_ttl, count] = &mut digits;
+        let (prefix, channel) = (settings.prefix.as_bytes(), name.as_bytes());
+        self.command(|out| {
+            resp::array_head(out, 9);
+            resp::bulk(out, &[b"EVALSHA"]);
+            resp::bulk(out, &[self.position_sha.as_bytes()]);
+            resp::bulk(out, &[b"2"]);
+            resp::bulk(out, &[prefix, b":{", channel, b"}:m"]);
+            resp::bulk(out, &[prefix, b":{", channel, b"}:s"]);
+            resp::bulk(out, &[epoch.as_bytes()]);
             resp::bulk(
                 out,
-                &[count.format(settings.history_size.max(1)).as_bytes()],
+                &[meta_ttl.format(millis(settings.meta_ttl)).as_bytes()],
             );
+            resp::bulk(out, &[after.as_bytes()]);
+            // The stream may hold more than the history size (trimmed
+            // approximately): room for what it holds.
+            let most = (2 * settings.history_size).max(1) + 100;
+            resp::bulk(out, &[count.format(most).as_bytes()]);
         });
-        Ok(self.expect(Pending::Position {
+        self.expect(Pending::Position {
             ask,
             sent_ns: crate::clock::now_ns(),
-        }))
-    }
-
-    /// `EVALSHA <sha> 2 <meta key> <stream key> <new epoch> <meta ttl>` of
-    /// channel `name` (what the scripts' shared start takes), to be
-    /// followed by `argv` more arguments ([`resp::bulk`]). The keys are
-    /// written in place, `<prefix>:{<name>}:m` and `:s`: the braces keep
-    /// both in one Redis Cluster slot.
-    fn evalsha(&self, out: &mut BytesMut, (sha, name, epoch): (&str, &str, &str), argv: usize) {
-        let (prefix, name) = (self.settings.prefix.as_bytes(), name.as_bytes());
-        let mut meta_ttl = itoa::Buffer::new();
-        resp::array_head(out, 7 + argv);
-        resp::bulk(out, &[b"EVALSHA"]);
-        resp::bulk(out, &[sha.as_bytes()]);
-        resp::bulk(out, &[b"2"]);
-        resp::bulk(out, &[prefix, b":{", name, b"}:m"]);
-        resp::bulk(out, &[prefix, b":{", name, b"}:s"]);
-        resp::bulk(out, &[epoch.as_bytes()]);
-        resp::bulk(
-            out,
-            &[meta_ttl.format(millis(self.settings.meta_ttl)).as_bytes()],
-        );
+        });
+        Ok(())
     }
 
     /// This shard wants pushes for `name` (or no longer): `SUBSCRIBE`s or
@@ -276,7 +338,7 @@ impl RedisLink {
         if changed && self.up.get() {
             let verb: &[u8] = if on { b"SUBSCRIBE" } else { b"UNSUBSCRIBE" };
             let channel = pubsub_channel(&self.settings.prefix, name);
-            self.pipe.write(|out| resp::command(out, &[verb, &channel]));
+            self.command(|out| resp::command(out, &[verb, &channel]));
         }
     }
 
@@ -289,23 +351,23 @@ impl RedisLink {
         let _ = write!(into, "{:x}{n:x}", self.epoch_seed >> 16);
     }
 
-    /// Queues what the next reply answers; returns whether the link just
-    /// became busy (publishers should be held back).
-    fn expect(&self, pending: Pending) -> bool {
-        let len = {
-            let mut queue = self.pending.borrow_mut();
-            if queue.is_empty() {
-                self.awaiting_since.set(crate::clock::now_ns());
-            }
-            queue.push_back(pending);
-            queue.len()
-        };
-        let became_busy = len >= PENDING_HIGH_WATER && !self.busy.get();
-        if became_busy {
-            self.busy.set(true);
+    /// Queues what the next reply answers.
+    fn expect(&self, pending: Pending) {
+        let mut queue = self.pending.borrow_mut();
+        if queue.is_empty() {
+            self.awaiting_since.set(crate::clock::now_ns());
         }
-        became_busy
+        queue.push_back(pending);
     }
+}
+
+/// Publications gathered for one script call: their keys and their
+/// arguments, each already a RESP bulk string, and who waits for each.
+#[derive(Default)]
+struct Batch {
+    keys: BytesMut,
+    argv: BytesMut,
+    tickets: Vec<PublishTicket>,
 }
 
 /// A duration as the scripts take it: whole milliseconds, at least 1.
@@ -390,8 +452,7 @@ impl RedisLink {
         let wanted: Vec<Box<str>> = self.wanted.borrow().iter().cloned().collect();
         for name in wanted {
             let channel = pubsub_channel(&self.settings.prefix, &name);
-            self.pipe
-                .write(|out| resp::command(out, &[b"SUBSCRIBE", &channel]));
+            self.command(|out| resp::command(out, &[b"SUBSCRIBE", &channel]));
             if let Some(after) = host.resume_from(&name) {
                 let _ = self.position(PositionAsk::Fill { ch: name }, Some(after));
             }
@@ -405,34 +466,34 @@ impl RedisLink {
     fn stop<H: RedisHost>(&self, host: &H) {
         self.up.set(false);
         self.pipe.clear();
+        let batched = std::mem::take(&mut *self.batch.borrow_mut()).tickets;
         let failed: Vec<Pending> = self.pending.borrow_mut().drain(..).collect();
         for pending in failed {
             match pending {
                 Pending::Setup(_) => {}
-                Pending::Publish { ticket, .. } => {
-                    host.on_published(ticket, Err(Refused::Unavailable))
-                }
+                Pending::Publish { tickets, .. } => self.answer(host, tickets, None),
                 Pending::Position { ask, .. } => host.on_position(ask, Err(Refused::Unavailable)),
             }
         }
-        self.relieve(host);
+        self.answer(host, batched, None);
         host.on_link(self.index, false);
     }
 
     /// Reads and writes until the connection fails or goes silent; says why.
     async fn serve<H: RedisHost>(&self, stream: &SharedStream, host: &H) -> String {
-        let traffic = self.pipe.serve(stream, "Redis", |buf| loop {
+        let decode = |buf: &mut BytesMut| loop {
             match resp::next_frame(buf) {
                 Ok(Some(frame)) => self.handle(frame, host)?,
                 Ok(None) => return Ok(()),
                 Err(error) => return Err(error.to_string()),
             }
-        });
+        };
+        let traffic = self.pipe.serve(stream, "Redis", decode, || self.seal());
         let alive = super::watch_liveness(
             self.settings.timeout,
             || (!self.pending.borrow().is_empty()).then(|| self.awaiting_since.get()),
             || {
-                self.pipe.write(|out| resp::command(out, &[b"PING"]));
+                self.command(|out| resp::command(out, &[b"PING"]));
                 self.expect(Pending::Setup("PING"));
             },
         );
@@ -458,16 +519,20 @@ impl RedisLink {
                     return Err(format!("{what}: {error}"));
                 }
             }
-            Pending::Publish { ticket, sent_ns } => {
+            Pending::Publish { tickets, sent_ns } => {
                 self.timed(host, sent_ns);
-                let result = match resp::array(&frame)
-                    .and_then(|a| a.first())
-                    .and_then(resp::integer)
-                {
-                    Some(seq) if seq > 0 => Ok(seq as u64),
-                    _ => Err(self.refusal(&frame)),
-                };
-                host.on_published(ticket, result);
+                let offsets = resp::array(&frame)
+                    .filter(|items| items.len() == 2 * tickets.len())
+                    .and_then(|items| {
+                        let offsets = items.iter().step_by(2).map(resp::integer);
+                        offsets
+                            .map(|o| o.and_then(|o| u64::try_from(o).ok()))
+                            .collect()
+                    });
+                if offsets.is_none() {
+                    self.refusal(&frame);
+                }
+                self.answer(host, tickets, offsets);
             }
             Pending::Position { ask, sent_ns } => {
                 self.timed(host, sent_ns);
@@ -475,8 +540,36 @@ impl RedisLink {
                 host.on_position(ask, result);
             }
         }
-        self.relieve(host);
         Ok(())
+    }
+
+    /// Tells each publisher its `seq` (`offsets`, in ticket order), or that
+    /// it was refused (`None`); publishers may go on once few enough are in
+    /// flight.
+    fn answer<H: RedisHost>(
+        &self,
+        host: &H,
+        tickets: Vec<PublishTicket>,
+        offsets: Option<Vec<u64>>,
+    ) {
+        self.in_flight
+            .set(self.in_flight.get().saturating_sub(tickets.len()));
+        match offsets {
+            Some(offsets) => {
+                for (ticket, seq) in tickets.into_iter().zip(offsets) {
+                    host.on_published(ticket, Ok(seq));
+                }
+            }
+            None => {
+                for ticket in tickets {
+                    host.on_published(ticket, Err(Refused::Unavailable));
+                }
+            }
+        }
+        if self.busy.get() && self.in_flight.get() < IN_FLIGHT_HIGH_WATER / 2 {
+            self.busy.set(false);
+            host.on_backlog(false);
+        }
     }
 
     /// A reply that is not the script's answer: after `NOSCRIPT` (Redis
@@ -484,7 +577,7 @@ impl RedisLink {
     fn refusal(&self, frame: &BytesFrame) -> Refused {
         let error = resp::error_text(frame).unwrap_or_else(|| "unexpected reply".into());
         if error.starts_with("NOSCRIPT") {
-            self.pipe.write(load_scripts);
+            self.command(load_scripts);
             let mut pending = self.pending.borrow_mut();
             pending.push_back(Pending::Setup("SCRIPT LOAD"));
             pending.push_back(Pending::Setup("SCRIPT LOAD"));
@@ -503,14 +596,6 @@ impl RedisLink {
             &stats.engine_rtt_us,
             crate::clock::now_ns().saturating_sub(sent_ns) / 1000,
         );
-    }
-
-    /// Under half the high-water mark again: publishers may go on.
-    fn relieve<H: RedisHost>(&self, host: &H) {
-        if self.busy.get() && self.pending.borrow().len() < PENDING_HIGH_WATER / 2 {
-            self.busy.set(false);
-            host.on_backlog(false);
-        }
     }
 
     fn on_push<H: RedisHost>(&self, channel: &Bytes, message: &Bytes, host: &H) {

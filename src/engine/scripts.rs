@@ -5,18 +5,65 @@
 //! in Redis, so a channel's offset is its `seq` on every node. Called with
 //! `EVALSHA` by their SHA-1, computed here.
 //!
-//! Keys: `KEYS[1]` the channel's meta hash (`e` epoch, `o` offset), kept
-//! meta-ttl ms after its last use; `KEYS[2]` its stream of records under
-//! ids `<offset>-0`, capped at the history size and expiring history-ttl
-//! after its last publication. Both scripts start the same way
-//! (`epoch_prelude!`): a channel whose meta is gone starts over at offset 0
-//! under the new epoch the caller gives in `ARGV[1]`, its old stream dropped
-//! first so offsets never go backwards inside it; `ARGV[2]` is the meta ttl.
+//! Keys: for each channel, its meta hash (`e` epoch, `o` offset), kept
+//! meta-ttl ms after its last use, and its stream of records under ids
+//! `<offset>-0`, capped at the history size and expiring history-ttl after
+//! its last publication. A channel whose meta is gone starts over at offset
+//! 0 under a new epoch made from the caller's (`ARGV[1]`, never used
+//! before), its old stream dropped first so offsets never go backwards
+//! inside it.
 
-/// The start both scripts share (see the module's text).
-macro_rules! epoch_prelude {
-    () => {
-        r#"
+/// Publishes a batch: `KEYS` the meta hash and stream of each
+/// publication's channel, in pairs; `ARGV` 1 new epoch, 2 meta ttl ms, 3
+/// history size, 4 history ttl ms, then each publication's record and
+/// pub/sub channel, in pairs. Publishes them in order and returns
+/// `{offset1, epoch1, offset2, epoch2, ...}`. One call carries every
+/// publication a shard made in one executor turn: Redis's cost per call
+/// (dispatch, script lookup, Lua entry), and per channel (its epoch, the
+/// two expiries), is paid once for all of them. The stream is trimmed
+/// approximately (`MAXLEN ~`: whole nodes at a time, several times
+/// cheaper), so it keeps at least the history size, a little more at times.
+pub const PUBLISH: &str = r#"
+local size = tonumber(ARGV[3])
+local result = {}
+local epochs = {}
+local touched = {}
+for i = 1, #KEYS / 2 do
+  local meta, stream = KEYS[2 * i - 1], KEYS[2 * i]
+  local record = ARGV[3 + 2 * i]
+  local epoch = epochs[meta]
+  if not epoch then
+    epoch = redis.call('hget', meta, 'e')
+    if not epoch then
+      epoch = ARGV[1] .. 'x' .. i
+      redis.call('del', stream)
+      redis.call('hset', meta, 'e', epoch, 'o', 0)
+    end
+    epochs[meta] = epoch
+    table.insert(touched, i)
+  end
+  local offset = redis.call('hincrby', meta, 'o', 1)
+  if size > 0 then
+    redis.call('xadd', stream, 'MAXLEN', '~', size, offset .. '-0', 'r', record)
+  end
+  redis.call('publish', ARGV[4 + 2 * i], offset .. ':' .. epoch .. ':' .. record)
+  result[2 * i - 1] = offset
+  result[2 * i] = epoch
+end
+for _, i in ipairs(touched) do
+  redis.call('pexpire', KEYS[2 * i - 1], ARGV[2])
+  if size > 0 then
+    redis.call('pexpire', KEYS[2 * i], ARGV[4])
+  end
+end
+return result
+"#;
+
+/// `KEYS` the channel's meta hash and stream; `ARGV` 1 new epoch, 2 meta
+/// ttl ms, 3 after (an offset; -1: no entries wanted), 4 most entries.
+/// Returns `{offset, epoch, o1, r1, o2, r2, ...}`: the channel's last offset
+/// and epoch, then the stream's entries after `after`, oldest first.
+pub const POSITION: &str = r#"
 local epoch = redis.call('hget', KEYS[1], 'e')
 if not epoch then
   epoch = ARGV[1]
@@ -24,31 +71,7 @@ if not epoch then
   redis.call('hset', KEYS[1], 'e', epoch, 'o', 0)
 end
 redis.call('pexpire', KEYS[1], ARGV[2])
-"#
-    };
-}
-
-/// `ARGV` after the prelude's: 3 record, 4 history size, 5 history ttl ms,
-/// 6 pub/sub channel. Returns `{offset, epoch}`.
-pub const PUBLISH: &str = concat!(
-    epoch_prelude!(),
-    r#"local offset = redis.call('hincrby', KEYS[1], 'o', 1)
-if tonumber(ARGV[4]) > 0 then
-  redis.call('xadd', KEYS[2], 'MAXLEN', ARGV[4], offset .. '-0', 'r', ARGV[3])
-  redis.call('pexpire', KEYS[2], ARGV[5])
-end
-redis.call('publish', ARGV[6], offset .. ':' .. epoch .. ':' .. ARGV[3])
-return {offset, epoch}
-"#
-);
-
-/// `ARGV` after the prelude's: 3 after (an offset; -1: no entries wanted),
-/// 4 most entries. Returns `{offset, epoch, o1, r1, o2, r2, ...}`: the
-/// channel's last offset and epoch, then the stream's entries after
-/// `after`, oldest first.
-pub const POSITION: &str = concat!(
-    epoch_prelude!(),
-    r#"local offset = tonumber(redis.call('hget', KEYS[1], 'o'))
+local offset = tonumber(redis.call('hget', KEYS[1], 'o'))
 local result = {offset, epoch}
 local after = tonumber(ARGV[3])
 if after >= 0 and after < offset then
@@ -59,8 +82,7 @@ if after >= 0 and after < offset then
   end
 end
 return result
-"#
-);
+"#;
 
 /// A script's SHA-1 in lower-case hex, the name `EVALSHA` takes.
 pub fn sha1_hex(script: &str) -> String {

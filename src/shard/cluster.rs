@@ -139,10 +139,8 @@ impl Shard {
                 Some(link) => link.position(ask, after),
                 None => Err(ask),
             };
-            match asked {
-                Ok(true) => self.links.set_engine_busy(true),
-                Ok(false) => {}
-                Err(ask) => self.on_position(ask, Err(Refused::Unavailable)),
+            if let Err(ask) = asked {
+                self.on_position(ask, Err(Refused::Unavailable));
             }
             return;
         }

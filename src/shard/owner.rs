@@ -360,9 +360,11 @@ impl Owner {
             epoch: epoch.to_string(),
         };
         if let Some((since, their_epoch)) = since {
-            let first = entries.first().map(|e| e.0);
-            let recovered =
-                their_epoch == epoch && since <= top && (since == top || first == Some(since + 1));
+            // Every publication after `since` up to `top`, none missing
+            // (the stream trimmed, the answer cut short).
+            let (first, last) = (entries.first().map(|e| e.0), entries.last().map(|e| e.0));
+            let complete = first == Some(since + 1) && last == Some(top);
+            let recovered = their_epoch == epoch && since <= top && (since == top || complete);
             if recovered {
                 position.missed = entries
                     .iter()

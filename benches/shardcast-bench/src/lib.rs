@@ -545,10 +545,16 @@ async fn measure(run: &Rc<Run>, plan: &Plan, publishers: usize, results: &mut Re
     results.deliveries_per_second = totals.received as f64 / delivery_seconds;
     results.latency_us = Some(report::Percentiles::of(&run.tally.borrow().latency_us));
     results.generator_cpu_fraction = own_during / publish_seconds;
-    if let (Some(a), Some(b)) = (cpu0, cpu1) {
+    results.take_server_figures(scrape0, scrape1);
+    // One process's /metrics cannot speak for several (cluster runs):
+    // then /proc's figure for all of them stands.
+    if let (Some(a), Some(b), true) = (
+        cpu0,
+        cpu1,
+        results.server_cpu_seconds.is_none() || !o.also_pids.is_empty(),
+    ) {
         results.server_cpu_seconds = Some(b - a);
     }
-    results.take_server_figures(scrape0, scrape1);
     if let (Some(cpu), true) = (results.server_cpu_seconds, totals.received > 0) {
         results.server_cpu_seconds_per_million = Some(cpu / totals.received as f64 * 1e6);
     }
