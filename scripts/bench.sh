@@ -29,10 +29,10 @@
 # subscribers ask for batched envelopes (?batch=1). BYTES_RATES="chat:30 ..."
 # picks shapes and their publication rates (default tick:100 chat:100
 # book:10).
-# cluster: three shardcast nodes (--engine redis, one shard each) through one
-# redis-server, all on the server core: publishers on node a, subscribers on
-# nodes b and c (Redis on the generator's core), beside one node alone (the
-# memory engine) in the same run, at
+# cluster: three shardcast nodes (--engine redis, one shard each, on the
+# server core) through one redis-server (on the generator's core):
+# publishers on node a, subscribers on nodes b and c, beside one node alone
+# (the memory engine) in the same run, at
 # CLUSTER_POINTS (default "1000:100 10:10000 1:100000", subscribers:rate).
 # Server CPU is the four processes' together.
 # SHARDCAST_BIN=path runs that shardcast server binary instead of the one

@@ -202,6 +202,30 @@ pub fn render(stats: &ServerStats) -> String {
 
     write_latency(&mut out, shards);
 
+    let name = "shardcast_engine_rtt_seconds";
+    family(
+        &mut out,
+        name,
+        "summary",
+        "Round trip of the shard's requests to the cluster engine (Redis scripts and pings): sum and count.",
+    );
+    for s in shards {
+        let shard = s.shard.to_string();
+        let labels = [("shard", shard.as_str())];
+        sample(
+            &mut out,
+            &format!("{name}_sum"),
+            &labels,
+            seconds(s.engine_rtt_us),
+        );
+        sample(
+            &mut out,
+            &format!("{name}_count"),
+            &labels,
+            s.engine_replies,
+        );
+    }
+
     let process = &stats.process;
     family(
         &mut out,

@@ -51,14 +51,24 @@ const PEER_QUEUE_HIGH_WATER: usize = 8192;
 /// Where the assigned `seq` of a publication must be reported.
 #[derive(Debug)]
 pub enum Reply {
-    /// Nobody is waiting.
+    /// Nobody is waiting (raw-room frames, the server's own publications).
     None,
+    /// A JSON `pub` without an `id`: nothing to acknowledge, but a refusal
+    /// is still reported to `conn` (an `err` without `id`).
+    Quiet { conn: ConnRef },
     /// A JSON `pub` with an `id`: send an `ack` to that connection.
     Ack { conn: ConnRef, id: Box<str> },
     /// An HTTP publish waiting in the publisher shard's reply slot; `nonce`
     /// tells it from a later publish given the same slot after this one
     /// gave up waiting.
     Http { slot: u32, nonce: u32 },
+}
+
+impl Reply {
+    /// Whether somebody waits for the publication's `seq`.
+    pub fn wants_seq(&self) -> bool {
+        matches!(self, Reply::Ack { .. } | Reply::Http { .. })
+    }
 }
 
 /// Everything shards say to each other.

@@ -27,6 +27,9 @@ pub struct ShardSnapshot {
     /// (always with `memory`).
     pub engine: &'static str,
     pub engine_up: bool,
+    /// Requests to the engine answered, and their round trips summed (µs).
+    pub engine_replies: u64,
+    pub engine_rtt_us: u64,
     /// The CPU the shard is pinned to (`null`: unpinned).
     pub cpu: Option<usize>,
     /// Unix time of the snapshot, in milliseconds.

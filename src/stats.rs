@@ -37,6 +37,10 @@ macro_rules! counters {
             /// Payload bytes of unfinished incoming messages now (a gauge).
             pub unfinished_bytes: Cell<u64>,
             pub latency: RefCell<Latency>,
+            /// Requests to Redis answered, and their round-trip times
+            /// summed in µs (the `shardcast_engine_rtt_seconds` summary).
+            pub engine_replies: Cell<u64>,
+            pub engine_rtt_us: Cell<u64>,
         }
 
         /// The counters' values at one moment (one shard's, or summed).
@@ -186,10 +190,6 @@ counters! {
     /// Times a channel's subscribers were told to resync (`resync` op): its
     /// epoch changed in Redis, or a gap could not be filled.
     engine_resyncs => "shardcast_engine_resyncs_total",
-    /// Requests to Redis answered (the count of the round-trip time).
-    engine_replies => "shardcast_engine_replies_total",
-    /// Round-trip time of those requests, summed, in microseconds.
-    engine_rtt_us => "shardcast_engine_rtt_microseconds_total",
 }
 
 /// Adds `n` to a counter.

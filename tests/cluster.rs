@@ -249,6 +249,23 @@ fn while_redis_is_down_publications_are_refused_and_none_acknowledged_is_lost() 
         }
         i += 1;
     }
+    // Over WebSocket too: with an id the err names it; without, it is
+    // still sent (errors always are).
+    let mut ws = Client::connect(&a, "/ws");
+    ws.send_json(json!({"op": "pub", "ch": "orders", "id": 9, "data": "x"}));
+    let err = ws.recv_json();
+    assert_eq!(
+        (err["op"].as_str(), err["code"].as_str(), &err["id"]),
+        (Some("err"), Some("unavailable"), &json!(9)),
+        "{err}"
+    );
+    ws.send_json(json!({"op": "pub", "ch": "orders", "data": "y"}));
+    let err = ws.recv_json();
+    assert_eq!(
+        (err["code"].as_str(), err.get("id")),
+        (Some("unavailable"), None),
+        "{err}"
+    );
     redis.restart();
     wait_healthy(&a);
     wait_healthy(&b);

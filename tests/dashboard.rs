@@ -34,7 +34,7 @@ fn keep_reading(mut client: Client, stop: Arc<AtomicBool>) -> thread::JoinHandle
 
 #[test]
 fn dashboard_shows_live_connections_in_headless_chromium() {
-    let server = Server::start(&["--shards", "2"]);
+    let server = Server::start(&["--shards", "2", "--node-id", "dash-node-1"]);
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
     for _ in 0..SUBSCRIBERS {
@@ -81,6 +81,7 @@ fn dashboard_shows_live_connections_in_headless_chromium() {
     assert_eq!(result["ok"], true);
     assert_eq!(result["connections"], expected);
     assert_eq!(result["shards"], 2);
+    assert_eq!(result["node"], "dash-node-1", "the header names the node");
     let png = std::fs::read(&screenshot).expect("screenshot saved");
     assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
 }

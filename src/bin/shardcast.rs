@@ -232,6 +232,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(
         addr = %server.local_addr(),
         shards = server.shards(),
+        node = %config.node_id,
+        engine = config.engine.as_str(),
         ping_interval = ?config.ping_interval,
         max_connections = config.max_connections,
         "shardcast serving"

@@ -83,9 +83,18 @@ impl Shard {
         let Some(link) = redis_link_for(links, name) else {
             return self.refuse(from, reply);
         };
+        // A publisher here waits for Redis's answer as for another shard's
+        // (its graceful close waits for the ack, see `Outbox::push_reply`).
+        let awaited = match (&reply, from == self.id) {
+            (Reply::Ack { conn, .. }, true) => self.conn(*conn),
+            _ => None,
+        };
         let ticket = PublishTicket { from, reply };
         match link.publish(name, &payload, skip, ticket) {
             Ok(became_busy) => {
+                if let Some(conn) = awaited {
+                    conn.outbox.expect_reply();
+                }
                 bump(&self.stats.engine_publications, 1);
                 if became_busy {
                     self.links.set_engine_busy(true);
@@ -249,11 +258,16 @@ impl RedisHost for Shard {
     fn on_published(&self, ticket: PublishTicket, result: Result<u64, Refused>) {
         let PublishTicket { from, reply, .. } = ticket;
         match result {
-            Ok(seq) if from == self.id => self.complete(reply, seq, false),
+            // Awaited like another shard's answer (see `publish_to_redis`).
+            Ok(seq) if from == self.id => self.complete(reply, seq, true),
             Ok(seq) => {
-                if !matches!(reply, Reply::None) {
+                if reply.wants_seq() {
                     self.links.send(from, MeshMsg::Published { reply, seq });
                 }
+            }
+            Err(_) if from == self.id => {
+                bump(&self.stats.engine_refused, 1);
+                self.refused(reply, true);
             }
             Err(_) => self.refuse(from, reply),
         }

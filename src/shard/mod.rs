@@ -654,7 +654,7 @@ impl Shard {
         self.distribute(name, ch, ordered, &payload, skip);
         if from == self.id {
             self.complete(reply, seq, false);
-        } else if !matches!(reply, Reply::None) {
+        } else if reply.wants_seq() {
             self.links.send(from, MeshMsg::Published { reply, seq });
         }
     }
@@ -718,7 +718,7 @@ impl Shard {
     /// answer came back from another shard (the publisher awaits it).
     fn complete(&self, reply: Reply, seq: u64, from_owner: bool) {
         match reply {
-            Reply::None => {}
+            Reply::None | Reply::Quiet { .. } => {}
             Reply::Ack { conn, id } => {
                 let Some(target) = self.conn(conn) else {
                     return;
@@ -760,27 +760,31 @@ impl Shard {
 
     /// A refusal reaches the publisher's shard.
     fn refused(&self, reply: Reply, from_owner: bool) {
-        match reply {
-            Reply::None => {}
-            Reply::Ack { conn, id } => {
-                let Some(target) = self.conn(conn) else {
-                    return;
-                };
-                let error = OpError::new(
-                    ErrorCode::Unavailable,
-                    "the cluster engine is unavailable; the publication was not accepted",
-                    Some(&id),
-                );
-                let frame = target.codec.err(&error);
-                let pushed = match from_owner {
-                    true => target.outbox.push_reply(frame),
-                    false => target.outbox.push(frame),
-                };
-                if pushed == Pushed::Overflow {
-                    target.close_slow_consumer();
-                }
+        let (target, id) = match reply {
+            Reply::None => return,
+            Reply::Http { slot, nonce } => {
+                return self.answer_http(slot, nonce, Err(Refused::Unavailable));
             }
-            Reply::Http { slot, nonce } => self.answer_http(slot, nonce, Err(Refused::Unavailable)),
+            Reply::Ack { conn, id } => (conn, Some(id)),
+            Reply::Quiet { conn } => (conn, None),
+        };
+        let Some(target) = self.conn(target) else {
+            return;
+        };
+        let error = OpError::new(
+            ErrorCode::Unavailable,
+            "the cluster engine is unavailable; the publication was not accepted",
+            id.as_deref(),
+        );
+        let frame = target.codec.err(&error);
+        // Only an acknowledged `pub` forwarded to another shard is awaited
+        // by the publisher's close (see `Outbox::push_reply`).
+        let pushed = match from_owner && id.is_some() {
+            true => target.outbox.push_reply(frame),
+            false => target.outbox.push(frame),
+        };
+        if pushed == Pushed::Overflow {
+            target.close_slow_consumer();
         }
     }
 

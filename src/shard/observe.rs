@@ -46,6 +46,8 @@ impl Shard {
                 .engine
                 .as_ref()
                 .is_none_or(crate::engine::Engine::is_up),
+            engine_replies: stats.engine_replies.get(),
+            engine_rtt_us: stats.engine_rtt_us.get(),
             cpu: self.cpu,
             time_ms: (process::unix_seconds() * 1e3) as u64,
             uptime_s: self.started.elapsed().as_secs_f64(),

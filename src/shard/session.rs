@@ -223,7 +223,9 @@ impl Host for OnShard<'_> {
                 conn: self.conn.id,
                 id: id.into(),
             },
-            None => Reply::None,
+            // Raw-room members are told nothing (no envelope to tell with).
+            None if self.conn.codec.protocol == crate::conn::codec::Protocol::Raw => Reply::None,
+            None => Reply::Quiet { conn: self.conn.id },
         };
         self.shard.publish(ch, payload, skip, reply)
     }

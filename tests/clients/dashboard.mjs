@@ -83,6 +83,7 @@ async function main() {
         const ds = document.body.dataset;
         return {
           conn: el ? el.textContent : null,
+          node: (document.getElementById('m-node') || {}).textContent || null,
           samples: Number(ds.samples || 0),
           points: Number(ds.points || 0),
           shards: Number(ds.shards || 0),
@@ -104,7 +105,7 @@ async function main() {
 
   if (!(await screenshot())) return fail('screenshot failed');
   if (errors.length) return fail(errors.join(' | ').slice(0, 2000));
-  await finish(0, { ok: true, connections: Number(state.conn), shards: state.shards, screenshot: shotPath });
+  await finish(0, { ok: true, connections: Number(state.conn), shards: state.shards, node: state.node, screenshot: shotPath });
 }
 
 main().catch(e => finish(1, { ok: false, error: String(e && e.message || e).split('\n')[0], last_seen: lastSeen }));
