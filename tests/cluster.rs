@@ -543,3 +543,57 @@ fn a_node_cut_off_from_redis_catches_up_without_duplicates_or_reordering() {
         stats["total"]
     );
 }
+
+#[test]
+fn a_node_cut_off_by_redis_output_buffer_limit_refills_from_the_stream() {
+    let redis = Redis::start();
+    // Redis drops a pub/sub client whose pending output passes 300 KiB.
+    let limit = redis.command(&[
+        "CONFIG",
+        "SET",
+        "client-output-buffer-limit",
+        "pubsub 300kb 300kb 0",
+    ]);
+    assert_eq!(limit.as_deref(), Some("+OK\r\n"));
+    let big = [
+        "--history-size",
+        "1000",
+        "--max-message-bytes",
+        "256KiB",
+        "--max-queue-bytes",
+        "64MiB",
+    ];
+    let a = redis_node(&redis, "a", &big);
+    let b = redis_node(&redis, "b", &big);
+    let mut subscriber = Client::connect(&b, "/ws");
+    subscriber.subscribe("big");
+    // b stalls (stopped): what Redis pushes to it piles up past the limit.
+    b.signal(libc::SIGSTOP);
+    let filler = "x".repeat(200_000);
+    const COUNT: u64 = 60;
+    for i in 0..COUNT {
+        let (status, reply) = try_publish(&a, "big", json!({"i": i, "filler": filler}));
+        assert_eq!(status, 200, "{reply}");
+    }
+    b.signal(libc::SIGCONT);
+    // b was cut off, came back, and filled the gap from the stream in
+    // pages each under the limit: every publication, in order, once.
+    let got = read_messages(&mut subscriber, "big", COUNT as usize);
+    assert_eq!(
+        got.iter().map(|m| m.0).collect::<Vec<_>>(),
+        (1..=COUNT).collect::<Vec<_>>()
+    );
+    assert!(got.iter().enumerate().all(|(i, m)| m.1["i"] == json!(i)));
+    let stats = support::get_json(&b, "/api/stats");
+    let total = &stats["total"];
+    assert!(
+        total["engine_reconnects"].as_u64() >= Some(1),
+        "b was never cut off: {}",
+        total["engine_reconnects"]
+    );
+    assert!(
+        total["engine_gaps_filled"].as_u64() >= Some(1),
+        "{}",
+        total["engine_gaps_filled"]
+    );
+}

@@ -83,6 +83,7 @@ impl Engine {
                     meta_ttl: config.history_ttl.max(META_TTL_FLOOR),
                     node,
                     timeout: config.engine_timeout,
+                    replay_bytes: config.max_queue_bytes,
                 });
                 let mut links = Vec::with_capacity(config.redis_url.len());
                 for (index, url) in config.redis_url.iter().enumerate() {

@@ -46,6 +46,9 @@ const IN_FLIGHT_HIGH_WATER: usize = 16_384;
 /// Most publications, and record bytes, one script call carries.
 const BATCH_MAX: usize = 1024;
 const BATCH_MAX_BYTES: usize = 1 << 20;
+/// Record bytes one answer of a fill carries: what a reconnected node
+/// missed comes in pages, each well under Redis's pub/sub output limit.
+const FILL_PAGE_BYTES: usize = 256 << 10;
 
 /// What every link of one shard is configured with.
 #[derive(Debug, Clone)]
@@ -62,6 +65,9 @@ pub struct RedisSettings {
     pub node: u64,
     /// `--engine-timeout`.
     pub timeout: Duration,
+    /// The most record bytes a subscriber's recovery asks for
+    /// (`--max-queue-bytes`: more would not fit its queue anyway).
+    pub replay_bytes: usize,
 }
 
 /// A publication waiting for the script's answer.
@@ -299,12 +305,21 @@ impl RedisLink {
         let mut epoch = String::new();
         self.new_epoch(&mut epoch);
         let after = after.map_or_else(|| "-1".to_string(), |a| a.to_string());
+        // A subscriber takes at most its queue's worth; a fill is paged.
+        let budget = match &ask {
+            PositionAsk::Subscriber { .. } => self.settings.replay_bytes,
+            PositionAsk::Fill { .. } => FILL_PAGE_BYTES,
+        };
         let settings = &self.settings;
-        let mut digits = [itoa::Buffer::new(), itoa::Buffer::new()];
-        let [meta_ttl, count] = &mut digits;
+        let mut digits = [
+            itoa::Buffer::new(),
+            itoa::Buffer::new(),
+            itoa::Buffer::new(),
+        ];
+        let [meta_ttl, count, bytes] = &mut digits;
         let (prefix, channel) = (settings.prefix.as_bytes(), name.as_bytes());
         self.command(|out| {
-            resp::array_head(out, 9);
+            resp::array_head(out, 10);
             resp::bulk(out, &[b"EVALSHA"]);
             resp::bulk(out, &[self.position_sha.as_bytes()]);
             resp::bulk(out, &[b"2"]);
@@ -320,6 +335,7 @@ impl RedisLink {
             // approximately): room for what it holds.
             let most = (2 * settings.history_size).max(1) + 100;
             resp::bulk(out, &[count.format(most).as_bytes()]);
+            resp::bulk(out, &[bytes.format(budget).as_bytes()]);
         });
         self.expect(Pending::Position {
             ask,

@@ -60,9 +60,12 @@ return result
 "#;
 
 /// `KEYS` the channel's meta hash and stream; `ARGV` 1 new epoch, 2 meta
-/// ttl ms, 3 after (an offset; -1: no entries wanted), 4 most entries.
-/// Returns `{offset, epoch, o1, r1, o2, r2, ...}`: the channel's last offset
-/// and epoch, then the stream's entries after `after`, oldest first.
+/// ttl ms, 3 after (an offset; -1: no entries wanted), 4 most entries, 5
+/// most bytes of records. Returns `{offset, epoch, o1, r1, o2, r2, ...}`:
+/// the channel's last offset and epoch, then the stream's entries after
+/// `after`, oldest first, as many as fit the byte budget (but at least one): a
+/// reply on a subscribed connection counts against Redis's pub/sub output
+/// limit, which would cut the connection off.
 pub const POSITION: &str = r#"
 local epoch = redis.call('hget', KEYS[1], 'e')
 if not epoch then
@@ -76,7 +79,12 @@ local result = {offset, epoch}
 local after = tonumber(ARGV[3])
 if after >= 0 and after < offset then
   local entries = redis.call('xrange', KEYS[2], (after + 1) .. '-0', '+', 'COUNT', ARGV[4])
+  local bytes, budget = 0, tonumber(ARGV[5])
   for _, entry in ipairs(entries) do
+    bytes = bytes + #entry[2][2]
+    if bytes > budget and #result > 2 then
+      break
+    end
     table.insert(result, tonumber(string.match(entry[1], '^(%d+)')))
     table.insert(result, entry[2][2])
   end

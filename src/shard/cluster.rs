@@ -324,6 +324,9 @@ impl RedisHost for Shard {
                 for (ordered, payload) in filled.deliver {
                     self.deliver_ordered(&ch, ordered, &payload, None);
                 }
+                if let Some(after) = filled.more {
+                    self.fill(&ch, after);
+                }
             }
         }
     }

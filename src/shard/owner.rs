@@ -72,6 +72,9 @@ pub struct Filled {
     pub resync: Option<u64>,
     /// Then these, in order.
     pub deliver: Vec<(Ordered, Payload)>,
+    /// The answer was one page: what comes after this `seq` is to be asked
+    /// for next.
+    pub more: Option<u64>,
 }
 
 /// One kept publication: its `seq`, its payload, and when it was ordered
@@ -316,7 +319,12 @@ impl Owner {
             filled.deliver.push((ordered, payload.clone()));
         }
         let channel = self.entry(name);
-        if channel.last_seq < top {
+        if channel.last_seq < top && !filled.deliver.is_empty() {
+            // An answer is one page of the stream (it holds every offset up
+            // to the top): ask for the next, dropping pushes meanwhile.
+            channel.filling = true;
+            filled.more = Some(channel.last_seq);
+        } else if channel.last_seq < top {
             // The history did not reach the top (none kept): start over there.
             filled.resync.get_or_insert(top);
             channel.last_seq = top;
@@ -794,10 +802,29 @@ mod tests {
         let kept: Vec<(u64, Payload)> = (7..=9).map(|s| (s, payload("x"))).collect();
         let filled = owner.filled("c", (9, "e"), &kept, 0, false);
         assert_eq!((filled.resync, seqs(&filled)), (Some(6), vec![7, 8, 9]));
+        // An answer that is one page asks for the next; pushes meanwhile
+        // are dropped (they come with a later page).
+        owner.begin_fill("c");
+        let page: Vec<(u64, Payload)> = (10..=11).map(|s| (s, payload("x"))).collect();
+        let first = owner.filled("c", (13, "e"), &page, 0, false);
+        assert_eq!(
+            (first.resync, first.more, seqs(&first)),
+            (None, Some(11), vec![10, 11])
+        );
+        assert!(matches!(
+            owner.follow("c", (14, "e"), &p, 0, false),
+            Followed::Drop
+        ));
+        let rest: Vec<(u64, Payload)> = (12..=14).map(|s| (s, payload("x"))).collect();
+        let last = owner.filled("c", (14, "e"), &rest, 0, false);
+        assert_eq!(
+            (last.resync, last.more, seqs(&last)),
+            (None, None, vec![12, 13, 14])
+        );
         // No history at all: resync at the top.
         owner.begin_fill("c");
-        let filled = owner.filled("c", (15, "e"), &[], 0, false);
-        assert_eq!((filled.resync, seqs(&filled)), (Some(15), vec![]));
+        let filled = owner.filled("c", (16, "e"), &[], 0, false);
+        assert_eq!((filled.resync, seqs(&filled)), (Some(16), vec![]));
         // The epoch changed meanwhile: resync at the top, nothing delivered.
         owner.begin_fill("c");
         let filled = owner.filled("c", (2, "other"), &kept, 0, false);
