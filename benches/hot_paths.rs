@@ -10,7 +10,7 @@ use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use shardcast::{
     internals::{Codec, Conn, ConnRef, DeflateSettings, Deflater, Flusher, Index, Payload, Stats},
-    protocol::{self, PayloadKind},
+    protocol::{self, PayloadKind, SubOptions},
 };
 
 const ENVELOPE: &str = r#"{"op":"pub","ch":"news","data":{"s":1,"i":0,"t":123456789,"p":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"},"id":42}"#;
@@ -89,7 +89,7 @@ fn fan_out(c: &mut Criterion) {
                         })
                         .collect();
                     for conn in &conns {
-                        index.insert("news", conn, None, false);
+                        index.insert("news", conn, None, SubOptions::default());
                     }
                     (index, conns, flusher)
                 },

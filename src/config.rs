@@ -90,6 +90,9 @@ pub struct Config {
     /// conflated channel replaces the older one with its key still queued.
     /// Default 64 KiB.
     pub conflate_after_bytes: usize,
+    /// Channels whose subscribers are listed (`presence`), counted
+    /// (`occupancy`) and announced (`join`/`leave`), token-pattern syntax.
+    pub presence: Vec<String>,
     /// Memory budget of the process (split evenly over the shards) for what
     /// clients make it hold: connections, outgoing queues, unfinished
     /// messages and history. Over its share a shard refuses new connections
@@ -215,6 +218,7 @@ impl Default for Config {
             compression_level: 3,
             conflate: Vec::new(),
             conflate_after_bytes: 64 << 10,
+            presence: Vec::new(),
             max_memory: default_max_memory(),
             anonymous: false,
             jwt_secret: None,
@@ -337,6 +341,14 @@ pub struct ConfigLayer {
         value_delimiter = ','
     )]
     pub conflate: Option<Vec<String>>,
+    /// Channels (patterns, comma-separated: room.*, doc.>) whose subscribers are listed, counted and announced (presence, occupancy, join/leave)
+    #[arg(
+        long,
+        env = "SHARDCAST_PRESENCE",
+        value_name = "PATTERNS",
+        value_delimiter = ','
+    )]
+    pub presence: Option<Vec<String>>,
     /// Queued bytes over which a subscriber's older keyed publication is replaced by the newer one [default: 64KiB]
     #[arg(long, env = "SHARDCAST_CONFLATE_AFTER_BYTES", value_name = "SIZE")]
     pub conflate_after_bytes: Option<ByteSize>,
@@ -479,7 +491,7 @@ impl Config {
         let layer = layer.clone();
         apply_layer!(self, layer,
             { listen, shards, max_connections, max_http_connections, max_subscriptions, history_size, anonymous,
-              allowed_origins, publish_rate, max_connections_per_ip, compression_level, conflate,
+              allowed_origins, publish_rate, max_connections_per_ip, compression_level, conflate, presence,
               engine, redis_url, node_id, engine_prefix },
             { ping_interval, ping_timeout, max_queue_bytes, max_message_bytes,
               handshake_timeout, shutdown_timeout, read_buffer_bytes, history_ttl,
@@ -550,6 +562,11 @@ impl Config {
         for pattern in &self.conflate {
             if let Err(error) = crate::security::pattern::ChannelPattern::parse(pattern) {
                 return invalid(format!("conflate: {error}"));
+            }
+        }
+        for pattern in &self.presence {
+            if let Err(error) = crate::security::pattern::ChannelPattern::parse(pattern) {
+                return invalid(format!("presence: {error}"));
             }
         }
         let least_memory = self.shards * MIN_MEMORY_PER_SHARD;

@@ -32,7 +32,9 @@ use glommio::channels::{
 };
 
 use crate::{
+    protocol::PresenceAsk,
     publication::{ConnRef, Payload, Position, Skip},
+    shard::members::{Member, Page},
     snapshot::ShardSnapshot,
     stats::{bump, Stats},
     sync::WaitQueue,
@@ -69,6 +71,15 @@ impl Reply {
     pub fn wants_seq(&self) -> bool {
         matches!(self, Reply::Ack { .. } | Reply::Http { .. })
     }
+}
+
+/// Who asked about a presence channel.
+#[derive(Debug, Clone)]
+pub enum PresenceAsker {
+    /// A connection's `presence`/`occupancy` op, answered to its `id`.
+    Conn { conn: ConnRef, id: Option<Box<str>> },
+    /// `GET /api/presence/<ch>` waiting in a reply slot (see `Reply::Http`).
+    Http { slot: u32, nonce: u32 },
 }
 
 /// Everything shards say to each other.
@@ -144,6 +155,36 @@ pub enum MeshMsg {
     /// The sender's queues are all under half their high-water mark again:
     /// publishers waiting for it may go on.
     Room,
+    /// To the owner of presence channel `ch`: `member` subscribed (`join`),
+    /// or connection `member.conn` no longer is.
+    PresenceChange {
+        ch: Bytes,
+        join: bool,
+        member: Box<Member>,
+    },
+    /// From the owner: deliver a `join` (or `leave`) of `member` (its JSON
+    /// object) to your subscribers of `ch` that asked for them.
+    PresenceEvent {
+        ch: Bytes,
+        join: bool,
+        member: Bytes,
+    },
+    /// To the owner: answer `ask` about presence channel `ch` to `asker` on
+    /// shard `from`.
+    PresenceQuery {
+        ch: Bytes,
+        from: u16,
+        asker: PresenceAsker,
+        ask: PresenceAsk,
+    },
+    /// From the owner: the answer to `PresenceQuery` (`counting`: it was
+    /// an `occupancy`).
+    PresenceReply {
+        ch: Bytes,
+        asker: PresenceAsker,
+        page: Box<Page>,
+        counting: bool,
+    },
 }
 
 /// One flag per shard: set while that shard has a queue to a peer over its

@@ -36,6 +36,9 @@ pub enum ClientOp<'a> {
         /// `"delta":"fossil"`: publications may come as fossil deltas
         /// against the one before.
         delta: bool,
+        /// `"join_leave":true`: also deliver `join` and `leave` events of a
+        /// presence channel.
+        join_leave: bool,
     },
     Unsub {
         ch: Cow<'a, str>,
@@ -57,7 +60,25 @@ pub enum ClientOp<'a> {
         token: Cow<'a, str>,
         id: Option<&'a str>,
     },
+    /// Who is subscribed to a presence channel: a page of at most `limit`
+    /// members after `cursor`.
+    Presence {
+        ch: Cow<'a, str>,
+        id: Option<&'a str>,
+        cursor: Option<Cow<'a, str>>,
+        limit: usize,
+    },
+    /// How many are subscribed to a presence channel.
+    Occupancy {
+        ch: Cow<'a, str>,
+        id: Option<&'a str>,
+    },
 }
+
+/// Members a `presence` page holds unless `limit` says fewer.
+pub const PRESENCE_PAGE: usize = 100;
+/// The most members one `presence` page may hold.
+pub const MAX_PRESENCE_PAGE: usize = 1000;
 
 /// Stable error codes carried by `err` frames and HTTP error bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +109,9 @@ pub enum ErrorCode {
     /// The server is over its memory budget (`max-memory`) and takes no new
     /// connection or subscription for now; retry later.
     OverCapacity,
+    /// `presence` or `occupancy` of a channel that is not a presence
+    /// channel (`--presence`).
+    NoPresence,
     /// The cluster engine (Redis, NATS) is unreachable: the publication was
     /// not accepted; retry later.
     Unavailable,
@@ -119,6 +143,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::OverCapacity => "over_capacity",
+            ErrorCode::NoPresence => "no_presence",
             ErrorCode::Unavailable => "unavailable",
         }
     }
@@ -152,6 +177,27 @@ pub struct Since<'a> {
     pub epoch: Cow<'a, str>,
 }
 
+/// How a subscription wants its channel's messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubOptions {
+    /// Publications may come as fossil deltas (`"delta":"fossil"`).
+    pub delta: bool,
+    /// A presence channel's `join` and `leave` events too (`"join_leave"`).
+    pub join_leave: bool,
+}
+
+/// What a `presence` or `occupancy` op asks of a presence channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PresenceAsk {
+    /// A page of at most `limit` members after `cursor`.
+    Page {
+        cursor: Option<Box<str>>,
+        limit: usize,
+    },
+    /// Just how many.
+    Count,
+}
+
 /// `data` must be kept even when it is JSON `null`, which `Option` would eat.
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
     <&RawValue>::deserialize(d).map(Some)
@@ -177,6 +223,12 @@ struct Envelope<'a> {
     delta: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     key: Option<Cow<'a, str>>,
+    #[serde(default)]
+    join_leave: Option<bool>,
+    #[serde(borrow, default)]
+    cursor: Option<Cow<'a, str>>,
+    #[serde(default)]
+    limit: Option<u64>,
 }
 
 /// Just the `id` of an envelope whose other fields are wrong, so the error
@@ -346,6 +398,27 @@ pub fn parse_client_op(text: &str) -> Result<ClientOp<'_>, OpError<'_>> {
             id,
             since: read_since(envelope.since, envelope.epoch, id)?,
             delta: read_delta(envelope.delta.as_deref(), id)?,
+            join_leave: envelope.join_leave.unwrap_or(false),
+        }),
+        "presence" => Ok(ClientOp::Presence {
+            ch: read_channel(envelope.ch, Access::Subscribe, id)?,
+            id,
+            cursor: envelope.cursor,
+            limit: match envelope.limit {
+                None => PRESENCE_PAGE,
+                Some(n @ 1..) if n as usize <= MAX_PRESENCE_PAGE => n as usize,
+                Some(_) => {
+                    return Err(OpError::new(
+                        ErrorCode::BadJson,
+                        format!("limit must be 1 to {MAX_PRESENCE_PAGE}"),
+                        id,
+                    ))
+                }
+            },
+        }),
+        "occupancy" => Ok(ClientOp::Occupancy {
+            ch: read_channel(envelope.ch, Access::Subscribe, id)?,
+            id,
         }),
         "unsub" => Ok(ClientOp::Unsub {
             ch: read_channel(envelope.ch, Access::Subscribe, id)?,
@@ -366,7 +439,7 @@ pub fn parse_client_op(text: &str) -> Result<ClientOp<'_>, OpError<'_>> {
         }),
         _ => Err(OpError::new(
             ErrorCode::UnknownOp,
-            "op must be one of sub, unsub, pub, ping, auth",
+            "op must be one of sub, unsub, pub, ping, auth, presence, occupancy",
             id,
         )),
     }
@@ -644,6 +717,85 @@ pub fn encode_pong(id: Option<&str>) -> Bytes {
     out.finish()
 }
 
+/// One presence member as JSON: `{"user":..,"conn":..,"info":{..}}` (no
+/// `user` for an anonymous connection, no `info` without one).
+pub fn write_member(out: &mut Vec<u8>, user: &str, conn: &str, info: Option<&str>) {
+    out.push(b'{');
+    if !user.is_empty() {
+        out.extend_from_slice(b"\"user\":");
+        // Writing a str into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, user);
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"conn\":");
+    let _ = serde_json::to_writer(&mut *out, conn);
+    if let Some(info) = info {
+        out.extend_from_slice(b",\"info\":");
+        out.extend_from_slice(info.as_bytes());
+    }
+    out.push(b'}');
+}
+
+/// `{"op":"presence","id":..,"ch":..,"members":[..],"count":N}` and, when
+/// there are more, `"cursor"`; `members` is JSON text of
+/// [`write_member`]s joined by commas. The same text answers
+/// `GET /api/presence/<ch>` (without an `id`).
+pub fn presence_json(
+    id: Option<&str>,
+    channel: &str,
+    members: &[u8],
+    count: usize,
+    cursor: Option<&str>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(96 + channel.len() + members.len());
+    out.extend_from_slice(b"{\"op\":\"presence\"");
+    if let Some(id) = id {
+        out.extend_from_slice(b",\"id\":");
+        out.extend_from_slice(id.as_bytes());
+    }
+    out.extend_from_slice(b",\"ch\":\"");
+    out.extend_from_slice(channel.as_bytes());
+    out.extend_from_slice(b"\",\"members\":[");
+    out.extend_from_slice(members);
+    out.extend_from_slice(b"],\"count\":");
+    out.extend_from_slice(itoa::Buffer::new().format(count).as_bytes());
+    if let Some(cursor) = cursor {
+        out.extend_from_slice(b",\"cursor\":");
+        let _ = serde_json::to_writer(&mut out, cursor);
+    }
+    out.push(b'}');
+    out
+}
+
+/// `{"op":"occupancy","id":..,"ch":..,"count":N}`.
+pub fn encode_occupancy(id: Option<&str>, channel: &str, count: usize) -> Bytes {
+    let mut out = FrameBuilder::new(OpCode::Text, 64 + channel.len());
+    out.push(b"{\"op\":\"occupancy\"");
+    push_id(&mut out, id);
+    out.push(b",\"ch\":\"");
+    out.push(channel.as_bytes());
+    out.push(b"\",\"count\":");
+    out.push(itoa::Buffer::new().format(count).as_bytes());
+    out.push(b"}");
+    out.finish()
+}
+
+/// `{"op":"join"|"leave","ch":..,"user":..,"conn":..,"info":..}`: the
+/// member's fields after `op` and `ch`.
+pub fn encode_presence_event(join: bool, channel: &str, member: &[u8]) -> Bytes {
+    let mut out = FrameBuilder::new(OpCode::Text, 32 + channel.len() + member.len());
+    out.push(if join {
+        b"{\"op\":\"join\",\"ch\":\""
+    } else {
+        b"{\"op\":\"leave\",\"ch\":\""
+    });
+    out.push(channel.as_bytes());
+    out.push(b"\",");
+    // The member object without its opening brace.
+    out.push(member.get(1..).unwrap_or_default());
+    out.finish()
+}
+
 /// `{"op":"resync","ch":..,"seq":..,"epoch":..}`: publications of `ch` were
 /// lost that cannot be recovered; the channel goes on after `seq` under
 /// `epoch` (a client reloads its state, then takes what follows).
@@ -663,6 +815,75 @@ pub fn encode_resync(channel: &str, seq: u64, epoch: &str) -> Bytes {
 mod tests {
     use super::*;
     use serde_json::{json, Value};
+
+    #[test]
+    fn presence_ops_parse_and_their_answers_are_json() {
+        let op =
+            parse_client_op(r#"{"op":"presence","ch":"room.1","id":7,"cursor":"a.1","limit":2}"#);
+        assert!(
+            matches!(op, Ok(ClientOp::Presence { limit: 2, cursor: Some(ref c), .. }) if c == "a.1")
+        );
+        let plain = parse_client_op(r#"{"op":"presence","ch":"room.1"}"#);
+        assert!(matches!(
+            plain,
+            Ok(ClientOp::Presence {
+                limit: PRESENCE_PAGE,
+                cursor: None,
+                ..
+            })
+        ));
+        for bad in [
+            r#"{"op":"presence","ch":"r","limit":0}"#,
+            r#"{"op":"presence","ch":"r","limit":1001}"#,
+        ] {
+            assert_eq!(
+                parse_client_op(bad).unwrap_err().code,
+                ErrorCode::BadJson,
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            parse_client_op(r#"{"op":"occupancy","ch":"r","id":1}"#),
+            Ok(ClientOp::Occupancy { .. })
+        ));
+        let sub = parse_client_op(r#"{"op":"sub","ch":"r","join_leave":true}"#);
+        assert!(matches!(
+            sub,
+            Ok(ClientOp::Sub {
+                join_leave: true,
+                ..
+            })
+        ));
+        let mut member = Vec::new();
+        write_member(&mut member, "al\"ice", "n.0.1.1", Some(r#"{"x":1}"#));
+        let event = payload_json(&encode_presence_event(true, "room.1", &member));
+        assert_eq!(
+            event,
+            json!({"op":"join","ch":"room.1","user":"al\"ice","conn":"n.0.1.1","info":{"x":1}})
+        );
+        let mut anonymous = Vec::new();
+        write_member(&mut anonymous, "", "n.0.2.1", None);
+        let both = [member.as_slice(), b",", anonymous.as_slice()].concat();
+        let answer: Value = serde_json::from_slice(&presence_json(
+            Some("7"),
+            "room.1",
+            &both,
+            2,
+            Some("n.0.2.1"),
+        ))
+        .unwrap();
+        assert_eq!(answer["members"][1], json!({"conn":"n.0.2.1"}));
+        assert_eq!(
+            (
+                answer["id"].as_u64(),
+                answer["count"].as_u64(),
+                answer["cursor"].as_str()
+            ),
+            (Some(7), Some(2), Some("n.0.2.1"))
+        );
+        let occupancy = payload_json(&encode_occupancy(None, "room.1", 3));
+        assert_eq!(occupancy, json!({"op":"occupancy","ch":"room.1","count":3}));
+    }
 
     #[test]
     fn resyncs_name_the_channel_position_and_epoch() {
@@ -688,6 +909,7 @@ mod tests {
                 id: Some("1"),
                 since: None,
                 delta: false,
+                join_leave: false,
             })
         );
         assert_eq!(
@@ -700,6 +922,7 @@ mod tests {
                     epoch: "ab-1".into()
                 }),
                 delta: false,
+                join_leave: false,
             })
         );
         assert_eq!(
@@ -765,6 +988,7 @@ mod tests {
                 id: None,
                 since: None,
                 delta: false,
+                join_leave: false,
             })
         );
     }

@@ -86,6 +86,7 @@ fn settings(config: &Config) -> Vec<(&'static str, Value)> {
         ),
         ("conflate", Value::List(c.conflate.clone())),
         ("conflate-after-bytes", size(c.conflate_after_bytes)),
+        ("presence", Value::List(c.presence.clone())),
         ("max-memory", size(c.max_memory)),
         ("anonymous", Value::Bool(c.anonymous)),
         (

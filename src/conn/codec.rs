@@ -105,6 +105,28 @@ impl Codec {
         self.control(protocol::encode_resync(channel, seq, epoch))
     }
 
+    /// A presence channel's `join` or `leave` of `member` (its JSON object).
+    pub fn presence_event(self, join: bool, channel: &str, member: &[u8]) -> Bytes {
+        self.control(protocol::encode_presence_event(join, channel, member))
+    }
+
+    /// The answer to `presence` (`members`: JSON objects joined by commas).
+    pub fn presence(
+        self,
+        id: Option<&str>,
+        channel: &str,
+        page: (&[u8], usize, Option<&str>),
+    ) -> Bytes {
+        let (members, count, cursor) = page;
+        let json = protocol::presence_json(id, channel, members, count, cursor);
+        self.control(frame::encode(frame::OpCode::Text, &json))
+    }
+
+    /// The answer to `occupancy`.
+    pub fn occupancy(self, id: Option<&str>, channel: &str, count: usize) -> Bytes {
+        self.control(protocol::encode_occupancy(id, channel, count))
+    }
+
     /// The answer to a `ping` op.
     pub fn pong(self, id: Option<&str>) -> Bytes {
         self.control(protocol::encode_pong(id))

@@ -323,6 +323,13 @@ pub enum Route {
     Metrics,
     /// `GET /api/stats`: the same figures as JSON.
     Stats,
+    /// `GET /api/presence/<ch>?cursor=..&limit=..`: a presence channel's
+    /// members.
+    Presence {
+        channel: String,
+        cursor: Option<String>,
+        limit: usize,
+    },
 }
 
 impl Route {
@@ -333,7 +340,10 @@ impl Route {
 
     /// Routes that need the API key when one is configured.
     pub fn needs_api_key(&self) -> bool {
-        matches!(self, Route::Publish | Route::Metrics | Route::Stats)
+        matches!(
+            self,
+            Route::Publish | Route::Metrics | Route::Stats | Route::Presence { .. }
+        )
     }
 }
 
@@ -358,6 +368,12 @@ pub fn route(head: &Head, max_subscriptions: usize) -> Result<Route, HttpError> 
             Method::Post => Ok(Route::Publish),
             _ => Err(method_not_allowed()),
         };
+    }
+    if let Some(channel) = path.strip_prefix("/api/presence/") {
+        if head.method != Method::Get {
+            return Err(method_not_allowed());
+        }
+        return presence_route(channel, &head.query);
     }
     if path == "/ws" || path.starts_with("/ws/") {
         check_query_escapes(&head.query)?;
@@ -507,6 +523,32 @@ fn room_since(query: &str) -> Result<Option<(u64, String)>, HttpError> {
 
 fn method_not_allowed() -> HttpError {
     HttpError::new(405, "method_not_allowed", "method not allowed here")
+}
+
+/// `/api/presence/<ch>` with its query: the channel (percent-decoded and
+/// checked), `cursor` and `limit` (1 to the page maximum).
+fn presence_route(channel: &str, query: &str) -> Result<Route, HttpError> {
+    let bad = |msg: String| HttpError::new(400, ErrorCode::BadJson.as_str(), msg);
+    let channel = percent_decode(channel)
+        .ok_or_else(|| bad("channel is not percent-encoded UTF-8".into()))?;
+    check_channel(&channel, Access::Subscribe)?;
+    let limit = match query_values(query, "limit").next() {
+        None => protocol::PRESENCE_PAGE,
+        Some(text) => match text.parse::<usize>() {
+            Ok(n @ 1..) if n <= protocol::MAX_PRESENCE_PAGE => n,
+            _ => {
+                return Err(bad(format!(
+                    "limit must be 1 to {}",
+                    protocol::MAX_PRESENCE_PAGE
+                )))
+            }
+        },
+    };
+    Ok(Route::Presence {
+        channel,
+        cursor: query_values(query, "cursor").next(),
+        limit,
+    })
 }
 
 fn check_channel(name: &str, access: Access) -> Result<(), HttpError> {

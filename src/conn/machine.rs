@@ -26,7 +26,7 @@ use crate::{
     channel::Access,
     close::CloseReason,
     frame,
-    protocol::{self, ClientOp, ErrorCode, OpError, PayloadKind, Since},
+    protocol::{self, ClientOp, ErrorCode, OpError, PayloadKind, PresenceAsk, Since, SubOptions},
     publication::{Payload, Skip},
     security::{
         rate::Verdict,
@@ -72,14 +72,21 @@ pub trait Host {
     /// without a limit).
     fn take_publish_token(&mut self) -> Verdict;
     /// Subscribes the connection to `ch` (acknowledged to `id`, resuming
-    /// after `since`).
-    /// (`delta`: publications may come as deltas).
+    /// after `since`, as `options` say).
     fn subscribe<'a>(
         &mut self,
         ch: &str,
         id: Option<&'a str>,
         since: Option<Since<'_>>,
-        delta: bool,
+        options: SubOptions,
+    ) -> Result<(), OpError<'a>>;
+    /// Answers `presence` or `occupancy` of `ch` to `id` (later: the
+    /// channel's owner shard holds its members).
+    fn presence<'a>(
+        &mut self,
+        ch: &str,
+        id: Option<&'a str>,
+        ask: PresenceAsk,
     ) -> Result<(), OpError<'a>>;
     fn unsubscribe<'a>(&mut self, ch: &str, id: Option<&'a str>) -> Result<(), OpError<'a>>;
     /// The channels the connection is subscribed to.
@@ -162,8 +169,12 @@ impl Connection {
             Session::Json {
                 subscribe, delta, ..
             } => {
+                let options = SubOptions {
+                    delta,
+                    join_leave: false,
+                };
                 for name in subscribe {
-                    if let Err(error) = host.subscribe(&name, None, None, delta) {
+                    if let Err(error) = host.subscribe(&name, None, None, options) {
                         host.send(host.codec().err(&error));
                     }
                 }
@@ -179,7 +190,7 @@ impl Connection {
                     seq,
                     epoch: epoch.into(),
                 });
-                if let Err(error) = host.subscribe(&channel, None, since, false) {
+                if let Err(error) = host.subscribe(&channel, None, since, SubOptions::default()) {
                     host.send(host.codec().err(&error));
                 }
                 Some(Box::new(Room {
@@ -419,8 +430,20 @@ fn handle_op(text: &str, binary: Option<&[u8]>, host: &mut impl Host) -> Option<
             id,
             since,
             delta,
+            join_leave,
         } => permitted(Access::Subscribe, &ch, id, host)
-            .and_then(|()| host.subscribe(&ch, id, since, delta)),
+            .and_then(|()| host.subscribe(&ch, id, since, SubOptions { delta, join_leave })),
+        ClientOp::Presence {
+            ch,
+            id,
+            cursor,
+            limit,
+        } => permitted(Access::Subscribe, &ch, id, host).and_then(|()| {
+            let cursor = cursor.map(|c| c.as_ref().into());
+            host.presence(&ch, id, PresenceAsk::Page { cursor, limit })
+        }),
+        ClientOp::Occupancy { ch, id } => permitted(Access::Subscribe, &ch, id, host)
+            .and_then(|()| host.presence(&ch, id, PresenceAsk::Count)),
         ClientOp::Unsub { ch, id } => host.unsubscribe(&ch, id),
         ClientOp::Ping { id } => {
             host.send(host.codec().pong(id));
@@ -489,6 +512,8 @@ fn refuse_auth(
 fn op_id<'a>(op: &ClientOp<'a>) -> Option<&'a str> {
     match op {
         ClientOp::Sub { id, .. }
+        | ClientOp::Presence { id, .. }
+        | ClientOp::Occupancy { id, .. }
         | ClientOp::Unsub { id, .. }
         | ClientOp::Pub { id, .. }
         | ClientOp::Ping { id }
@@ -716,10 +741,18 @@ mod tests {
             ch: &str,
             _id: Option<&'a str>,
             _since: Option<Since<'_>>,
-            _delta: bool,
+            _options: SubOptions,
         ) -> Result<(), OpError<'a>> {
             self.subscribed.push(ch.into());
             Ok(())
+        }
+        fn presence<'a>(
+            &mut self,
+            _ch: &str,
+            id: Option<&'a str>,
+            _ask: PresenceAsk,
+        ) -> Result<(), OpError<'a>> {
+            Err(OpError::new(ErrorCode::NoPresence, "no", id))
         }
         fn unsubscribe<'a>(&mut self, ch: &str, id: Option<&'a str>) -> Result<(), OpError<'a>> {
             match self.subscribed.iter().position(|s| s == ch) {

@@ -24,6 +24,8 @@ pub struct Grant {
     pub user: Box<str>,
     /// The `exp` claim, in seconds since the Unix epoch.
     pub expires_at: u64,
+    /// The `info` claim (a JSON object, as text), shown in presence lists.
+    pub info: Option<Box<str>>,
     subscribe: Box<[ChannelPattern]>,
     publish: Box<[ChannelPattern]>,
 }
@@ -98,7 +100,13 @@ struct Claims {
     exp: f64,
     #[serde(default)]
     channels: ChannelClaims,
+    /// What presence lists show of the user (an object).
+    #[serde(default)]
+    info: Option<Box<serde_json::value::RawValue>>,
 }
+
+/// Longest `info` claim accepted, as JSON text.
+pub const MAX_INFO_BYTES: usize = 1024;
 
 #[derive(Deserialize, Default)]
 struct ChannelClaims {
@@ -198,9 +206,22 @@ impl Verifier {
         if expires_at <= now {
             return Err(TokenError::Expired);
         }
+        let info = match claims.info {
+            None => None,
+            Some(info) if info.get().len() > MAX_INFO_BYTES => {
+                return Err(TokenError::Claims(format!(
+                    "info is over {MAX_INFO_BYTES} bytes"
+                )));
+            }
+            Some(info) if !info.get().starts_with('{') => {
+                return Err(TokenError::Claims("info must be an object".into()));
+            }
+            Some(info) => Some(info.get().replace(['\n', '\r'], " ").into()),
+        };
         Ok(Grant {
             user: claims.sub.unwrap_or_default().into(),
             expires_at,
+            info,
             subscribe: patterns(&claims.channels.sub)?,
             publish: patterns(&claims.channels.publish)?,
         })

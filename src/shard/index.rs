@@ -8,7 +8,10 @@
 //! answers on the same FIFO lane as its deliveries), so it is either in the
 //! replayed history or before the subscription took effect.
 
-use std::{collections::HashMap, rc::Rc};
+use std::{
+    collections::{HashMap, HashSet},
+    rc::Rc,
+};
 
 use bytes::Bytes;
 use slab::Slab;
@@ -20,7 +23,8 @@ use crate::{
         outbox::Pushed,
         Conn,
     },
-    frame, protocol,
+    frame,
+    protocol::{self, SubOptions},
     publication::{Payload, Skip},
 };
 
@@ -43,6 +47,9 @@ pub struct LocalChannel {
     /// was sent ([`NO_BASE`] before it has been sent any). Kept aside, so
     /// subscribers that did not ask (most) pay nothing for it.
     deltas: HashMap<u32, u64>,
+    /// The subscribers that asked for `join` and `leave` events, by slot
+    /// (aside, as `deltas`).
+    join_leave: HashSet<u32>,
 }
 
 /// This shard's interest in a channel, as its owner must know it.
@@ -104,7 +111,7 @@ impl Index {
         name: &str,
         conn: &Rc<Conn>,
         pending: Option<u32>,
-        delta: bool,
+        options: SubOptions,
     ) -> (Rc<str>, u32, Option<Interest>) {
         let channel = match self.channels.get_mut(name) {
             Some(channel) => channel,
@@ -114,6 +121,7 @@ impl Index {
                     name,
                     subscribers: Slab::new(),
                     deltas: HashMap::new(),
+                    join_leave: HashSet::new(),
                 })
             }
         };
@@ -122,8 +130,11 @@ impl Index {
             conn: conn.clone(),
             pending,
         }) as u32;
-        if delta {
+        if options.delta {
             channel.deltas.insert(slot, NO_BASE);
+        }
+        if options.join_leave {
+            channel.join_leave.insert(slot);
         }
         let after = channel.interest();
         (
@@ -140,6 +151,7 @@ impl Index {
         let before = channel.interest();
         channel.subscribers.try_remove(slot as usize)?;
         channel.deltas.remove(&slot);
+        channel.join_leave.remove(&slot);
         let after = channel.interest();
         if !after.on {
             self.channels.remove(name);
@@ -183,6 +195,31 @@ impl Index {
                 NO_BASE
             };
         }
+    }
+
+    /// Sends a presence channel's `join` (or `leave`) of `member` (its JSON
+    /// object) to the live subscribers of `name` that asked for them, one
+    /// frame per protocol; returns how many got it.
+    pub fn presence_event(&self, name: &str, join: bool, member: &[u8]) -> usize {
+        let Some(channel) = self.channels.get(name) else {
+            return 0;
+        };
+        let mut frames: [Option<Bytes>; Protocol::COUNT] = Default::default();
+        let mut told = 0;
+        for slot in &channel.join_leave {
+            let Some(subscriber) = channel.subscribers.get(*slot as usize) else {
+                continue;
+            };
+            let codec = subscriber.conn.codec;
+            if subscriber.pending.is_some() || codec.protocol == Protocol::Raw {
+                continue;
+            }
+            let frame = frames[codec.protocol as usize]
+                .get_or_insert_with(|| codec.presence_event(join, name, member));
+            subscriber.conn.send(frame.clone());
+            told += 1;
+        }
+        told
     }
 
     /// Tells every live JSON and MessagePack subscriber of `name` to resync

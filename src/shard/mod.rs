@@ -8,8 +8,10 @@
 pub mod budget;
 mod cluster;
 pub mod index;
+pub mod members;
 mod observe;
 pub mod owner;
+mod presence;
 mod run;
 mod serve;
 mod session;
@@ -53,7 +55,7 @@ use crate::{
     frame,
     heartbeat::{Action, HeartbeatTimes},
     mesh::{MeshMsg, PeerLinks, Reply},
-    protocol::{ErrorCode, OpError, Since},
+    protocol::{ErrorCode, OpError, Since, SubOptions},
     publication::{ConnRef, Payload, Position, Skip},
     security::{
         pattern::{self, ChannelPattern},
@@ -119,6 +121,12 @@ pub struct Shard {
     pub inflater: RefCell<Inflater>,
     /// `--conflate`: the channels whose keyed publications conflate.
     conflate: Vec<ChannelPattern>,
+    /// `--presence`: the channels whose subscribers are listed.
+    presence_patterns: Vec<ChannelPattern>,
+    /// Members of the presence channels this shard owns.
+    members: RefCell<members::Members>,
+    /// `GET /api/presence` requests waiting for the owner, by reply slot.
+    presence_waiters: RefCell<Slab<(u32, LocalSender<Vec<u8>>)>>,
     /// The cluster engine's links (`None`: the memory engine).
     engine: Option<Engine>,
     /// Every shard's "engine links up" flag (this shard writes its own).
@@ -176,6 +184,11 @@ impl Shard {
             .iter()
             .filter_map(|p| ChannelPattern::parse(p).ok())
             .collect();
+        let presence_patterns = config
+            .presence
+            .iter()
+            .filter_map(|p| ChannelPattern::parse(p).ok())
+            .collect();
         let deflate = DeflateSettings {
             min_bytes: config.compression_min_bytes,
             level: config.compression_level,
@@ -202,6 +215,9 @@ impl Shard {
             next_gen: Cell::new(0),
             index: RefCell::new(Index::new(conflate_after)),
             conflate,
+            presence_patterns,
+            members: RefCell::default(),
+            presence_waiters: RefCell::new(Slab::new()),
             owner: RefCell::new(Owner::new(history, epoch)),
             links,
             cpu,
@@ -327,6 +343,7 @@ impl Shard {
     pub fn unregister_subscriptions(&self, conn: &Conn) {
         for (name, slot) in conn.take_subscriptions() {
             self.remove_subscriber(&name, slot);
+            self.presence_changed(&name, conn, false);
         }
     }
 
@@ -369,7 +386,7 @@ impl Shard {
         name: &str,
         id: Option<&'a str>,
         since: Option<Since<'_>>,
-        delta: bool,
+        options: SubOptions,
     ) -> Result<(), OpError<'a>> {
         if self.shutting_down.get() {
             return Err(OpError::new(
@@ -386,7 +403,9 @@ impl Shard {
                 id,
             ));
         }
-        if let Some(slot) = conn.remove_subscription(name) {
+        // A replaced subscription stays a member: no leave, no join.
+        let replaced = conn.remove_subscription(name);
+        if let Some(slot) = replaced {
             self.remove_subscriber(name, slot);
         }
         if conn.subscription_count() >= self.config.max_subscriptions {
@@ -400,12 +419,18 @@ impl Shard {
             ));
         }
         let token = (id.is_some() || since.is_some()).then(|| self.new_token());
-        let (interned, slot, change) = self.index.borrow_mut().insert(name, conn, token, delta);
+        let (interned, slot, change) = self.index.borrow_mut().insert(name, conn, token, options);
         conn.add_subscription(interned, slot);
         if let Some(interest) = change {
             self.interest_changed(name, interest);
         }
+        // After the position is asked for (below): the member's own join
+        // then reaches it once it is live, whichever shard owns the channel.
+        let joined = replaced.is_none();
         let Some(token) = token else {
+            if joined {
+                self.presence_changed(name, conn, true);
+            }
             return Ok(());
         };
         let owner = self.owner_of(name.as_bytes());
@@ -426,6 +451,9 @@ impl Shard {
                     id: id.map(Into::into),
                 },
             );
+        }
+        if joined {
+            self.presence_changed(name, conn, true);
         }
         Ok(())
     }
@@ -512,6 +540,7 @@ impl Shard {
             ));
         };
         self.remove_subscriber(name, slot);
+        self.presence_changed(name, conn, false);
         if let Some(id) = id {
             conn.send(conn.codec.ack(id, None));
         }
@@ -802,7 +831,7 @@ impl Shard {
         let (tx, rx) = glommio::channels::local_channel::new_bounded(1);
         let nonce = self.new_token();
         let slot = self.http_waiters.borrow_mut().insert((nonce, tx)) as u32;
-        let _waiting = HttpWaiter {
+        let _waiting = SlotGuard {
             waiters: &self.http_waiters,
             slot,
             nonce,
@@ -882,6 +911,36 @@ impl Shard {
                 }
             }
             MeshMsg::Room => self.links.wake_publishers(),
+            MeshMsg::PresenceChange { ch, join, member } => {
+                if let Ok(name) = std::str::from_utf8(&ch) {
+                    self.change_presence(name, join, *member);
+                }
+            }
+            MeshMsg::PresenceEvent { ch, join, member } => {
+                if let Ok(name) = std::str::from_utf8(&ch) {
+                    self.presence_event(name, join, &member);
+                }
+            }
+            MeshMsg::PresenceQuery {
+                ch,
+                from,
+                asker,
+                ask,
+            } => {
+                if let Ok(name) = std::str::from_utf8(&ch) {
+                    self.answer_presence_query(name, from as usize, asker, ask);
+                }
+            }
+            MeshMsg::PresenceReply {
+                ch,
+                asker,
+                page,
+                counting,
+            } => {
+                if let Ok(name) = std::str::from_utf8(&ch) {
+                    self.answer_presence(name, asker, &page, counting);
+                }
+            }
             MeshMsg::StatsRequest { from, slot, nonce } => {
                 let snapshot = Box::new(self.snapshot(true));
                 self.links.send(
@@ -1008,16 +1067,16 @@ fn replay_frames(
     (frames.iter().map(Bytes::len).sum::<usize>() <= room).then_some(frames)
 }
 
-/// Frees an HTTP publish's reply slot when its wait ends, unless the answer
-/// already did (the slot may then belong to a later publish: the nonce
-/// tells).
-struct HttpWaiter<'a> {
-    waiters: &'a RefCell<HttpWaiters>,
+/// Frees an HTTP request's reply slot (a publish waiting for its `seq`, a
+/// presence question) when its wait ends, unless the answer already did
+/// (the slot may then belong to a later request: the nonce tells).
+struct SlotGuard<'a, T> {
+    waiters: &'a RefCell<Slab<(u32, T)>>,
     slot: u32,
     nonce: u32,
 }
 
-impl Drop for HttpWaiter<'_> {
+impl<T> Drop for SlotGuard<'_, T> {
     fn drop(&mut self) {
         let mut waiters = self.waiters.borrow_mut();
         if waiters

@@ -137,6 +137,38 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
                 let json = serde_json::to_vec(&stats).unwrap_or_default();
                 http::response(200, "application/json", &json, keep_alive)
             }
+            Ok(Route::Presence {
+                channel,
+                cursor,
+                limit,
+            }) => {
+                let ask = protocol::PresenceAsk::Page {
+                    cursor: cursor.map(Into::into),
+                    limit,
+                };
+                let wait = shard.config.shutdown_timeout.max(Duration::from_secs(1));
+                let answer = glommio::timer::timeout(wait, async {
+                    Ok(shard.presence_and_wait(&channel, ask).await)
+                })
+                .await;
+                match answer {
+                    Ok(Ok(Some(json))) => {
+                        http::response(200, "application/json", &json, keep_alive)
+                    }
+                    Ok(Err(error)) => http::error_response(
+                        &HttpError::new(404, error.code.as_str(), error.msg.into_owned()),
+                        keep_alive,
+                    ),
+                    _ => http::error_response(
+                        &HttpError::new(
+                            503,
+                            "unavailable",
+                            "the channel's owner shard did not answer",
+                        ),
+                        keep_alive,
+                    ),
+                }
+            }
             Ok(Route::Publish) => match publish(&shard, &stream, &head, &mut buf).await {
                 Ok(seq) => {
                     let body = format!("{{\"seq\":{seq}}}");

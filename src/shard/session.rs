@@ -28,8 +28,8 @@ use crate::{
         permit::Permit,
         Conn,
     },
-    mesh::Reply,
-    protocol::{OpError, Since},
+    mesh::{PresenceAsker, Reply},
+    protocol::{OpError, PresenceAsk, Since, SubOptions},
     publication::{Payload, Skip},
     security::{
         rate::Verdict,
@@ -198,9 +198,27 @@ impl Host for OnShard<'_> {
         ch: &str,
         id: Option<&'a str>,
         since: Option<Since<'_>>,
-        delta: bool,
+        options: SubOptions,
     ) -> Result<(), OpError<'a>> {
-        self.shard.subscribe(self.conn, ch, id, since, delta)
+        self.shard.subscribe(self.conn, ch, id, since, options)
+    }
+
+    fn presence<'a>(
+        &mut self,
+        ch: &str,
+        id: Option<&'a str>,
+        ask: PresenceAsk,
+    ) -> Result<(), OpError<'a>> {
+        self.shard
+            .ask_presence(
+                ch,
+                PresenceAsker::Conn {
+                    conn: self.conn.id,
+                    id: id.map(Into::into),
+                },
+                ask,
+            )
+            .map_err(|error| OpError::new(error.code, error.msg, id))
     }
 
     fn unsubscribe<'a>(&mut self, ch: &str, id: Option<&'a str>) -> Result<(), OpError<'a>> {

@@ -1,0 +1,189 @@
+//! Who is subscribed to the presence channels this shard owns
+//! (`--presence`): every shard of the node reports its subscribers' joins
+//! and leaves to the channel's owner, which keeps one member table per
+//! channel, so the count is exact across shards and a list is one lookup.
+//! Members are ordered by connection id: a page of the list ends at a
+//! cursor (the last id it holds) and the next page starts after it, so
+//! paging is stable while members come and go. Pure data, no I/O.
+
+use std::collections::{BTreeMap, HashMap};
+
+/// One subscriber of a presence channel, as lists show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// The connection's id (unique on the node, stable while it lives).
+    pub conn: Box<str>,
+    /// The token's `sub` (empty: an anonymous connection).
+    pub user: Box<str>,
+    /// The token's `info` claim, as JSON text, if it had one.
+    pub info: Option<Box<str>>,
+}
+
+/// What a join or a leave changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// The member is new (a join event), or left (a leave event).
+    Yes,
+    /// Already a member (a second `sub` of the same connection), or not one.
+    No,
+}
+
+/// One page of a channel's members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub members: Vec<Member>,
+    /// Where the next page starts, when there is one.
+    pub cursor: Option<Box<str>>,
+    /// Members of the channel in all.
+    pub count: usize,
+}
+
+/// The members of the presence channels this shard owns.
+#[derive(Debug, Default)]
+pub struct Members {
+    channels: HashMap<Box<str>, BTreeMap<Box<str>, Member>>,
+}
+
+impl Members {
+    /// `member` subscribed to `channel`.
+    pub fn join(&mut self, channel: &str, member: Member) -> Change {
+        let members = self.channels.entry(channel.into()).or_default();
+        match members.insert(member.conn.clone(), member) {
+            None => Change::Yes,
+            Some(_) => Change::No,
+        }
+    }
+
+    /// Connection `conn` left `channel`; returns who it was.
+    pub fn leave(&mut self, channel: &str, conn: &str) -> Option<Member> {
+        let members = self.channels.get_mut(channel)?;
+        let left = members.remove(conn);
+        if members.is_empty() {
+            self.channels.remove(channel);
+        }
+        left
+    }
+
+    /// Members of `channel`.
+    pub fn count(&self, channel: &str) -> usize {
+        self.channels.get(channel).map_or(0, BTreeMap::len)
+    }
+
+    /// Up to `limit` members of `channel` after `cursor` (from the first
+    /// without one), in connection-id order.
+    pub fn page(&self, channel: &str, cursor: Option<&str>, limit: usize) -> Page {
+        let Some(members) = self.channels.get(channel) else {
+            return Page {
+                members: Vec::new(),
+                cursor: None,
+                count: 0,
+            };
+        };
+        let after = match cursor {
+            Some(cursor) => members.range::<str, _>((
+                std::ops::Bound::Excluded(cursor),
+                std::ops::Bound::Unbounded,
+            )),
+            None => members.range::<str, _>(..),
+        };
+        let mut page: Vec<Member> = after
+            .take(limit.saturating_add(1))
+            .map(|(_, m)| m.clone())
+            .collect();
+        let cursor = match page.len() > limit {
+            true => {
+                page.truncate(limit);
+                page.last().map(|m| m.conn.clone())
+            }
+            false => None,
+        };
+        Page {
+            members: page,
+            cursor,
+            count: members.len(),
+        }
+    }
+
+    /// Channels with at least one member.
+    #[cfg(test)]
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(conn: &str, user: &str) -> Member {
+        Member {
+            conn: conn.into(),
+            user: user.into(),
+            info: None,
+        }
+    }
+
+    #[test]
+    fn joins_and_leaves_count_once_per_connection() {
+        let mut presence = Members::default();
+        assert_eq!(presence.join("room", member("a.1", "alice")), Change::Yes);
+        assert_eq!(
+            presence.join("room", member("a.1", "alice")),
+            Change::No,
+            "a second sub"
+        );
+        assert_eq!(
+            presence.join("room", member("b.2", "alice")),
+            Change::Yes,
+            "another tab"
+        );
+        assert_eq!(presence.join("other", member("a.1", "alice")), Change::Yes);
+        assert_eq!(presence.count("room"), 2);
+        assert_eq!(
+            presence.leave("room", "a.1").map(|m| m.user),
+            Some("alice".into())
+        );
+        assert_eq!(presence.leave("room", "a.1"), None, "left already");
+        assert_eq!(presence.leave("nowhere", "a.1"), None);
+        assert_eq!(
+            presence.leave("room", "b.2").map(|m| m.conn),
+            Some("b.2".into())
+        );
+        assert_eq!(
+            (presence.count("room"), presence.channel_count()),
+            (0, 1),
+            "an empty channel is dropped"
+        );
+    }
+
+    #[test]
+    fn pages_follow_connection_order_and_survive_changes() {
+        let mut presence = Members::default();
+        for i in 0..5 {
+            presence.join("room", member(&format!("c{i}"), "u"));
+        }
+        let first = presence.page("room", None, 2);
+        let conns = |p: &Page| {
+            p.members
+                .iter()
+                .map(|m| m.conn.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            (conns(&first), first.cursor.as_deref(), first.count),
+            (vec!["c0".into(), "c1".into()], Some("c1"), 5)
+        );
+        // A member before the cursor leaving does not shift the next page.
+        presence.leave("room", "c0");
+        let second = presence.page("room", first.cursor.as_deref(), 2);
+        assert_eq!(
+            (conns(&second), second.cursor.as_deref()),
+            (vec!["c2".into(), "c3".into()], Some("c3"))
+        );
+        let last = presence.page("room", second.cursor.as_deref(), 2);
+        assert_eq!((conns(&last), last.cursor), (vec!["c4".into()], None));
+        let exact = presence.page("room", None, 4);
+        assert_eq!(exact.cursor, None, "no page after the last member");
+        assert_eq!(presence.page("empty", None, 10).count, 0);
+    }
+}

@@ -1,0 +1,251 @@
+//! The shard's side of presence (`--presence`). A connection's shard tells
+//! the channel's owner when it subscribes to a presence channel and when it
+//! leaves (unsubscribes, closes); the owner keeps the members
+//! (`shard/members.rs`) and sends every real change — a first subscription,
+//! a last leave — as a `join`/`leave` event to the shards with subscribers,
+//! which hand it to those that asked (`"join_leave":true`). `presence` and
+//! `occupancy` ops, and `GET /api/presence/<ch>`, ask the owner and are
+//! answered from its table: exact across the node's shards. Joins, leaves
+//! and questions travel on the same ordered lanes as everything else.
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+
+use super::{
+    members::{Change, Member, Page},
+    Shard,
+};
+use crate::{
+    conn::Conn,
+    mesh::{MeshMsg, PresenceAsker},
+    protocol::{self, ErrorCode, OpError, PresenceAsk},
+    security::pattern,
+};
+
+impl Shard {
+    /// Whether `name` is a presence channel.
+    pub(super) fn is_presence(&self, name: &str) -> bool {
+        !self.presence_patterns.is_empty() && pattern::any_matches(&self.presence_patterns, name)
+    }
+
+    /// `conn` as presence lists show it: its id (unique on the node), the
+    /// token's user and `info`.
+    fn member_of(&self, conn: &Conn) -> Member {
+        let (user, info) = match &*conn.permit() {
+            crate::conn::permit::Permit::Token(grant) => (grant.user.clone(), grant.info.clone()),
+            _ => ("".into(), None),
+        };
+        Member {
+            conn: format!(
+                "{}.{}.{}.{}",
+                self.config.node_id, self.id, conn.id.key, conn.id.gen
+            )
+            .into(),
+            user,
+            info,
+        }
+    }
+
+    /// `conn` subscribed to `name` (not a replaced subscription), or left it.
+    pub(super) fn presence_changed(&self, name: &str, conn: &Conn, join: bool) {
+        if !self.is_presence(name) {
+            return;
+        }
+        let member = self.member_of(conn);
+        let owner = self.owner_of(name.as_bytes());
+        if owner == self.id {
+            self.change_presence(name, join, member);
+        } else {
+            self.links.send(
+                owner,
+                MeshMsg::PresenceChange {
+                    ch: Bytes::copy_from_slice(name.as_bytes()),
+                    join,
+                    member: Box::new(member),
+                },
+            );
+        }
+    }
+
+    /// Owner side: records the change and, if it is one, tells every shard
+    /// with subscribers of `name` (this one included).
+    pub(super) fn change_presence(&self, name: &str, join: bool, member: Member) {
+        let changed = match join {
+            true => (self.members.borrow_mut().join(name, member.clone()) == Change::Yes)
+                .then_some(member),
+            false => self.members.borrow_mut().leave(name, &member.conn),
+        };
+        let Some(member) = changed else { return };
+        let mut json = Vec::with_capacity(64);
+        protocol::write_member(
+            &mut json,
+            &member.user,
+            &member.conn,
+            member.info.as_deref(),
+        );
+        let json = Bytes::from(json);
+        for peer in super::shards_in(self.owner.borrow().remote_mask(name)) {
+            self.links.send(
+                peer,
+                MeshMsg::PresenceEvent {
+                    ch: Bytes::copy_from_slice(name.as_bytes()),
+                    join,
+                    member: json.clone(),
+                },
+            );
+        }
+        self.index.borrow().presence_event(name, join, &json);
+    }
+
+    /// Delivers an owner's `join`/`leave` event here.
+    pub(super) fn presence_event(&self, name: &str, join: bool, member: &[u8]) {
+        self.index.borrow().presence_event(name, join, member);
+    }
+
+    /// Asks the owner of presence channel `name` about it for `asker`;
+    /// refused (`no_presence`) if it is not one.
+    pub fn ask_presence(
+        &self,
+        name: &str,
+        asker: PresenceAsker,
+        ask: PresenceAsk,
+    ) -> Result<(), OpError<'static>> {
+        if !self.is_presence(name) {
+            return Err(OpError::new(
+                ErrorCode::NoPresence,
+                "not a presence channel (see --presence)",
+                None,
+            ));
+        }
+        let owner = self.owner_of(name.as_bytes());
+        if owner == self.id {
+            let page = self.presence_page(name, &ask);
+            self.answer_presence(name, asker, &page, ask == PresenceAsk::Count);
+        } else {
+            self.links.send(
+                owner,
+                MeshMsg::PresenceQuery {
+                    ch: Bytes::copy_from_slice(name.as_bytes()),
+                    from: self.id as u16,
+                    asker,
+                    ask,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Owner side: the answer to `ask`.
+    pub(super) fn presence_page(&self, name: &str, ask: &PresenceAsk) -> Page {
+        let members = self.members.borrow();
+        match ask {
+            PresenceAsk::Page { cursor, limit } => members.page(name, cursor.as_deref(), *limit),
+            PresenceAsk::Count => Page {
+                members: Vec::new(),
+                cursor: None,
+                count: members.count(name),
+            },
+        }
+    }
+
+    /// Owner side: answers a question from shard `from`.
+    pub(super) fn answer_presence_query(
+        &self,
+        name: &str,
+        from: usize,
+        asker: PresenceAsker,
+        ask: PresenceAsk,
+    ) {
+        let page = self.presence_page(name, &ask);
+        let counting = ask == PresenceAsk::Count;
+        if from == self.id {
+            return self.answer_presence(name, asker, &page, counting);
+        }
+        self.links.send(
+            from,
+            MeshMsg::PresenceReply {
+                ch: Bytes::copy_from_slice(name.as_bytes()),
+                asker,
+                page: Box::new(page),
+                counting,
+            },
+        );
+    }
+
+    /// Hands an answer to whoever asked, here (`counting`: an `occupancy`).
+    pub(super) fn answer_presence(
+        &self,
+        name: &str,
+        asker: PresenceAsker,
+        page: &Page,
+        counting: bool,
+    ) {
+        match asker {
+            PresenceAsker::Conn { conn, id } => {
+                let Some(conn) = self.conn(conn) else { return };
+                let frame = match counting {
+                    true => conn.codec.occupancy(id.as_deref(), name, page.count),
+                    false => {
+                        let members = members_json(page);
+                        conn.codec.presence(
+                            id.as_deref(),
+                            name,
+                            (&members, page.count, page.cursor.as_deref()),
+                        )
+                    }
+                };
+                conn.send(frame);
+            }
+            PresenceAsker::Http { slot, nonce } => {
+                let mut waiters = self.presence_waiters.borrow_mut();
+                if waiters.get(slot as usize).is_some_and(|w| w.0 == nonce) {
+                    let json = presence_body(name, page);
+                    let _ = waiters.remove(slot as usize).1.try_send(json);
+                }
+            }
+        }
+    }
+
+    /// `GET /api/presence/<ch>`: asks and waits for the answer (the JSON
+    /// body). `None` if the owner did not answer (shutdown).
+    pub async fn presence_and_wait(
+        self: &Rc<Self>,
+        name: &str,
+        ask: PresenceAsk,
+    ) -> Result<Option<Vec<u8>>, OpError<'static>> {
+        let (tx, rx) = glommio::channels::local_channel::new_bounded(1);
+        let nonce = self.new_token();
+        let slot = self.presence_waiters.borrow_mut().insert((nonce, tx)) as u32;
+        let _waiting = super::SlotGuard {
+            waiters: &self.presence_waiters,
+            slot,
+            nonce,
+        };
+        self.ask_presence(name, PresenceAsker::Http { slot, nonce }, ask)?;
+        Ok(rx.recv().await)
+    }
+}
+
+/// Members of a page as JSON objects joined by commas.
+fn members_json(page: &Page) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 * page.members.len());
+    for (i, member) in page.members.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        protocol::write_member(&mut out, &member.user, &member.conn, member.info.as_deref());
+    }
+    out
+}
+
+/// The body of `GET /api/presence/<ch>`.
+fn presence_body(name: &str, page: &Page) -> Vec<u8> {
+    protocol::presence_json(
+        None,
+        name,
+        &members_json(page),
+        page.count,
+        page.cursor.as_deref(),
+    )
+}
