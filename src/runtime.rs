@@ -259,7 +259,7 @@ fn log_security(config: &Config, security: &Security) {
     }
     if security.api_key.is_none() {
         tracing::warn!(
-            "no --api-key: POST /api/publish, /metrics and /api/stats are open to anyone \
+            "no --api-key: POST /api/publish, /api/presence, /metrics and /api/stats are open to anyone \
              who can reach them"
         );
     }

@@ -8,7 +8,8 @@
 //! `tests/clients/js_client_node.mjs` and `js_client_browser.mjs`; deltas
 //! (checked against the npm `fossil-delta` package) in `js_client_delta.mjs`;
 //! MessagePack (checked against `@msgpack/msgpack`) in `js_client_msgpack.mjs`; a
-//! `resync` from a two-node Redis cluster in `js_client_cluster.mjs`. Node,
+//! `resync` from a two-node Redis cluster in `js_client_cluster.mjs`; presence in
+//! `js_client_presence.mjs`. Node,
 //! Chromium and playwright-core come from `scripts/test.sh`.
 
 use std::process::Command;
@@ -47,6 +48,11 @@ fn js_client_applies_fossil_deltas_as_npm_fossil_delta_does() {
 #[test]
 fn js_client_speaks_messagepack_as_npm_msgpack_does() {
     run("js_client_msgpack.mjs");
+}
+
+#[test]
+fn js_client_lists_members_and_hears_joins_and_leaves() {
+    run("js_client_presence.mjs");
 }
 
 #[test]

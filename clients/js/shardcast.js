@@ -257,6 +257,8 @@ export class Subscription {
     this._onMessage = onMessage;
     this._onReset = opts.onReset;
     this._delta = opts.delta === 'fossil';
+    this._onJoin = opts.onJoin;
+    this._onLeave = opts.onLeave;
     this._base = null;       // the last data's bytes: what the next delta applies to
     this._pending = false;   // a sub frame is in flight on the current socket
     this._buffer = [];       // msgs that arrived before that sub's ack
@@ -367,7 +369,10 @@ export class Shardcast {
    * @param {string} ch
    * @param {(data: any, meta: {ch: string, seq: number, epoch: string}) => void} onMessage
    * @param {{onReset?: (info: {ch: string, epoch: string, seq: number, reason: string}) => void,
-   *          since?: number, epoch?: string}} [opts] since+epoch resume a stream saved earlier
+   *          onJoin?: (m: {ch: string, user?: string, conn: string, info?: object}) => void,
+   *          onLeave?: (m: {ch: string, user?: string, conn: string, info?: object}) => void,
+   *          since?: number, epoch?: string}} [opts] since+epoch resume a stream saved earlier;
+   *          onJoin/onLeave (a presence channel) ask the server for join and leave events
    * @returns {Subscription}
    */
   subscribe(ch, onMessage, opts = {}) {
@@ -387,6 +392,24 @@ export class Shardcast {
    */
   publish(ch, data, { timeout } = {}) {
     return this._op({ op: 'pub', ch, data }, timeout).then((f) => f.seq);
+  }
+
+  /**
+   * Who is subscribed to a presence channel (the server's `--presence`): one page of at most
+   * `limit` members after `cursor`. @returns {Promise<{members: Array<{user?: string,
+   * conn: string, info?: object}>, count: number, cursor?: string}>} pass `cursor` back for
+   * the next page; rejects with code 'no_presence' for a channel that is not one.
+   */
+  presence(ch, { cursor, limit } = {}) {
+    const frame = { op: 'presence', ch };
+    if (cursor !== undefined) frame.cursor = cursor;
+    if (limit !== undefined) frame.limit = limit;
+    return this._op(frame).then((f) => ({ members: f.members, count: f.count, cursor: f.cursor }));
+  }
+
+  /** How many are subscribed to a presence channel. @returns {Promise<number>} */
+  occupancy(ch) {
+    return this._op({ op: 'occupancy', ch }).then((f) => f.count);
   }
 
   /** Round trip to the server. @returns {Promise<number>} milliseconds */
@@ -598,6 +621,7 @@ export class Shardcast {
     const frame = { op: 'sub', ch: sub.ch };
     if (sub.epoch !== null) { frame.since = sub.seq; frame.epoch = sub.epoch; }
     if (sub._delta) frame.delta = 'fossil';
+    if (sub._onJoin || sub._onLeave) frame.join_leave = true;
     sub._pending = true;
     sub._buffer = [];
     this._op(frame, this.options.ackTimeout, { sub }).then(
@@ -703,6 +727,15 @@ export class Shardcast {
     } else if (f.op === 'resync') {
       const sub = this._subs.get(f.ch);
       if (sub) sub._resync(f);
+    } else if (f.op === 'join' || f.op === 'leave') {
+      const sub = this._subs.get(f.ch);
+      const handler = sub && sub.active && (f.op === 'join' ? sub._onJoin : sub._onLeave);
+      if (handler) {
+        try { handler({ ch: f.ch, user: f.user, conn: f.conn, info: f.info }); }
+        catch (e) { this._emit('error', e); }
+      }
+    } else if ((f.op === 'presence' || f.op === 'occupancy') && f.id !== undefined && this._ops.has(f.id)) {
+      this._settle(f.id, null, f);
     } else if (f.op === 'ack' || f.op === 'pong' || f.op === 'err') {
       if (f.op === 'pong' && f.id === this._pingId) {
         this._pingId = null;
