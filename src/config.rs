@@ -93,6 +93,10 @@ pub struct Config {
     /// Channels whose subscribers are listed (`presence`), counted
     /// (`occupancy`) and announced (`join`/`leave`), token-pattern syntax.
     pub presence: Vec<String>,
+    /// With the Redis engine, a node's presence members stay listed this
+    /// long after it last refreshed them (every third of it): a node that
+    /// dies drops out within it. Default 30 s.
+    pub presence_ttl: Duration,
     /// Memory budget of the process (split evenly over the shards) for what
     /// clients make it hold: connections, outgoing queues, unfinished
     /// messages and history. Over its share a shard refuses new connections
@@ -219,6 +223,7 @@ impl Default for Config {
             conflate: Vec::new(),
             conflate_after_bytes: 64 << 10,
             presence: Vec::new(),
+            presence_ttl: Duration::from_secs(30),
             max_memory: default_max_memory(),
             anonymous: false,
             jwt_secret: None,
@@ -349,6 +354,9 @@ pub struct ConfigLayer {
         value_delimiter = ','
     )]
     pub presence: Option<Vec<String>>,
+    /// With the Redis engine, how long a node's presence members outlive its last refresh (a dead node drops out within it) [default: 30s]
+    #[arg(long, env = "SHARDCAST_PRESENCE_TTL", value_name = "DURATION")]
+    pub presence_ttl: Option<HumanDuration>,
     /// Queued bytes over which a subscriber's older keyed publication is replaced by the newer one [default: 64KiB]
     #[arg(long, env = "SHARDCAST_CONFLATE_AFTER_BYTES", value_name = "SIZE")]
     pub conflate_after_bytes: Option<ByteSize>,
@@ -496,7 +504,7 @@ impl Config {
             { ping_interval, ping_timeout, max_queue_bytes, max_message_bytes,
               handshake_timeout, shutdown_timeout, read_buffer_bytes, history_ttl,
               history_max_bytes, auth_timeout, message_timeout, send_timeout, write_delay,
-              max_memory, compression_min_bytes, conflate_after_bytes, engine_timeout },
+              max_memory, compression_min_bytes, conflate_after_bytes, engine_timeout, presence_ttl },
             { jwt_secret, jwt_public_key, jwt_audience, jwt_issuer, api_key, admin_listen,
               publish_burst, tls_cert, tls_key, nats_url });
         if let Some(switch) = layer.compression {
@@ -657,6 +665,9 @@ impl Config {
                 .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b));
         if !prefix_ok {
             return invalid("engine-prefix must be 1 to 64 of A-Z a-z 0-9 _ -".into());
+        }
+        if self.presence_ttl < Duration::from_millis(300) {
+            return invalid("presence-ttl must be at least 300ms".into());
         }
         if self.engine_timeout < Duration::from_millis(100) {
             return invalid("engine-timeout must be at least 100ms".into());

@@ -87,6 +87,7 @@ fn settings(config: &Config) -> Vec<(&'static str, Value)> {
         ("conflate", Value::List(c.conflate.clone())),
         ("conflate-after-bytes", size(c.conflate_after_bytes)),
         ("presence", Value::List(c.presence.clone())),
+        ("presence-ttl", duration(c.presence_ttl)),
         ("max-memory", size(c.max_memory)),
         ("anonymous", Value::Bool(c.anonymous)),
         (

@@ -597,3 +597,85 @@ fn a_node_cut_off_by_redis_output_buffer_limit_refills_from_the_stream() {
         total["engine_gaps_filled"]
     );
 }
+
+/// Sends an op with `id` and returns its answer (skipping anything else).
+fn ask(client: &mut Client, op: Value) -> Value {
+    let id = op["id"].clone();
+    client.send_json(op);
+    loop {
+        let answer = client.recv_json();
+        if answer["id"] == id && answer["op"] != "msg" {
+            return answer;
+        }
+    }
+}
+
+#[test]
+fn presence_spans_nodes_and_a_dead_node_drops_out_within_the_ttl() {
+    let redis = Redis::start();
+    let presence = ["--presence", "room.*", "--presence-ttl", "1s"];
+    let a = redis_node(&redis, "a", &presence);
+    let mut b = redis_node(&redis, "b", &presence);
+    let mut watcher = Client::connect(&a, "/ws");
+    watcher.send_json(json!({"op": "sub", "ch": "room.1", "id": 1, "join_leave": true}));
+    assert_eq!(watcher.recv_json()["op"], "ack");
+    let mut members = Vec::new();
+    for node in [&a, &a, &b, &b] {
+        let mut client = Client::connect(node, "/ws");
+        client.subscribe("room.1");
+        members.push(client);
+    }
+    // Every other member's join reaches the watcher, from both nodes (its
+    // own may come before its position does, then it is not sent).
+    let mut joins = std::collections::BTreeSet::<String>::new();
+    while joins.len() < 4 || joins.iter().filter(|c| c.starts_with("b.")).count() < 2 {
+        let event = next_on(&mut watcher, "room.1");
+        assert_eq!(event["op"], "join", "{event}");
+        joins.insert(event["conn"].as_str().unwrap().to_string());
+    }
+    let on_b = joins.iter().filter(|c| c.starts_with("b.")).count();
+    assert_eq!(on_b, 2, "{joins:?}");
+    // Lists and counts are every node's, asked on either.
+    let listed = ask(
+        &mut watcher,
+        json!({"op": "presence", "ch": "room.1", "id": "p"}),
+    );
+    assert_eq!(listed["count"], 5, "{listed}");
+    let conns: std::collections::BTreeSet<String> = listed["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["conn"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        conns.is_superset(&joins) && conns.len() == 5,
+        "{conns:?} {joins:?}"
+    );
+    let mut on_b_client = Client::connect(&b, "/ws");
+    let count = ask(
+        &mut on_b_client,
+        json!({"op": "occupancy", "ch": "room.1", "id": "o"}),
+    );
+    assert_eq!(count["count"], 5, "{count}");
+    // A leave on b reaches the watcher on a.
+    members[2].send_json(json!({"op": "unsub", "ch": "room.1", "id": "u"}));
+    let leave = next_on(&mut watcher, "room.1");
+    assert_eq!(
+        (
+            leave["op"].as_str(),
+            leave["conn"].as_str().map(|c| c.starts_with("b."))
+        ),
+        (Some("leave"), Some(true)),
+        "{leave}"
+    );
+    // b dies: its last member drops out once its refreshes stop (1 s).
+    b.signal(libc::SIGKILL);
+    b.wait_exit(Duration::from_secs(5));
+    wait_until("b's members expire", || {
+        ask(
+            &mut watcher,
+            json!({"op": "occupancy", "ch": "room.1", "id": "later"}),
+        )["count"]
+            == 3
+    });
+}

@@ -84,6 +84,7 @@ impl Engine {
                     node,
                     timeout: config.engine_timeout,
                     replay_bytes: config.max_queue_bytes,
+                    presence_ttl: config.presence_ttl,
                 });
                 let mut links = Vec::with_capacity(config.redis_url.len());
                 for (index, url) in config.redis_url.iter().enumerate() {

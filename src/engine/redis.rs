@@ -68,6 +68,9 @@ pub struct RedisSettings {
     /// The most record bytes a subscriber's recovery asks for
     /// (`--max-queue-bytes`: more would not fit its queue anyway).
     pub replay_bytes: usize,
+    /// A node's presence members stay in Redis this long after it last
+    /// refreshed them (`--presence-ttl`).
+    pub presence_ttl: Duration,
 }
 
 /// A publication waiting for the script's answer.
@@ -117,6 +120,10 @@ pub trait RedisHost {
     fn on_backlog(&self, busy: bool);
     /// The last `seq` delivered of `channel`, when this shard follows it.
     fn resume_from(&self, channel: &str) -> Option<u64>;
+    /// Redis answered a presence question (or the link was lost first).
+    fn on_presence(&self, request: PresenceRequest, result: Result<PresenceAnswer, Refused>);
+    /// Another node's `join` (or `leave`) of `member` (its JSON) on `channel`.
+    fn on_presence_event(&self, channel: &str, join: bool, member: &[u8]);
     fn stats(&self) -> &Stats;
 }
 
@@ -133,6 +140,32 @@ enum Pending {
         ask: PositionAsk,
         sent_ns: u64,
     },
+    /// A request whose answer only matters if it is an error (logged).
+    Ignored(&'static str),
+    /// A presence question (`counting`: `occupancy`).
+    Presence {
+        request: PresenceRequest,
+        counting: bool,
+        sent_ns: u64,
+    },
+}
+
+/// A presence question on its way to Redis: about which channel, for whom
+/// (on which shard), and what.
+#[derive(Debug)]
+pub struct PresenceRequest {
+    pub ch: Box<str>,
+    pub from: usize,
+    pub asker: crate::mesh::PresenceAsker,
+    pub ask: crate::protocol::PresenceAsk,
+}
+
+/// What Redis answered about a presence channel.
+#[derive(Debug)]
+pub enum PresenceAnswer {
+    Count(usize),
+    /// Every member, as (conn, member JSON).
+    Members(Vec<(Bytes, Bytes)>),
 }
 
 /// One shard's link to one Redis.
@@ -144,6 +177,8 @@ pub struct RedisLink {
     settings: Rc<RedisSettings>,
     publish_sha: String,
     position_sha: String,
+    /// The presence scripts' names: change, refresh, query.
+    presence_shas: [String; 3],
     up: Cell<bool>,
     busy: Cell<bool>,
     /// Publications sent or batched, not yet answered.
@@ -180,6 +215,12 @@ impl RedisLink {
             settings,
             publish_sha: scripts::sha1_hex(scripts::PUBLISH),
             position_sha: scripts::sha1_hex(scripts::POSITION),
+            presence_shas: [
+                scripts::PRESENCE_CHANGE,
+                scripts::PRESENCE_REFRESH,
+                scripts::PRESENCE_QUERY,
+            ]
+            .map(scripts::sha1_hex),
             up: Cell::new(false),
             busy: Cell::new(false),
             in_flight: Cell::new(0),
@@ -344,6 +385,82 @@ impl RedisLink {
         Ok(())
     }
 
+    /// `member` (conn and JSON) joined presence channel `name` here, or
+    /// left it: recorded in Redis and announced to the other nodes.
+    pub fn presence_change(&self, name: &str, join: bool, conn: &str, member: &[u8]) {
+        if !self.up.get() {
+            return;
+        }
+        let settings = &self.settings;
+        let (prefix, channel) = (settings.prefix.as_bytes(), name.as_bytes());
+        let mut ttl = itoa::Buffer::new();
+        let node = format!("{:016x}:", settings.node);
+        let kind: &[u8] = if join { b"J" } else { b"L" };
+        self.command(|out| {
+            self.presence_call(out, 0, channel, 6);
+            resp::bulk(out, &[if join { b"j" } else { b"l" }]);
+            resp::bulk(out, &[conn.as_bytes()]);
+            resp::bulk(out, &[member]);
+            resp::bulk(out, &[ttl.format(millis(settings.presence_ttl)).as_bytes()]);
+            resp::bulk(out, &[prefix, b":p:", channel]);
+            resp::bulk(out, &[kind, node.as_bytes(), member]);
+        });
+        self.expect(Pending::Ignored("presence change"));
+    }
+
+    /// This node's members of `name` are still there (`members`: conn and
+    /// JSON of each): their expiry moves on by the presence TTL.
+    pub fn presence_refresh(&self, name: &str, members: &[(&str, &[u8])]) {
+        if !self.up.get() || members.is_empty() {
+            return;
+        }
+        let settings = &self.settings;
+        let channel = name.as_bytes();
+        let mut ttl = itoa::Buffer::new();
+        self.command(|out| {
+            self.presence_call(out, 1, channel, 1 + 2 * members.len());
+            resp::bulk(out, &[ttl.format(millis(settings.presence_ttl)).as_bytes()]);
+            for (conn, member) in members {
+                resp::bulk(out, &[conn.as_bytes()]);
+                resp::bulk(out, &[member]);
+            }
+        });
+        self.expect(Pending::Ignored("presence refresh"));
+    }
+
+    /// Asks Redis who is on presence channel `request.ch` (every node's
+    /// members), or how many. Refused at once while down.
+    pub fn presence_query(&self, request: PresenceRequest) -> Result<(), PresenceRequest> {
+        if !self.up.get() {
+            return Err(request);
+        }
+        let counting = request.ask == crate::protocol::PresenceAsk::Count;
+        let channel = request.ch.as_bytes();
+        self.command(|out| {
+            self.presence_call(out, 2, channel, 1);
+            resp::bulk(out, &[if counting { b"count" as &[u8] } else { b"list" }]);
+        });
+        self.expect(Pending::Presence {
+            request,
+            counting,
+            sent_ns: crate::clock::now_ns(),
+        });
+        Ok(())
+    }
+
+    /// `EVALSHA` of presence script `script` (0 change, 1 refresh, 2 query)
+    /// on `channel`'s member hash and expiry set, to be followed by `argv`
+    /// more arguments.
+    fn presence_call(&self, out: &mut BytesMut, script: usize, channel: &[u8], argv: usize) {
+        let prefix = self.settings.prefix.as_bytes();
+        resp::array_head(out, 5 + argv);
+        resp::bulk(out, &[b"EVALSHA"]);
+        resp::bulk(out, &[self.presence_shas[script].as_bytes()]);
+        resp::bulk(out, &[b"2"]);
+        resp::bulk(out, &[prefix, b":{", channel, b"}:members"]);
+        resp::bulk(out, &[prefix, b":{", channel, b"}:expiry"]);
+    }
+
     /// This shard wants pushes for `name` (or no longer): `SUBSCRIBE`s or
     /// `UNSUBSCRIBE`s when that changes. Kept while down, for the reconnect.
     pub fn want(&self, name: &str, on: bool) {
@@ -391,10 +508,11 @@ fn millis(duration: Duration) -> u64 {
     duration.as_millis().max(1) as u64
 }
 
-/// `SCRIPT LOAD` of both scripts (two replies).
+/// `SCRIPT LOAD` of every script (one reply each).
 fn load_scripts(out: &mut BytesMut) {
-    resp::command(out, &[b"SCRIPT", b"LOAD", scripts::PUBLISH.as_bytes()]);
-    resp::command(out, &[b"SCRIPT", b"LOAD", scripts::POSITION.as_bytes()]);
+    for script in scripts::ALL {
+        resp::command(out, &[b"SCRIPT", b"LOAD", script.as_bytes()]);
+    }
 }
 
 /// The pub/sub channel of `name`: `<prefix>:p:<name>`.
@@ -461,8 +579,9 @@ impl RedisLink {
         if self.addr.database != 0 {
             pending.push_back(Pending::Setup("SELECT"));
         }
-        pending.push_back(Pending::Setup("SCRIPT LOAD"));
-        pending.push_back(Pending::Setup("SCRIPT LOAD"));
+        for _ in scripts::ALL {
+            pending.push_back(Pending::Setup("SCRIPT LOAD"));
+        }
         drop(pending);
         self.up.set(true);
         let wanted: Vec<Box<str>> = self.wanted.borrow().iter().cloned().collect();
@@ -486,7 +605,10 @@ impl RedisLink {
         let failed: Vec<Pending> = self.pending.borrow_mut().drain(..).collect();
         for pending in failed {
             match pending {
-                Pending::Setup(_) => {}
+                Pending::Setup(_) | Pending::Ignored(_) => {}
+                Pending::Presence { request, .. } => {
+                    host.on_presence(request, Err(Refused::Unavailable))
+                }
                 Pending::Publish { tickets, .. } => self.answer(host, tickets, None),
                 Pending::Position { ask, .. } => host.on_position(ask, Err(Refused::Unavailable)),
             }
@@ -550,6 +672,26 @@ impl RedisLink {
                 }
                 self.answer(host, tickets, offsets);
             }
+            Pending::Ignored(what) => {
+                if let Some(error) = resp::error_text(&frame) {
+                    self.refusal(&frame);
+                    tracing::warn!(redis = %self.addr.shown, what, %error, "Redis refused a request");
+                }
+            }
+            Pending::Presence {
+                request,
+                counting,
+                sent_ns,
+            } => {
+                self.timed(host, sent_ns);
+                let answer = match counting {
+                    true => resp::integer(&frame)
+                        .and_then(|n| usize::try_from(n).ok())
+                        .map(PresenceAnswer::Count),
+                    false => presence_members(&frame).map(PresenceAnswer::Members),
+                };
+                host.on_presence(request, answer.ok_or_else(|| self.refusal(&frame)));
+            }
             Pending::Position { ask, sent_ns } => {
                 self.timed(host, sent_ns);
                 let result = standing(&frame).ok_or_else(|| self.refusal(&frame));
@@ -595,8 +737,9 @@ impl RedisLink {
         if error.starts_with("NOSCRIPT") {
             self.command(load_scripts);
             let mut pending = self.pending.borrow_mut();
-            pending.push_back(Pending::Setup("SCRIPT LOAD"));
-            pending.push_back(Pending::Setup("SCRIPT LOAD"));
+            for _ in scripts::ALL {
+                pending.push_back(Pending::Setup("SCRIPT LOAD"));
+            }
             drop(pending);
             tracing::warn!(redis = %self.addr.shown, "Redis lost the scripts; loading them again");
         } else {
@@ -619,6 +762,12 @@ impl RedisLink {
         let Some(name) = channel_name(&self.settings.prefix, channel) else {
             return;
         };
+        if let Some(event) = presence_event(message, self.settings.node) {
+            if let Some((join, member)) = event {
+                host.on_presence_event(name, join, member);
+            }
+            return;
+        }
         let decoded = record::split_published(message)
             .and_then(|(seq, epoch, bytes)| Ok((seq, epoch, record::decode(bytes)?)));
         match decoded {
@@ -629,6 +778,41 @@ impl RedisLink {
             }
         }
     }
+}
+
+/// A presence event another node published: `J` (join) or `L` (leave),
+/// its node's hash in 16 hex digits, `:`, the member's JSON. `None`: not a
+/// presence event; `Some(None)`: this node's own (already delivered here).
+fn presence_event(message: &[u8], node: u64) -> Option<Option<(bool, &[u8])>> {
+    let join = match message.first()? {
+        b'J' => true,
+        b'L' => false,
+        _ => return None,
+    };
+    let origin = message
+        .get(1..17)
+        .and_then(|hex| std::str::from_utf8(hex).ok());
+    let origin = origin.and_then(|hex| u64::from_str_radix(hex, 16).ok())?;
+    let member = message.get(18..)?;
+    Some((origin != node).then_some((join, member)))
+}
+
+/// The presence query's list: `{conn1, json1, ...}` (HGETALL, flat).
+fn presence_members(frame: &BytesFrame) -> Option<Vec<(Bytes, Bytes)>> {
+    let items = match frame {
+        // RESP3 answers HGETALL inside a script as a flat array too.
+        BytesFrame::Map { data, .. } => {
+            return data
+                .iter()
+                .map(|(k, v)| Some((resp::blob(k)?.clone(), resp::blob(v)?.clone())))
+                .collect();
+        }
+        other => resp::array(other)?,
+    };
+    items
+        .chunks_exact(2)
+        .map(|pair| Some((resp::blob(&pair[0])?.clone(), resp::blob(&pair[1])?.clone())))
+        .collect()
 }
 
 /// The position script's reply: `{offset, epoch, o1, r1, ...}`.

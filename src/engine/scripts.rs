@@ -92,6 +92,80 @@ end
 return result
 "#;
 
+/// The milliseconds of Redis's own clock, in a script (every node's
+/// member expiries are on this one clock).
+macro_rules! redis_now {
+    () => {
+        "local t = redis.call('time')\nlocal now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    };
+}
+
+/// A presence member joins or leaves: `KEYS` the channel's member hash
+/// (conn → member JSON) and expiry set (conn by expiry time); `ARGV` 1
+/// `j` or `l`, 2 conn, 3 member JSON, 4 ttl ms, 5 pub/sub channel, 6 the
+/// event to publish when it changed something. Returns 1 if it did.
+pub const PRESENCE_CHANGE: &str = concat!(
+    redis_now!(),
+    r#"local changed
+if ARGV[1] == 'j' then
+  changed = redis.call('hset', KEYS[1], ARGV[2], ARGV[3])
+  redis.call('zadd', KEYS[2], now + tonumber(ARGV[4]), ARGV[2])
+else
+  changed = redis.call('hdel', KEYS[1], ARGV[2])
+  redis.call('zrem', KEYS[2], ARGV[2])
+end
+redis.call('pexpire', KEYS[1], ARGV[4])
+redis.call('pexpire', KEYS[2], ARGV[4])
+if changed == 1 then
+  redis.call('publish', ARGV[5], ARGV[6])
+end
+return changed
+"#
+);
+
+/// A node's members are still there: `KEYS` as above; `ARGV` 1 ttl ms,
+/// then conn and member JSON pairs, each kept until now + ttl.
+pub const PRESENCE_REFRESH: &str = concat!(
+    redis_now!(),
+    r#"local expiry = now + tonumber(ARGV[1])
+for i = 2, #ARGV, 2 do
+  redis.call('hset', KEYS[1], ARGV[i], ARGV[i + 1])
+  redis.call('zadd', KEYS[2], expiry, ARGV[i])
+end
+redis.call('pexpire', KEYS[1], ARGV[1])
+redis.call('pexpire', KEYS[2], ARGV[1])
+return 1
+"#
+);
+
+/// Who is there: `KEYS` as above; `ARGV` 1 `count` or `list`. Members
+/// whose node stopped refreshing them are dropped first. Returns the count,
+/// or `{conn1, json1, conn2, json2, ...}`.
+pub const PRESENCE_QUERY: &str = concat!(
+    redis_now!(),
+    r#"local expired = redis.call('zrangebyscore', KEYS[2], '-inf', now)
+for i = 1, #expired, 1000 do
+  redis.call('hdel', KEYS[1], unpack(expired, i, math.min(i + 999, #expired)))
+end
+if #expired > 0 then
+  redis.call('zremrangebyscore', KEYS[2], '-inf', now)
+end
+if ARGV[1] == 'count' then
+  return redis.call('hlen', KEYS[1])
+end
+return redis.call('hgetall', KEYS[1])
+"#
+);
+
+/// Every script, loaded on each connection (and again after `NOSCRIPT`).
+pub const ALL: [&str; 5] = [
+    PUBLISH,
+    POSITION,
+    PRESENCE_CHANGE,
+    PRESENCE_REFRESH,
+    PRESENCE_QUERY,
+];
+
 /// A script's SHA-1 in lower-case hex, the name `EVALSHA` takes.
 pub fn sha1_hex(script: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, script.as_bytes());

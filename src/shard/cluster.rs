@@ -14,6 +14,7 @@ use bytes::Bytes;
 use futures_lite::FutureExt;
 
 use super::{
+    members::{Members, Page},
     owner::{Followed, Ordered},
     Shard,
 };
@@ -22,10 +23,14 @@ use crate::{
     engine::{
         nats::NatsHost,
         record::Record,
-        redis::{PositionAsk, PublishTicket, RedisHost, RedisLink, Standing},
+        redis::{
+            PositionAsk, PresenceAnswer, PresenceRequest, PublishTicket, RedisHost, RedisLink,
+            Standing,
+        },
         redis_link_for, Engine, Refused,
     },
     mesh::{MeshMsg, Reply},
+    protocol::PresenceAsk,
     publication::{ConnRef, Payload, Position, Skip},
     stats::{bump, Stats},
 };
@@ -41,6 +46,7 @@ impl Shard {
             return;
         };
         self.set_engine_health();
+        self.spawn_presence_refresh();
         let links: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>> = match engine {
             Engine::Redis(links) => links
                 .iter()
@@ -221,6 +227,58 @@ impl Shard {
         }
     }
 
+    /// The Redis link of `name`, with that engine (not for system channels).
+    pub(super) fn redis_link(&self, name: &str) -> Option<&Rc<RedisLink>> {
+        match &self.engine {
+            Some(Engine::Redis(links)) if !channel::is_system(name.as_bytes()) => {
+                redis_link_for(links, name)
+            }
+            _ => None,
+        }
+    }
+
+    /// Every third of the presence TTL: this node's members of the presence
+    /// channels this shard owns are still there (Redis drops those of a node
+    /// that stops saying so).
+    fn spawn_presence_refresh(self: &Rc<Self>) {
+        if !matches!(self.engine, Some(Engine::Redis(_))) || self.presence_patterns.is_empty() {
+            return;
+        }
+        let shard = self.clone();
+        let every = self.config.presence_ttl / 3;
+        glommio::spawn_local(async move {
+            while !shard.is_shutting_down() {
+                glommio::timer::sleep(every).await;
+                shard.refresh_presence();
+            }
+        })
+        .detach();
+    }
+
+    fn refresh_presence(&self) {
+        const CHUNK: usize = 500;
+        let members = self.members.borrow();
+        for (name, those) in members.channels() {
+            let Some(link) = self.redis_link(name) else {
+                continue;
+            };
+            let those: Vec<(String, Vec<u8>)> = those
+                .map(|m| {
+                    let mut json = Vec::new();
+                    crate::protocol::write_member(&mut json, &m.user, &m.conn, m.info.as_deref());
+                    (m.conn.to_string(), json)
+                })
+                .collect();
+            for chunk in those.chunks(CHUNK) {
+                let pairs: Vec<(&str, &[u8])> = chunk
+                    .iter()
+                    .map(|(c, j)| (c.as_str(), j.as_slice()))
+                    .collect();
+                link.presence_refresh(name, &pairs);
+            }
+        }
+    }
+
     /// This shard's flag in [`crate::engine::EngineHealth`], from its links.
     fn set_engine_health(&self) {
         let up = self.engine.as_ref().is_none_or(Engine::is_up);
@@ -342,6 +400,32 @@ impl RedisHost for Shard {
 
     fn resume_from(&self, name: &str) -> Option<u64> {
         self.owner.borrow_mut().begin_fill(name)
+    }
+
+    fn on_presence(&self, request: PresenceRequest, result: Result<PresenceAnswer, Refused>) {
+        let ch = request.ch.clone();
+        let page = match (result, &request.ask) {
+            (Ok(PresenceAnswer::Count(count)), _) => Some(Page {
+                members: Vec::new(),
+                cursor: None,
+                count,
+            }),
+            (Ok(PresenceAnswer::Members(list)), PresenceAsk::Page { cursor, limit }) => {
+                let mut all = Members::default();
+                for (_, json) in &list {
+                    if let Some(member) = super::presence::member_from_json(json) {
+                        all.join(&ch, member);
+                    }
+                }
+                Some(all.page(&ch, cursor.as_deref(), *limit))
+            }
+            _ => None,
+        };
+        self.send_presence_page(&ch, request, page);
+    }
+
+    fn on_presence_event(&self, name: &str, join: bool, member: &[u8]) {
+        self.deliver_presence_event(name, join, Bytes::copy_from_slice(member));
     }
 
     fn stats(&self) -> &Stats {

@@ -35,6 +35,27 @@ struct Subscriber {
     pending: Option<u32>,
 }
 
+/// Sends a control message (made once per protocol by `make`) to the live
+/// JSON and MessagePack subscribers among `subscribers` (raw-room members
+/// get no control messages); returns how many were sent one.
+fn tell<'a>(
+    subscribers: impl Iterator<Item = &'a Subscriber>,
+    make: impl Fn(Codec) -> Bytes,
+) -> usize {
+    let mut frames: [Option<Bytes>; Protocol::COUNT] = Default::default();
+    let mut told = 0;
+    for subscriber in subscribers {
+        let codec = subscriber.conn.codec;
+        if subscriber.pending.is_some() || codec.protocol == Protocol::Raw {
+            continue;
+        }
+        let frame = frames[codec.protocol as usize].get_or_insert_with(|| make(codec));
+        subscriber.conn.send(frame.clone());
+        told += 1;
+    }
+    told
+}
+
 /// A delta subscriber that holds no publication to apply a delta to.
 const NO_BASE: u64 = u64::MAX;
 
@@ -204,22 +225,11 @@ impl Index {
         let Some(channel) = self.channels.get(name) else {
             return 0;
         };
-        let mut frames: [Option<Bytes>; Protocol::COUNT] = Default::default();
-        let mut told = 0;
-        for slot in &channel.join_leave {
-            let Some(subscriber) = channel.subscribers.get(*slot as usize) else {
-                continue;
-            };
-            let codec = subscriber.conn.codec;
-            if subscriber.pending.is_some() || codec.protocol == Protocol::Raw {
-                continue;
-            }
-            let frame = frames[codec.protocol as usize]
-                .get_or_insert_with(|| codec.presence_event(join, name, member));
-            subscriber.conn.send(frame.clone());
-            told += 1;
-        }
-        told
+        let asked = channel
+            .join_leave
+            .iter()
+            .filter_map(|slot| channel.subscribers.get(*slot as usize));
+        tell(asked, |codec| codec.presence_event(join, name, member))
     }
 
     /// Tells every live JSON and MessagePack subscriber of `name` to resync
@@ -229,19 +239,9 @@ impl Index {
         let Some(channel) = self.channels.get(name) else {
             return 0;
         };
-        let mut frames: [Option<Bytes>; Protocol::COUNT] = Default::default();
-        let mut told = 0;
-        for (_, subscriber) in channel.subscribers.iter() {
-            let codec = subscriber.conn.codec;
-            if subscriber.pending.is_some() || codec.protocol == Protocol::Raw {
-                continue;
-            }
-            let frame = frames[codec.protocol as usize]
-                .get_or_insert_with(|| codec.resync(name, seq, epoch));
-            subscriber.conn.send(frame.clone());
-            told += 1;
-        }
-        told
+        tell(channel.subscribers.iter().map(|(_, s)| s), |codec| {
+            codec.resync(name, seq, epoch)
+        })
     }
 
     /// Local subscribers of `name`.

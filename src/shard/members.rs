@@ -104,6 +104,13 @@ impl Members {
         }
     }
 
+    /// Every channel with members, and its members.
+    pub fn channels(&self) -> impl Iterator<Item = (&str, impl Iterator<Item = &Member>)> {
+        self.channels
+            .iter()
+            .map(|(name, members)| (&**name, members.values()))
+    }
+
     /// Channels with at least one member.
     #[cfg(test)]
     pub fn channel_count(&self) -> usize {

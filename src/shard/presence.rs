@@ -18,6 +18,7 @@ use super::{
 };
 use crate::{
     conn::Conn,
+    engine::redis::PresenceRequest,
     mesh::{MeshMsg, PresenceAsker},
     protocol::{self, ErrorCode, OpError, PresenceAsk},
     security::pattern,
@@ -77,14 +78,17 @@ impl Shard {
             false => self.members.borrow_mut().leave(name, &member.conn),
         };
         let Some(member) = changed else { return };
-        let mut json = Vec::with_capacity(64);
-        protocol::write_member(
-            &mut json,
-            &member.user,
-            &member.conn,
-            member.info.as_deref(),
-        );
-        let json = Bytes::from(json);
+        let json = member_json(&member);
+        // With Redis, the node's members are kept there too, for every node.
+        if let Some(link) = self.redis_link(name) {
+            link.presence_change(name, join, &member.conn, &json);
+        }
+        self.deliver_presence_event(name, join, Bytes::from(json));
+    }
+
+    /// Sends a presence event to every shard with subscribers of `name`
+    /// (this one included).
+    pub(super) fn deliver_presence_event(&self, name: &str, join: bool, json: Bytes) {
         for peer in super::shards_in(self.owner.borrow().remote_mask(name)) {
             self.links.send(
                 peer,
@@ -120,8 +124,7 @@ impl Shard {
         }
         let owner = self.owner_of(name.as_bytes());
         if owner == self.id {
-            let page = self.presence_page(name, &ask);
-            self.answer_presence(name, asker, &page, ask == PresenceAsk::Count);
+            self.answer_presence_query(name, self.id, asker, ask);
         } else {
             self.links.send(
                 owner,
@@ -149,7 +152,9 @@ impl Shard {
         }
     }
 
-    /// Owner side: answers a question from shard `from`.
+    /// Owner side: answers a question from shard `from` — from Redis, which
+    /// holds every node's members, with that engine (from this node's own
+    /// while Redis cannot be asked).
     pub(super) fn answer_presence_query(
         &self,
         name: &str,
@@ -157,7 +162,34 @@ impl Shard {
         asker: PresenceAsker,
         ask: PresenceAsk,
     ) {
-        let page = self.presence_page(name, &ask);
+        let request = PresenceRequest {
+            ch: name.into(),
+            from,
+            asker,
+            ask,
+        };
+        let request = match self.redis_link(name) {
+            Some(link) => match link.presence_query(request) {
+                Ok(()) => return,
+                Err(request) => request,
+            },
+            None => request,
+        };
+        self.send_presence_page(name, request, None);
+    }
+
+    /// Owner side: answers `request` with `page`, or with this node's own
+    /// members when there is none.
+    pub(super) fn send_presence_page(
+        &self,
+        name: &str,
+        request: PresenceRequest,
+        page: Option<Page>,
+    ) {
+        let PresenceRequest {
+            from, asker, ask, ..
+        } = request;
+        let page = page.unwrap_or_else(|| self.presence_page(name, &ask));
         let counting = ask == PresenceAsk::Count;
         if from == self.id {
             return self.answer_presence(name, asker, &page, counting);
@@ -225,6 +257,36 @@ impl Shard {
         self.ask_presence(name, PresenceAsker::Http { slot, nonce }, ask)?;
         Ok(rx.recv().await)
     }
+}
+
+/// One member as its JSON object.
+pub(super) fn member_json(member: &Member) -> Vec<u8> {
+    let mut json = Vec::with_capacity(64);
+    protocol::write_member(
+        &mut json,
+        &member.user,
+        &member.conn,
+        member.info.as_deref(),
+    );
+    json
+}
+
+/// A member read back from its JSON (as Redis keeps it).
+pub(super) fn member_from_json(json: &[u8]) -> Option<Member> {
+    #[derive(serde::Deserialize)]
+    struct Stored<'a> {
+        #[serde(default)]
+        user: String,
+        conn: String,
+        #[serde(borrow, default)]
+        info: Option<&'a serde_json::value::RawValue>,
+    }
+    let stored: Stored<'_> = serde_json::from_slice(json).ok()?;
+    Some(Member {
+        conn: stored.conn.into(),
+        user: stored.user.into(),
+        info: stored.info.map(|i| i.get().into()),
+    })
 }
 
 /// Members of a page as JSON objects joined by commas.
