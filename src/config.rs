@@ -97,6 +97,15 @@ pub struct Config {
     /// long after it last refreshed them (every third of it): a node that
     /// dies drops out within it. Default 30 s.
     pub presence_ttl: Duration,
+    /// Where lifecycle webhooks are POSTed (`http://host:port/path`).
+    pub webhook_url: Option<String>,
+    /// Key of their `X-Shardcast-Signature` (HMAC-SHA256 of the body).
+    pub webhook_secret: Option<String>,
+    /// Most events per request. Default 100.
+    pub webhook_batch: usize,
+    /// `channel_vacated` waits this long, and is dropped if the channel
+    /// fills again meanwhile. Default 5 s.
+    pub vacated_grace: Duration,
     /// Memory budget of the process (split evenly over the shards) for what
     /// clients make it hold: connections, outgoing queues, unfinished
     /// messages and history. Over its share a shard refuses new connections
@@ -224,6 +233,10 @@ impl Default for Config {
             conflate_after_bytes: 64 << 10,
             presence: Vec::new(),
             presence_ttl: Duration::from_secs(30),
+            webhook_url: None,
+            webhook_secret: None,
+            webhook_batch: 100,
+            vacated_grace: Duration::from_secs(5),
             max_memory: default_max_memory(),
             anonymous: false,
             jwt_secret: None,
@@ -357,6 +370,23 @@ pub struct ConfigLayer {
     /// With the Redis engine, how long a node's presence members outlive its last refresh (a dead node drops out within it) [default: 30s]
     #[arg(long, env = "SHARDCAST_PRESENCE_TTL", value_name = "DURATION")]
     pub presence_ttl: Option<HumanDuration>,
+    /// POST lifecycle events (channel_occupied/vacated, connected/disconnected, subscribed/unsubscribed) here, http://host:port/path
+    #[arg(long, env = "SHARDCAST_WEBHOOK_URL", value_name = "URL")]
+    pub webhook_url: Option<String>,
+    /// Secret signing each webhook body (X-Shardcast-Signature: sha256=<hex HMAC-SHA256>); prefer the environment variable
+    #[arg(
+        long,
+        env = "SHARDCAST_WEBHOOK_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub webhook_secret: Option<String>,
+    /// Most events per webhook request [default: 100]
+    #[arg(long, env = "SHARDCAST_WEBHOOK_BATCH", value_name = "N")]
+    pub webhook_batch: Option<usize>,
+    /// channel_vacated waits this long and is dropped if the channel fills again [default: 5s]
+    #[arg(long, env = "SHARDCAST_VACATED_GRACE", value_name = "DURATION")]
+    pub vacated_grace: Option<HumanDuration>,
     /// Queued bytes over which a subscriber's older keyed publication is replaced by the newer one [default: 64KiB]
     #[arg(long, env = "SHARDCAST_CONFLATE_AFTER_BYTES", value_name = "SIZE")]
     pub conflate_after_bytes: Option<ByteSize>,
@@ -500,13 +530,14 @@ impl Config {
         apply_layer!(self, layer,
             { listen, shards, max_connections, max_http_connections, max_subscriptions, history_size, anonymous,
               allowed_origins, publish_rate, max_connections_per_ip, compression_level, conflate, presence,
-              engine, redis_url, node_id, engine_prefix },
+              engine, redis_url, node_id, engine_prefix, webhook_batch },
             { ping_interval, ping_timeout, max_queue_bytes, max_message_bytes,
               handshake_timeout, shutdown_timeout, read_buffer_bytes, history_ttl,
               history_max_bytes, auth_timeout, message_timeout, send_timeout, write_delay,
-              max_memory, compression_min_bytes, conflate_after_bytes, engine_timeout, presence_ttl },
+              max_memory, compression_min_bytes, conflate_after_bytes, engine_timeout, presence_ttl,
+              vacated_grace },
             { jwt_secret, jwt_public_key, jwt_audience, jwt_issuer, api_key, admin_listen,
-              publish_burst, tls_cert, tls_key, nats_url });
+              publish_burst, tls_cert, tls_key, nats_url, webhook_url, webhook_secret });
         if let Some(switch) = layer.compression {
             self.compression = switch == Switch::On;
         }
@@ -665,6 +696,20 @@ impl Config {
                 .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b));
         if !prefix_ok {
             return invalid("engine-prefix must be 1 to 64 of A-Z a-z 0-9 _ -".into());
+        }
+        if let Some(url) = &self.webhook_url {
+            if let Err(error) = crate::webhook::WebhookUrl::parse(url) {
+                return invalid(error.to_string());
+            }
+        }
+        if self.webhook_secret.is_some() && self.webhook_url.is_none() {
+            return invalid("webhook-secret needs webhook-url".into());
+        }
+        if !(1..=10_000).contains(&self.webhook_batch) {
+            return invalid(format!(
+                "webhook-batch is {}, must be 1..=10000",
+                self.webhook_batch
+            ));
         }
         if self.presence_ttl < Duration::from_millis(300) {
             return invalid("presence-ttl must be at least 300ms".into());

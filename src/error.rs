@@ -47,6 +47,9 @@ pub enum ServerError {
     /// A key, certificate or other security setting could not be loaded.
     #[error("{0}")]
     Security(#[from] crate::security::SecurityError),
+    /// The webhook URL does not resolve.
+    #[error("{0}")]
+    Webhook(#[from] crate::webhook::WebhookUrlError),
     /// Signal handlers or the shutdown pipe could not be set up.
     #[error("cannot set up shutdown signalling: {0}")]
     Signals(io::Error),

@@ -44,6 +44,8 @@
 //!   and memory of the process; [`clock`]: the monotonic clock publications
 //!   are stamped with.
 //! - `GET /` serves `src/dashboard.html`, a page fed by the `$stats` channel.
+//! - [`webhook`]: lifecycle webhooks — events, batches, signatures, the
+//!   sender; the shard's side is `shard::lifecycle`.
 //! - [`sync`]: a shard-local wait list; [`error`]: the server's error types;
 //!   [`fuzzing`]: entry points of the parser fuzzers (`fuzz/`).
 //!
@@ -76,6 +78,7 @@ pub(crate) mod stats;
 pub(crate) mod sync;
 pub mod tls_client;
 pub mod units;
+pub(crate) mod webhook;
 
 pub use config::Config;
 

@@ -155,6 +155,14 @@ pub enum MeshMsg {
     /// The sender's queues are all under half their high-water mark again:
     /// publishers waiting for it may go on.
     Room,
+    /// To the owner of `ch`: connection `conn` of `user` subscribed (`on`)
+    /// or no longer is (for the `subscribed`/`unsubscribed` webhooks).
+    Subscription {
+        ch: Bytes,
+        on: bool,
+        user: Box<str>,
+        conn: Box<str>,
+    },
     /// To the owner of presence channel `ch`: `member` subscribed (`join`),
     /// or connection `member.conn` no longer is.
     PresenceChange {

@@ -33,6 +33,9 @@ const LISTEN_BACKLOG: i32 = 4096;
 const IO_MEMORY: usize = 64 << 10;
 /// How long start-up may take before the server gives up.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Lifecycle events one shard holds for its webhook before it drops new
+/// ones (a receiver that is down for long).
+const WEBHOOK_QUEUE: usize = 100_000;
 
 /// What shard threads report to the thread that started them.
 #[derive(Debug)]
@@ -89,6 +92,21 @@ impl Server {
         let open_connections = Arc::new(AtomicUsize::new(0));
         let congestion = crate::mesh::new_congestion(shards);
         let engine_health = crate::engine::new_health(shards);
+        let webhooks = match &config.webhook_url {
+            Some(url) => {
+                let url = crate::webhook::WebhookUrl::parse(url)?;
+                Some(Arc::new(crate::webhook::WebhookSettings {
+                    socket: url.resolve()?,
+                    url,
+                    secret: config.webhook_secret.clone(),
+                    batch: config.webhook_batch,
+                    queue: WEBHOOK_QUEUE,
+                    node: config.node_id.clone(),
+                    seq: Arc::default(),
+                }))
+            }
+            None => None,
+        };
         let (events_tx, events) = mpsc::channel();
         let mut startup = Startup::new(shards);
         let mut writers = Vec::with_capacity(shards);
@@ -120,6 +138,7 @@ impl Server {
                 open_connections: open_connections.clone(),
                 congestion: congestion.clone(),
                 engine_health: engine_health.clone(),
+                webhooks: webhooks.clone(),
                 cpu,
                 events: events_tx.clone(),
                 epoch,

@@ -88,6 +88,13 @@ fn settings(config: &Config) -> Vec<(&'static str, Value)> {
         ("conflate-after-bytes", size(c.conflate_after_bytes)),
         ("presence", Value::List(c.presence.clone())),
         ("presence-ttl", duration(c.presence_ttl)),
+        ("webhook-url", optional(c.webhook_url.as_ref(), text)),
+        (
+            "webhook-secret",
+            optional(c.webhook_secret.as_ref(), |s| Value::Secret(s.len())),
+        ),
+        ("webhook-batch", Value::Number(c.webhook_batch as u64)),
+        ("vacated-grace", duration(c.vacated_grace)),
         ("max-memory", size(c.max_memory)),
         ("anonymous", Value::Bool(c.anonymous)),
         (

@@ -190,6 +190,15 @@ counters! {
     /// Times a channel's subscribers were told to resync (`resync` op): its
     /// epoch changed in Redis, or a gap could not be filled.
     engine_resyncs => "shardcast_engine_resyncs_total",
+    /// Lifecycle events queued for the webhook (`--webhook-url`).
+    webhook_events => "shardcast_webhook_events_total",
+    /// Lifecycle events dropped because the shard's webhook queue was full.
+    webhook_events_dropped => "shardcast_webhook_events_dropped_total",
+    /// Webhook requests made (retries included).
+    webhook_requests => "shardcast_webhook_requests_total",
+    /// Webhook requests that failed (no connection, no answer within 5 s,
+    /// a status other than 2xx) and were retried.
+    webhook_failures => "shardcast_webhook_failures_total",
 }
 
 /// Adds `n` to a counter.

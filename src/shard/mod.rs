@@ -8,6 +8,7 @@
 pub mod budget;
 mod cluster;
 pub mod index;
+mod lifecycle;
 pub mod members;
 mod observe;
 pub mod owner;
@@ -125,6 +126,11 @@ pub struct Shard {
     presence_patterns: Vec<ChannelPattern>,
     /// Members of the presence channels this shard owns.
     members: RefCell<members::Members>,
+    /// Lifecycle webhooks: this shard's queue and sender (`--webhook-url`).
+    webhooks: Option<Rc<crate::webhook::Webhooks>>,
+    /// Which owned channels have subscribers (for `channel_occupied` and
+    /// `channel_vacated`), and those waiting out the vacated grace.
+    occupancy: RefCell<lifecycle::Occupancy>,
     /// `GET /api/presence` requests waiting for the owner, by reply slot.
     presence_waiters: RefCell<Slab<(u32, LocalSender<Vec<u8>>)>>,
     /// The cluster engine's links (`None`: the memory engine).
@@ -147,6 +153,7 @@ pub struct ShardParts {
     pub security: Arc<Security>,
     pub engine: Option<Engine>,
     pub engine_health: EngineHealth,
+    pub webhooks: Option<Arc<crate::webhook::WebhookSettings>>,
 }
 
 #[cfg(test)]
@@ -161,6 +168,7 @@ impl ShardParts {
             security: Arc::default(),
             engine: None,
             engine_health: crate::engine::new_health(shards),
+            webhooks: None,
         }
     }
 }
@@ -174,6 +182,7 @@ impl Shard {
             security,
             engine,
             engine_health,
+            webhooks,
         } = parts;
         let config_read_buffer = config.read_buffer_bytes;
         let config_write_delay = config.write_delay;
@@ -216,6 +225,8 @@ impl Shard {
             index: RefCell::new(Index::new(conflate_after)),
             conflate,
             presence_patterns,
+            webhooks: webhooks.map(|settings| Rc::new(crate::webhook::Webhooks::new(settings))),
+            occupancy: RefCell::default(),
             members: RefCell::default(),
             presence_waiters: RefCell::new(Slab::new()),
             owner: RefCell::new(Owner::new(history, epoch)),
@@ -328,6 +339,7 @@ impl Shard {
         ));
         entry.insert(conn.clone());
         bump(&self.stats.connections_opened, 1);
+        self.lifecycle_connected(&conn);
         tracing::debug!(shard = self.id, conn = id.key, gen, "connection opened");
         conn
     }
@@ -343,7 +355,7 @@ impl Shard {
     pub fn unregister_subscriptions(&self, conn: &Conn) {
         for (name, slot) in conn.take_subscriptions() {
             self.remove_subscriber(&name, slot);
-            self.presence_changed(&name, conn, false);
+            self.member_changed(&name, conn, false);
         }
     }
 
@@ -366,6 +378,7 @@ impl Shard {
         self.release_connection();
         let reason = conn.outbox.closing().unwrap_or(CloseReason::Normal);
         self.stats.closed(reason);
+        self.lifecycle_disconnected(conn, reason.as_str());
         tracing::debug!(
             shard = self.id,
             conn = conn.id.key,
@@ -429,7 +442,7 @@ impl Shard {
         let joined = replaced.is_none();
         let Some(token) = token else {
             if joined {
-                self.presence_changed(name, conn, true);
+                self.member_changed(name, conn, true);
             }
             return Ok(());
         };
@@ -453,7 +466,7 @@ impl Shard {
             );
         }
         if joined {
-            self.presence_changed(name, conn, true);
+            self.member_changed(name, conn, true);
         }
         Ok(())
     }
@@ -540,7 +553,7 @@ impl Shard {
             ));
         };
         self.remove_subscriber(name, slot);
-        self.presence_changed(name, conn, false);
+        self.member_changed(name, conn, false);
         if let Some(id) = id {
             conn.send(conn.codec.ack(id, None));
         }
@@ -554,6 +567,13 @@ impl Shard {
         }
     }
 
+    /// `conn` became a subscriber of `name` (`on`; not a replaced
+    /// subscription) or stopped being one: presence and webhooks hear of it.
+    fn member_changed(&self, name: &str, conn: &Conn, on: bool) {
+        self.presence_changed(name, conn, on);
+        self.lifecycle_subscription(name, conn, on);
+    }
+
     /// Tells the channel's owner that this shard gained or lost interest.
     fn interest_changed(&self, name: &str, interest: Interest) {
         let owner = channel::owner_of(name.as_bytes(), self.shards);
@@ -561,6 +581,7 @@ impl Shard {
             // The owner fans out to its own index directly; the node's
             // interest is the engine's business.
             self.engine_interest(name);
+            self.lifecycle_interest(name);
             return;
         }
         self.links.send(
@@ -878,6 +899,7 @@ impl Shard {
                         .borrow_mut()
                         .set_interest(name, from as usize, on, delta);
                     self.engine_interest(name);
+                    self.lifecycle_interest(name);
                 }
             }
             MeshMsg::Position {
@@ -911,6 +933,11 @@ impl Shard {
                 }
             }
             MeshMsg::Room => self.links.wake_publishers(),
+            MeshMsg::Subscription { ch, on, user, conn } => {
+                if let Ok(name) = std::str::from_utf8(&ch) {
+                    self.subscription_event(name, on, &user, &conn);
+                }
+            }
             MeshMsg::PresenceChange { ch, join, member } => {
                 if let Ok(name) = std::str::from_utf8(&ch) {
                     self.change_presence(name, join, *member);

@@ -38,11 +38,7 @@ impl Shard {
             _ => ("".into(), None),
         };
         Member {
-            conn: format!(
-                "{}.{}.{}.{}",
-                self.config.node_id, self.id, conn.id.key, conn.id.gen
-            )
-            .into(),
+            conn: self.conn_id(conn).into(),
             user,
             info,
         }

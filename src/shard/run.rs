@@ -50,6 +50,8 @@ pub struct ShardContext {
     pub congestion: crate::mesh::Congestion,
     /// Every shard's engine flag (see [`crate::engine::EngineHealth`]).
     pub engine_health: crate::engine::EngineHealth,
+    /// Where lifecycle webhooks go, shared by every shard.
+    pub webhooks: Option<Arc<crate::webhook::WebhookSettings>>,
     /// The CPU this shard's thread is pinned to (`None`: unpinned).
     pub cpu: Option<usize>,
     /// Where the shard reports that it is accepting.
@@ -92,6 +94,7 @@ pub async fn run_shard(ctx: ShardContext) -> Result<ShardSnapshot, ServerError> 
         security: ctx.security,
         engine,
         engine_health: ctx.engine_health,
+        webhooks: ctx.webhooks,
     };
     let shard = Rc::new(Shard::new(id, ctx.cpu, ctx.config, parts));
     if let Some((senders, mut receivers)) = mesh {
@@ -120,6 +123,7 @@ pub async fn run_shard(ctx: ShardContext) -> Result<ShardSnapshot, ServerError> 
     spawn_stats_tick(&shard);
     spawn_history_sweep(&shard);
     shard.spawn_engine();
+    shard.spawn_lifecycle();
 
     let listener = adopt_listener(ctx.listener);
     let admin = ctx.admin_listener.map(adopt_listener);

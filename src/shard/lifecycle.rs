@@ -1,0 +1,239 @@
+//! The shard's side of lifecycle webhooks. Connection events are queued on
+//! the connection's shard. Channel events are queued on the channel's
+//! owner, so each channel's events are in one queue, in order: a
+//! subscriber's shard tells the owner of a `sub` or `unsub`, and the owner
+//! sees the channel fill (`channel_occupied`) or empty from its interest in
+//! every shard. `channel_vacated` waits out `--vacated-grace` and is dropped
+//! if the channel fills again meanwhile (a reconnect, a page reload). With
+//! several nodes these are each node's own: a channel is occupied on the
+//! node where it has subscribers.
+
+use std::{
+    collections::{HashMap, HashSet},
+    rc::Rc,
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures_lite::FutureExt;
+
+use super::Shard;
+use crate::{channel, conn::Conn, mesh::MeshMsg, webhook::Event};
+
+/// How often a shard looks for vacated graces that ran out.
+const VACATE_TICK: Duration = Duration::from_millis(50);
+
+/// Owned channels with subscribers, and those waiting to be vacated.
+#[derive(Debug, Default)]
+pub struct Occupancy {
+    occupied: HashSet<Box<str>>,
+    /// Emptied channels and when their grace ends (shard ms).
+    vacating: HashMap<Box<str>, u64>,
+}
+
+/// What a change of a channel's subscribers means for its webhooks.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Transition {
+    /// `channel_occupied` now.
+    Occupied,
+    /// Nothing to say (still occupied, a vacate cancelled, still empty).
+    Nothing,
+}
+
+impl Occupancy {
+    /// `name` has subscribers (`on`) or none, at `now_ms`; emptied channels
+    /// are vacated `grace_ms` later unless they fill again first.
+    pub fn set(&mut self, name: &str, on: bool, now_ms: u64, grace_ms: u64) -> Transition {
+        if on {
+            if self.vacating.remove(name).is_some() {
+                return Transition::Nothing;
+            }
+            return match self.occupied.insert(name.into()) {
+                true => Transition::Occupied,
+                false => Transition::Nothing,
+            };
+        }
+        if self.occupied.contains(name) && !self.vacating.contains_key(name) {
+            self.vacating.insert(name.into(), now_ms + grace_ms);
+        }
+        Transition::Nothing
+    }
+
+    /// The channels whose grace has run out at `now_ms`: vacated now.
+    pub fn due(&mut self, now_ms: u64) -> Vec<Box<str>> {
+        if self.vacating.is_empty() {
+            return Vec::new();
+        }
+        let due: Vec<Box<str>> = self
+            .vacating
+            .iter()
+            .filter(|(_, at)| **at <= now_ms)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &due {
+            self.vacating.remove(name);
+            self.occupied.remove(name);
+        }
+        due
+    }
+}
+
+impl Shard {
+    /// Starts the webhook sender and the vacated-grace timer (with
+    /// `--webhook-url`); both end when shutdown begins.
+    pub(crate) fn spawn_lifecycle(self: &Rc<Self>) {
+        let Some(webhooks) = self.webhooks.clone() else {
+            return;
+        };
+        let shard = self.clone();
+        glommio::spawn_local(async move {
+            webhooks.run(&shard.stats).or(shard.stopped()).await;
+        })
+        .detach();
+        let shard = self.clone();
+        glommio::spawn_local(async move {
+            while !shard.is_shutting_down() {
+                glommio::timer::sleep(VACATE_TICK).await;
+                let due = shard.occupancy.borrow_mut().due(shard.now_ms());
+                for name in due {
+                    shard.webhook(Event::ChannelVacated { ch: &name });
+                }
+            }
+        })
+        .detach();
+    }
+
+    /// Queues `event` for the webhook, if there is one.
+    fn webhook(&self, event: Event<'_>) {
+        if let Some(webhooks) = &self.webhooks {
+            webhooks.emit(event, &self.stats);
+        }
+    }
+
+    /// The user and id of `conn`, as events name it.
+    fn who(&self, conn: &Conn) -> (Box<str>, String) {
+        let user = match &*conn.permit() {
+            crate::conn::permit::Permit::Token(grant) => grant.user.clone(),
+            _ => "".into(),
+        };
+        (user, self.conn_id(conn))
+    }
+
+    /// A connection's id, unique on the node (as presence lists show it).
+    pub(super) fn conn_id(&self, conn: &Conn) -> String {
+        format!(
+            "{}.{}.{}.{}",
+            self.config.node_id, self.id, conn.id.key, conn.id.gen
+        )
+    }
+
+    /// `connected`.
+    pub(super) fn lifecycle_connected(&self, conn: &Conn) {
+        if self.webhooks.is_some() {
+            let (user, conn) = self.who(conn);
+            self.webhook(Event::Connected {
+                user: &user,
+                conn: &conn,
+            });
+        }
+    }
+
+    /// `disconnected`, with why.
+    pub(super) fn lifecycle_disconnected(&self, conn: &Conn, reason: &str) {
+        if self.webhooks.is_some() {
+            let (user, conn) = self.who(conn);
+            self.webhook(Event::Disconnected {
+                user: &user,
+                conn: &conn,
+                reason,
+            });
+        }
+    }
+
+    /// `subscribed` (or `unsubscribed`): queued on the channel's owner.
+    pub(super) fn lifecycle_subscription(&self, name: &str, conn: &Conn, on: bool) {
+        if self.webhooks.is_none() || channel::is_system(name.as_bytes()) {
+            return;
+        }
+        let (user, conn) = self.who(conn);
+        let owner = self.owner_of(name.as_bytes());
+        if owner == self.id {
+            self.subscription_event(name, on, &user, &conn);
+        } else {
+            self.links.send(
+                owner,
+                MeshMsg::Subscription {
+                    ch: Bytes::copy_from_slice(name.as_bytes()),
+                    on,
+                    user,
+                    conn: conn.into(),
+                },
+            );
+        }
+    }
+
+    /// Owner side: queues `subscribed` or `unsubscribed`.
+    pub(super) fn subscription_event(&self, name: &str, on: bool, user: &str, conn: &str) {
+        let event = match on {
+            true => Event::Subscribed {
+                ch: name,
+                user,
+                conn,
+            },
+            false => Event::Unsubscribed {
+                ch: name,
+                user,
+                conn,
+            },
+        };
+        self.webhook(event);
+    }
+
+    /// Owner side: the channel's subscribers on every shard may have come
+    /// or gone: `channel_occupied` now, `channel_vacated` after the grace.
+    pub(super) fn lifecycle_interest(&self, name: &str) {
+        if self.webhooks.is_none() || channel::is_system(name.as_bytes()) {
+            return;
+        }
+        let on = self.index.borrow().subscriber_count(name) > 0
+            || self.owner.borrow().has_remote_interest(name);
+        let grace_ms = self.config.vacated_grace.as_millis() as u64;
+        let now_ms = self.now_ms();
+        if self.occupancy.borrow_mut().set(name, on, now_ms, grace_ms) == Transition::Occupied {
+            self.webhook(Event::ChannelOccupied { ch: name });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vacated_waits_its_grace_and_a_refill_cancels_it() {
+        let mut occupancy = Occupancy::default();
+        assert_eq!(occupancy.set("c", true, 0, 100), Transition::Occupied);
+        assert_eq!(
+            occupancy.set("c", true, 1, 100),
+            Transition::Nothing,
+            "already"
+        );
+        assert_eq!(occupancy.set("c", false, 10, 100), Transition::Nothing);
+        assert!(occupancy.due(50).is_empty(), "within the grace");
+        // Filled again within the grace: no vacated, no second occupied.
+        assert_eq!(occupancy.set("c", true, 60, 100), Transition::Nothing);
+        assert!(occupancy.due(500).is_empty());
+        occupancy.set("c", false, 600, 100);
+        occupancy.set("c", false, 650, 100);
+        assert!(occupancy.due(699).is_empty(), "the first emptying counts");
+        assert_eq!(occupancy.due(700), vec![Box::<str>::from("c")]);
+        assert!(occupancy.due(800).is_empty(), "once");
+        assert_eq!(
+            occupancy.set("c", true, 900, 100),
+            Transition::Occupied,
+            "a new life"
+        );
+        assert_eq!(occupancy.set("never", false, 0, 100), Transition::Nothing);
+        assert!(occupancy.due(10_000).is_empty());
+    }
+}

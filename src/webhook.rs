@@ -1,0 +1,408 @@
+//! Lifecycle webhooks (`--webhook-url`): events are queued on the shard
+//! where they happen — connections on their own shard, channel events
+//! (occupied, vacated, subscribed, unsubscribed) on the channel's owner, so
+//! a channel's events are in one queue and keep their order — and each
+//! shard's sender POSTs them as `{"events":[…]}`, at most `--webhook-batch`
+//! per request and at most 100 ms after the first is queued, signed with
+//! `X-Shardcast-Signature: sha256=<hex HMAC-SHA256 of the body>`. A failed
+//! request (no connection, a status other than 2xx, no answer within 5 s)
+//! is retried, the same batch, with backoff and jitter, before anything
+//! newer. The queue is bounded: what does not fit is counted and dropped,
+//! never waited for. The HTTP client is a few lines of HTTP/1.1 over
+//! glommio's `TcpStream` (one connection per request, `Connection: close`).
+
+use std::{
+    cell::{Cell, RefCell},
+    collections::VecDeque,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+
+use crate::{
+    engine::backoff::{random_u64, Backoff},
+    stats::{bump, Stats},
+    sync::WaitQueue,
+};
+
+/// How long a batch waits for more events after its first.
+const BATCH_WINDOW: Duration = Duration::from_millis(100);
+/// Time allowed for one request, connect to status line.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a webhook URL was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebhookUrlError {
+    #[error("webhook-url must be http://host:port/path (https is not supported yet): {0}")]
+    Form(String),
+    #[error("webhook-url {url} does not resolve: {reason}")]
+    Resolve { url: String, reason: String },
+}
+
+/// Where webhooks go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookUrl {
+    /// `host:port`, for `Host:` and to connect to.
+    pub host_port: String,
+    /// The request target (`/` when the URL has no path).
+    pub path: String,
+}
+
+impl WebhookUrl {
+    pub fn parse(url: &str) -> Result<Self, WebhookUrlError> {
+        let bad = || WebhookUrlError::Form(url.into());
+        let rest = url.strip_prefix("http://").ok_or_else(bad)?;
+        let (host_port, path) = match rest.find('/') {
+            Some(at) => (&rest[..at], &rest[at..]),
+            None => (rest, "/"),
+        };
+        let port_ok = host_port
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !port_ok
+            || path
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
+            return Err(bad());
+        }
+        Ok(WebhookUrl {
+            host_port: host_port.into(),
+            path: path.into(),
+        })
+    }
+
+    pub fn resolve(&self) -> Result<SocketAddr, WebhookUrlError> {
+        use std::net::ToSocketAddrs;
+        let error = |reason: String| WebhookUrlError::Resolve {
+            url: self.host_port.clone(),
+            reason,
+        };
+        self.host_port
+            .to_socket_addrs()
+            .map_err(|e| error(e.to_string()))?
+            .next()
+            .ok_or_else(|| error("no address".into()))
+    }
+}
+
+/// One event, as its JSON object; built by [`Event::json`].
+pub enum Event<'a> {
+    ChannelOccupied {
+        ch: &'a str,
+    },
+    ChannelVacated {
+        ch: &'a str,
+    },
+    Connected {
+        user: &'a str,
+        conn: &'a str,
+    },
+    Disconnected {
+        user: &'a str,
+        conn: &'a str,
+        reason: &'a str,
+    },
+    Subscribed {
+        ch: &'a str,
+        user: &'a str,
+        conn: &'a str,
+    },
+    Unsubscribed {
+        ch: &'a str,
+        user: &'a str,
+        conn: &'a str,
+    },
+}
+
+impl Event<'_> {
+    /// `{"event":…,"node":…,"seq":N,"time_ms":T,…}`: `seq` counts this
+    /// node's events (one counter for all its shards).
+    pub fn json(&self, node: &str, seq: u64, time_ms: u64) -> Bytes {
+        use serde_json::json;
+        let (name, mut fields) = match self {
+            Event::ChannelOccupied { ch } => ("channel_occupied", json!({ "ch": ch })),
+            Event::ChannelVacated { ch } => ("channel_vacated", json!({ "ch": ch })),
+            Event::Connected { user, conn } => ("connected", json!({ "user": user, "conn": conn })),
+            Event::Disconnected { user, conn, reason } => (
+                "disconnected",
+                json!({ "user": user, "conn": conn, "reason": reason }),
+            ),
+            Event::Subscribed { ch, user, conn } => (
+                "subscribed",
+                json!({ "ch": ch, "user": user, "conn": conn }),
+            ),
+            Event::Unsubscribed { ch, user, conn } => (
+                "unsubscribed",
+                json!({ "ch": ch, "user": user, "conn": conn }),
+            ),
+        };
+        if let Some(object) = fields.as_object_mut() {
+            if object.get("user").is_some_and(|u| u == "") {
+                object.remove("user");
+            }
+            object.insert("event".into(), name.into());
+            object.insert("node".into(), node.into());
+            object.insert("seq".into(), seq.into());
+            object.insert("time_ms".into(), time_ms.into());
+        }
+        Bytes::from(fields.to_string())
+    }
+}
+
+/// `sha256=<hex>` of `body` under `secret`.
+pub fn signature(secret: &[u8], body: &[u8]) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let tag = ring::hmac::sign(&key, body);
+    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
+/// `{"events":[e1,e2,…]}`.
+pub fn batch_body(events: &[Bytes]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(12 + events.iter().map(|e| e.len() + 1).sum::<usize>());
+    body.extend_from_slice(b"{\"events\":[");
+    for (i, event) in events.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(event);
+    }
+    body.extend_from_slice(b"]}");
+    body
+}
+
+/// The request for `body`.
+pub fn request(url: &WebhookUrl, body: &[u8], signature: Option<&str>) -> Vec<u8> {
+    let mut head = format!(
+        "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: shardcast/{}\r\n",
+        url.path,
+        url.host_port,
+        body.len(),
+        env!("CARGO_PKG_VERSION")
+    );
+    if let Some(signature) = signature {
+        head.push_str("X-Shardcast-Signature: ");
+        head.push_str(signature);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    let mut request = head.into_bytes();
+    request.extend_from_slice(body);
+    request
+}
+
+/// The status code of an HTTP response's first line, once it has come.
+pub fn status_of(response: &[u8]) -> Option<u16> {
+    let line_end = memchr::memmem::find(response, b"\r\n")?;
+    let line = std::str::from_utf8(&response[..line_end]).ok()?;
+    let mut parts = line.split(' ');
+    parts.next().filter(|v| v.starts_with("HTTP/1."))?;
+    parts.next()?.parse().ok()
+}
+
+/// What the whole node shares for its webhooks.
+pub struct WebhookSettings {
+    pub url: WebhookUrl,
+    pub socket: SocketAddr,
+    pub secret: Option<String>,
+    pub batch: usize,
+    /// Events one shard may hold before it drops new ones.
+    pub queue: usize,
+    pub node: String,
+    /// The node's event counter (every shard's events).
+    pub seq: Arc<AtomicU64>,
+}
+
+/// One shard's queue of events and its sender.
+pub struct Webhooks {
+    settings: Arc<WebhookSettings>,
+    queue: RefCell<VecDeque<Bytes>>,
+    /// When the oldest queued event was queued (shard ns; 0: none).
+    oldest: Cell<u64>,
+    waiting: WaitQueue,
+}
+
+impl Webhooks {
+    pub fn new(settings: Arc<WebhookSettings>) -> Self {
+        Webhooks {
+            settings,
+            queue: RefCell::new(VecDeque::new()),
+            oldest: Cell::new(0),
+            waiting: WaitQueue::default(),
+        }
+    }
+
+    /// Queues `event`; counted and dropped when the queue is full.
+    pub fn emit(&self, event: Event<'_>, stats: &Stats) {
+        let mut queue = self.queue.borrow_mut();
+        if queue.len() >= self.settings.queue {
+            bump(&stats.webhook_events_dropped, 1);
+            if stats.webhook_events_dropped.get().is_power_of_two() {
+                tracing::warn!(
+                    dropped = stats.webhook_events_dropped.get(),
+                    "webhook queue full: events dropped"
+                );
+            }
+            return;
+        }
+        let seq = self.settings.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let time_ms = (crate::process::unix_seconds() * 1e3) as u64;
+        queue.push_back(event.json(&self.settings.node, seq, time_ms));
+        if queue.len() == 1 {
+            self.oldest.set(crate::clock::now_ns());
+        }
+        drop(queue);
+        bump(&stats.webhook_events, 1);
+        self.waiting.wake_all();
+    }
+
+    /// Sends queued events until the shard drops the future: a batch when
+    /// it is full or its first event is 100 ms old, retried until it is
+    /// taken.
+    pub async fn run(&self, stats: &Stats) {
+        let mut backoff = Backoff::default();
+        loop {
+            self.waiting.until(|| !self.queue.borrow().is_empty()).await;
+            let full = || self.queue.borrow().len() >= self.settings.batch;
+            if !full() {
+                let age =
+                    Duration::from_nanos(crate::clock::now_ns().saturating_sub(self.oldest.get()));
+                if let Some(left) = BATCH_WINDOW.checked_sub(age) {
+                    let _ = glommio::timer::timeout(left, async {
+                        self.waiting.until(full).await;
+                        Ok(())
+                    })
+                    .await;
+                }
+            }
+            let batch: Vec<Bytes> = {
+                let queue = self.queue.borrow();
+                queue.iter().take(self.settings.batch).cloned().collect()
+            };
+            let body = batch_body(&batch);
+            let signature = self
+                .settings
+                .secret
+                .as_deref()
+                .map(|s| signature(s.as_bytes(), &body));
+            let request = request(&self.settings.url, &body, signature.as_deref());
+            bump(&stats.webhook_requests, 1);
+            match self.send(&request).await {
+                Ok(status) if (200..300).contains(&status) => {
+                    backoff.reset();
+                    let mut queue = self.queue.borrow_mut();
+                    let sent = batch.len().min(queue.len());
+                    queue.drain(..sent);
+                    if !queue.is_empty() {
+                        self.oldest.set(crate::clock::now_ns());
+                    }
+                }
+                outcome => {
+                    bump(&stats.webhook_failures, 1);
+                    let delay = backoff.next_delay(random_u64());
+                    tracing::warn!(?outcome, retry_in = ?delay, events = batch.len(), "webhook request failed");
+                    glommio::timer::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// One request; the response's status.
+    async fn send(&self, request: &[u8]) -> Result<u16, String> {
+        let exchange = async {
+            let mut stream = glommio::net::TcpStream::connect(self.settings.socket)
+                .await
+                .map_err(|e| e.to_string())?;
+            stream.write_all(request).await.map_err(|e| e.to_string())?;
+            let mut response = Vec::with_capacity(256);
+            let mut chunk = [0u8; 1024];
+            loop {
+                if let Some(status) = status_of(&response) {
+                    return Ok(status);
+                }
+                let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
+                if n == 0 || response.len() > 8192 {
+                    return Err("no status line".to_string());
+                }
+                response.extend_from_slice(&chunk[..n]);
+            }
+        };
+        glommio::timer::timeout(REQUEST_TIMEOUT, async { Ok(exchange.await) })
+            .await
+            .unwrap_or_else(|_| Err("timed out".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_and_refuse_what_is_not_http() {
+        let url = WebhookUrl::parse("http://127.0.0.1:9000/hooks/shardcast").unwrap();
+        assert_eq!(
+            (url.host_port.as_str(), url.path.as_str()),
+            ("127.0.0.1:9000", "/hooks/shardcast")
+        );
+        assert_eq!(WebhookUrl::parse("http://h:1").unwrap().path, "/");
+        for bad in [
+            "https://h:1/",
+            "http://h/",
+            "http://:1/",
+            "ftp://h:1",
+            "http://h:1/a b",
+        ] {
+            assert!(WebhookUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn events_batches_and_signatures_are_what_receivers_check() {
+        let event = Event::Disconnected {
+            user: "alice",
+            conn: "n.0.1.1",
+            reason: "slow_consumer",
+        };
+        let json: serde_json::Value =
+            serde_json::from_slice(&event.json("node-a", 7, 1000)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"event":"disconnected","user":"alice","conn":"n.0.1.1","reason":"slow_consumer","node":"node-a","seq":7,"time_ms":1000})
+        );
+        let anonymous = Event::Connected {
+            user: "",
+            conn: "c",
+        }
+        .json("n", 1, 0);
+        assert!(!String::from_utf8_lossy(&anonymous).contains("user"));
+        let body = batch_body(&[
+            Bytes::from_static(b"{\"a\":1}"),
+            Bytes::from_static(b"{\"b\":2}"),
+        ]);
+        assert_eq!(body, b"{\"events\":[{\"a\":1},{\"b\":2}]}");
+        // RFC 4231 test case 2.
+        assert_eq!(
+            signature(b"Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        let request = request(
+            &WebhookUrl::parse("http://h:1/x").unwrap(),
+            &body,
+            Some("sha256=ab"),
+        );
+        let text = String::from_utf8(request).unwrap();
+        assert!(text.starts_with("POST /x HTTP/1.1\r\nHost: h:1\r\n"));
+        assert!(text.contains("\r\nX-Shardcast-Signature: sha256=ab\r\n"));
+        assert!(text.ends_with("\r\n\r\n{\"events\":[{\"a\":1},{\"b\":2}]}"));
+        assert_eq!(status_of(b"HTTP/1.1 204 No Content\r\n"), Some(204));
+        assert_eq!(status_of(b"HTTP/1.1 500"), None, "not a whole line yet");
+        assert_eq!(status_of(b"SSH-2.0\r\n"), None);
+    }
+}

@@ -1,0 +1,249 @@
+//! Lifecycle webhooks against a receiver started by the test (a small HTTP
+//! server on 127.0.0.1): every request is checked for its signature, events
+//! come batched and in order per channel, a request answered 500 is sent
+//! again, `channel_vacated` waits out its grace and is dropped when the
+//! channel fills again within it.
+
+mod support;
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpListener,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc, Arc,
+    },
+};
+
+use serde_json::{json, Value};
+use support::{Client, Server, DEADLINE};
+
+const SECRET: &str = "webhook-test-secret";
+
+/// One request the receiver took: its body, parsed (at most 4 events:
+/// `--webhook-batch 4` where it is set), and whether it was answered 500.
+struct Received {
+    body: Value,
+    failed: bool,
+}
+
+/// A receiver answering 500 to its first `failures` requests, then 200;
+/// checks each request's signature; hands over what it received.
+fn receiver(failures: usize) -> (String, mpsc::Receiver<Received>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::channel();
+    let served = Arc::new(AtomicUsize::new(0));
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            assert!(line.starts_with("POST /hooks HTTP/1.1"), "{line}");
+            let (mut length, mut signature) = (0, String::new());
+            loop {
+                let mut header = String::new();
+                reader.read_line(&mut header).unwrap();
+                let header = header.trim_end();
+                if header.is_empty() {
+                    break;
+                }
+                let (name, value) = header.split_once(": ").unwrap();
+                match name.to_ascii_lowercase().as_str() {
+                    "content-length" => length = value.parse().unwrap(),
+                    "x-shardcast-signature" => signature = value.to_string(),
+                    _ => {}
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET.as_bytes());
+            let expected = ring::hmac::sign(&key, &body);
+            let hex: String = expected
+                .as_ref()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_eq!(signature, format!("sha256={hex}"), "the signature");
+            let n = served.fetch_add(1, Ordering::SeqCst);
+            let failed = n < failures;
+            let status = if failed {
+                "500 Internal Server Error"
+            } else {
+                "204 No Content"
+            };
+            let _ = write!(stream, "HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
+            let body: Value = serde_json::from_slice(&body).unwrap();
+            assert!(
+                body["events"].as_array().unwrap().len() <= 100,
+                "at most a batch"
+            );
+            let _ = tx.send(Received { body, failed });
+        }
+    });
+    (url, rx)
+}
+
+/// Events delivered (from requests answered 200), until `done` holds.
+fn events_until(
+    rx: &mpsc::Receiver<Received>,
+    mut done: impl FnMut(&[Value]) -> bool,
+) -> (Vec<Value>, usize) {
+    events_within(rx, None, &mut done)
+}
+
+/// Like [`events_until`], checking every request holds at most `batch_limit` events.
+fn events_within(
+    rx: &mpsc::Receiver<Received>,
+    batch_limit: Option<usize>,
+    done: &mut impl FnMut(&[Value]) -> bool,
+) -> (Vec<Value>, usize) {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let (mut events, mut requests) = (Vec::new(), 0);
+    while !done(&events) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let received = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no more webhooks; got {events:?}"));
+        requests += 1;
+        if !received.failed {
+            events.extend(received.body["events"].as_array().unwrap().iter().cloned());
+        }
+        if let Some(limit) = batch_limit {
+            assert!(
+                received.body["events"].as_array().unwrap().len() <= limit,
+                "over the batch: {}",
+                received.body
+            );
+        }
+    }
+    (events, requests)
+}
+
+fn names(events: &[Value], ch: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["ch"] == ch)
+        .map(|e| e["event"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn lifecycle_events_arrive_signed_batched_in_order_and_are_retried() {
+    let (url, rx) = receiver(1);
+    let server = Server::start(&[
+        "--shards",
+        "2",
+        "--webhook-url",
+        &url,
+        "--webhook-secret",
+        SECRET,
+        "--webhook-batch",
+        "4",
+        "--vacated-grace",
+        "300ms",
+        "--node-id",
+        "hooks-a",
+    ]);
+    let mut clients: Vec<Client> = (0..3).map(|_| Client::connect(&server, "/ws")).collect();
+    for client in &mut clients {
+        client.subscribe("room.x");
+    }
+    for client in &mut clients {
+        client.send_json(json!({"op": "unsub", "ch": "room.x", "id": "u"}));
+        assert_eq!(client.recv_json()["op"], "ack");
+    }
+    for client in clients {
+        client.close_and_wait();
+    }
+    let (events, requests) = events_within(&rx, Some(4), &mut |events: &[Value]| {
+        names(events, "room.x").contains(&"channel_vacated".to_string())
+            && events
+                .iter()
+                .filter(|e| e["event"] == "disconnected")
+                .count()
+                == 3
+    });
+    // Batched: fewer requests than events, none over --webhook-batch.
+    assert!(
+        requests < events.len(),
+        "{requests} requests for {} events",
+        events.len()
+    );
+    // The first request was answered 500 and sent again: nothing was lost.
+    assert!(requests >= 2);
+    assert_eq!(
+        names(&events, "room.x"),
+        [
+            "channel_occupied",
+            "subscribed",
+            "subscribed",
+            "subscribed",
+            "unsubscribed",
+            "unsubscribed",
+            "unsubscribed",
+            "channel_vacated"
+        ],
+        "one channel's events, in order"
+    );
+    let count = |name: &str| events.iter().filter(|e| e["event"] == name).count();
+    assert_eq!((count("connected"), count("disconnected")), (3, 3));
+    let reasons: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "disconnected")
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    assert!(reasons.iter().all(|r| *r == "normal"), "{reasons:?}");
+    // Every event names the node, a time and a sequence number of its own.
+    let mut seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(events
+        .iter()
+        .all(|e| e["node"] == "hooks-a" && e["time_ms"].as_u64() > Some(0)));
+    seqs.sort();
+    seqs.dedup();
+    assert_eq!(seqs.len(), events.len(), "no event twice");
+    let stats = support::get_json(&server, "/api/stats");
+    assert!(
+        stats["total"]["webhook_failures"].as_u64() >= Some(1),
+        "{}",
+        stats["total"]
+    );
+}
+
+#[test]
+fn a_channel_that_fills_again_within_the_grace_is_not_vacated() {
+    let (url, rx) = receiver(0);
+    let server = Server::start(&[
+        "--shards",
+        "2",
+        "--webhook-url",
+        &url,
+        "--webhook-secret",
+        SECRET,
+        "--vacated-grace",
+        "1s",
+    ]);
+    let mut first = Client::connect(&server, "/ws");
+    first.subscribe("doc.1");
+    first.close_and_wait();
+    // A reload: another connection subscribes within the grace, then goes.
+    let mut again = Client::connect(&server, "/ws");
+    again.subscribe("doc.1");
+    again.close_and_wait();
+    let (events, _) = events_until(&rx, |events| {
+        names(events, "doc.1").contains(&"channel_vacated".to_string())
+    });
+    assert_eq!(
+        names(&events, "doc.1"),
+        [
+            "channel_occupied",
+            "subscribed",
+            "unsubscribed",
+            "subscribed",
+            "unsubscribed",
+            "channel_vacated"
+        ],
+        "no vacated (and no second occupied) between the two"
+    );
+}
