@@ -17,7 +17,7 @@ pub enum CloseReason {
     BadUtf8,
     /// A WebSocket protocol violation (1002).
     Protocol,
-    /// The server is shutting down (1001).
+    /// The server is shutting down or draining: reconnect elsewhere (1012).
     Shutdown,
     /// Reading or writing the socket failed; no close frame can be sent.
     SocketError,
@@ -72,7 +72,7 @@ impl CloseReason {
             CloseReason::TooLarge => Some((1009, "message too large")),
             CloseReason::BadUtf8 => Some((1007, "invalid UTF-8")),
             CloseReason::Protocol => Some((1002, "protocol error")),
-            CloseReason::Shutdown => Some((1001, "server shutting down")),
+            CloseReason::Shutdown => Some((1012, "service restart")),
             CloseReason::AuthTimeout => Some((4001, "authentication timed out")),
             CloseReason::Unauthorized => Some((4001, "unauthorized")),
             CloseReason::TokenExpired => Some((4001, "token expired")),

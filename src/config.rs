@@ -106,6 +106,9 @@ pub struct Config {
     /// `channel_vacated` waits this long, and is dropped if the channel
     /// fills again meanwhile. Default 5 s.
     pub vacated_grace: Duration,
+    /// On SIGTERM or `POST /api/drain`, clients are told to reconnect at
+    /// points spread over this long. Default 10 s.
+    pub drain_spread: Duration,
     /// Memory budget of the process (split evenly over the shards) for what
     /// clients make it hold: connections, outgoing queues, unfinished
     /// messages and history. Over its share a shard refuses new connections
@@ -237,6 +240,7 @@ impl Default for Config {
             webhook_secret: None,
             webhook_batch: 100,
             vacated_grace: Duration::from_secs(5),
+            drain_spread: Duration::from_secs(10),
             max_memory: default_max_memory(),
             anonymous: false,
             jwt_secret: None,
@@ -387,6 +391,9 @@ pub struct ConfigLayer {
     /// channel_vacated waits this long and is dropped if the channel fills again [default: 5s]
     #[arg(long, env = "SHARDCAST_VACATED_GRACE", value_name = "DURATION")]
     pub vacated_grace: Option<HumanDuration>,
+    /// On SIGTERM or POST /api/drain, clients are told to reconnect at points spread over this long (0: all at once) [default: 10s]
+    #[arg(long, env = "SHARDCAST_DRAIN_SPREAD", value_name = "DURATION")]
+    pub drain_spread: Option<HumanDuration>,
     /// Queued bytes over which a subscriber's older keyed publication is replaced by the newer one [default: 64KiB]
     #[arg(long, env = "SHARDCAST_CONFLATE_AFTER_BYTES", value_name = "SIZE")]
     pub conflate_after_bytes: Option<ByteSize>,
@@ -535,7 +542,7 @@ impl Config {
               handshake_timeout, shutdown_timeout, read_buffer_bytes, history_ttl,
               history_max_bytes, auth_timeout, message_timeout, send_timeout, write_delay,
               max_memory, compression_min_bytes, conflate_after_bytes, engine_timeout, presence_ttl,
-              vacated_grace },
+              vacated_grace, drain_spread },
             { jwt_secret, jwt_public_key, jwt_audience, jwt_issuer, api_key, admin_listen,
               publish_burst, tls_cert, tls_key, nats_url, webhook_url, webhook_secret });
         if let Some(switch) = layer.compression {
@@ -704,6 +711,9 @@ impl Config {
         }
         if self.webhook_secret.is_some() && self.webhook_url.is_none() {
             return invalid("webhook-secret needs webhook-url".into());
+        }
+        if self.drain_spread > Duration::from_secs(3600) {
+            return invalid("drain-spread must be at most 1h".into());
         }
         if !(1..=10_000).contains(&self.webhook_batch) {
             return invalid(format!(

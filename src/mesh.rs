@@ -155,6 +155,8 @@ pub enum MeshMsg {
     /// The sender's queues are all under half their high-water mark again:
     /// publishers waiting for it may go on.
     Room,
+    /// `POST /api/drain` on another shard: begin the shutdown.
+    Drain,
     /// To the owner of `ch`: connection `conn` of `user` subscribed (`on`)
     /// or no longer is (for the `subscribed`/`unsubscribed` webhooks).
     Subscription {

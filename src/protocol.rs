@@ -708,6 +708,16 @@ pub fn encode_err(error: &OpError<'_>) -> Bytes {
     out.finish()
 }
 
+/// `{"op":"reconnect","after_ms":N}`: the server is going away; come back
+/// (to another node) after `N` ms, not at once with everyone else.
+pub fn encode_reconnect(after_ms: u64) -> Bytes {
+    let mut out = FrameBuilder::new(OpCode::Text, 40);
+    out.push(b"{\"op\":\"reconnect\",\"after_ms\":");
+    out.push(itoa::Buffer::new().format(after_ms).as_bytes());
+    out.push(b"}");
+    out.finish()
+}
+
 /// `{"op":"pong"}` or `{"op":"pong","id":..}`.
 pub fn encode_pong(id: Option<&str>) -> Bytes {
     let mut out = FrameBuilder::new(OpCode::Text, 24);

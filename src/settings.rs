@@ -95,6 +95,7 @@ fn settings(config: &Config) -> Vec<(&'static str, Value)> {
         ),
         ("webhook-batch", Value::Number(c.webhook_batch as u64)),
         ("vacated-grace", duration(c.vacated_grace)),
+        ("drain-spread", duration(c.drain_spread)),
         ("max-memory", size(c.max_memory)),
         ("anonymous", Value::Bool(c.anonymous)),
         (

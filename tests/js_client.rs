@@ -9,7 +9,7 @@
 //! (checked against the npm `fossil-delta` package) in `js_client_delta.mjs`;
 //! MessagePack (checked against `@msgpack/msgpack`) in `js_client_msgpack.mjs`; a
 //! `resync` from a two-node Redis cluster in `js_client_cluster.mjs`; presence in
-//! `js_client_presence.mjs`. Node,
+//! `js_client_presence.mjs`; a drain's reconnect advice in `js_client_drain.mjs`. Node,
 //! Chromium and playwright-core come from `scripts/test.sh`.
 
 use std::process::Command;
@@ -53,6 +53,11 @@ fn js_client_speaks_messagepack_as_npm_msgpack_does() {
 #[test]
 fn js_client_lists_members_and_hears_joins_and_leaves() {
     run("js_client_presence.mjs");
+}
+
+#[test]
+fn js_client_honours_a_draining_servers_reconnect_advice() {
+    run("js_client_drain.mjs");
 }
 
 #[test]

@@ -1,5 +1,8 @@
-//! Graceful shutdown on SIGTERM/SIGINT: queued messages are flushed, every
-//! client gets close 1001, the process exits 0 within the shutdown timeout.
+//! Graceful shutdown on SIGTERM/SIGINT and `POST /api/drain`: queued
+//! messages are flushed, every JSON client is told when to reconnect (the
+//! points spread over `--drain-spread`, so 1,000 clients do not come back at
+//! once), then gets close 1012, and the process exits 0 within the shutdown
+//! timeout.
 
 mod support;
 
@@ -9,7 +12,7 @@ use serde_json::json;
 use support::{Client, Server};
 
 #[test]
-fn sigterm_flushes_closes_with_1001_and_exits_0() {
+fn sigterm_flushes_advises_closes_with_1012_and_exits_0() {
     let mut server = Server::start(&["--shards", "2", "--shutdown-timeout", "5s"]);
     let mut subscribers: Vec<Client> = (0..6)
         .map(|_| {
@@ -31,10 +34,19 @@ fn sigterm_flushes_closes_with_1001_and_exits_0() {
         for i in 0..200 {
             assert_eq!(sub.recv_json()["data"], i, "queued messages are flushed");
         }
-        let (code, reason, _) = sub.expect_close();
-        assert_eq!((code, reason.as_str()), (1001, "server shutting down"));
+        let advice = sub.recv_json();
+        assert_eq!(advice["op"], "reconnect", "{advice}");
+        assert!(
+            advice["after_ms"].as_u64() < Some(10_000),
+            "within the default spread: {advice}"
+        );
+        let (code, reason, skipped) = sub.expect_close();
+        assert_eq!(
+            (code, reason.as_str(), skipped),
+            (1012, "service restart", 0)
+        );
     }
-    assert_eq!(publisher.expect_close().0, 1001);
+    assert_eq!(publisher.expect_close().0, 1012);
     assert_eq!(server.wait_exit(Duration::from_secs(8)), Some(0));
 }
 
@@ -46,4 +58,60 @@ fn sigint_with_idle_http_connection_exits_promptly() {
     let _ws = Client::connect(&server, "/ws");
     server.signal(libc::SIGINT);
     assert_eq!(server.wait_exit(Duration::from_secs(4)), Some(0));
+}
+
+/// Reads a drained client's advice and close; its `after_ms`.
+fn drained(client: &mut Client) -> u64 {
+    let advice = client.recv_json();
+    assert_eq!(advice["op"], "reconnect", "{advice}");
+    let (code, _, _) = client.expect_close();
+    assert_eq!(code, 1012);
+    advice["after_ms"].as_u64().unwrap()
+}
+
+#[test]
+fn a_drain_of_1000_clients_spreads_their_reconnects_over_the_window() {
+    let mut server = Server::start(&[
+        "--shards",
+        "2",
+        "--drain-spread",
+        "2s",
+        "--shutdown-timeout",
+        "5s",
+    ]);
+    let mut clients: Vec<Client> = (0..1000).map(|_| Client::connect(&server, "/ws")).collect();
+    support::wait_until("1000 connections", || {
+        support::get_json(&server, "/api/stats")["total"]["connections"] == 1000
+    });
+    server.signal(libc::SIGTERM);
+    let mut after: Vec<u64> = clients.iter_mut().map(drained).collect();
+    assert_eq!(server.wait_exit(Duration::from_secs(8)), Some(0));
+    after.sort();
+    assert!(after.iter().all(|ms| *ms < 2000), "{after:?}");
+    // Spread evenly: every tenth of the window holds about a tenth.
+    for tenth in 0..10 {
+        let n = after.iter().filter(|ms| **ms / 200 == tenth).count();
+        assert!(
+            (60..=140).contains(&n),
+            "{n} clients in {}..{} ms",
+            tenth * 200,
+            tenth * 200 + 200
+        );
+    }
+}
+
+#[test]
+fn post_api_drain_drains_every_shard_and_exits() {
+    let key = "drain-test-api-key-0123456789";
+    let mut server = Server::start(&["--shards", "2", "--api-key", key, "--drain-spread", "1s"]);
+    let mut clients: Vec<Client> = (0..8).map(|_| Client::connect(&server, "/ws")).collect();
+    let (status, _) = support::http(&server, "POST", "/api/drain", "");
+    assert_eq!(status, 401, "the API key is needed");
+    let (status, body) =
+        support::secure::http_with(&server, "POST", "/api/drain", &[("X-API-Key", key)], "");
+    assert_eq!((status, body.as_str()), (202, r#"{"draining":true}"#));
+    for client in &mut clients {
+        assert!(drained(client) < 1000);
+    }
+    assert_eq!(server.wait_exit(Duration::from_secs(8)), Some(0));
 }

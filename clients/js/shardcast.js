@@ -344,6 +344,7 @@ export class Shardcast {
     this._ops = new Map();      // id -> {resolve, reject, timer, frame, sent, sub?}
     this._queue = [];           // op ids waiting for a connection
     this._subs = new Map();     // ch -> Subscription
+    this._advice = null;        // ms: a draining server's reconnect advice
     this._listeners = new Map();
     this._attempt = 0;
     this._timers = {};
@@ -554,6 +555,13 @@ export class Shardcast {
 
   _scheduleReconnect() {
     this._setState('reconnecting');
+    // A draining server said when to come back: that, not the backoff.
+    if (this._advice !== null) {
+      const after = this._advice;
+      this._advice = null;
+      this._timer('reconnect', after, () => this._connect());
+      return;
+    }
     const { minReconnectDelay: min, maxReconnectDelay: max } = this.options;
     const cap = Math.min(max, min * 2 ** Math.min(this._attempt, 30));
     this._attempt++;
@@ -724,6 +732,9 @@ export class Shardcast {
       // after the publication it applies to, on the same connection.
       if (sub._delta && text !== null && !this._undelta(sub, f, text)) return;
       sub._deliver(f);
+    } else if (f.op === 'reconnect') {
+      // The server is going away (1012 follows): come back after this.
+      this._advice = Math.max(0, Number(f.after_ms) || 0);
     } else if (f.op === 'resync') {
       const sub = this._subs.get(f.ch);
       if (sub) sub._resync(f);

@@ -127,6 +127,11 @@ impl Codec {
         self.control(protocol::encode_occupancy(id, channel, count))
     }
 
+    /// The advice a draining server gives before its close.
+    pub fn reconnect(self, after_ms: u64) -> Bytes {
+        self.control(protocol::encode_reconnect(after_ms))
+    }
+
     /// The answer to a `ping` op.
     pub fn pong(self, id: Option<&str>) -> Bytes {
         self.control(protocol::encode_pong(id))

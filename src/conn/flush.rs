@@ -241,7 +241,7 @@ mod tests {
             outbox.stream().unwrap().shutdown_write();
             let mut got = Vec::new();
             client.read_to_end(&mut got).unwrap();
-            let close = frame::close(1001, "server shutting down");
+            let close = frame::close(1012, "service restart");
             assert_eq!(got.len(), 1000 + close.len());
             assert_eq!(&got[900..1000], &[9; 100][..]);
             assert_eq!(&got[1000..], &close[..]);
@@ -279,7 +279,7 @@ mod tests {
             outbox.written_out().await;
             outbox.stream().unwrap().shutdown_write();
             let got = reader.join().unwrap().unwrap();
-            expected.extend_from_slice(&frame::close(1001, "server shutting down"));
+            expected.extend_from_slice(&frame::close(1012, "service restart"));
             assert_eq!(got.len(), expected.len());
             assert!(got == expected, "bytes out of order");
             assert!(stats.socket_full.get() > 0, "the socket was full");

@@ -323,6 +323,8 @@ pub enum Route {
     Metrics,
     /// `GET /api/stats`: the same figures as JSON.
     Stats,
+    /// `POST /api/drain`: the node drains and exits.
+    Drain,
     /// `GET /api/presence/<ch>?cursor=..&limit=..`: a presence channel's
     /// members.
     Presence {
@@ -342,7 +344,7 @@ impl Route {
     pub fn needs_api_key(&self) -> bool {
         matches!(
             self,
-            Route::Publish | Route::Metrics | Route::Stats | Route::Presence { .. }
+            Route::Publish | Route::Metrics | Route::Stats | Route::Presence { .. } | Route::Drain
         )
     }
 }
@@ -366,6 +368,12 @@ pub fn route(head: &Head, max_subscriptions: usize) -> Result<Route, HttpError> 
     if path == "/api/publish" {
         return match head.method {
             Method::Post => Ok(Route::Publish),
+            _ => Err(method_not_allowed()),
+        };
+    }
+    if path == "/api/drain" {
+        return match head.method {
+            Method::Post => Ok(Route::Drain),
             _ => Err(method_not_allowed()),
         };
     }

@@ -884,7 +884,7 @@ mod tests {
         drop(ours);
         let mut got = Vec::new();
         theirs.read_to_end(&mut got).unwrap();
-        let close = frame::close(1001, "server shutting down");
+        let close = frame::close(1012, "service restart");
         assert_eq!(got.len(), 300 + close.len());
         assert_eq!(&got[..3], &[0, 0, 0]);
         assert_eq!(&got[297..300], &[99, 99, 99]);

@@ -933,6 +933,7 @@ impl Shard {
                 }
             }
             MeshMsg::Room => self.links.wake_publishers(),
+            MeshMsg::Drain => self.begin_shutdown(),
             MeshMsg::Subscription { ch, on, user, conn } => {
                 if let Ok(name) = std::str::from_utf8(&ch) {
                     self.subscription_event(name, on, &user, &conn);
@@ -1027,13 +1028,35 @@ impl Shard {
 
     /// Starts the graceful shutdown: refuse new work, ask every connection to
     /// flush and close with 1001.
+    /// JSON and MessagePack clients are first told when to come back
+    /// (`{"op":"reconnect","after_ms":N}`), each at its own point of
+    /// `--drain-spread`, so they do not all reconnect elsewhere at once;
+    /// then closed with 1012.
     pub fn begin_shutdown(&self) {
-        self.shutting_down.set(true);
+        if self.shutting_down.replace(true) {
+            return;
+        }
         let conns: Vec<Rc<Conn>> = self.conns.borrow().iter().map(|(_, c)| c.clone()).collect();
-        for conn in conns {
+        let spread_ms = self.config.drain_spread.as_millis() as u64;
+        // Each shard's clients are spaced evenly, from a random start.
+        let offset = crate::engine::backoff::random_u64() % spread_ms.max(1);
+        let count = conns.len().max(1) as u64;
+        for (i, conn) in conns.iter().enumerate() {
+            if conn.codec.protocol != crate::conn::codec::Protocol::Raw {
+                let after_ms = (offset + spread_ms * i as u64 / count) % spread_ms.max(1);
+                conn.send(conn.codec.reconnect(after_ms));
+            }
             conn.outbox.close(CloseReason::Shutdown);
         }
         self.stop_waiters.wake_all();
+    }
+
+    /// `POST /api/drain`: every shard of the node begins its shutdown.
+    pub fn drain_node(&self) {
+        for peer in (0..self.shards).filter(|p| *p != self.id) {
+            self.links.send(peer, MeshMsg::Drain);
+        }
+        self.begin_shutdown();
     }
 
     pub fn channel_count(&self) -> usize {

@@ -137,6 +137,11 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
                 let json = serde_json::to_vec(&stats).unwrap_or_default();
                 http::response(200, "application/json", &json, keep_alive)
             }
+            Ok(Route::Drain) => {
+                tracing::warn!(shard = shard.id, "POST /api/drain: draining the node");
+                shard.drain_node();
+                http::response(202, "application/json", b"{\"draining\":true}", false)
+            }
             Ok(Route::Presence {
                 channel,
                 cursor,
