@@ -79,16 +79,10 @@ impl WebhookUrl {
     }
 
     pub fn resolve(&self) -> Result<SocketAddr, WebhookUrlError> {
-        use std::net::ToSocketAddrs;
-        let error = |reason: String| WebhookUrlError::Resolve {
+        crate::engine::addr::resolve(&self.host_port).map_err(|reason| WebhookUrlError::Resolve {
             url: self.host_port.clone(),
             reason,
-        };
-        self.host_port
-            .to_socket_addrs()
-            .map_err(|e| error(e.to_string()))?
-            .next()
-            .ok_or_else(|| error("no address".into()))
+        })
     }
 }
 

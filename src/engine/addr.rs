@@ -83,16 +83,20 @@ impl BrokerAddr {
 
     /// The socket address to connect to (the first the name resolves to).
     pub fn resolve(&self) -> Result<SocketAddr, AddrError> {
-        let resolve_error = |reason: String| AddrError::Resolve {
+        resolve(&self.host_port).map_err(|reason| AddrError::Resolve {
             url: self.shown.clone(),
             reason,
-        };
-        self.host_port
-            .to_socket_addrs()
-            .map_err(|e| resolve_error(e.to_string()))?
-            .next()
-            .ok_or_else(|| resolve_error("no address".into()))
+        })
     }
+}
+
+/// The first socket address `host_port` resolves to, or why none.
+pub fn resolve(host_port: &str) -> Result<SocketAddr, String> {
+    host_port
+        .to_socket_addrs()
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or_else(|| "no address".to_string())
 }
 
 #[cfg(test)]
