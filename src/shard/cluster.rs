@@ -110,16 +110,11 @@ impl Shard {
         }
     }
 
-    /// The node's interest in `name` (this shard's subscribers or another
-    /// shard's) changed maybe: the broker is told to push its publications
-    /// here, or to stop.
-    pub(super) fn engine_interest(&self, name: &str) {
+    /// The node's interest in `name` changed maybe (`wanted`: it has
+    /// subscribers): the broker is told to push its publications here, or
+    /// to stop.
+    pub(super) fn engine_interest(&self, name: &str, wanted: bool) {
         let Some(engine) = &self.engine else { return };
-        if channel::is_system(name.as_bytes()) {
-            return;
-        }
-        let wanted = self.index.borrow().subscriber_count(name) > 0
-            || self.owner.borrow().has_remote_interest(name);
         match engine {
             Engine::Redis(links) => {
                 if let Some(link) = redis_link_for(links, name) {

@@ -190,13 +190,12 @@ impl Shard {
     }
 
     /// Owner side: the channel's subscribers on every shard may have come
-    /// or gone: `channel_occupied` now, `channel_vacated` after the grace.
-    pub(super) fn lifecycle_interest(&self, name: &str) {
-        if self.webhooks.is_none() || channel::is_system(name.as_bytes()) {
+    /// or gone (`on`: some are there): `channel_occupied` now,
+    /// `channel_vacated` after the grace.
+    pub(super) fn lifecycle_interest(&self, name: &str, on: bool) {
+        if self.webhooks.is_none() {
             return;
         }
-        let on = self.index.borrow().subscriber_count(name) > 0
-            || self.owner.borrow().has_remote_interest(name);
         let grace_ms = self.config.vacated_grace.as_millis() as u64;
         let now_ms = self.now_ms();
         if self.occupancy.borrow_mut().set(name, on, now_ms, grace_ms) == Transition::Occupied {

@@ -574,14 +574,26 @@ impl Shard {
         self.lifecycle_subscription(name, conn, on);
     }
 
+    /// Owner side: a shard (this one or another) gained or lost subscribers
+    /// of `name`; whether the node still has any decides what the engine is
+    /// told and what the webhooks say.
+    fn node_interest_changed(&self, name: &str) {
+        if channel::is_system(name.as_bytes()) {
+            return;
+        }
+        let wanted = self.index.borrow().subscriber_count(name) > 0
+            || self.owner.borrow().has_remote_interest(name);
+        self.engine_interest(name, wanted);
+        self.lifecycle_interest(name, wanted);
+    }
+
     /// Tells the channel's owner that this shard gained or lost interest.
     fn interest_changed(&self, name: &str, interest: Interest) {
         let owner = channel::owner_of(name.as_bytes(), self.shards);
         if owner == self.id {
             // The owner fans out to its own index directly; the node's
             // interest is the engine's business.
-            self.engine_interest(name);
-            self.lifecycle_interest(name);
+            self.node_interest_changed(name);
             return;
         }
         self.links.send(
@@ -898,8 +910,7 @@ impl Shard {
                     self.owner
                         .borrow_mut()
                         .set_interest(name, from as usize, on, delta);
-                    self.engine_interest(name);
-                    self.lifecycle_interest(name);
+                    self.node_interest_changed(name);
                 }
             }
             MeshMsg::Position {
