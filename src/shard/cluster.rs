@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures_lite::FutureExt;
 
 use super::{
-    members::{Members, Page},
+    members::{Member, Members, Page},
     owner::{Followed, Ordered},
     Shard,
 };
@@ -79,14 +79,13 @@ impl Shard {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn publish_to_redis(
         &self,
-        links: &[Rc<RedisLink>],
         name: &str,
         payload: Payload,
         from: usize,
         skip: Option<Skip>,
         reply: Reply,
     ) {
-        let Some(link) = redis_link_for(links, name) else {
+        let Some(link) = self.redis_link(name) else {
             return self.refuse(from, reply);
         };
         // A publisher here waits for Redis's answer as for another shard's
@@ -132,9 +131,7 @@ impl Shard {
     /// with that engine (from what this shard knows while Redis is down),
     /// else from the owner's own state.
     pub(super) fn answer_position(&self, name: &str, asker: Asker, since: Option<(u64, Box<str>)>) {
-        if let (Some(Engine::Redis(links)), false) =
-            (&self.engine, channel::is_system(name.as_bytes()))
-        {
+        if let Some(link) = self.redis_link(name) {
             let (from, conn, token, id) = asker;
             let after = since.as_ref().map(|(seq, _)| *seq);
             let ask = PositionAsk::Subscriber {
@@ -145,11 +142,7 @@ impl Shard {
                 since,
                 id,
             };
-            let asked = match redis_link_for(links, name) {
-                Some(link) => link.position(ask, after),
-                None => Err(ask),
-            };
-            if let Err(ask) = asked {
+            if let Err(ask) = link.position(ask, after) {
                 self.on_position(ask, Err(Refused::Unavailable));
             }
             return;
@@ -212,12 +205,11 @@ impl Shard {
 
     /// Asks Redis for what `name` missed after `after`.
     fn fill(&self, name: &str, after: u64) {
-        let Some(Engine::Redis(links)) = &self.engine else {
+        let Some(link) = self.redis_link(name) else {
             return;
         };
         let ask = PositionAsk::Fill { ch: name.into() };
-        let asked = redis_link_for(links, name).map(|link| link.position(ask, Some(after)));
-        if !matches!(asked, Some(Ok(_))) {
+        if link.position(ask, Some(after)).is_err() {
             self.owner.borrow_mut().fill_failed(name);
         }
     }
@@ -257,17 +249,13 @@ impl Shard {
             let Some(link) = self.redis_link(name) else {
                 continue;
             };
-            let those: Vec<(String, Vec<u8>)> = those
-                .map(|m| {
-                    let mut json = Vec::new();
-                    crate::protocol::write_member(&mut json, &m.user, &m.conn, m.info.as_deref());
-                    (m.conn.to_string(), json)
-                })
+            let those: Vec<(&Member, Vec<u8>)> = those
+                .map(|m| (m, super::presence::member_json(m)))
                 .collect();
             for chunk in those.chunks(CHUNK) {
                 let pairs: Vec<(&str, &[u8])> = chunk
                     .iter()
-                    .map(|(c, j)| (c.as_str(), j.as_slice()))
+                    .map(|(m, json)| (&*m.conn, json.as_slice()))
                     .collect();
                 link.presence_refresh(name, &pairs);
             }

@@ -110,15 +110,6 @@ impl Shard {
         }
     }
 
-    /// The user and id of `conn`, as events name it.
-    fn who(&self, conn: &Conn) -> (Box<str>, String) {
-        let user = match &*conn.permit() {
-            crate::conn::permit::Permit::Token(grant) => grant.user.clone(),
-            _ => "".into(),
-        };
-        (user, self.conn_id(conn))
-    }
-
     /// A connection's id, unique on the node (as presence lists show it).
     pub(super) fn conn_id(&self, conn: &Conn) -> String {
         format!(
@@ -130,10 +121,10 @@ impl Shard {
     /// `connected`.
     pub(super) fn lifecycle_connected(&self, conn: &Conn) {
         if self.webhooks.is_some() {
-            let (user, conn) = self.who(conn);
+            let member = self.member_of(conn);
             self.webhook(Event::Connected {
-                user: &user,
-                conn: &conn,
+                user: &member.user,
+                conn: &member.conn,
             });
         }
     }
@@ -141,10 +132,10 @@ impl Shard {
     /// `disconnected`, with why.
     pub(super) fn lifecycle_disconnected(&self, conn: &Conn, reason: &str) {
         if self.webhooks.is_some() {
-            let (user, conn) = self.who(conn);
+            let member = self.member_of(conn);
             self.webhook(Event::Disconnected {
-                user: &user,
-                conn: &conn,
+                user: &member.user,
+                conn: &member.conn,
                 reason,
             });
         }
@@ -155,18 +146,18 @@ impl Shard {
         if self.webhooks.is_none() || channel::is_system(name.as_bytes()) {
             return;
         }
-        let (user, conn) = self.who(conn);
+        let member = self.member_of(conn);
         let owner = self.owner_of(name.as_bytes());
         if owner == self.id {
-            self.subscription_event(name, on, &user, &conn);
+            self.subscription_event(name, on, &member.user, &member.conn);
         } else {
             self.links.send(
                 owner,
                 MeshMsg::Subscription {
                     ch: Bytes::copy_from_slice(name.as_bytes()),
                     on,
-                    user,
-                    conn: conn.into(),
+                    user: member.user,
+                    conn: member.conn,
                 },
             );
         }

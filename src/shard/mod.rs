@@ -675,8 +675,8 @@ impl Shard {
         // System channels (`$stats`) are this node's own.
         if !channel::is_system(&ch) {
             match &self.engine {
-                Some(Engine::Redis(links)) => {
-                    return self.publish_to_redis(links, name, payload, from, skip, reply);
+                Some(Engine::Redis(_)) => {
+                    return self.publish_to_redis(name, payload, from, skip, reply);
                 }
                 Some(Engine::Nats(link)) => {
                     if !link.publish(name, &payload, skip) {

@@ -32,7 +32,7 @@ impl Shard {
 
     /// `conn` as presence lists show it: its id (unique on the node), the
     /// token's user and `info`.
-    fn member_of(&self, conn: &Conn) -> Member {
+    pub(super) fn member_of(&self, conn: &Conn) -> Member {
         let (user, info) = match &*conn.permit() {
             crate::conn::permit::Permit::Token(grant) => (grant.user.clone(), grant.info.clone()),
             _ => ("".into(), None),
