@@ -86,7 +86,7 @@ impl Shard {
         reply: Reply,
     ) {
         let Some(link) = self.redis_link(name) else {
-            return self.refuse(from, reply);
+            return self.refuse(from, reply, false);
         };
         // A publisher here waits for Redis's answer as for another shard's
         // (its graceful close waits for the ack, see `Outbox::push_reply`).
@@ -105,7 +105,7 @@ impl Shard {
                     self.links.set_engine_busy(true);
                 }
             }
-            Err(ticket) => self.refuse(ticket.from, ticket.reply),
+            Err(ticket) => self.refuse(ticket.from, ticket.reply, false),
         }
     }
 
@@ -306,11 +306,7 @@ impl RedisHost for Shard {
                     self.links.send(from, MeshMsg::Published { reply, seq });
                 }
             }
-            Err(_) if from == self.id => {
-                bump(&self.stats.engine_refused, 1);
-                self.refused(reply, true);
-            }
-            Err(_) => self.refuse(from, reply),
+            Err(_) => self.refuse(from, reply, true),
         }
     }
 

@@ -680,7 +680,7 @@ impl Shard {
                 }
                 Some(Engine::Nats(link)) => {
                     if !link.publish(name, &payload, skip) {
-                        return self.refuse(from, reply);
+                        return self.refuse(from, reply, false);
                     }
                     bump(&self.stats.engine_publications, 1);
                 }
@@ -809,7 +809,9 @@ impl Shard {
     /// Tells a publisher its publication was refused (the engine is
     /// unavailable): an `err unavailable` for a `pub` with an `id`, 503 for
     /// an HTTP publish; nothing for one nobody waits for (counted).
-    fn refuse(&self, from: usize, reply: Reply) {
+    /// `awaited`: a publisher on this shard awaits the answer (announced
+    /// with `Outbox::expect_reply`).
+    fn refuse(&self, from: usize, reply: Reply, awaited: bool) {
         bump(&self.stats.engine_refused, 1);
         if from != self.id {
             if !matches!(reply, Reply::None) {
@@ -817,7 +819,7 @@ impl Shard {
             }
             return;
         }
-        self.refused(reply, false);
+        self.refused(reply, awaited);
     }
 
     /// A refusal reaches the publisher's shard.
