@@ -28,7 +28,14 @@ fn sigterm_flushes_advises_closes_with_1012_and_exits_0() {
     for _ in 0..200 {
         assert_eq!(publisher.recv_json()["op"], "ack");
     }
-    // Everything is ordered and queued; now stop the server.
+    // Everything is ordered and on its way to the subscribers' shards: wait
+    // until it is queued for all six (a delivery still crossing shards when
+    // the shutdown begins would meet a closed queue), then stop the server.
+    // Six sub acks and 1,200 deliveries, 200 pub acks.
+    support::wait_until("every frame queued", || {
+        support::get_json(&server, "/api/stats")["total"]["frames_queued"].as_u64()
+            >= Some(6 * (1 + 200) + 200)
+    });
     server.signal(libc::SIGTERM);
     for sub in subscribers.iter_mut() {
         for i in 0..200 {
