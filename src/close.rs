@@ -40,11 +40,15 @@ pub enum CloseReason {
     /// A compressed message (permessage-deflate) that does not inflate
     /// (1007).
     BadCompression,
+    /// `POST /api/disconnect`, with the code and reason it gave (4000
+    /// "disconnected" unless told otherwise); a raw-room member told to
+    /// leave its room by `POST /api/unsubscribe` (4000 "unsubscribed").
+    Disconnected,
 }
 
 impl CloseReason {
     /// Every reason, in declaration order (`reason as usize` indexes it).
-    pub const ALL: [CloseReason; 16] = [
+    pub const ALL: [CloseReason; 17] = [
         CloseReason::Normal,
         CloseReason::SlowConsumer,
         CloseReason::HeartbeatTimeout,
@@ -61,6 +65,7 @@ impl CloseReason {
         CloseReason::MessageTimeout,
         CloseReason::SendTimeout,
         CloseReason::BadCompression,
+        CloseReason::Disconnected,
     ];
 
     /// The close code and reason sent to the client, if any.
@@ -80,6 +85,7 @@ impl CloseReason {
             CloseReason::Forbidden => Some((1008, "not allowed to publish here")),
             CloseReason::MessageTimeout => Some((1008, "message not finished in time")),
             CloseReason::BadCompression => Some((1007, "invalid compressed data")),
+            CloseReason::Disconnected => Some((4000, "disconnected")),
         }
     }
 
@@ -101,6 +107,7 @@ impl CloseReason {
             CloseReason::MessageTimeout => "message_timeout",
             CloseReason::SendTimeout => "send_timeout",
             CloseReason::BadCompression => "bad_compression",
+            CloseReason::Disconnected => "disconnected",
         }
     }
 }

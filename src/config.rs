@@ -97,6 +97,10 @@ pub struct Config {
     /// long after it last refreshed them (every third of it): a node that
     /// dies drops out within it. Default 30 s.
     pub presence_ttl: Duration,
+    /// How long a publication made under an `idempotency_key` (HTTP
+    /// publish) is remembered: a retry within it is answered with the
+    /// first one's `seq`. Default 2 min.
+    pub idempotency_window: Duration,
     /// Where lifecycle webhooks are POSTed (`http://host:port/path`).
     pub webhook_url: Option<String>,
     /// Key of their `X-Shardcast-Signature` (HMAC-SHA256 of the body).
@@ -236,6 +240,7 @@ impl Default for Config {
             conflate_after_bytes: 64 << 10,
             presence: Vec::new(),
             presence_ttl: Duration::from_secs(30),
+            idempotency_window: Duration::from_secs(120),
             webhook_url: None,
             webhook_secret: None,
             webhook_batch: 100,
@@ -374,6 +379,9 @@ pub struct ConfigLayer {
     /// With the Redis engine, how long a node's presence members outlive its last refresh (a dead node drops out within it) [default: 30s]
     #[arg(long, env = "SHARDCAST_PRESENCE_TTL", value_name = "DURATION")]
     pub presence_ttl: Option<HumanDuration>,
+    /// How long an HTTP publish's idempotency_key is remembered: a retry within it gets the first one's seq and is not published again [default: 2m]
+    #[arg(long, env = "SHARDCAST_IDEMPOTENCY_WINDOW", value_name = "DURATION")]
+    pub idempotency_window: Option<HumanDuration>,
     /// POST lifecycle events (channel_occupied/vacated, connected/disconnected, subscribed/unsubscribed) here, http://host:port/path
     #[arg(long, env = "SHARDCAST_WEBHOOK_URL", value_name = "URL")]
     pub webhook_url: Option<String>,
@@ -542,7 +550,7 @@ impl Config {
               handshake_timeout, shutdown_timeout, read_buffer_bytes, history_ttl,
               history_max_bytes, auth_timeout, message_timeout, send_timeout, write_delay,
               max_memory, compression_min_bytes, conflate_after_bytes, engine_timeout, presence_ttl,
-              vacated_grace, drain_spread },
+              vacated_grace, drain_spread, idempotency_window },
             { jwt_secret, jwt_public_key, jwt_audience, jwt_issuer, api_key, admin_listen,
               publish_burst, tls_cert, tls_key, nats_url, webhook_url, webhook_secret });
         if let Some(switch) = layer.compression {
@@ -720,6 +728,11 @@ impl Config {
                 "webhook-batch is {}, must be 1..=10000",
                 self.webhook_batch
             ));
+        }
+        if self.idempotency_window < Duration::from_secs(1)
+            || self.idempotency_window > Duration::from_secs(24 * 3600)
+        {
+            return invalid("idempotency-window must be 1s to 24h".into());
         }
         if self.presence_ttl < Duration::from_millis(300) {
             return invalid("presence-ttl must be at least 300ms".into());

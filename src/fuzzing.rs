@@ -53,10 +53,27 @@ pub fn client_op(data: &[u8]) {
         Ok(_) => {}
         Err(error) => assert_valid_json(&protocol::encode_err(&error)),
     }
-    if let Ok(publish) = protocol::parse_http_publish(text) {
-        let frame =
-            protocol::encode_msg(&publish.ch, 1, PayloadKind::Json, publish.data.as_bytes());
-        assert_valid_json(&frame);
+    if let Ok(publish) = crate::api::parse_publish(text, usize::MAX) {
+        for publication in &publish.publications {
+            let frame = protocol::encode_msg(
+                &publication.ch,
+                1,
+                PayloadKind::Json,
+                publication.data.as_bytes(),
+            );
+            assert_valid_json(&frame);
+        }
+        let seqs: Vec<_> = (0..publish.publications.len() as u64).map(Some).collect();
+        let (_, body) = crate::api::publish_answer(publish.single, &seqs);
+        serde_json::from_slice::<serde::de::IgnoredAny>(&body).expect("valid JSON");
+    }
+    for kick in [
+        crate::api::parse_disconnect(text),
+        crate::api::parse_unsubscribe(text),
+    ] {
+        if let Ok(crate::api::Kick::Disconnect { reason, .. }) = kick {
+            assert!(reason.len() <= crate::api::MAX_CLOSE_REASON);
+        }
     }
 }
 

@@ -52,6 +52,7 @@
 //! `docs/design.md` explains how these fit together; `docs/protocol.md`
 //! specifies the wire protocol.
 
+pub(crate) mod api;
 pub mod channel;
 pub mod client;
 pub(crate) mod clock;

@@ -62,8 +62,15 @@ pub enum Reply {
     Ack { conn: ConnRef, id: Box<str> },
     /// An HTTP publish waiting in the publisher shard's reply slot; `nonce`
     /// tells it from a later publish given the same slot after this one
-    /// gave up waiting.
-    Http { slot: u32, nonce: u32 },
+    /// gave up waiting; `index`: which of the request's publications this
+    /// is. With an `idempotency_key`, a publication the owner already made
+    /// under it is answered with that one's `seq` and not made again.
+    Http {
+        slot: u32,
+        nonce: u32,
+        index: u32,
+        idempotency_key: Option<Box<str>>,
+    },
 }
 
 impl Reply {
@@ -186,6 +193,20 @@ pub enum MeshMsg {
         from: u16,
         asker: PresenceAsker,
         ask: PresenceAsk,
+    },
+    /// A server API request of shard `from` (`shard/api.rs`), to be
+    /// answered to its reply slot.
+    Api {
+        from: u16,
+        slot: u32,
+        nonce: u32,
+        request: Box<crate::shard::api::ApiRequest>,
+    },
+    /// The answer to `Api`.
+    ApiReply {
+        slot: u32,
+        nonce: u32,
+        answer: Box<crate::shard::api::ApiAnswer>,
     },
     /// From the owner: the answer to `PresenceQuery` (`counting`: it was
     /// an `occupancy`).

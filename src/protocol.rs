@@ -360,7 +360,10 @@ pub fn nesting_within(json: &[u8], max: usize) -> bool {
 
 /// `data` of a publication: present, and not nested deeper than
 /// [`MAX_DATA_DEPTH`].
-fn read_data<'a>(data: Option<&'a RawValue>, id: Option<&'a str>) -> Result<&'a str, OpError<'a>> {
+pub(crate) fn read_data<'a>(
+    data: Option<&'a RawValue>,
+    id: Option<&'a str>,
+) -> Result<&'a str, OpError<'a>> {
     let data = data.ok_or_else(|| OpError::new(ErrorCode::BadJson, "pub needs data", id))?;
     if !nesting_within(data.get().as_bytes(), MAX_DATA_DEPTH) {
         return Err(OpError::new(
@@ -445,30 +448,11 @@ pub fn parse_client_op(text: &str) -> Result<ClientOp<'_>, OpError<'_>> {
     }
 }
 
-/// A body of `POST /api/publish`.
-#[derive(Debug)]
-pub struct HttpPublish<'a> {
-    pub ch: Cow<'a, str>,
-    pub data: &'a str,
-    /// Its conflation key (see [`ClientOp::Pub`]).
-    pub key: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct HttpEnvelope<'a> {
-    #[serde(borrow, default)]
-    ch: Option<Cow<'a, str>>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    data: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    key: Option<Cow<'a, str>>,
-}
-
 /// The longest conflation key.
 pub const MAX_KEY_LEN: usize = 128;
 
 /// A publication's `key`: a string of 1 to [`MAX_KEY_LEN`] bytes.
-fn read_key<'a>(
+pub(crate) fn read_key<'a>(
     key: Option<Cow<'a, str>>,
     id: Option<&'a str>,
 ) -> Result<Option<Cow<'a, str>>, OpError<'a>> {
@@ -480,29 +464,6 @@ fn read_key<'a>(
         )),
         key => Ok(key),
     }
-}
-
-/// Parses the body of `POST /api/publish`: `{"ch":"news","data":<JSON>}`.
-pub fn parse_http_publish(body: &str) -> Result<HttpPublish<'_>, OpError<'_>> {
-    if !is_object(body) {
-        return Err(OpError::new(
-            ErrorCode::BadJson,
-            "expected {\"ch\":..,\"data\":..}",
-            None,
-        ));
-    }
-    let envelope: HttpEnvelope<'_> = serde_json::from_str(body).map_err(|e| {
-        OpError::new(
-            ErrorCode::BadJson,
-            format!("expected {{\"ch\":..,\"data\":..}}: {e}"),
-            None,
-        )
-    })?;
-    Ok(HttpPublish {
-        ch: read_channel(envelope.ch, Access::Publish, None)?,
-        data: read_data(envelope.data, None)?,
-        key: read_key(envelope.key, None)?,
-    })
 }
 
 /// What a publication's bytes are, which decides how each kind of subscriber
@@ -714,6 +675,19 @@ pub fn encode_reconnect(after_ms: u64) -> Bytes {
     let mut out = FrameBuilder::new(OpCode::Text, 40);
     out.push(b"{\"op\":\"reconnect\",\"after_ms\":");
     out.push(itoa::Buffer::new().format(after_ms).as_bytes());
+    out.push(b"}");
+    out.finish()
+}
+
+/// `{"op":"unsubscribed","ch":..,"reason":..}`: the server ended the
+/// subscription (`POST /api/unsubscribe`).
+pub fn encode_unsubscribed(channel: &str, reason: &str) -> Bytes {
+    let mut out = FrameBuilder::new(OpCode::Text, 48 + channel.len() + reason.len());
+    out.push(b"{\"op\":\"unsubscribed\",\"ch\":\"");
+    out.push(channel.as_bytes());
+    out.push(b"\",\"reason\":");
+    // Writing into an in-memory buffer cannot fail.
+    let _ = serde_json::to_writer(&mut out, reason);
     out.push(b"}");
     out.finish()
 }
@@ -1052,10 +1026,6 @@ mod tests {
             let err = parse_client_op(text).unwrap_err();
             assert_eq!((err.code, err.id), (ErrorCode::BadJson, None), "{text}");
         }
-        assert_eq!(
-            parse_http_publish(r#"["news","hi"]"#).unwrap_err().code,
-            ErrorCode::BadJson
-        );
         assert!(parse_client_op(" \n{\"op\":\"ping\"}").is_ok());
     }
 
@@ -1090,11 +1060,6 @@ mod tests {
         assert!(publish(nested(30_000)).is_err());
         let brackets_in_strings = format!(r#"{{"a":"{}\"[{{"}}"#, "[".repeat(100));
         assert!(publish(brackets_in_strings).is_ok(), "strings are skipped");
-        let body = format!(r#"{{"ch":"c","data":{}}}"#, nested(MAX_DATA_DEPTH + 1));
-        assert_eq!(
-            parse_http_publish(&body).unwrap_err().code,
-            ErrorCode::BadJson
-        );
         let deep_text = nested(MAX_DATA_DEPTH + 1);
         let frame = encode_msg("r", 1, PayloadKind::Text, deep_text.as_bytes());
         assert_eq!(
@@ -1193,22 +1158,6 @@ mod tests {
     }
 
     #[test]
-    fn http_publish_body() {
-        let p = parse_http_publish(r#"{"ch":"news","data":"hi"}"#).unwrap();
-        assert_eq!((p.ch.as_ref(), p.data), ("news", "\"hi\""));
-        assert_eq!(
-            parse_http_publish(r#"{"ch":"news"}"#).unwrap_err().code,
-            ErrorCode::BadJson
-        );
-        assert_eq!(
-            parse_http_publish(r#"{"ch":"","data":1}"#)
-                .unwrap_err()
-                .code,
-            ErrorCode::BadChannel
-        );
-    }
-
-    #[test]
     fn a_delta_frame_is_used_only_when_smaller_than_the_whole_one() {
         let data = br#"{"bids":[[1,2],[3,4]],"n":1}"#;
         // What the delta frame adds: 15 bytes, and each quote's escape.
@@ -1241,8 +1190,6 @@ mod tests {
         assert_eq!(parse_client_op(&long).unwrap_err().code, ErrorCode::BadJson);
         let empty = r#"{"op":"pub","ch":"p","key":"","data":1}"#;
         assert_eq!(parse_client_op(empty).unwrap_err().code, ErrorCode::BadJson);
-        let http = parse_http_publish(r#"{"ch":"prices","data":{"px":1},"key":"MSFT"}"#).unwrap();
-        assert_eq!(http.key.as_deref(), Some("MSFT"));
         let frame = encode_msg_conflated("prices", 9, PayloadKind::Json, b"{\"px\":1}", 3);
         let text = std::str::from_utf8(crate::frame::payload_of(&frame)).unwrap();
         assert_eq!(

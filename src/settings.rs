@@ -88,6 +88,7 @@ fn settings(config: &Config) -> Vec<(&'static str, Value)> {
         ("conflate-after-bytes", size(c.conflate_after_bytes)),
         ("presence", Value::List(c.presence.clone())),
         ("presence-ttl", duration(c.presence_ttl)),
+        ("idempotency-window", duration(c.idempotency_window)),
         ("webhook-url", optional(c.webhook_url.as_ref(), text)),
         (
             "webhook-secret",

@@ -190,6 +190,15 @@ counters! {
     /// Times a channel's subscribers were told to resync (`resync` op): its
     /// epoch changed in Redis, or a gap could not be filled.
     engine_resyncs => "shardcast_engine_resyncs_total",
+    /// HTTP publications answered with the `seq` an earlier one under the
+    /// same `idempotency_key` got, and not published again.
+    publications_deduplicated => "shardcast_publications_deduplicated_total",
+    /// Idempotency keys forgotten before their window ended, to stay
+    /// within the shard's bound on them.
+    idempotency_evicted => "shardcast_idempotency_evicted_total",
+    /// Connections closed or unsubscribed by `POST /api/disconnect` and
+    /// `POST /api/unsubscribe`.
+    api_kicks => "shardcast_api_kicks_total",
     /// Lifecycle events queued for the webhook (`--webhook-url`).
     webhook_events => "shardcast_webhook_events_total",
     /// Lifecycle events dropped because the shard's webhook queue was full.

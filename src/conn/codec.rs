@@ -132,6 +132,11 @@ impl Codec {
         self.control(protocol::encode_reconnect(after_ms))
     }
 
+    /// The server ended the subscription to `channel`.
+    pub fn unsubscribed(self, channel: &str, reason: &str) -> Bytes {
+        self.control(protocol::encode_unsubscribed(channel, reason))
+    }
+
     /// The answer to a `ping` op.
     pub fn pong(self, id: Option<&str>) -> Bytes {
         self.control(protocol::encode_pong(id))

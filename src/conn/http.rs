@@ -332,6 +332,14 @@ pub enum Route {
         cursor: Option<String>,
         limit: usize,
     },
+    /// `GET /api/history/<ch>?since=..&epoch=..&limit=..`.
+    History(crate::api::HistoryQuery),
+    /// `GET /api/channels?pattern=..&cursor=..&limit=..`.
+    Channels(crate::api::ChannelsQuery),
+    /// `POST /api/disconnect`.
+    Disconnect,
+    /// `POST /api/unsubscribe`.
+    Unsubscribe,
 }
 
 impl Route {
@@ -342,10 +350,7 @@ impl Route {
 
     /// Routes that need the API key when one is configured.
     pub fn needs_api_key(&self) -> bool {
-        matches!(
-            self,
-            Route::Publish | Route::Metrics | Route::Stats | Route::Presence { .. } | Route::Drain
-        )
+        !matches!(self, Route::Health | Route::Dashboard | Route::WebSocket(_))
     }
 }
 
@@ -365,15 +370,28 @@ pub fn route(head: &Head, max_subscriptions: usize) -> Result<Route, HttpError> 
             _ => Err(method_not_allowed()),
         };
     }
-    if path == "/api/publish" {
+    let posted = match path {
+        "/api/publish" => Some(Route::Publish),
+        "/api/drain" => Some(Route::Drain),
+        "/api/disconnect" => Some(Route::Disconnect),
+        "/api/unsubscribe" => Some(Route::Unsubscribe),
+        _ => None,
+    };
+    if let Some(posted) = posted {
         return match head.method {
-            Method::Post => Ok(Route::Publish),
+            Method::Post => Ok(posted),
             _ => Err(method_not_allowed()),
         };
     }
-    if path == "/api/drain" {
+    if path == "/api/channels" {
         return match head.method {
-            Method::Post => Ok(Route::Drain),
+            Method::Get => crate::api::parse_channels(&head.query).map(Route::Channels),
+            _ => Err(method_not_allowed()),
+        };
+    }
+    if let Some(channel) = path.strip_prefix("/api/history/") {
+        return match head.method {
+            Method::Get => crate::api::parse_history(channel, &head.query).map(Route::History),
             _ => Err(method_not_allowed()),
         };
     }
@@ -568,7 +586,7 @@ fn check_channel(name: &str, access: Access) -> Result<(), HttpError> {
 
 /// Percent-decoded values of `key` in a query string (a WebSocket route's
 /// query has none that fail to decode: [`check_query_escapes`]).
-fn query_values<'a>(query: &'a str, key: &'a str) -> impl Iterator<Item = String> + 'a {
+pub(crate) fn query_values<'a>(query: &'a str, key: &'a str) -> impl Iterator<Item = String> + 'a {
     query.split('&').filter_map(move |pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (k == key).then(|| percent_decode(v)).flatten()

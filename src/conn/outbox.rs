@@ -466,6 +466,20 @@ impl Outbox {
         wake(&self.session);
     }
 
+    /// Closes with a close frame the server's API chose (`POST
+    /// /api/disconnect`): what is queued goes first, then this frame. Acks
+    /// of publications still crossing shards are not waited for: the
+    /// publications took effect, the connection is being thrown out.
+    pub fn close_told(self: &Rc<Self>, code: u16, reason: &str) {
+        if self.closing.get().is_some() {
+            return;
+        }
+        self.closing.set(Some(CloseReason::Disconnected));
+        self.awaited_replies.set(0);
+        self.enqueue(Queued::new(frame::close(code, reason), 0));
+        wake(&self.session);
+    }
+
     /// Like [`Outbox::close`], but echoes the client's close code (a reply to
     /// the client's own close frame).
     pub fn close_in_reply(self: &Rc<Self>, code: Option<u16>) {

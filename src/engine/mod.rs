@@ -85,6 +85,7 @@ impl Engine {
                     timeout: config.engine_timeout,
                     replay_bytes: config.max_queue_bytes,
                     presence_ttl: config.presence_ttl,
+                    idempotency_window: config.idempotency_window,
                 });
                 let mut links = Vec::with_capacity(config.redis_url.len());
                 for (index, url) in config.redis_url.iter().enumerate() {
@@ -152,4 +153,36 @@ pub fn redis_link_for<'a>(links: &'a [Rc<RedisLink>], name: &str) -> Option<&'a 
     }
     let hash = crate::channel::fnv1a(b"redis\0".iter().chain(name.as_bytes()));
     links.get((hash % links.len() as u64) as usize)
+}
+
+/// Tags a message other nodes will read with this node's hash: `<16 hex
+/// digits>:` and then `body` (presence events and control messages).
+pub fn tagged(node: u64, body: &[u8]) -> Vec<u8> {
+    let mut message = format!("{node:016x}:").into_bytes();
+    message.extend_from_slice(body);
+    message
+}
+
+/// A [`tagged`] message's node and body; `None` if it is not one.
+pub fn untag(message: &[u8]) -> Option<(u64, &[u8])> {
+    let hex = message
+        .get(..16)
+        .and_then(|hex| std::str::from_utf8(hex).ok())?;
+    let origin = u64::from_str_radix(hex, 16).ok()?;
+    let body = message.get(16..)?.strip_prefix(b":")?;
+    Some((origin, body))
+}
+
+#[cfg(test)]
+mod tagging_tests {
+    use super::*;
+
+    #[test]
+    fn a_tagged_message_names_its_node() {
+        let message = tagged(0xab, b"{\"x\":1}");
+        assert_eq!(&message[..17], b"00000000000000ab:");
+        assert_eq!(untag(&message), Some((0xab, &b"{\"x\":1}"[..])));
+        assert_eq!(untag(b"00000000000000ab"), None);
+        assert_eq!(untag(b"zz000000000000ab:{}"), None);
+    }
 }

@@ -41,8 +41,17 @@ pub trait NatsHost {
     fn on_remote(&self, channel: &str, record: Record);
     /// The link came up or went down.
     fn on_link(&self, link: usize, up: bool);
+    /// A control message of another node (`super::control`).
+    fn on_control(&self, message: &[u8]);
     fn stats(&self) -> &Stats;
 }
+
+/// The subject of control messages: a system channel's, which is never
+/// sent to other nodes, so no channel's publications use it.
+const CONTROL: &str = "$ctl";
+
+/// The subscription id of the control subject (channels' count up from 1).
+const CONTROL_SID: u64 = u64::MAX;
 
 /// One shard's link to NATS.
 pub struct NatsLink {
@@ -111,6 +120,17 @@ impl NatsLink {
         true
     }
 
+    /// Sends a control message to every node (`super::control`); `false`
+    /// while down.
+    pub fn control(&self, message: &[u8]) -> bool {
+        if !self.up.get() {
+            return false;
+        }
+        self.pipe
+            .write(|out| nats_proto::publish(out, &self.subject(CONTROL), message));
+        true
+    }
+
     /// This shard wants `name`'s publications from other nodes (or no
     /// longer). Kept while down, for the reconnect.
     pub fn want(&self, name: &str, on: bool) {
@@ -163,6 +183,7 @@ impl NatsLink {
         self.ping_sent.set(crate::clock::now_ns());
         self.pipe.write(|out| {
             nats_proto::connect(out, &self.name, user, password);
+            nats_proto::subscribe(out, &self.subject(CONTROL), CONTROL_SID);
             for (name, sid) in self.wanted.borrow().iter() {
                 nats_proto::subscribe(out, &self.subject(name), *sid);
             }
@@ -226,6 +247,9 @@ impl NatsLink {
             .and_then(|rest| rest.strip_prefix(b"."))
             .and_then(|rest| std::str::from_utf8(rest).ok());
         let Some(name) = name else { return };
+        if name == CONTROL {
+            return host.on_control(body);
+        }
         match record::decode(body) {
             // A node never hears itself (echo is off); a second node with
             // the same id would: its publications are dropped, not looped.

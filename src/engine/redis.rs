@@ -71,6 +71,9 @@ pub struct RedisSettings {
     /// A node's presence members stay in Redis this long after it last
     /// refreshed them (`--presence-ttl`).
     pub presence_ttl: Duration,
+    /// An HTTP publish's idempotency key is kept this long
+    /// (`--idempotency-window`).
+    pub idempotency_window: Duration,
 }
 
 /// A publication waiting for the script's answer.
@@ -95,6 +98,15 @@ pub enum PositionAsk {
     },
     /// The shard lost pushes and fills them from the stream.
     Fill { ch: Box<str> },
+    /// `GET /api/history/<ch>` on shard `from`, waiting in its API reply
+    /// slot, for at most `limit` entries.
+    History {
+        ch: Box<str>,
+        from: usize,
+        slot: u32,
+        nonce: u32,
+        limit: usize,
+    },
 }
 
 /// Where a channel stands in Redis, and what its stream holds after the
@@ -124,6 +136,8 @@ pub trait RedisHost {
     fn on_presence(&self, request: PresenceRequest, result: Result<PresenceAnswer, Refused>);
     /// Another node's `join` (or `leave`) of `member` (its JSON) on `channel`.
     fn on_presence_event(&self, channel: &str, join: bool, member: &[u8]);
+    /// A control message of another node (`super::control`).
+    fn on_control(&self, message: &[u8]);
     fn stats(&self) -> &Stats;
 }
 
@@ -269,6 +283,13 @@ impl RedisLink {
             record::encode(record_buf, payload, settings.node, skip);
             resp::bulk(argv, &[record_buf]);
             resp::bulk(argv, &[prefix, b":p:", channel]);
+            match &ticket.reply {
+                Reply::Http {
+                    idempotency_key: Some(key),
+                    ..
+                } => resp::bulk(argv, &[prefix, b":{", channel, b"}:i:", key.as_bytes()]),
+                _ => resp::bulk(argv, &[b""]),
+            }
             tickets.push(ticket);
             tickets.len() >= BATCH_MAX || argv.len() >= BATCH_MAX_BYTES
         };
@@ -303,10 +324,11 @@ impl RedisLink {
             itoa::Buffer::new(),
             itoa::Buffer::new(),
             itoa::Buffer::new(),
+            itoa::Buffer::new(),
         ];
-        let [count, meta_ttl, size, ttl] = &mut digits;
+        let [count, meta_ttl, size, ttl, window] = &mut digits;
         self.pipe.write(|out| {
-            resp::array_head(out, 7 + 4 * tickets.len());
+            resp::array_head(out, 8 + 5 * tickets.len());
             resp::bulk(out, &[b"EVALSHA"]);
             resp::bulk(out, &[self.publish_sha.as_bytes()]);
             resp::bulk(out, &[count.format(2 * tickets.len()).as_bytes()]);
@@ -318,6 +340,12 @@ impl RedisLink {
             );
             resp::bulk(out, &[size.format(settings.history_size).as_bytes()]);
             resp::bulk(out, &[ttl.format(millis(settings.history_ttl)).as_bytes()]);
+            resp::bulk(
+                out,
+                &[window
+                    .format(millis(settings.idempotency_window))
+                    .as_bytes()],
+            );
             out.extend_from_slice(&argv);
         });
         self.scratch.borrow_mut().0 = epoch;
@@ -341,7 +369,9 @@ impl RedisLink {
             return Err(ask);
         }
         let name = match &ask {
-            PositionAsk::Subscriber { ch, .. } | PositionAsk::Fill { ch, .. } => ch.clone(),
+            PositionAsk::Subscriber { ch, .. }
+            | PositionAsk::Fill { ch, .. }
+            | PositionAsk::History { ch, .. } => ch.clone(),
         };
         let mut epoch = String::new();
         self.new_epoch(&mut epoch);
@@ -349,7 +379,13 @@ impl RedisLink {
         // A subscriber takes at most its queue's worth; a fill is paged.
         let budget = match &ask {
             PositionAsk::Subscriber { .. } => self.settings.replay_bytes,
-            PositionAsk::Fill { .. } => FILL_PAGE_BYTES,
+            PositionAsk::Fill { .. } | PositionAsk::History { .. } => FILL_PAGE_BYTES,
+        };
+        // The stream may hold more than the history size (trimmed
+        // approximately): room for what it holds.
+        let most = match &ask {
+            PositionAsk::History { limit, .. } => *limit,
+            _ => (2 * self.settings.history_size).max(1) + 100,
         };
         let settings = &self.settings;
         let mut digits = [
@@ -372,9 +408,6 @@ impl RedisLink {
                 &[meta_ttl.format(millis(settings.meta_ttl)).as_bytes()],
             );
             resp::bulk(out, &[after.as_bytes()]);
-            // The stream may hold more than the history size (trimmed
-            // approximately): room for what it holds.
-            let most = (2 * settings.history_size).max(1) + 100;
             resp::bulk(out, &[count.format(most).as_bytes()]);
             resp::bulk(out, &[bytes.format(budget).as_bytes()]);
         });
@@ -475,6 +508,18 @@ impl RedisLink {
         }
     }
 
+    /// Sends a control message to every node (`super::control`); `false`
+    /// while down.
+    pub fn control(&self, message: &[u8]) -> bool {
+        if !self.up.get() {
+            return false;
+        }
+        let channel = control_channel(&self.settings.prefix);
+        self.command(|out| resp::command(out, &[b"PUBLISH", &channel, message]));
+        self.expect(Pending::Ignored("PUBLISH"));
+        true
+    }
+
     /// Writes a fresh, never-used epoch into `into`.
     fn new_epoch(&self, into: &mut String) {
         use std::fmt::Write;
@@ -521,6 +566,15 @@ fn pubsub_channel(prefix: &str, name: &str) -> Vec<u8> {
     channel.extend_from_slice(prefix.as_bytes());
     channel.extend_from_slice(b":p:");
     channel.extend_from_slice(name.as_bytes());
+    channel
+}
+
+/// The pub/sub channel every node's first link listens on for control
+/// messages (disconnects, unsubscribes): no channel's (those are `:p:`).
+fn control_channel(prefix: &str) -> Vec<u8> {
+    let mut channel = Vec::with_capacity(prefix.len() + 4);
+    channel.extend_from_slice(prefix.as_bytes());
+    channel.extend_from_slice(b":ctl");
     channel
 }
 
@@ -584,6 +638,10 @@ impl RedisLink {
         }
         drop(pending);
         self.up.set(true);
+        if self.index == 0 {
+            let channel = control_channel(&self.settings.prefix);
+            self.command(|out| resp::command(out, &[b"SUBSCRIBE", &channel]));
+        }
         let wanted: Vec<Box<str>> = self.wanted.borrow().iter().cloned().collect();
         for name in wanted {
             let channel = pubsub_channel(&self.settings.prefix, &name);
@@ -659,13 +717,13 @@ impl RedisLink {
             }
             Pending::Publish { tickets, sent_ns } => {
                 self.timed(host, sent_ns);
+                // Negative: the publication made before under its
+                // idempotency key.
                 let offsets = resp::array(&frame)
                     .filter(|items| items.len() == 2 * tickets.len())
                     .and_then(|items| {
                         let offsets = items.iter().step_by(2).map(resp::integer);
-                        offsets
-                            .map(|o| o.and_then(|o| u64::try_from(o).ok()))
-                            .collect()
+                        offsets.collect::<Option<Vec<i64>>>()
                     });
                 if offsets.is_none() {
                     self.refusal(&frame);
@@ -708,14 +766,17 @@ impl RedisLink {
         &self,
         host: &H,
         tickets: Vec<PublishTicket>,
-        offsets: Option<Vec<u64>>,
+        offsets: Option<Vec<i64>>,
     ) {
         self.in_flight
             .set(self.in_flight.get().saturating_sub(tickets.len()));
         match offsets {
             Some(offsets) => {
-                for (ticket, seq) in tickets.into_iter().zip(offsets) {
-                    host.on_published(ticket, Ok(seq));
+                for (ticket, offset) in tickets.into_iter().zip(offsets) {
+                    if offset < 0 {
+                        bump(&host.stats().publications_deduplicated, 1);
+                    }
+                    host.on_published(ticket, Ok(offset.unsigned_abs()));
                 }
             }
             None => {
@@ -760,6 +821,9 @@ impl RedisLink {
     fn on_push<H: RedisHost>(&self, channel: &Bytes, message: &Bytes, host: &H) {
         bump(&host.stats().engine_messages, 1);
         let Some(name) = channel_name(&self.settings.prefix, channel) else {
+            if **channel == *control_channel(&self.settings.prefix) {
+                host.on_control(message);
+            }
             return;
         };
         if let Some(event) = presence_event(message, self.settings.node) {
@@ -789,11 +853,7 @@ fn presence_event(message: &[u8], node: u64) -> Option<Option<(bool, &[u8])>> {
         b'L' => false,
         _ => return None,
     };
-    let origin = message
-        .get(1..17)
-        .and_then(|hex| std::str::from_utf8(hex).ok());
-    let origin = origin.and_then(|hex| u64::from_str_radix(hex, 16).ok())?;
-    let member = message.get(18..)?;
+    let (origin, member) = super::untag(&message[1..])?;
     Some((origin != node).then_some((join, member)))
 }
 

@@ -15,9 +15,12 @@
 
 /// Publishes a batch: `KEYS` the meta hash and stream of each
 /// publication's channel, in pairs; `ARGV` 1 new epoch, 2 meta ttl ms, 3
-/// history size, 4 history ttl ms, then each publication's record and
-/// pub/sub channel, in pairs. Publishes them in order and returns
-/// `{offset1, epoch1, offset2, epoch2, ...}`. One call carries every
+/// history size, 4 history ttl ms, 5 idempotency window ms, then each
+/// publication's record, pub/sub channel and idempotency key (the key's
+/// name in Redis, or empty), in threes. Publishes them in order and returns
+/// `{offset1, epoch1, offset2, epoch2, ...}`; a publication whose
+/// idempotency key is still held is not published again, and answered
+/// with the offset it got then, negated. One call carries every
 /// publication a shard made in one executor turn: Redis's cost per call
 /// (dispatch, script lookup, Lua entry), and per channel (its epoch, the
 /// two expiries), is paid once for all of them. The stream is trimmed
@@ -30,7 +33,7 @@ local epochs = {}
 local touched = {}
 for i = 1, #KEYS / 2 do
   local meta, stream = KEYS[2 * i - 1], KEYS[2 * i]
-  local record = ARGV[3 + 2 * i]
+  local record, once = ARGV[3 + 3 * i], ARGV[5 + 3 * i]
   local epoch = epochs[meta]
   if not epoch then
     epoch = redis.call('hget', meta, 'e')
@@ -42,12 +45,20 @@ for i = 1, #KEYS / 2 do
     epochs[meta] = epoch
     table.insert(touched, i)
   end
-  local offset = redis.call('hincrby', meta, 'o', 1)
-  if size > 0 then
-    redis.call('xadd', stream, 'MAXLEN', '~', size, offset .. '-0', 'r', record)
+  local before = once ~= '' and redis.call('get', once)
+  if before then
+    result[2 * i - 1] = -tonumber(before)
+  else
+    local offset = redis.call('hincrby', meta, 'o', 1)
+    if size > 0 then
+      redis.call('xadd', stream, 'MAXLEN', '~', size, offset .. '-0', 'r', record)
+    end
+    redis.call('publish', ARGV[4 + 3 * i], offset .. ':' .. epoch .. ':' .. record)
+    if once ~= '' then
+      redis.call('set', once, offset, 'PX', ARGV[5])
+    end
+    result[2 * i - 1] = offset
   end
-  redis.call('publish', ARGV[4 + 2 * i], offset .. ':' .. epoch .. ':' .. record)
-  result[2 * i - 1] = offset
   result[2 * i] = epoch
 end
 for _, i in ipairs(touched) do

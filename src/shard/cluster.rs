@@ -340,6 +340,16 @@ impl RedisHost for Shard {
                 };
                 self.send_position(&ch, (from, conn, token, id), position);
             }
+            PositionAsk::History {
+                from, slot, nonce, ..
+            } => {
+                let answer = result.map(|standing| crate::api::HistoryPage {
+                    seq: standing.seq,
+                    epoch: standing.epoch.into(),
+                    entries: payloads(standing.entries),
+                });
+                self.reply_api(from, slot, nonce, super::api::ApiAnswer::History(answer));
+            }
             PositionAsk::Fill { ch, .. } => {
                 let Ok(standing) = result else {
                     self.owner.borrow_mut().fill_failed(&ch);
@@ -407,12 +417,20 @@ impl RedisHost for Shard {
         self.deliver_presence_event(name, join, Bytes::copy_from_slice(member));
     }
 
+    fn on_control(&self, message: &[u8]) {
+        self.on_control_message(message);
+    }
+
     fn stats(&self) -> &Stats {
         &self.stats
     }
 }
 
 impl NatsHost for Shard {
+    fn on_control(&self, message: &[u8]) {
+        self.on_control_message(message);
+    }
+
     fn on_remote(&self, name: &str, record: Record) {
         let ch = Bytes::copy_from_slice(name.as_bytes());
         let mut payload = record.payload;

@@ -253,6 +253,13 @@ impl Index {
         self.channels.len()
     }
 
+    /// Every channel with subscribers here, and how many.
+    pub fn channels(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.channels
+            .iter()
+            .map(|(name, c)| (&**name, c.subscribers.len()))
+    }
+
     /// Pushes publication `seq` of `name` to every local subscriber but
     /// `skip` and pending ones. The publication is encoded at most once per
     /// protocol, and compressed at most once more (with the shard's

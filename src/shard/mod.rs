@@ -5,8 +5,10 @@
 //! operations connections call (subscribe, unsubscribe, publish); `run` holds
 //! its lifecycle (mesh join, accept loop, heartbeat sweep, shutdown).
 
+pub mod api;
 pub mod budget;
 mod cluster;
+mod idempotency;
 pub mod index;
 mod lifecycle;
 pub mod members;
@@ -133,6 +135,11 @@ pub struct Shard {
     occupancy: RefCell<lifecycle::Occupancy>,
     /// `GET /api/presence` requests waiting for the owner, by reply slot.
     presence_waiters: RefCell<Slab<(u32, LocalSender<Vec<u8>>)>>,
+    /// Other server API requests waiting for the shards they asked.
+    api_waiters: RefCell<Slab<(u32, LocalSender<api::ApiAnswer>)>>,
+    /// Publications made under an idempotency key, on the channels this
+    /// shard owns (not with the Redis engine: Redis remembers them).
+    remembered: RefCell<idempotency::Remembered>,
     /// The cluster engine's links (`None`: the memory engine).
     engine: Option<Engine>,
     /// Every shard's "engine links up" flag (this shard writes its own).
@@ -141,9 +148,10 @@ pub struct Shard {
     node: u64,
 }
 
-/// HTTP publishes waiting for their `seq` (or refusal), by reply slot, with
-/// the nonce their `Reply::Http` carries.
-type HttpWaiters = Slab<(u32, LocalSender<Result<u64, Refused>>)>;
+/// HTTP publishes waiting for their `seq`s (or refusals), by reply slot,
+/// with the nonce their `Reply::Http` carries; each answer names its
+/// publication by its index in the request.
+type HttpWaiters = Slab<(u32, LocalSender<(u32, Result<u64, Refused>)>)>;
 
 /// What a shard is started with besides its configuration.
 pub struct ShardParts {
@@ -212,6 +220,7 @@ impl Shard {
             max_bytes: config.history_max_bytes,
         };
         let node = crate::engine::record::node_hash(&config.node_id);
+        let idempotency_window_ms = config.idempotency_window.as_millis() as u64;
         Shard {
             id,
             shards: config.shards,
@@ -229,6 +238,8 @@ impl Shard {
             occupancy: RefCell::default(),
             members: RefCell::default(),
             presence_waiters: RefCell::new(Slab::new()),
+            api_waiters: RefCell::new(Slab::new()),
+            remembered: RefCell::new(idempotency::Remembered::new(idempotency_window_ms)),
             owner: RefCell::new(Owner::new(history, epoch)),
             links,
             cpu,
@@ -672,22 +683,40 @@ impl Shard {
             return;
         };
         self.check_conflation(name, &mut payload);
-        // System channels (`$stats`) are this node's own.
-        if !channel::is_system(&ch) {
-            match &self.engine {
-                Some(Engine::Redis(_)) => {
-                    return self.publish_to_redis(name, payload, from, skip, reply);
-                }
-                Some(Engine::Nats(link)) => {
-                    if !link.publish(name, &payload, skip) {
-                        return self.refuse(from, reply, false);
-                    }
-                    bump(&self.stats.engine_publications, 1);
-                }
-                None => {}
+        let system = channel::is_system(&ch);
+        // Redis remembers idempotency keys itself (the publish script).
+        if !system && matches!(self.engine, Some(Engine::Redis(_))) {
+            return self.publish_to_redis(name, payload, from, skip, reply);
+        }
+        let once = match &reply {
+            Reply::Http {
+                idempotency_key: Some(key),
+                ..
+            } => Some(key.clone()),
+            _ => None,
+        };
+        let now_ms = self.now_ms();
+        if let Some(key) = &once {
+            if let Some(seq) = self.remembered.borrow_mut().recall(name, key, now_ms) {
+                bump(&self.stats.publications_deduplicated, 1);
+                return self.report_seq(from, reply, seq);
             }
         }
-        self.order_locally(name, &ch, payload, from, skip, reply);
+        // System channels (`$stats`) are this node's own.
+        if let (false, Some(Engine::Nats(link))) = (system, &self.engine) {
+            if !link.publish(name, &payload, skip) {
+                return self.refuse(from, reply, false);
+            }
+            bump(&self.stats.engine_publications, 1);
+        }
+        let seq = self.order_locally(name, &ch, payload, from, skip, reply);
+        if let Some(key) = once {
+            let evicted = self
+                .remembered
+                .borrow_mut()
+                .remember(name, &key, seq, now_ms);
+            bump(&self.stats.idempotency_evicted, evicted as u64);
+        }
     }
 
     /// A key only means something on a channel that conflates.
@@ -697,7 +726,8 @@ impl Shard {
         }
     }
 
-    /// Assigns the next `seq` here, distributes, reports the `seq`.
+    /// Assigns the next `seq` here, distributes, reports the `seq` (and
+    /// returns it).
     fn order_locally(
         &self,
         name: &str,
@@ -706,7 +736,7 @@ impl Shard {
         from: usize,
         skip: Option<Skip>,
         reply: Reply,
-    ) {
+    ) -> u64 {
         let local_delta = self.index.borrow().wants_delta(name);
         let ordered = self
             .owner
@@ -714,6 +744,12 @@ impl Shard {
             .order(name, &payload, self.now_ms(), local_delta);
         let seq = ordered.seq;
         self.distribute(name, ch, ordered, &payload, skip);
+        self.report_seq(from, reply, seq);
+        seq
+    }
+
+    /// Owner side: tells the publisher on shard `from` its `seq`.
+    fn report_seq(&self, from: usize, reply: Reply, seq: u64) {
         if from == self.id {
             self.complete(reply, seq, false);
         } else if reply.wants_seq() {
@@ -794,15 +830,18 @@ impl Shard {
                     target.close_slow_consumer();
                 }
             }
-            Reply::Http { slot, nonce } => self.answer_http(slot, nonce, Ok(seq)),
+            Reply::Http {
+                slot, nonce, index, ..
+            } => self.answer_http(slot, nonce, index, Ok(seq)),
         }
     }
 
-    /// Wakes the HTTP publish waiting in `slot`, if it still is.
-    fn answer_http(&self, slot: u32, nonce: u32, result: Result<u64, Refused>) {
-        let mut waiters = self.http_waiters.borrow_mut();
-        if waiters.get(slot as usize).is_some_and(|w| w.0 == nonce) {
-            let _ = waiters.remove(slot as usize).1.try_send(result);
+    /// Hands publication `index`'s answer to the HTTP publish waiting in
+    /// `slot`, if it still is.
+    fn answer_http(&self, slot: u32, nonce: u32, index: u32, result: Result<u64, Refused>) {
+        let waiters = self.http_waiters.borrow();
+        if let Some((_, waiter)) = waiters.get(slot as usize).filter(|w| w.0 == nonce) {
+            let _ = waiter.try_send((index, result));
         }
     }
 
@@ -826,8 +865,10 @@ impl Shard {
     fn refused(&self, reply: Reply, from_owner: bool) {
         let (target, id) = match reply {
             Reply::None => return,
-            Reply::Http { slot, nonce } => {
-                return self.answer_http(slot, nonce, Err(Refused::Unavailable));
+            Reply::Http {
+                slot, nonce, index, ..
+            } => {
+                return self.answer_http(slot, nonce, index, Err(Refused::Unavailable));
             }
             Reply::Ack { conn, id } => (conn, Some(id)),
             Reply::Quiet { conn } => (conn, None),
@@ -850,29 +891,6 @@ impl Shard {
         if pushed == Pushed::Overflow {
             target.close_slow_consumer();
         }
-    }
-
-    /// Publishes from HTTP and waits for the assigned `seq`. `None` if the
-    /// owner went away (shutdown), `Some(Err)` if the engine refused it. The
-    /// reply slot is freed however the wait ends, also when the caller
-    /// gives up (a timeout drops this future).
-    pub async fn publish_and_wait(
-        &self,
-        ch: Bytes,
-        payload: Payload,
-    ) -> Option<Result<u64, Refused>> {
-        let owner = self.owner_of(&ch);
-        self.links.wait_for_room(owner).await;
-        let (tx, rx) = glommio::channels::local_channel::new_bounded(1);
-        let nonce = self.new_token();
-        let slot = self.http_waiters.borrow_mut().insert((nonce, tx)) as u32;
-        let _waiting = SlotGuard {
-            waiters: &self.http_waiters,
-            slot,
-            nonce,
-        };
-        self.publish(ch, payload, None, Reply::Http { slot, nonce });
-        rx.recv().await
     }
 
     #[cfg(test)]
@@ -945,6 +963,17 @@ impl Shard {
                     self.resync_local(name, seq, &epoch);
                 }
             }
+            MeshMsg::Api {
+                from,
+                slot,
+                nonce,
+                request,
+            } => self.serve_api(from as usize, slot, nonce, *request),
+            MeshMsg::ApiReply {
+                slot,
+                nonce,
+                answer,
+            } => self.reply_api(self.id, slot, nonce, *answer),
             MeshMsg::Room => self.links.wake_publishers(),
             MeshMsg::Drain => self.begin_shutdown(),
             MeshMsg::Subscription { ch, on, user, conn } => {
@@ -1217,8 +1246,12 @@ mod tests {
                 .find(|name| shard.owner_of(name.as_bytes()) == 1)
                 .unwrap();
             for _ in 0..3 {
-                let payload = Payload::copy_of(PayloadKind::Json, b"1");
-                let publish = shard.publish_and_wait(Bytes::from(remote.clone()), payload);
+                let publication = api::HttpPublication {
+                    ch: Bytes::from(remote.clone()),
+                    payload: Payload::copy_of(PayloadKind::Json, b"1"),
+                    idempotency_key: None,
+                };
+                let publish = shard.publish_all_and_wait(vec![publication]);
                 let waited =
                     glommio::timer::timeout(Duration::from_millis(5), async { Ok(publish.await) })
                         .await;
@@ -1226,7 +1259,13 @@ mod tests {
                 assert_eq!(shard.pending_http_publishes(), 0);
             }
             // A late answer for a slot given up on reaches nobody.
-            shard.complete(Reply::Http { slot: 0, nonce: 1 }, 7, true);
+            let late = Reply::Http {
+                slot: 0,
+                nonce: 1,
+                index: 0,
+                idempotency_key: None,
+            };
+            shard.complete(late, 7, true);
             assert_eq!(shard.pending_http_publishes(), 0);
         });
     }

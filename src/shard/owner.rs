@@ -14,6 +14,7 @@ use std::{
 };
 
 use crate::{
+    api::HistoryPage,
     channel,
     protocol::PayloadKind,
     publication::{Payload, Position},
@@ -467,6 +468,42 @@ impl Owner {
         self.kept -= n;
         self.kept_bytes -= bytes;
         position
+    }
+
+    /// A page of `name`'s history: the publications kept after `since`,
+    /// at most `limit`, with where the channel stands.
+    pub fn history(&mut self, name: &str, since: u64, limit: usize, now_ms: u64) -> HistoryPage {
+        let ttl_ms = self.limits.ttl_ms;
+        let run_epoch = self.run_epoch;
+        let channel = self.entry(name);
+        let (n, bytes) = expire(channel, now_ms, ttl_ms);
+        let page = HistoryPage {
+            seq: channel.last_seq,
+            epoch: epoch_string(run_epoch, channel.incarnation),
+            entries: channel
+                .history
+                .iter()
+                .filter(|(seq, _, _)| *seq > since)
+                .take(limit)
+                .map(|(seq, payload, _)| (*seq, payload.clone()))
+                .collect(),
+        };
+        self.kept -= n;
+        self.kept_bytes -= bytes;
+        page
+    }
+
+    /// The owned channels another shard has subscribers of.
+    pub fn remotely_subscribed(&self) -> impl Iterator<Item = &str> {
+        self.channels
+            .iter()
+            .filter(|(_, c)| c.remote_interest != 0)
+            .map(|(name, _)| &**name)
+    }
+
+    /// The last `seq` of `name`, if this shard owns state of it.
+    pub fn seq_of(&self, name: &str) -> Option<u64> {
+        self.channels.get(name).map(|c| c.last_seq)
     }
 
     /// Drops publications older than the history TTL, and the state of

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures_lite::FutureExt;
 use glommio::net::TcpStream;
 
-use super::{session, Shard};
+use super::{api::HttpPublication, session, Shard};
 use crate::{
     channel::Access,
     conn::{
@@ -175,15 +175,22 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
                 }
             }
             Ok(Route::Publish) => match publish(&shard, &stream, &head, &mut buf).await {
-                Ok(seq) => {
-                    let body = format!("{{\"seq\":{seq}}}");
-                    http::response(200, "application/json", body.as_bytes(), keep_alive)
-                }
-                Err(error) => {
-                    let reusable = error.status != 413 && body_buffered(&head, &buf);
-                    http::error_response(&error, keep_alive && reusable)
-                }
+                Ok((status, body)) => http::response(status, "application/json", &body, keep_alive),
+                Err(error) => body_error(&error, &head, &buf, keep_alive),
             },
+            Ok(route @ (Route::Disconnect | Route::Unsubscribe)) => {
+                let disconnect = route == Route::Disconnect;
+                match kick(&shard, &stream, &head, &mut buf, disconnect).await {
+                    Ok(body) => http::response(200, "application/json", &body, keep_alive),
+                    Err(error) => body_error(&error, &head, &buf, keep_alive),
+                }
+            }
+            Ok(Route::History(query)) => {
+                json_or_error(shard.history_answer(query).await, keep_alive)
+            }
+            Ok(Route::Channels(query)) => {
+                json_or_error(shard.channels_answer(query).await, keep_alive)
+            }
             Ok(Route::WebSocket(session)) => {
                 let admitted = upgrade_permit(&shard, side, &head, &session)
                     .and_then(|permit| admit(&shard).map(|()| permit));
@@ -251,6 +258,21 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
         }
         let consumed = (head.len + head.content_length.unwrap_or(0)).min(buf.len());
         buf.drain(..consumed);
+    }
+}
+
+/// The reply to a POST whose body could not be used: the connection stays
+/// open only if the body was read whole.
+fn body_error(error: &HttpError, head: &Head, buf: &[u8], keep_alive: bool) -> Vec<u8> {
+    let reusable = error.status != 413 && body_buffered(head, buf);
+    http::error_response(error, keep_alive && reusable)
+}
+
+/// A JSON answer, or the error in its place.
+fn json_or_error(answer: Result<Vec<u8>, HttpError>, keep_alive: bool) -> Vec<u8> {
+    match answer {
+        Ok(json) => http::response(200, "application/json", &json, keep_alive),
+        Err(error) => http::error_response(&error, keep_alive),
     }
 }
 
@@ -495,13 +517,21 @@ impl Drop for Filled<'_> {
     }
 }
 
-/// `POST /api/publish`: reads the body, publishes, returns the `seq`.
-async fn publish(
+/// The most bytes an API request's body may have: a batch of publications
+/// may carry several messages of up to `max-message-bytes` each.
+fn max_body_bytes(shard: &Shard) -> usize {
+    shard.config.max_message_bytes.saturating_mul(16)
+}
+
+/// Reads the body of a POST into `buf` (after the head) and returns it as
+/// text. A body that is not all there is an error whose reply closes the
+/// connection.
+async fn read_body<'b>(
     shard: &Shard,
     stream: &SharedStream,
     head: &Head,
-    buf: &mut Vec<u8>,
-) -> Result<u64, HttpError> {
+    buf: &'b mut Vec<u8>,
+) -> Result<&'b str, HttpError> {
     if head.chunked {
         return Err(HttpError::new(
             411,
@@ -512,14 +542,12 @@ async fn publish(
     let length = head
         .content_length
         .ok_or_else(|| HttpError::new(411, "bad_request", "Content-Length required"))?;
-    if length > shard.config.max_message_bytes {
+    let max = max_body_bytes(shard);
+    if length > max {
         return Err(HttpError::new(
             413,
             protocol::ErrorCode::TooLarge.as_str(),
-            format!(
-                "body is over max-message-bytes ({})",
-                shard.config.max_message_bytes
-            ),
+            format!("body is over {max} bytes (16 times max-message-bytes)"),
         ));
     }
     let end = head.len + length;
@@ -541,13 +569,8 @@ async fn publish(
     })
     .await;
     if !matches!(body_read, Ok(true)) {
-        // The body is not all in `buf`: the reply closes the connection.
         if shard.is_shutting_down() {
-            return Err(HttpError::new(
-                503,
-                "shutting_down",
-                "server is shutting down",
-            ));
+            return Err(shutting_down());
         }
         return Err(HttpError::new(400, "bad_request", "body not received"));
     }
@@ -558,34 +581,58 @@ async fn publish(
             "body is not UTF-8",
         )
     })?;
-    let request = protocol::parse_http_publish(body)
-        .map_err(|e| HttpError::new(e.code.http_status(), e.code.as_str(), e.msg.into_owned()))?;
     if shard.is_shutting_down() {
-        return Err(HttpError::new(
-            503,
-            "shutting_down",
-            "server is shutting down",
-        ));
+        return Err(shutting_down());
     }
-    let mut payload = Payload::json(request.data.as_bytes());
-    if let Some(key) = &request.key {
-        payload = payload.with_key(request.ch.as_bytes(), key);
-    }
-    let ch = Bytes::copy_from_slice(request.ch.as_bytes());
-    let wait = shard.config.shutdown_timeout.max(Duration::from_secs(1));
-    let seq = glommio::timer::timeout(wait, async {
-        Ok(shard.publish_and_wait(ch, payload).await)
-    })
-    .await;
-    match seq {
-        Ok(Some(Ok(seq))) => Ok(seq),
-        Ok(Some(Err(refused))) => Err(HttpError::new(503, "unavailable", refused.to_string())),
-        _ => Err(HttpError::new(
-            503,
-            "unavailable",
-            "the channel's owner shard did not answer",
-        )),
-    }
+    Ok(body)
+}
+
+fn shutting_down() -> HttpError {
+    HttpError::new(503, "shutting_down", "server is shutting down")
+}
+
+/// `POST /api/publish`: reads the body, publishes, answers the `seq`s.
+async fn publish(
+    shard: &Shard,
+    stream: &SharedStream,
+    head: &Head,
+    buf: &mut Vec<u8>,
+) -> Result<(u16, Vec<u8>), HttpError> {
+    let body = read_body(shard, stream, head, buf).await?;
+    let request = crate::api::parse_publish(body, shard.config.max_message_bytes)?;
+    let publications = request
+        .publications
+        .iter()
+        .map(|p| {
+            let mut payload = Payload::json(p.data.as_bytes());
+            if let Some(key) = &p.key {
+                payload = payload.with_key(p.ch.as_bytes(), key);
+            }
+            HttpPublication {
+                ch: Bytes::copy_from_slice(p.ch.as_bytes()),
+                payload,
+                idempotency_key: p.idempotency_key.as_deref().map(Into::into),
+            }
+        })
+        .collect();
+    let seqs = shard.publish_all_and_wait(publications).await;
+    Ok(crate::api::publish_answer(request.single, &seqs))
+}
+
+/// `POST /api/disconnect` and `POST /api/unsubscribe`.
+async fn kick(
+    shard: &Shard,
+    stream: &SharedStream,
+    head: &Head,
+    buf: &mut Vec<u8>,
+    disconnect: bool,
+) -> Result<Vec<u8>, HttpError> {
+    let body = read_body(shard, stream, head, buf).await?;
+    let kick = match disconnect {
+        true => crate::api::parse_disconnect(body)?,
+        false => crate::api::parse_unsubscribe(body)?,
+    };
+    shard.kick_answer(kick).await
 }
 
 pin_project_lite::pin_project! {

@@ -1,0 +1,820 @@
+//! The server API's requests and answers (`docs/api.md`): the bodies of
+//! `POST /api/publish` (one channel, several channels, or a batch, with an
+//! idempotency key), `POST /api/disconnect` and `POST /api/unsubscribe`;
+//! the queries of `GET /api/history/<ch>` and `GET /api/channels`; and the
+//! JSON each is answered with. Pure functions over text; the shard routes
+//! the requests (`shard/api.rs`).
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::{
+    channel::{self, Access},
+    conn::http::{percent_decode, query_values, HttpError},
+    frame,
+    protocol::{self, ErrorCode, OpError},
+    publication::Payload,
+    security::pattern::ChannelPattern,
+};
+
+/// Publications one `POST /api/publish` may carry.
+pub const MAX_PUBLICATIONS: usize = 1_000;
+
+/// Entries one history page holds by default, and at most.
+pub const HISTORY_PAGE: usize = 100;
+pub const MAX_HISTORY_PAGE: usize = 1_000;
+
+/// Channels one `GET /api/channels` page lists by default, and at most.
+pub const CHANNELS_PAGE: usize = 100;
+pub const MAX_CHANNELS_PAGE: usize = 1_000;
+
+/// The close code `POST /api/disconnect` sends unless told another.
+pub const DISCONNECT_CODE: u16 = 4000;
+
+/// Longest close reason: a close frame's payload is at most 125 bytes,
+/// two of them the code.
+pub const MAX_CLOSE_REASON: usize = 123;
+
+/// One publication of a `POST /api/publish`.
+#[derive(Debug, PartialEq)]
+pub struct ApiPublication<'a> {
+    pub ch: Cow<'a, str>,
+    pub data: &'a str,
+    /// Its conflation key (`"key"`).
+    pub key: Option<Cow<'a, str>>,
+    /// What the owner remembers it under: the request's `idempotency_key`,
+    /// with the publication's place in a `messages` batch appended (so two
+    /// messages of one batch to one channel are told apart).
+    pub idempotency_key: Option<String>,
+}
+
+/// A `POST /api/publish` body.
+#[derive(Debug, PartialEq)]
+pub struct PublishRequest<'a> {
+    pub publications: Vec<ApiPublication<'a>>,
+    /// `{"ch":..}`: answered `{"seq":N}`; else `{"seqs":[..]}`.
+    pub single: bool,
+}
+
+#[derive(Deserialize)]
+struct PublishBody<'a> {
+    #[serde(borrow, default)]
+    ch: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    channels: Option<Vec<Cow<'a, str>>>,
+    #[serde(borrow, default)]
+    messages: Option<Vec<MessageBody<'a>>>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    key: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    idempotency_key: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct MessageBody<'a> {
+    #[serde(borrow, default)]
+    ch: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    key: Option<Cow<'a, str>>,
+}
+
+fn bad(msg: impl Into<String>) -> HttpError {
+    HttpError::new(400, ErrorCode::BadJson.as_str(), msg)
+}
+
+fn refused(error: OpError<'_>) -> HttpError {
+    HttpError::new(
+        error.code.http_status(),
+        error.code.as_str(),
+        error.msg.into_owned(),
+    )
+}
+
+/// One publication's channel, data and key, checked as a `pub` op's are;
+/// its data at most `max_data` bytes (413 above).
+fn publication<'a>(
+    ch: Option<Cow<'a, str>>,
+    data: Option<&'a RawValue>,
+    key: Option<Cow<'a, str>>,
+    max_data: usize,
+) -> Result<ApiPublication<'a>, HttpError> {
+    let ch = ch.ok_or_else(|| HttpError::new(400, ErrorCode::BadChannel.as_str(), "missing ch"))?;
+    channel::validate(&ch, Access::Publish).map_err(|e| {
+        let code = protocol::channel_error_code(e);
+        HttpError::new(code.http_status(), code.as_str(), format!("{ch:?}: {e}"))
+    })?;
+    let data = protocol::read_data(data, None).map_err(refused)?;
+    if data.len() > max_data {
+        return Err(HttpError::new(
+            413,
+            ErrorCode::TooLarge.as_str(),
+            format!("data of {ch:?} is over max-message-bytes ({max_data})"),
+        ));
+    }
+    Ok(ApiPublication {
+        ch,
+        data,
+        key: protocol::read_key(key, None).map_err(refused)?,
+        idempotency_key: None,
+    })
+}
+
+/// Parses a `POST /api/publish` body: exactly one of `{"ch":..,"data":..}`,
+/// `{"channels":[..],"data":..}` and `{"messages":[{"ch":..,"data":..},..]}`,
+/// with an optional `idempotency_key` (1 to 128 bytes).
+pub fn parse_publish(body: &str, max_data: usize) -> Result<PublishRequest<'_>, HttpError> {
+    let shape = "expected {\"ch\":..,\"data\":..}, {\"channels\":[..],\"data\":..} \
+                 or {\"messages\":[..]}";
+    if !body.trim_start().starts_with('{') {
+        return Err(bad(shape));
+    }
+    let body: PublishBody<'_> =
+        serde_json::from_str(body).map_err(|e| bad(format!("{shape}: {e}")))?;
+    let once = match body.idempotency_key {
+        Some(key) if key.is_empty() || key.len() > protocol::MAX_KEY_LEN => {
+            return Err(bad(format!(
+                "idempotency_key must be 1 to {} bytes",
+                protocol::MAX_KEY_LEN
+            )))
+        }
+        key => key,
+    };
+    let batch = body.messages.is_some();
+    let (mut publications, single) = match (body.ch, body.channels, body.messages) {
+        (Some(ch), None, None) => (
+            vec![publication(Some(ch), body.data, body.key, max_data)?],
+            true,
+        ),
+        (None, Some(channels), None) => {
+            if channels.is_empty() {
+                return Err(bad("channels is empty"));
+            }
+            if channels.len() > MAX_PUBLICATIONS {
+                return Err(bad(format!("at most {MAX_PUBLICATIONS} channels")));
+            }
+            let mut publications = Vec::with_capacity(channels.len());
+            for ch in channels {
+                if publications.iter().any(|p: &ApiPublication<'_>| p.ch == ch) {
+                    return Err(bad(format!("channel {ch:?} is listed twice")));
+                }
+                publications.push(publication(
+                    Some(ch),
+                    body.data,
+                    body.key.clone(),
+                    max_data,
+                )?);
+            }
+            (publications, false)
+        }
+        (None, None, Some(messages)) => {
+            if body.data.is_some() || body.key.is_some() {
+                return Err(bad("data and key go inside each of messages"));
+            }
+            if messages.is_empty() {
+                return Err(bad("messages is empty"));
+            }
+            if messages.len() > MAX_PUBLICATIONS {
+                return Err(bad(format!("at most {MAX_PUBLICATIONS} messages")));
+            }
+            let publications = messages
+                .into_iter()
+                .map(|m| publication(m.ch, m.data, m.key, max_data))
+                .collect::<Result<Vec<_>, _>>()?;
+            (publications, false)
+        }
+        _ => {
+            return Err(bad(format!(
+                "{shape}: exactly one of ch, channels, messages"
+            )))
+        }
+    };
+    if let Some(once) = once {
+        for (i, publication) in publications.iter_mut().enumerate() {
+            publication.idempotency_key = Some(match batch {
+                true => format!("{once}#{i}"),
+                false => once.to_string(),
+            });
+        }
+    }
+    Ok(PublishRequest {
+        publications,
+        single,
+    })
+}
+
+/// The answer to a publish: 200 `{"seq":N}` (one channel) or
+/// `{"seqs":[..]}`; 503 `unavailable` if any publication was refused, with
+/// the `seqs` of those that were not (`null` for the refused ones), so a
+/// retry under the same idempotency key publishes only what is missing.
+pub fn publish_answer(single: bool, seqs: &[Option<u64>]) -> (u16, Vec<u8>) {
+    let all = seqs.iter().all(Option::is_some);
+    let mut body = Vec::with_capacity(16 + 8 * seqs.len());
+    match (single, all) {
+        (true, true) => {
+            body.extend_from_slice(b"{\"seq\":");
+            push_seq(&mut body, seqs[0]);
+            body.push(b'}');
+            return (200, body);
+        }
+        (true, false) => body.extend_from_slice(
+            b"{\"error\":\"unavailable\",\"msg\":\"the cluster engine is unavailable; \
+              the publication was not accepted\"",
+        ),
+        (false, true) => body.push(b'{'),
+        (false, false) => body.extend_from_slice(
+            b"{\"error\":\"unavailable\",\"msg\":\"some publications were not accepted \
+              (null in seqs)\",",
+        ),
+    }
+    if !single {
+        body.extend_from_slice(b"\"seqs\":[");
+        for (i, seq) in seqs.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            push_seq(&mut body, *seq);
+        }
+        body.push(b']');
+    }
+    body.push(b'}');
+    (if all { 200 } else { 503 }, body)
+}
+
+fn push_seq(out: &mut Vec<u8>, seq: Option<u64>) {
+    match seq {
+        Some(seq) => out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes()),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// Whose connections a disconnect or unsubscribe is for.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// Every connection whose token's `sub` is this.
+    User(Box<str>),
+    /// The one connection with this id (as presence lists show it).
+    Conn(Box<str>),
+}
+
+/// What `POST /api/disconnect` and `POST /api/unsubscribe` ask for (as
+/// JSON too: how other nodes are told, see `shard/api.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Kick {
+    /// Close the connections with `code` and `reason`.
+    Disconnect {
+        target: Target,
+        code: u16,
+        reason: Box<str>,
+    },
+    /// End their subscriptions to `ch` (a raw-room member is closed).
+    Unsubscribe { target: Target, ch: Box<str> },
+}
+
+impl Kick {
+    pub fn target(&self) -> &Target {
+        match self {
+            Kick::Disconnect { target, .. } | Kick::Unsubscribe { target, .. } => target,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct KickBody<'a> {
+    #[serde(borrow, default)]
+    user: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    conn: Option<Cow<'a, str>>,
+    #[serde(default)]
+    code: Option<u16>,
+    #[serde(borrow, default)]
+    reason: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    ch: Option<Cow<'a, str>>,
+}
+
+fn kick_body(body: &str) -> Result<(Target, KickBody<'_>), HttpError> {
+    let mut parsed: KickBody<'_> = match body.trim_start().starts_with('{') {
+        true => serde_json::from_str(body).map_err(|e| bad(format!("expected an object: {e}")))?,
+        false => return Err(bad("expected {\"user\":..} or {\"conn\":..}")),
+    };
+    let target = match (parsed.user.take(), parsed.conn.take()) {
+        (Some(user), None) if !user.is_empty() => Target::User(user.into()),
+        (None, Some(conn)) if !conn.is_empty() => Target::Conn(conn.into()),
+        _ => return Err(bad("name exactly one of user and conn (not empty)")),
+    };
+    Ok((target, parsed))
+}
+
+/// `POST /api/disconnect`: `{"user":..}` or `{"conn":..}`, with an
+/// optional close `code` (3000 to 4999; default 4000) and `reason` (at
+/// most 123 bytes; default "disconnected").
+pub fn parse_disconnect(body: &str) -> Result<Kick, HttpError> {
+    let (target, body) = kick_body(body)?;
+    let code = body.code.unwrap_or(DISCONNECT_CODE);
+    if !(3000..=4999).contains(&code) {
+        return Err(bad(
+            "code must be 3000 to 4999 (the codes for applications)",
+        ));
+    }
+    let reason = body.reason.unwrap_or(Cow::Borrowed("disconnected"));
+    if reason.len() > MAX_CLOSE_REASON {
+        return Err(bad(format!(
+            "reason must be at most {MAX_CLOSE_REASON} bytes"
+        )));
+    }
+    Ok(Kick::Disconnect {
+        target,
+        code,
+        reason: reason.into(),
+    })
+}
+
+/// `POST /api/unsubscribe`: `{"user":..,"ch":..}` or `{"conn":..,"ch":..}`.
+pub fn parse_unsubscribe(body: &str) -> Result<Kick, HttpError> {
+    let (target, body) = kick_body(body)?;
+    let ch = body
+        .ch
+        .ok_or_else(|| HttpError::new(400, ErrorCode::BadChannel.as_str(), "missing ch"))?;
+    channel::validate(&ch, Access::Subscribe).map_err(|e| {
+        let code = protocol::channel_error_code(e);
+        HttpError::new(code.http_status(), code.as_str(), format!("{ch:?}: {e}"))
+    })?;
+    Ok(Kick::Unsubscribe {
+        target,
+        ch: ch.into(),
+    })
+}
+
+/// `GET /api/history/<ch>?since=N&epoch=E&limit=M`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryQuery {
+    pub ch: String,
+    /// Publications after this `seq` (0: from the oldest kept).
+    pub since: u64,
+    /// The epoch `since` belongs to, if the caller knows it.
+    pub epoch: Option<String>,
+    pub limit: usize,
+}
+
+/// A `limit` query value: 1 to `max`, `default` when absent.
+fn limit(query: &str, default: usize, max: usize) -> Result<usize, HttpError> {
+    match query_values(query, "limit").next() {
+        None => Ok(default),
+        Some(text) => match text.parse::<usize>() {
+            Ok(n @ 1..) if n <= max => Ok(n),
+            _ => Err(bad(format!("limit must be 1 to {max}"))),
+        },
+    }
+}
+
+/// Parses `/api/history/<ch>` (the part after the prefix) and its query.
+pub fn parse_history(channel: &str, query: &str) -> Result<HistoryQuery, HttpError> {
+    let ch = percent_decode(channel).ok_or_else(|| bad("channel is not percent-encoded UTF-8"))?;
+    channel::validate(&ch, Access::Subscribe).map_err(|e| {
+        let code = protocol::channel_error_code(e);
+        HttpError::new(code.http_status(), code.as_str(), format!("{ch:?}: {e}"))
+    })?;
+    let since = match query_values(query, "since").next() {
+        None => 0,
+        Some(text) => text
+            .parse()
+            .map_err(|_| bad("since must be a sequence number"))?,
+    };
+    let epoch = query_values(query, "epoch")
+        .next()
+        .filter(|e| !e.is_empty());
+    Ok(HistoryQuery {
+        ch,
+        since,
+        epoch,
+        limit: limit(query, HISTORY_PAGE, MAX_HISTORY_PAGE)?,
+    })
+}
+
+/// A page of a channel's history, as its owner (or Redis) keeps it.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryPage {
+    /// The channel's last `seq`, and the epoch its `seq`s belong to.
+    pub seq: u64,
+    pub epoch: String,
+    /// Publications after the `since` asked for, oldest first.
+    pub entries: Vec<(u64, Payload)>,
+}
+
+impl HistoryPage {
+    /// The page ends before the channel's last publication: ask again
+    /// `since` its last one.
+    pub fn more(&self) -> bool {
+        self.entries.last().is_some_and(|(seq, _)| *seq < self.seq)
+    }
+}
+
+/// The answer to a history query: `{"ch":..,"epoch":..,"seq":N,
+/// "complete":bool,"more":bool,"publications":[<msg envelopes>]}`. Each
+/// publication is the `msg` envelope a subscriber gets. `complete`: every
+/// publication after `since` (up to the last listed, or to `seq`) is there,
+/// in the epoch asked for.
+pub fn history_json(query: &HistoryQuery, page: &HistoryPage) -> Vec<u8> {
+    let more = page.more();
+    let through = if more {
+        page.entries.last().map_or(page.seq, |e| e.0)
+    } else {
+        page.seq
+    };
+    let listed = page.entries.iter().filter(|(seq, _)| *seq > query.since);
+    let unbroken = listed
+        .clone()
+        .map(|(seq, _)| *seq)
+        .eq((query.since + 1)..=through);
+    let complete = unbroken
+        && query.since <= page.seq
+        && query.epoch.as_deref().is_none_or(|e| e == page.epoch);
+    let mut out = Vec::with_capacity(
+        96 + page
+            .entries
+            .iter()
+            .map(|e| 48 + e.1.bytes.len())
+            .sum::<usize>(),
+    );
+    out.extend_from_slice(b"{\"ch\":");
+    push_string(&mut out, &query.ch);
+    out.extend_from_slice(b",\"epoch\":");
+    push_string(&mut out, &page.epoch);
+    out.extend_from_slice(b",\"seq\":");
+    out.extend_from_slice(itoa::Buffer::new().format(page.seq).as_bytes());
+    out.extend_from_slice(if complete {
+        b",\"complete\":true"
+    } else {
+        b",\"complete\":false"
+    });
+    out.extend_from_slice(if more {
+        b",\"more\":true"
+    } else {
+        b",\"more\":false"
+    });
+    out.extend_from_slice(b",\"publications\":[");
+    for (i, (seq, payload)) in listed.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let frame = protocol::encode_msg(&query.ch, *seq, payload.kind, &payload.bytes);
+        out.extend_from_slice(frame::payload_of(&frame));
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+fn push_string(out: &mut Vec<u8>, text: &str) {
+    // Writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, text);
+}
+
+/// `GET /api/channels?pattern=P&cursor=C&limit=M`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelsQuery {
+    /// Only channels it matches (the token grants' pattern syntax).
+    pub pattern: Option<ChannelPattern>,
+    /// Only channels whose names sort after it (the last page's `cursor`).
+    pub after: Option<String>,
+    pub limit: usize,
+}
+
+pub fn parse_channels(query: &str) -> Result<ChannelsQuery, HttpError> {
+    let pattern = match query_values(query, "pattern").next() {
+        None => None,
+        Some(text) => {
+            Some(ChannelPattern::parse(&text).map_err(|e| bad(format!("pattern {text:?}: {e}")))?)
+        }
+    };
+    Ok(ChannelsQuery {
+        pattern,
+        after: query_values(query, "cursor")
+            .next()
+            .filter(|c| !c.is_empty()),
+        limit: limit(query, CHANNELS_PAGE, MAX_CHANNELS_PAGE)?,
+    })
+}
+
+/// One shard's part of a channel's row: its subscribers there and, from
+/// the channel's owner, its last `seq`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelRow {
+    pub ch: Box<str>,
+    pub subscribers: u64,
+    pub seq: Option<u64>,
+}
+
+/// Merges the shards' rows (each sorted by name, at most `limit` long)
+/// into the page's rows, sorted, at most `limit`; and the cursor of the
+/// next page if there may be one. A channel among the first `limit` names
+/// of all the shards is among the first `limit` of each shard that knows
+/// it, so its row is whole.
+pub fn merge_channel_rows(
+    parts: Vec<Vec<ChannelRow>>,
+    limit: usize,
+) -> (Vec<ChannelRow>, Option<String>) {
+    let full = parts.iter().any(|p| p.len() >= limit);
+    let mut all: Vec<ChannelRow> = parts.into_iter().flatten().collect();
+    all.sort_by(|a, b| a.ch.cmp(&b.ch));
+    let mut rows: Vec<ChannelRow> = Vec::new();
+    for row in all {
+        match rows.last_mut() {
+            Some(last) if last.ch == row.ch => {
+                last.subscribers += row.subscribers;
+                last.seq = last.seq.or(row.seq);
+            }
+            _ => rows.push(row),
+        }
+    }
+    let more = rows.len() > limit || full;
+    rows.truncate(limit);
+    let cursor = more
+        .then(|| rows.last().map(|r| r.ch.to_string()))
+        .flatten();
+    (rows, cursor)
+}
+
+/// `{"channels":[{"ch":..,"subscribers":N,"seq":N},..],"cursor":..}`
+/// (`cursor` only when there may be more).
+pub fn channels_json(rows: &[ChannelRow], cursor: Option<&str>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(24 + rows.len() * 64);
+    out.extend_from_slice(b"{\"channels\":[");
+    for (i, row) in rows.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"ch\":");
+        push_string(&mut out, &row.ch);
+        out.extend_from_slice(b",\"subscribers\":");
+        out.extend_from_slice(itoa::Buffer::new().format(row.subscribers).as_bytes());
+        out.extend_from_slice(b",\"seq\":");
+        out.extend_from_slice(itoa::Buffer::new().format(row.seq.unwrap_or(0)).as_bytes());
+        out.push(b'}');
+    }
+    out.push(b']');
+    if let Some(cursor) = cursor {
+        out.extend_from_slice(b",\"cursor\":");
+        push_string(&mut out, cursor);
+    }
+    out.push(b'}');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::PayloadKind;
+
+    const MAX: usize = 64 << 10;
+
+    fn code(body: &str) -> (u16, &'static str) {
+        let e = parse_publish(body, MAX).unwrap_err();
+        (e.status, e.code)
+    }
+
+    #[test]
+    fn one_channel() {
+        let p = parse_publish(r#"{"ch":"news","data":"hi","key":"K"}"#, MAX).unwrap();
+        assert!(p.single);
+        assert_eq!(p.publications.len(), 1);
+        let one = &p.publications[0];
+        assert_eq!((one.ch.as_ref(), one.data), ("news", "\"hi\""));
+        assert_eq!(
+            (one.key.as_deref(), one.idempotency_key.as_deref()),
+            (Some("K"), None)
+        );
+        assert_eq!(code(r#"{"ch":"news"}"#), (400, "bad_json"));
+        assert_eq!(code(r#"{"ch":"","data":1}"#), (400, "bad_channel"));
+        assert_eq!(code(r#"["news","hi"]"#), (400, "bad_json"));
+        let deep = format!(
+            r#"{{"ch":"c","data":{}}}"#,
+            "[".repeat(65) + &"]".repeat(65)
+        );
+        assert_eq!(code(&deep), (400, "bad_json"));
+        assert_eq!(code(r#"{"ch":"c","data":1,"key":""}"#), (400, "bad_json"));
+    }
+
+    #[test]
+    fn several_channels_and_batches() {
+        let p = parse_publish(
+            r#"{"channels":["a","b"],"data":{"x":1},"idempotency_key":"r1"}"#,
+            MAX,
+        )
+        .unwrap();
+        assert!(!p.single);
+        let names: Vec<_> = p.publications.iter().map(|p| p.ch.as_ref()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert!(p.publications.iter().all(|p| p.data == r#"{"x":1}"#));
+        assert!(p
+            .publications
+            .iter()
+            .all(|p| p.idempotency_key.as_deref() == Some("r1")));
+        assert_eq!(
+            code(r#"{"channels":["a","a"],"data":1}"#),
+            (400, "bad_json")
+        );
+        assert_eq!(code(r#"{"channels":[],"data":1}"#), (400, "bad_json"));
+        let b = parse_publish(
+            r#"{"messages":[{"ch":"a","data":1},{"ch":"a","data":2,"key":"k"}],"idempotency_key":"r2"}"#,
+            MAX,
+        )
+        .unwrap();
+        let keys: Vec<_> = b
+            .publications
+            .iter()
+            .map(|p| p.idempotency_key.as_deref().unwrap())
+            .collect();
+        assert_eq!(keys, ["r2#0", "r2#1"], "two messages to one channel differ");
+        assert_eq!(b.publications[1].key.as_deref(), Some("k"));
+        assert_eq!(code(r#"{"messages":[{"ch":"a"}]}"#), (400, "bad_json"));
+        assert_eq!(code(r#"{"messages":[],"data":1}"#), (400, "bad_json"));
+        assert_eq!(
+            code(r#"{"ch":"a","channels":["b"],"data":1}"#),
+            (400, "bad_json")
+        );
+        let many = format!(
+            r#"{{"channels":[{}],"data":1}}"#,
+            (0..=MAX_PUBLICATIONS)
+                .map(|i| format!("\"c{i}\""))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        assert_eq!(code(&many), (400, "bad_json"));
+        let long_key = format!(
+            r#"{{"ch":"a","data":1,"idempotency_key":"{}"}}"#,
+            "k".repeat(129)
+        );
+        assert_eq!(code(&long_key), (400, "bad_json"));
+        let big = format!(r#"{{"ch":"a","data":"{}"}}"#, "x".repeat(100));
+        assert_eq!(parse_publish(&big, 50).unwrap_err().status, 413);
+    }
+
+    #[test]
+    fn publish_answers() {
+        assert_eq!(
+            publish_answer(true, &[Some(4)]),
+            (200, b"{\"seq\":4}".to_vec())
+        );
+        assert_eq!(
+            publish_answer(false, &[Some(4), Some(9)]),
+            (200, b"{\"seqs\":[4,9]}".to_vec())
+        );
+        let (status, body) = publish_answer(false, &[Some(4), None]);
+        assert_eq!(status, 503);
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["error"], "unavailable");
+        assert_eq!(json["seqs"], serde_json::json!([4, null]));
+        let (status, body) = publish_answer(true, &[None]);
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!((status, json["error"].as_str()), (503, Some("unavailable")));
+    }
+
+    #[test]
+    fn disconnect_and_unsubscribe_bodies() {
+        assert_eq!(
+            parse_disconnect(r#"{"user":"alice"}"#).unwrap(),
+            Kick::Disconnect {
+                target: Target::User("alice".into()),
+                code: 4000,
+                reason: "disconnected".into()
+            }
+        );
+        assert_eq!(
+            parse_disconnect(r#"{"conn":"n.0.1.1","code":4100,"reason":"banned"}"#).unwrap(),
+            Kick::Disconnect {
+                target: Target::Conn("n.0.1.1".into()),
+                code: 4100,
+                reason: "banned".into()
+            }
+        );
+        for body in [
+            r#"{}"#,
+            r#"{"user":"a","conn":"b"}"#,
+            r#"{"user":""}"#,
+            r#"{"user":"a","code":1000}"#,
+            r#"{"user":"a","code":5000}"#,
+            "[1]",
+        ] {
+            assert_eq!(parse_disconnect(body).unwrap_err().status, 400, "{body}");
+        }
+        let long = format!(r#"{{"user":"a","reason":"{}"}}"#, "r".repeat(124));
+        assert_eq!(parse_disconnect(&long).unwrap_err().status, 400);
+        assert_eq!(
+            parse_unsubscribe(r#"{"user":"alice","ch":"room.1"}"#).unwrap(),
+            Kick::Unsubscribe {
+                target: Target::User("alice".into()),
+                ch: "room.1".into()
+            }
+        );
+        assert_eq!(
+            parse_unsubscribe(r#"{"user":"alice"}"#).unwrap_err().code,
+            "bad_channel"
+        );
+    }
+
+    fn page(seq: u64, entries: &[u64]) -> HistoryPage {
+        HistoryPage {
+            seq,
+            epoch: "e1".into(),
+            entries: entries
+                .iter()
+                .map(|s| (*s, Payload::json(format!("{{\"n\":{s}}}").as_bytes())))
+                .collect(),
+        }
+    }
+
+    fn history(query: &str, page: &HistoryPage) -> serde_json::Value {
+        let q = parse_history("news", query).unwrap();
+        serde_json::from_slice(&history_json(&q, page)).unwrap()
+    }
+
+    #[test]
+    fn history_pages_say_whether_they_are_complete() {
+        let all = history("since=2", &page(5, &[3, 4, 5]));
+        assert_eq!(all["complete"], true);
+        assert_eq!(all["seq"], 5);
+        assert_eq!(all["epoch"], "e1");
+        assert_eq!(
+            all["publications"][0],
+            serde_json::json!({"op":"msg","ch":"news","seq":3,"data":{"n":3}})
+        );
+        let trimmed = history("since=0", &page(5, &[3, 4, 5]));
+        assert_eq!(trimmed["complete"], false, "1 and 2 are gone");
+        let paged = history("since=2&limit=2", &page(9, &[3, 4]));
+        assert_eq!(
+            (paged["complete"].as_bool(), paged["more"].as_bool()),
+            (Some(true), Some(true))
+        );
+        let other_epoch = history("since=2&epoch=e0", &page(5, &[3, 4, 5]));
+        assert_eq!(other_epoch["complete"], false);
+        let ahead = history("since=9", &page(5, &[]));
+        assert_eq!(ahead["complete"], false);
+        let nothing_new = history("since=5&epoch=e1", &page(5, &[]));
+        assert_eq!(nothing_new["complete"], true);
+        assert_eq!(parse_history("news", "limit=0").unwrap_err().status, 400);
+        assert_eq!(parse_history("news", "since=x").unwrap_err().status, 400);
+        assert_eq!(parse_history("", "").unwrap_err().code, "bad_channel");
+        let bin = HistoryPage {
+            entries: vec![(1, Payload::copy_of(PayloadKind::Binary, &[0, 1]))],
+            ..page(1, &[])
+        };
+        assert_eq!(history("", &bin)["publications"][0]["bin"], "AAE=");
+    }
+
+    fn row(ch: &str, subscribers: u64, seq: Option<u64>) -> ChannelRow {
+        ChannelRow {
+            ch: ch.into(),
+            subscribers,
+            seq,
+        }
+    }
+
+    #[test]
+    fn channel_rows_merge_over_shards() {
+        let (rows, cursor) = merge_channel_rows(
+            vec![
+                vec![row("a", 2, None), row("c", 1, Some(7))],
+                vec![row("a", 1, Some(3)), row("b", 4, Some(1))],
+            ],
+            10,
+        );
+        assert_eq!(
+            rows,
+            [
+                row("a", 3, Some(3)),
+                row("b", 4, Some(1)),
+                row("c", 1, Some(7))
+            ]
+        );
+        assert_eq!(cursor, None);
+        let (rows, cursor) = merge_channel_rows(
+            vec![
+                vec![row("a", 1, Some(1)), row("b", 1, Some(1))],
+                vec![row("c", 1, Some(1))],
+            ],
+            2,
+        );
+        assert_eq!(rows.len(), 2);
+        assert_eq!(cursor.as_deref(), Some("b"));
+        let json: serde_json::Value =
+            serde_json::from_slice(&channels_json(&rows, cursor.as_deref())).unwrap();
+        assert_eq!(
+            json["channels"][0],
+            serde_json::json!({"ch":"a","subscribers":1,"seq":1})
+        );
+        assert_eq!(json["cursor"], "b");
+        assert!(parse_channels("pattern=news.*&limit=5")
+            .unwrap()
+            .pattern
+            .is_some());
+        assert_eq!(parse_channels("limit=1001").unwrap_err().status, 400);
+    }
+}

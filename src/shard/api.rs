@@ -1,0 +1,394 @@
+//! The shard's side of the server API (`docs/api.md`): a request made on
+//! the shard that read it goes to the shards that can answer it — a
+//! channel's history to its owner, the channel list and disconnects to
+//! every shard — and their answers come back to the request's reply slot.
+//! Publishes from HTTP (one, several channels, a batch) are sent all at
+//! once and their `seq`s collected in order. The HTTP handlers at the end
+//! turn each request into its JSON answer.
+
+use std::{rc::Rc, time::Duration};
+
+use bytes::Bytes;
+use glommio::channels::local_channel;
+
+use super::{Shard, SlotGuard};
+use crate::{
+    api::{self, ChannelRow, ChannelsQuery, HistoryPage, HistoryQuery, Kick, Target},
+    conn::{codec::Protocol, http::HttpError, Conn},
+    engine::{redis::PositionAsk, Engine, Refused},
+    mesh::{MeshMsg, Reply},
+    publication::Payload,
+    security::pattern::ChannelPattern,
+    stats::bump,
+};
+
+/// A server API request, made on one shard and served by others.
+#[derive(Debug, Clone)]
+pub enum ApiRequest {
+    /// To a channel's owner: a page of its history.
+    History(HistoryQuery),
+    /// To every shard: its part of the channel list.
+    Channels {
+        pattern: Option<ChannelPattern>,
+        after: Option<String>,
+        limit: usize,
+    },
+    /// To every shard: disconnect or unsubscribe connections.
+    Kick(Kick),
+}
+
+/// A shard's answer to an [`ApiRequest`].
+#[derive(Debug)]
+pub enum ApiAnswer {
+    History(Result<HistoryPage, Refused>),
+    Channels(Vec<ChannelRow>),
+    /// How many connections were disconnected or unsubscribed.
+    Kicked(usize),
+}
+
+/// What an HTTP publish asks of one publication.
+pub struct HttpPublication {
+    pub ch: Bytes,
+    pub payload: Payload,
+    pub idempotency_key: Option<Box<str>>,
+}
+
+impl Shard {
+    /// How long an API request waits for the shards it asked.
+    fn api_wait(&self) -> Duration {
+        self.config.shutdown_timeout.max(Duration::from_secs(1))
+    }
+
+    /// Publishes each of `publications` as an HTTP publish (all sent before
+    /// any answer is awaited) and returns their `seq`s in order: `None`
+    /// for one refused, or whose owner did not answer in time.
+    pub async fn publish_all_and_wait(
+        &self,
+        publications: Vec<HttpPublication>,
+    ) -> Vec<Option<u64>> {
+        let count = publications.len();
+        let (tx, rx) = local_channel::new_bounded(count.max(1));
+        let nonce = self.new_token();
+        let slot = self.http_waiters.borrow_mut().insert((nonce, tx)) as u32;
+        let _waiting = SlotGuard {
+            waiters: &self.http_waiters,
+            slot,
+            nonce,
+        };
+        for (index, publication) in publications.into_iter().enumerate() {
+            let owner = self.owner_of(&publication.ch);
+            self.links.wait_for_room(owner).await;
+            let reply = Reply::Http {
+                slot,
+                nonce,
+                index: index as u32,
+                idempotency_key: publication.idempotency_key,
+            };
+            self.publish(publication.ch, publication.payload, None, reply);
+        }
+        let mut seqs = vec![None; count];
+        let mut answered = 0;
+        let _ = glommio::timer::timeout(self.api_wait(), async {
+            while answered < count {
+                let Some((index, result)) = rx.recv().await else {
+                    break;
+                };
+                if let Some(seq) = seqs.get_mut(index as usize) {
+                    *seq = result.ok();
+                }
+                answered += 1;
+            }
+            Ok(())
+        })
+        .await;
+        seqs
+    }
+
+    /// Sends `request` to each of `peers` (this shard may be one) and
+    /// collects the answers that come within the wait.
+    async fn ask_shards(&self, peers: &[usize], request: ApiRequest) -> Vec<ApiAnswer> {
+        let (tx, rx) = local_channel::new_bounded(peers.len().max(1));
+        let nonce = self.new_token();
+        let slot = self.api_waiters.borrow_mut().insert((nonce, tx)) as u32;
+        let _waiting = SlotGuard {
+            waiters: &self.api_waiters,
+            slot,
+            nonce,
+        };
+        for &peer in peers {
+            match peer == self.id {
+                true => self.serve_api(self.id, slot, nonce, request.clone()),
+                false => {
+                    let msg = MeshMsg::Api {
+                        from: self.id as u16,
+                        slot,
+                        nonce,
+                        request: Box::new(request.clone()),
+                    };
+                    self.links.send(peer, msg);
+                }
+            }
+        }
+        let mut answers = Vec::with_capacity(peers.len());
+        let _ = glommio::timer::timeout(self.api_wait(), async {
+            while answers.len() < peers.len() {
+                match rx.recv().await {
+                    Some(answer) => answers.push(answer),
+                    None => break,
+                }
+            }
+            Ok(())
+        })
+        .await;
+        answers
+    }
+
+    /// Serves an API request of shard `from`, answering to its `slot`.
+    pub(super) fn serve_api(&self, from: usize, slot: u32, nonce: u32, request: ApiRequest) {
+        let answer = match request {
+            ApiRequest::History(query) => match self.redis_link(&query.ch) {
+                Some(link) => {
+                    let ask = PositionAsk::History {
+                        ch: query.ch.as_str().into(),
+                        from,
+                        slot,
+                        nonce,
+                        limit: query.limit,
+                    };
+                    // Answered in `on_position`, or refused now.
+                    match link.position(ask, Some(query.since)) {
+                        Ok(()) => return,
+                        Err(_) => ApiAnswer::History(Err(Refused::Unavailable)),
+                    }
+                }
+                None => {
+                    let now_ms = self.now_ms();
+                    let page = self.owner.borrow_mut().history(
+                        &query.ch,
+                        query.since,
+                        query.limit,
+                        now_ms,
+                    );
+                    ApiAnswer::History(Ok(page))
+                }
+            },
+            ApiRequest::Channels {
+                pattern,
+                after,
+                limit,
+            } => ApiAnswer::Channels(self.channel_rows(pattern.as_ref(), after.as_deref(), limit)),
+            ApiRequest::Kick(kick) => ApiAnswer::Kicked(self.kick(&kick)),
+        };
+        self.reply_api(from, slot, nonce, answer);
+    }
+
+    /// Sends `answer` to the request waiting in `slot` of shard `to`.
+    pub(super) fn reply_api(&self, to: usize, slot: u32, nonce: u32, answer: ApiAnswer) {
+        if to != self.id {
+            let answer = Box::new(answer);
+            self.links.send(
+                to,
+                MeshMsg::ApiReply {
+                    slot,
+                    nonce,
+                    answer,
+                },
+            );
+            return;
+        }
+        let waiters = self.api_waiters.borrow();
+        if let Some((_, waiter)) = waiters.get(slot as usize).filter(|w| w.0 == nonce) {
+            let _ = waiter.try_send(answer);
+        }
+    }
+
+    /// This shard's part of the channel list: the channels it has
+    /// subscribers of and those it owns that other shards have subscribers
+    /// of, sorted, after `after`, at most `limit`.
+    fn channel_rows(
+        &self,
+        pattern: Option<&ChannelPattern>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Vec<ChannelRow> {
+        let wanted =
+            |name: &str| after.is_none_or(|a| name > a) && pattern.is_none_or(|p| p.matches(name));
+        let index = self.index.borrow();
+        let owner = self.owner.borrow();
+        let mut names: Vec<&str> = index
+            .channels()
+            .map(|(name, _)| name)
+            .chain(owner.remotely_subscribed())
+            .filter(|name| wanted(name))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names.truncate(limit);
+        names
+            .into_iter()
+            .map(|name| ChannelRow {
+                ch: name.into(),
+                subscribers: index.subscriber_count(name) as u64,
+                seq: match self.owner_of(name.as_bytes()) == self.id {
+                    true => Some(owner.seq_of(name).unwrap_or(0)),
+                    false => None,
+                },
+            })
+            .collect()
+    }
+
+    /// Whether `conn` is one `target` names.
+    fn is_target(&self, conn: &Conn, target: &Target) -> bool {
+        match target {
+            Target::User(user) => match &*conn.permit() {
+                crate::conn::permit::Permit::Token(grant) => grant.user == *user,
+                _ => false,
+            },
+            Target::Conn(id) => self.conn_id(conn) == **id,
+        }
+    }
+
+    /// Disconnects or unsubscribes this shard's connections that `kick`
+    /// names; returns how many.
+    pub(super) fn kick(&self, kick: &Kick) -> usize {
+        let conns: Vec<Rc<Conn>> = self
+            .conns
+            .borrow()
+            .iter()
+            .map(|(_, c)| c.clone())
+            .filter(|c| c.outbox.closing().is_none() && self.is_target(c, kick.target()))
+            .collect();
+        let mut kicked = 0;
+        for conn in conns {
+            match kick {
+                Kick::Disconnect { code, reason, .. } => {
+                    conn.outbox.close_told(*code, reason);
+                    kicked += 1;
+                }
+                Kick::Unsubscribe { ch, .. } => {
+                    if conn.subscription_slot(ch).is_none() {
+                        continue;
+                    }
+                    if conn.codec.protocol == Protocol::Raw {
+                        // A raw-room member is its room's: it leaves it
+                        // by being closed.
+                        conn.outbox.close_told(api::DISCONNECT_CODE, "unsubscribed");
+                    } else if self.unsubscribe(&conn, ch, None).is_ok() {
+                        conn.send(conn.codec.unsubscribed(ch, "server"));
+                    }
+                    kicked += 1;
+                }
+            }
+        }
+        bump(&self.stats.api_kicks, kicked as u64);
+        kicked
+    }
+
+    /// Tells the other nodes of the cluster to act on `kick` too: a
+    /// control message through the engine, which every shard of every node
+    /// hears (this node's shards are asked over the mesh instead).
+    fn kick_elsewhere(&self, kick: &Kick) {
+        let Some(engine) = &self.engine else { return };
+        let Ok(json) = serde_json::to_vec(kick) else {
+            return;
+        };
+        let message = crate::engine::tagged(self.node, &json);
+        let sent = match engine {
+            Engine::Redis(links) => links.first().is_some_and(|l| l.control(&message)),
+            Engine::Nats(link) => link.control(&message),
+        };
+        if !sent {
+            tracing::warn!(shard = self.id, "the cluster engine is down: the other nodes were not told of an API disconnect or unsubscribe");
+        }
+    }
+
+    /// A control message from the engine: another node's disconnect or
+    /// unsubscribe, acted on for this shard's connections.
+    pub(super) fn on_control_message(&self, message: &[u8]) {
+        let kick = crate::engine::untag(message)
+            .filter(|(origin, _)| *origin != self.node)
+            .and_then(|(_, json)| serde_json::from_slice::<Kick>(json).ok());
+        match kick {
+            Some(kick) => {
+                self.kick(&kick);
+            }
+            None if crate::engine::untag(message).is_some_and(|(o, _)| o == self.node) => {}
+            None => {
+                bump(&self.stats.engine_unreadable, 1);
+                tracing::warn!(
+                    shard = self.id,
+                    "unreadable control message from the cluster engine, dropped"
+                );
+            }
+        }
+    }
+
+    /// `GET /api/history/<ch>`: a page of the channel's history, from its
+    /// owner (or Redis).
+    pub async fn history_answer(&self, query: HistoryQuery) -> Result<Vec<u8>, HttpError> {
+        let owner = self.owner_of(query.ch.as_bytes());
+        let answers = self
+            .ask_shards(&[owner], ApiRequest::History(query.clone()))
+            .await;
+        match answers.into_iter().next() {
+            Some(ApiAnswer::History(Ok(page))) => Ok(api::history_json(&query, &page)),
+            Some(ApiAnswer::History(Err(refused))) => {
+                Err(HttpError::new(503, "unavailable", refused.to_string()))
+            }
+            _ => Err(unanswered()),
+        }
+    }
+
+    /// `GET /api/channels`: the channels with subscribers on this node.
+    pub async fn channels_answer(&self, query: ChannelsQuery) -> Result<Vec<u8>, HttpError> {
+        let peers: Vec<usize> = (0..self.shards).collect();
+        let request = ApiRequest::Channels {
+            pattern: query.pattern,
+            after: query.after,
+            limit: query.limit,
+        };
+        let answers = self.ask_shards(&peers, request).await;
+        if answers.len() < peers.len() {
+            return Err(unanswered());
+        }
+        let parts = answers
+            .into_iter()
+            .filter_map(|a| match a {
+                ApiAnswer::Channels(rows) => Some(rows),
+                _ => None,
+            })
+            .collect();
+        let (rows, cursor) = api::merge_channel_rows(parts, query.limit);
+        Ok(api::channels_json(&rows, cursor.as_deref()))
+    }
+
+    /// `POST /api/disconnect` and `POST /api/unsubscribe`: every shard of
+    /// this node acts on its connections; with a cluster engine the other
+    /// nodes are told too.
+    pub async fn kick_answer(&self, kick: Kick) -> Result<Vec<u8>, HttpError> {
+        let peers: Vec<usize> = (0..self.shards).collect();
+        self.kick_elsewhere(&kick);
+        let answers = self
+            .ask_shards(&peers, ApiRequest::Kick(kick.clone()))
+            .await;
+        if answers.len() < peers.len() {
+            return Err(unanswered());
+        }
+        let kicked: usize = answers
+            .iter()
+            .map(|a| match a {
+                ApiAnswer::Kicked(n) => *n,
+                _ => 0,
+            })
+            .sum();
+        let field = match kick {
+            Kick::Disconnect { .. } => "disconnected",
+            Kick::Unsubscribe { .. } => "unsubscribed",
+        };
+        Ok(format!("{{\"{field}\":{kicked}}}").into_bytes())
+    }
+}
+
+fn unanswered() -> HttpError {
+    HttpError::new(503, "unavailable", "a shard of this node did not answer")
+}
