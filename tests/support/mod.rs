@@ -380,10 +380,31 @@ pub fn get_json(server: &Server, path: &str) -> Value {
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path} is not JSON ({e}): {body}"))
 }
 
+/// `GET path` with the API key, the body parsed as JSON (status 200).
+pub fn get_json_with(server: &Server, path: &str, api_key: &str) -> Value {
+    let (status, body) = secure::http_with(server, "GET", path, &[("X-API-Key", api_key)], "");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path} is not JSON ({e}): {body}"))
+}
+
 /// Publishes over HTTP and returns the assigned seq.
 pub fn publish(server: &Server, channel: &str, data: Value) -> u64 {
+    publish_with_headers(server, channel, data, &[])
+}
+
+/// Like [`publish`], with the API key.
+pub fn publish_with_key(server: &Server, channel: &str, data: Value, api_key: &str) -> u64 {
+    publish_with_headers(server, channel, data, &[("X-API-Key", api_key)])
+}
+
+fn publish_with_headers(
+    server: &Server,
+    channel: &str,
+    data: Value,
+    headers: &[(&str, &str)],
+) -> u64 {
     let body = serde_json::json!({"ch": channel, "data": data}).to_string();
-    let (status, body) = http(server, "POST", "/api/publish", &body);
+    let (status, body) = secure::http_with(server, "POST", "/api/publish", headers, &body);
     assert_eq!(status, 200, "{body}");
     let reply: Value = serde_json::from_str(&body).unwrap();
     reply["seq"].as_u64().expect("seq")
