@@ -679,3 +679,149 @@ fn presence_spans_nodes_and_a_dead_node_drops_out_within_the_ttl() {
             == 3
     });
 }
+
+/// A client of `user` on `server` (nodes started with `--jwt-secret`).
+fn user_on(server: &Server, user: &str) -> Client {
+    let token = support::secure::hs256(&support::secure::claims(user, 300, &[">"], &[">"]));
+    Client::connect(server, &format!("/ws?token={token}"))
+}
+
+/// Asks `via` for `kick` until `client` (on another node) sees its effect
+/// — the other node's control subscription may be a moment behind its
+/// health — and returns what the client saw.
+fn kick_until_seen(via: &Server, path: &str, kick: Value, client: &mut Client) -> Option<Value> {
+    let deadline = std::time::Instant::now() + support::DEADLINE;
+    loop {
+        let (status, body) = http(via, "POST", path, &kick.to_string());
+        assert_eq!(status, 200, "{body}");
+        match next_event(client, Duration::from_millis(200)) {
+            Some(seen) => return Some(seen),
+            None if std::time::Instant::now() > deadline => return None,
+            None => {}
+        }
+    }
+}
+
+/// The next JSON message, or close frame (as `{"close":code,"reason":..}`),
+/// if one comes `within`.
+fn next_event(client: &mut Client, within: Duration) -> Option<Value> {
+    use tungstenite::Message;
+    client.set_timeout(Some(within));
+    let event = loop {
+        match client.ws.read() {
+            Ok(Message::Text(text)) => break serde_json::from_str(text.as_str()).ok(),
+            Ok(Message::Close(frame)) => {
+                let (code, reason) = frame
+                    .map(|f| (u16::from(f.code), f.reason.to_string()))
+                    .unwrap_or((1005, String::new()));
+                break Some(json!({"close": code, "reason": reason}));
+            }
+            Ok(_) => continue,
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break None
+            }
+            Err(error) => panic!("read: {error}"),
+        }
+    };
+    client.set_timeout(Some(support::DEADLINE));
+    event
+}
+
+#[test]
+fn the_server_api_spans_nodes_on_redis() {
+    let redis = Redis::start();
+    let secret = ["--jwt-secret", support::secure::SECRET];
+    let a = redis_node(&redis, "a", &secret);
+    let b = redis_node(&redis, "b", &secret);
+    let mut on_b = user_on(&b, "reader");
+    on_b.subscribe("orders");
+    // A retry that reaches another node is recognised: Redis keeps the key.
+    let publish = json!({"ch": "orders", "data": {"id": 1}, "idempotency_key": "o-1"}).to_string();
+    for node in [&a, &b, &a] {
+        let (status, body) = http(node, "POST", "/api/publish", &publish);
+        assert_eq!((status, body.as_str()), (200, r#"{"seq":1}"#));
+    }
+    let batch = json!({"channels": ["orders", "audit"], "data": 2, "idempotency_key": "o-2"});
+    for node in [&b, &a] {
+        let (_, body) = http(node, "POST", "/api/publish", &batch.to_string());
+        assert_eq!(body, r#"{"seqs":[2,1]}"#);
+    }
+    assert_eq!(
+        read_messages(&mut on_b, "orders", 2),
+        [(1, json!({"id": 1})), (2, json!(2))]
+    );
+    let (status, _) = try_publish(&a, "orders", json!(3));
+    assert_eq!(status, 200);
+    assert_eq!(
+        read_messages(&mut on_b, "orders", 1),
+        [(3, json!(3))],
+        "no duplicate between"
+    );
+    // History comes from Redis's stream on any node.
+    let history = support::get_json(&b, "/api/history/orders?since=1");
+    assert_eq!(history["seq"], 3);
+    assert_eq!(history["complete"], true, "{history}");
+    let seqs: Vec<u64> = history["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [2, 3]);
+    // A disconnect asked of node a reaches alice on node b.
+    let mut alice_on_a = user_on(&a, "alice");
+    let mut alice_on_b = user_on(&b, "alice");
+    alice_on_b.subscribe("room");
+    let disconnect = json!({"user": "alice", "code": 4200, "reason": "bye"});
+    let seen = kick_until_seen(&a, "/api/disconnect", disconnect, &mut alice_on_b);
+    assert_eq!(seen, Some(json!({"close": 4200, "reason": "bye"})));
+    assert_eq!(alice_on_a.expect_close().0, 4200);
+    // An unsubscribe too.
+    let mut bob_on_b = user_on(&b, "bob");
+    bob_on_b.subscribe("room");
+    let unsubscribe = json!({"user": "bob", "ch": "room"});
+    let seen = kick_until_seen(&a, "/api/unsubscribe", unsubscribe, &mut bob_on_b);
+    assert_eq!(
+        seen,
+        Some(json!({"op": "unsubscribed", "ch": "room", "reason": "server"}))
+    );
+}
+
+#[test]
+fn a_disconnect_reaches_every_node_through_nats() {
+    let nats = Nats::start();
+    let url = nats.url();
+    let node = |id: &str| {
+        let server = Server::start(&[
+            "--shards",
+            "2",
+            "--engine",
+            "nats",
+            "--nats-url",
+            &url,
+            "--node-id",
+            id,
+            "--jwt-secret",
+            support::secure::SECRET,
+        ]);
+        wait_healthy(&server);
+        server
+    };
+    let (a, b) = (node("a"), node("b"));
+    let mut alice_on_b = user_on(&b, "alice");
+    let mut carol_on_b = user_on(&b, "carol");
+    let seen = kick_until_seen(
+        &a,
+        "/api/disconnect",
+        json!({"user": "alice"}),
+        &mut alice_on_b,
+    );
+    assert_eq!(seen, Some(json!({"close": 4000, "reason": "disconnected"})));
+    carol_on_b.send_json(json!({"op": "ping", "id": 1}));
+    assert_eq!(carol_on_b.recv_json()["op"], "pong", "carol stays");
+}
