@@ -32,6 +32,25 @@ fn redis_node(redis: &Redis, node: &str, extra: &[&str]) -> Server {
     server
 }
 
+/// A node of two shards on `nats`.
+fn nats_node(nats: &Nats, node: &str, extra: &[&str]) -> Server {
+    let url = nats.url();
+    let mut args = vec![
+        "--shards",
+        "2",
+        "--engine",
+        "nats",
+        "--nats-url",
+        &url,
+        "--node-id",
+        node,
+    ];
+    args.extend_from_slice(extra);
+    let server = Server::start(&args);
+    wait_healthy(&server);
+    server
+}
+
 fn health(server: &Server) -> u16 {
     http(server, "GET", "/health", "").0
 }
@@ -295,21 +314,7 @@ fn while_redis_is_down_publications_are_refused_and_none_acknowledged_is_lost() 
 #[test]
 fn nats_fans_out_to_every_node_at_most_once_and_refuses_while_down() {
     let nats = Nats::start();
-    let url = nats.url();
-    let node = |id: &str| {
-        let server = Server::start(&[
-            "--shards",
-            "2",
-            "--engine",
-            "nats",
-            "--nats-url",
-            &url,
-            "--node-id",
-            id,
-        ]);
-        wait_healthy(&server);
-        server
-    };
+    let node = |id: &str| nats_node(&nats, id, &[]);
     let (a, b) = (node("a"), node("b"));
     let mut on_a = Client::connect(&a, "/ws");
     on_a.subscribe("news");
@@ -795,23 +800,7 @@ fn the_server_api_spans_nodes_on_redis() {
 #[test]
 fn a_disconnect_reaches_every_node_through_nats() {
     let nats = Nats::start();
-    let url = nats.url();
-    let node = |id: &str| {
-        let server = Server::start(&[
-            "--shards",
-            "2",
-            "--engine",
-            "nats",
-            "--nats-url",
-            &url,
-            "--node-id",
-            id,
-            "--jwt-secret",
-            support::secure::SECRET,
-        ]);
-        wait_healthy(&server);
-        server
-    };
+    let node = |id: &str| nats_node(&nats, id, &["--jwt-secret", support::secure::SECRET]);
     let (a, b) = (node("a"), node("b"));
     let mut alice_on_b = user_on(&b, "alice");
     let mut carol_on_b = user_on(&b, "carol");
