@@ -11,8 +11,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::{
-    channel::{self, Access},
-    conn::http::{percent_decode, query_values, HttpError},
+    channel::Access,
+    conn::http::{check_channel, percent_decode, query_values, HttpError},
     frame,
     protocol::{self, ErrorCode, OpError},
     publication::Payload,
@@ -105,10 +105,7 @@ fn publication<'a>(
     max_data: usize,
 ) -> Result<ApiPublication<'a>, HttpError> {
     let ch = ch.ok_or_else(|| HttpError::new(400, ErrorCode::BadChannel.as_str(), "missing ch"))?;
-    channel::validate(&ch, Access::Publish).map_err(|e| {
-        let code = protocol::channel_error_code(e);
-        HttpError::new(code.http_status(), code.as_str(), format!("{ch:?}: {e}"))
-    })?;
+    check_channel(&ch, Access::Publish)?;
     let data = protocol::read_data(data, None).map_err(refused)?;
     if data.len() > max_data {
         return Err(HttpError::new(
@@ -343,10 +340,7 @@ pub fn parse_unsubscribe(body: &str) -> Result<Kick, HttpError> {
     let ch = body
         .ch
         .ok_or_else(|| HttpError::new(400, ErrorCode::BadChannel.as_str(), "missing ch"))?;
-    channel::validate(&ch, Access::Subscribe).map_err(|e| {
-        let code = protocol::channel_error_code(e);
-        HttpError::new(code.http_status(), code.as_str(), format!("{ch:?}: {e}"))
-    })?;
+    check_channel(&ch, Access::Subscribe)?;
     Ok(Kick::Unsubscribe {
         target,
         ch: ch.into(),
@@ -378,10 +372,7 @@ fn limit(query: &str, default: usize, max: usize) -> Result<usize, HttpError> {
 /// Parses `/api/history/<ch>` (the part after the prefix) and its query.
 pub fn parse_history(channel: &str, query: &str) -> Result<HistoryQuery, HttpError> {
     let ch = percent_decode(channel).ok_or_else(|| bad("channel is not percent-encoded UTF-8"))?;
-    channel::validate(&ch, Access::Subscribe).map_err(|e| {
-        let code = protocol::channel_error_code(e);
-        HttpError::new(code.http_status(), code.as_str(), format!("{ch:?}: {e}"))
-    })?;
+    check_channel(&ch, Access::Subscribe)?;
     let since = match query_values(query, "since").next() {
         None => 0,
         Some(text) => text

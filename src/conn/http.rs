@@ -577,7 +577,8 @@ fn presence_route(channel: &str, query: &str) -> Result<Route, HttpError> {
     })
 }
 
-fn check_channel(name: &str, access: Access) -> Result<(), HttpError> {
+/// Refuses a channel name as the WebSocket routes and the API do.
+pub(crate) fn check_channel(name: &str, access: Access) -> Result<(), HttpError> {
     channel::validate(name, access).map_err(|e| {
         let code = protocol::channel_error_code(e);
         HttpError::new(code.http_status(), code.as_str(), format!("{name:?}: {e}"))
