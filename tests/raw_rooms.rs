@@ -14,16 +14,7 @@ fn text_and_binary_frames_reach_every_member_verbatim() {
     let mut b = Client::connect(&server, "/ws/lobby");
     let mut watcher = Client::connect(&server, "/ws");
     watcher.subscribe("lobby");
-    // The room subscriptions were made at upgrade; a JSON sub ack on the same
-    // channel from a third connection does not prove theirs are confirmed,
-    // so wait until a message flows to both.
-    support::wait_until("both members receive", || {
-        a.send_text("warmup");
-        let (x, y) = (a.recv(), b.recv());
-        while watcher.recv_json()["text"] != "warmup" {}
-        x == Message::text("warmup") && y == Message::text("warmup")
-    });
-
+    // Members are live once their upgrade is answered: no warm-up.
     a.send_text("hello {not json");
     assert_eq!(
         a.recv(),
@@ -53,6 +44,28 @@ fn text_and_binary_frames_reach_every_member_verbatim() {
     watcher.send_json(json!({"op": "pub", "ch": "lobby", "data": [1, 2], "id": 1}));
     assert_eq!(a.recv(), Message::text("[1,2]"));
     assert_eq!(b.recv(), Message::text("[1,2]"));
+}
+
+/// The upgrade is answered once the channel's owner (maybe another shard)
+/// has the subscription, so a frame sent after both members connected
+/// reaches both, and so does a publication made after a `?sub=` connect.
+#[test]
+fn members_are_live_once_their_upgrade_is_answered() {
+    let server = Server::start(&["--shards", "2"]);
+    // Rooms of both owners, members accepted by either shard.
+    for i in 0..60 {
+        let room = format!("live-{i}");
+        let mut a = Client::connect(&server, &format!("/ws/{room}"));
+        let mut b = Client::connect(&server, &format!("/ws/{room}?echo=0"));
+        let mut json = Client::connect(&server, &format!("/ws?sub={room}"));
+        b.send_text("first");
+        assert_eq!(a.recv(), Message::text("first"), "room {room}");
+        assert_eq!(json.recv_json()["text"], "first", "room {room}");
+        support::publish(&server, &room, json!({"n": i}));
+        assert_eq!(a.recv(), Message::text(format!("{{\"n\":{i}}}")));
+        assert_eq!(b.recv(), Message::text(format!("{{\"n\":{i}}}")));
+        assert_eq!(json.recv_json()["data"], json!({"n": i}));
+    }
 }
 
 #[test]

@@ -305,6 +305,14 @@ impl Session {
         }
     }
 
+    /// The channels the URL subscribes at connect time.
+    pub fn channels(&self) -> Vec<&str> {
+        match self {
+            Session::Json { subscribe, .. } => subscribe.iter().map(String::as_str).collect(),
+            Session::Room { channel, .. } => vec![channel.as_str()],
+        }
+    }
+
     /// Whether the client asked for envelopes batched into frames.
     pub fn batches(&self) -> bool {
         matches!(self, Session::Json { batch: true, .. })

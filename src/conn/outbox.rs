@@ -70,6 +70,9 @@ pub(super) enum WriteState {
     /// The socket is full: a task waits for it to take more, then marks the
     /// outbox dirty again.
     Blocked,
+    /// Nothing is written until [`Outbox::release`]: the upgrade's response
+    /// has still to go out ahead of the first frame.
+    Held,
 }
 
 /// The close frame still to send after the queue, kept as what it says (a
@@ -308,6 +311,27 @@ impl Outbox {
         if self.write_state.get() == WriteState::Idle {
             self.write_state.set(WriteState::Dirty);
             self.flusher.mark(self.clone());
+        }
+    }
+
+    /// Keeps the flush pass from writing what is queued until
+    /// [`Outbox::release`] (a new connection, before its upgrade's response
+    /// is written).
+    pub fn hold(&self) {
+        if self.write_state.get() == WriteState::Idle {
+            self.write_state.set(WriteState::Held);
+        }
+    }
+
+    /// Lets the flush pass write again, starting with what was queued while
+    /// held.
+    pub fn release(self: &Rc<Self>) {
+        if self.write_state.get() != WriteState::Held {
+            return;
+        }
+        self.write_state.set(WriteState::Idle);
+        if !self.frames.borrow().is_empty() || self.close_frame.get().is_some() {
+            self.mark_dirty();
         }
     }
 
@@ -704,6 +728,36 @@ mod tests {
         assert_eq!(outbox.push(Bytes::from_static(b"12345")), Pushed::Queued);
         assert_eq!(outbox.push(Bytes::from_static(b"1")), Pushed::Overflow);
         assert_eq!(outbox.queued_bytes(), 10);
+    }
+
+    #[test]
+    fn a_held_outbox_is_flushed_only_once_released() {
+        let outbox = outbox(100);
+        outbox.hold();
+        outbox.push(Bytes::from_static(b"queued while held"));
+        assert_eq!(outbox.write_state.get(), WriteState::Held, "not marked");
+        outbox.release();
+        assert_eq!(outbox.write_state.get(), WriteState::Dirty);
+        outbox.release();
+        assert_eq!(outbox.write_state.get(), WriteState::Dirty, "once");
+
+        let empty = self::outbox(100);
+        empty.hold();
+        empty.release();
+        assert_eq!(
+            empty.write_state.get(),
+            WriteState::Idle,
+            "nothing to flush"
+        );
+        empty.hold();
+        empty.close(CloseReason::Shutdown);
+        assert_eq!(empty.write_state.get(), WriteState::Held);
+        empty.release();
+        assert_eq!(
+            empty.write_state.get(),
+            WriteState::Dirty,
+            "the close frame"
+        );
     }
 
     #[test]

@@ -35,6 +35,10 @@ pub enum ApiRequest {
     },
     /// To every shard: disconnect or unsubscribe connections.
     Kick(Kick),
+    /// To a channel's owner: answered at once. The lane between two shards
+    /// keeps its order, so the answer says the owner has taken in every
+    /// message sent to it before (a new connection's subscriptions).
+    Sync,
 }
 
 /// A shard's answer to an [`ApiRequest`].
@@ -44,6 +48,7 @@ pub enum ApiAnswer {
     Channels(Vec<ChannelRow>),
     /// How many connections were disconnected or unsubscribed.
     Kicked(usize),
+    Synced,
 }
 
 /// What an HTTP publish asks of one publication.
@@ -102,6 +107,30 @@ impl Shard {
         })
         .await;
         seqs
+    }
+
+    /// The owners of `channels`, other than this shard, each once.
+    pub fn other_owners(&self, channels: &[&str]) -> Vec<usize> {
+        let mut owners: Vec<usize> = channels
+            .iter()
+            .map(|ch| self.owner_of(ch.as_bytes()))
+            .filter(|&owner| owner != self.id)
+            .collect();
+        owners.sort_unstable();
+        owners.dedup();
+        owners
+    }
+
+    /// Waits until each of `owners` has taken in what this shard sent it
+    /// so far (see [`ApiRequest::Sync`]), for at most `--handshake-timeout`.
+    pub async fn sync_with(&self, owners: &[usize]) {
+        if owners.is_empty() {
+            return;
+        }
+        let _ = glommio::timer::timeout(self.config.handshake_timeout, async {
+            Ok(self.ask_shards(owners, ApiRequest::Sync).await)
+        })
+        .await;
     }
 
     /// Sends `request` to each of `peers` (this shard may be one) and
@@ -178,6 +207,7 @@ impl Shard {
                 limit,
             } => ApiAnswer::Channels(self.channel_rows(pattern.as_ref(), after.as_deref(), limit)),
             ApiRequest::Kick(kick) => ApiAnswer::Kicked(self.kick(&kick)),
+            ApiRequest::Sync => ApiAnswer::Synced,
         };
         self.reply_api(from, slot, nonce, answer);
     }

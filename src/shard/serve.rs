@@ -213,25 +213,37 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
                 let agreed = deflate.as_ref().map(|a| a.response.as_str());
                 let subprotocol = session.subprotocol(head.ws_protocols.as_deref());
                 let response = http::switching_protocols(key, agreed, subprotocol);
-                if !write_response(&shard, &stream, &response).await {
-                    shard.release_connection();
-                    return;
-                }
-                drop(http_slot.take());
                 // Bytes after the head already belong to the WebSocket stream.
                 let leftover = buf.split_off(head.len.min(buf.len()));
                 let mut codec = session.codec().with_deflate(deflate.as_ref());
                 if subprotocol == Some(http::MSGPACK_PROTOCOL) {
                     codec.protocol = Protocol::MsgPack;
                 }
+                let owners = shard.other_owners(&session.channels());
+                // Registered and subscribed before the response goes out,
+                // but written to only after it (see `Outbox::hold`).
                 let conn = shard.register(stream, codec, session.batches());
+                conn.outbox.hold();
                 let limit = shard.security.publish_limit;
                 conn.admit(permit, deadline_ms, limit, ip_slot.take(), shard.now_ms());
+                let session = session::serve(shard.clone(), leftover, session, conn.clone());
+                // The owners have the subscriptions: whatever is published
+                // once the client has its response reaches it.
+                shard.sync_with(&owners).await;
+                let Some(stream) = conn.outbox.stream() else {
+                    return;
+                };
+                if !write_response(&shard, stream, &response).await {
+                    // Unregisters the connection (and frees its slot).
+                    drop(session);
+                    return;
+                }
+                conn.outbox.release();
+                drop(http_slot.take());
                 // The session is a task of its own, so this task's handshake
                 // state is freed instead of living as long as the connection.
                 // Shutdown waits for it through the shard's connection count
                 // (see `Shard::gate`).
-                let session = session::serve(shard.clone(), leftover, session, conn);
                 glommio::spawn_local(PanicsCounted {
                     session,
                     stats: shard.stats.clone(),
@@ -354,11 +366,11 @@ fn upgrade_permit(
     let grant = verifier
         .verify(&token, token::unix_now())
         .map_err(|e| unauthorized(e.to_string()))?;
-    let named: Vec<&str> = match session {
-        http::Session::Json { subscribe, .. } => subscribe.iter().map(String::as_str).collect(),
-        http::Session::Room { channel, .. } => vec![channel.as_str()],
-    };
-    if let Some(refused) = named.iter().find(|ch| !grant.allows(Access::Subscribe, ch)) {
+    if let Some(refused) = session
+        .channels()
+        .iter()
+        .find(|ch| !grant.allows(Access::Subscribe, ch))
+    {
         return Err(HttpError::new(
             403,
             protocol::ErrorCode::Forbidden.as_str(),
