@@ -699,42 +699,12 @@ fn kick_until_seen(via: &Server, path: &str, kick: Value, client: &mut Client) -
     loop {
         let (status, body) = http(via, "POST", path, &kick.to_string());
         assert_eq!(status, 200, "{body}");
-        match next_event(client, Duration::from_millis(200)) {
+        match client.try_recv_event(Duration::from_millis(200)) {
             Some(seen) => return Some(seen),
             None if std::time::Instant::now() > deadline => return None,
             None => {}
         }
     }
-}
-
-/// The next JSON message, or close frame (as `{"close":code,"reason":..}`),
-/// if one comes `within`.
-fn next_event(client: &mut Client, within: Duration) -> Option<Value> {
-    use tungstenite::Message;
-    client.set_timeout(Some(within));
-    let event = loop {
-        match client.ws.read() {
-            Ok(Message::Text(text)) => break serde_json::from_str(text.as_str()).ok(),
-            Ok(Message::Close(frame)) => {
-                let (code, reason) = frame
-                    .map(|f| (u16::from(f.code), f.reason.to_string()))
-                    .unwrap_or((1005, String::new()));
-                break Some(json!({"close": code, "reason": reason}));
-            }
-            Ok(_) => continue,
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                break None
-            }
-            Err(error) => panic!("read: {error}"),
-        }
-    };
-    client.set_timeout(Some(support::DEADLINE));
-    event
 }
 
 #[test]

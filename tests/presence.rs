@@ -11,23 +11,12 @@ use std::collections::BTreeSet;
 
 use serde_json::{json, Value};
 use support::{
-    secure::{claims, hs256, http_with, SECRET},
+    secure::{claims, hs256, http_with, secured_server, with_api_key},
     wait_until, Client, Server,
 };
 
-const API_KEY: &str = "presence-test-api-key-0123456789";
-
 fn server() -> Server {
-    Server::start(&[
-        "--shards",
-        "2",
-        "--jwt-secret",
-        SECRET,
-        "--api-key",
-        API_KEY,
-        "--presence",
-        "room.*,doc.>",
-    ])
+    secured_server(&["--presence", "room.*,doc.>"])
 }
 
 /// A client of `user` (with `info`, if given) that may subscribe to
@@ -183,7 +172,7 @@ fn pages_cover_every_member_once_and_the_api_answers_the_same() {
     let path = "/api/presence/doc.a.b";
     let (status, _) = http_with(&server, "GET", path, &[], "");
     assert_eq!(status, 401);
-    let (status, body) = http_with(&server, "GET", path, &[("X-API-Key", API_KEY)], "");
+    let (status, body) = with_api_key(&server, "GET", path, "");
     assert_eq!(status, 200, "{body}");
     let answer: Value = serde_json::from_str(&body).unwrap();
     let conns: BTreeSet<String> = answer["members"]
@@ -200,13 +189,7 @@ fn pages_cover_every_member_once_and_the_api_answers_the_same() {
         .filter(|m| m.get("user").is_none())
         .count();
     assert_eq!(without_user, 1, "the connection without a user: {answer}");
-    let (status, body) = http_with(
-        &server,
-        "GET",
-        "/api/presence/doc.a.b?limit=2",
-        &[("X-API-Key", API_KEY)],
-        "",
-    );
+    let (status, body) = with_api_key(&server, "GET", "/api/presence/doc.a.b?limit=2", "");
     let page: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         (
@@ -217,30 +200,12 @@ fn pages_cover_every_member_once_and_the_api_answers_the_same() {
         (200, 2, true)
     );
     // Bad questions.
-    let (status, body) = http_with(
-        &server,
-        "GET",
-        "/api/presence/plain",
-        &[("X-API-Key", API_KEY)],
-        "",
-    );
+    let (status, body) = with_api_key(&server, "GET", "/api/presence/plain", "");
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("no_presence"), "{body}");
-    let (status, _) = http_with(
-        &server,
-        "GET",
-        "/api/presence/doc.a.b?limit=0",
-        &[("X-API-Key", API_KEY)],
-        "",
-    );
+    let (status, _) = with_api_key(&server, "GET", "/api/presence/doc.a.b?limit=0", "");
     assert_eq!(status, 400);
-    let (status, _) = http_with(
-        &server,
-        "GET",
-        "/api/presence/bad..name",
-        &[("X-API-Key", API_KEY)],
-        "",
-    );
+    let (status, _) = with_api_key(&server, "GET", "/api/presence/bad..name", "");
     assert_eq!(status, 400);
 }
 

@@ -13,24 +13,9 @@ use std::{
 
 use serde_json::{json, Value};
 use support::{
-    secure::{claims, connect_with, hs256, http_with, SECRET},
+    secure::{claims, connect_with, hs256, http_with, secured_server, with_api_key, API_KEY},
     wait_until, Client, Server, DEADLINE,
 };
-
-const API_KEY: &str = "server-api-test-key-0123456789abcdef";
-
-fn server(extra: &[&str]) -> Server {
-    let mut args = vec![
-        "--shards",
-        "2",
-        "--jwt-secret",
-        SECRET,
-        "--api-key",
-        API_KEY,
-    ];
-    args.extend_from_slice(extra);
-    Server::start(&args)
-}
 
 /// A request with the API key; (status, body as JSON).
 fn api(server: &Server, method: &str, path: &str, body: Value) -> (u16, Value) {
@@ -39,7 +24,7 @@ fn api(server: &Server, method: &str, path: &str, body: Value) -> (u16, Value) {
     } else {
         body.to_string()
     };
-    let (status, text) = http_with(server, method, path, &[("X-API-Key", API_KEY)], &body);
+    let (status, text) = with_api_key(server, method, path, &body);
     let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}"));
     (status, json)
 }
@@ -71,7 +56,7 @@ fn messages(client: &mut Client, n: usize) -> Vec<(String, u64, Value)> {
 
 #[test]
 fn one_publication_to_several_channels_and_a_batch_in_order() {
-    let server = server(&[]);
+    let server = secured_server(&[]);
     let mut sub = user(&server, "reader");
     for ch in ["a", "b", "c"] {
         sub.subscribe(ch);
@@ -136,7 +121,7 @@ fn one_publication_to_several_channels_and_a_batch_in_order() {
 
 #[test]
 fn a_publish_retried_with_its_idempotency_key_is_published_once() {
-    let server = server(&["--idempotency-window", "2s"]);
+    let server = secured_server(&["--idempotency-window", "2s"]);
     let mut sub = user(&server, "reader");
     sub.subscribe("orders");
     sub.subscribe("audit");
@@ -207,7 +192,7 @@ fn a_publish_retried_with_its_idempotency_key_is_published_once() {
 
 #[test]
 fn history_is_paged_and_says_whether_it_is_complete() {
-    let server = server(&["--history-size", "4"]);
+    let server = secured_server(&["--history-size", "4"]);
     for i in 1..=6 {
         support::publish_with_key(&server, "h", json!({"n": i}), API_KEY);
     }
@@ -272,7 +257,7 @@ fn history_is_paged_and_says_whether_it_is_complete() {
 
 #[test]
 fn the_channel_list_counts_subscribers_over_shards_and_pages() {
-    let server = server(&[]);
+    let server = secured_server(&[]);
     // Enough connections that both shards have some (the kernel spreads
     // them), each subscribed to one or two channels.
     let mut clients: Vec<Client> = (0..8).map(|i| user(&server, &format!("u{i}"))).collect();
@@ -326,7 +311,7 @@ fn the_channel_list_counts_subscribers_over_shards_and_pages() {
 
 #[test]
 fn a_user_is_disconnected_or_unsubscribed_wherever_connected() {
-    let server = server(&[]);
+    let server = secured_server(&[]);
     let mut alice: Vec<Client> = (0..4).map(|_| user(&server, "alice")).collect();
     let mut bob = user(&server, "bob");
     for client in alice.iter_mut().chain([&mut bob]) {

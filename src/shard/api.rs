@@ -9,7 +9,7 @@
 use std::{rc::Rc, time::Duration};
 
 use bytes::Bytes;
-use glommio::channels::local_channel;
+use glommio::channels::local_channel::{self, LocalReceiver};
 
 use super::{Shard, SlotGuard};
 use crate::{
@@ -21,6 +21,26 @@ use crate::{
     security::pattern::ChannelPattern,
     stats::bump,
 };
+
+/// Hands `take` up to `count` items from `rx`, those that come within
+/// `wait`.
+async fn receive_within<T>(
+    rx: &LocalReceiver<T>,
+    count: usize,
+    wait: Duration,
+    mut take: impl FnMut(T),
+) {
+    let _ = glommio::timer::timeout(wait, async {
+        for _ in 0..count {
+            match rx.recv().await {
+                Some(item) => take(item),
+                None => break,
+            }
+        }
+        Ok(())
+    })
+    .await;
+}
 
 /// A server API request, made on one shard and served by others.
 #[derive(Debug, Clone)]
@@ -92,18 +112,10 @@ impl Shard {
             self.publish(publication.ch, publication.payload, None, reply);
         }
         let mut seqs = vec![None; count];
-        let mut answered = 0;
-        let _ = glommio::timer::timeout(self.api_wait(), async {
-            while answered < count {
-                let Some((index, result)) = rx.recv().await else {
-                    break;
-                };
-                if let Some(seq) = seqs.get_mut(index as usize) {
-                    *seq = result.ok();
-                }
-                answered += 1;
+        receive_within(&rx, count, self.api_wait(), |(index, result)| {
+            if let Some(seq) = seqs.get_mut(index as usize) {
+                *seq = result.ok();
             }
-            Ok(())
         })
         .await;
         seqs
@@ -159,14 +171,8 @@ impl Shard {
             }
         }
         let mut answers = Vec::with_capacity(peers.len());
-        let _ = glommio::timer::timeout(self.api_wait(), async {
-            while answers.len() < peers.len() {
-                match rx.recv().await {
-                    Some(answer) => answers.push(answer),
-                    None => break,
-                }
-            }
-            Ok(())
+        receive_within(&rx, peers.len(), self.api_wait(), |answer| {
+            answers.push(answer)
         })
         .await;
         answers

@@ -244,12 +244,34 @@ impl Client {
 
     /// The next JSON message if one comes `within` (pings skipped).
     pub fn try_recv_json(&mut self, within: Duration) -> Option<Value> {
+        match self.try_read(within)? {
+            Message::Text(text) => serde_json::from_str(text.as_str()).ok(),
+            other => panic!("expected JSON text, got {other:?}"),
+        }
+    }
+
+    /// The next JSON message, or close frame (as
+    /// `{"close":code,"reason":..}`), if one comes `within`.
+    pub fn try_recv_event(&mut self, within: Duration) -> Option<Value> {
+        match self.try_read(within)? {
+            Message::Text(text) => serde_json::from_str(text.as_str()).ok(),
+            Message::Close(frame) => {
+                let (code, reason) = frame
+                    .map(|f| (u16::from(f.code), f.reason.to_string()))
+                    .unwrap_or((1005, String::new()));
+                Some(serde_json::json!({"close": code, "reason": reason}))
+            }
+            other => panic!("expected JSON text or a close, got {other:?}"),
+        }
+    }
+
+    /// The next message other than a ping or pong, if one comes `within`.
+    fn try_read(&mut self, within: Duration) -> Option<Message> {
         self.set_timeout(Some(within));
         let got = loop {
             match self.ws.read() {
-                Ok(Message::Text(text)) => break serde_json::from_str(text.as_str()).ok(),
                 Ok(Message::Ping(_) | Message::Pong(_)) => continue,
-                Ok(other) => panic!("expected JSON text, got {other:?}"),
+                Ok(message) => break Some(message),
                 Err(tungstenite::Error::Io(e))
                     if matches!(
                         e.kind(),

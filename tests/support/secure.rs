@@ -107,6 +107,29 @@ pub fn connect_from(source: IpAddr, server: &Server, path: &str) -> Result<Clien
     }
 }
 
+/// The API key tests start servers with (`--api-key`).
+pub const API_KEY: &str = "a-test-api-key-0123456789abcdef";
+
+/// A node of two shards that requires tokens (signed with [`SECRET`]) and
+/// the API key ([`API_KEY`]), started with `extra` arguments too.
+pub fn secured_server(extra: &[&str]) -> Server {
+    let mut args = vec![
+        "--shards",
+        "2",
+        "--jwt-secret",
+        SECRET,
+        "--api-key",
+        API_KEY,
+    ];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+/// A request with the API key; returns (status, body).
+pub fn with_api_key(server: &Server, method: &str, path: &str, body: &str) -> (u16, String) {
+    http_with(server, method, path, &[("X-API-Key", API_KEY)], body)
+}
+
 /// A raw HTTP/1.1 request with headers; returns (status, body).
 pub fn http_with(
     server: &Server,
