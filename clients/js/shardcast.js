@@ -259,6 +259,7 @@ export class Subscription {
     this._delta = opts.delta === 'fossil';
     this._onJoin = opts.onJoin;
     this._onLeave = opts.onLeave;
+    this._onUnsubscribed = opts.onUnsubscribed;
     this._base = null;       // the last data's bytes: what the next delta applies to
     this._pending = false;   // a sub frame is in flight on the current socket
     this._buffer = [];       // msgs that arrived before that sub's ack
@@ -297,6 +298,19 @@ export class Subscription {
   /** The server lost publications it cannot recover (a cluster engine's
    * history was lost, or did not reach back far enough): the app reloads
    * its state through onReset, and deliveries go on after `f.seq`. */
+  /** The server ended the subscription (`reason`, e.g. 'server'). */
+  _ended(reason) {
+    this.active = false;
+    this._buffer = [];
+    if (this._client._subs.get(this.ch) === this) this._client._subs.delete(this.ch);
+    if (!this._acked) { this._acked = true; this._reject(codedError('unsubscribed', `the server ended the subscription (${reason})`)); }
+    const info = { ch: this.ch, reason };
+    if (this._onUnsubscribed) {
+      try { this._onUnsubscribed(info); } catch (e) { this._client._emit('error', e); }
+    }
+    this._client._emit('unsubscribed', info);
+  }
+
   _resync(f) {
     if (!this.active) return;
     this.epoch = f.epoch;
@@ -372,8 +386,10 @@ export class Shardcast {
    * @param {{onReset?: (info: {ch: string, epoch: string, seq: number, reason: string}) => void,
    *          onJoin?: (m: {ch: string, user?: string, conn: string, info?: object}) => void,
    *          onLeave?: (m: {ch: string, user?: string, conn: string, info?: object}) => void,
+   *          onUnsubscribed?: (info: {ch: string, reason: string}) => void,
    *          since?: number, epoch?: string}} [opts] since+epoch resume a stream saved earlier;
-   *          onJoin/onLeave (a presence channel) ask the server for join and leave events
+   *          onJoin/onLeave (a presence channel) ask the server for join and leave events;
+   *          onUnsubscribed: the server ended the subscription (it is not resubscribed)
    * @returns {Subscription}
    */
   subscribe(ch, onMessage, opts = {}) {
@@ -735,6 +751,10 @@ export class Shardcast {
     } else if (f.op === 'reconnect') {
       // The server is going away (1012 follows): come back after this.
       this._advice = Math.max(0, Number(f.after_ms) || 0);
+    } else if (f.op === 'unsubscribed') {
+      // The server ended it (its API): forget it, so no reconnect brings it back.
+      const sub = this._subs.get(f.ch);
+      if (sub) sub._ended(f.reason);
     } else if (f.op === 'resync') {
       const sub = this._subs.get(f.ch);
       if (sub) sub._resync(f);

@@ -1,6 +1,7 @@
 // js_client_presence.mjs: the JS client's presence API against a real server
 // of two shards (--presence room.*): onJoin/onLeave on a subscription, the
-// member list and the count, and a refusal for a channel without presence.
+// member list and the count, a refusal for a channel without presence, and
+// a subscription the server API ends (not resubscribed on reconnect).
 // WebSocket is the `ws` package's (from `npm ci`).
 // Usage: node js_client_presence.mjs <path-to-shardcast-binary>
 // Prints one JSON line ({"ok":true,...} exit 0, or {"ok":false,"error":...} exit 1).
@@ -52,6 +53,25 @@ try {
   let refused = null;
   try { await watcher.presence('plain'); } catch (e) { refused = e.code; }
   assert(refused === 'no_presence', `refusal: ${refused}`);
+  // The server API ends the watcher's subscription: the client forgets it
+  // and does not bring it back when it reconnects.
+  const ended = [];
+  watcher.on('unsubscribed', (info) => ended.push(info));
+  const answer = await fetch(`http://127.0.0.1:${port}/api/unsubscribe`, {
+    method: 'POST', body: JSON.stringify({ conn: joins[0].conn, ch: 'room.1' }),
+  });
+  assert(answer.status === 200, `unsubscribe: ${answer.status}`);
+  assert((await answer.json()).unsubscribed === 1, 'one connection acted on');
+  await waitFor(() => ended.length === 1, 5000, 'the unsubscribed event');
+  assert(ended[0].ch === 'room.1' && ended[0].reason === 'server', JSON.stringify(ended));
+  assert(!sub.active && !watcher._subs.has('room.1'), 'the subscription is forgotten');
+  assert(await others[1].occupancy('room.1') === 2, 'the watcher left the channel');
+  const opened = new Promise((r) => watcher.on('open', r));
+  watcher._ws.terminate();
+  await opened;
+  const again = await watcher.subscribe('plain.1', () => {}).ready;
+  assert(again.seq === 0, 'the reconnected client works');
+  assert(await others[1].occupancy('room.1') === 2, 'not resubscribed on reconnect');
   finish({ ok: true, joins: joins.length, leaves: leaves.length });
 } catch (e) {
   finish({ ok: false, error: String(e.stack || e) });
