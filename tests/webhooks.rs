@@ -121,6 +121,16 @@ fn events_within(
     (events, requests)
 }
 
+/// Adds to `events` what comes until all of them make `done` hold.
+fn gather(rx: &mpsc::Receiver<Received>, events: &mut Vec<Value>, done: impl Fn(&[Value]) -> bool) {
+    let seen = events.clone();
+    let (more, _) = events_until(rx, |e| {
+        let all: Vec<Value> = seen.iter().chain(e).cloned().collect();
+        done(&all)
+    });
+    events.extend(more);
+}
+
 fn names(events: &[Value], ch: &str) -> Vec<String> {
     events
         .iter()
@@ -245,5 +255,103 @@ fn a_channel_that_fills_again_within_the_grace_is_not_vacated() {
             "channel_vacated"
         ],
         "no vacated (and no second occupied) between the two"
+    );
+}
+
+/// With the Redis engine, a channel is occupied and vacated once for the
+/// whole service: by the node whose subscriber came when no node had any,
+/// and by the node whose subscriber left last. (`channel_occupied` waits for
+/// Redis's answer, so it may follow the node's first `subscribed`.) Node
+/// a's grace is short and node b's long, so a's ran out well before b's:
+/// had a announced its own vacated, it would be in a's queue before its
+/// next `subscribed`.
+#[test]
+fn occupied_and_vacated_are_sent_once_across_nodes() {
+    let redis = support::brokers::Redis::start();
+    let (url, rx) = receiver(0);
+    let node = |id: &str, grace: &str| {
+        let redis_url = redis.url();
+        let server = Server::start(&[
+            "--shards",
+            "2",
+            "--engine",
+            "redis",
+            "--redis-url",
+            &redis_url,
+            "--node-id",
+            id,
+            "--webhook-url",
+            &url,
+            "--webhook-secret",
+            SECRET,
+            "--vacated-grace",
+            grace,
+        ]);
+        support::wait_until("the node's Redis links are up", || {
+            support::http(&server, "GET", "/health", "").0 == 200
+        });
+        server
+    };
+    let (a, b) = (node("node-a", "100ms"), node("node-b", "1s"));
+    // A node's events for room.x: (all but channel_occupied, how many of those).
+    let of = |events: &[Value], node: &str| -> (Vec<String>, usize) {
+        let events: Vec<Value> = events
+            .iter()
+            .filter(|e| e["node"] == node)
+            .cloned()
+            .collect();
+        let all = names(&events, "room.x");
+        let occupied = all.iter().filter(|n| *n == "channel_occupied").count();
+        let rest = all
+            .into_iter()
+            .filter(|n| n != "channel_occupied")
+            .collect();
+        (rest, occupied)
+    };
+    let mut events = Vec::new();
+    let mut on_a = Client::connect(&a, "/ws");
+    on_a.subscribe("room.x");
+    gather(&rx, &mut events, |e| {
+        of(e, "node-a") == (vec!["subscribed".into()], 1)
+    });
+    let mut on_b = Client::connect(&b, "/ws");
+    on_b.subscribe("room.x");
+    on_a.close_and_wait();
+    gather(&rx, &mut events, |e| {
+        of(e, "node-a").0.len() == 2 && !of(e, "node-b").0.is_empty()
+    });
+    on_b.close_and_wait();
+    gather(&rx, &mut events, |e| {
+        of(e, "node-b").0.contains(&"channel_vacated".into())
+    });
+    // Empty everywhere: node a's next subscriber occupies it again.
+    let mut again = Client::connect(&a, "/ws");
+    again.subscribe("room.x");
+    gather(&rx, &mut events, |e| {
+        of(e, "node-a").1 == 2 && of(e, "node-a").0.len() == 3
+    });
+    assert_eq!(
+        of(&events, "node-a"),
+        (
+            vec![
+                "subscribed".into(),
+                "unsubscribed".into(),
+                "subscribed".into()
+            ],
+            2
+        ),
+        "{events:?}"
+    );
+    assert_eq!(
+        of(&events, "node-b"),
+        (
+            vec![
+                "subscribed".into(),
+                "unsubscribed".into(),
+                "channel_vacated".into()
+            ],
+            0
+        ),
+        "{events:?}"
     );
 }

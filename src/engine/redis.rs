@@ -136,6 +136,10 @@ pub trait RedisHost {
     fn on_presence(&self, request: PresenceRequest, result: Result<PresenceAnswer, Refused>);
     /// Another node's `join` (or `leave`) of `member` (its JSON) on `channel`.
     fn on_presence_event(&self, channel: &str, join: bool, member: &[u8]);
+    /// Redis answered [`RedisLink::node_occupancy`]: whether this node's
+    /// entry changed and how many nodes the channel has now (`None`: no
+    /// answer, the link was lost or Redis refused).
+    fn on_occupancy(&self, channel: &str, on: bool, answer: Option<(bool, u64)>);
     /// A control message of another node (`super::control`).
     fn on_control(&self, message: &[u8]);
     fn stats(&self) -> &Stats;
@@ -156,6 +160,12 @@ enum Pending {
     },
     /// A request whose answer only matters if it is an error (logged).
     Ignored(&'static str),
+    /// This node's entry in a channel's node set came (`on`) or went:
+    /// whether that makes the channel occupied or vacated across nodes.
+    Occupancy {
+        ch: Box<str>,
+        on: bool,
+    },
     /// A presence question (`counting`: `occupancy`).
     Presence {
         request: PresenceRequest,
@@ -193,6 +203,7 @@ pub struct RedisLink {
     position_sha: String,
     /// The presence scripts' names: change, refresh, query.
     presence_shas: [String; 3],
+    node_occupancy_sha: String,
     up: Cell<bool>,
     busy: Cell<bool>,
     /// Publications sent or batched, not yet answered.
@@ -235,6 +246,7 @@ impl RedisLink {
                 scripts::PRESENCE_QUERY,
             ]
             .map(scripts::sha1_hex),
+            node_occupancy_sha: scripts::sha1_hex(scripts::NODE_OCCUPANCY),
             up: Cell::new(false),
             busy: Cell::new(false),
             in_flight: Cell::new(0),
@@ -461,6 +473,39 @@ impl RedisLink {
         self.expect(Pending::Ignored("presence refresh"));
     }
 
+    /// Channel `name` got subscribers on this node (`on`; said again to
+    /// refresh the entry, with `answer` false) or lost them. With
+    /// `answer`, the host hears in [`RedisHost::on_occupancy`] whether that
+    /// made the channel occupied or vacated across nodes. `false` while
+    /// down.
+    pub fn node_occupancy(&self, name: &str, on: bool, answer: bool) -> bool {
+        if !self.up.get() {
+            return false;
+        }
+        let settings = &self.settings;
+        let (prefix, channel) = (settings.prefix.as_bytes(), name.as_bytes());
+        let mut ttl = itoa::Buffer::new();
+        let node = format!("{:016x}", settings.node);
+        self.command(|out| {
+            resp::array_head(out, 7);
+            resp::bulk(out, &[b"EVALSHA"]);
+            resp::bulk(out, &[self.node_occupancy_sha.as_bytes()]);
+            resp::bulk(out, &[b"1"]);
+            resp::bulk(out, &[prefix, b":{", channel, b"}:nodes"]);
+            resp::bulk(out, &[if on { b"j" } else { b"l" }]);
+            resp::bulk(out, &[node.as_bytes()]);
+            resp::bulk(out, &[ttl.format(millis(settings.presence_ttl)).as_bytes()]);
+        });
+        self.expect(match answer {
+            true => Pending::Occupancy {
+                ch: name.into(),
+                on,
+            },
+            false => Pending::Ignored("node occupancy refresh"),
+        });
+        true
+    }
+
     /// Asks Redis who is on presence channel `request.ch` (every node's
     /// members), or how many. Refused at once while down.
     pub fn presence_query(&self, request: PresenceRequest) -> Result<(), PresenceRequest> {
@@ -667,6 +712,7 @@ impl RedisLink {
                 Pending::Presence { request, .. } => {
                     host.on_presence(request, Err(Refused::Unavailable))
                 }
+                Pending::Occupancy { ch, on } => host.on_occupancy(&ch, on, None),
                 Pending::Publish { tickets, .. } => self.answer(host, tickets, None),
                 Pending::Position { ask, .. } => host.on_position(ask, Err(Refused::Unavailable)),
             }
@@ -749,6 +795,20 @@ impl RedisLink {
                     false => presence_members(&frame).map(PresenceAnswer::Members),
                 };
                 host.on_presence(request, answer.ok_or_else(|| self.refusal(&frame)));
+            }
+            Pending::Occupancy { ch, on } => {
+                let answer = resp::array(&frame).and_then(|items| match items {
+                    [changed, nodes] => Some((resp::integer(changed)? == 1, resp::integer(nodes)?)),
+                    _ => None,
+                });
+                if answer.is_none() {
+                    self.refusal(&frame);
+                }
+                host.on_occupancy(
+                    &ch,
+                    on,
+                    answer.map(|(changed, nodes)| (changed, nodes as u64)),
+                );
             }
             Pending::Position { ask, sent_ns } => {
                 self.timed(host, sent_ns);

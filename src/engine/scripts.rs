@@ -169,12 +169,33 @@ return redis.call('hgetall', KEYS[1])
 );
 
 /// Every script, loaded on each connection (and again after `NOSCRIPT`).
-pub const ALL: [&str; 5] = [
+/// The nodes where a channel has subscribers, for webhooks sent once
+/// across nodes: `KEYS[1]` the channel's node set (node by expiry);
+/// `ARGV` 1 `j` (the channel has subscribers on this node: also the
+/// refresh) or `l` (no longer), 2 the node, 3 ttl ms. Nodes that stopped
+/// refreshing are dropped first. Returns `{changed, nodes}`: whether this
+/// node's entry came or went, and how many nodes are left.
+pub const NODE_OCCUPANCY: &str = concat!(
+    redis_now!(),
+    r#"redis.call('zremrangebyscore', KEYS[1], '-inf', now)
+local changed
+if ARGV[1] == 'j' then
+  changed = redis.call('zadd', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
+else
+  changed = redis.call('zrem', KEYS[1], ARGV[2])
+end
+redis.call('pexpire', KEYS[1], ARGV[3])
+return {changed, redis.call('zcard', KEYS[1])}
+"#
+);
+
+pub const ALL: [&str; 6] = [
     PUBLISH,
     POSITION,
     PRESENCE_CHANGE,
     PRESENCE_REFRESH,
     PRESENCE_QUERY,
+    NODE_OCCUPANCY,
 ];
 
 /// A script's SHA-1 in lower-case hex, the name `EVALSHA` takes.

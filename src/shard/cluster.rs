@@ -417,6 +417,10 @@ impl RedisHost for Shard {
         self.deliver_presence_event(name, join, Bytes::copy_from_slice(member));
     }
 
+    fn on_occupancy(&self, name: &str, on: bool, answer: Option<(bool, u64)>) {
+        self.occupancy_answered(name, on, answer);
+    }
+
     fn on_control(&self, message: &[u8]) {
         self.on_control_message(message);
     }

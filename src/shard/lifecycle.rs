@@ -5,8 +5,13 @@
 //! sees the channel fill (`channel_occupied`) or empty from its interest in
 //! every shard. `channel_vacated` waits out `--vacated-grace` and is dropped
 //! if the channel fills again meanwhile (a reconnect, a page reload). With
-//! several nodes these are each node's own: a channel is occupied on the
-//! node where it has subscribers.
+//! the Redis engine, a node's owner records in Redis that the channel has
+//! subscribers on this node (a set of nodes with expiries, refreshed like
+//! presence), and only the node whose entry makes the set non-empty
+//! announces `channel_occupied` — or empty, `channel_vacated` — so each is
+//! sent once across nodes. While Redis does not answer, a node announces
+//! its own transitions (at least once rather than never). With NATS, each
+//! node announces its own.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -18,7 +23,7 @@ use bytes::Bytes;
 use futures_lite::FutureExt;
 
 use super::Shard;
-use crate::{channel, conn::Conn, mesh::MeshMsg, webhook::Event};
+use crate::{channel, conn::Conn, engine::Engine, mesh::MeshMsg, webhook::Event};
 
 /// How often a shard looks for vacated graces that ran out.
 const VACATE_TICK: Duration = Duration::from_millis(50);
@@ -59,6 +64,11 @@ impl Occupancy {
         Transition::Nothing
     }
 
+    /// The channels with subscribers (those in their grace included).
+    pub fn occupied(&self) -> impl Iterator<Item = &str> {
+        self.occupied.iter().map(|name| &**name)
+    }
+
     /// The channels whose grace has run out at `now_ms`: vacated now.
     pub fn due(&mut self, now_ms: u64) -> Vec<Box<str>> {
         if self.vacating.is_empty() {
@@ -96,11 +106,54 @@ impl Shard {
                 glommio::timer::sleep(VACATE_TICK).await;
                 let due = shard.occupancy.borrow_mut().due(shard.now_ms());
                 for name in due {
-                    shard.webhook(Event::ChannelVacated { ch: &name });
+                    shard.announce_occupancy(&name, false);
                 }
             }
         })
         .detach();
+        if matches!(self.engine, Some(Engine::Redis(_))) {
+            let shard = self.clone();
+            let every = self.config.presence_ttl / 3;
+            glommio::spawn_local(async move {
+                while !shard.is_shutting_down() {
+                    glommio::timer::sleep(every).await;
+                    for name in shard.occupancy.borrow().occupied() {
+                        if let Some(link) = shard.redis_link(name) {
+                            link.node_occupancy(name, true, false);
+                        }
+                    }
+                }
+            })
+            .detach();
+        }
+    }
+
+    /// The channel has subscribers on this node now (`on`), or its grace ran
+    /// out: told to Redis, which says whether the whole service changed
+    /// ([`Shard::occupancy_answered`]), or announced at once without it.
+    fn announce_occupancy(&self, name: &str, on: bool) {
+        if let Some(link) = self.redis_link(name) {
+            if link.node_occupancy(name, on, true) {
+                return;
+            }
+        }
+        self.occupancy_answered(name, on, None);
+    }
+
+    /// Redis's answer to [`Shard::announce_occupancy`] (`None`: none came,
+    /// or there is no Redis): the event is sent if this node's entry made
+    /// the channel's set of nodes non-empty (or empty).
+    pub(super) fn occupancy_answered(&self, name: &str, on: bool, answer: Option<(bool, u64)>) {
+        let announce = match answer {
+            None => true,
+            Some((changed, nodes)) => changed && nodes == u64::from(on),
+        };
+        if announce {
+            self.webhook(match on {
+                true => Event::ChannelOccupied { ch: name },
+                false => Event::ChannelVacated { ch: name },
+            });
+        }
     }
 
     /// Queues `event` for the webhook, if there is one.
@@ -190,7 +243,7 @@ impl Shard {
         let grace_ms = self.config.vacated_grace.as_millis() as u64;
         let now_ms = self.now_ms();
         if self.occupancy.borrow_mut().set(name, on, now_ms, grace_ms) == Transition::Occupied {
-            self.webhook(Event::ChannelOccupied { ch: name });
+            self.announce_occupancy(name, true);
         }
     }
 }
