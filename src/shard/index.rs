@@ -10,6 +10,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    num::NonZeroU32,
     rc::Rc,
 };
 
@@ -32,7 +33,10 @@ use crate::{
 struct Subscriber {
     conn: Rc<Conn>,
     /// While waiting for the owner's position: the token its answer names.
-    pending: Option<u32>,
+    pending: Option<NonZeroU32>,
+    /// Presence and webhooks were told of it (a subscription waiting for its
+    /// position is announced once it is live, so its own `join` reaches it).
+    member: bool,
 }
 
 /// Sends a control message (made once per protocol by `make`) to the live
@@ -124,16 +128,19 @@ impl Index {
         }
     }
 
-    /// Adds `conn` to `name`, pending under `token` if given, taking deltas
-    /// if `delta`. Returns the channel's interned name, the slot to
-    /// remember for unsubscribing, and this shard's interest if it changed.
+    /// Adds `conn` to `name`, pending under `token` if given (never 0),
+    /// taking deltas if `delta`; `member`: already announced. Returns the
+    /// channel's interned name, the slot to remember for unsubscribing, and
+    /// this shard's interest if it changed.
     pub fn insert(
         &mut self,
         name: &str,
         conn: &Rc<Conn>,
         pending: Option<u32>,
+        member: bool,
         options: SubOptions,
     ) -> (Rc<str>, u32, Option<Interest>) {
+        debug_assert!(pending != Some(0), "0 is no token");
         let channel = match self.channels.get_mut(name) {
             Some(channel) => channel,
             None => {
@@ -149,7 +156,8 @@ impl Index {
         let before = channel.interest();
         let slot = channel.subscribers.insert(Subscriber {
             conn: conn.clone(),
-            pending,
+            pending: pending.and_then(NonZeroU32::new),
+            member,
         }) as u32;
         if options.delta {
             channel.deltas.insert(slot, NO_BASE);
@@ -166,18 +174,23 @@ impl Index {
     }
 
     /// Removes the subscriber in `slot` of `name`; returns this shard's
-    /// interest if it changed.
-    pub fn remove(&mut self, name: &str, slot: u32) -> Option<Interest> {
-        let channel = self.channels.get_mut(name)?;
+    /// interest if it changed, and whether the subscriber was announced
+    /// (so its leave is to be).
+    pub fn remove(&mut self, name: &str, slot: u32) -> (Option<Interest>, bool) {
+        let Some(channel) = self.channels.get_mut(name) else {
+            return (None, false);
+        };
         let before = channel.interest();
-        channel.subscribers.try_remove(slot as usize)?;
+        let Some(removed) = channel.subscribers.try_remove(slot as usize) else {
+            return (None, false);
+        };
         channel.deltas.remove(&slot);
         channel.join_leave.remove(&slot);
         let after = channel.interest();
         if !after.on {
             self.channels.remove(name);
         }
-        (after != before).then_some(after)
+        ((after != before).then_some(after), removed.member)
     }
 
     /// Whether some local subscriber of `name` asked for deltas.
@@ -188,18 +201,20 @@ impl Index {
     }
 
     /// Makes the pending subscriber in `slot` of `name` live, if it is still
-    /// the one `token` names; returns the codec it receives publications in.
-    pub fn go_live(&mut self, name: &str, slot: u32, token: u32) -> Option<Codec> {
+    /// the one `token` names; returns the codec it receives publications in,
+    /// and whether it is to be announced now (it was not yet).
+    pub fn go_live(&mut self, name: &str, slot: u32, token: u32) -> Option<(Codec, bool)> {
         let subscriber = self
             .channels
             .get_mut(name)?
             .subscribers
             .get_mut(slot as usize)?;
-        if subscriber.pending != Some(token) {
+        if subscriber.pending != NonZeroU32::new(token) || subscriber.pending.is_none() {
             return None;
         }
         subscriber.pending = None;
-        Some(subscriber.conn.codec)
+        let announce = !std::mem::replace(&mut subscriber.member, true);
+        Some((subscriber.conn.codec, announce))
     }
 
     /// A delta subscriber just went live and was replayed up to

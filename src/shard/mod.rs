@@ -365,8 +365,9 @@ impl Shard {
     /// queued for it.
     pub fn unregister_subscriptions(&self, conn: &Conn) {
         for (name, slot) in conn.take_subscriptions() {
-            self.remove_subscriber(&name, slot);
-            self.member_changed(&name, conn, false);
+            if self.remove_subscriber(&name, slot) {
+                self.member_changed(&name, conn, false);
+            }
         }
     }
 
@@ -428,10 +429,9 @@ impl Shard {
             ));
         }
         // A replaced subscription stays a member: no leave, no join.
-        let replaced = conn.remove_subscription(name);
-        if let Some(slot) = replaced {
-            self.remove_subscriber(name, slot);
-        }
+        let was_member = conn
+            .remove_subscription(name)
+            .is_some_and(|slot| self.remove_subscriber(name, slot));
         if conn.subscription_count() >= self.config.max_subscriptions {
             return Err(OpError::new(
                 ErrorCode::TooManySubscriptions,
@@ -443,16 +443,19 @@ impl Shard {
             ));
         }
         let token = (id.is_some() || since.is_some()).then(|| self.new_token());
-        let (interned, slot, change) = self.index.borrow_mut().insert(name, conn, token, options);
+        // A subscription waiting for its position is announced once it is
+        // live (`go_live`), so its own join reaches it whatever the engine.
+        let member = was_member || token.is_none();
+        let (interned, slot, change) = self
+            .index
+            .borrow_mut()
+            .insert(name, conn, token, member, options);
         conn.add_subscription(interned, slot);
         if let Some(interest) = change {
             self.interest_changed(name, interest);
         }
-        // After the position is asked for (below): the member's own join
-        // then reaches it once it is live, whichever shard owns the channel.
-        let joined = replaced.is_none();
         let Some(token) = token else {
-            if joined {
+            if !was_member {
                 self.member_changed(name, conn, true);
             }
             return Ok(());
@@ -476,15 +479,13 @@ impl Shard {
                 },
             );
         }
-        if joined {
-            self.member_changed(name, conn, true);
-        }
         Ok(())
     }
 
     /// A number no pending request of this shard uses.
     fn new_token(&self) -> u32 {
-        let token = self.next_token.get().wrapping_add(1);
+        // Never 0, which names no token (see `Index::insert`).
+        let token = self.next_token.get().wrapping_add(1).max(1);
         self.next_token.set(token);
         token
     }
@@ -504,6 +505,10 @@ impl Shard {
         let Some(conn) = self.conn(conn) else { return };
         let slot = conn.subscription_slot(name);
         let live = slot.and_then(|slot| self.index.borrow_mut().go_live(name, slot, token));
+        let (live, announce) = match live {
+            Some((codec, announce)) => (Some(codec), announce),
+            None => (None, false),
+        };
         let mut recovered = position.recovered;
         // Nothing to replay for a subscription that did not go live.
         let replay = match live {
@@ -541,6 +546,9 @@ impl Shard {
         for frame in replay.unwrap_or_default() {
             conn.send(frame);
         }
+        if announce {
+            self.member_changed(name, &conn, true);
+        }
     }
 
     /// The live connection `id` names, if it is still there.
@@ -563,19 +571,23 @@ impl Shard {
                 id,
             ));
         };
-        self.remove_subscriber(name, slot);
-        self.member_changed(name, conn, false);
+        if self.remove_subscriber(name, slot) {
+            self.member_changed(name, conn, false);
+        }
         if let Some(id) = id {
             conn.send(conn.codec.ack(id, None));
         }
         Ok(())
     }
 
-    fn remove_subscriber(&self, name: &str, slot: u32) {
-        let change = self.index.borrow_mut().remove(name, slot);
+    /// Takes the subscriber in `slot` out of `name`'s index; whether it was
+    /// announced as a member (its leave is then the caller's to announce).
+    fn remove_subscriber(&self, name: &str, slot: u32) -> bool {
+        let (change, member) = self.index.borrow_mut().remove(name, slot);
         if let Some(interest) = change {
             self.interest_changed(name, interest);
         }
+        member
     }
 
     /// `conn` became a subscriber of `name` (`on`; not a replaced
