@@ -215,6 +215,8 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
                 let response = http::switching_protocols(key, agreed, subprotocol);
                 // Bytes after the head already belong to the WebSocket stream.
                 let leftover = buf.split_off(head.len.min(buf.len()));
+                // Not held while the owners are synced below.
+                drop(std::mem::take(&mut buf));
                 let mut codec = session.codec().with_deflate(deflate.as_ref());
                 if subprotocol == Some(http::MSGPACK_PROTOCOL) {
                     codec.protocol = Protocol::MsgPack;
