@@ -101,8 +101,12 @@ pub struct Config {
     /// publish) is remembered: a retry within it is answered with the
     /// first one's `seq`. Default 2 min.
     pub idempotency_window: Duration,
-    /// Where lifecycle webhooks are POSTed (`http://host:port/path`).
+    /// Where lifecycle webhooks are POSTed (`http://` or `https://`
+    /// `host[:port]/path`).
     pub webhook_url: Option<String>,
+    /// PEM certificates an `https` webhook receiver is checked against,
+    /// instead of the bundled web roots (Mozilla's).
+    pub webhook_ca: Option<PathBuf>,
     /// Key of their `X-Shardcast-Signature` (HMAC-SHA256 of the body).
     pub webhook_secret: Option<String>,
     /// Most events per request. Default 100.
@@ -242,6 +246,7 @@ impl Default for Config {
             presence_ttl: Duration::from_secs(30),
             idempotency_window: Duration::from_secs(120),
             webhook_url: None,
+            webhook_ca: None,
             webhook_secret: None,
             webhook_batch: 100,
             vacated_grace: Duration::from_secs(5),
@@ -382,9 +387,12 @@ pub struct ConfigLayer {
     /// How long an HTTP publish's idempotency_key is remembered: a retry within it gets the first one's seq and is not published again [default: 2m]
     #[arg(long, env = "SHARDCAST_IDEMPOTENCY_WINDOW", value_name = "DURATION")]
     pub idempotency_window: Option<HumanDuration>,
-    /// POST lifecycle events (channel_occupied/vacated, connected/disconnected, subscribed/unsubscribed) here, http://host:port/path
+    /// POST lifecycle events (channel_occupied/vacated, connected/disconnected, subscribed/unsubscribed) here, http(s)://host[:port]/path
     #[arg(long, env = "SHARDCAST_WEBHOOK_URL", value_name = "URL")]
     pub webhook_url: Option<String>,
+    /// PEM CA certificate(s) an https webhook receiver must chain to, instead of the bundled web roots
+    #[arg(long, env = "SHARDCAST_WEBHOOK_CA", value_name = "FILE")]
+    pub webhook_ca: Option<PathBuf>,
     /// Secret signing each webhook body (X-Shardcast-Signature: sha256=<hex HMAC-SHA256>); prefer the environment variable
     #[arg(
         long,
@@ -552,7 +560,7 @@ impl Config {
               max_memory, compression_min_bytes, conflate_after_bytes, engine_timeout, presence_ttl,
               vacated_grace, drain_spread, idempotency_window },
             { jwt_secret, jwt_public_key, jwt_audience, jwt_issuer, api_key, admin_listen,
-              publish_burst, tls_cert, tls_key, nats_url, webhook_url, webhook_secret });
+              publish_burst, tls_cert, tls_key, nats_url, webhook_url, webhook_ca, webhook_secret });
         if let Some(switch) = layer.compression {
             self.compression = switch == Switch::On;
         }
@@ -719,6 +727,13 @@ impl Config {
         }
         if self.webhook_secret.is_some() && self.webhook_url.is_none() {
             return invalid("webhook-secret needs webhook-url".into());
+        }
+        let https = self
+            .webhook_url
+            .as_deref()
+            .is_some_and(|url| url.starts_with("https://"));
+        if self.webhook_ca.is_some() && !https {
+            return invalid("webhook-ca needs an https:// webhook-url".into());
         }
         if self.drain_spread > Duration::from_secs(3600) {
             return invalid("drain-spread must be at most 1h".into());

@@ -97,6 +97,7 @@ impl Server {
                 let url = crate::webhook::WebhookUrl::parse(url)?;
                 Some(Arc::new(crate::webhook::WebhookSettings {
                     socket: url.resolve()?,
+                    tls: url.tls(config.webhook_ca.as_deref())?,
                     url,
                     secret: config.webhook_secret.clone(),
                     batch: config.webhook_batch,

@@ -90,6 +90,7 @@ fn settings(config: &Config) -> Vec<(&'static str, Value)> {
         ("presence-ttl", duration(c.presence_ttl)),
         ("idempotency-window", duration(c.idempotency_window)),
         ("webhook-url", optional(c.webhook_url.as_ref(), text)),
+        ("webhook-ca", optional(c.webhook_ca.as_deref(), path)),
         (
             "webhook-secret",
             optional(c.webhook_secret.as_ref(), |s| Value::Secret(s.len())),

@@ -46,6 +46,19 @@ pub fn client_config(ca_pem: &[u8]) -> Result<ClientConfig, TlsError> {
     if roots.is_empty() {
         return Err(TlsError::NoCertificate);
     }
+    config_trusting(roots)
+}
+
+/// A client configuration trusting the web's roots (Mozilla's, bundled by
+/// `webpki-roots`): for servers with public certificates.
+pub fn web_roots_config() -> Result<ClientConfig, TlsError> {
+    let roots = RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    config_trusting(roots)
+}
+
+fn config_trusting(roots: RootCertStore) -> Result<ClientConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -75,8 +88,14 @@ impl Tls {
             path: ca_path.display().to_string(),
             source,
         })?;
+        Tls::with_config(client_config(&pem)?, name)
+    }
+
+    /// Connections made with `config` to a server that must present a
+    /// certificate for `name`.
+    pub fn with_config(config: ClientConfig, name: &str) -> Result<Tls, TlsError> {
         Ok(Tls {
-            connector: TlsConnector::from(Arc::new(client_config(&pem)?)),
+            connector: TlsConnector::from(Arc::new(config)),
             name: server_name(name)?,
         })
     }

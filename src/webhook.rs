@@ -9,12 +9,14 @@
 //! is retried, the same batch, with backoff and jitter, before anything
 //! newer. The queue is bounded: what does not fit is counted and dropped,
 //! never waited for. The HTTP client is a few lines of HTTP/1.1 over
-//! glommio's `TcpStream` (one connection per request, `Connection: close`).
+//! glommio's `TcpStream` (one connection per request, `Connection: close`),
+//! through rustls for an `https` URL (the web's roots, or `--webhook-ca`).
 
 use std::{
     cell::{Cell, RefCell},
     collections::VecDeque,
     net::SocketAddr,
+    path::Path,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -23,12 +25,13 @@ use std::{
 };
 
 use bytes::Bytes;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::{
     engine::backoff::{random_u64, Backoff},
     stats::{bump, Stats},
     sync::WaitQueue,
+    tls_client::{web_roots_config, Tls, TlsError},
 };
 
 /// How long a batch waits for more events after its first.
@@ -37,18 +40,26 @@ const BATCH_WINDOW: Duration = Duration::from_millis(100);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a webhook URL was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum WebhookUrlError {
-    #[error("webhook-url must be http://host:port/path (https is not supported yet): {0}")]
+    #[error("webhook-url must be http://host[:port]/path or https://host[:port]/path: {0}")]
     Form(String),
     #[error("webhook-url {url} does not resolve: {reason}")]
     Resolve { url: String, reason: String },
+    #[error("webhook TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// Where webhooks go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhookUrl {
-    /// `host:port`, for `Host:` and to connect to.
+    /// `https://`: the request goes over TLS.
+    pub tls: bool,
+    /// The host, as the receiver's certificate must name it (an IPv6
+    /// address without its brackets).
+    pub host: String,
+    /// `host:port` (the port given, or 80 / 443), for `Host:` and to
+    /// connect to.
     pub host_port: String,
     /// The request target (`/` when the URL has no path).
     pub path: String,
@@ -57,23 +68,51 @@ pub struct WebhookUrl {
 impl WebhookUrl {
     pub fn parse(url: &str) -> Result<Self, WebhookUrlError> {
         let bad = || WebhookUrlError::Form(url.into());
-        let rest = url.strip_prefix("http://").ok_or_else(bad)?;
-        let (host_port, path) = match rest.find('/') {
+        let (tls, rest) = match url.strip_prefix("https://") {
+            Some(rest) => (true, rest),
+            None => (false, url.strip_prefix("http://").ok_or_else(bad)?),
+        };
+        let (authority, path) = match rest.find('/') {
             Some(at) => (&rest[..at], &rest[at..]),
             None => (rest, "/"),
         };
-        let port_ok = host_port
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-        if !port_ok
-            || path
+        let (host, port) = match authority.strip_prefix('[') {
+            // [v6] or [v6]:port
+            Some(v6) => {
+                let (host, after) = v6.split_once(']').ok_or_else(bad)?;
+                (
+                    host,
+                    after.strip_prefix(':').or(after.is_empty().then_some("")),
+                )
+            }
+            None => match authority.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, Some("")),
+            },
+        };
+        let port = match port.ok_or_else(bad)? {
+            "" if tls => 443,
+            "" => 80,
+            port => port.parse::<u16>().map_err(|_| bad())?,
+        };
+        let host_ok = !host.is_empty()
+            && host
                 .bytes()
-                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-        {
+                .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b));
+        let path_ok = !path
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control());
+        if !host_ok || !path_ok {
             return Err(bad());
         }
+        let host_port = match authority.starts_with('[') {
+            true => format!("[{host}]:{port}"),
+            false => format!("{host}:{port}"),
+        };
         Ok(WebhookUrl {
-            host_port: host_port.into(),
+            tls,
+            host: host.into(),
+            host_port,
             path: path.into(),
         })
     }
@@ -83,6 +122,20 @@ impl WebhookUrl {
             url: self.host_port.clone(),
             reason,
         })
+    }
+
+    /// The TLS client for an `https` URL (`None` for `http`): the receiver
+    /// must chain to the certificates in `ca` (PEM), or without it to the
+    /// web's roots, and be named `host`.
+    pub fn tls(&self, ca: Option<&Path>) -> Result<Option<Tls>, WebhookUrlError> {
+        if !self.tls {
+            return Ok(None);
+        }
+        let tls = match ca {
+            Some(ca) => Tls::new(ca, &self.host)?,
+            None => Tls::with_config(web_roots_config()?, &self.host)?,
+        };
+        Ok(Some(tls))
     }
 }
 
@@ -205,6 +258,8 @@ pub fn status_of(response: &[u8]) -> Option<u16> {
 pub struct WebhookSettings {
     pub url: WebhookUrl,
     pub socket: SocketAddr,
+    /// For an `https` URL.
+    pub tls: Option<Tls>,
     pub secret: Option<String>,
     pub batch: usize,
     /// Events one shard may hold before it drops new ones.
@@ -311,21 +366,15 @@ impl Webhooks {
     /// One request; the response's status.
     async fn send(&self, request: &[u8]) -> Result<u16, String> {
         let exchange = async {
-            let mut stream = glommio::net::TcpStream::connect(self.settings.socket)
+            let tcp = glommio::net::TcpStream::connect(self.settings.socket)
                 .await
                 .map_err(|e| e.to_string())?;
-            stream.write_all(request).await.map_err(|e| e.to_string())?;
-            let mut response = Vec::with_capacity(256);
-            let mut chunk = [0u8; 1024];
-            loop {
-                if let Some(status) = status_of(&response) {
-                    return Ok(status);
+            match &self.settings.tls {
+                Some(tls) => {
+                    let stream = tls.connect(tcp).await.map_err(|e| format!("TLS: {e}"))?;
+                    exchange(stream, request).await
                 }
-                let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
-                if n == 0 || response.len() > 8192 {
-                    return Err("no status line".to_string());
-                }
-                response.extend_from_slice(&chunk[..n]);
+                None => exchange(tcp, request).await,
             }
         };
         glommio::timer::timeout(REQUEST_TIMEOUT, async { Ok(exchange.await) })
@@ -334,24 +383,64 @@ impl Webhooks {
     }
 }
 
+/// Writes `request` and reads until the response's status line.
+async fn exchange(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    request: &[u8],
+) -> Result<u16, String> {
+    stream.write_all(request).await.map_err(|e| e.to_string())?;
+    stream.flush().await.map_err(|e| e.to_string())?;
+    let mut response = Vec::with_capacity(256);
+    let mut chunk = [0u8; 1024];
+    loop {
+        if let Some(status) = status_of(&response) {
+            return Ok(status);
+        }
+        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 || response.len() > 8192 {
+            return Err("no status line".to_string());
+        }
+        response.extend_from_slice(&chunk[..n]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn urls_parse_and_refuse_what_is_not_http() {
+    fn urls_parse_and_refuse_what_is_not_http_or_https() {
         let url = WebhookUrl::parse("http://127.0.0.1:9000/hooks/shardcast").unwrap();
         assert_eq!(
             (url.host_port.as_str(), url.path.as_str()),
             ("127.0.0.1:9000", "/hooks/shardcast")
         );
         assert_eq!(WebhookUrl::parse("http://h:1").unwrap().path, "/");
+        let https = WebhookUrl::parse("https://hooks.example.com/in").unwrap();
+        assert_eq!(
+            (https.tls, https.host.as_str(), https.host_port.as_str()),
+            (true, "hooks.example.com", "hooks.example.com:443")
+        );
+        assert_eq!(WebhookUrl::parse("http://h/").unwrap().host_port, "h:80");
+        let v6 = WebhookUrl::parse("https://[::1]:8443/x").unwrap();
+        assert_eq!(
+            (v6.host.as_str(), v6.host_port.as_str()),
+            ("::1", "[::1]:8443")
+        );
+        assert_eq!(
+            WebhookUrl::parse("http://[::1]").unwrap().host_port,
+            "[::1]:80"
+        );
         for bad in [
-            "https://h:1/",
-            "http://h/",
             "http://:1/",
             "ftp://h:1",
             "http://h:1/a b",
+            "http://h:99999/",
+            "http://h:x/",
+            "http://user@h/",
+            "http://[::1/",
+            "http://[::1]x/",
+            "https://",
         ] {
             assert!(WebhookUrl::parse(bad).is_err(), "{bad}");
         }

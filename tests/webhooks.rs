@@ -30,16 +30,41 @@ struct Received {
 /// A receiver answering 500 to its first `failures` requests, then 200;
 /// checks each request's signature; hands over what it received.
 fn receiver(failures: usize) -> (String, mpsc::Receiver<Received>) {
+    receiver_on(failures, None)
+}
+
+trait Transport: Read + Write {}
+impl<T: Read + Write> Transport for T {}
+
+/// [`receiver`], over TLS with `tls` (its URL then `https://localhost:…`).
+fn receiver_on(
+    failures: usize,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> (String, mpsc::Receiver<Received>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    let port = listener.local_addr().unwrap().port();
+    let url = match tls {
+        Some(_) => format!("https://localhost:{port}/hooks"),
+        None => format!("http://127.0.0.1:{port}/hooks"),
+    };
     let (tx, rx) = mpsc::channel();
     let served = Arc::new(AtomicUsize::new(0));
     std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
+        for tcp in listener.incoming() {
+            let Ok(tcp) = tcp else { continue };
+            tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+            let mut stream: Box<dyn Transport> = match &tls {
+                Some(config) => {
+                    let session = rustls::ServerConnection::new(config.clone()).unwrap();
+                    Box::new(rustls::StreamOwned::new(session, tcp))
+                }
+                None => Box::new(tcp),
+            };
+            let mut reader = BufReader::new(&mut stream);
             let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
+            if reader.read_line(&mut line).is_err() {
+                continue; // e.g. a TLS handshake the client gave up
+            }
             assert!(line.starts_with("POST /hooks HTTP/1.1"), "{line}");
             let (mut length, mut signature) = (0, String::new());
             loop {
@@ -73,7 +98,9 @@ fn receiver(failures: usize) -> (String, mpsc::Receiver<Received>) {
             } else {
                 "204 No Content"
             };
+            drop(reader);
             let _ = write!(stream, "HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
+            let _ = stream.flush();
             let body: Value = serde_json::from_slice(&body).unwrap();
             assert!(
                 body["events"].as_array().unwrap().len() <= 100,
@@ -353,5 +380,39 @@ fn occupied_and_vacated_are_sent_once_across_nodes() {
             0
         ),
         "{events:?}"
+    );
+}
+
+/// `https://` receivers: events arrive over TLS to a receiver whose
+/// certificate chains to `--webhook-ca`; without it, the bundled web roots
+/// do not vouch for the test's self-signed certificate, so nothing is
+/// delivered and the failures are counted.
+#[test]
+fn events_reach_an_https_receiver_the_ca_vouches_for() {
+    let cert = support::secure::TestCert::generate("webhook-https");
+    let (url, rx) = receiver_on(0, Some(cert.server_config()));
+    let ca = cert.cert.display().to_string();
+    let server = Server::start(&[
+        "--webhook-url",
+        &url,
+        "--webhook-secret",
+        SECRET,
+        "--webhook-ca",
+        &ca,
+    ]);
+    let mut client = Client::connect(&server, "/ws");
+    client.subscribe("tls.1");
+    let (events, _) = events_until(&rx, |e| names(e, "tls.1").len() == 2);
+    assert_eq!(names(&events, "tls.1"), ["channel_occupied", "subscribed"]);
+
+    let untrusted = Server::start(&["--webhook-url", &url, "--webhook-secret", SECRET]);
+    let mut client = Client::connect(&untrusted, "/ws");
+    client.subscribe("tls.2");
+    support::wait_until("refused TLS handshakes are counted", || {
+        support::get_json(&untrusted, "/api/stats")["total"]["webhook_failures"].as_u64() >= Some(2)
+    });
+    assert!(
+        rx.try_recv().is_err(),
+        "nothing was delivered without the CA"
     );
 }

@@ -178,6 +178,7 @@ pub struct TestCert {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub der: CertificateDer<'static>,
+    key_der: Vec<u8>,
 }
 
 impl TestCert {
@@ -194,7 +195,23 @@ impl TestCert {
             cert,
             key,
             der: certified.cert.der().clone(),
+            key_der: certified.signing_key.serialize_der(),
         }
+    }
+
+    /// A server configuration presenting this certificate (for receivers
+    /// the tests run, such as an https webhook receiver).
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(self.key_der.clone().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![self.der.clone()], key)
+                .expect("server certificate"),
+        )
     }
 
     /// `--tls-cert C --tls-key K` as owned strings.
