@@ -7,8 +7,16 @@ While they are connected, the member list is read in pages of 1,000 and
 the count asked 1,000 times, timed. Server CPU is from /proc (10 ms ticks)
 from the storm's start until every client is in and the webhook quiet. Prints a JSON report.
 
-Usage: scripts/presence-cost.py [--runs N] [--clients N]  (release builds of
-shardcast and shardcast-bench, as scripts/bench.sh makes them)."""
+With --engine redis, every run gets a fresh redis-server (on core 1, beside
+the generator) and the server runs --engine redis in both kinds: members
+then also go to Redis (a hash and an expiry set per channel, refreshed),
+lists and counts are read from there, and the node's occupancy entry
+(webhooks sent once across nodes) is kept there too; Redis's CPU is
+reported beside the server's.
+
+Usage: scripts/presence-cost.py [--runs N] [--clients N] [--engine memory|redis]
+(release builds of shardcast and shardcast-bench, as scripts/bench.sh makes
+them; redis-server from Debian's package for --engine redis)."""
 import argparse, asyncio, http.server, json, os, socket, statistics, subprocess, threading, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,6 +58,22 @@ def serve(extra):
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     proc.stdout.readline()
     return proc, port
+
+
+def start_redis():
+    """A fresh redis-server on core 1, keeping nothing on disk."""
+    port = free_port()
+    proc = subprocess.Popen(["taskset", "-c", "1", "redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, port
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def storm(port, pid, clients):
@@ -104,17 +128,28 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--clients", type=int, default=10000)
+    ap.add_argument("--engine", choices=["memory", "redis"], default="memory")
     args = ap.parse_args()
     receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     hook = f"http://127.0.0.1:{receiver.server_address[1]}/hooks"
-    report = {"clients": args.clients, "runs": []}
+    report = {"clients": args.clients, "engine": args.engine, "runs": []}
     for run in range(args.runs):
         for kind in ("plain", "presence+webhooks"):
             extra = [] if kind == "plain" else ["--presence", "bench-0", "--webhook-url", hook]
+            redis = None
+            if args.engine == "redis":
+                redis, redis_port = start_redis()
+                extra += ["--engine", "redis", "--redis-url", f"redis://127.0.0.1:{redis_port}"]
             proc, port = serve(extra)
+            if redis:
+                deadline = time.time() + 10
+                while subprocess.run(["curl", "-sf", f"http://127.0.0.1:{port}/health"],
+                                     stdout=subprocess.DEVNULL).returncode != 0 and time.time() < deadline:
+                    time.sleep(0.05)
             before = (Receiver.requests, Receiver.events)
             cpu0 = cpu_seconds(proc.pid)
+            redis_cpu0 = cpu_seconds(redis.pid) if redis else 0
             t0 = time.perf_counter()
             gen, out = storm(port, proc.pid, args.clients)
             deadline = time.time() + 20
@@ -129,6 +164,8 @@ def main():
             cpu = cpu_seconds(proc.pid) - cpu0
             entry = {"kind": kind, "joined_s": joined_s, "server_cpu_s": cpu,
                      "webhook_requests": Receiver.requests - before[0], "webhook_events": Receiver.events - before[1]}
+            if redis:
+                entry["redis_cpu_s"] = cpu_seconds(redis.pid) - redis_cpu0
             if kind != "plain":
                 cpu1 = cpu_seconds(proc.pid)
                 t = time.perf_counter()
@@ -145,6 +182,9 @@ def main():
             entry["connects_per_second"] = json.load(open(out))["results"]["connects_per_second"]
             proc.terminate()
             proc.wait()
+            if redis:
+                redis.terminate()
+                redis.wait()
             report["runs"].append(entry)
             print(json.dumps(entry), flush=True)
     print(json.dumps(report))

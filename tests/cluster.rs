@@ -659,6 +659,36 @@ fn presence_spans_nodes_and_a_dead_node_drops_out_within_the_ttl() {
         conns.is_superset(&joins) && conns.len() == 5,
         "{conns:?} {joins:?}"
     );
+    // Pages of 2, read from Redis a page at a time, cover everyone once.
+    let (mut paged, mut cursor) = (Vec::new(), None::<String>);
+    for page in 0.. {
+        let mut op =
+            json!({"op": "presence", "ch": "room.1", "id": format!("page{page}"), "limit": 2});
+        if let Some(cursor) = &cursor {
+            op["cursor"] = json!(cursor);
+        }
+        let answer = ask(&mut watcher, op);
+        assert_eq!(answer["count"], 5, "{answer}");
+        let members = answer["members"].as_array().unwrap();
+        assert!(members.len() <= 2, "{answer}");
+        paged.extend(
+            members
+                .iter()
+                .map(|m| m["conn"].as_str().unwrap().to_string()),
+        );
+        cursor = answer["cursor"].as_str().map(String::from);
+        if cursor.is_none() {
+            break;
+        }
+        assert!(page < 5, "the pages do not end");
+    }
+    let mut sorted = paged.clone();
+    sorted.sort();
+    assert_eq!(paged, sorted, "in conn order");
+    assert_eq!(
+        paged.into_iter().collect::<std::collections::BTreeSet<_>>(),
+        conns
+    );
     let mut on_b_client = Client::connect(&b, "/ws");
     let count = ask(
         &mut on_b_client,

@@ -188,8 +188,13 @@ pub struct PresenceRequest {
 #[derive(Debug)]
 pub enum PresenceAnswer {
     Count(usize),
-    /// Every member, as (conn, member JSON).
-    Members(Vec<(Bytes, Bytes)>),
+    /// A page of members, as (conn, member JSON), in conn order; `more`
+    /// when others follow; `count`: the channel's members in all.
+    Page {
+        count: usize,
+        more: bool,
+        members: Vec<(Bytes, Bytes)>,
+    },
 }
 
 /// One shard's link to one Redis.
@@ -514,9 +519,18 @@ impl RedisLink {
         }
         let counting = request.ask == crate::protocol::PresenceAsk::Count;
         let channel = request.ch.as_bytes();
-        self.command(|out| {
-            self.presence_call(out, 2, channel, 1);
-            resp::bulk(out, &[if counting { b"count" as &[u8] } else { b"list" }]);
+        self.command(|out| match &request.ask {
+            crate::protocol::PresenceAsk::Count => {
+                self.presence_call(out, 2, channel, 1);
+                resp::bulk(out, &[b"count"]);
+            }
+            crate::protocol::PresenceAsk::Page { cursor, limit } => {
+                let mut most = itoa::Buffer::new();
+                self.presence_call(out, 2, channel, 3);
+                resp::bulk(out, &[b"page"]);
+                resp::bulk(out, &[cursor.as_deref().unwrap_or("").as_bytes()]);
+                resp::bulk(out, &[most.format(*limit).as_bytes()]);
+            }
         });
         self.expect(Pending::Presence {
             request,
@@ -527,16 +541,17 @@ impl RedisLink {
     }
 
     /// `EVALSHA` of presence script `script` (0 change, 1 refresh, 2 query)
-    /// on `channel`'s member hash and expiry set, to be followed by `argv`
-    /// more arguments.
+    /// on `channel`'s member hash, expiry set and name set, to be followed
+    /// by `argv` more arguments.
     fn presence_call(&self, out: &mut BytesMut, script: usize, channel: &[u8], argv: usize) {
         let prefix = self.settings.prefix.as_bytes();
-        resp::array_head(out, 5 + argv);
+        resp::array_head(out, 6 + argv);
         resp::bulk(out, &[b"EVALSHA"]);
         resp::bulk(out, &[self.presence_shas[script].as_bytes()]);
-        resp::bulk(out, &[b"2"]);
+        resp::bulk(out, &[b"3"]);
         resp::bulk(out, &[prefix, b":{", channel, b"}:members"]);
         resp::bulk(out, &[prefix, b":{", channel, b"}:expiry"]);
+        resp::bulk(out, &[prefix, b":{", channel, b"}:names"]);
     }
 
     /// This shard wants pushes for `name` (or no longer): `SUBSCRIBE`s or
@@ -792,7 +807,7 @@ impl RedisLink {
                     true => resp::integer(&frame)
                         .and_then(|n| usize::try_from(n).ok())
                         .map(PresenceAnswer::Count),
-                    false => presence_members(&frame).map(PresenceAnswer::Members),
+                    false => presence_page(&frame),
                 };
                 host.on_presence(request, answer.ok_or_else(|| self.refusal(&frame)));
             }
@@ -917,22 +932,24 @@ fn presence_event(message: &[u8], node: u64) -> Option<Option<(bool, &[u8])>> {
     Some((origin != node).then_some((join, member)))
 }
 
-/// The presence query's list: `{conn1, json1, ...}` (HGETALL, flat).
-fn presence_members(frame: &BytesFrame) -> Option<Vec<(Bytes, Bytes)>> {
-    let items = match frame {
-        // RESP3 answers HGETALL inside a script as a flat array too.
-        BytesFrame::Map { data, .. } => {
-            return data
-                .iter()
-                .map(|(k, v)| Some((resp::blob(k)?.clone(), resp::blob(v)?.clone())))
-                .collect();
-        }
-        other => resp::array(other)?,
-    };
-    items
+/// The presence query's page: `{count, more, conn1, json1, ...}`.
+fn presence_page(frame: &BytesFrame) -> Option<PresenceAnswer> {
+    let items = resp::array(frame)?;
+    let (head, pairs) = items.split_at_checked(2)?;
+    let count = usize::try_from(resp::integer(&head[0])?).ok()?;
+    let more = resp::integer(&head[1])? == 1;
+    if pairs.len() % 2 != 0 {
+        return None;
+    }
+    let members = pairs
         .chunks_exact(2)
         .map(|pair| Some((resp::blob(&pair[0])?.clone(), resp::blob(&pair[1])?.clone())))
-        .collect()
+        .collect::<Option<Vec<_>>>()?;
+    Some(PresenceAnswer::Page {
+        count,
+        more,
+        members,
+    })
 }
 
 /// The position script's reply: `{offset, epoch, o1, r1, ...}`.

@@ -112,21 +112,25 @@ macro_rules! redis_now {
 }
 
 /// A presence member joins or leaves: `KEYS` the channel's member hash
-/// (conn → member JSON) and expiry set (conn by expiry time); `ARGV` 1
-/// `j` or `l`, 2 conn, 3 member JSON, 4 ttl ms, 5 pub/sub channel, 6 the
-/// event to publish when it changed something. Returns 1 if it did.
+/// (conn → member JSON), expiry set (conn by expiry time) and name set
+/// (conns, all scored 0, for pages in conn order); `ARGV` 1 `j` or `l`,
+/// 2 conn, 3 member JSON, 4 ttl ms, 5 pub/sub channel, 6 the event to
+/// publish when it changed something. Returns 1 if it did.
 pub const PRESENCE_CHANGE: &str = concat!(
     redis_now!(),
     r#"local changed
 if ARGV[1] == 'j' then
   changed = redis.call('hset', KEYS[1], ARGV[2], ARGV[3])
   redis.call('zadd', KEYS[2], now + tonumber(ARGV[4]), ARGV[2])
+  redis.call('zadd', KEYS[3], 0, ARGV[2])
 else
   changed = redis.call('hdel', KEYS[1], ARGV[2])
   redis.call('zrem', KEYS[2], ARGV[2])
+  redis.call('zrem', KEYS[3], ARGV[2])
 end
-redis.call('pexpire', KEYS[1], ARGV[4])
-redis.call('pexpire', KEYS[2], ARGV[4])
+for i = 1, 3 do
+  redis.call('pexpire', KEYS[i], ARGV[4])
+end
 if changed == 1 then
   redis.call('publish', ARGV[5], ARGV[6])
 end
@@ -142,29 +146,58 @@ pub const PRESENCE_REFRESH: &str = concat!(
 for i = 2, #ARGV, 2 do
   redis.call('hset', KEYS[1], ARGV[i], ARGV[i + 1])
   redis.call('zadd', KEYS[2], expiry, ARGV[i])
+  redis.call('zadd', KEYS[3], 0, ARGV[i])
 end
-redis.call('pexpire', KEYS[1], ARGV[1])
-redis.call('pexpire', KEYS[2], ARGV[1])
+for i = 1, 3 do
+  redis.call('pexpire', KEYS[i], ARGV[1])
+end
 return 1
 "#
 );
 
-/// Who is there: `KEYS` as above; `ARGV` 1 `count` or `list`. Members
-/// whose node stopped refreshing them are dropped first. Returns the count,
-/// or `{conn1, json1, conn2, json2, ...}`.
+/// Who is there: `KEYS` as above; `ARGV` 1 `count`, or `page` with 2 the
+/// cursor (the last conn of the page before; empty for the first) and 3
+/// the most members. Members whose node stopped refreshing them are
+/// dropped first. Returns the count, or `{count, more, conn1, json1, ...}`
+/// (`more` 1 when members follow the page): a page costs its own size,
+/// however many members the channel has.
 pub const PRESENCE_QUERY: &str = concat!(
     redis_now!(),
     r#"local expired = redis.call('zrangebyscore', KEYS[2], '-inf', now)
 for i = 1, #expired, 1000 do
-  redis.call('hdel', KEYS[1], unpack(expired, i, math.min(i + 999, #expired)))
+  local some = {unpack(expired, i, math.min(i + 999, #expired))}
+  redis.call('hdel', KEYS[1], unpack(some))
+  redis.call('zrem', KEYS[3], unpack(some))
 end
 if #expired > 0 then
   redis.call('zremrangebyscore', KEYS[2], '-inf', now)
 end
+local count = redis.call('hlen', KEYS[1])
 if ARGV[1] == 'count' then
-  return redis.call('hlen', KEYS[1])
+  return count
 end
-return redis.call('hgetall', KEYS[1])
+local from = '-'
+if ARGV[2] ~= '' then
+  from = '(' .. ARGV[2]
+end
+local limit = tonumber(ARGV[3])
+local conns = redis.call('zrangebylex', KEYS[3], from, '+', 'LIMIT', 0, limit + 1)
+local more = 0
+if #conns > limit then
+  more = 1
+  conns[#conns] = nil
+end
+local result = {count, more}
+if #conns > 0 then
+  local members = redis.call('hmget', KEYS[1], unpack(conns))
+  for i, conn in ipairs(conns) do
+    if members[i] then
+      table.insert(result, conn)
+      table.insert(result, members[i])
+    end
+  end
+end
+return result
 "#
 );
 

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures_lite::FutureExt;
 
 use super::{
-    members::{Member, Members, Page},
+    members::{Member, Page},
     owner::{Followed, Ordered},
     Shard,
 };
@@ -399,14 +399,30 @@ impl RedisHost for Shard {
                 cursor: None,
                 count,
             }),
-            (Ok(PresenceAnswer::Members(list)), PresenceAsk::Page { cursor, limit }) => {
-                let mut all = Members::default();
-                for (_, json) in &list {
-                    if let Some(member) = super::presence::member_from_json(json) {
-                        all.join(&ch, member);
-                    }
-                }
-                Some(all.page(&ch, cursor.as_deref(), *limit))
+            (
+                Ok(PresenceAnswer::Page {
+                    count,
+                    more,
+                    members,
+                }),
+                PresenceAsk::Page { .. },
+            ) => {
+                let cursor = match more {
+                    true => members
+                        .last()
+                        .and_then(|(conn, _)| std::str::from_utf8(conn).ok())
+                        .map(Box::from),
+                    false => None,
+                };
+                let members = members
+                    .iter()
+                    .filter_map(|(_, json)| super::presence::member_from_json(json))
+                    .collect();
+                Some(Page {
+                    members,
+                    cursor,
+                    count,
+                })
             }
             _ => None,
         };
