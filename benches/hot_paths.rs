@@ -89,7 +89,7 @@ fn fan_out(c: &mut Criterion) {
                         })
                         .collect();
                     for conn in &conns {
-                        index.insert("news", conn, None, true, SubOptions::default());
+                        index.insert("news", conn, None, false, SubOptions::default());
                     }
                     (index, conns, flusher)
                 },

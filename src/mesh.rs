@@ -174,17 +174,21 @@ pub enum MeshMsg {
     },
     /// To the owner of presence channel `ch`: `member` subscribed (`join`),
     /// or connection `member.conn` no longer is.
+    /// `skip`: the member's shard and connection, which sends the member
+    /// its own join.
     PresenceChange {
         ch: Bytes,
         join: bool,
         member: Box<Member>,
+        skip: Option<(u16, ConnRef)>,
     },
     /// From the owner: deliver a `join` (or `leave`) of `member` (its JSON
-    /// object) to your subscribers of `ch` that asked for them.
+    /// object) to your subscribers of `ch` that asked for them, but `skip`.
     PresenceEvent {
         ch: Bytes,
         join: bool,
         member: Bytes,
+        skip: Option<(u16, ConnRef)>,
     },
     /// To the owner: answer `ask` about presence channel `ch` to `asker` on
     /// shard `from`.

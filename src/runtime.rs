@@ -279,8 +279,8 @@ fn log_security(config: &Config, security: &Security) {
     }
     if security.api_key.is_none() {
         tracing::warn!(
-            "no --api-key: POST /api/publish, /api/presence, /metrics and /api/stats are open to anyone \
-             who can reach them"
+            "no --api-key: the HTTP API (publish, history, channels, presence, disconnect, unsubscribe, \
+             drain), /metrics and /api/stats are open to anyone who can reach them"
         );
     }
     tracing::info!(

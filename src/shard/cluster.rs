@@ -430,7 +430,7 @@ impl RedisHost for Shard {
     }
 
     fn on_presence_event(&self, name: &str, join: bool, member: &[u8]) {
-        self.deliver_presence_event(name, join, Bytes::copy_from_slice(member));
+        self.deliver_presence_event(name, join, Bytes::copy_from_slice(member), None);
     }
 
     fn on_occupancy(&self, name: &str, on: bool, answer: Option<(bool, u64)>) {

@@ -26,7 +26,7 @@ use crate::{
     },
     frame,
     protocol::{self, SubOptions},
-    publication::{Payload, Skip},
+    publication::{ConnRef, Payload, Skip},
 };
 
 /// A subscriber receives publications in its connection's codec.
@@ -34,9 +34,10 @@ struct Subscriber {
     conn: Rc<Conn>,
     /// While waiting for the owner's position: the token its answer names.
     pending: Option<NonZeroU32>,
-    /// Presence and webhooks were told of it (a subscription waiting for its
-    /// position is announced once it is live, so its own `join` reaches it).
-    member: bool,
+    /// Its own `join` is to be sent when it goes live (a new member of a
+    /// presence channel that asked for joins: the owner's event may come
+    /// before its position, so the owner's leaves it out).
+    own_join_due: bool,
 }
 
 /// Sends a control message (made once per protocol by `make`) to the live
@@ -129,15 +130,15 @@ impl Index {
     }
 
     /// Adds `conn` to `name`, pending under `token` if given (never 0),
-    /// taking deltas if `delta`; `member`: already announced. Returns the
-    /// channel's interned name, the slot to remember for unsubscribing, and
-    /// this shard's interest if it changed.
+    /// taking deltas if `delta`; `own_join_due`: see [`Subscriber`]. Returns
+    /// the channel's interned name, the slot to remember for unsubscribing,
+    /// and this shard's interest if it changed.
     pub fn insert(
         &mut self,
         name: &str,
         conn: &Rc<Conn>,
         pending: Option<u32>,
-        member: bool,
+        own_join_due: bool,
         options: SubOptions,
     ) -> (Rc<str>, u32, Option<Interest>) {
         debug_assert!(pending != Some(0), "0 is no token");
@@ -157,7 +158,7 @@ impl Index {
         let slot = channel.subscribers.insert(Subscriber {
             conn: conn.clone(),
             pending: pending.and_then(NonZeroU32::new),
-            member,
+            own_join_due,
         }) as u32;
         if options.delta {
             channel.deltas.insert(slot, NO_BASE);
@@ -174,23 +175,18 @@ impl Index {
     }
 
     /// Removes the subscriber in `slot` of `name`; returns this shard's
-    /// interest if it changed, and whether the subscriber was announced
-    /// (so its leave is to be).
-    pub fn remove(&mut self, name: &str, slot: u32) -> (Option<Interest>, bool) {
-        let Some(channel) = self.channels.get_mut(name) else {
-            return (None, false);
-        };
+    /// interest if it changed.
+    pub fn remove(&mut self, name: &str, slot: u32) -> Option<Interest> {
+        let channel = self.channels.get_mut(name)?;
         let before = channel.interest();
-        let Some(removed) = channel.subscribers.try_remove(slot as usize) else {
-            return (None, false);
-        };
+        channel.subscribers.try_remove(slot as usize)?;
         channel.deltas.remove(&slot);
         channel.join_leave.remove(&slot);
         let after = channel.interest();
         if !after.on {
             self.channels.remove(name);
         }
-        ((after != before).then_some(after), removed.member)
+        (after != before).then_some(after)
     }
 
     /// Whether some local subscriber of `name` asked for deltas.
@@ -202,19 +198,19 @@ impl Index {
 
     /// Makes the pending subscriber in `slot` of `name` live, if it is still
     /// the one `token` names; returns the codec it receives publications in,
-    /// and whether it is to be announced now (it was not yet).
+    /// and whether its own join is to be sent now.
     pub fn go_live(&mut self, name: &str, slot: u32, token: u32) -> Option<(Codec, bool)> {
         let subscriber = self
             .channels
             .get_mut(name)?
             .subscribers
             .get_mut(slot as usize)?;
-        if subscriber.pending != NonZeroU32::new(token) || subscriber.pending.is_none() {
+        if subscriber.pending.is_none() || subscriber.pending != NonZeroU32::new(token) {
             return None;
         }
         subscriber.pending = None;
-        let announce = !std::mem::replace(&mut subscriber.member, true);
-        Some((subscriber.conn.codec, announce))
+        let own_join = std::mem::take(&mut subscriber.own_join_due);
+        Some((subscriber.conn.codec, own_join))
     }
 
     /// A delta subscriber just went live and was replayed up to
@@ -234,16 +230,24 @@ impl Index {
     }
 
     /// Sends a presence channel's `join` (or `leave`) of `member` (its JSON
-    /// object) to the live subscribers of `name` that asked for them, one
-    /// frame per protocol; returns how many got it.
-    pub fn presence_event(&self, name: &str, join: bool, member: &[u8]) -> usize {
+    /// object) to the live subscribers of `name` that asked for them, but
+    /// `skip` (the member itself, which sends its own join), one frame per
+    /// protocol; returns how many got it.
+    pub fn presence_event(
+        &self,
+        name: &str,
+        join: bool,
+        member: &[u8],
+        skip: Option<ConnRef>,
+    ) -> usize {
         let Some(channel) = self.channels.get(name) else {
             return 0;
         };
         let asked = channel
             .join_leave
             .iter()
-            .filter_map(|slot| channel.subscribers.get(*slot as usize));
+            .filter_map(|slot| channel.subscribers.get(*slot as usize))
+            .filter(|s| Some(s.conn.id) != skip);
         tell(asked, |codec| codec.presence_event(join, name, member))
     }
 

@@ -365,9 +365,8 @@ impl Shard {
     /// queued for it.
     pub fn unregister_subscriptions(&self, conn: &Conn) {
         for (name, slot) in conn.take_subscriptions() {
-            if self.remove_subscriber(&name, slot) {
-                self.member_changed(&name, conn, false);
-            }
+            self.remove_subscriber(&name, slot);
+            self.member_changed(&name, conn, false);
         }
     }
 
@@ -429,9 +428,10 @@ impl Shard {
             ));
         }
         // A replaced subscription stays a member: no leave, no join.
-        let was_member = conn
-            .remove_subscription(name)
-            .is_some_and(|slot| self.remove_subscriber(name, slot));
+        let replaced = conn.remove_subscription(name);
+        if let Some(slot) = replaced {
+            self.remove_subscriber(name, slot);
+        }
         if conn.subscription_count() >= self.config.max_subscriptions {
             return Err(OpError::new(
                 ErrorCode::TooManySubscriptions,
@@ -443,19 +443,21 @@ impl Shard {
             ));
         }
         let token = (id.is_some() || since.is_some()).then(|| self.new_token());
-        // A subscription waiting for its position is announced once it is
-        // live (`go_live`), so its own join reaches it whatever the engine.
-        let member = was_member || token.is_none();
-        let (interned, slot, change) = self
-            .index
-            .borrow_mut()
-            .insert(name, conn, token, member, options);
+        let joined = replaced.is_none();
+        // A new member that waits for its position gets its own join when it
+        // goes live, from here: the owner's may come before the position.
+        let own_join_due =
+            token.is_some() && joined && options.join_leave && self.is_presence(name);
+        let (interned, slot, change) =
+            self.index
+                .borrow_mut()
+                .insert(name, conn, token, own_join_due, options);
         conn.add_subscription(interned, slot);
         if let Some(interest) = change {
             self.interest_changed(name, interest);
         }
         let Some(token) = token else {
-            if !was_member {
+            if joined {
                 self.member_changed(name, conn, true);
             }
             return Ok(());
@@ -478,6 +480,9 @@ impl Shard {
                     id: id.map(Into::into),
                 },
             );
+        }
+        if joined {
+            self.member_changed_sending_own_join(name, conn, true, own_join_due);
         }
         Ok(())
     }
@@ -505,8 +510,8 @@ impl Shard {
         let Some(conn) = self.conn(conn) else { return };
         let slot = conn.subscription_slot(name);
         let live = slot.and_then(|slot| self.index.borrow_mut().go_live(name, slot, token));
-        let (live, announce) = match live {
-            Some((codec, announce)) => (Some(codec), announce),
+        let (live, own_join) = match live {
+            Some((codec, own_join)) => (Some(codec), own_join),
             None => (None, false),
         };
         let mut recovered = position.recovered;
@@ -546,8 +551,8 @@ impl Shard {
         for frame in replay.unwrap_or_default() {
             conn.send(frame);
         }
-        if announce {
-            self.member_changed(name, &conn, true);
+        if own_join {
+            self.send_own_join(name, &conn);
         }
     }
 
@@ -571,29 +576,37 @@ impl Shard {
                 id,
             ));
         };
-        if self.remove_subscriber(name, slot) {
-            self.member_changed(name, conn, false);
-        }
+        self.remove_subscriber(name, slot);
+        self.member_changed(name, conn, false);
         if let Some(id) = id {
             conn.send(conn.codec.ack(id, None));
         }
         Ok(())
     }
 
-    /// Takes the subscriber in `slot` out of `name`'s index; whether it was
-    /// announced as a member (its leave is then the caller's to announce).
-    fn remove_subscriber(&self, name: &str, slot: u32) -> bool {
-        let (change, member) = self.index.borrow_mut().remove(name, slot);
+    fn remove_subscriber(&self, name: &str, slot: u32) {
+        let change = self.index.borrow_mut().remove(name, slot);
         if let Some(interest) = change {
             self.interest_changed(name, interest);
         }
-        member
     }
 
     /// `conn` became a subscriber of `name` (`on`; not a replaced
     /// subscription) or stopped being one: presence and webhooks hear of it.
     fn member_changed(&self, name: &str, conn: &Conn, on: bool) {
-        self.presence_changed(name, conn, on);
+        self.member_changed_sending_own_join(name, conn, on, false);
+    }
+
+    /// [`Shard::member_changed`]; `sends_own_join`: see
+    /// [`Shard::presence_changed`].
+    fn member_changed_sending_own_join(
+        &self,
+        name: &str,
+        conn: &Conn,
+        on: bool,
+        sends_own_join: bool,
+    ) {
+        self.presence_changed(name, conn, on, sends_own_join);
         self.lifecycle_subscription(name, conn, on);
     }
 
@@ -993,14 +1006,24 @@ impl Shard {
                     self.subscription_event(name, on, &user, &conn);
                 }
             }
-            MeshMsg::PresenceChange { ch, join, member } => {
+            MeshMsg::PresenceChange {
+                ch,
+                join,
+                member,
+                skip,
+            } => {
                 if let Ok(name) = std::str::from_utf8(&ch) {
-                    self.change_presence(name, join, *member);
+                    self.change_presence(name, join, *member, skip);
                 }
             }
-            MeshMsg::PresenceEvent { ch, join, member } => {
+            MeshMsg::PresenceEvent {
+                ch,
+                join,
+                member,
+                skip,
+            } => {
                 if let Ok(name) = std::str::from_utf8(&ch) {
-                    self.presence_event(name, join, &member);
+                    self.presence_event(name, join, &member, skip);
                 }
             }
             MeshMsg::PresenceQuery {

@@ -21,6 +21,7 @@ use crate::{
     engine::redis::PresenceRequest,
     mesh::{MeshMsg, PresenceAsker},
     protocol::{self, ErrorCode, OpError, PresenceAsk},
+    publication::ConnRef,
     security::pattern,
 };
 
@@ -45,14 +46,24 @@ impl Shard {
     }
 
     /// `conn` subscribed to `name` (not a replaced subscription), or left it.
-    pub(super) fn presence_changed(&self, name: &str, conn: &Conn, join: bool) {
+    /// `sends_own_join`: the subscription waits for its position and sends
+    /// itself its own join when it goes live, so the owner's event skips it
+    /// (that event may come before the position, with the Redis engine).
+    pub(super) fn presence_changed(
+        &self,
+        name: &str,
+        conn: &Conn,
+        join: bool,
+        sends_own_join: bool,
+    ) {
         if !self.is_presence(name) {
             return;
         }
         let member = self.member_of(conn);
+        let skip = sends_own_join.then_some((self.id as u16, conn.id));
         let owner = self.owner_of(name.as_bytes());
         if owner == self.id {
-            self.change_presence(name, join, member);
+            self.change_presence(name, join, member, skip);
         } else {
             self.links.send(
                 owner,
@@ -60,14 +71,21 @@ impl Shard {
                     ch: Bytes::copy_from_slice(name.as_bytes()),
                     join,
                     member: Box::new(member),
+                    skip,
                 },
             );
         }
     }
 
     /// Owner side: records the change and, if it is one, tells every shard
-    /// with subscribers of `name` (this one included).
-    pub(super) fn change_presence(&self, name: &str, join: bool, member: Member) {
+    /// with subscribers of `name` (this one included) but `skip`.
+    pub(super) fn change_presence(
+        &self,
+        name: &str,
+        join: bool,
+        member: Member,
+        skip: Option<(u16, ConnRef)>,
+    ) {
         let changed = match join {
             true => (self.members.borrow_mut().join(name, member.clone()) == Change::Yes)
                 .then_some(member),
@@ -79,12 +97,18 @@ impl Shard {
         if let Some(link) = self.redis_link(name) {
             link.presence_change(name, join, &member.conn, &json);
         }
-        self.deliver_presence_event(name, join, Bytes::from(json));
+        self.deliver_presence_event(name, join, Bytes::from(json), skip);
     }
 
     /// Sends a presence event to every shard with subscribers of `name`
-    /// (this one included).
-    pub(super) fn deliver_presence_event(&self, name: &str, join: bool, json: Bytes) {
+    /// (this one included), leaving out the connection `skip` names.
+    pub(super) fn deliver_presence_event(
+        &self,
+        name: &str,
+        join: bool,
+        json: Bytes,
+        skip: Option<(u16, ConnRef)>,
+    ) {
         for peer in super::shards_in(self.owner.borrow().remote_mask(name)) {
             self.links.send(
                 peer,
@@ -92,15 +116,32 @@ impl Shard {
                     ch: Bytes::copy_from_slice(name.as_bytes()),
                     join,
                     member: json.clone(),
+                    skip,
                 },
             );
         }
-        self.index.borrow().presence_event(name, join, &json);
+        self.presence_event(name, join, &json, skip);
     }
 
-    /// Delivers an owner's `join`/`leave` event here.
-    pub(super) fn presence_event(&self, name: &str, join: bool, member: &[u8]) {
-        self.index.borrow().presence_event(name, join, member);
+    /// Delivers an owner's `join`/`leave` event here, to all who asked but
+    /// `skip` (if it is on this shard).
+    pub(super) fn presence_event(
+        &self,
+        name: &str,
+        join: bool,
+        member: &[u8],
+        skip: Option<(u16, ConnRef)>,
+    ) {
+        let skip = skip
+            .filter(|(shard, _)| usize::from(*shard) == self.id)
+            .map(|(_, conn)| conn);
+        self.index.borrow().presence_event(name, join, member, skip);
+    }
+
+    /// A live subscription that waited for its position: its own join.
+    pub(super) fn send_own_join(&self, name: &str, conn: &Conn) {
+        let json = member_json(&self.member_of(conn));
+        conn.send(conn.codec.presence_event(true, name, &json));
     }
 
     /// Asks the owner of presence channel `name` about it for `asker`;
