@@ -13,52 +13,6 @@ use support::{
     http, wait_until, Client, Server,
 };
 
-/// A node of two shards on `redis`.
-fn redis_node(redis: &Redis, node: &str, extra: &[&str]) -> Server {
-    let url = redis.url();
-    let mut args = vec![
-        "--shards",
-        "2",
-        "--engine",
-        "redis",
-        "--redis-url",
-        &url,
-        "--node-id",
-        node,
-    ];
-    args.extend_from_slice(extra);
-    let server = Server::start(&args);
-    wait_healthy(&server);
-    server
-}
-
-/// A node of two shards on `nats`.
-fn nats_node(nats: &Nats, node: &str, extra: &[&str]) -> Server {
-    let url = nats.url();
-    let mut args = vec![
-        "--shards",
-        "2",
-        "--engine",
-        "nats",
-        "--nats-url",
-        &url,
-        "--node-id",
-        node,
-    ];
-    args.extend_from_slice(extra);
-    let server = Server::start(&args);
-    wait_healthy(&server);
-    server
-}
-
-fn health(server: &Server) -> u16 {
-    http(server, "GET", "/health", "").0
-}
-
-fn wait_healthy(server: &Server) {
-    wait_until("the node's engine links are up", || health(server) == 200);
-}
-
 /// Publishes over HTTP; the status and the reply.
 fn try_publish(server: &Server, channel: &str, data: Value) -> (u16, Value) {
     let body = json!({"ch": channel, "data": data}).to_string();
@@ -90,10 +44,7 @@ fn read_messages(client: &mut Client, channel: &str, n: usize) -> Vec<(u64, Valu
 #[test]
 fn three_nodes_deliver_every_publication_in_one_order() {
     let redis = Redis::start();
-    let nodes: Vec<Server> = ["a", "b", "c"]
-        .iter()
-        .map(|n| redis_node(&redis, n, &[]))
-        .collect();
+    let nodes: Vec<Server> = ["a", "b", "c"].iter().map(|n| redis.node(n, &[])).collect();
     let channels = ["room.1", "room.2"];
     // Two subscribers per node and channel.
     let mut subscribers = Vec::new();
@@ -170,8 +121,8 @@ fn three_nodes_deliver_every_publication_in_one_order() {
 fn a_client_of_a_killed_node_resumes_on_another_without_loss() {
     let redis = Redis::start();
     let history = ["--history-size", "1000"];
-    let mut a = redis_node(&redis, "a", &history);
-    let b = redis_node(&redis, "b", &history);
+    let mut a = redis.node("a", &history);
+    let b = redis.node("b", &history);
     let mut client = Client::connect(&a, "/ws");
     let ack = client.subscribe("feed");
     let epoch = ack["epoch"].as_str().unwrap().to_string();
@@ -241,8 +192,8 @@ fn client_read(client: &mut Client) -> Option<Value> {
 #[test]
 fn while_redis_is_down_publications_are_refused_and_none_acknowledged_is_lost() {
     let mut redis = Redis::start_durable();
-    let a = redis_node(&redis, "a", &[]);
-    let b = redis_node(&redis, "b", &[]);
+    let a = redis.node("a", &[]);
+    let b = redis.node("b", &[]);
     let mut subscriber = Client::connect(&b, "/ws");
     subscriber.subscribe("orders");
     let mut acked = Vec::new();
@@ -259,7 +210,7 @@ fn while_redis_is_down_publications_are_refused_and_none_acknowledged_is_lost() 
         assert_eq!(publish(i, &mut acked), 200);
     }
     redis.kill();
-    wait_until("the node reports degraded", || health(&a) == 503);
+    wait_until("the node reports degraded", || support::health(&a) == 503);
     let mut i = 20;
     let mut refused = 0;
     while refused < 5 {
@@ -286,8 +237,8 @@ fn while_redis_is_down_publications_are_refused_and_none_acknowledged_is_lost() 
         "{err}"
     );
     redis.restart();
-    wait_healthy(&a);
-    wait_healthy(&b);
+    support::wait_healthy(&a);
+    support::wait_healthy(&b);
     for _ in 0..20 {
         publish(i, &mut acked);
         i += 1;
@@ -314,7 +265,7 @@ fn while_redis_is_down_publications_are_refused_and_none_acknowledged_is_lost() 
 #[test]
 fn nats_fans_out_to_every_node_at_most_once_and_refuses_while_down() {
     let nats = Nats::start();
-    let node = |id: &str| nats_node(&nats, id, &[]);
+    let node = |id: &str| nats.node(id, &[]);
     let (a, b) = (node("a"), node("b"));
     let mut on_a = Client::connect(&a, "/ws");
     on_a.subscribe("news");
@@ -353,7 +304,7 @@ fn nats_fans_out_to_every_node_at_most_once_and_refuses_while_down() {
         "the publisher's node"
     );
     drop(nats);
-    wait_until("a reports degraded", || health(&a) == 503);
+    wait_until("a reports degraded", || support::health(&a) == 503);
     let (status, reply) = try_publish(&a, "news", json!("lost?"));
     assert_eq!(
         (status, reply["error"].as_str()),
@@ -365,8 +316,8 @@ fn nats_fans_out_to_every_node_at_most_once_and_refuses_while_down() {
 #[test]
 fn a_redis_that_lost_everything_makes_live_subscribers_resync() {
     let mut redis = Redis::start();
-    let a = redis_node(&redis, "a", &["--engine-timeout", "500ms"]);
-    let b = redis_node(&redis, "b", &["--engine-timeout", "500ms"]);
+    let a = redis.node("a", &["--engine-timeout", "500ms"]);
+    let b = redis.node("b", &["--engine-timeout", "500ms"]);
     let mut subscriber = Client::connect(&b, "/ws");
     let first_epoch = subscriber.subscribe("book")["epoch"].clone();
     for i in 0..5 {
@@ -379,7 +330,7 @@ fn a_redis_that_lost_everything_makes_live_subscribers_resync() {
     // Not durable: the restarted Redis has no offset, no stream, no epoch.
     redis.restart();
     wait_until("both nodes are back", || {
-        health(&a) == 200 && health(&b) == 200
+        support::health(&a) == 200 && support::health(&b) == 200
     });
     let resync = next_on(&mut subscriber, "book");
     assert_eq!(resync["op"], "resync", "{resync}");
@@ -402,7 +353,7 @@ fn a_redis_that_lost_everything_makes_live_subscribers_resync() {
 #[test]
 fn scripts_flushed_from_redis_are_loaded_again() {
     let redis = Redis::start();
-    let a = redis_node(&redis, "a", &[]);
+    let a = redis.node("a", &[]);
     assert_eq!(try_publish(&a, "c", json!(1)).0, 200);
     assert_eq!(
         redis.command(&["SCRIPT", "FLUSH"]).as_deref(),
@@ -435,7 +386,7 @@ fn channels_spread_over_several_redis_servers() {
             "--node-id",
             id,
         ]);
-        wait_healthy(&server);
+        support::wait_healthy(&server);
         server
     };
     let (a, b) = (node("a"), node("b"));
@@ -510,8 +461,8 @@ fn a_node_cut_off_from_redis_catches_up_without_duplicates_or_reordering() {
         &[("RUST_LOG", "warn,shardcast::engine=info")],
     );
     wait_for_log(&log, "connected to Redis", 2);
-    wait_healthy(&a);
-    let b = redis_node(&redis, "b", &["--history-size", "10000"]);
+    support::wait_healthy(&a);
+    let b = redis.node("b", &["--history-size", "10000"]);
     let mut subscriber = Client::connect(&a, "/ws");
     subscriber.subscribe("ticks");
     let mut acked = Vec::new();
@@ -568,8 +519,8 @@ fn a_node_cut_off_by_redis_output_buffer_limit_refills_from_the_stream() {
         "--max-queue-bytes",
         "64MiB",
     ];
-    let a = redis_node(&redis, "a", &big);
-    let b = redis_node(&redis, "b", &big);
+    let a = redis.node("a", &big);
+    let b = redis.node("b", &big);
     let mut subscriber = Client::connect(&b, "/ws");
     subscriber.subscribe("big");
     // b stalls (stopped): what Redis pushes to it piles up past the limit.
@@ -619,8 +570,8 @@ fn ask(client: &mut Client, op: Value) -> Value {
 fn presence_spans_nodes_and_a_dead_node_drops_out_within_the_ttl() {
     let redis = Redis::start();
     let presence = ["--presence", "room.*", "--presence-ttl", "1s"];
-    let a = redis_node(&redis, "a", &presence);
-    let mut b = redis_node(&redis, "b", &presence);
+    let a = redis.node("a", &presence);
+    let mut b = redis.node("b", &presence);
     let mut watcher = Client::connect(&a, "/ws");
     watcher.send_json(json!({"op": "sub", "ch": "room.1", "id": 1, "join_leave": true}));
     assert_eq!(watcher.recv_json()["op"], "ack");
@@ -744,8 +695,8 @@ fn kick_until_seen(via: &Server, path: &str, kick: Value, client: &mut Client) -
 fn the_server_api_spans_nodes_on_redis() {
     let redis = Redis::start();
     let secret = ["--jwt-secret", support::secure::SECRET];
-    let a = redis_node(&redis, "a", &secret);
-    let b = redis_node(&redis, "b", &secret);
+    let a = redis.node("a", &secret);
+    let b = redis.node("b", &secret);
     let mut on_b = user_on(&b, "reader");
     on_b.subscribe("orders");
     // A retry that reaches another node is recognised: Redis keeps the key.
@@ -803,7 +754,7 @@ fn the_server_api_spans_nodes_on_redis() {
 #[test]
 fn a_disconnect_reaches_every_node_through_nats() {
     let nats = Nats::start();
-    let node = |id: &str| nats_node(&nats, id, &["--jwt-secret", support::secure::SECRET]);
+    let node = |id: &str| nats.node(id, &["--jwt-secret", support::secure::SECRET]);
     let (a, b) = (node("a"), node("b"));
     let mut alice_on_b = user_on(&b, "alice");
     let mut carol_on_b = user_on(&b, "carol");

@@ -297,27 +297,8 @@ fn occupied_and_vacated_are_sent_once_across_nodes() {
     let redis = support::brokers::Redis::start();
     let (url, rx) = receiver(0);
     let node = |id: &str, grace: &str| {
-        let redis_url = redis.url();
-        let server = Server::start(&[
-            "--shards",
-            "2",
-            "--engine",
-            "redis",
-            "--redis-url",
-            &redis_url,
-            "--node-id",
-            id,
-            "--webhook-url",
-            &url,
-            "--webhook-secret",
-            SECRET,
-            "--vacated-grace",
-            grace,
-        ]);
-        support::wait_until("the node's Redis links are up", || {
-            support::http(&server, "GET", "/health", "").0 == 200
-        });
-        server
+        let hooks = ["--webhook-url", &url, "--webhook-secret", SECRET];
+        redis.node(id, &[&hooks[..], &["--vacated-grace", grace]].concat())
     };
     let (a, b) = (node("node-a", "100ms"), node("node-b", "1s"));
     // A node's events for room.x: (all but channel_occupied, how many of those).

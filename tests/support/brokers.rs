@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::DEADLINE;
+use super::{wait_healthy, Server, DEADLINE};
 
 /// A port nothing listens on now (the OS picked it; it may be taken by
 /// the time it is used, which the start-up check would show).
@@ -35,7 +35,31 @@ pub struct Redis {
     also_bind: Vec<String>,
 }
 
+/// A node of two shards on the broker at `url` (`--engine engine`), once
+/// its links are up.
+fn node(engine: &str, url_flag: &str, url: &str, id: &str, extra: &[&str]) -> Server {
+    let mut args = vec![
+        "--shards",
+        "2",
+        "--engine",
+        engine,
+        url_flag,
+        url,
+        "--node-id",
+        id,
+    ];
+    args.extend_from_slice(extra);
+    let server = Server::start(&args);
+    wait_healthy(&server);
+    server
+}
+
 impl Redis {
+    /// A node of two shards on this Redis, with `extra` arguments.
+    pub fn node(&self, id: &str, extra: &[&str]) -> Server {
+        node("redis", "--redis-url", &self.url(), id, extra)
+    }
+
     /// A Redis that keeps nothing on disk.
     pub fn start() -> Redis {
         Redis::launch(false, &[])
@@ -152,6 +176,11 @@ pub struct Nats {
 }
 
 impl Nats {
+    /// A node of two shards on this NATS, with `extra` arguments.
+    pub fn node(&self, id: &str, extra: &[&str]) -> Server {
+        node("nats", "--nats-url", &self.url(), id, extra)
+    }
+
     pub fn start() -> Nats {
         let port = free_port();
         let child = Command::new("nats-server")

@@ -359,6 +359,16 @@ pub fn refused_upgrade(server: &Server, path: &str) -> u16 {
 }
 
 /// A raw HTTP/1.1 exchange on a new connection; returns (status, body).
+/// `GET /health`'s status.
+pub fn health(server: &Server) -> u16 {
+    http(server, "GET", "/health", "").0
+}
+
+/// Waits until the node's engine links are up (`/health` answers 200).
+pub fn wait_healthy(server: &Server) {
+    wait_until("the node's engine links are up", || health(server) == 200);
+}
+
 pub fn http(server: &Server, method: &str, path: &str, body: &str) -> (u16, String) {
     secure::http_with(server, method, path, &[], body)
 }
