@@ -48,7 +48,7 @@ pub fn client_op(data: &[u8]) {
             }
         }
         Ok(ClientOp::Sub { id: Some(id), .. }) => {
-            assert_valid_json(&protocol::encode_sub_ack(id, 1, "e-1", Some(true)));
+            assert_valid_json(&protocol::encode_sub_ack(id, 1, "e-1", Some(true), true));
         }
         Ok(_) => {}
         Err(error) => assert_valid_json(&protocol::encode_err(&error)),

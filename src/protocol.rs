@@ -637,7 +637,13 @@ pub fn encode_ack(id: &str, seq: Option<u64>) -> Bytes {
 /// The ack of a `sub`: `{"op":"ack","id":..,"seq":N,"epoch":"..."}` with
 /// `"recovered":bool` when the `sub` had `since`. `epoch` is the server's
 /// own (hex digits and a dash; no escaping needed).
-pub fn encode_sub_ack(id: &str, seq: u64, epoch: &str, recovered: Option<bool>) -> Bytes {
+pub fn encode_sub_ack(
+    id: &str,
+    seq: u64,
+    epoch: &str,
+    recovered: Option<bool>,
+    conflates: bool,
+) -> Bytes {
     let mut out = FrameBuilder::new(OpCode::Text, 96 + id.len() + epoch.len());
     out.push(b"{\"op\":\"ack\"");
     push_id(&mut out, Some(id));
@@ -650,6 +656,9 @@ pub fn encode_sub_ack(id: &str, seq: u64, epoch: &str, recovered: Option<bool>) 
         Some(true) => out.push(b",\"recovered\":true"),
         Some(false) => out.push(b",\"recovered\":false"),
         None => {}
+    }
+    if conflates {
+        out.push(b",\"conflate\":true");
     }
     out.push(b"}");
     out.finish()
@@ -1126,13 +1135,18 @@ mod tests {
 
     #[test]
     fn sub_acks_carry_position_and_recovery() {
-        let ack = payload_json(&encode_sub_ack("7", 41, "ab-1", Some(true)));
+        let ack = payload_json(&encode_sub_ack("7", 41, "ab-1", Some(true), false));
         assert_eq!(
             ack,
             json!({"op":"ack","id":7,"seq":41,"epoch":"ab-1","recovered":true})
         );
-        let plain = payload_json(&encode_sub_ack("\"s\"", 0, "ab-2", None));
+        let plain = payload_json(&encode_sub_ack("\"s\"", 0, "ab-2", None, false));
         assert_eq!(plain, json!({"op":"ack","id":"s","seq":0,"epoch":"ab-2"}));
+        let conflating = payload_json(&encode_sub_ack("1", 3, "ab-3", None, true));
+        assert_eq!(
+            conflating,
+            json!({"op":"ack","id":1,"seq":3,"epoch":"ab-3","conflate":true})
+        );
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //! (checked against the npm `fossil-delta` package) in `js_client_delta.mjs`;
 //! MessagePack (checked against `@msgpack/msgpack`) in `js_client_msgpack.mjs`; a
 //! `resync` from a two-node Redis cluster in `js_client_cluster.mjs`; presence in
-//! `js_client_presence.mjs`; a drain's reconnect advice in `js_client_drain.mjs`. Node,
+//! `js_client_presence.mjs`; a drain's reconnect advice in `js_client_drain.mjs`;
+//! the seq guard (a gap refilled, conflation's skips accepted) in
+//! `js_client_gaps.mjs`. Node,
 //! Chromium and playwright-core come from `scripts/test.sh`.
 
 use std::process::Command;
@@ -63,6 +65,11 @@ fn js_client_honours_a_draining_servers_reconnect_advice() {
 #[test]
 fn js_client_resyncs_when_a_cluster_loses_its_redis() {
     run("js_client_cluster.mjs");
+}
+
+#[test]
+fn js_client_fills_a_gap_from_history_and_accepts_only_conflations() {
+    run("js_client_gaps.mjs");
 }
 
 #[test]

@@ -260,6 +260,9 @@ export class Subscription {
     this._onJoin = opts.onJoin;
     this._onLeave = opts.onLeave;
     this._onUnsubscribed = opts.onUnsubscribed;
+    this._refilling = false; // resubscribed after a gap: until its ack, what comes is replayed
+    this._conflates = false; // the ack says seqs may skip (the server's --conflate)
+    this._owed = 0;          // seqs skipped that conflation has not yet accounted for
     this._base = null;       // the last data's bytes: what the next delta applies to
     this._pending = false;   // a sub frame is in flight on the current socket
     this._buffer = [];       // msgs that arrived before that sub's ack
@@ -272,6 +275,8 @@ export class Subscription {
   unsubscribe() { return this._client._unsubscribe(this); }
 
   _ack(f) {
+    this._conflates = f.conflate === true;
+    this._owed = 0;
     const wasKnown = this.epoch !== null;
     const recovered = f.recovered === true && f.epoch === this.epoch;
     if (wasKnown && !recovered) {
@@ -326,6 +331,23 @@ export class Subscription {
     if (!this.active) return;
     if (this._pending) { this._buffer.push(f); return; }
     if (f.seq <= this.seq) return; // defensive: never deliver a seq twice in one epoch
+    const skipped = f.seq - this.seq - 1;
+    if (!this._conflates && skipped > 0) {
+      // A gap nothing explains (only conflation skips seqs on a live
+      // subscription): ask for what is missing, from history, then go on.
+      this._client._emit('error', codedError('gap', `${this.ch}: seq ${this.seq + 1}..${f.seq - 1} missing, resubscribing`));
+      this._client._resubscribe(this);
+      return;
+    }
+    if (this._conflates) {
+      // Skipped seqs are owed an explanation: `conflated` counts on the
+      // messages that replaced them (which may come later than the gap).
+      this._owed += skipped - (Number(f.conflated) || 0);
+      if (this._owed < 0) {
+        this._owed = 0;
+        this._client._emit('error', codedError('bad_conflation', `${this.ch}: seq ${f.seq} replaced more than was skipped`));
+      }
+    }
     this.seq = f.seq;
     const meta = { ch: this.ch, seq: f.seq, epoch: this.epoch };
     // On a conflated channel, a subscriber that fell behind gets the latest
@@ -638,6 +660,13 @@ export class Shardcast {
     clearTimeout(op.timer);
     const qi = this._queue.indexOf(id);
     if (qi >= 0) this._queue.splice(qi, 1);
+    if (op.sub && op.sub._refilling) {
+      // What came before this ack was the old subscription's; the replay
+      // after it brings those again. What follows is buffered until the
+      // ack is handled (a promise's turn later).
+      op.sub._refilling = false;
+      op.sub._buffer = [];
+    }
     if (err) op.reject(err); else op.resolve(value);
   }
 
@@ -677,6 +706,13 @@ export class Shardcast {
         else this._emit('error', err);
       },
     );
+  }
+
+  /** Subscribes `sub` again from its last seq (the replay fills a gap). */
+  _resubscribe(sub) {
+    if (this.state !== 'open' || sub._pending || this._subs.get(sub.ch) !== sub) return;
+    this._sendSub(sub);
+    sub._refilling = true;
   }
 
   _unsubscribe(sub) {

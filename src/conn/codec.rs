@@ -91,8 +91,17 @@ impl Codec {
     }
 
     /// The acknowledgement of a `sub` with `id`: where the channel stands.
-    pub fn sub_ack(self, id: &str, seq: u64, epoch: &str, recovered: Option<bool>) -> Bytes {
-        self.control(protocol::encode_sub_ack(id, seq, epoch, recovered))
+    pub fn sub_ack(
+        self,
+        id: &str,
+        seq: u64,
+        epoch: &str,
+        recovered: Option<bool>,
+        conflates: bool,
+    ) -> Bytes {
+        self.control(protocol::encode_sub_ack(
+            id, seq, epoch, recovered, conflates,
+        ))
     }
 
     /// An op refused, and why.

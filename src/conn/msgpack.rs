@@ -262,7 +262,9 @@ mod tests {
             4,
             "e-1",
             Some(true),
+            true,
         )));
+        assert_eq!(ack["conflate"].as_bool(), Some(true));
         assert_eq!(ack["op"].as_str(), Some("ack"));
         assert_eq!(ack["id"].as_str(), Some("a"));
         assert_eq!(ack["seq"].as_u64(), Some(4));

@@ -542,10 +542,13 @@ impl Shard {
                 .set_delta_base(name, slot, replayed_to);
         }
         if let Some(id) = id {
-            conn.send(
-                conn.codec
-                    .sub_ack(id, position.seq, &position.epoch, recovered),
-            );
+            conn.send(conn.codec.sub_ack(
+                id,
+                position.seq,
+                &position.epoch,
+                recovered,
+                self.conflates(name),
+            ));
         }
         // Replays are not timed: their age is not delivery latency.
         for frame in replay.unwrap_or_default() {
@@ -744,9 +747,15 @@ impl Shard {
         }
     }
 
+    /// Whether `name` matches `--conflate`: its subscribers may see `seq`
+    /// skip where keyed publications conflated (sub acks say so).
+    fn conflates(&self, name: &str) -> bool {
+        !self.conflate.is_empty() && pattern::any_matches(&self.conflate, name)
+    }
+
     /// A key only means something on a channel that conflates.
     fn check_conflation(&self, name: &str, payload: &mut Payload) {
-        if payload.conflation != 0 && !pattern::any_matches(&self.conflate, name) {
+        if payload.conflation != 0 && !self.conflates(name) {
             payload.conflation = 0;
         }
     }
