@@ -279,8 +279,9 @@ fn log_security(config: &Config, security: &Security) {
     }
     if security.api_key.is_none() {
         tracing::warn!(
-            "no --api-key: the HTTP API (publish, history, channels, presence, disconnect, unsubscribe, \
-             drain), /metrics and /api/stats are open to anyone who can reach them"
+            "no --api-key: the HTTP API (publish, history, channels, presence), /metrics and \
+             /api/stats are open to anyone who can reach them; drain, disconnect and unsubscribe \
+             are served on --admin-listen only"
         );
     }
     tracing::info!(

@@ -389,3 +389,33 @@ fn the_admin_listener_takes_the_admin_routes() {
     let (status, _) = connect_with(&server, "/ws?sub=$stats", &[]).err().unwrap();
     assert_eq!(status, 401);
 }
+
+/// Drain, disconnect and unsubscribe act on other people's connections:
+/// without `--api-key` the public listener refuses them (403
+/// `api_key_required`) while publishing stays open (anonymous mode); the
+/// admin listener takes them.
+#[test]
+fn operator_routes_need_the_api_key_or_the_admin_listener() {
+    let server = Server::start(&["--admin-listen", "127.0.0.1:0"]);
+    let admin = server.admin.expect("admin address printed");
+    let disconnect = json!({"user": "nobody"}).to_string();
+    let unsubscribe = json!({"user": "nobody", "ch": "news"}).to_string();
+    for (path, body) in [
+        ("/api/disconnect", disconnect.as_str()),
+        ("/api/unsubscribe", unsubscribe.as_str()),
+        ("/api/drain", ""),
+    ] {
+        let (status, text) = http_with(&server, "POST", path, &[], body);
+        assert_eq!(status, 403, "{path}: {text}");
+        assert!(text.contains("api_key_required"), "{text}");
+    }
+    let publish = json!({"ch": "news", "data": 1}).to_string();
+    assert_eq!(
+        http_with(&server, "POST", "/api/publish", &[], &publish).0,
+        200
+    );
+    assert_eq!(
+        http_to(admin, "POST", "/api/disconnect", &[], &disconnect),
+        (200, r#"{"disconnected":0}"#.to_string())
+    );
+}

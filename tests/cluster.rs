@@ -10,13 +10,15 @@ use std::{collections::HashMap, time::Duration};
 use serde_json::{json, Value};
 use support::{
     brokers::{Nats, Redis},
-    http, wait_until, Client, Server,
+    secure::{with_api_key, API_KEY},
+    wait_until, Client, Server,
 };
 
-/// Publishes over HTTP; the status and the reply.
+/// Publishes over HTTP (with the test API key, which a node without one
+/// ignores); the status and the reply.
 fn try_publish(server: &Server, channel: &str, data: Value) -> (u16, Value) {
     let body = json!({"ch": channel, "data": data}).to_string();
-    let (status, body) = http(server, "POST", "/api/publish", &body);
+    let (status, body) = with_api_key(server, "POST", "/api/publish", &body);
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
@@ -681,7 +683,7 @@ fn user_on(server: &Server, user: &str) -> Client {
 fn kick_until_seen(via: &Server, path: &str, kick: Value, client: &mut Client) -> Option<Value> {
     let deadline = std::time::Instant::now() + support::DEADLINE;
     loop {
-        let (status, body) = http(via, "POST", path, &kick.to_string());
+        let (status, body) = with_api_key(via, "POST", path, &kick.to_string());
         assert_eq!(status, 200, "{body}");
         match client.try_recv_event(Duration::from_millis(200)) {
             Some(seen) => return Some(seen),
@@ -694,7 +696,12 @@ fn kick_until_seen(via: &Server, path: &str, kick: Value, client: &mut Client) -
 #[test]
 fn the_server_api_spans_nodes_on_redis() {
     let redis = Redis::start();
-    let secret = ["--jwt-secret", support::secure::SECRET];
+    let secret = [
+        "--jwt-secret",
+        support::secure::SECRET,
+        "--api-key",
+        API_KEY,
+    ];
     let a = redis.node("a", &secret);
     let b = redis.node("b", &secret);
     let mut on_b = user_on(&b, "reader");
@@ -702,12 +709,12 @@ fn the_server_api_spans_nodes_on_redis() {
     // A retry that reaches another node is recognised: Redis keeps the key.
     let publish = json!({"ch": "orders", "data": {"id": 1}, "idempotency_key": "o-1"}).to_string();
     for node in [&a, &b, &a] {
-        let (status, body) = http(node, "POST", "/api/publish", &publish);
+        let (status, body) = with_api_key(node, "POST", "/api/publish", &publish);
         assert_eq!((status, body.as_str()), (200, r#"{"seq":1}"#));
     }
     let batch = json!({"channels": ["orders", "audit"], "data": 2, "idempotency_key": "o-2"});
     for node in [&b, &a] {
-        let (_, body) = http(node, "POST", "/api/publish", &batch.to_string());
+        let (_, body) = with_api_key(node, "POST", "/api/publish", &batch.to_string());
         assert_eq!(body, r#"{"seqs":[2,1]}"#);
     }
     assert_eq!(
@@ -722,7 +729,7 @@ fn the_server_api_spans_nodes_on_redis() {
         "no duplicate between"
     );
     // History comes from Redis's stream on any node.
-    let history = support::get_json(&b, "/api/history/orders?since=1");
+    let history = support::get_json_with(&b, "/api/history/orders?since=1", API_KEY);
     assert_eq!(history["seq"], 3);
     assert_eq!(history["complete"], true, "{history}");
     let seqs: Vec<u64> = history["publications"]
@@ -754,7 +761,15 @@ fn the_server_api_spans_nodes_on_redis() {
 #[test]
 fn a_disconnect_reaches_every_node_through_nats() {
     let nats = Nats::start();
-    let node = |id: &str| nats.node(id, &["--jwt-secret", support::secure::SECRET]);
+    let node = |id: &str| {
+        let secured = [
+            "--jwt-secret",
+            support::secure::SECRET,
+            "--api-key",
+            API_KEY,
+        ];
+        nats.node(id, &secured)
+    };
     let (a, b) = (node("a"), node("b"));
     let mut alice_on_b = user_on(&b, "alice");
     let mut carol_on_b = user_on(&b, "carol");

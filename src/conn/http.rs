@@ -356,6 +356,13 @@ impl Route {
         matches!(self, Route::Dashboard | Route::Metrics | Route::Stats)
     }
 
+    /// Routes that act on other people's connections or on the node
+    /// (`POST /api/drain`, `/api/disconnect`, `/api/unsubscribe`): without
+    /// `--api-key` they are served on `--admin-listen` only.
+    pub fn is_operator(&self) -> bool {
+        matches!(self, Route::Drain | Route::Disconnect | Route::Unsubscribe)
+    }
+
     /// Routes that need the API key when one is configured.
     pub fn needs_api_key(&self) -> bool {
         !matches!(self, Route::Health | Route::Dashboard | Route::WebSocket(_))

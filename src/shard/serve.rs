@@ -297,6 +297,7 @@ fn admit_route(shard: &Shard, side: Side, head: &Head, route: Route) -> Result<R
         Side::Public => !(separate_admin && route.is_admin()),
         Side::Admin => {
             route.is_admin()
+                || route.is_operator()
                 || matches!(
                     route,
                     Route::Health | Route::WebSocket(http::Session::Json { .. })
@@ -308,6 +309,17 @@ fn admit_route(shard: &Shard, side: Side, head: &Head, route: Route) -> Result<R
             404,
             "not_found",
             format!("no route for {} on this address", head.path),
+        ));
+    }
+    if route.is_operator() && side == Side::Public && shard.security.api_key.is_none() {
+        return Err(HttpError::new(
+            403,
+            "api_key_required",
+            format!(
+                "{} needs --api-key (or a request on --admin-listen): it acts on other \
+                 people's connections",
+                head.path
+            ),
         ));
     }
     if route.needs_api_key() {

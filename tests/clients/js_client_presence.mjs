@@ -22,7 +22,8 @@ setTimeout(() => finish({ ok: false, error: 'hard timeout after 30000 ms' }), 30
 
 try {
   if (!BIN) throw new Error('usage: node js_client_presence.mjs <path-to-shardcast-binary>');
-  const { port } = await startServer(BIN, 0, ['--presence', 'room.*']);
+  const API_KEY = 'js-presence-test-api-key-0123456789';
+  const { port } = await startServer(BIN, 0, ['--presence', 'room.*', '--api-key', API_KEY]);
   const url = `ws://127.0.0.1:${port}/ws`;
   const open = () => { const c = new Shardcast(url, { pingInterval: 0, WebSocket }); clients.push(c); return c; };
   const watcher = open();
@@ -58,7 +59,7 @@ try {
   const ended = [];
   watcher.on('unsubscribed', (info) => ended.push(info));
   const answer = await fetch(`http://127.0.0.1:${port}/api/unsubscribe`, {
-    method: 'POST', body: JSON.stringify({ conn: joins[0].conn, ch: 'room.1' }),
+    method: 'POST', headers: { 'X-API-Key': API_KEY }, body: JSON.stringify({ conn: joins[0].conn, ch: 'room.1' }),
   });
   assert(answer.status === 200, `unsubscribe: ${answer.status}`);
   assert((await answer.json()).unsubscribed === 1, 'one connection acted on');
