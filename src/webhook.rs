@@ -38,6 +38,8 @@ use crate::{
 const BATCH_WINDOW: Duration = Duration::from_millis(100);
 /// Time allowed for one request, connect to status line.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a shard uses the receiver's address before looking it up again.
+pub const RESOLVE_EVERY: Duration = Duration::from_secs(30);
 
 /// Why a webhook URL was refused.
 #[derive(Debug, thiserror::Error)]
@@ -257,6 +259,8 @@ pub fn status_of(response: &[u8]) -> Option<u16> {
 /// What the whole node shares for its webhooks.
 pub struct WebhookSettings {
     pub url: WebhookUrl,
+    /// The receiver's address as resolved at start (each shard looks it
+    /// up again, see [`RESOLVE_EVERY`]).
     pub socket: SocketAddr,
     /// For an `https` URL.
     pub tls: Option<Tls>,
@@ -276,16 +280,44 @@ pub struct Webhooks {
     /// When the oldest queued event was queued (shard ns; 0: none).
     oldest: Cell<u64>,
     waiting: WaitQueue,
+    /// The receiver's address, and when it was looked up (shard ns).
+    resolved: Cell<(SocketAddr, u64)>,
 }
 
 impl Webhooks {
     pub fn new(settings: Arc<WebhookSettings>) -> Self {
         Webhooks {
+            resolved: Cell::new((settings.socket, crate::clock::now_ns())),
             settings,
             queue: RefCell::new(VecDeque::new()),
             oldest: Cell::new(0),
             waiting: WaitQueue::default(),
         }
+    }
+
+    /// The receiver's address: looked up again once [`RESOLVE_EVERY`] has
+    /// passed or a connect failed (a receiver behind DNS moves), on the
+    /// executor's blocking thread — a lookup blocks, the shard must not.
+    /// A failed lookup keeps the address known.
+    async fn address(&self) -> SocketAddr {
+        let (known, at) = self.resolved.get();
+        let age = Duration::from_nanos(crate::clock::now_ns().saturating_sub(at));
+        if age < RESOLVE_EVERY {
+            return known;
+        }
+        let host_port = self.settings.url.host_port.clone();
+        let looked_up = glommio::executor()
+            .spawn_blocking(move || crate::engine::addr::resolve(&host_port))
+            .await;
+        let addr = match looked_up {
+            Ok(addr) => addr,
+            Err(reason) => {
+                tracing::warn!(url = %self.settings.url.host_port, %reason, "webhook receiver does not resolve: using the address known");
+                known
+            }
+        };
+        self.resolved.set((addr, crate::clock::now_ns()));
+        addr
     }
 
     /// Queues `event`; counted and dropped when the queue is full.
@@ -366,9 +398,15 @@ impl Webhooks {
     /// One request; the response's status.
     async fn send(&self, request: &[u8]) -> Result<u16, String> {
         let exchange = async {
-            let tcp = glommio::net::TcpStream::connect(self.settings.socket)
-                .await
-                .map_err(|e| e.to_string())?;
+            let addr = self.address().await;
+            let tcp = match glommio::net::TcpStream::connect(addr).await {
+                Ok(tcp) => tcp,
+                Err(error) => {
+                    // Look it up again before the retry.
+                    self.resolved.set((addr, 0));
+                    return Err(error.to_string());
+                }
+            };
             match &self.settings.tls {
                 Some(tls) => {
                     let stream = tls.connect(tcp).await.map_err(|e| format!("TLS: {e}"))?;
@@ -444,6 +482,31 @@ mod tests {
         ] {
             assert!(WebhookUrl::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_receivers_address_is_looked_up_again_when_stale() {
+        let settings = Arc::new(WebhookSettings {
+            url: WebhookUrl::parse("http://localhost:9/hooks").unwrap(),
+            // What start-up resolved, since moved.
+            socket: "192.0.2.7:9".parse().unwrap(),
+            tls: None,
+            secret: None,
+            batch: 100,
+            queue: 10,
+            node: "n".into(),
+            seq: Arc::default(),
+        });
+        let webhooks = Webhooks::new(settings);
+        crate::sync::on_test_executor(async {
+            let moved: SocketAddr = "192.0.2.7:9".parse().unwrap();
+            assert_eq!(webhooks.address().await, moved, "fresh: not looked up");
+            // As after a failed connect (or RESOLVE_EVERY later).
+            webhooks.resolved.set((moved, 0));
+            let now = webhooks.address().await;
+            assert!(now.ip().is_loopback() && now.port() == 9, "{now}");
+            assert_eq!(webhooks.address().await, now, "kept until stale again");
+        });
     }
 
     #[test]
