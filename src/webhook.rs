@@ -305,17 +305,8 @@ impl Webhooks {
         if age < RESOLVE_EVERY {
             return known;
         }
-        let host_port = self.settings.url.host_port.clone();
-        let looked_up = glommio::executor()
-            .spawn_blocking(move || crate::engine::addr::resolve(&host_port))
-            .await;
-        let addr = match looked_up {
-            Ok(addr) => addr,
-            Err(reason) => {
-                tracing::warn!(url = %self.settings.url.host_port, %reason, "webhook receiver does not resolve: using the address known");
-                known
-            }
-        };
+        let host_port = &self.settings.url.host_port;
+        let addr = crate::engine::addr::lookup(host_port, known, "the webhook receiver").await;
         self.resolved.set((addr, crate::clock::now_ns()));
         addr
     }

@@ -1,7 +1,9 @@
 //! Broker addresses as users write them: `redis://[user:password@]host:port[/db]`
 //! and `nats://[user:password@]host:port`. Parsed and checked when the
-//! configuration is, resolved to socket addresses once when a shard starts
-//! (before it accepts anyone, so the lookup blocks no client).
+//! configuration is, resolved to socket addresses when a shard starts
+//! (before it accepts anyone, so the lookup blocks no client), and looked
+//! up again before each reconnect off the shard's thread ([`lookup`]): a
+//! managed Redis's failover moves its name to the new primary.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 
@@ -88,6 +90,20 @@ impl BrokerAddr {
             reason,
         })
     }
+}
+
+/// `host_port` looked up again on the executor's blocking thread (a
+/// lookup blocks; a shard must not): the address it resolves to now, or
+/// `known` if it does not resolve (logged as `what`).
+pub async fn lookup(host_port: &str, known: SocketAddr, what: &str) -> SocketAddr {
+    let name = host_port.to_owned();
+    let looked_up = glommio::executor()
+        .spawn_blocking(move || resolve(&name))
+        .await;
+    looked_up.unwrap_or_else(|reason| {
+        tracing::warn!(%what, %reason, %known, "does not resolve: using the address known");
+        known
+    })
 }
 
 /// The first socket address `host_port` resolves to, or why none.

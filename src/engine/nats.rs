@@ -162,7 +162,7 @@ impl NatsLink {
 
     /// Keeps this link connected until the shard drops the future.
     pub async fn run<H: NatsHost>(self: Rc<Self>, host: &H) {
-        pipe::keep_connected(self.socket, &self.addr.shown, host.stats(), async |stream| {
+        pipe::keep_connected(self.socket, &self.addr.host_port, &self.addr.shown, host.stats(), async |stream| {
             self.start();
             let ended = self.serve(&stream, host).await;
             let was_up = self.up.replace(false);

@@ -107,18 +107,25 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Keeps a link connected until the caller drops the future: connect, run
 /// `session` on the connection until it ends, wait (backoff with full
-/// jitter), again. Reconnects are counted; failures to connect are
-/// logged at the first attempt and then at powers of two.
+/// jitter), look `host_port` up again ([`super::addr::lookup`]: the
+/// broker's name may point elsewhere now), again. Reconnects are counted;
+/// failures to connect are logged at the first attempt and then at powers
+/// of two.
 pub async fn keep_connected(
-    socket: SocketAddr,
+    first: SocketAddr,
+    host_port: &str,
     shown: &str,
     stats: &Stats,
     mut session: impl AsyncFnMut(SharedStream),
 ) {
     let mut backoff = Backoff::default();
     let mut attempts = 0u64;
+    let mut socket = first;
     loop {
         attempts += 1;
+        if attempts > 1 {
+            socket = super::addr::lookup(host_port, socket, shown).await;
+        }
         match connect(socket, CONNECT_TIMEOUT).await {
             Ok(tcp) => {
                 if attempts > 1 {

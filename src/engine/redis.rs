@@ -651,7 +651,7 @@ impl RedisLink {
     /// set up, serve until the connection fails, answer what was in flight
     /// as refused, wait (backoff with jitter), again.
     pub async fn run<H: RedisHost>(self: Rc<Self>, host: &H) {
-        pipe::keep_connected(self.socket, &self.addr.shown, host.stats(), async |stream| {
+        pipe::keep_connected(self.socket, &self.addr.host_port, &self.addr.shown, host.stats(), async |stream| {
             tracing::info!(redis = %self.addr.shown, link = self.index, "connected to Redis");
             self.start(host);
             let ended = self.serve(&stream, host).await;
