@@ -10,20 +10,13 @@ import { spawn } from 'node:child_process';
 import net from 'node:net';
 import WebSocket from 'ws';
 import { Shardcast } from '../../clients/js/shardcast.js';
-import { assert, httpPublish, killAll, startServer, waitFor } from './js_harness.mjs';
+import { assert, finisher, httpPublish, startServer, waitFor } from './js_harness.mjs';
 
 const BIN = process.argv[2];
 let client = null;
 let redis = null;
 
-function finish(result) {
-  if (client) client.close();
-  if (redis) redis.kill('SIGKILL');
-  killAll();
-  console.log(JSON.stringify(result));
-  process.exit(result.ok ? 0 : 1);
-}
-setTimeout(() => finish({ ok: false, error: 'hard timeout after 60000 ms' }), 60000).unref();
+const finish = finisher(60000, () => (client ? [client] : []), () => { if (redis) redis.kill('SIGKILL'); });
 
 /** A free TCP port of 127.0.0.1. */
 function freePort() {

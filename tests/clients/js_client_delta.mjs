@@ -9,7 +9,7 @@
 import { createDelta, applyDelta as npmApply } from 'fossil-delta';
 import WebSocket from 'ws';
 import { Shardcast, applyDelta } from '../../clients/js/shardcast.js';
-import { assert, httpPublish, killAll, startServer, waitFor } from './js_harness.mjs';
+import { assert, finisher, httpPublish, startServer, waitFor } from './js_harness.mjs';
 
 const BIN = process.argv[2];
 const enc = new TextEncoder();
@@ -17,13 +17,7 @@ const dec = new TextDecoder();
 const t0 = Date.now();
 let client = null;
 
-function finish(result) {
-  if (client) client.close();
-  killAll();
-  console.log(JSON.stringify(result));
-  process.exit(result.ok ? 0 : 1);
-}
-setTimeout(() => finish({ ok: false, error: 'hard timeout after 60000 ms' }), 60000).unref();
+const finish = finisher(60000, () => (client ? [client] : []));
 
 /** An order book of `levels` a side; `update` changes `changes` of them. */
 function book(levels) {

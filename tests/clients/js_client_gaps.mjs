@@ -9,18 +9,12 @@
 // Prints one JSON line ({"ok":true,...} exit 0, or {"ok":false,"error":...} exit 1).
 import WebSocket from 'ws';
 import { Shardcast } from '../../clients/js/shardcast.js';
-import { assert, httpPublish, killAll, startServer, waitFor } from './js_harness.mjs';
+import { assert, finisher, httpPublish, startServer, waitFor } from './js_harness.mjs';
 
 const BIN = process.argv[2];
 let client = null;
 
-function finish(result) {
-  if (client) client.close();
-  killAll();
-  console.log(JSON.stringify(result));
-  process.exit(result.ok ? 0 : 1);
-}
-setTimeout(() => finish({ ok: false, error: 'hard timeout after 30000 ms' }), 30000).unref();
+const finish = finisher(30000, () => (client ? [client] : []));
 
 try {
   if (!BIN) throw new Error('usage: node js_client_gaps.mjs <path-to-shardcast-binary>');

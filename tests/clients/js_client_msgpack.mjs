@@ -10,19 +10,13 @@ import { encode as npmEncode, decode as npmDecode } from '@msgpack/msgpack';
 import { isDeepStrictEqual } from 'node:util';
 import WebSocket from 'ws';
 import { Shardcast, msgpack } from '../../clients/js/shardcast.js';
-import { assert, killAll, startServer, waitFor } from './js_harness.mjs';
+import { assert, finisher, startServer, waitFor } from './js_harness.mjs';
 
 const BIN = process.argv[2];
 const t0 = Date.now();
 const clients = [];
 
-function finish(result) {
-  for (const c of clients) c.close();
-  killAll();
-  console.log(JSON.stringify(result));
-  process.exit(result.ok ? 0 : 1);
-}
-setTimeout(() => finish({ ok: false, error: 'hard timeout after 60000 ms' }), 60000).unref();
+const finish = finisher(60000, () => clients);
 
 try {
   if (!BIN) throw new Error('usage: node js_client_msgpack.mjs <path-to-shardcast-binary>');

@@ -57,3 +57,21 @@ export async function httpPublish(port, ch, data) {
   if (r.status !== 200) throw new Error(`HTTP publish ${r.status}: ${await r.text()}`);
   return (await r.json()).seq;
 }
+
+/**
+ * How a test script ends: `finish(result)` closes what `open()` returns
+ * (the script's clients), kills the servers (and anything `cleanup` stops),
+ * prints `result` as one JSON line and exits, 0 when `result.ok`. After
+ * `ms` it finishes on its own, as a failure.
+ */
+export function finisher(ms, open, cleanup = () => {}) {
+  const finish = (result) => {
+    for (const c of open()) c.close();
+    cleanup();
+    killAll();
+    console.log(JSON.stringify(result));
+    process.exit(result.ok ? 0 : 1);
+  };
+  setTimeout(() => finish({ ok: false, error: `hard timeout after ${ms} ms` }), ms).unref();
+  return finish;
+}
