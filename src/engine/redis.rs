@@ -413,12 +413,7 @@ impl RedisLink {
         let [meta_ttl, count, bytes] = &mut digits;
         let (prefix, channel) = (settings.prefix.as_bytes(), name.as_bytes());
         self.command(|out| {
-            resp::array_head(out, 10);
-            resp::bulk(out, &[b"EVALSHA"]);
-            resp::bulk(out, &[self.position_sha.as_bytes()]);
-            resp::bulk(out, &[b"2"]);
-            resp::bulk(out, &[prefix, b":{", channel, b"}:m"]);
-            resp::bulk(out, &[prefix, b":{", channel, b"}:s"]);
+            script_call(out, &self.position_sha, prefix, channel, &[b"m", b"s"], 5);
             resp::bulk(out, &[epoch.as_bytes()]);
             resp::bulk(
                 out,
@@ -492,11 +487,14 @@ impl RedisLink {
         let mut ttl = itoa::Buffer::new();
         let node = format!("{:016x}", settings.node);
         self.command(|out| {
-            resp::array_head(out, 7);
-            resp::bulk(out, &[b"EVALSHA"]);
-            resp::bulk(out, &[self.node_occupancy_sha.as_bytes()]);
-            resp::bulk(out, &[b"1"]);
-            resp::bulk(out, &[prefix, b":{", channel, b"}:nodes"]);
+            script_call(
+                out,
+                &self.node_occupancy_sha,
+                prefix,
+                channel,
+                &[b"nodes"],
+                3,
+            );
             resp::bulk(out, &[if on { b"j" } else { b"l" }]);
             resp::bulk(out, &[node.as_bytes()]);
             resp::bulk(out, &[ttl.format(millis(settings.presence_ttl)).as_bytes()]);
@@ -544,14 +542,16 @@ impl RedisLink {
     /// on `channel`'s member hash, expiry set and name set, to be followed
     /// by `argv` more arguments.
     fn presence_call(&self, out: &mut BytesMut, script: usize, channel: &[u8], argv: usize) {
-        let prefix = self.settings.prefix.as_bytes();
-        resp::array_head(out, 6 + argv);
-        resp::bulk(out, &[b"EVALSHA"]);
-        resp::bulk(out, &[self.presence_shas[script].as_bytes()]);
-        resp::bulk(out, &[b"3"]);
-        resp::bulk(out, &[prefix, b":{", channel, b"}:members"]);
-        resp::bulk(out, &[prefix, b":{", channel, b"}:expiry"]);
-        resp::bulk(out, &[prefix, b":{", channel, b"}:names"]);
+        let sha = &self.presence_shas[script];
+        let keys: [&[u8]; 3] = [b"members", b"expiry", b"names"];
+        script_call(
+            out,
+            sha,
+            self.settings.prefix.as_bytes(),
+            channel,
+            &keys,
+            argv,
+        );
     }
 
     /// This shard wants pushes for `name` (or no longer): `SUBSCRIBE`s or
@@ -930,6 +930,29 @@ fn presence_event(message: &[u8], node: u64) -> Option<Option<(bool, &[u8])>> {
     };
     let (origin, member) = super::untag(&message[1..])?;
     Some((origin != node).then_some((join, member)))
+}
+
+/// The head of `EVALSHA sha` on `channel`'s keys, one
+/// `<prefix>:{<channel>}:<suffix>` per suffix (the hash tag keeps them in
+/// one Cluster slot), to be followed by `argv` arguments.
+fn script_call(
+    out: &mut BytesMut,
+    sha: &str,
+    prefix: &[u8],
+    channel: &[u8],
+    suffixes: &[&[u8]],
+    argv: usize,
+) {
+    resp::array_head(out, 3 + suffixes.len() + argv);
+    resp::bulk(out, &[b"EVALSHA"]);
+    resp::bulk(out, &[sha.as_bytes()]);
+    resp::bulk(
+        out,
+        &[itoa::Buffer::new().format(suffixes.len()).as_bytes()],
+    );
+    for suffix in suffixes {
+        resp::bulk(out, &[prefix, b":{", channel, b"}:", suffix]);
+    }
 }
 
 /// The presence query's page: `{count, more, conn1, json1, ...}`.

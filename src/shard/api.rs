@@ -9,7 +9,7 @@
 use std::{rc::Rc, time::Duration};
 
 use bytes::Bytes;
-use glommio::channels::local_channel::{self, LocalReceiver};
+use glommio::channels::local_channel::LocalReceiver;
 
 use super::{Shard, SlotGuard};
 use crate::{
@@ -92,14 +92,8 @@ impl Shard {
         publications: Vec<HttpPublication>,
     ) -> Vec<Option<u64>> {
         let count = publications.len();
-        let (tx, rx) = local_channel::new_bounded(count.max(1));
-        let nonce = self.new_token();
-        let slot = self.http_waiters.borrow_mut().insert((nonce, tx)) as u32;
-        let _waiting = SlotGuard {
-            waiters: &self.http_waiters,
-            slot,
-            nonce,
-        };
+        let (waiting, rx) = SlotGuard::take(&self.http_waiters, self.new_token(), count);
+        let (slot, nonce) = (waiting.slot, waiting.nonce);
         for (index, publication) in publications.into_iter().enumerate() {
             let owner = self.owner_of(&publication.ch);
             self.links.wait_for_room(owner).await;
@@ -148,14 +142,8 @@ impl Shard {
     /// Sends `request` to each of `peers` (this shard may be one) and
     /// collects the answers that come within the wait.
     async fn ask_shards(&self, peers: &[usize], request: ApiRequest) -> Vec<ApiAnswer> {
-        let (tx, rx) = local_channel::new_bounded(peers.len().max(1));
-        let nonce = self.new_token();
-        let slot = self.api_waiters.borrow_mut().insert((nonce, tx)) as u32;
-        let _waiting = SlotGuard {
-            waiters: &self.api_waiters,
-            slot,
-            nonce,
-        };
+        let (waiting, rx) = SlotGuard::take(&self.api_waiters, self.new_token(), peers.len());
+        let (slot, nonce) = (waiting.slot, waiting.nonce);
         for &peer in peers {
             match peer == self.id {
                 true => self.serve_api(self.id, slot, nonce, request.clone()),

@@ -30,7 +30,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use glommio::{channels::local_channel::LocalSender, sync::Gate};
+use glommio::{
+    channels::local_channel::{LocalReceiver, LocalSender},
+    sync::Gate,
+};
 use slab::Slab;
 
 pub use run::{run_shard, ShardContext};
@@ -1203,13 +1206,34 @@ fn replay_frames(
     (frames.iter().map(Bytes::len).sum::<usize>() <= room).then_some(frames)
 }
 
-/// Frees an HTTP request's reply slot (a publish waiting for its `seq`, a
-/// presence question) when its wait ends, unless the answer already did
-/// (the slot may then belong to a later request: the nonce tells).
+/// Frees a request's reply slot (a publish waiting for its `seq`, a
+/// presence question, an API request or a scrape asked of other shards)
+/// when its wait ends, unless the answer already did (the slot may then
+/// belong to a later request: the nonce tells).
 struct SlotGuard<'a, T> {
     waiters: &'a RefCell<Slab<(u32, T)>>,
     slot: u32,
     nonce: u32,
+}
+
+impl<'a, A> SlotGuard<'a, LocalSender<A>> {
+    /// Takes a slot in `waiters` under `nonce` for a channel of `capacity`
+    /// answers; returns the guard (its `slot` and `nonce` name the
+    /// request to those who answer) and the channel's receiving end.
+    fn take(
+        waiters: &'a RefCell<Slab<(u32, LocalSender<A>)>>,
+        nonce: u32,
+        capacity: usize,
+    ) -> (Self, LocalReceiver<A>) {
+        let (tx, rx) = glommio::channels::local_channel::new_bounded(capacity.max(1));
+        let slot = waiters.borrow_mut().insert((nonce, tx)) as u32;
+        let guard = SlotGuard {
+            waiters,
+            slot,
+            nonce,
+        };
+        (guard, rx)
+    }
 }
 
 impl<T> Drop for SlotGuard<'_, T> {

@@ -6,9 +6,8 @@
 use std::{rc::Rc, time::Duration};
 
 use bytes::Bytes;
-use glommio::channels::local_channel;
 
-use super::Shard;
+use super::{Shard, SlotGuard};
 use crate::{
     channel::STATS_CHANNEL,
     close::CloseReason,
@@ -85,9 +84,9 @@ impl Shard {
         let mut snapshots = vec![self.snapshot(true)];
         let peers = self.shards - 1;
         if peers > 0 {
-            let (tx, rx) = local_channel::new_bounded(peers);
-            let nonce = self.new_token();
-            let slot = self.stats_waiters.borrow_mut().insert((nonce, tx)) as u32;
+            // Freed however the wait ends (a scrape dropped at shutdown too).
+            let (waiting, rx) = SlotGuard::take(&self.stats_waiters, self.new_token(), peers);
+            let (slot, nonce) = (waiting.slot, waiting.nonce);
             for peer in (0..self.shards).filter(|p| *p != self.id) {
                 let from = self.id as u16;
                 self.links
@@ -106,7 +105,6 @@ impl Shard {
                 Ok(())
             })
             .await;
-            self.stats_waiters.borrow_mut().try_remove(slot as usize);
         }
         ServerStats::new(self.shards, snapshots)
     }

@@ -283,14 +283,8 @@ impl Shard {
         name: &str,
         ask: PresenceAsk,
     ) -> Result<Option<Vec<u8>>, OpError<'static>> {
-        let (tx, rx) = glommio::channels::local_channel::new_bounded(1);
-        let nonce = self.new_token();
-        let slot = self.presence_waiters.borrow_mut().insert((nonce, tx)) as u32;
-        let _waiting = super::SlotGuard {
-            waiters: &self.presence_waiters,
-            slot,
-            nonce,
-        };
+        let (waiting, rx) = super::SlotGuard::take(&self.presence_waiters, self.new_token(), 1);
+        let (slot, nonce) = (waiting.slot, waiting.nonce);
         self.ask_presence(name, PresenceAsker::Http { slot, nonce }, ask)?;
         Ok(rx.recv().await)
     }
