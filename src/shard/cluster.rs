@@ -46,7 +46,7 @@ impl Shard {
             return;
         };
         self.set_engine_health();
-        self.spawn_presence_refresh();
+        self.spawn_redis_refresh();
         let links: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>> = match engine {
             Engine::Redis(links) => links
                 .iter()
@@ -225,10 +225,12 @@ impl Shard {
     }
 
     /// Every third of the presence TTL: this node's members of the presence
-    /// channels this shard owns are still there (Redis drops those of a node
-    /// that stops saying so).
-    fn spawn_presence_refresh(self: &Rc<Self>) {
-        if !matches!(self.engine, Some(Engine::Redis(_))) || self.presence_patterns.is_empty() {
+    /// channels this shard owns are still there, and so are its entries in
+    /// the node sets of the occupied channels it owns (with webhooks):
+    /// Redis drops those of a node that stops saying so.
+    fn spawn_redis_refresh(self: &Rc<Self>) {
+        let refreshed = !self.presence_patterns.is_empty() || self.webhooks.is_some();
+        if !matches!(self.engine, Some(Engine::Redis(_))) || !refreshed {
             return;
         }
         let shard = self.clone();
@@ -237,6 +239,7 @@ impl Shard {
             while !shard.is_shutting_down() {
                 glommio::timer::sleep(every).await;
                 shard.refresh_presence();
+                shard.refresh_occupancy();
             }
         })
         .detach();

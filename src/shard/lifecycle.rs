@@ -23,7 +23,7 @@ use bytes::Bytes;
 use futures_lite::FutureExt;
 
 use super::Shard;
-use crate::{channel, conn::Conn, engine::Engine, mesh::MeshMsg, webhook::Event};
+use crate::{channel, conn::Conn, mesh::MeshMsg, webhook::Event};
 
 /// How often a shard looks for vacated graces that ran out.
 const VACATE_TICK: Duration = Duration::from_millis(50);
@@ -111,20 +111,16 @@ impl Shard {
             }
         })
         .detach();
-        if matches!(self.engine, Some(Engine::Redis(_))) {
-            let shard = self.clone();
-            let every = self.config.presence_ttl / 3;
-            glommio::spawn_local(async move {
-                while !shard.is_shutting_down() {
-                    glommio::timer::sleep(every).await;
-                    for name in shard.occupancy.borrow().occupied() {
-                        if let Some(link) = shard.redis_link(name) {
-                            link.node_occupancy(name, true, false);
-                        }
-                    }
-                }
-            })
-            .detach();
+    }
+
+    /// With Redis: this node's entries in the node sets of the occupied
+    /// channels this shard owns are still there (see
+    /// `Shard::spawn_redis_refresh`).
+    pub(super) fn refresh_occupancy(&self) {
+        for name in self.occupancy.borrow().occupied() {
+            if let Some(link) = self.redis_link(name) {
+                link.node_occupancy(name, true, false);
+            }
         }
     }
 
