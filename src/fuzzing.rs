@@ -30,7 +30,7 @@ pub fn client_op(data: &[u8]) {
             assert!(serde_json::from_str::<serde_json::Value>(&text).is_ok());
             let _ = protocol::parse_client_op(&text);
         }
-        Err(error) => assert_valid_json(&protocol::encode_err(&error)),
+        Err(refused) => assert_valid_json(&protocol::encode_err(&refused.error())),
     }
     let limit = 1 << 16;
     if let Ok(inflated) = Inflater::default().inflate(data, limit) {

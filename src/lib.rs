@@ -32,6 +32,7 @@
 //!   (`conn::batch`), the bounded queue (`conn::outbox`) and the shard's
 //!   flush pass (`conn::flush`).
 //! - [`protocol`]: the JSON envelope, parsed and encoded without I/O;
+//!   [`json_data`]: the JSON data every subscriber's parser holds;
 //!   [`frame`]: server WebSocket frames, encoded once and shared (headers
 //!   by the frame codec, the `shardcast-wire` crate in `wire/`);
 //!   [`channel`]: channel names and owners.
@@ -65,6 +66,7 @@ pub(crate) mod exposition;
 pub mod frame;
 pub mod fuzzing;
 pub(crate) mod heartbeat;
+pub mod json_data;
 pub(crate) mod mesh;
 pub mod process;
 pub mod protocol;

@@ -13,6 +13,7 @@ use serde_json::value::RawValue;
 use crate::{
     channel::{self, Access, ChannelError},
     frame::{self, FrameBuilder, OpCode},
+    json_data,
 };
 
 /// Longest accepted request `id`, in bytes of JSON text: digits of an
@@ -329,49 +330,16 @@ fn is_object(text: &str) -> bool {
         .starts_with('{')
 }
 
-/// Whether the arrays and objects of the JSON text `json` (valid JSON) nest
-/// at most `max` deep. One pass over the bytes, skipping strings.
-pub fn nesting_within(json: &[u8], max: usize) -> bool {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &byte in json {
-        if in_string {
-            match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match byte {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > max {
-                    return false;
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    true
-}
-
-/// `data` of a publication: present, and not nested deeper than
-/// [`MAX_DATA_DEPTH`].
+/// `data` of a publication: present, and data every subscriber's parser
+/// holds (`json_data.rs`: nested at most [`MAX_DATA_DEPTH`] deep, finite
+/// numbers, valid Unicode).
 pub(crate) fn read_data<'a>(
     data: Option<&'a RawValue>,
     id: Option<&'a str>,
 ) -> Result<&'a str, OpError<'a>> {
     let data = data.ok_or_else(|| OpError::new(ErrorCode::BadJson, "pub needs data", id))?;
-    if !nesting_within(data.get().as_bytes(), MAX_DATA_DEPTH) {
-        return Err(OpError::new(
-            ErrorCode::BadJson,
-            format!("data nests arrays and objects deeper than {MAX_DATA_DEPTH}"),
-            id,
-        ));
-    }
+    json_data::check(data.get().as_bytes())
+        .map_err(|why| OpError::new(ErrorCode::BadJson, format!("data refused: {why}"), id))?;
     Ok(data.get())
 }
 
@@ -511,15 +479,12 @@ pub fn encode_msg_conflated(
 fn push_data(out: &mut FrameBuilder, kind: PayloadKind, payload: &[u8]) {
     let as_json = match kind {
         PayloadKind::Json => true,
-        PayloadKind::Text => {
-            serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok()
-                && nesting_within(payload, MAX_DATA_DEPTH)
-        }
+        PayloadKind::Text => json_data::check(payload).is_ok(),
         PayloadKind::Binary => false,
     };
     if as_json {
         out.push(b",\"data\":");
-        out.push(payload);
+        push_one_line(out, payload);
     } else if kind == PayloadKind::Text {
         out.push(b",\"text\":");
         // Raw-room text frames were UTF-8-checked by the reader.
@@ -533,6 +498,21 @@ fn push_data(out: &mut FrameBuilder, kind: PayloadKind, payload: &[u8]) {
         out.push(b"\"");
     }
     out.push(b"}");
+}
+
+/// Valid JSON `json`, its raw line breaks (white space between tokens:
+/// strings escape theirs) made spaces, so that every envelope is one line
+/// and batched envelopes split on `\n` (`conn/batch.rs`). Publications'
+/// data is made so when received (`Payload::json`); raw-room text taken for
+/// JSON is made so here.
+fn push_one_line(out: &mut FrameBuilder, json: &[u8]) {
+    let mut rest = json;
+    while let Some(at) = memchr::memchr2(b'\n', b'\r', rest) {
+        out.push(&rest[..at]);
+        out.push(b" ");
+        rest = &rest[at + 1..];
+    }
+    out.push(rest);
 }
 
 /// A `msg` envelope up to its `seq` (`{"op":"msg","ch":..,"seq":N`), in a
@@ -1097,6 +1077,38 @@ mod tests {
         assert!(plain.get("data").is_none());
         let bin = payload_json(&encode_msg("r", 3, PayloadKind::Binary, &[0, 1, 255]));
         assert_eq!(bin["bin"], json!("AAH/"));
+    }
+
+    #[test]
+    fn raw_room_json_with_line_breaks_goes_on_one_line() {
+        for conflated in [false, true] {
+            let text = b"{\"a\":\r\n[1,\n2],\"s\":\"x\\ny\"}";
+            let frame = match conflated {
+                false => encode_msg("r", 1, PayloadKind::Text, text),
+                true => encode_msg_conflated("r", 1, PayloadKind::Text, text, 2),
+            };
+            let payload = frame::payload_of(&frame);
+            assert!(!payload.contains(&b'\n') && !payload.contains(&b'\r'));
+            assert_eq!(
+                payload_json(&frame)["data"],
+                json!({"a": [1, 2], "s": "x\ny"})
+            );
+        }
+    }
+
+    #[test]
+    fn data_no_parser_holds_is_refused_and_raw_room_text_of_it_stays_text() {
+        for data in ["1e999", "[-1e400]", "\"\\ud800\"", "{\"\\udfff\":1}"] {
+            let text = format!(r#"{{"op":"pub","ch":"c","data":{data},"id":"p1"}}"#);
+            let error = parse_client_op(&text).unwrap_err();
+            assert_eq!(
+                (error.code, error.id),
+                (ErrorCode::BadJson, Some("\"p1\"")),
+                "{data}"
+            );
+            let frame = encode_msg("r", 1, PayloadKind::Text, data.as_bytes());
+            assert_eq!(payload_json(&frame)["text"], json!(data), "{data}");
+        }
     }
 
     #[test]

@@ -388,12 +388,12 @@ fn handle_msgpack_op(bytes: &[u8], host: &mut impl Host) -> Option<usize> {
     match msgpack::parse_op(bytes) {
         Ok(msgpack::Op::Json(text)) => handle_op(&text, None, host),
         Ok(msgpack::Op::BinaryPub { op, data }) => handle_op(&op, Some(&data), host),
-        Err(error) if matches!(host.permit(), Permit::AwaitingAuth) => {
-            refuse_before_auth(error.id, host);
+        Err(refused) if matches!(host.permit(), Permit::AwaitingAuth) => {
+            refuse_before_auth(refused.id.as_deref(), host);
             None
         }
-        Err(error) => {
-            host.send(host.codec().err(&error));
+        Err(refused) => {
+            host.send(host.codec().err(&refused.error()));
             None
         }
     }

@@ -26,17 +26,52 @@ pub enum Op {
     BinaryPub { op: String, data: Vec<u8> },
 }
 
+/// A client frame refused: why, and the request's `id` as JSON text when
+/// the map could be read far enough to find it.
+#[derive(Debug, PartialEq)]
+pub struct Refused {
+    pub msg: &'static str,
+    pub id: Option<String>,
+}
+
+impl Refused {
+    /// The `err` this answers with (`bad_json`, as the JSON protocol's).
+    pub fn error(&self) -> OpError<'_> {
+        OpError::new(ErrorCode::BadJson, self.msg, self.id.as_deref())
+    }
+}
+
+/// How deep `rmpv` may read: the envelope's map, then `data` nested one
+/// level deeper than the JSON protocol allows (so that the JSON protocol's
+/// rule, applied once the op is transcoded, refuses it with the request's
+/// id), with a string at the bottom. `rmpv` counts each array or map twice
+/// (the value, then its items) and a string twice more.
+const MAX_READ_DEPTH: usize = 2 * (MAX_DATA_DEPTH + 2) + 3;
+
 /// Reads one client frame: a MessagePack map, nothing after it.
-pub fn parse_op(bytes: &[u8]) -> Result<Op, OpError<'static>> {
-    let bad = |msg: &'static str| OpError::new(ErrorCode::BadJson, msg, None);
+pub fn parse_op(bytes: &[u8]) -> Result<Op, Refused> {
+    let unread = |msg: &'static str| Refused { msg, id: None };
     let mut rest = bytes;
-    let value = rmpv::decode::read_value_with_max_depth(&mut rest, MAX_DATA_DEPTH + 1)
-        .map_err(|_| bad("expected a MessagePack map with an op"))?;
+    let value = rmpv::decode::read_value_with_max_depth(&mut rest, MAX_READ_DEPTH)
+        .map_err(|_| unread("expected a MessagePack map with an op"))?;
     if !rest.is_empty() {
-        return Err(bad("bytes after the MessagePack map"));
+        return Err(unread("bytes after the MessagePack map"));
     }
     let Value::Map(mut fields) = value else {
-        return Err(bad("expected a MessagePack map with an op"));
+        return Err(unread("expected a MessagePack map with an op"));
+    };
+    // The id, for an error about the rest to carry.
+    let id = fields
+        .iter()
+        .find(|(k, _)| k.as_str() == Some("id"))
+        .and_then(|(_, v)| match v {
+            Value::String(_) | Value::Integer(_) => to_json(v.clone()).ok(),
+            _ => None,
+        })
+        .map(|id| id.to_string());
+    let bad = |msg: &'static str| Refused {
+        msg,
+        id: id.clone(),
     };
     let mut binary = None;
     let is_pub = fields
@@ -141,7 +176,9 @@ fn to_json(value: Value) -> Result<serde_json::Value, &'static str> {
                     return Err("map keys must be strings");
                 };
                 let key = key.into_str().ok_or("a key that is not UTF-8")?;
-                object.insert(key, to_json(value)?);
+                if object.insert(key, to_json(value)?).is_some() {
+                    return Err("a map holds a key twice");
+                }
             }
             J::Object(object)
         }
@@ -253,6 +290,58 @@ mod tests {
         deep.extend(std::iter::repeat_n(0x91, 1000));
         deep.push(0xc0);
         assert!(parse_op(&deep).is_err());
+    }
+
+    /// A `pub` whose data nests `depth` arrays around a string.
+    fn nested_pub(depth: usize) -> Vec<u8> {
+        let mut data = Value::from("deepest");
+        for _ in 0..depth {
+            data = Value::Array(vec![data]);
+        }
+        map(&[
+            ("op", "pub".into()),
+            ("ch", "c".into()),
+            ("id", "n1".into()),
+            ("data", data),
+        ])
+    }
+
+    /// The JSON protocol's reading of a MessagePack op: its code and id.
+    fn read(bytes: &[u8]) -> Result<(), (ErrorCode, Option<String>)> {
+        let refused = |e: OpError<'_>| (e.code, e.id.map(str::to_owned));
+        match parse_op(bytes) {
+            Ok(Op::Json(json)) => protocol::parse_client_op(&json).map(drop).map_err(refused),
+            Ok(Op::BinaryPub { op, .. }) => {
+                protocol::parse_client_op(&op).map(drop).map_err(refused)
+            }
+            Err(refusal) => Err(refused(refusal.error())),
+        }
+    }
+
+    #[test]
+    fn data_follows_the_json_protocols_rules() {
+        let bad_json = |id: &str| Err((ErrorCode::BadJson, Some(id.to_owned())));
+        assert_eq!(read(&nested_pub(MAX_DATA_DEPTH)), Ok(()));
+        assert_eq!(read(&nested_pub(MAX_DATA_DEPTH + 1)), bad_json("\"n1\""));
+        // A key twice, anywhere, is refused (the JSON envelope refuses it;
+        // a map made an object would silently lose one).
+        let mut twice = map(&[("op", "pub".into()), ("ch", "c".into()), ("id", 7.into())]);
+        twice[0] = 0x85;
+        for _ in 0..2 {
+            twice.extend([0xa4, b'd', b'a', b't', b'a', 0x01]);
+        }
+        assert_eq!(read(&twice), bad_json("7"));
+        let inner = Value::Map(vec![("k".into(), 1.into()), ("k".into(), 2.into())]);
+        let dup_data = map(&[("op", "pub".into()), ("ch", "c".into()), ("data", inner)]);
+        assert_eq!(read(&dup_data), Err((ErrorCode::BadJson, None)));
+        // An error about data carries the request's id.
+        let nested_binary = map(&[
+            ("op", "pub".into()),
+            ("ch", "c".into()),
+            ("id", "b2".into()),
+            ("data", Value::Array(vec![Value::Binary(vec![1])])),
+        ]);
+        assert_eq!(read(&nested_binary), bad_json("\"b2\""));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod budget;
 mod cluster;
+mod fossil;
 mod idempotency;
 pub mod index;
 mod lifecycle;

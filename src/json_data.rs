@@ -1,0 +1,160 @@
+//! Whether JSON text is data every subscriber's parser holds as it is:
+//! valid JSON, arrays and objects nested at most [`MAX_DATA_DEPTH`] deep,
+//! every number a finite double (`1e999` is infinity to JavaScript and
+//! nothing to MessagePack), every string valid Unicode (a lone surrogate
+//! `"\ud800"` is refused by strict parsers and has no UTF-8 form). One pass
+//! of serde_json over the text, allocating nothing but for strings with
+//! escapes. Publications are checked at the edge (`pub`, the HTTP API, raw
+//! rooms deciding between `data` and `text`, records from the broker), so
+//! what is delivered is valid for every protocol. Pure.
+
+use std::fmt;
+
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+use crate::protocol::MAX_DATA_DEPTH;
+
+/// Why JSON text is not data every parser holds.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UnfitData(serde_json::Error);
+
+/// Checks `json` (see the module's doc).
+pub fn check(json: &[u8]) -> Result<(), UnfitData> {
+    let mut reader = serde_json::Deserializer::from_slice(json);
+    Value {
+        depth_left: MAX_DATA_DEPTH,
+    }
+    .deserialize(&mut reader)
+    .and_then(|()| reader.end())
+    .map_err(UnfitData)
+}
+
+/// One JSON value, with the nesting still allowed inside it.
+#[derive(Clone, Copy)]
+struct Value {
+    depth_left: usize,
+}
+
+impl Value {
+    /// The value inside an array or object, or an error when that is
+    /// nested too deep.
+    fn inner<E: serde::de::Error>(self) -> Result<Value, E> {
+        match self.depth_left.checked_sub(1) {
+            Some(depth_left) => Ok(Value { depth_left }),
+            None => Err(E::custom(format_args!(
+                "data nests arrays and objects deeper than {MAX_DATA_DEPTH}"
+            ))),
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Value {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Value {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("JSON data")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, number: f64) -> Result<(), E> {
+        // serde_json refuses overflowing literals itself; this keeps the
+        // rule whatever the reader.
+        match number.is_finite() {
+            true => Ok(()),
+            false => Err(E::custom("number out of range")),
+        }
+    }
+
+    // serde_json hands out strings only once they are valid Unicode: a lone
+    // surrogate escape is its error, before any visit.
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<(), A::Error> {
+        let inner = self.inner()?;
+        while items.next_element_seed(inner)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut fields: A) -> Result<(), A::Error> {
+        let inner = self.inner()?;
+        while fields.next_key_seed(inner)?.is_some() {
+            fields.next_value_seed(inner)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nested(depth: usize) -> String {
+        "[".repeat(depth) + &"]".repeat(depth)
+    }
+
+    #[test]
+    fn ordinary_json_is_fit() {
+        for json in [
+            "null",
+            "true",
+            " 1 ",
+            "-0.5e-3",
+            "1e-400",
+            "18446744073709551616",
+            "\"caf\\u00e9 \\ud83d\\ude00\"",
+            "{\"a\":[1,{\"b\":\"x\\ny\"}],\"c\":{}}",
+            "[1,\n2]",
+        ] {
+            assert!(check(json.as_bytes()).is_ok(), "{json}");
+        }
+        assert!(check(nested(MAX_DATA_DEPTH).as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn what_a_parser_cannot_hold_is_unfit_and_says_why() {
+        for (json, why) in [
+            ("1e999", "number out of range"),
+            ("[-1e400]", "number out of range"),
+            ("\"\\ud800\"", "escape"),
+            ("{\"\\udc00\":1}", "escape"),
+            ("\"\\ud800\\u0041\"", "escape"),
+            ("[1,]", "trailing comma"),
+            ("1 2", "trailing characters"),
+            ("", "EOF"),
+        ] {
+            let error = check(json.as_bytes()).expect_err(json).to_string();
+            assert!(error.contains(why), "{json}: {error}");
+        }
+        let deep = check(nested(MAX_DATA_DEPTH + 1).as_bytes()).unwrap_err();
+        assert!(deep.to_string().contains("deeper than 64"), "{deep}");
+        let deep_object =
+            "{\"a\":".repeat(MAX_DATA_DEPTH + 1) + "1" + &"}".repeat(MAX_DATA_DEPTH + 1);
+        assert!(check(deep_object.as_bytes()).is_err());
+    }
+}
