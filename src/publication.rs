@@ -4,6 +4,11 @@
 //! the mesh, the owner, fan-out and the connections share these types
 //! without importing each other.
 
+use std::{
+    hash::{BuildHasher, RandomState},
+    sync::{Arc, OnceLock},
+};
+
 use bytes::Bytes;
 
 use crate::{clock, protocol::PayloadKind};
@@ -35,10 +40,10 @@ pub struct Payload {
     /// When the server received it ([`clock::now_ns`]): deliveries are timed
     /// from here.
     pub published_at: u64,
-    /// Its conflation key, hashed with its channel, on a channel that
-    /// conflates (`--conflate`); 0: none. A newer publication with the same
-    /// one may replace it in the queue of a subscriber that fell behind.
-    pub conflation: u64,
+    /// Its conflation key (`"key"`), on a channel that conflates
+    /// (`--conflate`): a newer publication of the channel with the same key
+    /// may replace it in the queue of a subscriber that fell behind.
+    pub key: Option<Arc<str>>,
 }
 
 impl Payload {
@@ -62,12 +67,9 @@ impl Payload {
         Payload::new(PayloadKind::Json, bytes.freeze())
     }
 
-    /// This payload conflating under `key` on `channel` (see
-    /// [`Payload::conflation`]).
-    pub fn with_key(mut self, channel: &[u8], key: &str) -> Self {
-        // Channel, a separator no name holds, and key; never 0 (none).
-        let hash = crate::channel::fnv1a(channel.iter().chain(b"\0").chain(key.as_bytes()));
-        self.conflation = hash.max(1);
+    /// This payload conflating under `key` (see [`Payload::key`]).
+    pub fn with_key(mut self, key: &str) -> Self {
+        self.key = Some(key.into());
         self
     }
 
@@ -78,9 +80,22 @@ impl Payload {
             kind,
             bytes,
             published_at: clock::now_ns(),
-            conflation: 0,
+            key: None,
         }
     }
+}
+
+/// What a connection's queue compares to find the older publication a
+/// keyed one replaces (`conn/outbox.rs`): the channel and the key, hashed
+/// with this process's secret (SipHash, keys drawn at start), never 0
+/// (none). Unlike an unkeyed hash, no one can search for two keys that
+/// collide: a publication on one channel cannot remove another's.
+pub fn conflation_id(channel: &str, key: &str) -> u64 {
+    static SECRET: OnceLock<RandomState> = OnceLock::new();
+    SECRET
+        .get_or_init(RandomState::new)
+        .hash_one((channel, key))
+        .max(1)
 }
 
 /// The answer to a subscription that asked for the channel's position and,
@@ -111,5 +126,25 @@ mod tests {
         let parsed: serde_json::Value = serde_json::from_str(text).unwrap();
         let original: serde_json::Value = serde_json::from_str(data).unwrap();
         assert_eq!(parsed, original, "the same value, escapes kept");
+    }
+
+    /// The id a queue compares is keyed by a secret of this process: it is
+    /// not the unkeyed FNV-1a it was (collisions of which were found in
+    /// minutes), stays the same for the same channel and key, and tells
+    /// channels apart.
+    #[test]
+    fn conflation_ids_are_keyed_by_a_secret() {
+        let unkeyed = |ch: &str, key: &str| {
+            crate::channel::fnv1a(ch.as_bytes().iter().chain(b"\0").chain(key.as_bytes())).max(1)
+        };
+        for (ch, key) in [("prices", "AAPL"), ("a", "b"), ("chat.1", "typing")] {
+            assert_eq!(conflation_id(ch, key), conflation_id(ch, key));
+            assert_ne!(conflation_id(ch, key), unkeyed(ch, key));
+            assert_ne!(conflation_id(ch, key), conflation_id("other", key));
+            assert_ne!(conflation_id(ch, key), 0);
+        }
+        // The pair is hashed as a pair: a name and a key cannot be shifted
+        // into one another.
+        assert_ne!(conflation_id("ab", "c"), conflation_id("a", "bc"));
     }
 }

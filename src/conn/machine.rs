@@ -467,7 +467,7 @@ fn handle_op(text: &str, binary: Option<&[u8]>, host: &mut impl Host) -> Option<
                     None => Payload::json(data.as_bytes()),
                 };
                 if let Some(key) = key {
-                    payload = payload.with_key(ch.as_bytes(), &key);
+                    payload = payload.with_key(&key);
                 }
                 let ch = Bytes::copy_from_slice(ch.as_bytes());
                 congested = host.publish(ch, payload, None, id);

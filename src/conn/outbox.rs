@@ -115,7 +115,8 @@ pub(super) struct Queued {
     pub(super) continues: bool,
     /// Considered for batching already.
     pub(super) sealed: bool,
-    /// The publication's conflation key and channel, hashed (0: none), and
+    /// The publication's channel and conflation key as
+    /// `publication::conflation_id` (a keyed hash; 0: none), and
     /// how many older ones this frame replaced (see [`Outbox::take_keyed`]).
     conflation: u64,
     conflated: u32,
@@ -241,7 +242,7 @@ impl Outbox {
     }
 
     /// Queues the frame of a publication that conflates under `conflation`
-    /// (a hash of its channel and key, see `Payload::conflation`; 0: none),
+    /// (`publication::conflation_id` of its channel and key; 0: none),
     /// having replaced `conflated` older ones.
     pub fn push_keyed(
         self: &Rc<Self>,

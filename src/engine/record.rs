@@ -1,19 +1,24 @@
 //! A publication as it travels between nodes and sits in a broker's
-//! history: a fixed 29-byte header (format version, payload kind,
-//! conflation key, origin node, the connection to skip) followed by the
-//! payload's bytes, unchanged. The Redis engine stores it in the channel's
+//! history: a fixed 29-byte header (format version, payload kind, the
+//! conflation key's length, origin node, the connection to skip), the
+//! conflation key, then the payload's bytes, unchanged. A record read back
+//! is checked as a client's publication is (JSON data every parser holds,
+//! UTF-8 text, a key within bounds): anything else on the shared prefix is
+//! refused, never fanned out. The Redis engine stores it in the channel's
 //! stream and publishes it as `<offset>:<epoch>:<record>`; the NATS engine
 //! sends it as the message body. Pure functions, no I/O.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::{
-    protocol::PayloadKind,
+    json_data,
+    protocol::{PayloadKind, MAX_KEY_LEN},
     publication::{ConnRef, Payload, Skip},
 };
 
-/// Format of the header below; a record of another version is refused.
-const VERSION: u8 = 1;
+/// Format of the header below; a record of another version is refused
+/// (1: the conflation key was an unkeyed hash).
+const VERSION: u8 = 2;
 /// Bytes before the payload.
 pub const HEADER_LEN: usize = 29;
 
@@ -28,6 +33,10 @@ pub enum RecordError {
     Kind(u8),
     #[error("published message is not <offset>:<epoch>:<record>")]
     Envelope,
+    #[error("conflation key of {0} bytes is not 1 to {MAX_KEY_LEN} bytes of UTF-8 in the record")]
+    Key(u64),
+    #[error("payload is not what its kind says: {0}")]
+    Payload(String),
 }
 
 /// A publication read back from a record.
@@ -47,14 +56,15 @@ pub fn node_hash(node_id: &str) -> u64 {
 
 /// Writes `payload` as a record from node `origin` into `out`.
 pub fn encode(out: &mut BytesMut, payload: &Payload, origin: u64, skip: Option<Skip>) {
-    out.reserve(HEADER_LEN + payload.bytes.len());
+    let key = payload.key.as_deref().unwrap_or_default();
+    out.reserve(HEADER_LEN + key.len() + payload.bytes.len());
     out.put_u8(VERSION);
     out.put_u8(match payload.kind {
         PayloadKind::Json => 0,
         PayloadKind::Text => 1,
         PayloadKind::Binary => 2,
     });
-    out.put_u64_le(payload.conflation);
+    out.put_u64_le(key.len() as u64);
     out.put_u64_le(origin);
     match skip {
         Some(skip) => {
@@ -65,6 +75,7 @@ pub fn encode(out: &mut BytesMut, payload: &Payload, origin: u64, skip: Option<S
         }
         None => out.put_bytes(0, 11),
     }
+    out.put_slice(key.as_bytes());
     out.put_slice(&payload.bytes);
 }
 
@@ -92,8 +103,33 @@ pub fn decode(record: &[u8]) -> Result<Record, RecordError> {
             gen: u32_at(25),
         },
     });
-    let mut payload = Payload::new(kind, Bytes::copy_from_slice(&record[HEADER_LEN..]));
-    payload.conflation = u64_at(2);
+    let key_len = u64_at(2);
+    let rest = &record[HEADER_LEN..];
+    let (key, bytes) = match usize::try_from(key_len) {
+        Ok(0) => (None, rest),
+        Ok(len @ 1..=MAX_KEY_LEN) if len <= rest.len() => {
+            let key = std::str::from_utf8(&rest[..len]).map_err(|_| RecordError::Key(key_len))?;
+            (Some(key), &rest[len..])
+        }
+        _ => return Err(RecordError::Key(key_len)),
+    };
+    match kind {
+        PayloadKind::Json => json_data::check(bytes)
+            .map_err(|why| RecordError::Payload(format!("JSON refused: {why}")))?,
+        PayloadKind::Text => {
+            std::str::from_utf8(bytes)
+                .map_err(|_| RecordError::Payload("text not UTF-8".into()))?;
+        }
+        PayloadKind::Binary => {}
+    }
+    // JSON as a client's `pub` leaves it: one line (see `Payload::json`).
+    let mut payload = match kind {
+        PayloadKind::Json => Payload::json(bytes),
+        _ => Payload::copy_of(kind, bytes),
+    };
+    if let Some(key) = key {
+        payload = payload.with_key(key);
+    }
     Ok(Record {
         payload,
         origin: u64_at(10),
@@ -145,15 +181,18 @@ mod tests {
             (PayloadKind::Text, skip),
             (PayloadKind::Binary, None),
         ] {
-            let mut payload = Payload::copy_of(kind, b"{\"a\":[1,2]}\xff");
-            payload.conflation = 0x0102_0304_0506_0708;
+            let bytes: &[u8] = match kind {
+                PayloadKind::Binary => b"{\"a\":[1,2]}\xff",
+                _ => b"{\"a\":[1,2]}",
+            };
+            let payload = Payload::copy_of(kind, bytes).with_key("k\u{e9}");
             let mut out = BytesMut::new();
             encode(&mut out, &payload, node_hash("node-a"), skip);
-            assert_eq!(out.len(), HEADER_LEN + payload.bytes.len());
+            assert_eq!(out.len(), HEADER_LEN + 3 + payload.bytes.len());
             let back = decode(&out).unwrap();
             assert_eq!(back.payload.kind, kind);
             assert_eq!(back.payload.bytes, payload.bytes);
-            assert_eq!(back.payload.conflation, payload.conflation);
+            assert_eq!(back.payload.key, payload.key);
             assert_eq!(back.origin, node_hash("node-a"));
             assert_eq!(back.skip, skip);
         }
@@ -173,11 +212,48 @@ mod tests {
             RecordError::Short
         );
         let mut other = out.to_vec();
-        other[0] = 2;
-        assert_eq!(decode(&other).unwrap_err(), RecordError::Version(2));
+        other[0] = 1;
+        assert_eq!(decode(&other).unwrap_err(), RecordError::Version(1));
         other[0] = VERSION;
         other[1] = 7;
         assert_eq!(decode(&other).unwrap_err(), RecordError::Kind(7));
+    }
+
+    /// What a forged record on the shared prefix could carry: each is
+    /// refused, none reaches a subscriber.
+    #[test]
+    fn records_are_checked_as_publications_are() {
+        let record = |kind: PayloadKind, bytes: &[u8], key: Option<&str>| {
+            let mut payload = Payload::copy_of(kind, bytes);
+            payload.key = key.map(Into::into);
+            let mut out = BytesMut::new();
+            encode(&mut out, &payload, 1, None);
+            out
+        };
+        for (kind, bytes) in [
+            (PayloadKind::Json, &b"{\"a\":"[..]),
+            (PayloadKind::Json, b"1e999"),
+            (PayloadKind::Json, b"\"\\ud800\""),
+            (PayloadKind::Text, b"\xff\xfe"),
+        ] {
+            let error = decode(&record(kind, bytes, None)).unwrap_err();
+            assert!(
+                matches!(error, RecordError::Payload(_)),
+                "{bytes:?}: {error}"
+            );
+        }
+        let long_key = "k".repeat(MAX_KEY_LEN + 1);
+        let error = decode(&record(PayloadKind::Json, b"1", Some(&long_key))).unwrap_err();
+        assert_eq!(error, RecordError::Key(MAX_KEY_LEN as u64 + 1));
+        let mut not_utf8 = record(PayloadKind::Json, b"1", Some("ab"));
+        not_utf8[HEADER_LEN] = 0xff;
+        assert_eq!(decode(&not_utf8).unwrap_err(), RecordError::Key(2));
+        let mut past_the_end = record(PayloadKind::Json, b"1", None);
+        past_the_end[2] = 9;
+        assert_eq!(decode(&past_the_end).unwrap_err(), RecordError::Key(9));
+        // JSON with a raw line break is made one line, as a `pub`'s is.
+        let back = decode(&record(PayloadKind::Json, b"[1,\n2]", None)).unwrap();
+        assert_eq!(&back.payload.bytes[..], b"[1, 2]");
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::{
     },
     frame,
     protocol::{self, SubOptions},
-    publication::{ConnRef, Payload, Skip},
+    publication::{conflation_id, ConnRef, Payload, Skip},
 };
 
 /// A subscriber receives publications in its connection's codec.
@@ -301,6 +301,7 @@ impl Index {
         };
         let skip = skip.filter(|s| s.shard == shard).map(|s| s.conn);
         let mut frames = PublicationFrames::new(name, seq, payload, delta);
+        let conflation = (payload.key.as_deref()).map_or(0, |key| conflation_id(name, key));
         let LocalChannel {
             subscribers,
             deltas,
@@ -319,11 +320,11 @@ impl Index {
             // Conflation: for a JSON subscriber that fell behind (and does
             // not take deltas, which need every publication's base), a keyed
             // publication takes the place of the older one with its key.
-            let replaced = (payload.conflation != 0
+            let replaced = (conflation != 0
                 && delta_next.is_none()
                 && subscriber.conn.codec.protocol == Protocol::Json
                 && outbox.queued_bytes() > self.conflate_after)
-                .then(|| outbox.take_keyed(payload.conflation))
+                .then(|| outbox.take_keyed(conflation))
                 .flatten();
             let (frame, conflated) = match replaced {
                 Some(replaced) => {
@@ -350,7 +351,7 @@ impl Index {
                 }
             };
             let compressed = frame::is_compressed(&frame);
-            match outbox.push_keyed(frame, payload.published_at, payload.conflation, conflated) {
+            match outbox.push_keyed(frame, payload.published_at, conflation, conflated) {
                 Pushed::Queued => {
                     result.queued += 1;
                     result.compressed += u64::from(compressed);

@@ -759,8 +759,8 @@ impl Shard {
 
     /// A key only means something on a channel that conflates.
     fn check_conflation(&self, name: &str, payload: &mut Payload) {
-        if payload.conflation != 0 && !self.conflates(name) {
-            payload.conflation = 0;
+        if payload.key.is_some() && !self.conflates(name) {
+            payload.key = None;
         }
     }
 

@@ -632,7 +632,7 @@ async fn publish(
         .map(|p| {
             let mut payload = Payload::json(p.data.as_bytes());
             if let Some(key) = &p.key {
-                payload = payload.with_key(p.ch.as_bytes(), key);
+                payload = payload.with_key(key);
             }
             HttpPublication {
                 ch: Bytes::copy_from_slice(p.ch.as_bytes()),
