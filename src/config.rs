@@ -43,6 +43,10 @@ pub struct Config {
     /// it a new one is answered with 503 and closed (over TLS: closed).
     /// Default 4096.
     pub max_http_connections: usize,
+    /// Of those, how many one client address (IPv6: /64) may hold; over it
+    /// a new one is answered with 429 and closed, so that one address
+    /// sending heads slowly cannot take every slot. 0: no cap. Default 256.
+    pub max_http_connections_per_ip: u32,
     /// Channels one connection may be subscribed to at once. Default 256.
     pub max_subscriptions: usize,
     /// Time allowed for a client to send its HTTP request head, and to take
@@ -227,6 +231,7 @@ impl Default for Config {
             max_message_bytes: 64 << 10,
             max_connections: 100_000,
             max_http_connections: 4096,
+            max_http_connections_per_ip: 256,
             max_subscriptions: 256,
             handshake_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(10),
@@ -326,6 +331,9 @@ pub struct ConfigLayer {
     /// Open plain HTTP connections (not upgraded) over which new ones get HTTP 503 [default: 4096]
     #[arg(long, env = "SHARDCAST_MAX_HTTP_CONNECTIONS", value_name = "N")]
     pub max_http_connections: Option<usize>,
+    /// Of those, open per client IP (IPv6: per /64); over it HTTP 429 (0: no cap) [default: 256]
+    #[arg(long, env = "SHARDCAST_MAX_HTTP_CONNECTIONS_PER_IP", value_name = "N")]
+    pub max_http_connections_per_ip: Option<u32>,
     /// Channels one connection may subscribe to at once [default: 256]
     #[arg(long, env = "SHARDCAST_MAX_SUBSCRIPTIONS", value_name = "N")]
     pub max_subscriptions: Option<usize>,
@@ -551,7 +559,7 @@ impl Config {
     fn apply(&mut self, layer: &ConfigLayer) {
         let layer = layer.clone();
         apply_layer!(self, layer,
-            { listen, shards, max_connections, max_http_connections, max_subscriptions, history_size, anonymous,
+            { listen, shards, max_connections, max_http_connections, max_http_connections_per_ip, max_subscriptions, history_size, anonymous,
               allowed_origins, publish_rate, max_connections_per_ip, compression_level, conflate, presence,
               engine, redis_url, node_id, engine_prefix, webhook_batch },
             { ping_interval, ping_timeout, max_queue_bytes, max_message_bytes,

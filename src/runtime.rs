@@ -291,6 +291,7 @@ fn log_security(config: &Config, security: &Security) {
         origins_restricted = security.origins.is_restricted(),
         publish_rate = config.publish_rate,
         max_connections_per_ip = config.max_connections_per_ip,
+        max_http_connections_per_ip = config.max_http_connections_per_ip,
         admin_listen = ?config.admin_listen,
         "security settings"
     );

@@ -63,6 +63,10 @@ fn settings(config: &Config) -> Vec<(&'static str, Value)> {
             Value::Number(c.max_http_connections as u64),
         ),
         (
+            "max-http-connections-per-ip",
+            Value::Number(u64::from(c.max_http_connections_per_ip)),
+        ),
+        (
             "max-subscriptions",
             Value::Number(c.max_subscriptions as u64),
         ),

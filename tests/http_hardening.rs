@@ -201,3 +201,55 @@ fn a_bad_escape_in_sub_refuses_the_upgrade() {
         400
     );
 }
+
+/// Slowloris from one address: heads begun and never finished. With the
+/// default share per address (`--max-http-connections-per-ip` 256, a
+/// sixteenth of the default 4096), one address cannot hold every place
+/// of `--max-http-connections` (300 here, so the test stays small): its
+/// connections past its share are answered 429, and another address still
+/// upgrades and publishes.
+#[test]
+fn one_address_sending_heads_slowly_cannot_take_every_http_place() {
+    let server = Server::start(&["--shards", "2", "--max-http-connections", "300"]);
+    let attacker: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let mut heads: Vec<TcpStream> = (0..300)
+        .map(|_| {
+            let socket =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            socket
+                .bind(&std::net::SocketAddr::new(attacker, 0).into())
+                .expect("bind 127.0.0.2");
+            socket.connect(&server.addr.into()).expect("connect");
+            let mut stream: TcpStream = socket.into();
+            stream
+                .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+                .unwrap();
+            stream.set_nonblocking(true).unwrap();
+            stream
+        })
+        .collect();
+    // The heads past the address's share are answered at once.
+    let mut refused = vec![false; heads.len()];
+    wait_until("the heads over the share refused", || {
+        for (stream, refused) in heads.iter_mut().zip(&mut refused) {
+            let mut answer = [0u8; 12];
+            if !*refused && matches!(stream.peek(&mut answer), Ok(12)) {
+                assert_eq!(&answer, b"HTTP/1.1 429");
+                *refused = true;
+            }
+        }
+        refused.iter().filter(|r| **r).count() == 300 - 256
+    });
+    // Everyone else is served while the 256 heads still hang.
+    let other: std::net::IpAddr = "127.0.0.3".parse().unwrap();
+    let mut client = support::secure::connect_from(other, &server, "/ws").expect("an upgrade");
+    client.subscribe("news");
+    support::publish(&server, "news", serde_json::json!("still served"));
+    assert_eq!(client.recv_json()["data"], "still served");
+    let stats = get_json(&server, "/api/stats");
+    assert!(
+        stats["total"]["http_cap_refusals"].as_u64() >= Some(44),
+        "{stats}"
+    );
+    drop(heads);
+}

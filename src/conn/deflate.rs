@@ -137,7 +137,11 @@ impl Inflater {
             }
             let produced = out.len() - before_out;
             match status {
-                Ok(Status::StreamEnd) => break,
+                // A final block (BFINAL) ends the message: after it may come
+                // only what a sync flush leaves once its tail is removed (a
+                // lone 0x00, RFC 7692 7.2.3.3), never more data.
+                Ok(Status::StreamEnd) if matches!(inputs[0], [] | [0]) => break,
+                Ok(Status::StreamEnd) => return Err(self.give_back(out, InflateError::Corrupt)),
                 Ok(_) => {}
                 Err(_) => return Err(self.give_back(out, InflateError::Corrupt)),
             }
@@ -343,5 +347,23 @@ mod tests {
             inflater.inflate(&out, 100).unwrap(),
             b"hello hello hello".to_vec()
         );
+        // What a sync flush after it leaves once its tail is removed.
+        let mut flushed = out.clone();
+        flushed.push(0x00);
+        assert_eq!(
+            inflater.inflate(&flushed, 100).unwrap(),
+            b"hello hello hello"
+        );
+        // Anything more after the final block is not one message: refused,
+        // not published as the first part alone.
+        for after in [&b"junk"[..], &[0x00, 0x00], &out] {
+            let mut smuggled = out.clone();
+            smuggled.extend_from_slice(after);
+            assert_eq!(
+                inflater.inflate(&smuggled, 100),
+                Err(InflateError::Corrupt),
+                "{after:?}"
+            );
+        }
     }
 }

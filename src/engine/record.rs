@@ -8,7 +8,7 @@
 //! stream and publishes it as `<offset>:<epoch>:<record>`; the NATS engine
 //! sends it as the message body. Pure functions, no I/O.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 
 use crate::{
     json_data,

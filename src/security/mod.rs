@@ -52,6 +52,9 @@ pub struct Security {
     pub ip_cap: Option<Arc<IpCap>>,
     /// `None` (only in tests' `Security::default()`): no cap.
     pub http_cap: Option<Arc<HttpCap>>,
+    /// Of `http_cap`'s connections, those per client address
+    /// (`--max-http-connections-per-ip`).
+    pub http_ip_cap: Option<Arc<IpCap>>,
     pub tls: Option<TlsAcceptor>,
 }
 
@@ -64,6 +67,7 @@ impl std::fmt::Debug for Security {
             .field("publish_limit", &self.publish_limit)
             .field("ip_cap", &self.ip_cap)
             .field("http_cap", &self.http_cap)
+            .field("http_ip_cap", &self.http_ip_cap)
             .field("tls", &self.tls.is_some())
             .finish()
     }
@@ -129,6 +133,8 @@ impl Security {
             ip_cap: (config.max_connections_per_ip > 0)
                 .then(|| IpCap::new(config.max_connections_per_ip, seed)),
             http_cap: Some(HttpCap::new(config.max_http_connections)),
+            http_ip_cap: (config.max_http_connections_per_ip > 0)
+                .then(|| IpCap::new(config.max_http_connections_per_ip, seed.rotate_left(32))),
             tls,
         })
     }

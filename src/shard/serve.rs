@@ -9,6 +9,7 @@ use std::{
     panic::AssertUnwindSafe,
     pin::Pin,
     rc::Rc,
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -30,7 +31,7 @@ use crate::{
     },
     exposition, protocol,
     publication::Payload,
-    security::token,
+    security::{ip_cap::IpCap, token},
     stats::{bump, Stats},
 };
 
@@ -40,29 +41,46 @@ const DASHBOARD: &str = include_str!("../dashboard.html");
 /// Serves one accepted socket until it closes.
 pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
     let tls = shard.security.tls.as_ref().filter(|_| side == Side::Public);
-    let mut ip_slot = None;
-    if let (Side::Public, Some(cap)) = (side, &shard.security.ip_cap) {
-        match tcp
-            .peer_addr()
-            .ok()
-            .and_then(|peer| cap.try_acquire(peer.ip()))
-        {
-            Some(slot) => ip_slot = Some(slot),
-            None => {
-                bump(&shard.stats.ip_cap_refusals, 1);
-                let error = HttpError::new(
-                    429,
-                    "too_many_connections",
-                    format!("at most {} connections per client address", cap.limit()),
-                );
-                refuse_accepted(&shard, tcp, tls.is_some(), &error).await;
-                return;
-            }
+    let public = side == Side::Public;
+    // The per-address caps: connections of any kind, then (below) those
+    // not yet upgraded. The admin listener is not counted, so a flood of the
+    // public one cannot lock monitoring out.
+    let peer = tcp.peer_addr().ok().map(|peer| peer.ip());
+    let per_ip = |cap: Option<&Arc<IpCap>>| match cap.filter(|_| public) {
+        None => Ok(None),
+        Some(cap) => peer
+            .and_then(|ip| cap.try_acquire(ip))
+            .map(Some)
+            .ok_or(cap.limit()),
+    };
+    let mut ip_slot = match per_ip(shard.security.ip_cap.as_ref()) {
+        Ok(slot) => slot,
+        Err(limit) => {
+            bump(&shard.stats.ip_cap_refusals, 1);
+            let error = HttpError::new(
+                429,
+                "too_many_connections",
+                format!("at most {limit} connections per client address"),
+            );
+            refuse_accepted(&shard, tcp, tls.is_some(), &error).await;
+            return;
         }
-    }
+    };
     // Counted until the connection is upgraded (the session then counts
-    // under max-connections) or ends. The admin listener is not counted, so
-    // a flood of the public one cannot lock monitoring out.
+    // under max-connections) or ends.
+    let mut http_ip_slot = match per_ip(shard.security.http_ip_cap.as_ref()) {
+        Ok(slot) => slot,
+        Err(limit) => {
+            bump(&shard.stats.http_cap_refusals, 1);
+            let error = HttpError::new(
+                429,
+                "too_many_connections",
+                format!("at most {limit} HTTP connections (not upgraded) per client address"),
+            );
+            refuse_accepted(&shard, tcp, tls.is_some(), &error).await;
+            return;
+        }
+    };
     let mut http_slot = None;
     if let (Side::Public, Some(cap)) = (side, &shard.security.http_cap) {
         match cap.try_acquire() {
@@ -242,6 +260,7 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
                 }
                 conn.outbox.release();
                 drop(http_slot.take());
+                drop(http_ip_slot.take());
                 // The session is a task of its own, so this task's handshake
                 // state is freed instead of living as long as the connection.
                 // Shutdown waits for it through the shard's connection count
