@@ -204,3 +204,56 @@ fn over_its_memory_budget_the_server_refuses_new_connections_and_subscriptions()
     client.subscribe("after");
     Client::connect(&server, "/ws").subscribe("after");
 }
+
+/// Subscriptions and channels are counted: connections that each subscribe
+/// to 250 channels of their own reach a 4 MiB budget after ~20 of them
+/// (~730 B of memory a subscription; counted at a flat 4 KiB a
+/// connection, a thousand would have been let in), and one publication to
+/// each of 20,000 channels leaves only what `--history-max-bytes` allows
+/// once the sweep ran (each channel's entry is counted beside its history).
+#[test]
+fn subscriptions_and_channels_count_against_the_memory_budget() {
+    let server = Server::start(&[
+        "--shards",
+        "1",
+        "--max-memory",
+        "4MiB",
+        "--history-max-bytes",
+        "1MiB",
+    ]);
+    let mut held = Vec::new();
+    let refused_after = (0..200).find(|c| {
+        let names: Vec<String> = (0..250).map(|j| format!("l{c}.{j}")).collect();
+        let path = format!("/ws?sub={}", names.join(","));
+        match support::secure::connect_with(&server, &path, &[]) {
+            Ok(client) => {
+                held.push(client);
+                false
+            }
+            Err((status, body)) => {
+                assert_eq!(status, 503, "{body}");
+                true
+            }
+        }
+    });
+    assert!(
+        matches!(refused_after, Some(10..=30)),
+        "refused after {refused_after:?} connections of 250 subscriptions"
+    );
+    assert!(totals(&server)["memory_refusals"].as_u64() >= Some(1));
+    drop(held);
+    wait_until("the subscriptions gone", || {
+        totals(&server)["connections"] == 0
+    });
+    for batch in 0..20 {
+        let channels: Vec<String> = (0..1000).map(|j| format!("u{batch}.{j}")).collect();
+        let body = json!({"channels": channels, "data": 1}).to_string();
+        let (status, answer) = support::http(&server, "POST", "/api/publish", &body);
+        assert_eq!(status, 200, "{answer}");
+    }
+    wait_until("channels beyond the history budget reclaimed", || {
+        let shard = totals_of_shard(&server);
+        shard["history_bytes"].as_u64() <= Some(1 << 20)
+            && shard["channels_owned"].as_u64() < Some(3000)
+    });
+}

@@ -1,5 +1,7 @@
 //! The shard's memory budget (`max-memory` / `shards`): what the memory
-//! clients make a shard hold is counted as, and whether the shard is over
+//! clients make a shard hold is counted as — connections, subscriptions,
+//! queues, unfinished messages, owned channels and their history, HTTP
+//! answers in flight, the webhook queue — and whether the shard is over
 //! it. Over it the shard refuses new connections and subscriptions; what
 //! clients already hold stays bounded per connection (`max-queue-bytes`,
 //! `max-message-bytes`) and in time (`send-timeout`, `message-timeout`), and
@@ -17,15 +19,25 @@ pub const IDLE_CONNECTION_BYTES: u64 = 4096;
 /// decoder (counted by its buffers' capacity).
 const UNFINISHED_COPIES: u64 = 1;
 
+/// What one subscription is counted as: its entry in its channel's list
+/// and in its connection's, and a share of the channel's own entry. An
+/// outside run measured ~730 B of resident memory per subscription with
+/// 250 channels of their own per connection (the worst case: no channel
+/// shared).
+pub const SUBSCRIPTION_BYTES: u64 = 768;
+
 /// The figures of one shard that the budget counts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MemoryUse {
     pub connections: u64,
+    /// Subscriptions of those connections.
+    pub subscriptions: u64,
     /// Bytes in outgoing queues.
     pub queued_bytes: u64,
     /// Payload bytes of unfinished incoming messages.
     pub unfinished_bytes: u64,
-    /// What history holds, as `history-max-bytes` counts it.
+    /// What the owned channels and their history hold, as
+    /// `history-max-bytes` counts it (`shard/owner.rs`).
     pub history_bytes: u64,
 }
 
@@ -33,6 +45,7 @@ impl MemoryUse {
     /// The bytes counted against the budget.
     pub fn counted(&self) -> u64 {
         self.connections * IDLE_CONNECTION_BYTES
+            + self.subscriptions * SUBSCRIPTION_BYTES
             + self.queued_bytes
             + self.unfinished_bytes * UNFINISHED_COPIES
             + self.history_bytes
@@ -65,11 +78,15 @@ mod tests {
         assert_eq!(idle.counted(), 10 * IDLE_CONNECTION_BYTES);
         let busy = MemoryUse {
             connections: 1,
+            subscriptions: 3,
             queued_bytes: 1000,
             unfinished_bytes: 500,
             history_bytes: 7,
         };
-        assert_eq!(busy.counted(), IDLE_CONNECTION_BYTES + 1000 + 500 + 7);
+        assert_eq!(
+            busy.counted(),
+            IDLE_CONNECTION_BYTES + 3 * SUBSCRIPTION_BYTES + 1000 + 500 + 7
+        );
         assert!(busy.is_over(busy.counted()));
         assert!(!busy.is_over(busy.counted() + 1));
     }

@@ -116,6 +116,8 @@ pub struct FanOut {
 /// Channel name → local subscribers.
 pub struct Index {
     channels: HashMap<Rc<str>, LocalChannel>,
+    /// Subscribers over every channel (the memory budget counts them).
+    subscriptions: usize,
     /// `conflate-after-bytes`: queued bytes over which a keyed publication
     /// of a conflated channel replaces the older one with its key.
     conflate_after: usize,
@@ -125,6 +127,7 @@ impl Index {
     pub fn new(conflate_after: usize) -> Self {
         Index {
             channels: HashMap::new(),
+            subscriptions: 0,
             conflate_after,
         }
     }
@@ -160,6 +163,7 @@ impl Index {
             pending: pending.and_then(NonZeroU32::new),
             own_join_due,
         }) as u32;
+        self.subscriptions += 1;
         if options.delta {
             channel.deltas.insert(slot, NO_BASE);
         }
@@ -180,6 +184,7 @@ impl Index {
         let channel = self.channels.get_mut(name)?;
         let before = channel.interest();
         channel.subscribers.try_remove(slot as usize)?;
+        self.subscriptions -= 1;
         channel.deltas.remove(&slot);
         channel.join_leave.remove(&slot);
         let after = channel.interest();
@@ -266,6 +271,11 @@ impl Index {
     /// Local subscribers of `name`.
     pub fn subscriber_count(&self, name: &str) -> usize {
         self.channels.get(name).map_or(0, |c| c.subscribers.len())
+    }
+
+    /// Subscriptions of this shard's connections, over every channel.
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions
     }
 
     pub fn channel_count(&self) -> usize {

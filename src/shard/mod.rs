@@ -309,6 +309,7 @@ impl Shard {
     pub fn memory_use(&self) -> MemoryUse {
         MemoryUse {
             connections: self.conns.borrow().len() as u64,
+            subscriptions: self.index.borrow().subscription_count() as u64,
             queued_bytes: self.stats.queued_bytes.get(),
             unfinished_bytes: self.stats.unfinished_bytes.get(),
             history_bytes: self.history_bytes() as u64,
