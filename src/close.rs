@@ -28,7 +28,8 @@ pub enum CloseReason {
     Unauthorized,
     /// The connection's token expired without a refresh (4001).
     TokenExpired,
-    /// Publishing far over the rate limit, again and again (1008).
+    /// Publishing (or channel operations) far over the rate limit, again
+    /// and again (1008).
     RateLimited,
     /// A raw-room member published without the token's permission (1008).
     Forbidden,
@@ -81,7 +82,7 @@ impl CloseReason {
             CloseReason::AuthTimeout => Some((4001, "authentication timed out")),
             CloseReason::Unauthorized => Some((4001, "unauthorized")),
             CloseReason::TokenExpired => Some((4001, "token expired")),
-            CloseReason::RateLimited => Some((1008, "publish rate limit exceeded")),
+            CloseReason::RateLimited => Some((1008, "rate limit exceeded")),
             CloseReason::Forbidden => Some((1008, "not allowed to publish here")),
             CloseReason::MessageTimeout => Some((1008, "message not finished in time")),
             CloseReason::BadCompression => Some((1007, "invalid compressed data")),

@@ -154,6 +154,11 @@ pub struct Config {
     /// Publications one connection may make at once (token bucket size).
     /// Default: the rate.
     pub publish_burst: Option<u32>,
+    /// Channel operations (`sub`, `unsub`, `presence`, `occupancy`) per
+    /// second one connection may make, after a burst of
+    /// `max-subscriptions`: each may make others' servers work (join and
+    /// leave events, webhooks, presence pages). 0: no limit. Default 50.
+    pub subscribe_rate: u32,
     /// Open connections per client address (IPv6: per /64); 0: no cap.
     pub max_connections_per_ip: u32,
     /// PEM certificate chain: serve `wss://`/`https://` with it.
@@ -269,6 +274,7 @@ impl Default for Config {
             publish_rate: 0,
             publish_burst: None,
             max_connections_per_ip: 0,
+            subscribe_rate: 50,
             tls_cert: None,
             tls_key: None,
             engine: EngineKind::Memory,
@@ -472,6 +478,9 @@ pub struct ConfigLayer {
     /// Publications a connection may make at once before the rate applies [default: the rate]
     #[arg(long, env = "SHARDCAST_PUBLISH_BURST", value_name = "N")]
     pub publish_burst: Option<u32>,
+    /// sub/unsub/presence/occupancy ops per second per connection, after a burst of max-subscriptions; over it `err rate_limited` (0: no limit) [default: 50]
+    #[arg(long, env = "SHARDCAST_SUBSCRIBE_RATE", value_name = "N")]
+    pub subscribe_rate: Option<u32>,
     /// Open connections per client IP (IPv6: per /64); over it HTTP 429 (0: no cap) [default: 0]
     #[arg(long, env = "SHARDCAST_MAX_CONNECTIONS_PER_IP", value_name = "N")]
     pub max_connections_per_ip: Option<u32>,
@@ -560,7 +569,7 @@ impl Config {
         let layer = layer.clone();
         apply_layer!(self, layer,
             { listen, shards, max_connections, max_http_connections, max_http_connections_per_ip, max_subscriptions, history_size, anonymous,
-              allowed_origins, publish_rate, max_connections_per_ip, compression_level, conflate, presence,
+              allowed_origins, publish_rate, subscribe_rate, max_connections_per_ip, compression_level, conflate, presence,
               engine, redis_url, node_id, engine_prefix, webhook_batch },
             { ping_interval, ping_timeout, max_queue_bytes, max_message_bytes,
               handshake_timeout, shutdown_timeout, read_buffer_bytes, history_ttl,

@@ -36,6 +36,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Lifecycle events one shard holds for its webhook before it drops new
 /// ones (a receiver that is down for long).
 const WEBHOOK_QUEUE: usize = 100_000;
+/// Bytes of those events one shard holds at most (each carries a user id
+/// and a channel name: with long ones 200k events took a gigabyte).
+const WEBHOOK_QUEUE_BYTES: usize = 16 << 20;
 
 /// What shard threads report to the thread that started them.
 #[derive(Debug)]
@@ -102,6 +105,7 @@ impl Server {
                     secret: config.webhook_secret.clone(),
                     batch: config.webhook_batch,
                     queue: WEBHOOK_QUEUE,
+                    queue_bytes: WEBHOOK_QUEUE_BYTES,
                     node: config.node_id.clone(),
                     seq: Arc::default(),
                 }))

@@ -122,6 +122,7 @@ fn settings(config: &Config) -> Vec<(&'static str, Value)> {
         ("admin-listen", optional(c.admin_listen, address)),
         ("allowed-origins", Value::List(c.allowed_origins.clone())),
         ("publish-rate", Value::Number(u64::from(c.publish_rate))),
+        ("subscribe-rate", Value::Number(u64::from(c.subscribe_rate))),
         (
             "publish-burst",
             optional(c.publish_burst, |n| Value::Number(u64::from(n))),

@@ -7,8 +7,9 @@
 //! `X-Shardcast-Signature: sha256=<hex HMAC-SHA256 of the body>`. A failed
 //! request (no connection, a status other than 2xx, no answer within 5 s)
 //! is retried, the same batch, with backoff and jitter, before anything
-//! newer. The queue is bounded: what does not fit is counted and dropped,
-//! never waited for. The HTTP client is a few lines of HTTP/1.1 over
+//! newer. The queue is bounded in events and in bytes (and its bytes are
+//! counted by the shard's memory budget): what does not fit is counted and
+//! dropped, never waited for. The HTTP client is a few lines of HTTP/1.1 over
 //! glommio's `TcpStream` (one connection per request, `Connection: close`),
 //! through rustls for an `https` URL (the web's roots, or `--webhook-ca`).
 
@@ -256,6 +257,12 @@ pub fn status_of(response: &[u8]) -> Option<u16> {
     parts.next()?.parse().ok()
 }
 
+/// What one queued event is counted as: its JSON, its allocation's
+/// header, and its slot in the queue.
+fn event_weight(json: &Bytes) -> usize {
+    json.len() + 16 + std::mem::size_of::<Bytes>()
+}
+
 /// What the whole node shares for its webhooks.
 pub struct WebhookSettings {
     pub url: WebhookUrl,
@@ -268,6 +275,9 @@ pub struct WebhookSettings {
     pub batch: usize,
     /// Events one shard may hold before it drops new ones.
     pub queue: usize,
+    /// Bytes of events one shard may hold before it drops new ones (an
+    /// event carries a user id and a channel name a client chose).
+    pub queue_bytes: usize,
     pub node: String,
     /// The node's event counter (every shard's events).
     pub seq: Arc<AtomicU64>,
@@ -277,6 +287,8 @@ pub struct WebhookSettings {
 pub struct Webhooks {
     settings: Arc<WebhookSettings>,
     queue: RefCell<VecDeque<Bytes>>,
+    /// What the queued events hold ([`event_weight`]).
+    queued_bytes: Cell<usize>,
     /// When the oldest queued event was queued (shard ns; 0: none).
     oldest: Cell<u64>,
     waiting: WaitQueue,
@@ -290,6 +302,7 @@ impl Webhooks {
             resolved: Cell::new((settings.socket, crate::clock::now_ns())),
             settings,
             queue: RefCell::new(VecDeque::new()),
+            queued_bytes: Cell::new(0),
             oldest: Cell::new(0),
             waiting: WaitQueue::default(),
         }
@@ -311,10 +324,20 @@ impl Webhooks {
         addr
     }
 
+    /// What the queued events hold, for the shard's memory budget.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.get()
+    }
+
     /// Queues `event`; counted and dropped when the queue is full.
     pub fn emit(&self, event: Event<'_>, stats: &Stats) {
+        // A dropped event's seq is skipped: the receiver sees the gap.
+        let seq = self.settings.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let time_ms = (crate::process::unix_seconds() * 1e3) as u64;
+        let json = event.json(&self.settings.node, seq, time_ms);
         let mut queue = self.queue.borrow_mut();
-        if queue.len() >= self.settings.queue {
+        let bytes = self.queued_bytes.get() + event_weight(&json);
+        if queue.len() >= self.settings.queue || bytes > self.settings.queue_bytes {
             bump(&stats.webhook_events_dropped, 1);
             if stats.webhook_events_dropped.get().is_power_of_two() {
                 tracing::warn!(
@@ -324,9 +347,9 @@ impl Webhooks {
             }
             return;
         }
-        let seq = self.settings.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let time_ms = (crate::process::unix_seconds() * 1e3) as u64;
-        queue.push_back(event.json(&self.settings.node, seq, time_ms));
+        self.queued_bytes
+            .set(self.queued_bytes.get() + event_weight(&json));
+        queue.push_back(json);
         if queue.len() == 1 {
             self.oldest.set(crate::clock::now_ns());
         }
@@ -371,7 +394,8 @@ impl Webhooks {
                     backoff.reset();
                     let mut queue = self.queue.borrow_mut();
                     let sent = batch.len().min(queue.len());
-                    queue.drain(..sent);
+                    let freed: usize = queue.drain(..sent).map(|e| event_weight(&e)).sum();
+                    self.queued_bytes.set(self.queued_bytes.get() - freed);
                     if !queue.is_empty() {
                         self.oldest.set(crate::clock::now_ns());
                     }
@@ -485,6 +509,7 @@ mod tests {
             secret: None,
             batch: 100,
             queue: 10,
+            queue_bytes: 1 << 20,
             node: "n".into(),
             seq: Arc::default(),
         });
@@ -498,6 +523,39 @@ mod tests {
             assert!(now.ip().is_loopback() && now.port() == 9, "{now}");
             assert_eq!(webhooks.address().await, now, "kept until stale again");
         });
+    }
+
+    /// Long user ids (a token's `sub` is the client's to choose) fill the
+    /// queue's bytes long before its count: new events are dropped and
+    /// counted, their seqs skipped, and what is held stays under the bound.
+    #[test]
+    fn the_queue_is_bounded_in_bytes_and_drops_skip_their_seq() {
+        let settings = Arc::new(WebhookSettings {
+            url: WebhookUrl::parse("http://localhost:9/hooks").unwrap(),
+            socket: "127.0.0.1:9".parse().unwrap(),
+            tls: None,
+            secret: None,
+            batch: 100,
+            queue: 100_000,
+            queue_bytes: 64 << 10,
+            node: "n".into(),
+            seq: Arc::default(),
+        });
+        let webhooks = Webhooks::new(settings.clone());
+        let stats = Stats::default();
+        let user = "u".repeat(2700);
+        for _ in 0..100 {
+            let event = Event::Connected {
+                user: &user,
+                conn: "c",
+            };
+            webhooks.emit(event, &stats);
+        }
+        let held = webhooks.queue.borrow().len();
+        assert!((20..24).contains(&held), "{held} events held");
+        assert!(webhooks.queued_bytes() <= 64 << 10);
+        assert_eq!(stats.webhook_events_dropped.get(), 100 - held as u64);
+        assert_eq!(settings.seq.load(Ordering::Relaxed), 100);
     }
 
     #[test]

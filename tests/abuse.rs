@@ -61,7 +61,7 @@ fn publishers_over_the_rate_get_refused_then_closed() {
         }
     };
     assert_eq!(u16::from(close.code), 1008);
-    assert_eq!(close.reason.as_str(), "publish rate limit exceeded");
+    assert_eq!(close.reason.as_str(), "rate limit exceeded");
     // Ten `err`s; the eleventh refusal closes instead.
     assert_eq!(refused, 10);
     // The subscriber got the burst (at 5/s the loop may earn a token more),
@@ -107,10 +107,7 @@ fn raw_room_floods_are_dropped_then_closed() {
         flooder.send_text(&format!("m{i}"));
     }
     let (code, reason, _) = flooder.expect_close();
-    assert_eq!(
-        (code, reason.as_str()),
-        (1008, "publish rate limit exceeded")
-    );
+    assert_eq!((code, reason.as_str()), (1008, "rate limit exceeded"));
     // The room heard the burst, in order, and then nothing of the flood.
     for i in 0..3 {
         assert_eq!(listener.recv(), tungstenite::Message::text(format!("m{i}")));
@@ -190,4 +187,48 @@ fn every_accepted_publication_is_acknowledged_before_a_rate_limit_close() {
             "{channel}: every publication that took effect was acknowledged"
         );
     }
+}
+
+/// A client toggling a subscription as fast as it can (each toggle sends a
+/// join and a leave to every `join_leave` subscriber, and two webhook
+/// events) is held to the default `--subscribe-rate` after its burst, then
+/// closed; the presence channel's other members hear a bounded number of
+/// its joins and leaves.
+#[test]
+fn subscription_churn_is_rate_limited_by_default() {
+    let server = Server::start(&["--presence", "room.*"]);
+    let mut member = Client::connect(&server, "/ws");
+    member.send_json(json!({"op": "sub", "ch": "room.1", "join_leave": true, "id": "m"}));
+    while member.recv_json()["op"] != "ack" {}
+    let mut churner = Client::connect(&server, "/ws");
+    let (mut acks, mut limited) = (0, 0);
+    let close = loop {
+        for i in 0..50 {
+            let op = if i % 2 == 0 { "sub" } else { "unsub" };
+            churner.send_json(json!({"op": op, "ch": "room.1", "id": i}));
+        }
+        match churner.ws.read() {
+            Ok(tungstenite::Message::Close(frame)) => break frame.expect("a close frame"),
+            Ok(message) => {
+                let answer: serde_json::Value =
+                    serde_json::from_str(message.to_text().unwrap()).unwrap();
+                acks += u32::from(answer["op"] == "ack");
+                limited += u32::from(answer["code"] == "rate_limited");
+            }
+            Err(e) => panic!("no close frame: {e}"),
+        }
+        assert!(acks + limited < 100_000, "never closed");
+    };
+    assert_eq!(
+        (u16::from(close.code), close.reason.as_str()),
+        (1008, "rate limit exceeded")
+    );
+    assert!(limited > 0, "refused before the close");
+    // What the member heard of it: the burst and a second or so of the rate.
+    member.send_json(json!({"op": "ping", "id": "sync"}));
+    let mut events = 0;
+    while member.recv_json()["id"] != "sync" {
+        events += 1;
+    }
+    assert!(events <= 1000, "{events} joins and leaves");
 }

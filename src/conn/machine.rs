@@ -71,6 +71,9 @@ pub trait Host {
     /// One publication's worth of the publish rate limit (always allowed
     /// without a limit).
     fn take_publish_token(&mut self) -> Verdict;
+    /// One channel operation's worth (`sub`, `unsub`, `presence`,
+    /// `occupancy`) of `--subscribe-rate` (always allowed without a limit).
+    fn take_channel_op_token(&mut self) -> Verdict;
     /// Subscribes the connection to `ch` (acknowledged to `id`, resuming
     /// after `since`, as `options` say).
     fn subscribe<'a>(
@@ -420,6 +423,20 @@ fn handle_op(text: &str, binary: Option<&[u8]>, host: &mut impl Host) -> Option<
         return None;
     }
     let mut congested = None;
+    let channel_op = match &op {
+        ClientOp::Sub { id, .. }
+        | ClientOp::Unsub { id, .. }
+        | ClientOp::Presence { id, .. }
+        | ClientOp::Occupancy { id, .. } => Some(*id),
+        _ => None,
+    };
+    if let Some(id) = channel_op {
+        let verdict = host.take_channel_op_token();
+        if let Some(refused) = limited(verdict, "over the subscribe rate limit", id, host) {
+            host.send(host.codec().err(&refused));
+            return None;
+        }
+    }
     let result = match op {
         ClientOp::Auth { token, id } => {
             authenticate(&token, id, host);
@@ -548,17 +565,32 @@ fn rate_verdict(host: &mut impl Host) -> Verdict {
 /// `Some(err)` when a JSON publication is over the rate limit; sustained
 /// abuse also closes the connection with 1008.
 fn over_rate<'a>(id: Option<&'a str>, host: &mut impl Host) -> Option<OpError<'a>> {
-    let verdict = rate_verdict(host);
+    let verdict = host.take_publish_token();
+    limited(
+        verdict,
+        "over the publish rate limit; the publication was dropped",
+        id,
+        host,
+    )
+}
+
+/// `Some(err)` (saying `msg`) when a rate limit's `verdict` refuses an op;
+/// the refusal is counted, and sustained abuse closes the connection with
+/// 1008.
+fn limited<'a>(
+    verdict: Verdict,
+    msg: &'static str,
+    id: Option<&'a str>,
+    host: &mut impl Host,
+) -> Option<OpError<'a>> {
+    if verdict == Verdict::Allowed {
+        return None;
+    }
+    host.refused(Refusal::RateLimited);
     if verdict == Verdict::Abusive {
         host.close(CloseReason::RateLimited);
     }
-    (verdict != Verdict::Allowed).then(|| {
-        OpError::new(
-            ErrorCode::RateLimited,
-            "over the publish rate limit; the publication was dropped",
-            id,
-        )
-    })
+    Some(OpError::new(ErrorCode::RateLimited, msg, id))
 }
 
 /// `{"op":"auth"}`: verifies the token and replaces the connection's permit
@@ -648,6 +680,7 @@ mod tests {
         heard: usize,
         /// What `take_publish_token` answers.
         verdict: Option<Verdict>,
+        channel_op_verdict: Option<Verdict>,
         /// What `publish` answers.
         congested: Option<usize>,
         /// permessage-deflate's window, 0: not negotiated.
@@ -735,6 +768,10 @@ mod tests {
         }
         fn take_publish_token(&mut self) -> Verdict {
             self.verdict.unwrap_or(Verdict::Allowed)
+        }
+
+        fn take_channel_op_token(&mut self) -> Verdict {
+            self.channel_op_verdict.unwrap_or(Verdict::Allowed)
         }
         fn subscribe<'a>(
             &mut self,
@@ -963,6 +1000,35 @@ mod tests {
         conn.receive(&mut auth_frame(claims), &mut host);
         assert_eq!(host.closed, Some(CloseReason::TokenExpired));
         assert_eq!(host.refusals, [Refusal::Unauthorized]);
+    }
+
+    #[test]
+    fn channel_operations_have_a_rate_limit_of_their_own() {
+        let mut host = Recorder::anonymous();
+        let mut conn = Connection::open(json_session(), 1 << 16, &mut host);
+        host.channel_op_verdict = Some(Verdict::Refused);
+        for op in [
+            r#"{"op":"sub","ch":"x","id":"s1"}"#,
+            r#"{"op":"unsub","ch":"x","id":"s1"}"#,
+            r#"{"op":"presence","ch":"x","id":"s1"}"#,
+            r#"{"op":"occupancy","ch":"x","id":"s1"}"#,
+        ] {
+            conn.receive(&mut text(op), &mut host);
+            let answer = host.sent_json().pop().unwrap();
+            assert_eq!(
+                (&answer["code"], &answer["id"]),
+                (&json!("rate_limited"), &json!("s1"))
+            );
+        }
+        assert!(host.subscribed.is_empty());
+        // Publishing and pings are not channel operations.
+        conn.receive(&mut text(r#"{"op":"pub","ch":"x","data":1}"#), &mut host);
+        assert_eq!(host.published.len(), 1);
+        host.channel_op_verdict = Some(Verdict::Abusive);
+        let mut bytes = text(r#"{"op":"sub","ch":"y"}"#);
+        assert_eq!(conn.receive(&mut bytes, &mut host).stop, Stop::Closed);
+        assert_eq!(host.closed, Some(CloseReason::RateLimited));
+        assert_eq!(host.refusals, [Refusal::RateLimited; 5]);
     }
 
     #[test]

@@ -79,6 +79,9 @@ struct Guard {
     deadline_ms: u64,
     /// The publish rate limit's bucket, when a limit is configured.
     bucket: Option<TokenBucket>,
+    /// The channel operations' bucket (`--subscribe-rate`), made at the
+    /// first such op (a connection subscribed by its URL never needs one).
+    channel_ops: Option<TokenBucket>,
     /// This connection's place under the per-IP cap, held until it ends.
     _ip_slot: Option<IpSlot>,
 }
@@ -126,6 +129,7 @@ impl Conn {
             permit,
             deadline_ms,
             bucket: publish_limit.map(|limit| TokenBucket::new(limit, now_ms)),
+            channel_ops: None,
             _ip_slot: ip_slot,
         }));
     }
@@ -150,6 +154,7 @@ impl Conn {
                     permit,
                     deadline_ms,
                     bucket: None,
+                    channel_ops: None,
                     _ip_slot: None,
                 }))
             }
@@ -169,6 +174,25 @@ impl Conn {
         let guard = self.guard.borrow();
         let bucket = guard.as_ref()?.bucket.as_ref()?;
         Some(bucket.take(limit, now_ms))
+    }
+
+    /// Takes a token from the channel operations' bucket (made, full, at
+    /// the first).
+    pub fn take_channel_op_token(&self, limit: RateLimit, now_ms: u64) -> Verdict {
+        let mut guard = self.guard.borrow_mut();
+        let guard = guard.get_or_insert_with(|| {
+            Box::new(Guard {
+                permit: Permit::Everything,
+                deadline_ms: u64::MAX,
+                bucket: None,
+                channel_ops: None,
+                _ip_slot: None,
+            })
+        });
+        guard
+            .channel_ops
+            .get_or_insert_with(|| TokenBucket::new(limit, now_ms))
+            .take(limit, now_ms)
     }
 
     /// The channels subscribed to (for re-checking after a token refresh).

@@ -903,7 +903,7 @@ mod tests {
         drop(ours);
         let mut got = Vec::new();
         theirs.read_to_end(&mut got).unwrap();
-        let close = frame::close(1008, "publish rate limit exceeded");
+        let close = frame::close(1008, "rate limit exceeded");
         assert_eq!(&got[..12], b"ack1ack2ack3");
         assert_eq!(&got[12..], &close[..]);
     }

@@ -49,6 +49,8 @@ pub struct Security {
     pub api_key: Option<ApiKey>,
     pub origins: OriginPolicy,
     pub publish_limit: Option<RateLimit>,
+    /// `--subscribe-rate`, with a burst of `--max-subscriptions`.
+    pub subscribe_limit: Option<RateLimit>,
     pub ip_cap: Option<Arc<IpCap>>,
     /// `None` (only in tests' `Security::default()`): no cap.
     pub http_cap: Option<Arc<HttpCap>>,
@@ -65,6 +67,7 @@ impl std::fmt::Debug for Security {
             .field("api_key", &self.api_key.is_some())
             .field("origins", &self.origins)
             .field("publish_limit", &self.publish_limit)
+            .field("subscribe_limit", &self.subscribe_limit)
             .field("ip_cap", &self.ip_cap)
             .field("http_cap", &self.http_cap)
             .field("http_ip_cap", &self.http_ip_cap)
@@ -129,6 +132,12 @@ impl Security {
             publish_limit: (config.publish_rate > 0).then(|| RateLimit {
                 per_second: config.publish_rate,
                 burst: config.publish_burst.unwrap_or(config.publish_rate),
+            }),
+            subscribe_limit: (config.subscribe_rate > 0).then(|| RateLimit {
+                per_second: config.subscribe_rate,
+                burst: u32::try_from(config.max_subscriptions)
+                    .unwrap_or(u32::MAX)
+                    .max(config.subscribe_rate),
             }),
             ip_cap: (config.max_connections_per_ip > 0)
                 .then(|| IpCap::new(config.max_connections_per_ip, seed)),

@@ -39,6 +39,8 @@ pub struct MemoryUse {
     /// What the owned channels and their history hold, as
     /// `history-max-bytes` counts it (`shard/owner.rs`).
     pub history_bytes: u64,
+    /// Lifecycle events waiting for the webhook receiver.
+    pub webhook_bytes: u64,
 }
 
 impl MemoryUse {
@@ -49,6 +51,7 @@ impl MemoryUse {
             + self.queued_bytes
             + self.unfinished_bytes * UNFINISHED_COPIES
             + self.history_bytes
+            + self.webhook_bytes
     }
 
     /// Whether this use is at or over `budget` bytes.
@@ -82,10 +85,11 @@ mod tests {
             queued_bytes: 1000,
             unfinished_bytes: 500,
             history_bytes: 7,
+            webhook_bytes: 11,
         };
         assert_eq!(
             busy.counted(),
-            IDLE_CONNECTION_BYTES + 3 * SUBSCRIPTION_BYTES + 1000 + 500 + 7
+            IDLE_CONNECTION_BYTES + 3 * SUBSCRIPTION_BYTES + 1000 + 500 + 7 + 11
         );
         assert!(busy.is_over(busy.counted()));
         assert!(!busy.is_over(busy.counted() + 1));

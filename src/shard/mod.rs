@@ -313,6 +313,10 @@ impl Shard {
             queued_bytes: self.stats.queued_bytes.get(),
             unfinished_bytes: self.stats.unfinished_bytes.get(),
             history_bytes: self.history_bytes() as u64,
+            webhook_bytes: self
+                .webhooks
+                .as_ref()
+                .map_or(0, |w| w.queued_bytes() as u64),
         }
     }
 

@@ -193,6 +193,13 @@ impl Host for OnShard<'_> {
             .unwrap_or(Verdict::Allowed)
     }
 
+    fn take_channel_op_token(&mut self) -> Verdict {
+        let Some(limit) = self.shard.security.subscribe_limit else {
+            return Verdict::Allowed;
+        };
+        (self.conn).take_channel_op_token(limit, self.shard.now_ms())
+    }
+
     fn subscribe<'a>(
         &mut self,
         ch: &str,
