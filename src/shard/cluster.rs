@@ -410,22 +410,11 @@ impl RedisHost for Shard {
                 }),
                 PresenceAsk::Page { .. },
             ) => {
-                let cursor = match more {
-                    true => members
-                        .last()
-                        .and_then(|(conn, _)| std::str::from_utf8(conn).ok())
-                        .map(Box::from),
-                    false => None,
-                };
                 let members = members
                     .iter()
                     .filter_map(|(_, json)| super::presence::member_from_json(json))
                     .collect();
-                Some(Page {
-                    members,
-                    cursor,
-                    count,
-                })
+                Some(Page::new(members, more, count, self.presence_page_bytes()))
             }
             _ => None,
         };

@@ -38,6 +38,34 @@ pub struct Page {
     pub count: usize,
 }
 
+impl Page {
+    /// A page of `members` (in connection-id order; `more`: others follow
+    /// them) cut to the first that fit in `max_bytes` of JSON, at least
+    /// one, so that a page at the largest `limit` with large `info` claims
+    /// still fits in the asker's queue. Its cursor follows the last kept.
+    pub fn new(mut members: Vec<Member>, mut more: bool, count: usize, max_bytes: usize) -> Page {
+        let mut json = Vec::new();
+        let fitting = members
+            .iter()
+            .position(|m| {
+                crate::protocol::write_member(&mut json, &m.user, &m.conn, m.info.as_deref());
+                json.push(b',');
+                json.len() > max_bytes
+            })
+            .map_or(members.len(), |over| over.max(1));
+        more |= fitting < members.len();
+        members.truncate(fitting);
+        let cursor = more
+            .then(|| members.last().map(|m| m.conn.clone()))
+            .flatten();
+        Page {
+            members,
+            cursor,
+            count,
+        }
+    }
+}
+
 /// The members of the presence channels this shard owns.
 #[derive(Debug, Default)]
 pub struct Members {
@@ -70,8 +98,15 @@ impl Members {
     }
 
     /// Up to `limit` members of `channel` after `cursor` (from the first
-    /// without one), in connection-id order.
-    pub fn page(&self, channel: &str, cursor: Option<&str>, limit: usize) -> Page {
+    /// without one), in connection-id order, as many as fit in `max_bytes`
+    /// of JSON (at least one).
+    pub fn page(
+        &self,
+        channel: &str,
+        cursor: Option<&str>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Page {
         let Some(members) = self.channels.get(channel) else {
             return Page {
                 members: Vec::new(),
@@ -90,18 +125,9 @@ impl Members {
             .take(limit.saturating_add(1))
             .map(|(_, m)| m.clone())
             .collect();
-        let cursor = match page.len() > limit {
-            true => {
-                page.truncate(limit);
-                page.last().map(|m| m.conn.clone())
-            }
-            false => None,
-        };
-        Page {
-            members: page,
-            cursor,
-            count: members.len(),
-        }
+        let more = page.len() > limit;
+        page.truncate(limit);
+        Page::new(page, more, members.len(), max_bytes)
     }
 
     /// Every channel with members, and its members.
@@ -169,7 +195,7 @@ mod tests {
         for i in 0..5 {
             presence.join("room", member(&format!("c{i}"), "u"));
         }
-        let first = presence.page("room", None, 2);
+        let first = presence.page("room", None, 2, usize::MAX);
         let conns = |p: &Page| {
             p.members
                 .iter()
@@ -182,15 +208,56 @@ mod tests {
         );
         // A member before the cursor leaving does not shift the next page.
         presence.leave("room", "c0");
-        let second = presence.page("room", first.cursor.as_deref(), 2);
+        let second = presence.page("room", first.cursor.as_deref(), 2, usize::MAX);
         assert_eq!(
             (conns(&second), second.cursor.as_deref()),
             (vec!["c2".into(), "c3".into()], Some("c3"))
         );
-        let last = presence.page("room", second.cursor.as_deref(), 2);
+        let last = presence.page("room", second.cursor.as_deref(), 2, usize::MAX);
         assert_eq!((conns(&last), last.cursor), (vec!["c4".into()], None));
-        let exact = presence.page("room", None, 4);
+        let exact = presence.page("room", None, 4, usize::MAX);
         assert_eq!(exact.cursor, None, "no page after the last member");
-        assert_eq!(presence.page("empty", None, 10).count, 0);
+        assert_eq!(presence.page("empty", None, 10, usize::MAX).count, 0);
+    }
+
+    /// The documented largest page (1,000 members) of members with 1 KiB
+    /// `info` each was a 1.06 MB frame, over the asker's queue bound: pages
+    /// now stop at their byte bound, and following the cursors still lists
+    /// every member once, in order.
+    #[test]
+    fn pages_are_bounded_in_bytes_and_their_cursors_list_everyone_once() {
+        let mut presence = Members::default();
+        let info = format!("{{\"bio\":\"{}\"}}", "b".repeat(1024));
+        for i in 0..1000 {
+            let mut m = member(&format!("c{i:04}"), "u");
+            m.info = Some(info.as_str().into());
+            presence.join("room", m);
+        }
+        let max_bytes = 64 << 10;
+        let (mut cursor, mut seen, mut pages) = (None::<Box<str>>, Vec::new(), 0);
+        loop {
+            let page = presence.page("room", cursor.as_deref(), 1000, max_bytes);
+            let json: usize = page
+                .members
+                .iter()
+                .map(|m| m.info.as_ref().unwrap().len() + 40)
+                .sum();
+            assert!(json <= max_bytes, "{json} bytes in a page");
+            seen.extend(page.members.iter().map(|m| m.conn.to_string()));
+            pages += 1;
+            match page.cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        let expected: Vec<String> = (0..1000).map(|i| format!("c{i:04}")).collect();
+        assert_eq!(seen, expected);
+        assert!((16..=20).contains(&pages), "{pages} pages");
+        // A member larger than the bound still makes a page of one.
+        let huge = presence.page("room", None, 10, 10);
+        assert_eq!(
+            (huge.members.len(), huge.cursor.as_deref()),
+            (1, Some("c0000"))
+        );
     }
 }

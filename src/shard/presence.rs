@@ -176,11 +176,20 @@ impl Shard {
         Ok(())
     }
 
+    /// The most member JSON one presence page holds: a sixteenth of a
+    /// connection's queue (64 KiB by default), so that the asker is never
+    /// closed as a slow consumer for asking.
+    pub(super) fn presence_page_bytes(&self) -> usize {
+        self.config.max_queue_bytes / 16
+    }
+
     /// Owner side: the answer to `ask`.
     pub(super) fn presence_page(&self, name: &str, ask: &PresenceAsk) -> Page {
         let members = self.members.borrow();
         match ask {
-            PresenceAsk::Page { cursor, limit } => members.page(name, cursor.as_deref(), *limit),
+            PresenceAsk::Page { cursor, limit } => {
+                members.page(name, cursor.as_deref(), *limit, self.presence_page_bytes())
+            }
             PresenceAsk::Count => Page {
                 members: Vec::new(),
                 cursor: None,
