@@ -15,9 +15,10 @@
 
 use std::{
     cell::{Cell, RefCell},
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     net::SocketAddr,
     path::Path,
+    rc::Rc,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -172,6 +173,17 @@ pub enum Event<'a> {
 }
 
 impl Event<'_> {
+    /// The connection the event is about, if any.
+    fn conn(&self) -> Option<&str> {
+        match self {
+            Event::ChannelOccupied { .. } | Event::ChannelVacated { .. } => None,
+            Event::Connected { conn, .. }
+            | Event::Disconnected { conn, .. }
+            | Event::Subscribed { conn, .. }
+            | Event::Unsubscribed { conn, .. } => Some(conn),
+        }
+    }
+
     /// `{"event":…,"node":…,"seq":N,"time_ms":T,…}`: `seq` counts this
     /// node's events (one counter for all its shards).
     pub fn json(&self, node: &str, seq: u64, time_ms: u64) -> Bytes {
@@ -283,10 +295,25 @@ pub struct WebhookSettings {
     pub seq: Arc<AtomicU64>,
 }
 
+/// A queued event, and the connection it is about.
+struct Queued {
+    json: Bytes,
+    conn: Option<Rc<str>>,
+}
+
+/// The share of the queue one connection's events may hold: a connection
+/// that churns (or many events of one) cannot crowd out everyone else's.
+fn share_per_connection(queue: usize) -> u32 {
+    u32::try_from(queue / 64).unwrap_or(u32::MAX).max(16)
+}
+
 /// One shard's queue of events and its sender.
 pub struct Webhooks {
     settings: Arc<WebhookSettings>,
-    queue: RefCell<VecDeque<Bytes>>,
+    queue: RefCell<VecDeque<Queued>>,
+    /// Events queued per connection (those about one), to hold each to
+    /// [`share_per_connection`].
+    per_conn: RefCell<HashMap<Rc<str>, u32>>,
     /// What the queued events hold ([`event_weight`]).
     queued_bytes: Cell<usize>,
     /// When the oldest queued event was queued (shard ns; 0: none).
@@ -302,6 +329,7 @@ impl Webhooks {
             resolved: Cell::new((settings.socket, crate::clock::now_ns())),
             settings,
             queue: RefCell::new(VecDeque::new()),
+            per_conn: RefCell::new(HashMap::new()),
             queued_bytes: Cell::new(0),
             oldest: Cell::new(0),
             waiting: WaitQueue::default(),
@@ -329,33 +357,68 @@ impl Webhooks {
         self.queued_bytes.get()
     }
 
-    /// Queues `event`; counted and dropped when the queue is full.
+    /// Queues `event`; counted and dropped when the queue is full, or
+    /// holds its connection's share already.
     pub fn emit(&self, event: Event<'_>, stats: &Stats) {
         // A dropped event's seq is skipped: the receiver sees the gap.
         let seq = self.settings.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let time_ms = (crate::process::unix_seconds() * 1e3) as u64;
         let json = event.json(&self.settings.node, seq, time_ms);
         let mut queue = self.queue.borrow_mut();
+        let mut per_conn = self.per_conn.borrow_mut();
         let bytes = self.queued_bytes.get() + event_weight(&json);
-        if queue.len() >= self.settings.queue || bytes > self.settings.queue_bytes {
+        let conn = event.conn();
+        let held = conn.and_then(|c| per_conn.get(c)).copied().unwrap_or(0);
+        if queue.len() >= self.settings.queue
+            || bytes > self.settings.queue_bytes
+            || held >= share_per_connection(self.settings.queue)
+        {
             bump(&stats.webhook_events_dropped, 1);
             if stats.webhook_events_dropped.get().is_power_of_two() {
                 tracing::warn!(
                     dropped = stats.webhook_events_dropped.get(),
-                    "webhook queue full: events dropped"
+                    "webhook queue full (or one connection's share of it): events dropped"
                 );
             }
             return;
         }
-        self.queued_bytes
-            .set(self.queued_bytes.get() + event_weight(&json));
-        queue.push_back(json);
+        let conn: Option<Rc<str>> = conn.map(|c| match per_conn.get_key_value(c) {
+            Some((key, _)) => key.clone(),
+            None => Rc::from(c),
+        });
+        if let Some(conn) = &conn {
+            *per_conn.entry(conn.clone()).or_insert(0) += 1;
+        }
+        self.queued_bytes.set(bytes);
+        queue.push_back(Queued { json, conn });
         if queue.len() == 1 {
             self.oldest.set(crate::clock::now_ns());
         }
-        drop(queue);
+        drop((queue, per_conn));
         bump(&stats.webhook_events, 1);
         self.waiting.wake_all();
+    }
+
+    /// Takes the first `sent` events out of the queue.
+    fn sent(&self, sent: usize) {
+        let mut queue = self.queue.borrow_mut();
+        let mut per_conn = self.per_conn.borrow_mut();
+        let sent = sent.min(queue.len());
+        for event in queue.drain(..sent) {
+            self.queued_bytes
+                .set(self.queued_bytes.get() - event_weight(&event.json));
+            if let Some(conn) = event.conn {
+                if let Some(held) = per_conn.get_mut(&conn) {
+                    *held -= 1;
+                    if *held == 0 {
+                        per_conn.remove(&conn);
+                    }
+                }
+            }
+        }
+        if !queue.is_empty() {
+            self.oldest.set(crate::clock::now_ns());
+        }
     }
 
     /// Sends queued events until the shard drops the future: a batch when
@@ -379,7 +442,11 @@ impl Webhooks {
             }
             let batch: Vec<Bytes> = {
                 let queue = self.queue.borrow();
-                queue.iter().take(self.settings.batch).cloned().collect()
+                queue
+                    .iter()
+                    .take(self.settings.batch)
+                    .map(|e| e.json.clone())
+                    .collect()
             };
             let body = batch_body(&batch);
             let signature = self
@@ -392,13 +459,7 @@ impl Webhooks {
             match self.send(&request).await {
                 Ok(status) if (200..300).contains(&status) => {
                     backoff.reset();
-                    let mut queue = self.queue.borrow_mut();
-                    let sent = batch.len().min(queue.len());
-                    let freed: usize = queue.drain(..sent).map(|e| event_weight(&e)).sum();
-                    self.queued_bytes.set(self.queued_bytes.get() - freed);
-                    if !queue.is_empty() {
-                        self.oldest.set(crate::clock::now_ns());
-                    }
+                    self.sent(batch.len());
                 }
                 outcome => {
                     bump(&stats.webhook_failures, 1);
@@ -556,6 +617,47 @@ mod tests {
         assert!(webhooks.queued_bytes() <= 64 << 10);
         assert_eq!(stats.webhook_events_dropped.get(), 100 - held as u64);
         assert_eq!(settings.seq.load(Ordering::Relaxed), 100);
+    }
+
+    /// One connection's events hold at most its share of the queue; the
+    /// others' still get in, and a sent batch frees the share.
+    #[test]
+    fn one_connection_gets_its_share_of_the_queue_not_all_of_it() {
+        let settings = Arc::new(WebhookSettings {
+            url: WebhookUrl::parse("http://localhost:9/hooks").unwrap(),
+            socket: "127.0.0.1:9".parse().unwrap(),
+            tls: None,
+            secret: None,
+            batch: 100,
+            queue: 6400,
+            queue_bytes: 16 << 20,
+            node: "n".into(),
+            seq: Arc::default(),
+        });
+        let webhooks = Webhooks::new(settings);
+        let stats = Stats::default();
+        fn subscribed(conn: &str) -> Event<'_> {
+            Event::Subscribed {
+                ch: "room",
+                user: "u",
+                conn,
+            }
+        }
+        for _ in 0..1000 {
+            webhooks.emit(subscribed("churner"), &stats);
+        }
+        for user in 0..20 {
+            webhooks.emit(subscribed(&format!("user{user}")), &stats);
+        }
+        webhooks.emit(Event::ChannelOccupied { ch: "room" }, &stats);
+        assert_eq!(webhooks.queue.borrow().len(), 100 + 20 + 1);
+        assert_eq!(stats.webhook_events_dropped.get(), 900);
+        webhooks.sent(50);
+        webhooks.emit(subscribed("churner"), &stats);
+        assert_eq!(webhooks.per_conn.borrow()["churner"], 51);
+        webhooks.sent(1000);
+        assert!(webhooks.per_conn.borrow().is_empty());
+        assert_eq!(webhooks.queued_bytes(), 0);
     }
 
     #[test]
