@@ -788,6 +788,9 @@ impl Shard {
         let seq = ordered.seq;
         self.distribute(name, ch, ordered, &payload, skip);
         self.report_seq(from, reply, seq);
+        if self.owner.borrow().well_over_budget() {
+            self.sweep_history();
+        }
         seq
     }
 

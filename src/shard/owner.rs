@@ -605,6 +605,15 @@ impl Owner {
         self.kept
     }
 
+    /// Whether what is kept is over `history-max-bytes` by a sixteenth: then
+    /// the shard sweeps at once instead of at its next tick, so a flood of
+    /// new channels is held near the bound, not a second's worth past it
+    /// (each sweep frees at least that sixteenth: its cost is spread over
+    /// what came in since).
+    pub fn well_over_budget(&self) -> bool {
+        self.history_bytes() > self.limits.max_bytes + self.limits.max_bytes / 16
+    }
+
     /// Bytes counted for what every channel's history keeps, and for the
     /// channels' entries themselves.
     pub fn history_bytes(&self) -> usize {
@@ -720,9 +729,11 @@ mod tests {
         }
         assert_eq!(owner.channel_count(), 10_000);
         assert!(owner.history_bytes() > 10_000 * CHANNEL_ENTRY_BYTES);
+        assert!(owner.well_over_budget(), "the shard sweeps at once");
         // A subscribed channel keeps its entry, with nothing left in history.
         owner.sweep(20_000, |name| name == "u0");
         assert!(owner.history_bytes() <= limit, "{}", owner.history_bytes());
+        assert!(!owner.well_over_budget());
         let kept = owner.channel_count();
         assert!((100..200).contains(&kept), "{kept} channels kept");
         assert_eq!(owner.seq_of("u0"), Some(1), "subscribed: kept");
