@@ -44,9 +44,9 @@ pub struct ApiPublication<'a> {
     pub data: &'a str,
     /// Its conflation key (`"key"`).
     pub key: Option<Cow<'a, str>>,
-    /// What the owner remembers it under: the request's `idempotency_key`,
-    /// with the publication's place in a `messages` batch appended (so two
-    /// messages of one batch to one channel are told apart).
+    /// What the owner remembers it under (see [`remembered_key`]): the
+    /// request's `idempotency_key`, tagged with the request's form and the
+    /// publication's place in a `messages` batch.
     pub idempotency_key: Option<String>,
 }
 
@@ -122,6 +122,31 @@ fn publication<'a>(
     })
 }
 
+/// The three forms of a `POST /api/publish` body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// `{"ch":..}`
+    One,
+    /// `{"channels":[..]}`
+    Channels,
+    /// `{"messages":[..]}`
+    Batch,
+}
+
+/// What publication `index` of a request of `form` under `idempotency_key`
+/// is remembered under: a tag of the form (`1`, `n`, or `b` and the
+/// publication's place in the batch), a colon, then the key as given. The
+/// tag has no colon, so two requests' keys meet only when their forms,
+/// places and keys all do: a batch under `order` never finds the
+/// publication a single publish made under `order#0` or `b0:order`.
+fn remembered_key(form: Form, idempotency_key: &str, index: usize) -> String {
+    match form {
+        Form::One => format!("1:{idempotency_key}"),
+        Form::Channels => format!("n:{idempotency_key}"),
+        Form::Batch => format!("b{index}:{idempotency_key}"),
+    }
+}
+
 /// Parses a `POST /api/publish` body: exactly one of `{"ch":..,"data":..}`,
 /// `{"channels":[..],"data":..}` and `{"messages":[{"ch":..,"data":..},..]}`,
 /// with an optional `idempotency_key` (1 to 128 bytes).
@@ -192,11 +217,13 @@ pub fn parse_publish(body: &str, max_data: usize) -> Result<PublishRequest<'_>, 
         }
     };
     if let Some(once) = once {
+        let form = match (single, batch) {
+            (true, _) => Form::One,
+            (false, false) => Form::Channels,
+            (false, true) => Form::Batch,
+        };
         for (i, publication) in publications.iter_mut().enumerate() {
-            publication.idempotency_key = Some(match batch {
-                true => format!("{once}#{i}"),
-                false => once.to_string(),
-            });
+            publication.idempotency_key = Some(remembered_key(form, &once, i));
         }
     }
     Ok(PublishRequest {
@@ -607,7 +634,7 @@ mod tests {
         assert!(p
             .publications
             .iter()
-            .all(|p| p.idempotency_key.as_deref() == Some("r1")));
+            .all(|p| p.idempotency_key.as_deref() == Some("n:r1")));
         assert_eq!(
             code(r#"{"channels":["a","a"],"data":1}"#),
             (400, "bad_json")
@@ -623,7 +650,11 @@ mod tests {
             .iter()
             .map(|p| p.idempotency_key.as_deref().unwrap())
             .collect();
-        assert_eq!(keys, ["r2#0", "r2#1"], "two messages to one channel differ");
+        assert_eq!(
+            keys,
+            ["b0:r2", "b1:r2"],
+            "two messages to one channel differ"
+        );
         assert_eq!(b.publications[1].key.as_deref(), Some("k"));
         assert_eq!(code(r#"{"messages":[{"ch":"a"}]}"#), (400, "bad_json"));
         assert_eq!(code(r#"{"messages":[],"data":1}"#), (400, "bad_json"));
@@ -646,6 +677,53 @@ mod tests {
         assert_eq!(code(&long_key), (400, "bad_json"));
         let big = format!(r#"{{"ch":"a","data":"{}"}}"#, "x".repeat(100));
         assert_eq!(parse_publish(&big, 50).unwrap_err().status, 413);
+    }
+
+    /// The keys each request remembers its publications under.
+    fn remembered(body: &str) -> Vec<String> {
+        let request = parse_publish(body, MAX).unwrap();
+        let keys = request.publications.into_iter();
+        keys.map(|p| p.idempotency_key.unwrap()).collect()
+    }
+
+    #[test]
+    fn idempotency_keys_of_different_forms_never_meet() {
+        let one = |key: &str| {
+            remembered(&format!(
+                r#"{{"ch":"a","data":1,"idempotency_key":"{key}"}}"#
+            ))
+        };
+        let channels = |key: &str| {
+            remembered(&format!(
+                r#"{{"channels":["a"],"data":1,"idempotency_key":"{key}"}}"#
+            ))
+        };
+        let batch = |key: &str| {
+            remembered(&format!(
+                r#"{{"messages":[{{"ch":"a","data":1}},{{"ch":"a","data":2}}],"idempotency_key":"{key}"}}"#
+            ))
+        };
+        // Issue 24, finding 14: `order#0` alone was what a batch under
+        // `order` remembered its first message under.
+        let mut seen = std::collections::HashSet::new();
+        for keys in [
+            one("order#0"),
+            one("order"),
+            one("b0:order"),
+            one("n:order"),
+            channels("order"),
+            channels("1:order"),
+            batch("order"),
+            batch("order#0"),
+        ] {
+            for key in keys {
+                assert!(seen.insert(key.clone()), "{key} remembered twice");
+            }
+        }
+        assert_eq!(
+            one("k"),
+            remembered(r#"{"ch":"b","data":2,"idempotency_key":"k"}"#)
+        );
     }
 
     #[test]

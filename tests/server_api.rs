@@ -191,6 +191,33 @@ fn a_publish_retried_with_its_idempotency_key_is_published_once() {
 }
 
 #[test]
+fn idempotency_keys_of_different_forms_are_different_requests() {
+    let server = secured_server(&[]);
+    let mut sub = user(&server, "reader");
+    sub.subscribe("orders");
+    let single = json!({"ch": "orders", "data": "single", "idempotency_key": "order#0"});
+    // A batch remembered its first message as `order#0`, the key the
+    // single publish used (issue 24, finding 14).
+    let batch =
+        json!({"messages": [{"ch": "orders", "data": "batch"}], "idempotency_key": "order"});
+    let several = json!({"channels": ["orders"], "data": "several", "idempotency_key": "order#0"});
+    let expected = [
+        json!({"seq": 1}),
+        json!({"seqs": [2]}),
+        json!({"seqs": [3]}),
+    ];
+    for round in 0..2 {
+        for (body, answer) in [&single, &batch, &several].into_iter().zip(&expected) {
+            let (status, got) = api(&server, "POST", "/api/publish", body.clone());
+            assert_eq!((status, &got), (200, answer), "round {round}: {body}");
+        }
+    }
+    let data: Vec<Value> = messages(&mut sub, 3).into_iter().map(|m| m.2).collect();
+    assert_eq!(data, ["single", "batch", "several"], "each published once");
+    assert!(sub.try_recv_json(Duration::from_millis(200)).is_none());
+}
+
+#[test]
 fn history_is_paged_and_says_whether_it_is_complete() {
     let server = secured_server(&["--history-size", "4"]);
     for i in 1..=6 {
