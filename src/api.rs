@@ -13,6 +13,7 @@ use serde_json::value::RawValue;
 use crate::{
     channel::Access,
     conn::http::{check_channel, percent_decode, query_values, HttpError},
+    engine::Refused,
     frame,
     protocol::{self, ErrorCode, OpError},
     publication::Payload,
@@ -25,6 +26,12 @@ pub const MAX_PUBLICATIONS: usize = 1_000;
 /// Entries one history page holds by default, and at most.
 pub const HISTORY_PAGE: usize = 100;
 pub const MAX_HISTORY_PAGE: usize = 1_000;
+
+/// Bytes of publications (their `msg` envelopes, as JSON) one history page
+/// holds at most, whatever its `limit`: the page ends before the
+/// publication that would go over, with `more` (but always lists one,
+/// however large: at most six times `--max-message-bytes` once escaped).
+pub const HISTORY_PAGE_BYTES: usize = 1 << 20;
 
 /// Channels one `GET /api/channels` page lists by default, and at most.
 pub const CHANNELS_PAGE: usize = 100;
@@ -233,28 +240,41 @@ pub fn parse_publish(body: &str, max_data: usize) -> Result<PublishRequest<'_>, 
 }
 
 /// The answer to a publish: 200 `{"seq":N}` (one channel) or
-/// `{"seqs":[..]}`; 503 `unavailable` if any publication was refused, with
-/// the `seqs` of those that were not (`null` for the refused ones), so a
-/// retry under the same idempotency key publishes only what is missing.
-pub fn publish_answer(single: bool, seqs: &[Option<u64>]) -> (u16, Vec<u8>) {
-    let all = seqs.iter().all(Option::is_some);
+/// `{"seqs":[..]}`; 503 if any publication was refused, with the `seqs` of
+/// those that were not (`null` for the refused ones), so a retry under the
+/// same idempotency key publishes only what is missing. The error is
+/// `unavailable` (the cluster engine) or `over_capacity` (the owner's
+/// idempotency store is full), the latter if both.
+pub fn publish_answer(single: bool, seqs: &[Result<u64, Refused>]) -> (u16, Vec<u8>) {
+    let why = seqs
+        .iter()
+        .filter_map(|s| s.err())
+        .max_by_key(|why| *why == Refused::IdempotencyFull);
     let mut body = Vec::with_capacity(16 + 8 * seqs.len());
-    match (single, all) {
-        (true, true) => {
+    match (single, why) {
+        (true, None) => {
             body.extend_from_slice(b"{\"seq\":");
-            push_seq(&mut body, seqs[0]);
+            push_seq(&mut body, seqs[0].ok());
             body.push(b'}');
             return (200, body);
         }
-        (true, false) => body.extend_from_slice(
-            b"{\"error\":\"unavailable\",\"msg\":\"the cluster engine is unavailable; \
-              the publication was not accepted\"",
-        ),
-        (false, true) => body.push(b'{'),
-        (false, false) => body.extend_from_slice(
-            b"{\"error\":\"unavailable\",\"msg\":\"some publications were not accepted \
-              (null in seqs)\",",
-        ),
+        (false, None) => body.push(b'{'),
+        (_, Some(why)) => {
+            body.extend_from_slice(b"{\"error\":\"");
+            body.extend_from_slice(why.code().as_str().as_bytes());
+            body.extend_from_slice(b"\",\"msg\":");
+            let msg = match (single, why) {
+                (true, Refused::Unavailable) => {
+                    "the cluster engine is unavailable; the publication was not accepted".into()
+                }
+                (true, _) => why.to_string(),
+                (false, _) => format!("some publications were not accepted (null in seqs): {why}"),
+            };
+            push_string(&mut body, &msg);
+            if !single {
+                body.push(b',');
+            }
+        }
     }
     if !single {
         body.extend_from_slice(b"\"seqs\":[");
@@ -262,12 +282,12 @@ pub fn publish_answer(single: bool, seqs: &[Option<u64>]) -> (u16, Vec<u8>) {
             if i > 0 {
                 body.push(b',');
             }
-            push_seq(&mut body, *seq);
+            push_seq(&mut body, seq.ok());
         }
         body.push(b']');
     }
     body.push(b'}');
-    (if all { 200 } else { 503 }, body)
+    (if why.is_none() { 200 } else { 503 }, body)
 }
 
 fn push_seq(out: &mut Vec<u8>, seq: Option<u64>) {
@@ -437,31 +457,42 @@ impl HistoryPage {
 
 /// The answer to a history query: `{"ch":..,"epoch":..,"seq":N,
 /// "complete":bool,"more":bool,"publications":[<msg envelopes>]}`. Each
-/// publication is the `msg` envelope a subscriber gets. `complete`: every
-/// publication after `since` (up to the last listed, or to `seq`) is there,
-/// in the epoch asked for.
+/// publication is the `msg` envelope a subscriber gets; they take at most
+/// [`HISTORY_PAGE_BYTES`] (but one is always listed). `more`: the page
+/// ends before the channel's last publication (by `limit`, or by bytes):
+/// ask again `since` the last listed. `complete`: every publication after
+/// `since` (up to the last listed, or to `seq`) is there, in the epoch
+/// asked for.
 pub fn history_json(query: &HistoryQuery, page: &HistoryPage) -> Vec<u8> {
-    let more = page.more();
-    let through = if more {
-        page.entries.last().map_or(page.seq, |e| e.0)
-    } else {
-        page.seq
+    let mut publications = Vec::new();
+    let mut last_listed = None;
+    // Whether the listed seqs so far follow `since` one by one.
+    let mut unbroken = true;
+    let mut cut = false;
+    for (seq, payload) in page.entries.iter().filter(|(seq, _)| *seq > query.since) {
+        let frame = protocol::encode_msg(&query.ch, *seq, payload.kind, &payload.bytes);
+        let envelope = frame::payload_of(&frame);
+        if last_listed.is_some() {
+            if publications.len() + 1 + envelope.len() > HISTORY_PAGE_BYTES {
+                cut = true;
+                break;
+            }
+            publications.push(b',');
+        }
+        publications.extend_from_slice(envelope);
+        unbroken &= *seq == last_listed.unwrap_or(query.since) + 1;
+        last_listed = Some(*seq);
+    }
+    let more = cut || page.more();
+    let through = match (more, last_listed) {
+        (true, Some(last)) => last,
+        _ => page.seq,
     };
-    let listed = page.entries.iter().filter(|(seq, _)| *seq > query.since);
-    let unbroken = listed
-        .clone()
-        .map(|(seq, _)| *seq)
-        .eq((query.since + 1)..=through);
     let complete = unbroken
+        && last_listed.unwrap_or(query.since) == through
         && query.since <= page.seq
         && query.epoch.as_deref().is_none_or(|e| e == page.epoch);
-    let mut out = Vec::with_capacity(
-        96 + page
-            .entries
-            .iter()
-            .map(|e| 48 + e.1.bytes.len())
-            .sum::<usize>(),
-    );
+    let mut out = Vec::with_capacity(128 + query.ch.len() + publications.len());
     out.extend_from_slice(b"{\"ch\":");
     push_string(&mut out, &query.ch);
     out.extend_from_slice(b",\"epoch\":");
@@ -479,13 +510,7 @@ pub fn history_json(query: &HistoryQuery, page: &HistoryPage) -> Vec<u8> {
         b",\"more\":false"
     });
     out.extend_from_slice(b",\"publications\":[");
-    for (i, (seq, payload)) in listed.enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        let frame = protocol::encode_msg(&query.ch, *seq, payload.kind, &payload.bytes);
-        out.extend_from_slice(frame::payload_of(&frame));
-    }
+    out.extend_from_slice(&publications);
     out.extend_from_slice(b"]}");
     out
 }
@@ -728,22 +753,38 @@ mod tests {
 
     #[test]
     fn publish_answers() {
+        let down = Err(Refused::Unavailable);
+        let full = Err(Refused::IdempotencyFull);
         assert_eq!(
-            publish_answer(true, &[Some(4)]),
+            publish_answer(true, &[Ok(4)]),
             (200, b"{\"seq\":4}".to_vec())
         );
         assert_eq!(
-            publish_answer(false, &[Some(4), Some(9)]),
+            publish_answer(false, &[Ok(4), Ok(9)]),
             (200, b"{\"seqs\":[4,9]}".to_vec())
         );
-        let (status, body) = publish_answer(false, &[Some(4), None]);
+        let (status, body) = publish_answer(false, &[Ok(4), down]);
         assert_eq!(status, 503);
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(json["error"], "unavailable");
         assert_eq!(json["seqs"], serde_json::json!([4, null]));
-        let (status, body) = publish_answer(true, &[None]);
+        let (status, body) = publish_answer(true, &[down]);
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!((status, json["error"].as_str()), (503, Some("unavailable")));
+        let (status, body) = publish_answer(false, &[down, Ok(2), full]);
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (status, json["error"].as_str()),
+            (503, Some("over_capacity"))
+        );
+        assert_eq!(json["seqs"], serde_json::json!([null, 2, null]));
+        assert!(json["msg"].as_str().unwrap().contains("idempotency keys"));
+        let (status, body) = publish_answer(true, &[full]);
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (status, json["error"].as_str()),
+            (503, Some("over_capacity"))
+        );
     }
 
     #[test]
@@ -836,6 +877,63 @@ mod tests {
             ..page(1, &[])
         };
         assert_eq!(history("", &bin)["publications"][0]["bin"], "AAE=");
+    }
+
+    #[test]
+    fn a_history_page_ends_at_its_byte_bound_and_the_next_goes_on() {
+        // Issue 24, finding 2: a page held all of up to 1,000 publications,
+        // each escaped up to six-fold (here 60 KB of control characters
+        // answer as 360 KB).
+        let text = "\u{1}".repeat(60_000);
+        let mut page = HistoryPage {
+            seq: 10,
+            epoch: "e1".into(),
+            entries: (1..=10)
+                .map(|s| (s, Payload::copy_of(PayloadKind::Text, text.as_bytes())))
+                .collect(),
+        };
+        let mut since = 0;
+        let mut seen = Vec::new();
+        loop {
+            let query = parse_history("room", &format!("since={since}&limit=1000")).unwrap();
+            page.entries.retain(|(seq, _)| *seq > since);
+            let body = history_json(&query, &page);
+            assert!(
+                body.len() <= HISTORY_PAGE_BYTES + 256,
+                "{} bytes",
+                body.len()
+            );
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(json["complete"], true, "since={since}");
+            let listed = json["publications"].as_array().unwrap();
+            assert!(!listed.is_empty());
+            for publication in listed {
+                assert_eq!(publication["text"].as_str(), Some(text.as_str()));
+                seen.push(publication["seq"].as_u64().unwrap());
+            }
+            if json["more"] == false {
+                break;
+            }
+            assert_eq!(listed.len(), 2, "360 KB each: two fit in 1 MiB");
+            since = *seen.last().unwrap();
+        }
+        assert_eq!(seen, (1..=10).collect::<Vec<_>>(), "each once, in order");
+        // One publication over the bound is listed, alone.
+        let huge = "\u{1}".repeat(200_000);
+        let page = HistoryPage {
+            seq: 2,
+            epoch: "e1".into(),
+            entries: (1..=2)
+                .map(|s| (s, Payload::copy_of(PayloadKind::Text, huge.as_bytes())))
+                .collect(),
+        };
+        let query = parse_history("room", "").unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&history_json(&query, &page)).unwrap();
+        assert_eq!(json["publications"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            (json["more"].as_bool(), json["complete"].as_bool()),
+            (Some(true), Some(true))
+        );
     }
 
     fn row(ch: &str, subscribers: u64, seq: Option<u64>) -> ChannelRow {

@@ -1,6 +1,7 @@
 //! The shard's memory budget (`max-memory` / `shards`): what the memory
 //! clients make a shard hold is counted as, and whether the shard is over
-//! it. Over it the shard refuses new connections and subscriptions; what
+//! it. Over it the shard refuses new connections and subscriptions (and
+//! new idempotency keys, and history and channel pages); what
 //! clients already hold stays bounded per connection (`max-queue-bytes`,
 //! `max-message-bytes`) and in time (`send-timeout`, `message-timeout`), and
 //! history by `history-max-bytes`. Pure: the shard passes its figures in.
@@ -27,6 +28,11 @@ pub struct MemoryUse {
     pub unfinished_bytes: u64,
     /// What history holds, as `history-max-bytes` counts it.
     pub history_bytes: u64,
+    /// What the idempotency keys of HTTP publishes are counted as
+    /// (`shard/idempotency.rs`).
+    pub idempotency_bytes: u64,
+    /// HTTP answers built and not yet taken by their clients.
+    pub http_answer_bytes: u64,
 }
 
 impl MemoryUse {
@@ -36,6 +42,8 @@ impl MemoryUse {
             + self.queued_bytes
             + self.unfinished_bytes * UNFINISHED_COPIES
             + self.history_bytes
+            + self.idempotency_bytes
+            + self.http_answer_bytes
     }
 
     /// Whether this use is at or over `budget` bytes.
@@ -68,8 +76,13 @@ mod tests {
             queued_bytes: 1000,
             unfinished_bytes: 500,
             history_bytes: 7,
+            idempotency_bytes: 300,
+            http_answer_bytes: 40,
         };
-        assert_eq!(busy.counted(), IDLE_CONNECTION_BYTES + 1000 + 500 + 7);
+        assert_eq!(
+            busy.counted(),
+            IDLE_CONNECTION_BYTES + 1000 + 500 + 7 + 300 + 40
+        );
         assert!(busy.is_over(busy.counted()));
         assert!(!busy.is_over(busy.counted() + 1));
     }
