@@ -555,6 +555,33 @@ pub struct ChannelRow {
     pub seq: Option<u64>,
 }
 
+/// The first `limit` distinct names of `names` (any order, repeats
+/// allowed) that `wanted` takes, sorted. One pass that holds at most
+/// `limit` names: a name that sorts after all of a full selection is
+/// passed over with one comparison, before `wanted` is asked; so a page is
+/// O(n log limit) of the shard's channels, not a sort of all of them.
+pub fn first_names<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+    limit: usize,
+    mut wanted: impl FnMut(&str) -> bool,
+) -> Vec<&'a str> {
+    let mut kept: std::collections::BTreeSet<&'a str> = std::collections::BTreeSet::new();
+    for name in names {
+        let full = kept.len() >= limit;
+        if full && kept.last().is_none_or(|last| name >= *last) {
+            continue;
+        }
+        if kept.contains(name) || !wanted(name) {
+            continue;
+        }
+        kept.insert(name);
+        if kept.len() > limit {
+            kept.pop_last();
+        }
+    }
+    kept.into_iter().collect()
+}
+
 /// Merges the shards' rows (each sorted by name, at most `limit` long)
 /// into the page's rows, sorted, at most `limit`; and the cursor of the
 /// next page if there may be one. A channel among the first `limit` names
@@ -942,6 +969,48 @@ mod tests {
             subscribers,
             seq,
         }
+    }
+
+    #[test]
+    fn the_first_names_are_picked_without_sorting_them_all() {
+        let names = ["m", "b", "z", "a", "b", "q", "c", "a", "y"];
+        assert_eq!(first_names(names, 3, |_| true), ["a", "b", "c"]);
+        assert_eq!(
+            first_names(names, 100, |_| true),
+            ["a", "b", "c", "m", "q", "y", "z"]
+        );
+        assert_eq!(first_names(names, 2, |n| n > "b"), ["c", "m"]);
+        assert!(first_names(names, 0, |_| true).is_empty());
+        // Pages over 2,000 shuffled names, repeated, with a pattern: every
+        // wanted name once, in order.
+        let all: Vec<String> = (0..2_000)
+            .map(|i| format!("ch.{:04}", (i * 7919) % 2_000))
+            .collect();
+        let twice: Vec<&str> = all.iter().chain(&all).map(String::as_str).collect();
+        let wanted = |n: &str| !n.ends_with('3');
+        let mut walked: Vec<&str> = Vec::new();
+        loop {
+            let after = walked.last().copied();
+            let page = first_names(
+                twice
+                    .iter()
+                    .copied()
+                    .filter(|n| after.is_none_or(|a| *n > a)),
+                7,
+                wanted,
+            );
+            if page.is_empty() {
+                break;
+            }
+            walked.extend(page);
+        }
+        let mut expected: Vec<&str> = all
+            .iter()
+            .map(String::as_str)
+            .filter(|n| wanted(n))
+            .collect();
+        expected.sort_unstable();
+        assert_eq!(walked, expected);
     }
 
     #[test]

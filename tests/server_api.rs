@@ -337,6 +337,59 @@ fn the_channel_list_counts_subscribers_over_shards_and_pages() {
 }
 
 #[test]
+fn every_channel_is_listed_once_across_pages_and_shards() {
+    let server = secured_server(&[]);
+    // Six connections (the kernel spreads them over both shards), 300
+    // channels of the pattern and 20 outside it; every fifth channel has
+    // two subscribers, on two connections.
+    let mut clients: Vec<Client> = (0..6).map(|i| user(&server, &format!("p{i}"))).collect();
+    let mut expected = BTreeMap::new();
+    for i in 0..320 {
+        let ch = match i < 300 {
+            true => format!("t.{:03}", (i * 7) % 300),
+            false => format!("other.{i}"),
+        };
+        clients[i % 6].subscribe(&ch);
+        let mut n = 1;
+        if i % 5 == 0 {
+            clients[(i + 1) % 6].subscribe(&ch);
+            n = 2;
+        }
+        if i < 300 {
+            expected.insert(ch, n);
+        }
+    }
+    subscriptions(&server, 320 + 64);
+    let mut walked: Vec<(String, u64)> = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/api/channels?pattern=t.*&limit=7&cursor={c}"),
+            None => "/api/channels?pattern=t.*&limit=7".to_owned(),
+        };
+        let (status, page) = api(&server, "GET", &path, Value::Null);
+        assert_eq!(status, 200, "{page}");
+        let rows = page["channels"].as_array().unwrap();
+        assert!(rows.len() <= 7);
+        for row in rows {
+            let ch = row["ch"].as_str().unwrap().to_owned();
+            walked.push((ch, row["subscribers"].as_u64().unwrap()));
+        }
+        match page["cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+        assert!(walked.len() <= 300, "paging never ends");
+    }
+    let expected: Vec<(String, u64)> = expected.into_iter().collect();
+    assert_eq!(
+        walked, expected,
+        "each channel once, in order, counted over shards"
+    );
+    drop(clients);
+}
+
+#[test]
 fn a_user_is_disconnected_or_unsubscribed_wherever_connected() {
     let server = secured_server(&[]);
     let mut alice: Vec<Client> = (0..4).map(|_| user(&server, "alice")).collect();

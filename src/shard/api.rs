@@ -229,26 +229,22 @@ impl Shard {
 
     /// This shard's part of the channel list: the channels it has
     /// subscribers of and those it owns that other shards have subscribers
-    /// of, sorted, after `after`, at most `limit`.
+    /// of, sorted, after `after`, at most `limit` (picked in one pass, see
+    /// [`api::first_names`]).
     fn channel_rows(
         &self,
         pattern: Option<&ChannelPattern>,
         after: Option<&str>,
         limit: usize,
     ) -> Vec<ChannelRow> {
-        let wanted =
-            |name: &str| after.is_none_or(|a| name > a) && pattern.is_none_or(|p| p.matches(name));
         let index = self.index.borrow();
         let owner = self.owner.borrow();
-        let mut names: Vec<&str> = index
+        let names = index
             .channels()
             .map(|(name, _)| name)
             .chain(owner.remotely_subscribed())
-            .filter(|name| wanted(name))
-            .collect();
-        names.sort_unstable();
-        names.dedup();
-        names.truncate(limit);
+            .filter(|name| after.is_none_or(|a| *name > a));
+        let names = api::first_names(names, limit, |name| pattern.is_none_or(|p| p.matches(name)));
         names
             .into_iter()
             .map(|name| ChannelRow {
