@@ -102,20 +102,21 @@ fn unread_history_request(server: &Server, n: u8, path: &str) -> TcpStream {
 
 #[test]
 fn unread_answers_count_against_max_memory_which_then_refuses_history() {
-    // 4 MiB per shard, the least allowed; answers held for a minute.
+    // 16 MiB per shard; answers held for a minute.
     let server = secured_server(&[
         "--max-memory",
-        "8MiB",
+        "32MiB",
         "--handshake-timeout",
         "60s",
         "--max-message-bytes",
-        "1MiB",
+        "4MiB",
         "--max-queue-bytes",
-        "8MiB",
+        "32MiB",
     ]);
-    // One publication is listed whatever its size: 6 MB once escaped, more
-    // than the kernel's socket buffers take (up to 4 MiB).
-    room_of_control_texts(&server, "big", 1, 1_000_000);
+    // One publication is listed whatever its size: 24 MB once escaped,
+    // more than the kernel's socket buffers take (`tcp_wmem`, 4 MiB at
+    // most by default) and than a shard's budget.
+    room_of_control_texts(&server, "big", 1, 4_000_000);
     let path = "/api/history/big";
     let before = counted(&server);
     let mut unread = Vec::new();
@@ -145,7 +146,7 @@ fn unread_answers_count_against_max_memory_which_then_refuses_history() {
     );
     let held = counted(&server) - before;
     assert!(
-        held >= 3 << 20,
+        held >= 16 << 20,
         "{} unread answers: {held} bytes counted",
         unread.len()
     );
