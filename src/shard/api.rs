@@ -414,9 +414,7 @@ impl Shard {
         };
         Ok(format!("{{\"{field}\":{kicked}}}").into_bytes())
     }
-}
 
-impl Shard {
     /// 503 `over_capacity` while the shard is at or over its memory budget.
     fn within_memory_budget(&self) -> Result<(), HttpError> {
         match self.refuses_for_memory() {

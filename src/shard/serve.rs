@@ -2,7 +2,8 @@
 //! heads (keep-alive), answer plain HTTP routes, and hand upgraded
 //! connections to their WebSocket session (`session.rs`), a task of its
 //! own. Every HTTP read and write is bounded by `--handshake-timeout` and
-//! yields to shutdown.
+//! yields to shutdown; every answer counts against the shard's memory
+//! budget until it is written.
 
 use std::{
     future::Future,
