@@ -1,6 +1,8 @@
 //! Micro-benchmarks of the hot paths: parsing a client envelope, encoding
-//! the `msg` frame, and fanning one publication out to 10,000 in-memory
-//! connection queues (encode once, push the same bytes everywhere).
+//! the `msg` frame, fanning one publication out to 10,000 in-memory
+//! connection queues (encode once, push the same bytes everywhere), and
+//! picking one `GET /api/channels` page of a shard's 250,000 channels
+//! (against sorting them all, as pages were before issue 24).
 //! `cargo bench --bench hot_paths`; throughput is reported in bytes or
 //! elements so results compare across machines.
 
@@ -9,7 +11,10 @@ use std::{rc::Rc, time::Duration};
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use shardcast::{
-    internals::{Codec, Conn, ConnRef, DeflateSettings, Deflater, Flusher, Index, Payload, Stats},
+    internals::{
+        first_names, Codec, Conn, ConnRef, DeflateSettings, Deflater, Flusher, Index, Payload,
+        Stats,
+    },
     protocol::{self, PayloadKind, SubOptions},
 };
 
@@ -105,5 +110,36 @@ fn fan_out(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, envelope_parse, frame_encode, fan_out);
+fn channel_page(c: &mut Criterion) {
+    const CHANNELS: usize = 250_000;
+    // In a hash map's order, as a shard's index hands them over.
+    let names: Vec<String> = {
+        let set: std::collections::HashSet<String> =
+            (0..CHANNELS).map(|i| format!("room.{i}")).collect();
+        set.into_iter().collect()
+    };
+    let mut group = c.benchmark_group("channel_page");
+    group.throughput(Throughput::Elements(CHANNELS as u64));
+    group.sample_size(20);
+    for limit in [1, 100, 1000] {
+        group.bench_function(format!("first_{limit}_of_250k"), |b| {
+            b.iter(|| {
+                let page = first_names(names.iter().map(String::as_str), limit, |_| true);
+                black_box(page.len())
+            })
+        });
+    }
+    group.bench_function("sort_all_250k_then_take_1", |b| {
+        b.iter(|| {
+            let mut all: Vec<&str> = names.iter().map(String::as_str).collect();
+            all.sort_unstable();
+            all.dedup();
+            all.truncate(1);
+            black_box(all.len())
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, envelope_parse, frame_encode, fan_out, channel_page);
 criterion_main!(benches);

@@ -13,6 +13,7 @@ use serde_json::value::RawValue;
 use crate::{
     channel::Access,
     conn::http::{check_channel, percent_decode, query_values, HttpError},
+    engine::Refused,
     frame,
     protocol::{self, ErrorCode, OpError},
     publication::Payload,
@@ -25,6 +26,12 @@ pub const MAX_PUBLICATIONS: usize = 1_000;
 /// Entries one history page holds by default, and at most.
 pub const HISTORY_PAGE: usize = 100;
 pub const MAX_HISTORY_PAGE: usize = 1_000;
+
+/// Bytes of publications (their `msg` envelopes, as JSON) one history page
+/// holds at most, whatever its `limit`: the page ends before the
+/// publication that would go over, with `more` (but always lists one,
+/// however large: at most six times `--max-message-bytes` once escaped).
+pub const HISTORY_PAGE_BYTES: usize = 1 << 20;
 
 /// Channels one `GET /api/channels` page lists by default, and at most.
 pub const CHANNELS_PAGE: usize = 100;
@@ -44,9 +51,9 @@ pub struct ApiPublication<'a> {
     pub data: &'a str,
     /// Its conflation key (`"key"`).
     pub key: Option<Cow<'a, str>>,
-    /// What the owner remembers it under: the request's `idempotency_key`,
-    /// with the publication's place in a `messages` batch appended (so two
-    /// messages of one batch to one channel are told apart).
+    /// What the owner remembers it under (see [`remembered_key`]): the
+    /// request's `idempotency_key`, tagged with the request's form and the
+    /// publication's place in a `messages` batch.
     pub idempotency_key: Option<String>,
 }
 
@@ -122,6 +129,31 @@ fn publication<'a>(
     })
 }
 
+/// The three forms of a `POST /api/publish` body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// `{"ch":..}`
+    One,
+    /// `{"channels":[..]}`
+    Channels,
+    /// `{"messages":[..]}`
+    Batch,
+}
+
+/// What publication `index` of a request of `form` under `idempotency_key`
+/// is remembered under: a tag of the form (`1`, `n`, or `b` and the
+/// publication's place in the batch), a colon, then the key as given. The
+/// tag has no colon, so two requests' keys meet only when their forms,
+/// places and keys all do: a batch under `order` never finds the
+/// publication a single publish made under `order#0` or `b0:order`.
+fn remembered_key(form: Form, idempotency_key: &str, index: usize) -> String {
+    match form {
+        Form::One => format!("1:{idempotency_key}"),
+        Form::Channels => format!("n:{idempotency_key}"),
+        Form::Batch => format!("b{index}:{idempotency_key}"),
+    }
+}
+
 /// Parses a `POST /api/publish` body: exactly one of `{"ch":..,"data":..}`,
 /// `{"channels":[..],"data":..}` and `{"messages":[{"ch":..,"data":..},..]}`,
 /// with an optional `idempotency_key` (1 to 128 bytes).
@@ -192,11 +224,13 @@ pub fn parse_publish(body: &str, max_data: usize) -> Result<PublishRequest<'_>, 
         }
     };
     if let Some(once) = once {
+        let form = match (single, batch) {
+            (true, _) => Form::One,
+            (false, false) => Form::Channels,
+            (false, true) => Form::Batch,
+        };
         for (i, publication) in publications.iter_mut().enumerate() {
-            publication.idempotency_key = Some(match batch {
-                true => format!("{once}#{i}"),
-                false => once.to_string(),
-            });
+            publication.idempotency_key = Some(remembered_key(form, &once, i));
         }
     }
     Ok(PublishRequest {
@@ -206,28 +240,41 @@ pub fn parse_publish(body: &str, max_data: usize) -> Result<PublishRequest<'_>, 
 }
 
 /// The answer to a publish: 200 `{"seq":N}` (one channel) or
-/// `{"seqs":[..]}`; 503 `unavailable` if any publication was refused, with
-/// the `seqs` of those that were not (`null` for the refused ones), so a
-/// retry under the same idempotency key publishes only what is missing.
-pub fn publish_answer(single: bool, seqs: &[Option<u64>]) -> (u16, Vec<u8>) {
-    let all = seqs.iter().all(Option::is_some);
+/// `{"seqs":[..]}`; 503 if any publication was refused, with the `seqs` of
+/// those that were not (`null` for the refused ones), so a retry under the
+/// same idempotency key publishes only what is missing. The error is
+/// `unavailable` (the cluster engine) or `over_capacity` (the owner's
+/// idempotency store is full), the latter if both.
+pub fn publish_answer(single: bool, seqs: &[Result<u64, Refused>]) -> (u16, Vec<u8>) {
+    let why = seqs
+        .iter()
+        .filter_map(|s| s.err())
+        .max_by_key(|why| *why == Refused::IdempotencyFull);
     let mut body = Vec::with_capacity(16 + 8 * seqs.len());
-    match (single, all) {
-        (true, true) => {
+    match (single, why) {
+        (true, None) => {
             body.extend_from_slice(b"{\"seq\":");
-            push_seq(&mut body, seqs[0]);
+            push_seq(&mut body, seqs[0].ok());
             body.push(b'}');
             return (200, body);
         }
-        (true, false) => body.extend_from_slice(
-            b"{\"error\":\"unavailable\",\"msg\":\"the cluster engine is unavailable; \
-              the publication was not accepted\"",
-        ),
-        (false, true) => body.push(b'{'),
-        (false, false) => body.extend_from_slice(
-            b"{\"error\":\"unavailable\",\"msg\":\"some publications were not accepted \
-              (null in seqs)\",",
-        ),
+        (false, None) => body.push(b'{'),
+        (_, Some(why)) => {
+            body.extend_from_slice(b"{\"error\":\"");
+            body.extend_from_slice(why.code().as_str().as_bytes());
+            body.extend_from_slice(b"\",\"msg\":");
+            let msg = match (single, why) {
+                (true, Refused::Unavailable) => {
+                    "the cluster engine is unavailable; the publication was not accepted".into()
+                }
+                (true, _) => why.to_string(),
+                (false, _) => format!("some publications were not accepted (null in seqs): {why}"),
+            };
+            push_string(&mut body, &msg);
+            if !single {
+                body.push(b',');
+            }
+        }
     }
     if !single {
         body.extend_from_slice(b"\"seqs\":[");
@@ -235,12 +282,12 @@ pub fn publish_answer(single: bool, seqs: &[Option<u64>]) -> (u16, Vec<u8>) {
             if i > 0 {
                 body.push(b',');
             }
-            push_seq(&mut body, *seq);
+            push_seq(&mut body, seq.ok());
         }
         body.push(b']');
     }
     body.push(b'}');
-    (if all { 200 } else { 503 }, body)
+    (if why.is_none() { 200 } else { 503 }, body)
 }
 
 fn push_seq(out: &mut Vec<u8>, seq: Option<u64>) {
@@ -410,31 +457,42 @@ impl HistoryPage {
 
 /// The answer to a history query: `{"ch":..,"epoch":..,"seq":N,
 /// "complete":bool,"more":bool,"publications":[<msg envelopes>]}`. Each
-/// publication is the `msg` envelope a subscriber gets. `complete`: every
-/// publication after `since` (up to the last listed, or to `seq`) is there,
-/// in the epoch asked for.
+/// publication is the `msg` envelope a subscriber gets; they take at most
+/// [`HISTORY_PAGE_BYTES`] (but one is always listed). `more`: the page
+/// ends before the channel's last publication (by `limit`, or by bytes):
+/// ask again `since` the last listed. `complete`: every publication after
+/// `since` (up to the last listed, or to `seq`) is there, in the epoch
+/// asked for.
 pub fn history_json(query: &HistoryQuery, page: &HistoryPage) -> Vec<u8> {
-    let more = page.more();
-    let through = if more {
-        page.entries.last().map_or(page.seq, |e| e.0)
-    } else {
-        page.seq
+    let mut publications = Vec::new();
+    let mut last_listed = None;
+    // Whether the listed seqs so far follow `since` one by one.
+    let mut unbroken = true;
+    let mut cut = false;
+    for (seq, payload) in page.entries.iter().filter(|(seq, _)| *seq > query.since) {
+        let frame = protocol::encode_msg(&query.ch, *seq, payload.kind, &payload.bytes);
+        let envelope = frame::payload_of(&frame);
+        if last_listed.is_some() {
+            if publications.len() + 1 + envelope.len() > HISTORY_PAGE_BYTES {
+                cut = true;
+                break;
+            }
+            publications.push(b',');
+        }
+        publications.extend_from_slice(envelope);
+        unbroken &= *seq == last_listed.unwrap_or(query.since) + 1;
+        last_listed = Some(*seq);
+    }
+    let more = cut || page.more();
+    let through = match (more, last_listed) {
+        (true, Some(last)) => last,
+        _ => page.seq,
     };
-    let listed = page.entries.iter().filter(|(seq, _)| *seq > query.since);
-    let unbroken = listed
-        .clone()
-        .map(|(seq, _)| *seq)
-        .eq((query.since + 1)..=through);
     let complete = unbroken
+        && last_listed.unwrap_or(query.since) == through
         && query.since <= page.seq
         && query.epoch.as_deref().is_none_or(|e| e == page.epoch);
-    let mut out = Vec::with_capacity(
-        96 + page
-            .entries
-            .iter()
-            .map(|e| 48 + e.1.bytes.len())
-            .sum::<usize>(),
-    );
+    let mut out = Vec::with_capacity(128 + query.ch.len() + publications.len());
     out.extend_from_slice(b"{\"ch\":");
     push_string(&mut out, &query.ch);
     out.extend_from_slice(b",\"epoch\":");
@@ -452,13 +510,7 @@ pub fn history_json(query: &HistoryQuery, page: &HistoryPage) -> Vec<u8> {
         b",\"more\":false"
     });
     out.extend_from_slice(b",\"publications\":[");
-    for (i, (seq, payload)) in listed.enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        let frame = protocol::encode_msg(&query.ch, *seq, payload.kind, &payload.bytes);
-        out.extend_from_slice(frame::payload_of(&frame));
-    }
+    out.extend_from_slice(&publications);
     out.extend_from_slice(b"]}");
     out
 }
@@ -501,6 +553,33 @@ pub struct ChannelRow {
     pub ch: Box<str>,
     pub subscribers: u64,
     pub seq: Option<u64>,
+}
+
+/// The first `limit` distinct names of `names` (any order, repeats
+/// allowed) that `wanted` takes, sorted. One pass that holds at most
+/// `limit` names: a name that sorts after all of a full selection is
+/// passed over with one comparison, before `wanted` is asked; so a page is
+/// O(n log limit) of the shard's channels, not a sort of all of them.
+pub fn first_names<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+    limit: usize,
+    mut wanted: impl FnMut(&str) -> bool,
+) -> Vec<&'a str> {
+    let mut kept: std::collections::BTreeSet<&'a str> = std::collections::BTreeSet::new();
+    for name in names {
+        let full = kept.len() >= limit;
+        if full && kept.last().is_none_or(|last| name >= *last) {
+            continue;
+        }
+        if kept.contains(name) || !wanted(name) {
+            continue;
+        }
+        kept.insert(name);
+        if kept.len() > limit {
+            kept.pop_last();
+        }
+    }
+    kept.into_iter().collect()
 }
 
 /// Merges the shards' rows (each sorted by name, at most `limit` long)
@@ -607,7 +686,7 @@ mod tests {
         assert!(p
             .publications
             .iter()
-            .all(|p| p.idempotency_key.as_deref() == Some("r1")));
+            .all(|p| p.idempotency_key.as_deref() == Some("n:r1")));
         assert_eq!(
             code(r#"{"channels":["a","a"],"data":1}"#),
             (400, "bad_json")
@@ -623,7 +702,11 @@ mod tests {
             .iter()
             .map(|p| p.idempotency_key.as_deref().unwrap())
             .collect();
-        assert_eq!(keys, ["r2#0", "r2#1"], "two messages to one channel differ");
+        assert_eq!(
+            keys,
+            ["b0:r2", "b1:r2"],
+            "two messages to one channel differ"
+        );
         assert_eq!(b.publications[1].key.as_deref(), Some("k"));
         assert_eq!(code(r#"{"messages":[{"ch":"a"}]}"#), (400, "bad_json"));
         assert_eq!(code(r#"{"messages":[],"data":1}"#), (400, "bad_json"));
@@ -648,24 +731,87 @@ mod tests {
         assert_eq!(parse_publish(&big, 50).unwrap_err().status, 413);
     }
 
+    /// The keys each request remembers its publications under.
+    fn remembered(body: &str) -> Vec<String> {
+        let request = parse_publish(body, MAX).unwrap();
+        let keys = request.publications.into_iter();
+        keys.map(|p| p.idempotency_key.unwrap()).collect()
+    }
+
+    #[test]
+    fn idempotency_keys_of_different_forms_never_meet() {
+        let one = |key: &str| {
+            remembered(&format!(
+                r#"{{"ch":"a","data":1,"idempotency_key":"{key}"}}"#
+            ))
+        };
+        let channels = |key: &str| {
+            remembered(&format!(
+                r#"{{"channels":["a"],"data":1,"idempotency_key":"{key}"}}"#
+            ))
+        };
+        let batch = |key: &str| {
+            remembered(&format!(
+                r#"{{"messages":[{{"ch":"a","data":1}},{{"ch":"a","data":2}}],"idempotency_key":"{key}"}}"#
+            ))
+        };
+        // Issue 24, finding 14: `order#0` alone was what a batch under
+        // `order` remembered its first message under.
+        let mut seen = std::collections::HashSet::new();
+        for keys in [
+            one("order#0"),
+            one("order"),
+            one("b0:order"),
+            one("n:order"),
+            channels("order"),
+            channels("1:order"),
+            batch("order"),
+            batch("order#0"),
+        ] {
+            for key in keys {
+                assert!(seen.insert(key.clone()), "{key} remembered twice");
+            }
+        }
+        assert_eq!(
+            one("k"),
+            remembered(r#"{"ch":"b","data":2,"idempotency_key":"k"}"#)
+        );
+    }
+
     #[test]
     fn publish_answers() {
+        let down = Err(Refused::Unavailable);
+        let full = Err(Refused::IdempotencyFull);
         assert_eq!(
-            publish_answer(true, &[Some(4)]),
+            publish_answer(true, &[Ok(4)]),
             (200, b"{\"seq\":4}".to_vec())
         );
         assert_eq!(
-            publish_answer(false, &[Some(4), Some(9)]),
+            publish_answer(false, &[Ok(4), Ok(9)]),
             (200, b"{\"seqs\":[4,9]}".to_vec())
         );
-        let (status, body) = publish_answer(false, &[Some(4), None]);
+        let (status, body) = publish_answer(false, &[Ok(4), down]);
         assert_eq!(status, 503);
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(json["error"], "unavailable");
         assert_eq!(json["seqs"], serde_json::json!([4, null]));
-        let (status, body) = publish_answer(true, &[None]);
+        let (status, body) = publish_answer(true, &[down]);
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!((status, json["error"].as_str()), (503, Some("unavailable")));
+        let (status, body) = publish_answer(false, &[down, Ok(2), full]);
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (status, json["error"].as_str()),
+            (503, Some("over_capacity"))
+        );
+        assert_eq!(json["seqs"], serde_json::json!([null, 2, null]));
+        assert!(json["msg"].as_str().unwrap().contains("idempotency keys"));
+        let (status, body) = publish_answer(true, &[full]);
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (status, json["error"].as_str()),
+            (503, Some("over_capacity"))
+        );
     }
 
     #[test]
@@ -760,12 +906,111 @@ mod tests {
         assert_eq!(history("", &bin)["publications"][0]["bin"], "AAE=");
     }
 
+    #[test]
+    fn a_history_page_ends_at_its_byte_bound_and_the_next_goes_on() {
+        // Issue 24, finding 2: a page held all of up to 1,000 publications,
+        // each escaped up to six-fold (here 60 KB of control characters
+        // answer as 360 KB).
+        let text = "\u{1}".repeat(60_000);
+        let mut page = HistoryPage {
+            seq: 10,
+            epoch: "e1".into(),
+            entries: (1..=10)
+                .map(|s| (s, Payload::copy_of(PayloadKind::Text, text.as_bytes())))
+                .collect(),
+        };
+        let mut since = 0;
+        let mut seen = Vec::new();
+        loop {
+            let query = parse_history("room", &format!("since={since}&limit=1000")).unwrap();
+            page.entries.retain(|(seq, _)| *seq > since);
+            let body = history_json(&query, &page);
+            assert!(
+                body.len() <= HISTORY_PAGE_BYTES + 256,
+                "{} bytes",
+                body.len()
+            );
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(json["complete"], true, "since={since}");
+            let listed = json["publications"].as_array().unwrap();
+            assert!(!listed.is_empty());
+            for publication in listed {
+                assert_eq!(publication["text"].as_str(), Some(text.as_str()));
+                seen.push(publication["seq"].as_u64().unwrap());
+            }
+            if json["more"] == false {
+                break;
+            }
+            assert_eq!(listed.len(), 2, "360 KB each: two fit in 1 MiB");
+            since = *seen.last().unwrap();
+        }
+        assert_eq!(seen, (1..=10).collect::<Vec<_>>(), "each once, in order");
+        // One publication over the bound is listed, alone.
+        let huge = "\u{1}".repeat(200_000);
+        let page = HistoryPage {
+            seq: 2,
+            epoch: "e1".into(),
+            entries: (1..=2)
+                .map(|s| (s, Payload::copy_of(PayloadKind::Text, huge.as_bytes())))
+                .collect(),
+        };
+        let query = parse_history("room", "").unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&history_json(&query, &page)).unwrap();
+        assert_eq!(json["publications"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            (json["more"].as_bool(), json["complete"].as_bool()),
+            (Some(true), Some(true))
+        );
+    }
+
     fn row(ch: &str, subscribers: u64, seq: Option<u64>) -> ChannelRow {
         ChannelRow {
             ch: ch.into(),
             subscribers,
             seq,
         }
+    }
+
+    #[test]
+    fn the_first_names_are_picked_without_sorting_them_all() {
+        let names = ["m", "b", "z", "a", "b", "q", "c", "a", "y"];
+        assert_eq!(first_names(names, 3, |_| true), ["a", "b", "c"]);
+        assert_eq!(
+            first_names(names, 100, |_| true),
+            ["a", "b", "c", "m", "q", "y", "z"]
+        );
+        assert_eq!(first_names(names, 2, |n| n > "b"), ["c", "m"]);
+        assert!(first_names(names, 0, |_| true).is_empty());
+        // Pages over 2,000 shuffled names, repeated, with a pattern: every
+        // wanted name once, in order.
+        let all: Vec<String> = (0..2_000)
+            .map(|i| format!("ch.{:04}", (i * 7919) % 2_000))
+            .collect();
+        let twice: Vec<&str> = all.iter().chain(&all).map(String::as_str).collect();
+        let wanted = |n: &str| !n.ends_with('3');
+        let mut walked: Vec<&str> = Vec::new();
+        loop {
+            let after = walked.last().copied();
+            let page = first_names(
+                twice
+                    .iter()
+                    .copied()
+                    .filter(|n| after.is_none_or(|a| *n > a)),
+                7,
+                wanted,
+            );
+            if page.is_empty() {
+                break;
+            }
+            walked.extend(page);
+        }
+        let mut expected: Vec<&str> = all
+            .iter()
+            .map(String::as_str)
+            .filter(|n| wanted(n))
+            .collect();
+        expected.sort_unstable();
+        assert_eq!(walked, expected);
     }
 
     #[test]

@@ -80,7 +80,7 @@ const GAUGES: [(&str, &str, Read); 12] = [
     ),
     (
         "shardcast_memory_counted_bytes",
-        "Bytes counted against the shard's memory budget: connections, queues, unfinished messages, history.",
+        "Bytes counted against the shard's memory budget: connections, queues, unfinished messages, history, idempotency keys, HTTP answers not yet taken.",
         |s| s.memory_counted_bytes,
     ),
     (

@@ -63,7 +63,7 @@ pub fn client_op(data: &[u8]) {
             );
             assert_valid_json(&frame);
         }
-        let seqs: Vec<_> = (0..publish.publications.len() as u64).map(Some).collect();
+        let seqs: Vec<_> = (0..publish.publications.len() as u64).map(Ok).collect();
         let (_, body) = crate::api::publish_answer(publish.single, &seqs);
         serde_json::from_slice::<serde::de::IgnoredAny>(&body).expect("valid JSON");
     }

@@ -90,6 +90,7 @@ pub use config::Config;
 #[doc(hidden)]
 pub mod internals {
     pub use crate::{
+        api::first_names,
         channel::Access,
         conn::codec::Codec,
         conn::deflate::{DeflateSettings, Deflater},

@@ -140,9 +140,12 @@ pub enum MeshMsg {
     },
     /// From the owner: the publication you forwarded got `seq`.
     Published { reply: Reply, seq: u64 },
-    /// From the owner: the publication you forwarded was refused (the
-    /// cluster engine is unavailable).
-    Refused { reply: Reply },
+    /// From the owner: the publication you forwarded was refused, and why
+    /// (the cluster engine is unavailable; its idempotency store is full).
+    Refused {
+        reply: Reply,
+        why: crate::engine::Refused,
+    },
     /// From the owner: the channel's subscribers missed publications that
     /// cannot be recovered; they resync at `seq` under `epoch`.
     Resync {

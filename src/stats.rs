@@ -36,6 +36,8 @@ macro_rules! counters {
             pub queued_bytes: Cell<u64>,
             /// Payload bytes of unfinished incoming messages now (a gauge).
             pub unfinished_bytes: Cell<u64>,
+            /// Bytes of HTTP answers built and not yet written (a gauge).
+            pub http_answer_bytes: Cell<u64>,
             pub latency: RefCell<Latency>,
             /// Requests to Redis answered, and their round-trip times
             /// summed in µs (the `shardcast_engine_rtt_seconds` summary).
@@ -193,9 +195,10 @@ counters! {
     /// HTTP publications answered with the `seq` an earlier one under the
     /// same `idempotency_key` got, and not published again.
     publications_deduplicated => "shardcast_publications_deduplicated_total",
-    /// Idempotency keys forgotten before their window ended, to stay
-    /// within the shard's bound on them.
-    idempotency_evicted => "shardcast_idempotency_evicted_total",
+    /// HTTP publications under a new idempotency key refused (503
+    /// `over_capacity`, nothing published) because the owner shard already
+    /// remembered as many keys as it may, or was over its memory budget.
+    idempotency_refused => "shardcast_idempotency_refused_total",
     /// Connections closed or unsubscribed by `POST /api/disconnect` and
     /// `POST /api/unsubscribe`.
     api_kicks => "shardcast_api_kicks_total",

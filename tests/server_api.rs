@@ -191,6 +191,33 @@ fn a_publish_retried_with_its_idempotency_key_is_published_once() {
 }
 
 #[test]
+fn idempotency_keys_of_different_forms_are_different_requests() {
+    let server = secured_server(&[]);
+    let mut sub = user(&server, "reader");
+    sub.subscribe("orders");
+    let single = json!({"ch": "orders", "data": "single", "idempotency_key": "order#0"});
+    // A batch remembered its first message as `order#0`, the key the
+    // single publish used (issue 24, finding 14).
+    let batch =
+        json!({"messages": [{"ch": "orders", "data": "batch"}], "idempotency_key": "order"});
+    let several = json!({"channels": ["orders"], "data": "several", "idempotency_key": "order#0"});
+    let expected = [
+        json!({"seq": 1}),
+        json!({"seqs": [2]}),
+        json!({"seqs": [3]}),
+    ];
+    for round in 0..2 {
+        for (body, answer) in [&single, &batch, &several].into_iter().zip(&expected) {
+            let (status, got) = api(&server, "POST", "/api/publish", body.clone());
+            assert_eq!((status, &got), (200, answer), "round {round}: {body}");
+        }
+    }
+    let data: Vec<Value> = messages(&mut sub, 3).into_iter().map(|m| m.2).collect();
+    assert_eq!(data, ["single", "batch", "several"], "each published once");
+    assert!(sub.try_recv_json(Duration::from_millis(200)).is_none());
+}
+
+#[test]
 fn history_is_paged_and_says_whether_it_is_complete() {
     let server = secured_server(&["--history-size", "4"]);
     for i in 1..=6 {
@@ -306,6 +333,59 @@ fn the_channel_list_counts_subscribers_over_shards_and_pages() {
         400
     );
     assert_eq!(http_with(&server, "GET", "/api/channels", &[], "").0, 401);
+    drop(clients);
+}
+
+#[test]
+fn every_channel_is_listed_once_across_pages_and_shards() {
+    let server = secured_server(&[]);
+    // Six connections (the kernel spreads them over both shards), 300
+    // channels of the pattern and 20 outside it; every fifth channel has
+    // two subscribers, on two connections.
+    let mut clients: Vec<Client> = (0..6).map(|i| user(&server, &format!("p{i}"))).collect();
+    let mut expected = BTreeMap::new();
+    for i in 0..320 {
+        let ch = match i < 300 {
+            true => format!("t.{:03}", (i * 7) % 300),
+            false => format!("other.{i}"),
+        };
+        clients[i % 6].subscribe(&ch);
+        let mut n = 1;
+        if i % 5 == 0 {
+            clients[(i + 1) % 6].subscribe(&ch);
+            n = 2;
+        }
+        if i < 300 {
+            expected.insert(ch, n);
+        }
+    }
+    subscriptions(&server, 320 + 64);
+    let mut walked: Vec<(String, u64)> = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/api/channels?pattern=t.*&limit=7&cursor={c}"),
+            None => "/api/channels?pattern=t.*&limit=7".to_owned(),
+        };
+        let (status, page) = api(&server, "GET", &path, Value::Null);
+        assert_eq!(status, 200, "{page}");
+        let rows = page["channels"].as_array().unwrap();
+        assert!(rows.len() <= 7);
+        for row in rows {
+            let ch = row["ch"].as_str().unwrap().to_owned();
+            walked.push((ch, row["subscribers"].as_u64().unwrap()));
+        }
+        match page["cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+        assert!(walked.len() <= 300, "paging never ends");
+    }
+    let expected: Vec<(String, u64)> = expected.into_iter().collect();
+    assert_eq!(
+        walked, expected,
+        "each channel once, in order, counted over shards"
+    );
     drop(clients);
 }
 

@@ -35,12 +35,32 @@ use self::{
 };
 use crate::config::{Config, EngineKind};
 
-/// Why the engine did not take a publication (or a question).
+/// Why a publication (or a question) was not taken: by the engine, or by
+/// the channel's owner shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
     /// The broker is unreachable: nothing was acknowledged.
     #[error("the cluster engine is unavailable; retry")]
     Unavailable,
+    /// An HTTP publish under a new `idempotency_key`: the owner shard
+    /// remembers as many keys as it may, or is over its memory budget
+    /// (`shard/idempotency.rs`). Nothing was published; the client may
+    /// retry with the same key once older keys expire.
+    #[error(
+        "the channel's shard remembers as many idempotency keys as it may (or is over \
+         max-memory); nothing was published: retry later with the same key"
+    )]
+    IdempotencyFull,
+}
+
+impl Refused {
+    /// The error code a refused publisher is answered with.
+    pub fn code(self) -> crate::protocol::ErrorCode {
+        match self {
+            Refused::Unavailable => crate::protocol::ErrorCode::Unavailable,
+            Refused::IdempotencyFull => crate::protocol::ErrorCode::OverCapacity,
+        }
+    }
 }
 
 /// A channel's offset and epoch outlive its history this long at least,

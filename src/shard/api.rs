@@ -85,12 +85,13 @@ impl Shard {
     }
 
     /// Publishes each of `publications` as an HTTP publish (all sent before
-    /// any answer is awaited) and returns their `seq`s in order: `None`
-    /// for one refused, or whose owner did not answer in time.
+    /// any answer is awaited) and returns their `seq`s in order, or why one
+    /// was refused (`Unavailable` too when its owner did not answer in
+    /// time).
     pub async fn publish_all_and_wait(
         &self,
         publications: Vec<HttpPublication>,
-    ) -> Vec<Option<u64>> {
+    ) -> Vec<Result<u64, Refused>> {
         let count = publications.len();
         let (waiting, rx) = SlotGuard::take(&self.http_waiters, self.new_token(), count);
         let (slot, nonce) = (waiting.slot, waiting.nonce);
@@ -105,10 +106,10 @@ impl Shard {
             };
             self.publish(publication.ch, publication.payload, None, reply);
         }
-        let mut seqs = vec![None; count];
+        let mut seqs = vec![Err(Refused::Unavailable); count];
         receive_within(&rx, count, self.api_wait(), |(index, result)| {
             if let Some(seq) = seqs.get_mut(index as usize) {
-                *seq = result.ok();
+                *seq = result;
             }
         })
         .await;
@@ -228,26 +229,22 @@ impl Shard {
 
     /// This shard's part of the channel list: the channels it has
     /// subscribers of and those it owns that other shards have subscribers
-    /// of, sorted, after `after`, at most `limit`.
+    /// of, sorted, after `after`, at most `limit` (picked in one pass, see
+    /// [`api::first_names`]).
     fn channel_rows(
         &self,
         pattern: Option<&ChannelPattern>,
         after: Option<&str>,
         limit: usize,
     ) -> Vec<ChannelRow> {
-        let wanted =
-            |name: &str| after.is_none_or(|a| name > a) && pattern.is_none_or(|p| p.matches(name));
         let index = self.index.borrow();
         let owner = self.owner.borrow();
-        let mut names: Vec<&str> = index
+        let names = index
             .channels()
             .map(|(name, _)| name)
             .chain(owner.remotely_subscribed())
-            .filter(|name| wanted(name))
-            .collect();
-        names.sort_unstable();
-        names.dedup();
-        names.truncate(limit);
+            .filter(|name| after.is_none_or(|a| *name > a));
+        let names = api::first_names(names, limit, |name| pattern.is_none_or(|p| p.matches(name)));
         names
             .into_iter()
             .map(|name| ChannelRow {
@@ -348,14 +345,20 @@ impl Shard {
     }
 
     /// `GET /api/history/<ch>`: a page of the channel's history, from its
-    /// owner (or Redis).
+    /// owner (or Redis). Refused while the shard is over its memory budget
+    /// (checked again once the owner answered: from there to the answer
+    /// being counted in `http_answer_bytes`, nothing else runs here).
     pub async fn history_answer(&self, query: HistoryQuery) -> Result<Vec<u8>, HttpError> {
+        self.within_memory_budget()?;
         let owner = self.owner_of(query.ch.as_bytes());
         let answers = self
             .ask_shards(&[owner], ApiRequest::History(query.clone()))
             .await;
         match answers.into_iter().next() {
-            Some(ApiAnswer::History(Ok(page))) => Ok(api::history_json(&query, &page)),
+            Some(ApiAnswer::History(Ok(page))) => {
+                self.within_memory_budget()?;
+                Ok(api::history_json(&query, &page))
+            }
             Some(ApiAnswer::History(Err(refused))) => {
                 Err(HttpError::new(503, "unavailable", refused.to_string()))
             }
@@ -410,6 +413,23 @@ impl Shard {
             Kick::Unsubscribe { .. } => "unsubscribed",
         };
         Ok(format!("{{\"{field}\":{kicked}}}").into_bytes())
+    }
+
+    /// 503 `over_capacity` while the shard is at or over its memory budget.
+    fn within_memory_budget(&self) -> Result<(), HttpError> {
+        match self.refuses_for_memory() {
+            false => Ok(()),
+            true => Err(HttpError::new(
+                503,
+                crate::protocol::ErrorCode::OverCapacity.as_str(),
+                format!(
+                    "the server is over its memory budget (max-memory; {} of {} bytes counted \
+                     on this shard); try again later",
+                    self.memory_use().counted(),
+                    self.memory_budget()
+                ),
+            )),
+        }
     }
 }
 

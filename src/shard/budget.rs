@@ -1,11 +1,12 @@
 //! The shard's memory budget (`max-memory` / `shards`): what the memory
 //! clients make a shard hold is counted as — connections, subscriptions,
 //! queues, unfinished messages, owned channels and their history, HTTP
-//! answers in flight, the webhook queue — and whether the shard is over
-//! it. Over it the shard refuses new connections and subscriptions; what
-//! clients already hold stays bounded per connection (`max-queue-bytes`,
-//! `max-message-bytes`) and in time (`send-timeout`, `message-timeout`), and
-//! history by `history-max-bytes`. Pure: the shard passes its figures in.
+//! answers in flight, idempotency keys, the webhook queue — and whether the
+//! shard is over it. Over it the shard refuses new connections and
+//! subscriptions (and new idempotency keys, and history and channel pages);
+//! what clients already hold stays bounded per connection
+//! (`max-queue-bytes`, `max-message-bytes`) and in time (`send-timeout`,
+//! `message-timeout`), and history by `history-max-bytes`. Pure: the shard passes its figures in.
 
 /// What an idle WebSocket connection is counted as: 1.3 KiB of resident
 /// memory are measured per idle plain connection and 11.4 KiB over TLS
@@ -41,6 +42,11 @@ pub struct MemoryUse {
     pub history_bytes: u64,
     /// Lifecycle events waiting for the webhook receiver.
     pub webhook_bytes: u64,
+    /// What the idempotency keys of HTTP publishes are counted as
+    /// (`shard/idempotency.rs`).
+    pub idempotency_bytes: u64,
+    /// HTTP answers built and not yet taken by their clients.
+    pub http_answer_bytes: u64,
 }
 
 impl MemoryUse {
@@ -52,6 +58,8 @@ impl MemoryUse {
             + self.unfinished_bytes * UNFINISHED_COPIES
             + self.history_bytes
             + self.webhook_bytes
+            + self.idempotency_bytes
+            + self.http_answer_bytes
     }
 
     /// Whether this use is at or over `budget` bytes.
@@ -86,10 +94,12 @@ mod tests {
             unfinished_bytes: 500,
             history_bytes: 7,
             webhook_bytes: 11,
+            idempotency_bytes: 300,
+            http_answer_bytes: 40,
         };
         assert_eq!(
             busy.counted(),
-            IDLE_CONNECTION_BYTES + 3 * SUBSCRIPTION_BYTES + 1000 + 500 + 7 + 11
+            IDLE_CONNECTION_BYTES + 3 * SUBSCRIPTION_BYTES + 1000 + 500 + 7 + 11 + 300 + 40
         );
         assert!(busy.is_over(busy.counted()));
         assert!(!busy.is_over(busy.counted() + 1));

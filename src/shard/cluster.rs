@@ -86,7 +86,7 @@ impl Shard {
         reply: Reply,
     ) {
         let Some(link) = self.redis_link(name) else {
-            return self.refuse(from, reply, false);
+            return self.refuse(from, reply, false, Refused::Unavailable);
         };
         // A publisher here waits for Redis's answer as for another shard's
         // (its graceful close waits for the ack, see `Outbox::push_reply`).
@@ -105,7 +105,7 @@ impl Shard {
                     self.links.set_engine_busy(true);
                 }
             }
-            Err(ticket) => self.refuse(ticket.from, ticket.reply, false),
+            Err(ticket) => self.refuse(ticket.from, ticket.reply, false, Refused::Unavailable),
         }
     }
 
@@ -312,7 +312,7 @@ impl RedisHost for Shard {
                     self.links.send(from, MeshMsg::Published { reply, seq });
                 }
             }
-            Err(_) => self.refuse(from, reply, true),
+            Err(why) => self.refuse(from, reply, true, why),
         }
     }
 

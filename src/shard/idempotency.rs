@@ -2,35 +2,70 @@
 //! `idempotency_key` (HTTP publish): for each (channel, key), the `seq` the
 //! first one got, for `--idempotency-window`. A retry within the window is
 //! answered with that `seq` and not published again. The owner orders a
-//! channel's publications one at a time, so looking a key up and
-//! remembering it cannot race. With the Redis engine the key is kept in
-//! Redis instead, by the publish script (`engine/scripts.rs`), so a retry
-//! that reaches another node is recognised too.
+//! channel's publications one at a time, so looking a key up, checking
+//! for room and remembering it cannot race. The store is bounded in keys
+//! and its bytes are counted against the shard's memory budget; a key is
+//! never forgotten before its window ends (that would let a retry publish
+//! twice): when full, new keys are refused instead (`docs/api.md`). With
+//! the Redis engine the key is kept in Redis instead, by the publish script
+//! (`engine/scripts.rs`), so a retry that reaches another node is
+//! recognised too.
 
-use std::collections::{HashMap, VecDeque};
+use std::{
+    collections::{HashMap, VecDeque},
+    rc::Rc,
+};
 
-/// Keys remembered per shard at most; past it the oldest are forgotten
-/// before their window ends (counted in `shardcast_idempotency_evicted_total`).
+/// Keys remembered per shard at most; past it new keys are refused
+/// (counted in `shardcast_idempotency_refused_total`) until the oldest
+/// expire.
 pub const MAX_REMEMBERED: usize = 100_000;
+
+/// What one remembered key is counted as besides its bytes (channel, a
+/// separator, key): its map slot (a 16-byte pointer and two `u64`s, at a
+/// load factor down to 7/16 after the table doubles), its queue slot (24
+/// bytes, up to twice over after the queue doubles), the shared
+/// allocation's counts and the allocator's rounding.
+pub const ENTRY_OVERHEAD: usize = 192;
+
+/// Why a new key was not taken (the publication is refused, see
+/// `engine::Refused::IdempotencyFull`; the connection is not affected).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Full {
+    /// The store holds [`MAX_REMEMBERED`] keys, all within their window.
+    #[error("the shard already remembers {keys} idempotency keys, its most")]
+    Keys { keys: usize },
+    /// The shard is at or over its share of `--max-memory`.
+    #[error("the shard is over its memory budget ({counted} of {budget} bytes counted)")]
+    Memory { counted: u64, budget: u64 },
+}
 
 /// Remembered publications, oldest first in `order`.
 #[derive(Debug)]
 pub struct Remembered {
     window_ms: u64,
-    seqs: HashMap<Box<[u8]>, (u64, u64)>,
+    /// `(seq, forget at)` by scoped key (see [`scoped`]).
+    seqs: HashMap<Rc<[u8]>, (u64, u64)>,
     /// `(forget at, key)`, in the order they were remembered (the window
-    /// is the same for all, so this is also the order they expire in).
-    order: VecDeque<(u64, Box<[u8]>)>,
+    /// is the same for all, so this is also the order they expire in). The
+    /// key's bytes are shared with `seqs`.
+    order: VecDeque<(u64, Rc<[u8]>)>,
     capacity: usize,
+    /// What the remembered keys are counted as (see [`ENTRY_OVERHEAD`]).
+    bytes: usize,
 }
 
 /// `channel`, a NUL (never in a channel name) and `key`: one map key.
-fn scoped(channel: &str, key: &str) -> Box<[u8]> {
+fn scoped(channel: &str, key: &str) -> Vec<u8> {
     let mut scoped = Vec::with_capacity(channel.len() + 1 + key.len());
     scoped.extend_from_slice(channel.as_bytes());
     scoped.push(0);
     scoped.extend_from_slice(key.as_bytes());
-    scoped.into_boxed_slice()
+    scoped
+}
+
+fn counted(scoped: &[u8]) -> usize {
+    ENTRY_OVERHEAD + scoped.len()
 }
 
 impl Remembered {
@@ -44,6 +79,7 @@ impl Remembered {
             seqs: HashMap::new(),
             order: VecDeque::new(),
             capacity,
+            bytes: 0,
         }
     }
 
@@ -54,23 +90,35 @@ impl Remembered {
         self.seqs.get(&*scoped(channel, key)).map(|(seq, _)| *seq)
     }
 
-    /// Remembers that the publication on `channel` under `key` got `seq`.
-    /// Returns how many keys had to be forgotten early to make room.
-    pub fn remember(&mut self, channel: &str, key: &str, seq: u64, now_ms: u64) -> usize {
+    /// Whether one more key may be remembered now; the keys whose window
+    /// ended are forgotten first, the others never are.
+    pub fn has_room(&mut self, now_ms: u64) -> Result<(), Full> {
         self.expire(now_ms);
-        let mut evicted = 0;
-        while self.seqs.len() >= self.capacity {
-            let Some((_, oldest)) = self.order.pop_front() else {
-                break;
-            };
-            self.seqs.remove(&oldest);
-            evicted += 1;
+        match self.seqs.len() < self.capacity {
+            true => Ok(()),
+            false => Err(Full::Keys {
+                keys: self.seqs.len(),
+            }),
         }
+    }
+
+    /// Remembers that the publication on `channel` under `key` got `seq`
+    /// (the owner checked [`Remembered::has_room`] before publishing it).
+    pub fn remember(&mut self, channel: &str, key: &str, seq: u64, now_ms: u64) {
         let until = now_ms.saturating_add(self.window_ms);
-        let scoped = scoped(channel, key);
-        self.seqs.insert(scoped.clone(), (seq, until));
+        let scoped: Rc<[u8]> = scoped(channel, key).into();
+        // Already there only if its window ended unnoticed (a live key is
+        // recalled, not published again): counted once, and its older
+        // queue entry is skipped when it comes up.
+        if self.seqs.insert(scoped.clone(), (seq, until)).is_none() {
+            self.bytes += counted(&scoped);
+        }
         self.order.push_back((until, scoped));
-        evicted
+    }
+
+    /// What the remembered keys are counted as against the memory budget.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     #[cfg(test)]
@@ -80,7 +128,7 @@ impl Remembered {
     }
 
     /// Forgets the keys whose window has ended.
-    fn expire(&mut self, now_ms: u64) {
+    pub fn expire(&mut self, now_ms: u64) {
         while let Some((until, _)) = self.order.front() {
             if *until > now_ms {
                 break;
@@ -89,8 +137,15 @@ impl Remembered {
                 // Not a newer entry remembered under the same key since.
                 if self.seqs.get(&key).is_some_and(|(_, u)| *u <= now_ms) {
                     self.seqs.remove(&key);
+                    self.bytes -= counted(&key);
                 }
             }
+        }
+        // A flood's tables are not kept once it has expired (what
+        // `ENTRY_OVERHEAD` counts holds only while they are mostly full).
+        if self.seqs.capacity() > 4 * self.seqs.len().max(16) {
+            self.seqs.shrink_to_fit();
+            self.order.shrink_to_fit();
         }
     }
 }
@@ -103,7 +158,7 @@ mod tests {
     fn a_key_is_remembered_per_channel_for_the_window() {
         let mut remembered = Remembered::new(1_000);
         assert_eq!(remembered.recall("news", "k1", 0), None);
-        assert_eq!(remembered.remember("news", "k1", 7, 0), 0);
+        remembered.remember("news", "k1", 7, 0);
         assert_eq!(remembered.recall("news", "k1", 999), Some(7));
         assert_eq!(remembered.recall("sport", "k1", 999), None, "per channel");
         assert_eq!(remembered.recall("news", "k2", 999), None);
@@ -119,13 +174,42 @@ mod tests {
     }
 
     #[test]
-    fn the_oldest_keys_go_first_when_full() {
+    fn when_full_new_keys_are_refused_and_none_is_forgotten_early() {
+        // Issue 24, finding 15: the oldest keys were evicted to make room,
+        // so a flood of new keys made others' retries publish twice.
         let mut remembered = Remembered::with_capacity(10_000, 2);
+        assert_eq!(remembered.has_room(0), Ok(()));
         remembered.remember("c", "1", 1, 0);
         remembered.remember("c", "2", 2, 1);
-        assert_eq!(remembered.remember("c", "3", 3, 2), 1);
-        assert_eq!(remembered.recall("c", "1", 3), None);
-        assert_eq!(remembered.recall("c", "2", 3), Some(2));
-        assert_eq!(remembered.recall("c", "3", 3), Some(3));
+        assert_eq!(remembered.has_room(2), Err(Full::Keys { keys: 2 }));
+        assert_eq!(remembered.recall("c", "1", 9_999), Some(1));
+        assert_eq!(remembered.recall("c", "2", 9_999), Some(2));
+        // The first one's window ends: room for one.
+        assert_eq!(remembered.has_room(10_000), Ok(()));
+        remembered.remember("c", "3", 3, 10_000);
+        assert_eq!(remembered.has_room(10_000), Err(Full::Keys { keys: 2 }));
+        assert_eq!(remembered.recall("c", "2", 10_000), Some(2));
+    }
+
+    #[test]
+    fn the_keys_bytes_are_counted_until_they_expire() {
+        let mut remembered = Remembered::new(1_000);
+        assert_eq!(remembered.bytes(), 0);
+        let key = "k".repeat(128);
+        remembered.remember("news", &key, 1, 0);
+        remembered.remember("sport", "k", 1, 500);
+        let first = ENTRY_OVERHEAD + "news".len() + 1 + 128;
+        let second = ENTRY_OVERHEAD + "sport".len() + 1 + 1;
+        assert_eq!(remembered.bytes(), first + second);
+        remembered.expire(1_000);
+        assert_eq!(remembered.bytes(), second);
+        // Remembered again after its window: counted once.
+        remembered.remember("news", &key, 2, 1_000);
+        remembered.remember("news", &key, 3, 1_200);
+        assert_eq!(remembered.bytes(), first + second);
+        remembered.expire(1_500);
+        assert_eq!(remembered.bytes(), first);
+        remembered.expire(2_200);
+        assert_eq!((remembered.bytes(), remembered.len()), (0, 0));
     }
 }

@@ -317,6 +317,8 @@ impl Shard {
                 .webhooks
                 .as_ref()
                 .map_or(0, |w| w.queued_bytes() as u64),
+            idempotency_bytes: self.remembered.borrow().bytes() as u64,
+            http_answer_bytes: self.stats.http_answer_bytes.get(),
         }
     }
 
@@ -738,21 +740,40 @@ impl Shard {
                 bump(&self.stats.publications_deduplicated, 1);
                 return self.report_seq(from, reply, seq);
             }
+            // A new key: refused rather than another's forgotten early.
+            if let Err(full) = self.room_for_idempotency_key(now_ms) {
+                bump(&self.stats.idempotency_refused, 1);
+                tracing::debug!(
+                    shard = self.id,
+                    "{full}: an HTTP publish under a new key refused"
+                );
+                return self.refuse(from, reply, false, Refused::IdempotencyFull);
+            }
         }
         // System channels (`$stats`) are this node's own.
         if let (false, Some(Engine::Nats(link))) = (system, &self.engine) {
             if !link.publish(name, &payload, skip) {
-                return self.refuse(from, reply, false);
+                return self.refuse(from, reply, false, Refused::Unavailable);
             }
             bump(&self.stats.engine_publications, 1);
         }
         let seq = self.order_locally(name, &ch, payload, from, skip, reply);
         if let Some(key) = once {
-            let evicted = self
-                .remembered
+            self.remembered
                 .borrow_mut()
                 .remember(name, &key, seq, now_ms);
-            bump(&self.stats.idempotency_evicted, evicted as u64);
+        }
+    }
+
+    /// Whether a new idempotency key may be remembered: the store has room
+    /// (`idempotency::MAX_REMEMBERED`) and the shard is within its memory
+    /// budget (which counts the keys).
+    fn room_for_idempotency_key(&self, now_ms: u64) -> Result<(), idempotency::Full> {
+        self.remembered.borrow_mut().has_room(now_ms)?;
+        let (counted, budget) = (self.memory_use().counted(), self.memory_budget());
+        match counted >= budget {
+            false => Ok(()),
+            true => Err(idempotency::Full::Memory { counted, budget }),
         }
     }
 
@@ -891,30 +912,32 @@ impl Shard {
         }
     }
 
-    /// Tells a publisher its publication was refused (the engine is
-    /// unavailable): an `err unavailable` for a `pub` with an `id`, 503 for
-    /// an HTTP publish; nothing for one nobody waits for (counted).
-    /// `awaited`: a publisher on this shard awaits the answer (announced
-    /// with `Outbox::expect_reply`).
-    fn refuse(&self, from: usize, reply: Reply, awaited: bool) {
-        bump(&self.stats.engine_refused, 1);
+    /// Tells a publisher its publication was refused, and `why`: an `err`
+    /// for a `pub` with an `id`, 503 for an HTTP publish; nothing for one
+    /// nobody waits for (a refusal by the engine is counted). `awaited`: a
+    /// publisher on this shard awaits the answer (announced with
+    /// `Outbox::expect_reply`).
+    fn refuse(&self, from: usize, reply: Reply, awaited: bool, why: Refused) {
+        if why == Refused::Unavailable {
+            bump(&self.stats.engine_refused, 1);
+        }
         if from != self.id {
             if !matches!(reply, Reply::None) {
-                self.links.send(from, MeshMsg::Refused { reply });
+                self.links.send(from, MeshMsg::Refused { reply, why });
             }
             return;
         }
-        self.refused(reply, awaited);
+        self.refused(reply, awaited, why);
     }
 
     /// A refusal reaches the publisher's shard.
-    fn refused(&self, reply: Reply, from_owner: bool) {
+    fn refused(&self, reply: Reply, from_owner: bool, why: Refused) {
         let (target, id) = match reply {
             Reply::None => return,
             Reply::Http {
                 slot, nonce, index, ..
             } => {
-                return self.answer_http(slot, nonce, index, Err(Refused::Unavailable));
+                return self.answer_http(slot, nonce, index, Err(why));
             }
             Reply::Ack { conn, id } => (conn, Some(id)),
             Reply::Quiet { conn } => (conn, None),
@@ -922,11 +945,13 @@ impl Shard {
         let Some(target) = self.conn(target) else {
             return;
         };
-        let error = OpError::new(
-            ErrorCode::Unavailable,
-            "the cluster engine is unavailable; the publication was not accepted",
-            id.as_deref(),
-        );
+        let msg = match why {
+            Refused::Unavailable => {
+                "the cluster engine is unavailable; the publication was not accepted".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let error = OpError::new(why.code(), msg, id.as_deref());
         let frame = target.codec.err(&error);
         // Only an acknowledged `pub` forwarded to another shard is awaited
         // by the publisher's close (see `Outbox::push_reply`).
@@ -1003,7 +1028,7 @@ impl Shard {
                 }
             }
             MeshMsg::Published { reply, seq } => self.complete(reply, seq, true),
-            MeshMsg::Refused { reply } => self.refused(reply, true),
+            MeshMsg::Refused { reply, why } => self.refused(reply, true, why),
             MeshMsg::Resync { ch, seq, epoch } => {
                 if let Ok(name) = std::str::from_utf8(&ch) {
                     self.resync_local(name, seq, &epoch);
@@ -1175,8 +1200,10 @@ impl Shard {
         self.owner.borrow().history_bytes()
     }
 
-    /// Expires old history and forgets owned channels left with nothing.
+    /// Expires old history and forgets owned channels left with nothing,
+    /// and idempotency keys whose window ended.
     pub fn sweep_history(&self) {
+        self.remembered.borrow_mut().expire(self.now_ms());
         let index = self.index.borrow();
         self.owner
             .borrow_mut()

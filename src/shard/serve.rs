@@ -2,7 +2,8 @@
 //! heads (keep-alive), answer plain HTTP routes, and hand upgraded
 //! connections to their WebSocket session (`session.rs`), a task of its
 //! own. Every HTTP read and write is bounded by `--handshake-timeout` and
-//! yields to shutdown.
+//! yields to shutdown; every answer counts against the shard's memory
+//! budget until it is written.
 
 use std::{
     future::Future,
@@ -281,6 +282,8 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
                 http::error_response(&error, keep_alive && body_buffered(&head, &buf))
             }
         };
+        // Counted against the memory budget until written or dropped.
+        let reply = HeldAnswer::new(&shard.stats, reply);
         let keep_alive = keep_alive && reply_keeps_alive(&reply) && body_buffered(&head, &buf);
         if !keep_alive {
             respond_and_close(&shard, &stream, &reply).await;
@@ -291,6 +294,41 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
         }
         let consumed = (head.len + head.content_length.unwrap_or(0)).min(buf.len());
         buf.drain(..consumed);
+    }
+}
+
+/// An HTTP answer held until its client takes it, counted in the shard's
+/// `http_answer_bytes` (its memory budget) meanwhile: a client that sends
+/// requests and does not read holds at most one answer per connection, for
+/// at most `--handshake-timeout`.
+struct HeldAnswer {
+    bytes: Vec<u8>,
+    stats: Rc<Stats>,
+}
+
+impl HeldAnswer {
+    fn new(stats: &Rc<Stats>, bytes: Vec<u8>) -> Self {
+        let held = &stats.http_answer_bytes;
+        held.set(held.get() + bytes.capacity() as u64);
+        HeldAnswer {
+            bytes,
+            stats: stats.clone(),
+        }
+    }
+}
+
+impl std::ops::Deref for HeldAnswer {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for HeldAnswer {
+    fn drop(&mut self) {
+        let held = &self.stats.http_answer_bytes;
+        held.set(held.get().saturating_sub(self.bytes.capacity() as u64));
     }
 }
 
