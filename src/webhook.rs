@@ -522,6 +522,22 @@ async fn exchange(
 mod tests {
     use super::*;
 
+    /// Settings for `http://localhost:9/hooks`, resolved at start to
+    /// `socket`, holding `queue` events and `queue_bytes` bytes.
+    fn settings(socket: &str, queue: usize, queue_bytes: usize) -> Arc<WebhookSettings> {
+        Arc::new(WebhookSettings {
+            url: WebhookUrl::parse("http://localhost:9/hooks").unwrap(),
+            socket: socket.parse().unwrap(),
+            tls: None,
+            secret: None,
+            batch: 100,
+            queue,
+            queue_bytes,
+            node: "n".into(),
+            seq: Arc::default(),
+        })
+    }
+
     #[test]
     fn urls_parse_and_refuse_what_is_not_http_or_https() {
         let url = WebhookUrl::parse("http://127.0.0.1:9000/hooks/shardcast").unwrap();
@@ -562,18 +578,8 @@ mod tests {
 
     #[test]
     fn the_receivers_address_is_looked_up_again_when_stale() {
-        let settings = Arc::new(WebhookSettings {
-            url: WebhookUrl::parse("http://localhost:9/hooks").unwrap(),
-            // What start-up resolved, since moved.
-            socket: "192.0.2.7:9".parse().unwrap(),
-            tls: None,
-            secret: None,
-            batch: 100,
-            queue: 10,
-            queue_bytes: 1 << 20,
-            node: "n".into(),
-            seq: Arc::default(),
-        });
+        // Resolved at start to an address the name has since moved from.
+        let settings = settings("192.0.2.7:9", 10, 1 << 20);
         let webhooks = Webhooks::new(settings);
         crate::sync::on_test_executor(async {
             let moved: SocketAddr = "192.0.2.7:9".parse().unwrap();
@@ -591,17 +597,7 @@ mod tests {
     /// counted, their seqs skipped, and what is held stays under the bound.
     #[test]
     fn the_queue_is_bounded_in_bytes_and_drops_skip_their_seq() {
-        let settings = Arc::new(WebhookSettings {
-            url: WebhookUrl::parse("http://localhost:9/hooks").unwrap(),
-            socket: "127.0.0.1:9".parse().unwrap(),
-            tls: None,
-            secret: None,
-            batch: 100,
-            queue: 100_000,
-            queue_bytes: 64 << 10,
-            node: "n".into(),
-            seq: Arc::default(),
-        });
+        let settings = settings("127.0.0.1:9", 100_000, 64 << 10);
         let webhooks = Webhooks::new(settings.clone());
         let stats = Stats::default();
         let user = "u".repeat(2700);
@@ -623,17 +619,7 @@ mod tests {
     /// others' still get in, and a sent batch frees the share.
     #[test]
     fn one_connection_gets_its_share_of_the_queue_not_all_of_it() {
-        let settings = Arc::new(WebhookSettings {
-            url: WebhookUrl::parse("http://localhost:9/hooks").unwrap(),
-            socket: "127.0.0.1:9".parse().unwrap(),
-            tls: None,
-            secret: None,
-            batch: 100,
-            queue: 6400,
-            queue_bytes: 16 << 20,
-            node: "n".into(),
-            seq: Arc::default(),
-        });
+        let settings = settings("127.0.0.1:9", 6400, 16 << 20);
         let webhooks = Webhooks::new(settings);
         let stats = Stats::default();
         fn subscribed(conn: &str) -> Event<'_> {

@@ -6,6 +6,7 @@
 //! budget until it is written.
 
 use std::{
+    cell::Cell,
     future::Future,
     panic::AssertUnwindSafe,
     pin::Pin,
@@ -47,37 +48,39 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
     // not yet upgraded. The admin listener is not counted, so a flood of the
     // public one cannot lock monitoring out.
     let peer = tcp.peer_addr().ok().map(|peer| peer.ip());
-    let per_ip = |cap: Option<&Arc<IpCap>>| match cap.filter(|_| public) {
-        None => Ok(None),
-        Some(cap) => peer
-            .and_then(|ip| cap.try_acquire(ip))
-            .map(Some)
-            .ok_or(cap.limit()),
-    };
-    let mut ip_slot = match per_ip(shard.security.ip_cap.as_ref()) {
-        Ok(slot) => slot,
-        Err(limit) => {
-            bump(&shard.stats.ip_cap_refusals, 1);
-            let error = HttpError::new(
-                429,
-                "too_many_connections",
-                format!("at most {limit} connections per client address"),
-            );
-            refuse_accepted(&shard, tcp, tls.is_some(), &error).await;
-            return;
+    let per_ip = |cap: Option<&Arc<IpCap>>, refusals: &Cell<u64>, what: &str| {
+        let Some(cap) = cap.filter(|_| public) else {
+            return Ok(None);
+        };
+        match peer.and_then(|ip| cap.try_acquire(ip)) {
+            Some(slot) => Ok(Some(slot)),
+            None => {
+                bump(refusals, 1);
+                let limit = cap.limit();
+                let msg = format!("at most {limit} {what} per client address");
+                Err(HttpError::new(429, "too_many_connections", msg))
+            }
         }
     };
-    // Counted until the connection is upgraded (the session then counts
-    // under max-connections) or ends.
-    let mut http_ip_slot = match per_ip(shard.security.http_ip_cap.as_ref()) {
-        Ok(slot) => slot,
-        Err(limit) => {
-            bump(&shard.stats.http_cap_refusals, 1);
-            let error = HttpError::new(
-                429,
-                "too_many_connections",
-                format!("at most {limit} HTTP connections (not upgraded) per client address"),
-            );
+    // The second is counted until the connection is upgraded (the session
+    // then counts under max-connections) or ends.
+    let security = &shard.security;
+    let slots = per_ip(
+        security.ip_cap.as_ref(),
+        &shard.stats.ip_cap_refusals,
+        "connections",
+    )
+    .and_then(|ip_slot| {
+        let http = per_ip(
+            security.http_ip_cap.as_ref(),
+            &shard.stats.http_cap_refusals,
+            "HTTP connections (not upgraded)",
+        )?;
+        Ok((ip_slot, http))
+    });
+    let (mut ip_slot, mut http_ip_slot) = match slots {
+        Ok(slots) => slots,
+        Err(error) => {
             refuse_accepted(&shard, tcp, tls.is_some(), &error).await;
             return;
         }
