@@ -149,8 +149,34 @@ enum LogFormat {
     Json,
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() {
+    if let Err(error) = run(Cli::parse()) {
+        // The reason once, on one line: no "Caused by" list repeating what
+        // the message already says, and no backtrace (this is a verdict on
+        // the settings or the machine, not a crash).
+        eprintln!("shardcast: {}", reason(&error));
+        std::process::exit(1);
+    }
+}
+
+/// An error and its causes as one line, each cause left out when the text
+/// before it already quotes it.
+fn reason(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             init_logging(args.log_format);
