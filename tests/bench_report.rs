@@ -80,7 +80,10 @@ fn a_runs_report_goes_beside_its_results_and_leaves_the_committed_report_alone()
     fs::remove_dir_all(&dir).unwrap();
     assert!(own.starts_with("# shardcast benchmarks"), "{own}");
     assert!(own.contains("## idle"), "{own}");
-    assert!(!own.contains("hand-written"), "a run's report has its figures only");
+    assert!(
+        !own.contains("hand-written"),
+        "a run's report has its figures only"
+    );
 }
 
 #[test]
@@ -112,7 +115,10 @@ fn publishing_rewrites_the_generated_part_and_keeps_the_hand_written_sections() 
     assert!(output.status.success(), "{output:?}");
     let published = fs::read_to_string(dir.join("BENCHMARKS.md")).unwrap();
     let (new_generated, kept) = published.split_once(MARKER).expect("marker kept");
-    assert_eq!(kept, hand_written, "the hand-written sections are kept as they are");
+    assert_eq!(
+        kept, hand_written,
+        "the hand-written sections are kept as they are"
+    );
     assert!(!new_generated.contains("# old figures"));
     // The same results give the committed generated part (less the charts,
     // not drawn here, and the results' path).

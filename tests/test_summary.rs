@@ -27,7 +27,9 @@ fn last_line(output: &Output) -> String {
 }
 
 fn fixture(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/test-summary").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/test-summary")
+        .join(name)
 }
 
 #[test]
@@ -35,9 +37,15 @@ fn failed_crashed_and_unrun_binaries_are_named_and_fail_the_run() {
     let output = summary(&fixture("failures.log"), &["--step", "autobahn=ok"]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("FAILED  --test one: 1 failed: b"), "{stdout}");
+    assert!(
+        stdout.contains("FAILED  --test one: 1 failed: b"),
+        "{stdout}"
+    );
     assert!(stdout.contains("CRASHED --test two"), "{stdout}");
-    assert!(stdout.contains("NOT RUN (the run stopped before it): --test four"), "{stdout}");
+    assert!(
+        stdout.contains("NOT RUN (the run stopped before it): --test four"),
+        "{stdout}"
+    );
     assert_eq!(
         last_line(&output),
         "tests: FAILED: 2 passed, 1 failed; binaries: 3 of 6 passed, 1 failed, 1 crashed, \

@@ -9,8 +9,9 @@ use std::{
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use shardcast::{
-    client::{ClientError, PubOptions, SubOptions, TlsOptions},
+    client::{ClientError, PubOptions, SubOptions, Timeouts, TlsOptions},
     config::ConfigLayer,
+    units::HumanDuration,
     Config, Server,
 };
 
@@ -87,6 +88,31 @@ struct SubArgs {
     count: Option<u64>,
     #[command(flatten)]
     tls: TlsArgs,
+    #[command(flatten)]
+    timeouts: TimeoutArgs,
+}
+
+#[derive(clap::Args)]
+struct TimeoutArgs {
+    /// Time to connect, finish TLS and the WebSocket upgrade (with --http:
+    /// the whole request and answer)
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    handshake_timeout: HumanDuration,
+    /// Nothing at all from the server (not even a ping) for this long: the
+    /// connection is taken for lost (sub reconnects). The default is above a
+    /// default server's ping interval (25s) twice plus its ping timeout
+    /// (10s); raise it for a server with a longer --ping-interval
+    #[arg(long, value_name = "DURATION", default_value = "70s")]
+    idle_timeout: HumanDuration,
+}
+
+impl TimeoutArgs {
+    fn timeouts(self) -> Timeouts {
+        Timeouts {
+            handshake: self.handshake_timeout.0,
+            idle: self.idle_timeout.0,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -127,6 +153,8 @@ struct PubArgs {
     api_key: Option<String>,
     #[command(flatten)]
     tls: TlsArgs,
+    #[command(flatten)]
+    timeouts: TimeoutArgs,
 }
 
 #[derive(clap::Args)]
@@ -192,6 +220,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             once: args.once,
             count: args.count,
             tls: args.tls.options(),
+            timeouts: args.timeouts.timeouts(),
         })),
         Command::Pub(args) => client_exit(shardcast::client::run_pub(PubOptions {
             url: args.url,
@@ -201,6 +230,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             http: args.http,
             api_key: args.api_key,
             tls: args.tls.options(),
+            timeouts: args.timeouts.timeouts(),
         })),
         Command::CheckConfig(args) => match load(&args) {
             Ok(config) => {
