@@ -14,8 +14,10 @@
 //! A server is not trusted to be well-behaved: connecting (TCP, TLS, the
 //! upgrade) has a deadline, a connection on which the server sends nothing
 //! at all (not even a ping) for the idle timeout is taken for lost, an HTTP
-//! answer is read up to 1 MiB, messages up to 64 MiB, and pongs the socket
-//! does not take are held in 64 KiB, beyond which one waits (the newest).
+//! answer is read up to 1 MiB, messages up to 64 MiB, and what the socket
+//! does not take (pongs to a server that does not read, a publication) is
+//! held up to a bound — 64 KiB for `sub`, 64 MiB (the largest publication)
+//! for `pub` — beyond which a single pong waits, each replacing the last.
 
 use std::{
     collections::HashMap,
