@@ -24,7 +24,14 @@ mkdir -p "$work"
 if [ ! -x "$venv/bin/wstest" ]; then
   py=""
   if command -v pyenv >/dev/null; then
-    [ -x "$(pyenv root)/versions/2.7.18/bin/python2.7" ] || pyenv install --skip-existing 2.7.18
+    if [ ! -x "$(pyenv root)/versions/2.7.18/bin/python2.7" ]; then
+      echo "autobahn: building CPython 2.7.18 with pyenv (a few minutes, once)"
+      pyenv install --skip-existing 2.7.18 || {
+        echo "autobahn: FAILED: pyenv could not build CPython 2.7.18; it needs build-essential" \
+          "libssl-dev zlib1g-dev libbz2-dev libreadline-dev libsqlite3-dev libffi-dev" >&2
+        exit 1
+      }
+    fi
     py="$(pyenv root)/versions/2.7.18/bin/python2.7"
   elif command -v python2.7 >/dev/null; then
     py=$(command -v python2.7)
