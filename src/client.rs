@@ -659,7 +659,9 @@ async fn subscribe_loop(target: Target, options: SubOptions) -> Result<(), Clien
         match ended {
             Ok(SubEnd::Counted) => return Ok(()),
             Err(e @ (ClientError::Refused(_) | ClientError::Usage(_))) => return Err(e),
-            Ok(SubEnd::Closed(_)) if options.once => return Ok(()),
+            // --once: a normal close ends it well; any other is its error.
+            Ok(SubEnd::Closed(Some((1000, _)))) if options.once => return Ok(()),
+            Ok(SubEnd::Closed(close)) if options.once => return Err(closed_error(&close)),
             Err(e) if options.once => return Err(e),
             Ok(SubEnd::Closed(close)) => {
                 eprintln!(

@@ -364,3 +364,16 @@ fn a_ca_certificate_presented_as_the_servers_own_is_explained_in_words() {
     assert!(stderr.contains("CA:FALSE"), "{stderr}");
     assert!(!stderr.contains("CaUsedAsEndEntity"), "{stderr}");
 }
+
+#[test]
+fn sub_once_ends_with_the_servers_close_code_and_reason() {
+    let mut server = Server::start(&["--drain-spread", "0s"]);
+    let sub = spawn_sub(&["--once", &ws_url(&server), "news"]);
+    wait_for_subscriptions(&server, 1);
+    server.signal(libc::SIGTERM);
+    let output = wait_output(sub, Duration::from_secs(10));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("1012 service restart"), "{stderr}");
+    assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(0));
+}

@@ -80,7 +80,8 @@ struct SubArgs {
     /// Connection token (sent as Authorization: Bearer)
     #[arg(long, env = "SHARDCAST_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Stop at the first disconnection instead of reconnecting
+    /// Stop at the first disconnection instead of reconnecting (exit 0 on a
+    /// normal close, else the close's code: 3 refused, 4 connection failed)
     #[arg(long)]
     once: bool,
     /// Exit after printing this many messages
