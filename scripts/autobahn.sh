@@ -3,8 +3,10 @@
 # tungstenite and uWebSockets run) against a shardcast raw room, which echoes
 # every message to its sender like the suite's echo server. Cases 1-10,
 # and all of 12 and 13 (permessage-deflate, with every offer the suite
-# makes, messages up to 1000 x 128 KiB): about 7 minutes on the debug
-# build, most of it the Python 2 suite's own work. Fails unless every
+# makes, messages up to 1000 x 128 KiB): 517 cases, 7 to 20 minutes on
+# the debug build (7 on an idle 2-core machine, 18 measured while other
+# builds shared it), most of it the Python 2 suite's own work; a line is
+# printed as each case group starts, and one a minute. Fails unless every
 # case is OK, NON-STRICT or INFORMATIONAL and each matches the result
 # committed in scripts/autobahn/expected.json.
 # Installs the suite when missing: Autobahn runs on Python 2.7 (CPython
@@ -22,12 +24,28 @@ mkdir -p "$work"
 if [ ! -x "$venv/bin/wstest" ]; then
   py=""
   if command -v pyenv >/dev/null; then
-    [ -x "$(pyenv root)/versions/2.7.18/bin/python2.7" ] || pyenv install --skip-existing 2.7.18
+    if [ ! -x "$(pyenv root)/versions/2.7.18/bin/python2.7" ]; then
+      echo "autobahn: building CPython 2.7.18 with pyenv (a few minutes, once)"
+      pyenv install --skip-existing 2.7.18 || {
+        echo "autobahn: FAILED: pyenv could not build CPython 2.7.18; it needs build-essential" \
+          "libssl-dev zlib1g-dev libbz2-dev libreadline-dev libsqlite3-dev libffi-dev" >&2
+        exit 1
+      }
+    fi
     py="$(pyenv root)/versions/2.7.18/bin/python2.7"
   elif command -v python2.7 >/dev/null; then
     py=$(command -v python2.7)
   else
-    echo "autobahn: needs Python 2.7 (pyenv install 2.7.18)" >&2
+    cat >&2 <<'MSG'
+autobahn: FAILED: Autobahn|Testsuite needs Python 2.7, and neither pyenv nor
+python2.7 is installed (Debian no longer packages Python 2). Either:
+  curl -fsSL https://pyenv.run | bash        # installs pyenv into ~/.pyenv
+  export PATH="$HOME/.pyenv/bin:$PATH"
+  pyenv install 2.7.18                       # builds CPython 2.7.18 (a few minutes;
+                                             # needs build-essential libssl-dev zlib1g-dev
+                                             # libbz2-dev libreadline-dev libsqlite3-dev libffi-dev)
+or put any python2.7 on the PATH; then run scripts/autobahn.sh again.
+MSG
     exit 1
   fi
   echo "installing autobahntestsuite into $venv"
@@ -66,8 +84,30 @@ spec = {
 }
 json.dump(spec, open(work + "/spec.json", "w"), indent=1)
 EOF
-rm -rf "$work/report"
-(cd "$work" && timeout "$limit" venv/bin/wstest -m fuzzingclient -s spec.json >wstest.log 2>&1) || {
+rm -rf "$work/report" "$work/wstest.log"
+total="?"
+[ -z "${AUTOBAHN_CASES:-}" ] && total=$(python3 -c 'import json, sys; print(len(json.load(open(sys.argv[1]))))' scripts/autobahn/expected.json)
+echo "autobahn: running $total cases against $bin (7-20 minutes; a line per case group)"
+# Unbuffered, so that the log shows each case as it starts.
+(cd "$work" && PYTHONUNBUFFERED=1 exec timeout "$limit" venv/bin/wstest -m fuzzingclient -s spec.json >wstest.log 2>&1) &
+wstest=$!
+trap 'kill "$server" "$wstest" 2>/dev/null || true' EXIT
+started=$SECONDS group="" said=$SECONDS
+# Progress: the suite logs "Running test case ID 5.3 for agent ..." per case.
+while kill -0 "$wstest" 2>/dev/null; do
+  sleep 2
+  current=$(grep -ao 'Running test case ID [0-9.]*' "$work/wstest.log" 2>/dev/null | tail -1 | awk '{print $5}') || true
+  count=$(grep -ac 'Running test case ID' "$work/wstest.log" 2>/dev/null) || true
+  elapsed=$(((SECONDS - started) / 60))m$(((SECONDS - started) % 60))s
+  if [ -n "$current" ] && [ "${current%%.*}" != "$group" ]; then
+    group=${current%%.*} said=$SECONDS
+    echo "autobahn: cases $group.* (case ${count:-0} of $total, $elapsed)"
+  elif ((SECONDS - said >= 60)); then
+    said=$SECONDS
+    echo "autobahn: case ${current:-?} (${count:-0} of $total, $elapsed)"
+  fi
+done
+wait "$wstest" || {
   echo "autobahn: wstest failed" >&2; tail -20 "$work/wstest.log" >&2; exit 1; }
 
 python3 - "$work/report/index.json" scripts/autobahn/expected.json "${UPDATE_EXPECTED:-0}" <<'EOF'

@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
 # Benchmarks shardcast and its peers under the same load generator, in one run.
 #
-#   scripts/bench.sh [--quick] [--runs N] [--servers a,b,..] [scenario...]
+#   scripts/bench.sh [--quick] [--runs N] [--servers a,b,..] [--publish] [scenario...]
+#
+# A run never touches a tracked file: its results and its own report
+# (BENCHMARKS.md, charts) go to a new directory, bench-results/<date>-<time>
+# (-quick for --quick, which git ignores), or $BENCH_OUT. --publish is the
+# deliberate step that then regenerates the committed report from this run
+# (the generated part of BENCHMARKS.md and docs/bench/*.png; the
+# hand-written sections are kept), as `scripts/report DIR --publish` does.
 #
 # Scenarios: fanout rooms idle connect-storm shards bytes cluster (default:
 # all but bytes and cluster).
@@ -38,15 +45,16 @@
 # SHARDCAST_BIN=path runs that shardcast server binary instead of the one
 # built here. Each server is pinned to core 0 and the generator
 # (shardcast-bench) to core 1; each point runs --runs times (default 3).
-# Results: one JSON file per run in bench-results/<date>/ (or $BENCH_OUT, whose
-# report goes to $BENCH_OUT/BENCHMARKS.md),
-# then scripts/report turns them into BENCHMARKS.md. --quick shrinks every
-# scenario to finish in a few minutes.
+# Results: one JSON file per run, then scripts/report turns them into the
+# run's BENCHMARKS.md beside them. --quick shrinks every scenario to finish
+# in a few minutes (after the release build: 5-10 minutes from scratch on 2
+# cores, with cargo's progress shown).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
 QUICK=0
+PUBLISH=0
 RUNS=3
 SERVERS="shardcast-json,shardcast-raw,node-ws,tokio-tungstenite,python-websockets,nats,shardcast-tls,node-ws-tls,shardcast-auth"
 SHARDCAST=${SHARDCAST_BIN:-target/release/shardcast}
@@ -54,9 +62,10 @@ SCENARIOS=()
 while (($#)); do
   case "$1" in
     --quick) QUICK=1 ;;
+    --publish) PUBLISH=1 ;;
     --runs) RUNS=$2; shift ;;
     --servers) SERVERS=$2; shift ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,51p' "$0"; exit 0 ;;
     *) SCENARIOS+=("$1") ;;
   esac
   shift
@@ -64,7 +73,11 @@ done
 ((${#SCENARIOS[@]})) || SCENARIOS=(fanout rooms idle connect-storm shards)
 IFS=, read -r -a SERVER_LIST <<<"$SERVERS"
 
-OUT=${BENCH_OUT:-bench-results/$(date +%Y-%m-%d)}
+# A new directory per run: an earlier run's results (committed or not) are
+# never overwritten.
+SUFFIX=""
+((QUICK)) && SUFFIX=-quick
+OUT=${BENCH_OUT:-bench-results/$(date +%Y-%m-%d-%H%M%S)$SUFFIX}
 mkdir -p "$OUT"
 SERVER_CPU=0
 GEN_CPU=1
@@ -96,8 +109,8 @@ PY
 
 # ---- set-up: build and install everything the servers need ----------------
 setup() {
-  log "building shardcast (release)"
-  cargo build --release --locked --bins -q
+  log "building shardcast (release; 5-10 minutes from scratch on 2 cores)"
+  cargo build --release --locked --bins
   local bytes_list=()
   [[ " ${SCENARIOS[*]} " == *" bytes "* ]] && IFS=, read -r -a bytes_list <<<"${BYTES_SERVERS:-node-ws,nats}"
   if [[ " ${SCENARIOS[*]} " == *" cluster "* ]]; then
@@ -113,7 +126,7 @@ setup() {
         python3 -c 'import websockets' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check -r benches/peers/python-websockets/requirements.txt ;;
       tokio-tungstenite)
         log "building the tokio-tungstenite peer"
-        (cd benches/peers/tokio-tungstenite && cargo build --release --locked -q) ;;
+        (cd benches/peers/tokio-tungstenite && cargo build --release --locked) ;;
       nats)
         command -v nats-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server; } ;;
     esac
@@ -416,10 +429,9 @@ for scenario in "${SCENARIOS[@]}"; do
   esac
 done
 log "results in $OUT"
-# A side run (BENCH_OUT) reports next to its results; BENCHMARKS.md is the
-# committed run's.
-if [ -n "${BENCH_OUT:-}" ]; then
-  python3 scripts/report "$OUT" --output "$OUT/BENCHMARKS.md"
-else
-  python3 scripts/report "$OUT"
+# The run's report goes beside its results; the committed one changes only
+# when asked (--publish).
+python3 scripts/report "$OUT" --output "$OUT/BENCHMARKS.md"
+if ((PUBLISH)); then
+  python3 scripts/report "$OUT" --publish
 fi

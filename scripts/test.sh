@@ -4,7 +4,10 @@
 # test (Python prometheus_client parses /metrics), the Prometheus test
 # (promtool, and a real Prometheus answering the documented queries), the
 # dashboard test (headless Chromium via npm playwright-core), then
-# Autobahn|Testsuite's conformance cases (scripts/autobahn.sh). Installs what
+# Autobahn|Testsuite's conformance cases (scripts/autobahn.sh). Every step
+# runs even after a failure; the closing line (scripts/test-summary) says how
+# many tests passed and failed and which binaries or steps failed or did not
+# run, and the exit status is non-zero if any did. Installs what
 # those need when it is missing (pip, npm; apt-get for node, python3,
 # chromium, prometheus, redis-server and nats-server).
 # Usage: scripts/test.sh [extra cargo test args]
@@ -37,15 +40,28 @@ if [ ! -d tests/clients/node_modules/ws ] || [ ! -d tests/clients/node_modules/p
   (cd tests/clients && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
-# No doc-tests (there are none); end with one total line over every binary.
+# Every test binary runs even after one fails (--no-fail-fast), and
+# Autobahn after them; the closing line counts the tests and names what
+# failed, what crashed and what did not run. No doc-tests (there are none).
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --locked --lib --bins --tests "$@" 2>&1 | tee "$log" || status=$?
-awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+cargo test --locked --no-fail-fast --lib --bins --tests "$@" 2>&1 | tee "$log" || status=$?
 # WebSocket conformance of the server the tests just built (Autobahn cases
-# 1-10 against a raw room; results must match scripts/autobahn/expected.json).
-if ((status == 0)) && (($# == 0)); then
-  bash scripts/autobahn.sh target/debug/shardcast || status=$?
+# 1-10, 12 and 13 against a raw room; results must match
+# scripts/autobahn/expected.json), whatever the tests' outcome.
+if (($#)); then
+  autobahn="not run (extra cargo test arguments)"
+elif [ ! -x target/debug/shardcast ] || grep -qE '^error(\[E[0-9]+\])?: could not compile' "$log"; then
+  autobahn="not run (the build failed)"
+  status=1
+elif bash scripts/autobahn.sh target/debug/shardcast; then
+  autobahn=ok
+else
+  autobahn=failed
+  status=1
 fi
+filtered=()
+(($#)) && filtered=(--filtered)
+python3 scripts/test-summary "$log" "${filtered[@]}" --step "autobahn=$autobahn" || status=1
 exit "$status"

@@ -8,7 +8,16 @@
 //! while it was away is not lost as far as history holds it. `pub` publishes its argument or one publication per line of
 //! standard input and prints each acknowledged `seq`; `--http` publishes
 //! through `POST /api/publish` instead. Failures map to exit codes scripts
-//! can tell apart ([`ClientError::exit_code`]).
+//! can tell apart ([`ClientError::exit_code`]); a close from the server is
+//! reported with its code and reason.
+//!
+//! A server is not trusted to be well-behaved: connecting (TCP, TLS, the
+//! upgrade) has a deadline, a connection on which the server sends nothing
+//! at all (not even a ping) for the idle timeout is taken for lost, an HTTP
+//! answer is read up to 1 MiB, messages up to 64 MiB, and what the socket
+//! does not take (pongs to a server that does not read, a publication) is
+//! held up to a bound — 64 KiB for `sub`, 64 MiB (the largest publication)
+//! for `pub` — beyond which a single pong waits, each replacing the last.
 
 use std::{
     collections::HashMap,
@@ -17,11 +26,13 @@ use std::{
     path::PathBuf,
     pin::Pin,
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use async_tungstenite::{
-    tungstenite::{client::IntoClientRequest, http::HeaderValue, Message},
+    tungstenite::{
+        client::IntoClientRequest, http::HeaderValue, protocol::WebSocketConfig, Message,
+    },
     WebSocketStream,
 };
 use futures_lite::{AsyncRead, AsyncWrite, FutureExt, StreamExt};
@@ -36,8 +47,23 @@ use crate::tls_client::Tls;
 
 /// Longest wait between two reconnection attempts of `sub`.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How long a connection attempt may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of `--handshake-timeout`: connecting, TLS and the upgrade (and
+/// the whole of an HTTP publish).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of `--idle-timeout`: twice a default server's ping interval plus
+/// its ping timeout (2 × 25 s + 10 s, rounded up), so a live default server
+/// always sends something (at least a ping) well within it.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(70);
+/// The largest HTTP answer `pub --http` reads (a publish answer is a few
+/// bytes; an error page a few hundred).
+const MAX_HTTP_ANSWER: usize = 1 << 20;
+/// The largest message read from the server (a server's own limit is
+/// 64 KiB of data by default; its envelopes and presence pages are larger).
+const MAX_MESSAGE: usize = 64 << 20;
+/// Bytes written but not yet taken by the socket (our publications, and the
+/// pongs answering the server's pings). Over it a publication fails, and
+/// pongs wait in tungstenite's single slot, each replacing the last.
+const MAX_UNSENT: usize = 64 << 10;
 
 /// Why the client stopped, as its exit code tells.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +107,27 @@ pub struct SubOptions {
     /// Exit after printing this many messages.
     pub count: Option<u64>,
     pub tls: TlsOptions,
+    pub timeouts: Timeouts,
+}
+
+/// How long the client waits on the server.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// To connect, finish TLS and the upgrade; `pub --http`: the whole
+    /// exchange.
+    pub handshake: Duration,
+    /// Nothing at all from the server (not even a ping) for this long: the
+    /// connection is taken for lost (`sub` reconnects).
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            handshake: DEFAULT_HANDSHAKE_TIMEOUT,
+            idle: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
 }
 
 /// How a `wss://` URL's server is verified.
@@ -104,6 +151,7 @@ pub struct PubOptions {
     pub http: bool,
     pub api_key: Option<String>,
     pub tls: TlsOptions,
+    pub timeouts: Timeouts,
 }
 
 /// Where a `ws://` or `wss://` URL points.
@@ -129,7 +177,7 @@ fn parse_url(url: &str, tls: &TlsOptions) -> Result<Target, ClientError> {
         Some(at) => (&rest[..at], &rest[at..]),
         None => (rest, "/ws"),
     };
-    let addr = host
+    let addr = with_port(host, secure)
         .to_socket_addrs()
         .map_err(|e| ClientError::Usage(format!("{url}: {e}")))?
         .next()
@@ -155,6 +203,22 @@ fn parse_url(url: &str, tls: &TlsOptions) -> Result<Target, ClientError> {
         path: path.to_owned(),
         tls,
     })
+}
+
+/// `host[:port]` with the scheme's default port (443 for `wss://`, 80 for
+/// `ws://`) when it names none.
+fn with_port(host: &str, secure: bool) -> String {
+    // What follows the last ':' is a port unless it is inside an IPv6
+    // address's brackets.
+    let has_port = match host.rsplit_once(':') {
+        Some((_, port)) => !port.contains(']'),
+        None => false,
+    };
+    match (has_port, secure) {
+        (true, _) => host.to_owned(),
+        (false, true) => format!("{host}:443"),
+        (false, false) => format!("{host}:80"),
+    }
 }
 
 /// The host of `host:port` (an IPv6 address without its brackets).
@@ -247,7 +311,7 @@ impl Input {
 /// What came first while `pub` waited for its next line.
 enum Waited {
     Line(Option<String>),
-    Server(Result<Option<Value>, ClientError>),
+    Server(Result<Incoming, ClientError>),
 }
 
 fn on_executor<T: 'static>(
@@ -307,8 +371,14 @@ impl AsyncWrite for ClientStream {
     }
 }
 
-/// Opens the WebSocket, with the token as a bearer header if given.
-async fn connect(target: &Target, token: Option<&str>) -> Result<Socket, ClientError> {
+/// Opens the WebSocket, with the token as a bearer header if given; the
+/// TCP connect, TLS and the upgrade together within the handshake timeout.
+async fn connect(
+    target: &Target,
+    token: Option<&str>,
+    timeouts: Timeouts,
+    max_unsent: usize,
+) -> Result<Socket, ClientError> {
     let scheme = if target.tls.is_some() { "wss" } else { "ws" };
     let url = format!("{scheme}://{}{}", target.host, target.path);
     let mut request = url
@@ -320,21 +390,33 @@ async fn connect(target: &Target, token: Option<&str>) -> Result<Socket, ClientE
             .map_err(|_| ClientError::Usage("the token is not a valid header value".into()))?;
         request.headers_mut().insert("Authorization", value);
     }
-    let tcp = glommio::timer::timeout(CONNECT_TIMEOUT, async {
-        Ok(TcpStream::connect(target.addr).await)
-    })
-    .await
-    .map_err(|_| ClientError::Connection(format!("{}: timed out", target.addr)))?
-    .map_err(|e| ClientError::Connection(format!("{}: {e}", target.addr)))?;
-    let stream = match &target.tls {
-        None => ClientStream::Plain(tcp),
-        Some(tls) => ClientStream::Tls(Box::new(
-            tls.connect(tcp)
-                .await
-                .map_err(|e| ClientError::Connection(format!("TLS: {e}")))?,
-        )),
+    let config = WebSocketConfig::default()
+        .write_buffer_size(0)
+        .max_write_buffer_size(max_unsent)
+        .max_message_size(Some(MAX_MESSAGE));
+    let handshake = async {
+        let tcp = TcpStream::connect(target.addr)
+            .await
+            .map_err(|e| ClientError::Connection(format!("{}: {e}", target.addr)))?;
+        let stream = match &target.tls {
+            None => ClientStream::Plain(tcp),
+            Some(tls) => {
+                ClientStream::Tls(Box::new(tls.connect(tcp).await.map_err(|e| {
+                    ClientError::Connection(format!("TLS: {}", tls_failure(&e)))
+                })?))
+            }
+        };
+        Ok(async_tungstenite::client_async_with_config(request, stream, Some(config)).await)
     };
-    match async_tungstenite::client_async(request, stream).await {
+    let upgraded = glommio::timer::timeout(timeouts.handshake, async { Ok(handshake.await) })
+        .await
+        .map_err(|_| {
+            ClientError::Connection(format!(
+                "{}: no WebSocket connection within {:?} (--handshake-timeout)",
+                target.addr, timeouts.handshake
+            ))
+        })??;
+    match upgraded {
         Ok((socket, _)) => Ok(socket),
         Err(async_tungstenite::tungstenite::Error::Http(response)) => {
             let status = response.status();
@@ -353,6 +435,44 @@ async fn connect(target: &Target, token: Option<&str>) -> Result<Socket, ClientE
     }
 }
 
+/// A failed TLS handshake in words: what rustls found wrong with the
+/// server's certificate, and what to do about it.
+fn tls_failure(error: &io::Error) -> String {
+    let shown = error.to_string();
+    // rustls reports a CA certificate presented as the server's own (what
+    // `openssl req -x509` makes by default) as an opaque webpki error.
+    if shown.contains("CaUsedAsEndEntity") {
+        return "the server's certificate is a CA certificate (basicConstraints CA:TRUE, \
+                what `openssl req -x509` makes unless told otherwise), which TLS clients \
+                refuse as a server's own. Give the server a certificate made with \
+                `-addext basicConstraints=critical,CA:FALSE` (README.md shows the command), \
+                or one signed by a CA and pass that CA with --tls-ca"
+            .into();
+    }
+    let Some(rustls::Error::InvalidCertificate(why)) = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return shown;
+    };
+    match why {
+        rustls::CertificateError::UnknownIssuer | rustls::CertificateError::BadSignature => {
+            "the server's certificate is not signed by the --tls-ca given (pass the CA that \
+             signed it, or the server's own self-signed certificate)"
+                .into()
+        }
+        rustls::CertificateError::NotValidForName
+        | rustls::CertificateError::NotValidForNameContext { .. } => format!(
+            "the server's certificate is not for this name ({shown}); connect by a name it \
+             carries, or say which with --tls-server-name"
+        ),
+        rustls::CertificateError::Expired | rustls::CertificateError::ExpiredContext { .. } => {
+            format!("the server's certificate has expired ({shown})")
+        }
+        _ => shown,
+    }
+}
+
 async fn send(socket: &mut Socket, value: Value) -> Result<(), ClientError> {
     socket
         .send(Message::text(value.to_string()))
@@ -360,15 +480,58 @@ async fn send(socket: &mut Socket, value: Value) -> Result<(), ClientError> {
         .map_err(|e| ClientError::Connection(e.to_string()))
 }
 
-/// The next JSON envelope from the server; `None` when it closed.
-async fn next_envelope(socket: &mut Socket) -> Result<Option<Value>, ClientError> {
+/// What the server sent next.
+enum Incoming {
+    Envelope(Value),
+    /// The connection ended: the server's close frame (code, reason), if
+    /// it sent one.
+    Closed(Option<(u16, String)>),
+}
+
+/// A closed connection as the error it is: a close code that says the
+/// client was refused (a message too large, a policy such as the publish
+/// rate, not authorized, disconnected by the API) is a refusal (exit 3),
+/// anything else (a restart, a ping timeout, no close frame) a lost
+/// connection (exit 4).
+fn closed_error(close: &Option<(u16, String)>) -> ClientError {
+    match close {
+        Some((1003 | 1007 | 1008 | 1009 | 4000..=4999, _)) => ClientError::Refused(closing(close)),
+        _ => ClientError::Connection(closing(close)),
+    }
+}
+
+/// "the server closed the connection: 1009 message too large".
+fn closing(close: &Option<(u16, String)>) -> String {
+    match close {
+        Some((code, reason)) => format!("the server closed the connection: {code} {reason}"),
+        None => "the server closed the connection (no close frame)".into(),
+    }
+}
+
+/// The next JSON envelope from the server, or how the connection ended.
+/// Silence (not even a ping) for the idle timeout is an error.
+async fn next_envelope(socket: &mut Socket, idle: Duration) -> Result<Incoming, ClientError> {
     loop {
-        match socket.next().await {
-            None | Some(Ok(Message::Close(_))) => return Ok(None),
+        let next = glommio::timer::timeout(idle, async { Ok(socket.next().await) })
+            .await
+            .map_err(|_| {
+                ClientError::Connection(format!(
+                    "nothing from the server for {idle:?}, not even a ping (--idle-timeout): \
+                     taken for lost"
+                ))
+            })?;
+        match next {
+            None => return Ok(Incoming::Closed(None)),
+            Some(Ok(Message::Close(frame))) => {
+                let close = frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+                return Ok(Incoming::Closed(close));
+            }
             Some(Ok(Message::Text(text))) => {
-                return serde_json::from_str(text.as_str()).map(Some).map_err(|e| {
-                    ClientError::Connection(format!("not JSON from the server: {e}"))
-                });
+                return serde_json::from_str(text.as_str())
+                    .map(Incoming::Envelope)
+                    .map_err(|e| {
+                        ClientError::Connection(format!("not JSON from the server: {e}"))
+                    });
             }
             Some(Ok(_)) => {}
             Some(Err(e)) => return Err(ClientError::Connection(e.to_string())),
@@ -381,6 +544,14 @@ fn refusal(envelope: &Value) -> ClientError {
     let code = envelope["code"].as_str().unwrap_or("error");
     let msg = envelope["msg"].as_str().unwrap_or("");
     ClientError::Refused(format!("{code}: {msg}"))
+}
+
+/// How one connection of `sub` ended, when not with an error.
+enum SubEnd {
+    /// `--count` messages were printed.
+    Counted,
+    /// The server closed (its close code and reason, if it sent them).
+    Closed(Option<(u16, String)>),
 }
 
 /// Subscribes, prints, and (unless `--once`) reconnects and resumes.
@@ -397,7 +568,16 @@ async fn subscribe_loop(target: Target, options: SubOptions) -> Result<(), Clien
     let stdout = std::io::stdout();
     loop {
         let ended = async {
-            let mut socket = connect(&target, options.token.as_deref()).await?;
+            // `sub` sends only its subscriptions: what the socket does not
+            // take beyond 64 KiB (pongs to a server that does not read) is
+            // not kept.
+            let mut socket = connect(
+                &target,
+                options.token.as_deref(),
+                options.timeouts,
+                MAX_UNSENT,
+            )
+            .await?;
             // Channels being replayed from the start of a new epoch: their
             // live messages wait for the replay, which repeats them.
             let mut resyncing: Vec<String> = Vec::new();
@@ -409,7 +589,11 @@ async fn subscribe_loop(target: Target, options: SubOptions) -> Result<(), Clien
                 }
                 send(&mut socket, sub).await?;
             }
-            while let Some(envelope) = next_envelope(&mut socket).await? {
+            loop {
+                let envelope = match next_envelope(&mut socket, options.timeouts.idle).await? {
+                    Incoming::Envelope(envelope) => envelope,
+                    Incoming::Closed(close) => return Ok(SubEnd::Closed(close)),
+                };
                 match envelope["op"].as_str() {
                     Some("msg") => {
                         let (Some(ch), Some(seq)) =
@@ -431,7 +615,7 @@ async fn subscribe_loop(target: Target, options: SubOptions) -> Result<(), Clien
                         let _ = out.flush();
                         printed += 1;
                         if options.count.is_some_and(|count| printed >= count) {
-                            return Ok(true);
+                            return Ok(SubEnd::Counted);
                         }
                     }
                     Some("ack") => {
@@ -470,15 +654,21 @@ async fn subscribe_loop(target: Target, options: SubOptions) -> Result<(), Clien
                     _ => {}
                 }
             }
-            Ok::<bool, ClientError>(false)
         }
         .await;
         match ended {
-            Ok(true) => return Ok(()),
+            Ok(SubEnd::Counted) => return Ok(()),
             Err(e @ (ClientError::Refused(_) | ClientError::Usage(_))) => return Err(e),
-            Ok(false) if options.once => return Ok(()),
+            // --once: a normal close ends it well; any other is its error.
+            Ok(SubEnd::Closed(Some((1000, _)))) if options.once => return Ok(()),
+            Ok(SubEnd::Closed(close)) if options.once => return Err(closed_error(&close)),
             Err(e) if options.once => return Err(e),
-            Ok(false) => eprintln!("shardcast sub: the server closed; reconnecting"),
+            Ok(SubEnd::Closed(close)) => {
+                eprintln!(
+                    "shardcast sub: {}; reconnecting in {backoff:?}",
+                    closing(&close)
+                )
+            }
             Err(e) => eprintln!("shardcast sub: {e}; reconnecting in {backoff:?}"),
         }
         glommio::timer::sleep(backoff).await;
@@ -488,31 +678,44 @@ async fn subscribe_loop(target: Target, options: SubOptions) -> Result<(), Clien
 
 /// Publishes each line and prints its acknowledged `seq`, in order.
 async fn publish_all(target: Target, options: PubOptions) -> Result<(), ClientError> {
-    let mut socket = connect(&target, options.token.as_deref()).await?;
+    let idle = options.timeouts.idle;
+    let mut socket = connect(
+        &target,
+        options.token.as_deref(),
+        options.timeouts,
+        MAX_MESSAGE,
+    )
+    .await?;
     let mut input = Input::open(options.data.clone()).await?;
     for i in 0u64.. {
         let waited = async { Waited::Line(input.next().await) }
-            .or(async { Waited::Server(next_envelope(&mut socket).await) })
+            .or(async { Waited::Server(next_envelope(&mut socket, idle).await) })
             .await;
         let line = match waited {
             Waited::Line(Some(line)) => line,
             Waited::Line(None) => break,
-            Waited::Server(Ok(Some(envelope))) if envelope["op"] == "err" => {
+            Waited::Server(Ok(Incoming::Envelope(envelope))) if envelope["op"] == "err" => {
                 return Err(refusal(&envelope))
             }
-            Waited::Server(Ok(Some(_))) => continue,
-            Waited::Server(Ok(None)) => {
-                return Err(ClientError::Connection("the server closed".into()))
-            }
+            Waited::Server(Ok(Incoming::Envelope(_))) => continue,
+            Waited::Server(Ok(Incoming::Closed(close))) => return Err(closed_error(&close)),
             Waited::Server(Err(e)) => return Err(e),
         };
         let op = json!({"op": "pub", "ch": options.channel, "data": line_as_data(&line), "id": i});
-        send(&mut socket, op).await?;
+        if let Err(error) = send(&mut socket, op).await {
+            // The server may have closed while we wrote (a message over its
+            // limit): its close frame, if it got through, says why.
+            return Err(
+                match next_envelope(&mut socket, Duration::from_secs(1)).await {
+                    Ok(Incoming::Closed(close @ Some(_))) => closed_error(&close),
+                    _ => error,
+                },
+            );
+        }
         loop {
-            let Some(envelope) = next_envelope(&mut socket).await? else {
-                return Err(ClientError::Connection(
-                    "the server closed before the ack".into(),
-                ));
+            let envelope = match next_envelope(&mut socket, idle).await? {
+                Incoming::Envelope(envelope) => envelope,
+                Incoming::Closed(close) => return Err(closed_error(&close)),
             };
             match envelope["op"].as_str() {
                 Some("ack") if envelope["id"] == json!(i) => {
@@ -528,7 +731,8 @@ async fn publish_all(target: Target, options: PubOptions) -> Result<(), ClientEr
     Ok(())
 }
 
-/// One `POST /api/publish`; returns the `seq`.
+/// One `POST /api/publish`, answered within the handshake timeout and in
+/// at most [`MAX_HTTP_ANSWER`] bytes; returns the `seq`.
 fn http_publish(target: &Target, options: &PubOptions, data: Value) -> Result<u64, ClientError> {
     let body = json!({"ch": options.channel, "data": data}).to_string();
     let mut request = format!(
@@ -542,15 +746,50 @@ fn http_publish(target: &Target, options: &PubOptions, data: Value) -> Result<u6
     }
     request.push_str("\r\n");
     request.push_str(&body);
+    let within = options.timeouts.handshake;
+    let deadline = Instant::now() + within;
     let connection = |e: std::io::Error| ClientError::Connection(format!("{}: {e}", target.addr));
-    let mut stream =
-        StdTcpStream::connect_timeout(&target.addr, CONNECT_TIMEOUT).map_err(connection)?;
-    stream
-        .set_read_timeout(Some(CONNECT_TIMEOUT))
-        .map_err(connection)?;
+    let late = || {
+        ClientError::Connection(format!(
+            "{}: no complete answer within {within:?} (--handshake-timeout)",
+            target.addr
+        ))
+    };
+    let mut stream = StdTcpStream::connect_timeout(&target.addr, within).map_err(connection)?;
+    stream.set_write_timeout(Some(within)).map_err(connection)?;
     stream.write_all(request.as_bytes()).map_err(connection)?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).map_err(connection)?;
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 16 << 10];
+    loop {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|left| !left.is_zero())
+            .ok_or_else(late)?;
+        stream.set_read_timeout(Some(left)).map_err(connection)?;
+        let n = match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(late())
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(connection(e)),
+        };
+        if response.len() + n > MAX_HTTP_ANSWER {
+            return Err(ClientError::Connection(format!(
+                "{}: the answer is over {} KiB; not an answer of shardcast's",
+                target.addr,
+                MAX_HTTP_ANSWER >> 10
+            )));
+        }
+        response.extend_from_slice(&chunk[..n]);
+    }
+    let response = String::from_utf8_lossy(&response);
     let status: u16 = response
         .split_whitespace()
         .nth(1)
@@ -590,5 +829,22 @@ mod tests {
         assert_eq!(code("wss://127.0.0.1:1"), Some(2), "wss:// needs --tls-ca");
         assert_eq!(host_name("localhost:8443"), "localhost");
         assert_eq!(host_name("[::1]:8443"), "::1");
+    }
+
+    #[test]
+    fn a_url_without_a_port_takes_its_schemes_default() {
+        let plain = TlsOptions::default();
+        assert_eq!(parse_url("ws://127.0.0.1", &plain).unwrap().addr.port(), 80);
+        let target = parse_url("ws://127.0.0.1/ws?sub=news", &plain).unwrap();
+        assert_eq!(
+            (target.addr.port(), target.host.as_str()),
+            (80, "127.0.0.1")
+        );
+        assert_eq!(with_port("localhost", true), "localhost:443");
+        assert_eq!(with_port("localhost", false), "localhost:80");
+        assert_eq!(with_port("localhost:8443", true), "localhost:8443");
+        assert_eq!(with_port("[::1]", true), "[::1]:443");
+        assert_eq!(with_port("[::1]:8443", true), "[::1]:8443");
+        assert_eq!(parse_url("ws://[::1]", &plain).unwrap().addr.port(), 80);
     }
 }

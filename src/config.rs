@@ -583,6 +583,12 @@ impl Config {
         }
     }
 
+    /// Whether the server runs in anonymous mode: asked for with
+    /// `--anonymous`, or (the default) because no JWT key is configured.
+    pub fn is_anonymous(&self) -> bool {
+        self.anonymous || (self.jwt_secret.is_none() && self.jwt_public_key.is_none())
+    }
+
     /// Rejects settings the server cannot run with, quoting the numbers.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |what: String| Err(ConfigError::Invalid(what));

@@ -28,6 +28,10 @@ pub enum ServerError {
     /// The listening socket could not be created or bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: io::Error },
+    /// Another process listens on the address (perhaps another shardcast):
+    /// the shards of one process share a port, never two processes.
+    #[error("cannot listen on {addr}: the address is in use by another process (another shardcast?); stop it or choose another --listen")]
+    AddressInUse { addr: SocketAddr },
     /// An executor thread could not be created (often `ulimit -l` too low for
     /// io_uring's registered memory).
     #[error("cannot start shard {shard}: {reason} (locked-memory limit `ulimit -l` is {memlock_kib} KiB; each shard needs about {need_kib} KiB)")]

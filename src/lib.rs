@@ -6,8 +6,9 @@
 //!   [`settings`]: the effective settings written back as TOML
 //!   (`check-config`).
 //! - [`client`]: `shardcast sub` and `shardcast pub`, a command-line client
-//!   of the JSON protocol.
-//! - [`runtime`]: binds the listeners, starts one pinned glommio executor per
+//!   of the JSON protocol, bounded in time and memory against any server.
+//! - [`runtime`]: binds the listeners (refusing an address another process
+//!   holds), starts one pinned glommio executor per
 //!   shard, reports readiness and failures; [`shutdown`]: signals → shards.
 //! - [`shard`]: one shard's state and lifecycle — connections, subscription
 //!   index and fan-out (`shard::index`), channel ordering and interest

@@ -1,5 +1,6 @@
 //! Starting and stopping the shards: bind one SO_REUSEPORT listener per shard
-//! (built by hand for a 4096-connection backlog), create the cross-shard mesh,
+//! (built by hand for a 4096-connection backlog) once the address is claimed
+//! without SO_REUSEPORT (so a port another process holds is refused), create the cross-shard mesh,
 //! run each shard on its own thread with a glommio executor pinned to one of
 //! the CPUs this process may use, and report readiness and exits. A shard
 //! that fails or panics ends the whole server with an error.
@@ -342,36 +343,47 @@ fn random_epoch() -> u64 {
 }
 
 /// Binds `shards` listeners on the same address with SO_REUSEPORT; the
-/// kernel spreads incoming connections across them. Port 0 is resolved by
-/// the first bind and reused by the others.
+/// kernel spreads incoming connections across them. The address is first
+/// claimed by a socket without SO_REUSEPORT, held until every shard listens:
+/// a port some other process listens on (another shardcast included, whose
+/// own sockets carry SO_REUSEPORT) is refused with `EADDRINUSE` instead of
+/// being silently shared with it. Port 0 is resolved by that first bind and
+/// reused by the shards.
 fn bind_listeners(
     addr: SocketAddr,
     shards: usize,
 ) -> Result<(SocketAddr, Vec<OwnedFd>), ServerError> {
-    let listen_error = |source| ServerError::Listen { addr, source };
-    let mut bound = addr;
+    let listen_error = |source: std::io::Error| match source.kind() {
+        std::io::ErrorKind::AddrInUse => ServerError::AddressInUse { addr },
+        _ => ServerError::Listen { addr, source },
+    };
+    let claim = new_socket(addr).map_err(listen_error)?;
+    claim.bind(&addr.into()).map_err(listen_error)?;
+    let bound = claim
+        .local_addr()
+        .map_err(listen_error)?
+        .as_socket()
+        .unwrap_or(addr);
     let mut listeners = Vec::with_capacity(shards);
     for _ in 0..shards {
-        let socket = Socket::new(
-            Domain::for_address(bound),
-            Type::STREAM,
-            Some(Protocol::TCP),
-        )
-        .map_err(listen_error)?;
-        socket.set_reuse_address(true).map_err(listen_error)?;
+        let socket = new_socket(bound).map_err(listen_error)?;
         socket.set_reuse_port(true).map_err(listen_error)?;
         socket.bind(&bound.into()).map_err(listen_error)?;
         socket.listen(LISTEN_BACKLOG).map_err(listen_error)?;
-        if bound.port() == 0 {
-            bound = socket
-                .local_addr()
-                .map_err(listen_error)?
-                .as_socket()
-                .unwrap_or(bound);
-        }
         listeners.push(OwnedFd::from(socket));
     }
+    // The shards' listeners hold the address from here on.
+    drop(claim);
     Ok((bound, listeners))
+}
+
+/// A TCP socket for `addr` with SO_REUSEADDR (a restart binds while the
+/// last run's connections linger in TIME_WAIT; a listening socket still
+/// refuses it).
+fn new_socket(addr: SocketAddr) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    Ok(socket)
 }
 
 /// A shard could not be started; quotes the locked-memory limit, the usual

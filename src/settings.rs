@@ -103,7 +103,7 @@ fn settings(config: &Config) -> Vec<(&'static str, Value)> {
         ("vacated-grace", duration(c.vacated_grace)),
         ("drain-spread", duration(c.drain_spread)),
         ("max-memory", size(c.max_memory)),
-        ("anonymous", Value::Bool(c.anonymous)),
+        ("anonymous", Value::Bool(c.is_anonymous())),
         (
             "jwt-secret",
             optional(c.jwt_secret.as_ref(), |s| Value::Secret(s.len())),

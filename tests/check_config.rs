@@ -75,6 +75,25 @@ fn flags_environment_and_file_are_stacked_as_serve_stacks_them() {
 }
 
 #[test]
+fn anonymous_mode_is_reported_whenever_the_server_would_run_in_it() {
+    let anonymous = |args: &[&str], env: &[(&str, &str)]| {
+        let output = check_config(args, env);
+        assert!(output.status.success(), "{output:?}");
+        let settings = stdout(&output);
+        let line = settings.lines().find(|l| l.starts_with("anonymous = "));
+        line.unwrap_or_else(|| panic!("no anonymous line: {settings}"))
+            .to_owned()
+    };
+    // The default without a JWT key is anonymous mode, asked for or not.
+    assert_eq!(anonymous(&[], &[]), "anonymous = true");
+    assert_eq!(anonymous(&["--anonymous"], &[]), "anonymous = true");
+    assert_eq!(
+        anonymous(&[], &[("SHARDCAST_JWT_SECRET", SECRET)]),
+        "anonymous = false"
+    );
+}
+
+#[test]
 fn invalid_settings_exit_1_with_the_reason() {
     let cases: [(&[&str], &str); 4] = [
         (&["--max-message-bytes", "10"], "max-message-bytes is 10"),

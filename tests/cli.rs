@@ -61,6 +61,23 @@ fn invalid_settings_fail_with_a_clear_message() {
 }
 
 #[test]
+fn a_start_up_error_is_one_line_with_its_cause_once_and_no_backtrace() {
+    let output = Command::new(env!("CARGO_BIN_EXE_shardcast"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["--jwt-public-key", "/nonexistent/signer.pub.pem"])
+        .env("RUST_BACKTRACE", "1")
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run shardcast");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("shardcast: "), "{stderr}");
+    assert!(stderr.contains("/nonexistent/signer.pub.pem"), "{stderr}");
+    assert_eq!(stderr.matches("No such file").count(), 1, "{stderr}");
+}
+
+#[test]
 fn environment_and_toml_file_configure_the_server() {
     let dir = std::env::temp_dir().join(format!("shardcast-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

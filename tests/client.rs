@@ -331,3 +331,49 @@ fn sub_resumes_after_a_server_restart_with_what_the_new_history_holds() {
     let expected = ["a1", "a2", "b1", "b2", "b3", "b4"].map(|d| json!(d));
     assert_eq!(lines(&printed), expected);
 }
+
+#[test]
+fn a_publication_over_the_servers_limit_reports_the_close_code_and_exits_3() {
+    let server = Server::start(&["--max-message-bytes", "64KiB"]);
+    let big = format!("\"{}\"", "x".repeat(70_000));
+    let output = shardcast()
+        .args(["pub", &ws_url(&server), "news", &big])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("1009 message too large"), "{stderr}");
+}
+
+#[test]
+fn a_ca_certificate_presented_as_the_servers_own_is_explained_in_words() {
+    // What `openssl req -x509` makes by default: a self-signed certificate
+    // with basicConstraints CA:TRUE, which TLS clients refuse as a server's.
+    let cert = support::secure::TestCert::generate_ca("client-ca-as-server");
+    let args = cert.args();
+    let server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let url = format!("wss://localhost:{}", server.addr.port());
+    let ca = cert.cert.display().to_string();
+    let output = shardcast()
+        .args(["pub", "--tls-ca", &ca, &url, "tls", "1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("is a CA certificate"), "{stderr}");
+    assert!(stderr.contains("CA:FALSE"), "{stderr}");
+    assert!(!stderr.contains("CaUsedAsEndEntity"), "{stderr}");
+}
+
+#[test]
+fn sub_once_ends_with_the_servers_close_code_and_reason() {
+    let mut server = Server::start(&["--drain-spread", "0s"]);
+    let sub = spawn_sub(&["--once", &ws_url(&server), "news"]);
+    wait_for_subscriptions(&server, 1);
+    server.signal(libc::SIGTERM);
+    let output = wait_output(sub, Duration::from_secs(10));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("1012 service restart"), "{stderr}");
+    assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(0));
+}

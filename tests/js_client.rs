@@ -11,7 +11,8 @@
 //! `resync` from a two-node Redis cluster in `js_client_cluster.mjs`; presence in
 //! `js_client_presence.mjs`; a drain's reconnect advice in `js_client_drain.mjs`;
 //! the seq guard (a gap refilled, conflation's skips accepted) in
-//! `js_client_gaps.mjs`. Node,
+//! `js_client_gaps.mjs`; a replay that fails the same way every time (backed
+//! off, then skipped and reported, never a loop) in `js_client_unreadable.mjs`. Node,
 //! Chromium and playwright-core come from `scripts/test.sh`.
 
 use std::process::Command;
@@ -70,6 +71,11 @@ fn js_client_resyncs_when_a_cluster_loses_its_redis() {
 #[test]
 fn js_client_fills_a_gap_from_history_and_accepts_only_conflations() {
     run("js_client_gaps.mjs");
+}
+
+#[test]
+fn js_client_backs_off_then_skips_a_replay_that_fails_the_same_way() {
+    run("js_client_unreadable.mjs");
 }
 
 #[test]

@@ -22,6 +22,8 @@ const DEFAULTS = {
                              // envelopes queued together arrive as one frame, split on \n
   protocol: 'json',          // 'msgpack': speak the same protocol in MessagePack
                              // (subprotocol shardcast.msgpack; binary data as Uint8Array)
+  maxRefills: 3,             // replays of a gap that leave the same gap (a frame that cannot
+                             // be read, every time) before it is skipped and reported lost
 };
 
 /**
@@ -261,6 +263,7 @@ export class Subscription {
     this._onLeave = opts.onLeave;
     this._onUnsubscribed = opts.onUnsubscribed;
     this._refilling = false; // resubscribed after a gap: until its ack, what comes is replayed
+    this._refills = 0;       // replays asked for since a message was last delivered
     this._conflates = false; // the ack says seqs may skip (the server's --conflate)
     this._owed = 0;          // seqs skipped that conflation has not yet accounted for
     this._base = null;       // the last data's bytes: what the next delta applies to
@@ -316,6 +319,19 @@ export class Subscription {
     this._client._emit('unsubscribed', info);
   }
 
+  /** Gives up on seqs up to `to` (they could not be read): the app is told
+   * through onReset, as for any loss, then `f` is delivered. */
+  _skip(f, to) {
+    this._refills = 0;
+    this.seq = to;
+    this._base = null;
+    if (this._onReset) {
+      try { this._onReset({ ch: this.ch, epoch: this.epoch, seq: to, reason: 'unreadable' }); }
+      catch (e) { this._client._emit('error', e); }
+    }
+    this._deliver(f);
+  }
+
   _resync(f) {
     if (!this.active) return;
     this.epoch = f.epoch;
@@ -335,8 +351,7 @@ export class Subscription {
     if (!this._conflates && skipped > 0) {
       // A gap nothing explains (only conflation skips seqs on a live
       // subscription): ask for what is missing, from history, then go on.
-      this._client._emit('error', codedError('gap', `${this.ch}: seq ${this.seq + 1}..${f.seq - 1} missing, resubscribing`));
-      this._client._resubscribe(this);
+      this._client._refill(this, f);
       return;
     }
     if (this._conflates) {
@@ -349,6 +364,7 @@ export class Subscription {
       }
     }
     this.seq = f.seq;
+    this._refills = 0;
     const meta = { ch: this.ch, seq: f.seq, epoch: this.epoch };
     // On a conflated channel, a subscriber that fell behind gets the latest
     // value of a key in place of older ones: seqs then skip, by this many.
@@ -706,6 +722,33 @@ export class Shardcast {
         else this._emit('error', err);
       },
     );
+  }
+
+  /**
+   * A gap before `f` on a live subscription: subscribe again from the last
+   * seq delivered, so that history replays what is missing. A replay that
+   * leaves the same gap (a frame this client cannot read, every time it
+   * comes) is asked for again after a backoff with full jitter, like a
+   * reconnect; after `maxRefills` such replays the gap is skipped: reported
+   * (`gap_skipped`, and onReset with reason 'unreadable') and delivery goes
+   * on with `f`.
+   */
+  _refill(sub, f) {
+    const name = `refill:${sub.ch}`;
+    if (sub._pending || this._timers[name]) return; // a replay is already on its way
+    const from = sub.seq + 1, to = f.seq - 1;
+    if (sub._refills >= this.options.maxRefills) {
+      this._emit('error', codedError('gap_skipped', `${sub.ch}: seq ${from}..${to} still missing after ${sub._refills} replays: skipped`));
+      sub._skip(f, to);
+      return;
+    }
+    this._emit('error', codedError('gap', `${sub.ch}: seq ${from}..${to} missing, resubscribing`));
+    const attempt = sub._refills++;
+    // The first replay at once (a frame lost on its way is the usual gap).
+    if (attempt === 0) { this._resubscribe(sub); return; }
+    const { minReconnectDelay: min, maxReconnectDelay: max } = this.options;
+    const cap = Math.min(max, min * 2 ** Math.min(attempt, 30));
+    this._timer(name, Math.random() * cap, () => this._resubscribe(sub)); // full jitter
   }
 
   /** Subscribes `sub` again from its last seq (the replay fills a gap). */

@@ -9,8 +9,9 @@ use std::{
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use shardcast::{
-    client::{ClientError, PubOptions, SubOptions, TlsOptions},
+    client::{ClientError, PubOptions, SubOptions, Timeouts, TlsOptions},
     config::ConfigLayer,
+    units::HumanDuration,
     Config, Server,
 };
 
@@ -79,7 +80,8 @@ struct SubArgs {
     /// Connection token (sent as Authorization: Bearer)
     #[arg(long, env = "SHARDCAST_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Stop at the first disconnection instead of reconnecting
+    /// Stop at the first disconnection instead of reconnecting (exit 0 on a
+    /// normal close, else the close's code: 3 refused, 4 connection failed)
     #[arg(long)]
     once: bool,
     /// Exit after printing this many messages
@@ -87,6 +89,31 @@ struct SubArgs {
     count: Option<u64>,
     #[command(flatten)]
     tls: TlsArgs,
+    #[command(flatten)]
+    timeouts: TimeoutArgs,
+}
+
+#[derive(clap::Args)]
+struct TimeoutArgs {
+    /// Time to connect, finish TLS and the WebSocket upgrade (with --http:
+    /// the whole request and answer)
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    handshake_timeout: HumanDuration,
+    /// Nothing at all from the server (not even a ping) for this long: the
+    /// connection is taken for lost (sub reconnects). The default is above a
+    /// default server's ping interval (25s) twice plus its ping timeout
+    /// (10s); raise it for a server with a longer --ping-interval
+    #[arg(long, value_name = "DURATION", default_value = "70s")]
+    idle_timeout: HumanDuration,
+}
+
+impl TimeoutArgs {
+    fn timeouts(self) -> Timeouts {
+        Timeouts {
+            handshake: self.handshake_timeout.0,
+            idle: self.idle_timeout.0,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -127,6 +154,8 @@ struct PubArgs {
     api_key: Option<String>,
     #[command(flatten)]
     tls: TlsArgs,
+    #[command(flatten)]
+    timeouts: TimeoutArgs,
 }
 
 #[derive(clap::Args)]
@@ -149,8 +178,34 @@ enum LogFormat {
     Json,
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() {
+    if let Err(error) = run(Cli::parse()) {
+        // The reason once, on one line: no "Caused by" list repeating what
+        // the message already says, and no backtrace (this is a verdict on
+        // the settings or the machine, not a crash).
+        eprintln!("shardcast: {}", reason(&error));
+        std::process::exit(1);
+    }
+}
+
+/// An error and its causes as one line, each cause left out when the text
+/// before it already quotes it.
+fn reason(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             init_logging(args.log_format);
@@ -166,6 +221,7 @@ fn main() -> anyhow::Result<()> {
             once: args.once,
             count: args.count,
             tls: args.tls.options(),
+            timeouts: args.timeouts.timeouts(),
         })),
         Command::Pub(args) => client_exit(shardcast::client::run_pub(PubOptions {
             url: args.url,
@@ -175,6 +231,7 @@ fn main() -> anyhow::Result<()> {
             http: args.http,
             api_key: args.api_key,
             tls: args.tls.options(),
+            timeouts: args.timeouts.timeouts(),
         })),
         Command::CheckConfig(args) => match load(&args) {
             Ok(config) => {

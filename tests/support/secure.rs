@@ -186,6 +186,22 @@ impl TestCert {
         let certified =
             rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
                 .expect("generate certificate");
+        TestCert::write(tag, certified)
+    }
+
+    /// Like [`TestCert::generate`], marked as a CA (basicConstraints
+    /// CA:TRUE), as `openssl req -x509` makes one by default.
+    pub fn generate_ca(tag: &str) -> TestCert {
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+                .expect("certificate parameters");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let signing_key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&signing_key).expect("self-sign");
+        TestCert::write(tag, rcgen::CertifiedKey { cert, signing_key })
+    }
+
+    fn write(tag: &str, certified: rcgen::CertifiedKey<rcgen::KeyPair>) -> TestCert {
         let dir = std::env::temp_dir().join(format!("shardcast-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
