@@ -1,7 +1,9 @@
 //! Several JSON envelopes in one text frame, for clients that asked at
 //! connect (`?batch=1`): when a flush finds two or more text frames queued
 //! together, they go as one frame whose payload is their payloads joined by
-//! `\n` (an envelope never holds a raw newline: `Payload::json` makes sure).
+//! `\n` (an envelope never holds a raw newline: `Payload::json` makes sure
+//! for publications' data, `protocol::push_one_line` for raw-room text
+//! delivered as JSON).
 //! Nothing is copied: each queued frame keeps its shared buffer, its header
 //! is skipped, and the batch's header (on the first piece) or the separator
 //! (on the others) is written from a few bytes kept beside it, as one more
