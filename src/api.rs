@@ -129,10 +129,14 @@ fn publication<'a>(
     })
 }
 
-/// The three forms of a `POST /api/publish` body.
+/// The forms of a publication under an idempotency key: the three of a
+/// `POST /api/publish` body, and a WebSocket `pub`, which is a single
+/// publish (`One`): one publication on one channel answered with its `seq`,
+/// the same request over either transport, so a publisher may retry over
+/// HTTP what it sent on a WebSocket that died (`docs/api.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Form {
-    /// `{"ch":..}`
+pub enum Form {
+    /// `{"ch":..}`, and a WebSocket `pub`.
     One,
     /// `{"channels":[..]}`
     Channels,
@@ -146,7 +150,7 @@ enum Form {
 /// tag has no colon, so two requests' keys meet only when their forms,
 /// places and keys all do: a batch under `order` never finds the
 /// publication a single publish made under `order#0` or `b0:order`.
-fn remembered_key(form: Form, idempotency_key: &str, index: usize) -> String {
+pub fn remembered_key(form: Form, idempotency_key: &str, index: usize) -> String {
     match form {
         Form::One => format!("1:{idempotency_key}"),
         Form::Channels => format!("n:{idempotency_key}"),
@@ -165,15 +169,7 @@ pub fn parse_publish(body: &str, max_data: usize) -> Result<PublishRequest<'_>, 
     }
     let body: PublishBody<'_> =
         serde_json::from_str(body).map_err(|e| bad(format!("{shape}: {e}")))?;
-    let once = match body.idempotency_key {
-        Some(key) if key.is_empty() || key.len() > protocol::MAX_KEY_LEN => {
-            return Err(bad(format!(
-                "idempotency_key must be 1 to {} bytes",
-                protocol::MAX_KEY_LEN
-            )))
-        }
-        key => key,
-    };
+    let once = protocol::read_idempotency_key(body.idempotency_key, None).map_err(refused)?;
     let batch = body.messages.is_some();
     let (mut publications, single) = match (body.ch, body.channels, body.messages) {
         (Some(ch), None, None) => (
@@ -240,16 +236,22 @@ pub fn parse_publish(body: &str, max_data: usize) -> Result<PublishRequest<'_>, 
 }
 
 /// The answer to a publish: 200 `{"seq":N}` (one channel) or
-/// `{"seqs":[..]}`; 503 if any publication was refused, with the `seqs` of
-/// those that were not (`null` for the refused ones), so a retry under the
-/// same idempotency key publishes only what is missing. The error is
-/// `unavailable` (the cluster engine) or `over_capacity` (the owner's
-/// idempotency store is full), the latter if both.
+/// `{"seqs":[..]}`; else the status and code of the refusal that matters
+/// most to a retry, with the `seqs` of the publications that were made
+/// (`null` for the others), so a retry under the same idempotency key
+/// publishes only what is missing: 504 `outcome_unknown` if any may have
+/// been applied (a retry without the key could publish it twice), else
+/// 503 `over_capacity` (the owner's idempotency store is full), else 503
+/// `unavailable` (the cluster engine; nothing refused was applied).
 pub fn publish_answer(single: bool, seqs: &[Result<u64, Refused>]) -> (u16, Vec<u8>) {
     let why = seqs
         .iter()
         .filter_map(|s| s.err())
-        .max_by_key(|why| *why == Refused::IdempotencyFull);
+        .max_by_key(|why| match why {
+            Refused::Unavailable => 0,
+            Refused::IdempotencyFull => 1,
+            Refused::OutcomeUnknown => 2,
+        });
     let mut body = Vec::with_capacity(16 + 8 * seqs.len());
     match (single, why) {
         (true, None) => {
@@ -263,12 +265,9 @@ pub fn publish_answer(single: bool, seqs: &[Result<u64, Refused>]) -> (u16, Vec<
             body.extend_from_slice(b"{\"error\":\"");
             body.extend_from_slice(why.code().as_str().as_bytes());
             body.extend_from_slice(b"\",\"msg\":");
-            let msg = match (single, why) {
-                (true, Refused::Unavailable) => {
-                    "the cluster engine is unavailable; the publication was not accepted".into()
-                }
-                (true, _) => why.to_string(),
-                (false, _) => format!("some publications were not accepted (null in seqs): {why}"),
+            let msg = match single {
+                true => why.to_string(),
+                false => format!("some publications were not acknowledged (null in seqs): {why}"),
             };
             push_string(&mut body, &msg);
             if !single {
@@ -287,7 +286,7 @@ pub fn publish_answer(single: bool, seqs: &[Result<u64, Refused>]) -> (u16, Vec<
         body.push(b']');
     }
     body.push(b'}');
-    (if why.is_none() { 200 } else { 503 }, body)
+    (why.map_or(200, |why| why.code().http_status()), body)
 }
 
 fn push_seq(out: &mut Vec<u8>, seq: Option<u64>) {
@@ -812,6 +811,42 @@ mod tests {
             (status, json["error"].as_str()),
             (503, Some("over_capacity"))
         );
+    }
+
+    #[test]
+    fn a_publication_that_may_have_been_applied_is_answered_504_outcome_unknown() {
+        // Issue 24, finding 16: it was 503 `unavailable`, "not accepted".
+        let unknown = Err(Refused::OutcomeUnknown);
+        let (status, body) = publish_answer(true, &[unknown]);
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (status, json["error"].as_str()),
+            (504, Some("outcome_unknown"))
+        );
+        assert!(json["msg"]
+            .as_str()
+            .unwrap()
+            .contains("may have been applied"));
+        let (status, body) = publish_answer(true, &[Err(Refused::Unavailable)]);
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(json["msg"].as_str().unwrap().contains("not accepted"));
+        assert_eq!(status, 503);
+        // In a batch, what may have been applied matters most to a retry.
+        let (status, body) = publish_answer(
+            false,
+            &[
+                Err(Refused::IdempotencyFull),
+                Ok(3),
+                unknown,
+                Err(Refused::Unavailable),
+            ],
+        );
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (status, json["error"].as_str()),
+            (504, Some("outcome_unknown"))
+        );
+        assert_eq!(json["seqs"], serde_json::json!([null, 3, null, null]));
     }
 
     #[test]

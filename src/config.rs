@@ -102,8 +102,8 @@ pub struct Config {
     /// dies drops out within it. Default 30 s.
     pub presence_ttl: Duration,
     /// How long a publication made under an `idempotency_key` (HTTP
-    /// publish) is remembered: a retry within it is answered with the
-    /// first one's `seq`. Default 2 min.
+    /// publish, WebSocket `pub`) is remembered: a retry within it is
+    /// answered with the first one's `seq`. Default 2 min.
     pub idempotency_window: Duration,
     /// Where lifecycle webhooks are POSTed (`http://` or `https://`
     /// `host[:port]/path`).
@@ -398,7 +398,7 @@ pub struct ConfigLayer {
     /// With the Redis engine, how long a node's presence members outlive its last refresh (a dead node drops out within it) [default: 30s]
     #[arg(long, env = "SHARDCAST_PRESENCE_TTL", value_name = "DURATION")]
     pub presence_ttl: Option<HumanDuration>,
-    /// How long an HTTP publish's idempotency_key is remembered: a retry within it gets the first one's seq and is not published again [default: 2m]
+    /// How long a publish's idempotency_key (HTTP publish, WebSocket pub) is remembered: a retry within it gets the first one's seq and is not published again [default: 2m]
     #[arg(long, env = "SHARDCAST_IDEMPOTENCY_WINDOW", value_name = "DURATION")]
     pub idempotency_window: Option<HumanDuration>,
     /// POST lifecycle events (channel_occupied/vacated, connected/disconnected, subscribed/unsubscribed) here, http(s)://host[:port]/path

@@ -50,21 +50,32 @@ pub const LANE_CAPACITY: usize = 1024;
 /// are already queued for it.
 const PEER_QUEUE_HIGH_WATER: usize = 8192;
 
-/// Where the assigned `seq` of a publication must be reported.
+/// Where the assigned `seq` of a publication must be reported, and the
+/// idempotency key it is made under, if any (as the owner remembers it:
+/// tagged with its form, `api::remembered_key`): a publication the owner
+/// (or Redis) already made under that key on the channel within
+/// `--idempotency-window` is answered with that one's `seq` and not made
+/// again.
 #[derive(Debug)]
 pub enum Reply {
     /// Nobody is waiting (raw-room frames, the server's own publications).
     None,
     /// A JSON `pub` without an `id`: nothing to acknowledge, but a refusal
     /// is still reported to `conn` (an `err` without `id`).
-    Quiet { conn: ConnRef },
+    Quiet {
+        conn: ConnRef,
+        idempotency_key: Option<Box<str>>,
+    },
     /// A JSON `pub` with an `id`: send an `ack` to that connection.
-    Ack { conn: ConnRef, id: Box<str> },
+    Ack {
+        conn: ConnRef,
+        id: Box<str>,
+        idempotency_key: Option<Box<str>>,
+    },
     /// An HTTP publish waiting in the publisher shard's reply slot; `nonce`
     /// tells it from a later publish given the same slot after this one
     /// gave up waiting; `index`: which of the request's publications this
-    /// is. With an `idempotency_key`, a publication the owner already made
-    /// under it is answered with that one's `seq` and not made again.
+    /// is.
     Http {
         slot: u32,
         nonce: u32,
@@ -77,6 +88,22 @@ impl Reply {
     /// Whether somebody waits for the publication's `seq`.
     pub fn wants_seq(&self) -> bool {
         matches!(self, Reply::Ack { .. } | Reply::Http { .. })
+    }
+
+    /// The idempotency key the publication is made under.
+    pub fn idempotency_key(&self) -> Option<&str> {
+        match self {
+            Reply::None => None,
+            Reply::Quiet {
+                idempotency_key, ..
+            }
+            | Reply::Ack {
+                idempotency_key, ..
+            }
+            | Reply::Http {
+                idempotency_key, ..
+            } => idempotency_key.as_deref(),
+        }
     }
 }
 
@@ -141,7 +168,8 @@ pub enum MeshMsg {
     /// From the owner: the publication you forwarded got `seq`.
     Published { reply: Reply, seq: u64 },
     /// From the owner: the publication you forwarded was refused, and why
-    /// (the cluster engine is unavailable; its idempotency store is full).
+    /// (the cluster engine is unavailable or did not answer; its
+    /// idempotency store is full).
     Refused {
         reply: Reply,
         why: crate::engine::Refused,

@@ -52,6 +52,10 @@ pub enum ClientOp<'a> {
         /// `"key"`: on a conflated channel, what a newer publication with
         /// the same key may replace for a subscriber that fell behind.
         key: Option<Cow<'a, str>>,
+        /// `"idempotency_key"`: a retry under the same key within
+        /// `--idempotency-window` is answered with the first one's `seq`
+        /// and not published again (as HTTP publish's, `docs/api.md`).
+        idempotency_key: Option<Cow<'a, str>>,
     },
     Ping {
         id: Option<&'a str>,
@@ -116,6 +120,11 @@ pub enum ErrorCode {
     /// The cluster engine (Redis, NATS) is unreachable: the publication was
     /// not accepted; retry later.
     Unavailable,
+    /// The publication was sent to Redis and no answer came (the link was
+    /// lost, or Redis was silent for `--engine-timeout`): it may have been
+    /// applied. Retry with the same `idempotency_key` to publish it at most
+    /// once.
+    OutcomeUnknown,
 }
 
 impl ErrorCode {
@@ -127,6 +136,8 @@ impl ErrorCode {
             ErrorCode::RateLimited => 429,
             ErrorCode::TooLarge => 413,
             ErrorCode::ShuttingDown | ErrorCode::OverCapacity | ErrorCode::Unavailable => 503,
+            // The gateway's upstream (Redis) did not answer.
+            ErrorCode::OutcomeUnknown => 504,
             _ => 400,
         }
     }
@@ -146,6 +157,7 @@ impl ErrorCode {
             ErrorCode::OverCapacity => "over_capacity",
             ErrorCode::NoPresence => "no_presence",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::OutcomeUnknown => "outcome_unknown",
         }
     }
 }
@@ -224,6 +236,8 @@ struct Envelope<'a> {
     delta: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     key: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    idempotency_key: Option<Cow<'a, str>>,
     #[serde(default)]
     join_leave: Option<bool>,
     #[serde(borrow, default)]
@@ -400,6 +414,7 @@ pub fn parse_client_op(text: &str) -> Result<ClientOp<'_>, OpError<'_>> {
             data: read_data(envelope.data, id)?,
             id,
             key: read_key(envelope.key, id)?,
+            idempotency_key: read_idempotency_key(envelope.idempotency_key, id)?,
         }),
         "ping" => Ok(ClientOp::Ping { id }),
         "auth" => Ok(ClientOp::Auth {
@@ -428,6 +443,26 @@ pub(crate) fn read_key<'a>(
         Some(key) if key.is_empty() || key.len() > MAX_KEY_LEN => Err(OpError::new(
             ErrorCode::BadJson,
             format!("key must be 1 to {MAX_KEY_LEN} bytes"),
+            id,
+        )),
+        key => Ok(key),
+    }
+}
+
+/// The longest `idempotency_key` (WebSocket `pub` and HTTP publish).
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+
+/// A publication's `idempotency_key`: a string of 1 to
+/// [`MAX_IDEMPOTENCY_KEY_LEN`] bytes, the same rule for a `pub` op and an
+/// HTTP publish.
+pub(crate) fn read_idempotency_key<'a>(
+    key: Option<Cow<'a, str>>,
+    id: Option<&'a str>,
+) -> Result<Option<Cow<'a, str>>, OpError<'a>> {
+    match key {
+        Some(key) if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN => Err(OpError::new(
+            ErrorCode::BadJson,
+            format!("idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes"),
             id,
         )),
         key => Ok(key),
@@ -912,6 +947,7 @@ mod tests {
                 data: r#"{"a":[1, 2]}"#,
                 id: Some("\"x\""),
                 key: None,
+                idempotency_key: None,
             })
         );
         assert_eq!(
@@ -940,6 +976,7 @@ mod tests {
                 data: "null",
                 id: None,
                 key: None,
+                idempotency_key: None,
             })
         );
     }
@@ -1222,5 +1259,36 @@ mod tests {
             text,
             r#"{"op":"msg","ch":"prices","seq":9,"conflated":3,"data":{"px":1}}"#
         );
+    }
+
+    #[test]
+    fn a_pub_may_carry_an_idempotency_key_of_1_to_128_bytes() {
+        // Issue 24, finding 16: WebSocket publishers had no key, so the
+        // retry advised after `unavailable` published twice.
+        let op = r#"{"op":"pub","ch":"orders","data":1,"id":3,"idempotency_key":"order-7"}"#;
+        match parse_client_op(op) {
+            Ok(ClientOp::Pub {
+                idempotency_key, ..
+            }) => assert_eq!(idempotency_key.as_deref(), Some("order-7")),
+            other => panic!("{other:?}"),
+        }
+        let longest = format!(
+            r#"{{"op":"pub","ch":"p","data":1,"idempotency_key":"{}"}}"#,
+            "k".repeat(MAX_IDEMPOTENCY_KEY_LEN)
+        );
+        assert!(parse_client_op(&longest).is_ok());
+        for key in [String::new(), "k".repeat(MAX_IDEMPOTENCY_KEY_LEN + 1)] {
+            let op =
+                format!(r#"{{"op":"pub","ch":"p","data":1,"id":9,"idempotency_key":"{key}"}}"#);
+            let refused = parse_client_op(&op).unwrap_err();
+            assert_eq!((refused.code, refused.id), (ErrorCode::BadJson, Some("9")));
+        }
+    }
+
+    #[test]
+    fn an_unknown_outcome_has_a_code_of_its_own() {
+        assert_eq!(ErrorCode::OutcomeUnknown.as_str(), "outcome_unknown");
+        assert_eq!(ErrorCode::OutcomeUnknown.http_status(), 504);
+        assert_eq!(ErrorCode::Unavailable.http_status(), 503);
     }
 }

@@ -176,7 +176,8 @@ counters! {
     /// NATS publish).
     engine_publications => "shardcast_engine_publications_total",
     /// Publications refused because the cluster engine was unreachable
-    /// (`err unavailable`, HTTP 503), or whose answer was lost with it.
+    /// (`err unavailable`, HTTP 503: not applied), or sent to it and left
+    /// unanswered (`err outcome_unknown`, HTTP 504: maybe applied).
     engine_refused => "shardcast_engine_refused_total",
     /// Times a connection to the cluster engine was made again after a
     /// loss.
@@ -192,10 +193,11 @@ counters! {
     /// Times a channel's subscribers were told to resync (`resync` op): its
     /// epoch changed in Redis, or a gap could not be filled.
     engine_resyncs => "shardcast_engine_resyncs_total",
-    /// HTTP publications answered with the `seq` an earlier one under the
-    /// same `idempotency_key` got, and not published again.
+    /// Publications (HTTP publish, WebSocket `pub`) answered with the `seq`
+    /// an earlier one under the same `idempotency_key` got, and not
+    /// published again.
     publications_deduplicated => "shardcast_publications_deduplicated_total",
-    /// HTTP publications under a new idempotency key refused (503
+    /// Publications under a new idempotency key refused (HTTP 503 or `err`
     /// `over_capacity`, nothing published) because the owner shard already
     /// remembered as many keys as it may, or was over its memory budget.
     idempotency_refused => "shardcast_idempotency_refused_total",

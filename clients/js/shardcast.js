@@ -440,13 +440,18 @@ export class Shardcast {
   }
 
   /**
-   * Publish `data` (any JSON value) to a channel. Queued while disconnected.
+   * Publish `data` (any JSON value) to a channel. Queued while disconnected. With
+   * `idempotencyKey` (1 to 128 bytes), a retry under the same key within the server's
+   * `--idempotency-window` resolves with the first one's seq and is not published again.
    * @returns {Promise<number>} the publication's seq; rejects with an Error whose `.code` is
-   * the server's code, 'timeout', 'disconnected' (sent, connection lost before the ack: it
-   * may or may not have been published) or 'closed'.
+   * the server's code ('outcome_unknown': it may have been published), 'timeout',
+   * 'disconnected' (sent, connection lost before the ack: it may or may not have been
+   * published) or 'closed'.
    */
-  publish(ch, data, { timeout } = {}) {
-    return this._op({ op: 'pub', ch, data }, timeout).then((f) => f.seq);
+  publish(ch, data, { timeout, idempotencyKey } = {}) {
+    const frame = { op: 'pub', ch, data };
+    if (idempotencyKey !== undefined) frame.idempotency_key = idempotencyKey;
+    return this._op(frame, timeout).then((f) => f.seq);
   }
 
   /**

@@ -95,14 +95,18 @@ pub trait Host {
     /// The channels the connection is subscribed to.
     fn subscribed_channels(&self) -> Vec<Rc<str>>;
     /// Publishes `payload` on `ch`, leaving out `skip`; the `seq` it gets is
-    /// acknowledged to `ack_id`. Returns the owner shard whose queue is
-    /// congested, if any (the host then reads no more until it drains).
+    /// acknowledged to `ack_id`. Under `idempotency_key` (a `pub`'s, as the
+    /// client sent it), a retry within the window is answered with the
+    /// first one's `seq` and not published again. Returns the owner shard
+    /// whose queue is congested, if any (the host then reads no more until
+    /// it drains).
     fn publish(
         &mut self,
         ch: Bytes,
         payload: Payload,
         skip: Option<Skip>,
         ack_id: Option<&str>,
+        idempotency_key: Option<&str>,
     ) -> Option<usize>;
     /// This connection, as a publication's `skip` names it.
     fn as_skip(&self) -> Skip;
@@ -380,7 +384,9 @@ fn publish_in_room(
     // A copy, not a slice of the frame: history keeps it for minutes, and a
     // slice would pin the whole read buffer the frame came in.
     let payload = Payload::copy_of(kind, bytes);
-    host.publish(room.channel.clone(), payload, room.skip, None)
+    // No envelope, so no idempotency key: a room frame is published once
+    // per frame sent.
+    host.publish(room.channel.clone(), payload, room.skip, None, None)
 }
 
 /// Executes one JSON-protocol text frame. Returns the congested owner
@@ -466,7 +472,13 @@ fn handle_op(text: &str, binary: Option<&[u8]>, host: &mut impl Host) -> Option<
             host.send(host.codec().pong(id));
             Ok(())
         }
-        ClientOp::Pub { ch, data, id, key } => {
+        ClientOp::Pub {
+            ch,
+            data,
+            id,
+            key,
+            idempotency_key,
+        } => {
             if host.is_shutting_down() {
                 Err(OpError::new(
                     ErrorCode::ShuttingDown,
@@ -487,7 +499,7 @@ fn handle_op(text: &str, binary: Option<&[u8]>, host: &mut impl Host) -> Option<
                     payload = payload.with_key(&key);
                 }
                 let ch = Bytes::copy_from_slice(ch.as_bytes());
-                congested = host.publish(ch, payload, None, id);
+                congested = host.publish(ch, payload, None, id, idempotency_key.as_deref());
                 Ok(())
             }
         }
@@ -676,6 +688,8 @@ mod tests {
         closed_in_reply: Option<Option<u16>>,
         subscribed: Vec<String>,
         published: Vec<Published>,
+        /// The idempotency key of each publication in `published`.
+        idempotency_keys: Vec<Option<String>>,
         refusals: Vec<Refusal>,
         heard: usize,
         /// What `take_publish_token` answers.
@@ -812,10 +826,13 @@ mod tests {
             payload: Payload,
             skip: Option<Skip>,
             ack_id: Option<&str>,
+            idempotency_key: Option<&str>,
         ) -> Option<usize> {
             let ch = String::from_utf8(ch.to_vec()).unwrap();
             let ack = ack_id.map(String::from);
             self.published.push((ch, payload.bytes.to_vec(), skip, ack));
+            self.idempotency_keys
+                .push(idempotency_key.map(String::from));
             self.congested
         }
         fn as_skip(&self) -> Skip {
@@ -1051,6 +1068,33 @@ mod tests {
     }
 
     #[test]
+    fn a_pub_hands_its_idempotency_key_to_the_publish() {
+        // Issue 24, finding 16: the key was not read, so a retry of a `pub`
+        // refused during a Redis stall published it twice.
+        let mut host = Recorder::anonymous();
+        let mut conn = Connection::open(json_session(), 1 << 16, &mut host);
+        let mut bytes = text(r#"{"op":"pub","ch":"a","data":1,"id":1,"idempotency_key":"k-1"}"#);
+        bytes.extend(text(
+            r#"{"op":"pub","ch":"a","data":2,"idempotency_key":"k-2"}"#,
+        ));
+        bytes.extend(text(r#"{"op":"pub","ch":"a","data":3,"id":3}"#));
+        bytes.extend(text(
+            r#"{"op":"pub","ch":"a","data":4,"id":4,"idempotency_key":""}"#,
+        ));
+        conn.receive(&mut bytes, &mut host);
+        assert_eq!(host.published.len(), 3, "the empty key is refused");
+        assert_eq!(
+            host.idempotency_keys,
+            [Some("k-1".to_owned()), Some("k-2".to_owned()), None]
+        );
+        let sent = host.sent_json();
+        assert_eq!(
+            (&sent[0]["code"], &sent[0]["id"]),
+            (&json!("bad_json"), &json!(4))
+        );
+    }
+
+    #[test]
     fn a_room_publishes_its_frames_verbatim_and_skips_its_member_when_asked() {
         let mut host = Recorder::anonymous();
         let session = Session::Room {
@@ -1067,6 +1111,7 @@ mod tests {
         assert_eq!(host.published[0].1, b"hi there");
         assert_eq!(host.published[1].1, [0, 1, 2]);
         assert_eq!(host.published[0].2, Some(host.as_skip()), "echo=0");
+        assert_eq!(host.idempotency_keys, [None, None], "no envelope, no key");
         assert!(host.sent.is_empty(), "no envelope in a room");
     }
 

@@ -253,6 +253,27 @@ mod tests {
     }
 
     #[test]
+    fn a_pub_keeps_its_idempotency_key_with_json_or_binary_data() {
+        for data in [Value::from(1), Value::Binary(vec![0, 255])] {
+            let publish = map(&[
+                ("op", "pub".into()),
+                ("ch", "p".into()),
+                ("data", data),
+                ("idempotency_key", "order-7".into()),
+            ]);
+            let json = match parse_op(&publish).unwrap() {
+                Op::Json(json) | Op::BinaryPub { op: json, .. } => json,
+            };
+            match protocol::parse_client_op(&json) {
+                Ok(protocol::ClientOp::Pub {
+                    idempotency_key, ..
+                }) => assert_eq!(idempotency_key.as_deref(), Some("order-7")),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn binary_data_takes_its_own_path_and_bad_input_is_refused() {
         let publish = map(&[
             ("op", "pub".into()),

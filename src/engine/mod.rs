@@ -39,10 +39,22 @@ use crate::config::{Config, EngineKind};
 /// the channel's owner shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
-    /// The broker is unreachable: nothing was acknowledged.
-    #[error("the cluster engine is unavailable; retry")]
+    /// The broker is unreachable and the publication was never sent to it
+    /// (the link was down, or lost before it was written): it was not
+    /// applied.
+    #[error("the cluster engine is unavailable; the publication was not accepted: retry later")]
     Unavailable,
-    /// An HTTP publish under a new `idempotency_key`: the owner shard
+    /// The publication was sent to Redis (or handed to its owner shard) and
+    /// no answer came: the link was lost, Redis was silent for
+    /// `--engine-timeout`, or its answer could not be read. It may have
+    /// been applied; a retry under the same idempotency key publishes it at
+    /// most once (`docs/cluster.md`).
+    #[error(
+        "no answer came for the publication: it may have been applied; \
+         retry with the same idempotency_key"
+    )]
+    OutcomeUnknown,
+    /// A publish under a new `idempotency_key`: the owner shard
     /// remembers as many keys as it may, or is over its memory budget
     /// (`shard/idempotency.rs`). Nothing was published; the client may
     /// retry with the same key once older keys expire.
@@ -59,6 +71,7 @@ impl Refused {
         match self {
             Refused::Unavailable => crate::protocol::ErrorCode::Unavailable,
             Refused::IdempotencyFull => crate::protocol::ErrorCode::OverCapacity,
+            Refused::OutcomeUnknown => crate::protocol::ErrorCode::OutcomeUnknown,
         }
     }
 }

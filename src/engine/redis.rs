@@ -300,12 +300,9 @@ impl RedisLink {
             record::encode(record_buf, payload, settings.node, skip);
             resp::bulk(argv, &[record_buf]);
             resp::bulk(argv, &[prefix, b":p:", channel]);
-            match &ticket.reply {
-                Reply::Http {
-                    idempotency_key: Some(key),
-                    ..
-                } => resp::bulk(argv, &[prefix, b":{", channel, b"}:i:", key.as_bytes()]),
-                _ => resp::bulk(argv, &[b""]),
+            match ticket.reply.idempotency_key() {
+                Some(key) => resp::bulk(argv, &[prefix, b":{", channel, b"}:i:", key.as_bytes()]),
+                None => resp::bulk(argv, &[b""]),
             }
             tickets.push(ticket);
             tickets.len() >= BATCH_MAX || argv.len() >= BATCH_MAX_BYTES
@@ -713,9 +710,13 @@ impl RedisLink {
         host.on_link(self.index, true);
     }
 
-    /// The connection ended: down, and everything in flight refused (a
-    /// publication may or may not have been applied; its publisher is told
-    /// `unavailable` and may retry).
+    /// The connection ended: down, and everything in flight refused. A
+    /// publication whose script call was sent (or written to be sent) got
+    /// no answer: it may have been applied — Redis runs what it read even
+    /// after the connection is gone (a stalled Redis, resumed, does) — so
+    /// its publisher is told `outcome_unknown` (retry with the same
+    /// idempotency key). One still in this turn's batch was never sent:
+    /// `unavailable`, not applied.
     fn stop<H: RedisHost>(&self, host: &H) {
         self.up.set(false);
         self.pipe.clear();
@@ -728,11 +729,13 @@ impl RedisLink {
                     host.on_presence(request, Err(Refused::Unavailable))
                 }
                 Pending::Occupancy { ch, on } => host.on_occupancy(&ch, on, None),
-                Pending::Publish { tickets, .. } => self.answer(host, tickets, None),
+                Pending::Publish { tickets, .. } => {
+                    self.answer(host, tickets, Err(Refused::OutcomeUnknown))
+                }
                 Pending::Position { ask, .. } => host.on_position(ask, Err(Refused::Unavailable)),
             }
         }
-        self.answer(host, batched, None);
+        self.answer(host, batched, Err(Refused::Unavailable));
         host.on_link(self.index, false);
     }
 
@@ -786,10 +789,11 @@ impl RedisLink {
                         let offsets = items.iter().step_by(2).map(resp::integer);
                         offsets.collect::<Option<Vec<i64>>>()
                     });
-                if offsets.is_none() {
+                let result = offsets.ok_or_else(|| {
                     self.refusal(&frame);
-                }
-                self.answer(host, tickets, offsets);
+                    publish_refusal(resp::error_text(&frame).as_deref())
+                });
+                self.answer(host, tickets, result);
             }
             Pending::Ignored(what) => {
                 if let Some(error) = resp::error_text(&frame) {
@@ -834,19 +838,18 @@ impl RedisLink {
         Ok(())
     }
 
-    /// Tells each publisher its `seq` (`offsets`, in ticket order), or that
-    /// it was refused (`None`); publishers may go on once few enough are in
-    /// flight.
+    /// Tells each publisher its `seq` (`offsets`, in ticket order), or why
+    /// it was refused; publishers may go on once few enough are in flight.
     fn answer<H: RedisHost>(
         &self,
         host: &H,
         tickets: Vec<PublishTicket>,
-        offsets: Option<Vec<i64>>,
+        offsets: Result<Vec<i64>, Refused>,
     ) {
         self.in_flight
             .set(self.in_flight.get().saturating_sub(tickets.len()));
         match offsets {
-            Some(offsets) => {
+            Ok(offsets) => {
                 for (ticket, offset) in tickets.into_iter().zip(offsets) {
                     if offset < 0 {
                         bump(&host.stats().publications_deduplicated, 1);
@@ -854,9 +857,9 @@ impl RedisLink {
                     host.on_published(ticket, Ok(offset.unsigned_abs()));
                 }
             }
-            None => {
+            Err(why) => {
                 for ticket in tickets {
-                    host.on_published(ticket, Err(Refused::Unavailable));
+                    host.on_published(ticket, Err(why));
                 }
             }
         }
@@ -916,6 +919,32 @@ impl RedisLink {
                 tracing::warn!(channel = name, %error, "unreadable message from Redis, dropped");
             }
         }
+    }
+}
+
+/// What the publish script's answer that is not its result (`error`: the
+/// error reply's text; `None`: a reply of the wrong shape) means for its
+/// publications. Errors Redis raises before a script writes anything —
+/// the script unknown, Redis busy, loading, a replica, out of memory (it
+/// refuses only a script's first write), not authenticated — mean nothing
+/// was applied. Any other error may come from part way through the batch
+/// (a key of the wrong type, say), after earlier publications were made,
+/// and a reply of the wrong shape comes from a script that ran: those may
+/// have been applied.
+fn publish_refusal(error: Option<&str>) -> Refused {
+    const NOT_RUN: [&str; 7] = [
+        "NOSCRIPT",
+        "BUSY",
+        "LOADING",
+        "READONLY",
+        "MASTERDOWN",
+        "OOM",
+        "NOAUTH",
+    ];
+    let code = error.and_then(|e| e.split_whitespace().next());
+    match code {
+        Some(code) if NOT_RUN.contains(&code) => Refused::Unavailable,
+        _ => Refused::OutcomeUnknown,
     }
 }
 
@@ -1051,5 +1080,153 @@ mod tests {
             attributes: None,
         };
         assert!(standing(&bad_record).is_none());
+    }
+
+    /// A host that records what its publishers are told.
+    #[derive(Default)]
+    struct Told {
+        published: RefCell<Vec<(u32, Result<u64, Refused>)>>,
+        stats: Stats,
+    }
+
+    impl RedisHost for Told {
+        fn on_message(&self, _: &str, _: u64, _: &str, _: Record) {}
+        fn on_published(&self, ticket: PublishTicket, result: Result<u64, Refused>) {
+            let Reply::Http { index, .. } = ticket.reply else {
+                panic!("{:?}", ticket.reply)
+            };
+            self.published.borrow_mut().push((index, result));
+        }
+        fn on_position(&self, _: PositionAsk, _: Result<Standing, Refused>) {}
+        fn on_link(&self, _: usize, _: bool) {}
+        fn on_backlog(&self, _: bool) {}
+        fn resume_from(&self, _: &str) -> Option<u64> {
+            None
+        }
+        fn on_presence(&self, _: PresenceRequest, _: Result<PresenceAnswer, Refused>) {}
+        fn on_presence_event(&self, _: &str, _: bool, _: &[u8]) {}
+        fn on_occupancy(&self, _: &str, _: bool, _: Option<(bool, u64)>) {}
+        fn on_control(&self, _: &[u8]) {}
+        fn stats(&self) -> &Stats {
+            &self.stats
+        }
+    }
+
+    /// A link that is up, without a socket (nothing is written anywhere).
+    fn link_up() -> RedisLink {
+        let addr = BrokerAddr::parse("redis://127.0.0.1:6379", "redis").unwrap();
+        let settings = RedisSettings {
+            prefix: "sc".into(),
+            history_size: 10,
+            history_ttl: Duration::from_secs(60),
+            meta_ttl: Duration::from_secs(60),
+            node: 1,
+            timeout: Duration::from_secs(3),
+            replay_bytes: 1 << 20,
+            presence_ttl: Duration::from_secs(30),
+            idempotency_window: Duration::from_secs(120),
+        };
+        let link = RedisLink::new(0, addr, ([127, 0, 0, 1], 6379).into(), Rc::new(settings));
+        link.up.set(true);
+        link
+    }
+
+    fn publish(link: &RedisLink, index: u32) {
+        let ticket = PublishTicket {
+            from: 0,
+            reply: Reply::Http {
+                slot: 0,
+                nonce: 0,
+                index,
+                idempotency_key: Some("1:k".into()),
+            },
+        };
+        let payload = Payload::copy_of(PayloadKind::Json, b"1");
+        assert!(link.publish("orders", &payload, None, ticket).is_ok());
+    }
+
+    #[test]
+    fn a_publication_sent_and_unanswered_may_have_been_applied_one_never_sent_was_not() {
+        // Issue 24, finding 16: both were `unavailable`, "not accepted",
+        // yet a stalled Redis, resumed, applied what it had read.
+        let (link, host) = (link_up(), Told::default());
+        publish(&link, 0);
+        link.seal(); // written: the writer's turn came
+        publish(&link, 1); // still in this turn's batch
+        link.stop(&host);
+        assert_eq!(
+            *host.published.borrow(),
+            [
+                (0, Err(Refused::OutcomeUnknown)),
+                (1, Err(Refused::Unavailable))
+            ]
+        );
+        assert!(!link.is_up());
+        let ticket = PublishTicket {
+            from: 0,
+            reply: Reply::None,
+        };
+        assert!(
+            link.publish(
+                "orders",
+                &Payload::copy_of(PayloadKind::Json, b"1"),
+                None,
+                ticket
+            )
+            .is_err(),
+            "refused at once while down"
+        );
+    }
+
+    #[test]
+    fn a_script_error_tells_whether_the_publications_may_have_been_applied() {
+        let error = |text: &str| BytesFrame::SimpleError {
+            data: text.to_owned().into(),
+            attributes: None,
+        };
+        let (link, host) = (link_up(), Told::default());
+        // What Redis refuses before the script writes: nothing applied.
+        for (index, text) in [
+            "NOSCRIPT No matching script. Please use EVAL.",
+            "BUSY Redis is busy running a script.",
+            "OOM command not allowed when used memory > 'maxmemory'.",
+            "READONLY You can't write against a read only replica.",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            publish(&link, index as u32);
+            link.seal();
+            link.pending
+                .borrow_mut()
+                .retain(|p| matches!(p, Pending::Publish { .. }));
+            link.handle(error(text), &host).unwrap();
+        }
+        // A failure part way through, or a reply that is not the result.
+        publish(&link, 10);
+        link.seal();
+        link.pending
+            .borrow_mut()
+            .retain(|p| matches!(p, Pending::Publish { .. }));
+        link.handle(
+            error("WRONGTYPE Operation against a key holding the wrong kind of value"),
+            &host,
+        )
+        .unwrap();
+        publish(&link, 11);
+        link.seal();
+        let odd = BytesFrame::Number {
+            data: 1,
+            attributes: None,
+        };
+        link.handle(odd, &host).unwrap();
+        let told = host.published.borrow();
+        let unknown: Vec<u32> = told
+            .iter()
+            .filter(|(_, r)| *r == Err(Refused::OutcomeUnknown))
+            .map(|(i, _)| *i)
+            .collect();
+        assert_eq!(unknown, [10, 11], "{told:?}");
+        assert_eq!(told.len(), 6);
     }
 }

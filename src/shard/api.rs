@@ -86,8 +86,8 @@ impl Shard {
 
     /// Publishes each of `publications` as an HTTP publish (all sent before
     /// any answer is awaited) and returns their `seq`s in order, or why one
-    /// was refused (`Unavailable` too when its owner did not answer in
-    /// time).
+    /// was refused (`OutcomeUnknown` when its owner did not answer in
+    /// time: it may have been made).
     pub async fn publish_all_and_wait(
         &self,
         publications: Vec<HttpPublication>,
@@ -106,7 +106,8 @@ impl Shard {
             };
             self.publish(publication.ch, publication.payload, None, reply);
         }
-        let mut seqs = vec![Err(Refused::Unavailable); count];
+        // Handed to its owner and not answered in time: it may yet be made.
+        let mut seqs = vec![Err(Refused::OutcomeUnknown); count];
         receive_within(&rx, count, self.api_wait(), |(index, result)| {
             if let Some(seq) = seqs.get_mut(index as usize) {
                 *seq = result;

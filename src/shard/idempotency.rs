@@ -1,5 +1,6 @@
 //! What the owner shard remembers of publications made under an
-//! `idempotency_key` (HTTP publish): for each (channel, key), the `seq` the
+//! `idempotency_key` (HTTP publish, WebSocket `pub`; the key tagged with its
+//! form, `api::remembered_key`): for each (channel, key), the `seq` the
 //! first one got, for `--idempotency-window`. A retry within the window is
 //! answered with that `seq` and not published again. The owner orders a
 //! channel's publications one at a time, so looking a key up, checking

@@ -727,13 +727,7 @@ impl Shard {
         if !system && matches!(self.engine, Some(Engine::Redis(_))) {
             return self.publish_to_redis(name, payload, from, skip, reply);
         }
-        let once = match &reply {
-            Reply::Http {
-                idempotency_key: Some(key),
-                ..
-            } => Some(key.clone()),
-            _ => None,
-        };
+        let once: Option<Box<str>> = reply.idempotency_key().map(Into::into);
         let now_ms = self.now_ms();
         if let Some(key) = &once {
             if let Some(seq) = self.remembered.borrow_mut().recall(name, key, now_ms) {
@@ -745,7 +739,7 @@ impl Shard {
                 bump(&self.stats.idempotency_refused, 1);
                 tracing::debug!(
                     shard = self.id,
-                    "{full}: an HTTP publish under a new key refused"
+                    "{full}: a publish under a new idempotency key refused"
                 );
                 return self.refuse(from, reply, false, Refused::IdempotencyFull);
             }
@@ -884,7 +878,7 @@ impl Shard {
     fn complete(&self, reply: Reply, seq: u64, from_owner: bool) {
         match reply {
             Reply::None | Reply::Quiet { .. } => {}
-            Reply::Ack { conn, id } => {
+            Reply::Ack { conn, id, .. } => {
                 let Some(target) = self.conn(conn) else {
                     return;
                 };
@@ -913,12 +907,12 @@ impl Shard {
     }
 
     /// Tells a publisher its publication was refused, and `why`: an `err`
-    /// for a `pub` with an `id`, 503 for an HTTP publish; nothing for one
-    /// nobody waits for (a refusal by the engine is counted). `awaited`: a
-    /// publisher on this shard awaits the answer (announced with
-    /// `Outbox::expect_reply`).
+    /// for a `pub` (with its `id` when it has one), 503 or 504 for an HTTP
+    /// publish; nothing for one nobody waits for (a refusal by the engine
+    /// is counted). `awaited`: a publisher on this shard awaits the answer
+    /// (announced with `Outbox::expect_reply`).
     fn refuse(&self, from: usize, reply: Reply, awaited: bool, why: Refused) {
-        if why == Refused::Unavailable {
+        if matches!(why, Refused::Unavailable | Refused::OutcomeUnknown) {
             bump(&self.stats.engine_refused, 1);
         }
         if from != self.id {
@@ -939,19 +933,13 @@ impl Shard {
             } => {
                 return self.answer_http(slot, nonce, index, Err(why));
             }
-            Reply::Ack { conn, id } => (conn, Some(id)),
-            Reply::Quiet { conn } => (conn, None),
+            Reply::Ack { conn, id, .. } => (conn, Some(id)),
+            Reply::Quiet { conn, .. } => (conn, None),
         };
         let Some(target) = self.conn(target) else {
             return;
         };
-        let msg = match why {
-            Refused::Unavailable => {
-                "the cluster engine is unavailable; the publication was not accepted".to_owned()
-            }
-            other => other.to_string(),
-        };
-        let error = OpError::new(why.code(), msg, id.as_deref());
+        let error = OpError::new(why.code(), why.to_string(), id.as_deref());
         let frame = target.codec.err(&error);
         // Only an acknowledged `pub` forwarded to another shard is awaited
         // by the publisher's close (see `Outbox::push_reply`).
@@ -1371,6 +1359,103 @@ mod tests {
             };
             shard.complete(late, 7, true);
             assert_eq!(shard.pending_http_publishes(), 0);
+        });
+    }
+
+    /// A WebSocket `pub` under an idempotency key is made once per key and
+    /// channel on the owner (memory and NATS engines), and meets an HTTP
+    /// single publish under the same key (one form, `api::Form::One`).
+    #[test]
+    fn a_pub_retried_under_its_idempotency_key_is_made_once() {
+        // Issue 24, finding 16: a `pub` had no key, so its retry duplicated.
+        crate::sync::on_test_executor(async {
+            let shard = lonely_shard();
+            let local = (0..)
+                .map(|i| format!("ch{i}"))
+                .find(|name| shard.owner_of(name.as_bytes()) == 0)
+                .unwrap();
+            let other = (0..)
+                .map(|i| format!("other{i}"))
+                .find(|name| shard.owner_of(name.as_bytes()) == 0)
+                .unwrap();
+            let conn = crate::publication::ConnRef { key: 1, gen: 1 };
+            let key =
+                |k: &str| Some(crate::api::remembered_key(crate::api::Form::One, k, 0).into());
+            let publish = |ch: &str, reply: Reply| {
+                let payload = Payload::copy_of(PayloadKind::Json, b"1");
+                shard.publish(Bytes::from(ch.to_owned()), payload, None, reply);
+            };
+            let ack = |k: &str| Reply::Ack {
+                conn,
+                id: "1".into(),
+                idempotency_key: key(k),
+            };
+            publish(&local, ack("k"));
+            publish(&local, ack("k"));
+            let quiet = Reply::Quiet {
+                conn,
+                idempotency_key: key("k"),
+            };
+            publish(&local, quiet);
+            assert_eq!(
+                shard.owner.borrow().last_seq(&local),
+                1,
+                "a retry is not made"
+            );
+            publish(&local, ack("k2"));
+            publish(&other, ack("k"));
+            assert_eq!(shard.owner.borrow().last_seq(&local), 2, "another key");
+            assert_eq!(shard.owner.borrow().last_seq(&other), 1, "per channel");
+            let http = Reply::Http {
+                slot: 0,
+                nonce: 0,
+                index: 0,
+                idempotency_key: key("k"),
+            };
+            publish(&local, http);
+            assert_eq!(
+                shard.owner.borrow().last_seq(&local),
+                2,
+                "an HTTP single publish"
+            );
+            assert_eq!(shard.stats.publications_deduplicated.get(), 3);
+        });
+    }
+
+    /// Over its memory budget the owner refuses a `pub` under a new key (it
+    /// could not remember it) and serves retries and unkeyed ones.
+    #[test]
+    fn a_full_store_refuses_a_pub_under_a_new_key() {
+        crate::sync::on_test_executor(async {
+            let config = Config {
+                shards: 2,
+                max_memory: 2, // a budget of one byte: full after one publication
+                ..Config::default()
+            };
+            let (links, receivers) =
+                PeerLinks::new(0, 2, crate::mesh::new_congestion(2), Rc::default());
+            drop(receivers);
+            let shard = Shard::new(0, None, config, ShardParts::alone(links, 2));
+            let local = (0..)
+                .map(|i| format!("ch{i}"))
+                .find(|name| shard.owner_of(name.as_bytes()) == 0)
+                .unwrap();
+            let conn = crate::publication::ConnRef { key: 1, gen: 1 };
+            let publish = |k: Option<&str>| {
+                let reply = Reply::Quiet {
+                    conn,
+                    idempotency_key: k
+                        .map(|k| crate::api::remembered_key(crate::api::Form::One, k, 0).into()),
+                };
+                let payload = Payload::copy_of(PayloadKind::Json, b"1");
+                shard.publish(Bytes::from(local.clone()), payload, None, reply);
+                shard.owner.borrow().last_seq(&local)
+            };
+            assert_eq!(publish(Some("first")), 1);
+            assert_eq!(publish(Some("second")), 1, "refused");
+            assert_eq!(shard.stats.idempotency_refused.get(), 1);
+            assert_eq!(publish(Some("first")), 1, "a retry is answered");
+            assert_eq!(publish(None), 2, "without a key, published");
         });
     }
 }

@@ -242,15 +242,25 @@ impl Host for OnShard<'_> {
         payload: Payload,
         skip: Option<Skip>,
         ack_id: Option<&str>,
+        idempotency_key: Option<&str>,
     ) -> Option<usize> {
+        // A `pub` is a single publish: its key meets an HTTP single
+        // publish's under the same key, never a batch's (`api::Form`).
+        let idempotency_key = idempotency_key
+            .map(|key| crate::api::remembered_key(crate::api::Form::One, key, 0).into());
         let reply = match ack_id {
             Some(id) => Reply::Ack {
                 conn: self.conn.id,
                 id: id.into(),
+                idempotency_key,
             },
-            // Raw-room members are told nothing (no envelope to tell with).
+            // Raw-room members are told nothing (no envelope to tell with),
+            // and have no key.
             None if self.conn.codec.protocol == crate::conn::codec::Protocol::Raw => Reply::None,
-            None => Reply::Quiet { conn: self.conn.id },
+            None => Reply::Quiet {
+                conn: self.conn.id,
+                idempotency_key,
+            },
         };
         self.shard.publish(ch, payload, skip, reply)
     }

@@ -108,6 +108,11 @@ async function main() {
       const s1 = await queued;
       const s2 = await c.publish('basic', { q: 2 });
       assert(Number.isInteger(s1) && s2 === s1 + 1, `seqs ${s1}, ${s2}`);
+      // A retry under its idempotencyKey is answered, not published again.
+      const k1 = await c.publish('basic', { q: 3 }, { idempotencyKey: 'q-3' });
+      const k2 = await c.publish('basic', { q: 3 }, { idempotencyKey: 'q-3' });
+      const s3 = await c.publish('basic', { q: 4 });
+      assert(k1 === s2 + 1 && k2 === k1 && s3 === k1 + 1, `keyed seqs ${k1}, ${k2}, then ${s3}`);
       const forbidden = await c.publish('$stats', 1).then(() => null, (e) => e.code);
       const bad = await c.publish('bad name', 1).then(() => null, (e) => e.code);
       assert(forbidden === 'forbidden', `$stats gave ${forbidden}`);
@@ -120,7 +125,7 @@ async function main() {
       const afterClose = await c.publish('basic', 1).then(() => null, (e) => e.code);
       assert(afterClose === 'closed', `publish after close gave ${afterClose}`);
       assert(c.states.join() === 'open,closed', `states ${c.states}`);
-      return { s1, s2, forbidden, bad, badSub, rtt };
+      return { s1, s2, k1, k2, s3, forbidden, bad, badSub, rtt };
     });
 
     // ---- keepalive: small ping interval, idle connection stays up ----

@@ -139,6 +139,18 @@ impl Redis {
         }
     }
 
+    /// Sends a signal to the process (`SIGSTOP` stalls it: it reads
+    /// nothing and answers nothing until `SIGCONT`).
+    pub fn signal(&self, signal: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill(2) on our own child's pid, which we have not
+            // waited for (so it was not reused).
+            unsafe {
+                libc::kill(child.id() as i32, signal);
+            }
+        }
+    }
+
     /// Starts it again on the same port and directory.
     pub fn restart(&mut self) {
         self.kill();
