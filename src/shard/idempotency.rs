@@ -29,6 +29,16 @@ pub const MAX_REMEMBERED: usize = 100_000;
 /// allocation's counts and the allocator's rounding.
 pub const ENTRY_OVERHEAD: usize = 192;
 
+/// Who a key comes from: the server API (a backend, behind `--api-key`
+/// when one is set) or a WebSocket client's `pub`. Clients' keys may hold
+/// at most half the store, so that anonymous clients flooding keys cannot
+/// refuse the backend's keyed publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Api,
+    Client,
+}
+
 /// Why a new key was not taken (the publication is refused, see
 /// `engine::Refused::IdempotencyFull`; the connection is not affected).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -36,6 +46,11 @@ pub enum Full {
     /// The store holds [`MAX_REMEMBERED`] keys, all within their window.
     #[error("the shard already remembers {keys} idempotency keys, its most")]
     Keys { keys: usize },
+    /// WebSocket clients' keys fill their half of the store.
+    #[error(
+        "the shard already remembers {keys} idempotency keys of WebSocket clients, their most"
+    )]
+    ClientKeys { keys: usize },
     /// The shard is at or over its share of `--max-memory`.
     #[error("the shard is over its memory budget ({counted} of {budget} bytes counted)")]
     Memory { counted: u64, budget: u64 },
@@ -45,13 +60,15 @@ pub enum Full {
 #[derive(Debug)]
 pub struct Remembered {
     window_ms: u64,
-    /// `(seq, forget at)` by scoped key (see [`scoped`]).
-    seqs: HashMap<Rc<[u8]>, (u64, u64)>,
+    /// `(seq, forget at, source)` by scoped key (see [`scoped`]).
+    seqs: HashMap<Rc<[u8]>, (u64, u64, Source)>,
     /// `(forget at, key)`, in the order they were remembered (the window
     /// is the same for all, so this is also the order they expire in). The
     /// key's bytes are shared with `seqs`.
     order: VecDeque<(u64, Rc<[u8]>)>,
     capacity: usize,
+    /// Keys of [`Source::Client`] among `seqs`.
+    client_keys: usize,
     /// What the remembered keys are counted as (see [`ENTRY_OVERHEAD`]).
     bytes: usize,
 }
@@ -80,6 +97,7 @@ impl Remembered {
             seqs: HashMap::new(),
             order: VecDeque::new(),
             capacity,
+            client_keys: 0,
             bytes: 0,
         }
     }
@@ -88,31 +106,41 @@ impl Remembered {
     /// window, if one did.
     pub fn recall(&mut self, channel: &str, key: &str, now_ms: u64) -> Option<u64> {
         self.expire(now_ms);
-        self.seqs.get(&*scoped(channel, key)).map(|(seq, _)| *seq)
+        self.seqs.get(&*scoped(channel, key)).map(|(seq, ..)| *seq)
     }
 
-    /// Whether one more key may be remembered now; the keys whose window
-    /// ended are forgotten first, the others never are.
-    pub fn has_room(&mut self, now_ms: u64) -> Result<(), Full> {
+    /// Whether one more key from `source` may be remembered now; the keys
+    /// whose window ended are forgotten first, the others never are.
+    pub fn has_room(&mut self, now_ms: u64, source: Source) -> Result<(), Full> {
         self.expire(now_ms);
-        match self.seqs.len() < self.capacity {
-            true => Ok(()),
-            false => Err(Full::Keys {
+        if self.seqs.len() >= self.capacity {
+            return Err(Full::Keys {
                 keys: self.seqs.len(),
-            }),
+            });
         }
+        if source == Source::Client && self.client_keys >= self.capacity / 2 {
+            return Err(Full::ClientKeys {
+                keys: self.client_keys,
+            });
+        }
+        Ok(())
     }
 
     /// Remembers that the publication on `channel` under `key` got `seq`
     /// (the owner checked [`Remembered::has_room`] before publishing it).
-    pub fn remember(&mut self, channel: &str, key: &str, seq: u64, now_ms: u64) {
+    pub fn remember(&mut self, channel: &str, key: &str, seq: u64, now_ms: u64, source: Source) {
         let until = now_ms.saturating_add(self.window_ms);
         let scoped: Rc<[u8]> = scoped(channel, key).into();
         // Already there only if its window ended unnoticed (a live key is
         // recalled, not published again): counted once, and its older
         // queue entry is skipped when it comes up.
-        if self.seqs.insert(scoped.clone(), (seq, until)).is_none() {
-            self.bytes += counted(&scoped);
+        match self.seqs.insert(scoped.clone(), (seq, until, source)) {
+            None => self.bytes += counted(&scoped),
+            Some((.., Source::Client)) => self.client_keys -= 1,
+            Some(_) => {}
+        }
+        if source == Source::Client {
+            self.client_keys += 1;
         }
         self.order.push_back((until, scoped));
     }
@@ -136,9 +164,11 @@ impl Remembered {
             }
             if let Some((_, key)) = self.order.pop_front() {
                 // Not a newer entry remembered under the same key since.
-                if self.seqs.get(&key).is_some_and(|(_, u)| *u <= now_ms) {
-                    self.seqs.remove(&key);
-                    self.bytes -= counted(&key);
+                if self.seqs.get(&key).is_some_and(|(_, u, _)| *u <= now_ms) {
+                    if let Some((.., source)) = self.seqs.remove(&key) {
+                        self.bytes -= counted(&key);
+                        self.client_keys -= usize::from(source == Source::Client);
+                    }
                 }
             }
         }
@@ -159,7 +189,7 @@ mod tests {
     fn a_key_is_remembered_per_channel_for_the_window() {
         let mut remembered = Remembered::new(1_000);
         assert_eq!(remembered.recall("news", "k1", 0), None);
-        remembered.remember("news", "k1", 7, 0);
+        remembered.remember("news", "k1", 7, 0, Source::Api);
         assert_eq!(remembered.recall("news", "k1", 999), Some(7));
         assert_eq!(remembered.recall("sport", "k1", 999), None, "per channel");
         assert_eq!(remembered.recall("news", "k2", 999), None);
@@ -170,7 +200,7 @@ mod tests {
     #[test]
     fn channel_and_key_cannot_run_into_each_other() {
         let mut remembered = Remembered::new(1_000);
-        remembered.remember("a", "bc", 1, 0);
+        remembered.remember("a", "bc", 1, 0, Source::Api);
         assert_eq!(remembered.recall("ab", "c", 0), None);
     }
 
@@ -179,17 +209,38 @@ mod tests {
         // Issue 24, finding 15: the oldest keys were evicted to make room,
         // so a flood of new keys made others' retries publish twice.
         let mut remembered = Remembered::with_capacity(10_000, 2);
-        assert_eq!(remembered.has_room(0), Ok(()));
-        remembered.remember("c", "1", 1, 0);
-        remembered.remember("c", "2", 2, 1);
-        assert_eq!(remembered.has_room(2), Err(Full::Keys { keys: 2 }));
+        assert_eq!(remembered.has_room(0, Source::Api), Ok(()));
+        remembered.remember("c", "1", 1, 0, Source::Api);
+        remembered.remember("c", "2", 2, 1, Source::Api);
+        assert_eq!(
+            remembered.has_room(2, Source::Api),
+            Err(Full::Keys { keys: 2 })
+        );
         assert_eq!(remembered.recall("c", "1", 9_999), Some(1));
         assert_eq!(remembered.recall("c", "2", 9_999), Some(2));
         // The first one's window ends: room for one.
-        assert_eq!(remembered.has_room(10_000), Ok(()));
-        remembered.remember("c", "3", 3, 10_000);
-        assert_eq!(remembered.has_room(10_000), Err(Full::Keys { keys: 2 }));
+        assert_eq!(remembered.has_room(10_000, Source::Api), Ok(()));
+        remembered.remember("c", "3", 3, 10_000, Source::Api);
+        assert_eq!(
+            remembered.has_room(10_000, Source::Api),
+            Err(Full::Keys { keys: 2 })
+        );
         assert_eq!(remembered.recall("c", "2", 10_000), Some(2));
+    }
+
+    #[test]
+    fn clients_keys_hold_at_most_half_the_store() {
+        let mut remembered = Remembered::with_capacity(10_000, 4);
+        remembered.remember("c", "1", 1, 0, Source::Client);
+        remembered.remember("c", "2", 2, 0, Source::Client);
+        let full = Err(Full::ClientKeys { keys: 2 });
+        assert_eq!(remembered.has_room(0, Source::Client), full);
+        // The backend's keys still have their half.
+        assert_eq!(remembered.has_room(0, Source::Api), Ok(()));
+        remembered.remember("c", "3", 3, 0, Source::Api);
+        // Once the clients' expire, clients may remember again.
+        assert_eq!(remembered.has_room(10_000, Source::Client), Ok(()));
+        assert_eq!((remembered.len(), remembered.client_keys), (0, 0));
     }
 
     #[test]
@@ -197,16 +248,16 @@ mod tests {
         let mut remembered = Remembered::new(1_000);
         assert_eq!(remembered.bytes(), 0);
         let key = "k".repeat(128);
-        remembered.remember("news", &key, 1, 0);
-        remembered.remember("sport", "k", 1, 500);
+        remembered.remember("news", &key, 1, 0, Source::Api);
+        remembered.remember("sport", "k", 1, 500, Source::Api);
         let first = ENTRY_OVERHEAD + "news".len() + 1 + 128;
         let second = ENTRY_OVERHEAD + "sport".len() + 1 + 1;
         assert_eq!(remembered.bytes(), first + second);
         remembered.expire(1_000);
         assert_eq!(remembered.bytes(), second);
         // Remembered again after its window: counted once.
-        remembered.remember("news", &key, 2, 1_000);
-        remembered.remember("news", &key, 3, 1_200);
+        remembered.remember("news", &key, 2, 1_000, Source::Api);
+        remembered.remember("news", &key, 3, 1_200, Source::Api);
         assert_eq!(remembered.bytes(), first + second);
         remembered.expire(1_500);
         assert_eq!(remembered.bytes(), first);

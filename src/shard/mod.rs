@@ -728,6 +728,10 @@ impl Shard {
             return self.publish_to_redis(name, payload, from, skip, reply);
         }
         let once: Option<Box<str>> = reply.idempotency_key().map(Into::into);
+        let source = match reply {
+            Reply::Http { .. } => idempotency::Source::Api,
+            _ => idempotency::Source::Client,
+        };
         let now_ms = self.now_ms();
         if let Some(key) = &once {
             if let Some(seq) = self.remembered.borrow_mut().recall(name, key, now_ms) {
@@ -735,7 +739,7 @@ impl Shard {
                 return self.report_seq(from, reply, seq);
             }
             // A new key: refused rather than another's forgotten early.
-            if let Err(full) = self.room_for_idempotency_key(now_ms) {
+            if let Err(full) = self.room_for_idempotency_key(now_ms, source) {
                 bump(&self.stats.idempotency_refused, 1);
                 tracing::debug!(
                     shard = self.id,
@@ -755,15 +759,19 @@ impl Shard {
         if let Some(key) = once {
             self.remembered
                 .borrow_mut()
-                .remember(name, &key, seq, now_ms);
+                .remember(name, &key, seq, now_ms, source);
         }
     }
 
     /// Whether a new idempotency key may be remembered: the store has room
     /// (`idempotency::MAX_REMEMBERED`) and the shard is within its memory
     /// budget (which counts the keys).
-    fn room_for_idempotency_key(&self, now_ms: u64) -> Result<(), idempotency::Full> {
-        self.remembered.borrow_mut().has_room(now_ms)?;
+    fn room_for_idempotency_key(
+        &self,
+        now_ms: u64,
+        source: idempotency::Source,
+    ) -> Result<(), idempotency::Full> {
+        self.remembered.borrow_mut().has_room(now_ms, source)?;
         let (counted, budget) = (self.memory_use().counted(), self.memory_budget());
         match counted >= budget {
             false => Ok(()),
