@@ -147,7 +147,9 @@ fn over_its_memory_budget_the_owner_refuses_a_pub_under_a_new_key() {
 #[test]
 fn a_pub_in_flight_when_redis_stalls_is_outcome_unknown_and_its_retry_publishes_once() {
     let redis = Redis::start();
-    let node = redis.node("a", &["--engine-timeout", "500ms"]);
+    // Long enough for the WebSocket pub to be sent after the HTTP one on a
+    // loaded machine, before the silent link is dropped.
+    let node = redis.node("a", &["--engine-timeout", "3s"]);
     let mut subscriber = Client::connect(&node, "/ws");
     subscriber.subscribe("orders");
     let mut publisher = Client::connect(&node, "/ws");

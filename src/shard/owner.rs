@@ -108,11 +108,13 @@ fn weight(payload: &Payload) -> usize {
         + std::mem::size_of::<HistoryEntry>()
 }
 
-/// What an owned channel's entry is counted as beside its history: the
-/// map's slot and its share of the map's spare room, the state above, the
-/// history's first allocation, and the name (added). One publication to
-/// each of 1.5M channels measured ~510 B of resident memory per channel
-/// beyond what [`weight`] counts for the publication.
+/// What an owned channel's entry is counted as beside its history, while
+/// it holds some (a channel without is kept only while subscribed, and its
+/// subscriptions count it: `budget::SUBSCRIPTION_BYTES`; or until the next
+/// sweep): the map's slot and its share of the map's spare room, the state
+/// above, the history's first allocation, and the name (added). One
+/// publication to each of 1.5M channels measured ~510 B of resident memory
+/// per channel beyond what [`weight`] counts for the publication.
 const CHANNEL_ENTRY_BYTES: usize = 512;
 
 fn entry_weight(name: &str) -> usize {
@@ -146,11 +148,11 @@ pub struct Owner {
     run_epoch: u64,
     /// Incarnations handed out so far.
     incarnations: u64,
-    /// Publications and bytes kept in all histories.
+    /// Publications kept in all histories, and what they are counted as
+    /// ([`weight`]), with the entries of the channels that hold them
+    /// ([`entry_weight`]).
     kept: usize,
     kept_bytes: usize,
-    /// What the channels' entries are counted as ([`entry_weight`]).
-    entries_bytes: usize,
 }
 
 impl Owner {
@@ -162,7 +164,6 @@ impl Owner {
             incarnations: 0,
             kept: 0,
             kept_bytes: 0,
-            entries_bytes: 0,
         }
     }
 
@@ -219,9 +220,13 @@ impl Owner {
             if channel.history.len() == limits.size {
                 dropped = channel.history.pop_front();
             }
+            let first = channel.history.is_empty();
             channel.history.push_back((seq, payload.clone(), now_ms));
             self.kept += 1;
             self.kept_bytes += weight(payload);
+            if first {
+                self.kept_bytes += entry_weight(name);
+            }
             if let Some((_, old, _)) = dropped {
                 self.kept -= 1;
                 self.kept_bytes -= weight(&old);
@@ -453,7 +458,7 @@ impl Owner {
         let ttl_ms = self.limits.ttl_ms;
         let run_epoch = self.run_epoch;
         let channel = self.entry(name);
-        let (n, bytes) = expire(channel, now_ms, ttl_ms);
+        let (n, bytes) = expire(name, channel, now_ms, ttl_ms);
         let epoch = epoch_string(run_epoch, channel.incarnation);
         let mut position = Position {
             seq: channel.last_seq,
@@ -490,7 +495,7 @@ impl Owner {
         let ttl_ms = self.limits.ttl_ms;
         let run_epoch = self.run_epoch;
         let channel = self.entry(name);
-        let (n, bytes) = expire(channel, now_ms, ttl_ms);
+        let (n, bytes) = expire(name, channel, now_ms, ttl_ms);
         let page = HistoryPage {
             seq: channel.last_seq,
             epoch: epoch_string(run_epoch, channel.incarnation),
@@ -526,32 +531,26 @@ impl Owner {
     pub fn sweep(&mut self, now_ms: u64, has_local_subscribers: impl Fn(&str) -> bool) -> usize {
         let ttl_ms = self.limits.ttl_ms;
         let before = self.channels.len();
-        if self.history_bytes() > self.limits.max_bytes {
-            self.evict_oldest(&has_local_subscribers);
+        if self.kept_bytes > self.limits.max_bytes {
+            self.evict_oldest();
         }
-        let (mut kept, mut kept_bytes, mut entries_bytes) =
-            (self.kept, self.kept_bytes, self.entries_bytes);
+        let (mut kept, mut kept_bytes) = (self.kept, self.kept_bytes);
         self.channels.retain(|name, channel| {
-            let (n, bytes) = expire(channel, now_ms, ttl_ms);
+            let (n, bytes) = expire(name, channel, now_ms, ttl_ms);
             kept -= n;
             kept_bytes -= bytes;
-            let keep = !channel.history.is_empty()
+            !channel.history.is_empty()
                 || channel.remote_interest != 0
-                || has_local_subscribers(name);
-            if !keep {
-                entries_bytes -= entry_weight(name);
-            }
-            keep
+                || has_local_subscribers(name)
         });
-        (self.kept, self.kept_bytes, self.entries_bytes) = (kept, kept_bytes, entries_bytes);
+        (self.kept, self.kept_bytes) = (kept, kept_bytes);
         before - self.channels.len()
     }
 
     /// Over the byte budget: drops the oldest publications of all channels,
-    /// oldest first, until what is left — history, and the entries of the
-    /// channels that keep some or are subscribed (the others go with the
-    /// sweep) — is under it.
-    fn evict_oldest(&mut self, has_local_subscribers: &impl Fn(&str) -> bool) {
+    /// oldest first, until what is left (history, and the entries of the
+    /// channels that still hold some) is under it.
+    fn evict_oldest(&mut self) {
         let mut over = self.history_bytes() - self.limits.max_bytes;
         let mut channels: Vec<(&str, &mut OwnedChannel)> = self
             .channels
@@ -579,11 +578,12 @@ impl Owner {
             }
             match channel.history.front() {
                 Some(next) => fronts.push(Reverse((next.2, i))),
-                // Nothing left: the sweep reclaims it unless subscribed.
-                None if channel.remote_interest == 0 && !has_local_subscribers(name) => {
+                // Nothing left: its entry is no longer counted here (the
+                // sweep reclaims it unless subscribed).
+                None => {
+                    bytes += entry_weight(name);
                     over = over.saturating_sub(entry_weight(name));
                 }
-                None => {}
             }
         }
         self.kept -= n;
@@ -611,13 +611,13 @@ impl Owner {
     /// (each sweep frees at least that sixteenth: its cost is spread over
     /// what came in since).
     pub fn well_over_budget(&self) -> bool {
-        self.history_bytes() > self.limits.max_bytes + self.limits.max_bytes / 16
+        self.kept_bytes > self.limits.max_bytes + self.limits.max_bytes / 16
     }
 
     /// Bytes counted for what every channel's history keeps, and for the
     /// channels' entries themselves.
     pub fn history_bytes(&self) -> usize {
-        self.kept_bytes + self.entries_bytes
+        self.kept_bytes
     }
 
     fn entry(&mut self, name: &str) -> &mut OwnedChannel {
@@ -634,7 +634,6 @@ impl Owner {
                 following: false,
                 filling: false,
             };
-            self.entries_bytes += entry_weight(name);
             self.channels.insert(name.into(), channel);
         }
         // Just inserted when absent.
@@ -642,10 +641,11 @@ impl Owner {
     }
 }
 
-/// Drops the publications of `channel` older than `ttl_ms`; returns how
-/// many and their weight.
-fn expire(channel: &mut OwnedChannel, now_ms: u64, ttl_ms: u64) -> (usize, usize) {
+/// Drops the publications of channel `name` older than `ttl_ms`; returns
+/// how many, and their weight with the channel's entry's if none is left.
+fn expire(name: &str, channel: &mut OwnedChannel, now_ms: u64, ttl_ms: u64) -> (usize, usize) {
     let (mut n, mut bytes) = (0, 0);
+    let held = !channel.history.is_empty();
     while channel
         .history
         .front()
@@ -658,6 +658,9 @@ fn expire(channel: &mut OwnedChannel, now_ms: u64, ttl_ms: u64) -> (usize, usize
     }
     if channel.history.is_empty() && channel.history.capacity() > 0 {
         channel.history = VecDeque::new();
+    }
+    if held && channel.history.is_empty() {
+        bytes += entry_weight(name);
     }
     (n, bytes)
 }
@@ -680,7 +683,8 @@ mod tests {
             HistoryLimits {
                 size: 100,
                 ttl_ms: 1_000_000,
-                max_bytes: 10 * weight(&payload("x")) + entry_weight("old") + entry_weight("new"),
+                // Both channels keep some history: both entries count.
+                max_bytes: 15 * weight(&payload("x")) + entry_weight("old") + entry_weight("new"),
             },
             1,
         );
@@ -696,7 +700,7 @@ mod tests {
         assert_eq!(owner.history_len(), 30);
         owner.sweep(200, |_| true);
         assert!(
-            owner.history_bytes() <= 10 * w + entries,
+            owner.history_bytes() <= 15 * w + entries,
             "{}",
             owner.history_bytes()
         );
@@ -750,6 +754,30 @@ mod tests {
             ),
             (0, 0)
         );
+    }
+
+    /// Channels kept only because they are subscribed hold no history and
+    /// are not counted here (their subscriptions are): however many, they
+    /// neither wipe other channels' history nor make every publication
+    /// sweep the shard.
+    #[test]
+    fn subscribed_channels_without_history_leave_the_budget_to_history() {
+        let mut owner = Owner::new(
+            HistoryLimits {
+                size: 100,
+                ttl_ms: 1_000_000,
+                max_bytes: 100 * 1024,
+            },
+            1,
+        );
+        for i in 0..10_000 {
+            owner.set_interest(&format!("sub{i}"), 1, true, false);
+        }
+        owner.order("news", &payload("1"), 0, false);
+        assert!(!owner.well_over_budget());
+        owner.sweep(10, |_| false);
+        assert_eq!(owner.channel_count(), 10_001);
+        assert_eq!(owner.history_len(), 1, "the publication is kept");
     }
 
     use bytes::Bytes;
@@ -870,8 +898,8 @@ mod tests {
         assert_eq!(owner.history_len(), 0);
         assert_eq!(
             owner.history_bytes(),
-            entry_weight("kept") + entry_weight("local"),
-            "only the entries of the channels kept"
+            0,
+            "kept, and counted by their subscriptions"
         );
         assert_eq!(owner.last_seq("local"), 1, "local subscribers keep it");
     }
