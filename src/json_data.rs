@@ -2,15 +2,17 @@
 //! valid JSON, arrays and objects nested at most [`MAX_DATA_DEPTH`] deep,
 //! every number a finite double (`1e999` is infinity to JavaScript and
 //! nothing to MessagePack), every string valid Unicode (a lone surrogate
-//! `"\ud800"` is refused by strict parsers and has no UTF-8 form). One pass
+//! `"\ud800"` is refused by strict parsers and has no UTF-8 form), no
+//! object with a name twice (parsers keep the first, the last or both: a
+//! MessagePack subscriber would get another value than a JSON one). One pass
 //! of serde_json over the text, allocating nothing but for strings with
 //! escapes. Publications are checked at the edge (`pub`, the HTTP API, raw
 //! rooms deciding between `data` and `text`, records from the broker), so
 //! what is delivered is valid for every protocol. Pure.
 
-use std::fmt;
+use std::{borrow::Cow, fmt};
 
-use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 
 use crate::protocol::MAX_DATA_DEPTH;
 
@@ -103,10 +105,57 @@ impl<'de> Visitor<'de> for Value {
 
     fn visit_map<A: MapAccess<'de>>(self, mut fields: A) -> Result<(), A::Error> {
         let inner = self.inner()?;
-        while fields.next_key_seed(inner)?.is_some() {
+        // Names seen: on the stack for the usual small object, borrowed
+        // from the text unless escaped.
+        let mut few: [Option<Cow<'de, str>>; 16] = Default::default();
+        let mut more: Vec<Cow<'de, str>> = Vec::new();
+        let mut count = 0;
+        while let Some(name) = fields.next_key_seed(Name)? {
+            let seen = few[..count.min(few.len())]
+                .iter()
+                .flatten()
+                .chain(&more)
+                .any(|known| *known == name);
+            if seen {
+                return Err(A::Error::custom(format_args!(
+                    "an object has the name {name:?} twice"
+                )));
+            }
+            match few.get_mut(count) {
+                Some(slot) => *slot = Some(name),
+                None => more.push(name),
+            }
+            count += 1;
             fields.next_value_seed(inner)?;
         }
         Ok(())
+    }
+}
+
+/// An object's member name, borrowed from the text when it has no escape.
+struct Name;
+
+impl<'de> DeserializeSeed<'de> for Name {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Name {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object member's name")
+    }
+
+    fn visit_borrowed_str<E>(self, name: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(name))
+    }
+
+    fn visit_str<E>(self, name: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(name.to_owned()))
     }
 }
 
@@ -134,6 +183,18 @@ mod tests {
             assert!(check(json.as_bytes()).is_ok(), "{json}");
         }
         assert!(check(nested(MAX_DATA_DEPTH).as_bytes()).is_ok());
+        // A name once per object; other objects may use it again.
+        assert!(check(br#"{"a":{"a":1},"b":[{"a":1},{"a":2}]}"#).is_ok());
+        let wide = |extra: &str| {
+            let names: Vec<String> = (0..40).map(|i| format!("\"k{i}\":{i}")).collect();
+            format!("{{{}{extra}}}", names.join(","))
+        };
+        assert!(check(wide("").as_bytes()).is_ok());
+        assert!(
+            check(wide(",\"k39\":0").as_bytes()).is_err(),
+            "past the names on the stack"
+        );
+        assert!(check(wide(",\"k3\":0").as_bytes()).is_err());
     }
 
     #[test]
@@ -145,6 +206,9 @@ mod tests {
             ("{\"\\udc00\":1}", "escape"),
             ("\"\\ud800\\u0041\"", "escape"),
             ("[1,]", "trailing comma"),
+            ("{\"a\":1,\"a\":2}", "twice"),
+            ("{\"a\":1,\"\\u0061\":2}", "twice"),
+            ("[{\"x\":{\"k\":1,\"k\":[]}}]", "twice"),
             ("1 2", "trailing characters"),
             ("", "EOF"),
         ] {
