@@ -439,13 +439,23 @@ pub(crate) fn read_key<'a>(
     key: Option<Cow<'a, str>>,
     id: Option<&'a str>,
 ) -> Result<Option<Cow<'a, str>>, OpError<'a>> {
-    match key {
-        Some(key) if key.is_empty() || key.len() > MAX_KEY_LEN => Err(OpError::new(
+    read_bounded("key", MAX_KEY_LEN, key, id)
+}
+
+/// A string `field` of 1 to `max` bytes, when present.
+fn read_bounded<'a>(
+    field: &str,
+    max: usize,
+    value: Option<Cow<'a, str>>,
+    id: Option<&'a str>,
+) -> Result<Option<Cow<'a, str>>, OpError<'a>> {
+    match value {
+        Some(value) if value.is_empty() || value.len() > max => Err(OpError::new(
             ErrorCode::BadJson,
-            format!("key must be 1 to {MAX_KEY_LEN} bytes"),
+            format!("{field} must be 1 to {max} bytes"),
             id,
         )),
-        key => Ok(key),
+        value => Ok(value),
     }
 }
 
@@ -459,14 +469,7 @@ pub(crate) fn read_idempotency_key<'a>(
     key: Option<Cow<'a, str>>,
     id: Option<&'a str>,
 ) -> Result<Option<Cow<'a, str>>, OpError<'a>> {
-    match key {
-        Some(key) if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN => Err(OpError::new(
-            ErrorCode::BadJson,
-            format!("idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes"),
-            id,
-        )),
-        key => Ok(key),
-    }
+    read_bounded("idempotency_key", MAX_IDEMPOTENCY_KEY_LEN, key, id)
 }
 
 /// What a publication's bytes are, which decides how each kind of subscriber

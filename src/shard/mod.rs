@@ -1289,14 +1289,26 @@ mod tests {
 
     /// A shard 0 of two whose peer never answers (its link is gone).
     fn lonely_shard() -> Shard {
-        let config = Config {
+        lonely_shard_with(Config {
             shards: 2,
             ..Config::default()
-        };
+        })
+    }
+
+    /// Shard 0 of two, configured by `config`, whose peer is gone.
+    fn lonely_shard_with(config: Config) -> Shard {
         let (links, receivers) =
             PeerLinks::new(0, 2, crate::mesh::new_congestion(2), Rc::default());
         drop(receivers);
         Shard::new(0, None, config, ShardParts::alone(links, 2))
+    }
+
+    /// The first channel `<prefix>N` that shard `owner` owns.
+    fn owned_by(shard: &Shard, prefix: &str, owner: usize) -> String {
+        (0..)
+            .map(|i| format!("{prefix}{i}"))
+            .find(|name| shard.owner_of(name.as_bytes()) == owner)
+            .expect("some name of every owner")
     }
 
     /// Backpressure past the first hop: a publisher on the channel's owner
@@ -1313,10 +1325,7 @@ mod tests {
             let (links, _undrained) =
                 PeerLinks::new(0, 2, crate::mesh::new_congestion(2), Rc::default());
             let shard = Shard::new(0, None, config, ShardParts::alone(links, 2));
-            let local = (0..)
-                .map(|i| format!("ch{i}"))
-                .find(|name| shard.owner_of(name.as_bytes()) == 0)
-                .unwrap();
+            let local = owned_by(&shard, "ch", 0);
             shard.handle_mesh(MeshMsg::Interest {
                 ch: Bytes::from(local.clone()),
                 on: true,
@@ -1341,10 +1350,7 @@ mod tests {
     fn an_http_publish_that_gives_up_frees_its_reply_slot() {
         crate::sync::on_test_executor(async {
             let shard = lonely_shard();
-            let remote = (0..)
-                .map(|i| format!("ch{i}"))
-                .find(|name| shard.owner_of(name.as_bytes()) == 1)
-                .unwrap();
+            let remote = owned_by(&shard, "ch", 1);
             for _ in 0..3 {
                 let publication = api::HttpPublication {
                     ch: Bytes::from(remote.clone()),
@@ -1378,14 +1384,8 @@ mod tests {
         // Issue 24, finding 16: a `pub` had no key, so its retry duplicated.
         crate::sync::on_test_executor(async {
             let shard = lonely_shard();
-            let local = (0..)
-                .map(|i| format!("ch{i}"))
-                .find(|name| shard.owner_of(name.as_bytes()) == 0)
-                .unwrap();
-            let other = (0..)
-                .map(|i| format!("other{i}"))
-                .find(|name| shard.owner_of(name.as_bytes()) == 0)
-                .unwrap();
+            let local = owned_by(&shard, "ch", 0);
+            let other = owned_by(&shard, "other", 0);
             let conn = crate::publication::ConnRef { key: 1, gen: 1 };
             let key =
                 |k: &str| Some(crate::api::remembered_key(crate::api::Form::One, k, 0).into());
@@ -1435,19 +1435,12 @@ mod tests {
     #[test]
     fn a_full_store_refuses_a_pub_under_a_new_key() {
         crate::sync::on_test_executor(async {
-            let config = Config {
+            let shard = lonely_shard_with(Config {
                 shards: 2,
                 max_memory: 2, // a budget of one byte: full after one publication
                 ..Config::default()
-            };
-            let (links, receivers) =
-                PeerLinks::new(0, 2, crate::mesh::new_congestion(2), Rc::default());
-            drop(receivers);
-            let shard = Shard::new(0, None, config, ShardParts::alone(links, 2));
-            let local = (0..)
-                .map(|i| format!("ch{i}"))
-                .find(|name| shard.owner_of(name.as_bytes()) == 0)
-                .unwrap();
+            });
+            let local = owned_by(&shard, "ch", 0);
             let conn = crate::publication::ConnRef { key: 1, gen: 1 };
             let publish = |k: Option<&str>| {
                 let reply = Reply::Quiet {
