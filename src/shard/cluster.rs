@@ -297,9 +297,7 @@ impl RedisHost for Shard {
             Followed::Gap { after } => self.fill(name, after),
             Followed::Drop => {}
         }
-        if self.owner.borrow().well_over_budget() {
-            self.sweep_history();
-        }
+        self.sweep_if_well_over_budget();
     }
 
     fn on_published(&self, ticket: PublishTicket, result: Result<u64, Refused>) {

@@ -811,9 +811,7 @@ impl Shard {
         let seq = ordered.seq;
         self.distribute(name, ch, ordered, &payload, skip);
         self.report_seq(from, reply, seq);
-        if self.owner.borrow().well_over_budget() {
-            self.sweep_history();
-        }
+        self.sweep_if_well_over_budget();
         seq
     }
 
@@ -1204,6 +1202,14 @@ impl Shard {
         self.owner
             .borrow_mut()
             .sweep(self.now_ms(), |name| index.subscriber_count(name) > 0);
+    }
+
+    /// After history grew: sweeps now, not at the next tick, when it is
+    /// well over `--history-max-bytes` (`Owner::well_over_budget`).
+    fn sweep_if_well_over_budget(&self) {
+        if self.owner.borrow().well_over_budget() {
+            self.sweep_history();
+        }
     }
 }
 
