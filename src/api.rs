@@ -16,7 +16,6 @@ use crate::{
     engine::Refused,
     frame,
     protocol::{self, ErrorCode, OpError},
-    publication::Payload,
     security::pattern::ChannelPattern,
 };
 
@@ -436,23 +435,7 @@ pub fn parse_history(channel: &str, query: &str) -> Result<HistoryQuery, HttpErr
     })
 }
 
-/// A page of a channel's history, as its owner (or Redis) keeps it.
-#[derive(Debug, Clone, Default)]
-pub struct HistoryPage {
-    /// The channel's last `seq`, and the epoch its `seq`s belong to.
-    pub seq: u64,
-    pub epoch: String,
-    /// Publications after the `since` asked for, oldest first.
-    pub entries: Vec<(u64, Payload)>,
-}
-
-impl HistoryPage {
-    /// The page ends before the channel's last publication: ask again
-    /// `since` its last one.
-    pub fn more(&self) -> bool {
-        self.entries.last().is_some_and(|(seq, _)| *seq < self.seq)
-    }
-}
+pub use shardcast_core::owner::HistoryPage;
 
 /// The answer to a history query: `{"ch":..,"epoch":..,"seq":N,
 /// "complete":bool,"more":bool,"publications":[<msg envelopes>]}`. Each
@@ -640,7 +623,7 @@ pub fn channels_json(rows: &[ChannelRow], cursor: Option<&str>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::PayloadKind;
+    use crate::{protocol::PayloadKind, publication::Payload};
 
     const MAX: usize = 64 << 10;
 

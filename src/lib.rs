@@ -55,23 +55,23 @@
 //! specifies the wire protocol.
 
 pub(crate) mod api;
-pub mod channel;
+pub use shardcast_core::channel;
 pub mod client;
 pub(crate) mod clock;
-pub(crate) mod close;
+pub(crate) use shardcast_core::close;
 pub mod config;
 pub(crate) mod conn;
 pub(crate) mod engine;
 pub mod error;
 pub(crate) mod exposition;
-pub mod frame;
+pub use shardcast_core::frame;
 pub mod fuzzing;
-pub(crate) mod heartbeat;
-pub mod json_data;
+pub(crate) use shardcast_core::heartbeat;
+pub use shardcast_core::json_data;
 pub(crate) mod mesh;
 pub mod process;
-pub mod protocol;
-pub(crate) mod publication;
+pub use shardcast_core::protocol;
+pub(crate) use shardcast_core::publication;
 pub mod runtime;
 pub(crate) mod security;
 pub mod settings;

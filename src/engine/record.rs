@@ -126,7 +126,8 @@ pub fn decode(record: &[u8]) -> Result<Record, RecordError> {
     let mut payload = match kind {
         PayloadKind::Json => Payload::json(bytes),
         _ => Payload::copy_of(kind, bytes),
-    };
+    }
+    .received_at(crate::clock::now_ns());
     if let Some(key) = key {
         payload = payload.with_key(key);
     }

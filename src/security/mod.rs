@@ -18,7 +18,7 @@ pub mod api_key;
 pub mod http_cap;
 pub mod ip_cap;
 pub mod origin;
-pub mod pattern;
+pub use shardcast_core::pattern;
 pub mod rate;
 pub mod ring_jwt;
 pub mod tls;

@@ -6,15 +6,14 @@
 //! its lifecycle (mesh join, accept loop, heartbeat sweep, shutdown).
 
 pub mod api;
-pub mod budget;
+pub use shardcast_core::budget;
 mod cluster;
-mod fossil;
-mod idempotency;
+use shardcast_core::idempotency;
 pub mod index;
 mod lifecycle;
-pub mod members;
+pub use shardcast_core::members;
 mod observe;
-pub mod owner;
+pub use shardcast_core::owner;
 mod presence;
 mod run;
 mod serve;
@@ -671,12 +670,16 @@ impl Shard {
     pub fn publish(
         &self,
         ch: Bytes,
-        payload: Payload,
+        mut payload: Payload,
         skip: Option<Skip>,
         reply: Reply,
     ) -> Option<usize> {
         if self.shutting_down.get() {
             return None;
+        }
+        // Deliveries are timed from the moment the shard took it.
+        if payload.published_at == 0 {
+            payload.published_at = clock::now_ns();
         }
         if !channel::is_system(&ch) {
             bump(&self.stats.messages_published, 1);

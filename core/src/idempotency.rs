@@ -150,10 +150,14 @@ impl Remembered {
         self.bytes
     }
 
-    #[cfg(test)]
     /// Keys remembered now.
     pub fn len(&self) -> usize {
         self.seqs.len()
+    }
+
+    /// Whether no key is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.seqs.is_empty()
     }
 
     /// Forgets the keys whose window has ended.

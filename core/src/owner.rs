@@ -14,11 +14,28 @@ use std::{
 };
 
 use crate::{
-    api::HistoryPage,
     channel,
     protocol::PayloadKind,
     publication::{Payload, Position},
 };
+
+/// A page of a channel's history, as its owner (or Redis) keeps it.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryPage {
+    /// The channel's last `seq`, and the epoch its `seq`s belong to.
+    pub seq: u64,
+    pub epoch: String,
+    /// Publications after the `since` asked for, oldest first.
+    pub entries: Vec<(u64, Payload)>,
+}
+
+impl HistoryPage {
+    /// The page ends before the channel's last publication: ask again
+    /// `since` its last one.
+    pub fn more(&self) -> bool {
+        self.entries.last().is_some_and(|(seq, _)| *seq < self.seq)
+    }
+}
 
 /// Ordering, routing and history state of one owned channel.
 #[derive(Debug)]
@@ -136,7 +153,7 @@ pub struct Ordered {
 /// than the whole publication's and finding it stayed within its work
 /// budget (`fossil.rs`); otherwise the publication goes whole.
 fn fossil_delta(base: &[u8], target: &[u8]) -> Option<bytes::Bytes> {
-    let delta = super::fossil::delta(base, target)?;
+    let delta = crate::fossil::delta(base, target)?;
     crate::protocol::delta_frame_is_smaller(&delta, target.len()).then(|| bytes::Bytes::from(delta))
 }
 
@@ -590,7 +607,6 @@ impl Owner {
         self.kept_bytes -= bytes;
     }
 
-    #[cfg(test)]
     /// Last assigned `seq` of `name` (0 if none).
     pub fn last_seq(&self, name: &str) -> u64 {
         self.channels.get(name).map_or(0, |c| c.last_seq)

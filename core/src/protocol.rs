@@ -347,7 +347,7 @@ fn is_object(text: &str) -> bool {
 /// `data` of a publication: present, and data every subscriber's parser
 /// holds (`json_data.rs`: nested at most [`MAX_DATA_DEPTH`] deep, finite
 /// numbers, valid Unicode).
-pub(crate) fn read_data<'a>(
+pub fn read_data<'a>(
     data: Option<&'a RawValue>,
     id: Option<&'a str>,
 ) -> Result<&'a str, OpError<'a>> {
@@ -435,7 +435,7 @@ pub fn parse_client_op(text: &str) -> Result<ClientOp<'_>, OpError<'_>> {
 pub const MAX_KEY_LEN: usize = 128;
 
 /// A publication's `key`: a string of 1 to [`MAX_KEY_LEN`] bytes.
-pub(crate) fn read_key<'a>(
+pub fn read_key<'a>(
     key: Option<Cow<'a, str>>,
     id: Option<&'a str>,
 ) -> Result<Option<Cow<'a, str>>, OpError<'a>> {
@@ -465,7 +465,7 @@ pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 /// A publication's `idempotency_key`: a string of 1 to
 /// [`MAX_IDEMPOTENCY_KEY_LEN`] bytes, the same rule for a `pub` op and an
 /// HTTP publish.
-pub(crate) fn read_idempotency_key<'a>(
+pub fn read_idempotency_key<'a>(
     key: Option<Cow<'a, str>>,
     id: Option<&'a str>,
 ) -> Result<Option<Cow<'a, str>>, OpError<'a>> {

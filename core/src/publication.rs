@@ -11,7 +11,7 @@ use std::{
 
 use bytes::Bytes;
 
-use crate::{clock, protocol::PayloadKind};
+use crate::protocol::PayloadKind;
 
 /// Identifies a connection on its shard: slab key plus a generation so a
 /// reused slot is not mistaken for the old connection.
@@ -37,8 +37,10 @@ pub struct Skip {
 pub struct Payload {
     pub kind: PayloadKind,
     pub bytes: Bytes,
-    /// When the server received it ([`clock::now_ns`]): deliveries are timed
-    /// from here.
+    /// When the server received it, in nanoseconds of the server's monotonic
+    /// clock: deliveries are timed from here. 0: not timed (the core reads
+    /// no clock; the edge that receives a publication stamps it with
+    /// [`Payload::received_at`]).
     pub published_at: u64,
     /// Its conflation key (`"key"`), on a channel that conflates
     /// (`--conflate`): a newer publication of the channel with the same key
@@ -47,8 +49,8 @@ pub struct Payload {
 }
 
 impl Payload {
-    /// A publication received now, copied out of the buffer it was read
-    /// into (one allocation of exactly its length).
+    /// A publication copied out of the buffer it was read into (one
+    /// allocation of exactly its length).
     pub fn copy_of(kind: PayloadKind, bytes: &[u8]) -> Self {
         Payload::new(kind, Bytes::copy_from_slice(bytes))
     }
@@ -73,15 +75,22 @@ impl Payload {
         self
     }
 
-    /// A publication received now, whose `bytes` the caller built for it
-    /// (they must not be a slice of a longer-lived buffer).
+    /// A publication whose `bytes` the caller built for it (they must not
+    /// be a slice of a longer-lived buffer); not timed until stamped.
     pub fn new(kind: PayloadKind, bytes: Bytes) -> Self {
         Payload {
             kind,
             bytes,
-            published_at: clock::now_ns(),
+            published_at: 0,
             key: None,
         }
+    }
+
+    /// This payload received at `now_ns` (the server's monotonic clock):
+    /// its deliveries are timed from then.
+    pub fn received_at(mut self, now_ns: u64) -> Self {
+        self.published_at = now_ns;
+        self
     }
 }
 

@@ -1,0 +1,38 @@
+//! shardcast-core: the shard's logic without I/O. What a shard decides —
+//! which names are channels and which shard owns each, what clients say
+//! and how the server answers them (the JSON envelope and its frames), the
+//! order, history and fossil deltas of the channels a shard owns, the
+//! members of its presence channels, idempotency keys, heartbeats and the
+//! memory budget — lives here as plain data and pure functions. No
+//! glommio, no sockets, no clock: times are passed in, effects are
+//! returned, and the server crate (`shardcast`) drives it from its
+//! executors and carries out what it decides. The frame codec is the
+//! `shardcast-wire` crate below this one.
+//!
+//! # Layout
+//! - [`channel`]: channel names and owners; [`pattern`]: channel patterns
+//!   (`news.*`, `chat.>`) as grants and settings use them.
+//! - [`protocol`]: the client's JSON envelope, parsed and encoded;
+//!   [`json_data`]: the JSON data every subscriber's parser holds;
+//!   [`frame`]: server WebSocket frames, encoded once and shared.
+//! - [`publication`]: the publication types every layer passes around.
+//! - [`owner`]: channel ordering — sequence, epoch, history, deltas
+//!   ([`fossil`]), conflation keys; [`idempotency`]: publications made
+//!   under a key.
+//! - [`members`]: presence channels' members and pages of them.
+//! - [`heartbeat`]: ping and timeout of one connection; [`close`]: why a
+//!   connection closes; [`budget`]: the shard's memory budget.
+
+pub mod budget;
+pub mod channel;
+pub mod close;
+pub mod fossil;
+pub mod frame;
+pub mod heartbeat;
+pub mod idempotency;
+pub mod json_data;
+pub mod members;
+pub mod owner;
+pub mod pattern;
+pub mod protocol;
+pub mod publication;
