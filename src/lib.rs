@@ -102,9 +102,11 @@ pub mod internals {
             ring_jwt,
             token::{unix_now, Verifier},
         },
-        shard::index::Index,
         stats::Stats,
     };
+
+    /// The subscriptions of a shard's connections.
+    pub type Index = shardcast_core::subscriptions::Subscriptions<crate::conn::Conn>;
 }
 
 pub use runtime::Server;

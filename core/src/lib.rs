@@ -15,7 +15,13 @@
 //! - [`protocol`]: the client's JSON envelope, parsed and encoded;
 //!   [`json_data`]: the JSON data every subscriber's parser holds;
 //!   [`frame`]: server WebSocket frames, encoded once and shared.
+//! - [`codec`]: the protocol a connection speaks (JSON, MessagePack, raw
+//!   room) and its frames for each publication; [`msgpack`]: the
+//!   MessagePack protocol; [`extension`]: permessage-deflate's
+//!   negotiation; [`deflate`]: the shard's compressor and inflater.
 //! - [`publication`]: the publication types every layer passes around.
+//! - [`subscriptions`]: the shard's subscribers per channel and fan-out
+//!   into their queues.
 //! - [`owner`]: channel ordering — sequence, epoch, history, deltas
 //!   ([`fossil`]), conflation keys; [`idempotency`]: publications made
 //!   under a key.
@@ -26,13 +32,18 @@
 pub mod budget;
 pub mod channel;
 pub mod close;
+pub mod codec;
+pub mod deflate;
+pub mod extension;
 pub mod fossil;
 pub mod frame;
 pub mod heartbeat;
 pub mod idempotency;
 pub mod json_data;
 pub mod members;
+pub mod msgpack;
 pub mod owner;
 pub mod pattern;
 pub mod protocol;
 pub mod publication;
+pub mod subscriptions;

@@ -6,13 +6,10 @@
 //! to. The shard drives them (`shard/serve.rs`, `shard/session.rs`).
 
 pub mod batch;
-pub mod codec;
-pub mod deflate;
-pub mod extension;
+pub use shardcast_core::{codec, deflate, extension, msgpack};
 pub mod flush;
 pub mod http;
 pub mod machine;
-pub mod msgpack;
 pub mod outbox;
 pub mod permit;
 pub mod stream;
@@ -23,6 +20,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use shardcast_core::subscriptions::Subscriber;
 
 use self::{
     codec::Codec,
@@ -256,5 +254,48 @@ impl Conn {
 
     pub fn take_subscriptions(&self) -> Vec<(Rc<str>, u32)> {
         std::mem::take(&mut *self.subscriptions.borrow_mut())
+    }
+}
+
+/// Fan-out (`shardcast_core::subscriptions`) reaches a connection through
+/// its codec and its queue.
+impl Subscriber for Conn {
+    #[inline]
+    fn conn_ref(&self) -> ConnRef {
+        self.id
+    }
+
+    #[inline]
+    fn codec(&self) -> Codec {
+        self.codec
+    }
+
+    fn send(&self, frame: Bytes) {
+        Conn::send(self, frame);
+    }
+
+    #[inline]
+    fn queued_bytes(&self) -> usize {
+        self.outbox.queued_bytes()
+    }
+
+    fn take_keyed(&self, conflation: u64) -> Option<u32> {
+        self.outbox.take_keyed(conflation)
+    }
+
+    #[inline]
+    fn push_keyed(
+        &self,
+        frame: Bytes,
+        published_at: u64,
+        conflation: u64,
+        conflated: u32,
+    ) -> Pushed {
+        self.outbox
+            .push_keyed(frame, published_at, conflation, conflated)
+    }
+
+    fn close_slow_consumer(&self) {
+        Conn::close_slow_consumer(self);
     }
 }

@@ -40,16 +40,7 @@ const MAX_BATCH_BYTES: usize = 256 << 10;
 /// sweep finds it still empty: [`Outbox::release_idle_storage`]).
 const KEEP_CAPACITY: usize = 8;
 
-/// What a push did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pushed {
-    Queued,
-    /// Over the byte bound: the caller must close the connection as a slow
-    /// consumer.
-    Overflow,
-    /// The connection is closing; the frame was dropped.
-    Closed,
-}
+pub use shardcast_core::subscriptions::Pushed;
 
 /// Outcome of one non-blocking flush.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

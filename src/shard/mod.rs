@@ -9,7 +9,6 @@ pub mod api;
 pub use shardcast_core::budget;
 mod cluster;
 use shardcast_core::idempotency;
-pub mod index;
 mod lifecycle;
 pub use shardcast_core::members;
 mod observe;
@@ -41,9 +40,10 @@ pub use serve::serve;
 
 use self::{
     budget::MemoryUse,
-    index::{Index, Interest},
     owner::{shards_in, HistoryLimits, Owner},
 };
+use shardcast_core::subscriptions::{Interest, Subscriptions};
+
 use crate::{
     channel, clock,
     close::CloseReason,
@@ -80,7 +80,7 @@ pub struct Shard {
     /// Live connections by slab key.
     conns: RefCell<Slab<Rc<Conn>>>,
     next_gen: Cell<u32>,
-    index: RefCell<Index>,
+    index: RefCell<Subscriptions<Conn>>,
     owner: RefCell<Owner>,
     pub links: Rc<PeerLinks>,
     /// The CPU this shard's thread is pinned to.
@@ -234,7 +234,7 @@ impl Shard {
             config,
             conns: RefCell::new(Slab::new()),
             next_gen: Cell::new(0),
-            index: RefCell::new(Index::new(conflate_after)),
+            index: RefCell::new(Subscriptions::new(conflate_after)),
             conflate,
             presence_patterns,
             webhooks: webhooks.map(|settings| Rc::new(crate::webhook::Webhooks::new(settings))),

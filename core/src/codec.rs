@@ -7,7 +7,7 @@
 
 use bytes::Bytes;
 
-use super::{deflate::Deflater, extension::Agreement, msgpack};
+use crate::{deflate::Deflater, extension::Agreement, msgpack};
 use crate::{
     frame,
     protocol::{self, OpError},

@@ -1,7 +1,10 @@
-//! The shard's subscription index: for each channel with local subscribers,
+//! The shard's subscriptions: for each channel with local subscribers,
 //! who they are and how they want messages (JSON envelope or raw room). Fan-out
 //! walks it once per publication, encoding each form at most once and pushing
-//! the same bytes into every subscriber's outbox. A subscriber still waiting
+//! the same bytes into every subscriber's queue. Subscribers are whatever the
+//! server's connections are ([`Subscriber`]: their codec and their queue),
+//! held by `Rc`; the calls are static, so fan-out costs what it did when it
+//! knew the connection's type. A subscriber still waiting
 //! for its channel's position from the owner (an acknowledged or recovering
 //! `sub`) is *pending* and skipped: every publication that reaches this shard
 //! before the owner's answer is at or below the answer's `seq` (the owner
@@ -18,20 +21,54 @@ use bytes::Bytes;
 use slab::Slab;
 
 use crate::{
-    conn::{
-        codec::{Codec, Protocol, PublicationFrames},
-        deflate::Deflater,
-        outbox::Pushed,
-        Conn,
-    },
+    codec::{Codec, Protocol, PublicationFrames},
+    deflate::Deflater,
     frame,
     protocol::{self, SubOptions},
     publication::{conflation_id, ConnRef, Payload, Skip},
 };
 
-/// A subscriber receives publications in its connection's codec.
-struct Subscriber {
-    conn: Rc<Conn>,
+/// What a push into a subscriber's queue did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// Over the byte bound: the caller must close the connection as a slow
+    /// consumer.
+    Overflow,
+    /// The connection is closing; the frame was dropped.
+    Closed,
+}
+
+/// A connection as fan-out sees it: how it is named on its shard, the codec
+/// it reads, and its bounded queue.
+pub trait Subscriber {
+    /// Its name on its shard.
+    fn conn_ref(&self) -> ConnRef;
+    /// The protocol and options its frames are written in.
+    fn codec(&self) -> Codec;
+    /// Queues a control frame (closing it as a slow consumer on overflow).
+    fn send(&self, frame: Bytes);
+    /// Bytes waiting in its queue.
+    fn queued_bytes(&self) -> usize;
+    /// Removes the queued publication with this conflation id, if one is
+    /// still waiting whole; returns how many it had itself replaced.
+    fn take_keyed(&self, conflation: u64) -> Option<u32>;
+    /// Queues a publication's frame, published at `published_at`, under
+    /// `conflation` (0: none) having replaced `conflated` older ones.
+    fn push_keyed(
+        &self,
+        frame: Bytes,
+        published_at: u64,
+        conflation: u64,
+        conflated: u32,
+    ) -> Pushed;
+    /// Closes it: its queue went over its bound.
+    fn close_slow_consumer(&self);
+}
+
+/// A subscription: the subscriber receives publications in its codec.
+struct Subscription<S> {
+    conn: Rc<S>,
     /// While waiting for the owner's position: the token its answer names.
     pending: Option<NonZeroU32>,
     /// Its own `join` is to be sent when it goes live (a new member of a
@@ -43,14 +80,14 @@ struct Subscriber {
 /// Sends a control message (made once per protocol by `make`) to the live
 /// JSON and MessagePack subscribers among `subscribers` (raw-room members
 /// get no control messages); returns how many were sent one.
-fn tell<'a>(
-    subscribers: impl Iterator<Item = &'a Subscriber>,
+fn tell<'a, S: Subscriber + 'a>(
+    subscribers: impl Iterator<Item = &'a Subscription<S>>,
     make: impl Fn(Codec) -> Bytes,
 ) -> usize {
     let mut frames: [Option<Bytes>; Protocol::COUNT] = Default::default();
     let mut told = 0;
     for subscriber in subscribers {
-        let codec = subscriber.conn.codec;
+        let codec = subscriber.conn.codec();
         if subscriber.pending.is_some() || codec.protocol == Protocol::Raw {
             continue;
         }
@@ -65,9 +102,9 @@ fn tell<'a>(
 const NO_BASE: u64 = u64::MAX;
 
 /// Local state of one channel on this shard.
-pub struct LocalChannel {
+struct LocalChannel<S> {
     name: Rc<str>,
-    subscribers: Slab<Subscriber>,
+    subscribers: Slab<Subscription<S>>,
     /// The subscribers that asked for deltas (`"delta":"fossil"`), by slot:
     /// the `seq` that may go to each as a delta, the one after the last it
     /// was sent ([`NO_BASE`] before it has been sent any). Kept aside, so
@@ -87,7 +124,7 @@ pub struct Interest {
     pub delta: bool,
 }
 
-impl LocalChannel {
+impl<S> LocalChannel<S> {
     fn interest(&self) -> Interest {
         Interest {
             on: !self.subscribers.is_empty(),
@@ -114,8 +151,8 @@ pub struct FanOut {
 }
 
 /// Channel name → local subscribers.
-pub struct Index {
-    channels: HashMap<Rc<str>, LocalChannel>,
+pub struct Subscriptions<S> {
+    channels: HashMap<Rc<str>, LocalChannel<S>>,
     /// Subscribers over every channel (the memory budget counts them).
     subscriptions: usize,
     /// `conflate-after-bytes`: queued bytes over which a keyed publication
@@ -123,9 +160,9 @@ pub struct Index {
     conflate_after: usize,
 }
 
-impl Index {
+impl<S: Subscriber> Subscriptions<S> {
     pub fn new(conflate_after: usize) -> Self {
-        Index {
+        Subscriptions {
             channels: HashMap::new(),
             subscriptions: 0,
             conflate_after,
@@ -133,13 +170,13 @@ impl Index {
     }
 
     /// Adds `conn` to `name`, pending under `token` if given (never 0),
-    /// taking deltas if `delta`; `own_join_due`: see [`Subscriber`]. Returns
+    /// taking deltas if `delta`; `own_join_due`: see [`Subscription`]. Returns
     /// the channel's interned name, the slot to remember for unsubscribing,
     /// and this shard's interest if it changed.
     pub fn insert(
         &mut self,
         name: &str,
-        conn: &Rc<Conn>,
+        conn: &Rc<S>,
         pending: Option<u32>,
         own_join_due: bool,
         options: SubOptions,
@@ -158,7 +195,7 @@ impl Index {
             }
         };
         let before = channel.interest();
-        let slot = channel.subscribers.insert(Subscriber {
+        let slot = channel.subscribers.insert(Subscription {
             conn: conn.clone(),
             pending: pending.and_then(NonZeroU32::new),
             own_join_due,
@@ -215,7 +252,7 @@ impl Index {
         }
         subscriber.pending = None;
         let own_join = std::mem::take(&mut subscriber.own_join_due);
-        Some((subscriber.conn.codec, own_join))
+        Some((subscriber.conn.codec(), own_join))
     }
 
     /// A delta subscriber just went live and was replayed up to
@@ -252,7 +289,7 @@ impl Index {
             .join_leave
             .iter()
             .filter_map(|slot| channel.subscribers.get(*slot as usize))
-            .filter(|s| Some(s.conn.id) != skip);
+            .filter(|s| Some(s.conn.conn_ref()) != skip);
         tell(asked, |codec| codec.presence_event(join, name, member))
     }
 
@@ -318,10 +355,11 @@ impl Index {
             ..
         } = channel;
         for (slot, subscriber) in subscribers.iter_mut() {
-            if skip == Some(subscriber.conn.id) || subscriber.pending.is_some() {
+            if skip == Some(subscriber.conn.conn_ref()) || subscriber.pending.is_some() {
                 continue;
             }
-            let outbox = &subscriber.conn.outbox;
+            let outbox = &*subscriber.conn;
+            let codec = outbox.codec();
             // Its delta state, if it asked for deltas (most did not).
             let delta_next = match deltas.is_empty() {
                 true => None,
@@ -332,7 +370,7 @@ impl Index {
             // publication takes the place of the older one with its key.
             let replaced = (conflation != 0
                 && delta_next.is_none()
-                && subscriber.conn.codec.protocol == Protocol::Json
+                && codec.protocol == Protocol::Json
                 && outbox.queued_bytes() > self.conflate_after)
                 .then(|| outbox.take_keyed(conflation))
                 .flatten();
@@ -350,7 +388,6 @@ impl Index {
                         as_delta = *next == seq;
                         *next = seq + 1;
                     }
-                    let codec = subscriber.conn.codec;
                     match as_delta.then(|| frames.delta(codec)).flatten() {
                         Some(frame) => {
                             result.deltas += 1;
@@ -368,7 +405,7 @@ impl Index {
                 }
                 Pushed::Overflow => {
                     result.overflowed += 1;
-                    subscriber.conn.close_slow_consumer();
+                    outbox.close_slow_consumer();
                 }
                 Pushed::Closed => {}
             }
