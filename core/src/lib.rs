@@ -47,3 +47,5 @@ pub mod pattern;
 pub mod protocol;
 pub mod publication;
 pub mod subscriptions;
+#[cfg(test)]
+pub(crate) mod testing;

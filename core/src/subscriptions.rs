@@ -414,3 +414,6 @@ impl<S: Subscriber> Subscriptions<S> {
         result
     }
 }
+
+#[cfg(test)]
+mod tests;
