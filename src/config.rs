@@ -592,11 +592,11 @@ impl Config {
     /// Rejects settings the server cannot run with, quoting the numbers.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |what: String| Err(ConfigError::Invalid(what));
-        if self.shards == 0 || self.shards > crate::mesh::MAX_SHARDS {
+        if self.shards == 0 || self.shards > shardcast_core::owner::MAX_SHARDS {
             return invalid(format!(
                 "shards is {}, must be 1..={}",
                 self.shards,
-                crate::mesh::MAX_SHARDS
+                shardcast_core::owner::MAX_SHARDS
             ));
         }
         if self.ping_interval.is_zero() || self.ping_timeout.is_zero() {

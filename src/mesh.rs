@@ -40,9 +40,6 @@ use crate::{
     sync::WaitQueue,
 };
 
-/// Upper bound on shards (interest is a 64-bit mask per channel).
-pub const MAX_SHARDS: usize = 64;
-
 /// Capacity of each glommio mesh lane, in messages.
 pub const LANE_CAPACITY: usize = 1024;
 

@@ -19,6 +19,10 @@ use crate::{
     publication::{Payload, Position},
 };
 
+/// Upper bound on shards: which shards have subscribers of a channel is a
+/// 64-bit mask.
+pub const MAX_SHARDS: usize = 64;
+
 /// A page of a channel's history, as its owner (or Redis) keeps it.
 #[derive(Debug, Clone, Default)]
 pub struct HistoryPage {
