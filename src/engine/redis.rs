@@ -197,6 +197,38 @@ pub enum PresenceAnswer {
     },
 }
 
+/// The names (SHA-1) of the scripts a link calls.
+struct ScriptShas {
+    publish: String,
+    position: String,
+    /// The presence scripts': change, refresh, query.
+    presence: [String; 3],
+    node_occupancy: String,
+}
+
+impl ScriptShas {
+    fn new() -> Self {
+        ScriptShas {
+            publish: scripts::sha1_hex(scripts::PUBLISH),
+            position: scripts::sha1_hex(scripts::POSITION),
+            presence: [
+                scripts::PRESENCE_CHANGE,
+                scripts::PRESENCE_REFRESH,
+                scripts::PRESENCE_QUERY,
+            ]
+            .map(scripts::sha1_hex),
+            node_occupancy: scripts::sha1_hex(scripts::NODE_OCCUPANCY),
+        }
+    }
+}
+
+/// Epochs a link makes for channels Redis holds none of: a random start,
+/// then counted (never reused).
+struct Epochs {
+    seed: u64,
+    made: Cell<u64>,
+}
+
 /// One shard's link to one Redis.
 pub struct RedisLink {
     /// Its place among `--redis-url`s.
@@ -204,11 +236,8 @@ pub struct RedisLink {
     addr: BrokerAddr,
     socket: SocketAddr,
     settings: Rc<RedisSettings>,
-    publish_sha: String,
-    position_sha: String,
-    /// The presence scripts' names: change, refresh, query.
-    presence_shas: [String; 3],
-    node_occupancy_sha: String,
+    /// The scripts' names (SHA-1), as `EVALSHA` calls them.
+    shas: ScriptShas,
     up: Cell<bool>,
     busy: Cell<bool>,
     /// Publications sent or batched, not yet answered.
@@ -223,9 +252,8 @@ pub struct RedisLink {
     wanted: RefCell<HashSet<Box<str>>>,
     /// Scratch for an epoch and a record, reused by every request.
     scratch: RefCell<(String, BytesMut)>,
-    /// Epochs made here: a random start, then counted (never reused).
-    epoch_seed: u64,
-    epochs_made: Cell<u64>,
+    /// Epochs made here.
+    epochs: Epochs,
     /// Since when the oldest unanswered request has waited (sent, or the
     /// last reply before it came).
     awaiting_since: Cell<u64>,
@@ -243,15 +271,7 @@ impl RedisLink {
             addr,
             socket,
             settings,
-            publish_sha: scripts::sha1_hex(scripts::PUBLISH),
-            position_sha: scripts::sha1_hex(scripts::POSITION),
-            presence_shas: [
-                scripts::PRESENCE_CHANGE,
-                scripts::PRESENCE_REFRESH,
-                scripts::PRESENCE_QUERY,
-            ]
-            .map(scripts::sha1_hex),
-            node_occupancy_sha: scripts::sha1_hex(scripts::NODE_OCCUPANCY),
+            shas: ScriptShas::new(),
             up: Cell::new(false),
             busy: Cell::new(false),
             in_flight: Cell::new(0),
@@ -260,8 +280,10 @@ impl RedisLink {
             pending: RefCell::new(VecDeque::new()),
             wanted: RefCell::new(HashSet::new()),
             scratch: RefCell::new((String::new(), BytesMut::new())),
-            epoch_seed: random_u64(),
-            epochs_made: Cell::new(0),
+            epochs: Epochs {
+                seed: random_u64(),
+                made: Cell::new(0),
+            },
             awaiting_since: Cell::new(0),
         }
     }
@@ -344,7 +366,7 @@ impl RedisLink {
         self.pipe.write(|out| {
             resp::array_head(out, 8 + 5 * tickets.len());
             resp::bulk(out, &[b"EVALSHA"]);
-            resp::bulk(out, &[self.publish_sha.as_bytes()]);
+            resp::bulk(out, &[self.shas.publish.as_bytes()]);
             resp::bulk(out, &[count.format(2 * tickets.len()).as_bytes()]);
             out.extend_from_slice(&keys);
             resp::bulk(out, &[epoch.as_bytes()]);
@@ -410,7 +432,7 @@ impl RedisLink {
         let [meta_ttl, count, bytes] = &mut digits;
         let (prefix, channel) = (settings.prefix.as_bytes(), name.as_bytes());
         self.command(|out| {
-            script_call(out, &self.position_sha, prefix, channel, &[b"m", b"s"], 5);
+            script_call(out, &self.shas.position, prefix, channel, &[b"m", b"s"], 5);
             resp::bulk(out, &[epoch.as_bytes()]);
             resp::bulk(
                 out,
@@ -486,7 +508,7 @@ impl RedisLink {
         self.command(|out| {
             script_call(
                 out,
-                &self.node_occupancy_sha,
+                &self.shas.node_occupancy,
                 prefix,
                 channel,
                 &[b"nodes"],
@@ -539,7 +561,7 @@ impl RedisLink {
     /// on `channel`'s member hash, expiry set and name set, to be followed
     /// by `argv` more arguments.
     fn presence_call(&self, out: &mut BytesMut, script: usize, channel: &[u8], argv: usize) {
-        let sha = &self.presence_shas[script];
+        let sha = &self.shas.presence[script];
         let keys: [&[u8]; 3] = [b"members", b"expiry", b"names"];
         script_call(
             out,
@@ -580,10 +602,10 @@ impl RedisLink {
     /// Writes a fresh, never-used epoch into `into`.
     fn new_epoch(&self, into: &mut String) {
         use std::fmt::Write;
-        let n = self.epochs_made.get() + 1;
-        self.epochs_made.set(n);
+        let n = self.epochs.made.get() + 1;
+        self.epochs.made.set(n);
         into.clear();
-        let _ = write!(into, "{:x}{n:x}", self.epoch_seed >> 16);
+        let _ = write!(into, "{:x}{n:x}", self.epochs.seed >> 16);
     }
 
     /// Queues what the next reply answers.
