@@ -46,6 +46,8 @@ pub mod owner;
 pub mod pattern;
 pub mod protocol;
 pub mod publication;
+#[cfg(test)]
+mod simulation;
 pub mod subscriptions;
 #[cfg(test)]
 pub(crate) mod testing;
