@@ -61,9 +61,27 @@ pub enum Scenario {
     ConnectStorm,
 }
 
-/// Everything a run needs (the binary's command line).
+/// Everything a run needs (the binary's command line), in three parts.
 #[derive(Debug, Clone, clap::Args, serde::Serialize)]
 pub struct Options {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub server: ServerSide,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub load: Load,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub clients: ClientSide,
+    /// Extra label for the report (e.g. "shards=2")
+    #[arg(long, default_value = "")]
+    pub label: String,
+}
+
+/// The server under test: where it listens, which processes to measure,
+/// and how the report names it.
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+pub struct ServerSide {
     /// Server address
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub server: SocketAddr,
@@ -75,10 +93,23 @@ pub struct Options {
     /// publications cross nodes)
     #[arg(long, value_name = "ADDR")]
     pub publish_server: Option<SocketAddr>,
+    /// Server process to read CPU and memory of (from /proc)
+    #[arg(long)]
+    pub server_pid: Option<u32>,
     /// More server processes whose CPU counts with `--server-pid`'s (the
     /// other nodes, their broker; repeat the flag)
     #[arg(long = "also-pid", value_name = "PID")]
     pub also_pids: Vec<u32>,
+    /// Server name and version for the report
+    #[arg(long, default_value = "shardcast")]
+    pub server_name: String,
+    #[arg(long, default_value = "")]
+    pub server_version: String,
+}
+
+/// The load: who speaks to the server, how many, how much and how long.
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+pub struct Load {
     /// How to speak to the server
     #[arg(long, value_enum, default_value = "shardcast-json")]
     pub target: Target,
@@ -101,6 +132,21 @@ pub struct Options {
     /// book, a few levels changed per update)
     #[arg(long, value_enum, default_value = "pad")]
     pub payload: shape::Shape,
+    /// Measured publishing time (idle: the idle window)
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[serde(serialize_with = "report::seconds")]
+    pub duration: Duration,
+    /// Connections being opened at once
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+    /// First source address; more are used every 10,000 connections
+    #[arg(long, default_value = "127.0.0.2")]
+    pub source: Ipv4Addr,
+}
+
+/// What the generator's subscribers ask for and how they read.
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+pub struct ClientSide {
     /// Subscribers offer permessage-deflate (as browsers do) and inflate
     /// what comes compressed
     #[arg(long)]
@@ -117,27 +163,6 @@ pub struct Options {
     /// shardcast-json only; publishers stay JSON)
     #[arg(long)]
     pub msgpack: bool,
-    /// Measured publishing time (idle: the idle window)
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    #[serde(serialize_with = "report::seconds")]
-    pub duration: Duration,
-    /// Connections being opened at once
-    #[arg(long, default_value_t = 256)]
-    pub connect_concurrency: usize,
-    /// First source address; more are used every 10,000 connections
-    #[arg(long, default_value = "127.0.0.2")]
-    pub source: Ipv4Addr,
-    /// Server process to read CPU and memory of (from /proc)
-    #[arg(long)]
-    pub server_pid: Option<u32>,
-    /// Server name and version for the report
-    #[arg(long, default_value = "shardcast")]
-    pub server_name: String,
-    #[arg(long, default_value = "")]
-    pub server_version: String,
-    /// Extra label for the report (e.g. "shards=2")
-    #[arg(long, default_value = "")]
-    pub label: String,
     /// Subscribers that read every message at once and measure latency;
     /// the others read in bulk every --bulk-read-interval (they still count
     /// every message for loss, duplicates and order). Keeps the generator
@@ -164,14 +189,14 @@ pub struct Options {
 
 /// The upgrade path of a connection, with `?token=` when one is given.
 fn path_with_token(o: &Options, channel: &str, role: Role) -> String {
-    let mut path = o.target.path(channel, role);
-    if o.delta && role == Role::Subscriber {
+    let mut path = o.load.target.path(channel, role);
+    if o.clients.delta && role == Role::Subscriber {
         path.push_str("&delta=fossil");
     }
-    if o.batch && role == Role::Subscriber {
+    if o.clients.batch && role == Role::Subscriber {
         path.push_str("&batch=1");
     }
-    match &o.token {
+    match &o.clients.token {
         None => path,
         Some(token) => {
             let join = if path.contains('?') { '&' } else { '?' };
@@ -253,7 +278,7 @@ struct Plan {
 impl Plan {
     fn new(o: &Options) -> Plan {
         let mut plan = Plan::layout(o);
-        let mut ranks = vec![0usize; o.channels.max(1)];
+        let mut ranks = vec![0usize; o.load.channels.max(1)];
         plan.publisher_ids = plan
             .connections
             .iter()
@@ -270,10 +295,10 @@ impl Plan {
 
     /// Who connects where, and the publishing rates.
     fn layout(o: &Options) -> Plan {
-        let channels = o.channels.max(1);
-        match o.scenario {
+        let channels = o.load.channels.max(1);
+        match o.load.scenario {
             Scenario::Fanout => {
-                let mut connections: Vec<(usize, Role)> = (0..o.subscribers)
+                let mut connections: Vec<(usize, Role)> = (0..o.load.subscribers)
                     .map(|i| (i % channels, Role::Subscriber))
                     .collect();
                 connections.extend((0..channels).map(|c| (c, Role::Publisher)));
@@ -281,19 +306,19 @@ impl Plan {
                     connections,
                     publisher_ids: Vec::new(),
                     publishers_per_channel: 1,
-                    rate_each: o.rate / channels as f64,
+                    rate_each: o.load.rate / channels as f64,
                 }
             }
             Scenario::Rooms => Plan {
-                connections: (0..o.subscribers)
+                connections: (0..o.load.subscribers)
                     .map(|i| (i % channels, Role::Both))
                     .collect(),
                 publisher_ids: Vec::new(),
-                publishers_per_channel: o.subscribers.div_ceil(channels),
-                rate_each: o.rate / o.subscribers.max(1) as f64,
+                publishers_per_channel: o.load.subscribers.div_ceil(channels),
+                rate_each: o.load.rate / o.load.subscribers.max(1) as f64,
             },
             Scenario::Idle | Scenario::ConnectStorm => Plan {
-                connections: (0..o.subscribers)
+                connections: (0..o.load.subscribers)
                     .map(|i| (i % channels, Role::Subscriber))
                     .collect(),
                 publisher_ids: Vec::new(),
@@ -309,7 +334,7 @@ fn channel_name(channel: usize) -> String {
 }
 
 fn source_for(options: &Options, index: usize) -> IpAddr {
-    let base = u32::from(options.source);
+    let base = u32::from(options.load.source);
     IpAddr::V4(Ipv4Addr::from(
         base + (index / CONNECTIONS_PER_SOURCE) as u32,
     ))
@@ -328,8 +353,8 @@ pub enum BenchError {
 /// Runs one benchmark on the current thread (a pinned glommio executor) and
 /// returns its report.
 pub fn run(options: Options) -> Result<Report, BenchError> {
-    let tls = match &options.tls_ca {
-        Some(ca) => Some(Tls::new(ca, &options.tls_server_name)?),
+    let tls = match &options.clients.tls_ca {
+        Some(ca) => Some(Tls::new(ca, &options.clients.tls_server_name)?),
         None => None,
     };
     let cpu = core_affinity::get_core_ids()
@@ -358,7 +383,8 @@ async fn run_async(options: Options, tls: Option<Tls>) -> Report {
         )),
         sent: RefCell::new(vec![
             0;
-            options.channels.max(1) * plan.publishers_per_channel
+            options.load.channels.max(1)
+                * plan.publishers_per_channel
         ]),
         options,
         tls,
@@ -374,12 +400,15 @@ async fn run_async(options: Options, tls: Option<Tls>) -> Report {
     });
     glommio::spawn_local(bulk_loop(run.clone())).detach();
     let o = &run.options;
-    let rss_before = o.server_pid.and_then(|p| procstat::status_kib(p, "VmRSS:"));
+    let rss_before = o
+        .server
+        .server_pid
+        .and_then(|p| procstat::status_kib(p, "VmRSS:"));
 
     // Connect everyone, at most `connect_concurrency` at a time.
     let connect_started = Instant::now();
     let in_flight = Rc::new(glommio::sync::Semaphore::new(
-        o.connect_concurrency.max(1) as u64
+        o.load.connect_concurrency.max(1) as u64,
     ));
     for index in 0..plan.connections.len() {
         let Ok(permit) = in_flight.acquire_static_permit(1).await else {
@@ -398,32 +427,38 @@ async fn run_async(options: Options, tls: Option<Tls>) -> Report {
     let connect_seconds = connect_started.elapsed().as_secs_f64();
 
     let mut results = Results {
-        connections: total,
-        connect_failures: run.failed.get(),
-        connect_seconds,
-        connects_per_second: run.connected.get() as f64 / connect_seconds.max(1e-9),
+        connecting: report::Connecting {
+            connections: total,
+            connect_failures: run.failed.get(),
+            connect_seconds,
+            connects_per_second: run.connected.get() as f64 / connect_seconds.max(1e-9),
+            ..Default::default()
+        },
         ..Results::default()
     };
 
-    match o.scenario {
+    match o.load.scenario {
         Scenario::ConnectStorm => {}
         Scenario::Idle => {
             sleep(Duration::from_millis(500)).await;
             let (cpu0, own0, t0) = (server_cpu(o), process::cpu_seconds(), Instant::now());
             let scrape0 = scrape(&run).await;
-            sleep(o.duration).await;
+            sleep(o.load.duration).await;
             let wall = t0.elapsed().as_secs_f64();
             results.generator_cpu_fraction = (process::cpu_seconds() - own0) / wall;
             if let (Some(a), Some(b)) = (cpu0, server_cpu(o)) {
-                results.server_cpu_seconds = Some(b - a);
+                results.server.server_cpu_seconds = Some(b - a);
             }
             results.take_server_figures(scrape0, scrape(&run).await);
-            if let Some(cpu) = results.server_cpu_seconds {
-                results.server_cpu_per_second_idle = Some(cpu / wall);
+            if let Some(cpu) = results.server.server_cpu_seconds {
+                results.server.server_cpu_per_second_idle = Some(cpu / wall);
             }
-            let rss_after = o.server_pid.and_then(|p| procstat::status_kib(p, "VmRSS:"));
+            let rss_after = o
+                .server
+                .server_pid
+                .and_then(|p| procstat::status_kib(p, "VmRSS:"));
             if let (Some(before), Some(after)) = (rss_before, rss_after) {
-                results.server_rss_per_connection_bytes = Some(
+                results.server.server_rss_per_connection_bytes = Some(
                     after.saturating_sub(before) as f64 * 1024.0
                         / run.connected.get().max(1) as f64,
                 );
@@ -434,8 +469,14 @@ async fn run_async(options: Options, tls: Option<Tls>) -> Report {
         }
     }
     run.phase.set(Phase::Done);
-    results.server_rss_kib = o.server_pid.and_then(|p| procstat::status_kib(p, "VmRSS:"));
-    results.server_rss_peak_kib = o.server_pid.and_then(|p| procstat::status_kib(p, "VmHWM:"));
+    results.server.server_rss_kib = o
+        .server
+        .server_pid
+        .and_then(|p| procstat::status_kib(p, "VmRSS:"));
+    results.server.server_rss_peak_kib = o
+        .server
+        .server_pid
+        .and_then(|p| procstat::status_kib(p, "VmHWM:"));
     results.errors = run.errors.borrow().clone();
     Report::new(run.options.clone(), results)
 }
@@ -443,14 +484,19 @@ async fn run_async(options: Options, tls: Option<Tls>) -> Report {
 /// Whether subscriber `index` measures latency (spread over all channels).
 fn is_probe(o: &Options, plan: &Plan, index: usize) -> bool {
     let subscribers = plan.connections.len().max(1);
-    let every = (subscribers / o.latency_probes.max(1)).max(1);
-    o.latency_probes > 0 && index % every == 0
+    let every = (subscribers / o.clients.latency_probes.max(1)).max(1);
+    o.clients.latency_probes > 0 && index % every == 0
 }
 
 /// CPU seconds of the server and every `--also-pid` process.
 fn server_cpu(o: &Options) -> Option<f64> {
-    let main = o.server_pid.and_then(procstat::cpu_seconds)?;
-    let others: Option<f64> = o.also_pids.iter().map(|p| procstat::cpu_seconds(*p)).sum();
+    let main = o.server.server_pid.and_then(procstat::cpu_seconds)?;
+    let others: Option<f64> = o
+        .server
+        .also_pids
+        .iter()
+        .map(|p| procstat::cpu_seconds(*p))
+        .sum();
     Some(main + others?)
 }
 
@@ -459,22 +505,22 @@ fn server_cpu(o: &Options) -> Option<f64> {
 /// `--server` and `--also-server`s.
 fn server_for(o: &Options, index: usize, role: Role) -> SocketAddr {
     if role == Role::Publisher {
-        if let Some(publish) = o.publish_server {
+        if let Some(publish) = o.server.publish_server {
             return publish;
         }
     }
-    match index % (1 + o.also_servers.len()) {
-        0 => o.server,
-        n => o.also_servers[n - 1],
+    match index % (1 + o.server.also_servers.len()) {
+        0 => o.server.server,
+        n => o.server.also_servers[n - 1],
     }
 }
 
 /// The server's own `/metrics` (shardcast targets only).
 async fn scrape(run: &Run) -> Option<Scrape> {
     let o = &run.options;
-    match o.target {
+    match o.load.target {
         Target::ShardcastJson | Target::ShardcastRaw => {
-            Scrape::fetch(o.server, run.tls.as_ref()).await
+            Scrape::fetch(o.server.server, run.tls.as_ref()).await
         }
         Target::Peer | Target::Nats => None,
     }
@@ -494,7 +540,7 @@ async fn measure(run: &Rc<Run>, plan: &Plan, publishers: usize, results: &mut Re
     while run.tally.borrow().warm_count() < expect_warm && Instant::now() < warm_deadline {
         sleep(Duration::from_millis(10)).await;
     }
-    results.warm_subscribers = run.tally.borrow().warm_count();
+    results.connecting.warm_subscribers = run.tally.borrow().warm_count();
 
     let scrape0 = scrape(run).await;
     let (cpu0, own0) = (server_cpu(o), process::cpu_seconds());
@@ -503,7 +549,7 @@ async fn measure(run: &Rc<Run>, plan: &Plan, publishers: usize, results: &mut Re
     let started = Instant::now();
     run.measure_started.set(Some(started));
     run.phase.set(Phase::Measure);
-    sleep(o.duration).await;
+    sleep(o.load.duration).await;
     run.phase.set(Phase::Drain);
     let publish_seconds = started.elapsed().as_secs_f64();
     let own_during = process::cpu_seconds() - own0;
@@ -537,10 +583,10 @@ async fn measure(run: &Rc<Run>, plan: &Plan, publishers: usize, results: &mut Re
 
     let totals = run.tally.borrow().totals(expected_for);
     let published: u64 = sent.iter().sum();
-    results.publishers = publishers;
-    results.published = published;
-    results.publish_rate_achieved = published as f64 / publish_seconds;
-    results.expected_deliveries = expected;
+    results.publishing.publishers = publishers;
+    results.publishing.published = published;
+    results.publishing.publish_rate_achieved = published as f64 / publish_seconds;
+    results.publishing.expected_deliveries = expected;
     results.totals = totals;
     results.deliveries_per_second = totals.received as f64 / delivery_seconds;
     results.latency_us = Some(report::Percentiles::of(&run.tally.borrow().latency_us));
@@ -551,12 +597,12 @@ async fn measure(run: &Rc<Run>, plan: &Plan, publishers: usize, results: &mut Re
     if let (Some(a), Some(b), true) = (
         cpu0,
         cpu1,
-        results.server_cpu_seconds.is_none() || !o.also_pids.is_empty(),
+        results.server.server_cpu_seconds.is_none() || !o.server.also_pids.is_empty(),
     ) {
-        results.server_cpu_seconds = Some(b - a);
+        results.server.server_cpu_seconds = Some(b - a);
     }
-    if let (Some(cpu), true) = (results.server_cpu_seconds, totals.received > 0) {
-        results.server_cpu_seconds_per_million = Some(cpu / totals.received as f64 * 1e6);
+    if let (Some(cpu), true) = (results.server.server_cpu_seconds, totals.received > 0) {
+        results.server.server_cpu_seconds_per_million = Some(cpu / totals.received as f64 * 1e6);
     }
     results.wire_bytes_received = run.wire_bytes.get();
     if totals.received > 0 {
@@ -579,8 +625,9 @@ async fn client(run: Rc<Run>, plan: Rc<Plan>, index: usize, permit: glommio::syn
             Some(tls) => Stream::Tls(Box::new(tls.connect(tcp).await?)),
         };
         let path = path_with_token(o, &name, role);
-        let offer = o.compress && role != Role::Publisher;
-        let protocol = (o.msgpack && role == Role::Subscriber).then_some("shardcast.msgpack");
+        let offer = o.clients.compress && role != Role::Publisher;
+        let protocol =
+            (o.clients.msgpack && role == Role::Subscriber).then_some("shardcast.msgpack");
         let upgraded = wsclient::upgrade(&mut stream, server, &path, offer, protocol).await?;
         Ok::<_, std::io::Error>((stream, upgraded))
     };
@@ -601,7 +648,7 @@ async fn client(run: Rc<Run>, plan: Rc<Plan>, index: usize, permit: glommio::syn
         }
     };
     run.connected.set(run.connected.get() + 1);
-    if o.scenario == Scenario::ConnectStorm {
+    if o.load.scenario == Scenario::ConnectStorm {
         // Hold the connection until the run ends.
         while run.phase.get() != Phase::Done {
             sleep(Duration::from_millis(100)).await;
@@ -610,7 +657,7 @@ async fn client(run: Rc<Run>, plan: Rc<Plan>, index: usize, permit: glommio::syn
     }
     let stream = Shared::new(stream);
     let mut hello = Vec::new();
-    o.target.hello(&name, role, &mut hello);
+    o.load.target.hello(&name, role, &mut hello);
     if !hello.is_empty() && stream.write_all(&hello).await.is_err() {
         run.note_error("hello failed".into());
         return;
@@ -621,10 +668,10 @@ async fn client(run: Rc<Run>, plan: Rc<Plan>, index: usize, permit: glommio::syn
         glommio::spawn_local(async move { publish(run, stream, name, publisher, rate).await })
             .detach();
     }
-    if role != Role::Publisher || o.target == Target::Nats {
+    if role != Role::Publisher || o.load.target == Target::Nats {
         let probe = is_probe(o, &plan, index);
         let inflater = MessageInflater::for_agreement(upgraded.extensions.as_deref());
-        let reader = ConnReader::new(index, probe, upgraded.leftover, inflater, o.delta);
+        let reader = ConnReader::new(index, probe, upgraded.leftover, inflater, o.clients.delta);
         if probe {
             probe_loop(&run, &stream, reader).await;
         } else {
@@ -674,7 +721,7 @@ impl Sink {
             },
             _ => payload,
         };
-        if !run.options.batch {
+        if !run.options.clients.batch {
             return self.envelopes.one(run, payload, out);
         }
         // A batched frame: envelopes one per line.
@@ -688,7 +735,7 @@ impl Envelopes {
     /// Acts on one envelope (or a peer's message), rebuilt first if it is a
     /// delta.
     fn one(&mut self, run: &Run, payload: &[u8], out: &mut Vec<u8>) {
-        if run.options.msgpack {
+        if run.options.clients.msgpack {
             // The stamp is in the data map: `s`, `i`, `t`.
             match msgpack_stamp(payload) {
                 Some(stamp) => deliver(run, self.index, self.probe, stamp),
@@ -822,7 +869,7 @@ async fn probe_loop(run: &Run, stream: &Shared, mut reader: ConnReader) {
 async fn bulk_loop(run: Rc<Run>) {
     let (mut out, mut scratch) = (Vec::new(), Vec::new());
     while run.phase.get() != Phase::Done {
-        sleep(run.options.bulk_read_interval).await;
+        sleep(run.options.clients.bulk_read_interval).await;
         let mut conns = run.bulk.borrow_mut();
         let mut closed = Vec::new();
         for (slot, (stream, reader)) in conns.iter_mut().enumerate() {
@@ -879,7 +926,7 @@ fn on_message(
     nats: &mut Vec<u8>,
     out: &mut Vec<u8>,
 ) {
-    if run.options.target != Target::Nats {
+    if run.options.load.target != Target::Nats {
         if let Some(stamp) = target::find_stamp(payload) {
             deliver(run, index, probe, stamp);
         }
@@ -947,13 +994,15 @@ fn deliver(run: &Run, index: usize, probe: bool, stamp: Stamp) {
 async fn publish(run: Rc<Run>, stream: Shared, channel: String, publisher: u32, rate: f64) {
     let o = &run.options;
     let (mut out, mut scratch, mut payload) = (Vec::new(), Vec::new(), Vec::new());
-    let mut maker = PayloadMaker::new(o.payload, o.size, publisher);
+    let mut maker = PayloadMaker::new(o.load.payload, o.load.size, publisher);
     // Warm-up: a marker every 50 ms.
     while run.phase.get() == Phase::Connecting || run.phase.get() == Phase::Warmup {
         if run.phase.get() == Phase::Warmup {
             out.clear();
             maker.make(0, publisher, run.nanos(), &mut payload);
-            o.target.publish(&channel, &payload, &mut out, &mut scratch);
+            o.load
+                .target
+                .publish(&channel, &payload, &mut out, &mut scratch);
             if stream.write_all(&out).await.is_err() {
                 return;
             }
@@ -974,7 +1023,9 @@ async fn publish(run: Rc<Run>, stream: Shared, channel: String, publisher: u32, 
         while seq < due {
             seq += 1;
             maker.make(seq, publisher, run.nanos(), &mut payload);
-            o.target.publish(&channel, &payload, &mut out, &mut scratch);
+            o.load
+                .target
+                .publish(&channel, &payload, &mut out, &mut scratch);
         }
         if !out.is_empty() {
             if stream.write_all(&out).await.is_err() {
@@ -1036,12 +1087,12 @@ mod tests {
     fn tls_is_off_unless_a_ca_is_given() {
         let plain = options(&[]);
         assert_eq!(
-            (plain.tls_ca, plain.tls_server_name.as_str()),
+            (plain.clients.tls_ca, plain.clients.tls_server_name.as_str()),
             (None, "localhost")
         );
         let tls = options(&["--tls-ca", "ca.pem", "--tls-server-name", "127.0.0.1"]);
-        assert_eq!(tls.tls_ca, Some(PathBuf::from("ca.pem")));
-        assert_eq!(tls.tls_server_name, "127.0.0.1");
+        assert_eq!(tls.clients.tls_ca, Some(PathBuf::from("ca.pem")));
+        assert_eq!(tls.clients.tls_server_name, "127.0.0.1");
         #[derive(Parser, Debug)]
         struct Cli {
             #[command(flatten)]

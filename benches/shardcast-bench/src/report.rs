@@ -45,33 +45,54 @@ impl Percentiles {
 
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Results {
+    #[serde(flatten)]
+    pub connecting: Connecting,
+    #[serde(flatten)]
+    pub publishing: Publishing,
+    #[serde(flatten)]
+    pub server: ServerCost,
+    #[serde(flatten)]
+    pub totals: Totals,
+    pub deliveries_per_second: f64,
+    pub latency_us: Option<Percentiles>,
+    pub generator_cpu_fraction: f64,
+    /// Bytes the subscribers read while measuring (frames with their
+    /// headers), and per publication delivered.
+    pub wire_bytes_received: u64,
+    pub wire_bytes_per_delivery: Option<f64>,
+    pub errors: Vec<String>,
+}
+
+/// How connecting went.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Connecting {
     pub connections: usize,
     pub connect_failures: usize,
     pub connect_seconds: f64,
     pub connects_per_second: f64,
     pub warm_subscribers: usize,
+}
+
+/// What was published.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Publishing {
     pub publishers: usize,
     pub published: u64,
     pub publish_rate_achieved: f64,
     pub expected_deliveries: u64,
-    #[serde(flatten)]
-    pub totals: Totals,
-    pub deliveries_per_second: f64,
-    pub latency_us: Option<Percentiles>,
+}
+
+/// What the server spent, from /proc and its own `/metrics`.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ServerCost {
     pub server_cpu_seconds: Option<f64>,
     pub server_cpu_seconds_per_million: Option<f64>,
     pub server_cpu_per_second_idle: Option<f64>,
     pub server_rss_kib: Option<u64>,
     pub server_rss_peak_kib: Option<u64>,
     pub server_rss_per_connection_bytes: Option<f64>,
-    pub generator_cpu_fraction: f64,
-    /// Bytes the subscribers read while measuring (frames with their
-    /// headers), and per publication delivered.
-    pub wire_bytes_received: u64,
-    pub wire_bytes_per_delivery: Option<f64>,
     /// What the server's own `/metrics` said (shardcast only).
     pub server_metrics: Option<ServerFigures>,
-    pub errors: Vec<String>,
 }
 
 impl Results {
@@ -80,8 +101,8 @@ impl Results {
     pub fn take_server_figures(&mut self, before: Option<Scrape>, after: Option<Scrape>) {
         if let (Some(before), Some(after)) = (before, after) {
             let figures = before.figures_until(&after);
-            self.server_cpu_seconds = Some(figures.cpu_seconds);
-            self.server_metrics = Some(figures);
+            self.server.server_cpu_seconds = Some(figures.cpu_seconds);
+            self.server.server_metrics = Some(figures);
         }
     }
 }
@@ -113,8 +134,11 @@ impl Report {
                 results.generator_cpu_fraction * 100.0
             ));
         }
-        if results.connect_failures > 0 {
-            why.push(format!("{} connections failed", results.connect_failures));
+        if results.connecting.connect_failures > 0 {
+            why.push(format!(
+                "{} connections failed",
+                results.connecting.connect_failures
+            ));
         }
         let t = results.totals;
         if t.lost + t.duplicated + t.out_of_order > 0 {
@@ -124,16 +148,20 @@ impl Report {
             ));
         }
         let messaging = matches!(
-            options.scenario,
+            options.load.scenario,
             super::Scenario::Fanout | super::Scenario::Rooms
         );
         if messaging
-            && results.warm_subscribers
-                < results.connections - results.publishers.min(results.connections)
+            && results.connecting.warm_subscribers
+                < results.connecting.connections
+                    - results
+                        .publishing
+                        .publishers
+                        .min(results.connecting.connections)
         {
             why.push(format!(
                 "only {} of the subscribers received warm-up traffic",
-                results.warm_subscribers
+                results.connecting.warm_subscribers
             ));
         }
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -160,7 +188,7 @@ impl Report {
         let r = &self.results;
         let server = format!(
             "{}{}",
-            o.server_name,
+            o.server.server_name,
             if o.label.is_empty() {
                 String::new()
             } else {
@@ -172,29 +200,29 @@ impl Report {
         } else {
             format!("INVALID: {}", self.invalid_because.join("; "))
         };
-        match o.scenario {
+        match o.load.scenario {
             super::Scenario::Fanout | super::Scenario::Rooms => {
                 let l = r.latency_us.unwrap_or_default();
-                let subscribers = match o.scenario {
-                    super::Scenario::Rooms => r.connections,
-                    _ => r.connections - r.publishers.min(r.connections),
+                let subscribers = match o.load.scenario {
+                    super::Scenario::Rooms => r.connecting.connections,
+                    _ => r.connecting.connections - r.publishing.publishers.min(r.connecting.connections),
                 };
                 format!(
                     "{:?} {server}: {} subs x {:.0} msg/s -> {:.0} deliveries/s, p50 {} us, p99 {} us, max {} us, server {:.2} CPU-s/M, gen CPU {:.0}% ({verdict})",
-                    o.scenario, subscribers, r.publish_rate_achieved, r.deliveries_per_second,
-                    l.p50, l.p99, l.max, r.server_cpu_seconds_per_million.unwrap_or(f64::NAN),
+                    o.load.scenario, subscribers, r.publishing.publish_rate_achieved, r.deliveries_per_second,
+                    l.p50, l.p99, l.max, r.server.server_cpu_seconds_per_million.unwrap_or(f64::NAN),
                     r.generator_cpu_fraction * 100.0
                 )
             }
             super::Scenario::Idle => format!(
                 "Idle {server}: {} connections, {:.0} bytes RSS each, {:.4} CPU-s per s ({verdict})",
-                r.connections,
-                r.server_rss_per_connection_bytes.unwrap_or(f64::NAN),
-                r.server_cpu_per_second_idle.unwrap_or(f64::NAN)
+                r.connecting.connections,
+                r.server.server_rss_per_connection_bytes.unwrap_or(f64::NAN),
+                r.server.server_cpu_per_second_idle.unwrap_or(f64::NAN)
             ),
             super::Scenario::ConnectStorm => format!(
                 "ConnectStorm {server}: {} connections in {:.2}s = {:.0}/s, {} failed ({verdict})",
-                r.connections, r.connect_seconds, r.connects_per_second, r.connect_failures
+                r.connecting.connections, r.connecting.connect_seconds, r.connecting.connects_per_second, r.connecting.connect_failures
             ),
         }
     }
