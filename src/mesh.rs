@@ -123,6 +123,7 @@ impl Reply {
 /// and their answers.
 #[derive(Debug)]
 pub enum MeshMsg {
+    /// Needs no answer.
     Cast(Cast),
     /// A question, to be answered under its [`ReplyId`] (to the shard that
     /// names).

@@ -922,8 +922,8 @@ impl Shard {
 
     #[cfg(test)]
     /// Questions waiting for their answers (HTTP publishes waiting for
-    /// their `seq` among them).
-    pub fn pending_http_publishes(&self) -> usize {
+    /// their `seq`s among them).
+    pub fn pending_questions(&self) -> usize {
         self.pending.len()
     }
 
@@ -1277,7 +1277,7 @@ mod tests {
                     glommio::timer::timeout(Duration::from_millis(5), async { Ok(publish.await) })
                         .await;
                 assert!(waited.is_err(), "nobody answers");
-                assert_eq!(shard.pending_http_publishes(), 0);
+                assert_eq!(shard.pending_questions(), 0);
             }
             // A late answer for a slot given up on reaches nobody.
             let late = Reply::Http {
@@ -1286,7 +1286,43 @@ mod tests {
                 idempotency_key: None,
             };
             shard.report(0, late, Ok(7), true);
-            assert_eq!(shard.pending_http_publishes(), 0);
+            assert_eq!(shard.pending_questions(), 0);
+        });
+    }
+
+    /// A question asked of a peer comes back through `handle_mesh` to the
+    /// task that asked it, typed; a second answer under the same id (a
+    /// peer answering twice) is not taken, and the entry is freed.
+    #[test]
+    fn a_scrape_takes_the_snapshot_its_peer_answers() {
+        crate::sync::on_test_executor(async {
+            let (links, mut receivers) =
+                PeerLinks::new(0, 2, crate::mesh::new_congestion(2), Rc::default());
+            let to_peer = receivers[1].take().unwrap();
+            let config = Config {
+                shards: 2,
+                ..Config::default()
+            };
+            let shard = Rc::new(Shard::new(0, None, config, ShardParts::alone(links, 2)));
+            let scrape = glommio::spawn_local({
+                let shard = shard.clone();
+                async move { shard.gather().await }
+            });
+            let Some(MeshMsg::Ask(to, Question::Snapshot)) = to_peer.recv().await else {
+                panic!("the peer is asked for its snapshot");
+            };
+            assert_eq!(to.shard(), 0, "answered to the shard that asked");
+            let answer = |shard_id| {
+                let mut snapshot = shard.snapshot(false);
+                snapshot.shard = shard_id;
+                MeshMsg::Answer(to, Answer::Snapshot(Box::new(snapshot)))
+            };
+            shard.handle_mesh(answer(1));
+            let stats = scrape.await;
+            assert_eq!(stats.shards_reporting, 2);
+            assert_eq!(shard.pending_questions(), 0, "the entry is freed");
+            shard.handle_mesh(answer(1));
+            assert_eq!(shard.pending_questions(), 0, "a late answer goes nowhere");
         });
     }
 
