@@ -21,7 +21,8 @@
 //!   engine (core NATS fan-out), broker URLs, reconnect backoff, and the
 //!   record a publication travels between nodes as; the shard's side is
 //!   `shard::cluster`.
-//! - [`mesh`]: typed cross-shard messages and the ordered per-peer links;
+//! - [`mesh`]: typed cross-shard messages (casts, questions and answers),
+//!   the pending-reply table, and the ordered per-peer links;
 //!   [`publication`]: the publication types every layer shares; [`close`]:
 //!   why a connection closes.
 //! - [`conn`]: one client connection's own parts, which know nothing of the

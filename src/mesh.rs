@@ -14,8 +14,16 @@
 //! full *or* the owner is congested, so a publisher on the owner itself, or
 //! one whose publications the owner forwards to a slow shard, slows down too.
 //! The owner lowers its flag once all its queues are under half the mark and
-//! tells every peer ([`MeshMsg::Room`]), which wakes their waiting
+//! tells every peer ([`Cast::Room`]), which wakes their waiting
 //! publishers.
+//!
+//! Messages are of three kinds ([`MeshMsg`]): a [`Cast`] needs no answer
+//! (publications, deliveries, interest, presence changes); an `Ask` is a
+//! [`Question`] named by a [`ReplyId`] — an entry of the asking shard's
+//! pending table (`mesh/pending.rs`) — and comes back as the `Answer` of
+//! the same kind under that id. A publication's [`Reply`] says where its
+//! `seq` goes: to a connection (through the publisher's shard), or to an
+//! HTTP publish's pending entry.
 
 use std::{
     rc::Rc,
@@ -31,14 +39,21 @@ use glommio::channels::{
     local_channel::{self, LocalReceiver, LocalSender},
 };
 
+pub use self::pending::ReplyId;
 use crate::{
-    protocol::PresenceAsk,
+    channel::ChannelName,
+    protocol::{PresenceAsk, RequestIdBuf},
     publication::{ConnRef, Payload, Position, Skip},
-    shard::members::{Member, Page},
+    shard::{
+        api::{ApiAnswer, ApiRequest},
+        members::{Member, Page},
+    },
     snapshot::ShardSnapshot,
     stats::{bump, Stats},
     sync::WaitQueue,
 };
+
+pub mod pending;
 
 /// Capacity of each glommio mesh lane, in messages.
 pub const LANE_CAPACITY: usize = 1024;
@@ -66,16 +81,13 @@ pub enum Reply {
     /// A JSON `pub` with an `id`: send an `ack` to that connection.
     Ack {
         conn: ConnRef,
-        id: Box<str>,
+        id: RequestIdBuf,
         idempotency_key: Option<Box<str>>,
     },
-    /// An HTTP publish waiting in the publisher shard's reply slot; `nonce`
-    /// tells it from a later publish given the same slot after this one
-    /// gave up waiting; `index`: which of the request's publications this
-    /// is.
+    /// An HTTP publish waiting for [`Answer::Published`] under `to`;
+    /// `index`: which of the request's publications this is.
     Http {
-        slot: u32,
-        nonce: u32,
+        to: ReplyId,
         index: u32,
         idempotency_key: Option<Box<str>>,
     },
@@ -104,29 +116,41 @@ impl Reply {
     }
 }
 
-/// Who asked about a presence channel.
-#[derive(Debug, Clone)]
-pub enum PresenceAsker {
-    /// A connection's `presence`/`occupancy` op, answered to its `id`.
-    Conn { conn: ConnRef, id: Option<Box<str>> },
-    /// `GET /api/presence/<ch>` waiting in a reply slot (see `Reply::Http`).
-    Http { slot: u32, nonce: u32 },
-}
-
-/// Everything shards say to each other.
+/// Everything shards say to each other: what needs no answer, questions,
+/// and their answers.
 #[derive(Debug)]
 pub enum MeshMsg {
+    /// Needs no answer.
+    Cast(Cast),
+    /// A question, to be answered under its [`ReplyId`] (to the shard that
+    /// names).
+    Ask(ReplyId, Question),
+    /// The answer to an `Ask`, or to an HTTP publish (`Reply::Http`), for
+    /// the asker's pending table.
+    Answer(ReplyId, Answer),
+}
+
+/// What a shard tells another without waiting for an answer.
+#[derive(Debug)]
+pub enum Cast {
     /// To the owner: order this publication and distribute it.
     Publish {
-        ch: Bytes,
+        ch: ChannelName,
         payload: Payload,
         from: u16,
         skip: Option<Skip>,
         reply: Reply,
     },
+    /// From the owner: how the `pub` forwarded by shard `from` went — its
+    /// `seq`, or why it was refused (the cluster engine is unavailable or
+    /// did not answer; its idempotency store is full).
+    Published {
+        reply: Reply,
+        result: Result<u64, crate::engine::Refused>,
+    },
     /// From the owner: deliver publication `seq` to your local subscribers.
     Deliver {
-        ch: Bytes,
+        ch: ChannelName,
         seq: u64,
         payload: Payload,
         skip: Option<Skip>,
@@ -136,56 +160,17 @@ pub enum MeshMsg {
     /// To the owner: this shard now has subscribers of `ch` (`on`), and
     /// some that asked for deltas (`delta`), or no longer.
     Interest {
-        ch: Bytes,
+        ch: ChannelName,
         on: bool,
         delta: bool,
         from: u16,
     },
-    /// To the owner: subscription `token` of `conn` on shard `from` wants the
-    /// channel's position and, with `since`, what it missed. Sent after the
-    /// `Interest`, so the answer comes back ahead of every publication the
-    /// subscriber has not been sent yet.
-    Position {
-        ch: Bytes,
-        from: u16,
-        conn: ConnRef,
-        token: u32,
-        since: Option<(u64, Box<str>)>,
-        /// The `sub`'s `id`, for the ack.
-        id: Option<Box<str>>,
-    },
-    /// From the owner: the answer to `Position`.
-    PositionReply {
-        ch: Bytes,
-        conn: ConnRef,
-        token: u32,
-        id: Option<Box<str>>,
-        position: Box<Position>,
-    },
-    /// From the owner: the publication you forwarded got `seq`.
-    Published { reply: Reply, seq: u64 },
-    /// From the owner: the publication you forwarded was refused, and why
-    /// (the cluster engine is unavailable or did not answer; its
-    /// idempotency store is full).
-    Refused {
-        reply: Reply,
-        why: crate::engine::Refused,
-    },
     /// From the owner: the channel's subscribers missed publications that
     /// cannot be recovered; they resync at `seq` under `epoch`.
     Resync {
-        ch: Bytes,
+        ch: ChannelName,
         seq: u64,
         epoch: Box<str>,
-    },
-    /// A scrape on shard `from`: send your snapshot back for `slot`.
-    /// `nonce` tells this scrape from an earlier one that used the slot.
-    StatsRequest { from: u16, slot: u32, nonce: u32 },
-    /// The snapshot asked for by `StatsRequest { slot, nonce }`.
-    StatsReply {
-        slot: u32,
-        nonce: u32,
-        snapshot: Box<ShardSnapshot>,
     },
     /// The sender's queues are all under half their high-water mark again:
     /// publishers waiting for it may go on.
@@ -195,7 +180,7 @@ pub enum MeshMsg {
     /// To the owner of `ch`: connection `conn` of `user` subscribed (`on`)
     /// or no longer is (for the `subscribed`/`unsubscribed` webhooks).
     Subscription {
-        ch: Bytes,
+        ch: ChannelName,
         on: bool,
         user: Box<str>,
         conn: Box<str>,
@@ -205,7 +190,7 @@ pub enum MeshMsg {
     /// `skip`: the member's shard and connection, which sends the member
     /// its own join.
     PresenceChange {
-        ch: Bytes,
+        ch: ChannelName,
         join: bool,
         member: Box<Member>,
         skip: Option<(u16, ConnRef)>,
@@ -213,41 +198,75 @@ pub enum MeshMsg {
     /// From the owner: deliver a `join` (or `leave`) of `member` (its JSON
     /// object) to your subscribers of `ch` that asked for them, but `skip`.
     PresenceEvent {
-        ch: Bytes,
+        ch: ChannelName,
         join: bool,
         member: Bytes,
         skip: Option<(u16, ConnRef)>,
     },
-    /// To the owner: answer `ask` about presence channel `ch` to `asker` on
-    /// shard `from`.
-    PresenceQuery {
-        ch: Bytes,
-        from: u16,
-        asker: PresenceAsker,
-        ask: PresenceAsk,
+}
+
+/// What a shard asks another (or itself); each is answered with the
+/// [`Answer`] of the same name.
+#[derive(Debug)]
+pub enum Question {
+    /// A scrape: your snapshot.
+    Snapshot,
+    /// A server API request (`shard/api.rs`).
+    Api(Box<ApiRequest>),
+    /// To the owner of presence channel `ch`: a page of its members, or
+    /// their count.
+    Presence { ch: ChannelName, ask: PresenceAsk },
+    /// To the owner of `ch`, for a subscription waiting for its position:
+    /// where the channel stands and, with `since`, what it missed. Sent
+    /// after the subscription's `Interest`, so the answer comes back ahead
+    /// of every publication the subscriber has not been sent yet.
+    Position {
+        ch: ChannelName,
+        since: Option<(u64, Box<str>)>,
     },
-    /// A server API request of shard `from` (`shard/api.rs`), to be
-    /// answered to its reply slot.
-    Api {
-        from: u16,
-        slot: u32,
-        nonce: u32,
-        request: Box<crate::shard::api::ApiRequest>,
-    },
-    /// The answer to `Api`.
-    ApiReply {
-        slot: u32,
-        nonce: u32,
-        answer: Box<crate::shard::api::ApiAnswer>,
-    },
-    /// From the owner: the answer to `PresenceQuery` (`counting`: it was
-    /// an `occupancy`).
-    PresenceReply {
-        ch: Bytes,
-        asker: PresenceAsker,
-        page: Box<Page>,
-        counting: bool,
-    },
+}
+
+/// An answer, to the pending table of the shard that asked.
+#[derive(Debug)]
+pub enum Answer {
+    Snapshot(Box<ShardSnapshot>),
+    Api(Box<ApiAnswer>),
+    Presence(Box<Page>),
+    Position(Box<Position>),
+    /// How one publication of an HTTP publish went.
+    Published(Published),
+}
+
+/// How publication `index` of an HTTP publish went: its `seq`, or why it
+/// was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub index: u32,
+    pub result: Result<u64, crate::engine::Refused>,
+}
+
+/// The answers a task waits for, each taken out of [`Answer`] (a task
+/// asked one kind of question, so it gets that kind of answer).
+macro_rules! awaited_answers {
+    ($($variant:ident => $reply:ty, $unwrap:expr;)*) => {$(
+        impl TryFrom<Answer> for $reply {
+            type Error = Answer;
+
+            fn try_from(answer: Answer) -> Result<Self, Answer> {
+                match answer {
+                    Answer::$variant(reply) => Ok($unwrap(reply)),
+                    other => Err(other),
+                }
+            }
+        }
+    )*};
+}
+
+awaited_answers! {
+    Snapshot => ShardSnapshot, |b: Box<ShardSnapshot>| *b;
+    Api => ApiAnswer, |b: Box<ApiAnswer>| *b;
+    Presence => Page, |b: Box<Page>| *b;
+    Published => Published, |p| p;
 }
 
 /// One flag per shard: set while that shard has a queue to a peer over its
@@ -361,7 +380,7 @@ impl PeerLinks {
         self.room.until(|| self.has_room(owner)).await;
     }
 
-    /// A peer's [`MeshMsg::Room`], or a queue here drained: waiting
+    /// A peer's [`Cast::Room`], or a queue here drained: waiting
     /// publishers check again.
     pub fn wake_publishers(&self) {
         if self.room.has_waiters() {
@@ -395,7 +414,7 @@ impl PeerLinks {
         self.set_congested(false);
         for peer in 0..self.queues.len() {
             if peer != self.shard {
-                self.send(peer, MeshMsg::Room);
+                self.send(peer, MeshMsg::Cast(Cast::Room));
             }
         }
         self.wake_publishers();
@@ -426,12 +445,12 @@ mod tests {
     use super::*;
 
     fn any_message() -> MeshMsg {
-        MeshMsg::Interest {
-            ch: Bytes::from_static(b"c"),
+        MeshMsg::Cast(Cast::Interest {
+            ch: ChannelName::of_valid("c"),
             on: true,
             delta: false,
             from: 0,
-        }
+        })
     }
 
     #[test]
@@ -458,7 +477,10 @@ mod tests {
             assert!(owner.relieve());
             assert!(owner.has_room(0) && elsewhere.has_room(0));
             let to_one = receivers[1].take().unwrap();
-            assert!(matches!(to_one.recv().await, Some(MeshMsg::Room)));
+            assert!(matches!(
+                to_one.recv().await,
+                Some(MeshMsg::Cast(Cast::Room))
+            ));
         });
     }
 }

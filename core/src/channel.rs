@@ -1,6 +1,9 @@
 //! Channel names: what characters and length are allowed, which are the
 //! server's own (read-only) system channels, and which shard owns a channel
-//! (orders its publications). Pure functions.
+//! (orders its publications). Pure functions, and [`ChannelName`]: a name
+//! checked once where it comes in, then carried between shards as it is.
+
+use std::{fmt, sync::Arc};
 
 /// Longest channel name, in bytes.
 pub const MAX_CHANNEL_LEN: usize = 128;
@@ -70,6 +73,56 @@ pub fn validate(name: &str, access: Access) -> Result<(), ChannelError> {
     Ok(())
 }
 
+/// A channel name known to be valid (for subscribing, the wider of the two
+/// accesses): checked where it came in, shared by every message that
+/// carries it (a clone is a reference count), read as `&str` at no cost.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct ChannelName(Arc<str>);
+
+impl ChannelName {
+    /// Checks a name that came from outside for `access`.
+    pub fn parse(name: &str, access: Access) -> Result<Self, ChannelError> {
+        validate(name, access)?;
+        Ok(ChannelName(name.into()))
+    }
+
+    /// A name checked before it got here: read by the protocol parser, or
+    /// one the shard holds (its index, owners and members take only names
+    /// that were). Checked again in debug builds only.
+    pub fn of_valid(name: &str) -> Self {
+        debug_assert_eq!(validate(name, Access::Subscribe), Ok(()), "{name:?}");
+        ChannelName(name.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::ops::Deref for ChannelName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ChannelName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for ChannelName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Whether `name` is one of the server's own channels.
 pub fn is_system(name: &[u8]) -> bool {
     name.first() == Some(&(RESERVED_PREFIX as u8))
@@ -128,6 +181,22 @@ mod tests {
         for name in [".", "news.", ".news", "chat..x", "a.b."] {
             assert_eq!(validate(name), Err(ChannelError::EmptySegment), "{name}");
         }
+    }
+
+    #[test]
+    fn a_channel_name_is_checked_where_it_comes_in() {
+        let name = ChannelName::parse("user.42", Access::Publish).unwrap();
+        assert_eq!(name.as_str(), "user.42");
+        assert_eq!(name.clone(), name);
+        assert_eq!(
+            ChannelName::parse("a..b", Access::Subscribe),
+            Err(ChannelError::EmptySegment)
+        );
+        assert!(ChannelName::parse(STATS_CHANNEL, Access::Subscribe).is_ok());
+        assert_eq!(
+            ChannelName::parse(STATS_CHANNEL, Access::Publish),
+            Err(ChannelError::ReadOnly)
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use crate::{deflate::Deflater, extension::Agreement, msgpack};
 use crate::{
     frame,
-    protocol::{self, OpError},
+    protocol::{self, OpError, RequestId},
     publication::Payload,
 };
 
@@ -86,14 +86,14 @@ impl Codec {
     }
 
     /// The acknowledgement of op `id` (with the `seq` a publication got).
-    pub fn ack(self, id: &str, seq: Option<u64>) -> Bytes {
+    pub fn ack(self, id: RequestId<'_>, seq: Option<u64>) -> Bytes {
         self.control(protocol::encode_ack(id, seq))
     }
 
     /// The acknowledgement of a `sub` with `id`: where the channel stands.
     pub fn sub_ack(
         self,
-        id: &str,
+        id: RequestId<'_>,
         seq: u64,
         epoch: &str,
         recovered: Option<bool>,
@@ -122,7 +122,7 @@ impl Codec {
     /// The answer to `presence` (`members`: JSON objects joined by commas).
     pub fn presence(
         self,
-        id: Option<&str>,
+        id: Option<RequestId<'_>>,
         channel: &str,
         page: (&[u8], usize, Option<&str>),
     ) -> Bytes {
@@ -132,7 +132,7 @@ impl Codec {
     }
 
     /// The answer to `occupancy`.
-    pub fn occupancy(self, id: Option<&str>, channel: &str, count: usize) -> Bytes {
+    pub fn occupancy(self, id: Option<RequestId<'_>>, channel: &str, count: usize) -> Bytes {
         self.control(protocol::encode_occupancy(id, channel, count))
     }
 
@@ -147,7 +147,7 @@ impl Codec {
     }
 
     /// The answer to a `ping` op.
-    pub fn pong(self, id: Option<&str>) -> Bytes {
+    pub fn pong(self, id: Option<RequestId<'_>>) -> Bytes {
         self.control(protocol::encode_pong(id))
     }
 }

@@ -12,7 +12,7 @@ use rmpv::Value;
 
 use crate::{
     frame::{self, OpCode},
-    protocol::{self, ErrorCode, OpError, PayloadKind, MAX_DATA_DEPTH},
+    protocol::{self, ErrorCode, OpError, PayloadKind, RequestId, RequestIdBuf, MAX_DATA_DEPTH},
     publication::Payload,
 };
 
@@ -26,18 +26,22 @@ pub enum Op {
     BinaryPub { op: String, data: Vec<u8> },
 }
 
-/// A client frame refused: why, and the request's `id` as JSON text when
-/// the map could be read far enough to find it.
+/// A client frame refused: why, and the request's `id` when the map could
+/// be read far enough to find it (and it is one the JSON protocol takes).
 #[derive(Debug, PartialEq)]
 pub struct Refused {
     pub msg: &'static str,
-    pub id: Option<String>,
+    pub id: Option<RequestIdBuf>,
 }
 
 impl Refused {
     /// The `err` this answers with (`bad_json`, as the JSON protocol's).
     pub fn error(&self) -> OpError<'_> {
-        OpError::new(ErrorCode::BadJson, self.msg, self.id.as_deref())
+        OpError::new(
+            ErrorCode::BadJson,
+            self.msg,
+            self.id.as_ref().map(RequestIdBuf::as_id),
+        )
     }
 }
 
@@ -68,7 +72,11 @@ pub fn parse_op(bytes: &[u8]) -> Result<Op, Refused> {
             Value::String(_) | Value::Integer(_) => to_json(v.clone()).ok(),
             _ => None,
         })
-        .map(|id| id.to_string());
+        .and_then(|id| {
+            RequestId::parse(&id.to_string())
+                .ok()
+                .map(RequestId::to_buf)
+        });
     let bad = |msg: &'static str| Refused {
         msg,
         id: id.clone(),
@@ -233,7 +241,7 @@ mod tests {
         };
         assert!(matches!(
             protocol::parse_client_op(&json),
-            Ok(protocol::ClientOp::Sub { id: Some("7"), .. })
+            Ok(protocol::ClientOp::Sub { id: Some(id), .. }) if id.as_json() == "7"
         ));
         let data = Value::Map(vec![
             ("px".into(), Value::F64(1.5)),
@@ -329,7 +337,7 @@ mod tests {
 
     /// The JSON protocol's reading of a MessagePack op: its code and id.
     fn read(bytes: &[u8]) -> Result<(), (ErrorCode, Option<String>)> {
-        let refused = |e: OpError<'_>| (e.code, e.id.map(str::to_owned));
+        let refused = |e: OpError<'_>| (e.code, e.id.map(|id| id.as_json().to_owned()));
         match parse_op(bytes) {
             Ok(Op::Json(json)) => protocol::parse_client_op(&json).map(drop).map_err(refused),
             Ok(Op::BinaryPub { op, .. }) => {
@@ -368,7 +376,7 @@ mod tests {
     #[test]
     fn server_messages_mirror_the_json_ones() {
         let ack = decode(&from_json_frame(&protocol::encode_sub_ack(
-            "\"a\"",
+            RequestId::parse("\"a\"").unwrap(),
             4,
             "e-1",
             Some(true),

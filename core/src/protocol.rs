@@ -16,9 +16,9 @@ use crate::{
     json_data,
 };
 
-/// Longest accepted request `id`, in bytes of JSON text: digits of an
-/// integer, or what is between the quotes of a string.
-pub const MAX_ID_LEN: usize = 64;
+mod request_id;
+
+pub use request_id::{BadRequestId, RequestId, RequestIdBuf, MAX_ID_LEN};
 
 /// Deepest nesting of arrays and objects accepted in `data` (and in raw-room
 /// text delivered to JSON subscribers as `data`): deeper is `bad_json`. Any
@@ -31,7 +31,7 @@ pub const MAX_DATA_DEPTH: usize = 64;
 pub enum ClientOp<'a> {
     Sub {
         ch: Cow<'a, str>,
-        id: Option<&'a str>,
+        id: Option<RequestId<'a>>,
         /// Resume after this `seq` of that epoch (`"since"`, `"epoch"`).
         since: Option<Since<'a>>,
         /// `"delta":"fossil"`: publications may come as fossil deltas
@@ -43,12 +43,12 @@ pub enum ClientOp<'a> {
     },
     Unsub {
         ch: Cow<'a, str>,
-        id: Option<&'a str>,
+        id: Option<RequestId<'a>>,
     },
     Pub {
         ch: Cow<'a, str>,
         data: &'a str,
-        id: Option<&'a str>,
+        id: Option<RequestId<'a>>,
         /// `"key"`: on a conflated channel, what a newer publication with
         /// the same key may replace for a subscriber that fell behind.
         key: Option<Cow<'a, str>>,
@@ -58,25 +58,25 @@ pub enum ClientOp<'a> {
         idempotency_key: Option<Cow<'a, str>>,
     },
     Ping {
-        id: Option<&'a str>,
+        id: Option<RequestId<'a>>,
     },
     /// Authenticate, or refresh the token before it expires.
     Auth {
         token: Cow<'a, str>,
-        id: Option<&'a str>,
+        id: Option<RequestId<'a>>,
     },
     /// Who is subscribed to a presence channel: a page of at most `limit`
     /// members after `cursor`.
     Presence {
         ch: Cow<'a, str>,
-        id: Option<&'a str>,
+        id: Option<RequestId<'a>>,
         cursor: Option<Cow<'a, str>>,
         limit: usize,
     },
     /// How many are subscribed to a presence channel.
     Occupancy {
         ch: Cow<'a, str>,
-        id: Option<&'a str>,
+        id: Option<RequestId<'a>>,
     },
 }
 
@@ -169,11 +169,15 @@ pub struct OpError<'a> {
     pub code: ErrorCode,
     pub msg: Cow<'static, str>,
     /// The request's `id`, when it could be read.
-    pub id: Option<&'a str>,
+    pub id: Option<RequestId<'a>>,
 }
 
 impl<'a> OpError<'a> {
-    pub fn new(code: ErrorCode, msg: impl Into<Cow<'static, str>>, id: Option<&'a str>) -> Self {
+    pub fn new(
+        code: ErrorCode,
+        msg: impl Into<Cow<'static, str>>,
+        id: Option<RequestId<'a>>,
+    ) -> Self {
         OpError {
             code,
             msg: msg.into(),
@@ -254,7 +258,7 @@ struct IdOnly<'a> {
     id: Option<&'a RawValue>,
 }
 
-fn id_of(text: &str) -> Option<&str> {
+fn id_of(text: &str) -> Option<RequestId<'_>> {
     if !is_object(text) {
         return None;
     }
@@ -262,30 +266,19 @@ fn id_of(text: &str) -> Option<&str> {
     read_id(envelope.id).ok().flatten()
 }
 
-/// Checks that an `id` is a number or a string of at most [`MAX_ID_LEN`] bytes.
-fn read_id(raw: Option<&RawValue>) -> Result<Option<&str>, OpError<'_>> {
+/// Reads an `id`: a number or a string of at most [`MAX_ID_LEN`] bytes.
+fn read_id(raw: Option<&RawValue>) -> Result<Option<RequestId<'_>>, OpError<'_>> {
     let Some(raw) = raw else { return Ok(None) };
-    let text = raw.get();
-    // Echoed verbatim, so it must read back everywhere: a string, or an
-    // integer (a number like 2E6222 is valid JSON that most parsers refuse).
-    let digits = text.strip_prefix('-').unwrap_or(text);
-    let integer = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
-    let string = text.len() >= 2 && text.starts_with('"');
-    let len = if string { text.len() - 2 } else { digits.len() };
-    if !(string || integer) || len > MAX_ID_LEN {
-        return Err(OpError::new(
-            ErrorCode::BadJson,
-            "id must be an integer or a string of at most 64 bytes",
-            None,
-        ));
+    match RequestId::parse(raw.get()) {
+        Ok(id) => Ok(Some(id)),
+        Err(bad) => Err(OpError::new(ErrorCode::BadJson, bad.to_string(), None)),
     }
-    Ok(Some(text))
 }
 
 fn read_channel<'a>(
     ch: Option<Cow<'a, str>>,
     access: Access,
-    id: Option<&'a str>,
+    id: Option<RequestId<'a>>,
 ) -> Result<Cow<'a, str>, OpError<'a>> {
     let ch = ch.ok_or_else(|| OpError::new(ErrorCode::BadChannel, "missing ch", id))?;
     channel::validate(&ch, access)
@@ -305,7 +298,7 @@ pub fn channel_error_code(error: ChannelError) -> ErrorCode {
 fn read_since<'a>(
     since: Option<u64>,
     epoch: Option<Cow<'a, str>>,
-    id: Option<&'a str>,
+    id: Option<RequestId<'a>>,
 ) -> Result<Option<Since<'a>>, OpError<'a>> {
     match (since, epoch) {
         (None, _) => Ok(None),
@@ -319,7 +312,7 @@ fn read_since<'a>(
 }
 
 /// `delta` of a `sub`: absent, or `"fossil"`, the one delta encoding.
-pub fn read_delta<'a>(delta: Option<&str>, id: Option<&'a str>) -> Result<bool, OpError<'a>> {
+pub fn read_delta<'a>(delta: Option<&str>, id: Option<RequestId<'a>>) -> Result<bool, OpError<'a>> {
     match delta {
         None => Ok(false),
         Some(DELTA_FOSSIL) => Ok(true),
@@ -349,7 +342,7 @@ fn is_object(text: &str) -> bool {
 /// numbers, valid Unicode).
 pub fn read_data<'a>(
     data: Option<&'a RawValue>,
-    id: Option<&'a str>,
+    id: Option<RequestId<'a>>,
 ) -> Result<&'a str, OpError<'a>> {
     let data = data.ok_or_else(|| OpError::new(ErrorCode::BadJson, "pub needs data", id))?;
     json_data::check(data.get().as_bytes())
@@ -437,7 +430,7 @@ pub const MAX_KEY_LEN: usize = 128;
 /// A publication's `key`: a string of 1 to [`MAX_KEY_LEN`] bytes.
 pub fn read_key<'a>(
     key: Option<Cow<'a, str>>,
-    id: Option<&'a str>,
+    id: Option<RequestId<'a>>,
 ) -> Result<Option<Cow<'a, str>>, OpError<'a>> {
     read_bounded("key", MAX_KEY_LEN, key, id)
 }
@@ -447,7 +440,7 @@ fn read_bounded<'a>(
     field: &str,
     max: usize,
     value: Option<Cow<'a, str>>,
-    id: Option<&'a str>,
+    id: Option<RequestId<'a>>,
 ) -> Result<Option<Cow<'a, str>>, OpError<'a>> {
     match value {
         Some(value) if value.is_empty() || value.len() > max => Err(OpError::new(
@@ -467,7 +460,7 @@ pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 /// HTTP publish.
 pub fn read_idempotency_key<'a>(
     key: Option<Cow<'a, str>>,
-    id: Option<&'a str>,
+    id: Option<RequestId<'a>>,
 ) -> Result<Option<Cow<'a, str>>, OpError<'a>> {
     read_bounded("idempotency_key", MAX_IDEMPOTENCY_KEY_LEN, key, id)
 }
@@ -632,16 +625,16 @@ pub fn encode_raw(kind: PayloadKind, payload: &[u8]) -> Bytes {
     frame::encode(opcode, payload)
 }
 
-fn push_id(out: &mut FrameBuilder, id: Option<&str>) {
+fn push_id(out: &mut FrameBuilder, id: Option<RequestId<'_>>) {
     if let Some(id) = id {
         out.push(b",\"id\":");
-        out.push(id.as_bytes());
+        out.push(id.as_json().as_bytes());
     }
 }
 
 /// `{"op":"ack","id":..}`, with `"seq"` for an acknowledged `pub`.
-pub fn encode_ack(id: &str, seq: Option<u64>) -> Bytes {
-    let mut out = FrameBuilder::new(OpCode::Text, 48 + id.len());
+pub fn encode_ack(id: RequestId<'_>, seq: Option<u64>) -> Bytes {
+    let mut out = FrameBuilder::new(OpCode::Text, 48 + id.as_json().len());
     out.push(b"{\"op\":\"ack\"");
     push_id(&mut out, Some(id));
     if let Some(seq) = seq {
@@ -656,13 +649,13 @@ pub fn encode_ack(id: &str, seq: Option<u64>) -> Bytes {
 /// `"recovered":bool` when the `sub` had `since`. `epoch` is the server's
 /// own (hex digits and a dash; no escaping needed).
 pub fn encode_sub_ack(
-    id: &str,
+    id: RequestId<'_>,
     seq: u64,
     epoch: &str,
     recovered: Option<bool>,
     conflates: bool,
 ) -> Bytes {
-    let mut out = FrameBuilder::new(OpCode::Text, 96 + id.len() + epoch.len());
+    let mut out = FrameBuilder::new(OpCode::Text, 96 + id.as_json().len() + epoch.len());
     out.push(b"{\"op\":\"ack\"");
     push_id(&mut out, Some(id));
     out.push(b",\"seq\":");
@@ -720,7 +713,7 @@ pub fn encode_unsubscribed(channel: &str, reason: &str) -> Bytes {
 }
 
 /// `{"op":"pong"}` or `{"op":"pong","id":..}`.
-pub fn encode_pong(id: Option<&str>) -> Bytes {
+pub fn encode_pong(id: Option<RequestId<'_>>) -> Bytes {
     let mut out = FrameBuilder::new(OpCode::Text, 24);
     out.push(b"{\"op\":\"pong\"");
     push_id(&mut out, id);
@@ -752,7 +745,7 @@ pub fn write_member(out: &mut Vec<u8>, user: &str, conn: &str, info: Option<&str
 /// [`write_member`]s joined by commas. The same text answers
 /// `GET /api/presence/<ch>` (without an `id`).
 pub fn presence_json(
-    id: Option<&str>,
+    id: Option<RequestId<'_>>,
     channel: &str,
     members: &[u8],
     count: usize,
@@ -762,7 +755,7 @@ pub fn presence_json(
     out.extend_from_slice(b"{\"op\":\"presence\"");
     if let Some(id) = id {
         out.extend_from_slice(b",\"id\":");
-        out.extend_from_slice(id.as_bytes());
+        out.extend_from_slice(id.as_json().as_bytes());
     }
     out.extend_from_slice(b",\"ch\":\"");
     out.extend_from_slice(channel.as_bytes());
@@ -779,7 +772,7 @@ pub fn presence_json(
 }
 
 /// `{"op":"occupancy","id":..,"ch":..,"count":N}`.
-pub fn encode_occupancy(id: Option<&str>, channel: &str, count: usize) -> Bytes {
+pub fn encode_occupancy(id: Option<RequestId<'_>>, channel: &str, count: usize) -> Bytes {
     let mut out = FrameBuilder::new(OpCode::Text, 64 + channel.len());
     out.push(b"{\"op\":\"occupancy\"");
     push_id(&mut out, id);
@@ -826,6 +819,11 @@ pub fn encode_resync(channel: &str, seq: u64, epoch: &str) -> Bytes {
 mod tests {
     use super::*;
     use serde_json::{json, Value};
+
+    /// A checked `id` of JSON text `json`.
+    fn request_id(json: &str) -> RequestId<'_> {
+        RequestId::parse(json).unwrap()
+    }
 
     #[test]
     fn presence_ops_parse_and_their_answers_are_json() {
@@ -876,7 +874,7 @@ mod tests {
         write_member(&mut anonymous, "", "n.0.2.1", None);
         let both = [member.as_slice(), b",", anonymous.as_slice()].concat();
         let answer: Value = serde_json::from_slice(&presence_json(
-            Some("7"),
+            Some(request_id("7")),
             "room.1",
             &both,
             2,
@@ -917,7 +915,7 @@ mod tests {
             parse_client_op(r#"{"op":"sub","ch":"news","id":1}"#),
             Ok(ClientOp::Sub {
                 ch: "news".into(),
-                id: Some("1"),
+                id: Some(request_id("1")),
                 since: None,
                 delta: false,
                 join_leave: false,
@@ -948,20 +946,22 @@ mod tests {
             Ok(ClientOp::Pub {
                 ch: "news".into(),
                 data: r#"{"a":[1, 2]}"#,
-                id: Some("\"x\""),
+                id: Some(request_id("\"x\"")),
                 key: None,
                 idempotency_key: None,
             })
         );
         assert_eq!(
             parse_client_op(r#"{"op":"ping","id":4}"#),
-            Ok(ClientOp::Ping { id: Some("4") })
+            Ok(ClientOp::Ping {
+                id: Some(request_id("4"))
+            })
         );
         assert_eq!(
             parse_client_op(r#"{"op":"auth","token":"a.b.c","id":5}"#),
             Ok(ClientOp::Auth {
                 token: "a.b.c".into(),
-                id: Some("5")
+                id: Some(request_id("5"))
             })
         );
         assert_eq!(
@@ -1034,7 +1034,7 @@ mod tests {
         let typed = parse_client_op(r#"{"op":"sub","ch":"n","id":9,"since":-1,"epoch":"e"}"#);
         assert_eq!(
             typed.unwrap_err().id,
-            Some("9"),
+            Some(request_id("9")),
             "a mistyped field keeps the id"
         );
         assert_eq!(code(r#"{"op":"sub","ch":"a b"}"#), ErrorCode::BadChannel);
@@ -1046,7 +1046,7 @@ mod tests {
             ErrorCode::Forbidden
         );
         let err = parse_client_op(r#"{"op":"dance","id":7}"#).unwrap_err();
-        assert_eq!(err.id, Some("7"));
+        assert_eq!(err.id, Some(request_id("7")));
     }
 
     #[test]
@@ -1079,7 +1079,7 @@ mod tests {
             let text = format!(r#"{{"op":"pub","ch":"c","data":{data},"id":1}}"#);
             parse_client_op(&text)
                 .map(drop)
-                .map_err(|e| (e.code, e.id.map(str::to_owned)))
+                .map_err(|e| (e.code, e.id.map(|id| id.as_json().to_owned())))
         };
         assert!(publish(nested(MAX_DATA_DEPTH)).is_ok());
         assert_eq!(
@@ -1143,7 +1143,7 @@ mod tests {
             let error = parse_client_op(&text).unwrap_err();
             assert_eq!(
                 (error.code, error.id),
-                (ErrorCode::BadJson, Some("\"p1\"")),
+                (ErrorCode::BadJson, Some(request_id("\"p1\""))),
                 "{data}"
             );
             let frame = encode_msg("r", 1, PayloadKind::Text, data.as_bytes());
@@ -1187,14 +1187,20 @@ mod tests {
 
     #[test]
     fn sub_acks_carry_position_and_recovery() {
-        let ack = payload_json(&encode_sub_ack("7", 41, "ab-1", Some(true), false));
+        let ack = payload_json(&encode_sub_ack(
+            request_id("7"),
+            41,
+            "ab-1",
+            Some(true),
+            false,
+        ));
         assert_eq!(
             ack,
             json!({"op":"ack","id":7,"seq":41,"epoch":"ab-1","recovered":true})
         );
-        let plain = payload_json(&encode_sub_ack("\"s\"", 0, "ab-2", None, false));
+        let plain = payload_json(&encode_sub_ack(request_id("\"s\""), 0, "ab-2", None, false));
         assert_eq!(plain, json!({"op":"ack","id":"s","seq":0,"epoch":"ab-2"}));
-        let conflating = payload_json(&encode_sub_ack("1", 3, "ab-3", None, true));
+        let conflating = payload_json(&encode_sub_ack(request_id("1"), 3, "ab-3", None, true));
         assert_eq!(
             conflating,
             json!({"op":"ack","id":1,"seq":3,"epoch":"ab-3","conflate":true})
@@ -1204,21 +1210,25 @@ mod tests {
     #[test]
     fn acks_errors_and_pongs() {
         assert_eq!(
-            payload_json(&encode_ack("3", Some(9))),
+            payload_json(&encode_ack(request_id("3"), Some(9))),
             json!({"op":"ack","id":3,"seq":9})
         );
         assert_eq!(
-            payload_json(&encode_ack("\"a\"", None)),
+            payload_json(&encode_ack(request_id("\"a\""), None)),
             json!({"op":"ack","id":"a"})
         );
-        let err = OpError::new(ErrorCode::NotSubscribed, "not \"subscribed\"", Some("5"));
+        let err = OpError::new(
+            ErrorCode::NotSubscribed,
+            "not \"subscribed\"",
+            Some(request_id("5")),
+        );
         assert_eq!(
             payload_json(&encode_err(&err)),
             json!({"op":"err","id":5,"code":"not_subscribed","msg":"not \"subscribed\""})
         );
         assert_eq!(payload_json(&encode_pong(None)), json!({"op":"pong"}));
         assert_eq!(
-            payload_json(&encode_pong(Some("1"))),
+            payload_json(&encode_pong(Some(request_id("1")))),
             json!({"op":"pong","id":1})
         );
     }
@@ -1284,7 +1294,10 @@ mod tests {
             let op =
                 format!(r#"{{"op":"pub","ch":"p","data":1,"id":9,"idempotency_key":"{key}"}}"#);
             let refused = parse_client_op(&op).unwrap_err();
-            assert_eq!((refused.code, refused.id), (ErrorCode::BadJson, Some("9")));
+            assert_eq!(
+                (refused.code, refused.id),
+                (ErrorCode::BadJson, Some(request_id("9")))
+            );
         }
     }
 

@@ -23,10 +23,13 @@ use super::{
     permit::Permit,
 };
 use crate::{
-    channel::Access,
+    channel::{Access, ChannelName},
     close::CloseReason,
     frame,
-    protocol::{self, ClientOp, ErrorCode, OpError, PayloadKind, PresenceAsk, Since, SubOptions},
+    protocol::{
+        self, ClientOp, ErrorCode, OpError, PayloadKind, PresenceAsk, RequestId, RequestIdBuf,
+        Since, SubOptions,
+    },
     publication::{Payload, Skip},
     security::{
         rate::Verdict,
@@ -79,7 +82,7 @@ pub trait Host {
     fn subscribe<'a>(
         &mut self,
         ch: &str,
-        id: Option<&'a str>,
+        id: Option<RequestId<'a>>,
         since: Option<Since<'_>>,
         options: SubOptions,
     ) -> Result<(), OpError<'a>>;
@@ -88,10 +91,10 @@ pub trait Host {
     fn presence<'a>(
         &mut self,
         ch: &str,
-        id: Option<&'a str>,
+        id: Option<RequestId<'a>>,
         ask: PresenceAsk,
     ) -> Result<(), OpError<'a>>;
-    fn unsubscribe<'a>(&mut self, ch: &str, id: Option<&'a str>) -> Result<(), OpError<'a>>;
+    fn unsubscribe<'a>(&mut self, ch: &str, id: Option<RequestId<'a>>) -> Result<(), OpError<'a>>;
     /// The channels the connection is subscribed to.
     fn subscribed_channels(&self) -> Vec<Rc<str>>;
     /// Publishes `payload` on `ch`, leaving out `skip`; the `seq` it gets is
@@ -102,10 +105,10 @@ pub trait Host {
     /// it drains).
     fn publish(
         &mut self,
-        ch: Bytes,
+        ch: ChannelName,
         payload: Payload,
         skip: Option<Skip>,
-        ack_id: Option<&str>,
+        ack_id: Option<RequestId<'_>>,
         idempotency_key: Option<&str>,
     ) -> Option<usize>;
     /// This connection, as a publication's `skip` names it.
@@ -149,7 +152,7 @@ pub struct Receipt {
 
 /// A raw room: its channel, and what its member may do.
 struct Room {
-    channel: Bytes,
+    channel: ChannelName,
     /// The member itself, when it connected with `?echo=0`.
     skip: Option<Skip>,
     /// Whether the token allows publishing in the room (decided once: a room
@@ -201,7 +204,7 @@ impl Connection {
                     host.send(host.codec().err(&error));
                 }
                 Some(Box::new(Room {
-                    channel: Bytes::from(channel.into_bytes()),
+                    channel: ChannelName::of_valid(&channel),
                     skip: (!echo).then(|| host.as_skip()),
                     may_publish,
                 }))
@@ -398,7 +401,7 @@ fn handle_msgpack_op(bytes: &[u8], host: &mut impl Host) -> Option<usize> {
         Ok(msgpack::Op::Json(text)) => handle_op(&text, None, host),
         Ok(msgpack::Op::BinaryPub { op, data }) => handle_op(&op, Some(&data), host),
         Err(refused) if matches!(host.permit(), Permit::AwaitingAuth) => {
-            refuse_before_auth(refused.id.as_deref(), host);
+            refuse_before_auth(refused.id.as_ref().map(RequestIdBuf::as_id), host);
             None
         }
         Err(refused) => {
@@ -498,7 +501,7 @@ fn handle_op(text: &str, binary: Option<&[u8]>, host: &mut impl Host) -> Option<
                 if let Some(key) = key {
                     payload = payload.with_key(&key);
                 }
-                let ch = Bytes::copy_from_slice(ch.as_bytes());
+                let ch = ChannelName::of_valid(&ch);
                 congested = host.publish(ch, payload, None, id, idempotency_key.as_deref());
                 Ok(())
             }
@@ -512,7 +515,7 @@ fn handle_op(text: &str, binary: Option<&[u8]>, host: &mut impl Host) -> Option<
 
 /// Anything but a valid `auth` from a connection that must authenticate
 /// first: `err unauthorized`, then close 4001.
-fn refuse_before_auth(id: Option<&str>, host: &mut impl Host) {
+fn refuse_before_auth(id: Option<RequestId<'_>>, host: &mut impl Host) {
     refuse_auth(
         "the first message must be {\"op\":\"auth\",\"token\":...}".into(),
         id,
@@ -525,7 +528,7 @@ fn refuse_before_auth(id: Option<&str>, host: &mut impl Host) {
 /// closes the connection with `reason` (4001).
 fn refuse_auth(
     msg: Cow<'static, str>,
-    id: Option<&str>,
+    id: Option<RequestId<'_>>,
     reason: CloseReason,
     host: &mut impl Host,
 ) {
@@ -538,7 +541,7 @@ fn refuse_auth(
 }
 
 /// The `id` of any operation.
-fn op_id<'a>(op: &ClientOp<'a>) -> Option<&'a str> {
+fn op_id<'a>(op: &ClientOp<'a>) -> Option<RequestId<'a>> {
     match op {
         ClientOp::Sub { id, .. }
         | ClientOp::Presence { id, .. }
@@ -554,7 +557,7 @@ fn op_id<'a>(op: &ClientOp<'a>) -> Option<&'a str> {
 fn permitted<'a>(
     access: Access,
     ch: &str,
-    id: Option<&'a str>,
+    id: Option<RequestId<'a>>,
     host: &mut impl Host,
 ) -> Result<(), OpError<'a>> {
     let checked = host.permit().check(access, ch, id);
@@ -576,7 +579,7 @@ fn rate_verdict(host: &mut impl Host) -> Verdict {
 
 /// `Some(err)` when a JSON publication is over the rate limit; sustained
 /// abuse also closes the connection with 1008.
-fn over_rate<'a>(id: Option<&'a str>, host: &mut impl Host) -> Option<OpError<'a>> {
+fn over_rate<'a>(id: Option<RequestId<'a>>, host: &mut impl Host) -> Option<OpError<'a>> {
     let verdict = host.take_publish_token();
     limited(
         verdict,
@@ -592,7 +595,7 @@ fn over_rate<'a>(id: Option<&'a str>, host: &mut impl Host) -> Option<OpError<'a
 fn limited<'a>(
     verdict: Verdict,
     msg: &'static str,
-    id: Option<&'a str>,
+    id: Option<RequestId<'a>>,
     host: &mut impl Host,
 ) -> Option<OpError<'a>> {
     if verdict == Verdict::Allowed {
@@ -609,7 +612,7 @@ fn limited<'a>(
 /// (a refresh must be for the same user). Subscriptions the new token no
 /// longer allows end with an `err forbidden` each. A refused token ends the
 /// connection with 4001 after an `err unauthorized` that says why.
-fn authenticate(token_text: &str, id: Option<&str>, host: &mut impl Host) {
+fn authenticate(token_text: &str, id: Option<RequestId<'_>>, host: &mut impl Host) {
     let permit = host.permit();
     let checked = match (host.verifier(), &permit) {
         (Some(verifier), Permit::Token(_) | Permit::AwaitingAuth) => {
@@ -790,7 +793,7 @@ mod tests {
         fn subscribe<'a>(
             &mut self,
             ch: &str,
-            _id: Option<&'a str>,
+            _id: Option<RequestId<'a>>,
             _since: Option<Since<'_>>,
             _options: SubOptions,
         ) -> Result<(), OpError<'a>> {
@@ -800,12 +803,16 @@ mod tests {
         fn presence<'a>(
             &mut self,
             _ch: &str,
-            id: Option<&'a str>,
+            id: Option<RequestId<'a>>,
             _ask: PresenceAsk,
         ) -> Result<(), OpError<'a>> {
             Err(OpError::new(ErrorCode::NoPresence, "no", id))
         }
-        fn unsubscribe<'a>(&mut self, ch: &str, id: Option<&'a str>) -> Result<(), OpError<'a>> {
+        fn unsubscribe<'a>(
+            &mut self,
+            ch: &str,
+            id: Option<RequestId<'a>>,
+        ) -> Result<(), OpError<'a>> {
             match self.subscribed.iter().position(|s| s == ch) {
                 Some(at) => {
                     self.subscribed.remove(at);
@@ -822,14 +829,14 @@ mod tests {
         }
         fn publish(
             &mut self,
-            ch: Bytes,
+            ch: ChannelName,
             payload: Payload,
             skip: Option<Skip>,
-            ack_id: Option<&str>,
+            ack_id: Option<RequestId<'_>>,
             idempotency_key: Option<&str>,
         ) -> Option<usize> {
-            let ch = String::from_utf8(ch.to_vec()).unwrap();
-            let ack = ack_id.map(String::from);
+            let ch = ch.as_str().to_owned();
+            let ack = ack_id.map(|id| id.as_json().to_owned());
             self.published.push((ch, payload.bytes.to_vec(), skip, ack));
             self.idempotency_keys
                 .push(idempotency_key.map(String::from));

@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 use crate::{
     channel::Access,
-    protocol::{ErrorCode, OpError},
+    protocol::{ErrorCode, OpError, RequestId},
     security::token::Grant,
 };
 
@@ -33,7 +33,7 @@ impl Permit {
         &self,
         access: Access,
         channel: &str,
-        id: Option<&'a str>,
+        id: Option<RequestId<'a>>,
     ) -> Result<(), OpError<'a>> {
         match self {
             Permit::Everything => Ok(()),

@@ -35,8 +35,8 @@ use super::{
 };
 use crate::{
     conn::stream::SharedStream,
-    mesh::Reply,
-    publication::{ConnRef, Payload, Skip},
+    mesh::{Reply, ReplyId},
+    publication::{Payload, Skip},
     stats::{bump, Stats},
 };
 
@@ -87,24 +87,20 @@ pub struct PublishTicket {
 /// Who asked where a channel stands.
 #[derive(Debug)]
 pub enum PositionAsk {
-    /// A subscription waiting for its position (as `MeshMsg::Position`).
+    /// A subscription waiting for its position (`mesh::Question::Position`)
+    /// under `to`.
     Subscriber {
         ch: Box<str>,
-        from: usize,
-        conn: ConnRef,
-        token: u32,
+        to: ReplyId,
         since: Option<(u64, Box<str>)>,
-        id: Option<Box<str>>,
     },
     /// The shard lost pushes and fills them from the stream.
     Fill { ch: Box<str> },
-    /// `GET /api/history/<ch>` on shard `from`, waiting in its API reply
-    /// slot, for at most `limit` entries.
+    /// `GET /api/history/<ch>`, waiting under `to` for at most `limit`
+    /// entries.
     History {
         ch: Box<str>,
-        from: usize,
-        slot: u32,
-        nonce: u32,
+        to: ReplyId,
         limit: usize,
     },
 }
@@ -174,13 +170,12 @@ enum Pending {
     },
 }
 
-/// A presence question on its way to Redis: about which channel, for whom
-/// (on which shard), and what.
+/// A presence question on its way to Redis: about which channel, what,
+/// and where the answer goes.
 #[derive(Debug)]
 pub struct PresenceRequest {
     pub ch: Box<str>,
-    pub from: usize,
-    pub asker: crate::mesh::PresenceAsker,
+    pub to: ReplyId,
     pub ask: crate::protocol::PresenceAsk,
 }
 
@@ -1157,8 +1152,7 @@ mod tests {
         let ticket = PublishTicket {
             from: 0,
             reply: Reply::Http {
-                slot: 0,
-                nonce: 0,
+                to: ReplyId::for_tests(0, 0, 0),
                 index,
                 idempotency_key: Some("1:k".into()),
             },

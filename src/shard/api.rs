@@ -1,46 +1,25 @@
 //! The shard's side of the server API (`docs/api.md`): a request made on
 //! the shard that read it goes to the shards that can answer it — a
 //! channel's history to its owner, the channel list and disconnects to
-//! every shard — and their answers come back to the request's reply slot.
+//! every shard — and their answers come back to the request's entry in the
+//! shard's pending table (`mesh/pending.rs`).
 //! Publishes from HTTP (one, several channels, a batch) are sent all at
 //! once and their `seq`s collected in order. The HTTP handlers at the end
 //! turn each request into its JSON answer.
 
 use std::{rc::Rc, time::Duration};
 
-use bytes::Bytes;
-use glommio::channels::local_channel::LocalReceiver;
-
-use super::{Shard, SlotGuard};
+use super::Shard;
 use crate::{
     api::{self, ChannelRow, ChannelsQuery, HistoryPage, HistoryQuery, Kick, Target},
+    channel::ChannelName,
     conn::{codec::Protocol, http::HttpError, Conn},
     engine::{redis::PositionAsk, Engine, Refused},
-    mesh::{MeshMsg, Reply},
+    mesh::{Answer, Published, Question, Reply, ReplyId},
     publication::Payload,
     security::pattern::ChannelPattern,
     stats::bump,
 };
-
-/// Hands `take` up to `count` items from `rx`, those that come within
-/// `wait`.
-async fn receive_within<T>(
-    rx: &LocalReceiver<T>,
-    count: usize,
-    wait: Duration,
-    mut take: impl FnMut(T),
-) {
-    let _ = glommio::timer::timeout(wait, async {
-        for _ in 0..count {
-            match rx.recv().await {
-                Some(item) => take(item),
-                None => break,
-            }
-        }
-        Ok(())
-    })
-    .await;
-}
 
 /// A server API request, made on one shard and served by others.
 #[derive(Debug, Clone)]
@@ -73,7 +52,7 @@ pub enum ApiAnswer {
 
 /// What an HTTP publish asks of one publication.
 pub struct HttpPublication {
-    pub ch: Bytes,
+    pub ch: ChannelName,
     pub payload: Payload,
     pub idempotency_key: Option<Box<str>>,
 }
@@ -93,14 +72,12 @@ impl Shard {
         publications: Vec<HttpPublication>,
     ) -> Vec<Result<u64, Refused>> {
         let count = publications.len();
-        let (waiting, rx) = SlotGuard::take(&self.http_waiters, self.new_token(), count);
-        let (slot, nonce) = (waiting.slot, waiting.nonce);
+        let waiting = self.pending.wait::<Published>(count);
         for (index, publication) in publications.into_iter().enumerate() {
-            let owner = self.owner_of(&publication.ch);
+            let owner = self.owner_of(publication.ch.as_bytes());
             self.links.wait_for_room(owner).await;
             let reply = Reply::Http {
-                slot,
-                nonce,
+                to: waiting.id(),
                 index: index as u32,
                 idempotency_key: publication.idempotency_key,
             };
@@ -108,12 +85,14 @@ impl Shard {
         }
         // Handed to its owner and not answered in time: it may yet be made.
         let mut seqs = vec![Err(Refused::OutcomeUnknown); count];
-        receive_within(&rx, count, self.api_wait(), |(index, result)| {
-            if let Some(seq) = seqs.get_mut(index as usize) {
-                *seq = result;
-            }
-        })
-        .await;
+        let wait = self.api_wait();
+        waiting
+            .collect_within(count, wait, |Published { index, result }| {
+                if let Some(seq) = seqs.get_mut(index as usize) {
+                    *seq = result;
+                }
+            })
+            .await;
         seqs
     }
 
@@ -144,40 +123,26 @@ impl Shard {
     /// Sends `request` to each of `peers` (this shard may be one) and
     /// collects the answers that come within the wait.
     async fn ask_shards(&self, peers: &[usize], request: ApiRequest) -> Vec<ApiAnswer> {
-        let (waiting, rx) = SlotGuard::take(&self.api_waiters, self.new_token(), peers.len());
-        let (slot, nonce) = (waiting.slot, waiting.nonce);
+        let waiting = self.pending.wait::<ApiAnswer>(peers.len());
         for &peer in peers {
-            match peer == self.id {
-                true => self.serve_api(self.id, slot, nonce, request.clone()),
-                false => {
-                    let msg = MeshMsg::Api {
-                        from: self.id as u16,
-                        slot,
-                        nonce,
-                        request: Box::new(request.clone()),
-                    };
-                    self.links.send(peer, msg);
-                }
-            }
+            self.ask(peer, waiting.id(), Question::Api(Box::new(request.clone())));
         }
         let mut answers = Vec::with_capacity(peers.len());
-        receive_within(&rx, peers.len(), self.api_wait(), |answer| {
-            answers.push(answer)
-        })
-        .await;
+        let wait = self.api_wait();
+        waiting
+            .collect_within(peers.len(), wait, |answer| answers.push(answer))
+            .await;
         answers
     }
 
-    /// Serves an API request of shard `from`, answering to its `slot`.
-    pub(super) fn serve_api(&self, from: usize, slot: u32, nonce: u32, request: ApiRequest) {
+    /// Serves an API request, answering under `to`.
+    pub(super) fn serve_api(&self, to: ReplyId, request: ApiRequest) {
         let answer = match request {
             ApiRequest::History(query) => match self.redis_link(&query.ch) {
                 Some(link) => {
                     let ask = PositionAsk::History {
                         ch: query.ch.as_str().into(),
-                        from,
-                        slot,
-                        nonce,
+                        to,
                         limit: query.limit,
                     };
                     // Answered in `on_position`, or refused now.
@@ -205,27 +170,7 @@ impl Shard {
             ApiRequest::Kick(kick) => ApiAnswer::Kicked(self.kick(&kick)),
             ApiRequest::Sync => ApiAnswer::Synced,
         };
-        self.reply_api(from, slot, nonce, answer);
-    }
-
-    /// Sends `answer` to the request waiting in `slot` of shard `to`.
-    pub(super) fn reply_api(&self, to: usize, slot: u32, nonce: u32, answer: ApiAnswer) {
-        if to != self.id {
-            let answer = Box::new(answer);
-            self.links.send(
-                to,
-                MeshMsg::ApiReply {
-                    slot,
-                    nonce,
-                    answer,
-                },
-            );
-            return;
-        }
-        let waiters = self.api_waiters.borrow();
-        if let Some((_, waiter)) = waiters.get(slot as usize).filter(|w| w.0 == nonce) {
-            let _ = waiter.try_send(answer);
-        }
+        self.answer(to, Answer::Api(Box::new(answer)));
     }
 
     /// This shard's part of the channel list: the channels it has

@@ -19,7 +19,7 @@ use super::{
     Shard,
 };
 use crate::{
-    channel,
+    channel::{self, ChannelName},
     engine::{
         nats::NatsHost,
         record::Record,
@@ -29,15 +29,11 @@ use crate::{
         },
         redis_link_for, Engine, Refused,
     },
-    mesh::{MeshMsg, Reply},
+    mesh::{Answer, Cast, Reply, ReplyId},
     protocol::PresenceAsk,
-    publication::{ConnRef, Payload, Position, Skip},
+    publication::{Payload, Position, Skip},
     stats::{bump, Stats},
 };
-
-/// Who asked for a channel's position: shard, connection, the token of
-/// its pending subscription, and the `sub`'s `id`.
-pub(super) type Asker = (usize, ConnRef, u32, Option<Box<str>>);
 
 impl Shard {
     /// Starts the engine's link tasks; each ends when shutdown begins.
@@ -86,7 +82,7 @@ impl Shard {
         reply: Reply,
     ) {
         let Some(link) = self.redis_link(name) else {
-            return self.refuse(from, reply, false, Refused::Unavailable);
+            return self.report(from, reply, Err(Refused::Unavailable), false);
         };
         // A publisher here waits for Redis's answer as for another shard's
         // (its graceful close waits for the ack, see `Outbox::push_reply`).
@@ -105,7 +101,7 @@ impl Shard {
                     self.links.set_engine_busy(true);
                 }
             }
-            Err(ticket) => self.refuse(ticket.from, ticket.reply, false, Refused::Unavailable),
+            Err(ticket) => self.report(ticket.from, ticket.reply, Err(Refused::Unavailable), false),
         }
     }
 
@@ -127,20 +123,16 @@ impl Shard {
         }
     }
 
-    /// Answers where `name` stands for a pending subscription: from Redis
-    /// with that engine (from what this shard knows while Redis is down),
-    /// else from the owner's own state.
-    pub(super) fn answer_position(&self, name: &str, asker: Asker, since: Option<(u64, Box<str>)>) {
+    /// Answers where `name` stands for a pending subscription, under `to`:
+    /// from Redis with that engine (from what this shard knows while Redis
+    /// is down), else from the owner's own state.
+    pub(super) fn answer_position(&self, name: &str, to: ReplyId, since: Option<(u64, Box<str>)>) {
         if let Some(link) = self.redis_link(name) {
-            let (from, conn, token, id) = asker;
             let after = since.as_ref().map(|(seq, _)| *seq);
             let ask = PositionAsk::Subscriber {
                 ch: name.into(),
-                from,
-                conn,
-                token,
+                to,
                 since,
-                id,
             };
             if let Err(ask) = link.position(ask, after) {
                 self.on_position(ask, Err(Refused::Unavailable));
@@ -152,26 +144,12 @@ impl Shard {
             .owner
             .borrow_mut()
             .position(name, since_ref, self.now_ms());
-        self.send_position(name, asker, position);
+        self.send_position(to, position);
     }
 
     /// Hands a position to the subscription that asked, here or on its shard.
-    fn send_position(&self, name: &str, asker: Asker, position: Position) {
-        let (from, conn, token, id) = asker;
-        if from == self.id {
-            self.go_live(name, conn, token, id.as_deref(), &position);
-        } else {
-            self.links.send(
-                from,
-                MeshMsg::PositionReply {
-                    ch: Bytes::copy_from_slice(name.as_bytes()),
-                    conn,
-                    token,
-                    id,
-                    position: Box::new(position),
-                },
-            );
-        }
+    fn send_position(&self, to: ReplyId, position: Position) {
+        self.answer(to, Answer::Position(Box::new(position)));
     }
 
     /// Tells `name`'s subscribers on every shard to resync at `seq`.
@@ -179,13 +157,15 @@ impl Shard {
         bump(&self.stats.engine_resyncs, 1);
         let epoch = self.owner.borrow_mut().known_position(name, false).epoch;
         tracing::warn!(shard = self.id, channel = name, seq, %epoch, "subscribers resync: publications were lost");
+        let ch = ChannelName::of_valid(name);
         for peer in super::shards_in(self.owner.borrow().remote_mask(name)) {
-            self.links.send(
+            let epoch = epoch.as_str().into();
+            self.cast(
                 peer,
-                MeshMsg::Resync {
-                    ch: Bytes::copy_from_slice(name.as_bytes()),
+                Cast::Resync {
+                    ch: ch.clone(),
                     seq,
-                    epoch: epoch.as_str().into(),
+                    epoch,
                 },
             );
         }
@@ -199,8 +179,7 @@ impl Shard {
 
     /// Delivers what the owner decided to deliver, counting deltas.
     fn deliver_ordered(&self, name: &str, ordered: Ordered, payload: &Payload, skip: Option<Skip>) {
-        let ch = Bytes::copy_from_slice(name.as_bytes());
-        self.distribute(name, &ch, ordered, payload, skip);
+        self.distribute(&ChannelName::of_valid(name), ordered, payload, skip);
     }
 
     /// Asks Redis for what `name` missed after `after`.
@@ -302,29 +281,14 @@ impl RedisHost for Shard {
 
     fn on_published(&self, ticket: PublishTicket, result: Result<u64, Refused>) {
         let PublishTicket { from, reply, .. } = ticket;
-        match result {
-            // Awaited like another shard's answer (see `publish_to_redis`).
-            Ok(seq) if from == self.id => self.complete(reply, seq, true),
-            Ok(seq) => {
-                if reply.wants_seq() {
-                    self.links.send(from, MeshMsg::Published { reply, seq });
-                }
-            }
-            Err(why) => self.refuse(from, reply, true, why),
-        }
+        // Awaited like another shard's answer (see `publish_to_redis`).
+        self.report(from, reply, result, true);
     }
 
     fn on_position(&self, ask: PositionAsk, result: Result<Standing, Refused>) {
         let now_ms = self.now_ms();
         match ask {
-            PositionAsk::Subscriber {
-                ch,
-                from,
-                conn,
-                token,
-                since,
-                id,
-            } => {
+            PositionAsk::Subscriber { ch, to, since } => {
                 let since_ref = since.as_ref().map(|(seq, epoch)| (*seq, epoch.as_ref()));
                 let position = match result {
                     Ok(standing) => {
@@ -342,17 +306,16 @@ impl RedisHost for Shard {
                     }
                     Err(_) => self.owner.borrow_mut().known_position(&ch, since.is_some()),
                 };
-                self.send_position(&ch, (from, conn, token, id), position);
+                self.send_position(to, position);
             }
-            PositionAsk::History {
-                from, slot, nonce, ..
-            } => {
+            PositionAsk::History { to, .. } => {
                 let answer = result.map(|standing| crate::api::HistoryPage {
                     seq: standing.seq,
                     epoch: standing.epoch.into(),
                     entries: payloads(standing.entries),
                 });
-                self.reply_api(from, slot, nonce, super::api::ApiAnswer::History(answer));
+                let answer = super::api::ApiAnswer::History(answer);
+                self.answer(to, Answer::Api(Box::new(answer)));
             }
             PositionAsk::Fill { ch, .. } => {
                 let Ok(standing) = result else {
@@ -445,10 +408,10 @@ impl NatsHost for Shard {
     }
 
     fn on_remote(&self, name: &str, record: Record) {
-        let ch = Bytes::copy_from_slice(name.as_bytes());
+        let ch = ChannelName::of_valid(name);
         let mut payload = record.payload;
         self.check_conflation(name, &mut payload);
-        self.order_locally(name, &ch, payload, self.id, None, Reply::None);
+        self.order_locally(&ch, payload, self.id, None, Reply::None);
     }
 
     fn on_link(&self, link: usize, up: bool) {

@@ -19,11 +19,15 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
 use futures_lite::FutureExt;
 
 use super::Shard;
-use crate::{channel, conn::Conn, mesh::MeshMsg, webhook::Event};
+use crate::{
+    channel::{self, ChannelName},
+    conn::Conn,
+    mesh::Cast,
+    webhook::Event,
+};
 
 /// How often a shard looks for vacated graces that ran out.
 const VACATE_TICK: Duration = Duration::from_millis(50);
@@ -200,10 +204,10 @@ impl Shard {
         if owner == self.id {
             self.subscription_event(name, on, &member.user, &member.conn);
         } else {
-            self.links.send(
+            self.cast(
                 owner,
-                MeshMsg::Subscription {
-                    ch: Bytes::copy_from_slice(name.as_bytes()),
+                Cast::Subscription {
+                    ch: ChannelName::of_valid(name),
                     on,
                     user: member.user,
                     conn: member.conn,

@@ -29,10 +29,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use glommio::{
-    channels::local_channel::{LocalReceiver, LocalSender},
-    sync::Gate,
-};
+use glommio::sync::Gate;
 use slab::Slab;
 
 pub use run::{run_shard, ShardContext};
@@ -45,7 +42,8 @@ use self::{
 use shardcast_core::subscriptions::{Interest, Subscriptions};
 
 use crate::{
-    channel, clock,
+    channel::{self, ChannelName},
+    clock,
     close::CloseReason,
     config::Config,
     conn::{
@@ -60,14 +58,15 @@ use crate::{
     engine::{Engine, EngineHealth, Refused},
     frame,
     heartbeat::{Action, HeartbeatTimes},
-    mesh::{MeshMsg, PeerLinks, Reply},
-    protocol::{ErrorCode, OpError, Since, SubOptions},
+    mesh::{
+        pending::Pending, Answer, Cast, MeshMsg, PeerLinks, Published, Question, Reply, ReplyId,
+    },
+    protocol::{ErrorCode, OpError, RequestId, RequestIdBuf, Since, SubOptions},
     publication::{ConnRef, Payload, Position, Skip},
     security::{
         pattern::{self, ChannelPattern},
         Security,
     },
-    snapshot::ShardSnapshot,
     stats::{bump, Stats},
     sync::WaitQueue,
 };
@@ -85,14 +84,11 @@ pub struct Shard {
     pub links: Rc<PeerLinks>,
     /// The CPU this shard's thread is pinned to.
     pub cpu: Option<usize>,
-    /// Last token handed to a subscription waiting for its position, or to
-    /// a scrape waiting for snapshots.
+    /// Last token handed to a subscription waiting for its position.
     next_token: Cell<u32>,
-    /// HTTP publishes waiting for their `seq`, by reply slot, with the
-    /// nonce their `Reply::Http` carries.
-    http_waiters: RefCell<HttpWaiters>,
-    /// Scrapes waiting for the other shards' snapshots, by reply slot.
-    stats_waiters: RefCell<Slab<(u32, LocalSender<ShardSnapshot>)>>,
+    /// Questions this shard asked (of other shards, of itself, of the
+    /// broker through an owner) that wait for their answers.
+    pending: Pending<Answer, Note>,
     started: Instant,
     heartbeat: HeartbeatTimes,
     /// The ping frame, encoded once.
@@ -136,10 +132,6 @@ pub struct Shard {
     /// Which owned channels have subscribers (for `channel_occupied` and
     /// `channel_vacated`), and those waiting out the vacated grace.
     occupancy: RefCell<lifecycle::Occupancy>,
-    /// `GET /api/presence` requests waiting for the owner, by reply slot.
-    presence_waiters: RefCell<Slab<(u32, LocalSender<Vec<u8>>)>>,
-    /// Other server API requests waiting for the shards they asked.
-    api_waiters: RefCell<Slab<(u32, LocalSender<api::ApiAnswer>)>>,
     /// Publications made under an idempotency key, on the channels this
     /// shard owns (not with the Redis engine: Redis remembers them).
     remembered: RefCell<idempotency::Remembered>,
@@ -151,10 +143,25 @@ pub struct Shard {
     node: u64,
 }
 
-/// HTTP publishes waiting for their `seq`s (or refusals), by reply slot,
-/// with the nonce their `Reply::Http` carries; each answer names its
-/// publication by its index in the request.
-type HttpWaiters = Slab<(u32, LocalSender<(u32, Result<u64, Refused>)>)>;
+/// A question no task waits on: what to do with its answer when it comes.
+enum Note {
+    /// A subscription of `conn` to `ch`, pending under `token` in the
+    /// index, waits for the channel's position; acknowledged to `id`.
+    Position {
+        ch: ChannelName,
+        conn: ConnRef,
+        token: u32,
+        id: Option<RequestIdBuf>,
+    },
+    /// A connection's `presence` (or, `counting`, `occupancy`) op about
+    /// `ch`, answered to `id`.
+    Presence {
+        ch: ChannelName,
+        conn: ConnRef,
+        id: Option<RequestIdBuf>,
+        counting: bool,
+    },
+}
 
 /// What a shard is started with besides its configuration.
 pub struct ShardParts {
@@ -240,15 +247,12 @@ impl Shard {
             webhooks: webhooks.map(|settings| Rc::new(crate::webhook::Webhooks::new(settings))),
             occupancy: RefCell::default(),
             members: RefCell::default(),
-            presence_waiters: RefCell::new(Slab::new()),
-            api_waiters: RefCell::new(Slab::new()),
             remembered: RefCell::new(idempotency::Remembered::new(idempotency_window_ms)),
             owner: RefCell::new(Owner::new(history, epoch)),
             links,
             cpu,
             next_token: Cell::new(0),
-            http_waiters: RefCell::new(Slab::new()),
-            stats_waiters: RefCell::new(Slab::new()),
+            pending: Pending::new(id),
             started: Instant::now(),
             ping_frame: frame::encode(frame::OpCode::Ping, &[]),
             open_connections,
@@ -418,7 +422,7 @@ impl Shard {
         &self,
         conn: &Rc<Conn>,
         name: &str,
-        id: Option<&'a str>,
+        id: Option<RequestId<'a>>,
         since: Option<Since<'_>>,
         options: SubOptions,
     ) -> Result<(), OpError<'a>> {
@@ -472,25 +476,19 @@ impl Shard {
             }
             return Ok(());
         };
-        let owner = self.owner_of(name.as_bytes());
-        let since = since.map(|s| (s.seq, s.epoch));
-        if owner == self.id {
-            let since = since.map(|(seq, epoch)| (seq, Box::<str>::from(epoch.as_ref())));
-            let asker = (self.id, conn.id, token, id.map(Into::into));
-            self.answer_position(name, asker, since);
-        } else {
-            self.links.send(
-                owner,
-                MeshMsg::Position {
-                    ch: Bytes::copy_from_slice(name.as_bytes()),
-                    from: self.id as u16,
-                    conn: conn.id,
-                    token,
-                    since: since.map(|(seq, epoch)| (seq, epoch.into())),
-                    id: id.map(Into::into),
-                },
-            );
-        }
+        let ch = ChannelName::of_valid(name);
+        let to = self.pending.note(Note::Position {
+            ch: ch.clone(),
+            conn: conn.id,
+            token,
+            id: id.map(RequestId::to_buf),
+        });
+        let since = since.map(|s| (s.seq, Box::<str>::from(s.epoch.as_ref())));
+        self.ask(
+            self.owner_of(name.as_bytes()),
+            to,
+            Question::Position { ch, since },
+        );
         if joined {
             self.member_changed_sending_own_join(name, conn, true, own_join_due);
         }
@@ -514,7 +512,7 @@ impl Shard {
         name: &str,
         conn: ConnRef,
         token: u32,
-        id: Option<&str>,
+        id: Option<RequestId<'_>>,
         position: &Position,
     ) {
         let Some(conn) = self.conn(conn) else { return };
@@ -580,7 +578,7 @@ impl Shard {
         &self,
         conn: &Conn,
         name: &str,
-        id: Option<&'a str>,
+        id: Option<RequestId<'a>>,
     ) -> Result<(), OpError<'a>> {
         let Some(slot) = conn.remove_subscription(name) else {
             return Err(OpError::new(
@@ -645,10 +643,10 @@ impl Shard {
             self.node_interest_changed(name);
             return;
         }
-        self.links.send(
+        self.cast(
             owner,
-            MeshMsg::Interest {
-                ch: Bytes::copy_from_slice(name.as_bytes()),
+            Cast::Interest {
+                ch: ChannelName::of_valid(name),
                 on: interest.on,
                 delta: interest.delta,
                 from: self.id as u16,
@@ -661,15 +659,15 @@ impl Shard {
         channel::owner_of(name, self.shards)
     }
 
-    /// Publishes on `ch` (a validated name): orders it here if this shard owns
-    /// the channel, otherwise forwards it to the owner. Never blocks. Returns
+    /// Publishes on `ch`: orders it here if this shard owns the channel,
+    /// otherwise forwards it to the owner. Never blocks. Returns
     /// the owner's shard when the queue to it is over its high-water mark or
     /// the owner (this shard included) is congested towards a peer: a
     /// publisher should then `links.wait_for_room` before publishing more.
     /// During shutdown, publications are dropped.
     pub fn publish(
         &self,
-        ch: Bytes,
+        ch: ChannelName,
         mut payload: Payload,
         skip: Option<Skip>,
         reply: Reply,
@@ -681,10 +679,10 @@ impl Shard {
         if payload.published_at == 0 {
             payload.published_at = clock::now_ns();
         }
-        if !channel::is_system(&ch) {
+        if !channel::is_system(ch.as_bytes()) {
             bump(&self.stats.messages_published, 1);
         }
-        let owner = self.owner_of(&ch);
+        let owner = self.owner_of(ch.as_bytes());
         if owner == self.id {
             self.order_and_distribute(ch, payload, self.id, skip, reply);
             // Its deliveries went into this shard's queues to the others.
@@ -695,14 +693,14 @@ impl Shard {
                 Reply::Ack { conn, .. } => self.conn(*conn),
                 _ => None,
             };
-            let msg = MeshMsg::Publish {
+            let cast = Cast::Publish {
                 ch,
                 payload,
                 from: self.id as u16,
                 skip,
                 reply,
             };
-            if self.links.send(owner, msg) {
+            if self.cast(owner, cast) {
                 if let Some(conn) = acked {
                     conn.outbox.expect_reply();
                 }
@@ -715,17 +713,15 @@ impl Shard {
     /// here (memory, NATS: also sent to the other nodes) — and distributed.
     fn order_and_distribute(
         &self,
-        ch: Bytes,
+        ch: ChannelName,
         mut payload: Payload,
         from: usize,
         skip: Option<Skip>,
         reply: Reply,
     ) {
-        let Ok(name) = std::str::from_utf8(&ch) else {
-            return;
-        };
+        let name = ch.as_str();
         self.check_conflation(name, &mut payload);
-        let system = channel::is_system(&ch);
+        let system = channel::is_system(ch.as_bytes());
         // Redis remembers idempotency keys itself (the publish script).
         if !system && matches!(self.engine, Some(Engine::Redis(_))) {
             return self.publish_to_redis(name, payload, from, skip, reply);
@@ -739,7 +735,7 @@ impl Shard {
         if let Some(key) = &once {
             if let Some(seq) = self.remembered.borrow_mut().recall(name, key, now_ms) {
                 bump(&self.stats.publications_deduplicated, 1);
-                return self.report_seq(from, reply, seq);
+                return self.report(from, reply, Ok(seq), false);
             }
             // A new key: refused rather than another's forgotten early.
             if let Err(full) = self.room_for_idempotency_key(now_ms, source) {
@@ -748,17 +744,17 @@ impl Shard {
                     shard = self.id,
                     "{full}: a publish under a new idempotency key refused"
                 );
-                return self.refuse(from, reply, false, Refused::IdempotencyFull);
+                return self.report(from, reply, Err(Refused::IdempotencyFull), false);
             }
         }
         // System channels (`$stats`) are this node's own.
         if let (false, Some(Engine::Nats(link))) = (system, &self.engine) {
             if !link.publish(name, &payload, skip) {
-                return self.refuse(from, reply, false, Refused::Unavailable);
+                return self.report(from, reply, Err(Refused::Unavailable), false);
             }
             bump(&self.stats.engine_publications, 1);
         }
-        let seq = self.order_locally(name, &ch, payload, from, skip, reply);
+        let seq = self.order_locally(&ch, payload, from, skip, reply);
         if let Some(key) = once {
             self.remembered
                 .borrow_mut()
@@ -799,53 +795,42 @@ impl Shard {
     /// returns it).
     fn order_locally(
         &self,
-        name: &str,
-        ch: &Bytes,
+        ch: &ChannelName,
         payload: Payload,
         from: usize,
         skip: Option<Skip>,
         reply: Reply,
     ) -> u64 {
-        let local_delta = self.index.borrow().wants_delta(name);
+        let local_delta = self.index.borrow().wants_delta(ch);
         let ordered = self
             .owner
             .borrow_mut()
-            .order(name, &payload, self.now_ms(), local_delta);
+            .order(ch, &payload, self.now_ms(), local_delta);
         let seq = ordered.seq;
-        self.distribute(name, ch, ordered, &payload, skip);
-        self.report_seq(from, reply, seq);
+        self.distribute(ch, ordered, &payload, skip);
+        self.report(from, reply, Ok(seq), false);
         self.sweep_if_well_over_budget();
         seq
-    }
-
-    /// Owner side: tells the publisher on shard `from` its `seq`.
-    fn report_seq(&self, from: usize, reply: Reply, seq: u64) {
-        if from == self.id {
-            self.complete(reply, seq, false);
-        } else if reply.wants_seq() {
-            self.links.send(from, MeshMsg::Published { reply, seq });
-        }
     }
 
     /// Sends an ordered publication to every shard with subscribers and
     /// fans it out here.
     fn distribute(
         &self,
-        name: &str,
-        ch: &Bytes,
+        ch: &ChannelName,
         ordered: owner::Ordered,
         payload: &Payload,
         skip: Option<Skip>,
     ) {
         let (seq, delta) = (ordered.seq, ordered.delta);
-        if !channel::is_system(ch) {
+        if !channel::is_system(ch.as_bytes()) {
             bump(&self.stats.messages_ordered, 1);
         }
         bump(&self.stats.deltas_computed, u64::from(delta.is_some()));
         for peer in shards_in(ordered.remote) {
-            self.links.send(
+            self.cast(
                 peer,
-                MeshMsg::Deliver {
+                Cast::Deliver {
                     ch: ch.clone(),
                     seq,
                     payload: payload.clone(),
@@ -854,7 +839,7 @@ impl Shard {
                 },
             );
         }
-        self.deliver(name, seq, payload, delta.as_ref(), skip);
+        self.deliver(ch, seq, payload, delta.as_ref(), skip);
     }
 
     /// Fans a publication out to this shard's subscribers (their queues
@@ -882,76 +867,53 @@ impl Shard {
         bump(&stats.compression_declined, fan_out.compressions.1);
     }
 
-    /// Reports an assigned `seq` to whoever published; `from_owner`: the
-    /// answer came back from another shard (the publisher awaits it).
-    fn complete(&self, reply: Reply, seq: u64, from_owner: bool) {
-        match reply {
-            Reply::None | Reply::Quiet { .. } => {}
-            Reply::Ack { conn, id, .. } => {
-                let Some(target) = self.conn(conn) else {
-                    return;
-                };
-                let ack = target.codec.ack(&id, Some(seq));
-                let pushed = match from_owner {
-                    true => target.outbox.push_reply(ack),
-                    false => target.outbox.push(ack),
-                };
-                if pushed == Pushed::Overflow {
-                    target.close_slow_consumer();
-                }
-            }
-            Reply::Http {
-                slot, nonce, index, ..
-            } => self.answer_http(slot, nonce, index, Ok(seq)),
-        }
-    }
-
-    /// Hands publication `index`'s answer to the HTTP publish waiting in
-    /// `slot`, if it still is.
-    fn answer_http(&self, slot: u32, nonce: u32, index: u32, result: Result<u64, Refused>) {
-        let waiters = self.http_waiters.borrow();
-        if let Some((_, waiter)) = waiters.get(slot as usize).filter(|w| w.0 == nonce) {
-            let _ = waiter.try_send((index, result));
-        }
-    }
-
-    /// Tells a publisher its publication was refused, and `why`: an `err`
-    /// for a `pub` (with its `id` when it has one), 503 or 504 for an HTTP
-    /// publish; nothing for one nobody waits for (a refusal by the engine
-    /// is counted). `awaited`: a publisher on this shard awaits the answer
+    /// Owner side: tells the publisher how its publication went — its
+    /// `seq`, or why it was refused (a refusal by the engine is counted).
+    /// An HTTP publish is answered in its pending entry (`Reply::Http`); a
+    /// connection's `pub`, on its shard `from` (an `ack` wants the `seq`,
+    /// an `err` is sent for a refusal, with the `pub`'s `id` if it has
+    /// one). `awaited`: a publisher on this shard awaits the answer
     /// (announced with `Outbox::expect_reply`).
-    fn refuse(&self, from: usize, reply: Reply, awaited: bool, why: Refused) {
-        if matches!(why, Refused::Unavailable | Refused::OutcomeUnknown) {
+    fn report(&self, from: usize, reply: Reply, result: Result<u64, Refused>, awaited: bool) {
+        if let Err(Refused::Unavailable | Refused::OutcomeUnknown) = result {
             bump(&self.stats.engine_refused, 1);
         }
-        if from != self.id {
-            if !matches!(reply, Reply::None) {
-                self.links.send(from, MeshMsg::Refused { reply, why });
+        match reply {
+            Reply::None => {}
+            Reply::Http { to, index, .. } => {
+                self.answer(to, Answer::Published(Published { index, result }));
             }
-            return;
+            reply if from == self.id => self.tell_publisher(reply, result, awaited),
+            reply => {
+                if result.is_err() || reply.wants_seq() {
+                    self.cast(from, Cast::Published { reply, result });
+                }
+            }
         }
-        self.refused(reply, awaited, why);
     }
 
-    /// A refusal reaches the publisher's shard.
-    fn refused(&self, reply: Reply, from_owner: bool, why: Refused) {
+    /// How its publication went reaches a connection's `pub` here: an
+    /// `ack` with the `seq` for one with an `id`, an `err` for one
+    /// refused. `from_owner`: the answer came back from another shard or
+    /// the broker (the publisher's close awaits an acknowledged `pub`'s,
+    /// see `Outbox::push_reply`).
+    fn tell_publisher(&self, reply: Reply, result: Result<u64, Refused>, from_owner: bool) {
         let (target, id) = match reply {
-            Reply::None => return,
-            Reply::Http {
-                slot, nonce, index, ..
-            } => {
-                return self.answer_http(slot, nonce, index, Err(why));
-            }
+            Reply::None | Reply::Http { .. } => return,
             Reply::Ack { conn, id, .. } => (conn, Some(id)),
             Reply::Quiet { conn, .. } => (conn, None),
         };
         let Some(target) = self.conn(target) else {
             return;
         };
-        let error = OpError::new(why.code(), why.to_string(), id.as_deref());
-        let frame = target.codec.err(&error);
-        // Only an acknowledged `pub` forwarded to another shard is awaited
-        // by the publisher's close (see `Outbox::push_reply`).
+        let id = id.as_ref().map(RequestIdBuf::as_id);
+        let frame = match (result, id) {
+            (Ok(_), None) => return,
+            (Ok(seq), Some(id)) => target.codec.ack(id, Some(seq)),
+            (Err(why), id) => target
+                .codec
+                .err(&OpError::new(why.code(), why.to_string(), id)),
+        };
         let pushed = match from_owner && id.is_some() {
             true => target.outbox.push_reply(frame),
             false => target.outbox.push(frame),
@@ -962,154 +924,143 @@ impl Shard {
     }
 
     #[cfg(test)]
-    /// HTTP publishes waiting for their `seq`.
-    pub fn pending_http_publishes(&self) -> usize {
-        self.http_waiters.borrow().len()
+    /// Questions waiting for their answers (HTTP publishes waiting for
+    /// their `seq`s among them).
+    pub fn pending_questions(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Queues `cast` for `peer`; `false` if the peer is gone.
+    fn cast(&self, peer: usize, cast: Cast) -> bool {
+        self.links.send(peer, MeshMsg::Cast(cast))
+    }
+
+    /// Asks `question` of shard `peer` — this one included, which answers
+    /// at once — to be answered under `to`.
+    fn ask(&self, peer: usize, to: ReplyId, question: Question) {
+        match peer == self.id {
+            true => self.answer_question(to, question),
+            false => {
+                self.links.send(peer, MeshMsg::Ask(to, question));
+            }
+        }
+    }
+
+    /// Hands `answer` to the question it answers: in this shard's pending
+    /// table, or over the mesh to the shard that asked.
+    fn answer(&self, to: ReplyId, answer: Answer) {
+        match to.shard() == self.id {
+            true => self.settle(to, answer),
+            false => {
+                self.links.send(to.shard(), MeshMsg::Answer(to, answer));
+            }
+        }
     }
 
     /// Handles a message from another shard. Never waits.
     pub fn handle_mesh(&self, msg: MeshMsg) {
         match msg {
-            MeshMsg::Publish {
+            MeshMsg::Cast(cast) => self.take_cast(cast),
+            MeshMsg::Ask(to, question) => self.answer_question(to, question),
+            MeshMsg::Answer(id, answer) => self.settle(id, answer),
+        }
+    }
+
+    /// Acts on what another shard told this one.
+    fn take_cast(&self, cast: Cast) {
+        match cast {
+            Cast::Publish {
                 ch,
                 payload,
                 from,
                 skip,
                 reply,
             } => self.order_and_distribute(ch, payload, from as usize, skip, reply),
-            MeshMsg::Deliver {
+            Cast::Published { reply, result } => self.tell_publisher(reply, result, true),
+            Cast::Deliver {
                 ch,
                 seq,
                 payload,
                 skip,
                 delta,
-            } => {
-                if let Ok(name) = std::str::from_utf8(&ch) {
-                    self.deliver(name, seq, &payload, delta.as_ref(), skip);
-                }
-            }
-            MeshMsg::Interest {
+            } => self.deliver(&ch, seq, &payload, delta.as_ref(), skip),
+            Cast::Interest {
                 ch,
                 on,
                 delta,
                 from,
             } => {
-                if let Ok(name) = std::str::from_utf8(&ch) {
-                    self.owner
-                        .borrow_mut()
-                        .set_interest(name, from as usize, on, delta);
-                    self.node_interest_changed(name);
-                }
+                (self.owner.borrow_mut()).set_interest(&ch, from as usize, on, delta);
+                self.node_interest_changed(&ch);
             }
-            MeshMsg::Position {
-                ch,
-                from,
-                conn,
-                token,
-                since,
-                id,
-            } => {
-                if let Ok(name) = std::str::from_utf8(&ch) {
-                    self.answer_position(name, (from as usize, conn, token, id), since);
-                }
+            Cast::Resync { ch, seq, epoch } => self.resync_local(&ch, seq, &epoch),
+            Cast::Room => self.links.wake_publishers(),
+            Cast::Drain => self.begin_shutdown(),
+            Cast::Subscription { ch, on, user, conn } => {
+                self.subscription_event(&ch, on, &user, &conn)
             }
-            MeshMsg::PositionReply {
-                ch,
-                conn,
-                token,
-                id,
-                position,
-            } => {
-                if let Ok(name) = std::str::from_utf8(&ch) {
-                    self.go_live(name, conn, token, id.as_deref(), &position);
-                }
-            }
-            MeshMsg::Published { reply, seq } => self.complete(reply, seq, true),
-            MeshMsg::Refused { reply, why } => self.refused(reply, true, why),
-            MeshMsg::Resync { ch, seq, epoch } => {
-                if let Ok(name) = std::str::from_utf8(&ch) {
-                    self.resync_local(name, seq, &epoch);
-                }
-            }
-            MeshMsg::Api {
-                from,
-                slot,
-                nonce,
-                request,
-            } => self.serve_api(from as usize, slot, nonce, *request),
-            MeshMsg::ApiReply {
-                slot,
-                nonce,
-                answer,
-            } => self.reply_api(self.id, slot, nonce, *answer),
-            MeshMsg::Room => self.links.wake_publishers(),
-            MeshMsg::Drain => self.begin_shutdown(),
-            MeshMsg::Subscription { ch, on, user, conn } => {
-                if let Ok(name) = std::str::from_utf8(&ch) {
-                    self.subscription_event(name, on, &user, &conn);
-                }
-            }
-            MeshMsg::PresenceChange {
+            Cast::PresenceChange {
                 ch,
                 join,
                 member,
                 skip,
-            } => {
-                if let Ok(name) = std::str::from_utf8(&ch) {
-                    self.change_presence(name, join, *member, skip);
-                }
-            }
-            MeshMsg::PresenceEvent {
+            } => self.change_presence(&ch, join, *member, skip),
+            Cast::PresenceEvent {
                 ch,
                 join,
                 member,
                 skip,
-            } => {
-                if let Ok(name) = std::str::from_utf8(&ch) {
-                    self.presence_event(name, join, &member, skip);
-                }
-            }
-            MeshMsg::PresenceQuery {
-                ch,
-                from,
-                asker,
-                ask,
-            } => {
-                if let Ok(name) = std::str::from_utf8(&ch) {
-                    self.answer_presence_query(name, from as usize, asker, ask);
-                }
-            }
-            MeshMsg::PresenceReply {
-                ch,
-                asker,
-                page,
-                counting,
-            } => {
-                if let Ok(name) = std::str::from_utf8(&ch) {
-                    self.answer_presence(name, asker, &page, counting);
-                }
-            }
-            MeshMsg::StatsRequest { from, slot, nonce } => {
+            } => self.presence_event(&ch, join, &member, skip),
+        }
+    }
+
+    /// Answers a question of another shard (or of this one), under `to`:
+    /// at once, or once the broker answered.
+    fn answer_question(&self, to: ReplyId, question: Question) {
+        match question {
+            Question::Snapshot => {
                 let snapshot = Box::new(self.snapshot(true));
-                self.links.send(
-                    from as usize,
-                    MeshMsg::StatsReply {
-                        slot,
-                        nonce,
-                        snapshot,
-                    },
-                );
+                self.answer(to, Answer::Snapshot(snapshot));
             }
-            MeshMsg::StatsReply {
-                slot,
-                nonce,
-                snapshot,
-            } => {
-                let waiters = self.stats_waiters.borrow();
-                if let Some((_, waiter)) = waiters.get(slot as usize).filter(|w| w.0 == nonce) {
-                    let _ = waiter.try_send(*snapshot);
-                }
+            Question::Api(request) => self.serve_api(to, *request),
+            Question::Presence { ch, ask } => self.answer_presence_query(&ch, to, ask),
+            Question::Position { ch, since } => self.answer_position(&ch, to, since),
+        }
+    }
+
+    /// An answer came for a question of this shard: a task waiting for it
+    /// takes it, or it is acted on as its note says.
+    fn settle(&self, id: ReplyId, answer: Answer) {
+        let Some((note, answer)) = self.pending.settle(id, answer) else {
+            return;
+        };
+        match (note, answer) {
+            (
+                Note::Position {
+                    ch,
+                    conn,
+                    token,
+                    id,
+                },
+                Answer::Position(position),
+            ) => {
+                let id = id.as_ref().map(RequestIdBuf::as_id);
+                self.go_live(&ch, conn, token, id, &position);
             }
+            (
+                Note::Presence {
+                    ch,
+                    conn,
+                    id,
+                    counting,
+                },
+                Answer::Presence(page),
+            ) => {
+                let id = id.as_ref().map(RequestIdBuf::as_id);
+                self.answer_presence_op(&ch, conn, id, &page, counting);
+            }
+            // Another kind of answer than the question's: nobody's.
+            _ => {}
         }
     }
 
@@ -1174,7 +1125,7 @@ impl Shard {
     /// `POST /api/drain`: every shard of the node begins its shutdown.
     pub fn drain_node(&self) {
         for peer in (0..self.shards).filter(|p| *p != self.id) {
-            self.links.send(peer, MeshMsg::Drain);
+            self.cast(peer, Cast::Drain);
         }
         self.begin_shutdown();
     }
@@ -1247,48 +1198,6 @@ fn replay_frames(
     (frames.iter().map(Bytes::len).sum::<usize>() <= room).then_some(frames)
 }
 
-/// Frees a request's reply slot (a publish waiting for its `seq`, a
-/// presence question, an API request or a scrape asked of other shards)
-/// when its wait ends, unless the answer already did (the slot may then
-/// belong to a later request: the nonce tells).
-struct SlotGuard<'a, T> {
-    waiters: &'a RefCell<Slab<(u32, T)>>,
-    slot: u32,
-    nonce: u32,
-}
-
-impl<'a, A> SlotGuard<'a, LocalSender<A>> {
-    /// Takes a slot in `waiters` under `nonce` for a channel of `capacity`
-    /// answers; returns the guard (its `slot` and `nonce` name the
-    /// request to those who answer) and the channel's receiving end.
-    fn take(
-        waiters: &'a RefCell<Slab<(u32, LocalSender<A>)>>,
-        nonce: u32,
-        capacity: usize,
-    ) -> (Self, LocalReceiver<A>) {
-        let (tx, rx) = glommio::channels::local_channel::new_bounded(capacity.max(1));
-        let slot = waiters.borrow_mut().insert((nonce, tx)) as u32;
-        let guard = SlotGuard {
-            waiters,
-            slot,
-            nonce,
-        };
-        (guard, rx)
-    }
-}
-
-impl<T> Drop for SlotGuard<'_, T> {
-    fn drop(&mut self) {
-        let mut waiters = self.waiters.borrow_mut();
-        if waiters
-            .get(self.slot as usize)
-            .is_some_and(|w| w.0 == self.nonce)
-        {
-            waiters.remove(self.slot as usize);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -1335,15 +1244,15 @@ mod tests {
                 PeerLinks::new(0, 2, crate::mesh::new_congestion(2), Rc::default());
             let shard = Shard::new(0, None, config, ShardParts::alone(links, 2));
             let local = owned_by(&shard, "ch", 0);
-            shard.handle_mesh(MeshMsg::Interest {
-                ch: Bytes::from(local.clone()),
+            shard.handle_mesh(MeshMsg::Cast(Cast::Interest {
+                ch: ChannelName::of_valid(&local),
                 on: true,
                 delta: false,
                 from: 1,
-            });
+            }));
             let publish = || {
                 let payload = Payload::copy_of(PayloadKind::Json, b"1");
-                shard.publish(Bytes::from(local.clone()), payload, None, Reply::None)
+                shard.publish(ChannelName::of_valid(&local), payload, None, Reply::None)
             };
             let mut accepted = 0;
             while publish().is_none() {
@@ -1362,7 +1271,7 @@ mod tests {
             let remote = owned_by(&shard, "ch", 1);
             for _ in 0..3 {
                 let publication = api::HttpPublication {
-                    ch: Bytes::from(remote.clone()),
+                    ch: ChannelName::of_valid(&remote),
                     payload: Payload::copy_of(PayloadKind::Json, b"1"),
                     idempotency_key: None,
                 };
@@ -1371,17 +1280,52 @@ mod tests {
                     glommio::timer::timeout(Duration::from_millis(5), async { Ok(publish.await) })
                         .await;
                 assert!(waited.is_err(), "nobody answers");
-                assert_eq!(shard.pending_http_publishes(), 0);
+                assert_eq!(shard.pending_questions(), 0);
             }
             // A late answer for a slot given up on reaches nobody.
             let late = Reply::Http {
-                slot: 0,
-                nonce: 1,
+                to: ReplyId::for_tests(0, 0, 1),
                 index: 0,
                 idempotency_key: None,
             };
-            shard.complete(late, 7, true);
-            assert_eq!(shard.pending_http_publishes(), 0);
+            shard.report(0, late, Ok(7), true);
+            assert_eq!(shard.pending_questions(), 0);
+        });
+    }
+
+    /// A question asked of a peer comes back through `handle_mesh` to the
+    /// task that asked it, typed; a second answer under the same id (a
+    /// peer answering twice) is not taken, and the entry is freed.
+    #[test]
+    fn a_scrape_takes_the_snapshot_its_peer_answers() {
+        crate::sync::on_test_executor(async {
+            let (links, mut receivers) =
+                PeerLinks::new(0, 2, crate::mesh::new_congestion(2), Rc::default());
+            let to_peer = receivers[1].take().unwrap();
+            let config = Config {
+                shards: 2,
+                ..Config::default()
+            };
+            let shard = Rc::new(Shard::new(0, None, config, ShardParts::alone(links, 2)));
+            let scrape = glommio::spawn_local({
+                let shard = shard.clone();
+                async move { shard.gather().await }
+            });
+            let Some(MeshMsg::Ask(to, Question::Snapshot)) = to_peer.recv().await else {
+                panic!("the peer is asked for its snapshot");
+            };
+            assert_eq!(to.shard(), 0, "answered to the shard that asked");
+            let answer = |shard_id| {
+                let mut snapshot = shard.snapshot(false);
+                snapshot.shard = shard_id;
+                MeshMsg::Answer(to, Answer::Snapshot(Box::new(snapshot)))
+            };
+            shard.handle_mesh(answer(1));
+            let stats = scrape.await;
+            assert_eq!(stats.shards_reporting, 2);
+            assert_eq!(shard.pending_questions(), 0, "the entry is freed");
+            shard.handle_mesh(answer(1));
+            assert_eq!(shard.pending_questions(), 0, "a late answer goes nowhere");
         });
     }
 
@@ -1400,11 +1344,11 @@ mod tests {
                 |k: &str| Some(crate::api::remembered_key(crate::api::Form::One, k, 0).into());
             let publish = |ch: &str, reply: Reply| {
                 let payload = Payload::copy_of(PayloadKind::Json, b"1");
-                shard.publish(Bytes::from(ch.to_owned()), payload, None, reply);
+                shard.publish(ChannelName::of_valid(ch), payload, None, reply);
             };
             let ack = |k: &str| Reply::Ack {
                 conn,
-                id: "1".into(),
+                id: RequestId::parse("1").unwrap().to_buf(),
                 idempotency_key: key(k),
             };
             publish(&local, ack("k"));
@@ -1424,8 +1368,7 @@ mod tests {
             assert_eq!(shard.owner.borrow().last_seq(&local), 2, "another key");
             assert_eq!(shard.owner.borrow().last_seq(&other), 1, "per channel");
             let http = Reply::Http {
-                slot: 0,
-                nonce: 0,
+                to: ReplyId::for_tests(0, 0, 0),
                 index: 0,
                 idempotency_key: key("k"),
             };
@@ -1458,7 +1401,7 @@ mod tests {
                         .map(|k| crate::api::remembered_key(crate::api::Form::One, k, 0).into()),
                 };
                 let payload = Payload::copy_of(PayloadKind::Json, b"1");
-                shard.publish(Bytes::from(local.clone()), payload, None, reply);
+                shard.publish(ChannelName::of_valid(&local), payload, None, reply);
                 shard.owner.borrow().last_seq(&local)
             };
             assert_eq!(publish(Some("first")), 1);

@@ -7,11 +7,11 @@ use std::{rc::Rc, time::Duration};
 
 use bytes::Bytes;
 
-use super::{Shard, SlotGuard};
+use super::Shard;
 use crate::{
-    channel::STATS_CHANNEL,
+    channel::{ChannelName, STATS_CHANNEL},
     close::CloseReason,
-    mesh::{MeshMsg, Reply},
+    mesh::{Question, Reply},
     process::{self, ProcessStats},
     protocol::PayloadKind,
     publication::Payload,
@@ -85,16 +85,13 @@ impl Shard {
         let peers = self.shards - 1;
         if peers > 0 {
             // Freed however the wait ends (a scrape dropped at shutdown too).
-            let (waiting, rx) = SlotGuard::take(&self.stats_waiters, self.new_token(), peers);
-            let (slot, nonce) = (waiting.slot, waiting.nonce);
+            let waiting = self.pending.wait::<ShardSnapshot>(peers);
             for peer in (0..self.shards).filter(|p| *p != self.id) {
-                let from = self.id as u16;
-                self.links
-                    .send(peer, MeshMsg::StatsRequest { from, slot, nonce });
+                self.ask(peer, waiting.id(), Question::Snapshot);
             }
             let _ = glommio::timer::timeout(GATHER_TIMEOUT, async {
                 while snapshots.len() <= peers {
-                    let Some(snapshot) = rx.recv().await else {
+                    let Some(snapshot) = waiting.next().await else {
                         break;
                     };
                     // One snapshot per shard, whatever a peer sends.
@@ -114,7 +111,7 @@ impl Shard {
 pub fn spawn_stats_tick(shard: &Rc<Shard>) {
     let shard = shard.clone();
     glommio::spawn_local(async move {
-        let channel = Bytes::from_static(STATS_CHANNEL.as_bytes());
+        let channel = ChannelName::of_valid(STATS_CHANNEL);
         while !shard.is_shutting_down() {
             glommio::timer::sleep(STATS_INTERVAL).await;
             shard.stats.latency.borrow_mut().rotate();

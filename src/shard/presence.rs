@@ -8,19 +8,18 @@
 //! answered from its table: exact across the node's shards. Joins, leaves
 //! and questions travel on the same ordered lanes as everything else.
 
-use std::rc::Rc;
-
 use bytes::Bytes;
 
 use super::{
     members::{Change, Member, Page},
-    Shard,
+    Note, Shard,
 };
 use crate::{
+    channel::ChannelName,
     conn::Conn,
     engine::redis::PresenceRequest,
-    mesh::{MeshMsg, PresenceAsker},
-    protocol::{self, ErrorCode, OpError, PresenceAsk},
+    mesh::{Answer, Cast, Question, ReplyId},
+    protocol::{self, ErrorCode, OpError, PresenceAsk, RequestId},
     publication::ConnRef,
     security::pattern,
 };
@@ -65,10 +64,10 @@ impl Shard {
         if owner == self.id {
             self.change_presence(name, join, member, skip);
         } else {
-            self.links.send(
+            self.cast(
                 owner,
-                MeshMsg::PresenceChange {
-                    ch: Bytes::copy_from_slice(name.as_bytes()),
+                Cast::PresenceChange {
+                    ch: ChannelName::of_valid(name),
                     join,
                     member: Box::new(member),
                     skip,
@@ -109,16 +108,21 @@ impl Shard {
         json: Bytes,
         skip: Option<(u16, ConnRef)>,
     ) {
-        for peer in super::shards_in(self.owner.borrow().remote_mask(name)) {
-            self.links.send(
-                peer,
-                MeshMsg::PresenceEvent {
-                    ch: Bytes::copy_from_slice(name.as_bytes()),
-                    join,
-                    member: json.clone(),
-                    skip,
-                },
-            );
+        let remote = self.owner.borrow().remote_mask(name);
+        if remote != 0 {
+            let ch = ChannelName::of_valid(name);
+            for peer in super::shards_in(remote) {
+                let (ch, member) = (ch.clone(), json.clone());
+                self.cast(
+                    peer,
+                    Cast::PresenceEvent {
+                        ch,
+                        join,
+                        member,
+                        skip,
+                    },
+                );
+            }
         }
         self.presence_event(name, join, &json, skip);
     }
@@ -144,36 +148,44 @@ impl Shard {
         conn.send(conn.codec.presence_event(true, name, &json));
     }
 
-    /// Asks the owner of presence channel `name` about it for `asker`;
-    /// refused (`no_presence`) if it is not one.
-    pub fn ask_presence(
+    /// A connection's `presence` or `occupancy` op (`ask`) about `name`:
+    /// asks the channel's owner and answers `id` when the owner does;
+    /// refused (`no_presence`) if it is not a presence channel.
+    pub fn presence_op<'a>(
         &self,
+        conn: &Conn,
         name: &str,
-        asker: PresenceAsker,
+        id: Option<RequestId<'a>>,
         ask: PresenceAsk,
-    ) -> Result<(), OpError<'static>> {
-        if !self.is_presence(name) {
-            return Err(OpError::new(
+    ) -> Result<(), OpError<'a>> {
+        self.presence_channel(name)
+            .map_err(|error| OpError::new(error.code, error.msg, id))?;
+        let ch = ChannelName::of_valid(name);
+        let to = self.pending.note(Note::Presence {
+            ch: ch.clone(),
+            conn: conn.id,
+            id: id.map(RequestId::to_buf),
+            counting: ask == PresenceAsk::Count,
+        });
+        self.ask(
+            self.owner_of(name.as_bytes()),
+            to,
+            Question::Presence { ch, ask },
+        );
+        Ok(())
+    }
+
+    /// Refuses (`no_presence`) a question about `name` unless it is a
+    /// presence channel.
+    fn presence_channel(&self, name: &str) -> Result<(), OpError<'static>> {
+        match self.is_presence(name) {
+            true => Ok(()),
+            false => Err(OpError::new(
                 ErrorCode::NoPresence,
                 "not a presence channel (see --presence)",
                 None,
-            ));
+            )),
         }
-        let owner = self.owner_of(name.as_bytes());
-        if owner == self.id {
-            self.answer_presence_query(name, self.id, asker, ask);
-        } else {
-            self.links.send(
-                owner,
-                MeshMsg::PresenceQuery {
-                    ch: Bytes::copy_from_slice(name.as_bytes()),
-                    from: self.id as u16,
-                    asker,
-                    ask,
-                },
-            );
-        }
-        Ok(())
     }
 
     /// The most member JSON one presence page holds: a sixteenth of a
@@ -198,20 +210,13 @@ impl Shard {
         }
     }
 
-    /// Owner side: answers a question from shard `from` — from Redis, which
+    /// Owner side: answers a question, under `to` — from Redis, which
     /// holds every node's members, with that engine (from this node's own
     /// while Redis cannot be asked).
-    pub(super) fn answer_presence_query(
-        &self,
-        name: &str,
-        from: usize,
-        asker: PresenceAsker,
-        ask: PresenceAsk,
-    ) {
+    pub(super) fn answer_presence_query(&self, name: &str, to: ReplyId, ask: PresenceAsk) {
         let request = PresenceRequest {
             ch: name.into(),
-            from,
-            asker,
+            to,
             ask,
         };
         let request = match self.redis_link(name) {
@@ -232,70 +237,48 @@ impl Shard {
         request: PresenceRequest,
         page: Option<Page>,
     ) {
-        let PresenceRequest {
-            from, asker, ask, ..
-        } = request;
+        let PresenceRequest { to, ask, .. } = request;
         let page = page.unwrap_or_else(|| self.presence_page(name, &ask));
-        let counting = ask == PresenceAsk::Count;
-        if from == self.id {
-            return self.answer_presence(name, asker, &page, counting);
-        }
-        self.links.send(
-            from,
-            MeshMsg::PresenceReply {
-                ch: Bytes::copy_from_slice(name.as_bytes()),
-                asker,
-                page: Box::new(page),
-                counting,
-            },
-        );
+        self.answer(to, Answer::Presence(Box::new(page)));
     }
 
-    /// Hands an answer to whoever asked, here (`counting`: an `occupancy`).
-    pub(super) fn answer_presence(
+    /// The owner's answer to a connection's `presence` (or, `counting`,
+    /// `occupancy`) op reached its shard.
+    pub(super) fn answer_presence_op(
         &self,
         name: &str,
-        asker: PresenceAsker,
+        conn: ConnRef,
+        id: Option<RequestId<'_>>,
         page: &Page,
         counting: bool,
     ) {
-        match asker {
-            PresenceAsker::Conn { conn, id } => {
-                let Some(conn) = self.conn(conn) else { return };
-                let frame = match counting {
-                    true => conn.codec.occupancy(id.as_deref(), name, page.count),
-                    false => {
-                        let members = members_json(page);
-                        conn.codec.presence(
-                            id.as_deref(),
-                            name,
-                            (&members, page.count, page.cursor.as_deref()),
-                        )
-                    }
-                };
-                conn.send(frame);
+        let Some(conn) = self.conn(conn) else { return };
+        let frame = match counting {
+            true => conn.codec.occupancy(id, name, page.count),
+            false => {
+                let members = members_json(page);
+                conn.codec
+                    .presence(id, name, (&members, page.count, page.cursor.as_deref()))
             }
-            PresenceAsker::Http { slot, nonce } => {
-                let mut waiters = self.presence_waiters.borrow_mut();
-                if waiters.get(slot as usize).is_some_and(|w| w.0 == nonce) {
-                    let json = presence_body(name, page);
-                    let _ = waiters.remove(slot as usize).1.try_send(json);
-                }
-            }
-        }
+        };
+        conn.send(frame);
     }
 
     /// `GET /api/presence/<ch>`: asks and waits for the answer (the JSON
-    /// body). `None` if the owner did not answer (shutdown).
+    /// body). Waits for as long as it takes: bound it with a timeout.
     pub async fn presence_and_wait(
-        self: &Rc<Self>,
+        &self,
         name: &str,
         ask: PresenceAsk,
     ) -> Result<Option<Vec<u8>>, OpError<'static>> {
-        let (waiting, rx) = super::SlotGuard::take(&self.presence_waiters, self.new_token(), 1);
-        let (slot, nonce) = (waiting.slot, waiting.nonce);
-        self.ask_presence(name, PresenceAsker::Http { slot, nonce }, ask)?;
-        Ok(rx.recv().await)
+        self.presence_channel(name)?;
+        let waiting = self.pending.wait::<Page>(1);
+        let question = Question::Presence {
+            ch: ChannelName::of_valid(name),
+            ask,
+        };
+        self.ask(self.owner_of(name.as_bytes()), waiting.id(), question);
+        Ok(waiting.next().await.map(|page| presence_body(name, &page)))
     }
 }
 

@@ -16,13 +16,12 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
 use futures_lite::FutureExt;
 use glommio::net::TcpStream;
 
 use super::{api::HttpPublication, session, Shard};
 use crate::{
-    channel::Access,
+    channel::{Access, ChannelName},
     conn::{
         codec::Protocol,
         extension,
@@ -695,7 +694,7 @@ async fn publish(
                 payload = payload.with_key(key);
             }
             HttpPublication {
-                ch: Bytes::copy_from_slice(p.ch.as_bytes()),
+                ch: ChannelName::of_valid(&p.ch),
                 payload,
                 idempotency_key: p.idempotency_key.as_deref().map(Into::into),
             }

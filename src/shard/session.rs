@@ -18,6 +18,7 @@ use bytes::Bytes;
 
 use super::Shard;
 use crate::{
+    channel::ChannelName,
     clock,
     close::CloseReason,
     conn::{
@@ -28,8 +29,8 @@ use crate::{
         permit::Permit,
         Conn,
     },
-    mesh::{PresenceAsker, Reply},
-    protocol::{OpError, PresenceAsk, Since, SubOptions},
+    mesh::Reply,
+    protocol::{OpError, PresenceAsk, RequestId, Since, SubOptions},
     publication::{Payload, Skip},
     security::{
         rate::Verdict,
@@ -203,7 +204,7 @@ impl Host for OnShard<'_> {
     fn subscribe<'a>(
         &mut self,
         ch: &str,
-        id: Option<&'a str>,
+        id: Option<RequestId<'a>>,
         since: Option<Since<'_>>,
         options: SubOptions,
     ) -> Result<(), OpError<'a>> {
@@ -213,22 +214,13 @@ impl Host for OnShard<'_> {
     fn presence<'a>(
         &mut self,
         ch: &str,
-        id: Option<&'a str>,
+        id: Option<RequestId<'a>>,
         ask: PresenceAsk,
     ) -> Result<(), OpError<'a>> {
-        self.shard
-            .ask_presence(
-                ch,
-                PresenceAsker::Conn {
-                    conn: self.conn.id,
-                    id: id.map(Into::into),
-                },
-                ask,
-            )
-            .map_err(|error| OpError::new(error.code, error.msg, id))
+        self.shard.presence_op(self.conn, ch, id, ask)
     }
 
-    fn unsubscribe<'a>(&mut self, ch: &str, id: Option<&'a str>) -> Result<(), OpError<'a>> {
+    fn unsubscribe<'a>(&mut self, ch: &str, id: Option<RequestId<'a>>) -> Result<(), OpError<'a>> {
         self.shard.unsubscribe(self.conn, ch, id)
     }
 
@@ -238,10 +230,10 @@ impl Host for OnShard<'_> {
 
     fn publish(
         &mut self,
-        ch: Bytes,
+        ch: ChannelName,
         payload: Payload,
         skip: Option<Skip>,
-        ack_id: Option<&str>,
+        ack_id: Option<RequestId<'_>>,
         idempotency_key: Option<&str>,
     ) -> Option<usize> {
         // A `pub` is a single publish: its key meets an HTTP single
@@ -251,7 +243,7 @@ impl Host for OnShard<'_> {
         let reply = match ack_id {
             Some(id) => Reply::Ack {
                 conn: self.conn.id,
-                id: id.into(),
+                id: id.to_buf(),
                 idempotency_key,
             },
             // Raw-room members are told nothing (no envelope to tell with),
