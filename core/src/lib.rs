@@ -25,7 +25,9 @@
 //! - [`owner`]: channel ordering — sequence, epoch, history, deltas
 //!   ([`fossil`]), conflation keys; [`idempotency`]: publications made
 //!   under a key.
-//! - [`members`]: presence channels' members and pages of them.
+//! - [`members`]: presence channels' members, pages of them and their
+//!   JSON; [`occupancy`]: which owned channels have subscribers, for the
+//!   lifecycle webhooks.
 //! - [`heartbeat`]: ping and timeout of one connection; [`close`]: why a
 //!   connection closes; [`budget`]: the shard's memory budget.
 
@@ -42,6 +44,7 @@ pub mod idempotency;
 pub mod json_data;
 pub mod members;
 pub mod msgpack;
+pub mod occupancy;
 pub mod owner;
 pub mod pattern;
 pub mod protocol;

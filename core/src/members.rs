@@ -144,6 +144,48 @@ impl Members {
     }
 }
 
+/// One member as its JSON object.
+pub fn member_json(member: &Member) -> Vec<u8> {
+    let mut json = Vec::with_capacity(64);
+    crate::protocol::write_member(
+        &mut json,
+        &member.user,
+        &member.conn,
+        member.info.as_deref(),
+    );
+    json
+}
+
+/// A member read back from its JSON (as Redis keeps it).
+pub fn member_from_json(json: &[u8]) -> Option<Member> {
+    #[derive(serde::Deserialize)]
+    struct Stored<'a> {
+        #[serde(default)]
+        user: String,
+        conn: String,
+        #[serde(borrow, default)]
+        info: Option<&'a serde_json::value::RawValue>,
+    }
+    let stored: Stored<'_> = serde_json::from_slice(json).ok()?;
+    Some(Member {
+        conn: stored.conn.into(),
+        user: stored.user.into(),
+        info: stored.info.map(|i| i.get().into()),
+    })
+}
+
+/// Members of a page as JSON objects joined by commas.
+pub fn members_json(page: &Page) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 * page.members.len());
+    for (i, member) in page.members.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        crate::protocol::write_member(&mut out, &member.user, &member.conn, member.info.as_deref());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,6 +300,43 @@ mod tests {
         assert_eq!(
             (huge.members.len(), huge.cursor.as_deref()),
             (1, Some("c0000"))
+        );
+    }
+
+    #[test]
+    fn a_member_goes_to_json_and_back_as_redis_keeps_it() {
+        let anonymous = member("c1", "");
+        let json = member_json(&anonymous);
+        assert_eq!(json, br#"{"conn":"c1"}"#);
+        assert_eq!(member_from_json(&json), Some(anonymous));
+        let known = Member {
+            info: Some(r#"{"name":"Ann \"A\""}"#.into()),
+            ..member("c2", "u\u{e9}")
+        };
+        let json = member_json(&known);
+        let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(value["info"]["name"], "Ann \"A\"");
+        assert_eq!(member_from_json(&json), Some(known));
+        assert_eq!(member_from_json(b"{not json"), None);
+        assert_eq!(
+            member_from_json(br#"{"user":"u"}"#),
+            None,
+            "a member has a conn"
+        );
+    }
+
+    #[test]
+    fn a_page_of_members_is_their_objects_joined_by_commas() {
+        let page = Page {
+            members: vec![member("a", "u1"), member("b", "")],
+            cursor: None,
+            count: 2,
+        };
+        let list = format!("[{}]", String::from_utf8(members_json(&page)).unwrap());
+        let value: serde_json::Value = serde_json::from_str(&list).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!([{"user":"u1","conn":"a"},{"conn":"b"}])
         );
     }
 }

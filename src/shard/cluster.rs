@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures_lite::FutureExt;
 
 use super::{
-    members::{Member, Page},
+    members::{self, Member, Page},
     owner::{Followed, Ordered},
     Shard,
 };
@@ -231,9 +231,8 @@ impl Shard {
             let Some(link) = self.redis_link(name) else {
                 continue;
             };
-            let those: Vec<(&Member, Vec<u8>)> = those
-                .map(|m| (m, super::presence::member_json(m)))
-                .collect();
+            let those: Vec<(&Member, Vec<u8>)> =
+                those.map(|m| (m, members::member_json(m))).collect();
             for chunk in those.chunks(CHUNK) {
                 let pairs: Vec<(&str, &[u8])> = chunk
                     .iter()
@@ -376,7 +375,7 @@ impl RedisHost for Shard {
             ) => {
                 let members = members
                     .iter()
-                    .filter_map(|(_, json)| super::presence::member_from_json(json))
+                    .filter_map(|(_, json)| members::member_from_json(json))
                     .collect();
                 Some(Page::new(members, more, count, self.presence_page_bytes()))
             }

@@ -13,13 +13,11 @@
 //! its own transitions (at least once rather than never). With NATS, each
 //! node announces its own.
 
-use std::{
-    collections::{HashMap, HashSet},
-    rc::Rc,
-    time::Duration,
-};
+use std::{rc::Rc, time::Duration};
 
 use futures_lite::FutureExt;
+
+use shardcast_core::occupancy::Transition;
 
 use super::Shard;
 use crate::{
@@ -31,66 +29,6 @@ use crate::{
 
 /// How often a shard looks for vacated graces that ran out.
 const VACATE_TICK: Duration = Duration::from_millis(50);
-
-/// Owned channels with subscribers, and those waiting to be vacated.
-#[derive(Debug, Default)]
-pub struct Occupancy {
-    occupied: HashSet<Box<str>>,
-    /// Emptied channels and when their grace ends (shard ms).
-    vacating: HashMap<Box<str>, u64>,
-}
-
-/// What a change of a channel's subscribers means for its webhooks.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Transition {
-    /// `channel_occupied` now.
-    Occupied,
-    /// Nothing to say (still occupied, a vacate cancelled, still empty).
-    Nothing,
-}
-
-impl Occupancy {
-    /// `name` has subscribers (`on`) or none, at `now_ms`; emptied channels
-    /// are vacated `grace_ms` later unless they fill again first.
-    pub fn set(&mut self, name: &str, on: bool, now_ms: u64, grace_ms: u64) -> Transition {
-        if on {
-            if self.vacating.remove(name).is_some() {
-                return Transition::Nothing;
-            }
-            return match self.occupied.insert(name.into()) {
-                true => Transition::Occupied,
-                false => Transition::Nothing,
-            };
-        }
-        if self.occupied.contains(name) && !self.vacating.contains_key(name) {
-            self.vacating.insert(name.into(), now_ms + grace_ms);
-        }
-        Transition::Nothing
-    }
-
-    /// The channels with subscribers (those in their grace included).
-    pub fn occupied(&self) -> impl Iterator<Item = &str> {
-        self.occupied.iter().map(|name| &**name)
-    }
-
-    /// The channels whose grace has run out at `now_ms`: vacated now.
-    pub fn due(&mut self, now_ms: u64) -> Vec<Box<str>> {
-        if self.vacating.is_empty() {
-            return Vec::new();
-        }
-        let due: Vec<Box<str>> = self
-            .vacating
-            .iter()
-            .filter(|(_, at)| **at <= now_ms)
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in &due {
-            self.vacating.remove(name);
-            self.occupied.remove(name);
-        }
-        due
-    }
-}
 
 impl Shard {
     /// Starts the webhook sender and the vacated-grace timer (with
@@ -245,38 +183,5 @@ impl Shard {
         if self.occupancy.borrow_mut().set(name, on, now_ms, grace_ms) == Transition::Occupied {
             self.announce_occupancy(name, true);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn vacated_waits_its_grace_and_a_refill_cancels_it() {
-        let mut occupancy = Occupancy::default();
-        assert_eq!(occupancy.set("c", true, 0, 100), Transition::Occupied);
-        assert_eq!(
-            occupancy.set("c", true, 1, 100),
-            Transition::Nothing,
-            "already"
-        );
-        assert_eq!(occupancy.set("c", false, 10, 100), Transition::Nothing);
-        assert!(occupancy.due(50).is_empty(), "within the grace");
-        // Filled again within the grace: no vacated, no second occupied.
-        assert_eq!(occupancy.set("c", true, 60, 100), Transition::Nothing);
-        assert!(occupancy.due(500).is_empty());
-        occupancy.set("c", false, 600, 100);
-        occupancy.set("c", false, 650, 100);
-        assert!(occupancy.due(699).is_empty(), "the first emptying counts");
-        assert_eq!(occupancy.due(700), vec![Box::<str>::from("c")]);
-        assert!(occupancy.due(800).is_empty(), "once");
-        assert_eq!(
-            occupancy.set("c", true, 900, 100),
-            Transition::Occupied,
-            "a new life"
-        );
-        assert_eq!(occupancy.set("never", false, 0, 100), Transition::Nothing);
-        assert!(occupancy.due(10_000).is_empty());
     }
 }

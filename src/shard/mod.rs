@@ -131,7 +131,7 @@ pub struct Shard {
     webhooks: Option<Rc<crate::webhook::Webhooks>>,
     /// Which owned channels have subscribers (for `channel_occupied` and
     /// `channel_vacated`), and those waiting out the vacated grace.
-    occupancy: RefCell<lifecycle::Occupancy>,
+    occupancy: RefCell<shardcast_core::occupancy::Occupancy>,
     /// Publications made under an idempotency key, on the channels this
     /// shard owns (not with the Redis engine: Redis remembers them).
     remembered: RefCell<idempotency::Remembered>,

@@ -1,7 +1,7 @@
 //! The shard's side of presence (`--presence`). A connection's shard tells
 //! the channel's owner when it subscribes to a presence channel and when it
 //! leaves (unsubscribes, closes); the owner keeps the members
-//! (`shard/members.rs`) and sends every real change — a first subscription,
+//! (`shardcast_core::members`) and sends every real change — a first subscription,
 //! a last leave — as a `join`/`leave` event to the shards with subscribers,
 //! which hand it to those that asked (`"join_leave":true`). `presence` and
 //! `occupancy` ops, and `GET /api/presence/<ch>`, ask the owner and are
@@ -11,7 +11,7 @@
 use bytes::Bytes;
 
 use super::{
-    members::{Change, Member, Page},
+    members::{member_json, members_json, Change, Member, Page},
     Note, Shard,
 };
 use crate::{
@@ -280,48 +280,6 @@ impl Shard {
         self.ask(self.owner_of(name.as_bytes()), waiting.id(), question);
         Ok(waiting.next().await.map(|page| presence_body(name, &page)))
     }
-}
-
-/// One member as its JSON object.
-pub(super) fn member_json(member: &Member) -> Vec<u8> {
-    let mut json = Vec::with_capacity(64);
-    protocol::write_member(
-        &mut json,
-        &member.user,
-        &member.conn,
-        member.info.as_deref(),
-    );
-    json
-}
-
-/// A member read back from its JSON (as Redis keeps it).
-pub(super) fn member_from_json(json: &[u8]) -> Option<Member> {
-    #[derive(serde::Deserialize)]
-    struct Stored<'a> {
-        #[serde(default)]
-        user: String,
-        conn: String,
-        #[serde(borrow, default)]
-        info: Option<&'a serde_json::value::RawValue>,
-    }
-    let stored: Stored<'_> = serde_json::from_slice(json).ok()?;
-    Some(Member {
-        conn: stored.conn.into(),
-        user: stored.user.into(),
-        info: stored.info.map(|i| i.get().into()),
-    })
-}
-
-/// Members of a page as JSON objects joined by commas.
-fn members_json(page: &Page) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 * page.members.len());
-    for (i, member) in page.members.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        protocol::write_member(&mut out, &member.user, &member.conn, member.info.as_deref());
-    }
-    out
 }
 
 /// The body of `GET /api/presence/<ch>`.
