@@ -3,8 +3,8 @@
 //! section (`settings::section!`; the `settings` module explains how that
 //! one declaration makes the flag and its `SHARDCAST_*` variable, the TOML
 //! key, the default, the parse, `check-config`'s line and the README row).
-//! The sections about connections are in [`connections`], those about
-//! channels in [`channels`]; security, the engine and webhooks declare
+//! The sections about connections are in `connections`, those about
+//! channels in `channels`; security, the engine and webhooks declare
 //! theirs in their own modules, which need nothing of this one.
 //! [`Config::resolve`] stacks the sources (flag > environment > file >
 //! default), parses each setting once and checks the result. Nothing here

@@ -1,5 +1,5 @@
 //! One declaration per setting. Every setting of the server is declared
-//! once, as a field of a *section* (a struct written with [`section!`]):
+//! once, as a field of a *section* (a struct written with `section!`):
 //! its field name and type, the syntax users write it in (`as ByteSize`),
 //! its default, and a [`Setting`] builder naming it (`--max-queue-bytes`)
 //! with its `--help` line, its README description and, where it has them,
@@ -14,7 +14,7 @@
 //! settings (`config`, and below it `security`, `engine`, `webhook`)
 //! declare their sections with it, so none of them imports `config`.
 //! [`syntax`] says how values are written and turned into fields (and back
-//! into text), [`file`] reads the TOML file, [`render`] writes
+//! into text), [`file`](mod@file) reads the TOML file, [`render`] writes
 //! `check-config`'s TOML and the README table.
 
 pub mod file;
@@ -99,7 +99,7 @@ macro_rules! section {
 }
 pub(crate) use section;
 
-/// A struct of settings declared with [`section!`].
+/// A struct of settings declared with `section!`.
 pub trait Section: Default + 'static {
     /// Its settings and those of the sections it holds, in order.
     fn declarations() -> Vec<Box<dyn Declared<Self>>>;
@@ -144,7 +144,7 @@ pub fn ensure(ok: bool, why: impl FnOnce() -> String) -> Result<(), String> {
 }
 
 /// One setting of section `C`: a field of type `T` written as `S`. Built
-/// by [`section!`], which then binds it to its field ([`Setting::at`]).
+/// by `section!`, which then binds it to its field ([`Setting::at`]).
 pub struct Setting<C, T, S> {
     doc: Doc,
     parse: fn(S, &'static str) -> Result<T, String>,
@@ -274,10 +274,7 @@ pub trait Declared<C>: Send + Sync {
     fn default_shown(&self) -> Shown;
 }
 
-impl<C, T, S: Syntax> Declared<C> for Bound<C, T, S>
-where
-    Bound<C, T, S>: Send + Sync,
-{
+impl<C, T, S: Syntax> Declared<C> for Bound<C, T, S> {
     fn doc(&self) -> &Doc {
         &self.setting.doc
     }
@@ -337,10 +334,7 @@ struct Nested<C, N> {
     inner: Box<dyn Declared<N>>,
 }
 
-impl<C, N> Declared<C> for Nested<C, N>
-where
-    Nested<C, N>: Send + Sync,
-{
+impl<C, N> Declared<C> for Nested<C, N> {
     fn doc(&self) -> &Doc {
         self.inner.doc()
     }
