@@ -76,7 +76,7 @@ fn fan_out(c: &mut Criterion) {
             b.iter_batched(
                 || {
                     // Fresh, empty queues each batch so the byte bound never bites.
-                    let mut index = Index::new(shardcast::Config::default().conflate_after_bytes);
+                    let mut index = Index::new(shardcast::Config::default().conflation.after_bytes);
                     // A fresh flush pass too: every queue marks itself dirty on it.
                     let flusher = Rc::new(Flusher::new(Rc::new(Stats::default()), Duration::ZERO));
                     let conns: Vec<Rc<Conn>> = (0..SUBSCRIBERS as u32)

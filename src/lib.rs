@@ -1,10 +1,12 @@
 //! shardcast: a thread-per-core WebSocket broadcast (pub/sub fan-out) server.
 //!
 //! # Layout
-//! - [`config`]: the one `Config` type and its sources (flags, `SHARDCAST_*`
-//!   environment, TOML file); [`units`]: sizes and durations in them;
-//!   [`settings`]: the effective settings written back as TOML
-//!   (`check-config`).
+//! - [`config`]: the one `Config` type, in typed sections, and its sources
+//!   (flags, `SHARDCAST_*` environment, TOML file); [`settings`]: one
+//!   declaration per setting (`section!`), from which come its flag, its
+//!   variable, its TOML key, its default, its parse, its `check-config` line
+//!   and its README row (security, the engine and webhooks declare their
+//!   sections in their own modules); [`units`]: sizes and durations in them.
 //! - [`client`]: `shardcast sub` and `shardcast pub`, a command-line client
 //!   of the JSON protocol, bounded in time and memory against any server.
 //! - [`runtime`]: binds the listeners (refusing an address another process

@@ -17,7 +17,7 @@ use glommio::{channels::channel_mesh::MeshBuilder, LocalExecutorBuilder, Placeme
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::{
-    config::Config,
+    config::{Config, Listeners},
     error::ServerError,
     mesh::LANE_CAPACITY,
     security::Security,
@@ -65,25 +65,57 @@ pub struct Server {
     events: mpsc::Receiver<ShardEvent>,
 }
 
+/// Settings checked as a start checks them, with every key, certificate
+/// and secret they name loaded: what [`Server::start_checked`] starts
+/// with, so nothing is loaded twice. `check-config` stops here.
+pub struct Checked {
+    config: Config,
+    security: Security,
+    /// This run's epoch, which also keys the per-IP counters' hashes.
+    epoch: u64,
+}
+
+impl Checked {
+    /// The settings (already validated by [`Config::resolve`]).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+}
+
 /// Checks what a start would check before binding anything: the settings
 /// (already validated by [`Config::resolve`]) and every key, certificate and
 /// secret they name, loaded as the server loads them. `check-config` and
 /// `serve` both go through it.
-pub fn check(config: &Config) -> Result<(), ServerError> {
-    Security::load(config, 0)?;
-    Ok(())
+pub fn check(config: Config) -> Result<Checked, ServerError> {
+    let epoch = random_epoch();
+    let security = Security::load(&config.security, config.limits.max_subscriptions, epoch)?;
+    Ok(Checked {
+        config,
+        security,
+        epoch,
+    })
 }
 
 impl Server {
-    /// Binds, starts every shard and returns once all accept connections.
+    /// Checks `config` ([`check`]), binds, starts every shard and returns
+    /// once all accept connections.
     pub fn start(config: Config) -> Result<Server, ServerError> {
+        Server::start_checked(check(config)?)
+    }
+
+    /// Binds, starts every shard and returns once all accept connections.
+    pub fn start_checked(checked: Checked) -> Result<Server, ServerError> {
         crate::process::start_time_seconds();
+        let Checked {
+            config,
+            security,
+            epoch,
+        } = checked;
         let shards = config.shards;
-        let epoch = random_epoch();
-        let security = Arc::new(Security::load(&config, epoch)?);
+        let security = Arc::new(security);
         log_security(&config, &security);
-        let (addr, listeners) = bind_listeners(config.listen, shards)?;
-        let (admin_addr, mut admin_listeners) = match config.admin_listen {
+        let (addr, listeners) = bind_listeners(config.listeners.public, shards)?;
+        let (admin_addr, mut admin_listeners) = match config.listeners.admin {
             Some(admin) => {
                 let (addr, listeners) = bind_listeners(admin, shards)?;
                 (Some(addr), listeners.into_iter().map(Some).collect())
@@ -96,21 +128,18 @@ impl Server {
         let open_connections = Arc::new(AtomicUsize::new(0));
         let congestion = crate::mesh::new_congestion(shards);
         let engine_health = crate::engine::new_health(shards);
-        let webhooks = match &config.webhook_url {
-            Some(url) => {
-                let url = crate::webhook::WebhookUrl::parse(url)?;
-                Some(Arc::new(crate::webhook::WebhookSettings {
-                    socket: url.resolve()?,
-                    tls: url.tls(config.webhook_ca.as_deref())?,
-                    url,
-                    secret: config.webhook_secret.clone(),
-                    batch: config.webhook_batch,
-                    queue: WEBHOOK_QUEUE,
-                    queue_bytes: WEBHOOK_QUEUE_BYTES,
-                    node: config.node_id.clone(),
-                    seq: Arc::default(),
-                }))
-            }
+        let webhooks = match &config.webhooks.url {
+            Some(url) => Some(Arc::new(crate::webhook::WebhookSettings {
+                socket: url.resolve()?,
+                tls: url.tls(config.webhooks.ca.as_deref())?,
+                url: url.clone(),
+                secret: config.webhooks.secret.clone(),
+                batch: config.webhooks.batch,
+                queue: WEBHOOK_QUEUE,
+                queue_bytes: WEBHOOK_QUEUE_BYTES,
+                node: config.engine.node_id.clone(),
+                seq: Arc::default(),
+            })),
             None => None,
         };
         let (events_tx, events) = mpsc::channel();
@@ -132,8 +161,10 @@ impl Server {
             let ctx = ShardContext {
                 id,
                 config: Config {
-                    listen: addr,
-                    admin_listen: admin_addr,
+                    listeners: Listeners {
+                        public: addr,
+                        admin: admin_addr,
+                    },
                     ..config.clone()
                 },
                 listener,
@@ -271,7 +302,7 @@ impl Startup {
 /// Says at start-up what protects the server, and loudly when nothing does.
 fn log_security(config: &Config, security: &Security) {
     if security.is_anonymous() {
-        let why = if config.anonymous {
+        let why = if config.security.anonymous {
             "--anonymous"
         } else {
             "no --jwt-secret or --jwt-public-key is set"
@@ -294,10 +325,10 @@ fn log_security(config: &Config, security: &Security) {
         api_key = security.api_key.is_some(),
         tls = security.tls.is_some(),
         origins_restricted = security.origins.is_restricted(),
-        publish_rate = config.publish_rate,
-        max_connections_per_ip = config.max_connections_per_ip,
-        max_http_connections_per_ip = config.max_http_connections_per_ip,
-        admin_listen = ?config.admin_listen,
+        publish_rate = config.security.limits.publish_rate,
+        max_connections_per_ip = config.security.limits.max_connections_per_ip,
+        max_http_connections_per_ip = config.security.limits.max_http_connections_per_ip,
+        admin_listen = ?config.listeners.admin,
         "security settings"
     );
 }

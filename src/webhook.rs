@@ -12,6 +12,9 @@
 //! dropped, never waited for. The HTTP client is a few lines of HTTP/1.1 over
 //! glommio's `TcpStream` (one connection per request, `Connection: close`),
 //! through rustls for an `https` URL (the web's roots, or `--webhook-ca`).
+//! [`settings`] declares the webhook settings.
+
+pub mod settings;
 
 use std::{
     cell::{Cell, RefCell},
@@ -67,6 +70,8 @@ pub struct WebhookUrl {
     pub host_port: String,
     /// The request target (`/` when the URL has no path).
     pub path: String,
+    /// The URL as configured (`check-config` shows it).
+    pub text: String,
 }
 
 impl WebhookUrl {
@@ -118,6 +123,7 @@ impl WebhookUrl {
             host: host.into(),
             host_port,
             path: path.into(),
+            text: url.into(),
         })
     }
 

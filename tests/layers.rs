@@ -15,9 +15,11 @@ use std::{
 /// The server's top-level modules, lowest first; a module may import the
 /// modules of its own line and of the lines before it.
 const LAYERS: &[&[&str]] = &[
-    // Leaves: units, clocks, process figures, wait lists, counters.
+    // Leaves: units, how settings are declared, clocks, process figures,
+    // wait lists, counters.
     &[
         "units",
+        "settings",
         "clock",
         "process",
         "sync",
@@ -28,7 +30,7 @@ const LAYERS: &[&[&str]] = &[
     &["security"],
     &["engine", "webhook"],
     &["error"],
-    &["config", "settings"],
+    &["config"],
     &["snapshot", "exposition"],
     &["conn"],
     &["api"],
@@ -44,8 +46,6 @@ const UPWARD_TO_REMOVE: &[(&str, &str)] = &[
     ("conn", "api"),
     ("engine", "mesh"),
     ("mesh", "shard"),
-    ("security", "config"),
-    ("engine", "config"),
     ("engine", "conn"),
     // `shard::run` is the glommio shell's: it goes with `runtime`.
     ("shard", "runtime"),

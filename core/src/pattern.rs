@@ -51,6 +51,11 @@ impl ChannelPattern {
         })
     }
 
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
     /// Whether `channel` is covered by this pattern. A wildcard never
     /// matches an empty segment (valid channel names have none; this holds
     /// even for a name that was not validated).

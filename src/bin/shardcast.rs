@@ -10,7 +10,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use shardcast::{
     client::{ClientError, PubOptions, SubOptions, Timeouts, TlsOptions},
-    config::ConfigLayer,
+    config::ConfigArgs,
+    runtime::Checked,
     units::HumanDuration,
     Config, Server,
 };
@@ -169,7 +170,7 @@ struct ServeArgs {
     #[arg(long, env = "SHARDCAST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Compact)]
     log_format: LogFormat,
     #[command(flatten)]
-    settings: ConfigLayer,
+    settings: ConfigArgs,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -234,8 +235,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             timeouts: args.timeouts.timeouts(),
         })),
         Command::CheckConfig(args) => match load(&args) {
-            Ok(config) => {
-                print!("{}", shardcast::settings::effective_toml(&config));
+            Ok(checked) => {
+                print!("{}", checked.config().effective_toml());
                 Ok(())
             }
             // A verdict, not a crash: the reason alone, exit status 1.
@@ -257,10 +258,9 @@ fn client_exit(outcome: Result<(), ClientError>) -> anyhow::Result<()> {
 }
 
 /// The settings `serve` runs with, checked (see `runtime::check`).
-fn load(args: &ServeArgs) -> anyhow::Result<Config> {
+fn load(args: &ServeArgs) -> anyhow::Result<Checked> {
     let config = Config::resolve(&args.settings, args.config.as_ref())?;
-    shardcast::runtime::check(&config)?;
-    Ok(config)
+    Ok(shardcast::runtime::check(config)?)
 }
 
 fn init_logging(format: LogFormat) {
@@ -280,8 +280,9 @@ fn init_logging(format: LogFormat) {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = load(&args)?;
-    let server = Server::start(config.clone()).context("shardcast could not start")?;
+    let checked = load(&args)?;
+    let config = checked.config().clone();
+    let server = Server::start_checked(checked).context("shardcast could not start")?;
     server
         .shutdown_handle()
         .trigger_on_signals()
@@ -289,10 +290,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(
         addr = %server.local_addr(),
         shards = server.shards(),
-        node = %config.node_id,
-        engine = config.engine.as_str(),
-        ping_interval = ?config.ping_interval,
-        max_connections = config.max_connections,
+        node = %config.engine.node_id,
+        engine = config.engine.kind.as_str(),
+        ping_interval = ?config.heartbeat.ping_interval,
+        max_connections = config.limits.max_connections,
         "shardcast serving"
     );
     // The one line on stdout: scripts and tests wait for it.

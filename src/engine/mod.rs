@@ -18,6 +18,7 @@ pub mod record;
 pub mod redis;
 pub mod resp;
 pub mod scripts;
+pub mod settings;
 
 use std::{
     rc::Rc,
@@ -29,11 +30,11 @@ use std::{
 };
 
 use self::{
-    addr::{AddrError, BrokerAddr},
+    addr::AddrError,
     nats::NatsLink,
     redis::{RedisLink, RedisSettings},
+    settings::{EngineKind, EngineSettings},
 };
-use crate::config::{Config, EngineKind};
 
 /// Why a publication (or a question) was not taken: by the engine, or by
 /// the channel's owner shard.
@@ -94,6 +95,22 @@ pub fn all_up(health: &EngineHealth) -> bool {
     health.iter().all(|flag| flag.load(Ordering::Acquire))
 }
 
+/// What the engine keeps of each channel, from the history, queue,
+/// presence and idempotency settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Publications kept per channel (`history-size`).
+    pub history_size: usize,
+    /// Oldest publication kept (`history-ttl`).
+    pub history_ttl: Duration,
+    /// Most bytes replayed to one subscriber (`max-queue-bytes`).
+    pub replay_bytes: usize,
+    /// How long a node's presence members outlive its last refresh.
+    pub presence_ttl: Duration,
+    /// How long an idempotency key is remembered.
+    pub idempotency_window: Duration,
+}
+
 /// A shard's engine, when it is not `memory`.
 pub enum Engine {
     Redis(Vec<Rc<RedisLink>>),
@@ -101,44 +118,52 @@ pub enum Engine {
 }
 
 impl Engine {
-    /// The links of shard `shard` for `config`'s engine (`None`: memory).
-    /// Resolves broker host names (blocking: called once, before the shard
-    /// accepts).
-    pub fn for_shard(config: &Config, shard: usize) -> Result<Option<Engine>, AddrError> {
-        let node = record::node_hash(&config.node_id);
-        match config.engine {
+    /// The links of shard `shard` for the engine `settings` name (`None`:
+    /// memory), keeping channels as `retention` says. Resolves broker host
+    /// names (blocking: called once, before the shard accepts).
+    pub fn for_shard(
+        settings: &EngineSettings,
+        retention: Retention,
+        shard: usize,
+    ) -> Result<Option<Engine>, AddrError> {
+        let node = record::node_hash(&settings.node_id);
+        match settings.kind {
             EngineKind::Memory => Ok(None),
             EngineKind::Redis => {
-                let settings = Rc::new(RedisSettings {
-                    prefix: config.engine_prefix.clone(),
-                    history_size: config.history_size,
-                    history_ttl: config.history_ttl,
-                    meta_ttl: config.history_ttl.max(META_TTL_FLOOR),
+                let redis = Rc::new(RedisSettings {
+                    prefix: settings.prefix.clone(),
+                    history_size: retention.history_size,
+                    history_ttl: retention.history_ttl,
+                    meta_ttl: retention.history_ttl.max(META_TTL_FLOOR),
                     node,
-                    timeout: config.engine_timeout,
-                    replay_bytes: config.max_queue_bytes,
-                    presence_ttl: config.presence_ttl,
-                    idempotency_window: config.idempotency_window,
+                    timeout: settings.timeout,
+                    replay_bytes: retention.replay_bytes,
+                    presence_ttl: retention.presence_ttl,
+                    idempotency_window: retention.idempotency_window,
                 });
-                let mut links = Vec::with_capacity(config.redis_url.len());
-                for (index, url) in config.redis_url.iter().enumerate() {
-                    let addr = BrokerAddr::parse(url, "redis")?;
+                let mut links = Vec::with_capacity(settings.redis_url.len());
+                for (index, addr) in settings.redis_url.iter().enumerate() {
                     let socket = addr.resolve()?;
                     links.push(Rc::new(RedisLink::new(
                         index,
-                        addr,
+                        addr.clone(),
                         socket,
-                        settings.clone(),
+                        redis.clone(),
                     )));
                 }
                 Ok(Some(Engine::Redis(links)))
             }
             EngineKind::Nats => {
-                let url = config.nats_url.as_deref().unwrap_or_default();
-                let addr = BrokerAddr::parse(url, "nats")?;
+                // `EngineSettings::check` refuses engine nats without a URL.
+                let Some(addr) = settings.nats_url.clone() else {
+                    return Err(AddrError::Scheme {
+                        url: String::new(),
+                        scheme: "nats",
+                    });
+                };
                 let socket = addr.resolve()?;
-                let link = NatsLink::new(addr, socket, &config.engine_prefix, node, shard)
-                    .with_timeout(config.engine_timeout);
+                let link = NatsLink::new(addr, socket, &settings.prefix, node, shard)
+                    .with_timeout(settings.timeout);
                 Ok(Some(Engine::Nats(Rc::new(link))))
             }
         }

@@ -11,6 +11,7 @@
 //! - [`ip_cap`] counts connections per client address, [`http_cap`] the
 //!   connections not upgraded to WebSocket.
 //! - [`tls`] builds the rustls configuration for `wss://`.
+//! - [`settings`] declares the security settings this is loaded from.
 //!
 //! `docs/security.md` explains the model.
 
@@ -21,6 +22,7 @@ pub mod origin;
 pub use shardcast_core::pattern;
 pub mod rate;
 pub mod ring_jwt;
+pub mod settings;
 pub mod tls;
 pub mod token;
 
@@ -34,10 +36,10 @@ use self::{
     ip_cap::IpCap,
     origin::OriginPolicy,
     rate::RateLimit,
+    settings::SecuritySettings,
     tls::TlsError,
     token::{KeyError, Verifier},
 };
-use crate::config::Config;
 
 /// The security settings, ready to use.
 #[derive(Default)]
@@ -93,10 +95,15 @@ pub enum SecurityError {
 }
 
 impl Security {
-    /// Loads keys and certificates named by `config`. `seed` keys the
-    /// per-IP counters' hashes.
-    pub fn load(config: &Config, seed: u64) -> Result<Self, SecurityError> {
-        let public_key = match &config.jwt_public_key {
+    /// Loads keys and certificates named by `settings`. Subscriptions
+    /// come in a burst of `max_subscriptions`; `seed` keys the per-IP
+    /// counters' hashes.
+    pub fn load(
+        settings: &SecuritySettings,
+        max_subscriptions: usize,
+        seed: u64,
+    ) -> Result<Self, SecurityError> {
+        let public_key = match &settings.jwt_public_key {
             Some(path) => Some(
                 std::fs::read(path).map_err(|source| SecurityError::ReadKey {
                     path: path.display().to_string(),
@@ -105,45 +112,46 @@ impl Security {
             ),
             None => None,
         };
-        let verifier = if config.jwt_secret.is_some() || public_key.is_some() {
+        let verifier = if settings.jwt_secret.is_some() || public_key.is_some() {
             ring_jwt::install();
             Some(Verifier::new(
-                config.jwt_secret.as_deref(),
+                settings.jwt_secret.as_deref(),
                 public_key.as_deref(),
-                config.jwt_audience.clone(),
-                config.jwt_issuer.clone(),
+                settings.jwt_audience.clone(),
+                settings.jwt_issuer.clone(),
             )?)
         } else {
             None
         };
-        let api_key = match &config.api_key {
+        let api_key = match &settings.api_key {
             Some(key) => Some(ApiKey::new(key).ok_or(SecurityError::ShortApiKey)?),
             None => None,
         };
-        let tls = match (&config.tls_cert, &config.tls_key) {
+        let tls = match (&settings.tls_cert, &settings.tls_key) {
             (Some(cert), Some(key)) => Some(TlsAcceptor::from(tls::server_config(cert, key)?)),
             _ => None,
         };
+        let limits = &settings.limits;
         Ok(Security {
             verifier,
-            auth_timeout: config.auth_timeout,
+            auth_timeout: settings.auth_timeout,
             api_key,
-            origins: OriginPolicy::new(&config.allowed_origins),
-            publish_limit: (config.publish_rate > 0).then(|| RateLimit {
-                per_second: config.publish_rate,
-                burst: config.publish_burst.unwrap_or(config.publish_rate),
+            origins: settings.allowed_origins.clone(),
+            publish_limit: (limits.publish_rate > 0).then(|| RateLimit {
+                per_second: limits.publish_rate,
+                burst: limits.publish_burst.unwrap_or(limits.publish_rate),
             }),
-            subscribe_limit: (config.subscribe_rate > 0).then(|| RateLimit {
-                per_second: config.subscribe_rate,
-                burst: u32::try_from(config.max_subscriptions)
+            subscribe_limit: (limits.subscribe_rate > 0).then(|| RateLimit {
+                per_second: limits.subscribe_rate,
+                burst: u32::try_from(max_subscriptions)
                     .unwrap_or(u32::MAX)
-                    .max(config.subscribe_rate),
+                    .max(limits.subscribe_rate),
             }),
-            ip_cap: (config.max_connections_per_ip > 0)
-                .then(|| IpCap::new(config.max_connections_per_ip, seed)),
-            http_cap: Some(HttpCap::new(config.max_http_connections)),
-            http_ip_cap: (config.max_http_connections_per_ip > 0)
-                .then(|| IpCap::new(config.max_http_connections_per_ip, seed.rotate_left(32))),
+            ip_cap: (limits.max_connections_per_ip > 0)
+                .then(|| IpCap::new(limits.max_connections_per_ip, seed)),
+            http_cap: Some(HttpCap::new(limits.max_http_connections)),
+            http_ip_cap: (limits.max_http_connections_per_ip > 0)
+                .then(|| IpCap::new(limits.max_http_connections_per_ip, seed.rotate_left(32))),
             tls,
         })
     }

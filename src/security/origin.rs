@@ -8,18 +8,27 @@
 /// The configured origins; empty allows every origin.
 #[derive(Debug, Clone, Default)]
 pub struct OriginPolicy {
+    /// The entries as configured (`check-config` shows them).
+    entries: Vec<String>,
+    /// The entries as compared: trimmed, lower case, without a final `/`.
     allowed: Vec<String>,
 }
 
 impl OriginPolicy {
-    pub fn new(allowed: &[String]) -> Self {
+    pub fn new(entries: &[String]) -> Self {
         OriginPolicy {
-            allowed: allowed
+            entries: entries.to_vec(),
+            allowed: entries
                 .iter()
                 .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
                 .filter(|o| !o.is_empty())
                 .collect(),
         }
+    }
+
+    /// The entries as configured.
+    pub fn entries(&self) -> &[String] {
+        &self.entries
     }
 
     pub fn is_restricted(&self) -> bool {

@@ -60,7 +60,7 @@ pub struct HttpPublication {
 impl Shard {
     /// How long an API request waits for the shards it asked.
     fn api_wait(&self) -> Duration {
-        self.config.shutdown_timeout.max(Duration::from_secs(1))
+        self.config.timeouts.shutdown.max(Duration::from_secs(1))
     }
 
     /// Publishes each of `publications` as an HTTP publish (all sent before
@@ -114,7 +114,7 @@ impl Shard {
         if owners.is_empty() {
             return;
         }
-        let _ = glommio::timer::timeout(self.config.handshake_timeout, async {
+        let _ = glommio::timer::timeout(self.config.timeouts.handshake, async {
             Ok(self.ask_shards(owners, ApiRequest::Sync).await)
         })
         .await;

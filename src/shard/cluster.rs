@@ -213,7 +213,7 @@ impl Shard {
             return;
         }
         let shard = self.clone();
-        let every = self.config.presence_ttl / 3;
+        let every = self.config.presence.ttl / 3;
         glommio::spawn_local(async move {
             while !shard.is_shutting_down() {
                 glommio::timer::sleep(every).await;

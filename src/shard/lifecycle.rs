@@ -105,7 +105,7 @@ impl Shard {
     pub(super) fn conn_id(&self, conn: &Conn) -> String {
         format!(
             "{}.{}.{}.{}",
-            self.config.node_id, self.id, conn.id.key, conn.id.gen
+            self.config.engine.node_id, self.id, conn.id.key, conn.id.gen
         )
     }
 
@@ -178,7 +178,7 @@ impl Shard {
         if self.webhooks.is_none() {
             return;
         }
-        let grace_ms = self.config.vacated_grace.as_millis() as u64;
+        let grace_ms = self.config.webhooks.vacated_grace.as_millis() as u64;
         let now_ms = self.now_ms();
         if self.occupancy.borrow_mut().set(name, on, now_ms, grace_ms) == Transition::Occupied {
             self.announce_occupancy(name, true);

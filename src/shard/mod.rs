@@ -202,42 +202,36 @@ impl Shard {
             engine_health,
             webhooks,
         } = parts;
-        let config_read_buffer = config.read_buffer_bytes;
-        let config_write_delay = config.write_delay;
-        let conflate_after = config.conflate_after_bytes;
-        // Checked by `Config::validate`.
-        let conflate = config
-            .conflate
-            .iter()
-            .filter_map(|p| ChannelPattern::parse(p).ok())
-            .collect();
-        let presence_patterns = config
-            .presence
-            .iter()
-            .filter_map(|p| ChannelPattern::parse(p).ok())
-            .collect();
+        let config_read_buffer = config.limits.read_buffer_bytes;
+        let config_write_delay = config.timeouts.write_delay;
+        let conflate_after = config.conflation.after_bytes;
+        let conflate = config.conflation.patterns.clone();
+        let presence_patterns = config.presence.patterns.clone();
         let deflate = DeflateSettings {
-            min_bytes: config.compression_min_bytes,
-            level: config.compression_level,
+            min_bytes: config.compression.min_bytes,
+            level: config.compression.level,
         };
         // Counted into by the links too (messages sent to peers).
         let stats = links.stats().clone();
         // With Redis, history is Redis's: none is kept here.
         let redis = matches!(engine, Some(Engine::Redis(_)));
         let history = HistoryLimits {
-            size: if redis { 0 } else { config.history_size },
-            ttl_ms: config.history_ttl.as_millis() as u64,
-            max_bytes: config.history_max_bytes,
+            size: if redis { 0 } else { config.history.size },
+            ttl_ms: config.history.ttl.as_millis() as u64,
+            max_bytes: config.history.max_bytes,
         };
-        let node = crate::engine::record::node_hash(&config.node_id);
-        let idempotency_window_ms = config.idempotency_window.as_millis() as u64;
+        let node = crate::engine::record::node_hash(&config.engine.node_id);
+        let idempotency_window_ms = config.history.idempotency_window.as_millis() as u64;
         Shard {
             id,
             shards: config.shards,
             engine,
             engine_health,
             node,
-            heartbeat: HeartbeatTimes::new(config.ping_interval, config.ping_timeout),
+            heartbeat: HeartbeatTimes::new(
+                config.heartbeat.ping_interval,
+                config.heartbeat.ping_timeout,
+            ),
             config,
             conns: RefCell::new(Slab::new()),
             next_gen: Cell::new(0),
@@ -300,7 +294,7 @@ impl Shard {
     /// Reserves a process-wide connection slot; `false` when at
     /// `max-connections` (the upgrade is then refused with 503).
     pub fn try_reserve_connection(&self) -> bool {
-        let max = self.config.max_connections;
+        let max = self.config.limits.max_connections;
         self.open_connections
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
@@ -327,7 +321,7 @@ impl Shard {
 
     /// This shard's share of `max-memory`.
     pub fn memory_budget(&self) -> u64 {
-        (self.config.max_memory / self.shards.max(1)) as u64
+        (self.config.limits.max_memory / self.shards.max(1)) as u64
     }
 
     /// Whether the shard is at or over its memory budget; then it takes no
@@ -356,7 +350,7 @@ impl Shard {
         let conn = Rc::new(Conn::new(
             id,
             codec,
-            self.config.max_queue_bytes,
+            self.config.limits.max_queue_bytes,
             now,
             self.flusher.clone(),
             Some(stream),
@@ -446,12 +440,12 @@ impl Shard {
         if let Some(slot) = replaced {
             self.remove_subscriber(name, slot);
         }
-        if conn.subscription_count() >= self.config.max_subscriptions {
+        if conn.subscription_count() >= self.config.limits.max_subscriptions {
             return Err(OpError::new(
                 ErrorCode::TooManySubscriptions,
                 format!(
                     "at most {} subscriptions per connection",
-                    self.config.max_subscriptions
+                    self.config.limits.max_subscriptions
                 ),
                 id,
             ));
@@ -1071,8 +1065,8 @@ impl Shard {
     pub fn sweep_heartbeats(&self) {
         let now = self.now_ms();
         let now_ns = clock::now_ns();
-        let message_timeout_ns = self.config.message_timeout.as_nanos() as u64;
-        let send_timeout_ms = self.config.send_timeout.as_millis() as u64;
+        let message_timeout_ns = self.config.timeouts.message.as_nanos() as u64;
+        let send_timeout_ms = self.config.timeouts.send.as_millis() as u64;
         let conns = self.conns.borrow();
         for (_, conn) in conns.iter() {
             match conn.heartbeat.tick(now, self.heartbeat) {
@@ -1108,7 +1102,7 @@ impl Shard {
             return;
         }
         let conns: Vec<Rc<Conn>> = self.conns.borrow().iter().map(|(_, c)| c.clone()).collect();
-        let spread_ms = self.config.drain_spread.as_millis() as u64;
+        let spread_ms = self.config.timeouts.drain_spread.as_millis() as u64;
         // Each shard's clients are spaced evenly, from a random start.
         let offset = crate::engine::backoff::random_u64() % spread_ms.max(1);
         let count = conns.len().max(1) as u64;
@@ -1389,7 +1383,10 @@ mod tests {
         crate::sync::on_test_executor(async {
             let shard = lonely_shard_with(Config {
                 shards: 2,
-                max_memory: 2, // a budget of one byte: full after one publication
+                limits: crate::config::Limits {
+                    max_memory: 2, // a budget of one byte: full after one publication
+                    ..Default::default()
+                },
                 ..Config::default()
             });
             let local = owned_by(&shard, "ch", 0);

@@ -39,8 +39,8 @@ impl Shard {
         ShardSnapshot {
             shard: self.id,
             shards: self.shards,
-            node: self.config.node_id.clone(),
-            engine: self.config.engine.as_str(),
+            node: self.config.engine.node_id.clone(),
+            engine: self.config.engine.kind.as_str(),
             engine_up: self
                 .engine
                 .as_ref()

@@ -192,7 +192,7 @@ impl Shard {
     /// connection's queue (64 KiB by default), so that the asker is never
     /// closed as a slow consumer for asking.
     pub(super) fn presence_page_bytes(&self) -> usize {
-        self.config.max_queue_bytes / 16
+        self.config.limits.max_queue_bytes / 16
     }
 
     /// Owner side: the answer to `ask`.

@@ -83,10 +83,13 @@ pub async fn run_shard(ctx: ShardContext) -> Result<ShardSnapshot, ServerError> 
         mesh = Some((senders, receivers));
     }
     let (links, queues) = PeerLinks::new(id, ctx.config.shards, ctx.congestion, Rc::default());
-    let engine = Engine::for_shard(&ctx.config, id).map_err(|error| ServerError::ShardFailed {
-        shard: id,
-        reason: error.to_string(),
-    })?;
+    let engine =
+        Engine::for_shard(&ctx.config.engine, ctx.config.retention(), id).map_err(|error| {
+            ServerError::ShardFailed {
+                shard: id,
+                reason: error.to_string(),
+            }
+        })?;
     let parts = ShardParts {
         links: links.clone(),
         open_connections: ctx.open_connections,
@@ -130,8 +133,8 @@ pub async fn run_shard(ctx: ShardContext) -> Result<ShardSnapshot, ServerError> 
     tracing::info!(
         shard = id,
         cpu = ctx.cpu,
-        listen = %shard.config.listen,
-        admin = ?shard.config.admin_listen,
+        listen = %shard.config.listeners.public,
+        admin = ?shard.config.listeners.admin,
         "shard accepting"
     );
     let _ = ctx.events.send(ShardEvent::Ready(id));
@@ -151,7 +154,7 @@ pub async fn run_shard(ctx: ShardContext) -> Result<ShardSnapshot, ServerError> 
 
     let open = shard.connection_count();
     tracing::info!(shard = id, open, "shard stopping: closing connections");
-    let timeout = shard.config.shutdown_timeout;
+    let timeout = shard.config.timeouts.shutdown;
     let drained = glommio::timer::timeout(timeout, async {
         let _ = gate.close().await;
         shard.all_closed().await;
@@ -247,8 +250,8 @@ fn spawn_history_sweep(shard: &Rc<Shard>) {
 fn spawn_heartbeat_sweep(shard: &Rc<Shard>) {
     let shard = shard.clone();
     let every = crate::heartbeat::HeartbeatTimes::new(
-        shard.config.ping_interval,
-        shard.config.ping_timeout,
+        shard.config.heartbeat.ping_interval,
+        shard.config.heartbeat.ping_timeout,
     )
     .sweep_every();
     glommio::spawn_local(async move {

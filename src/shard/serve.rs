@@ -102,7 +102,7 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
     }
     let stream = match tls {
         Some(acceptor) => {
-            let limit = shard.config.handshake_timeout;
+            let limit = shard.config.timeouts.handshake;
             let handshake = glommio::timer::timeout(limit, async {
                 let accepted = async { Some(acceptor.accept(tcp).await) };
                 let stopped = async {
@@ -135,7 +135,7 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
         };
         bump(&shard.stats.http_requests, 1);
         let keep_alive = head.keep_alive && !shard.is_shutting_down();
-        let route = http::route(&head, shard.config.max_subscriptions)
+        let route = http::route(&head, shard.config.limits.max_subscriptions)
             .and_then(|route| admit_route(&shard, side, &head, route));
         let reply = match route {
             Ok(Route::Health) => match crate::engine::all_up(&shard.engine_health) {
@@ -172,7 +172,7 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
                     cursor: cursor.map(Into::into),
                     limit,
                 };
-                let wait = shard.config.shutdown_timeout.max(Duration::from_secs(1));
+                let wait = shard.config.timeouts.shutdown.max(Duration::from_secs(1));
                 let answer = glommio::timer::timeout(wait, async {
                     Ok(shard.presence_and_wait(&channel, ask).await)
                 })
@@ -228,7 +228,9 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
                 };
                 let key = head.ws_key.as_deref().unwrap_or_default();
                 let deflate = match head.ws_extensions.as_deref() {
-                    Some(offers) if shard.config.compression => extension::negotiate(offers),
+                    Some(offers) if shard.config.compression.enabled => {
+                        extension::negotiate(offers)
+                    }
                     _ => None,
                 };
                 let agreed = deflate.as_ref().map(|a| a.response.as_str());
@@ -351,7 +353,7 @@ fn json_or_error(answer: Result<Vec<u8>, HttpError>, keep_alive: bool) -> Vec<u8
 
 /// Whether `route` is served on this side, and with the API key it needs.
 fn admit_route(shard: &Shard, side: Side, head: &Head, route: Route) -> Result<Route, HttpError> {
-    let separate_admin = shard.config.admin_listen.is_some();
+    let separate_admin = shard.config.listeners.admin.is_some();
     let served = match side {
         Side::Public => !(separate_admin && route.is_admin()),
         Side::Admin => {
@@ -487,7 +489,7 @@ async fn write_response(shard: &Shard, stream: &SharedStream, response: &[u8]) -
         shard.stopped().await;
         false
     };
-    let limit = shard.config.handshake_timeout;
+    let limit = shard.config.timeouts.handshake;
     match glommio::timer::timeout(limit, async { Ok(write.or(stopped).await) }).await {
         Ok(written) => written,
         Err(_) => {
@@ -530,7 +532,7 @@ fn admit(shard: &Shard) -> Result<(), HttpError> {
             "too_many_connections",
             format!(
                 "server is at max-connections ({})",
-                shard.config.max_connections
+                shard.config.limits.max_connections
             ),
         ));
     }
@@ -559,7 +561,7 @@ async fn read_head(
         shard.stopped().await;
         Ok(None)
     };
-    let limit = shard.config.handshake_timeout;
+    let limit = shard.config.timeouts.handshake;
     match glommio::timer::timeout(limit, async { Ok(read.or(stopped).await) }).await {
         Ok(result) => result,
         Err(_) => Err(HttpError::new(
@@ -605,7 +607,7 @@ impl Drop for Filled<'_> {
 /// The most bytes an API request's body may have: a batch of publications
 /// may carry several messages of up to `max-message-bytes` each.
 fn max_body_bytes(shard: &Shard) -> usize {
-    shard.config.max_message_bytes.saturating_mul(16)
+    shard.config.limits.max_message_bytes.saturating_mul(16)
 }
 
 /// Reads the body of a POST into `buf` (after the head) and returns it as
@@ -636,7 +638,7 @@ async fn read_body<'b>(
         ));
     }
     let end = head.len + length;
-    let limit = shard.config.handshake_timeout;
+    let limit = shard.config.timeouts.handshake;
     let body_read = glommio::timer::timeout(limit, async {
         let read = async {
             while buf.len() < end {
@@ -684,7 +686,7 @@ async fn publish(
     buf: &mut Vec<u8>,
 ) -> Result<(u16, Vec<u8>), HttpError> {
     let body = read_body(shard, stream, head, buf).await?;
-    let request = crate::api::parse_publish(body, shard.config.max_message_bytes)?;
+    let request = crate::api::parse_publish(body, shard.config.limits.max_message_bytes)?;
     let publications = request
         .publications
         .iter()

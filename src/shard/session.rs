@@ -79,7 +79,7 @@ pub fn serve(
         shard: shard.clone(),
         conn: conn.clone(),
     };
-    let max_message = shard.config.max_message_bytes;
+    let max_message = shard.config.limits.max_message_bytes;
     let machine = Connection::open(session, max_message, &mut OnShard::new(&shard, &conn));
     // Shutdown began during the upgrade, after it closed every connection.
     if shard.is_shutting_down() {
