@@ -221,7 +221,7 @@ pub fn default_node_id() -> String {
         false => String::new(),
     };
     let host = if host.is_empty() { "node".into() } else { host };
-    let suffix = crate::engine::backoff::random_u64() & 0xff_ffff;
+    let suffix = crate::random::u64() & 0xff_ffff;
     format!("{host}-{suffix:06x}")
 }
 

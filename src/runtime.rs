@@ -79,7 +79,9 @@ impl Server {
     pub fn start(config: Config) -> Result<Server, ServerError> {
         crate::process::start_time_seconds();
         let shards = config.shards;
-        let epoch = random_epoch();
+        // This run's epoch: clients compare it to tell a restarted server
+        // (whose history is gone) from the one they left.
+        let epoch = crate::random::u64();
         let security = Arc::new(Security::load(&config, epoch)?);
         log_security(&config, &security);
         let (addr, listeners) = bind_listeners(config.listen, shards)?;
@@ -327,19 +329,6 @@ fn shard_thread(ctx: ShardContext, placement: Placement, events: mpsc::Sender<Sh
         })
     });
     let _ = events.send(ShardEvent::Exited(id, result.map(Box::new)));
-}
-
-/// A random number for this run's epoch: clients compare it to tell a
-/// restarted server (whose history is gone) from the one they left.
-fn random_epoch() -> u64 {
-    let mut bytes = [0u8; 8];
-    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer.
-    let filled = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    if filled == bytes.len() as isize {
-        return u64::from_ne_bytes(bytes);
-    }
-    // No entropy source: the clock still differs between runs.
-    crate::clock::now_ns() ^ u64::from(std::process::id()).rotate_left(32)
 }
 
 /// Binds `shards` listeners on the same address with SO_REUSEPORT; the

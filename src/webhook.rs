@@ -30,7 +30,8 @@ use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::{
-    engine::backoff::{random_u64, Backoff},
+    engine::backoff::Backoff,
+    random,
     stats::{bump, Stats},
     sync::WaitQueue,
     tls_client::{web_roots_config, Tls, TlsError},
@@ -463,7 +464,7 @@ impl Webhooks {
                 }
                 outcome => {
                     bump(&stats.webhook_failures, 1);
-                    let delay = backoff.next_delay(random_u64());
+                    let delay = backoff.next_delay(random::u64());
                     tracing::warn!(?outcome, retry_in = ?delay, events = batch.len(), "webhook request failed");
                     glommio::timer::sleep(delay).await;
                 }

@@ -15,10 +15,12 @@ use std::{
 /// The server's top-level modules, lowest first; a module may import the
 /// modules of its own line and of the lines before it.
 const LAYERS: &[&[&str]] = &[
-    // Leaves: units, clocks, process figures, wait lists, counters.
+    // Leaves: units, clocks, random numbers, process figures, wait lists,
+    // counters.
     &[
         "units",
         "clock",
+        "random",
         "process",
         "sync",
         "stats",
