@@ -544,107 +544,10 @@ enum SubEnd {
 
 /// Subscribes, prints, and (unless `--once`) reconnects and resumes.
 async fn subscribe_loop(target: Target, options: SubOptions) -> Result<(), ClientError> {
-    // Where each channel stands: the last seq printed and its epoch.
-    let mut positions: HashMap<String, (u64, String)> = HashMap::new();
-    if let (Some(seq), Some(epoch)) = (options.since, &options.epoch) {
-        for ch in &options.channels {
-            positions.insert(ch.clone(), (seq, epoch.clone()));
-        }
-    }
-    let mut printed = 0u64;
+    let mut subscriber = Subscriber::new(&options);
     let mut backoff = Duration::from_millis(100);
-    let stdout = std::io::stdout();
     loop {
-        let ended = async {
-            // `sub` sends only its subscriptions: what the socket does not
-            // take beyond 64 KiB (pongs to a server that does not read) is
-            // not kept.
-            let mut socket = connect(
-                &target,
-                options.token.as_deref(),
-                options.timeouts,
-                MAX_UNSENT,
-            )
-            .await?;
-            // Channels being replayed from the start of a new epoch: their
-            // live messages wait for the replay, which repeats them.
-            let mut resyncing: Vec<String> = Vec::new();
-            for (i, ch) in options.channels.iter().enumerate() {
-                let mut sub = json!({"op": "sub", "ch": ch, "id": format!("s{i}")});
-                if let Some((seq, epoch)) = positions.get(ch) {
-                    sub["since"] = json!(seq);
-                    sub["epoch"] = json!(epoch);
-                }
-                send(&mut socket, sub).await?;
-            }
-            loop {
-                let envelope = match next_envelope(&mut socket, options.timeouts.idle).await? {
-                    Incoming::Envelope(envelope) => envelope,
-                    Incoming::Closed(close) => return Ok(SubEnd::Closed(close)),
-                };
-                match envelope["op"].as_str() {
-                    Some("msg") => {
-                        let (Some(ch), Some(seq)) =
-                            (envelope["ch"].as_str(), envelope["seq"].as_u64())
-                        else {
-                            continue;
-                        };
-                        if resyncing.iter().any(|r| r == ch) {
-                            continue;
-                        }
-                        let epoch = positions.get(ch).map(|p| p.1.clone()).unwrap_or_default();
-                        positions.insert(ch.to_owned(), (seq, epoch));
-                        let line = match options.data_only {
-                            true => envelope["data"].to_string(),
-                            false => envelope.to_string(),
-                        };
-                        let mut out = stdout.lock();
-                        let _ = writeln!(out, "{line}");
-                        let _ = out.flush();
-                        printed += 1;
-                        if options.count.is_some_and(|count| printed >= count) {
-                            return Ok(SubEnd::Counted);
-                        }
-                    }
-                    Some("ack") => {
-                        // A sub ack names the channel's epoch and where it
-                        // stands. A new epoch (the server restarted, or the
-                        // channel's state was reclaimed) cannot resume from
-                        // our seq: replay the new epoch's history from its
-                        // start instead, so what was published since is not
-                        // lost.
-                        let id = envelope["id"].as_str().unwrap_or("");
-                        let (kind, index) = id.split_at(id.len().min(1));
-                        let ch = index.parse::<usize>().ok().and_then(|i| options.channels.get(i));
-                        let (Some(ch), Some(epoch)) = (ch, envelope["epoch"].as_str()) else {
-                            continue;
-                        };
-                        let seq = envelope["seq"].as_u64().unwrap_or(0);
-                        if kind == "r" {
-                            resyncing.retain(|r| r != ch);
-                            continue;
-                        }
-                        match positions.get(ch) {
-                            Some((_, known)) if known != epoch => {
-                                let resync = json!({"op": "sub", "ch": ch, "id": format!("r{index}"),
-                                                    "since": 0, "epoch": epoch});
-                                send(&mut socket, resync).await?;
-                                resyncing.push(ch.clone());
-                                positions.insert(ch.clone(), (0, epoch.to_owned()));
-                            }
-                            Some(_) if envelope["recovered"] != json!(false) => {}
-                            _ => {
-                                positions.insert(ch.clone(), (seq, epoch.to_owned()));
-                            }
-                        }
-                    }
-                    Some("err") => return Err(refusal(&envelope)),
-                    _ => {}
-                }
-            }
-        }
-        .await;
-        match ended {
+        match subscriber.connection(&target).await {
             Ok(SubEnd::Counted) => return Ok(()),
             Err(e @ (ClientError::Refused(_) | ClientError::Usage(_))) => return Err(e),
             // --once: a normal close ends it well; any other is its error.
@@ -661,6 +564,138 @@ async fn subscribe_loop(target: Target, options: SubOptions) -> Result<(), Clien
         }
         glommio::timer::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// What `sub` keeps across its connections: where each channel stands and
+/// how much it printed.
+struct Subscriber<'a> {
+    options: &'a SubOptions,
+    /// The last seq printed of each channel, and its epoch.
+    positions: HashMap<String, (u64, String)>,
+    printed: u64,
+}
+
+impl<'a> Subscriber<'a> {
+    /// Every channel starts at `--since`/`--epoch` when given.
+    fn new(options: &'a SubOptions) -> Self {
+        let mut positions = HashMap::new();
+        if let (Some(seq), Some(epoch)) = (options.since, &options.epoch) {
+            for ch in &options.channels {
+                positions.insert(ch.clone(), (seq, epoch.clone()));
+            }
+        }
+        Subscriber {
+            options,
+            positions,
+            printed: 0,
+        }
+    }
+
+    /// One connection: subscribes every channel (resuming where it stands),
+    /// then prints until `--count`, a close, an `err` or a failure.
+    async fn connection(&mut self, target: &Target) -> Result<SubEnd, ClientError> {
+        let options = self.options;
+        // `sub` sends only its subscriptions: what the socket does not
+        // take beyond 64 KiB (pongs to a server that does not read) is
+        // not kept.
+        let mut socket = connect(
+            target,
+            options.token.as_deref(),
+            options.timeouts,
+            MAX_UNSENT,
+        )
+        .await?;
+        for (i, ch) in options.channels.iter().enumerate() {
+            let mut sub = json!({"op": "sub", "ch": ch, "id": format!("s{i}")});
+            if let Some((seq, epoch)) = self.positions.get(ch) {
+                sub["since"] = json!(seq);
+                sub["epoch"] = json!(epoch);
+            }
+            send(&mut socket, sub).await?;
+        }
+        // Channels being replayed from the start of a new epoch: their
+        // live messages wait for the replay, which repeats them.
+        let mut resyncing: Vec<String> = Vec::new();
+        loop {
+            let envelope = match next_envelope(&mut socket, options.timeouts.idle).await? {
+                Incoming::Envelope(envelope) => envelope,
+                Incoming::Closed(close) => return Ok(SubEnd::Closed(close)),
+            };
+            match envelope["op"].as_str() {
+                Some("msg") if self.print(&envelope, &resyncing) => return Ok(SubEnd::Counted),
+                Some("ack") => {
+                    if let Some(resync) = self.acknowledged(&envelope, &mut resyncing) {
+                        send(&mut socket, resync).await?;
+                    }
+                }
+                Some("err") => return Err(refusal(&envelope)),
+                _ => {}
+            }
+        }
+    }
+
+    /// Prints a `msg` (unless its channel is being replayed) and moves its
+    /// channel's position; `true` once `--count` messages are printed.
+    fn print(&mut self, envelope: &Value, resyncing: &[String]) -> bool {
+        let (Some(ch), Some(seq)) = (envelope["ch"].as_str(), envelope["seq"].as_u64()) else {
+            return false;
+        };
+        if resyncing.iter().any(|r| r == ch) {
+            return false;
+        }
+        let epoch = self
+            .positions
+            .get(ch)
+            .map(|p| p.1.clone())
+            .unwrap_or_default();
+        self.positions.insert(ch.to_owned(), (seq, epoch));
+        let line = match self.options.data_only {
+            true => envelope["data"].to_string(),
+            false => envelope.to_string(),
+        };
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+        self.printed += 1;
+        self.options
+            .count
+            .is_some_and(|count| self.printed >= count)
+    }
+
+    /// A sub ack names the channel's epoch and where it stands. A new
+    /// epoch (the server restarted, or the channel's state was reclaimed)
+    /// cannot resume from our seq: the new epoch's history is replayed from
+    /// its start instead, so what was published since is not lost. Returns
+    /// the `sub` that asks for that replay.
+    fn acknowledged(&mut self, envelope: &Value, resyncing: &mut Vec<String>) -> Option<Value> {
+        let id = envelope["id"].as_str().unwrap_or("");
+        let (kind, index) = id.split_at(id.len().min(1));
+        let ch = index
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| self.options.channels.get(i));
+        let (Some(ch), Some(epoch)) = (ch, envelope["epoch"].as_str()) else {
+            return None;
+        };
+        let seq = envelope["seq"].as_u64().unwrap_or(0);
+        if kind == "r" {
+            resyncing.retain(|r| r != ch);
+            return None;
+        }
+        match self.positions.get(ch) {
+            Some((_, known)) if known != epoch => {
+                resyncing.push(ch.clone());
+                self.positions.insert(ch.clone(), (0, epoch.to_owned()));
+                Some(json!({"op": "sub", "ch": ch, "id": format!("r{index}"),
+                            "since": 0, "epoch": epoch}))
+            }
+            Some(_) if envelope["recovered"] != json!(false) => None,
+            _ => {
+                self.positions.insert(ch.clone(), (seq, epoch.to_owned()));
+                None
+            }
+        }
     }
 }
 
