@@ -163,73 +163,61 @@ struct Target {
     tls: Option<Tls>,
 }
 
-fn parse_url(url: &str, tls: &TlsOptions) -> Result<Target, ClientError> {
-    let (secure, rest) = match (url.strip_prefix("ws://"), url.strip_prefix("wss://")) {
-        (Some(rest), _) => (false, rest),
-        (_, Some(rest)) => (true, rest),
-        _ => {
-            return Err(ClientError::Usage(format!(
-                "{url}: use a ws:// or wss:// URL"
-            )))
-        }
+/// Parses a `ws://` or `wss://` URL (the `url` crate; no port: 80 or 443,
+/// no path: `/ws`) and looks its host up.
+fn parse_url(text: &str, tls: &TlsOptions) -> Result<Target, ClientError> {
+    let usage = |what: &dyn std::fmt::Display| ClientError::Usage(format!("{text}: {what}"));
+    let not_ws = "use a ws:// or wss:// URL";
+    let url = url::Url::parse(text).map_err(|e| match e {
+        url::ParseError::RelativeUrlWithoutBase => usage(&not_ws),
+        e => usage(&e),
+    })?;
+    let secure = match url.scheme() {
+        "ws" => false,
+        "wss" => true,
+        _ => return Err(usage(&not_ws)),
     };
-    let (host, path) = match rest.find('/') {
-        Some(at) => (&rest[..at], &rest[at..]),
-        None => (rest, "/ws"),
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(usage(&"credentials in the URL are not sent: use --token"));
+    }
+    let (Some(host), Some(port)) = (url.host(), url.port_or_known_default()) else {
+        return Err(usage(&"no host"));
     };
-    let addr = with_port(host, secure)
+    let addr = format!("{host}:{port}")
         .to_socket_addrs()
-        .map_err(|e| ClientError::Usage(format!("{url}: {e}")))?
+        .map_err(|e| usage(&e))?
         .next()
-        .ok_or_else(|| ClientError::Usage(format!("{url}: no address")))?;
+        .ok_or_else(|| usage(&"no address"))?;
     let tls = match (secure, &tls.ca) {
         (false, _) => None,
         (true, None) => {
-            return Err(ClientError::Usage(format!(
-                "{url}: wss:// needs --tls-ca (the CA that signed the server's certificate)"
-            )))
+            return Err(usage(
+                &"wss:// needs --tls-ca (the CA that signed the server's certificate)",
+            ))
         }
         (true, Some(ca)) => {
-            let name = match &tls.server_name {
-                Some(name) => name.clone(),
-                None => host_name(host),
+            let name = match (&tls.server_name, &host) {
+                (Some(name), _) => name.clone(),
+                // A certificate names an IPv6 address without brackets.
+                (None, url::Host::Ipv6(address)) => address.to_string(),
+                (None, host) => host.to_string(),
             };
             Some(Tls::new(ca, &name).map_err(|e| ClientError::Usage(e.to_string()))?)
         }
     };
+    // "/" is the dashboard, never a WebSocket: a URL without a path means /ws.
+    let path = match &url[url::Position::BeforePath..url::Position::AfterQuery] {
+        "/" => "/ws".to_owned(),
+        query if query.starts_with("/?") => format!("/ws{}", &query[1..]),
+        path => path.to_owned(),
+    };
     Ok(Target {
         addr,
-        host: host.to_owned(),
-        path: path.to_owned(),
+        // As the `Host` header has it: the port only when not the default.
+        host: url[url::Position::BeforeHost..url::Position::AfterPort].to_owned(),
+        path,
         tls,
     })
-}
-
-/// `host[:port]` with the scheme's default port (443 for `wss://`, 80 for
-/// `ws://`) when it names none.
-fn with_port(host: &str, secure: bool) -> String {
-    // What follows the last ':' is a port unless it is inside an IPv6
-    // address's brackets.
-    let has_port = match host.rsplit_once(':') {
-        Some((_, port)) => !port.contains(']'),
-        None => false,
-    };
-    match (has_port, secure) {
-        (true, _) => host.to_owned(),
-        (false, true) => format!("{host}:443"),
-        (false, false) => format!("{host}:80"),
-    }
-}
-
-/// The host of `host:port` (an IPv6 address without its brackets).
-fn host_name(host: &str) -> String {
-    let name = match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
-    };
-    name.trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned()
 }
 
 /// A JSON line of standard input as JSON, any other line as a JSON string.
@@ -556,107 +544,10 @@ enum SubEnd {
 
 /// Subscribes, prints, and (unless `--once`) reconnects and resumes.
 async fn subscribe_loop(target: Target, options: SubOptions) -> Result<(), ClientError> {
-    // Where each channel stands: the last seq printed and its epoch.
-    let mut positions: HashMap<String, (u64, String)> = HashMap::new();
-    if let (Some(seq), Some(epoch)) = (options.since, &options.epoch) {
-        for ch in &options.channels {
-            positions.insert(ch.clone(), (seq, epoch.clone()));
-        }
-    }
-    let mut printed = 0u64;
+    let mut subscriber = Subscriber::new(&options);
     let mut backoff = Duration::from_millis(100);
-    let stdout = std::io::stdout();
     loop {
-        let ended = async {
-            // `sub` sends only its subscriptions: what the socket does not
-            // take beyond 64 KiB (pongs to a server that does not read) is
-            // not kept.
-            let mut socket = connect(
-                &target,
-                options.token.as_deref(),
-                options.timeouts,
-                MAX_UNSENT,
-            )
-            .await?;
-            // Channels being replayed from the start of a new epoch: their
-            // live messages wait for the replay, which repeats them.
-            let mut resyncing: Vec<String> = Vec::new();
-            for (i, ch) in options.channels.iter().enumerate() {
-                let mut sub = json!({"op": "sub", "ch": ch, "id": format!("s{i}")});
-                if let Some((seq, epoch)) = positions.get(ch) {
-                    sub["since"] = json!(seq);
-                    sub["epoch"] = json!(epoch);
-                }
-                send(&mut socket, sub).await?;
-            }
-            loop {
-                let envelope = match next_envelope(&mut socket, options.timeouts.idle).await? {
-                    Incoming::Envelope(envelope) => envelope,
-                    Incoming::Closed(close) => return Ok(SubEnd::Closed(close)),
-                };
-                match envelope["op"].as_str() {
-                    Some("msg") => {
-                        let (Some(ch), Some(seq)) =
-                            (envelope["ch"].as_str(), envelope["seq"].as_u64())
-                        else {
-                            continue;
-                        };
-                        if resyncing.iter().any(|r| r == ch) {
-                            continue;
-                        }
-                        let epoch = positions.get(ch).map(|p| p.1.clone()).unwrap_or_default();
-                        positions.insert(ch.to_owned(), (seq, epoch));
-                        let line = match options.data_only {
-                            true => envelope["data"].to_string(),
-                            false => envelope.to_string(),
-                        };
-                        let mut out = stdout.lock();
-                        let _ = writeln!(out, "{line}");
-                        let _ = out.flush();
-                        printed += 1;
-                        if options.count.is_some_and(|count| printed >= count) {
-                            return Ok(SubEnd::Counted);
-                        }
-                    }
-                    Some("ack") => {
-                        // A sub ack names the channel's epoch and where it
-                        // stands. A new epoch (the server restarted, or the
-                        // channel's state was reclaimed) cannot resume from
-                        // our seq: replay the new epoch's history from its
-                        // start instead, so what was published since is not
-                        // lost.
-                        let id = envelope["id"].as_str().unwrap_or("");
-                        let (kind, index) = id.split_at(id.len().min(1));
-                        let ch = index.parse::<usize>().ok().and_then(|i| options.channels.get(i));
-                        let (Some(ch), Some(epoch)) = (ch, envelope["epoch"].as_str()) else {
-                            continue;
-                        };
-                        let seq = envelope["seq"].as_u64().unwrap_or(0);
-                        if kind == "r" {
-                            resyncing.retain(|r| r != ch);
-                            continue;
-                        }
-                        match positions.get(ch) {
-                            Some((_, known)) if known != epoch => {
-                                let resync = json!({"op": "sub", "ch": ch, "id": format!("r{index}"),
-                                                    "since": 0, "epoch": epoch});
-                                send(&mut socket, resync).await?;
-                                resyncing.push(ch.clone());
-                                positions.insert(ch.clone(), (0, epoch.to_owned()));
-                            }
-                            Some(_) if envelope["recovered"] != json!(false) => {}
-                            _ => {
-                                positions.insert(ch.clone(), (seq, epoch.to_owned()));
-                            }
-                        }
-                    }
-                    Some("err") => return Err(refusal(&envelope)),
-                    _ => {}
-                }
-            }
-        }
-        .await;
-        match ended {
+        match subscriber.connection(&target).await {
             Ok(SubEnd::Counted) => return Ok(()),
             Err(e @ (ClientError::Refused(_) | ClientError::Usage(_))) => return Err(e),
             // --once: a normal close ends it well; any other is its error.
@@ -673,6 +564,138 @@ async fn subscribe_loop(target: Target, options: SubOptions) -> Result<(), Clien
         }
         glommio::timer::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// What `sub` keeps across its connections: where each channel stands and
+/// how much it printed.
+struct Subscriber<'a> {
+    options: &'a SubOptions,
+    /// The last seq printed of each channel, and its epoch.
+    positions: HashMap<String, (u64, String)>,
+    printed: u64,
+}
+
+impl<'a> Subscriber<'a> {
+    /// Every channel starts at `--since`/`--epoch` when given.
+    fn new(options: &'a SubOptions) -> Self {
+        let mut positions = HashMap::new();
+        if let (Some(seq), Some(epoch)) = (options.since, &options.epoch) {
+            for ch in &options.channels {
+                positions.insert(ch.clone(), (seq, epoch.clone()));
+            }
+        }
+        Subscriber {
+            options,
+            positions,
+            printed: 0,
+        }
+    }
+
+    /// One connection: subscribes every channel (resuming where it stands),
+    /// then prints until `--count`, a close, an `err` or a failure.
+    async fn connection(&mut self, target: &Target) -> Result<SubEnd, ClientError> {
+        let options = self.options;
+        // `sub` sends only its subscriptions: what the socket does not
+        // take beyond 64 KiB (pongs to a server that does not read) is
+        // not kept.
+        let mut socket = connect(
+            target,
+            options.token.as_deref(),
+            options.timeouts,
+            MAX_UNSENT,
+        )
+        .await?;
+        for (i, ch) in options.channels.iter().enumerate() {
+            let mut sub = json!({"op": "sub", "ch": ch, "id": format!("s{i}")});
+            if let Some((seq, epoch)) = self.positions.get(ch) {
+                sub["since"] = json!(seq);
+                sub["epoch"] = json!(epoch);
+            }
+            send(&mut socket, sub).await?;
+        }
+        // Channels being replayed from the start of a new epoch: their
+        // live messages wait for the replay, which repeats them.
+        let mut resyncing: Vec<String> = Vec::new();
+        loop {
+            let envelope = match next_envelope(&mut socket, options.timeouts.idle).await? {
+                Incoming::Envelope(envelope) => envelope,
+                Incoming::Closed(close) => return Ok(SubEnd::Closed(close)),
+            };
+            match envelope["op"].as_str() {
+                Some("msg") if self.print(&envelope, &resyncing) => return Ok(SubEnd::Counted),
+                Some("ack") => {
+                    if let Some(resync) = self.acknowledged(&envelope, &mut resyncing) {
+                        send(&mut socket, resync).await?;
+                    }
+                }
+                Some("err") => return Err(refusal(&envelope)),
+                _ => {}
+            }
+        }
+    }
+
+    /// Prints a `msg` (unless its channel is being replayed) and moves its
+    /// channel's position; `true` once `--count` messages are printed.
+    fn print(&mut self, envelope: &Value, resyncing: &[String]) -> bool {
+        let (Some(ch), Some(seq)) = (envelope["ch"].as_str(), envelope["seq"].as_u64()) else {
+            return false;
+        };
+        if resyncing.iter().any(|r| r == ch) {
+            return false;
+        }
+        let epoch = self
+            .positions
+            .get(ch)
+            .map(|p| p.1.clone())
+            .unwrap_or_default();
+        self.positions.insert(ch.to_owned(), (seq, epoch));
+        let line = match self.options.data_only {
+            true => envelope["data"].to_string(),
+            false => envelope.to_string(),
+        };
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+        self.printed += 1;
+        self.options
+            .count
+            .is_some_and(|count| self.printed >= count)
+    }
+
+    /// A sub ack names the channel's epoch and where it stands. A new
+    /// epoch (the server restarted, or the channel's state was reclaimed)
+    /// cannot resume from our seq: the new epoch's history is replayed from
+    /// its start instead, so what was published since is not lost. Returns
+    /// the `sub` that asks for that replay.
+    fn acknowledged(&mut self, envelope: &Value, resyncing: &mut Vec<String>) -> Option<Value> {
+        let id = envelope["id"].as_str().unwrap_or("");
+        let (kind, index) = id.split_at(id.len().min(1));
+        let ch = index
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| self.options.channels.get(i));
+        let (Some(ch), Some(epoch)) = (ch, envelope["epoch"].as_str()) else {
+            return None;
+        };
+        let seq = envelope["seq"].as_u64().unwrap_or(0);
+        if kind == "r" {
+            resyncing.retain(|r| r != ch);
+            return None;
+        }
+        match self.positions.get(ch) {
+            Some((_, known)) if known != epoch => {
+                resyncing.push(ch.clone());
+                self.positions.insert(ch.clone(), (0, epoch.to_owned()));
+                Some(json!({"op": "sub", "ch": ch, "id": format!("r{index}"),
+                            "since": 0, "epoch": epoch}))
+            }
+            Some(_) if envelope["recovered"] != json!(false) => None,
+            _ => {
+                self.positions.insert(ch.clone(), (seq, epoch.to_owned()));
+                None
+            }
+        }
     }
 }
 
@@ -827,8 +850,23 @@ mod tests {
         let code = |url| parse_url(url, &plain).err().map(|e| e.exit_code());
         assert_eq!(code("http://x:1"), Some(2));
         assert_eq!(code("wss://127.0.0.1:1"), Some(2), "wss:// needs --tls-ca");
-        assert_eq!(host_name("localhost:8443"), "localhost");
-        assert_eq!(host_name("[::1]:8443"), "::1");
+        assert_eq!(code("127.0.0.1:8080"), Some(2));
+        assert_eq!(code("ws://u:p@127.0.0.1:1"), Some(2), "credentials");
+        assert_eq!(code("ws://:1"), Some(2), "no host");
+        assert_eq!(code("ws://h:99999"), Some(2), "no such port");
+        let message = |url| parse_url(url, &plain).err().unwrap().to_string();
+        assert_eq!(
+            message("http://x:1"),
+            "http://x:1: use a ws:// or wss:// URL"
+        );
+        assert_eq!(message("x"), "x: use a ws:// or wss:// URL");
+        let target = parse_url("ws://127.0.0.1:8080?sub=a", &plain).unwrap();
+        assert_eq!(target.path, "/ws?sub=a", "no path: /ws");
+        let target = parse_url("ws://127.0.0.1:8080/#top", &plain).unwrap();
+        assert_eq!(
+            target.path, "/ws",
+            "/ is the dashboard; a fragment is not sent"
+        );
     }
 
     #[test]
@@ -840,11 +878,34 @@ mod tests {
             (target.addr.port(), target.host.as_str()),
             (80, "127.0.0.1")
         );
-        assert_eq!(with_port("localhost", true), "localhost:443");
-        assert_eq!(with_port("localhost", false), "localhost:80");
-        assert_eq!(with_port("localhost:8443", true), "localhost:8443");
-        assert_eq!(with_port("[::1]", true), "[::1]:443");
-        assert_eq!(with_port("[::1]:8443", true), "[::1]:8443");
-        assert_eq!(parse_url("ws://[::1]", &plain).unwrap().addr.port(), 80);
+        let port = |url| parse_url(url, &plain).unwrap().addr.port();
+        assert_eq!(port("ws://localhost"), 80);
+        assert_eq!(port("ws://localhost:8443"), 8443);
+        assert_eq!(port("ws://[::1]"), 80);
+        assert_eq!(port("ws://[::1]:8443"), 8443);
+        let target = parse_url("ws://[::1]:8443/ws", &plain).unwrap();
+        assert_eq!(target.host, "[::1]:8443", "the Host header");
+    }
+
+    #[test]
+    fn wss_urls_name_the_server_as_its_certificate_does() {
+        // The port a wss:// URL defaults to, and the name TLS checks: an
+        // IPv6 address without brackets (with them, no valid server name).
+        let dir = std::env::temp_dir().join(format!("shardcast-client-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(&ca, cert.cert.pem()).unwrap();
+        let tls = TlsOptions {
+            ca: Some(ca),
+            server_name: None,
+        };
+        assert_eq!(parse_url("wss://localhost", &tls).unwrap().addr.port(), 443);
+        assert_eq!(parse_url("wss://[::1]", &tls).unwrap().addr.port(), 443);
+        assert_eq!(
+            parse_url("wss://[::1]:8443", &tls).unwrap().host,
+            "[::1]:8443"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -10,6 +10,7 @@ use std::fmt::{Display, Write};
 
 use crate::{
     close::CloseReason,
+    process::ProcessStats,
     snapshot::{ServerStats, ShardSnapshot},
     stats::{LatencySummary, COUNTERS},
 };
@@ -100,19 +101,32 @@ const GAUGES: [(&str, &str, Read); 12] = [
     ),
 ];
 
-/// Writes the exposition of `stats`.
+/// Writes the exposition of `stats`: what runs, then each shard's gauges,
+/// counters, closes, mesh queues, latency and engine round trips, then the
+/// process's figures.
 pub fn render(stats: &ServerStats) -> String {
     let mut out = String::with_capacity(8192 + 4096 * stats.per_shard.len());
     let shards = &stats.per_shard;
+    write_identity(&mut out, stats);
+    write_gauges_and_counters(&mut out, shards);
+    write_closes(&mut out, shards);
+    write_mesh_queues(&mut out, shards);
+    write_latency(&mut out, shards);
+    write_engine_rtt(&mut out, shards);
+    write_process(&mut out, &stats.process);
+    out
+}
 
+/// Which shardcast, node and engine; how many shards run and answered.
+fn write_identity(out: &mut String, stats: &ServerStats) {
     family(
-        &mut out,
+        out,
         "shardcast_info",
         "gauge",
         "Always 1; the labels say which shardcast, which node and which cluster engine.",
     );
     sample(
-        &mut out,
+        out,
         "shardcast_info",
         &[
             ("version", stats.version),
@@ -122,43 +136,49 @@ pub fn render(stats: &ServerStats) -> String {
         1,
     );
     family(
-        &mut out,
+        out,
         "shardcast_shards",
         "gauge",
         "Shards (executors) the server runs.",
     );
-    sample(&mut out, "shardcast_shards", &[], stats.shards);
+    sample(out, "shardcast_shards", &[], stats.shards);
     family(
-        &mut out,
+        out,
         "shardcast_shards_reporting",
         "gauge",
         "Shards that answered this scrape in time.",
     );
     sample(
-        &mut out,
+        out,
         "shardcast_shards_reporting",
         &[],
         stats.shards_reporting,
     );
+}
 
+/// [`GAUGES`] and every counter of [`COUNTERS`], per shard.
+fn write_gauges_and_counters(out: &mut String, shards: &[ShardSnapshot]) {
     for (name, help, read) in GAUGES {
-        family(&mut out, name, "gauge", help);
+        family(out, name, "gauge", help);
         for s in shards {
-            sample(&mut out, name, &[("shard", &s.shard.to_string())], read(s));
+            sample(out, name, &[("shard", &s.shard.to_string())], read(s));
         }
     }
     for counter in COUNTERS {
         let name = counter.metric;
-        family(&mut out, name, "counter", &counter.help());
+        family(out, name, "counter", &counter.help());
         for s in shards {
             let value = (counter.read)(&s.counters);
-            sample(&mut out, name, &[("shard", &s.shard.to_string())], value);
+            sample(out, name, &[("shard", &s.shard.to_string())], value);
         }
     }
+}
 
+/// Connections closed per shard, by every [`CloseReason`] (0 included).
+fn write_closes(out: &mut String, shards: &[ShardSnapshot]) {
     let name = "shardcast_connections_closed_total";
     family(
-        &mut out,
+        out,
         name,
         "counter",
         "WebSocket connections closed, by reason.",
@@ -168,17 +188,20 @@ pub fn render(stats: &ServerStats) -> String {
         for reason in CloseReason::ALL {
             let n = s.closed.get(reason.as_str()).copied().unwrap_or(0);
             sample(
-                &mut out,
+                out,
                 name,
                 &[("shard", &shard), ("reason", reason.as_str())],
                 n,
             );
         }
     }
+}
 
+/// Each shard's queue to each of its peers.
+fn write_mesh_queues(out: &mut String, shards: &[ShardSnapshot]) {
     let name = "shardcast_mesh_queue_depth";
     family(
-        &mut out,
+        out,
         name,
         "gauge",
         "Messages waiting in a shard's queue to a peer shard.",
@@ -192,19 +215,20 @@ pub fn render(stats: &ServerStats) -> String {
             .filter(|(p, _)| *p != s.shard)
         {
             sample(
-                &mut out,
+                out,
                 name,
                 &[("shard", &shard), ("peer", &peer.to_string())],
                 depth,
             );
         }
     }
+}
 
-    write_latency(&mut out, shards);
-
+/// The round trip of each shard's requests to the engine: sum and count.
+fn write_engine_rtt(out: &mut String, shards: &[ShardSnapshot]) {
     let name = "shardcast_engine_rtt_seconds";
     family(
-        &mut out,
+        out,
         name,
         "summary",
         "Round trip of the shard's requests to the cluster engine (Redis scripts and pings): sum and count.",
@@ -213,57 +237,41 @@ pub fn render(stats: &ServerStats) -> String {
         let shard = s.shard.to_string();
         let labels = [("shard", shard.as_str())];
         sample(
-            &mut out,
+            out,
             &format!("{name}_sum"),
             &labels,
             seconds(s.engine_rtt_us),
         );
-        sample(
-            &mut out,
-            &format!("{name}_count"),
-            &labels,
-            s.engine_replies,
-        );
+        sample(out, &format!("{name}_count"), &labels, s.engine_replies);
     }
+}
 
-    let process = &stats.process;
-    family(
-        &mut out,
-        "process_cpu_seconds_total",
-        "counter",
-        "User and system CPU time of the process.",
-    );
-    sample(
-        &mut out,
-        "process_cpu_seconds_total",
-        &[],
-        process.cpu_seconds,
-    );
-    family(
-        &mut out,
-        "process_resident_memory_bytes",
-        "gauge",
-        "Resident memory of the process.",
-    );
-    sample(
-        &mut out,
-        "process_resident_memory_bytes",
-        &[],
-        process.rss_bytes,
-    );
-    family(
-        &mut out,
-        "process_start_time_seconds",
-        "gauge",
-        "Start time of the process, Unix seconds.",
-    );
-    sample(
-        &mut out,
-        "process_start_time_seconds",
-        &[],
-        process.start_time_seconds,
-    );
-    out
+/// The standard `process_*` figures.
+fn write_process(out: &mut String, process: &ProcessStats) {
+    let figures: [(&str, &str, &str, &dyn Display); 3] = [
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time of the process.",
+            &process.cpu_seconds,
+        ),
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory of the process.",
+            &process.rss_bytes,
+        ),
+        (
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process, Unix seconds.",
+            &process.start_time_seconds,
+        ),
+    ];
+    for (name, kind, help, value) in figures {
+        family(out, name, kind, help);
+        sample(out, name, &[], value);
+    }
 }
 
 /// The publish→write latency: a histogram (aggregatable across shards) and a

@@ -51,7 +51,8 @@
 //! - `GET /` serves `src/dashboard.html`, a page fed by the `$stats` channel.
 //! - [`webhook`]: lifecycle webhooks — events, batches, signatures, the
 //!   sender; the shard's side is `shard::lifecycle`.
-//! - [`sync`]: a shard-local wait list; [`error`]: the server's error types;
+//! - [`sync`]: a shard-local wait list; [`random`]: the one source of random
+//!   numbers (the OS's); [`error`]: the server's error types;
 //!   [`fuzzing`]: entry points of the parser fuzzers (`fuzz/`).
 //!
 //! `docs/design.md` explains how these fit together; `docs/protocol.md`
@@ -75,6 +76,7 @@ pub(crate) mod mesh;
 pub mod process;
 pub use shardcast_core::protocol;
 pub(crate) use shardcast_core::publication;
+pub(crate) mod random;
 pub mod runtime;
 pub(crate) mod security;
 pub mod settings;

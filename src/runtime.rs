@@ -87,7 +87,9 @@ impl Checked {
 /// secret they name, loaded as the server loads them. `check-config` and
 /// `serve` both go through it.
 pub fn check(config: Config) -> Result<Checked, ServerError> {
-    let epoch = random_epoch();
+    // This run's epoch: clients compare it to tell a restarted server
+    // (whose history is gone) from the one they left.
+    let epoch = crate::random::u64();
     let security = Security::load(&config.security, config.limits.max_subscriptions, epoch)?;
     Ok(Checked {
         config,
@@ -358,19 +360,6 @@ fn shard_thread(ctx: ShardContext, placement: Placement, events: mpsc::Sender<Sh
         })
     });
     let _ = events.send(ShardEvent::Exited(id, result.map(Box::new)));
-}
-
-/// A random number for this run's epoch: clients compare it to tell a
-/// restarted server (whose history is gone) from the one they left.
-fn random_epoch() -> u64 {
-    let mut bytes = [0u8; 8];
-    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer.
-    let filled = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    if filled == bytes.len() as isize {
-        return u64::from_ne_bytes(bytes);
-    }
-    // No entropy source: the clock still differs between runs.
-    crate::clock::now_ns() ^ u64::from(std::process::id()).rotate_left(32)
 }
 
 /// Binds `shards` listeners on the same address with SO_REUSEPORT; the

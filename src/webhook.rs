@@ -33,7 +33,8 @@ use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::{
-    engine::backoff::{random_u64, Backoff},
+    engine::backoff::Backoff,
+    random,
     stats::{bump, Stats},
     sync::WaitQueue,
     tls_client::{web_roots_config, Tls, TlsError},
@@ -75,55 +76,38 @@ pub struct WebhookUrl {
 }
 
 impl WebhookUrl {
-    pub fn parse(url: &str) -> Result<Self, WebhookUrlError> {
-        let bad = || WebhookUrlError::Form(url.into());
-        let (tls, rest) = match url.strip_prefix("https://") {
-            Some(rest) => (true, rest),
-            None => (false, url.strip_prefix("http://").ok_or_else(bad)?),
-        };
-        let (authority, path) = match rest.find('/') {
-            Some(at) => (&rest[..at], &rest[at..]),
-            None => (rest, "/"),
-        };
-        let (host, port) = match authority.strip_prefix('[') {
-            // [v6] or [v6]:port
-            Some(v6) => {
-                let (host, after) = v6.split_once(']').ok_or_else(bad)?;
-                (
-                    host,
-                    after.strip_prefix(':').or(after.is_empty().then_some("")),
-                )
-            }
-            None => match authority.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (authority, Some("")),
-            },
-        };
-        let port = match port.ok_or_else(bad)? {
-            "" if tls => 443,
-            "" => 80,
-            port => port.parse::<u16>().map_err(|_| bad())?,
-        };
-        let host_ok = !host.is_empty()
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b));
-        let path_ok = !path
+    /// Parses an `http://` or `https://` URL (the `url` crate: IDNA names,
+    /// IPv6 literals, the scheme's default port). Refused: another scheme,
+    /// no host, credentials (nothing would send them), and whitespace or
+    /// control characters anywhere (the `url` crate would drop or escape
+    /// them). A fragment is dropped (never sent).
+    pub fn parse(text: &str) -> Result<Self, WebhookUrlError> {
+        let bad = || WebhookUrlError::Form(text.into());
+        if text
             .bytes()
-            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control());
-        if !host_ok || !path_ok {
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
             return Err(bad());
         }
-        let host_port = match authority.starts_with('[') {
-            true => format!("[{host}]:{port}"),
-            false => format!("{host}:{port}"),
+        let url = url::Url::parse(text).map_err(|_| bad())?;
+        let tls = match url.scheme() {
+            "https" => true,
+            "http" => false,
+            _ => return Err(bad()),
+        };
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(bad());
+        }
+        let (host, host_port) = match (url.host(), url.port_or_known_default()) {
+            (Some(host), Some(port)) => (bare_host(&host), format!("{host}:{port}")),
+            _ => return Err(bad()),
         };
         Ok(WebhookUrl {
             tls,
-            host: host.into(),
+            host,
             host_port,
-            path: path.into(),
-            text: url.into(),
+            path: url[url::Position::BeforePath..url::Position::AfterQuery].into(),
+            text: text.into(),
         })
     }
 
@@ -146,6 +130,14 @@ impl WebhookUrl {
             None => Tls::with_config(web_roots_config()?, &self.host)?,
         };
         Ok(Some(tls))
+    }
+}
+
+/// A host as a certificate names it: an IPv6 address without brackets.
+fn bare_host(host: &url::Host<&str>) -> String {
+    match host {
+        url::Host::Ipv6(address) => address.to_string(),
+        host => host.to_string(),
     }
 }
 
@@ -469,7 +461,7 @@ impl Webhooks {
                 }
                 outcome => {
                     bump(&stats.webhook_failures, 1);
-                    let delay = backoff.next_delay(random_u64());
+                    let delay = backoff.next_delay(random::u64());
                     tracing::warn!(?outcome, retry_in = ?delay, events = batch.len(), "webhook request failed");
                     glommio::timer::sleep(delay).await;
                 }
@@ -567,7 +559,19 @@ mod tests {
             WebhookUrl::parse("http://[::1]").unwrap().host_port,
             "[::1]:80"
         );
+        let url = WebhookUrl::parse("HTTPS://Hooks.Example.com:443/in?via=sc#top").unwrap();
+        assert_eq!(
+            (url.host.as_str(), url.host_port.as_str(), url.path.as_str()),
+            ("hooks.example.com", "hooks.example.com:443", "/in?via=sc")
+        );
+        let idna = WebhookUrl::parse("https://bücher.example/").unwrap();
+        assert_eq!(idna.host_port, "xn--bcher-kva.example:443");
         for bad in [
+            "http://h:1/\ta",
+            "hooks.example.com/in",
+            "http://user:pw@h/",
+            "http://h:+1/",
+            "http://h^/",
             "http://:1/",
             "ftp://h:1",
             "http://h:1/a b",

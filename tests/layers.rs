@@ -15,12 +15,13 @@ use std::{
 /// The server's top-level modules, lowest first; a module may import the
 /// modules of its own line and of the lines before it.
 const LAYERS: &[&[&str]] = &[
-    // Leaves: units, how settings are declared, clocks, process figures,
-    // wait lists, counters.
+    // Leaves: units, how settings are declared, clocks, random numbers,
+    // process figures, wait lists, counters.
     &[
         "units",
         "settings",
         "clock",
+        "random",
         "process",
         "sync",
         "stats",

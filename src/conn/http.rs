@@ -372,146 +372,172 @@ impl Route {
 /// Routes a parsed head. WebSocket routes are checked for a valid upgrade.
 pub fn route(head: &Head, max_subscriptions: usize) -> Result<Route, HttpError> {
     let path = head.path.as_str();
-    let page = match path {
-        "/health" => Some(Route::Health),
-        "/" | "/dashboard" => Some(Route::Dashboard),
-        "/metrics" => Some(Route::Metrics),
-        "/api/stats" => Some(Route::Stats),
-        _ => None,
+    if let Some((route, method)) = plain_route(path) {
+        return only(method, head).map(|()| route);
+    }
+    if let Some(route) = api_query_route(head) {
+        return route;
+    }
+    let session = websocket_session(path, &head.query, max_subscriptions)?;
+    check_upgrade(head)?;
+    Ok(Route::WebSocket(session))
+}
+
+/// The routes whose path is all there is to them, and the one method each
+/// takes.
+fn plain_route(path: &str) -> Option<(Route, Method)> {
+    let route = match path {
+        "/health" => (Route::Health, Method::Get),
+        "/" | "/dashboard" => (Route::Dashboard, Method::Get),
+        "/metrics" => (Route::Metrics, Method::Get),
+        "/api/stats" => (Route::Stats, Method::Get),
+        "/api/publish" => (Route::Publish, Method::Post),
+        "/api/drain" => (Route::Drain, Method::Post),
+        "/api/disconnect" => (Route::Disconnect, Method::Post),
+        "/api/unsubscribe" => (Route::Unsubscribe, Method::Post),
+        _ => return None,
     };
-    if let Some(page) = page {
-        return match head.method {
-            Method::Get => Ok(page),
-            _ => Err(method_not_allowed()),
-        };
-    }
-    let posted = match path {
-        "/api/publish" => Some(Route::Publish),
-        "/api/drain" => Some(Route::Drain),
-        "/api/disconnect" => Some(Route::Disconnect),
-        "/api/unsubscribe" => Some(Route::Unsubscribe),
-        _ => None,
+    Some(route)
+}
+
+/// The API's `GET` routes that read a channel from the path or values from
+/// the query (a malformed escape in the query: 400 `bad_json`, as other bad
+/// values there); `None` for other paths.
+fn api_query_route(head: &Head) -> Option<Result<Route, HttpError>> {
+    type Parse = fn(&str, &str) -> Result<Route, HttpError>;
+    let (path, query) = (head.path.as_str(), head.query.as_str());
+    let (channel, parse): (&str, Parse) = if path == "/api/channels" {
+        ("", |_, query| {
+            crate::api::parse_channels(query).map(Route::Channels)
+        })
+    } else if let Some(channel) = path.strip_prefix("/api/history/") {
+        (channel, |channel, query| {
+            crate::api::parse_history(channel, query).map(Route::History)
+        })
+    } else if let Some(channel) = path.strip_prefix("/api/presence/") {
+        (channel, presence_route)
+    } else {
+        return None;
     };
-    if let Some(posted) = posted {
-        return match head.method {
-            Method::Post => Ok(posted),
-            _ => Err(method_not_allowed()),
-        };
+    Some(only(Method::Get, head).and_then(|()| {
+        refuse_bad_escapes(query, |_| ErrorCode::BadJson.as_str())?;
+        parse(channel, query)
+    }))
+}
+
+/// `/ws` (the JSON protocol, `?sub=` channels) or `/ws/<channel>` (a raw
+/// room); 404 for any other path. A malformed escape in any query value is
+/// refused (`?sub=` with one: `bad_channel`, like the room's name).
+fn websocket_session(
+    path: &str,
+    query: &str,
+    max_subscriptions: usize,
+) -> Result<Session, HttpError> {
+    let room = match path {
+        "/ws" => None,
+        _ => Some(
+            path.strip_prefix("/ws/")
+                .ok_or_else(|| HttpError::new(404, "not_found", format!("no route for {path}")))?,
+        ),
+    };
+    refuse_bad_escapes(query, |key| match key {
+        "sub" => ErrorCode::BadChannel.as_str(),
+        _ => "bad_request",
+    })?;
+    match room {
+        None => json_session(query, max_subscriptions),
+        Some(room) => room_session(room, query),
     }
-    if path == "/api/channels" {
-        return match head.method {
-            Method::Get => crate::api::parse_channels(&head.query).map(Route::Channels),
-            _ => Err(method_not_allowed()),
-        };
-    }
-    if let Some(channel) = path.strip_prefix("/api/history/") {
-        return match head.method {
-            Method::Get => crate::api::parse_history(channel, &head.query).map(Route::History),
-            _ => Err(method_not_allowed()),
-        };
-    }
-    if let Some(channel) = path.strip_prefix("/api/presence/") {
-        if head.method != Method::Get {
-            return Err(method_not_allowed());
-        }
-        return presence_route(channel, &head.query);
-    }
-    if path == "/ws" || path.starts_with("/ws/") {
-        check_query_escapes(&head.query)?;
-    }
-    let session = if path == "/ws" {
-        let mut subscribe = Vec::new();
-        for value in query_values(&head.query, "sub") {
-            for name in value.split(',').filter(|n| !n.is_empty()) {
-                check_channel(name, Access::Subscribe)?;
-                if !subscribe.iter().any(|s| s == name) {
-                    subscribe.push(name.to_owned());
-                }
+}
+
+/// `/ws?sub=a,b&batch=1&delta=fossil`: the channels to subscribe at
+/// connect time (each checked, repeats dropped, at most
+/// `max_subscriptions`), batching and deltas.
+fn json_session(query: &str, max_subscriptions: usize) -> Result<Session, HttpError> {
+    let mut subscribe = Vec::new();
+    for value in query_values(query, "sub") {
+        for name in value.split(',').filter(|n| !n.is_empty()) {
+            check_channel(name, Access::Subscribe)?;
+            if !subscribe.iter().any(|s| s == name) {
+                subscribe.push(name.to_owned());
             }
         }
-        if subscribe.len() > max_subscriptions {
-            return Err(HttpError::new(
-                400,
-                ErrorCode::TooManySubscriptions.as_str(),
-                format!("at most {max_subscriptions} channels in ?sub="),
-            ));
-        }
-        let batch = query_values(&head.query, "batch").any(|v| v == "1" || v == "true");
-        let delta = match query_values(&head.query, "delta").last() {
-            None => false,
-            Some(value) => protocol::read_delta(Some(&value), None)
-                .map_err(|e| HttpError::new(400, e.code.as_str(), e.msg))?,
-        };
-        Session::Json {
-            subscribe,
-            batch,
-            delta,
-        }
-    } else if let Some(room) = path.strip_prefix("/ws/") {
-        let channel = percent_decode(room).ok_or_else(|| {
-            HttpError::new(
-                400,
-                ErrorCode::BadChannel.as_str(),
-                "bad percent-encoding in channel",
-            )
-        })?;
-        check_channel(&channel, Access::Publish)?;
-        let echo = !query_values(&head.query, "echo").any(|v| v == "0" || v == "false");
-        let since = room_since(&head.query)?;
-        Session::Room {
-            channel,
-            echo,
-            since,
-        }
-    } else {
-        return Err(HttpError::new(
-            404,
-            "not_found",
-            format!("no route for {path}"),
-        ));
-    };
-    if head.method != Method::Get {
-        return Err(method_not_allowed());
     }
-    if !head.http11 {
+    if subscribe.len() > max_subscriptions {
         return Err(HttpError::new(
             400,
-            "bad_request",
-            "a WebSocket upgrade needs HTTP/1.1",
+            ErrorCode::TooManySubscriptions.as_str(),
+            format!("at most {max_subscriptions} channels in ?sub="),
         ));
     }
+    let batch = query_values(query, "batch").any(|v| v == "1" || v == "true");
+    let delta = match query_values(query, "delta").last() {
+        None => false,
+        Some(value) => protocol::read_delta(Some(&value), None)
+            .map_err(|e| HttpError::new(400, e.code.as_str(), e.msg))?,
+    };
+    Ok(Session::Json {
+        subscribe,
+        batch,
+        delta,
+    })
+}
+
+/// `/ws/<channel>?echo=0&since=N&epoch=E`: a raw room (its name
+/// percent-decoded and checked as a channel one may publish on).
+fn room_session(room: &str, query: &str) -> Result<Session, HttpError> {
+    let channel = percent_decode(room).ok_or_else(|| {
+        HttpError::new(
+            400,
+            ErrorCode::BadChannel.as_str(),
+            "bad percent-encoding in channel",
+        )
+    })?;
+    check_channel(&channel, Access::Publish)?;
+    let echo = !query_values(query, "echo").any(|v| v == "0" || v == "false");
+    let since = room_since(query)?;
+    Ok(Session::Room {
+        channel,
+        echo,
+        since,
+    })
+}
+
+/// What a WebSocket upgrade needs (RFC 6455 §4.2.1): `GET` over HTTP/1.1,
+/// `Upgrade: websocket`, version 13 and a well-formed key.
+fn check_upgrade(head: &Head) -> Result<(), HttpError> {
+    only(Method::Get, head)?;
+    let refuse = |status, code, msg| Err(HttpError::new(status, code, msg));
+    if !head.http11 {
+        return refuse(400, "bad_request", "a WebSocket upgrade needs HTTP/1.1");
+    }
     if !head.wants_websocket {
-        return Err(HttpError::new(
+        return refuse(
             426,
             "upgrade_required",
             "this endpoint speaks WebSocket: send Upgrade: websocket",
-        ));
+        );
     }
     if head.ws_version.as_deref() != Some("13") {
-        return Err(HttpError::new(
-            426,
-            "upgrade_required",
-            "Sec-WebSocket-Version must be 13",
-        ));
+        return refuse(426, "upgrade_required", "Sec-WebSocket-Version must be 13");
     }
     match head.ws_key.as_deref() {
-        None => {
-            return Err(HttpError::new(
-                400,
-                "bad_request",
-                "missing Sec-WebSocket-Key",
-            ))
-        }
-        Some(key) if !valid_ws_key(key) => {
-            return Err(HttpError::new(
-                400,
-                "bad_request",
-                "Sec-WebSocket-Key must be base64 of 16 bytes",
-            ))
-        }
-        Some(_) => {}
+        None => refuse(400, "bad_request", "missing Sec-WebSocket-Key"),
+        Some(key) if !valid_ws_key(key) => refuse(
+            400,
+            "bad_request",
+            "Sec-WebSocket-Key must be base64 of 16 bytes",
+        ),
+        Some(_) => Ok(()),
     }
-    Ok(Route::WebSocket(session))
+}
+
+/// 405 unless the request's method is `method`.
+fn only(method: Method, head: &Head) -> Result<(), HttpError> {
+    match head.method == method {
+        true => Ok(()),
+        false => Err(method_not_allowed()),
+    }
 }
 
 /// RFC 6455 §4.2.1: the key is base64 that decodes to exactly 16 bytes.
@@ -524,21 +550,24 @@ fn valid_ws_key(key: &str) -> bool {
             .is_ok_and(|bytes| bytes.len() == 16)
 }
 
-/// Refuses a malformed percent-escape in any query value of a WebSocket
-/// route, instead of dropping the value (`?sub=` with one: `bad_channel`,
-/// like the room name in `/ws/<channel>`).
-fn check_query_escapes(query: &str) -> Result<(), HttpError> {
+/// Refuses (400, with the code `code_for` gives the value's key) a query
+/// any of whose values [`percent_decode`] would refuse, instead of
+/// [`query_values`] dropping the value. Allocates only for a value with
+/// escapes (to check the decoded bytes are UTF-8).
+fn refuse_bad_escapes(
+    query: &str,
+    code_for: impl Fn(&str) -> &'static str,
+) -> Result<(), HttpError> {
     for pair in query.split('&') {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if percent_decode(value).is_none() {
-            let code = if key == "sub" {
-                ErrorCode::BadChannel.as_str()
-            } else {
-                "bad_request"
-            };
+        let decodes = escapes_are_well_formed(value.as_bytes())
+            && percent_encoding::percent_decode_str(value)
+                .decode_utf8()
+                .is_ok();
+        if !decodes {
             return Err(HttpError::new(
                 400,
-                code,
+                code_for(key),
                 format!("bad percent-encoding in the value of {key:?}"),
             ));
         }
@@ -600,8 +629,8 @@ pub(crate) fn check_channel(name: &str, access: Access) -> Result<(), HttpError>
     })
 }
 
-/// Percent-decoded values of `key` in a query string (a WebSocket route's
-/// query has none that fail to decode: [`check_query_escapes`]).
+/// Percent-decoded values of `key` in a query string (a routed query has
+/// none that fail to decode: [`refuse_bad_escapes`]).
 pub(crate) fn query_values<'a>(query: &'a str, key: &'a str) -> impl Iterator<Item = String> + 'a {
     query.split('&').filter_map(move |pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -609,29 +638,31 @@ pub(crate) fn query_values<'a>(query: &'a str, key: &'a str) -> impl Iterator<It
     })
 }
 
-/// Decodes `%XX` escapes (and `+` as space); `None` if malformed or not UTF-8.
+/// Decodes `%XX` escapes (and `+` as space, as forms send it); `None` if an
+/// escape is malformed (a `%` not followed by two hex digits: `%zz`, `%4`,
+/// `%+1`) or the bytes are not UTF-8. One allocation, the result's.
 pub fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = text.get(i + 1..i + 3)?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
+    if !escapes_are_well_formed(text.as_bytes()) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(text.len());
+    // `+` is split on before decoding, so an escaped `%2B` stays a `+`.
+    for (i, part) in text.split('+').enumerate() {
+        if i > 0 {
+            out.push(b' ');
         }
+        out.extend(percent_encoding::percent_decode_str(part));
     }
     String::from_utf8(out).ok()
+}
+
+/// Every `%` starts `%XX` with two hex digits (the `percent-encoding` crate
+/// passes a malformed escape through as text; here it is refused).
+fn escapes_are_well_formed(text: &[u8]) -> bool {
+    memchr::memchr_iter(b'%', text).all(|at| {
+        matches!(text.get(at + 1..at + 3), Some([high, low])
+            if high.is_ascii_hexdigit() && low.is_ascii_hexdigit())
+    })
 }
 
 fn status_text(status: u16) -> &'static str {
@@ -907,10 +938,17 @@ mod tests {
         let error = |target: &str| {
             route(&head(&format!("GET {target} HTTP/1.1\r\n{UPGRADE}")), 8).unwrap_err()
         };
-        let refused = error("/ws?sub=news,%zz");
-        assert_eq!((refused.status, refused.code), (400, "bad_channel"));
+        for target in ["/ws?sub=news,%zz", "/ws?sub=%+1", "/ws/%+1", "/ws/a%2"] {
+            let refused = error(target);
+            assert_eq!(
+                (refused.status, refused.code),
+                (400, "bad_channel"),
+                "{target}"
+            );
+        }
         for target in [
             "/ws?token=%zz",
+            "/ws?token=%+1",
             "/ws?sub=news&other=%4",
             "/ws/lobby?echo=%zz",
             "/ws/lobby?since=1&epoch=%e9",
@@ -931,6 +969,39 @@ mod tests {
     }
 
     #[test]
+    fn malformed_escapes_in_api_queries_are_refused() {
+        let error = |target: &str| {
+            route(
+                &head(&format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n")),
+                8,
+            )
+            .unwrap_err()
+        };
+        for target in [
+            "/api/history/news?since=%+1",
+            "/api/history/news?limit=%zz",
+            "/api/history/%+1",
+            "/api/channels?pattern=news.%2",
+            "/api/presence/room?cursor=%e9",
+            "/api/presence/%zz",
+        ] {
+            let refused = error(target);
+            assert_eq!(
+                (refused.status, refused.code),
+                (400, "bad_json"),
+                "{target}"
+            );
+        }
+        let h = head("GET /api/history/a%2Eb?since=%31 HTTP/1.1\r\nHost: x\r\n\r\n");
+        let Ok(Route::History(query)) = route(&h, 8) else {
+            panic!("{:?}", route(&h, 8));
+        };
+        assert_eq!((query.ch.as_str(), query.since), ("a.b", 1));
+        let post = head("POST /api/channels?pattern=%zz HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(route(&post, 8).unwrap_err().status, 405, "the method first");
+    }
+
+    #[test]
     fn accept_key_matches_rfc_example() {
         let text =
             String::from_utf8(switching_protocols("dGhlIHNhbXBsZSBub25jZQ==", None, None)).unwrap();
@@ -940,7 +1011,21 @@ mod tests {
     #[test]
     fn percent_decoding() {
         assert_eq!(percent_decode("a%2Cb+c"), Some("a,b c".into()));
-        assert_eq!(percent_decode("%zz"), None);
-        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("a%2Bb"), Some("a+b".into()), "an escaped +");
+        assert_eq!(percent_decode("%e2%82%AC"), Some("€".into()), "either case");
+        assert_eq!(percent_decode("café"), Some("café".into()));
+        assert_eq!(percent_decode(""), Some(String::new()));
+        assert_eq!(percent_decode("%25"), Some("%".into()));
+    }
+
+    #[test]
+    fn malformed_escapes_are_refused() {
+        for text in [
+            "%zz", "%4", "%", "a%", "%+1", "%-1", "% 1", "%1g", "%%41", "a%2", "%é0",
+        ] {
+            assert_eq!(percent_decode(text), None, "{text:?}");
+        }
+        assert_eq!(percent_decode("%e9"), None, "Latin-1, not UTF-8");
+        assert_eq!(percent_decode("%c3%28"), None, "a broken sequence");
     }
 }

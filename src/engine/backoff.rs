@@ -31,20 +31,10 @@ impl Backoff {
     }
 }
 
-/// A random number from the operating system (`getrandom`), for jitter and
-/// epochs; the clock when that fails.
-pub fn random_u64() -> u64 {
-    let mut bytes = [0u8; 8];
-    let rng = ring::rand::SystemRandom::new();
-    match ring::rand::SecureRandom::fill(&rng, &mut bytes) {
-        Ok(()) => u64::from_le_bytes(bytes),
-        Err(_) => crate::clock::now_ns(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::random;
 
     #[test]
     fn delays_grow_to_the_cap_with_jitter_and_reset() {
@@ -53,7 +43,7 @@ mod tests {
         assert_eq!(first, Duration::from_millis(5));
         let mut highest = Duration::ZERO;
         for _ in 0..20 {
-            let delay = backoff.next_delay(random_u64());
+            let delay = backoff.next_delay(random::u64());
             assert!(delay <= CAP, "{delay:?}");
             highest = highest.max(delay);
         }
@@ -61,7 +51,6 @@ mod tests {
         // would happen about once in ten million runs.
         assert!(highest > Duration::from_secs(2), "{highest:?}");
         backoff.reset();
-        assert!(backoff.next_delay(random_u64()) <= FIRST);
-        assert_ne!(random_u64(), random_u64());
+        assert!(backoff.next_delay(random::u64()) <= FIRST);
     }
 }

@@ -10,9 +10,10 @@ use bytes::BytesMut;
 use futures_lite::FutureExt;
 use glommio::net::TcpStream;
 
-use super::backoff::{random_u64, Backoff};
+use super::backoff::Backoff;
 use crate::{
     conn::stream::SharedStream,
+    random,
     stats::{bump, Stats},
     sync::WaitQueue,
 };
@@ -140,7 +141,7 @@ pub async fn keep_connected(
                 }
             }
         }
-        glommio::timer::sleep(backoff.next_delay(random_u64())).await;
+        glommio::timer::sleep(backoff.next_delay(random::u64())).await;
     }
 }
 

@@ -28,7 +28,6 @@ use redis_protocol::resp3::types::BytesFrame;
 
 use super::{
     addr::BrokerAddr,
-    backoff::random_u64,
     pipe::{self, Pipe},
     record::{self, Record},
     resp, scripts, Refused,
@@ -276,7 +275,7 @@ impl RedisLink {
             wanted: RefCell::new(HashSet::new()),
             scratch: RefCell::new((String::new(), BytesMut::new())),
             epochs: Epochs {
-                seed: random_u64(),
+                seed: crate::random::u64(),
                 made: Cell::new(0),
             },
             awaiting_since: Cell::new(0),

@@ -72,8 +72,8 @@ section! {
         )
             .hide_env()
             .default_text("none")
-            .help("Redis of the redis engine, redis://[user:password@]host:port[/db]; repeat (or comma-separate) to spread channels over several")
-            .readme("the brokers of engine `redis` (`redis://[user:password@]host:port[/db]`; repeat the flag or separate with commas to spread channels over several)");
+            .help("Redis of the redis engine, redis://[user:password@]host[:port][/db] (port 6379); repeat (or comma-separate) to spread channels over several")
+            .readme("the brokers of engine `redis` (`redis://[user:password@]host[:port][/db]`, port 6379 by default; repeat the flag or separate with commas to spread channels over several)");
         /// The NATS server of the `nats` engine.
         nats_url: Option<BrokerAddr> as String = None => custom(
             "nats-url",
@@ -82,8 +82,8 @@ section! {
             |addr| addr.as_ref().map_or(Shown::Unset, |addr| Shown::text(&addr.shown)),
         )
             .hide_env()
-            .help("NATS of the nats engine, nats://[user:password@]host:port")
-            .readme("the broker of engine `nats` (`nats://[user:password@]host:port`)");
+            .help("NATS of the nats engine, nats://[user:password@]host[:port] (port 4222)")
+            .readme("the broker of engine `nats` (`nats://[user:password@]host[:port]`, port 4222 by default)");
         /// This node's name in logs, metrics and the records it publishes.
         node_id: String as String = default_node_id() => new("node-id", "NAME")
             .default_text("host name and a random suffix")
@@ -152,7 +152,7 @@ pub fn default_node_id() -> String {
         false => String::new(),
     };
     let host = if host.is_empty() { "node".into() } else { host };
-    let suffix = super::backoff::random_u64() & 0xff_ffff;
+    let suffix = crate::random::u64() & 0xff_ffff;
     format!("{host}-{suffix:06x}")
 }
 

@@ -1104,7 +1104,7 @@ impl Shard {
         let conns: Vec<Rc<Conn>> = self.conns.borrow().iter().map(|(_, c)| c.clone()).collect();
         let spread_ms = self.config.timeouts.drain_spread.as_millis() as u64;
         // Each shard's clients are spaced evenly, from a random start.
-        let offset = crate::engine::backoff::random_u64() % spread_ms.max(1);
+        let offset = crate::random::u64() % spread_ms.max(1);
         let count = conns.len().max(1) as u64;
         for (i, conn) in conns.iter().enumerate() {
             if conn.codec.protocol != crate::conn::codec::Protocol::Raw {

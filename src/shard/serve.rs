@@ -8,6 +8,7 @@
 use std::{
     cell::Cell,
     future::Future,
+    net::IpAddr,
     panic::AssertUnwindSafe,
     pin::Pin,
     rc::Rc,
@@ -17,6 +18,7 @@ use std::{
 };
 
 use futures_lite::FutureExt;
+use futures_rustls::TlsAcceptor;
 use glommio::net::TcpStream;
 
 use super::{api::HttpPublication, session, Shard};
@@ -32,95 +34,32 @@ use crate::{
     },
     exposition, protocol,
     publication::Payload,
-    security::{ip_cap::IpCap, token},
+    security::{
+        http_cap::HttpSlot,
+        ip_cap::{IpCap, IpSlot},
+        token,
+    },
     stats::{bump, Stats},
 };
 
 /// The live dashboard (`GET /`): one self-contained page, fed by `$stats`.
 const DASHBOARD: &str = include_str!("../dashboard.html");
 
-/// Serves one accepted socket until it closes.
+/// Serves one accepted socket until it closes: takes its places (or
+/// refuses it), finishes TLS, then answers request after request until one
+/// upgrades to WebSocket or the connection ends.
 pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
     let tls = shard.security.tls.as_ref().filter(|_| side == Side::Public);
-    let public = side == Side::Public;
-    // The per-address caps: connections of any kind, then (below) those
-    // not yet upgraded. The admin listener is not counted, so a flood of the
-    // public one cannot lock monitoring out.
     let peer = tcp.peer_addr().ok().map(|peer| peer.ip());
-    let per_ip = |cap: Option<&Arc<IpCap>>, refusals: &Cell<u64>, what: &str| {
-        let Some(cap) = cap.filter(|_| public) else {
-            return Ok(None);
-        };
-        match peer.and_then(|ip| cap.try_acquire(ip)) {
-            Some(slot) => Ok(Some(slot)),
-            None => {
-                bump(refusals, 1);
-                let limit = cap.limit();
-                let msg = format!("at most {limit} {what} per client address");
-                Err(HttpError::new(429, "too_many_connections", msg))
-            }
-        }
-    };
-    // The second is counted until the connection is upgraded (the session
-    // then counts under max-connections) or ends.
-    let security = &shard.security;
-    let slots = per_ip(
-        security.ip_cap.as_ref(),
-        &shard.stats.ip_cap_refusals,
-        "connections",
-    )
-    .and_then(|ip_slot| {
-        let http = per_ip(
-            security.http_ip_cap.as_ref(),
-            &shard.stats.http_cap_refusals,
-            "HTTP connections (not upgraded)",
-        )?;
-        Ok((ip_slot, http))
-    });
-    let (mut ip_slot, mut http_ip_slot) = match slots {
-        Ok(slots) => slots,
+    let places = match take_places(&shard, peer, side) {
+        Ok(places) => places,
         Err(error) => {
             refuse_accepted(&shard, tcp, tls.is_some(), &error).await;
             return;
         }
     };
-    let mut http_slot = None;
-    if let (Side::Public, Some(cap)) = (side, &shard.security.http_cap) {
-        match cap.try_acquire() {
-            Some(slot) => http_slot = Some(slot),
-            None => {
-                bump(&shard.stats.http_cap_refusals, 1);
-                let error = HttpError::new(
-                    503,
-                    "too_many_connections",
-                    format!("server is at max-http-connections ({})", cap.limit()),
-                );
-                refuse_accepted(&shard, tcp, tls.is_some(), &error).await;
-                return;
-            }
-        }
-    }
-    let stream = match tls {
-        Some(acceptor) => {
-            let limit = shard.config.timeouts.handshake;
-            let handshake = glommio::timer::timeout(limit, async {
-                let accepted = async { Some(acceptor.accept(tcp).await) };
-                let stopped = async {
-                    shard.stopped().await;
-                    None
-                };
-                Ok(accepted.or(stopped).await)
-            })
-            .await;
-            match handshake {
-                Ok(Some(Ok(stream))) => SharedStream::new_tls(stream),
-                _ => {
-                    bump(&shard.stats.handshake_failures, 1);
-                    return;
-                }
-            }
-        }
-        None => SharedStream::new(tcp),
+    let Some(stream) = open_stream(&shard, tcp, tls).await else {
+        return;
     };
     let mut buf: Vec<u8> = Vec::new();
     loop {
@@ -138,11 +77,11 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
         let route = http::route(&head, shard.config.limits.max_subscriptions)
             .and_then(|route| admit_route(&shard, side, &head, route));
         let reply = match route {
-            Ok(Route::Health) => match crate::engine::all_up(&shard.engine_health) {
-                true => http::response(200, "text/plain", b"ok\n", keep_alive),
-                // A load balancer drains the node while its engine is down.
-                false => http::response(503, "text/plain", b"degraded\n", keep_alive),
-            },
+            Ok(Route::WebSocket(session)) => {
+                upgrade(&shard, side, stream, &head, session, buf, places).await;
+                return;
+            }
+            Ok(Route::Health) => health_answer(&shard, keep_alive),
             Ok(Route::Dashboard) => http::response(
                 200,
                 "text/html; charset=utf-8",
@@ -167,34 +106,7 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
                 channel,
                 cursor,
                 limit,
-            }) => {
-                let ask = protocol::PresenceAsk::Page {
-                    cursor: cursor.map(Into::into),
-                    limit,
-                };
-                let wait = shard.config.timeouts.shutdown.max(Duration::from_secs(1));
-                let answer = glommio::timer::timeout(wait, async {
-                    Ok(shard.presence_and_wait(&channel, ask).await)
-                })
-                .await;
-                match answer {
-                    Ok(Ok(Some(json))) => {
-                        http::response(200, "application/json", &json, keep_alive)
-                    }
-                    Ok(Err(error)) => http::error_response(
-                        &HttpError::new(404, error.code.as_str(), error.msg.into_owned()),
-                        keep_alive,
-                    ),
-                    _ => http::error_response(
-                        &HttpError::new(
-                            503,
-                            "unavailable",
-                            "the channel's owner shard did not answer",
-                        ),
-                        keep_alive,
-                    ),
-                }
-            }
+            }) => presence_answer(&shard, &channel, cursor, limit, keep_alive).await,
             Ok(Route::Publish) => match publish(&shard, &stream, &head, &mut buf).await {
                 Ok((status, body)) => http::response(status, "application/json", &body, keep_alive),
                 Err(error) => body_error(&error, &head, &buf, keep_alive),
@@ -212,93 +124,274 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
             Ok(Route::Channels(query)) => {
                 json_or_error(shard.channels_answer(query).await, keep_alive)
             }
-            Ok(Route::WebSocket(session)) => {
-                let admitted = upgrade_permit(&shard, side, &head, &session)
-                    .and_then(|permit| admit(&shard).map(|()| permit));
-                let (permit, deadline_ms) = match admitted {
-                    Ok(admitted) => admitted,
-                    Err(error) => {
-                        if error.status == 401 {
-                            bump(&shard.stats.auth_failures, 1);
-                        }
-                        respond_and_close(&shard, &stream, &http::error_response(&error, false))
-                            .await;
-                        return;
-                    }
-                };
-                let key = head.ws_key.as_deref().unwrap_or_default();
-                let deflate = match head.ws_extensions.as_deref() {
-                    Some(offers) if shard.config.compression.enabled => {
-                        extension::negotiate(offers)
-                    }
-                    _ => None,
-                };
-                let agreed = deflate.as_ref().map(|a| a.response.as_str());
-                let subprotocol = session.subprotocol(head.ws_protocols.as_deref());
-                let response = http::switching_protocols(key, agreed, subprotocol);
-                // Bytes after the head already belong to the WebSocket stream.
-                let leftover = buf.split_off(head.len.min(buf.len()));
-                // Not held while the owners are synced below.
-                drop(std::mem::take(&mut buf));
-                let mut codec = session.codec().with_deflate(deflate.as_ref());
-                if subprotocol == Some(http::MSGPACK_PROTOCOL) {
-                    codec.protocol = Protocol::MsgPack;
-                }
-                let owners = shard.other_owners(&session.channels());
-                // Registered and subscribed before the response goes out,
-                // but written to only after it (see `Outbox::hold`).
-                let conn = shard.register(stream, codec, session.batches());
-                conn.outbox.hold();
-                let limit = shard.security.publish_limit;
-                conn.admit(permit, deadline_ms, limit, ip_slot.take(), shard.now_ms());
-                let session = session::serve(shard.clone(), leftover, session, conn.clone());
-                // The owners have the subscriptions: whatever is published
-                // once the client has its response reaches it.
-                shard.sync_with(&owners).await;
-                let Some(stream) = conn.outbox.stream() else {
-                    return;
-                };
-                if !write_response(&shard, stream, &response).await {
-                    // Unregisters the connection (and frees its slot).
-                    drop(session);
-                    return;
-                }
-                conn.outbox.release();
-                drop(http_slot.take());
-                drop(http_ip_slot.take());
-                // The session is a task of its own, so this task's handshake
-                // state is freed instead of living as long as the connection.
-                // Shutdown waits for it through the shard's connection count
-                // (see `Shard::gate`).
-                glommio::spawn_local(PanicsCounted {
-                    session,
-                    stats: shard.stats.clone(),
-                })
-                .detach();
-                return;
-            }
-            Err(error) => {
-                bump(&shard.stats.handshake_failures, 1);
-                if error.status == 401 {
-                    bump(&shard.stats.auth_failures, 1);
-                }
-                // A body left unread would be parsed as the next request.
-                http::error_response(&error, keep_alive && body_buffered(&head, &buf))
-            }
+            Err(error) => refused_request(&shard, &error, &head, &buf, keep_alive),
         };
-        // Counted against the memory budget until written or dropped.
-        let reply = HeldAnswer::new(&shard.stats, reply);
-        let keep_alive = keep_alive && reply_keeps_alive(&reply) && body_buffered(&head, &buf);
-        if !keep_alive {
-            respond_and_close(&shard, &stream, &reply).await;
-            return;
-        }
-        if !write_response(&shard, &stream, &reply).await {
+        if !send_reply(&shard, &stream, &head, &buf, reply, keep_alive).await {
             return;
         }
         let consumed = (head.len + head.content_length.unwrap_or(0)).min(buf.len());
         buf.drain(..consumed);
     }
+}
+
+/// The places an accepted public socket holds: its address's connection
+/// slot (`--max-connections-per-ip`, handed to the session on upgrade),
+/// and until it upgrades or ends, its address's not-yet-upgraded slot
+/// (`--max-http-connections-per-ip`) and one of `--max-http-connections`.
+/// The admin listener holds none, so a flood of the public one cannot lock
+/// monitoring out.
+#[derive(Default)]
+struct Places {
+    ip: Option<IpSlot>,
+    /// Held (given back when dropped).
+    _http_ip: Option<IpSlot>,
+    /// Held (given back when dropped).
+    _http: Option<HttpSlot>,
+}
+
+/// Takes the places a socket accepted on `side` from `peer` needs, or the
+/// refusal: 429 when its address has its share, 503 at
+/// `--max-http-connections` (each refusal counted).
+fn take_places(shard: &Shard, peer: Option<IpAddr>, side: Side) -> Result<Places, HttpError> {
+    if side == Side::Admin {
+        return Ok(Places::default());
+    }
+    let (security, stats) = (&shard.security, &shard.stats);
+    let ip = address_place(
+        security.ip_cap.as_ref(),
+        peer,
+        &stats.ip_cap_refusals,
+        "connections",
+    )?;
+    let http_ip = address_place(
+        security.http_ip_cap.as_ref(),
+        peer,
+        &stats.http_cap_refusals,
+        "HTTP connections (not upgraded)",
+    )?;
+    let http = match &security.http_cap {
+        None => None,
+        Some(cap) => Some(cap.try_acquire().ok_or_else(|| {
+            bump(&stats.http_cap_refusals, 1);
+            let msg = format!("server is at max-http-connections ({})", cap.limit());
+            HttpError::new(503, "too_many_connections", msg)
+        })?),
+    };
+    Ok(Places {
+        ip,
+        _http_ip: http_ip,
+        _http: http,
+    })
+}
+
+/// A place among `cap`'s for `peer`'s address (none to take without a
+/// cap), or a 429 counted in `refusals`; `what` names what is capped.
+fn address_place(
+    cap: Option<&Arc<IpCap>>,
+    peer: Option<IpAddr>,
+    refusals: &Cell<u64>,
+    what: &str,
+) -> Result<Option<IpSlot>, HttpError> {
+    let Some(cap) = cap else {
+        return Ok(None);
+    };
+    match peer.and_then(|ip| cap.try_acquire(ip)) {
+        Some(slot) => Ok(Some(slot)),
+        None => {
+            bump(refusals, 1);
+            let limit = cap.limit();
+            let msg = format!("at most {limit} {what} per client address");
+            Err(HttpError::new(429, "too_many_connections", msg))
+        }
+    }
+}
+
+/// The accepted socket as a stream, over TLS when `tls` is given once its
+/// handshake is done within `--handshake-timeout`; `None` (counted) when the
+/// handshake fails, is late, or shutdown begins meanwhile.
+async fn open_stream(
+    shard: &Shard,
+    tcp: TcpStream,
+    tls: Option<&TlsAcceptor>,
+) -> Option<SharedStream> {
+    let Some(acceptor) = tls else {
+        return Some(SharedStream::new(tcp));
+    };
+    let limit = shard.config.timeouts.handshake;
+    let handshake = glommio::timer::timeout(limit, async {
+        let accepted = async { Some(acceptor.accept(tcp).await) };
+        let stopped = async {
+            shard.stopped().await;
+            None
+        };
+        Ok(accepted.or(stopped).await)
+    })
+    .await;
+    match handshake {
+        Ok(Some(Ok(stream))) => Some(SharedStream::new_tls(stream)),
+        _ => {
+            bump(&shard.stats.handshake_failures, 1);
+            None
+        }
+    }
+}
+
+/// Upgrades to WebSocket: admits the connection (its permit, a connection
+/// slot), registers and subscribes it, has the channels' owners in step,
+/// answers 101 and hands the connection to its session, a task of its own.
+/// Ends this socket's HTTP life whatever happens; a refusal is answered
+/// and the socket closed.
+async fn upgrade(
+    shard: &Rc<Shard>,
+    side: Side,
+    stream: SharedStream,
+    head: &Head,
+    session: http::Session,
+    mut buf: Vec<u8>,
+    mut places: Places,
+) {
+    let admitted = upgrade_permit(shard, side, head, &session)
+        .and_then(|permit| admit(shard).map(|()| permit));
+    let (permit, deadline_ms) = match admitted {
+        Ok(admitted) => admitted,
+        Err(error) => {
+            if error.status == 401 {
+                bump(&shard.stats.auth_failures, 1);
+            }
+            respond_and_close(shard, &stream, &http::error_response(&error, false)).await;
+            return;
+        }
+    };
+    let key = head.ws_key.as_deref().unwrap_or_default();
+    let deflate = match head.ws_extensions.as_deref() {
+        Some(offers) if shard.config.compression.enabled => extension::negotiate(offers),
+        _ => None,
+    };
+    let agreed = deflate.as_ref().map(|a| a.response.as_str());
+    let subprotocol = session.subprotocol(head.ws_protocols.as_deref());
+    let response = http::switching_protocols(key, agreed, subprotocol);
+    // Bytes after the head already belong to the WebSocket stream.
+    let leftover = buf.split_off(head.len.min(buf.len()));
+    // Not held while the owners are synced below.
+    drop(buf);
+    let mut codec = session.codec().with_deflate(deflate.as_ref());
+    if subprotocol == Some(http::MSGPACK_PROTOCOL) {
+        codec.protocol = Protocol::MsgPack;
+    }
+    let owners = shard.other_owners(&session.channels());
+    // Registered and subscribed before the response goes out,
+    // but written to only after it (see `Outbox::hold`).
+    let conn = shard.register(stream, codec, session.batches());
+    conn.outbox.hold();
+    let limit = shard.security.publish_limit;
+    conn.admit(permit, deadline_ms, limit, places.ip.take(), shard.now_ms());
+    let session = session::serve(shard.clone(), leftover, session, conn.clone());
+    // The owners have the subscriptions: whatever is published
+    // once the client has its response reaches it.
+    shard.sync_with(&owners).await;
+    let Some(stream) = conn.outbox.stream() else {
+        return;
+    };
+    if !write_response(shard, stream, &response).await {
+        // Unregisters the connection (and frees its slot).
+        drop(session);
+        return;
+    }
+    conn.outbox.release();
+    // The HTTP places are given back: the session counts under
+    // max-connections.
+    drop(places);
+    // The session is a task of its own, so this task's handshake
+    // state is freed instead of living as long as the connection.
+    // Shutdown waits for it through the shard's connection count
+    // (see `Shard::gate`).
+    glommio::spawn_local(PanicsCounted {
+        session,
+        stats: shard.stats.clone(),
+    })
+    .detach();
+}
+
+/// `GET /health`: 200 while every engine link is up; 503 `degraded`
+/// otherwise, so a load balancer drains the node while its engine is down.
+fn health_answer(shard: &Shard, keep_alive: bool) -> Vec<u8> {
+    match crate::engine::all_up(&shard.engine_health) {
+        true => http::response(200, "text/plain", b"ok\n", keep_alive),
+        false => http::response(503, "text/plain", b"degraded\n", keep_alive),
+    }
+}
+
+/// `GET /api/presence/<ch>`: a page of the channel's members from its
+/// owner shard, which has `--shutdown-timeout` (at least 1 s) to answer.
+async fn presence_answer(
+    shard: &Rc<Shard>,
+    channel: &str,
+    cursor: Option<String>,
+    limit: usize,
+    keep_alive: bool,
+) -> Vec<u8> {
+    let ask = protocol::PresenceAsk::Page {
+        cursor: cursor.map(Into::into),
+        limit,
+    };
+    let wait = shard.config.timeouts.shutdown.max(Duration::from_secs(1));
+    let answer = glommio::timer::timeout(wait, async {
+        Ok(shard.presence_and_wait(channel, ask).await)
+    })
+    .await;
+    match answer {
+        Ok(Ok(Some(json))) => http::response(200, "application/json", &json, keep_alive),
+        Ok(Err(error)) => http::error_response(
+            &HttpError::new(404, error.code.as_str(), error.msg.into_owned()),
+            keep_alive,
+        ),
+        _ => http::error_response(
+            &HttpError::new(
+                503,
+                "unavailable",
+                "the channel's owner shard did not answer",
+            ),
+            keep_alive,
+        ),
+    }
+}
+
+/// The answer to a request refused before it was served (counted; a 401
+/// also as an authentication failure). The connection stays open only if
+/// the request's body, if any, was read whole: a body left unread would be
+/// parsed as the next request.
+fn refused_request(
+    shard: &Shard,
+    error: &HttpError,
+    head: &Head,
+    buf: &[u8],
+    keep_alive: bool,
+) -> Vec<u8> {
+    bump(&shard.stats.handshake_failures, 1);
+    if error.status == 401 {
+        bump(&shard.stats.auth_failures, 1);
+    }
+    http::error_response(error, keep_alive && body_buffered(head, buf))
+}
+
+/// Sends `reply` (counted against the memory budget until written or
+/// dropped); `true` if the connection stays open for the next request,
+/// else it was closed after the reply.
+async fn send_reply(
+    shard: &Shard,
+    stream: &SharedStream,
+    head: &Head,
+    buf: &[u8],
+    reply: Vec<u8>,
+    keep_alive: bool,
+) -> bool {
+    let reply = HeldAnswer::new(&shard.stats, reply);
+    let keep_alive = keep_alive && reply_keeps_alive(&reply) && body_buffered(head, buf);
+    if !keep_alive {
+        respond_and_close(shard, stream, &reply).await;
+        return false;
+    }
+    write_response(shard, stream, &reply).await
 }
 
 /// An HTTP answer held until its client takes it, counted in the shard's
