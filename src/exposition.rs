@@ -42,37 +42,37 @@ const GAUGES: [(&str, &str, Read); 12] = [
     (
         "shardcast_connections",
         "WebSocket connections open.",
-        |s| s.connections,
+        |s| s.holdings.connections,
     ),
     (
         "shardcast_subscriptions",
         "Subscriptions of this shard's connections.",
-        |s| s.subscriptions,
+        |s| s.holdings.subscriptions,
     ),
     (
         "shardcast_channels",
         "Channels with a subscriber on this shard.",
-        |s| s.channels,
+        |s| s.holdings.channels,
     ),
     (
         "shardcast_channels_owned",
         "Channels this shard orders.",
-        |s| s.channels_owned,
+        |s| s.holdings.channels_owned,
     ),
     (
         "shardcast_history_messages",
         "Publications kept in the history of the channels this shard owns.",
-        |s| s.history_messages,
+        |s| s.holdings.history_messages,
     ),
     (
         "shardcast_history_bytes",
         "Bytes counted for that history (bounded by history-max-bytes per shard).",
-        |s| s.history_bytes,
+        |s| s.holdings.history_bytes,
     ),
     (
         "shardcast_outbox_bytes",
         "Bytes waiting in connection queues.",
-        |s| s.outbox_bytes,
+        |s| s.holdings.outbox_bytes,
     ),
     (
         "shardcast_unfinished_message_bytes",
@@ -82,22 +82,22 @@ const GAUGES: [(&str, &str, Read); 12] = [
     (
         "shardcast_memory_counted_bytes",
         "Bytes counted against the shard's memory budget: connections, queues, unfinished messages, history, idempotency keys, HTTP answers not yet taken.",
-        |s| s.memory_counted_bytes,
+        |s| s.holdings.memory_counted_bytes,
     ),
     (
         "shardcast_memory_budget_bytes",
         "The shard's memory budget (max-memory divided by the shards).",
-        |s| s.memory_budget_bytes,
+        |s| s.holdings.memory_budget_bytes,
     ),
     (
         "shardcast_uptime_seconds",
         "Seconds since the shard started.",
-        |s| s.uptime_s as u64,
+        |s| s.identity.uptime_s as u64,
     ),
     (
         "shardcast_engine_up",
         "1 while the shard's links to the cluster engine are up (always with the memory engine); 0 makes /health answer 503.",
-        |s| u64::from(s.engine_up),
+        |s| u64::from(s.engine.engine_up),
     ),
 ];
 
@@ -161,7 +161,12 @@ fn write_gauges_and_counters(out: &mut String, shards: &[ShardSnapshot]) {
     for (name, help, read) in GAUGES {
         family(out, name, "gauge", help);
         for s in shards {
-            sample(out, name, &[("shard", &s.shard.to_string())], read(s));
+            sample(
+                out,
+                name,
+                &[("shard", &s.identity.shard.to_string())],
+                read(s),
+            );
         }
     }
     for counter in COUNTERS {
@@ -169,7 +174,12 @@ fn write_gauges_and_counters(out: &mut String, shards: &[ShardSnapshot]) {
         family(out, name, "counter", &counter.help());
         for s in shards {
             let value = (counter.read)(&s.counters);
-            sample(out, name, &[("shard", &s.shard.to_string())], value);
+            sample(
+                out,
+                name,
+                &[("shard", &s.identity.shard.to_string())],
+                value,
+            );
         }
     }
 }
@@ -184,7 +194,7 @@ fn write_closes(out: &mut String, shards: &[ShardSnapshot]) {
         "WebSocket connections closed, by reason.",
     );
     for s in shards {
-        let shard = s.shard.to_string();
+        let shard = s.identity.shard.to_string();
         for reason in CloseReason::ALL {
             let n = s.closed.get(reason.as_str()).copied().unwrap_or(0);
             sample(
@@ -207,12 +217,12 @@ fn write_mesh_queues(out: &mut String, shards: &[ShardSnapshot]) {
         "Messages waiting in a shard's queue to a peer shard.",
     );
     for s in shards {
-        let shard = s.shard.to_string();
+        let shard = s.identity.shard.to_string();
         for (peer, depth) in s
             .mesh_queue
             .iter()
             .enumerate()
-            .filter(|(p, _)| *p != s.shard)
+            .filter(|(p, _)| *p != s.identity.shard)
         {
             sample(
                 out,
@@ -234,15 +244,20 @@ fn write_engine_rtt(out: &mut String, shards: &[ShardSnapshot]) {
         "Round trip of the shard's requests to the cluster engine (Redis scripts and pings): sum and count.",
     );
     for s in shards {
-        let shard = s.shard.to_string();
+        let shard = s.identity.shard.to_string();
         let labels = [("shard", shard.as_str())];
         sample(
             out,
             &format!("{name}_sum"),
             &labels,
-            seconds(s.engine_rtt_us),
+            seconds(s.engine.engine_rtt_us),
         );
-        sample(out, &format!("{name}_count"), &labels, s.engine_replies);
+        sample(
+            out,
+            &format!("{name}_count"),
+            &labels,
+            s.engine.engine_replies,
+        );
     }
 }
 
@@ -286,10 +301,10 @@ fn write_latency(out: &mut String, shards: &[ShardSnapshot]) {
     );
     let bucket = format!("{name}_bucket");
     for s in shards {
-        let shard = s.shard.to_string();
+        let shard = s.identity.shard.to_string();
         let mut counts = [0u64; LATENCY_BUCKETS_US.len()];
         let mut total = 0;
-        if let Some(histogram) = &s.latency_histogram {
+        if let Some(histogram) = &s.latency.latency_histogram {
             for value in histogram.iter_recorded() {
                 let at = value.value_iterated_to();
                 let n = value.count_at_value();
@@ -310,7 +325,7 @@ fn write_latency(out: &mut String, shards: &[ShardSnapshot]) {
             out,
             &format!("{name}_sum"),
             &[("shard", &shard)],
-            seconds(s.latency_sum_us),
+            seconds(s.latency.latency_sum_us),
         );
         sample(out, &format!("{name}_count"), &[("shard", &shard)], total);
     }
@@ -323,9 +338,9 @@ fn write_latency(out: &mut String, shards: &[ShardSnapshot]) {
         "The same latency as exact quantiles since the shard started.",
     );
     for s in shards {
-        let shard = s.shard.to_string();
+        let shard = s.identity.shard.to_string();
         for (quantile, read) in QUANTILES {
-            let value = seconds(read(&s.latency_total_us));
+            let value = seconds(read(&s.latency.latency_total_us));
             sample(
                 out,
                 name,
@@ -337,13 +352,13 @@ fn write_latency(out: &mut String, shards: &[ShardSnapshot]) {
             out,
             &format!("{name}_sum"),
             &[("shard", &shard)],
-            seconds(s.latency_sum_us),
+            seconds(s.latency.latency_sum_us),
         );
         sample(
             out,
             &format!("{name}_count"),
             &[("shard", &shard)],
-            s.latency_total_us.count,
+            s.latency.latency_total_us.count,
         );
     }
 }

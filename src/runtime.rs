@@ -247,7 +247,7 @@ impl Server {
                 Err(_) => break,
             }
         }
-        totals.sort_by_key(|s| s.shard);
+        totals.sort_by_key(|s| s.identity.shard);
         Ok(totals)
     }
 }

@@ -16,13 +16,49 @@ use crate::{
 };
 
 /// One shard's figures. Counters are totals since the shard started; gauges
-/// (connections, subscriptions, channels, queue sizes) are current.
+/// (connections, subscriptions, channels, queue sizes) are current. Its
+/// parts are flattened: the JSON (`/api/stats`, `$stats`) is one object.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ShardSnapshot {
+    #[serde(flatten)]
+    pub identity: Identity,
+    #[serde(flatten)]
+    pub engine: EngineFigures,
+    #[serde(flatten)]
+    pub holdings: Holdings,
+    /// Payload bytes of unfinished incoming messages now.
+    pub unfinished_bytes: u64,
+    /// Messages waiting in this shard's queue to each peer (index = peer;
+    /// always 0 for the shard itself).
+    pub mesh_queue: Vec<u64>,
+    pub connections_closed: u64,
+    /// Every counter of the table in `stats.rs`, at the top level.
+    #[serde(flatten)]
+    pub counters: CounterValues,
+    /// Closed connections by reason (`normal`, `slow_consumer`, ...).
+    pub closed: BTreeMap<&'static str, u64>,
+    #[serde(flatten)]
+    pub latency: LatencyFigures,
+    pub process: ProcessStats,
+}
+
+/// Which shard of which node, where and since when.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Identity {
     pub shard: usize,
     pub shards: usize,
     /// The node this shard is part of (`--node-id`).
     pub node: String,
+    /// The CPU the shard is pinned to (`null`: unpinned).
+    pub cpu: Option<usize>,
+    /// Unix time of the snapshot, in milliseconds.
+    pub time_ms: u64,
+    pub uptime_s: f64,
+}
+
+/// The cluster engine as this shard sees it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EngineFigures {
     /// The cluster engine, and whether this shard's links to it are up
     /// (always with `memory`).
     pub engine: &'static str,
@@ -30,16 +66,17 @@ pub struct ShardSnapshot {
     /// Requests to the engine answered, and their round trips summed (µs).
     pub engine_replies: u64,
     pub engine_rtt_us: u64,
-    /// The CPU the shard is pinned to (`null`: unpinned).
-    pub cpu: Option<usize>,
-    /// Unix time of the snapshot, in milliseconds.
-    pub time_ms: u64,
-    pub uptime_s: f64,
+}
+
+/// What a shard holds now (gauges), summed over shards in the totals.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Holdings {
     /// WebSocket connections open now.
     pub connections: u64,
     /// Subscriptions of this shard's connections.
     pub subscriptions: u64,
-    /// Channels with a subscriber on this shard.
+    /// Channels with a subscriber on this shard (summed over shards, a
+    /// channel with subscribers on two shards counts twice).
     pub channels: u64,
     /// Channels this shard orders (owns).
     pub channels_owned: u64,
@@ -47,26 +84,34 @@ pub struct ShardSnapshot {
     pub history_messages: u64,
     /// Bytes counted for that history (bounded by `history-max-bytes`).
     pub history_bytes: u64,
-    pub connections_closed: u64,
-    /// Every counter of the table in `stats.rs`, at the top level.
-    #[serde(flatten)]
-    pub counters: CounterValues,
-    /// Closed connections by reason (`normal`, `slow_consumer`, ...).
-    pub closed: BTreeMap<&'static str, u64>,
     /// Bytes waiting in this shard's connection queues now.
     pub outbox_bytes: u64,
-    /// Messages waiting in this shard's queue to each peer (index = peer;
-    /// always 0 for the shard itself).
-    pub mesh_queue: Vec<u64>,
     /// Bytes counted against this shard's memory budget now.
     pub memory_counted_bytes: u64,
     /// This shard's memory budget (`max-memory` / shards).
     pub memory_budget_bytes: u64,
-    /// Payload bytes of unfinished incoming messages now.
-    pub unfinished_bytes: u64,
-    /// Publish→write latency over the last completed second.
+}
+
+impl Holdings {
+    fn add(&mut self, other: &Holdings) {
+        self.connections += other.connections;
+        self.subscriptions += other.subscriptions;
+        self.channels += other.channels;
+        self.channels_owned += other.channels_owned;
+        self.history_messages += other.history_messages;
+        self.history_bytes += other.history_bytes;
+        self.outbox_bytes += other.outbox_bytes;
+        self.memory_counted_bytes += other.memory_counted_bytes;
+        self.memory_budget_bytes += other.memory_budget_bytes;
+    }
+}
+
+/// Publish→write latency.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LatencyFigures {
+    /// Over the last completed second.
     pub latency_us: LatencySummary,
-    /// Publish→write latency since the shard started.
+    /// Since the shard started.
     pub latency_total_us: LatencySummary,
     /// Sum of every latency recorded, in µs (the histogram's `_sum`).
     pub latency_sum_us: u64,
@@ -74,27 +119,17 @@ pub struct ShardSnapshot {
     /// in snapshots taken for a scrape.
     #[serde(skip)]
     pub latency_histogram: Option<Box<Histogram<u64>>>,
-    pub process: ProcessStats,
 }
 
 /// Counters summed over every shard that answered.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Totals {
-    pub connections: u64,
-    pub subscriptions: u64,
-    /// Local channels summed over shards (a channel with subscribers on two
-    /// shards counts twice).
-    pub channels: u64,
-    pub channels_owned: u64,
-    pub history_messages: u64,
-    pub history_bytes: u64,
+    #[serde(flatten)]
+    pub holdings: Holdings,
     pub connections_closed: u64,
     #[serde(flatten)]
     pub counters: CounterValues,
     pub closed: BTreeMap<&'static str, u64>,
-    pub outbox_bytes: u64,
-    pub memory_counted_bytes: u64,
-    pub memory_budget_bytes: u64,
     /// Latency since start over all shards (histograms merged).
     pub latency_total_us: LatencySummary,
 }
@@ -118,13 +153,13 @@ pub struct ServerStats {
 impl ServerStats {
     /// Builds the report from the snapshots gathered (sorted by shard).
     pub fn new(shards: usize, mut per_shard: Vec<ShardSnapshot>) -> Self {
-        per_shard.sort_by_key(|s| s.shard);
+        per_shard.sort_by_key(|s| s.identity.shard);
         let process = ProcessStats::read();
         let node = per_shard
             .first()
-            .map(|s| s.node.clone())
+            .map(|s| s.identity.node.clone())
             .unwrap_or_default();
-        let engine = per_shard.first().map_or("memory", |s| s.engine);
+        let engine = per_shard.first().map_or("memory", |s| s.engine.engine);
         ServerStats {
             version: env!("CARGO_PKG_VERSION"),
             node,
@@ -143,21 +178,13 @@ impl Totals {
         let mut total = Totals::default();
         let mut merged: Option<Histogram<u64>> = None;
         for s in snapshots {
-            total.connections += s.connections;
-            total.subscriptions += s.subscriptions;
-            total.channels += s.channels;
-            total.channels_owned += s.channels_owned;
-            total.history_messages += s.history_messages;
-            total.history_bytes += s.history_bytes;
+            total.holdings.add(&s.holdings);
             total.connections_closed += s.connections_closed;
             total.counters.add(&s.counters);
             for (reason, n) in &s.closed {
                 *total.closed.entry(reason).or_default() += n;
             }
-            total.outbox_bytes += s.outbox_bytes;
-            total.memory_counted_bytes += s.memory_counted_bytes;
-            total.memory_budget_bytes += s.memory_budget_bytes;
-            if let Some(histogram) = &s.latency_histogram {
+            if let Some(histogram) = &s.latency.latency_histogram {
                 match merged.as_mut() {
                     Some(all) => {
                         let _ = all.add(histogram.as_ref());
@@ -183,10 +210,19 @@ mod tests {
             histogram.record(l).unwrap();
         }
         ShardSnapshot {
-            shard: id,
-            connections,
+            identity: Identity {
+                shard: id,
+                ..Identity::default()
+            },
+            holdings: Holdings {
+                connections,
+                ..Holdings::default()
+            },
             closed: [("normal", 1), ("slow_consumer", id as u64)].into(),
-            latency_histogram: Some(Box::new(histogram)),
+            latency: LatencyFigures {
+                latency_histogram: Some(Box::new(histogram)),
+                ..LatencyFigures::default()
+            },
             ..ShardSnapshot::default()
         }
     }
@@ -194,8 +230,8 @@ mod tests {
     #[test]
     fn totals_sum_shards_and_merge_latency() {
         let stats = ServerStats::new(2, vec![shard(1, 5, &[1000]), shard(0, 7, &[10, 20])]);
-        assert_eq!(stats.per_shard[0].shard, 0, "sorted by shard");
-        assert_eq!(stats.total.connections, 12);
+        assert_eq!(stats.per_shard[0].identity.shard, 0, "sorted by shard");
+        assert_eq!(stats.total.holdings.connections, 12);
         assert_eq!(stats.total.closed["normal"], 2);
         assert_eq!(stats.total.closed["slow_consumer"], 1);
         assert_eq!(stats.total.latency_total_us.count, 3);

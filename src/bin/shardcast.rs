@@ -316,9 +316,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let totals = server.wait().context("shardcast stopped with an error")?;
     for s in totals {
         tracing::info!(
-            shard = s.shard,
+            shard = s.identity.shard,
             connections_opened = s.counters.connections_opened,
-            connections_left = s.connections,
+            connections_left = s.holdings.connections,
             messages_published = s.counters.messages_published,
             messages_ordered = s.counters.messages_ordered,
             messages_delivered = s.counters.messages_delivered,
@@ -327,7 +327,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             frames_dropped = s.counters.frames_dropped,
             slow_consumers = s.closed.get("slow_consumer").copied().unwrap_or(0),
             heartbeat_timeouts = s.closed.get("heartbeat_timeout").copied().unwrap_or(0),
-            latency_p99_us = s.latency_total_us.p99,
+            latency_p99_us = s.latency.latency_total_us.p99,
             "shard stopped"
         );
     }

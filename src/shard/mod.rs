@@ -1311,7 +1311,7 @@ mod tests {
             assert_eq!(to.shard(), 0, "answered to the shard that asked");
             let answer = |shard_id| {
                 let mut snapshot = shard.snapshot(false);
-                snapshot.shard = shard_id;
+                snapshot.identity.shard = shard_id;
                 MeshMsg::Answer(to, Answer::Snapshot(Box::new(snapshot)))
             };
             shard.handle_mesh(answer(1));

@@ -15,7 +15,7 @@ use crate::{
     process::{self, ProcessStats},
     protocol::PayloadKind,
     publication::Payload,
-    snapshot::{ServerStats, ShardSnapshot},
+    snapshot::{EngineFigures, Holdings, Identity, LatencyFigures, ServerStats, ShardSnapshot},
     stats::LatencySummary,
 };
 
@@ -37,42 +37,50 @@ impl Shard {
         let latency = stats.latency.borrow();
         let since_start = latency.since_start();
         ShardSnapshot {
-            shard: self.id,
-            shards: self.shards,
-            node: self.config.engine.node_id.clone(),
-            engine: self.config.engine.kind.as_str(),
-            engine_up: self
-                .engine
-                .as_ref()
-                .is_none_or(crate::engine::Engine::is_up),
-            engine_replies: stats.engine_replies.get(),
-            engine_rtt_us: stats.engine_rtt_us.get(),
-            cpu: self.cpu,
-            time_ms: (process::unix_seconds() * 1e3) as u64,
-            uptime_s: self.started.elapsed().as_secs_f64(),
-            connections: self.connection_count() as u64,
-            subscriptions,
-            channels: self.channel_count() as u64,
-            channels_owned: self.owned_channel_count() as u64,
-            history_messages: self.history_len() as u64,
-            history_bytes: self.history_bytes() as u64,
+            identity: Identity {
+                shard: self.id,
+                shards: self.shards,
+                node: self.config.engine.node_id.clone(),
+                cpu: self.cpu,
+                time_ms: (process::unix_seconds() * 1e3) as u64,
+                uptime_s: self.started.elapsed().as_secs_f64(),
+            },
+            engine: EngineFigures {
+                engine: self.config.engine.kind.as_str(),
+                engine_up: self
+                    .engine
+                    .as_ref()
+                    .is_none_or(crate::engine::Engine::is_up),
+                engine_replies: stats.engine_replies.get(),
+                engine_rtt_us: stats.engine_rtt_us.get(),
+            },
+            holdings: Holdings {
+                connections: self.connection_count() as u64,
+                subscriptions,
+                channels: self.channel_count() as u64,
+                channels_owned: self.owned_channel_count() as u64,
+                history_messages: self.history_len() as u64,
+                history_bytes: self.history_bytes() as u64,
+                outbox_bytes,
+                memory_counted_bytes: self.memory_use().counted(),
+                memory_budget_bytes: self.memory_budget(),
+            },
+            unfinished_bytes: stats.unfinished_bytes.get(),
+            mesh_queue: (0..self.shards)
+                .map(|peer| self.links.depth(peer) as u64)
+                .collect(),
             connections_closed: stats.connections_closed(),
             counters: stats.counter_values(),
             closed: CloseReason::ALL
                 .iter()
                 .map(|r| (r.as_str(), stats.closed_for(*r)))
                 .collect(),
-            outbox_bytes,
-            mesh_queue: (0..self.shards)
-                .map(|peer| self.links.depth(peer) as u64)
-                .collect(),
-            memory_counted_bytes: self.memory_use().counted(),
-            memory_budget_bytes: self.memory_budget(),
-            unfinished_bytes: stats.unfinished_bytes.get(),
-            latency_us: latency.last_second(),
-            latency_total_us: LatencySummary::of(&since_start),
-            latency_sum_us: latency.sum_us(),
-            latency_histogram: for_scrape.then(|| Box::new(since_start)),
+            latency: LatencyFigures {
+                latency_us: latency.last_second(),
+                latency_total_us: LatencySummary::of(&since_start),
+                latency_sum_us: latency.sum_us(),
+                latency_histogram: for_scrape.then(|| Box::new(since_start)),
+            },
             process: ProcessStats::read(),
         }
     }
@@ -95,7 +103,10 @@ impl Shard {
                         break;
                     };
                     // One snapshot per shard, whatever a peer sends.
-                    if !snapshots.iter().any(|s| s.shard == snapshot.shard) {
+                    if !snapshots
+                        .iter()
+                        .any(|s| s.identity.shard == snapshot.identity.shard)
+                    {
                         snapshots.push(snapshot);
                     }
                 }
