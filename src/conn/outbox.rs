@@ -402,6 +402,22 @@ impl Outbox {
         self.enqueue(Queued::new(frame, 0))
     }
 
+    /// Everything queued, in order, as written to a socket that takes it
+    /// all (counted as written): for a queue no flush pass writes, read by
+    /// the shard simulation's clients. Not batched: each is a whole frame.
+    #[cfg(test)]
+    pub fn take_queued(&self) -> Vec<Bytes> {
+        debug_assert!(!self.batch, "batched pieces are not whole frames");
+        let frames: Vec<Bytes> = self
+            .frames
+            .borrow()
+            .iter()
+            .map(|f| f.bytes.clone())
+            .collect();
+        self.consume(frames.iter().map(Bytes::len).sum());
+        frames
+    }
+
     /// The byte bound of the queue.
     pub fn limit(&self) -> usize {
         self.limit

@@ -17,6 +17,8 @@ mod presence;
 mod run;
 mod serve;
 mod session;
+#[cfg(test)]
+mod simulation;
 
 use std::{
     cell::{Cell, RefCell},
@@ -338,6 +340,18 @@ impl Shard {
     /// stream its flush pass writes to.
     /// `batch`: its envelopes go batched into frames (`?batch=1`).
     pub fn register(&self, stream: SharedStream, codec: Codec, batch: bool) -> Rc<Conn> {
+        self.register_on(Some(stream), codec, batch)
+    }
+
+    /// Registers a connection without a socket, whose queue the test reads
+    /// by hand (`Outbox::take_queued`): the simulation's clients.
+    #[cfg(test)]
+    pub fn register_detached(&self, codec: Codec) -> Rc<Conn> {
+        self.register_on(None, codec, false)
+    }
+
+    /// [`Shard::register`], on `stream` if there is one.
+    fn register_on(&self, stream: Option<SharedStream>, codec: Codec, batch: bool) -> Rc<Conn> {
         let now = self.now_ms();
         let gen = self.next_gen.get().wrapping_add(1);
         self.next_gen.set(gen);
@@ -353,7 +367,7 @@ impl Shard {
             self.config.limits.max_queue_bytes,
             now,
             self.flusher.clone(),
-            Some(stream),
+            stream,
             batch,
         ));
         entry.insert(conn.clone());
