@@ -279,6 +279,20 @@ impl Outbox {
         Some(taken.conflated)
     }
 
+    /// Makes every queued publication final: none is replaced by a newer
+    /// one with its key any more. Called when a subscription to a
+    /// conflating channel ends or is replaced, so that what was queued for
+    /// it is delivered (before the `unsub` ack) and never taken by the
+    /// next subscription's publications (found by the shard simulation,
+    /// seed 33). The ids are hashes that do not name their channel, so the
+    /// other channels' queued publications are made final too: they are
+    /// delivered whole, as if the subscriber had kept up.
+    pub fn keep_queued_publications(&self) {
+        for frame in self.frames.borrow_mut().iter_mut() {
+            frame.conflation = 0;
+        }
+    }
+
     /// Appends a frame the caller decided to take, and marks the outbox
     /// dirty.
     fn enqueue(self: &Rc<Self>, entry: Queued) -> Pushed {
@@ -1089,6 +1103,18 @@ mod tests {
         assert_eq!(outbox.take_keyed(8), Some(0));
         assert_eq!(outbox.queued_bytes(), 1);
         assert_eq!(outbox.start_front().unwrap(), Bytes::from_static(b"1"));
+    }
+
+    #[test]
+    fn queued_publications_made_final_are_no_longer_taken_back() {
+        let outbox = outbox(1 << 20);
+        outbox.push_keyed(Bytes::from_static(b"a1"), 1, 7, 0);
+        outbox.keep_queued_publications();
+        assert_eq!(outbox.take_keyed(7), None, "final");
+        // Later ones conflate as before.
+        outbox.push_keyed(Bytes::from_static(b"a2"), 1, 7, 0);
+        assert_eq!(outbox.take_keyed(7), Some(0));
+        assert_eq!(outbox.queued_bytes(), 2, "a1 stays");
     }
 
     #[test]

@@ -452,7 +452,7 @@ impl Shard {
         // A replaced subscription stays a member: no leave, no join.
         let replaced = conn.remove_subscription(name);
         if let Some(slot) = replaced {
-            self.remove_subscriber(name, slot);
+            self.end_subscription(conn, name, slot);
         }
         if conn.subscription_count() >= self.config.limits.max_subscriptions {
             return Err(OpError::new(
@@ -595,12 +595,22 @@ impl Shard {
                 id,
             ));
         };
-        self.remove_subscriber(name, slot);
+        self.end_subscription(conn, name, slot);
         self.member_changed(name, conn, false);
         if let Some(id) = id {
             conn.send(conn.codec.ack(id, None));
         }
         Ok(())
+    }
+
+    /// `conn`'s subscription in `slot` of `name` ends (an `unsub`, or a
+    /// `sub` replacing it): what was queued for it stays as it is, never
+    /// replaced by a later subscription's keyed publications.
+    fn end_subscription(&self, conn: &Conn, name: &str, slot: u32) {
+        self.remove_subscriber(name, slot);
+        if self.conflates(name) {
+            conn.outbox.keep_queued_publications();
+        }
     }
 
     fn remove_subscriber(&self, name: &str, slot: u32) {

@@ -113,9 +113,10 @@ struct Stream {
     /// an earlier subscriber, publications older than the `sub` (then a
     /// gap to the first one the owner sent after hearing of it).
     exact: bool,
-    /// Its `conflated` counts can be checked: an exact stream (with
-    /// [`TOLERATE_CONFLATION_ACROSS_SUBSCRIPTIONS`], only the connection's
-    /// first of this channel).
+    /// Its `conflated` counts can be checked: an exact stream. (A keyed
+    /// publication used to replace one queued for an earlier subscription
+    /// of the channel on the connection, seed 33; `Shard::end_subscription`
+    /// makes those final.)
     accounts: bool,
     /// The first `seq` it must hold (`None`: not acknowledged, and nothing
     /// read yet).
@@ -140,24 +141,12 @@ impl Stream {
     }
 }
 
-/// A known bug, tolerated so that the runs check everything else: fan-out
-/// (`Subscriptions::fan_out`, core) conflates a keyed publication with any
-/// frame of the channel and key still in the connection's queue, also one
-/// queued for an earlier subscription of the channel on the connection
-/// (since replaced, or unsubscribed and acknowledged). That frame leaves
-/// the earlier stream (a gap there) and is counted in `conflated` on the
-/// later one, which then accounts for a publication before its ack's `seq`
-/// (the JS client reports `bad_conflation`). `false` shows it: seed 33.
-const TOLERATE_CONFLATION_ACROSS_SUBSCRIPTIONS: bool = true;
-
 /// Checks the invariants of one run.
 pub(super) struct Checker {
     history_size: u64,
     channels: BTreeMap<String, Channel>,
     /// By client and channel.
     streams: BTreeMap<usize, BTreeMap<String, Stream>>,
-    /// The channels each client's connection has had a stream of.
-    streamed: BTreeMap<usize, BTreeSet<String>>,
     /// Resumes answered `recovered:false` though history held what they
     /// missed: each must be a replay the shard refused (it counts them).
     unexplained_unrecovered: u64,
@@ -174,7 +163,6 @@ impl Checker {
             history_size: setup.history_size as u64,
             channels: BTreeMap::new(),
             streams: BTreeMap::new(),
-            streamed: BTreeMap::new(),
             unexplained_unrecovered: 0,
             violation: None,
             counts: Counts::default(),
@@ -267,12 +255,7 @@ impl Checker {
     }
 
     /// A new stream of `ch` for `client`, in place of the one before.
-    fn start_stream(&mut self, client: usize, ch: &str, mut stream: Stream) {
-        let streamed = self.streamed.entry(client).or_default();
-        if TOLERATE_CONFLATION_ACROSS_SUBSCRIPTIONS && streamed.contains(ch) {
-            stream.accounts = false;
-        }
-        streamed.insert(ch.to_owned());
+    fn start_stream(&mut self, client: usize, ch: &str, stream: Stream) {
         self.streams
             .entry(client)
             .or_default()
@@ -373,7 +356,6 @@ impl Checker {
     /// Every stream of `client` ended with its connection.
     pub(super) fn disconnected(&mut self, client: usize) {
         self.streams.remove(&client);
-        self.streamed.remove(&client);
     }
 
     /// A publication's ack: it got `seq`; `floor`: the highest `seq` seen
