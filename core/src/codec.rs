@@ -170,6 +170,7 @@ pub struct PublicationFrames<'a> {
 }
 
 impl<'a> PublicationFrames<'a> {
+    #[inline]
     pub fn new(channel: &'a str, seq: u64, payload: &'a Payload, delta: Option<&'a Bytes>) -> Self {
         PublicationFrames {
             channel,
@@ -184,6 +185,7 @@ impl<'a> PublicationFrames<'a> {
 
     /// The delta frame for a subscriber with `codec` that was sent the
     /// publication before, if the owner made a delta (JSON protocol only).
+    #[inline]
     pub fn delta(&mut self, codec: Codec) -> Option<&Bytes> {
         let delta = self.delta.filter(|_| codec.protocol == Protocol::Json)?;
         let (channel, seq) = (self.channel, self.seq);
@@ -211,6 +213,7 @@ impl<'a> PublicationFrames<'a> {
     /// The frame for a subscriber with `codec`: compressed when it
     /// negotiated permessage-deflate, compression pays and the message fits
     /// its window; uncompressed otherwise.
+    #[inline]
     pub fn frame(&mut self, codec: Codec, deflater: &mut Deflater) -> &Bytes {
         let at = codec.protocol as usize;
         let (channel, seq, payload) = (self.channel, self.seq, self.payload);

@@ -92,6 +92,7 @@ impl std::io::Write for FrameBuilder {
 }
 
 /// The payload of a whole server frame built here (its header skipped).
+#[inline]
 pub fn payload_of(frame: &[u8]) -> &[u8] {
     let header_len = match frame.get(1).map(|b| b & 0x7f) {
         Some(126) => 4,
@@ -102,6 +103,7 @@ pub fn payload_of(frame: &[u8]) -> &[u8] {
 }
 
 /// Whether a server frame built here has RSV1 set (a compressed message).
+#[inline]
 pub fn is_compressed(frame: &[u8]) -> bool {
     frame.first().is_some_and(|b| b & 0x40 != 0)
 }

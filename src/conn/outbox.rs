@@ -235,6 +235,7 @@ impl Outbox {
     /// Queues the frame of a publication that conflates under `conflation`
     /// (`publication::conflation_id` of its channel and key; 0: none),
     /// having replaced `conflated` older ones.
+    #[inline]
     pub fn push_keyed(
         self: &Rc<Self>,
         frame: Bytes,
@@ -295,6 +296,7 @@ impl Outbox {
 
     /// Appends a frame the caller decided to take, and marks the outbox
     /// dirty.
+    #[inline]
     fn enqueue(self: &Rc<Self>, entry: Queued) -> Pushed {
         self.set_queued(self.queued_bytes.get() + entry.bytes.len());
         let mut frames = self.frames.borrow_mut();
@@ -313,6 +315,7 @@ impl Outbox {
 
     /// Puts the outbox on its shard's dirty list, unless it is there already
     /// or waits for its socket (which marks it again once writable).
+    #[inline]
     pub(super) fn mark_dirty(self: &Rc<Self>) {
         if self.write_state.get() == WriteState::Idle {
             self.write_state.set(WriteState::Dirty);
