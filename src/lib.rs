@@ -12,12 +12,19 @@
 //! - [`runtime`]: binds the listeners (refusing an address another process
 //!   holds), starts one pinned glommio executor per
 //!   shard, reports readiness and failures; [`shutdown`]: signals → shards.
-//! - [`shard`]: one shard's state and lifecycle — connections, subscription
-//!   index and fan-out (`shard::index`), channel ordering and interest
-//!   routing, history and fossil deltas for the channels it owns
-//!   (`shard::owner`), one
-//!   accepted socket's HTTP and upgrade (`shard::serve`), the WebSocket
-//!   session task (`shard::session`).
+//! - What a shard decides without I/O is the `shardcast-core` crate
+//!   (`core/`): channel names, the client protocol's envelopes and codecs,
+//!   subscriptions and fan-out, ordering with history and deltas, presence
+//!   members, idempotency, heartbeats, the memory budget, and its seeded
+//!   simulation of nodes following Redis. The modules re-exported here
+//!   ([`protocol`], [`channel`], [`frame`], [`json_data`], `publication`,
+//!   `close`, `heartbeat`, `conn::codec`, `shard::owner`, ...) are its.
+//! - [`shard`]: one shard on its executor — connections, routing
+//!   publications to their owners, the owner's side of the engines
+//!   (`shard::cluster`), presence and lifecycle events, the server API's
+//!   answers, one accepted socket's HTTP and upgrade (`shard::serve`), the
+//!   WebSocket session task (`shard::session`), and a seeded simulation of
+//!   a node's shards (`shard::simulation`, tests).
 //! - [`engine`]: how nodes agree — the Redis engine (a pipelined RESP3
 //!   client per shard, Lua scripts that order and keep history), the NATS
 //!   engine (core NATS fan-out), broker URLs, reconnect backoff, and the
@@ -29,20 +36,11 @@
 //!   why a connection closes.
 //! - [`conn`]: one client connection's own parts, which know nothing of the
 //!   shard — HTTP parsing (`conn::http`), the session's protocol as a state
-//!   machine without I/O (`conn::machine`), its codec and the MessagePack
-//!   protocol (`conn::msgpack`), permessage-deflate's
-//!   negotiation and the shard's compressor and inflater
-//!   (`conn::extension`, `conn::deflate`), envelopes batched into one frame
-//!   (`conn::batch`), the bounded queue (`conn::outbox`) and the shard's
-//!   flush pass (`conn::flush`).
-//! - [`protocol`]: the JSON envelope, parsed and encoded without I/O;
-//!   [`json_data`]: the JSON data every subscriber's parser holds;
-//!   [`frame`]: server WebSocket frames, encoded once and shared (headers
-//!   by the frame codec, the `shardcast-wire` crate in `wire/`);
-//!   [`channel`]: channel names and owners.
+//!   machine without I/O (`conn::machine`), envelopes batched into one
+//!   frame (`conn::batch`), the bounded queue (`conn::outbox`) and the
+//!   shard's flush pass (`conn::flush`); `Conn` is the core's `Subscriber`.
 //! - [`security`]: tokens and channel permissions, API key, origins, rate
 //!   limit, per-IP cap, TLS.
-//! - [`heartbeat`]: the ping/timeout state machine driven by a per-shard sweep.
 //! - [`stats`]: per-shard counters and the latency histogram;
 //!   [`snapshot`]: what a shard reports and the server-wide report built from
 //!   them; [`exposition`]: that report as Prometheus text; [`process`]: CPU

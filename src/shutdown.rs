@@ -23,7 +23,7 @@ impl ShutdownHandle {
         }
     }
 
-    /// Asks every shard to stop accepting, close connections with 1001 and
+    /// Asks every shard to stop accepting, close connections with 1012 and
     /// exit. Idempotent.
     pub fn trigger(&self) {
         for writer in self.writers.iter() {

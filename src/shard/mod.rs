@@ -1116,11 +1116,10 @@ impl Shard {
     }
 
     /// Starts the graceful shutdown: refuse new work, ask every connection to
-    /// flush and close with 1001.
+    /// flush and close with 1012 (service restart).
     /// JSON and MessagePack clients are first told when to come back
     /// (`{"op":"reconnect","after_ms":N}`), each at its own point of
-    /// `--drain-spread`, so they do not all reconnect elsewhere at once;
-    /// then closed with 1012.
+    /// `--drain-spread`, so they do not all reconnect elsewhere at once.
     pub fn begin_shutdown(&self) {
         if self.shutting_down.replace(true) {
             return;
