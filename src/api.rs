@@ -20,32 +20,32 @@ use crate::{
 };
 
 /// Publications one `POST /api/publish` may carry.
-pub const MAX_PUBLICATIONS: usize = 1_000;
+pub(crate) const MAX_PUBLICATIONS: usize = 1_000;
 
 /// Entries one history page holds by default, and at most.
-pub const HISTORY_PAGE: usize = 100;
-pub const MAX_HISTORY_PAGE: usize = 1_000;
+pub(crate) const HISTORY_PAGE: usize = 100;
+pub(crate) const MAX_HISTORY_PAGE: usize = 1_000;
 
 /// Bytes of publications (their `msg` envelopes, as JSON) one history page
 /// holds at most, whatever its `limit`: the page ends before the
 /// publication that would go over, with `more` (but always lists one,
 /// however large: at most six times `--max-message-bytes` once escaped).
-pub const HISTORY_PAGE_BYTES: usize = 1 << 20;
+pub(crate) const HISTORY_PAGE_BYTES: usize = 1 << 20;
 
 /// Channels one `GET /api/channels` page lists by default, and at most.
-pub const CHANNELS_PAGE: usize = 100;
-pub const MAX_CHANNELS_PAGE: usize = 1_000;
+pub(crate) const CHANNELS_PAGE: usize = 100;
+pub(crate) const MAX_CHANNELS_PAGE: usize = 1_000;
 
 /// The close code `POST /api/disconnect` sends unless told another.
-pub const DISCONNECT_CODE: u16 = 4000;
+pub(crate) const DISCONNECT_CODE: u16 = 4000;
 
 /// Longest close reason: a close frame's payload is at most 125 bytes,
 /// two of them the code.
-pub const MAX_CLOSE_REASON: usize = 123;
+pub(crate) const MAX_CLOSE_REASON: usize = 123;
 
 /// One publication of a `POST /api/publish`.
 #[derive(Debug, PartialEq)]
-pub struct ApiPublication<'a> {
+pub(crate) struct ApiPublication<'a> {
     pub ch: Cow<'a, str>,
     pub data: &'a str,
     /// Its conflation key (`"key"`).
@@ -58,7 +58,7 @@ pub struct ApiPublication<'a> {
 
 /// A `POST /api/publish` body.
 #[derive(Debug, PartialEq)]
-pub struct PublishRequest<'a> {
+pub(crate) struct PublishRequest<'a> {
     pub publications: Vec<ApiPublication<'a>>,
     /// `{"ch":..}`: answered `{"seq":N}`; else `{"seqs":[..]}`.
     pub single: bool,
@@ -134,7 +134,7 @@ fn publication<'a>(
 /// the same request over either transport, so a publisher may retry over
 /// HTTP what it sent on a WebSocket that died (`docs/api.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Form {
+pub(crate) enum Form {
     /// `{"ch":..}`, and a WebSocket `pub`.
     One,
     /// `{"channels":[..]}`
@@ -149,7 +149,7 @@ pub enum Form {
 /// tag has no colon, so two requests' keys meet only when their forms,
 /// places and keys all do: a batch under `order` never finds the
 /// publication a single publish made under `order#0` or `b0:order`.
-pub fn remembered_key(form: Form, idempotency_key: &str, index: usize) -> String {
+pub(crate) fn remembered_key(form: Form, idempotency_key: &str, index: usize) -> String {
     match form {
         Form::One => format!("1:{idempotency_key}"),
         Form::Channels => format!("n:{idempotency_key}"),
@@ -160,7 +160,7 @@ pub fn remembered_key(form: Form, idempotency_key: &str, index: usize) -> String
 /// Parses a `POST /api/publish` body: exactly one of `{"ch":..,"data":..}`,
 /// `{"channels":[..],"data":..}` and `{"messages":[{"ch":..,"data":..},..]}`,
 /// with an optional `idempotency_key` (1 to 128 bytes).
-pub fn parse_publish(body: &str, max_data: usize) -> Result<PublishRequest<'_>, HttpError> {
+pub(crate) fn parse_publish(body: &str, max_data: usize) -> Result<PublishRequest<'_>, HttpError> {
     let shape = "expected {\"ch\":..,\"data\":..}, {\"channels\":[..],\"data\":..} \
                  or {\"messages\":[..]}";
     if !body.trim_start().starts_with('{') {
@@ -242,7 +242,7 @@ pub fn parse_publish(body: &str, max_data: usize) -> Result<PublishRequest<'_>, 
 /// been applied (a retry without the key could publish it twice), else
 /// 503 `over_capacity` (the owner's idempotency store is full), else 503
 /// `unavailable` (the cluster engine; nothing refused was applied).
-pub fn publish_answer(single: bool, seqs: &[Result<u64, Refused>]) -> (u16, Vec<u8>) {
+pub(crate) fn publish_answer(single: bool, seqs: &[Result<u64, Refused>]) -> (u16, Vec<u8>) {
     let why = seqs
         .iter()
         .filter_map(|s| s.err())
@@ -298,7 +298,7 @@ fn push_seq(out: &mut Vec<u8>, seq: Option<u64>) {
 /// Whose connections a disconnect or unsubscribe is for.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Target {
+pub(crate) enum Target {
     /// Every connection whose token's `sub` is this.
     User(Box<str>),
     /// The one connection with this id (as presence lists show it).
@@ -309,7 +309,7 @@ pub enum Target {
 /// JSON too: how other nodes are told, see `shard/api.rs`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
-pub enum Kick {
+pub(crate) enum Kick {
     /// Close the connections with `code` and `reason`.
     Disconnect {
         target: Target,
@@ -321,7 +321,7 @@ pub enum Kick {
 }
 
 impl Kick {
-    pub fn target(&self) -> &Target {
+    pub(crate) fn target(&self) -> &Target {
         match self {
             Kick::Disconnect { target, .. } | Kick::Unsubscribe { target, .. } => target,
         }
@@ -358,7 +358,7 @@ fn kick_body(body: &str) -> Result<(Target, KickBody<'_>), HttpError> {
 /// `POST /api/disconnect`: `{"user":..}` or `{"conn":..}`, with an
 /// optional close `code` (3000 to 4999; default 4000) and `reason` (at
 /// most 123 bytes; default "disconnected").
-pub fn parse_disconnect(body: &str) -> Result<Kick, HttpError> {
+pub(crate) fn parse_disconnect(body: &str) -> Result<Kick, HttpError> {
     let (target, body) = kick_body(body)?;
     let code = body.code.unwrap_or(DISCONNECT_CODE);
     if !(3000..=4999).contains(&code) {
@@ -380,7 +380,7 @@ pub fn parse_disconnect(body: &str) -> Result<Kick, HttpError> {
 }
 
 /// `POST /api/unsubscribe`: `{"user":..,"ch":..}` or `{"conn":..,"ch":..}`.
-pub fn parse_unsubscribe(body: &str) -> Result<Kick, HttpError> {
+pub(crate) fn parse_unsubscribe(body: &str) -> Result<Kick, HttpError> {
     let (target, body) = kick_body(body)?;
     let ch = body
         .ch
@@ -394,7 +394,7 @@ pub fn parse_unsubscribe(body: &str) -> Result<Kick, HttpError> {
 
 /// `GET /api/history/<ch>?since=N&epoch=E&limit=M`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HistoryQuery {
+pub(crate) struct HistoryQuery {
     pub ch: String,
     /// Publications after this `seq` (0: from the oldest kept).
     pub since: u64,
@@ -415,7 +415,7 @@ fn limit(query: &str, default: usize, max: usize) -> Result<usize, HttpError> {
 }
 
 /// Parses `/api/history/<ch>` (the part after the prefix) and its query.
-pub fn parse_history(channel: &str, query: &str) -> Result<HistoryQuery, HttpError> {
+pub(crate) fn parse_history(channel: &str, query: &str) -> Result<HistoryQuery, HttpError> {
     let ch = percent_decode(channel).ok_or_else(|| bad("channel is not percent-encoded UTF-8"))?;
     check_channel(&ch, Access::Subscribe)?;
     let since = match query_values(query, "since").next() {
@@ -435,7 +435,7 @@ pub fn parse_history(channel: &str, query: &str) -> Result<HistoryQuery, HttpErr
     })
 }
 
-pub use shardcast_core::owner::HistoryPage;
+pub(crate) use shardcast_core::owner::HistoryPage;
 
 /// The answer to a history query: `{"ch":..,"epoch":..,"seq":N,
 /// "complete":bool,"more":bool,"publications":[<msg envelopes>]}`. Each
@@ -445,7 +445,7 @@ pub use shardcast_core::owner::HistoryPage;
 /// ask again `since` the last listed. `complete`: every publication after
 /// `since` (up to the last listed, or to `seq`) is there, in the epoch
 /// asked for.
-pub fn history_json(query: &HistoryQuery, page: &HistoryPage) -> Vec<u8> {
+pub(crate) fn history_json(query: &HistoryQuery, page: &HistoryPage) -> Vec<u8> {
     let mut publications = Vec::new();
     let mut last_listed = None;
     // Whether the listed seqs so far follow `since` one by one.
@@ -504,7 +504,7 @@ fn push_string(out: &mut Vec<u8>, text: &str) {
 
 /// `GET /api/channels?pattern=P&cursor=C&limit=M`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChannelsQuery {
+pub(crate) struct ChannelsQuery {
     /// Only channels it matches (the token grants' pattern syntax).
     pub pattern: Option<ChannelPattern>,
     /// Only channels whose names sort after it (the last page's `cursor`).
@@ -512,7 +512,7 @@ pub struct ChannelsQuery {
     pub limit: usize,
 }
 
-pub fn parse_channels(query: &str) -> Result<ChannelsQuery, HttpError> {
+pub(crate) fn parse_channels(query: &str) -> Result<ChannelsQuery, HttpError> {
     let pattern = match query_values(query, "pattern").next() {
         None => None,
         Some(text) => {
@@ -569,7 +569,7 @@ pub fn first_names<'a>(
 /// next page if there may be one. A channel among the first `limit` names
 /// of all the shards is among the first `limit` of each shard that knows
 /// it, so its row is whole.
-pub fn merge_channel_rows(
+pub(crate) fn merge_channel_rows(
     parts: Vec<Vec<ChannelRow>>,
     limit: usize,
 ) -> (Vec<ChannelRow>, Option<String>) {
@@ -596,7 +596,7 @@ pub fn merge_channel_rows(
 
 /// `{"channels":[{"ch":..,"subscribers":N,"seq":N},..],"cursor":..}`
 /// (`cursor` only when there may be more).
-pub fn channels_json(rows: &[ChannelRow], cursor: Option<&str>) -> Vec<u8> {
+pub(crate) fn channels_json(rows: &[ChannelRow], cursor: Option<&str>) -> Vec<u8> {
     let mut out = Vec::with_capacity(24 + rows.len() * 64);
     out.extend_from_slice(b"{\"channels\":[");
     for (i, row) in rows.iter().enumerate() {

@@ -3,7 +3,7 @@
 //! one shard can be timed when another shard writes it.
 
 /// Nanoseconds on the system's monotonic clock (a vDSO call, no system call).
-pub fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

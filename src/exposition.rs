@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// The `Content-Type` of the exposition.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Upper bounds of the latency histogram's buckets, in microseconds.
 const LATENCY_BUCKETS_US: [u64; 17] = [
@@ -104,7 +104,7 @@ const GAUGES: [(&str, &str, Read); 12] = [
 /// Writes the exposition of `stats`: what runs, then each shard's gauges,
 /// counters, closes, mesh queues, latency and engine round trips, then the
 /// process's figures.
-pub fn render(stats: &ServerStats) -> String {
+pub(crate) fn render(stats: &ServerStats) -> String {
     let mut out = String::with_capacity(8192 + 4096 * stats.per_shard.len());
     let shards = &stats.per_shard;
     write_identity(&mut out, stats);

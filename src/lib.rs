@@ -56,6 +56,8 @@
 //! `docs/design.md` explains how these fit together; `docs/protocol.md`
 //! specifies the wire protocol.
 
+#![warn(unreachable_pub)]
+
 pub(crate) mod api;
 pub use shardcast_core::channel;
 pub mod client;

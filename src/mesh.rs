@@ -39,7 +39,7 @@ use glommio::channels::{
     local_channel::{self, LocalReceiver, LocalSender},
 };
 
-pub use self::pending::ReplyId;
+pub(crate) use self::pending::ReplyId;
 use crate::{
     channel::ChannelName,
     protocol::{PresenceAsk, RequestIdBuf},
@@ -53,10 +53,10 @@ use crate::{
     sync::WaitQueue,
 };
 
-pub mod pending;
+pub(crate) mod pending;
 
 /// Capacity of each glommio mesh lane, in messages.
-pub const LANE_CAPACITY: usize = 1024;
+pub(crate) const LANE_CAPACITY: usize = 1024;
 
 /// A publisher waits before queueing more for a peer when this many messages
 /// are already queued for it.
@@ -69,7 +69,7 @@ const PEER_QUEUE_HIGH_WATER: usize = 8192;
 /// `--idempotency-window` is answered with that one's `seq` and not made
 /// again.
 #[derive(Debug)]
-pub enum Reply {
+pub(crate) enum Reply {
     /// Nobody is waiting (raw-room frames, the server's own publications).
     None,
     /// A JSON `pub` without an `id`: nothing to acknowledge, but a refusal
@@ -95,12 +95,12 @@ pub enum Reply {
 
 impl Reply {
     /// Whether somebody waits for the publication's `seq`.
-    pub fn wants_seq(&self) -> bool {
+    pub(crate) fn wants_seq(&self) -> bool {
         matches!(self, Reply::Ack { .. } | Reply::Http { .. })
     }
 
     /// The idempotency key the publication is made under.
-    pub fn idempotency_key(&self) -> Option<&str> {
+    pub(crate) fn idempotency_key(&self) -> Option<&str> {
         match self {
             Reply::None => None,
             Reply::Quiet {
@@ -119,7 +119,7 @@ impl Reply {
 /// Everything shards say to each other: what needs no answer, questions,
 /// and their answers.
 #[derive(Debug)]
-pub enum MeshMsg {
+pub(crate) enum MeshMsg {
     /// Needs no answer.
     Cast(Cast),
     /// A question, to be answered under its [`ReplyId`] (to the shard that
@@ -132,7 +132,7 @@ pub enum MeshMsg {
 
 /// What a shard tells another without waiting for an answer.
 #[derive(Debug)]
-pub enum Cast {
+pub(crate) enum Cast {
     /// To the owner: order this publication and distribute it.
     Publish {
         ch: ChannelName,
@@ -208,7 +208,7 @@ pub enum Cast {
 /// What a shard asks another (or itself); each is answered with the
 /// [`Answer`] of the same name.
 #[derive(Debug)]
-pub enum Question {
+pub(crate) enum Question {
     /// A scrape: your snapshot.
     Snapshot,
     /// A server API request (`shard/api.rs`).
@@ -271,15 +271,15 @@ awaited_answers! {
 
 /// One flag per shard: set while that shard has a queue to a peer over its
 /// high-water mark. Shared by every shard; each writes only its own.
-pub type Congestion = Arc<[AtomicBool]>;
+pub(crate) type Congestion = Arc<[AtomicBool]>;
 
 /// Flags for `shards` shards, none congested.
-pub fn new_congestion(shards: usize) -> Congestion {
+pub(crate) fn new_congestion(shards: usize) -> Congestion {
     (0..shards).map(|_| AtomicBool::new(false)).collect()
 }
 
 /// One shard's outgoing side of the mesh: an ordered queue per peer.
-pub struct PeerLinks {
+pub(crate) struct PeerLinks {
     /// This shard.
     shard: usize,
     queues: Vec<Option<LocalSender<MeshMsg>>>,
@@ -296,7 +296,7 @@ pub struct PeerLinks {
 impl PeerLinks {
     /// Creates the queues and returns their receiving ends, one per peer
     /// (`None` for this shard itself), for [`PeerLinks::drain`].
-    pub fn new(
+    pub(crate) fn new(
         shard: usize,
         shards: usize,
         congestion: Congestion,
@@ -327,7 +327,7 @@ impl PeerLinks {
 
     /// Queues `msg` for `peer`. Never blocks; a message for a peer that has
     /// shut down is dropped (then `false`).
-    pub fn send(&self, peer: usize, msg: MeshMsg) -> bool {
+    pub(crate) fn send(&self, peer: usize, msg: MeshMsg) -> bool {
         if let Some(Some(queue)) = self.queues.get(peer) {
             // Unbounded: fails only when the drain task is gone (shutdown).
             if queue.try_send(msg).is_ok() {
@@ -342,12 +342,12 @@ impl PeerLinks {
     }
 
     /// The shard's counters, which the links count into.
-    pub fn stats(&self) -> &Rc<Stats> {
+    pub(crate) fn stats(&self) -> &Rc<Stats> {
         &self.stats
     }
 
     /// Messages waiting for `peer`.
-    pub fn depth(&self, peer: usize) -> usize {
+    pub(crate) fn depth(&self, peer: usize) -> usize {
         match self.queues.get(peer) {
             Some(Some(queue)) => queue.len(),
             _ => 0,
@@ -357,12 +357,12 @@ impl PeerLinks {
     /// Whether a publication for a channel `owner` orders may go out now:
     /// the queue to it is under its high-water mark and it is not congested
     /// itself (the owner may be this shard).
-    pub fn has_room(&self, owner: usize) -> bool {
+    pub(crate) fn has_room(&self, owner: usize) -> bool {
         self.depth(owner) < PEER_QUEUE_HIGH_WATER && !self.is_congested(owner)
     }
 
     /// Whether `shard` has a queue over its high-water mark.
-    pub fn is_congested(&self, shard: usize) -> bool {
+    pub(crate) fn is_congested(&self, shard: usize) -> bool {
         self.congestion
             .get(shard)
             .is_some_and(|flag| flag.load(Ordering::Acquire))
@@ -376,13 +376,13 @@ impl PeerLinks {
 
     /// For publishers: waits while [`PeerLinks::has_room`] says no, so a
     /// flooding publisher slows down instead of growing memory at any hop.
-    pub async fn wait_for_room(&self, owner: usize) {
+    pub(crate) async fn wait_for_room(&self, owner: usize) {
         self.room.until(|| self.has_room(owner)).await;
     }
 
     /// A peer's [`Cast::Room`], or a queue here drained: waiting
     /// publishers check again.
-    pub fn wake_publishers(&self) {
+    pub(crate) fn wake_publishers(&self) {
         if self.room.has_waiters() {
             self.room.wake_all();
         }
@@ -390,7 +390,7 @@ impl PeerLinks {
 
     /// The cluster engine's backlog went over its mark (`busy`) or back
     /// under half of it: congested like a full queue, relieved the same way.
-    pub fn set_engine_busy(&self, busy: bool) {
+    pub(crate) fn set_engine_busy(&self, busy: bool) {
         self.engine_busy.set(busy);
         if busy {
             self.set_congested(true);
@@ -423,7 +423,7 @@ impl PeerLinks {
 
     /// The drain task for one peer: moves queued messages into the mesh lane
     /// in order, waiting for room there. Ends when the peer is gone.
-    pub async fn drain(
+    pub(crate) async fn drain(
         self: Rc<Self>,
         peer: usize,
         receiver: LocalReceiver<MeshMsg>,

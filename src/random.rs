@@ -10,7 +10,7 @@
 /// A uniformly random `u64` from the operating system; if it has none to
 /// give (a sandbox denying the call), the clock mixed with the process id,
 /// which still differs between runs and processes.
-pub fn u64() -> u64 {
+pub(crate) fn u64() -> u64 {
     getrandom::u64()
         .unwrap_or_else(|_| crate::clock::now_ns() ^ u64::from(std::process::id()).rotate_left(32))
 }

@@ -123,7 +123,7 @@ pub struct LatencyFigures {
 
 /// Counters summed over every shard that answered.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Totals {
+pub(crate) struct Totals {
     #[serde(flatten)]
     pub holdings: Holdings,
     pub connections_closed: u64,
@@ -136,7 +136,7 @@ pub struct Totals {
 
 /// `GET /api/stats`: the process, the totals and every shard.
 #[derive(Debug, Clone, Serialize)]
-pub struct ServerStats {
+pub(crate) struct ServerStats {
     pub version: &'static str,
     /// This node (`--node-id`) and its engine (`memory`, `redis`, `nats`).
     pub node: String,
@@ -152,7 +152,7 @@ pub struct ServerStats {
 
 impl ServerStats {
     /// Builds the report from the snapshots gathered (sorted by shard).
-    pub fn new(shards: usize, mut per_shard: Vec<ShardSnapshot>) -> Self {
+    pub(crate) fn new(shards: usize, mut per_shard: Vec<ShardSnapshot>) -> Self {
         per_shard.sort_by_key(|s| s.identity.shard);
         let process = ProcessStats::read();
         let node = per_shard
@@ -174,7 +174,7 @@ impl ServerStats {
 }
 
 impl Totals {
-    pub fn of(snapshots: &[ShardSnapshot]) -> Self {
+    pub(crate) fn of(snapshots: &[ShardSnapshot]) -> Self {
         let mut total = Totals::default();
         let mut merged: Option<Histogram<u64>> = None;
         for s in snapshots {

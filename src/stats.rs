@@ -66,7 +66,7 @@ macro_rules! counters {
         }
 
         /// Every counter, in declaration order.
-        pub const COUNTERS: &[Counter] = &[
+        pub(crate) const COUNTERS: &[Counter] = &[
             $( Counter {
                 metric: $metric,
                 help: &[$($doc),+],
@@ -77,7 +77,7 @@ macro_rules! counters {
 }
 
 /// One counter of the table (see [`COUNTERS`]).
-pub struct Counter {
+pub(crate) struct Counter {
     /// Its Prometheus name (its name in `/api/stats` and `$stats`
     /// snapshots is its field's in [`CounterValues`]).
     pub metric: &'static str,
@@ -88,7 +88,7 @@ pub struct Counter {
 
 impl Counter {
     /// The help text: the doc comment on one line.
-    pub fn help(&self) -> String {
+    pub(crate) fn help(&self) -> String {
         let words: Vec<&str> = self.help.iter().map(|line| line.trim()).collect();
         words.join(" ")
     }
@@ -216,7 +216,7 @@ counters! {
 }
 
 /// Adds `n` to a counter.
-pub fn bump(counter: &Cell<u64>, n: u64) {
+pub(crate) fn bump(counter: &Cell<u64>, n: u64) {
     counter.set(counter.get() + n);
 }
 

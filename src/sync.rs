@@ -21,7 +21,7 @@ use slab::Slab;
 
 /// Wakers of tasks waiting for some shard-local condition.
 #[derive(Default)]
-pub struct WaitQueue {
+pub(crate) struct WaitQueue {
     /// A slot per live waiter; `None` once woken, until it polls again.
     waiters: RefCell<Slab<Option<Waker>>>,
     /// Slots holding a waker.
@@ -31,7 +31,7 @@ pub struct WaitQueue {
 impl WaitQueue {
     /// Wakes every waiting task; each re-checks its condition and stays
     /// registered until it is satisfied or dropped.
-    pub fn wake_all(&self) {
+    pub(crate) fn wake_all(&self) {
         if self.armed.get() == 0 {
             return;
         }
@@ -48,23 +48,23 @@ impl WaitQueue {
     }
 
     /// Whether a waiter is parked (not yet woken).
-    pub fn has_waiters(&self) -> bool {
+    pub(crate) fn has_waiters(&self) -> bool {
         self.armed.get() > 0
     }
 
     #[cfg(test)]
     /// Waiters registered now.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.waiters.borrow().len()
     }
 
     #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.waiters.borrow().is_empty()
     }
 
     /// Resolves once `ready()` is true, re-checking after each wake.
-    pub fn until<'a, F: Fn() -> bool + Unpin + 'a>(
+    pub(crate) fn until<'a, F: Fn() -> bool + Unpin + 'a>(
         &'a self,
         ready: F,
     ) -> impl Future<Output = ()> + 'a {

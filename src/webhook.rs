@@ -14,7 +14,7 @@
 //! through rustls for an `https` URL (the web's roots, or `--webhook-ca`).
 //! [`settings`] declares the webhook settings.
 
-pub mod settings;
+pub(crate) mod settings;
 
 use std::{
     cell::{Cell, RefCell},
@@ -45,7 +45,7 @@ const BATCH_WINDOW: Duration = Duration::from_millis(100);
 /// Time allowed for one request, connect to status line.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a shard uses the receiver's address before looking it up again.
-pub const RESOLVE_EVERY: Duration = Duration::from_secs(30);
+pub(crate) const RESOLVE_EVERY: Duration = Duration::from_secs(30);
 
 /// Why a webhook URL was refused.
 #[derive(Debug, thiserror::Error)]
@@ -142,7 +142,7 @@ fn bare_host(host: &url::Host<&str>) -> String {
 }
 
 /// One event, as its JSON object; built by [`Event::json`].
-pub enum Event<'a> {
+pub(crate) enum Event<'a> {
     ChannelOccupied {
         ch: &'a str,
     },
@@ -184,7 +184,7 @@ impl Event<'_> {
 
     /// `{"event":…,"node":…,"seq":N,"time_ms":T,…}`: `seq` counts this
     /// node's events (one counter for all its shards).
-    pub fn json(&self, node: &str, seq: u64, time_ms: u64) -> Bytes {
+    pub(crate) fn json(&self, node: &str, seq: u64, time_ms: u64) -> Bytes {
         use serde_json::json;
         let (name, mut fields) = match self {
             Event::ChannelOccupied { ch } => ("channel_occupied", json!({ "ch": ch })),
@@ -217,7 +217,7 @@ impl Event<'_> {
 }
 
 /// `sha256=<hex>` of `body` under `secret`.
-pub fn signature(secret: &[u8], body: &[u8]) -> String {
+pub(crate) fn signature(secret: &[u8], body: &[u8]) -> String {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
     let tag = ring::hmac::sign(&key, body);
     let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
@@ -225,7 +225,7 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 }
 
 /// `{"events":[e1,e2,…]}`.
-pub fn batch_body(events: &[Bytes]) -> Vec<u8> {
+pub(crate) fn batch_body(events: &[Bytes]) -> Vec<u8> {
     let mut body = Vec::with_capacity(12 + events.iter().map(|e| e.len() + 1).sum::<usize>());
     body.extend_from_slice(b"{\"events\":[");
     for (i, event) in events.iter().enumerate() {
@@ -239,7 +239,7 @@ pub fn batch_body(events: &[Bytes]) -> Vec<u8> {
 }
 
 /// The request for `body`.
-pub fn request(url: &WebhookUrl, body: &[u8], signature: Option<&str>) -> Vec<u8> {
+pub(crate) fn request(url: &WebhookUrl, body: &[u8], signature: Option<&str>) -> Vec<u8> {
     let mut head = format!(
         "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: shardcast/{}\r\n",
         url.path,
@@ -259,7 +259,7 @@ pub fn request(url: &WebhookUrl, body: &[u8], signature: Option<&str>) -> Vec<u8
 }
 
 /// The status code of an HTTP response's first line, once it has come.
-pub fn status_of(response: &[u8]) -> Option<u16> {
+pub(crate) fn status_of(response: &[u8]) -> Option<u16> {
     let line_end = memchr::memmem::find(response, b"\r\n")?;
     let line = std::str::from_utf8(&response[..line_end]).ok()?;
     let mut parts = line.split(' ');
@@ -274,7 +274,7 @@ fn event_weight(json: &Bytes) -> usize {
 }
 
 /// What the whole node shares for its webhooks.
-pub struct WebhookSettings {
+pub(crate) struct WebhookSettings {
     pub url: WebhookUrl,
     /// The receiver's address as resolved at start (each shard looks it
     /// up again, see [`RESOLVE_EVERY`]).
@@ -306,7 +306,7 @@ fn share_per_connection(queue: usize) -> u32 {
 }
 
 /// One shard's queue of events and its sender.
-pub struct Webhooks {
+pub(crate) struct Webhooks {
     settings: Arc<WebhookSettings>,
     queue: RefCell<VecDeque<Queued>>,
     /// Events queued per connection (those about one), to hold each to
@@ -322,7 +322,7 @@ pub struct Webhooks {
 }
 
 impl Webhooks {
-    pub fn new(settings: Arc<WebhookSettings>) -> Self {
+    pub(crate) fn new(settings: Arc<WebhookSettings>) -> Self {
         Webhooks {
             resolved: Cell::new((settings.socket, crate::clock::now_ns())),
             settings,
@@ -351,13 +351,13 @@ impl Webhooks {
     }
 
     /// What the queued events hold, for the shard's memory budget.
-    pub fn queued_bytes(&self) -> usize {
+    pub(crate) fn queued_bytes(&self) -> usize {
         self.queued_bytes.get()
     }
 
     /// Queues `event`; counted and dropped when the queue is full, or
     /// holds its connection's share already.
-    pub fn emit(&self, event: Event<'_>, stats: &Stats) {
+    pub(crate) fn emit(&self, event: Event<'_>, stats: &Stats) {
         // A dropped event's seq is skipped: the receiver sees the gap.
         let seq = self.settings.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let time_ms = (crate::process::unix_seconds() * 1e3) as u64;
@@ -422,7 +422,7 @@ impl Webhooks {
     /// Sends queued events until the shard drops the future: a batch when
     /// it is full or its first event is 100 ms old, retried until it is
     /// taken.
-    pub async fn run(&self, stats: &Stats) {
+    pub(crate) async fn run(&self, stats: &Stats) {
         let mut backoff = Backoff::default();
         loop {
             self.waiting.until(|| !self.queue.borrow().is_empty()).await;

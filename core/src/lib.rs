@@ -31,6 +31,8 @@
 //! - [`heartbeat`]: ping and timeout of one connection; [`close`]: why a
 //!   connection closes; [`budget`]: the shard's memory budget.
 
+#![warn(unreachable_pub)]
+
 pub mod budget;
 pub mod channel;
 pub mod close;

@@ -15,7 +15,7 @@ use crate::{
 
 /// A frame waiting in a [`TestConn`]'s queue.
 #[derive(Debug, Clone)]
-pub struct Queued {
+pub(crate) struct Queued {
     pub frame: Bytes,
     /// The conflation id it was queued under (0: none).
     pub conflation: u64,
@@ -26,7 +26,7 @@ pub struct Queued {
 /// A connection without a socket: what fan-out pushes stays in `queue`
 /// until the test takes it.
 #[derive(Debug)]
-pub struct TestConn {
+pub(crate) struct TestConn {
     pub id: ConnRef,
     pub codec: Codec,
     /// Queue bound in bytes (over it: overflow, as `max-queue-bytes`).
@@ -36,7 +36,7 @@ pub struct TestConn {
 }
 
 impl TestConn {
-    pub fn new(key: u32, codec: Codec) -> Self {
+    pub(crate) fn new(key: u32, codec: Codec) -> Self {
         TestConn {
             id: ConnRef { key, gen: 1 },
             codec,
@@ -47,12 +47,12 @@ impl TestConn {
     }
 
     /// The frames queued, taken out.
-    pub fn take(&self) -> Vec<Bytes> {
+    pub(crate) fn take(&self) -> Vec<Bytes> {
         self.queue.take().into_iter().map(|q| q.frame).collect()
     }
 
     /// The JSON bodies of the frames queued, taken out.
-    pub fn take_json(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn take_json(&self) -> Vec<serde_json::Value> {
         self.take()
             .iter()
             .map(|f| serde_json::from_slice(frame::payload_of(f)).expect("a JSON frame"))

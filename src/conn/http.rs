@@ -11,11 +11,11 @@ use crate::{
 };
 
 /// Largest request head accepted (431 above).
-pub const MAX_HEAD_BYTES: usize = 8192;
+pub(crate) const MAX_HEAD_BYTES: usize = 8192;
 const MAX_HEADERS: usize = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
+pub(crate) enum Method {
     Get,
     Post,
     Other,
@@ -23,7 +23,7 @@ pub enum Method {
 
 /// The parts of a request head shardcast uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Head {
+pub(crate) struct Head {
     pub method: Method,
     pub path: String,
     pub query: String,
@@ -53,7 +53,7 @@ pub struct Head {
 
 impl Head {
     /// The connection token: `?token=`, else `Authorization: Bearer`.
-    pub fn token(&self) -> Option<String> {
+    pub(crate) fn token(&self) -> Option<String> {
         query_values(&self.query, "token").next().or_else(|| {
             self.authorization
                 .as_deref()
@@ -63,7 +63,7 @@ impl Head {
     }
 
     /// The API key: `X-API-Key`, else `Authorization: Bearer`.
-    pub fn presented_api_key(&self) -> Option<&str> {
+    pub(crate) fn presented_api_key(&self) -> Option<&str> {
         self.api_key
             .as_deref()
             .or_else(|| self.authorization.as_deref().and_then(bearer))
@@ -73,14 +73,14 @@ impl Head {
 /// A request refused with an HTTP status and a JSON body
 /// `{"error":code,"msg":..}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpError {
+pub(crate) struct HttpError {
     pub status: u16,
     pub code: &'static str,
     pub msg: String,
 }
 
 impl HttpError {
-    pub fn new(status: u16, code: &'static str, msg: impl Into<String>) -> Self {
+    pub(crate) fn new(status: u16, code: &'static str, msg: impl Into<String>) -> Self {
         HttpError {
             status,
             code,
@@ -102,7 +102,7 @@ fn header_has_token(value: &str, token: &str) -> bool {
 /// `Transfer-Encoding` with it is refused, so no body can be read two ways.
 /// An HTTP/1.1 request needs exactly one `Host` (§3.2). `Connection` and
 /// `Upgrade` split over several lines are one list (RFC 9110 §5.3).
-pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HttpError> {
+pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<Head>, HttpError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let len = match request.parse(buf) {
@@ -259,12 +259,12 @@ fn split_target(target: &str) -> (&str, &str) {
 }
 
 /// The subprotocol names of the JSON protocol and its MessagePack twin.
-pub const JSON_PROTOCOL: &str = "shardcast.json";
-pub const MSGPACK_PROTOCOL: &str = "shardcast.msgpack";
+pub(crate) const JSON_PROTOCOL: &str = "shardcast.json";
+pub(crate) const MSGPACK_PROTOCOL: &str = "shardcast.msgpack";
 
 /// How a WebSocket session speaks.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Session {
+pub(crate) enum Session {
     /// `GET /ws[?sub=a,b][&batch=1][&delta=fossil]`: the JSON protocol,
     /// with channels to subscribe at connect time (with deltas if asked),
     /// and envelopes batched into frames if asked (`conn/batch.rs`).
@@ -284,7 +284,7 @@ pub enum Session {
 
 impl Session {
     /// The codec the session speaks.
-    pub fn codec(&self) -> Codec {
+    pub(crate) fn codec(&self) -> Codec {
         match self {
             Session::Json { .. } => Codec::JSON,
             Session::Room { .. } => Codec::RAW,
@@ -296,7 +296,7 @@ impl Session {
     /// (the JSON protocol's ops in MessagePack), else `shardcast.json` if
     /// offered there; none for a raw room or other offers (the JSON
     /// protocol, or the room, as without the header).
-    pub fn subprotocol(&self, offers: Option<&str>) -> Option<&'static str> {
+    pub(crate) fn subprotocol(&self, offers: Option<&str>) -> Option<&'static str> {
         let offered = |name: &str| offers.is_some_and(|o| o.split(',').any(|p| p.trim() == name));
         match self {
             Session::Json { .. } if offered(MSGPACK_PROTOCOL) => Some(MSGPACK_PROTOCOL),
@@ -306,7 +306,7 @@ impl Session {
     }
 
     /// The channels the URL subscribes at connect time.
-    pub fn channels(&self) -> Vec<&str> {
+    pub(crate) fn channels(&self) -> Vec<&str> {
         match self {
             Session::Json { subscribe, .. } => subscribe.iter().map(String::as_str).collect(),
             Session::Room { channel, .. } => vec![channel.as_str()],
@@ -314,14 +314,14 @@ impl Session {
     }
 
     /// Whether the client asked for envelopes batched into frames.
-    pub fn batches(&self) -> bool {
+    pub(crate) fn batches(&self) -> bool {
         matches!(self, Session::Json { batch: true, .. })
     }
 }
 
 /// Where a request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     WebSocket(Session),
     Publish,
     Health,
@@ -352,25 +352,25 @@ pub enum Route {
 
 impl Route {
     /// Admin routes: on `--admin-listen` when it is set.
-    pub fn is_admin(&self) -> bool {
+    pub(crate) fn is_admin(&self) -> bool {
         matches!(self, Route::Dashboard | Route::Metrics | Route::Stats)
     }
 
     /// Routes that act on other people's connections or on the node
     /// (`POST /api/drain`, `/api/disconnect`, `/api/unsubscribe`): without
     /// `--api-key` they are served on `--admin-listen` only.
-    pub fn is_operator(&self) -> bool {
+    pub(crate) fn is_operator(&self) -> bool {
         matches!(self, Route::Drain | Route::Disconnect | Route::Unsubscribe)
     }
 
     /// Routes that need the API key when one is configured.
-    pub fn needs_api_key(&self) -> bool {
+    pub(crate) fn needs_api_key(&self) -> bool {
         !matches!(self, Route::Health | Route::Dashboard | Route::WebSocket(_))
     }
 }
 
 /// Routes a parsed head. WebSocket routes are checked for a valid upgrade.
-pub fn route(head: &Head, max_subscriptions: usize) -> Result<Route, HttpError> {
+pub(crate) fn route(head: &Head, max_subscriptions: usize) -> Result<Route, HttpError> {
     let path = head.path.as_str();
     if let Some((route, method)) = plain_route(path) {
         return only(method, head).map(|()| route);
@@ -641,7 +641,7 @@ pub(crate) fn query_values<'a>(query: &'a str, key: &'a str) -> impl Iterator<It
 /// Decodes `%XX` escapes (and `+` as space, as forms send it); `None` if an
 /// escape is malformed (a `%` not followed by two hex digits: `%zz`, `%4`,
 /// `%+1`) or the bytes are not UTF-8. One allocation, the result's.
-pub fn percent_decode(text: &str) -> Option<String> {
+pub(crate) fn percent_decode(text: &str) -> Option<String> {
     if !escapes_are_well_formed(text.as_bytes()) {
         return None;
     }
@@ -688,7 +688,7 @@ fn status_text(status: u16) -> &'static str {
 }
 
 /// A complete response with a body.
-pub fn response(status: u16, content_type: &str, body: &[u8], keep_alive: bool) -> Vec<u8> {
+pub(crate) fn response(status: u16, content_type: &str, body: &[u8], keep_alive: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(160 + body.len());
     out.extend_from_slice(
         format!(
@@ -708,7 +708,7 @@ pub fn response(status: u16, content_type: &str, body: &[u8], keep_alive: bool) 
 }
 
 /// A JSON response `{"error":code,"msg":..}` for `error`.
-pub fn error_response(error: &HttpError, keep_alive: bool) -> Vec<u8> {
+pub(crate) fn error_response(error: &HttpError, keep_alive: bool) -> Vec<u8> {
     let body = serde_json::json!({ "error": error.code, "msg": error.msg }).to_string();
     response(
         error.status,
@@ -721,7 +721,11 @@ pub fn error_response(error: &HttpError, keep_alive: bool) -> Vec<u8> {
 /// The 101 response completing a WebSocket handshake, with the extensions
 /// agreed (a `Sec-WebSocket-Extensions` value) and the subprotocol chosen,
 /// if any.
-pub fn switching_protocols(key: &str, extensions: Option<&str>, protocol: Option<&str>) -> Vec<u8> {
+pub(crate) fn switching_protocols(
+    key: &str,
+    extensions: Option<&str>,
+    protocol: Option<&str>,
+) -> Vec<u8> {
     let accept = async_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let mut response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n"

@@ -38,7 +38,7 @@ use crate::{
 };
 
 /// What a connection asks of the shard it runs on.
-pub trait Host {
+pub(crate) trait Host {
     /// The shard's clock, in milliseconds (deadlines).
     fn now_ms(&self) -> u64;
     /// Unix time in seconds (token expiry).
@@ -117,7 +117,7 @@ pub trait Host {
 
 /// A refusal the host counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// A token refused, or an op before `auth`.
     Unauthorized,
     /// Outside the token's permissions.
@@ -128,7 +128,7 @@ pub enum Refusal {
 
 /// Why [`Connection::receive`] stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stop {
+pub(crate) enum Stop {
     /// Every byte handled.
     Done,
     /// A publication found the way to its owner shard congested: the rest
@@ -140,7 +140,7 @@ pub enum Stop {
 
 /// What one call of [`Connection::receive`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Receipt {
+pub(crate) struct Receipt {
     /// Bytes used (all of them unless the connection is closing or
     /// congested).
     pub used: usize,
@@ -161,7 +161,7 @@ struct Room {
 }
 
 /// The protocol state of one WebSocket session.
-pub struct Connection {
+pub(crate) struct Connection {
     decoder: Decoder,
     /// `None`: the JSON protocol. Boxed: most connections are not rooms.
     room: Option<Box<Room>>,
@@ -170,7 +170,7 @@ pub struct Connection {
 impl Connection {
     /// Opens the session the upgrade asked for, subscribing what the URL
     /// named (a refused subscription is answered with an `err`).
-    pub fn open(session: Session, max_message: usize, host: &mut impl Host) -> Self {
+    pub(crate) fn open(session: Session, max_message: usize, host: &mut impl Host) -> Self {
         let limits = Limits {
             max_message,
             rsv1: host.codec().inflates(),
@@ -217,19 +217,19 @@ impl Connection {
     }
 
     /// Whether a message is begun and not finished.
-    pub fn in_progress(&self) -> bool {
+    pub(crate) fn in_progress(&self) -> bool {
         self.decoder.in_progress()
     }
 
     /// Bytes the decoder holds for a message or frame split over reads.
-    pub fn held_bytes(&self) -> usize {
+    pub(crate) fn held_bytes(&self) -> usize {
         self.decoder.held_bytes()
     }
 
     /// Decodes `bytes` (unmasking them in place) and acts on every message
     /// in them, until they are used up, the connection closes, or a
     /// publication finds its owner congested.
-    pub fn receive(&mut self, bytes: &mut [u8], host: &mut impl Host) -> Receipt {
+    pub(crate) fn receive(&mut self, bytes: &mut [u8], host: &mut impl Host) -> Receipt {
         let mut receipt = Receipt {
             used: 0,
             stop: Stop::Done,

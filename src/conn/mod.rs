@@ -5,14 +5,14 @@
 //! [`Conn`], the per-connection state the shard's index and fan-out refer
 //! to. The shard drives them (`shard/serve.rs`, `shard/session.rs`).
 
-pub mod batch;
-pub use shardcast_core::{codec, deflate, extension, msgpack};
-pub mod flush;
-pub mod http;
-pub mod machine;
-pub mod outbox;
-pub mod permit;
-pub mod stream;
+pub(crate) mod batch;
+pub(crate) use shardcast_core::{codec, deflate, extension, msgpack};
+pub(crate) mod flush;
+pub(crate) mod http;
+pub(crate) mod machine;
+pub(crate) mod outbox;
+pub(crate) mod permit;
+pub(crate) mod stream;
 
 use std::{
     cell::{Cell, RefCell},
@@ -41,7 +41,7 @@ use crate::{
 
 /// Which listener a connection came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
+pub(crate) enum Side {
     /// The public address: clients, publishers.
     Public,
     /// `--admin-listen`: metrics, stats and the dashboard, trusted network.

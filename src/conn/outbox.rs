@@ -40,7 +40,7 @@ const MAX_BATCH_BYTES: usize = 256 << 10;
 /// sweep finds it still empty: [`Outbox::release_idle_storage`]).
 const KEEP_CAPACITY: usize = 8;
 
-pub use shardcast_core::subscriptions::Pushed;
+pub(crate) use shardcast_core::subscriptions::Pushed;
 
 /// Outcome of one non-blocking flush.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

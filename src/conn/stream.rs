@@ -246,7 +246,7 @@ impl Write for Socket {
 }
 
 /// One non-blocking `sendmsg` of `slices`.
-pub fn send_gathered(fd: RawFd, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+pub(crate) fn send_gathered(fd: RawFd, slices: &[IoSlice<'_>]) -> io::Result<usize> {
     // SAFETY: msghdr is plain data; all-zero is a valid empty header.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     // IoSlice is ABI-compatible with iovec on Unix; the kernel only reads.

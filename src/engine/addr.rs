@@ -189,7 +189,7 @@ fn redacted(url: &Url) -> String {
 /// `host_port` looked up again on the executor's blocking thread (a
 /// lookup blocks; a shard must not): the address it resolves to now, or
 /// `known` if it does not resolve (logged as `what`).
-pub async fn lookup(host_port: &str, known: SocketAddr, what: &str) -> SocketAddr {
+pub(crate) async fn lookup(host_port: &str, known: SocketAddr, what: &str) -> SocketAddr {
     let name = host_port.to_owned();
     let looked_up = glommio::executor()
         .spawn_blocking(move || resolve(&name))
@@ -201,7 +201,7 @@ pub async fn lookup(host_port: &str, known: SocketAddr, what: &str) -> SocketAdd
 }
 
 /// The first socket address `host_port` resolves to, or why none.
-pub fn resolve(host_port: &str) -> Result<SocketAddr, String> {
+pub(crate) fn resolve(host_port: &str) -> Result<SocketAddr, String> {
     host_port
         .to_socket_addrs()
         .map_err(|e| e.to_string())?

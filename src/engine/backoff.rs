@@ -10,14 +10,14 @@ const CAP: Duration = Duration::from_secs(5);
 
 /// Consecutive failed attempts of one connection.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     failures: u32,
 }
 
 impl Backoff {
     /// The delay before the next attempt, given a random number, after one
     /// more failure.
-    pub fn next_delay(&mut self, random: u64) -> Duration {
+    pub(crate) fn next_delay(&mut self, random: u64) -> Duration {
         let bound = FIRST.saturating_mul(1 << self.failures.min(16)).min(CAP);
         self.failures = self.failures.saturating_add(1);
         let bound_us = bound.as_micros() as u64;
@@ -26,7 +26,7 @@ impl Backoff {
     }
 
     /// A connection that came up: the next failure starts over.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.failures = 0;
     }
 }

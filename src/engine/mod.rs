@@ -9,16 +9,16 @@
 //! a stable hash of the name), used only for the channels it owns.
 //! `docs/cluster.md` states the guarantees.
 
-pub mod addr;
-pub mod backoff;
-pub mod nats;
-pub mod nats_proto;
-pub mod pipe;
-pub mod record;
-pub mod redis;
-pub mod resp;
-pub mod scripts;
-pub mod settings;
+pub(crate) mod addr;
+pub(crate) mod backoff;
+pub(crate) mod nats;
+pub(crate) mod nats_proto;
+pub(crate) mod pipe;
+pub(crate) mod record;
+pub(crate) mod redis;
+pub(crate) mod resp;
+pub(crate) mod scripts;
+pub(crate) mod settings;
 
 use std::{
     rc::Rc,
@@ -83,15 +83,15 @@ const META_TTL_FLOOR: Duration = Duration::from_secs(24 * 3600);
 
 /// One flag per shard: set while all its engine links are up. Shared by
 /// every shard (each writes its own) for `/health`.
-pub type EngineHealth = Arc<[AtomicBool]>;
+pub(crate) type EngineHealth = Arc<[AtomicBool]>;
 
 /// Flags for `shards` shards: up (the memory engine is never down).
-pub fn new_health(shards: usize) -> EngineHealth {
+pub(crate) fn new_health(shards: usize) -> EngineHealth {
     (0..shards).map(|_| AtomicBool::new(true)).collect()
 }
 
 /// Whether every shard's links are up.
-pub fn all_up(health: &EngineHealth) -> bool {
+pub(crate) fn all_up(health: &EngineHealth) -> bool {
     health.iter().all(|flag| flag.load(Ordering::Acquire))
 }
 
@@ -112,7 +112,7 @@ pub struct Retention {
 }
 
 /// A shard's engine, when it is not `memory`.
-pub enum Engine {
+pub(crate) enum Engine {
     Redis(Vec<Rc<RedisLink>>),
     Nats(Rc<NatsLink>),
 }
@@ -121,7 +121,7 @@ impl Engine {
     /// The links of shard `shard` for the engine `settings` name (`None`:
     /// memory), keeping channels as `retention` says. Resolves broker host
     /// names (blocking: called once, before the shard accepts).
-    pub fn for_shard(
+    pub(crate) fn for_shard(
         settings: &EngineSettings,
         retention: Retention,
         shard: usize,
@@ -170,7 +170,7 @@ impl Engine {
     }
 
     /// Whether every link is up.
-    pub fn is_up(&self) -> bool {
+    pub(crate) fn is_up(&self) -> bool {
         match self {
             Engine::Redis(links) => links.iter().all(|l| l.is_up()),
             Engine::Nats(link) => link.is_up(),
@@ -205,7 +205,10 @@ pub(crate) async fn watch_liveness(
 /// The Redis link that carries `name`: a stable hash of the name over the
 /// `--redis-url`s, independent of the node's shard count (salted, so it
 /// does not follow channel ownership inside a node).
-pub fn redis_link_for<'a>(links: &'a [Rc<RedisLink>], name: &str) -> Option<&'a Rc<RedisLink>> {
+pub(crate) fn redis_link_for<'a>(
+    links: &'a [Rc<RedisLink>],
+    name: &str,
+) -> Option<&'a Rc<RedisLink>> {
     if links.len() <= 1 {
         return links.first();
     }
@@ -215,14 +218,14 @@ pub fn redis_link_for<'a>(links: &'a [Rc<RedisLink>], name: &str) -> Option<&'a 
 
 /// Tags a message other nodes will read with this node's hash: `<16 hex
 /// digits>:` and then `body` (presence events and control messages).
-pub fn tagged(node: u64, body: &[u8]) -> Vec<u8> {
+pub(crate) fn tagged(node: u64, body: &[u8]) -> Vec<u8> {
     let mut message = format!("{node:016x}:").into_bytes();
     message.extend_from_slice(body);
     message
 }
 
 /// A [`tagged`] message's node and body; `None` if it is not one.
-pub fn untag(message: &[u8]) -> Option<(u64, &[u8])> {
+pub(crate) fn untag(message: &[u8]) -> Option<(u64, &[u8])> {
     let hex = message
         .get(..16)
         .and_then(|hex| std::str::from_utf8(hex).ok())?;

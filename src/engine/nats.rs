@@ -36,7 +36,7 @@ use crate::{
 const MAX_UNWRITTEN: usize = 16 << 20;
 
 /// What a link hands to the shard it serves.
-pub trait NatsHost {
+pub(crate) trait NatsHost {
     /// Another node's publication on `channel`.
     fn on_remote(&self, channel: &str, record: Record);
     /// The link came up or went down.
@@ -54,7 +54,7 @@ const CONTROL: &str = "$ctl";
 const CONTROL_SID: u64 = u64::MAX;
 
 /// One shard's link to NATS.
-pub struct NatsLink {
+pub(crate) struct NatsLink {
     addr: BrokerAddr,
     socket: SocketAddr,
     prefix: String,
@@ -74,7 +74,7 @@ pub struct NatsLink {
 }
 
 impl NatsLink {
-    pub fn new(
+    pub(crate) fn new(
         addr: BrokerAddr,
         socket: SocketAddr,
         prefix: &str,
@@ -98,17 +98,17 @@ impl NatsLink {
     }
 
     /// The same link, taken for lost after `timeout` without an answer.
-    pub fn with_timeout(self, timeout: Duration) -> Self {
+    pub(crate) fn with_timeout(self, timeout: Duration) -> Self {
         NatsLink { timeout, ..self }
     }
 
-    pub fn is_up(&self) -> bool {
+    pub(crate) fn is_up(&self) -> bool {
         self.up.get()
     }
 
     /// Sends a publication ordered here to the other nodes; `false` (the
     /// publication is refused) while the link is down or far behind.
-    pub fn publish(&self, name: &str, payload: &Payload, skip: Option<Skip>) -> bool {
+    pub(crate) fn publish(&self, name: &str, payload: &Payload, skip: Option<Skip>) -> bool {
         if !self.up.get() || self.pipe.unwritten() > MAX_UNWRITTEN {
             return false;
         }
@@ -122,7 +122,7 @@ impl NatsLink {
 
     /// Sends a control message to every node (`super::control`); `false`
     /// while down.
-    pub fn control(&self, message: &[u8]) -> bool {
+    pub(crate) fn control(&self, message: &[u8]) -> bool {
         if !self.up.get() {
             return false;
         }
@@ -133,7 +133,7 @@ impl NatsLink {
 
     /// This shard wants `name`'s publications from other nodes (or no
     /// longer). Kept while down, for the reconnect.
-    pub fn want(&self, name: &str, on: bool) {
+    pub(crate) fn want(&self, name: &str, on: bool) {
         let mut wanted = self.wanted.borrow_mut();
         if on && !wanted.contains_key(name) {
             let sid = self.next_sid.get() + 1;
@@ -161,7 +161,7 @@ impl NatsLink {
     }
 
     /// Keeps this link connected until the shard drops the future.
-    pub async fn run<H: NatsHost>(self: Rc<Self>, host: &H) {
+    pub(crate) async fn run<H: NatsHost>(self: Rc<Self>, host: &H) {
         pipe::keep_connected(self.socket, &self.addr.host_port, &self.addr.shown, host.stats(), async |stream| {
             self.start();
             let ended = self.serve(&stream, host).await;

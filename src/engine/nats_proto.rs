@@ -12,7 +12,7 @@ const MAX_BODY: usize = 64 << 20;
 
 /// What the server said.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ServerOp {
+pub(crate) enum ServerOp {
     Info,
     /// A message on `subject` for subscription `sid`.
     Msg {
@@ -29,11 +29,11 @@ pub enum ServerOp {
 /// The server's output could not be read: the connection is dropped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unreadable output from NATS: {0}")]
-pub struct NatsError(pub String);
+pub(crate) struct NatsError(pub String);
 
 /// The next complete operation at the front of `buf`, taken off it; `None`
 /// until one has fully arrived.
-pub fn next_op(buf: &mut BytesMut) -> Result<Option<ServerOp>, NatsError> {
+pub(crate) fn next_op(buf: &mut BytesMut) -> Result<Option<ServerOp>, NatsError> {
     let Some(end) = memchr::memmem::find(buf, b"\r\n") else {
         if buf.len() > MAX_LINE {
             return Err(NatsError("control line too long".into()));
@@ -92,7 +92,7 @@ pub fn next_op(buf: &mut BytesMut) -> Result<Option<ServerOp>, NatsError> {
 
 /// `CONNECT` (no echo of our own publications, no `+OK`s) then `PING`,
 /// whose `PONG` says the server took it.
-pub fn connect(out: &mut BytesMut, name: &str, user: Option<&str>, password: Option<&str>) {
+pub(crate) fn connect(out: &mut BytesMut, name: &str, user: Option<&str>, password: Option<&str>) {
     let mut options = serde_json::json!({
         "verbose": false, "pedantic": false, "echo": false, "name": name,
         "lang": "rust", "version": env!("CARGO_PKG_VERSION"), "protocol": 1,
@@ -109,7 +109,7 @@ pub fn connect(out: &mut BytesMut, name: &str, user: Option<&str>, password: Opt
 }
 
 /// `PUB <subject> <#bytes>` and the body.
-pub fn publish(out: &mut BytesMut, subject: &[u8], body: &[u8]) {
+pub(crate) fn publish(out: &mut BytesMut, subject: &[u8], body: &[u8]) {
     out.extend_from_slice(b"PUB ");
     out.extend_from_slice(subject);
     out.extend_from_slice(b" ");
@@ -120,7 +120,7 @@ pub fn publish(out: &mut BytesMut, subject: &[u8], body: &[u8]) {
 }
 
 /// `SUB <subject> <sid>`.
-pub fn subscribe(out: &mut BytesMut, subject: &[u8], sid: u64) {
+pub(crate) fn subscribe(out: &mut BytesMut, subject: &[u8], sid: u64) {
     out.extend_from_slice(b"SUB ");
     out.extend_from_slice(subject);
     out.extend_from_slice(b" ");
@@ -129,19 +129,19 @@ pub fn subscribe(out: &mut BytesMut, subject: &[u8], sid: u64) {
 }
 
 /// `UNSUB <sid>`.
-pub fn unsubscribe(out: &mut BytesMut, sid: u64) {
+pub(crate) fn unsubscribe(out: &mut BytesMut, sid: u64) {
     out.extend_from_slice(b"UNSUB ");
     out.extend_from_slice(itoa::Buffer::new().format(sid).as_bytes());
     out.extend_from_slice(b"\r\n");
 }
 
 /// `PING`: the server answers `PONG` (a liveness check).
-pub fn ping(out: &mut BytesMut) {
+pub(crate) fn ping(out: &mut BytesMut) {
     out.extend_from_slice(b"PING\r\n");
 }
 
 /// `PONG`, the answer to the server's `PING`.
-pub fn pong(out: &mut BytesMut) {
+pub(crate) fn pong(out: &mut BytesMut) {
     out.extend_from_slice(b"PONG\r\n");
 }
 

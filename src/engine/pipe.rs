@@ -23,7 +23,7 @@ const READ_CHUNK: usize = 64 << 10;
 
 /// Commands waiting to be written, and the writer waiting for them.
 #[derive(Default)]
-pub struct Pipe {
+pub(crate) struct Pipe {
     out: RefCell<BytesMut>,
     writer: WaitQueue,
     /// Something is gathered elsewhere to be written at the writer's next
@@ -33,25 +33,25 @@ pub struct Pipe {
 
 impl Pipe {
     /// Appends to what goes out next, and wakes the writer.
-    pub fn write(&self, append: impl FnOnce(&mut BytesMut)) {
+    pub(crate) fn write(&self, append: impl FnOnce(&mut BytesMut)) {
         append(&mut self.out.borrow_mut());
         self.writer.wake_all();
     }
 
     /// Wakes the writer for what is held elsewhere: its `seal` (see
     /// [`Pipe::serve`]) appends it before the next write.
-    pub fn hold(&self) {
+    pub(crate) fn hold(&self) {
         self.held.set(true);
         self.writer.wake_all();
     }
 
     /// Forgets what was not written (the connection it was for is gone).
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         self.out.borrow_mut().clear();
     }
 
     /// Bytes appended and not yet written.
-    pub fn unwritten(&self) -> usize {
+    pub(crate) fn unwritten(&self) -> usize {
         self.out.borrow().len()
     }
 
@@ -60,7 +60,7 @@ impl Pipe {
     /// either fails; returns why. `broker` names the peer in the reason.
     /// Before each write, after [`Pipe::hold`], `seal` appends what was
     /// held (it runs after the tasks of the turn that held it).
-    pub async fn serve(
+    pub(crate) async fn serve(
         &self,
         stream: &SharedStream,
         broker: &str,
@@ -112,7 +112,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// broker's name may point elsewhere now), again. Reconnects are counted;
 /// failures to connect are logged at the first attempt and then at powers
 /// of two.
-pub async fn keep_connected(
+pub(crate) async fn keep_connected(
     first: SocketAddr,
     host_port: &str,
     shown: &str,
@@ -147,7 +147,7 @@ pub async fn keep_connected(
 
 /// Connects to `socket` within `timeout`, with Nagle off (commands are
 /// already batched by the pipe).
-pub async fn connect(socket: SocketAddr, timeout: Duration) -> Result<TcpStream, String> {
+pub(crate) async fn connect(socket: SocketAddr, timeout: Duration) -> Result<TcpStream, String> {
     let connected =
         glommio::timer::timeout(timeout, async { TcpStream::connect(socket).await }).await;
     let tcp = connected.map_err(|e| e.to_string())?;

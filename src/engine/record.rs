@@ -20,11 +20,11 @@ use crate::{
 /// (1: the conflation key was an unkeyed hash).
 const VERSION: u8 = 2;
 /// Bytes before the payload.
-pub const HEADER_LEN: usize = 29;
+pub(crate) const HEADER_LEN: usize = 29;
 
 /// Why a record (or a published message) could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RecordError {
+pub(crate) enum RecordError {
     #[error("record shorter than its header")]
     Short,
     #[error("record format {0} is not known (this node reads format {VERSION})")]
@@ -41,7 +41,7 @@ pub enum RecordError {
 
 /// A publication read back from a record.
 #[derive(Debug, Clone)]
-pub struct Record {
+pub(crate) struct Record {
     pub payload: Payload,
     /// The node it was published on (see [`node_hash`]).
     pub origin: u64,
@@ -50,12 +50,12 @@ pub struct Record {
 }
 
 /// A node id as records carry it: 64 bits of its FNV-1a hash.
-pub fn node_hash(node_id: &str) -> u64 {
+pub(crate) fn node_hash(node_id: &str) -> u64 {
     crate::channel::fnv1a(node_id.as_bytes())
 }
 
 /// Writes `payload` as a record from node `origin` into `out`.
-pub fn encode(out: &mut BytesMut, payload: &Payload, origin: u64, skip: Option<Skip>) {
+pub(crate) fn encode(out: &mut BytesMut, payload: &Payload, origin: u64, skip: Option<Skip>) {
     let key = payload.key.as_deref().unwrap_or_default();
     out.reserve(HEADER_LEN + key.len() + payload.bytes.len());
     out.put_u8(VERSION);
@@ -81,7 +81,7 @@ pub fn encode(out: &mut BytesMut, payload: &Payload, origin: u64, skip: Option<S
 
 /// Reads a record. The payload is copied out of `record` (one allocation
 /// of its length): a payload never pins the buffer it was read into.
-pub fn decode(record: &[u8]) -> Result<Record, RecordError> {
+pub(crate) fn decode(record: &[u8]) -> Result<Record, RecordError> {
     if record.len() < HEADER_LEN {
         return Err(RecordError::Short);
     }
@@ -140,7 +140,7 @@ pub fn decode(record: &[u8]) -> Result<Record, RecordError> {
 
 /// A message the Redis engine's script published: `<offset>:<epoch>:` and
 /// the record. Returns the offset, the epoch and the record's bytes.
-pub fn split_published(message: &[u8]) -> Result<(u64, &str, &[u8]), RecordError> {
+pub(crate) fn split_published(message: &[u8]) -> Result<(u64, &str, &[u8]), RecordError> {
     let colon = memchr::memchr(b':', message).ok_or(RecordError::Envelope)?;
     let offset = parse_u64(&message[..colon]).ok_or(RecordError::Envelope)?;
     let rest = &message[colon + 1..];
@@ -153,7 +153,7 @@ pub fn split_published(message: &[u8]) -> Result<(u64, &str, &[u8]), RecordError
 }
 
 /// Decimal digits as a `u64` (no sign, no spaces, no overflow).
-pub fn parse_u64(digits: &[u8]) -> Option<u64> {
+pub(crate) fn parse_u64(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 20 {
         return None;
     }

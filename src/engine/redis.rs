@@ -51,7 +51,7 @@ const FILL_PAGE_BYTES: usize = 256 << 10;
 
 /// What every link of one shard is configured with.
 #[derive(Debug, Clone)]
-pub struct RedisSettings {
+pub(crate) struct RedisSettings {
     /// Key and pub/sub channel prefix (`--engine-prefix`).
     pub prefix: String,
     /// Entries kept in each channel's stream (`--history-size`).
@@ -77,7 +77,7 @@ pub struct RedisSettings {
 
 /// A publication waiting for the script's answer.
 #[derive(Debug)]
-pub struct PublishTicket {
+pub(crate) struct PublishTicket {
     /// The shard the publisher is on.
     pub from: usize,
     pub reply: Reply,
@@ -85,7 +85,7 @@ pub struct PublishTicket {
 
 /// Who asked where a channel stands.
 #[derive(Debug)]
-pub enum PositionAsk {
+pub(crate) enum PositionAsk {
     /// A subscription waiting for its position (`mesh::Question::Position`)
     /// under `to`.
     Subscriber {
@@ -107,14 +107,14 @@ pub enum PositionAsk {
 /// Where a channel stands in Redis, and what its stream holds after the
 /// offset asked about.
 #[derive(Debug, Clone)]
-pub struct Standing {
+pub(crate) struct Standing {
     pub seq: u64,
     pub epoch: Box<str>,
     pub entries: Vec<(u64, Record)>,
 }
 
 /// What a link hands to the shard it serves.
-pub trait RedisHost {
+pub(crate) trait RedisHost {
     /// A publication Redis ordered as `seq` of `channel` in `epoch`.
     fn on_message(&self, channel: &str, seq: u64, epoch: &str, record: Record);
     /// The script answered a publication (or the link was lost first).
@@ -172,7 +172,7 @@ enum Pending {
 /// A presence question on its way to Redis: about which channel, what,
 /// and where the answer goes.
 #[derive(Debug)]
-pub struct PresenceRequest {
+pub(crate) struct PresenceRequest {
     pub ch: Box<str>,
     pub to: ReplyId,
     pub ask: crate::protocol::PresenceAsk,
@@ -180,7 +180,7 @@ pub struct PresenceRequest {
 
 /// What Redis answered about a presence channel.
 #[derive(Debug)]
-pub enum PresenceAnswer {
+pub(crate) enum PresenceAnswer {
     Count(usize),
     /// A page of members, as (conn, member JSON), in conn order; `more`
     /// when others follow; `count`: the channel's members in all.
@@ -224,7 +224,7 @@ struct Epochs {
 }
 
 /// One shard's link to one Redis.
-pub struct RedisLink {
+pub(crate) struct RedisLink {
     /// Its place among `--redis-url`s.
     pub index: usize,
     addr: BrokerAddr,
@@ -254,7 +254,7 @@ pub struct RedisLink {
 }
 
 impl RedisLink {
-    pub fn new(
+    pub(crate) fn new(
         index: usize,
         addr: BrokerAddr,
         socket: SocketAddr,
@@ -282,14 +282,14 @@ impl RedisLink {
         }
     }
 
-    pub fn is_up(&self) -> bool {
+    pub(crate) fn is_up(&self) -> bool {
         self.up.get()
     }
 
     /// Adds a publication to this turn's script call; `Ok(true)` when the
     /// link just became busy. Refused at once while the link is down (the
     /// ticket comes back).
-    pub fn publish(
+    pub(crate) fn publish(
         &self,
         name: &str,
         payload: &Payload,
@@ -394,7 +394,7 @@ impl RedisLink {
 
     /// Asks where `ask`'s channel stands and for the stream's entries after
     /// `after` (`None`: none wanted). Refused at once while down.
-    pub fn position(&self, ask: PositionAsk, after: Option<u64>) -> Result<(), PositionAsk> {
+    pub(crate) fn position(&self, ask: PositionAsk, after: Option<u64>) -> Result<(), PositionAsk> {
         if !self.up.get() {
             return Err(ask);
         }
@@ -445,7 +445,7 @@ impl RedisLink {
 
     /// `member` (conn and JSON) joined presence channel `name` here, or
     /// left it: recorded in Redis and announced to the other nodes.
-    pub fn presence_change(&self, name: &str, join: bool, conn: &str, member: &[u8]) {
+    pub(crate) fn presence_change(&self, name: &str, join: bool, conn: &str, member: &[u8]) {
         if !self.up.get() {
             return;
         }
@@ -468,7 +468,7 @@ impl RedisLink {
 
     /// This node's members of `name` are still there (`members`: conn and
     /// JSON of each): their expiry moves on by the presence TTL.
-    pub fn presence_refresh(&self, name: &str, members: &[(&str, &[u8])]) {
+    pub(crate) fn presence_refresh(&self, name: &str, members: &[(&str, &[u8])]) {
         if !self.up.get() || members.is_empty() {
             return;
         }
@@ -491,7 +491,7 @@ impl RedisLink {
     /// `answer`, the host hears in [`RedisHost::on_occupancy`] whether that
     /// made the channel occupied or vacated across nodes. `false` while
     /// down.
-    pub fn node_occupancy(&self, name: &str, on: bool, answer: bool) -> bool {
+    pub(crate) fn node_occupancy(&self, name: &str, on: bool, answer: bool) -> bool {
         if !self.up.get() {
             return false;
         }
@@ -524,7 +524,7 @@ impl RedisLink {
 
     /// Asks Redis who is on presence channel `request.ch` (every node's
     /// members), or how many. Refused at once while down.
-    pub fn presence_query(&self, request: PresenceRequest) -> Result<(), PresenceRequest> {
+    pub(crate) fn presence_query(&self, request: PresenceRequest) -> Result<(), PresenceRequest> {
         if !self.up.get() {
             return Err(request);
         }
@@ -569,7 +569,7 @@ impl RedisLink {
 
     /// This shard wants pushes for `name` (or no longer): `SUBSCRIBE`s or
     /// `UNSUBSCRIBE`s when that changes. Kept while down, for the reconnect.
-    pub fn want(&self, name: &str, on: bool) {
+    pub(crate) fn want(&self, name: &str, on: bool) {
         let changed = match on {
             true => self.wanted.borrow_mut().insert(name.into()),
             false => self.wanted.borrow_mut().remove(name),
@@ -583,7 +583,7 @@ impl RedisLink {
 
     /// Sends a control message to every node (`super::control`); `false`
     /// while down.
-    pub fn control(&self, message: &[u8]) -> bool {
+    pub(crate) fn control(&self, message: &[u8]) -> bool {
         if !self.up.get() {
             return false;
         }
@@ -663,7 +663,7 @@ impl RedisLink {
     /// Keeps this link connected until the shard drops the future: connect,
     /// set up, serve until the connection fails, answer what was in flight
     /// as refused, wait (backoff with jitter), again.
-    pub async fn run<H: RedisHost>(self: Rc<Self>, host: &H) {
+    pub(crate) async fn run<H: RedisHost>(self: Rc<Self>, host: &H) {
         pipe::keep_connected(self.socket, &self.addr.host_port, &self.addr.shown, host.stats(), async |stream| {
             tracing::info!(redis = %self.addr.shown, link = self.index, "connected to Redis");
             self.start(host);

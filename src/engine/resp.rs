@@ -13,10 +13,10 @@ use redis_protocol::resp3::{
 /// Why Redis's output could not be read: the connection is then dropped.
 #[derive(Debug, thiserror::Error)]
 #[error("unreadable reply from Redis: {0}")]
-pub struct RespError(String);
+pub(crate) struct RespError(String);
 
 /// Appends one command (`args` as bulk strings) to `out`.
-pub fn command(out: &mut BytesMut, args: &[&[u8]]) {
+pub(crate) fn command(out: &mut BytesMut, args: &[&[u8]]) {
     array_head(out, args.len());
     for arg in args {
         bulk(out, &[arg]);
@@ -25,7 +25,7 @@ pub fn command(out: &mut BytesMut, args: &[&[u8]]) {
 
 /// The head of a command of `len` arguments, each then written with
 /// [`bulk`].
-pub fn array_head(out: &mut BytesMut, len: usize) {
+pub(crate) fn array_head(out: &mut BytesMut, len: usize) {
     out.extend_from_slice(b"*");
     out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -33,7 +33,7 @@ pub fn array_head(out: &mut BytesMut, len: usize) {
 
 /// One argument made of `parts` end to end (a key built in place, with no
 /// buffer of its own).
-pub fn bulk(out: &mut BytesMut, parts: &[&[u8]]) {
+pub(crate) fn bulk(out: &mut BytesMut, parts: &[&[u8]]) {
     let len: usize = parts.iter().map(|p| p.len()).sum();
     out.extend_from_slice(b"$");
     out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
@@ -46,7 +46,7 @@ pub fn bulk(out: &mut BytesMut, parts: &[&[u8]]) {
 
 /// The next complete frame in `buf`, taken off its front; `None` until one
 /// has fully arrived.
-pub fn next_frame(buf: &mut BytesMut) -> Result<Option<BytesFrame>, RespError> {
+pub(crate) fn next_frame(buf: &mut BytesMut) -> Result<Option<BytesFrame>, RespError> {
     match decode_bytes_mut(buf) {
         Ok(Some((frame, _, _))) => Ok(Some(frame)),
         Ok(None) => Ok(None),
@@ -56,7 +56,7 @@ pub fn next_frame(buf: &mut BytesMut) -> Result<Option<BytesFrame>, RespError> {
 
 /// A pub/sub message pushed to a subscribed connection: its channel and
 /// data. Subscribe confirmations and other pushes give `None`.
-pub fn pushed_message(frame: &BytesFrame) -> Option<(&Bytes, &Bytes)> {
+pub(crate) fn pushed_message(frame: &BytesFrame) -> Option<(&Bytes, &Bytes)> {
     let BytesFrame::Push { data, .. } = frame else {
         return None;
     };
@@ -69,12 +69,12 @@ pub fn pushed_message(frame: &BytesFrame) -> Option<(&Bytes, &Bytes)> {
 }
 
 /// Whether `frame` is out-of-band (a push) rather than a command's reply.
-pub fn is_push(frame: &BytesFrame) -> bool {
+pub(crate) fn is_push(frame: &BytesFrame) -> bool {
     matches!(frame, BytesFrame::Push { .. })
 }
 
 /// An error reply's text.
-pub fn error_text(frame: &BytesFrame) -> Option<String> {
+pub(crate) fn error_text(frame: &BytesFrame) -> Option<String> {
     match frame {
         BytesFrame::SimpleError { data, .. } => Some(data.to_string()),
         BytesFrame::BlobError { data, .. } => Some(String::from_utf8_lossy(data).into_owned()),
@@ -83,7 +83,7 @@ pub fn error_text(frame: &BytesFrame) -> Option<String> {
 }
 
 /// A bulk or simple string's bytes.
-pub fn blob(frame: &BytesFrame) -> Option<&Bytes> {
+pub(crate) fn blob(frame: &BytesFrame) -> Option<&Bytes> {
     match frame {
         BytesFrame::BlobString { data, .. } | BytesFrame::SimpleString { data, .. } => Some(data),
         _ => None,
@@ -91,7 +91,7 @@ pub fn blob(frame: &BytesFrame) -> Option<&Bytes> {
 }
 
 /// An integer reply (or a string of digits, as Lua numbers may come back).
-pub fn integer(frame: &BytesFrame) -> Option<i64> {
+pub(crate) fn integer(frame: &BytesFrame) -> Option<i64> {
     match frame {
         BytesFrame::Number { data, .. } => Some(*data),
         other => std::str::from_utf8(blob(other)?).ok()?.parse().ok(),
@@ -99,7 +99,7 @@ pub fn integer(frame: &BytesFrame) -> Option<i64> {
 }
 
 /// An array reply's elements.
-pub fn array(frame: &BytesFrame) -> Option<&[BytesFrame]> {
+pub(crate) fn array(frame: &BytesFrame) -> Option<&[BytesFrame]> {
     match frame {
         BytesFrame::Array { data, .. } => Some(data),
         _ => None,

@@ -26,7 +26,7 @@
 /// two expiries), is paid once for all of them. The stream is trimmed
 /// approximately (`MAXLEN ~`: whole nodes at a time, several times
 /// cheaper), so it keeps at least the history size, a little more at times.
-pub const PUBLISH: &str = r#"
+pub(crate) const PUBLISH: &str = r#"
 local size = tonumber(ARGV[3])
 local result = {}
 local epochs = {}
@@ -77,7 +77,7 @@ return result
 /// `after`, oldest first, as many as fit the byte budget (but at least one): a
 /// reply on a subscribed connection counts against Redis's pub/sub output
 /// limit, which would cut the connection off.
-pub const POSITION: &str = r#"
+pub(crate) const POSITION: &str = r#"
 local epoch = redis.call('hget', KEYS[1], 'e')
 if not epoch then
   epoch = ARGV[1]
@@ -116,7 +116,7 @@ macro_rules! redis_now {
 /// (conns, all scored 0, for pages in conn order); `ARGV` 1 `j` or `l`,
 /// 2 conn, 3 member JSON, 4 ttl ms, 5 pub/sub channel, 6 the event to
 /// publish when it changed something. Returns 1 if it did.
-pub const PRESENCE_CHANGE: &str = concat!(
+pub(crate) const PRESENCE_CHANGE: &str = concat!(
     redis_now!(),
     r#"local changed
 if ARGV[1] == 'j' then
@@ -140,7 +140,7 @@ return changed
 
 /// A node's members are still there: `KEYS` as above; `ARGV` 1 ttl ms,
 /// then conn and member JSON pairs, each kept until now + ttl.
-pub const PRESENCE_REFRESH: &str = concat!(
+pub(crate) const PRESENCE_REFRESH: &str = concat!(
     redis_now!(),
     r#"local expiry = now + tonumber(ARGV[1])
 for i = 2, #ARGV, 2 do
@@ -161,7 +161,7 @@ return 1
 /// dropped first. Returns the count, or `{count, more, conn1, json1, ...}`
 /// (`more` 1 when members follow the page): a page costs its own size,
 /// however many members the channel has.
-pub const PRESENCE_QUERY: &str = concat!(
+pub(crate) const PRESENCE_QUERY: &str = concat!(
     redis_now!(),
     r#"local expired = redis.call('zrangebyscore', KEYS[2], '-inf', now)
 for i = 1, #expired, 1000 do
@@ -208,7 +208,7 @@ return result
 /// refresh) or `l` (no longer), 2 the node, 3 ttl ms. Nodes that stopped
 /// refreshing are dropped first. Returns `{changed, nodes}`: whether this
 /// node's entry came or went, and how many nodes are left.
-pub const NODE_OCCUPANCY: &str = concat!(
+pub(crate) const NODE_OCCUPANCY: &str = concat!(
     redis_now!(),
     r#"redis.call('zremrangebyscore', KEYS[1], '-inf', now)
 local changed
@@ -222,7 +222,7 @@ return {changed, redis.call('zcard', KEYS[1])}
 "#
 );
 
-pub const ALL: [&str; 6] = [
+pub(crate) const ALL: [&str; 6] = [
     PUBLISH,
     POSITION,
     PRESENCE_CHANGE,
@@ -232,7 +232,7 @@ pub const ALL: [&str; 6] = [
 ];
 
 /// A script's SHA-1 in lower-case hex, the name `EVALSHA` takes.
-pub fn sha1_hex(script: &str) -> String {
+pub(crate) fn sha1_hex(script: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, script.as_bytes());
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }

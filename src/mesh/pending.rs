@@ -30,7 +30,7 @@ use slab::Slab;
 /// Names a question's entry in the pending table of the shard that asked
 /// it, so that its answer finds the way back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReplyId {
+pub(crate) struct ReplyId {
     shard: u16,
     slot: u32,
     generation: u32,
@@ -38,14 +38,14 @@ pub struct ReplyId {
 
 impl ReplyId {
     /// The shard that asked (and waits for the answer).
-    pub fn shard(self) -> usize {
+    pub(crate) fn shard(self) -> usize {
         usize::from(self.shard)
     }
 
     /// A reply id as a table would make it (for tests of those who carry
     /// one).
     #[cfg(test)]
-    pub fn for_tests(shard: u16, slot: u32, generation: u32) -> Self {
+    pub(crate) fn for_tests(shard: u16, slot: u32, generation: u32) -> Self {
         ReplyId {
             shard,
             slot,
@@ -56,7 +56,7 @@ impl ReplyId {
 
 /// One shard's table of questions waiting for answers of type `A`; those
 /// that no task waits for keep a note of type `N`.
-pub struct Pending<A, N> {
+pub(crate) struct Pending<A, N> {
     shard: u16,
     entries: RefCell<Slab<Entry<A, N>>>,
     /// The generation of the last entry taken.
@@ -77,7 +77,7 @@ enum Asker<A, N> {
 
 impl<A, N> Pending<A, N> {
     /// The table of shard `shard`.
-    pub fn new(shard: usize) -> Self {
+    pub(crate) fn new(shard: usize) -> Self {
         Pending {
             // Shards are fewer than `owner::MAX_SHARDS`.
             shard: shard as u16,
@@ -103,7 +103,7 @@ impl<A, N> Pending<A, N> {
     /// A question the calling task waits on, for up to `answers` answers
     /// of type `T` (answers of another type are dropped). Its entry is
     /// freed when the returned guard is.
-    pub fn wait<T: TryFrom<A>>(&self, answers: usize) -> Waiting<'_, A, N, T> {
+    pub(crate) fn wait<T: TryFrom<A>>(&self, answers: usize) -> Waiting<'_, A, N, T> {
         let (sender, receiver) = local_channel::new_bounded(answers.max(1));
         let id = self.take(Asker::Task(sender));
         Waiting {
@@ -116,7 +116,7 @@ impl<A, N> Pending<A, N> {
 
     /// A question nobody waits on: its answer is acted on as `note` says
     /// when it comes (see [`Pending::settle`]). The entry lives until then.
-    pub fn note(&self, note: N) -> ReplyId {
+    pub(crate) fn note(&self, note: N) -> ReplyId {
         self.take(Asker::Note(note))
     }
 
@@ -124,7 +124,7 @@ impl<A, N> Pending<A, N> {
     /// for a noted question, returned with its note (and the entry freed).
     /// An answer for a question given up on, or one more than the task
     /// takes, goes nowhere.
-    pub fn settle(&self, id: ReplyId, answer: A) -> Option<(N, A)> {
+    pub(crate) fn settle(&self, id: ReplyId, answer: A) -> Option<(N, A)> {
         if id.shard != self.shard {
             return None;
         }
@@ -148,12 +148,12 @@ impl<A, N> Pending<A, N> {
 
     /// Questions waiting for answers.
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.borrow().len()
     }
 
     #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
@@ -173,7 +173,7 @@ impl<A, N> Pending<A, N> {
 
 /// A task's wait for the answers to its question, typed `T`; frees the
 /// question's entry when dropped.
-pub struct Waiting<'a, A, N, T> {
+pub(crate) struct Waiting<'a, A, N, T> {
     table: &'a Pending<A, N>,
     id: ReplyId,
     receiver: LocalReceiver<A>,
@@ -182,13 +182,13 @@ pub struct Waiting<'a, A, N, T> {
 
 impl<A, N, T: TryFrom<A>> Waiting<'_, A, N, T> {
     /// What the question carries for its answers to come back here.
-    pub fn id(&self) -> ReplyId {
+    pub(crate) fn id(&self) -> ReplyId {
         self.id
     }
 
     /// The next answer. Waits for as long as it takes: bound the wait
     /// with a timeout.
-    pub async fn next(&self) -> Option<T> {
+    pub(crate) async fn next(&self) -> Option<T> {
         while let Some(answer) = self.receiver.recv().await {
             if let Ok(reply) = T::try_from(answer) {
                 return Some(reply);
@@ -198,7 +198,12 @@ impl<A, N, T: TryFrom<A>> Waiting<'_, A, N, T> {
     }
 
     /// Hands `take` up to `count` answers, those that come within `wait`.
-    pub async fn collect_within(&self, count: usize, wait: Duration, mut take: impl FnMut(T)) {
+    pub(crate) async fn collect_within(
+        &self,
+        count: usize,
+        wait: Duration,
+        mut take: impl FnMut(T),
+    ) {
         let _ = glommio::timer::timeout(wait, async {
             for _ in 0..count {
                 match self.next().await {

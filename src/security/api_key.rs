@@ -6,10 +6,10 @@
 use subtle::ConstantTimeEq;
 
 /// Shortest key accepted.
-pub const MIN_KEY_BYTES: usize = 16;
+pub(crate) const MIN_KEY_BYTES: usize = 16;
 
 /// A configured API key.
-pub struct ApiKey(Box<[u8]>);
+pub(crate) struct ApiKey(Box<[u8]>);
 
 impl std::fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -19,18 +19,18 @@ impl std::fmt::Debug for ApiKey {
 
 impl ApiKey {
     /// `None` when `key` is shorter than [`MIN_KEY_BYTES`].
-    pub fn new(key: &str) -> Option<Self> {
+    pub(crate) fn new(key: &str) -> Option<Self> {
         (key.len() >= MIN_KEY_BYTES).then(|| ApiKey(key.as_bytes().into()))
     }
 
     /// Whether the presented key (if any) is this one.
-    pub fn accepts(&self, presented: Option<&str>) -> bool {
+    pub(crate) fn accepts(&self, presented: Option<&str>) -> bool {
         presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(&self.0)))
     }
 }
 
 /// The credential in an `Authorization: Bearer <credential>` header value.
-pub fn bearer(authorization: &str) -> Option<&str> {
+pub(crate) fn bearer(authorization: &str) -> Option<&str> {
     let (scheme, credential) = authorization.trim().split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")

@@ -12,14 +12,14 @@ use std::sync::{
 
 /// Open plain HTTP connections over every shard.
 #[derive(Debug)]
-pub struct HttpCap {
+pub(crate) struct HttpCap {
     limit: usize,
     open: AtomicUsize,
 }
 
 /// One counted connection; uncounted when dropped.
 #[derive(Debug)]
-pub struct HttpSlot {
+pub(crate) struct HttpSlot {
     cap: Arc<HttpCap>,
 }
 
@@ -31,19 +31,19 @@ impl Drop for HttpSlot {
 
 impl HttpCap {
     /// A cap of `limit` connections.
-    pub fn new(limit: usize) -> Arc<Self> {
+    pub(crate) fn new(limit: usize) -> Arc<Self> {
         Arc::new(HttpCap {
             limit,
             open: AtomicUsize::new(0),
         })
     }
 
-    pub fn limit(&self) -> usize {
+    pub(crate) fn limit(&self) -> usize {
         self.limit
     }
 
     /// Counts a connection, or `None` at the cap.
-    pub fn try_acquire(self: &Arc<Self>) -> Option<HttpSlot> {
+    pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<HttpSlot> {
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.limit).then_some(n + 1)
@@ -54,7 +54,7 @@ impl HttpCap {
 
     #[cfg(test)]
     /// Connections counted now.
-    pub fn open(&self) -> usize {
+    pub(crate) fn open(&self) -> usize {
         self.open.load(Ordering::Acquire)
     }
 }

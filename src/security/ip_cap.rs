@@ -20,7 +20,7 @@ use std::{
 const COUNTERS: usize = 1 << 20;
 
 /// Open connections per client address, over every shard.
-pub struct IpCap {
+pub(crate) struct IpCap {
     limit: u32,
     rows: [Box<[AtomicU32]>; 2],
     seed: u64,
@@ -68,7 +68,7 @@ fn zeroed_row() -> Box<[AtomicU32]> {
 
 impl IpCap {
     /// A cap of `limit` connections per address, hashed with `seed`.
-    pub fn new(limit: u32, seed: u64) -> Arc<Self> {
+    pub(crate) fn new(limit: u32, seed: u64) -> Arc<Self> {
         Arc::new(IpCap {
             limit,
             rows: [zeroed_row(), zeroed_row()],
@@ -83,12 +83,12 @@ impl IpCap {
         hasher.finish() as usize % COUNTERS
     }
 
-    pub fn limit(&self) -> u32 {
+    pub(crate) fn limit(&self) -> u32 {
         self.limit
     }
 
     /// Counts a connection from `ip`, or `None` if `ip` is at the cap.
-    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+    pub(crate) fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
         let key = client_key(ip);
         let slots = [0, 1].map(|row| self.slot(row, key));
         let before = [0, 1].map(|i| self.rows[i][slots[i]].fetch_add(1, Ordering::AcqRel));
@@ -103,7 +103,7 @@ impl IpCap {
 
     #[cfg(test)]
     /// Connections counted for `ip` (an estimate: never below the truth).
-    pub fn count(&self, ip: IpAddr) -> u32 {
+    pub(crate) fn count(&self, ip: IpAddr) -> u32 {
         let key = client_key(ip);
         (0..2)
             .map(|row| self.rows[row][self.slot(row, key)].load(Ordering::Acquire))

@@ -15,16 +15,16 @@
 //!
 //! `docs/security.md` explains the model.
 
-pub mod api_key;
-pub mod http_cap;
-pub mod ip_cap;
-pub mod origin;
-pub use shardcast_core::pattern;
-pub mod rate;
+pub(crate) mod api_key;
+pub(crate) mod http_cap;
+pub(crate) mod ip_cap;
+pub(crate) mod origin;
+pub(crate) use shardcast_core::pattern;
+pub(crate) mod rate;
 pub mod ring_jwt;
-pub mod settings;
-pub mod tls;
-pub mod token;
+pub(crate) mod settings;
+pub(crate) mod tls;
+pub(crate) mod token;
 
 use std::{sync::Arc, time::Duration};
 
@@ -43,7 +43,7 @@ use self::{
 
 /// The security settings, ready to use.
 #[derive(Default)]
-pub struct Security {
+pub(crate) struct Security {
     /// `None`: anonymous mode, everything is allowed to everyone.
     pub verifier: Option<Verifier>,
     /// Time a `/ws` client may take to send its `auth` frame.
@@ -98,7 +98,7 @@ impl Security {
     /// Loads keys and certificates named by `settings`. Subscriptions
     /// come in a burst of `max_subscriptions`; `seed` keys the per-IP
     /// counters' hashes.
-    pub fn load(
+    pub(crate) fn load(
         settings: &SecuritySettings,
         max_subscriptions: usize,
         seed: u64,
@@ -156,7 +156,7 @@ impl Security {
         })
     }
 
-    pub fn is_anonymous(&self) -> bool {
+    pub(crate) fn is_anonymous(&self) -> bool {
         self.verifier.is_none()
     }
 }

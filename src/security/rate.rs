@@ -8,9 +8,9 @@
 use std::cell::Cell;
 
 /// How long refused publications are counted before the count restarts.
-pub const STRIKE_WINDOW_MS: u64 = 10_000;
+pub(crate) const STRIKE_WINDOW_MS: u64 = 10_000;
 /// Refusals tolerated in a window, whatever the burst.
-pub const MIN_STRIKES: u32 = 10;
+pub(crate) const MIN_STRIKES: u32 = 10;
 
 /// A publish rate: `per_second` sustained, `burst` at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,11 +11,11 @@ use super::pattern::{any_matches, ChannelPattern, PatternError};
 use crate::channel::Access;
 
 /// Longest token accepted, in bytes.
-pub const MAX_TOKEN_BYTES: usize = 4096;
+pub(crate) const MAX_TOKEN_BYTES: usize = 4096;
 
 /// Shortest HS256 secret accepted: shorter ones can be brute-forced offline
 /// from any token.
-pub const MIN_SECRET_BYTES: usize = 32;
+pub(crate) const MIN_SECRET_BYTES: usize = 32;
 
 /// What a verified token allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,7 +106,7 @@ struct Claims {
 }
 
 /// Longest `info` claim accepted, as JSON text.
-pub const MAX_INFO_BYTES: usize = 1024;
+pub(crate) const MAX_INFO_BYTES: usize = 1024;
 
 #[derive(Deserialize, Default)]
 struct ChannelClaims {
@@ -230,7 +230,7 @@ impl Verifier {
 
 /// When a grant expiring at `expires_at` (Unix seconds) runs out on a
 /// millisecond clock that reads `now_ms` at Unix time `unix_now`.
-pub fn deadline_ms(now_ms: u64, expires_at: u64, unix_now: u64) -> u64 {
+pub(crate) fn deadline_ms(now_ms: u64, expires_at: u64, unix_now: u64) -> u64 {
     now_ms.saturating_add(expires_at.saturating_sub(unix_now).saturating_mul(1000))
 }
 

@@ -23,7 +23,7 @@ use crate::{
 
 /// A server API request, made on one shard and served by others.
 #[derive(Debug, Clone)]
-pub enum ApiRequest {
+pub(crate) enum ApiRequest {
     /// To a channel's owner: a page of its history.
     History(HistoryQuery),
     /// To every shard: its part of the channel list.
@@ -51,7 +51,7 @@ pub enum ApiAnswer {
 }
 
 /// What an HTTP publish asks of one publication.
-pub struct HttpPublication {
+pub(crate) struct HttpPublication {
     pub ch: ChannelName,
     pub payload: Payload,
     pub idempotency_key: Option<Box<str>>,
@@ -67,7 +67,7 @@ impl Shard {
     /// any answer is awaited) and returns their `seq`s in order, or why one
     /// was refused (`OutcomeUnknown` when its owner did not answer in
     /// time: it may have been made).
-    pub async fn publish_all_and_wait(
+    pub(crate) async fn publish_all_and_wait(
         &self,
         publications: Vec<HttpPublication>,
     ) -> Vec<Result<u64, Refused>> {
@@ -97,7 +97,7 @@ impl Shard {
     }
 
     /// The owners of `channels`, other than this shard, each once.
-    pub fn other_owners(&self, channels: &[&str]) -> Vec<usize> {
+    pub(crate) fn other_owners(&self, channels: &[&str]) -> Vec<usize> {
         let mut owners: Vec<usize> = channels
             .iter()
             .map(|ch| self.owner_of(ch.as_bytes()))
@@ -110,7 +110,7 @@ impl Shard {
 
     /// Waits until each of `owners` has taken in what this shard sent it
     /// so far (see [`ApiRequest::Sync`]), for at most `--handshake-timeout`.
-    pub async fn sync_with(&self, owners: &[usize]) {
+    pub(crate) async fn sync_with(&self, owners: &[usize]) {
         if owners.is_empty() {
             return;
         }
@@ -294,7 +294,7 @@ impl Shard {
     /// owner (or Redis). Refused while the shard is over its memory budget
     /// (checked again once the owner answered: from there to the answer
     /// being counted in `http_answer_bytes`, nothing else runs here).
-    pub async fn history_answer(&self, query: HistoryQuery) -> Result<Vec<u8>, HttpError> {
+    pub(crate) async fn history_answer(&self, query: HistoryQuery) -> Result<Vec<u8>, HttpError> {
         self.within_memory_budget()?;
         let owner = self.owner_of(query.ch.as_bytes());
         let answers = self
@@ -313,7 +313,7 @@ impl Shard {
     }
 
     /// `GET /api/channels`: the channels with subscribers on this node.
-    pub async fn channels_answer(&self, query: ChannelsQuery) -> Result<Vec<u8>, HttpError> {
+    pub(crate) async fn channels_answer(&self, query: ChannelsQuery) -> Result<Vec<u8>, HttpError> {
         let peers: Vec<usize> = (0..self.shards).collect();
         let request = ApiRequest::Channels {
             pattern: query.pattern,
@@ -338,7 +338,7 @@ impl Shard {
     /// `POST /api/disconnect` and `POST /api/unsubscribe`: every shard of
     /// this node acts on its connections; with a cluster engine the other
     /// nodes are told too.
-    pub async fn kick_answer(&self, kick: Kick) -> Result<Vec<u8>, HttpError> {
+    pub(crate) async fn kick_answer(&self, kick: Kick) -> Result<Vec<u8>, HttpError> {
         let peers: Vec<usize> = (0..self.shards).collect();
         self.kick_elsewhere(&kick);
         let answers = self

@@ -5,14 +5,14 @@
 //! operations connections call (subscribe, unsubscribe, publish); `run` holds
 //! its lifecycle (mesh join, accept loop, heartbeat sweep, shutdown).
 
-pub mod api;
-pub use shardcast_core::budget;
+pub(crate) mod api;
+pub(crate) use shardcast_core::budget;
 mod cluster;
 use shardcast_core::idempotency;
 mod lifecycle;
-pub use shardcast_core::members;
+pub(crate) use shardcast_core::members;
 mod observe;
-pub use shardcast_core::owner;
+pub(crate) use shardcast_core::owner;
 mod presence;
 mod run;
 mod serve;
@@ -34,8 +34,8 @@ use bytes::Bytes;
 use glommio::sync::Gate;
 use slab::Slab;
 
-pub use run::{run_shard, ShardContext};
-pub use serve::serve;
+pub(crate) use run::{run_shard, ShardContext};
+pub(crate) use serve::serve;
 
 use self::{
     budget::MemoryUse,
@@ -74,7 +74,7 @@ use crate::{
 };
 
 /// The state of one shard, shared by its tasks through `Rc`.
-pub struct Shard {
+pub(crate) struct Shard {
     pub id: usize,
     pub shards: usize,
     pub config: Config,
@@ -166,7 +166,7 @@ enum Note {
 }
 
 /// What a shard is started with besides its configuration.
-pub struct ShardParts {
+pub(crate) struct ShardParts {
     pub links: Rc<PeerLinks>,
     pub open_connections: Arc<AtomicUsize>,
     pub epoch: u64,
@@ -180,7 +180,7 @@ pub struct ShardParts {
 impl ShardParts {
     /// A shard of `shards` with the memory engine, default security and
     /// its own connection count (for tests).
-    pub fn alone(links: Rc<PeerLinks>, shards: usize) -> Self {
+    pub(crate) fn alone(links: Rc<PeerLinks>, shards: usize) -> Self {
         ShardParts {
             links,
             open_connections: Arc::default(),
@@ -194,7 +194,7 @@ impl ShardParts {
 }
 
 impl Shard {
-    pub fn new(id: usize, cpu: Option<usize>, config: Config, parts: ShardParts) -> Self {
+    pub(crate) fn new(id: usize, cpu: Option<usize>, config: Config, parts: ShardParts) -> Self {
         let ShardParts {
             links,
             open_connections,
@@ -266,36 +266,36 @@ impl Shard {
     }
 
     /// The shard's read buffer (see [`Shard::read_scratch`]'s field).
-    pub fn read_scratch(&self) -> &RefCell<Box<[u8]>> {
+    pub(crate) fn read_scratch(&self) -> &RefCell<Box<[u8]>> {
         &self.read_scratch
     }
 
     /// Milliseconds since the shard started: the heartbeat clock.
-    pub fn now_ms(&self) -> u64 {
+    pub(crate) fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
 
-    pub fn is_shutting_down(&self) -> bool {
+    pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutting_down.get()
     }
 
     /// Resolves once shutdown has begun.
-    pub fn stopped(&self) -> impl std::future::Future<Output = ()> + '_ {
+    pub(crate) fn stopped(&self) -> impl std::future::Future<Output = ()> + '_ {
         self.stop_waiters.until(|| self.shutting_down.get())
     }
 
-    pub fn connection_count(&self) -> usize {
+    pub(crate) fn connection_count(&self) -> usize {
         self.conns.borrow().len()
     }
 
     /// Resolves once no WebSocket connection is registered (for shutdown).
-    pub fn all_closed(&self) -> impl std::future::Future<Output = ()> + '_ {
+    pub(crate) fn all_closed(&self) -> impl std::future::Future<Output = ()> + '_ {
         self.closed_waiters.until(|| self.conns.borrow().is_empty())
     }
 
     /// Reserves a process-wide connection slot; `false` when at
     /// `max-connections` (the upgrade is then refused with 503).
-    pub fn try_reserve_connection(&self) -> bool {
+    pub(crate) fn try_reserve_connection(&self) -> bool {
         let max = self.config.limits.max_connections;
         self.open_connections
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -305,7 +305,7 @@ impl Shard {
     }
 
     /// What this shard holds for its clients, as its memory budget counts it.
-    pub fn memory_use(&self) -> MemoryUse {
+    pub(crate) fn memory_use(&self) -> MemoryUse {
         MemoryUse {
             connections: self.conns.borrow().len() as u64,
             subscriptions: self.index.borrow().subscription_count() as u64,
@@ -322,13 +322,13 @@ impl Shard {
     }
 
     /// This shard's share of `max-memory`.
-    pub fn memory_budget(&self) -> u64 {
+    pub(crate) fn memory_budget(&self) -> u64 {
         (self.config.limits.max_memory / self.shards.max(1)) as u64
     }
 
     /// Whether the shard is at or over its memory budget; then it takes no
     /// new connection or subscription (each refusal is counted here).
-    pub fn refuses_for_memory(&self) -> bool {
+    pub(crate) fn refuses_for_memory(&self) -> bool {
         let over = self.memory_use().is_over(self.memory_budget());
         if over {
             bump(&self.stats.memory_refusals, 1);
@@ -339,14 +339,14 @@ impl Shard {
     /// Registers a new WebSocket connection (its slot was reserved) on the
     /// stream its flush pass writes to.
     /// `batch`: its envelopes go batched into frames (`?batch=1`).
-    pub fn register(&self, stream: SharedStream, codec: Codec, batch: bool) -> Rc<Conn> {
+    pub(crate) fn register(&self, stream: SharedStream, codec: Codec, batch: bool) -> Rc<Conn> {
         self.register_on(Some(stream), codec, batch)
     }
 
     /// Registers a connection without a socket, whose queue the test reads
     /// by hand (`Outbox::take_queued`): the simulation's clients.
     #[cfg(test)]
-    pub fn register_detached(&self, codec: Codec) -> Rc<Conn> {
+    pub(crate) fn register_detached(&self, codec: Codec) -> Rc<Conn> {
         self.register_on(None, codec, false)
     }
 
@@ -379,13 +379,13 @@ impl Shard {
 
     /// Gives back a slot reserved with [`Shard::try_reserve_connection`] for
     /// an upgrade that did not complete.
-    pub fn release_connection(&self) {
+    pub(crate) fn release_connection(&self) {
         self.open_connections.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Unsubscribes a closing connection from everything, so nothing more is
     /// queued for it.
-    pub fn unregister_subscriptions(&self, conn: &Conn) {
+    pub(crate) fn unregister_subscriptions(&self, conn: &Conn) {
         for (name, slot) in conn.take_subscriptions() {
             self.remove_subscriber(&name, slot);
             self.member_changed(&name, conn, false);
@@ -394,7 +394,7 @@ impl Shard {
 
     /// Removes a connection: unsubscribes it everywhere and frees its slot.
     /// Called exactly once per registered connection (by its guard).
-    pub fn unregister(&self, conn: &Conn) {
+    pub(crate) fn unregister(&self, conn: &Conn) {
         self.unregister_subscriptions(conn);
         let mut conns = self.conns.borrow_mut();
         if conns
@@ -426,7 +426,7 @@ impl Shard {
     /// channel's owner where the channel stands; it is acknowledged with that
     /// position, gets what it missed after `since` if history holds it, and
     /// then every later publication, with no gap and no duplicate.
-    pub fn subscribe<'a>(
+    pub(crate) fn subscribe<'a>(
         &self,
         conn: &Rc<Conn>,
         name: &str,
@@ -582,7 +582,7 @@ impl Shard {
     }
 
     /// Unsubscribes `conn` from `name`.
-    pub fn unsubscribe<'a>(
+    pub(crate) fn unsubscribe<'a>(
         &self,
         conn: &Conn,
         name: &str,
@@ -673,7 +673,7 @@ impl Shard {
     }
 
     /// The shard that orders `name`.
-    pub fn owner_of(&self, name: &[u8]) -> usize {
+    pub(crate) fn owner_of(&self, name: &[u8]) -> usize {
         channel::owner_of(name, self.shards)
     }
 
@@ -683,7 +683,7 @@ impl Shard {
     /// the owner (this shard included) is congested towards a peer: a
     /// publisher should then `links.wait_for_room` before publishing more.
     /// During shutdown, publications are dropped.
-    pub fn publish(
+    pub(crate) fn publish(
         &self,
         ch: ChannelName,
         mut payload: Payload,
@@ -944,7 +944,7 @@ impl Shard {
     #[cfg(test)]
     /// Questions waiting for their answers (HTTP publishes waiting for
     /// their `seq`s among them).
-    pub fn pending_questions(&self) -> usize {
+    pub(crate) fn pending_questions(&self) -> usize {
         self.pending.len()
     }
 
@@ -976,7 +976,7 @@ impl Shard {
     }
 
     /// Handles a message from another shard. Never waits.
-    pub fn handle_mesh(&self, msg: MeshMsg) {
+    pub(crate) fn handle_mesh(&self, msg: MeshMsg) {
         match msg {
             MeshMsg::Cast(cast) => self.take_cast(cast),
             MeshMsg::Ask(to, question) => self.answer_question(to, question),
@@ -1086,7 +1086,7 @@ impl Shard {
     /// the ones that did not answer, whose token expired, whose unfinished
     /// message is over `message-timeout`, or whose queue the socket has not
     /// taken from for `send-timeout`.
-    pub fn sweep_heartbeats(&self) {
+    pub(crate) fn sweep_heartbeats(&self) {
         let now = self.now_ms();
         let now_ns = clock::now_ns();
         let message_timeout_ns = self.config.timeouts.message.as_nanos() as u64;
@@ -1120,7 +1120,7 @@ impl Shard {
     /// JSON and MessagePack clients are first told when to come back
     /// (`{"op":"reconnect","after_ms":N}`), each at its own point of
     /// `--drain-spread`, so they do not all reconnect elsewhere at once.
-    pub fn begin_shutdown(&self) {
+    pub(crate) fn begin_shutdown(&self) {
         if self.shutting_down.replace(true) {
             return;
         }
@@ -1140,34 +1140,34 @@ impl Shard {
     }
 
     /// `POST /api/drain`: every shard of the node begins its shutdown.
-    pub fn drain_node(&self) {
+    pub(crate) fn drain_node(&self) {
         for peer in (0..self.shards).filter(|p| *p != self.id) {
             self.cast(peer, Cast::Drain);
         }
         self.begin_shutdown();
     }
 
-    pub fn channel_count(&self) -> usize {
+    pub(crate) fn channel_count(&self) -> usize {
         self.index.borrow().channel_count()
     }
 
-    pub fn owned_channel_count(&self) -> usize {
+    pub(crate) fn owned_channel_count(&self) -> usize {
         self.owner.borrow().channel_count()
     }
 
     /// Publications held in the history of the channels this shard owns.
-    pub fn history_len(&self) -> usize {
+    pub(crate) fn history_len(&self) -> usize {
         self.owner.borrow().history_len()
     }
 
     /// Bytes counted for that history.
-    pub fn history_bytes(&self) -> usize {
+    pub(crate) fn history_bytes(&self) -> usize {
         self.owner.borrow().history_bytes()
     }
 
     /// Expires old history and forgets owned channels left with nothing,
     /// and idempotency keys whose window ended.
-    pub fn sweep_history(&self) {
+    pub(crate) fn sweep_history(&self) {
         self.remembered.borrow_mut().expire(self.now_ms());
         let index = self.index.borrow();
         self.owner

@@ -20,14 +20,14 @@ use crate::{
 };
 
 /// How often each shard publishes on `$stats`.
-pub const STATS_INTERVAL: Duration = Duration::from_secs(1);
+pub(super) const STATS_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a scrape waits for the other shards.
 const GATHER_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Shard {
     /// This shard's figures now. `for_scrape` adds the since-start latency
     /// histogram (a copy of about 40 KiB) for `/metrics` buckets.
-    pub fn snapshot(&self, for_scrape: bool) -> ShardSnapshot {
+    pub(crate) fn snapshot(&self, for_scrape: bool) -> ShardSnapshot {
         let stats = &self.stats;
         let subscriptions = (self.conns.borrow().iter())
             .map(|(_, conn)| conn.subscription_count() as u64)
@@ -88,7 +88,7 @@ impl Shard {
     /// Every shard's snapshot, for a scrape: asks each peer over the mesh and
     /// waits up to two seconds; a shard that does not answer (stopping) is
     /// left out.
-    pub async fn gather(&self) -> ServerStats {
+    pub(crate) async fn gather(&self) -> ServerStats {
         let mut snapshots = vec![self.snapshot(true)];
         let peers = self.shards - 1;
         if peers > 0 {
@@ -119,7 +119,7 @@ impl Shard {
 }
 
 /// Once a second: close the latency second, publish the snapshot on `$stats`.
-pub fn spawn_stats_tick(shard: &Rc<Shard>) {
+pub(super) fn spawn_stats_tick(shard: &Rc<Shard>) {
     let shard = shard.clone();
     glommio::spawn_local(async move {
         let channel = ChannelName::of_valid(STATS_CHANNEL);

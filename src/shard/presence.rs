@@ -151,7 +151,7 @@ impl Shard {
     /// A connection's `presence` or `occupancy` op (`ask`) about `name`:
     /// asks the channel's owner and answers `id` when the owner does;
     /// refused (`no_presence`) if it is not a presence channel.
-    pub fn presence_op<'a>(
+    pub(crate) fn presence_op<'a>(
         &self,
         conn: &Conn,
         name: &str,
@@ -266,7 +266,7 @@ impl Shard {
 
     /// `GET /api/presence/<ch>`: asks and waits for the answer (the JSON
     /// body). Waits for as long as it takes: bound it with a timeout.
-    pub async fn presence_and_wait(
+    pub(crate) async fn presence_and_wait(
         &self,
         name: &str,
         ask: PresenceAsk,

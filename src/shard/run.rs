@@ -32,7 +32,7 @@ const HISTORY_SWEEP_EVERY: Duration = Duration::from_secs(1);
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(20);
 
 /// Everything a shard thread is handed at start (all `Send`).
-pub struct ShardContext {
+pub(crate) struct ShardContext {
     pub id: usize,
     pub config: Config,
     /// This shard's bound, listening socket.
@@ -61,7 +61,7 @@ pub struct ShardContext {
 }
 
 /// Runs shard `ctx.id` until shutdown. Returns its final snapshot.
-pub async fn run_shard(ctx: ShardContext) -> Result<ShardSnapshot, ServerError> {
+pub(crate) async fn run_shard(ctx: ShardContext) -> Result<ShardSnapshot, ServerError> {
     // glommio numbers mesh peers by executor id; executors are created in
     // shard order (see runtime::ShardEvent::Created), so the peer id is the
     // shard's number. It decides channel ownership: checked, not assumed.

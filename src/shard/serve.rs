@@ -48,7 +48,7 @@ const DASHBOARD: &str = include_str!("../dashboard.html");
 /// Serves one accepted socket until it closes: takes its places (or
 /// refuses it), finishes TLS, then answers request after request until one
 /// upgrades to WebSocket or the connection ends.
-pub async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
+pub(crate) async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
     let tls = shard.security.tls.as_ref().filter(|_| side == Side::Public);
     let peer = tcp.peer_addr().ok().map(|peer| peer.ip());
     let places = match take_places(&shard, peer, side) {

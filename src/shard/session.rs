@@ -69,7 +69,7 @@ impl Drop for Registration {
 /// is unregistered. What the URL asked for is subscribed before it returns,
 /// so the future holds only what the read loop needs (an idle connection
 /// keeps it for as long as it lives).
-pub fn serve(
+pub(super) fn serve(
     shard: Rc<Shard>,
     leftover: Vec<u8>,
     session: Session,
