@@ -435,6 +435,36 @@ pub(crate) fn parse_history(channel: &str, query: &str) -> Result<HistoryQuery, 
     })
 }
 
+/// A server API request, made on one shard and served by others
+/// (`shard/api.rs`).
+#[derive(Debug, Clone)]
+pub(crate) enum ApiRequest {
+    /// To a channel's owner: a page of its history.
+    History(HistoryQuery),
+    /// To every shard: its part of the channel list.
+    Channels {
+        pattern: Option<ChannelPattern>,
+        after: Option<String>,
+        limit: usize,
+    },
+    /// To every shard: disconnect or unsubscribe connections.
+    Kick(Kick),
+    /// To a channel's owner: answered at once. The lane between two shards
+    /// keeps its order, so the answer says the owner has taken in every
+    /// message sent to it before (a new connection's subscriptions).
+    Sync,
+}
+
+/// A shard's answer to an [`ApiRequest`].
+#[derive(Debug)]
+pub enum ApiAnswer {
+    History(Result<HistoryPage, Refused>),
+    Channels(Vec<ChannelRow>),
+    /// How many connections were disconnected or unsubscribed.
+    Kicked(usize),
+    Synced,
+}
+
 pub(crate) use shardcast_core::owner::HistoryPage;
 
 /// The answer to a history query: `{"ch":..,"epoch":..,"seq":N,

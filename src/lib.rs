@@ -49,7 +49,8 @@
 //! - `GET /` serves `src/dashboard.html`, a page fed by the `$stats` channel.
 //! - [`webhook`]: lifecycle webhooks — events, batches, signatures, the
 //!   sender; the shard's side is `shard::lifecycle`.
-//! - [`sync`]: a shard-local wait list; [`random`]: the one source of random
+//! - [`stream`]: a socket, plain or TLS, as connections and broker links
+//!   write it; [`sync`]: a shard-local wait list; [`random`]: the one source of random
 //!   numbers (the OS's); [`error`]: the server's error types;
 //!   [`fuzzing`]: entry points of the parser fuzzers (`fuzz/`).
 //!
@@ -84,6 +85,7 @@ pub(crate) mod shard;
 pub mod shutdown;
 pub(crate) mod snapshot;
 pub(crate) mod stats;
+pub(crate) mod stream;
 pub(crate) mod sync;
 pub mod tls_client;
 pub mod units;

@@ -40,14 +40,13 @@ use glommio::channels::{
 };
 
 pub(crate) use self::pending::ReplyId;
+use shardcast_core::members::{Member, Page};
+
 use crate::{
+    api::{ApiAnswer, ApiRequest},
     channel::ChannelName,
     protocol::{PresenceAsk, RequestIdBuf},
     publication::{ConnRef, Payload, Position, Skip},
-    shard::{
-        api::{ApiAnswer, ApiRequest},
-        members::{Member, Page},
-    },
     snapshot::ShardSnapshot,
     stats::{bump, Stats},
     sync::WaitQueue,

@@ -16,7 +16,7 @@ use std::{
 /// modules of its own line and of the lines before it.
 const LAYERS: &[&[&str]] = &[
     // Leaves: units, how settings are declared, clocks, random numbers,
-    // process figures, wait lists, counters.
+    // process figures, wait lists, counters, sockets.
     &[
         "units",
         "settings",
@@ -27,6 +27,7 @@ const LAYERS: &[&[&str]] = &[
         "stats",
         "tls_client",
         "shutdown",
+        "stream",
     ],
     &["security"],
     &["engine", "webhook"],
@@ -46,8 +47,6 @@ const LAYERS: &[&[&str]] = &[
 const UPWARD_TO_REMOVE: &[(&str, &str)] = &[
     ("conn", "api"),
     ("engine", "mesh"),
-    ("mesh", "shard"),
-    ("engine", "conn"),
     // `shard::run` is the glommio shell's: it goes with `runtime`.
     ("shard", "runtime"),
 ];

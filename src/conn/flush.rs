@@ -17,11 +17,11 @@ use std::{
     time::Duration,
 };
 
-use super::{
-    outbox::{Flush, Outbox, WriteState},
+use super::outbox::{Flush, Outbox, WriteState};
+use crate::{
+    stats::{bump, Stats},
     stream::SharedStream,
 };
-use crate::stats::{bump, Stats};
 
 /// A shard's list of connections with something to write, and the task that
 /// writes them.
@@ -201,7 +201,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::{close::CloseReason, frame, sync::on_test_executor};
+    use crate::{close::CloseReason, frame, stream::SharedStream, sync::on_test_executor};
 
     /// A connected pair: the server's end as the flush pass writes it, and
     /// the client's, read with std.

@@ -12,7 +12,6 @@ pub(crate) mod http;
 pub(crate) mod machine;
 pub(crate) mod outbox;
 pub(crate) mod permit;
-pub(crate) mod stream;
 
 use std::{
     cell::{Cell, RefCell},
@@ -27,7 +26,6 @@ use self::{
     flush::Flusher,
     outbox::{Outbox, Pushed},
     permit::Permit,
-    stream::SharedStream,
 };
 use crate::{
     close::CloseReason,
@@ -37,6 +35,7 @@ use crate::{
         ip_cap::IpSlot,
         rate::{RateLimit, TokenBucket, Verdict},
     },
+    stream::SharedStream,
 };
 
 /// Which listener a connection came in on.

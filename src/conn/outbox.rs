@@ -25,8 +25,9 @@ use std::{
 use bytes::{Buf, Bytes};
 use glommio::task::JoinHandle;
 
-use super::{batch, flush::Flusher, stream::SharedStream};
+use super::{batch, flush::Flusher};
 use crate::close::CloseReason;
+use crate::stream::SharedStream;
 use crate::{
     clock, frame,
     stats::{bump, Stats},
@@ -734,7 +735,7 @@ impl Future for WrittenOut<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conn::stream::send_gathered;
+    use crate::stream::send_gathered;
 
     /// A queue no flush pass writes (the tests flush it by hand).
     fn outbox(limit: usize) -> Rc<Outbox> {

@@ -26,9 +26,9 @@ use super::{
     record::{self, Record},
 };
 use crate::{
-    conn::stream::SharedStream,
     publication::{Payload, Skip},
     stats::{bump, Stats},
+    stream::SharedStream,
 };
 
 /// Bytes not yet written over which publications are refused (the

@@ -12,9 +12,9 @@ use glommio::net::TcpStream;
 
 use super::backoff::Backoff;
 use crate::{
-    conn::stream::SharedStream,
     random,
     stats::{bump, Stats},
+    stream::SharedStream,
     sync::WaitQueue,
 };
 

@@ -33,10 +33,10 @@ use super::{
     resp, scripts, Refused,
 };
 use crate::{
-    conn::stream::SharedStream,
     mesh::{Reply, ReplyId},
     publication::{Payload, Skip},
     stats::{bump, Stats},
+    stream::SharedStream,
 };
 
 /// Publications awaiting their reply over which publishers are held back

@@ -11,7 +11,7 @@ use std::{rc::Rc, time::Duration};
 
 use super::Shard;
 use crate::{
-    api::{self, ChannelRow, ChannelsQuery, HistoryPage, HistoryQuery, Kick, Target},
+    api::{self, ApiAnswer, ApiRequest, ChannelRow, ChannelsQuery, HistoryQuery, Kick, Target},
     channel::ChannelName,
     conn::{codec::Protocol, http::HttpError, Conn},
     engine::{redis::PositionAsk, Engine, Refused},
@@ -20,35 +20,6 @@ use crate::{
     security::pattern::ChannelPattern,
     stats::bump,
 };
-
-/// A server API request, made on one shard and served by others.
-#[derive(Debug, Clone)]
-pub(crate) enum ApiRequest {
-    /// To a channel's owner: a page of its history.
-    History(HistoryQuery),
-    /// To every shard: its part of the channel list.
-    Channels {
-        pattern: Option<ChannelPattern>,
-        after: Option<String>,
-        limit: usize,
-    },
-    /// To every shard: disconnect or unsubscribe connections.
-    Kick(Kick),
-    /// To a channel's owner: answered at once. The lane between two shards
-    /// keeps its order, so the answer says the owner has taken in every
-    /// message sent to it before (a new connection's subscriptions).
-    Sync,
-}
-
-/// A shard's answer to an [`ApiRequest`].
-#[derive(Debug)]
-pub enum ApiAnswer {
-    History(Result<HistoryPage, Refused>),
-    Channels(Vec<ChannelRow>),
-    /// How many connections were disconnected or unsubscribed.
-    Kicked(usize),
-    Synced,
-}
 
 /// What an HTTP publish asks of one publication.
 pub(crate) struct HttpPublication {

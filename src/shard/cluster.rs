@@ -313,7 +313,7 @@ impl RedisHost for Shard {
                     epoch: standing.epoch.into(),
                     entries: payloads(standing.entries),
                 });
-                let answer = super::api::ApiAnswer::History(answer);
+                let answer = crate::api::ApiAnswer::History(answer);
                 self.answer(to, Answer::Api(Box::new(answer)));
             }
             PositionAsk::Fill { ch, .. } => {

@@ -54,7 +54,6 @@ use crate::{
         flush::Flusher,
         outbox::Pushed,
         permit::Permit,
-        stream::SharedStream,
         Conn,
     },
     engine::{Engine, EngineHealth, Refused},
@@ -70,6 +69,7 @@ use crate::{
         Security,
     },
     stats::{bump, Stats},
+    stream::SharedStream,
     sync::WaitQueue,
 };
 

@@ -29,7 +29,6 @@ use crate::{
         extension,
         http::{self, Head, HttpError, Route},
         permit::Permit,
-        stream::SharedStream,
         Side,
     },
     exposition, protocol,
@@ -40,6 +39,7 @@ use crate::{
         token,
     },
     stats::{bump, Stats},
+    stream::SharedStream,
 };
 
 /// The live dashboard (`GET /`): one self-contained page, fed by `$stats`.

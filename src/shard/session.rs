@@ -444,7 +444,7 @@ mod tests {
             let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap();
             let _client = std::net::TcpStream::connect(addr).unwrap();
-            let stream = crate::conn::stream::SharedStream::new(listener.accept().await.unwrap());
+            let stream = crate::stream::SharedStream::new(listener.accept().await.unwrap());
             let config = Config::default();
             let (links, _) = PeerLinks::new(0, 1, crate::mesh::new_congestion(1), Rc::default());
             let parts = crate::shard::ShardParts::alone(links, 1);

@@ -1,4 +1,5 @@
-//! One accepted TCP stream — plain, or TLS through futures-rustls. The HTTP
+//! One TCP stream — plain, or TLS through futures-rustls: an accepted
+//! connection, or a broker link the engines open (`engine/`). The HTTP
 //! task owns it until the upgrade; then it lives in the connection's outbox,
 //! and the session task, the shard's flush pass and, while the socket is
 //! full, a task waiting for it to take more each borrow it only inside a
