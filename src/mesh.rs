@@ -39,13 +39,13 @@ use glommio::channels::{
     local_channel::{self, LocalReceiver, LocalSender},
 };
 
-pub(crate) use self::pending::ReplyId;
 use shardcast_core::members::{Member, Page};
+pub(crate) use shardcast_core::publication::{Reply, ReplyId};
 
 use crate::{
     api::{ApiAnswer, ApiRequest},
     channel::ChannelName,
-    protocol::{PresenceAsk, RequestIdBuf},
+    protocol::PresenceAsk,
     publication::{ConnRef, Payload, Position, Skip},
     snapshot::ShardSnapshot,
     stats::{bump, Stats},
@@ -60,60 +60,6 @@ pub(crate) const LANE_CAPACITY: usize = 1024;
 /// A publisher waits before queueing more for a peer when this many messages
 /// are already queued for it.
 const PEER_QUEUE_HIGH_WATER: usize = 8192;
-
-/// Where the assigned `seq` of a publication must be reported, and the
-/// idempotency key it is made under, if any (as the owner remembers it:
-/// tagged with its form, `api::remembered_key`): a publication the owner
-/// (or Redis) already made under that key on the channel within
-/// `--idempotency-window` is answered with that one's `seq` and not made
-/// again.
-#[derive(Debug)]
-pub(crate) enum Reply {
-    /// Nobody is waiting (raw-room frames, the server's own publications).
-    None,
-    /// A JSON `pub` without an `id`: nothing to acknowledge, but a refusal
-    /// is still reported to `conn` (an `err` without `id`).
-    Quiet {
-        conn: ConnRef,
-        idempotency_key: Option<Box<str>>,
-    },
-    /// A JSON `pub` with an `id`: send an `ack` to that connection.
-    Ack {
-        conn: ConnRef,
-        id: RequestIdBuf,
-        idempotency_key: Option<Box<str>>,
-    },
-    /// An HTTP publish waiting for [`Answer::Published`] under `to`;
-    /// `index`: which of the request's publications this is.
-    Http {
-        to: ReplyId,
-        index: u32,
-        idempotency_key: Option<Box<str>>,
-    },
-}
-
-impl Reply {
-    /// Whether somebody waits for the publication's `seq`.
-    pub(crate) fn wants_seq(&self) -> bool {
-        matches!(self, Reply::Ack { .. } | Reply::Http { .. })
-    }
-
-    /// The idempotency key the publication is made under.
-    pub(crate) fn idempotency_key(&self) -> Option<&str> {
-        match self {
-            Reply::None => None,
-            Reply::Quiet {
-                idempotency_key, ..
-            }
-            | Reply::Ack {
-                idempotency_key, ..
-            }
-            | Reply::Http {
-                idempotency_key, ..
-            } => idempotency_key.as_deref(),
-        }
-    }
-}
 
 /// Everything shards say to each other: what needs no answer, questions,
 /// and their answers.

@@ -46,7 +46,6 @@ const LAYERS: &[&[&str]] = &[
 /// Imports upwards that are still to be removed, as (importer, imported).
 const UPWARD_TO_REMOVE: &[(&str, &str)] = &[
     ("conn", "api"),
-    ("engine", "mesh"),
     // `shard::run` is the glommio shell's: it goes with `runtime`.
     ("shard", "runtime"),
 ];

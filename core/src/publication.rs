@@ -11,7 +11,7 @@ use std::{
 
 use bytes::Bytes;
 
-use crate::protocol::PayloadKind;
+use crate::protocol::{PayloadKind, RequestIdBuf};
 
 /// Identifies a connection on its shard: slab key plus a generation so a
 /// reused slot is not mistaken for the old connection.
@@ -105,6 +105,95 @@ pub fn conflation_id(channel: &str, key: &str) -> u64 {
         .get_or_init(RandomState::new)
         .hash_one((channel, key))
         .max(1)
+}
+
+/// Where the assigned `seq` of a publication must be reported, and the
+/// idempotency key it is made under, if any (as the owner remembers it:
+/// tagged with its form, `api::remembered_key`): a publication the owner
+/// (or Redis) already made under that key on the channel within
+/// `--idempotency-window` is answered with that one's `seq` and not made
+/// again.
+#[derive(Debug)]
+pub enum Reply {
+    /// Nobody is waiting (raw-room frames, the server's own publications).
+    None,
+    /// A JSON `pub` without an `id`: nothing to acknowledge, but a refusal
+    /// is still reported to `conn` (an `err` without `id`).
+    Quiet {
+        conn: ConnRef,
+        idempotency_key: Option<Box<str>>,
+    },
+    /// A JSON `pub` with an `id`: send an `ack` to that connection.
+    Ack {
+        conn: ConnRef,
+        id: RequestIdBuf,
+        idempotency_key: Option<Box<str>>,
+    },
+    /// An HTTP publish waiting for its answer under `to` (the server's
+    /// pending table);
+    /// `index`: which of the request's publications this is.
+    Http {
+        to: ReplyId,
+        index: u32,
+        idempotency_key: Option<Box<str>>,
+    },
+}
+
+impl Reply {
+    /// Whether somebody waits for the publication's `seq`.
+    pub fn wants_seq(&self) -> bool {
+        matches!(self, Reply::Ack { .. } | Reply::Http { .. })
+    }
+
+    /// The idempotency key the publication is made under.
+    pub fn idempotency_key(&self) -> Option<&str> {
+        match self {
+            Reply::None => None,
+            Reply::Quiet {
+                idempotency_key, ..
+            }
+            | Reply::Ack {
+                idempotency_key, ..
+            }
+            | Reply::Http {
+                idempotency_key, ..
+            } => idempotency_key.as_deref(),
+        }
+    }
+}
+
+/// Names a question's entry in the pending table of the shard that asked
+/// it (the server's `mesh/pending.rs`), so that its answer finds the way
+/// back: the shard, the entry's slot, and the generation that tells it
+/// from a later question given the same slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyId {
+    shard: u16,
+    slot: u32,
+    generation: u32,
+}
+
+impl ReplyId {
+    pub fn new(shard: u16, slot: u32, generation: u32) -> Self {
+        ReplyId {
+            shard,
+            slot,
+            generation,
+        }
+    }
+
+    /// The shard that asked (and waits for the answer).
+    pub fn shard(self) -> usize {
+        usize::from(self.shard)
+    }
+
+    pub fn slot(self) -> u32 {
+        self.slot
+    }
+
+    pub fn generation(self) -> u32 {
+        self.generation
+    }
 }
 
 /// The answer to a subscription that asked for the channel's position and,

@@ -33,8 +33,7 @@ use super::{
     resp, scripts, Refused,
 };
 use crate::{
-    mesh::{Reply, ReplyId},
-    publication::{Payload, Skip},
+    publication::{Payload, Reply, ReplyId, Skip},
     stats::{bump, Stats},
     stream::SharedStream,
 };
@@ -86,7 +85,7 @@ pub(crate) struct PublishTicket {
 /// Who asked where a channel stands.
 #[derive(Debug)]
 pub(crate) enum PositionAsk {
-    /// A subscription waiting for its position (`mesh::Question::Position`)
+    /// A subscription waiting for its position (the mesh's `Question::Position`)
     /// under `to`.
     Subscriber {
         ch: Box<str>,
@@ -1151,7 +1150,7 @@ mod tests {
         let ticket = PublishTicket {
             from: 0,
             reply: Reply::Http {
-                to: ReplyId::for_tests(0, 0, 0),
+                to: ReplyId::new(0, 0, 0),
                 index,
                 idempotency_key: Some("1:k".into()),
             },

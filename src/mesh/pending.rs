@@ -27,32 +27,7 @@ use std::{
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use slab::Slab;
 
-/// Names a question's entry in the pending table of the shard that asked
-/// it, so that its answer finds the way back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ReplyId {
-    shard: u16,
-    slot: u32,
-    generation: u32,
-}
-
-impl ReplyId {
-    /// The shard that asked (and waits for the answer).
-    pub(crate) fn shard(self) -> usize {
-        usize::from(self.shard)
-    }
-
-    /// A reply id as a table would make it (for tests of those who carry
-    /// one).
-    #[cfg(test)]
-    pub(crate) fn for_tests(shard: u16, slot: u32, generation: u32) -> Self {
-        ReplyId {
-            shard,
-            slot,
-            generation,
-        }
-    }
-}
+pub(crate) use shardcast_core::publication::ReplyId;
 
 /// One shard's table of questions waiting for answers of type `A`; those
 /// that no task waits for keep a note of type `N`.
@@ -93,11 +68,7 @@ impl<A, N> Pending<A, N> {
             .entries
             .borrow_mut()
             .insert(Entry { generation, asker });
-        ReplyId {
-            shard: self.shard,
-            slot: slot as u32,
-            generation,
-        }
+        ReplyId::new(self.shard, slot as u32, generation)
     }
 
     /// A question the calling task waits on, for up to `answers` answers
@@ -125,13 +96,13 @@ impl<A, N> Pending<A, N> {
     /// An answer for a question given up on, or one more than the task
     /// takes, goes nowhere.
     pub(crate) fn settle(&self, id: ReplyId, answer: A) -> Option<(N, A)> {
-        if id.shard != self.shard {
+        if id.shard() != usize::from(self.shard) {
             return None;
         }
         let mut entries = self.entries.borrow_mut();
-        let slot = id.slot as usize;
+        let slot = id.slot() as usize;
         match entries.get(slot) {
-            Some(entry) if entry.generation == id.generation => match &entry.asker {
+            Some(entry) if entry.generation == id.generation() => match &entry.asker {
                 Asker::Task(sender) => {
                     // Full: more answers than the task takes.
                     let _ = sender.try_send(answer);
@@ -161,10 +132,10 @@ impl<A, N> Pending<A, N> {
     /// again under another generation).
     fn free(&self, id: ReplyId) {
         let mut entries = self.entries.borrow_mut();
-        let slot = id.slot as usize;
+        let slot = id.slot() as usize;
         if entries
             .get(slot)
-            .is_some_and(|e| e.generation == id.generation)
+            .is_some_and(|e| e.generation == id.generation())
         {
             entries.remove(slot);
         }
@@ -297,7 +268,7 @@ mod tests {
             let first_id = first.id();
             drop(first);
             let third = table.note("third");
-            assert_eq!((third.slot, third.shard()), (first_id.slot, 0));
+            assert_eq!((third.slot(), third.shard()), (first_id.slot(), 0));
             assert_ne!(third, first_id);
             assert_eq!(table.len(), 2);
             assert_eq!(
@@ -349,7 +320,7 @@ mod tests {
     fn an_answer_for_another_shard_is_not_taken() {
         let table = Table::new(1);
         let note = table.note("mine");
-        let elsewhere = ReplyId { shard: 0, ..note };
+        let elsewhere = ReplyId::new(0, note.slot(), note.generation());
         assert_eq!(table.settle(elsewhere, Answer::Seq(1)), None);
         assert_eq!(table.len(), 1);
     }

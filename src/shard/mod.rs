@@ -1301,7 +1301,7 @@ mod tests {
             }
             // A late answer for a slot given up on reaches nobody.
             let late = Reply::Http {
-                to: ReplyId::for_tests(0, 0, 1),
+                to: ReplyId::new(0, 0, 1),
                 index: 0,
                 idempotency_key: None,
             };
@@ -1385,7 +1385,7 @@ mod tests {
             assert_eq!(shard.owner.borrow().last_seq(&local), 2, "another key");
             assert_eq!(shard.owner.borrow().last_seq(&other), 1, "per channel");
             let http = Reply::Http {
-                to: ReplyId::for_tests(0, 0, 0),
+                to: ReplyId::new(0, 0, 0),
                 index: 0,
                 idempotency_key: key("k"),
             };
