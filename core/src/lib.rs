@@ -20,11 +20,12 @@
 //!   MessagePack protocol; [`extension`]: permessage-deflate's
 //!   negotiation; [`deflate`]: the shard's compressor and inflater.
 //! - [`publication`]: the publication types every layer passes around.
+//! - [`registry`]: the shard's connections, by name.
 //! - [`subscriptions`]: the shard's subscribers per channel and fan-out
 //!   into their queues.
 //! - [`owner`]: channel ordering — sequence, epoch, history, deltas
-//!   ([`fossil`]), conflation keys; [`idempotency`]: publications made
-//!   under a key.
+//!   ([`fossil`]), which channels conflate, which idempotency keys were
+//!   used ([`idempotency`]: publications made under a key).
 //! - [`members`]: presence channels' members, pages of them and their
 //!   JSON; [`occupancy`]: which owned channels have subscribers, for the
 //!   lifecycle webhooks.
@@ -51,6 +52,7 @@ pub mod owner;
 pub mod pattern;
 pub mod protocol;
 pub mod publication;
+pub mod registry;
 #[cfg(test)]
 mod simulation;
 pub mod subscriptions;

@@ -5,8 +5,15 @@
 //! that reconnecting clients recover from; and, while some subscriber asked
 //! for deltas, each publication's fossil delta against the one before,
 //! computed once here for every shard. The owner is the single place
-//! a channel's publications are ordered; a cluster broker (Redis, NATS) plugs
-//! in here later, taking over the ordering across nodes.
+//! a channel's publications are ordered (with the Redis engine, Redis orders
+//! them and the owner follows its order: [`Owner::follow`]).
+//!
+//! It is the shard's ordering component: besides sequence, epoch, history
+//! and deltas it decides what a publication's conflation key and its
+//! idempotency key mean before it is ordered — whether the channel
+//! conflates (`--conflate`; a key on another channel is dropped) and
+//! whether a key was already used ([`Owner::admit`], backed by
+//! [`Remembered`]).
 
 use std::{
     cmp::Reverse,
@@ -15,6 +22,8 @@ use std::{
 
 use crate::{
     channel,
+    idempotency::{self, Remembered},
+    pattern::{self, ChannelPattern},
     protocol::PayloadKind,
     publication::{Payload, Position},
 };
@@ -174,9 +183,29 @@ pub struct Owner {
     /// ([`entry_weight`]).
     kept: usize,
     kept_bytes: usize,
+    /// Publications made under an idempotency key on these channels (not
+    /// with the Redis engine: its publish script remembers them).
+    remembered: Remembered,
+    /// `--conflate`: the channels whose keyed publications conflate.
+    conflating: Vec<ChannelPattern>,
+}
+
+/// Whether a publication under an idempotency key is to be ordered
+/// ([`Owner::admit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// The key is new here: order it, then [`Owner::remember`] it.
+    New,
+    /// A retry within the window: it was ordered as this `seq`.
+    Duplicate(u64),
+    /// The key is new but the store is full: refused, not ordered.
+    Refused(idempotency::Full),
 }
 
 impl Owner {
+    /// No channel conflates and idempotency keys are forgotten at once
+    /// until [`Owner::conflating`] and [`Owner::remembering_for`] say
+    /// otherwise.
     pub fn new(limits: HistoryLimits, run_epoch: u64) -> Self {
         Owner {
             channels: HashMap::new(),
@@ -185,7 +214,74 @@ impl Owner {
             incarnations: 0,
             kept: 0,
             kept_bytes: 0,
+            remembered: Remembered::new(0),
+            conflating: Vec::new(),
         }
+    }
+
+    /// Keyed publications on channels matching `patterns` conflate.
+    pub fn conflating(mut self, patterns: Vec<ChannelPattern>) -> Self {
+        self.conflating = patterns;
+        self
+    }
+
+    /// Idempotency keys are remembered for `window_ms`.
+    pub fn remembering_for(mut self, window_ms: u64) -> Self {
+        self.remembered = Remembered::new(window_ms);
+        self
+    }
+
+    /// Whether `name` conflates: its subscribers may see `seq` skip where
+    /// keyed publications conflated (sub acks say so).
+    pub fn conflates(&self, name: &str) -> bool {
+        !self.conflating.is_empty() && pattern::any_matches(&self.conflating, name)
+    }
+
+    /// A conflation key only means something on a channel that conflates:
+    /// elsewhere it is dropped before the publication is ordered.
+    pub fn drop_key_unless_conflating(&self, name: &str, payload: &mut Payload) {
+        if payload.key.is_some() && !self.conflates(name) {
+            payload.key = None;
+        }
+    }
+
+    /// Whether a publication on `name` under idempotency key `key` from
+    /// `source` is ordered: a key seen within the window answers with its
+    /// `seq`; a new one is refused when the store is full (never is an
+    /// older key forgotten early: that would let its retry publish twice).
+    /// The caller checks the memory budget too before ordering a new one.
+    pub fn admit(
+        &mut self,
+        name: &str,
+        key: &str,
+        source: idempotency::Source,
+        now_ms: u64,
+    ) -> Admission {
+        if let Some(seq) = self.remembered.recall(name, key, now_ms) {
+            return Admission::Duplicate(seq);
+        }
+        match self.remembered.has_room(now_ms, source) {
+            Ok(()) => Admission::New,
+            Err(full) => Admission::Refused(full),
+        }
+    }
+
+    /// Remembers that the publication on `name` under `key` was ordered
+    /// as `seq` (after [`Admission::New`]).
+    pub fn remember(
+        &mut self,
+        name: &str,
+        key: &str,
+        seq: u64,
+        now_ms: u64,
+        source: idempotency::Source,
+    ) {
+        self.remembered.remember(name, key, seq, now_ms, source);
+    }
+
+    /// Bytes counted for the remembered idempotency keys.
+    pub fn idempotency_bytes(&self) -> usize {
+        self.remembered.bytes()
     }
 
     /// Assigns the next `seq` of `name` and keeps the publication in its
@@ -552,10 +648,12 @@ impl Owner {
         self.channels.get(name).map(|c| c.last_seq)
     }
 
-    /// Drops publications older than the history TTL, and the state of
-    /// channels that have nothing left: no history, no remote subscriber, no
-    /// local one (`has_local_subscribers`). Returns how many were reclaimed.
+    /// Drops publications older than the history TTL, the state of
+    /// channels that have nothing left (no history, no remote subscriber, no
+    /// local one: `has_local_subscribers`), and idempotency keys whose
+    /// window ended. Returns how many channels were reclaimed.
     pub fn sweep(&mut self, now_ms: u64, has_local_subscribers: impl Fn(&str) -> bool) -> usize {
+        self.remembered.expire(now_ms);
         let ttl_ms = self.limits.ttl_ms;
         let before = self.channels.len();
         if self.kept_bytes > self.limits.max_bytes {
@@ -824,6 +922,65 @@ mod tests {
 
     fn payload(text: &'static str) -> Payload {
         Payload::new(PayloadKind::Json, Bytes::from_static(text.as_bytes()))
+    }
+
+    fn conflating(patterns: &[&str]) -> Owner {
+        let patterns = patterns.iter().map(|p| ChannelPattern::parse(p).unwrap());
+        owner(0, 1000).conflating(patterns.collect())
+    }
+
+    #[test]
+    fn only_channels_matching_conflate_keep_a_publications_key() {
+        let owner = conflating(&["prices.*"]);
+        assert!(owner.conflates("prices.eur"));
+        assert!(!owner.conflates("news"));
+        let mut keyed = payload("1").with_key("k");
+        owner.drop_key_unless_conflating("prices.eur", &mut keyed);
+        assert_eq!(keyed.key.as_deref(), Some("k"));
+        owner.drop_key_unless_conflating("news", &mut keyed);
+        assert_eq!(keyed.key, None);
+    }
+
+    #[test]
+    fn no_channel_conflates_without_patterns() {
+        assert!(!owner(1, 1).conflates("prices.eur"));
+    }
+
+    #[test]
+    fn a_key_retried_within_its_window_is_a_duplicate_of_its_seq() {
+        use idempotency::Source::Api;
+        let mut owner = owner(10, 1000).remembering_for(100);
+        assert_eq!(owner.admit("ch", "k", Api, 0), Admission::New);
+        let seq = owner.order("ch", &payload("1"), 0, false).seq;
+        owner.remember("ch", "k", seq, 0, Api);
+        assert!(owner.idempotency_bytes() > 0);
+        assert_eq!(owner.admit("ch", "k", Api, 50), Admission::Duplicate(seq));
+        // The same key on another channel is another publication.
+        assert_eq!(owner.admit("other", "k", Api, 50), Admission::New);
+        // After the window, the key is new again; a sweep forgets it.
+        assert_eq!(owner.admit("ch", "k", Api, 101), Admission::New);
+        owner.sweep(200, |_| false);
+        assert_eq!(owner.idempotency_bytes(), 0);
+    }
+
+    #[test]
+    fn a_full_key_store_refuses_a_new_key_but_recalls_a_known_one() {
+        use idempotency::Source::Client;
+        let mut owner = owner(10, 1000).remembering_for(1000);
+        // Clients may fill half the store.
+        let half = idempotency::MAX_REMEMBERED / 2;
+        for i in 0..half {
+            owner.remember("ch", &i.to_string(), i as u64 + 1, 0, Client);
+        }
+        assert_eq!(owner.admit("ch", "0", Client, 1), Admission::Duplicate(1));
+        assert!(matches!(
+            owner.admit("ch", "new", Client, 1),
+            Admission::Refused(idempotency::Full::ClientKeys { .. })
+        ));
+        assert_eq!(
+            owner.admit("ch", "new", idempotency::Source::Api, 1),
+            Admission::New
+        );
     }
 
     #[test]

@@ -158,6 +158,9 @@ pub struct Subscriptions<S> {
     /// `conflate-after-bytes`: queued bytes over which a keyed publication
     /// of a conflated channel replaces the older one with its key.
     conflate_after: usize,
+    /// The token handed to the last subscription that waits for its
+    /// position ([`Subscriptions::new_token`]).
+    last_token: u32,
 }
 
 impl<S: Subscriber> Subscriptions<S> {
@@ -166,7 +169,16 @@ impl<S: Subscriber> Subscriptions<S> {
             channels: HashMap::new(),
             subscriptions: 0,
             conflate_after,
+            last_token: 0,
         }
+    }
+
+    /// A token for a subscription that will wait for its position: no
+    /// other pending subscription of this shard holds it (tokens wrap after
+    /// 2³² − 1 subscriptions; never 0, which names none).
+    pub fn new_token(&mut self) -> u32 {
+        self.last_token = self.last_token.wrapping_add(1).max(1);
+        self.last_token
     }
 
     /// Adds `conn` to `name`, pending under `token` if given (never 0),

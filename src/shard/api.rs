@@ -190,10 +190,10 @@ impl Shard {
     /// names; returns how many.
     pub(super) fn kick(&self, kick: &Kick) -> usize {
         let conns: Vec<Rc<Conn>> = self
-            .conns
+            .registry
             .borrow()
             .iter()
-            .map(|(_, c)| c.clone())
+            .cloned()
             .filter(|c| c.outbox.closing().is_none() && self.is_target(c, kick.target()))
             .collect();
         let mut kicked = 0;

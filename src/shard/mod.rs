@@ -8,40 +8,43 @@
 pub(crate) mod api;
 pub(crate) use shardcast_core::budget;
 mod cluster;
+mod heartbeats;
 use shardcast_core::idempotency;
 mod lifecycle;
+mod lifetime;
 pub(crate) use shardcast_core::members;
 mod observe;
 pub(crate) use shardcast_core::owner;
 mod presence;
 mod run;
+mod scratch;
 mod serve;
 mod session;
 #[cfg(test)]
 mod simulation;
 
 use std::{
-    cell::{Cell, RefCell},
+    cell::RefCell,
     rc::Rc,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
-    time::Instant,
+    sync::{atomic::AtomicUsize, Arc},
 };
 
 use bytes::Bytes;
-use glommio::sync::Gate;
-use slab::Slab;
 
 pub(crate) use run::{run_shard, ShardContext};
 pub(crate) use serve::serve;
 
 use self::{
     budget::MemoryUse,
-    owner::{shards_in, HistoryLimits, Owner},
+    heartbeats::Heartbeats,
+    lifetime::Lifetime,
+    owner::{shards_in, Admission, HistoryLimits, Owner},
+    scratch::Scratch,
 };
-use shardcast_core::subscriptions::{Interest, Subscriptions};
+use shardcast_core::{
+    registry::Registry,
+    subscriptions::{Interest, Subscriptions},
+};
 
 use crate::{
     channel::{self, ChannelName},
@@ -50,27 +53,20 @@ use crate::{
     config::Config,
     conn::{
         codec::{Codec, PublicationFrames},
-        deflate::{DeflateSettings, Deflater, Inflater},
+        deflate::{DeflateSettings, Deflater},
         flush::Flusher,
         outbox::Pushed,
-        permit::Permit,
         Conn,
     },
     engine::{Engine, EngineHealth, Refused},
-    frame,
-    heartbeat::{Action, HeartbeatTimes},
     mesh::{
         pending::Pending, Answer, Cast, MeshMsg, PeerLinks, Published, Question, Reply, ReplyId,
     },
     protocol::{ErrorCode, OpError, RequestId, RequestIdBuf, Since, SubOptions},
     publication::{ConnRef, Payload, Position, Skip},
-    security::{
-        pattern::{self, ChannelPattern},
-        Security,
-    },
+    security::Security,
     stats::{bump, Stats},
     stream::SharedStream,
-    sync::WaitQueue,
 };
 
 /// The state of one shard, shared by its tasks through `Rc`.
@@ -78,55 +74,33 @@ pub(crate) struct Shard {
     pub id: usize,
     pub shards: usize,
     pub config: Config,
-    /// Live connections by slab key.
-    conns: RefCell<Slab<Rc<Conn>>>,
-    next_gen: Cell<u32>,
+    /// Live connections.
+    registry: RefCell<Registry<Conn>>,
+    /// This shard's subscribers per channel, and fan-out to them.
     index: RefCell<Subscriptions<Conn>>,
+    /// The channels this shard orders: sequence, epoch, history, deltas,
+    /// conflation, idempotency keys.
     owner: RefCell<Owner>,
     pub links: Rc<PeerLinks>,
     /// The CPU this shard's thread is pinned to.
     pub cpu: Option<usize>,
-    /// Last token handed to a subscription waiting for its position.
-    next_token: Cell<u32>,
     /// Questions this shard asked (of other shards, of itself, of the
     /// broker through an owner) that wait for their answers.
     pending: Pending<Answer, Note>,
-    started: Instant,
-    heartbeat: HeartbeatTimes,
-    /// The ping frame, encoded once.
-    ping_frame: Bytes,
-    /// WebSocket connections open in the whole process (for
-    /// `max-connections`); touched once per connect and disconnect.
-    open_connections: Arc<AtomicUsize>,
+    /// The shard's clock and heartbeat sweep.
+    heartbeats: Heartbeats,
     /// This shard's counters, shared with its connections' queues.
     pub stats: Rc<Stats>,
     /// The flush pass that writes every connection's queue.
     pub flusher: Rc<Flusher>,
-    shutting_down: Cell<bool>,
-    /// Tasks waiting for shutdown to begin.
-    stop_waiters: WaitQueue,
-    /// Every HTTP connection task enters it; shutdown waits for it to empty.
-    /// WebSocket sessions are not in it (its wrapper would double each
-    /// session future's size): shutdown waits for them on `closed_waiters`.
-    pub gate: Rc<Gate>,
-    /// Tasks waiting for the last WebSocket connection to close.
-    closed_waiters: WaitQueue,
+    /// Admission of connections and shutdown.
+    pub lifetime: Lifetime,
     /// Keys, certificates and limits (shared read-only by all shards).
     pub security: Arc<Security>,
-    /// Where every connection's reads land (`read-buffer-bytes`): sessions
-    /// decode in place and keep only what the decoder must, so an idle
-    /// connection holds no read buffer. Borrowed only within one poll.
-    read_scratch: RefCell<Box<[u8]>>,
-    /// Compresses publications for the connections that negotiated
-    /// permessage-deflate: once per publication, for all of them.
-    deflater: RefCell<Deflater>,
-    /// Inflates every connection's compressed messages, one whole message
-    /// at a time.
-    pub inflater: RefCell<Inflater>,
-    /// `--conflate`: the channels whose keyed publications conflate.
-    conflate: Vec<ChannelPattern>,
+    /// The read buffer and (de)compressors every connection shares.
+    pub scratch: Scratch,
     /// `--presence`: the channels whose subscribers are listed.
-    presence_patterns: Vec<ChannelPattern>,
+    presence_patterns: Vec<crate::security::pattern::ChannelPattern>,
     /// Members of the presence channels this shard owns.
     members: RefCell<members::Members>,
     /// Lifecycle webhooks: this shard's queue and sender (`--webhook-url`).
@@ -134,9 +108,6 @@ pub(crate) struct Shard {
     /// Which owned channels have subscribers (for `channel_occupied` and
     /// `channel_vacated`), and those waiting out the vacated grace.
     occupancy: RefCell<shardcast_core::occupancy::Occupancy>,
-    /// Publications made under an idempotency key, on the channels this
-    /// shard owns (not with the Redis engine: Redis remembers them).
-    remembered: RefCell<idempotency::Remembered>,
     /// The cluster engine's links (`None`: the memory engine).
     engine: Option<Engine>,
     /// Every shard's "engine links up" flag (this shard writes its own).
@@ -204,10 +175,8 @@ impl Shard {
             engine_health,
             webhooks,
         } = parts;
-        let config_read_buffer = config.limits.read_buffer_bytes;
         let config_write_delay = config.timeouts.write_delay;
         let conflate_after = config.conflation.after_bytes;
-        let conflate = config.conflation.patterns.clone();
         let presence_patterns = config.presence.patterns.clone();
         let deflate = DeflateSettings {
             min_bytes: config.compression.min_bytes,
@@ -224,90 +193,63 @@ impl Shard {
         };
         let node = crate::engine::record::node_hash(&config.engine.node_id);
         let idempotency_window_ms = config.history.idempotency_window.as_millis() as u64;
+        let owner = Owner::new(history, epoch)
+            .conflating(config.conflation.patterns.clone())
+            .remembering_for(idempotency_window_ms);
         Shard {
             id,
             shards: config.shards,
             engine,
             engine_health,
             node,
-            heartbeat: HeartbeatTimes::new(
-                config.heartbeat.ping_interval,
-                config.heartbeat.ping_timeout,
-            ),
+            heartbeats: Heartbeats::new(&config),
+            lifetime: Lifetime::new(open_connections, config.limits.max_connections),
+            scratch: Scratch::new(config.limits.read_buffer_bytes, deflate),
             config,
-            conns: RefCell::new(Slab::new()),
-            next_gen: Cell::new(0),
+            registry: RefCell::default(),
             index: RefCell::new(Subscriptions::new(conflate_after)),
-            conflate,
             presence_patterns,
             webhooks: webhooks.map(|settings| Rc::new(crate::webhook::Webhooks::new(settings))),
             occupancy: RefCell::default(),
             members: RefCell::default(),
-            remembered: RefCell::new(idempotency::Remembered::new(idempotency_window_ms)),
-            owner: RefCell::new(Owner::new(history, epoch)),
+            owner: RefCell::new(owner),
             links,
             cpu,
-            next_token: Cell::new(0),
             pending: Pending::new(id),
-            started: Instant::now(),
-            ping_frame: frame::encode(frame::OpCode::Ping, &[]),
-            open_connections,
             stats: stats.clone(),
             flusher: Rc::new(Flusher::new(stats, config_write_delay)),
-            shutting_down: Cell::new(false),
-            stop_waiters: WaitQueue::default(),
-            closed_waiters: WaitQueue::default(),
-            gate: Rc::new(Gate::new()),
             security,
-            read_scratch: RefCell::new(vec![0; config_read_buffer].into_boxed_slice()),
-            deflater: RefCell::new(Deflater::new(deflate)),
-            inflater: RefCell::new(Inflater::default()),
         }
-    }
-
-    /// The shard's read buffer (see [`Shard::read_scratch`]'s field).
-    pub(crate) fn read_scratch(&self) -> &RefCell<Box<[u8]>> {
-        &self.read_scratch
     }
 
     /// Milliseconds since the shard started: the heartbeat clock.
     pub(crate) fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        self.heartbeats.now_ms()
     }
 
     pub(crate) fn is_shutting_down(&self) -> bool {
-        self.shutting_down.get()
+        self.lifetime.is_shutting_down()
     }
 
     /// Resolves once shutdown has begun.
     pub(crate) fn stopped(&self) -> impl std::future::Future<Output = ()> + '_ {
-        self.stop_waiters.until(|| self.shutting_down.get())
+        self.lifetime.stopped()
     }
 
     pub(crate) fn connection_count(&self) -> usize {
-        self.conns.borrow().len()
+        self.registry.borrow().len()
     }
 
     /// Resolves once no WebSocket connection is registered (for shutdown).
     pub(crate) fn all_closed(&self) -> impl std::future::Future<Output = ()> + '_ {
-        self.closed_waiters.until(|| self.conns.borrow().is_empty())
-    }
-
-    /// Reserves a process-wide connection slot; `false` when at
-    /// `max-connections` (the upgrade is then refused with 503).
-    pub(crate) fn try_reserve_connection(&self) -> bool {
-        let max = self.config.limits.max_connections;
-        self.open_connections
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_ok()
+        self.lifetime
+            .all_closed(|| self.registry.borrow().is_empty())
     }
 
     /// What this shard holds for its clients, as its memory budget counts it.
     pub(crate) fn memory_use(&self) -> MemoryUse {
         MemoryUse {
-            connections: self.conns.borrow().len() as u64,
+            connections: self.registry.borrow().len() as u64,
             subscriptions: self.index.borrow().subscription_count() as u64,
             queued_bytes: self.stats.queued_bytes.get(),
             unfinished_bytes: self.stats.unfinished_bytes.get(),
@@ -316,7 +258,7 @@ impl Shard {
                 .webhooks
                 .as_ref()
                 .map_or(0, |w| w.queued_bytes() as u64),
-            idempotency_bytes: self.remembered.borrow().bytes() as u64,
+            idempotency_bytes: self.owner.borrow().idempotency_bytes() as u64,
             http_answer_bytes: self.stats.http_answer_bytes.get(),
         }
     }
@@ -353,34 +295,22 @@ impl Shard {
     /// [`Shard::register`], on `stream` if there is one.
     fn register_on(&self, stream: Option<SharedStream>, codec: Codec, batch: bool) -> Rc<Conn> {
         let now = self.now_ms();
-        let gen = self.next_gen.get().wrapping_add(1);
-        self.next_gen.set(gen);
-        let mut conns = self.conns.borrow_mut();
-        let entry = conns.vacant_entry();
-        let id = ConnRef {
-            key: entry.key() as u32,
-            gen,
-        };
-        let conn = Rc::new(Conn::new(
-            id,
-            codec,
-            self.config.limits.max_queue_bytes,
-            now,
-            self.flusher.clone(),
-            stream,
-            batch,
-        ));
-        entry.insert(conn.clone());
+        let conn = self.registry.borrow_mut().register(|id| {
+            Conn::new(
+                id,
+                codec,
+                self.config.limits.max_queue_bytes,
+                now,
+                self.flusher.clone(),
+                stream,
+                batch,
+            )
+        });
         bump(&self.stats.connections_opened, 1);
         self.lifecycle_connected(&conn);
-        tracing::debug!(shard = self.id, conn = id.key, gen, "connection opened");
+        let ConnRef { key, gen } = conn.id;
+        tracing::debug!(shard = self.id, conn = key, gen, "connection opened");
         conn
-    }
-
-    /// Gives back a slot reserved with [`Shard::try_reserve_connection`] for
-    /// an upgrade that did not complete.
-    pub(crate) fn release_connection(&self) {
-        self.open_connections.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Unsubscribes a closing connection from everything, so nothing more is
@@ -396,19 +326,14 @@ impl Shard {
     /// Called exactly once per registered connection (by its guard).
     pub(crate) fn unregister(&self, conn: &Conn) {
         self.unregister_subscriptions(conn);
-        let mut conns = self.conns.borrow_mut();
-        if conns
-            .get(conn.id.key as usize)
-            .is_some_and(|c| c.id == conn.id)
-        {
-            conns.remove(conn.id.key as usize);
-        }
-        let none_left = conns.is_empty();
-        drop(conns);
+        let mut registry = self.registry.borrow_mut();
+        registry.remove(conn.id);
+        let none_left = registry.is_empty();
+        drop(registry);
         if none_left {
-            self.closed_waiters.wake_all();
+            self.lifetime.last_closed();
         }
-        self.release_connection();
+        self.lifetime.release_connection();
         let reason = conn.outbox.closing().unwrap_or(CloseReason::Normal);
         self.stats.closed(reason);
         self.lifecycle_disconnected(conn, reason.as_str());
@@ -434,7 +359,7 @@ impl Shard {
         since: Option<Since<'_>>,
         options: SubOptions,
     ) -> Result<(), OpError<'a>> {
-        if self.shutting_down.get() {
+        if self.is_shutting_down() {
             return Err(OpError::new(
                 ErrorCode::ShuttingDown,
                 "server is shutting down",
@@ -464,7 +389,7 @@ impl Shard {
                 id,
             ));
         }
-        let token = (id.is_some() || since.is_some()).then(|| self.new_token());
+        let token = (id.is_some() || since.is_some()).then(|| self.index.borrow_mut().new_token());
         let joined = replaced.is_none();
         // A new member that waits for its position gets its own join when it
         // goes live, from here: the owner's may come before the position.
@@ -503,14 +428,6 @@ impl Shard {
         Ok(())
     }
 
-    /// A number no pending request of this shard uses.
-    fn new_token(&self) -> u32 {
-        // Never 0, which names no token (see `Index::insert`).
-        let token = self.next_token.get().wrapping_add(1).max(1);
-        self.next_token.set(token);
-        token
-    }
-
     /// The owner's answer reached a pending subscription: acknowledge it,
     /// send what it missed, and let fan-out reach it from now on. A `sub`
     /// unsubscribed or replaced meanwhile is still acknowledged (ops are
@@ -538,7 +455,7 @@ impl Shard {
                 codec,
                 position,
                 &conn,
-                &mut self.deflater.borrow_mut(),
+                &mut self.scratch.deflater.borrow_mut(),
             ),
             None => Some(Vec::new()),
         };
@@ -563,7 +480,7 @@ impl Shard {
                 position.seq,
                 &position.epoch,
                 recovered,
-                self.conflates(name),
+                self.owner.borrow().conflates(name),
             ));
         }
         // Replays are not timed: their age is not delivery latency.
@@ -577,8 +494,7 @@ impl Shard {
 
     /// The live connection `id` names, if it is still there.
     fn conn(&self, id: ConnRef) -> Option<Rc<Conn>> {
-        let conns = self.conns.borrow();
-        conns.get(id.key as usize).filter(|c| c.id == id).cloned()
+        self.registry.borrow().get(id).cloned()
     }
 
     /// Unsubscribes `conn` from `name`.
@@ -608,7 +524,7 @@ impl Shard {
     /// replaced by a later subscription's keyed publications.
     fn end_subscription(&self, conn: &Conn, name: &str, slot: u32) {
         self.remove_subscriber(name, slot);
-        if self.conflates(name) {
+        if self.owner.borrow().conflates(name) {
             conn.outbox.keep_queued_publications();
         }
     }
@@ -690,7 +606,7 @@ impl Shard {
         skip: Option<Skip>,
         reply: Reply,
     ) -> Option<usize> {
-        if self.shutting_down.get() {
+        if self.is_shutting_down() {
             return None;
         }
         // Deliveries are timed from the moment the shard took it.
@@ -751,12 +667,17 @@ impl Shard {
         };
         let now_ms = self.now_ms();
         if let Some(key) = &once {
-            if let Some(seq) = self.remembered.borrow_mut().recall(name, key, now_ms) {
-                bump(&self.stats.publications_deduplicated, 1);
-                return self.report(from, reply, Ok(seq), false);
-            }
+            let admission = self.owner.borrow_mut().admit(name, key, source, now_ms);
+            let refused = match admission {
+                Admission::Duplicate(seq) => {
+                    bump(&self.stats.publications_deduplicated, 1);
+                    return self.report(from, reply, Ok(seq), false);
+                }
+                Admission::Refused(full) => Some(full),
+                Admission::New => self.memory_for_a_new_key().err(),
+            };
             // A new key: refused rather than another's forgotten early.
-            if let Err(full) = self.room_for_idempotency_key(now_ms, source) {
+            if let Some(full) = refused {
                 bump(&self.stats.idempotency_refused, 1);
                 tracing::debug!(
                     shard = self.id,
@@ -774,21 +695,13 @@ impl Shard {
         }
         let seq = self.order_locally(&ch, payload, from, skip, reply);
         if let Some(key) = once {
-            self.remembered
-                .borrow_mut()
-                .remember(name, &key, seq, now_ms, source);
+            (self.owner.borrow_mut()).remember(name, &key, seq, now_ms, source);
         }
     }
 
-    /// Whether a new idempotency key may be remembered: the store has room
-    /// (`idempotency::MAX_REMEMBERED`) and the shard is within its memory
-    /// budget (which counts the keys).
-    fn room_for_idempotency_key(
-        &self,
-        now_ms: u64,
-        source: idempotency::Source,
-    ) -> Result<(), idempotency::Full> {
-        self.remembered.borrow_mut().has_room(now_ms, source)?;
+    /// Whether a new idempotency key may be remembered as far as memory
+    /// goes: the shard is within its budget (which counts the keys).
+    fn memory_for_a_new_key(&self) -> Result<(), idempotency::Full> {
         let (counted, budget) = (self.memory_use().counted(), self.memory_budget());
         match counted >= budget {
             false => Ok(()),
@@ -796,17 +709,9 @@ impl Shard {
         }
     }
 
-    /// Whether `name` matches `--conflate`: its subscribers may see `seq`
-    /// skip where keyed publications conflated (sub acks say so).
-    fn conflates(&self, name: &str) -> bool {
-        !self.conflate.is_empty() && pattern::any_matches(&self.conflate, name)
-    }
-
     /// A key only means something on a channel that conflates.
     fn check_conflation(&self, name: &str, payload: &mut Payload) {
-        if payload.key.is_some() && !self.conflates(name) {
-            payload.key = None;
-        }
+        (self.owner.borrow()).drop_key_unless_conflating(name, payload);
     }
 
     /// Assigns the next `seq` here, distributes, reports the `seq` (and
@@ -875,7 +780,7 @@ impl Shard {
             (name, seq, payload),
             delta,
             skip,
-            &mut self.deflater.borrow_mut(),
+            &mut self.scratch.deflater.borrow_mut(),
         );
         let stats = &self.stats;
         bump(&stats.deliveries_delta, fan_out.deltas);
@@ -1087,32 +992,7 @@ impl Shard {
     /// message is over `message-timeout`, or whose queue the socket has not
     /// taken from for `send-timeout`.
     pub(crate) fn sweep_heartbeats(&self) {
-        let now = self.now_ms();
-        let now_ns = clock::now_ns();
-        let message_timeout_ns = self.config.timeouts.message.as_nanos() as u64;
-        let send_timeout_ms = self.config.timeouts.send.as_millis() as u64;
-        let conns = self.conns.borrow();
-        for (_, conn) in conns.iter() {
-            match conn.heartbeat.tick(now, self.heartbeat) {
-                Action::Nothing => {}
-                Action::SendPing => conn.send(self.ping_frame.clone()),
-                Action::TimedOut => conn.outbox.close(CloseReason::HeartbeatTimeout),
-            }
-            let started = conn.message_started_ns.get();
-            if started != 0 && now_ns.saturating_sub(started) > message_timeout_ns {
-                conn.outbox.close(CloseReason::MessageTimeout);
-            }
-            if conn.outbox.stalled_for(now) > send_timeout_ms {
-                conn.outbox.close(CloseReason::SendTimeout);
-            }
-            conn.outbox.release_idle_storage();
-            if now >= conn.auth_deadline_ms() {
-                conn.outbox.close(match *conn.permit() {
-                    Permit::AwaitingAuth => CloseReason::AuthTimeout,
-                    _ => CloseReason::TokenExpired,
-                });
-            }
-        }
+        self.heartbeats.sweep(self.registry.borrow().iter());
     }
 
     /// Starts the graceful shutdown: refuse new work, ask every connection to
@@ -1121,10 +1001,10 @@ impl Shard {
     /// (`{"op":"reconnect","after_ms":N}`), each at its own point of
     /// `--drain-spread`, so they do not all reconnect elsewhere at once.
     pub(crate) fn begin_shutdown(&self) {
-        if self.shutting_down.replace(true) {
+        if !self.lifetime.begin_shutdown() {
             return;
         }
-        let conns: Vec<Rc<Conn>> = self.conns.borrow().iter().map(|(_, c)| c.clone()).collect();
+        let conns: Vec<Rc<Conn>> = self.registry.borrow().iter().cloned().collect();
         let spread_ms = self.config.timeouts.drain_spread.as_millis() as u64;
         // Each shard's clients are spaced evenly, from a random start.
         let offset = crate::random::u64() % spread_ms.max(1);
@@ -1136,7 +1016,6 @@ impl Shard {
             }
             conn.outbox.close(CloseReason::Shutdown);
         }
-        self.stop_waiters.wake_all();
     }
 
     /// `POST /api/drain`: every shard of the node begins its shutdown.
@@ -1168,7 +1047,6 @@ impl Shard {
     /// Expires old history and forgets owned channels left with nothing,
     /// and idempotency keys whose window ended.
     pub(crate) fn sweep_history(&self) {
-        self.remembered.borrow_mut().expire(self.now_ms());
         let index = self.index.borrow();
         self.owner
             .borrow_mut()

@@ -29,8 +29,8 @@ impl Shard {
     /// histogram (a copy of about 40 KiB) for `/metrics` buckets.
     pub(crate) fn snapshot(&self, for_scrape: bool) -> ShardSnapshot {
         let stats = &self.stats;
-        let subscriptions = (self.conns.borrow().iter())
-            .map(|(_, conn)| conn.subscription_count() as u64)
+        let subscriptions = (self.registry.borrow().iter())
+            .map(|conn| conn.subscription_count() as u64)
             .sum();
         // Kept by every queue as it changes (see `Outbox::set_queued`).
         let outbox_bytes = stats.queued_bytes.get();
@@ -43,7 +43,7 @@ impl Shard {
                 node: self.config.engine.node_id.clone(),
                 cpu: self.cpu,
                 time_ms: (process::unix_seconds() * 1e3) as u64,
-                uptime_s: self.started.elapsed().as_secs_f64(),
+                uptime_s: self.heartbeats.uptime_s(),
             },
             engine: EngineFigures {
                 engine: self.config.engine.kind.as_str(),

@@ -150,7 +150,7 @@ pub(crate) async fn run_shard(ctx: ShardContext) -> Result<ShardSnapshot, Server
         }
         None => public.await,
     }
-    let gate = shard.gate.clone();
+    let gate = shard.lifetime.gate.clone();
 
     let open = shard.connection_count();
     tracing::info!(shard = id, open, "shard stopping: closing connections");
@@ -181,7 +181,7 @@ fn adopt_listener(fd: OwnedFd) -> TcpListener {
 /// Accepts connections on `listener` until shutdown begins; each is served
 /// by a task of its own inside the shard's gate, so shutdown can wait for it.
 async fn accept_until_stopped(shard: Rc<Shard>, listener: TcpListener, side: Side) {
-    let gate = shard.gate.clone();
+    let gate = shard.lifetime.gate.clone();
     loop {
         let accepted = async { Some(listener.accept().await) }
             .or(async {

@@ -618,7 +618,7 @@ fn admit(shard: &Shard) -> Result<(), HttpError> {
             "the server is over its memory budget (max-memory); try again later",
         ));
     }
-    if !shard.try_reserve_connection() {
+    if !shard.lifetime.try_reserve_connection() {
         bump(&shard.stats.http_503, 1);
         return Err(HttpError::new(
             503,

@@ -138,11 +138,15 @@ impl Host for OnShard<'_> {
 
     fn inflate(&mut self, compressed: &[u8], limit: usize) -> Result<Vec<u8>, InflateError> {
         bump(&self.shard.stats.messages_inflated, 1);
-        self.shard.inflater.borrow_mut().inflate(compressed, limit)
+        self.shard
+            .scratch
+            .inflater
+            .borrow_mut()
+            .inflate(compressed, limit)
     }
 
     fn recycle(&mut self, inflated: Vec<u8>) {
-        self.shard.inflater.borrow_mut().recycle(inflated);
+        self.shard.scratch.inflater.borrow_mut().recycle(inflated);
     }
 
     fn close(&mut self, reason: CloseReason) {
@@ -309,7 +313,7 @@ impl Future for Reader {
                 continue;
             }
             let shard = this.shard.clone();
-            let mut buf = shard.read_scratch().borrow_mut();
+            let mut buf = shard.scratch.read.borrow_mut();
             // The connection's socket lives in its outbox.
             let Some(stream) = this.conn.outbox.stream() else {
                 return Poll::Ready(());

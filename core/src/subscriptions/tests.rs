@@ -415,3 +415,12 @@ fn counts_follow_subscriptions_over_channels() {
     channels.sort();
     assert_eq!(channels, vec![("x", 2), ("y", 1)]);
 }
+
+#[test]
+fn tokens_are_never_zero_and_differ_from_the_last() {
+    let mut index: Subscriptions<TestConn> = Subscriptions::new(0);
+    let (a, b) = (index.new_token(), index.new_token());
+    assert!(a != 0 && b != 0 && a != b);
+    index.last_token = u32::MAX;
+    assert_eq!(index.new_token(), 1, "wraps past 0");
+}

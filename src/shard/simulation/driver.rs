@@ -133,7 +133,10 @@ impl Server for World {
 
     fn connect(&mut self, shard: usize) -> ConnId {
         let on = &self.shards[shard];
-        assert!(on.try_reserve_connection(), "room for every client");
+        assert!(
+            on.lifetime.try_reserve_connection(),
+            "room for every client"
+        );
         let conn = on.register_detached(Codec::JSON);
         self.conns.push(Some((shard, conn)));
         ConnId(self.conns.len() - 1)
