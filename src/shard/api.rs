@@ -193,8 +193,8 @@ impl Shard {
             .registry
             .borrow()
             .iter()
-            .cloned()
             .filter(|c| c.outbox.closing().is_none() && self.is_target(c, kick.target()))
+            .cloned()
             .collect();
         let mut kicked = 0;
         for conn in conns {
