@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 
 use crate::{
     channel::Access,
-    conn::http::{check_channel, percent_decode, query_values, HttpError},
+    conn::http::{check_channel, HttpError},
     engine::Refused,
     frame,
     protocol::{self, ErrorCode, OpError},
@@ -22,19 +22,13 @@ use crate::{
 /// Publications one `POST /api/publish` may carry.
 pub(crate) const MAX_PUBLICATIONS: usize = 1_000;
 
-/// Entries one history page holds by default, and at most.
-pub(crate) const HISTORY_PAGE: usize = 100;
-pub(crate) const MAX_HISTORY_PAGE: usize = 1_000;
+pub(crate) use crate::conn::api_query::{ChannelsQuery, HistoryQuery};
 
 /// Bytes of publications (their `msg` envelopes, as JSON) one history page
 /// holds at most, whatever its `limit`: the page ends before the
 /// publication that would go over, with `more` (but always lists one,
 /// however large: at most six times `--max-message-bytes` once escaped).
 pub(crate) const HISTORY_PAGE_BYTES: usize = 1 << 20;
-
-/// Channels one `GET /api/channels` page lists by default, and at most.
-pub(crate) const CHANNELS_PAGE: usize = 100;
-pub(crate) const MAX_CHANNELS_PAGE: usize = 1_000;
 
 /// The close code `POST /api/disconnect` sends unless told another.
 pub(crate) const DISCONNECT_CODE: u16 = 4000;
@@ -392,49 +386,6 @@ pub(crate) fn parse_unsubscribe(body: &str) -> Result<Kick, HttpError> {
     })
 }
 
-/// `GET /api/history/<ch>?since=N&epoch=E&limit=M`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct HistoryQuery {
-    pub ch: String,
-    /// Publications after this `seq` (0: from the oldest kept).
-    pub since: u64,
-    /// The epoch `since` belongs to, if the caller knows it.
-    pub epoch: Option<String>,
-    pub limit: usize,
-}
-
-/// A `limit` query value: 1 to `max`, `default` when absent.
-fn limit(query: &str, default: usize, max: usize) -> Result<usize, HttpError> {
-    match query_values(query, "limit").next() {
-        None => Ok(default),
-        Some(text) => match text.parse::<usize>() {
-            Ok(n @ 1..) if n <= max => Ok(n),
-            _ => Err(bad(format!("limit must be 1 to {max}"))),
-        },
-    }
-}
-
-/// Parses `/api/history/<ch>` (the part after the prefix) and its query.
-pub(crate) fn parse_history(channel: &str, query: &str) -> Result<HistoryQuery, HttpError> {
-    let ch = percent_decode(channel).ok_or_else(|| bad("channel is not percent-encoded UTF-8"))?;
-    check_channel(&ch, Access::Subscribe)?;
-    let since = match query_values(query, "since").next() {
-        None => 0,
-        Some(text) => text
-            .parse()
-            .map_err(|_| bad("since must be a sequence number"))?,
-    };
-    let epoch = query_values(query, "epoch")
-        .next()
-        .filter(|e| !e.is_empty());
-    Ok(HistoryQuery {
-        ch,
-        since,
-        epoch,
-        limit: limit(query, HISTORY_PAGE, MAX_HISTORY_PAGE)?,
-    })
-}
-
 /// A server API request, made on one shard and served by others
 /// (`shard/api.rs`).
 #[derive(Debug, Clone)]
@@ -532,32 +483,6 @@ fn push_string(out: &mut Vec<u8>, text: &str) {
     let _ = serde_json::to_writer(&mut *out, text);
 }
 
-/// `GET /api/channels?pattern=P&cursor=C&limit=M`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ChannelsQuery {
-    /// Only channels it matches (the token grants' pattern syntax).
-    pub pattern: Option<ChannelPattern>,
-    /// Only channels whose names sort after it (the last page's `cursor`).
-    pub after: Option<String>,
-    pub limit: usize,
-}
-
-pub(crate) fn parse_channels(query: &str) -> Result<ChannelsQuery, HttpError> {
-    let pattern = match query_values(query, "pattern").next() {
-        None => None,
-        Some(text) => {
-            Some(ChannelPattern::parse(&text).map_err(|e| bad(format!("pattern {text:?}: {e}")))?)
-        }
-    };
-    Ok(ChannelsQuery {
-        pattern,
-        after: query_values(query, "cursor")
-            .next()
-            .filter(|c| !c.is_empty()),
-        limit: limit(query, CHANNELS_PAGE, MAX_CHANNELS_PAGE)?,
-    })
-}
-
 /// One shard's part of a channel's row: its subscribers there and, from
 /// the channel's owner, its last `seq`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -653,7 +578,11 @@ pub(crate) fn channels_json(rows: &[ChannelRow], cursor: Option<&str>) -> Vec<u8
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{protocol::PayloadKind, publication::Payload};
+    use crate::{
+        conn::api_query::{parse_channels, parse_history},
+        protocol::PayloadKind,
+        publication::Payload,
+    };
 
     const MAX: usize = 64 << 10;
 

@@ -21,7 +21,7 @@ use crate::{
     error::ServerError,
     mesh::LANE_CAPACITY,
     security::Security,
-    shard::{run_shard, ShardContext},
+    shard::{run_shard, ShardContext, ShardEvent},
     shutdown::ShutdownHandle,
     snapshot::ShardSnapshot,
 };
@@ -40,20 +40,6 @@ const WEBHOOK_QUEUE: usize = 100_000;
 /// Bytes of those events one shard holds at most (each carries a user id
 /// and a channel name: with long ones 200k events took a gigabyte).
 const WEBHOOK_QUEUE_BYTES: usize = 16 << 20;
-
-/// What shard threads report to the thread that started them.
-#[derive(Debug)]
-pub enum ShardEvent {
-    /// The shard's executor exists. Executors are created one after the
-    /// other in shard order, so their ids (which number the mesh's peers)
-    /// follow it: the shard's number is the same in every log line, error
-    /// and metric.
-    Created(usize),
-    /// The shard is accepting connections.
-    Ready(usize),
-    /// The shard ended (after shutdown, or with an error).
-    Exited(usize, Result<Box<ShardSnapshot>, ServerError>),
-}
 
 /// A started server: every shard is accepting.
 pub struct Server {

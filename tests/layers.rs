@@ -44,11 +44,7 @@ const LAYERS: &[&[&str]] = &[
 ];
 
 /// Imports upwards that are still to be removed, as (importer, imported).
-const UPWARD_TO_REMOVE: &[(&str, &str)] = &[
-    ("conn", "api"),
-    // `shard::run` is the glommio shell's: it goes with `runtime`.
-    ("shard", "runtime"),
-];
+const UPWARD_TO_REMOVE: &[(&str, &str)] = &[];
 
 /// Crates that do I/O or read clocks: none may be a dependency of the core.
 const IO_CRATES: &[&str] = &[

@@ -3,7 +3,7 @@
 //! upgrades to WebSocket. Pure functions over byte buffers; the connection
 //! task does the I/O.
 
-use super::codec::Codec;
+use super::{api_query, codec::Codec};
 use crate::{
     channel::{self, Access},
     protocol::{self, ErrorCode},
@@ -335,15 +335,11 @@ pub(crate) enum Route {
     Drain,
     /// `GET /api/presence/<ch>?cursor=..&limit=..`: a presence channel's
     /// members.
-    Presence {
-        channel: String,
-        cursor: Option<String>,
-        limit: usize,
-    },
+    Presence(api_query::PresenceQuery),
     /// `GET /api/history/<ch>?since=..&epoch=..&limit=..`.
-    History(crate::api::HistoryQuery),
+    History(api_query::HistoryQuery),
     /// `GET /api/channels?pattern=..&cursor=..&limit=..`.
-    Channels(crate::api::ChannelsQuery),
+    Channels(api_query::ChannelsQuery),
     /// `POST /api/disconnect`.
     Disconnect,
     /// `POST /api/unsubscribe`.
@@ -408,14 +404,16 @@ fn api_query_route(head: &Head) -> Option<Result<Route, HttpError>> {
     let (path, query) = (head.path.as_str(), head.query.as_str());
     let (channel, parse): (&str, Parse) = if path == "/api/channels" {
         ("", |_, query| {
-            crate::api::parse_channels(query).map(Route::Channels)
+            api_query::parse_channels(query).map(Route::Channels)
         })
     } else if let Some(channel) = path.strip_prefix("/api/history/") {
         (channel, |channel, query| {
-            crate::api::parse_history(channel, query).map(Route::History)
+            api_query::parse_history(channel, query).map(Route::History)
         })
     } else if let Some(channel) = path.strip_prefix("/api/presence/") {
-        (channel, presence_route)
+        (channel, |channel, query| {
+            api_query::parse_presence(channel, query).map(Route::Presence)
+        })
     } else {
         return None;
     };
@@ -593,32 +591,6 @@ fn room_since(query: &str) -> Result<Option<(u64, String)>, HttpError> {
 
 fn method_not_allowed() -> HttpError {
     HttpError::new(405, "method_not_allowed", "method not allowed here")
-}
-
-/// `/api/presence/<ch>` with its query: the channel (percent-decoded and
-/// checked), `cursor` and `limit` (1 to the page maximum).
-fn presence_route(channel: &str, query: &str) -> Result<Route, HttpError> {
-    let bad = |msg: String| HttpError::new(400, ErrorCode::BadJson.as_str(), msg);
-    let channel = percent_decode(channel)
-        .ok_or_else(|| bad("channel is not percent-encoded UTF-8".into()))?;
-    check_channel(&channel, Access::Subscribe)?;
-    let limit = match query_values(query, "limit").next() {
-        None => protocol::PRESENCE_PAGE,
-        Some(text) => match text.parse::<usize>() {
-            Ok(n @ 1..) if n <= protocol::MAX_PRESENCE_PAGE => n,
-            _ => {
-                return Err(bad(format!(
-                    "limit must be 1 to {}",
-                    protocol::MAX_PRESENCE_PAGE
-                )))
-            }
-        },
-    };
-    Ok(Route::Presence {
-        channel,
-        cursor: query_values(query, "cursor").next(),
-        limit,
-    })
 }
 
 /// Refuses a channel name as the WebSocket routes and the API do.

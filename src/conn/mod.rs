@@ -5,6 +5,7 @@
 //! [`Conn`], the per-connection state the shard's index and fan-out refer
 //! to. The shard drives them (`shard/serve.rs`, `shard/session.rs`).
 
+pub(crate) mod api_query;
 pub(crate) mod batch;
 pub(crate) use shardcast_core::{codec, deflate, extension, msgpack};
 pub(crate) mod flush;

@@ -31,7 +31,7 @@ use std::{
 
 use bytes::Bytes;
 
-pub(crate) use run::{run_shard, ShardContext};
+pub(crate) use run::{run_shard, ShardContext, ShardEvent};
 pub(crate) use serve::serve;
 
 use self::{

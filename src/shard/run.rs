@@ -21,8 +21,22 @@ use glommio::{
 use super::{observe::spawn_stats_tick, Shard, ShardParts};
 use crate::{
     config::Config, conn::Side, engine::Engine, error::ServerError, mesh::MeshMsg, mesh::PeerLinks,
-    runtime::ShardEvent, security::Security, snapshot::ShardSnapshot, stats::bump,
+    security::Security, snapshot::ShardSnapshot, stats::bump,
 };
+
+/// What shard threads report to the thread that started them.
+#[derive(Debug)]
+pub(crate) enum ShardEvent {
+    /// The shard's executor exists. Executors are created one after the
+    /// other in shard order, so their ids (which number the mesh's peers)
+    /// follow it: the shard's number is the same in every log line, error
+    /// and metric.
+    Created(usize),
+    /// The shard is accepting connections.
+    Ready(usize),
+    /// The shard ended (after shutdown, or with an error).
+    Exited(usize, Result<Box<ShardSnapshot>, ServerError>),
+}
 
 /// How long a shard waits for its peers at the mesh barrier.
 const MESH_JOIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,7 +77,7 @@ pub(crate) struct ShardContext {
 /// Runs shard `ctx.id` until shutdown. Returns its final snapshot.
 pub(crate) async fn run_shard(ctx: ShardContext) -> Result<ShardSnapshot, ServerError> {
     // glommio numbers mesh peers by executor id; executors are created in
-    // shard order (see runtime::ShardEvent::Created), so the peer id is the
+    // shard order (see ShardEvent::Created), so the peer id is the
     // shard's number. It decides channel ownership: checked, not assumed.
     let id = ctx.id;
     let mut mesh = None;

@@ -25,6 +25,7 @@ use super::{api::HttpPublication, session, Shard};
 use crate::{
     channel::{Access, ChannelName},
     conn::{
+        api_query::PresenceQuery,
         codec::Protocol,
         extension,
         http::{self, Head, HttpError, Route},
@@ -102,11 +103,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
                 shard.drain_node();
                 http::response(202, "application/json", b"{\"draining\":true}", false)
             }
-            Ok(Route::Presence {
-                channel,
-                cursor,
-                limit,
-            }) => presence_answer(&shard, &channel, cursor, limit, keep_alive).await,
+            Ok(Route::Presence(query)) => presence_answer(&shard, query, keep_alive).await,
             Ok(Route::Publish) => match publish(&shard, &stream, &head, &mut buf).await {
                 Ok((status, body)) => http::response(status, "application/json", &body, keep_alive),
                 Err(error) => body_error(&error, &head, &buf, keep_alive),
@@ -323,20 +320,19 @@ fn health_answer(shard: &Shard, keep_alive: bool) -> Vec<u8> {
 
 /// `GET /api/presence/<ch>`: a page of the channel's members from its
 /// owner shard, which has `--shutdown-timeout` (at least 1 s) to answer.
-async fn presence_answer(
-    shard: &Rc<Shard>,
-    channel: &str,
-    cursor: Option<String>,
-    limit: usize,
-    keep_alive: bool,
-) -> Vec<u8> {
+async fn presence_answer(shard: &Rc<Shard>, query: PresenceQuery, keep_alive: bool) -> Vec<u8> {
+    let PresenceQuery {
+        channel,
+        cursor,
+        limit,
+    } = query;
     let ask = protocol::PresenceAsk::Page {
         cursor: cursor.map(Into::into),
         limit,
     };
     let wait = shard.config.timeouts.shutdown.max(Duration::from_secs(1));
     let answer = glommio::timer::timeout(wait, async {
-        Ok(shard.presence_and_wait(channel, ask).await)
+        Ok(shard.presence_and_wait(&channel, ask).await)
     })
     .await;
     match answer {
