@@ -113,4 +113,12 @@ mod tests {
             4096 + (1 << 20) + (64 << 10)
         );
     }
+
+    #[test]
+    fn an_empty_shard_is_over_only_a_budget_of_nothing() {
+        let empty = MemoryUse::default();
+        assert_eq!(empty.counted(), 0);
+        assert!(empty.is_over(0));
+        assert!(!empty.is_over(1));
+    }
 }

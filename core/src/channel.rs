@@ -209,4 +209,97 @@ mod tests {
         assert_eq!(owner_of(b"news", 7), owner_of(b"news", 7));
         assert_eq!(owner_of(b"anything", 1), 0);
     }
+
+    #[test]
+    fn length_is_checked_in_bytes_before_characters() {
+        // 65 two-byte characters: 130 bytes, too long before it is a bad
+        // character; 64 of them (128 bytes) are only bad characters.
+        assert_eq!(
+            validate(&"é".repeat(65), Access::Subscribe),
+            Err(ChannelError::TooLong)
+        );
+        assert_eq!(
+            validate(&"é".repeat(64), Access::Subscribe),
+            Err(ChannelError::BadCharacter)
+        );
+    }
+
+    #[test]
+    fn wildcards_control_bytes_and_non_ascii_are_bad_characters() {
+        for name in [
+            "a*", "a.>", "*", ">", "a\0b", "a\tb", "a\nb", "a\u{7f}", "ü", "a#b",
+        ] {
+            assert_eq!(
+                validate(name, Access::Publish),
+                Err(ChannelError::BadCharacter),
+                "{name:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn each_allowed_punctuation_may_make_a_whole_segment() {
+        for name in ["_", "-", ":", "@", "a.-.b", "0.9", "A.z"] {
+            assert_eq!(validate(name, Access::Publish), Ok(()), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn only_the_exact_name_of_a_system_channel_may_be_subscribed() {
+        for name in ["$", "$stats.x", "$STATS", "$stats ", "$statsx"] {
+            assert_eq!(
+                validate(name, Access::Subscribe),
+                Err(ChannelError::Reserved),
+                "{name:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_dollar_is_reserved_only_at_the_start() {
+        assert!(is_system(b"$"));
+        assert!(!is_system(b""));
+        assert!(!is_system(b"a$"));
+        assert_eq!(
+            validate("a$", Access::Subscribe),
+            Err(ChannelError::BadCharacter)
+        );
+    }
+
+    #[test]
+    fn fnv1a_gives_the_reference_values() {
+        // The test vectors of the FNV reference (draft-eastlake-fnv): every
+        // process and every node must compute the same owner.
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn owner_of_is_the_hash_modulo_and_always_in_range() {
+        for shards in 1..=crate::owner::MAX_SHARDS {
+            for i in 0..200 {
+                let name = format!("user.{i}.inbox");
+                let owner = owner_of(name.as_bytes(), shards);
+                assert!(owner < shards, "{name} on {shards}: {owner}");
+                assert_eq!(owner as u64, fnv1a(name.as_bytes()) % shards as u64);
+            }
+        }
+    }
+
+    #[test]
+    fn a_channel_name_reads_displays_and_debugs_as_its_text() {
+        let name = ChannelName::of_valid("user.42");
+        assert_eq!(&*name, "user.42");
+        assert_eq!(name.as_bytes(), b"user.42");
+        assert_eq!(name.to_string(), "user.42");
+        assert_eq!(format!("{name:?}"), "\"user.42\"");
+    }
+
+    #[cfg(debug_assertions)]
+    #[test]
+    #[should_panic]
+    fn a_name_said_to_be_valid_is_checked_in_debug_builds() {
+        ChannelName::of_valid("a..b");
+    }
 }

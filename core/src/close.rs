@@ -123,4 +123,69 @@ mod tests {
             assert_eq!(*reason as usize, i);
         }
     }
+
+    #[test]
+    fn every_close_frame_is_one_an_endpoint_may_send() {
+        // RFC 6455 7.4: 1004-1006 and 1015 are never sent; 3000-4999 are
+        // for applications.
+        for reason in CloseReason::ALL {
+            if let Some((code, text)) = reason.close_frame() {
+                let registered = matches!(code, 1000..=1003 | 1007..=1014);
+                assert!(
+                    registered || (3000..5000).contains(&code),
+                    "{reason:?}: {code}"
+                );
+                // Two bytes of code and the reason in a control frame's 125.
+                assert!(!text.is_empty() && text.len() <= 123, "{reason:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_close_frame_reads_back_with_its_code_and_reason() {
+        for reason in CloseReason::ALL {
+            let Some((code, text)) = reason.close_frame() else {
+                continue;
+            };
+            let frame = crate::frame::close(code, text);
+            let payload = crate::frame::payload_of(&frame);
+            assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), code);
+            assert_eq!(&payload[2..], text.as_bytes(), "{reason:?}");
+        }
+    }
+
+    #[test]
+    fn every_close_frame_is_documented() {
+        let protocol = include_str!("../../docs/protocol.md");
+        let api = include_str!("../../docs/api.md");
+        for reason in CloseReason::ALL {
+            let Some((code, text)) = reason.close_frame() else {
+                continue;
+            };
+            // The close codes' table, or the server API's default.
+            let row = format!("| {code} | `{text}` |");
+            let api_default = api.contains(&format!("default {code})"))
+                && api.contains(&format!("default \"{text}\""));
+            assert!(
+                protocol.contains(&row) || api_default,
+                "{reason:?}: {code} {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_label_is_its_own_and_snake_case() {
+        let labels: std::collections::HashSet<&str> =
+            CloseReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(labels.len(), CloseReason::ALL.len());
+        for label in labels {
+            assert!(
+                !label.is_empty()
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "{label}"
+            );
+        }
+    }
 }

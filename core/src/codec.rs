@@ -236,3 +236,241 @@ impl<'a> PublicationFrames<'a> {
         compressed.as_ref().unwrap_or(&*plain)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        deflate::{DeflateSettings, Inflater},
+        extension,
+        protocol::{ErrorCode, PayloadKind},
+    };
+    use serde_json::{json, Value};
+
+    const MSGPACK: Codec = Codec {
+        protocol: Protocol::MsgPack,
+        deflate_window: 0,
+    };
+
+    fn id(json: &str) -> RequestId<'_> {
+        RequestId::parse(json).unwrap()
+    }
+
+    fn deflater() -> Deflater {
+        Deflater::new(DeflateSettings {
+            min_bytes: 64,
+            level: 6,
+        })
+    }
+
+    /// A codec of `protocol` that negotiated permessage-deflate from `offer`.
+    fn deflating(protocol: Protocol, offer: &str) -> Codec {
+        Codec {
+            protocol,
+            deflate_window: 0,
+        }
+        .with_deflate(extension::negotiate(offer).as_ref())
+    }
+
+    /// The JSON text frame's body.
+    fn json_of(frame: &[u8]) -> Value {
+        assert_eq!(frame[0] & 0x0f, frame::OpCode::Text as u8, "a text frame");
+        serde_json::from_slice(frame::payload_of(frame)).unwrap()
+    }
+
+    /// The MessagePack binary frame's map, as the JSON value it says.
+    fn msgpack_of(frame: &[u8]) -> Value {
+        fn to_json(value: rmpv::Value) -> Value {
+            match value {
+                rmpv::Value::Nil => Value::Null,
+                rmpv::Value::Boolean(b) => json!(b),
+                rmpv::Value::Integer(i) => match i.as_u64() {
+                    Some(u) => json!(u),
+                    None => json!(i.as_i64().unwrap()),
+                },
+                rmpv::Value::F64(f) => json!(f),
+                rmpv::Value::String(s) => json!(s.into_str().unwrap()),
+                rmpv::Value::Array(items) => Value::Array(items.into_iter().map(to_json).collect()),
+                rmpv::Value::Map(fields) => Value::Object(
+                    fields
+                        .into_iter()
+                        .map(|(k, v)| (k.as_str().unwrap().to_owned(), to_json(v)))
+                        .collect(),
+                ),
+                other => panic!("not in a server message: {other:?}"),
+            }
+        }
+        assert_eq!(
+            frame[0] & 0x0f,
+            frame::OpCode::Binary as u8,
+            "a binary frame"
+        );
+        to_json(rmpv::decode::read_value(&mut frame::payload_of(frame)).unwrap())
+    }
+
+    /// A JSON publication long and repetitive enough to compress.
+    fn compressible() -> Payload {
+        let data = format!("[{}0]", "{\"px\":187.25,\"qty\":100},".repeat(40));
+        Payload::copy_of(PayloadKind::Json, data.as_bytes())
+    }
+
+    #[test]
+    fn a_json_subscriber_gets_the_msg_envelope() {
+        let payload = Payload::copy_of(PayloadKind::Json, br#"{"px":1}"#);
+        assert_eq!(
+            json_of(&Codec::JSON.publication("prices", 9, &payload)),
+            json!({"op":"msg","ch":"prices","seq":9,"data":{"px":1}})
+        );
+    }
+
+    #[test]
+    fn a_raw_member_gets_the_payload_verbatim_in_a_frame_of_its_kind() {
+        for (kind, opcode) in [
+            (PayloadKind::Json, frame::OpCode::Text),
+            (PayloadKind::Text, frame::OpCode::Text),
+            (PayloadKind::Binary, frame::OpCode::Binary),
+        ] {
+            let payload = Payload::copy_of(kind, b"{\"a\": 1}\xff");
+            let frame = Codec::RAW.publication("room", 3, &payload);
+            assert_eq!(frame[0] & 0x0f, opcode as u8, "{kind:?}");
+            assert_eq!(frame::payload_of(&frame), &payload.bytes[..], "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn a_msgpack_subscriber_gets_the_publication_as_a_binary_map() {
+        let payload = Payload::copy_of(PayloadKind::Json, br#"{"px":1.5,"n":-2}"#);
+        assert_eq!(
+            msgpack_of(&MSGPACK.publication("prices", 4, &payload)),
+            json!({"op":"msg","ch":"prices","seq":4,"data":{"px":1.5,"n":-2}})
+        );
+    }
+
+    #[test]
+    fn every_control_message_in_messagepack_says_what_the_json_one_says() {
+        let error = OpError::new(ErrorCode::Forbidden, "no \"way\"", Some(id("\"e\"")));
+        let member = br#"{"user":"u","conn":"c.1","info":{"x":[1,2]}}"#;
+        let controls: [&dyn Fn(Codec) -> Bytes; 11] = [
+            &|c| c.ack(id("1"), Some(7)),
+            &|c| c.ack(id("\"a\""), None),
+            &|c| c.sub_ack(id("2"), 41, "ab-1", Some(false), true),
+            &|c| c.err(&error),
+            &|c| c.resync("news", 5, "ab-2"),
+            &|c| c.presence_event(false, "room", member),
+            &|c| c.presence(Some(id("3")), "room", (member, 1, Some("c.1"))),
+            &|c| c.occupancy(None, "room", 12),
+            &|c| c.reconnect(2500),
+            &|c| c.unsubscribed("news", "kicked"),
+            &|c| c.pong(Some(id("-4"))),
+        ];
+        for (i, control) in controls.iter().enumerate() {
+            let json = json_of(&control(Codec::JSON));
+            assert!(json["op"].is_string(), "{i}: {json}");
+            assert_eq!(msgpack_of(&control(MSGPACK)), json, "{i}");
+        }
+    }
+
+    #[test]
+    fn a_raw_room_gets_control_messages_as_the_json_text() {
+        let error = OpError::new(ErrorCode::Forbidden, "no", None);
+        assert_eq!(Codec::RAW.err(&error), Codec::JSON.err(&error));
+        assert_eq!(
+            json_of(&Codec::RAW.err(&error)),
+            json!({"op":"err","code":"forbidden","msg":"no"})
+        );
+    }
+
+    #[test]
+    fn a_codec_takes_the_agreed_window_and_inflates_only_with_one() {
+        assert!(!Codec::JSON.inflates());
+        assert_eq!(Codec::JSON.with_deflate(None), Codec::JSON);
+        let small = deflating(
+            Protocol::Json,
+            "permessage-deflate; server_max_window_bits=9",
+        );
+        assert_eq!((small.deflate_window, small.inflates()), (9, true));
+        let plain = deflating(Protocol::MsgPack, "permessage-deflate");
+        assert_eq!(plain.deflate_window, extension::MAX_WINDOW_BITS);
+        assert_eq!(plain.protocol, Protocol::MsgPack);
+    }
+
+    #[test]
+    fn a_publications_frame_is_made_once_per_protocol_and_shared() {
+        let payload = compressible();
+        let mut frames = PublicationFrames::new("c", 1, &payload, None);
+        let mut deflater = deflater();
+        let first = frames.frame(Codec::JSON, &mut deflater).clone();
+        let again = frames.frame(Codec::JSON, &mut deflater).clone();
+        assert_eq!(first.as_ptr(), again.as_ptr(), "the same bytes, shared");
+        let msgpack = frames.frame(MSGPACK, &mut deflater).clone();
+        assert_ne!(msgpack, first, "each protocol its own");
+        assert_eq!(
+            frames.compressions(),
+            (0, 0),
+            "nobody asked for compression"
+        );
+    }
+
+    #[test]
+    fn a_deflating_subscriber_gets_the_same_message_compressed() {
+        let payload = compressible();
+        let mut frames = PublicationFrames::new("c", 1, &payload, None);
+        let mut deflater = deflater();
+        let plain = frames.frame(Codec::JSON, &mut deflater).clone();
+        let codec = deflating(Protocol::Json, "permessage-deflate");
+        let compressed = frames.frame(codec, &mut deflater).clone();
+        assert!(frame::is_compressed(&compressed) && !frame::is_compressed(&plain));
+        assert!(compressed.len() < plain.len());
+        let inflated = Inflater::default()
+            .inflate(frame::payload_of(&compressed), 1 << 20)
+            .unwrap();
+        assert_eq!(inflated, frame::payload_of(&plain));
+        let shared = frames.frame(codec, &mut deflater).clone();
+        assert_eq!(shared.as_ptr(), compressed.as_ptr(), "compressed once");
+        assert_eq!(frames.compressions(), (1, 0));
+    }
+
+    #[test]
+    fn compression_that_does_not_pay_is_tried_once_and_the_plain_frame_sent() {
+        let payload = Payload::copy_of(PayloadKind::Json, b"1");
+        let mut frames = PublicationFrames::new("c", 1, &payload, None);
+        let mut deflater = deflater();
+        let codec = deflating(Protocol::Json, "permessage-deflate");
+        let sent = frames.frame(codec, &mut deflater).clone();
+        assert!(!frame::is_compressed(&sent));
+        assert_eq!(sent, Codec::JSON.publication("c", 1, &payload));
+        frames.frame(codec, &mut deflater);
+        assert_eq!(frames.compressions(), (0, 1), "declined once");
+    }
+
+    #[test]
+    fn a_message_longer_than_a_small_window_goes_plain_without_a_try() {
+        let payload = compressible();
+        assert!(payload.bytes.len() > 1 << 8);
+        let mut frames = PublicationFrames::new("c", 1, &payload, None);
+        let codec = deflating(
+            Protocol::Json,
+            "permessage-deflate; server_max_window_bits=8",
+        );
+        let sent = frames.frame(codec, &mut deflater()).clone();
+        assert!(!frame::is_compressed(&sent));
+        assert_eq!(frames.compressions(), (0, 0));
+    }
+
+    #[test]
+    fn a_delta_frame_goes_to_json_subscribers_only_and_is_made_once() {
+        let payload = Payload::copy_of(PayloadKind::Json, b"[1,2,3]");
+        let delta = Bytes::from_static(b"7\n2:ab1;");
+        let mut frames = PublicationFrames::new("c", 5, &payload, Some(&delta));
+        assert!(frames.delta(MSGPACK).is_none());
+        assert!(frames.delta(Codec::RAW).is_none());
+        let frame = frames.delta(Codec::JSON).unwrap().clone();
+        assert_eq!(
+            json_of(&frame),
+            json!({"op":"msg","ch":"c","seq":5,"delta":true,"data":"7\n2:ab1;"})
+        );
+        assert_eq!(frames.delta(Codec::JSON).unwrap().as_ptr(), frame.as_ptr());
+        let mut without = PublicationFrames::new("c", 5, &payload, None);
+        assert!(without.delta(Codec::JSON).is_none());
+    }
+}

@@ -366,4 +366,76 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn the_threshold_is_the_smallest_message_compressed() {
+        let mut deflater = deflater();
+        assert!(deflater.frame(OpCode::Text, &[b'a'; 16]).is_some());
+        assert!(deflater.frame(OpCode::Text, &[b'a'; 15]).is_none());
+        let mut any_size = Deflater::new(DeflateSettings {
+            min_bytes: 0,
+            level: 3,
+        });
+        assert!(
+            any_size.frame(OpCode::Text, b"").is_none(),
+            "nothing to compress"
+        );
+    }
+
+    #[test]
+    fn a_binary_message_stays_binary() {
+        let message = chat(1000);
+        let frame = deflater().frame(OpCode::Binary, &message).unwrap();
+        assert_eq!(
+            frame[0],
+            0x80 | 0x40 | OpCode::Binary as u8,
+            "FIN, RSV1, binary"
+        );
+        assert_eq!(
+            inflate_as_client(crate::frame::payload_of(&frame), 15),
+            message
+        );
+    }
+
+    #[test]
+    fn every_level_makes_frames_the_shards_own_inflater_reads() {
+        let message = chat(20_000);
+        let mut inflater = Inflater::default();
+        for level in 1..=9 {
+            let mut deflater = Deflater::new(DeflateSettings {
+                min_bytes: 16,
+                level,
+            });
+            let frame = deflater.frame(OpCode::Text, &message).unwrap();
+            let got = inflater
+                .inflate(crate::frame::payload_of(&frame), message.len())
+                .unwrap();
+            assert_eq!(got, message, "level {level}");
+            inflater.recycle(got);
+        }
+    }
+
+    #[test]
+    fn one_byte_over_the_limit_is_too_large() {
+        let message = chat(1000);
+        let mut inflater = Inflater::default();
+        let compressed = compress_as_client(&message);
+        assert_eq!(
+            inflater.inflate(&compressed, 999),
+            Err(InflateError::TooLarge)
+        );
+        assert_eq!(inflater.inflate(&compressed, 1000).unwrap(), message);
+    }
+
+    #[test]
+    fn a_huge_buffer_given_back_is_let_go_and_a_small_one_kept() {
+        let mut inflater = Inflater::default();
+        inflater.recycle(Vec::with_capacity(4 << 20));
+        assert_eq!(inflater.spare.capacity(), 0, "let go");
+        inflater.recycle(Vec::with_capacity(4096));
+        assert!(
+            inflater.spare.capacity() >= 4096,
+            "kept for the next message"
+        );
+    }
 }

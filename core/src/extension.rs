@@ -89,9 +89,10 @@ fn accept(params: &[(&str, Option<String>)]) -> Option<Agreement> {
     })
 }
 
-/// A window size parameter: `8`..=`15`, no leading zero (§7.1.2).
+/// A window size parameter: `8`..=`15`, decimal digits only, no leading
+/// zero (§7.1.2): not `+9`, which Rust's integer parsing would take.
 fn window_bits(value: &str) -> Option<u8> {
-    if value.starts_with('0') {
+    if value.starts_with('0') || !value.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     value.parse().ok().filter(|bits| (8..=15).contains(bits))
@@ -249,6 +250,61 @@ mod tests {
         assert_eq!(
             agreed(" , ,permessage-deflate,"),
             Some((15, BASE.to_owned()))
+        );
+    }
+
+    #[test]
+    fn a_client_window_of_any_valid_size_is_accepted_and_not_echoed() {
+        for bits in 8..=15 {
+            let offer = format!("permessage-deflate; client_max_window_bits={bits}");
+            assert_eq!(agreed(&offer), Some((15, BASE.to_owned())), "{offer}");
+        }
+    }
+
+    #[test]
+    fn every_server_window_from_8_to_15_is_taken_and_bounds_what_fits() {
+        for bits in 8..=MAX_WINDOW_BITS {
+            let offer = format!("permessage-deflate; server_max_window_bits={bits}");
+            let agreement = negotiate(&offer).unwrap();
+            assert_eq!(agreement.window_bits, bits);
+            if bits < MAX_WINDOW_BITS {
+                assert!(Agreement::fits(bits, 1 << bits));
+                assert!(!Agreement::fits(bits, (1 << bits) + 1));
+            }
+        }
+    }
+
+    #[test]
+    fn a_window_size_is_digits_only() {
+        for value in ["+9", "9.0", "-9", "1_0", "\"+10\""] {
+            let offer = format!("permessage-deflate; server_max_window_bits={value}");
+            assert_eq!(agreed(&offer), None, "{offer}");
+            let offer = format!("permessage-deflate; client_max_window_bits={value}");
+            assert_eq!(agreed(&offer), None, "{offer}");
+        }
+    }
+
+    #[test]
+    fn a_quoted_value_is_read_with_its_escapes() {
+        assert_eq!(
+            agreed(r#"permessage-deflate; server_max_window_bits="1\1""#),
+            Some((11, format!("{BASE}; server_max_window_bits=11")))
+        );
+    }
+
+    #[test]
+    fn other_extensions_before_it_are_skipped() {
+        assert_eq!(
+            agreed("x-foo; a=b; c, permessage-deflate; server_max_window_bits=12, x-bar"),
+            Some((12, format!("{BASE}; server_max_window_bits=12")))
+        );
+    }
+
+    #[test]
+    fn white_space_around_separators_is_allowed() {
+        assert_eq!(
+            agreed("permessage-deflate ;\tserver_max_window_bits = 13 ; client_max_window_bits ,"),
+            Some((13, format!("{BASE}; server_max_window_bits=13")))
         );
     }
 }

@@ -403,4 +403,72 @@ mod tests {
             assert_eq!(applied(&source, &delta), target);
         }
     }
+
+    #[test]
+    fn identical_texts_give_one_copy() {
+        let text = book(100, 1);
+        let same = delta(&text, &text).expect("a delta");
+        assert_eq!(applied(&text, &same), text);
+        // The length, one copy of it all, the checksum.
+        assert!(same.len() < 20, "{}", String::from_utf8_lossy(&same));
+        assert_eq!(same.iter().filter(|&&b| b == b'@').count(), 1);
+    }
+
+    #[test]
+    fn an_empty_source_or_target_goes_whole() {
+        let text = book(10, 1);
+        assert_eq!(delta(b"", &text), None);
+        assert_eq!(delta(&text, b""), None);
+        assert_eq!(delta(b"", b""), None);
+    }
+
+    #[test]
+    fn a_source_of_one_block_or_less_goes_whole() {
+        let source = b"0123456789abcdef";
+        assert_eq!(source.len(), BLOCK);
+        assert_eq!(delta(source, &source.repeat(8)), None);
+    }
+
+    #[test]
+    fn a_source_just_over_one_block_can_be_copied() {
+        let source = b"0123456789abcdefg";
+        let delta = delta(source, source).expect("a copy pays");
+        assert_eq!(applied(source, &delta), source);
+    }
+
+    #[test]
+    fn an_append_is_a_copy_and_a_literal() {
+        let source = book(50, 1);
+        let mut target = source.clone();
+        target.extend_from_slice(b",\"tail\"");
+        let delta = delta(&source, &target).expect("a delta");
+        assert_eq!(applied(&source, &delta), target);
+        let text = String::from_utf8_lossy(&delta);
+        assert!(text.contains("@0,"), "a copy from the start: {text}");
+        assert!(
+            text.contains(":,\"tail\""),
+            "the new bytes as a literal: {text}"
+        );
+    }
+
+    #[test]
+    fn a_target_shorter_than_the_source_applies() {
+        let source = book(200, 1);
+        let prefix = &source[..source.len() / 2];
+        let suffix = &source[source.len() / 3..];
+        for target in [prefix, suffix] {
+            let delta = delta(&source, target).expect("a delta");
+            assert_eq!(applied(&source, &delta), target);
+        }
+    }
+
+    #[test]
+    fn digits_counts_what_push_b64_writes() {
+        for n in [0, 1, 63, 64, 4095, 4096, 1 << 30, usize::MAX] {
+            let mut out = Vec::new();
+            push_b64(&mut out, n);
+            assert_eq!(out.len(), digits(n), "{n}");
+            assert!(out.iter().all(|b| DIGITS.contains(b)));
+        }
+    }
 }

@@ -169,4 +169,70 @@ mod tests {
         assert!(frame.len() <= 2 + 125);
         assert!(matches!(read_as_client(&frame), Message::Close(Some(_))));
     }
+
+    #[test]
+    fn a_close_reason_of_123_bytes_is_kept_whole_and_a_longer_one_cut_to_it() {
+        let longest = "r".repeat(123);
+        assert_eq!(
+            payload_of(&close(1000, &longest)),
+            [&[0x03, 0xe8][..], longest.as_bytes()].concat()
+        );
+        let cut = close(1000, &"r".repeat(200));
+        assert_eq!(payload_of(&cut).len(), 125);
+        assert!(matches!(read_as_client(&cut), Message::Close(Some(f)) if f.reason.len() == 123));
+    }
+
+    #[test]
+    fn frames_are_final_unmasked_and_carry_their_opcode() {
+        for opcode in [OpCode::Text, OpCode::Binary, OpCode::Close] {
+            let frame = encode(opcode, b"x");
+            assert_eq!(frame[0], 0x80 | opcode as u8, "{opcode:?}");
+            assert_eq!(frame[1] & 0x80, 0, "unmasked");
+        }
+    }
+
+    #[test]
+    fn payload_of_skips_each_header_size() {
+        for len in [0, 125, 126, 65535, 65536] {
+            let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            assert_eq!(
+                payload_of(&encode(OpCode::Binary, &payload)),
+                payload,
+                "{len}"
+            );
+        }
+        assert_eq!(payload_of(&[]), b"");
+        assert_eq!(payload_of(&[0x82, 126, 0]), b"", "a header cut short");
+    }
+
+    #[test]
+    fn a_frame_built_in_pieces_is_the_frame_encoded_at_once() {
+        let mut builder = FrameBuilder::new(OpCode::Text, 1);
+        builder.push(b"hello ");
+        std::io::Write::write_all(&mut builder, b"world").unwrap();
+        assert_eq!(builder.payload_len(), 11);
+        assert_eq!(builder.finish(), encode(OpCode::Text, b"hello world"));
+    }
+
+    #[test]
+    fn spare_room_keeps_only_what_truncate_leaves() {
+        let mut builder = FrameBuilder::new(OpCode::Binary, 0);
+        builder.push(b"ab");
+        let room = builder.spare(10);
+        assert!(room.iter().all(|&b| b == 0), "zeroed");
+        room[..3].copy_from_slice(b"cde");
+        builder.truncate(5);
+        assert_eq!(payload_of(&builder.finish()), b"abcde");
+    }
+
+    #[test]
+    fn only_a_compressed_frame_has_rsv1() {
+        let mut compressed = FrameBuilder::compressed(OpCode::Text, 4);
+        compressed.push(b"data");
+        let compressed = compressed.finish();
+        assert!(is_compressed(&compressed));
+        assert_eq!(compressed[0] & 0x0f, OpCode::Text as u8);
+        assert!(!is_compressed(&encode(OpCode::Text, b"data")));
+        assert!(!is_compressed(&[]));
+    }
 }

@@ -137,4 +137,40 @@ mod tests {
         let fast = HeartbeatTimes::new(Duration::from_millis(100), Duration::from_millis(200));
         assert_eq!(fast.sweep_every(), Duration::from_millis(25));
     }
+
+    #[test]
+    fn sweeps_are_at_least_5ms_apart() {
+        let tiny = HeartbeatTimes::new(Duration::from_millis(1), Duration::from_millis(3));
+        assert_eq!(tiny.sweep_every(), Duration::from_millis(5));
+    }
+
+    #[test]
+    fn times_are_taken_in_milliseconds() {
+        let times = HeartbeatTimes::new(Duration::from_secs(25), Duration::from_micros(10_500));
+        assert_eq!((times.interval_ms, times.timeout_ms), (25_000, 10));
+    }
+
+    #[test]
+    fn a_sign_of_life_in_the_ms_of_the_ping_answers_it() {
+        let hb = Heartbeat::new(0);
+        assert_eq!(hb.tick(25_000, TIMES), Action::SendPing);
+        hb.seen(25_000);
+        assert_eq!(hb.tick(35_000, TIMES), Action::Nothing);
+    }
+
+    #[test]
+    fn the_timeout_counts_from_the_ping_not_from_the_silence() {
+        // The sweep came late: the ping went out at 30 s, not 25 s.
+        let hb = Heartbeat::new(0);
+        assert_eq!(hb.tick(30_000, TIMES), Action::SendPing);
+        assert_eq!(hb.tick(39_999, TIMES), Action::Nothing);
+        assert_eq!(hb.tick(40_000, TIMES), Action::TimedOut);
+    }
+
+    #[test]
+    fn a_clock_reading_before_the_last_sign_of_life_does_nothing() {
+        let hb = Heartbeat::new(100_000);
+        assert_eq!(hb.tick(0, TIMES), Action::Nothing);
+        assert_eq!(hb.tick(99_999, TIMES), Action::Nothing);
+    }
 }

@@ -268,4 +268,56 @@ mod tests {
         remembered.expire(2_200);
         assert_eq!((remembered.bytes(), remembered.len()), (0, 0));
     }
+
+    #[test]
+    fn expiry_forgets_only_the_keys_whose_window_ended() {
+        let mut remembered = Remembered::new(1_000);
+        remembered.remember("c", "early", 1, 0, Source::Api);
+        remembered.remember("c", "late", 2, 500, Source::Client);
+        remembered.expire(999);
+        assert_eq!(remembered.len(), 2);
+        remembered.expire(1_000);
+        assert_eq!(remembered.len(), 1);
+        assert_eq!(remembered.recall("c", "late", 1_499), Some(2));
+        assert_eq!(remembered.recall("c", "early", 1_499), None);
+    }
+
+    #[test]
+    fn an_older_entry_of_a_key_does_not_forget_its_newer_remembering() {
+        let mut remembered = Remembered::new(1_000);
+        remembered.remember("c", "k", 1, 0, Source::Api);
+        remembered.remember("c", "k", 2, 500, Source::Api);
+        assert_eq!(remembered.recall("c", "k", 1_000), Some(2));
+        assert_eq!(remembered.recall("c", "k", 1_500), None);
+        assert!(remembered.is_empty());
+    }
+
+    #[test]
+    fn a_client_key_remembered_again_by_the_api_frees_the_clients_half() {
+        let mut remembered = Remembered::with_capacity(10_000, 4);
+        remembered.remember("c", "1", 1, 0, Source::Client);
+        remembered.remember("c", "2", 2, 0, Source::Client);
+        assert!(remembered.has_room(0, Source::Client).is_err());
+        remembered.remember("c", "2", 2, 0, Source::Api);
+        assert_eq!(remembered.has_room(0, Source::Client), Ok(()));
+        assert_eq!(remembered.len(), 2);
+    }
+
+    #[test]
+    fn a_store_full_of_the_apis_keys_refuses_clients_as_full() {
+        let mut remembered = Remembered::with_capacity(10_000, 2);
+        remembered.remember("c", "1", 1, 0, Source::Api);
+        remembered.remember("c", "2", 2, 0, Source::Api);
+        assert_eq!(
+            remembered.has_room(0, Source::Client),
+            Err(Full::Keys { keys: 2 })
+        );
+    }
+
+    #[test]
+    fn a_window_reaching_past_the_end_of_time_does_not_overflow() {
+        let mut remembered = Remembered::new(u64::MAX);
+        remembered.remember("c", "k", 9, 10, Source::Api);
+        assert_eq!(remembered.recall("c", "k", u64::MAX - 1), Some(9));
+    }
 }

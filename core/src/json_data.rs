@@ -221,4 +221,61 @@ mod tests {
             "{\"a\":".repeat(MAX_DATA_DEPTH + 1) + "1" + &"}".repeat(MAX_DATA_DEPTH + 1);
         assert!(check(deep_object.as_bytes()).is_err());
     }
+
+    #[test]
+    fn arrays_and_objects_count_together_against_the_depth() {
+        // `[{"a":[{"a":...}]}]`: alternating, one level each.
+        let mixed = |depth: usize| {
+            let (mut open, mut close) = (String::new(), String::new());
+            for level in 0..depth {
+                if level % 2 == 0 {
+                    open.push('[');
+                    close.insert(0, ']');
+                } else {
+                    open.push_str("{\"a\":");
+                    close.insert(0, '}');
+                }
+            }
+            let inner = if depth % 2 == 0 { "1" } else { "" };
+            open + inner + &close
+        };
+        assert!(check(mixed(MAX_DATA_DEPTH).as_bytes()).is_ok());
+        assert!(check(mixed(MAX_DATA_DEPTH + 1).as_bytes()).is_err());
+    }
+
+    #[test]
+    fn json_white_space_around_the_value_is_fit() {
+        assert!(check(b" \t\r\n{ \"a\" : [ 1 , 2 ] }\n ").is_ok());
+    }
+
+    #[test]
+    fn numbers_in_forms_json_does_not_have_are_unfit() {
+        for json in [
+            "01",
+            "+1",
+            ".5",
+            "1.",
+            "NaN",
+            "Infinity",
+            "-Infinity",
+            "0x10",
+            "1e",
+        ] {
+            assert!(check(json.as_bytes()).is_err(), "{json}");
+        }
+    }
+
+    #[test]
+    fn strings_of_invalid_utf8_or_raw_control_characters_are_unfit() {
+        for json in [&b"\"\xff\""[..], b"\"\xc3\"", b"\"a\x01b\"", b"\"a\nb\""] {
+            assert!(check(json).is_err(), "{json:?}");
+        }
+    }
+
+    #[test]
+    fn very_deep_nesting_is_refused_without_exhausting_the_stack() {
+        let depth = 1_000_000;
+        let deep = "[".repeat(depth) + &"]".repeat(depth);
+        assert!(check(deep.as_bytes()).is_err());
+    }
 }

@@ -339,4 +339,63 @@ mod tests {
             serde_json::json!([{"user":"u1","conn":"a"},{"conn":"b"}])
         );
     }
+
+    #[test]
+    fn the_cursors_own_member_leaving_does_not_shift_the_next_page() {
+        let mut presence = Members::default();
+        for conn in ["a", "b", "c", "d"] {
+            presence.join("room", member(conn, "u"));
+        }
+        let first = presence.page("room", None, 2, usize::MAX);
+        assert_eq!(first.cursor.as_deref(), Some("b"));
+        presence.leave("room", "b");
+        let next = presence.page("room", first.cursor.as_deref(), 2, usize::MAX);
+        let conns: Vec<&str> = next.members.iter().map(|m| &*m.conn).collect();
+        assert_eq!((conns, next.count), (vec!["c", "d"], 3));
+    }
+
+    #[test]
+    fn a_cursor_past_the_last_member_gives_an_empty_last_page() {
+        let mut presence = Members::default();
+        presence.join("room", member("a", "u"));
+        let page = presence.page("room", Some("z"), 10, usize::MAX);
+        assert_eq!((page.members.len(), page.cursor, page.count), (0, None, 1));
+    }
+
+    #[test]
+    fn channels_lists_each_channel_with_its_members() {
+        let mut presence = Members::default();
+        presence.join("a", member("1", "u"));
+        presence.join("a", member("2", "v"));
+        presence.join("b", member("3", "w"));
+        let mut listed: Vec<(String, Vec<String>)> = presence
+            .channels()
+            .map(|(name, members)| {
+                (
+                    name.to_owned(),
+                    members.map(|m| m.conn.to_string()).collect(),
+                )
+            })
+            .collect();
+        listed.sort();
+        assert_eq!(
+            listed,
+            [
+                ("a".to_owned(), vec!["1".to_owned(), "2".to_owned()]),
+                ("b".to_owned(), vec!["3".to_owned()])
+            ]
+        );
+    }
+
+    #[test]
+    fn names_with_quotes_and_control_characters_make_valid_json() {
+        let odd = member("c\"1\u{1}", "u\\\n\u{7f}");
+        let json = member_json(&odd);
+        let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"user":"u\\\n\u{7f}","conn":"c\"1\u{1}"})
+        );
+        assert_eq!(member_from_json(&json), Some(odd));
+    }
 }

@@ -203,6 +203,7 @@ fn finite(f: f64) -> Result<serde_json::Value, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::MAX_ID_LEN;
 
     /// Bytes the MessagePack `msg` envelope adds around its data for a channel
     /// of `channel_len` bytes and a `seq` under 2^32: a 4-entry map (1), the
@@ -399,5 +400,62 @@ mod tests {
         let frame = publication("c", 1000, &tick);
         let body = frame::payload_of(&frame).len();
         assert!(body - 1 <= envelope_overhead(1), "{body}");
+    }
+
+    #[test]
+    fn a_refusal_carries_the_id_when_it_is_a_string_or_an_integer() {
+        for (id, json) in [(Value::from("r1"), "\"r1\""), (Value::from(-5), "-5")] {
+            let bad = map(&[
+                ("op", "sub".into()),
+                ("id", id),
+                ("x", Value::Ext(1, vec![0])),
+            ]);
+            let refused = parse_op(&bad).unwrap_err();
+            assert_eq!(refused.error().id.map(RequestId::as_json), Some(json));
+            assert_eq!(refused.error().code, ErrorCode::BadJson);
+        }
+    }
+
+    #[test]
+    fn an_id_the_json_protocol_would_refuse_is_not_carried() {
+        for id in [
+            Value::F64(1.0),
+            Value::Array(vec![1.into()]),
+            Value::from("x".repeat(MAX_ID_LEN + 1)),
+        ] {
+            let bad = map(&[
+                ("op", "sub".into()),
+                ("id", id.clone()),
+                ("x", Value::Ext(1, vec![0])),
+            ]);
+            assert_eq!(parse_op(&bad).unwrap_err().id, None, "{id:?}");
+        }
+    }
+
+    #[test]
+    fn strings_that_are_not_utf8_are_refused() {
+        let mut op = map(&[("op", "pub".into()), ("ch", "c".into())]);
+        op[0] = 0x83;
+        op.extend([0xa4, b'd', b'a', b't', b'a', 0xa2, 0xff, 0xfe]);
+        assert!(parse_op(&op).is_err());
+    }
+
+    #[test]
+    fn server_frames_keep_integers_integers_and_floats_floats() {
+        let data = br#"{"i":-3,"u":18446744073709551615,"f":2.0}"#;
+        let json = Payload::copy_of(PayloadKind::Json, data);
+        let msg = decode(&publication("c", 1, &json));
+        assert!(matches!(msg["data"]["i"], Value::Integer(i) if i.as_i64() == Some(-3)));
+        assert!(matches!(msg["data"]["u"], Value::Integer(i) if i.as_u64() == Some(u64::MAX)));
+        assert!(matches!(msg["data"]["f"], Value::F64(f) if f == 2.0));
+    }
+
+    #[test]
+    fn raw_room_text_that_is_not_json_goes_as_text() {
+        let text = Payload::copy_of(PayloadKind::Text, b"hello \"you\"");
+        let msg = decode(&publication("room", 3, &text));
+        assert_eq!(msg["text"].as_str(), Some("hello \"you\""));
+        assert!(msg["data"].is_nil());
+        assert_eq!(msg["seq"].as_u64(), Some(3));
     }
 }

@@ -96,4 +96,37 @@ mod tests {
         assert_eq!(occupancy.set("never", false, 0, 100), Transition::Nothing);
         assert!(occupancy.due(10_000).is_empty());
     }
+
+    #[test]
+    fn due_vacates_only_the_channels_whose_grace_ended() {
+        let mut occupancy = Occupancy::default();
+        for name in ["a", "b", "c"] {
+            occupancy.set(name, true, 0, 100);
+        }
+        occupancy.set("a", false, 10, 100);
+        occupancy.set("b", false, 50, 100);
+        assert_eq!(occupancy.due(120), vec![Box::<str>::from("a")]);
+        assert_eq!(occupancy.due(150), vec![Box::<str>::from("b")]);
+        let mut left: Vec<&str> = occupancy.occupied().collect();
+        left.sort_unstable();
+        assert_eq!(left, ["c"]);
+    }
+
+    #[test]
+    fn a_channel_in_its_grace_is_still_occupied() {
+        let mut occupancy = Occupancy::default();
+        occupancy.set("a", true, 0, 100);
+        occupancy.set("a", false, 0, 100);
+        assert_eq!(occupancy.occupied().collect::<Vec<_>>(), ["a"]);
+        occupancy.due(100);
+        assert_eq!(occupancy.occupied().count(), 0);
+    }
+
+    #[test]
+    fn a_grace_of_zero_vacates_at_the_same_ms() {
+        let mut occupancy = Occupancy::default();
+        occupancy.set("a", true, 5, 0);
+        occupancy.set("a", false, 7, 0);
+        assert_eq!(occupancy.due(7), vec![Box::<str>::from("a")]);
+    }
 }

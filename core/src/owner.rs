@@ -506,9 +506,11 @@ impl Owner {
         };
         if let Some((since, their_epoch)) = since {
             // Every publication after `since` up to `top`, none missing
-            // (the stream trimmed, the answer cut short).
+            // (the stream trimmed, the answer cut short). `since` is the
+            // client's: any u64, so `since + 1` may not exist.
             let (first, last) = (entries.first().map(|e| e.0), entries.last().map(|e| e.0));
-            let complete = first == Some(since + 1) && last == Some(top);
+            let complete =
+                since.checked_add(1).is_some_and(|next| first == Some(next)) && last == Some(top);
             let recovered = their_epoch == epoch && since <= top && (since == top || complete);
             if recovered {
                 position.missed = entries
@@ -1238,5 +1240,151 @@ mod tests {
             (known.seq, known.epoch.as_str(), known.recovered),
             (1, "e2", Some(false))
         );
+    }
+
+    fn history_seqs(owner: &mut Owner, name: &str, now_ms: u64) -> Vec<u64> {
+        owner
+            .history(name, 0, usize::MAX, now_ms)
+            .entries
+            .iter()
+            .map(|(seq, _)| *seq)
+            .collect()
+    }
+
+    #[test]
+    fn the_history_keeps_the_newest_size_publications() {
+        let mut owner = owner(3, 1000);
+        for i in 0..10 {
+            owner.order("a", &payload("x"), i, false);
+        }
+        assert_eq!(history_seqs(&mut owner, "a", 10), [8, 9, 10]);
+        assert_eq!(owner.history_len(), 3);
+    }
+
+    #[test]
+    fn without_history_nothing_is_kept_and_a_resubscriber_behind_is_not_recovered() {
+        let mut owner = owner(0, 1000);
+        for i in 0..3 {
+            owner.order("a", &payload("x"), i, false);
+        }
+        assert_eq!((owner.history_len(), owner.history_bytes()), (0, 0));
+        let epoch = owner.position("a", None, 3).epoch;
+        let behind = owner.position("a", Some((2, &epoch)), 3);
+        assert_eq!((behind.seq, behind.recovered), (3, Some(false)));
+        let current = owner.position("a", Some((3, &epoch)), 3);
+        assert_eq!(current.recovered, Some(true), "nothing missed");
+    }
+
+    #[test]
+    fn system_channels_are_ordered_but_keep_no_history() {
+        let mut owner = owner(10, 1000);
+        assert_eq!(owner.order("$stats", &payload("{}"), 0, false).seq, 1);
+        assert_eq!(owner.order("$stats", &payload("{}"), 1, false).seq, 2);
+        assert_eq!((owner.history_len(), owner.history_bytes()), (0, 0));
+    }
+
+    #[test]
+    fn a_publication_as_old_as_the_ttl_is_kept_and_older_expires() {
+        let mut owner = owner(10, 100);
+        owner.order("a", &payload("x"), 0, false);
+        assert_eq!(history_seqs(&mut owner, "a", 100), [1]);
+        assert!(history_seqs(&mut owner, "a", 101).is_empty());
+        assert_eq!((owner.history_len(), owner.history_bytes()), (0, 0));
+    }
+
+    #[test]
+    fn a_history_page_stops_at_its_limit_and_says_there_is_more() {
+        let mut owner = owner(10, 1000);
+        for i in 0..5 {
+            owner.order("a", &payload("x"), i, false);
+        }
+        let first = owner.history("a", 0, 2, 5);
+        assert_eq!(
+            first.entries.iter().map(|e| e.0).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        assert_eq!(first.seq, 5);
+        assert!(first.more());
+        let last = owner.history("a", 3, 2, 5);
+        assert_eq!(last.entries.iter().map(|e| e.0).collect::<Vec<_>>(), [4, 5]);
+        assert!(!last.more());
+        assert!(!owner.history("a", 5, 2, 5).more(), "an empty page");
+    }
+
+    #[test]
+    fn each_new_channel_gets_an_epoch_of_its_own_under_the_runs() {
+        let mut owner = owner(10, 1000);
+        let a = owner.position("a", None, 0);
+        let b = owner.position("b", None, 0);
+        assert_eq!((a.seq, b.seq), (0, 0));
+        assert_ne!(a.epoch, b.epoch);
+        for epoch in [&a.epoch, &b.epoch] {
+            assert!(epoch.starts_with("0000000000000abc-"), "{epoch}");
+        }
+        assert_eq!(owner.position("a", None, 0).epoch, a.epoch, "stable");
+    }
+
+    #[test]
+    fn remote_interest_is_reported_per_channel_and_listed() {
+        let mut owner = owner(10, 1000);
+        owner.set_interest("a", 5, true, false);
+        owner.set_interest("a", 63, true, false);
+        owner.set_interest("b", 2, true, false);
+        owner.set_interest("b", 2, false, false);
+        assert_eq!(owner.remote_mask("a"), 1 << 5 | 1 << 63);
+        assert!(owner.has_remote_interest("a"));
+        assert!(!owner.has_remote_interest("b"));
+        assert!(!owner.has_remote_interest("never"));
+        assert_eq!(owner.remotely_subscribed().collect::<Vec<_>>(), ["a"]);
+    }
+
+    #[test]
+    fn shards_in_lists_the_set_bits_in_order() {
+        assert_eq!(
+            shards_in(1 | 1 << 5 | 1 << 7 | 1 << 63).collect::<Vec<_>>(),
+            [0, 5, 7, 63]
+        );
+        assert_eq!(shards_in(0).count(), 0);
+    }
+
+    #[test]
+    fn no_delta_is_made_against_a_publication_of_another_epoch() {
+        let text: &'static str =
+            Box::leak(format!("[{}]", "1234567,".repeat(40) + "0").into_boxed_str());
+        let mut owner = owner(10, 1000);
+        owner.follow("c", (5, "e1"), &payload(text), 0, true);
+        let same = owner.follow("c", (6, "e1"), &payload(text), 0, true);
+        assert!(matches!(
+            same,
+            Followed::Deliver(Ordered { delta: Some(_), .. })
+        ));
+        // Redis lost the channel: seq 1 of the new epoch is no successor
+        // of seq 6, whatever the history holds.
+        let renewed = owner.follow("c", (1, "e2"), &payload(text), 0, true);
+        assert!(matches!(
+            renewed,
+            Followed::Resync(Ordered { delta: None, .. })
+        ));
+    }
+
+    #[test]
+    fn a_since_at_the_largest_seq_is_not_recovered_from_the_broker() {
+        // A client's `since` is any u64: `since + 1` must not overflow.
+        let mut owner = owner(0, 1000);
+        let kept: Vec<(u64, Payload)> = (1..=2).map(|s| (s, payload("x"))).collect();
+        let (position, _) = owner.broker_position("c", (2, "e"), &kept, Some((u64::MAX, "e")));
+        assert_eq!(
+            (position.recovered, position.missed.len()),
+            (Some(false), 0)
+        );
+    }
+
+    #[test]
+    fn a_since_at_the_largest_seq_is_not_recovered_from_history() {
+        let mut owner = owner(10, 1000);
+        owner.order("a", &payload("x"), 0, false);
+        let epoch = owner.position("a", None, 0).epoch;
+        let position = owner.position("a", Some((u64::MAX, &epoch)), 0);
+        assert_eq!(position.recovered, Some(false));
     }
 }

@@ -134,4 +134,62 @@ mod tests {
         }
         assert!(ChannelPattern::parse(&"a".repeat(MAX_CHANNEL_LEN + 1)).is_err());
     }
+
+    #[test]
+    fn a_pattern_star_does_not_cross_a_dot() {
+        assert!(!covers("*.b", "a.x.b"));
+        assert!(!covers("a.*", "a.b.c"));
+        assert!(covers("a.*.c", "a.b.c"));
+        assert!(!covers("a.*.c", "a.c"));
+        assert!(!covers("a.*.c", "a.b.b.c"));
+    }
+
+    #[test]
+    fn a_literal_segment_matches_only_the_whole_segment() {
+        assert!(!covers("news.*", "newsy.x"));
+        assert!(!covers("news.*", "new.x"));
+        assert!(!covers("*.chat", "room.chatty"));
+        assert!(!covers("News.*", "news.x"), "case counts");
+    }
+
+    #[test]
+    fn a_gt_after_stars_needs_a_segment_of_its_own() {
+        assert!(covers("*.>", "a.b"));
+        assert!(covers("*.>", "a.b.c.d"));
+        assert!(!covers("*.>", "a"));
+        assert!(!covers("a.*.>", "a.b"));
+    }
+
+    #[test]
+    fn each_kind_of_malformed_pattern_says_which() {
+        let error = |text: &str| ChannelPattern::parse(text).unwrap_err();
+        assert_eq!(error(""), PatternError::Length(String::new()));
+        assert!(matches!(error("a..b"), PatternError::EmptySegment(t) if t == "a..b"));
+        for wild in ["a.>.b", ">.a", "**", "a*", "*>", ">>"] {
+            assert!(
+                matches!(error(wild), PatternError::Wildcard(ref t) if t == wild),
+                "{wild}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_pattern_of_the_longest_channel_length_is_accepted_and_kept_as_written() {
+        let text = format!("{}.>", "a".repeat(MAX_CHANNEL_LEN - 2));
+        let pattern = ChannelPattern::parse(&text).unwrap();
+        assert_eq!(pattern.as_str(), text);
+        assert!(pattern.matches(&format!("{}.x", "a".repeat(MAX_CHANNEL_LEN - 2))));
+    }
+
+    #[test]
+    fn any_matches_needs_one_pattern_that_covers() {
+        let patterns: Vec<ChannelPattern> = ["news", "user.42.*"]
+            .iter()
+            .map(|p| ChannelPattern::parse(p).unwrap())
+            .collect();
+        assert!(any_matches(&patterns, "news"));
+        assert!(any_matches(&patterns, "user.42.inbox"));
+        assert!(!any_matches(&patterns, "user.43.inbox"));
+        assert!(!any_matches(&[], "news"), "no grant covers nothing");
+    }
 }

@@ -1307,4 +1307,150 @@ mod tests {
         assert_eq!(ErrorCode::OutcomeUnknown.http_status(), 504);
         assert_eq!(ErrorCode::Unavailable.http_status(), 503);
     }
+
+    /// The `id` of `text`'s refusal, as its JSON text.
+    fn refused_id(text: &str) -> (ErrorCode, Option<String>) {
+        let error = parse_client_op(text).unwrap_err();
+        (error.code, error.id.map(|id| id.as_json().to_owned()))
+    }
+
+    #[test]
+    fn a_numeric_id_is_answered_as_a_number_and_a_string_id_as_a_string() {
+        for (text, id) in [
+            (r#"{"op":"ping","id":7}"#, json!(7)),
+            (r#"{"op":"ping","id":"7"}"#, json!("7")),
+            (r#"{"op":"ping","id":-3}"#, json!(-3)),
+        ] {
+            let Ok(ClientOp::Ping { id: Some(got) }) = parse_client_op(text) else {
+                panic!("{text}")
+            };
+            assert_eq!(payload_json(&encode_pong(Some(got)))["id"], id, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_null_id_is_refused_without_an_id() {
+        assert_eq!(
+            refused_id(r#"{"op":"ping","id":null}"#),
+            (ErrorCode::BadJson, None)
+        );
+    }
+
+    #[test]
+    fn an_op_that_is_not_a_string_is_refused_with_the_id() {
+        assert_eq!(
+            refused_id(r#"{"op":1,"ch":"n","id":3}"#),
+            (ErrorCode::BadJson, Some("3".to_owned()))
+        );
+    }
+
+    #[test]
+    fn a_pub_without_a_channel_is_refused_with_the_id() {
+        assert_eq!(
+            refused_id(r#"{"op":"pub","data":1,"id":"q"}"#),
+            (ErrorCode::BadChannel, Some("\"q\"".to_owned()))
+        );
+    }
+
+    #[test]
+    fn an_epoch_longer_than_64_bytes_is_refused_with_the_id() {
+        let sub =
+            |epoch: &str| format!(r#"{{"op":"sub","ch":"n","id":4,"since":1,"epoch":"{epoch}"}}"#);
+        assert!(parse_client_op(&sub(&"e".repeat(MAX_EPOCH_LEN))).is_ok());
+        assert_eq!(
+            refused_id(&sub(&"e".repeat(MAX_EPOCH_LEN + 1))),
+            (ErrorCode::BadJson, Some("4".to_owned()))
+        );
+    }
+
+    #[test]
+    fn a_delta_other_than_fossil_is_refused_with_the_id() {
+        assert!(matches!(
+            parse_client_op(r#"{"op":"sub","ch":"n","delta":"fossil"}"#),
+            Ok(ClientOp::Sub { delta: true, .. })
+        ));
+        for delta in ["xdelta", "Fossil", ""] {
+            let text = format!(r#"{{"op":"sub","ch":"n","id":2,"delta":"{delta}"}}"#);
+            assert_eq!(
+                refused_id(&text),
+                (ErrorCode::BadJson, Some("2".to_owned())),
+                "{delta:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn presence_limits_of_1_and_the_largest_page_are_accepted() {
+        for limit in [1, MAX_PRESENCE_PAGE] {
+            let text = format!(r#"{{"op":"presence","ch":"r","limit":{limit}}}"#);
+            assert!(
+                matches!(parse_client_op(&text), Ok(ClientOp::Presence { limit: l, .. }) if l == limit),
+                "{limit}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_delta_frame_writes_each_byte_as_the_code_point_of_its_value() {
+        let delta: Vec<u8> = (0..=255).collect();
+        let frame = encode_msg_delta("c.1", 8, &delta);
+        let msg = payload_json(&frame);
+        assert_eq!(
+            (&msg["op"], &msg["ch"], &msg["seq"], &msg["delta"]),
+            (&json!("msg"), &json!("c.1"), &json!(8), &json!(true))
+        );
+        let chars: Vec<u32> = msg["data"]
+            .as_str()
+            .unwrap()
+            .chars()
+            .map(u32::from)
+            .collect();
+        assert_eq!(chars, (0..=255).collect::<Vec<u32>>());
+    }
+
+    #[test]
+    fn a_reconnect_says_after_how_long() {
+        assert_eq!(
+            payload_json(&encode_reconnect(1234)),
+            json!({"op":"reconnect","after_ms":1234})
+        );
+    }
+
+    #[test]
+    fn an_unsubscribed_frame_names_the_channel_and_escapes_the_reason() {
+        assert_eq!(
+            payload_json(&encode_unsubscribed("room.1", "kicked \"out\"\n")),
+            json!({"op":"unsubscribed","ch":"room.1","reason":"kicked \"out\"\n"})
+        );
+    }
+
+    #[test]
+    fn every_error_code_has_a_name_of_its_own_and_an_http_error_status() {
+        let all = [
+            ErrorCode::BadJson,
+            ErrorCode::UnknownOp,
+            ErrorCode::BadChannel,
+            ErrorCode::TooLarge,
+            ErrorCode::NotSubscribed,
+            ErrorCode::TooManySubscriptions,
+            ErrorCode::ShuttingDown,
+            ErrorCode::Forbidden,
+            ErrorCode::Unauthorized,
+            ErrorCode::RateLimited,
+            ErrorCode::OverCapacity,
+            ErrorCode::NoPresence,
+            ErrorCode::Unavailable,
+            ErrorCode::OutcomeUnknown,
+        ];
+        let names: std::collections::HashSet<&str> = all.iter().map(|c| c.as_str()).collect();
+        assert_eq!(names.len(), all.len());
+        for code in all {
+            let name = code.as_str();
+            assert!(
+                name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{name}"
+            );
+            assert!((400..600).contains(&code.http_status()), "{name}");
+        }
+    }
 }

@@ -245,4 +245,60 @@ mod tests {
         // into one another.
         assert_ne!(conflation_id("ab", "c"), conflation_id("a", "bc"));
     }
+
+    #[test]
+    fn json_data_without_line_breaks_is_kept_byte_for_byte() {
+        let data = br#"{"a": "x\ty", "b":[1, 2.50]}"#;
+        assert_eq!(&Payload::json(data).bytes[..], data);
+        assert_eq!(Payload::json(data).kind, PayloadKind::Json);
+    }
+
+    #[test]
+    fn only_an_ack_or_an_http_publish_waits_for_the_seq() {
+        let conn = ConnRef { key: 1, gen: 1 };
+        let id = crate::protocol::RequestId::parse("1").unwrap().to_buf();
+        let to = ReplyId::new(0, 0, 0);
+        assert!(!Reply::None.wants_seq());
+        assert!(!Reply::Quiet {
+            conn,
+            idempotency_key: None
+        }
+        .wants_seq());
+        assert!(Reply::Ack {
+            conn,
+            id,
+            idempotency_key: None
+        }
+        .wants_seq());
+        assert!(Reply::Http {
+            to,
+            index: 0,
+            idempotency_key: None
+        }
+        .wants_seq());
+    }
+
+    #[test]
+    fn every_reply_but_none_tells_its_idempotency_key() {
+        let conn = ConnRef { key: 1, gen: 1 };
+        let key = || Some(Box::<str>::from("k"));
+        assert_eq!(Reply::None.idempotency_key(), None);
+        let quiet = Reply::Quiet {
+            conn,
+            idempotency_key: key(),
+        };
+        let ack = Reply::Ack {
+            conn,
+            id: crate::protocol::RequestId::parse("2").unwrap().to_buf(),
+            idempotency_key: key(),
+        };
+        let http = Reply::Http {
+            to: ReplyId::new(1, 2, 3),
+            index: 4,
+            idempotency_key: key(),
+        };
+        for reply in [quiet, ack, http] {
+            assert_eq!(reply.idempotency_key(), Some("k"), "{reply:?}");
+        }
+    }
 }

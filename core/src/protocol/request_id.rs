@@ -99,4 +99,30 @@ mod tests {
         let id = RequestId::parse(r#""s1""#).unwrap();
         assert_eq!(id.to_buf().as_id(), id);
     }
+
+    #[test]
+    fn a_sign_or_space_other_than_a_leading_minus_is_not_an_integer() {
+        for json in ["+1", " 1", "1 ", "--1", "1-", "0x1"] {
+            assert_eq!(RequestId::parse(json), Err(BadRequestId), "{json:?}");
+        }
+    }
+
+    #[test]
+    fn an_integers_limit_counts_its_digits_not_its_sign() {
+        assert!(RequestId::parse(&format!("-{}", "9".repeat(MAX_ID_LEN))).is_ok());
+        assert_eq!(
+            RequestId::parse(&format!("-{}", "9".repeat(MAX_ID_LEN + 1))),
+            Err(BadRequestId)
+        );
+    }
+
+    #[test]
+    fn a_strings_limit_counts_bytes_between_the_quotes() {
+        // 32 two-byte characters are 64 bytes; 33 are over.
+        assert!(RequestId::parse(&format!("\"{}\"", "é".repeat(MAX_ID_LEN / 2))).is_ok());
+        assert_eq!(
+            RequestId::parse(&format!("\"{}\"", "é".repeat(MAX_ID_LEN / 2 + 1))),
+            Err(BadRequestId)
+        );
+    }
 }
