@@ -157,19 +157,12 @@ mod tests {
     #[test]
     fn every_close_frame_is_documented() {
         let protocol = include_str!("../../docs/protocol.md");
-        let api = include_str!("../../docs/api.md");
         for reason in CloseReason::ALL {
             let Some((code, text)) = reason.close_frame() else {
                 continue;
             };
-            // The close codes' table, or the server API's default.
             let row = format!("| {code} | `{text}` |");
-            let api_default = api.contains(&format!("default {code})"))
-                && api.contains(&format!("default \"{text}\""));
-            assert!(
-                protocol.contains(&row) || api_default,
-                "{reason:?}: {code} {text}"
-            );
+            assert!(protocol.contains(&row), "{reason:?}: {code} {text}");
         }
     }
 
