@@ -125,15 +125,12 @@ pub(crate) struct Shard {
     pub inflater: RefCell<Inflater>,
     /// `--conflate`: the channels whose keyed publications conflate.
     conflate: Vec<ChannelPattern>,
-    /// `--presence`: the channels whose subscribers are listed.
-    presence_patterns: Vec<ChannelPattern>,
-    /// Members of the presence channels this shard owns.
-    members: RefCell<members::Members>,
-    /// Lifecycle webhooks: this shard's queue and sender (`--webhook-url`).
-    webhooks: Option<Rc<crate::webhook::Webhooks>>,
-    /// Which owned channels have subscribers (for `channel_occupied` and
-    /// `channel_vacated`), and those waiting out the vacated grace.
-    occupancy: RefCell<shardcast_core::occupancy::Occupancy>,
+    /// `--presence`: the presence channels, the members of those this
+    /// shard owns, their events and pages (`presence.rs`).
+    presence: RefCell<presence::Presence>,
+    /// Lifecycle webhooks: what to emit, the owned channels' occupancy,
+    /// and this shard's queue and sender (`--webhook-url`; `lifecycle.rs`).
+    lifecycle: lifecycle::Hooks,
     /// Publications made under an idempotency key, on the channels this
     /// shard owns (not with the Redis engine: Redis remembers them).
     remembered: RefCell<idempotency::Remembered>,
@@ -208,7 +205,8 @@ impl Shard {
         let config_write_delay = config.timeouts.write_delay;
         let conflate_after = config.conflation.after_bytes;
         let conflate = config.conflation.patterns.clone();
-        let presence_patterns = config.presence.patterns.clone();
+        let presence = RefCell::new(presence::new(id, &config));
+        let lifecycle = lifecycle::Hooks::new(id, &config, webhooks);
         let deflate = DeflateSettings {
             min_bytes: config.compression.min_bytes,
             level: config.compression.level,
@@ -239,10 +237,8 @@ impl Shard {
             next_gen: Cell::new(0),
             index: RefCell::new(Subscriptions::new(conflate_after)),
             conflate,
-            presence_patterns,
-            webhooks: webhooks.map(|settings| Rc::new(crate::webhook::Webhooks::new(settings))),
-            occupancy: RefCell::default(),
-            members: RefCell::default(),
+            presence,
+            lifecycle,
             remembered: RefCell::new(idempotency::Remembered::new(idempotency_window_ms)),
             owner: RefCell::new(Owner::new(history, epoch)),
             links,
@@ -312,10 +308,7 @@ impl Shard {
             queued_bytes: self.stats.queued_bytes.get(),
             unfinished_bytes: self.stats.unfinished_bytes.get(),
             history_bytes: self.history_bytes() as u64,
-            webhook_bytes: self
-                .webhooks
-                .as_ref()
-                .map_or(0, |w| w.queued_bytes() as u64),
+            webhook_bytes: self.lifecycle.queued_bytes() as u64,
             idempotency_bytes: self.remembered.borrow().bytes() as u64,
             http_answer_bytes: self.stats.http_answer_bytes.get(),
         }
@@ -372,7 +365,7 @@ impl Shard {
         ));
         entry.insert(conn.clone());
         bump(&self.stats.connections_opened, 1);
-        self.lifecycle_connected(&conn);
+        lifecycle::connected(self, &conn);
         tracing::debug!(shard = self.id, conn = id.key, gen, "connection opened");
         conn
     }
@@ -411,7 +404,7 @@ impl Shard {
         self.release_connection();
         let reason = conn.outbox.closing().unwrap_or(CloseReason::Normal);
         self.stats.closed(reason);
-        self.lifecycle_disconnected(conn, reason.as_str());
+        lifecycle::disconnected(self, conn, reason.as_str());
         tracing::debug!(
             shard = self.id,
             conn = conn.id.key,
@@ -468,8 +461,10 @@ impl Shard {
         let joined = replaced.is_none();
         // A new member that waits for its position gets its own join when it
         // goes live, from here: the owner's may come before the position.
-        let own_join_due =
-            token.is_some() && joined && options.join_leave && self.is_presence(name);
+        let own_join_due = token.is_some()
+            && joined
+            && options.join_leave
+            && self.presence.borrow().is_presence(name);
         let (interned, slot, change) =
             self.index
                 .borrow_mut()
@@ -571,7 +566,7 @@ impl Shard {
             conn.send(frame);
         }
         if own_join {
-            self.send_own_join(name, &conn);
+            presence::send_own_join(self, name, &conn);
         }
     }
 
@@ -627,7 +622,7 @@ impl Shard {
     }
 
     /// [`Shard::member_changed`]; `sends_own_join`: see
-    /// [`Shard::presence_changed`].
+    /// [`presence::changed`].
     fn member_changed_sending_own_join(
         &self,
         name: &str,
@@ -635,8 +630,8 @@ impl Shard {
         on: bool,
         sends_own_join: bool,
     ) {
-        self.presence_changed(name, conn, on, sends_own_join);
-        self.lifecycle_subscription(name, conn, on);
+        presence::changed(self, name, conn, on, sends_own_join);
+        lifecycle::subscription(self, name, conn, on);
     }
 
     /// Owner side: a shard (this one or another) gained or lost subscribers
@@ -649,7 +644,7 @@ impl Shard {
         let wanted = self.index.borrow().subscriber_count(name) > 0
             || self.owner.borrow().has_remote_interest(name);
         self.engine_interest(name, wanted);
-        self.lifecycle_interest(name, wanted);
+        lifecycle::interest(self, name, wanted);
     }
 
     /// Tells the channel's owner that this shard gained or lost interest.
@@ -1015,20 +1010,20 @@ impl Shard {
             Cast::Room => self.links.wake_publishers(),
             Cast::Drain => self.begin_shutdown(),
             Cast::Subscription { ch, on, user, conn } => {
-                self.subscription_event(&ch, on, &user, &conn)
+                lifecycle::subscription_event(self, &ch, on, &user, &conn)
             }
             Cast::PresenceChange {
                 ch,
                 join,
                 member,
                 skip,
-            } => self.change_presence(&ch, join, *member, skip),
+            } => presence::change(self, &ch, join, *member, skip),
             Cast::PresenceEvent {
                 ch,
                 join,
                 member,
                 skip,
-            } => self.presence_event(&ch, join, &member, skip),
+            } => presence::event(self, &ch, join, &member, skip),
         }
     }
 
@@ -1041,7 +1036,7 @@ impl Shard {
                 self.answer(to, Answer::Snapshot(snapshot));
             }
             Question::Api(request) => self.serve_api(to, *request),
-            Question::Presence { ch, ask } => self.answer_presence_query(&ch, to, ask),
+            Question::Presence { ch, ask } => presence::answer_question(self, &ch, to, ask),
             Question::Position { ch, since } => self.answer_position(&ch, to, since),
         }
     }
@@ -1075,7 +1070,7 @@ impl Shard {
                 Answer::Presence(page),
             ) => {
                 let id = id.as_ref().map(RequestIdBuf::as_id);
-                self.answer_presence_op(&ch, conn, id, &page, counting);
+                presence::answer_op(self, &ch, conn, id, &page, counting);
             }
             // Another kind of answer than the question's: nobody's.
             _ => {}
