@@ -12,7 +12,10 @@
 //! dropped, never waited for. The HTTP client is a few lines of HTTP/1.1 over
 //! glommio's `TcpStream` (one connection per request, `Connection: close`),
 //! through rustls for an `https` URL (the web's roots, or `--webhook-ca`).
-//! [`settings`] declares the webhook settings.
+//! Which events there are and where they are emitted is decided by the
+//! core (`shardcast_core::lifecycle`, which also writes an [`Event`]'s
+//! JSON); the shard's side is `shard::lifecycle`. [`settings`] declares the
+//! webhook settings.
 
 pub(crate) mod settings;
 
