@@ -15,7 +15,8 @@
 //! - What a shard decides without I/O is the `shardcast-core` crate
 //!   (`core/`): channel names, the client protocol's envelopes and codecs,
 //!   subscriptions and fan-out, ordering with history and deltas, presence
-//!   members, idempotency, heartbeats, the memory budget, and its seeded
+//!   and lifecycle events (components the shard drives through host
+//!   traits), idempotency, heartbeats, the memory budget, and its seeded
 //!   simulation of nodes following Redis. The modules re-exported here
 //!   ([`protocol`], [`channel`], [`frame`], [`json_data`], `publication`,
 //!   `close`, `heartbeat`, `conn::codec`, `shard::owner`, ...) are its.
@@ -47,8 +48,9 @@
 //!   and memory of the process; [`clock`]: the monotonic clock publications
 //!   are stamped with.
 //! - `GET /` serves `src/dashboard.html`, a page fed by the `$stats` channel.
-//! - [`webhook`]: lifecycle webhooks — events, batches, signatures, the
-//!   sender; the shard's side is `shard::lifecycle`.
+//! - [`webhook`]: lifecycle webhooks — the queue, batches, signatures, the
+//!   sender; which events and where is the core's `lifecycle`, driven by
+//!   `shard::lifecycle`.
 //! - [`stream`]: a socket, plain or TLS, as connections and broker links
 //!   write it; [`sync`]: a shard-local wait list; [`random`]: the one source of random
 //!   numbers (the OS's); [`error`]: the server's error types;

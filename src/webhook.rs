@@ -12,7 +12,10 @@
 //! dropped, never waited for. The HTTP client is a few lines of HTTP/1.1 over
 //! glommio's `TcpStream` (one connection per request, `Connection: close`),
 //! through rustls for an `https` URL (the web's roots, or `--webhook-ca`).
-//! [`settings`] declares the webhook settings.
+//! Which events there are and where they are emitted is decided by the
+//! core (`shardcast_core::lifecycle`, which also writes an [`Event`]'s
+//! JSON); the shard's side is `shard::lifecycle`. [`settings`] declares the
+//! webhook settings.
 
 pub(crate) mod settings;
 
@@ -31,6 +34,8 @@ use std::{
 
 use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+pub(crate) use shardcast_core::lifecycle::Event;
 
 use crate::{
     engine::backoff::Backoff,
@@ -138,81 +143,6 @@ fn bare_host(host: &url::Host<&str>) -> String {
     match host {
         url::Host::Ipv6(address) => address.to_string(),
         host => host.to_string(),
-    }
-}
-
-/// One event, as its JSON object; built by [`Event::json`].
-pub(crate) enum Event<'a> {
-    ChannelOccupied {
-        ch: &'a str,
-    },
-    ChannelVacated {
-        ch: &'a str,
-    },
-    Connected {
-        user: &'a str,
-        conn: &'a str,
-    },
-    Disconnected {
-        user: &'a str,
-        conn: &'a str,
-        reason: &'a str,
-    },
-    Subscribed {
-        ch: &'a str,
-        user: &'a str,
-        conn: &'a str,
-    },
-    Unsubscribed {
-        ch: &'a str,
-        user: &'a str,
-        conn: &'a str,
-    },
-}
-
-impl Event<'_> {
-    /// The connection the event is about, if any.
-    fn conn(&self) -> Option<&str> {
-        match self {
-            Event::ChannelOccupied { .. } | Event::ChannelVacated { .. } => None,
-            Event::Connected { conn, .. }
-            | Event::Disconnected { conn, .. }
-            | Event::Subscribed { conn, .. }
-            | Event::Unsubscribed { conn, .. } => Some(conn),
-        }
-    }
-
-    /// `{"event":…,"node":…,"seq":N,"time_ms":T,…}`: `seq` counts this
-    /// node's events (one counter for all its shards).
-    pub(crate) fn json(&self, node: &str, seq: u64, time_ms: u64) -> Bytes {
-        use serde_json::json;
-        let (name, mut fields) = match self {
-            Event::ChannelOccupied { ch } => ("channel_occupied", json!({ "ch": ch })),
-            Event::ChannelVacated { ch } => ("channel_vacated", json!({ "ch": ch })),
-            Event::Connected { user, conn } => ("connected", json!({ "user": user, "conn": conn })),
-            Event::Disconnected { user, conn, reason } => (
-                "disconnected",
-                json!({ "user": user, "conn": conn, "reason": reason }),
-            ),
-            Event::Subscribed { ch, user, conn } => (
-                "subscribed",
-                json!({ "ch": ch, "user": user, "conn": conn }),
-            ),
-            Event::Unsubscribed { ch, user, conn } => (
-                "unsubscribed",
-                json!({ "ch": ch, "user": user, "conn": conn }),
-            ),
-        };
-        if let Some(object) = fields.as_object_mut() {
-            if object.get("user").is_some_and(|u| u == "") {
-                object.remove("user");
-            }
-            object.insert("event".into(), name.into());
-            object.insert("node".into(), node.into());
-            object.insert("seq".into(), seq.into());
-            object.insert("time_ms".into(), time_ms.into());
-        }
-        Bytes::from(fields.to_string())
     }
 }
 

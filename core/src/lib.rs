@@ -26,9 +26,10 @@
 //! - [`owner`]: channel ordering — sequence, epoch, history, deltas
 //!   ([`fossil`]), which channels conflate, which idempotency keys were
 //!   used ([`idempotency`]: publications made under a key).
-//! - [`members`]: presence channels' members, pages of them and their
-//!   JSON; [`occupancy`]: which owned channels have subscribers, for the
-//!   lifecycle webhooks.
+//! - [`presence`]: presence channels, their members ([`members`]: the
+//!   table, pages of it and their JSON) and their join and leave events;
+//!   [`lifecycle`]: which webhook events a shard emits and where, with
+//!   [`occupancy`]: which owned channels have subscribers.
 //! - [`heartbeat`]: ping and timeout of one connection; [`close`]: why a
 //!   connection closes; [`budget`]: the shard's memory budget.
 
@@ -45,11 +46,13 @@ pub mod frame;
 pub mod heartbeat;
 pub mod idempotency;
 pub mod json_data;
+pub mod lifecycle;
 pub mod members;
 pub mod msgpack;
 pub mod occupancy;
 pub mod owner;
 pub mod pattern;
+pub mod presence;
 pub mod protocol;
 pub mod publication;
 pub mod registry;

@@ -182,7 +182,7 @@ impl Shard {
                 crate::conn::permit::Permit::Token(grant) => grant.user == *user,
                 _ => false,
             },
-            Target::Conn(id) => self.conn_id(conn) == **id,
+            Target::Conn(id) => super::presence::conn_id(self, conn) == **id,
         }
     }
 

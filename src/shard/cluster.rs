@@ -10,13 +10,12 @@
 
 use std::{rc::Rc, sync::atomic::Ordering};
 
-use bytes::Bytes;
 use futures_lite::FutureExt;
 
 use super::{
-    members::{self, Member, Page},
+    lifecycle,
     owner::{Followed, Ordered},
-    Shard,
+    presence, Shard,
 };
 use crate::{
     channel::{self, ChannelName},
@@ -30,7 +29,6 @@ use crate::{
         redis_link_for, Engine, Refused,
     },
     mesh::{Answer, Cast, Reply, ReplyId},
-    protocol::PresenceAsk,
     publication::{Payload, Position, Skip},
     stats::{bump, Stats},
 };
@@ -208,7 +206,7 @@ impl Shard {
     /// the node sets of the occupied channels it owns (with webhooks):
     /// Redis drops those of a node that stops saying so.
     fn spawn_redis_refresh(self: &Rc<Self>) {
-        let refreshed = !self.presence_patterns.is_empty() || self.webhooks.is_some();
+        let refreshed = self.presence.borrow().is_on() || self.lifecycle.is_on();
         if !matches!(self.engine, Some(Engine::Redis(_))) || !refreshed {
             return;
         }
@@ -217,30 +215,11 @@ impl Shard {
         glommio::spawn_local(async move {
             while !shard.is_shutting_down() {
                 glommio::timer::sleep(every).await;
-                shard.refresh_presence();
-                shard.refresh_occupancy();
+                presence::refresh(&shard);
+                lifecycle::refresh(&shard);
             }
         })
         .detach();
-    }
-
-    fn refresh_presence(&self) {
-        const CHUNK: usize = 500;
-        let members = self.members.borrow();
-        for (name, those) in members.channels() {
-            let Some(link) = self.redis_link(name) else {
-                continue;
-            };
-            let those: Vec<(&Member, Vec<u8>)> =
-                those.map(|m| (m, members::member_json(m))).collect();
-            for chunk in those.chunks(CHUNK) {
-                let pairs: Vec<(&str, &[u8])> = chunk
-                    .iter()
-                    .map(|(m, json)| (&*m.conn, json.as_slice()))
-                    .collect();
-                link.presence_refresh(name, &pairs);
-            }
-        }
     }
 
     /// This shard's flag in [`crate::engine::EngineHealth`], from its links.
@@ -358,38 +337,15 @@ impl RedisHost for Shard {
     }
 
     fn on_presence(&self, request: PresenceRequest, result: Result<PresenceAnswer, Refused>) {
-        let ch = request.ch.clone();
-        let page = match (result, &request.ask) {
-            (Ok(PresenceAnswer::Count(count)), _) => Some(Page {
-                members: Vec::new(),
-                cursor: None,
-                count,
-            }),
-            (
-                Ok(PresenceAnswer::Page {
-                    count,
-                    more,
-                    members,
-                }),
-                PresenceAsk::Page { .. },
-            ) => {
-                let members = members
-                    .iter()
-                    .filter_map(|(_, json)| members::member_from_json(json))
-                    .collect();
-                Some(Page::new(members, more, count, self.presence_page_bytes()))
-            }
-            _ => None,
-        };
-        self.send_presence_page(&ch, request, page);
+        presence::answered(self, request, result);
     }
 
     fn on_presence_event(&self, name: &str, join: bool, member: &[u8]) {
-        self.deliver_presence_event(name, join, Bytes::copy_from_slice(member), None);
+        presence::announce(self, name, join, member);
     }
 
     fn on_occupancy(&self, name: &str, on: bool, answer: Option<(bool, u64)>) {
-        self.occupancy_answered(name, on, answer);
+        lifecycle::answered(self, name, on, answer);
     }
 
     fn on_control(&self, message: &[u8]) {

@@ -99,15 +99,12 @@ pub(crate) struct Shard {
     pub security: Arc<Security>,
     /// The read buffer and (de)compressors every connection shares.
     pub scratch: Scratch,
-    /// `--presence`: the channels whose subscribers are listed.
-    presence_patterns: Vec<crate::security::pattern::ChannelPattern>,
-    /// Members of the presence channels this shard owns.
-    members: RefCell<members::Members>,
-    /// Lifecycle webhooks: this shard's queue and sender (`--webhook-url`).
-    webhooks: Option<Rc<crate::webhook::Webhooks>>,
-    /// Which owned channels have subscribers (for `channel_occupied` and
-    /// `channel_vacated`), and those waiting out the vacated grace.
-    occupancy: RefCell<shardcast_core::occupancy::Occupancy>,
+    /// `--presence`: the presence channels, the members of those this
+    /// shard owns, their events and pages (`presence.rs`).
+    presence: RefCell<presence::Presence>,
+    /// Lifecycle webhooks: what to emit, the owned channels' occupancy,
+    /// and this shard's queue and sender (`--webhook-url`; `lifecycle.rs`).
+    lifecycle: lifecycle::Hooks,
     /// The cluster engine's links (`None`: the memory engine).
     engine: Option<Engine>,
     /// Every shard's "engine links up" flag (this shard writes its own).
@@ -177,7 +174,8 @@ impl Shard {
         } = parts;
         let config_write_delay = config.timeouts.write_delay;
         let conflate_after = config.conflation.after_bytes;
-        let presence_patterns = config.presence.patterns.clone();
+        let presence = RefCell::new(presence::new(id, &config));
+        let lifecycle = lifecycle::Hooks::new(id, &config, webhooks);
         let deflate = DeflateSettings {
             min_bytes: config.compression.min_bytes,
             level: config.compression.level,
@@ -208,10 +206,8 @@ impl Shard {
             config,
             registry: RefCell::default(),
             index: RefCell::new(Subscriptions::new(conflate_after)),
-            presence_patterns,
-            webhooks: webhooks.map(|settings| Rc::new(crate::webhook::Webhooks::new(settings))),
-            occupancy: RefCell::default(),
-            members: RefCell::default(),
+            presence,
+            lifecycle,
             owner: RefCell::new(owner),
             links,
             cpu,
@@ -254,10 +250,7 @@ impl Shard {
             queued_bytes: self.stats.queued_bytes.get(),
             unfinished_bytes: self.stats.unfinished_bytes.get(),
             history_bytes: self.history_bytes() as u64,
-            webhook_bytes: self
-                .webhooks
-                .as_ref()
-                .map_or(0, |w| w.queued_bytes() as u64),
+            webhook_bytes: self.lifecycle.queued_bytes() as u64,
             idempotency_bytes: self.owner.borrow().idempotency_bytes() as u64,
             http_answer_bytes: self.stats.http_answer_bytes.get(),
         }
@@ -307,7 +300,7 @@ impl Shard {
             )
         });
         bump(&self.stats.connections_opened, 1);
-        self.lifecycle_connected(&conn);
+        lifecycle::connected(self, &conn);
         let ConnRef { key, gen } = conn.id;
         tracing::debug!(shard = self.id, conn = key, gen, "connection opened");
         conn
@@ -336,7 +329,7 @@ impl Shard {
         self.lifetime.release_connection();
         let reason = conn.outbox.closing().unwrap_or(CloseReason::Normal);
         self.stats.closed(reason);
-        self.lifecycle_disconnected(conn, reason.as_str());
+        lifecycle::disconnected(self, conn, reason.as_str());
         tracing::debug!(
             shard = self.id,
             conn = conn.id.key,
@@ -393,8 +386,10 @@ impl Shard {
         let joined = replaced.is_none();
         // A new member that waits for its position gets its own join when it
         // goes live, from here: the owner's may come before the position.
-        let own_join_due =
-            token.is_some() && joined && options.join_leave && self.is_presence(name);
+        let own_join_due = token.is_some()
+            && joined
+            && options.join_leave
+            && self.presence.borrow().is_presence(name);
         let (interned, slot, change) =
             self.index
                 .borrow_mut()
@@ -488,7 +483,7 @@ impl Shard {
             conn.send(frame);
         }
         if own_join {
-            self.send_own_join(name, &conn);
+            presence::send_own_join(self, name, &conn);
         }
     }
 
@@ -543,7 +538,7 @@ impl Shard {
     }
 
     /// [`Shard::member_changed`]; `sends_own_join`: see
-    /// [`Shard::presence_changed`].
+    /// [`presence::changed`].
     fn member_changed_sending_own_join(
         &self,
         name: &str,
@@ -551,8 +546,8 @@ impl Shard {
         on: bool,
         sends_own_join: bool,
     ) {
-        self.presence_changed(name, conn, on, sends_own_join);
-        self.lifecycle_subscription(name, conn, on);
+        presence::changed(self, name, conn, on, sends_own_join);
+        lifecycle::subscription(self, name, conn, on);
     }
 
     /// Owner side: a shard (this one or another) gained or lost subscribers
@@ -565,7 +560,7 @@ impl Shard {
         let wanted = self.index.borrow().subscriber_count(name) > 0
             || self.owner.borrow().has_remote_interest(name);
         self.engine_interest(name, wanted);
-        self.lifecycle_interest(name, wanted);
+        lifecycle::interest(self, name, wanted);
     }
 
     /// Tells the channel's owner that this shard gained or lost interest.
@@ -920,20 +915,20 @@ impl Shard {
             Cast::Room => self.links.wake_publishers(),
             Cast::Drain => self.begin_shutdown(),
             Cast::Subscription { ch, on, user, conn } => {
-                self.subscription_event(&ch, on, &user, &conn)
+                lifecycle::subscription_event(self, &ch, on, &user, &conn)
             }
             Cast::PresenceChange {
                 ch,
                 join,
                 member,
                 skip,
-            } => self.change_presence(&ch, join, *member, skip),
+            } => presence::change(self, &ch, join, *member, skip),
             Cast::PresenceEvent {
                 ch,
                 join,
                 member,
                 skip,
-            } => self.presence_event(&ch, join, &member, skip),
+            } => presence::event(self, &ch, join, &member, skip),
         }
     }
 
@@ -946,7 +941,7 @@ impl Shard {
                 self.answer(to, Answer::Snapshot(snapshot));
             }
             Question::Api(request) => self.serve_api(to, *request),
-            Question::Presence { ch, ask } => self.answer_presence_query(&ch, to, ask),
+            Question::Presence { ch, ask } => presence::answer_question(self, &ch, to, ask),
             Question::Position { ch, since } => self.answer_position(&ch, to, since),
         }
     }
@@ -980,7 +975,7 @@ impl Shard {
                 Answer::Presence(page),
             ) => {
                 let id = id.as_ref().map(RequestIdBuf::as_id);
-                self.answer_presence_op(&ch, conn, id, &page, counting);
+                presence::answer_op(self, &ch, conn, id, &page, counting);
             }
             // Another kind of answer than the question's: nobody's.
             _ => {}

@@ -1,285 +1,224 @@
-//! The shard's side of presence (`--presence`). A connection's shard tells
-//! the channel's owner when it subscribes to a presence channel and when it
-//! leaves (unsubscribes, closes); the owner keeps the members
-//! (`shardcast_core::members`) and sends every real change — a first subscription,
-//! a last leave — as a `join`/`leave` event to the shards with subscribers,
-//! which hand it to those that asked (`"join_leave":true`). `presence` and
-//! `occupancy` ops, and `GET /api/presence/<ch>`, ask the owner and are
-//! answered from its table: exact across the node's shards. Joins, leaves
-//! and questions travel on the same ordered lanes as everything else.
+//! The shard's side of presence (`--presence`). What presence decides —
+//! which channels are presence channels, the members of those this shard
+//! owns, which join or leave is an event and who hears of it, the pages
+//! questions are answered with — is the core's [`Presence`], the shard's
+//! `presence` field. Here is its glue to the rest of the shard: who a
+//! connection is ([`member_of`]), the [`PresenceHost`] that carries out
+//! its effects (the mesh, the owner's table of subscribing shards, this
+//! shard's subscribers, Redis), and the questions — `presence` and
+//! `occupancy` ops, `GET /api/presence/<ch>` — which travel to the
+//! channel's owner as pending questions and are answered from its table,
+//! or with the Redis engine from Redis, which holds every node's members.
+//! Joins, leaves and questions travel on the same ordered lanes as
+//! everything else. Free functions of the shard's parts: no `impl Shard`.
 
 use bytes::Bytes;
 
+use shardcast_core::presence::{OwnJoin, PresenceHost};
+
 use super::{
-    members::{member_json, members_json, Change, Member, Page},
+    members::{self, member_json, members_json, Member, Page},
     Note, Shard,
 };
 use crate::{
     channel::ChannelName,
     conn::Conn,
-    engine::redis::PresenceRequest,
+    engine::redis::{PresenceAnswer, PresenceRequest},
+    engine::Refused,
     mesh::{Answer, Cast, Question, ReplyId},
-    protocol::{self, ErrorCode, OpError, PresenceAsk, RequestId},
+    protocol::{self, OpError, PresenceAsk, RequestId},
     publication::ConnRef,
-    security::pattern,
 };
 
-impl Shard {
-    /// Whether `name` is a presence channel.
-    pub(super) fn is_presence(&self, name: &str) -> bool {
-        !self.presence_patterns.is_empty() && pattern::any_matches(&self.presence_patterns, name)
+pub(super) use shardcast_core::presence::Presence;
+
+/// The shard's `presence` field for `config`: shard `id`'s presence.
+pub(super) fn new(id: usize, config: &crate::config::Config) -> Presence {
+    // A sixteenth of a connection's queue (64 KiB by default), so that
+    // the asker is never closed as a slow consumer for asking.
+    let page_bytes = config.limits.max_queue_bytes / 16;
+    let patterns = config.presence.patterns.clone();
+    Presence::new(id, config.shards, patterns, page_bytes)
+}
+
+/// A connection's id, unique on the node (as presence lists and webhook
+/// events show it): node, shard, slot and generation.
+pub(super) fn conn_id(shard: &Shard, conn: &Conn) -> String {
+    format!(
+        "{}.{}.{}.{}",
+        shard.config.engine.node_id, shard.id, conn.id.key, conn.id.gen
+    )
+}
+
+/// `conn` as presence lists show it: its id (unique on the node), the
+/// token's user and `info`.
+pub(super) fn member_of(shard: &Shard, conn: &Conn) -> Member {
+    let (user, info) = match &*conn.permit() {
+        crate::conn::permit::Permit::Token(grant) => (grant.user.clone(), grant.info.clone()),
+        _ => ("".into(), None),
+    };
+    Member {
+        conn: conn_id(shard, conn).into(),
+        user,
+        info,
+    }
+}
+
+/// What presence reaches beyond itself on a shard (see [`PresenceHost`]).
+struct Reach<'a>(&'a Shard);
+
+impl PresenceHost for Reach<'_> {
+    fn remote_shards(&self, ch: &str) -> u64 {
+        self.0.owner.borrow().remote_mask(ch)
     }
 
-    /// `conn` as presence lists show it: its id (unique on the node), the
-    /// token's user and `info`.
-    pub(super) fn member_of(&self, conn: &Conn) -> Member {
-        let (user, info) = match &*conn.permit() {
-            crate::conn::permit::Permit::Token(grant) => (grant.user.clone(), grant.info.clone()),
-            _ => ("".into(), None),
-        };
-        Member {
-            conn: self.conn_id(conn).into(),
-            user,
-            info,
-        }
-    }
-
-    /// `conn` subscribed to `name` (not a replaced subscription), or left it.
-    /// `sends_own_join`: the subscription waits for its position and sends
-    /// itself its own join when it goes live, so the owner's event skips it
-    /// (that event may come before the position, with the Redis engine).
-    pub(super) fn presence_changed(
-        &self,
-        name: &str,
-        conn: &Conn,
-        join: bool,
-        sends_own_join: bool,
-    ) {
-        if !self.is_presence(name) {
-            return;
-        }
-        let member = self.member_of(conn);
-        let skip = sends_own_join.then_some((self.id as u16, conn.id));
-        let owner = self.owner_of(name.as_bytes());
-        if owner == self.id {
-            self.change_presence(name, join, member, skip);
-        } else {
-            self.cast(
-                owner,
-                Cast::PresenceChange {
-                    ch: ChannelName::of_valid(name),
-                    join,
-                    member: Box::new(member),
-                    skip,
-                },
-            );
-        }
-    }
-
-    /// Owner side: records the change and, if it is one, tells every shard
-    /// with subscribers of `name` (this one included) but `skip`.
-    pub(super) fn change_presence(
-        &self,
-        name: &str,
+    fn to_owner(
+        &mut self,
+        owner: usize,
+        ch: ChannelName,
         join: bool,
         member: Member,
-        skip: Option<(u16, ConnRef)>,
+        skip: Option<OwnJoin>,
     ) {
-        let changed = match join {
-            true => (self.members.borrow_mut().join(name, member.clone()) == Change::Yes)
-                .then_some(member),
-            false => self.members.borrow_mut().leave(name, &member.conn),
+        let member = Box::new(member);
+        let change = Cast::PresenceChange {
+            ch,
+            join,
+            member,
+            skip,
         };
-        let Some(member) = changed else { return };
-        let json = member_json(&member);
+        self.0.cast(owner, change);
+    }
+
+    fn recorded(&mut self, ch: &str, join: bool, conn: &str, member: &[u8]) {
         // With Redis, the node's members are kept there too, for every node.
-        if let Some(link) = self.redis_link(name) {
-            link.presence_change(name, join, &member.conn, &json);
+        if let Some(link) = self.0.redis_link(ch) {
+            link.presence_change(ch, join, conn, member);
         }
-        self.deliver_presence_event(name, join, Bytes::from(json), skip);
     }
 
-    /// Sends a presence event to every shard with subscribers of `name`
-    /// (this one included), leaving out the connection `skip` names.
-    pub(super) fn deliver_presence_event(
-        &self,
-        name: &str,
+    fn to_shard(
+        &mut self,
+        shard: usize,
+        ch: &ChannelName,
         join: bool,
-        json: Bytes,
-        skip: Option<(u16, ConnRef)>,
+        member: &Bytes,
+        skip: Option<OwnJoin>,
     ) {
-        let remote = self.owner.borrow().remote_mask(name);
-        if remote != 0 {
-            let ch = ChannelName::of_valid(name);
-            for peer in super::shards_in(remote) {
-                let (ch, member) = (ch.clone(), json.clone());
-                self.cast(
-                    peer,
-                    Cast::PresenceEvent {
-                        ch,
-                        join,
-                        member,
-                        skip,
-                    },
-                );
-            }
-        }
-        self.presence_event(name, join, &json, skip);
-    }
-
-    /// Delivers an owner's `join`/`leave` event here, to all who asked but
-    /// `skip` (if it is on this shard).
-    pub(super) fn presence_event(
-        &self,
-        name: &str,
-        join: bool,
-        member: &[u8],
-        skip: Option<(u16, ConnRef)>,
-    ) {
-        let skip = skip
-            .filter(|(shard, _)| usize::from(*shard) == self.id)
-            .map(|(_, conn)| conn);
-        self.index.borrow().presence_event(name, join, member, skip);
-    }
-
-    /// A live subscription that waited for its position: its own join.
-    pub(super) fn send_own_join(&self, name: &str, conn: &Conn) {
-        let json = member_json(&self.member_of(conn));
-        conn.send(conn.codec.presence_event(true, name, &json));
-    }
-
-    /// A connection's `presence` or `occupancy` op (`ask`) about `name`:
-    /// asks the channel's owner and answers `id` when the owner does;
-    /// refused (`no_presence`) if it is not a presence channel.
-    pub(crate) fn presence_op<'a>(
-        &self,
-        conn: &Conn,
-        name: &str,
-        id: Option<RequestId<'a>>,
-        ask: PresenceAsk,
-    ) -> Result<(), OpError<'a>> {
-        self.presence_channel(name)
-            .map_err(|error| OpError::new(error.code, error.msg, id))?;
-        let ch = ChannelName::of_valid(name);
-        let to = self.pending.note(Note::Presence {
+        let event = Cast::PresenceEvent {
             ch: ch.clone(),
-            conn: conn.id,
-            id: id.map(RequestId::to_buf),
-            counting: ask == PresenceAsk::Count,
-        });
-        self.ask(
-            self.owner_of(name.as_bytes()),
-            to,
-            Question::Presence { ch, ask },
-        );
-        Ok(())
+            join,
+            member: member.clone(),
+            skip,
+        };
+        self.0.cast(shard, event);
     }
 
-    /// Refuses (`no_presence`) a question about `name` unless it is a
-    /// presence channel.
-    fn presence_channel(&self, name: &str) -> Result<(), OpError<'static>> {
-        match self.is_presence(name) {
-            true => Ok(()),
-            false => Err(OpError::new(
-                ErrorCode::NoPresence,
-                "not a presence channel (see --presence)",
-                None,
-            )),
+    fn deliver(&mut self, ch: &str, join: bool, member: &[u8], skip: Option<ConnRef>) {
+        self.0.index.borrow().presence_event(ch, join, member, skip);
+    }
+}
+
+/// `conn` subscribed to `name` (not a replaced subscription), or left it:
+/// the owner hears of it if `name` is a presence channel.
+/// `sends_own_join`: the subscription waits for its position and sends
+/// itself its own join when it goes live, so the owner's event skips it
+/// (that event may come before the position, with the Redis engine).
+pub(super) fn changed(shard: &Shard, name: &str, conn: &Conn, join: bool, sends_own_join: bool) {
+    let own_join = sends_own_join.then_some(conn.id);
+    let member = || member_of(shard, conn);
+    (shard.presence.borrow_mut()).changed(name, join, member, own_join, &mut Reach(shard));
+}
+
+/// Owner side: another shard's subscriber joined or left
+/// ([`Cast::PresenceChange`]).
+pub(super) fn change(shard: &Shard, name: &str, join: bool, member: Member, skip: Option<OwnJoin>) {
+    (shard.presence.borrow_mut()).change(name, join, member, skip, &mut Reach(shard));
+}
+
+/// The owner's `join`/`leave` event reached this shard
+/// ([`Cast::PresenceEvent`]): to all who asked but `skip`.
+pub(super) fn event(shard: &Shard, name: &str, join: bool, member: &[u8], skip: Option<OwnJoin>) {
+    (shard.presence.borrow()).event(name, join, member, skip, &mut Reach(shard));
+}
+
+/// Owner side: another node's change, as Redis relays it, for every shard
+/// with subscribers.
+pub(super) fn announce(shard: &Shard, name: &str, join: bool, member: &[u8]) {
+    let member = Bytes::copy_from_slice(member);
+    (shard.presence.borrow()).announce(name, join, member, None, &mut Reach(shard));
+}
+
+/// A live subscription that waited for its position: its own join.
+pub(super) fn send_own_join(shard: &Shard, name: &str, conn: &Conn) {
+    let json = member_json(&member_of(shard, conn));
+    conn.send(conn.codec.presence_event(true, name, &json));
+}
+
+/// A connection's `presence` or `occupancy` op (`ask`) about `name`: asks
+/// the channel's owner and answers `id` when the owner does ([`answer_op`]);
+/// refused (`no_presence`) if it is not a presence channel.
+pub(crate) fn op<'a>(
+    shard: &Shard,
+    conn: &Conn,
+    name: &str,
+    id: Option<RequestId<'a>>,
+    ask: PresenceAsk,
+) -> Result<(), OpError<'a>> {
+    (shard.presence.borrow().check(name))
+        .map_err(|error| OpError::new(error.code, error.msg, id))?;
+    let ch = ChannelName::of_valid(name);
+    let to = shard.pending.note(Note::Presence {
+        ch: ch.clone(),
+        conn: conn.id,
+        id: id.map(RequestId::to_buf),
+        counting: ask == PresenceAsk::Count,
+    });
+    shard.ask(
+        shard.owner_of(name.as_bytes()),
+        to,
+        Question::Presence { ch, ask },
+    );
+    Ok(())
+}
+
+/// The owner's answer to a connection's `presence` (or, `counting`,
+/// `occupancy`) op reached its shard.
+pub(super) fn answer_op(
+    shard: &Shard,
+    name: &str,
+    conn: ConnRef,
+    id: Option<RequestId<'_>>,
+    page: &Page,
+    counting: bool,
+) {
+    let Some(conn) = shard.conn(conn) else { return };
+    let frame = match counting {
+        true => conn.codec.occupancy(id, name, page.count),
+        false => {
+            let members = members_json(page);
+            conn.codec
+                .presence(id, name, (&members, page.count, page.cursor.as_deref()))
         }
-    }
+    };
+    conn.send(frame);
+}
 
-    /// The most member JSON one presence page holds: a sixteenth of a
-    /// connection's queue (64 KiB by default), so that the asker is never
-    /// closed as a slow consumer for asking.
-    pub(super) fn presence_page_bytes(&self) -> usize {
-        self.config.limits.max_queue_bytes / 16
-    }
-
-    /// Owner side: the answer to `ask`.
-    pub(super) fn presence_page(&self, name: &str, ask: &PresenceAsk) -> Page {
-        let members = self.members.borrow();
-        match ask {
-            PresenceAsk::Page { cursor, limit } => {
-                members.page(name, cursor.as_deref(), *limit, self.presence_page_bytes())
-            }
-            PresenceAsk::Count => Page {
-                members: Vec::new(),
-                cursor: None,
-                count: members.count(name),
-            },
-        }
-    }
-
-    /// Owner side: answers a question, under `to` — from Redis, which
-    /// holds every node's members, with that engine (from this node's own
-    /// while Redis cannot be asked).
-    pub(super) fn answer_presence_query(&self, name: &str, to: ReplyId, ask: PresenceAsk) {
-        let request = PresenceRequest {
-            ch: name.into(),
-            to,
-            ask,
-        };
-        let request = match self.redis_link(name) {
-            Some(link) => match link.presence_query(request) {
-                Ok(()) => return,
-                Err(request) => request,
-            },
-            None => request,
-        };
-        self.send_presence_page(name, request, None);
-    }
-
-    /// Owner side: answers `request` with `page`, or with this node's own
-    /// members when there is none.
-    pub(super) fn send_presence_page(
-        &self,
-        name: &str,
-        request: PresenceRequest,
-        page: Option<Page>,
-    ) {
-        let PresenceRequest { to, ask, .. } = request;
-        let page = page.unwrap_or_else(|| self.presence_page(name, &ask));
-        self.answer(to, Answer::Presence(Box::new(page)));
-    }
-
-    /// The owner's answer to a connection's `presence` (or, `counting`,
-    /// `occupancy`) op reached its shard.
-    pub(super) fn answer_presence_op(
-        &self,
-        name: &str,
-        conn: ConnRef,
-        id: Option<RequestId<'_>>,
-        page: &Page,
-        counting: bool,
-    ) {
-        let Some(conn) = self.conn(conn) else { return };
-        let frame = match counting {
-            true => conn.codec.occupancy(id, name, page.count),
-            false => {
-                let members = members_json(page);
-                conn.codec
-                    .presence(id, name, (&members, page.count, page.cursor.as_deref()))
-            }
-        };
-        conn.send(frame);
-    }
-
-    /// `GET /api/presence/<ch>`: asks and waits for the answer (the JSON
-    /// body). Waits for as long as it takes: bound it with a timeout.
-    pub(crate) async fn presence_and_wait(
-        &self,
-        name: &str,
-        ask: PresenceAsk,
-    ) -> Result<Option<Vec<u8>>, OpError<'static>> {
-        self.presence_channel(name)?;
-        let waiting = self.pending.wait::<Page>(1);
-        let question = Question::Presence {
-            ch: ChannelName::of_valid(name),
-            ask,
-        };
-        self.ask(self.owner_of(name.as_bytes()), waiting.id(), question);
-        Ok(waiting.next().await.map(|page| presence_body(name, &page)))
-    }
+/// `GET /api/presence/<ch>`: asks and waits for the answer (the JSON
+/// body). Waits for as long as it takes: bound it with a timeout.
+pub(crate) async fn ask_and_wait(
+    shard: &Shard,
+    name: &str,
+    ask: PresenceAsk,
+) -> Result<Option<Vec<u8>>, OpError<'static>> {
+    shard.presence.borrow().check(name)?;
+    let waiting = shard.pending.wait::<Page>(1);
+    let question = Question::Presence {
+        ch: ChannelName::of_valid(name),
+        ask,
+    };
+    shard.ask(shard.owner_of(name.as_bytes()), waiting.id(), question);
+    Ok(waiting.next().await.map(|page| presence_body(name, &page)))
 }
 
 /// The body of `GET /api/presence/<ch>`.
@@ -291,4 +230,84 @@ fn presence_body(name: &str, page: &Page) -> Vec<u8> {
         page.count,
         page.cursor.as_deref(),
     )
+}
+
+/// Owner side: answers a question ([`Question::Presence`]), under `to` —
+/// from Redis, which holds every node's members, with that engine (from
+/// this node's own while Redis cannot be asked).
+pub(super) fn answer_question(shard: &Shard, name: &str, to: ReplyId, ask: PresenceAsk) {
+    let request = PresenceRequest {
+        ch: name.into(),
+        to,
+        ask,
+    };
+    let request = match shard.redis_link(name) {
+        Some(link) => match link.presence_query(request) {
+            Ok(()) => return,
+            Err(request) => request,
+        },
+        None => request,
+    };
+    send_page(shard, request, None);
+}
+
+/// Owner side: Redis answered `request` (with `result`; on a refusal, the
+/// node's own members answer).
+pub(super) fn answered(
+    shard: &Shard,
+    request: PresenceRequest,
+    result: Result<PresenceAnswer, Refused>,
+) {
+    let page = match (result, &request.ask) {
+        (Ok(PresenceAnswer::Count(count)), _) => Some(Page {
+            members: Vec::new(),
+            cursor: None,
+            count,
+        }),
+        (
+            Ok(PresenceAnswer::Page {
+                count,
+                more,
+                members,
+            }),
+            PresenceAsk::Page { .. },
+        ) => {
+            let members = members
+                .iter()
+                .filter_map(|(_, json)| members::member_from_json(json))
+                .collect();
+            Some(shard.presence.borrow().page_of(members, more, count))
+        }
+        _ => None,
+    };
+    send_page(shard, request, page);
+}
+
+/// Owner side: answers `request` with `page`, or with this node's own
+/// members when there is none.
+fn send_page(shard: &Shard, request: PresenceRequest, page: Option<Page>) {
+    let PresenceRequest { ch, to, ask } = request;
+    let page = page.unwrap_or_else(|| shard.presence.borrow().page(&ch, &ask));
+    shard.answer(to, Answer::Presence(Box::new(page)));
+}
+
+/// With Redis: this node's members of the presence channels this shard
+/// owns are still there (see `Shard::spawn_redis_refresh`); Redis drops
+/// those of a node that stops saying so.
+pub(super) fn refresh(shard: &Shard) {
+    const CHUNK: usize = 500;
+    let presence = shard.presence.borrow();
+    for (name, those) in presence.channels() {
+        let Some(link) = shard.redis_link(name) else {
+            continue;
+        };
+        let those: Vec<(&Member, Vec<u8>)> = those.map(|m| (m, member_json(m))).collect();
+        for chunk in those.chunks(CHUNK) {
+            let pairs: Vec<(&str, &[u8])> = chunk
+                .iter()
+                .map(|(m, json)| (&*m.conn, json.as_slice()))
+                .collect();
+            link.presence_refresh(name, &pairs);
+        }
+    }
 }

@@ -140,7 +140,7 @@ pub(crate) async fn run_shard(ctx: ShardContext) -> Result<ShardSnapshot, Server
     spawn_stats_tick(&shard);
     spawn_history_sweep(&shard);
     shard.spawn_engine();
-    shard.spawn_lifecycle();
+    super::lifecycle::spawn(&shard);
 
     let listener = adopt_listener(ctx.listener);
     let admin = ctx.admin_listener.map(adopt_listener);

@@ -332,7 +332,7 @@ async fn presence_answer(shard: &Rc<Shard>, query: PresenceQuery, keep_alive: bo
     };
     let wait = shard.config.timeouts.shutdown.max(Duration::from_secs(1));
     let answer = glommio::timer::timeout(wait, async {
-        Ok(shard.presence_and_wait(&channel, ask).await)
+        Ok(super::presence::ask_and_wait(shard, &channel, ask).await)
     })
     .await;
     match answer {

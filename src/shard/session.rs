@@ -221,7 +221,7 @@ impl Host for OnShard<'_> {
         id: Option<RequestId<'a>>,
         ask: PresenceAsk,
     ) -> Result<(), OpError<'a>> {
-        self.shard.presence_op(self.conn, ch, id, ask)
+        super::presence::op(self.shard, self.conn, ch, id, ask)
     }
 
     fn unsubscribe<'a>(&mut self, ch: &str, id: Option<RequestId<'a>>) -> Result<(), OpError<'a>> {

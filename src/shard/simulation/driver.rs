@@ -28,7 +28,7 @@ use crate::{
     protocol::{PresenceAsk, RequestId, Since, SubOptions},
     publication::Payload,
     security::pattern::ChannelPattern,
-    shard::{Shard, ShardParts},
+    shard::{presence, Shard, ShardParts},
 };
 
 /// The node id connections are named by (`<node>.<shard>.<key>.<gen>`).
@@ -210,7 +210,7 @@ impl Server for World {
                     cursor: cursor.as_deref().map(Into::into),
                     limit: 1000,
                 };
-                let asked = shard.presence_op(conn, ch, request_id(&id), ask);
+                let asked = presence::op(shard, conn, ch, request_id(&id), ask);
                 asked.err().map(|error| conn.codec.err(&error))
             }
         };
@@ -252,7 +252,7 @@ impl Server for World {
 
     fn member_id(&self, conn: ConnId) -> String {
         let (shard, conn) = self.conn(conn);
-        shard.conn_id(conn)
+        presence::conn_id(shard, conn)
     }
 }
 
