@@ -55,14 +55,12 @@ impl Shard {
         .detach();
     }
 
-    /// With Redis: this node's entries in the node sets of the occupied
-    /// channels this shard owns are still there (see
-    /// `Shard::spawn_redis_refresh`).
+    /// With a broker that keeps the nodes of each channel (Redis): this
+    /// node's entries in the node sets of the occupied channels this shard
+    /// owns are still there (see `run::spawn_broker_refresh`).
     pub(super) fn refresh_occupancy(&self) {
         for name in self.occupancy.borrow().occupied() {
-            if let Some(link) = self.redis_link(name) {
-                link.node_occupancy(name, true, false);
-            }
+            self.broker_for(name).node_occupancy(name, true, false);
         }
     }
 
@@ -70,10 +68,8 @@ impl Shard {
     /// out: told to Redis, which says whether the whole service changed
     /// ([`Shard::occupancy_answered`]), or announced at once without it.
     fn announce_occupancy(&self, name: &str, on: bool) {
-        if let Some(link) = self.redis_link(name) {
-            if link.node_occupancy(name, on, true) {
-                return;
-            }
+        if self.broker_for(name).node_occupancy(name, on, true) {
+            return;
         }
         self.occupancy_answered(name, on, None);
     }

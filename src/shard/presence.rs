@@ -17,7 +17,7 @@ use super::{
 use crate::{
     channel::ChannelName,
     conn::Conn,
-    engine::redis::PresenceRequest,
+    engine::broker::{Asked, PresenceRequest},
     mesh::{Answer, Cast, Question, ReplyId},
     protocol::{self, ErrorCode, OpError, PresenceAsk, RequestId},
     publication::ConnRef,
@@ -93,9 +93,8 @@ impl Shard {
         let Some(member) = changed else { return };
         let json = member_json(&member);
         // With Redis, the node's members are kept there too, for every node.
-        if let Some(link) = self.redis_link(name) {
-            link.presence_change(name, join, &member.conn, &json);
-        }
+        self.broker_for(name)
+            .presence_change(name, join, &member.conn, &json);
         self.deliver_presence_event(name, join, Bytes::from(json), skip);
     }
 
@@ -219,14 +218,29 @@ impl Shard {
             to,
             ask,
         };
-        let request = match self.redis_link(name) {
-            Some(link) => match link.presence_query(request) {
-                Ok(()) => return,
-                Err(request) => request,
-            },
-            None => request,
+        let request = match self.broker_for(name).presence_query(request) {
+            Asked::Sent => return,
+            Asked::Local(request) | Asked::Unavailable(request) => request,
         };
         self.send_presence_page(name, request, None);
+    }
+
+    /// With a broker that keeps this node's members for the other nodes
+    /// (Redis): those of the presence channels this shard owns are still
+    /// there (see `run::spawn_broker_refresh`).
+    pub(super) fn refresh_presence(&self) {
+        const CHUNK: usize = 500;
+        let members = self.members.borrow();
+        for (name, those) in members.channels() {
+            let those: Vec<(&Member, Vec<u8>)> = those.map(|m| (m, member_json(m))).collect();
+            for chunk in those.chunks(CHUNK) {
+                let pairs: Vec<(&str, &[u8])> = chunk
+                    .iter()
+                    .map(|(m, json)| (&*m.conn, json.as_slice()))
+                    .collect();
+                self.broker_for(name).presence_refresh(name, &pairs);
+            }
+        }
     }
 
     /// Owner side: answers `request` with `page`, or with this node's own
