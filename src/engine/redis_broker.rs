@@ -139,7 +139,12 @@ impl<H: RedisHost + 'static> Broker<H> for RedisBroker {
 mod tests {
     use super::*;
     use crate::{
-        engine::{addr::BrokerAddr, redis::RedisSettings},
+        engine::{
+            addr::BrokerAddr,
+            record::Record,
+            redis::{PresenceAnswer, RedisSettings, Standing},
+            Refused,
+        },
         protocol::{PayloadKind, PresenceAsk},
         publication::{Reply, ReplyId},
     };
@@ -177,25 +182,15 @@ mod tests {
     struct Host(crate::stats::Stats);
 
     impl RedisHost for Host {
-        fn on_message(&self, _: &str, _: u64, _: &str, _: super::super::record::Record) {}
-        fn on_published(&self, _: PublishTicket, _: Result<u64, super::super::Refused>) {}
-        fn on_position(
-            &self,
-            _: PositionAsk,
-            _: Result<super::super::redis::Standing, super::super::Refused>,
-        ) {
-        }
+        fn on_message(&self, _: &str, _: u64, _: &str, _: Record) {}
+        fn on_published(&self, _: PublishTicket, _: Result<u64, Refused>) {}
+        fn on_position(&self, _: PositionAsk, _: Result<Standing, Refused>) {}
         fn on_link(&self, _: usize, _: bool) {}
         fn on_backlog(&self, _: bool) {}
         fn resume_from(&self, _: &str) -> Option<u64> {
             None
         }
-        fn on_presence(
-            &self,
-            _: PresenceRequest,
-            _: Result<super::super::redis::PresenceAnswer, super::super::Refused>,
-        ) {
-        }
+        fn on_presence(&self, _: PresenceRequest, _: Result<PresenceAnswer, Refused>) {}
         fn on_presence_event(&self, _: &str, _: bool, _: &[u8]) {}
         fn on_occupancy(&self, _: &str, _: bool, _: Option<(bool, u64)>) {}
         fn on_control(&self, _: &[u8]) {}
