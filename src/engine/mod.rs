@@ -6,34 +6,31 @@
 //! to the other nodes over core NATS, at most once, each node ordering and
 //! keeping history on its own. Each shard holds its own connections to the
 //! broker (`redis`: one per `--redis-url`, the channels spread over them by
-//! a stable hash of the name), used only for the channels it owns.
-//! `docs/cluster.md` states the guarantees.
+//! a stable hash of the name), used only for the channels it owns. The
+//! shard sees its engine only as a [`broker::Broker`] (`broker.rs`, with
+//! the memory engine's; `redis_broker.rs` and `nats_broker.rs` wrap the
+//! links). `docs/cluster.md` states the guarantees.
 
 pub(crate) mod addr;
 pub(crate) mod backoff;
+pub(crate) mod broker;
 pub(crate) mod nats;
+pub(crate) mod nats_broker;
 pub(crate) mod nats_proto;
 pub(crate) mod pipe;
 pub(crate) mod record;
 pub(crate) mod redis;
+pub(crate) mod redis_broker;
 pub(crate) mod resp;
 pub(crate) mod scripts;
 pub(crate) mod settings;
 
 use std::{
-    rc::Rc,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
     time::Duration,
-};
-
-use self::{
-    addr::AddrError,
-    nats::NatsLink,
-    redis::{RedisLink, RedisSettings},
-    settings::{EngineKind, EngineSettings},
 };
 
 /// Why a publication (or a question) was not taken: by the engine, or by
@@ -111,73 +108,6 @@ pub struct Retention {
     pub idempotency_window: Duration,
 }
 
-/// A shard's engine, when it is not `memory`.
-pub(crate) enum Engine {
-    Redis(Vec<Rc<RedisLink>>),
-    Nats(Rc<NatsLink>),
-}
-
-impl Engine {
-    /// The links of shard `shard` for the engine `settings` name (`None`:
-    /// memory), keeping channels as `retention` says. Resolves broker host
-    /// names (blocking: called once, before the shard accepts).
-    pub(crate) fn for_shard(
-        settings: &EngineSettings,
-        retention: Retention,
-        shard: usize,
-    ) -> Result<Option<Engine>, AddrError> {
-        let node = record::node_hash(&settings.node_id);
-        match settings.kind {
-            EngineKind::Memory => Ok(None),
-            EngineKind::Redis => {
-                let redis = Rc::new(RedisSettings {
-                    prefix: settings.prefix.clone(),
-                    history_size: retention.history_size,
-                    history_ttl: retention.history_ttl,
-                    meta_ttl: retention.history_ttl.max(META_TTL_FLOOR),
-                    node,
-                    timeout: settings.timeout,
-                    replay_bytes: retention.replay_bytes,
-                    presence_ttl: retention.presence_ttl,
-                    idempotency_window: retention.idempotency_window,
-                });
-                let mut links = Vec::with_capacity(settings.redis_url.len());
-                for (index, addr) in settings.redis_url.iter().enumerate() {
-                    let socket = addr.resolve()?;
-                    links.push(Rc::new(RedisLink::new(
-                        index,
-                        addr.clone(),
-                        socket,
-                        redis.clone(),
-                    )));
-                }
-                Ok(Some(Engine::Redis(links)))
-            }
-            EngineKind::Nats => {
-                // `EngineSettings::check` refuses engine nats without a URL.
-                let Some(addr) = settings.nats_url.clone() else {
-                    return Err(AddrError::Scheme {
-                        url: String::new(),
-                        scheme: "nats",
-                    });
-                };
-                let socket = addr.resolve()?;
-                let link = NatsLink::new(addr, socket, &settings.prefix, node, shard)
-                    .with_timeout(settings.timeout);
-                Ok(Some(Engine::Nats(Rc::new(link))))
-            }
-        }
-    }
-
-    /// Whether every link is up.
-    pub(crate) fn is_up(&self) -> bool {
-        match self {
-            Engine::Redis(links) => links.iter().all(|l| l.is_up()),
-            Engine::Nats(link) => link.is_up(),
-        }
-    }
-}
-
 /// Watches a link for silence: a request unanswered (or a ping) for longer
 /// than the timeout means the broker is gone even if TCP has not noticed (a
 /// partition sends no reset). Idle links are pinged every third of it.
@@ -200,20 +130,6 @@ pub(crate) async fn watch_liveness(
             None => ping(),
         }
     }
-}
-
-/// The Redis link that carries `name`: a stable hash of the name over the
-/// `--redis-url`s, independent of the node's shard count (salted, so it
-/// does not follow channel ownership inside a node).
-pub(crate) fn redis_link_for<'a>(
-    links: &'a [Rc<RedisLink>],
-    name: &str,
-) -> Option<&'a Rc<RedisLink>> {
-    if links.len() <= 1 {
-        return links.first();
-    }
-    let hash = crate::channel::fnv1a(b"redis\0".iter().chain(name.as_bytes()));
-    links.get((hash % links.len() as u64) as usize)
 }
 
 /// Tags a message other nodes will read with this node's hash: `<16 hex

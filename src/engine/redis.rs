@@ -28,12 +28,13 @@ use redis_protocol::resp3::types::BytesFrame;
 
 use super::{
     addr::BrokerAddr,
+    broker::{PositionAsk, PresenceRequest, PublishTicket},
     pipe::{self, Pipe},
     record::{self, Record},
     resp, scripts, Refused,
 };
 use crate::{
-    publication::{Payload, Reply, ReplyId, Skip},
+    publication::{Payload, Skip},
     stats::{bump, Stats},
     stream::SharedStream,
 };
@@ -72,35 +73,6 @@ pub(crate) struct RedisSettings {
     /// An HTTP publish's idempotency key is kept this long
     /// (`--idempotency-window`).
     pub idempotency_window: Duration,
-}
-
-/// A publication waiting for the script's answer.
-#[derive(Debug)]
-pub(crate) struct PublishTicket {
-    /// The shard the publisher is on.
-    pub from: usize,
-    pub reply: Reply,
-}
-
-/// Who asked where a channel stands.
-#[derive(Debug)]
-pub(crate) enum PositionAsk {
-    /// A subscription waiting for its position (the mesh's `Question::Position`)
-    /// under `to`.
-    Subscriber {
-        ch: Box<str>,
-        to: ReplyId,
-        since: Option<(u64, Box<str>)>,
-    },
-    /// The shard lost pushes and fills them from the stream.
-    Fill { ch: Box<str> },
-    /// `GET /api/history/<ch>`, waiting under `to` for at most `limit`
-    /// entries.
-    History {
-        ch: Box<str>,
-        to: ReplyId,
-        limit: usize,
-    },
 }
 
 /// Where a channel stands in Redis, and what its stream holds after the
@@ -166,15 +138,6 @@ enum Pending {
         counting: bool,
         sent_ns: u64,
     },
-}
-
-/// A presence question on its way to Redis: about which channel, what,
-/// and where the answer goes.
-#[derive(Debug)]
-pub(crate) struct PresenceRequest {
-    pub ch: Box<str>,
-    pub to: ReplyId,
-    pub ask: crate::protocol::PresenceAsk,
 }
 
 /// What Redis answered about a presence channel.
@@ -1041,7 +1004,10 @@ fn standing(frame: &BytesFrame) -> Option<Standing> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::PayloadKind;
+    use crate::{
+        protocol::PayloadKind,
+        publication::{Reply, ReplyId},
+    };
 
     #[test]
     fn pubsub_channels_name_their_channel() {

@@ -14,7 +14,10 @@ use crate::{
     api::{self, ApiAnswer, ApiRequest, ChannelRow, ChannelsQuery, HistoryQuery, Kick, Target},
     channel::ChannelName,
     conn::{codec::Protocol, http::HttpError, Conn},
-    engine::{redis::PositionAsk, Engine, Refused},
+    engine::{
+        broker::{Asked, PositionAsk},
+        Refused,
+    },
     mesh::{Answer, Published, Question, Reply, ReplyId},
     publication::Payload,
     security::pattern::ChannelPattern,
@@ -109,30 +112,29 @@ impl Shard {
     /// Serves an API request, answering under `to`.
     pub(super) fn serve_api(&self, to: ReplyId, request: ApiRequest) {
         let answer = match request {
-            ApiRequest::History(query) => match self.redis_link(&query.ch) {
-                Some(link) => {
-                    let ask = PositionAsk::History {
-                        ch: query.ch.as_str().into(),
-                        to,
-                        limit: query.limit,
-                    };
-                    // Answered in `on_position`, or refused now.
-                    match link.position(ask, Some(query.since)) {
-                        Ok(()) => return,
-                        Err(_) => ApiAnswer::History(Err(Refused::Unavailable)),
+            ApiRequest::History(query) => {
+                let ask = PositionAsk::History {
+                    ch: query.ch.as_str().into(),
+                    to,
+                    limit: query.limit,
+                };
+                // From the broker if it holds the history (answered in
+                // `on_position`), else from the owner's own.
+                match self.broker_for(&query.ch).position(ask, Some(query.since)) {
+                    Asked::Sent => return,
+                    Asked::Unavailable(_) => ApiAnswer::History(Err(Refused::Unavailable)),
+                    Asked::Local(_) => {
+                        let now_ms = self.now_ms();
+                        let page = self.owner.borrow_mut().history(
+                            &query.ch,
+                            query.since,
+                            query.limit,
+                            now_ms,
+                        );
+                        ApiAnswer::History(Ok(page))
                     }
                 }
-                None => {
-                    let now_ms = self.now_ms();
-                    let page = self.owner.borrow_mut().history(
-                        &query.ch,
-                        query.since,
-                        query.limit,
-                        now_ms,
-                    );
-                    ApiAnswer::History(Ok(page))
-                }
-            },
+            }
             ApiRequest::Channels {
                 pattern,
                 after,
@@ -226,16 +228,11 @@ impl Shard {
     /// control message through the engine, which every shard of every node
     /// hears (this node's shards are asked over the mesh instead).
     fn kick_elsewhere(&self, kick: &Kick) {
-        let Some(engine) = &self.engine else { return };
         let Ok(json) = serde_json::to_vec(kick) else {
             return;
         };
         let message = crate::engine::tagged(self.node, &json);
-        let sent = match engine {
-            Engine::Redis(links) => links.first().is_some_and(|l| l.control(&message)),
-            Engine::Nats(link) => link.control(&message),
-        };
-        if !sent {
+        if !self.broker.control(&message) {
             tracing::warn!(shard = self.id, "the cluster engine is down: the other nodes were not told of an API disconnect or unsubscribe");
         }
     }

@@ -1,77 +1,44 @@
-//! The shard's side of the cluster engines. For the channels it owns, the
-//! owner shard publishes through its Redis link (the script's offset is the
-//! `seq`), follows what Redis pushes back — delivering in offset order,
-//! dropping what it already delivered, filling gaps from the stream,
-//! resyncing subscribers when the epoch changes — and answers positions
-//! from Redis; with NATS, it orders as the memory engine does and takes the
-//! other nodes' publications as its own. It subscribes to the broker only
-//! while the node has subscribers of the channel. Everything here runs on
-//! the shard's thread; the links only parse and write.
+//! The shard's side of the cluster engines. The shard sees its engine as
+//! a [`Broker`] (`engine/broker.rs`) and asks it through
+//! [`Shard::broker_for`], which keeps system channels on this node; what
+//! is engine-specific lives in the brokers. Here is what the owner does
+//! with what they answer: with Redis, the owner shard hands each
+//! publication to the broker ([`Shard::submit_to_broker`]) and follows
+//! what Redis pushes back — delivering in offset order, dropping what it
+//! already delivered, filling gaps from the stream, resyncing subscribers
+//! when the epoch changes — and answers positions from Redis; with NATS,
+//! it takes the other nodes' publications as its own. Everything here runs
+//! on the shard's thread; the links only parse and write.
 
-use std::{rc::Rc, sync::atomic::Ordering};
-
-use futures_lite::FutureExt;
-
-use super::{
-    lifecycle,
-    owner::{Followed, Ordered},
-    presence, Shard,
-};
+use super::{lifecycle, owner::Followed, presence, Shard};
 use crate::{
     channel::{self, ChannelName},
     engine::{
+        broker::{Asked, Broker, MemoryBroker, PositionAsk, PresenceRequest, PublishTicket},
         nats::NatsHost,
         record::Record,
-        redis::{
-            PositionAsk, PresenceAnswer, PresenceRequest, PublishTicket, RedisHost, RedisLink,
-            Standing,
-        },
-        redis_link_for, Engine, Refused,
+        redis::{PresenceAnswer, RedisHost, Standing},
+        Refused,
     },
     mesh::{Answer, Cast, Reply, ReplyId},
-    publication::{Payload, Position, Skip},
+    publication::{Payload, Skip},
     stats::{bump, Stats},
 };
 
 impl Shard {
-    /// Starts the engine's link tasks; each ends when shutdown begins.
-    pub(crate) fn spawn_engine(self: &Rc<Self>) {
-        let Some(engine) = &self.engine else {
-            return;
-        };
-        self.set_engine_health();
-        self.spawn_redis_refresh();
-        let links: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>> = match engine {
-            Engine::Redis(links) => links
-                .iter()
-                .map(|link| {
-                    let (link, shard) = (link.clone(), self.clone());
-                    Box::pin(async move { link.run(&*shard).await })
-                        as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>
-                })
-                .collect(),
-            Engine::Nats(link) => {
-                let (link, shard) = (link.clone(), self.clone());
-                vec![Box::pin(async move { link.run(&*shard).await })]
-            }
-        };
-        for link in links {
-            let shard = self.clone();
-            glommio::spawn_local(async move {
-                link.or(async {
-                    shard.stopped().await;
-                })
-                .await;
-            })
-            .detach();
+    /// The broker to ask about `name`: the engine's, but for a system
+    /// channel (`$stats`), which is this node's own: the memory broker's.
+    pub(super) fn broker_for(&self, name: &str) -> &dyn Broker<Shard> {
+        match channel::is_system(name.as_bytes()) {
+            true => &MemoryBroker,
+            false => &*self.broker,
         }
     }
 
-    /// Publishes through Redis: the script orders it; what Redis pushes
-    /// back is delivered ([`RedisHost::on_message`]) and its answer reported
-    /// to the publisher ([`RedisHost::on_published`]).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn publish_to_redis(
+    /// Hands a publication to a broker that orders it (Redis): what it
+    /// pushes back is delivered ([`RedisHost::on_message`]) and its answer
+    /// reported to the publisher ([`RedisHost::on_published`]).
+    pub(super) fn submit_to_broker(
         &self,
         name: &str,
         payload: Payload,
@@ -79,17 +46,15 @@ impl Shard {
         skip: Option<Skip>,
         reply: Reply,
     ) {
-        let Some(link) = self.redis_link(name) else {
-            return self.report(from, reply, Err(Refused::Unavailable), false);
-        };
-        // A publisher here waits for Redis's answer as for another shard's
-        // (its graceful close waits for the ack, see `Outbox::push_reply`).
+        // A publisher here waits for the broker's answer as for another
+        // shard's (its graceful close waits for the ack, see
+        // `Outbox::push_reply`).
         let awaited = match (&reply, from == self.id) {
             (Reply::Ack { conn, .. }, true) => self.conn(*conn),
             _ => None,
         };
         let ticket = PublishTicket { from, reply };
-        match link.publish(name, &payload, skip, ticket) {
+        match self.broker_for(name).submit(name, &payload, skip, ticket) {
             Ok(became_busy) => {
                 if let Some(conn) = awaited {
                     conn.outbox.expect_reply();
@@ -103,51 +68,27 @@ impl Shard {
         }
     }
 
-    /// The node's interest in `name` changed maybe (`wanted`: it has
-    /// subscribers): the broker is told to push its publications here, or
-    /// to stop.
-    pub(super) fn engine_interest(&self, name: &str, wanted: bool) {
-        let Some(engine) = &self.engine else { return };
-        match engine {
-            Engine::Redis(links) => {
-                if let Some(link) = redis_link_for(links, name) {
-                    link.want(name, wanted);
-                }
-                if !wanted {
-                    self.owner.borrow_mut().unfollow(name);
-                }
-            }
-            Engine::Nats(link) => link.want(name, wanted),
-        }
-    }
-
     /// Answers where `name` stands for a pending subscription, under `to`:
-    /// from Redis with that engine (from what this shard knows while Redis
-    /// is down), else from the owner's own state.
+    /// from the broker if it holds that (Redis; from what this shard knows
+    /// while it cannot be asked), else from the owner's own state.
     pub(super) fn answer_position(&self, name: &str, to: ReplyId, since: Option<(u64, Box<str>)>) {
-        if let Some(link) = self.redis_link(name) {
-            let after = since.as_ref().map(|(seq, _)| *seq);
-            let ask = PositionAsk::Subscriber {
-                ch: name.into(),
-                to,
-                since,
-            };
-            if let Err(ask) = link.position(ask, after) {
-                self.on_position(ask, Err(Refused::Unavailable));
+        let after = since.as_ref().map(|(seq, _)| *seq);
+        let ask = PositionAsk::Subscriber {
+            ch: name.into(),
+            to,
+            since,
+        };
+        match self.broker_for(name).position(ask, after) {
+            Asked::Sent => {}
+            Asked::Unavailable(ask) => self.on_position(ask, Err(Refused::Unavailable)),
+            Asked::Local(PositionAsk::Subscriber { since, .. }) => {
+                let since = since.as_ref().map(|(seq, epoch)| (*seq, epoch.as_ref()));
+                let position = self.owner.borrow_mut().position(name, since, self.now_ms());
+                self.answer(to, Answer::Position(Box::new(position)));
             }
-            return;
+            // Never: a question comes back as it was asked.
+            Asked::Local(_) => {}
         }
-        let since_ref = since.as_ref().map(|(seq, epoch)| (*seq, epoch.as_ref()));
-        let position = self
-            .owner
-            .borrow_mut()
-            .position(name, since_ref, self.now_ms());
-        self.send_position(to, position);
-    }
-
-    /// Hands a position to the subscription that asked, here or on its shard.
-    fn send_position(&self, to: ReplyId, position: Position) {
-        self.answer(to, Answer::Position(Box::new(position)));
     }
 
     /// Tells `name`'s subscribers on every shard to resync at `seq`.
@@ -175,58 +116,12 @@ impl Shard {
         self.index.borrow().resync(name, seq, epoch);
     }
 
-    /// Delivers what the owner decided to deliver, counting deltas.
-    fn deliver_ordered(&self, name: &str, ordered: Ordered, payload: &Payload, skip: Option<Skip>) {
-        self.distribute(&ChannelName::of_valid(name), ordered, payload, skip);
-    }
-
-    /// Asks Redis for what `name` missed after `after`.
+    /// Asks the broker for what `name` missed after `after`.
     fn fill(&self, name: &str, after: u64) {
-        let Some(link) = self.redis_link(name) else {
-            return;
-        };
         let ask = PositionAsk::Fill { ch: name.into() };
-        if link.position(ask, Some(after)).is_err() {
-            self.owner.borrow_mut().fill_failed(name);
-        }
-    }
-
-    /// The Redis link of `name`, with that engine (not for system channels).
-    pub(super) fn redis_link(&self, name: &str) -> Option<&Rc<RedisLink>> {
-        match &self.engine {
-            Some(Engine::Redis(links)) if !channel::is_system(name.as_bytes()) => {
-                redis_link_for(links, name)
-            }
-            _ => None,
-        }
-    }
-
-    /// Every third of the presence TTL: this node's members of the presence
-    /// channels this shard owns are still there, and so are its entries in
-    /// the node sets of the occupied channels it owns (with webhooks):
-    /// Redis drops those of a node that stops saying so.
-    fn spawn_redis_refresh(self: &Rc<Self>) {
-        let refreshed = self.presence.borrow().is_on() || self.lifecycle.is_on();
-        if !matches!(self.engine, Some(Engine::Redis(_))) || !refreshed {
-            return;
-        }
-        let shard = self.clone();
-        let every = self.config.presence.ttl / 3;
-        glommio::spawn_local(async move {
-            while !shard.is_shutting_down() {
-                glommio::timer::sleep(every).await;
-                presence::refresh(&shard);
-                lifecycle::refresh(&shard);
-            }
-        })
-        .detach();
-    }
-
-    /// This shard's flag in [`crate::engine::EngineHealth`], from its links.
-    fn set_engine_health(&self) {
-        let up = self.engine.as_ref().is_none_or(Engine::is_up);
-        if let Some(flag) = self.engine_health.get(self.id) {
-            flag.store(up, Ordering::Release);
+        match self.broker_for(name).position(ask, Some(after)) {
+            Asked::Sent => {}
+            Asked::Unavailable(_) | Asked::Local(_) => self.owner.borrow_mut().fill_failed(name),
         }
     }
 }
@@ -246,10 +141,12 @@ impl RedisHost for Shard {
             local_delta,
         );
         match followed {
-            Followed::Deliver(ordered) => self.deliver_ordered(name, ordered, &payload, skip),
+            Followed::Deliver(ordered) => {
+                self.distribute(&ChannelName::of_valid(name), ordered, &payload, skip);
+            }
             Followed::Resync(ordered) => {
                 self.resync(name, seq - 1);
-                self.deliver_ordered(name, ordered, &payload, skip);
+                self.distribute(&ChannelName::of_valid(name), ordered, &payload, skip);
             }
             Followed::Gap { after } => self.fill(name, after),
             Followed::Drop => {}
@@ -259,7 +156,7 @@ impl RedisHost for Shard {
 
     fn on_published(&self, ticket: PublishTicket, result: Result<u64, Refused>) {
         let PublishTicket { from, reply, .. } = ticket;
-        // Awaited like another shard's answer (see `publish_to_redis`).
+        // Awaited like another shard's answer (see `submit_to_broker`).
         self.report(from, reply, result, true);
     }
 
@@ -284,7 +181,7 @@ impl RedisHost for Shard {
                     }
                     Err(_) => self.owner.borrow_mut().known_position(&ch, since.is_some()),
                 };
-                self.send_position(to, position);
+                self.answer(to, Answer::Position(Box::new(position)));
             }
             PositionAsk::History { to, .. } => {
                 let answer = result.map(|standing| crate::api::HistoryPage {
@@ -313,8 +210,9 @@ impl RedisHost for Shard {
                     self.resync(&ch, seq);
                 }
                 bump(&self.stats.engine_gaps_filled, filled.deliver.len() as u64);
+                let name = ChannelName::of_valid(&ch);
                 for (ordered, payload) in filled.deliver {
-                    self.deliver_ordered(&ch, ordered, &payload, None);
+                    self.distribute(&name, ordered, &payload, None);
                 }
                 if let Some(after) = filled.more {
                     self.fill(&ch, after);

@@ -83,7 +83,7 @@ impl LifecycleHost for Reach<'_> {
 
     fn tell_broker(&mut self, ch: &str, on: bool) -> bool {
         // Redis answers through `RedisHost::on_occupancy` ([`answered`]).
-        (self.0.redis_link(ch)).is_some_and(|link| link.node_occupancy(ch, on, true))
+        self.0.broker_for(ch).node_occupancy(ch, on, true)
     }
 }
 
@@ -111,12 +111,10 @@ pub(super) fn spawn(shard: &Rc<Shard>) {
 
 /// With Redis: this node's entries in the node sets of the occupied
 /// channels this shard owns are still there (see
-/// `Shard::spawn_redis_refresh`).
+/// `run::spawn_broker_refresh`).
 pub(super) fn refresh(shard: &Shard) {
     for name in shard.lifecycle.decisions.borrow().occupied() {
-        if let Some(link) = shard.redis_link(name) {
-            link.node_occupancy(name, true, false);
-        }
+        shard.broker_for(name).node_occupancy(name, true, false);
     }
 }
 

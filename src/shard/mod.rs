@@ -58,7 +58,10 @@ use crate::{
         outbox::Pushed,
         Conn,
     },
-    engine::{Engine, EngineHealth, Refused},
+    engine::{
+        broker::{Broker, Forwarded, OrderedBy},
+        EngineHealth, Refused,
+    },
     mesh::{
         pending::Pending, Answer, Cast, MeshMsg, PeerLinks, Published, Question, Reply, ReplyId,
     },
@@ -105,8 +108,12 @@ pub(crate) struct Shard {
     /// Lifecycle webhooks: what to emit, the owned channels' occupancy,
     /// and this shard's queue and sender (`--webhook-url`; `lifecycle.rs`).
     lifecycle: lifecycle::Hooks,
-    /// The cluster engine's links (`None`: the memory engine).
-    engine: Option<Engine>,
+    /// The cluster engine, as the shard asks it (see
+    /// [`Shard::broker_for`]). A trait object rather than an enum: which
+    /// engine runs is a setting, read once, and no shard code names one;
+    /// the trait is generic over the shard so that the links' callbacks
+    /// into it stay static. A few calls per publication, none per delivery.
+    broker: Box<dyn Broker<Shard>>,
     /// Every shard's "engine links up" flag (this shard writes its own).
     pub engine_health: EngineHealth,
     /// This node's id as records carry it.
@@ -139,7 +146,7 @@ pub(crate) struct ShardParts {
     pub open_connections: Arc<AtomicUsize>,
     pub epoch: u64,
     pub security: Arc<Security>,
-    pub engine: Option<Engine>,
+    pub broker: Box<dyn Broker<Shard>>,
     pub engine_health: EngineHealth,
     pub webhooks: Option<Arc<crate::webhook::WebhookSettings>>,
 }
@@ -154,7 +161,7 @@ impl ShardParts {
             open_connections: Arc::default(),
             epoch: 1,
             security: Arc::default(),
-            engine: None,
+            broker: Box::new(crate::engine::broker::MemoryBroker),
             engine_health: crate::engine::new_health(shards),
             webhooks: None,
         }
@@ -168,7 +175,7 @@ impl Shard {
             open_connections,
             epoch,
             security,
-            engine,
+            broker,
             engine_health,
             webhooks,
         } = parts;
@@ -183,9 +190,9 @@ impl Shard {
         // Counted into by the links too (messages sent to peers).
         let stats = links.stats().clone();
         // With Redis, history is Redis's: none is kept here.
-        let redis = matches!(engine, Some(Engine::Redis(_)));
+        let in_broker = broker.holds_history();
         let history = HistoryLimits {
-            size: if redis { 0 } else { config.history.size },
+            size: if in_broker { 0 } else { config.history.size },
             ttl_ms: config.history.ttl.as_millis() as u64,
             max_bytes: config.history.max_bytes,
         };
@@ -197,7 +204,7 @@ impl Shard {
         Shard {
             id,
             shards: config.shards,
-            engine,
+            broker,
             engine_health,
             node,
             heartbeats: Heartbeats::new(&config),
@@ -559,7 +566,12 @@ impl Shard {
         }
         let wanted = self.index.borrow().subscriber_count(name) > 0
             || self.owner.borrow().has_remote_interest(name);
-        self.engine_interest(name, wanted);
+        self.broker_for(name).interest(name, wanted);
+        if !wanted {
+            // Its pushes stop: nothing of it is followed (only ever with a
+            // broker that orders).
+            self.owner.borrow_mut().unfollow(name);
+        }
         lifecycle::interest(self, name, wanted);
     }
 
@@ -650,10 +662,11 @@ impl Shard {
     ) {
         let name = ch.as_str();
         self.check_conflation(name, &mut payload);
-        let system = channel::is_system(ch.as_bytes());
+        // System channels (`$stats`) are this node's own (`broker_for`).
+        let broker = self.broker_for(name);
         // Redis remembers idempotency keys itself (the publish script).
-        if !system && matches!(self.engine, Some(Engine::Redis(_))) {
-            return self.publish_to_redis(name, payload, from, skip, reply);
+        if broker.ordered_by() == OrderedBy::Broker {
+            return self.submit_to_broker(name, payload, from, skip, reply);
         }
         let once: Option<Box<str>> = reply.idempotency_key().map(Into::into);
         let source = match reply {
@@ -681,12 +694,10 @@ impl Shard {
                 return self.report(from, reply, Err(Refused::IdempotencyFull), false);
             }
         }
-        // System channels (`$stats`) are this node's own.
-        if let (false, Some(Engine::Nats(link))) = (system, &self.engine) {
-            if !link.publish(name, &payload, skip) {
-                return self.report(from, reply, Err(Refused::Unavailable), false);
-            }
-            bump(&self.stats.engine_publications, 1);
+        match broker.forward(name, &payload, skip) {
+            Ok(Forwarded::Sent) => bump(&self.stats.engine_publications, 1),
+            Ok(Forwarded::Nowhere) => {}
+            Err(refused) => return self.report(from, reply, Err(refused), false),
         }
         let seq = self.order_locally(&ch, payload, from, skip, reply);
         if let Some(key) = once {

@@ -3,7 +3,7 @@
 //! once-a-second tick that closes the latency second and publishes the
 //! snapshot on the `$stats` system channel for the dashboard.
 
-use std::{rc::Rc, time::Duration};
+use std::{rc::Rc, sync::atomic::Ordering, time::Duration};
 
 use bytes::Bytes;
 
@@ -47,10 +47,7 @@ impl Shard {
             },
             engine: EngineFigures {
                 engine: self.config.engine.kind.as_str(),
-                engine_up: self
-                    .engine
-                    .as_ref()
-                    .is_none_or(crate::engine::Engine::is_up),
+                engine_up: self.broker.is_up(),
                 engine_replies: stats.engine_replies.get(),
                 engine_rtt_us: stats.engine_rtt_us.get(),
             },
@@ -115,6 +112,14 @@ impl Shard {
             .await;
         }
         ServerStats::new(self.shards, snapshots)
+    }
+
+    /// This shard's flag in [`crate::engine::EngineHealth`], from its
+    /// broker's links (`/health`).
+    pub(super) fn set_engine_health(&self) {
+        if let Some(flag) = self.engine_health.get(self.id) {
+            flag.store(self.broker.is_up(), Ordering::Release);
+        }
     }
 }
 

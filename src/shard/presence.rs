@@ -23,7 +23,8 @@ use super::{
 use crate::{
     channel::ChannelName,
     conn::Conn,
-    engine::redis::{PresenceAnswer, PresenceRequest},
+    engine::broker::{Asked, PresenceRequest},
+    engine::redis::PresenceAnswer,
     engine::Refused,
     mesh::{Answer, Cast, Question, ReplyId},
     protocol::{self, OpError, PresenceAsk, RequestId},
@@ -92,9 +93,9 @@ impl PresenceHost for Reach<'_> {
 
     fn recorded(&mut self, ch: &str, join: bool, conn: &str, member: &[u8]) {
         // With Redis, the node's members are kept there too, for every node.
-        if let Some(link) = self.0.redis_link(ch) {
-            link.presence_change(ch, join, conn, member);
-        }
+        self.0
+            .broker_for(ch)
+            .presence_change(ch, join, conn, member);
     }
 
     fn to_shard(
@@ -241,12 +242,9 @@ pub(super) fn answer_question(shard: &Shard, name: &str, to: ReplyId, ask: Prese
         to,
         ask,
     };
-    let request = match shard.redis_link(name) {
-        Some(link) => match link.presence_query(request) {
-            Ok(()) => return,
-            Err(request) => request,
-        },
-        None => request,
+    let request = match shard.broker_for(name).presence_query(request) {
+        Asked::Sent => return,
+        Asked::Local(request) | Asked::Unavailable(request) => request,
     };
     send_page(shard, request, None);
 }
@@ -298,16 +296,14 @@ pub(super) fn refresh(shard: &Shard) {
     const CHUNK: usize = 500;
     let presence = shard.presence.borrow();
     for (name, those) in presence.channels() {
-        let Some(link) = shard.redis_link(name) else {
-            continue;
-        };
+        let broker = shard.broker_for(name);
         let those: Vec<(&Member, Vec<u8>)> = those.map(|m| (m, member_json(m))).collect();
         for chunk in those.chunks(CHUNK) {
             let pairs: Vec<(&str, &[u8])> = chunk
                 .iter()
                 .map(|(m, json)| (&*m.conn, json.as_slice()))
                 .collect();
-            link.presence_refresh(name, &pairs);
+            broker.presence_refresh(name, &pairs);
         }
     }
 }

@@ -20,7 +20,7 @@ use glommio::{
 
 use super::{observe::spawn_stats_tick, Shard, ShardParts};
 use crate::{
-    config::Config, conn::Side, engine::Engine, error::ServerError, mesh::MeshMsg, mesh::PeerLinks,
+    config::Config, conn::Side, engine::broker, error::ServerError, mesh::MeshMsg, mesh::PeerLinks,
     security::Security, snapshot::ShardSnapshot, stats::bump,
 };
 
@@ -97,19 +97,17 @@ pub(crate) async fn run_shard(ctx: ShardContext) -> Result<ShardSnapshot, Server
         mesh = Some((senders, receivers));
     }
     let (links, queues) = PeerLinks::new(id, ctx.config.shards, ctx.congestion, Rc::default());
-    let engine =
-        Engine::for_shard(&ctx.config.engine, ctx.config.retention(), id).map_err(|error| {
-            ServerError::ShardFailed {
-                shard: id,
-                reason: error.to_string(),
-            }
+    let broker = broker::for_shard::<Shard>(&ctx.config.engine, ctx.config.retention(), id)
+        .map_err(|error| ServerError::ShardFailed {
+            shard: id,
+            reason: error.to_string(),
         })?;
     let parts = ShardParts {
         links: links.clone(),
         open_connections: ctx.open_connections,
         epoch: ctx.epoch,
         security: ctx.security,
-        engine,
+        broker,
         engine_health: ctx.engine_health,
         webhooks: ctx.webhooks,
     };
@@ -139,7 +137,7 @@ pub(crate) async fn run_shard(ctx: ShardContext) -> Result<ShardSnapshot, Server
     spawn_heartbeat_sweep(&shard);
     spawn_stats_tick(&shard);
     spawn_history_sweep(&shard);
-    shard.spawn_engine();
+    spawn_engine(&shard);
     super::lifecycle::spawn(&shard);
 
     let listener = adopt_listener(ctx.listener);
@@ -272,6 +270,40 @@ fn spawn_heartbeat_sweep(shard: &Rc<Shard>) {
         while !shard.is_shutting_down() {
             glommio::timer::sleep(every).await;
             shard.sweep_heartbeats();
+        }
+    })
+    .detach();
+}
+
+/// Starts the broker's link tasks, each until shutdown begins, and the
+/// refresh of what this node keeps in the broker.
+fn spawn_engine(shard: &Rc<Shard>) {
+    shard.set_engine_health();
+    for link in shard.broker.tasks(shard) {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            link.or(shard.stopped()).await;
+        })
+        .detach();
+    }
+    spawn_broker_refresh(shard);
+}
+
+/// With a broker that keeps this node's presence members and occupancy
+/// entries (Redis drops those of a node that stops refreshing them), and
+/// this node has some to keep (`--presence`, `--webhook-url`): says they
+/// are still there, every [`Broker::refresh_every`](broker::Broker::refresh_every).
+fn spawn_broker_refresh(shard: &Rc<Shard>) {
+    let refreshed = shard.presence.borrow().is_on() || shard.lifecycle.is_on();
+    let Some(every) = shard.broker.refresh_every().filter(|_| refreshed) else {
+        return;
+    };
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        while !shard.is_shutting_down() {
+            glommio::timer::sleep(every).await;
+            super::presence::refresh(&shard);
+            super::lifecycle::refresh(&shard);
         }
     })
     .detach();
