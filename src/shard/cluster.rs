@@ -26,6 +26,12 @@ use crate::{
 };
 
 impl Shard {
+    /// This shard's flag in [`crate::engine::EngineHealth`], from its
+    /// broker's links (`/health`).
+    pub(super) fn set_engine_health(&self) {
+        self.shell.set_engine_health(self.id, self.broker.is_up());
+    }
+
     /// The broker to ask about `name`: the engine's, but for a system
     /// channel (`$stats`), which is this node's own: the memory broker's.
     pub(super) fn broker_for(&self, name: &str) -> &dyn Broker<Shard> {
@@ -247,7 +253,7 @@ impl RedisHost for Shard {
     }
 
     fn on_control(&self, message: &[u8]) {
-        self.on_control_message(message);
+        super::api::on_control_message(self, message);
     }
 
     fn stats(&self) -> &Stats {
@@ -257,7 +263,7 @@ impl RedisHost for Shard {
 
 impl NatsHost for Shard {
     fn on_control(&self, message: &[u8]) {
-        self.on_control_message(message);
+        super::api::on_control_message(self, message);
     }
 
     fn on_remote(&self, name: &str, record: Record) {

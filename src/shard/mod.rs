@@ -20,6 +20,7 @@ mod run;
 mod scratch;
 mod serve;
 mod session;
+mod shell;
 #[cfg(test)]
 mod simulation;
 
@@ -40,6 +41,7 @@ use self::{
     lifetime::Lifetime,
     owner::{shards_in, Admission, HistoryLimits, Owner},
     scratch::Scratch,
+    shell::Shell,
 };
 use shardcast_core::{
     registry::Registry,
@@ -85,21 +87,14 @@ pub(crate) struct Shard {
     /// conflation, idempotency keys.
     owner: RefCell<Owner>,
     pub links: Rc<PeerLinks>,
-    /// The CPU this shard's thread is pinned to.
-    pub cpu: Option<usize>,
     /// Questions this shard asked (of other shards, of itself, of the
     /// broker through an owner) that wait for their answers.
     pending: Pending<Answer, Note>,
-    /// The shard's clock and heartbeat sweep.
-    heartbeats: Heartbeats,
     /// This shard's counters, shared with its connections' queues.
     pub stats: Rc<Stats>,
-    /// The flush pass that writes every connection's queue.
-    pub flusher: Rc<Flusher>,
-    /// Admission of connections and shutdown.
-    pub lifetime: Lifetime,
-    /// Keys, certificates and limits (shared read-only by all shards).
-    pub security: Arc<Security>,
+    /// What the glommio shell serves connections with: the CPU, security,
+    /// the flush pass, admission and shutdown, the clock, `/health`.
+    pub shell: Shell,
     /// The read buffer and (de)compressors every connection shares.
     pub scratch: Scratch,
     /// `--presence`: the presence channels, the members of those this
@@ -114,8 +109,6 @@ pub(crate) struct Shard {
     /// the trait is generic over the shard so that the links' callbacks
     /// into it stay static. A few calls per publication, none per delivery.
     broker: Box<dyn Broker<Shard>>,
-    /// Every shard's "engine links up" flag (this shard writes its own).
-    pub engine_health: EngineHealth,
     /// This node's id as records carry it.
     node: u64,
 }
@@ -205,10 +198,15 @@ impl Shard {
             id,
             shards: config.shards,
             broker,
-            engine_health,
             node,
-            heartbeats: Heartbeats::new(&config),
-            lifetime: Lifetime::new(open_connections, config.limits.max_connections),
+            shell: Shell::new(
+                cpu,
+                security,
+                Rc::new(Flusher::new(stats.clone(), config_write_delay)),
+                Lifetime::new(open_connections, config.limits.max_connections),
+                Heartbeats::new(&config),
+                engine_health,
+            ),
             scratch: Scratch::new(config.limits.read_buffer_bytes, deflate),
             config,
             registry: RefCell::default(),
@@ -217,26 +215,23 @@ impl Shard {
             lifecycle,
             owner: RefCell::new(owner),
             links,
-            cpu,
             pending: Pending::new(id),
-            stats: stats.clone(),
-            flusher: Rc::new(Flusher::new(stats, config_write_delay)),
-            security,
+            stats,
         }
     }
 
     /// Milliseconds since the shard started: the heartbeat clock.
     pub(crate) fn now_ms(&self) -> u64 {
-        self.heartbeats.now_ms()
+        self.shell.heartbeats.now_ms()
     }
 
     pub(crate) fn is_shutting_down(&self) -> bool {
-        self.lifetime.is_shutting_down()
+        self.shell.lifetime.is_shutting_down()
     }
 
     /// Resolves once shutdown has begun.
     pub(crate) fn stopped(&self) -> impl std::future::Future<Output = ()> + '_ {
-        self.lifetime.stopped()
+        self.shell.lifetime.stopped()
     }
 
     pub(crate) fn connection_count(&self) -> usize {
@@ -245,7 +240,8 @@ impl Shard {
 
     /// Resolves once no WebSocket connection is registered (for shutdown).
     pub(crate) fn all_closed(&self) -> impl std::future::Future<Output = ()> + '_ {
-        self.lifetime
+        self.shell
+            .lifetime
             .all_closed(|| self.registry.borrow().is_empty())
     }
 
@@ -301,7 +297,7 @@ impl Shard {
                 codec,
                 self.config.limits.max_queue_bytes,
                 now,
-                self.flusher.clone(),
+                self.shell.flusher.clone(),
                 stream,
                 batch,
             )
@@ -331,9 +327,9 @@ impl Shard {
         let none_left = registry.is_empty();
         drop(registry);
         if none_left {
-            self.lifetime.last_closed();
+            self.shell.lifetime.last_closed();
         }
-        self.lifetime.release_connection();
+        self.shell.lifetime.release_connection();
         let reason = conn.outbox.closing().unwrap_or(CloseReason::Normal);
         self.stats.closed(reason);
         lifecycle::disconnected(self, conn, reason.as_str());
@@ -948,10 +944,10 @@ impl Shard {
     fn answer_question(&self, to: ReplyId, question: Question) {
         match question {
             Question::Snapshot => {
-                let snapshot = Box::new(self.snapshot(true));
+                let snapshot = Box::new(observe::snapshot(self, true));
                 self.answer(to, Answer::Snapshot(snapshot));
             }
-            Question::Api(request) => self.serve_api(to, *request),
+            Question::Api(request) => api::serve_api(self, to, *request),
             Question::Presence { ch, ask } => presence::answer_question(self, &ch, to, ask),
             Question::Position { ch, since } => self.answer_position(&ch, to, since),
         }
@@ -998,7 +994,7 @@ impl Shard {
     /// message is over `message-timeout`, or whose queue the socket has not
     /// taken from for `send-timeout`.
     pub(crate) fn sweep_heartbeats(&self) {
-        self.heartbeats.sweep(self.registry.borrow().iter());
+        self.shell.heartbeats.sweep(self.registry.borrow().iter());
     }
 
     /// Starts the graceful shutdown: refuse new work, ask every connection to
@@ -1007,7 +1003,7 @@ impl Shard {
     /// (`{"op":"reconnect","after_ms":N}`), each at its own point of
     /// `--drain-spread`, so they do not all reconnect elsewhere at once.
     pub(crate) fn begin_shutdown(&self) {
-        if !self.lifetime.begin_shutdown() {
+        if !self.shell.lifetime.begin_shutdown() {
             return;
         }
         let conns: Vec<Rc<Conn>> = self.registry.borrow().iter().cloned().collect();
@@ -1176,7 +1172,7 @@ mod tests {
                     payload: Payload::copy_of(PayloadKind::Json, b"1"),
                     idempotency_key: None,
                 };
-                let publish = shard.publish_all_and_wait(vec![publication]);
+                let publish = api::publish_all_and_wait(&shard, vec![publication]);
                 let waited =
                     glommio::timer::timeout(Duration::from_millis(5), async { Ok(publish.await) })
                         .await;
@@ -1210,14 +1206,14 @@ mod tests {
             let shard = Rc::new(Shard::new(0, None, config, ShardParts::alone(links, 2)));
             let scrape = glommio::spawn_local({
                 let shard = shard.clone();
-                async move { shard.gather().await }
+                async move { observe::gather(&shard).await }
             });
             let Some(MeshMsg::Ask(to, Question::Snapshot)) = to_peer.recv().await else {
                 panic!("the peer is asked for its snapshot");
             };
             assert_eq!(to.shard(), 0, "answered to the shard that asked");
             let answer = |shard_id| {
-                let mut snapshot = shard.snapshot(false);
+                let mut snapshot = observe::snapshot(&shard, false);
                 snapshot.identity.shard = shard_id;
                 MeshMsg::Answer(to, Answer::Snapshot(Box::new(snapshot)))
             };

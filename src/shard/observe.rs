@@ -3,7 +3,7 @@
 //! once-a-second tick that closes the latency second and publishes the
 //! snapshot on the `$stats` system channel for the dashboard.
 
-use std::{rc::Rc, sync::atomic::Ordering, time::Duration};
+use std::{rc::Rc, time::Duration};
 
 use bytes::Bytes;
 
@@ -24,103 +24,93 @@ pub(super) const STATS_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a scrape waits for the other shards.
 const GATHER_TIMEOUT: Duration = Duration::from_secs(2);
 
-impl Shard {
-    /// This shard's figures now. `for_scrape` adds the since-start latency
-    /// histogram (a copy of about 40 KiB) for `/metrics` buckets.
-    pub(crate) fn snapshot(&self, for_scrape: bool) -> ShardSnapshot {
-        let stats = &self.stats;
-        let subscriptions = (self.registry.borrow().iter())
-            .map(|conn| conn.subscription_count() as u64)
-            .sum();
-        // Kept by every queue as it changes (see `Outbox::set_queued`).
-        let outbox_bytes = stats.queued_bytes.get();
-        let latency = stats.latency.borrow();
-        let since_start = latency.since_start();
-        ShardSnapshot {
-            identity: Identity {
-                shard: self.id,
-                shards: self.shards,
-                node: self.config.engine.node_id.clone(),
-                cpu: self.cpu,
-                time_ms: (process::unix_seconds() * 1e3) as u64,
-                uptime_s: self.heartbeats.uptime_s(),
-            },
-            engine: EngineFigures {
-                engine: self.config.engine.kind.as_str(),
-                engine_up: self.broker.is_up(),
-                engine_replies: stats.engine_replies.get(),
-                engine_rtt_us: stats.engine_rtt_us.get(),
-            },
-            holdings: Holdings {
-                connections: self.connection_count() as u64,
-                subscriptions,
-                channels: self.channel_count() as u64,
-                channels_owned: self.owned_channel_count() as u64,
-                history_messages: self.history_len() as u64,
-                history_bytes: self.history_bytes() as u64,
-                outbox_bytes,
-                memory_counted_bytes: self.memory_use().counted(),
-                memory_budget_bytes: self.memory_budget(),
-            },
-            unfinished_bytes: stats.unfinished_bytes.get(),
-            mesh_queue: (0..self.shards)
-                .map(|peer| self.links.depth(peer) as u64)
-                .collect(),
-            connections_closed: stats.connections_closed(),
-            counters: stats.counter_values(),
-            closed: CloseReason::ALL
-                .iter()
-                .map(|r| (r.as_str(), stats.closed_for(*r)))
-                .collect(),
-            latency: LatencyFigures {
-                latency_us: latency.last_second(),
-                latency_total_us: LatencySummary::of(&since_start),
-                latency_sum_us: latency.sum_us(),
-                latency_histogram: for_scrape.then(|| Box::new(since_start)),
-            },
-            process: ProcessStats::read(),
-        }
+/// This shard's figures now. `for_scrape` adds the since-start latency
+/// histogram (a copy of about 40 KiB) for `/metrics` buckets.
+pub(crate) fn snapshot(shard: &Shard, for_scrape: bool) -> ShardSnapshot {
+    let stats = &shard.stats;
+    let subscriptions = (shard.registry.borrow().iter())
+        .map(|conn| conn.subscription_count() as u64)
+        .sum();
+    // Kept by every queue as it changes (see `Outbox::set_queued`).
+    let outbox_bytes = stats.queued_bytes.get();
+    let latency = stats.latency.borrow();
+    let since_start = latency.since_start();
+    ShardSnapshot {
+        identity: Identity {
+            shard: shard.id,
+            shards: shard.shards,
+            node: shard.config.engine.node_id.clone(),
+            cpu: shard.shell.cpu,
+            time_ms: (process::unix_seconds() * 1e3) as u64,
+            uptime_s: shard.shell.heartbeats.uptime_s(),
+        },
+        engine: EngineFigures {
+            engine: shard.config.engine.kind.as_str(),
+            engine_up: shard.broker.is_up(),
+            engine_replies: stats.engine_replies.get(),
+            engine_rtt_us: stats.engine_rtt_us.get(),
+        },
+        holdings: Holdings {
+            connections: shard.connection_count() as u64,
+            subscriptions,
+            channels: shard.channel_count() as u64,
+            channels_owned: shard.owned_channel_count() as u64,
+            history_messages: shard.history_len() as u64,
+            history_bytes: shard.history_bytes() as u64,
+            outbox_bytes,
+            memory_counted_bytes: shard.memory_use().counted(),
+            memory_budget_bytes: shard.memory_budget(),
+        },
+        unfinished_bytes: stats.unfinished_bytes.get(),
+        mesh_queue: (0..shard.shards)
+            .map(|peer| shard.links.depth(peer) as u64)
+            .collect(),
+        connections_closed: stats.connections_closed(),
+        counters: stats.counter_values(),
+        closed: CloseReason::ALL
+            .iter()
+            .map(|r| (r.as_str(), stats.closed_for(*r)))
+            .collect(),
+        latency: LatencyFigures {
+            latency_us: latency.last_second(),
+            latency_total_us: LatencySummary::of(&since_start),
+            latency_sum_us: latency.sum_us(),
+            latency_histogram: for_scrape.then(|| Box::new(since_start)),
+        },
+        process: ProcessStats::read(),
     }
+}
 
-    /// Every shard's snapshot, for a scrape: asks each peer over the mesh and
-    /// waits up to two seconds; a shard that does not answer (stopping) is
-    /// left out.
-    pub(crate) async fn gather(&self) -> ServerStats {
-        let mut snapshots = vec![self.snapshot(true)];
-        let peers = self.shards - 1;
-        if peers > 0 {
-            // Freed however the wait ends (a scrape dropped at shutdown too).
-            let waiting = self.pending.wait::<ShardSnapshot>(peers);
-            for peer in (0..self.shards).filter(|p| *p != self.id) {
-                self.ask(peer, waiting.id(), Question::Snapshot);
-            }
-            let _ = glommio::timer::timeout(GATHER_TIMEOUT, async {
-                while snapshots.len() <= peers {
-                    let Some(snapshot) = waiting.next().await else {
-                        break;
-                    };
-                    // One snapshot per shard, whatever a peer sends.
-                    if !snapshots
-                        .iter()
-                        .any(|s| s.identity.shard == snapshot.identity.shard)
-                    {
-                        snapshots.push(snapshot);
-                    }
+/// Every shard's snapshot, for a scrape: asks each peer over the mesh and
+/// waits up to two seconds; a shard that does not answer (stopping) is
+/// left out.
+pub(crate) async fn gather(shard: &Shard) -> ServerStats {
+    let mut snapshots = vec![snapshot(shard, true)];
+    let peers = shard.shards - 1;
+    if peers > 0 {
+        // Freed however the wait ends (a scrape dropped at shutdown too).
+        let waiting = shard.pending.wait::<ShardSnapshot>(peers);
+        for peer in (0..shard.shards).filter(|p| *p != shard.id) {
+            shard.ask(peer, waiting.id(), Question::Snapshot);
+        }
+        let _ = glommio::timer::timeout(GATHER_TIMEOUT, async {
+            while snapshots.len() <= peers {
+                let Some(snapshot) = waiting.next().await else {
+                    break;
+                };
+                // One snapshot per shard, whatever a peer sends.
+                if !snapshots
+                    .iter()
+                    .any(|s| s.identity.shard == snapshot.identity.shard)
+                {
+                    snapshots.push(snapshot);
                 }
-                Ok(())
-            })
-            .await;
-        }
-        ServerStats::new(self.shards, snapshots)
+            }
+            Ok(())
+        })
+        .await;
     }
-
-    /// This shard's flag in [`crate::engine::EngineHealth`], from its
-    /// broker's links (`/health`).
-    pub(super) fn set_engine_health(&self) {
-        if let Some(flag) = self.engine_health.get(self.id) {
-            flag.store(self.broker.is_up(), Ordering::Release);
-        }
-    }
+    ServerStats::new(shard.shards, snapshots)
 }
 
 /// Once a second: close the latency second, publish the snapshot on `$stats`.
@@ -131,7 +121,7 @@ pub(super) fn spawn_stats_tick(shard: &Rc<Shard>) {
         while !shard.is_shutting_down() {
             glommio::timer::sleep(STATS_INTERVAL).await;
             shard.stats.latency.borrow_mut().rotate();
-            let snapshot = shard.snapshot(false);
+            let snapshot = snapshot(&shard, false);
             let Ok(json) = serde_json::to_vec(&snapshot) else {
                 continue;
             };

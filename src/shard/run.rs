@@ -132,7 +132,7 @@ pub(crate) async fn run_shard(ctx: ShardContext) -> Result<ShardSnapshot, Server
     }
 
     // The one writer of every connection's queue, for the shard's lifetime.
-    glommio::spawn_local(shard.flusher.clone().run()).detach();
+    glommio::spawn_local(shard.shell.flusher.clone().run()).detach();
     spawn_shutdown_watcher(&shard, ctx.shutdown);
     spawn_heartbeat_sweep(&shard);
     spawn_stats_tick(&shard);
@@ -162,7 +162,7 @@ pub(crate) async fn run_shard(ctx: ShardContext) -> Result<ShardSnapshot, Server
         }
         None => public.await,
     }
-    let gate = shard.lifetime.gate.clone();
+    let gate = shard.shell.lifetime.gate.clone();
 
     let open = shard.connection_count();
     tracing::info!(shard = id, open, "shard stopping: closing connections");
@@ -180,7 +180,7 @@ pub(crate) async fn run_shard(ctx: ShardContext) -> Result<ShardSnapshot, Server
             "shutdown timeout reached"
         );
     }
-    Ok(shard.snapshot(false))
+    Ok(super::observe::snapshot(&shard, false))
 }
 
 /// Takes over a listening socket the runtime bound for this shard.
@@ -193,7 +193,7 @@ fn adopt_listener(fd: OwnedFd) -> TcpListener {
 /// Accepts connections on `listener` until shutdown begins; each is served
 /// by a task of its own inside the shard's gate, so shutdown can wait for it.
 async fn accept_until_stopped(shard: Rc<Shard>, listener: TcpListener, side: Side) {
-    let gate = shard.lifetime.gate.clone();
+    let gate = shard.shell.lifetime.gate.clone();
     loop {
         let accepted = async { Some(listener.accept().await) }
             .or(async {

@@ -50,7 +50,12 @@ const DASHBOARD: &str = include_str!("../dashboard.html");
 /// refuses it), finishes TLS, then answers request after request until one
 /// upgrades to WebSocket or the connection ends.
 pub(crate) async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
-    let tls = shard.security.tls.as_ref().filter(|_| side == Side::Public);
+    let tls = shard
+        .shell
+        .security
+        .tls
+        .as_ref()
+        .filter(|_| side == Side::Public);
     let peer = tcp.peer_addr().ok().map(|peer| peer.ip());
     let places = match take_places(&shard, peer, side) {
         Ok(places) => places,
@@ -90,11 +95,11 @@ pub(crate) async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
                 keep_alive,
             ),
             Ok(Route::Metrics) => {
-                let text = exposition::render(&shard.gather().await);
+                let text = exposition::render(&super::observe::gather(&shard).await);
                 http::response(200, exposition::CONTENT_TYPE, text.as_bytes(), keep_alive)
             }
             Ok(Route::Stats) => {
-                let stats = shard.gather().await;
+                let stats = super::observe::gather(&shard).await;
                 let json = serde_json::to_vec(&stats).unwrap_or_default();
                 http::response(200, "application/json", &json, keep_alive)
             }
@@ -116,10 +121,10 @@ pub(crate) async fn serve(shard: Rc<Shard>, tcp: TcpStream, side: Side) {
                 }
             }
             Ok(Route::History(query)) => {
-                json_or_error(shard.history_answer(query).await, keep_alive)
+                json_or_error(super::api::history_answer(&shard, query).await, keep_alive)
             }
             Ok(Route::Channels(query)) => {
-                json_or_error(shard.channels_answer(query).await, keep_alive)
+                json_or_error(super::api::channels_answer(&shard, query).await, keep_alive)
             }
             Err(error) => refused_request(&shard, &error, &head, &buf, keep_alive),
         };
@@ -153,7 +158,7 @@ fn take_places(shard: &Shard, peer: Option<IpAddr>, side: Side) -> Result<Places
     if side == Side::Admin {
         return Ok(Places::default());
     }
-    let (security, stats) = (&shard.security, &shard.stats);
+    let (security, stats) = (&shard.shell.security, &shard.stats);
     let ip = address_place(
         security.ip_cap.as_ref(),
         peer,
@@ -275,17 +280,17 @@ async fn upgrade(
     if subprotocol == Some(http::MSGPACK_PROTOCOL) {
         codec.protocol = Protocol::MsgPack;
     }
-    let owners = shard.other_owners(&session.channels());
+    let owners = super::api::other_owners(shard, &session.channels());
     // Registered and subscribed before the response goes out,
     // but written to only after it (see `Outbox::hold`).
     let conn = shard.register(stream, codec, session.batches());
     conn.outbox.hold();
-    let limit = shard.security.publish_limit;
+    let limit = shard.shell.security.publish_limit;
     conn.admit(permit, deadline_ms, limit, places.ip.take(), shard.now_ms());
     let session = session::serve(shard.clone(), leftover, session, conn.clone());
     // The owners have the subscriptions: whatever is published
     // once the client has its response reaches it.
-    shard.sync_with(&owners).await;
+    super::api::sync_with(shard, &owners).await;
     let Some(stream) = conn.outbox.stream() else {
         return;
     };
@@ -312,7 +317,7 @@ async fn upgrade(
 /// `GET /health`: 200 while every engine link is up; 503 `degraded`
 /// otherwise, so a load balancer drains the node while its engine is down.
 fn health_answer(shard: &Shard, keep_alive: bool) -> Vec<u8> {
-    match crate::engine::all_up(&shard.engine_health) {
+    match shard.shell.engine_up() {
         true => http::response(200, "text/plain", b"ok\n", keep_alive),
         false => http::response(503, "text/plain", b"degraded\n", keep_alive),
     }
@@ -461,7 +466,7 @@ fn admit_route(shard: &Shard, side: Side, head: &Head, route: Route) -> Result<R
             format!("no route for {} on this address", head.path),
         ));
     }
-    if route.is_operator() && side == Side::Public && shard.security.api_key.is_none() {
+    if route.is_operator() && side == Side::Public && shard.shell.security.api_key.is_none() {
         return Err(HttpError::new(
             403,
             "api_key_required",
@@ -473,7 +478,7 @@ fn admit_route(shard: &Shard, side: Side, head: &Head, route: Route) -> Result<R
         ));
     }
     if route.needs_api_key() {
-        if let Some(key) = &shard.security.api_key {
+        if let Some(key) = &shard.shell.security.api_key {
             if !key.accepts(head.presented_api_key()) {
                 return Err(HttpError::new(
                     401,
@@ -497,7 +502,7 @@ fn upgrade_permit(
     head: &Head,
     session: &http::Session,
 ) -> Result<(Permit, u64), HttpError> {
-    let security = &shard.security;
+    let security = &shard.shell.security;
     if side == Side::Admin {
         return Ok((Permit::ReadOnly, u64::MAX));
     }
@@ -614,7 +619,7 @@ fn admit(shard: &Shard) -> Result<(), HttpError> {
             "the server is over its memory budget (max-memory); try again later",
         ));
     }
-    if !shard.lifetime.try_reserve_connection() {
+    if !shard.shell.lifetime.try_reserve_connection() {
         bump(&shard.stats.http_503, 1);
         return Err(HttpError::new(
             503,
@@ -791,7 +796,7 @@ async fn publish(
             }
         })
         .collect();
-    let seqs = shard.publish_all_and_wait(publications).await;
+    let seqs = super::api::publish_all_and_wait(shard, publications).await;
     Ok(crate::api::publish_answer(request.single, &seqs))
 }
 
@@ -808,7 +813,7 @@ async fn kick(
         true => crate::api::parse_disconnect(body)?,
         false => crate::api::parse_unsubscribe(body)?,
     };
-    shard.kick_answer(kick).await
+    super::api::kick_answer(shard, kick).await
 }
 
 pin_project_lite::pin_project! {

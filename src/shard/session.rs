@@ -125,7 +125,7 @@ impl Host for OnShard<'_> {
     }
 
     fn verifier(&self) -> Option<&Verifier> {
-        self.shard.security.verifier.as_ref()
+        self.shard.shell.security.verifier.as_ref()
     }
 
     fn codec(&self) -> Codec {
@@ -190,7 +190,7 @@ impl Host for OnShard<'_> {
     }
 
     fn take_publish_token(&mut self) -> Verdict {
-        let Some(limit) = self.shard.security.publish_limit else {
+        let Some(limit) = self.shard.shell.security.publish_limit else {
             return Verdict::Allowed;
         };
         (self.conn)
@@ -199,7 +199,7 @@ impl Host for OnShard<'_> {
     }
 
     fn take_channel_op_token(&mut self) -> Verdict {
-        let Some(limit) = self.shard.security.subscribe_limit else {
+        let Some(limit) = self.shard.shell.security.subscribe_limit else {
             return Verdict::Allowed;
         };
         (self.conn).take_channel_op_token(limit, self.shard.now_ms())

@@ -134,7 +134,7 @@ impl Server for World {
     fn connect(&mut self, shard: usize) -> ConnId {
         let on = &self.shards[shard];
         assert!(
-            on.lifetime.try_reserve_connection(),
+            on.shell.lifetime.try_reserve_connection(),
             "room for every client"
         );
         let conn = on.register_detached(Codec::JSON);
@@ -223,7 +223,7 @@ impl Server for World {
         let (shard, conn) = self.conn(conn);
         let frames = conn.outbox.take_queued();
         // The flush pass lets go of the queues it has nothing to write to.
-        shard.flusher.flush_dirty(&mut Vec::new());
+        shard.shell.flusher.flush_dirty(&mut Vec::new());
         for frame in &frames {
             self.digest =
                 crate::channel::fnv1a(self.digest.to_le_bytes().iter().chain(frame.iter()));
