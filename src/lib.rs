@@ -14,21 +14,25 @@
 //!   shard, reports readiness and failures; [`shutdown`]: signals → shards.
 //! - What a shard decides without I/O is the `shardcast-core` crate
 //!   (`core/`): channel names, the client protocol's envelopes and codecs,
-//!   subscriptions and fan-out, ordering with history and deltas, presence
-//!   and lifecycle events (components the shard drives through host
-//!   traits), idempotency, heartbeats, the memory budget, and its seeded
+//!   the registry of connections, subscriptions and fan-out, ordering with
+//!   history, deltas, conflation and idempotency keys, presence and
+//!   lifecycle events (components the shard drives through host traits),
+//!   heartbeats, the memory budget, and its seeded
 //!   simulation of nodes following Redis. The modules re-exported here
 //!   ([`protocol`], [`channel`], [`frame`], [`json_data`], `publication`,
 //!   `close`, `heartbeat`, `conn::codec`, `shard::owner`, ...) are its.
-//! - [`shard`]: one shard on its executor — connections, routing
-//!   publications to their owners, the owner's side of the engines
-//!   (`shard::cluster`), presence and lifecycle events, the server API's
-//!   answers, one accepted socket's HTTP and upgrade (`shard::serve`), the
+//! - [`shard`]: one shard on its executor — the components and the
+//!   routing between them (publications to their owners, questions and
+//!   answers), the owner's side of the broker (`shard::cluster`), the glue
+//!   to presence, lifecycle, the server API and snapshots, the glommio
+//!   shell (`shard::shell`: flush pass, admission and shutdown, clock and
+//!   heartbeats), one accepted socket's HTTP and upgrade (`shard::serve`), the
 //!   WebSocket session task (`shard::session`), and a seeded simulation of
 //!   a node's shards (`shard::simulation`, tests).
 //! - [`engine`]: how nodes agree — the Redis engine (a pipelined RESP3
 //!   client per shard, Lua scripts that order and keep history), the NATS
-//!   engine (core NATS fan-out), broker URLs, reconnect backoff, and the
+//!   engine (core NATS fan-out), each behind the `Broker` trait the shard
+//!   asks (`engine::broker`), broker URLs, reconnect backoff, and the
 //!   record a publication travels between nodes as; the shard's side is
 //!   `shard::cluster`.
 //! - [`mesh`]: typed cross-shard messages (casts, questions and answers),
@@ -36,7 +40,8 @@
 //!   [`publication`]: the publication types every layer shares; [`close`]:
 //!   why a connection closes.
 //! - [`conn`]: one client connection's own parts, which know nothing of the
-//!   shard — HTTP parsing (`conn::http`), the session's protocol as a state
+//!   shard — HTTP parsing (`conn::http`) and the API's queries
+//!   (`conn::api_query`), the session's protocol as a state
 //!   machine without I/O (`conn::machine`), envelopes batched into one
 //!   frame (`conn::batch`), the bounded queue (`conn::outbox`) and the
 //!   shard's flush pass (`conn::flush`); `Conn` is the core's `Subscriber`.
