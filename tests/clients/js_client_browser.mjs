@@ -129,9 +129,11 @@ try {
   after.forEach((m, i) => assert(m.seq === reset.seq + i + 1, `after[${i}] = ${JSON.stringify(m)} (reset.seq ${reset.seq})`));
   for (let i = 1; i < after.length; i++) assert(after[i].n === after[i - 1].n + 1, `after: n ${after[i].n} after ${after[i - 1].n}`);
   // The server drains the rest of the oversized frame after its close frame, so Chromium
-  // sees the 1009 itself (a reset would have turned it into 1006).
-  assert(r.closes.length === 3 && r.closes[0] === 1009 && r.closes[1] === 4001 && r.closes[2] === 1006,
-    `closes ${r.closes}`);
+  // sees the 1009 itself (a reset would have turned it into 1006). The kill is a 1006; on
+  // a loaded machine a reconnect may also try before the restarted server listens, and
+  // each such refused attempt closes with 1006 too.
+  assert(r.closes.length >= 3 && r.closes[0] === 1009 && r.closes[1] === 4001
+    && r.closes.slice(2).every((c) => c === 1006), `closes ${r.closes}`);
   assert(r.got.every((m) => m.padded), 'a message lost its padding');
   // The restarted server compressed what it sent and inflated what Chromium sent.
   const stats = await (await fetch(`http://127.0.0.1:${port}/api/stats`)).json();
