@@ -28,10 +28,6 @@ use crate::{
 #[derive(Default)]
 pub struct Flusher {
     dirty: RefCell<Vec<Rc<Outbox>>>,
-    /// Where small frames bound for one socket are copied to leave in one
-    /// plain buffer (see [`send_small_frames_copied`]); shared by every
-    /// connection of the shard, borrowed within one write.
-    copy: RefCell<Vec<u8>>,
     /// The pass, parked while the list is empty.
     waker: Cell<Option<Waker>>,
     /// `--write-delay`: how long a pass waits after it is first woken, to
@@ -120,10 +116,9 @@ fn flush_one(outbox: &Rc<Outbox>) {
     let flushed = if stream.is_tls() {
         flush_tls(outbox, stream, stats)
     } else {
-        let copy = &outbox.flusher().copy;
         outbox.flush(|slices| {
             bump(&stats.socket_writes, 1);
-            send_small_frames_copied(stream, slices, &mut copy.borrow_mut())
+            stream.send_now(slices)
         })
     };
     match flushed {
@@ -134,31 +129,6 @@ fn flush_one(outbox: &Rc<Outbox>) {
             outbox.abandon();
         }
     }
-}
-
-/// Frames that together are at most this many bytes are copied into one
-/// buffer before they are sent: the kernel then copies one segment instead
-/// of walking an iovec per frame (and per batch prefix).
-const COPY_AT_MOST: usize = 16 << 10;
-
-/// Sends `slices` without waiting: copied into `copy` and sent as one
-/// buffer when there are several and they are small together (what
-/// uWebSockets' cork does), gathered as they are otherwise. What the socket
-/// does not take stays queued either way: the outbox consumes by bytes.
-fn send_small_frames_copied(
-    stream: &SharedStream,
-    slices: &[io::IoSlice<'_>],
-    copy: &mut Vec<u8>,
-) -> io::Result<usize> {
-    let total: usize = slices.iter().map(|s| s.len()).sum();
-    if slices.len() < 2 || total > COPY_AT_MOST {
-        return stream.send_now(slices);
-    }
-    copy.clear();
-    for slice in slices {
-        copy.extend_from_slice(slice);
-    }
-    stream.send_now(&[io::IoSlice::new(copy)])
 }
 
 /// Frames go into the TLS session as plaintext (many frames make one
@@ -317,10 +287,11 @@ mod tests {
         });
     }
 
-    /// Small frames leave copied into one buffer; a socket that takes only
-    /// part of it keeps the rest queued, and every byte arrives in order.
+    /// Many small frames gathered into each write: a socket that takes
+    /// only part of a write keeps the rest queued (mid-frame too), and
+    /// every byte arrives in order.
     #[test]
-    fn small_frames_copied_into_one_write_survive_a_full_socket() {
+    fn small_frames_gathered_into_writes_survive_a_full_socket() {
         on_test_executor(async {
             let (stream, client) = pair().await;
             // SAFETY: the fd is the stream's, open for the whole test.

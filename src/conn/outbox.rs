@@ -222,11 +222,6 @@ impl Outbox {
         self.flusher.stats()
     }
 
-    /// The shard's flush pass.
-    pub(super) fn flusher(&self) -> &Flusher {
-        &self.flusher
-    }
-
     /// Queues a frame that carries no publication, without blocking.
     pub fn push(self: &Rc<Self>, frame: Bytes) -> Pushed {
         self.push_published(frame, 0)
