@@ -211,6 +211,25 @@ mod tests {
         (SharedStream::new(listener.accept().await.unwrap()), client)
     }
 
+    /// Makes the stream's send buffer `bytes` long, so it fills quickly.
+    fn small_send_buffer(stream: &SharedStream, bytes: usize) {
+        // SAFETY: the fd is the stream's, open for the whole test.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.fd()) };
+        socket2::SockRef::from(&fd)
+            .set_send_buffer_size(bytes)
+            .unwrap();
+    }
+
+    /// Reads `client` to its end on a thread of its own.
+    fn read_on_a_thread(
+        mut client: std::net::TcpStream,
+    ) -> std::thread::JoinHandle<std::io::Result<Vec<u8>>> {
+        std::thread::spawn(move || {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).map(|_| got)
+        })
+    }
+
     /// A flush pass running on the test executor, counting into `stats`.
     fn running_flusher(stats: &Rc<Stats>) -> Rc<Flusher> {
         let flusher = Rc::new(Flusher::new(stats.clone(), Duration::ZERO));
@@ -255,11 +274,7 @@ mod tests {
         on_test_executor(async {
             let (stream, client) = pair().await;
             // A small send buffer fills at once.
-            // SAFETY: the fd is the stream's, open for the whole test.
-            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.fd()) };
-            socket2::SockRef::from(&fd)
-                .set_send_buffer_size(16 << 10)
-                .unwrap();
+            small_send_buffer(&stream, 16 << 10);
             let stats = Rc::new(Stats::default());
             let flusher = running_flusher(&stats);
             let outbox = Rc::new(Outbox::new(8 << 20, flusher, Some(stream), false));
@@ -269,12 +284,8 @@ mod tests {
                 expected.extend_from_slice(&frame);
                 outbox.push(Bytes::from(frame));
             }
-            // Read slowly on a thread of its own, so the socket fills up.
-            let reader = std::thread::spawn(move || {
-                let mut client = client;
-                let mut got = Vec::new();
-                client.read_to_end(&mut got).map(|_| got)
-            });
+            // Read on a thread of its own, so the socket fills up.
+            let reader = read_on_a_thread(client);
             outbox.close(CloseReason::Shutdown);
             outbox.written_out().await;
             outbox.stream().unwrap().shutdown_write();
@@ -294,11 +305,7 @@ mod tests {
     fn small_frames_gathered_into_writes_survive_a_full_socket() {
         on_test_executor(async {
             let (stream, client) = pair().await;
-            // SAFETY: the fd is the stream's, open for the whole test.
-            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.fd()) };
-            socket2::SockRef::from(&fd)
-                .set_send_buffer_size(4 << 10)
-                .unwrap();
+            small_send_buffer(&stream, 4 << 10);
             let stats = Rc::new(Stats::default());
             let flusher = running_flusher(&stats);
             let outbox = Rc::new(Outbox::new(8 << 20, flusher, Some(stream), false));
@@ -308,11 +315,7 @@ mod tests {
                 expected.extend_from_slice(&frame);
                 outbox.push(Bytes::from(frame));
             }
-            let reader = std::thread::spawn(move || {
-                let mut client = client;
-                let mut got = Vec::new();
-                client.read_to_end(&mut got).map(|_| got)
-            });
+            let reader = read_on_a_thread(client);
             outbox.close(CloseReason::Shutdown);
             outbox.written_out().await;
             outbox.stream().unwrap().shutdown_write();
