@@ -10,8 +10,8 @@
 # (the generated part of BENCHMARKS.md and docs/bench/*.png; the
 # hand-written sections are kept), as `scripts/report DIR --publish` does.
 #
-# Scenarios: fanout rooms idle connect-storm shards bytes cluster (default:
-# all but bytes and cluster).
+# Scenarios: fanout rooms idle connect-storm shards inflight bytes cluster
+# (default: all but bytes and cluster).
 # FANOUT_SUBS="1000" limits fanout to those subscriber counts.
 # Servers:   shardcast-json shardcast-raw node-ws tokio-tungstenite
 #            python-websockets nats shardcast-tls node-ws-tls shardcast-auth
@@ -42,6 +42,12 @@
 # (the memory engine) in the same run, at
 # CLUSTER_POINTS (default "1000:100 10:10000 1:100000", subscribers:rate).
 # Server CPU is the four processes' together.
+# inflight: shardcast's raw rooms beside the uWebSockets peer (server `uws`,
+# benches/peers/uws/server.cpp, run from UWS_BIN=path, which this script does
+# not build; without UWS_BIN only shardcast-raw runs, with a message), 64-byte
+# payloads, at INFLIGHT_POINTS (default "100:w32 1000:w32 100:w1000
+# 1000:r100": subscribers, then wN = flat out with at most N publications in
+# flight, rN = N publications/s). Servers alternate run by run.
 # SHARDCAST_BIN=path runs that shardcast server binary instead of the one
 # built here. Each server is pinned to core 0 and the generator
 # (shardcast-bench) to core 1; each point runs --runs times (default 3).
@@ -65,12 +71,12 @@ while (($#)); do
     --publish) PUBLISH=1 ;;
     --runs) RUNS=$2; shift ;;
     --servers) SERVERS=$2; shift ;;
-    -h|--help) sed -n '2,51p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,57p' "$0"; exit 0 ;;
     *) SCENARIOS+=("$1") ;;
   esac
   shift
 done
-((${#SCENARIOS[@]})) || SCENARIOS=(fanout rooms idle connect-storm shards)
+((${#SCENARIOS[@]})) || SCENARIOS=(fanout rooms idle connect-storm shards inflight)
 IFS=, read -r -a SERVER_LIST <<<"$SERVERS"
 
 # A new directory per run: an earlier run's results (committed or not) are
@@ -191,6 +197,8 @@ start_server() {
       taskset -c "$SERVER_CPU" benches/peers/tokio-tungstenite/target/release/peer-tokio-tungstenite "$port" >"$logf" 2>&1 & ;;
     nats)
       taskset -c "$SERVER_CPU" benches/peers/nats/run.sh "$port" >"$logf" 2>&1 & ;;
+    uws)
+      taskset -c "$SERVER_CPU" "$UWS_BIN" "$port" >"$logf" 2>&1 & ;;
   esac
   RUNNER_PID=$!
   local deadline=$((SECONDS + 20))
@@ -217,7 +225,7 @@ base_of() { local name=${1%-delta}; name=${name%-batch}; name=${name%-msgpack}; 
 target_of() {
   case "$(base_of "$1")" in
     shardcast-json|shardcast-tls|shardcast-auth|shardcast-shards-*) echo shardcast-json ;;
-    shardcast-raw) echo shardcast-raw ;;
+    shardcast-raw|uws) echo shardcast-raw ;;
     nats) echo nats ;;
     *) echo peer ;;
   esac
@@ -230,6 +238,7 @@ version_of() {
     python-websockets) python3 -c 'import websockets,sys; print("websockets", websockets.__version__, "python", sys.version.split()[0])' ;;
     tokio-tungstenite) grep -A1 'name = "tokio-tungstenite"' benches/peers/tokio-tungstenite/Cargo.lock | awk -F'"' '/version/{print "tokio-tungstenite " $2}' ;;
     nats) nats-server --version ;;
+    uws) echo "${UWS_VERSION:-uWebSockets}" ;;
   esac
 }
 
@@ -246,7 +255,8 @@ run_point() {
   if [[ "$server" == *-delta ]]; then gen_args+=(--delta); fi
   if [[ "$server" == *-batch ]]; then gen_args+=(--batch); fi
   if [[ "$server" == *-msgpack ]]; then gen_args+=(--msgpack); fi
-  for run in $(seq 1 "$RUNS"); do
+  # RUN_FIRST/RUN_LAST pick some of the runs (inflight alternates servers).
+  for run in $(seq "${RUN_FIRST:-1}" "${RUN_LAST:-$RUNS}"); do
     local port file
     port=$(free_port)
     file="$OUT/$scenario-$tag-$server-run$run.json"
@@ -338,6 +348,34 @@ shards() {
   done
 }
 
+inflight() {
+  # uWebSockets' good regime (a few publications per read: <= 32 in flight)
+  # and its weak one (1,000 in flight), and a paced point; one shard, raw room.
+  local duration=5s servers=(shardcast-raw)
+  ((QUICK)) && duration=3s
+  if [ -n "${UWS_BIN:-}" ] && [ -x "$UWS_BIN" ]; then
+    servers+=(uws)
+  else
+    log "inflight: UWS_BIN is not set (or not executable): the uWebSockets peer is skipped"
+  fi
+  for run in $(seq 1 "$RUNS"); do
+    for point in ${INFLIGHT_POINTS:-100:w32 1000:w32 100:w1000 1000:r100}; do
+      local subs=${point%:*} load=${point#*:} args tag
+      case "$load" in
+        # One latency probe (the window's): 32 prompt readers would make the
+        # generator, not the server, the limit flat out.
+        w*) args=(--max-in-flight "${load#w}" --latency-probes 1); tag="subs$subs-inflight${load#w}" ;;
+        r*) args=(--rate "${load#r}"); tag="subs$subs-rate${load#r}" ;;
+        *) log "inflight: bad point $point"; return 1 ;;
+      esac
+      for server in "${servers[@]}"; do
+        RUN_FIRST=$run RUN_LAST=$run run_point inflight "$server" "$tag" -- \
+          --scenario fanout --subscribers "$subs" "${args[@]}" --size 64 --duration "$duration"
+      done
+    done
+  done
+}
+
 bytes() {
   # Rates keep every server under the loopback's and the generator's limits
   # (a 10 KB book to 1,000 subscribers at 10/s is 100 MB/s uncompressed).
@@ -423,6 +461,7 @@ for scenario in "${SCENARIOS[@]}"; do
     idle) idle ;;
     connect-storm) connect_storm ;;
     shards) shards ;;
+    inflight) inflight ;;
     bytes) bytes ;;
     cluster) cluster ;;
     *) log "unknown scenario $scenario"; exit 2 ;;

@@ -121,9 +121,17 @@ pub struct Load {
     /// Channels (rooms) the subscribers are spread over
     #[arg(long, default_value_t = 1)]
     pub channels: usize,
-    /// Publications per second, all publishers together
+    /// Publications per second, all publishers together (ignored with
+    /// `--max-in-flight`)
     #[arg(long, default_value_t = 1000.0)]
     pub rate: f64,
+    /// Flat out with a bounded window instead of a rate: each publisher
+    /// keeps at most N publications sent but not yet received by its
+    /// channel's window probe (the channel's first latency probe), and
+    /// sends the next ones as soon as that probe receives earlier ones.
+    /// 0: off (paced by `--rate`)
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub max_in_flight: u64,
     /// Payload size in bytes (the `pad` payload)
     #[arg(long, default_value_t = 100)]
     pub size: usize,
@@ -240,6 +248,12 @@ struct Run {
     /// Bytes subscribers read from their sockets while measuring (frames,
     /// headers included; before TLS decryption counts nothing else).
     wire_bytes: Cell<u64>,
+    /// With `--max-in-flight`: per publisher id, the publications it may
+    /// still send (taken when sent, given back when its channel's window
+    /// probe receives one; closed when measuring ends).
+    windows: Vec<glommio::sync::Semaphore>,
+    /// Per connection: whether it is its channel's window probe.
+    window_probe: Vec<bool>,
 }
 
 impl Run {
@@ -376,16 +390,20 @@ async fn run_async(options: Options, tls: Option<Tls>) -> Report {
         .iter()
         .filter(|(_, r)| *r != Role::Subscriber)
         .count();
+    let publisher_slots = options.load.channels.max(1) * plan.publishers_per_channel;
+    let windows = match options.load.max_in_flight {
+        0 => Vec::new(),
+        n => (0..publisher_slots)
+            .map(|_| glommio::sync::Semaphore::new(n))
+            .collect(),
+    };
+    let window_probe = window_probes(&options, &plan);
     let run = Rc::new(Run {
         tally: RefCell::new(Tally::new(
             plan.connections.len(),
             plan.publishers_per_channel,
         )),
-        sent: RefCell::new(vec![
-            0;
-            options.load.channels.max(1)
-                * plan.publishers_per_channel
-        ]),
+        sent: RefCell::new(vec![0; publisher_slots]),
         options,
         tls,
         started: Instant::now(),
@@ -397,6 +415,8 @@ async fn run_async(options: Options, tls: Option<Tls>) -> Report {
         errors: RefCell::new(Vec::new()),
         bulk: RefCell::new(Vec::new()),
         wire_bytes: Cell::new(0),
+        windows,
+        window_probe,
     });
     glommio::spawn_local(bulk_loop(run.clone())).detach();
     let o = &run.options;
@@ -488,6 +508,23 @@ fn is_probe(o: &Options, plan: &Plan, index: usize) -> bool {
     o.clients.latency_probes > 0 && index % every == 0
 }
 
+/// Per connection, whether it is its channel's window probe (with
+/// `--max-in-flight`): the first latency probe on the channel that receives.
+fn window_probes(o: &Options, plan: &Plan) -> Vec<bool> {
+    let mut chosen = vec![false; plan.connections.len()];
+    if o.load.max_in_flight == 0 {
+        return chosen;
+    }
+    let mut seen = vec![false; o.load.channels.max(1)];
+    for (index, &(channel, role)) in plan.connections.iter().enumerate() {
+        if role != Role::Publisher && !seen[channel] && is_probe(o, plan, index) {
+            seen[channel] = true;
+            chosen[index] = true;
+        }
+    }
+    chosen
+}
+
 /// CPU seconds of the server and every `--also-pid` process.
 fn server_cpu(o: &Options) -> Option<f64> {
     let main = o.server.server_pid.and_then(procstat::cpu_seconds)?;
@@ -551,6 +588,10 @@ async fn measure(run: &Rc<Run>, plan: &Plan, publishers: usize, results: &mut Re
     run.phase.set(Phase::Measure);
     sleep(o.load.duration).await;
     run.phase.set(Phase::Drain);
+    // Publishers waiting for room in their window stop.
+    for window in &run.windows {
+        window.close();
+    }
     let publish_seconds = started.elapsed().as_secs_f64();
     let own_during = process::cpu_seconds() - own0;
 
@@ -985,6 +1026,11 @@ fn deliver(run: &Run, index: usize, probe: bool, stamp: Stamp) {
     run.tally.borrow_mut().record(index, stamp, now);
     if probe && stamp.seq > 0 && matches!(run.phase.get(), Phase::Measure | Phase::Drain) {
         run.last_delivery.set(Some(Instant::now()));
+        if run.window_probe[index] {
+            if let Some(window) = run.windows.get(stamp.publisher as usize) {
+                window.signal(1);
+            }
+        }
     }
 }
 
@@ -1012,6 +1058,9 @@ async fn publish(run: Rc<Run>, stream: Shared, channel: String, publisher: u32, 
     let Some(started) = run.measure_started.get() else {
         return;
     };
+    if let Some(window) = run.windows.get(publisher as usize) {
+        return publish_windowed(&run, &stream, &channel, publisher, window, maker).await;
+    }
     let tick = Duration::from_secs_f64((1.0 / rate.max(1e-3)).clamp(0.001, 1.0));
     let mut seq = 0u64;
     // Stagger publishers so they do not all fire on the same tick.
@@ -1042,6 +1091,45 @@ async fn publish(run: Rc<Run>, stream: Shared, channel: String, publisher: u32, 
             next = now;
             glommio::yield_if_needed().await;
         }
+    }
+}
+
+/// Publishes flat out within a window (`--max-in-flight`): waits for room,
+/// then sends every publication there is room for in one write, until
+/// measuring ends (the window is then closed).
+async fn publish_windowed(
+    run: &Run,
+    stream: &Shared,
+    channel: &str,
+    publisher: u32,
+    window: &glommio::sync::Semaphore,
+    mut maker: PayloadMaker,
+) {
+    let (mut out, mut scratch, mut payload) = (Vec::new(), Vec::new(), Vec::new());
+    let target = run.options.load.target;
+    let mut seq = 0u64;
+    while run.phase.get() == Phase::Measure {
+        if window.acquire(1).await.is_err() {
+            break;
+        }
+        // Whatever else the window has room for goes in the same write.
+        let more = window.available();
+        let more = if window.try_acquire(more).unwrap_or(false) {
+            more
+        } else {
+            0
+        };
+        out.clear();
+        for _ in 0..=more {
+            seq += 1;
+            maker.make(seq, publisher, run.nanos(), &mut payload);
+            target.publish(channel, &payload, &mut out, &mut scratch);
+        }
+        if stream.write_all(&out).await.is_err() {
+            run.note_error("publisher connection failed".into());
+            break;
+        }
+        run.sent.borrow_mut()[publisher as usize] = seq;
     }
 }
 
@@ -1081,6 +1169,30 @@ mod tests {
             .map(|(_, id)| *id)
             .collect();
         assert_eq!(publishers, vec![0, 1]);
+    }
+
+    #[test]
+    fn each_channel_has_one_window_probe_when_the_window_is_on() {
+        let paced = options(&["--subscribers", "10", "--channels", "2"]);
+        assert!(!window_probes(&paced, &Plan::new(&paced)).contains(&true));
+        let o = options(&[
+            "--subscribers",
+            "10",
+            "--channels",
+            "2",
+            "--max-in-flight",
+            "32",
+        ]);
+        let plan = Plan::new(&o);
+        let chosen = window_probes(&o, &plan);
+        for channel in 0..2 {
+            let on: Vec<usize> = (0..plan.connections.len())
+                .filter(|&i| chosen[i] && plan.connections[i].0 == channel)
+                .collect();
+            assert_eq!(on.len(), 1, "channel {channel}: {on:?}");
+            assert_eq!(plan.connections[on[0]].1, Role::Subscriber);
+            assert!(is_probe(&o, &plan, on[0]));
+        }
     }
 
     #[test]
