@@ -66,6 +66,26 @@ fn field_count(fields: &syn::Fields) -> usize {
     fields.iter().count()
 }
 
+impl Shape {
+    /// Notes a function over the length limit; `false` for a test function
+    /// (not checked, nor what it holds).
+    fn measure_fn(
+        &mut self,
+        attrs: &[syn::Attribute],
+        sig: &syn::Signature,
+        block: &syn::Block,
+    ) -> bool {
+        if is_cfg_test(attrs) {
+            return false;
+        }
+        let n = lines(sig, block);
+        if n > MAX_FUNCTION_LINES {
+            self.long.push((sig.ident.to_string(), n));
+        }
+        true
+    }
+}
+
 impl<'a> Visit<'a> for Shape {
     fn visit_item_mod(&mut self, module: &'a syn::ItemMod) {
         if !is_cfg_test(&module.attrs) {
@@ -91,25 +111,15 @@ impl<'a> Visit<'a> for Shape {
     }
 
     fn visit_item_fn(&mut self, item: &'a syn::ItemFn) {
-        if is_cfg_test(&item.attrs) {
-            return;
+        if self.measure_fn(&item.attrs, &item.sig, &item.block) {
+            syn::visit::visit_item_fn(self, item);
         }
-        let n = lines(&item.sig, &item.block);
-        if n > MAX_FUNCTION_LINES {
-            self.long.push((item.sig.ident.to_string(), n));
-        }
-        syn::visit::visit_item_fn(self, item);
     }
 
     fn visit_impl_item_fn(&mut self, item: &'a syn::ImplItemFn) {
-        if is_cfg_test(&item.attrs) {
-            return;
+        if self.measure_fn(&item.attrs, &item.sig, &item.block) {
+            syn::visit::visit_impl_item_fn(self, item);
         }
-        let n = lines(&item.sig, &item.block);
-        if n > MAX_FUNCTION_LINES {
-            self.long.push((item.sig.ident.to_string(), n));
-        }
-        syn::visit::visit_impl_item_fn(self, item);
     }
 
     fn visit_item_impl(&mut self, item: &'a syn::ItemImpl) {
