@@ -267,8 +267,13 @@ impl Default for Latency {
 
 impl Latency {
     pub fn record(&mut self, micros: u64) {
-        self.current.saturating_record(micros);
-        self.sum_us += micros;
+        self.record_n(micros, 1);
+    }
+
+    /// Records `count` deliveries of the same latency.
+    pub fn record_n(&mut self, micros: u64, count: u64) {
+        self.current.saturating_record_n(micros, count);
+        self.sum_us += micros * count;
     }
 
     /// Ends the current second: keeps its summary, folds it into the

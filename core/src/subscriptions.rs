@@ -54,10 +54,12 @@ pub trait Subscriber {
     /// still waiting whole; returns how many it had itself replaced.
     fn take_keyed(&self, conflation: u64) -> Option<u32>;
     /// Queues a publication's frame, published at `published_at`, under
-    /// `conflation` (0: none) having replaced `conflated` older ones.
+    /// `conflation` (0: none) having replaced `conflated` older ones. The
+    /// frame is shared by every subscriber: the queue keeps a reference or
+    /// copies it, as it likes.
     fn push_keyed(
         &self,
-        frame: Bytes,
+        frame: &Bytes,
         published_at: u64,
         conflation: u64,
         conflated: u32,
@@ -386,13 +388,14 @@ impl<S: Subscriber> Subscriptions<S> {
                 && outbox.queued_bytes() > self.conflate_after)
                 .then(|| outbox.take_keyed(conflation))
                 .flatten();
+            let conflated_frame;
             let (frame, conflated) = match replaced {
                 Some(replaced) => {
                     result.conflated += 1;
                     let (kind, bytes) = (payload.kind, &payload.bytes);
-                    let frame =
+                    conflated_frame =
                         protocol::encode_msg_conflated(name, seq, kind, bytes, replaced + 1);
-                    (frame, replaced + 1)
+                    (&conflated_frame, replaced + 1)
                 }
                 None => {
                     let mut as_delta = false;
@@ -403,13 +406,13 @@ impl<S: Subscriber> Subscriptions<S> {
                     match as_delta.then(|| frames.delta(codec)).flatten() {
                         Some(frame) => {
                             result.deltas += 1;
-                            (frame.clone(), 0)
+                            (frame, 0)
                         }
-                        None => (frames.frame(codec, deflater).clone(), 0),
+                        None => (frames.frame(codec, deflater), 0),
                     }
                 }
             };
-            let compressed = frame::is_compressed(&frame);
+            let compressed = frame::is_compressed(frame);
             match outbox.push_keyed(frame, payload.published_at, conflation, conflated) {
                 Pushed::Queued => {
                     result.queued += 1;

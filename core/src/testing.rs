@@ -70,7 +70,7 @@ impl Subscriber for TestConn {
     }
 
     fn send(&self, frame: Bytes) {
-        if self.push_keyed(frame, 0, 0, 0) == Pushed::Overflow {
+        if self.push_keyed(&frame, 0, 0, 0) == Pushed::Overflow {
             self.close_slow_consumer();
         }
     }
@@ -85,7 +85,7 @@ impl Subscriber for TestConn {
         Some(queue.remove(at).conflated)
     }
 
-    fn push_keyed(&self, frame: Bytes, _: u64, conflation: u64, conflated: u32) -> Pushed {
+    fn push_keyed(&self, frame: &Bytes, _: u64, conflation: u64, conflated: u32) -> Pushed {
         if self.closed_slow.get() {
             return Pushed::Closed;
         }
@@ -93,7 +93,7 @@ impl Subscriber for TestConn {
             return Pushed::Overflow;
         }
         self.queue.borrow_mut().push(Queued {
-            frame,
+            frame: frame.clone(),
             conflation,
             conflated,
         });

@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 
 use shardcast_wire::{FrameHeader, OpCode};
 
-use super::outbox::{Prefix, Queued};
+use super::queue::{Body, Prefix, Queued};
 use crate::frame;
 
 /// Between two plain envelopes.
@@ -46,7 +46,8 @@ impl Kind {
     fn of(item: &Queued) -> Option<Kind> {
         // Final text frames only: control frames (pings, the close) and
         // anything already batched stay as they are.
-        match item.bytes.first() {
+        // Copied runs (never on a batching connection) do not batch either.
+        match item.shared()?.first() {
             Some(0x81) => Some(Kind::Plain),
             Some(0xc1) => Some(Kind::Compressed),
             _ => None,
@@ -78,9 +79,9 @@ pub(super) fn seal(frames: &mut VecDeque<Queued>) -> isize {
         let mut end = at + 1;
         if let Some(kind) = kind {
             let separator = kind.separator().len();
-            let mut payload = frame::payload_of(&frames[at].bytes).len();
+            let mut payload = shared_payload(&frames[at]).len();
             while let Some(next) = frames.get(end) {
-                let len = frame::payload_of(&next.bytes).len();
+                let len = shared_payload(next).len();
                 if Kind::of(next) != Some(kind) || payload + separator + len > MAX_BATCH_PAYLOAD {
                     break;
                 }
@@ -97,6 +98,11 @@ pub(super) fn seal(frames: &mut VecDeque<Queued>) -> isize {
         at = end;
     }
     grown
+}
+
+/// The payload of a shared text frame (a frame `Kind::of` accepts).
+fn shared_payload(item: &Queued) -> &[u8] {
+    item.shared().map_or(&[], |bytes| frame::payload_of(bytes))
 }
 
 /// Turns frames `from..to` into the pieces of one frame of `payload` bytes.
@@ -118,8 +124,11 @@ fn join(
     short.copy_from_slice(&head[..4]);
     let mut grown = 0;
     for (i, item) in frames.range_mut(from..to).enumerate() {
-        let skipped = item.bytes.len() - frame::payload_of(&item.bytes).len();
-        bytes::Buf::advance(&mut item.bytes, skipped);
+        let Body::Shared(bytes) = &mut item.body else {
+            unreachable!("only shared text frames batch (Kind::of)");
+        };
+        let skipped = bytes.len() - frame::payload_of(bytes).len();
+        bytes::Buf::advance(bytes, skipped);
         item.prefix = if i == 0 {
             Prefix::Header(short, head_len as u8)
         } else {
@@ -148,7 +157,7 @@ mod tests {
         let mut out = Vec::new();
         for item in frames {
             out.extend_from_slice(item.prefix());
-            out.extend_from_slice(&item.bytes);
+            out.extend_from_slice(item.shared().unwrap());
         }
         out
     }

@@ -13,6 +13,7 @@ pub(crate) mod http;
 pub(crate) mod machine;
 pub(crate) mod outbox;
 pub(crate) mod permit;
+mod queue;
 
 use std::{
     cell::{Cell, RefCell},
@@ -286,7 +287,7 @@ impl Subscriber for Conn {
     #[inline]
     fn push_keyed(
         &self,
-        frame: Bytes,
+        frame: &Bytes,
         published_at: u64,
         conflation: u64,
         conflated: u32,

@@ -1,8 +1,9 @@
 //! The write side of one connection: a queue of pre-encoded frames bounded in
-//! bytes. Frames are shared `Bytes` (a publication is encoded once per shard
-//! and the same buffer is queued for every subscriber). Queuing a frame marks
+//! bytes (`conn/queue.rs`: a publication is encoded once per shard; small
+//! frames are copied into the queue's contiguous buffer, larger ones queued
+//! as the shared buffer itself). Queuing a frame marks
 //! the connection dirty with its shard's flush pass (`conn/flush.rs`), which
-//! hands as many queued frames as fit to one `sendmsg` (gathered, no copy),
+//! hands as many queued frames as fit to one `sendmsg` (gathered),
 //! so frames queued in one executor turn leave in one write and a connection
 //! that fell behind catches up in few system calls (over TLS, into few
 //! records). A push never blocks: over the bound the connection is closed as
@@ -14,7 +15,6 @@
 
 use std::{
     cell::{Cell, RefCell},
-    collections::VecDeque,
     future::Future,
     io::{self, IoSlice},
     pin::Pin,
@@ -22,9 +22,10 @@ use std::{
     task::{Context, Poll, Waker},
 };
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use glommio::task::JoinHandle;
 
+use super::queue::{FrameQueue, Queued, MAX_IOV};
 use super::{batch, flush::Flusher};
 use crate::close::CloseReason;
 use crate::stream::SharedStream;
@@ -32,14 +33,6 @@ use crate::{
     clock, frame,
     stats::{bump, Stats},
 };
-
-/// Most frames handed to one `sendmsg`.
-const MAX_IOV: usize = 64;
-/// Most bytes handed to one `sendmsg`.
-const MAX_BATCH_BYTES: usize = 256 << 10;
-/// A drained queue keeps at most this many slots of capacity (until the
-/// sweep finds it still empty: [`Outbox::release_idle_storage`]).
-const KEEP_CAPACITY: usize = 8;
 
 pub(crate) use shardcast_core::subscriptions::Pushed;
 
@@ -91,80 +84,12 @@ impl PendingClose {
     }
 }
 
-/// A frame waiting to be written, or one piece of a batched frame
-/// (`conn/batch.rs`).
-pub(super) struct Queued {
-    pub(super) bytes: Bytes,
-    /// When the publication it carries was published ([`clock::now_ns`]);
-    /// 0 for frames that carry no publication (acks, pings, errors).
-    pub(super) published_at: u64,
-    /// What goes on the wire before `bytes` (a piece of a batched frame),
-    /// of which `prefix_at` bytes are written already.
-    pub(super) prefix: Prefix,
-    pub(super) prefix_at: u8,
-    /// A piece of a batched frame that goes on in the next item: it must
-    /// be written whole with the rest.
-    pub(super) continues: bool,
-    /// Considered for batching already.
-    pub(super) sealed: bool,
-    /// The publication's channel and conflation key as
-    /// `publication::conflation_id` (a keyed hash; 0: none), and
-    /// how many older ones this frame replaced (see [`Outbox::take_keyed`]).
-    conflation: u64,
-    conflated: u32,
-}
-
-/// What goes on the wire before a queued entry's bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Prefix {
-    /// Nothing: a frame of its own.
-    None,
-    /// The first piece of a batched frame: the batch's header (a batch is
-    /// under 64 KiB, so its header is at most 4 bytes), and its length.
-    Header([u8; 4], u8),
-    /// A later piece: the separator from the piece before.
-    Separator(batch::Kind),
-}
-
-impl Queued {
-    pub(super) fn new(bytes: Bytes, published_at: u64) -> Self {
-        Queued {
-            bytes,
-            published_at,
-            prefix: Prefix::None,
-            prefix_at: 0,
-            continues: false,
-            sealed: false,
-            conflation: 0,
-            conflated: 0,
-        }
-    }
-
-    /// The prefix still to write.
-    pub(super) fn prefix(&self) -> &[u8] {
-        let whole: &[u8] = match &self.prefix {
-            Prefix::None => &[],
-            Prefix::Header(bytes, len) => &bytes[..usize::from(*len)],
-            Prefix::Separator(kind) => kind.separator(),
-        };
-        &whole[usize::from(self.prefix_at)..]
-    }
-
-    /// Bytes still to write.
-    pub(super) fn len(&self) -> usize {
-        self.prefix().len() + self.bytes.len()
-    }
-}
-
 /// The bounded outgoing queue of one connection.
 pub struct Outbox {
-    frames: RefCell<VecDeque<Queued>>,
+    frames: RefCell<FrameQueue>,
     /// Bytes in `frames` (the unsent part of a partly sent front frame).
     queued_bytes: Cell<usize>,
     limit: usize,
-    /// The front frame is partly on the wire: it must be finished before
-    /// anything else, even a close frame, or the stream loses framing.
-    front_started: Cell<bool>,
     /// When the sweep first saw bytes queued that the socket has not taken
     /// since (shard milliseconds, at least 1); 0: none waiting, or written
     /// since. See [`Outbox::stalled_for`].
@@ -200,10 +125,9 @@ impl Outbox {
         batch: bool,
     ) -> Self {
         Outbox {
-            frames: RefCell::new(VecDeque::new()),
+            frames: RefCell::new(FrameQueue::default()),
             queued_bytes: Cell::new(0),
             limit,
-            front_started: Cell::new(false),
             stalled_since_ms: Cell::new(0),
             awaited_replies: Cell::new(0),
             closing: Cell::new(None),
@@ -224,22 +148,24 @@ impl Outbox {
 
     /// Queues a frame that carries no publication, without blocking.
     pub fn push(self: &Rc<Self>, frame: Bytes) -> Pushed {
-        self.push_published(frame, 0)
+        self.push_keyed(&frame, 0, 0, 0)
     }
 
     /// Queues the frame of a publication published at `published_at`
     /// ([`clock::now_ns`]), without blocking.
     pub fn push_published(self: &Rc<Self>, frame: Bytes, published_at: u64) -> Pushed {
-        self.push_keyed(frame, published_at, 0, 0)
+        self.push_keyed(&frame, published_at, 0, 0)
     }
 
     /// Queues the frame of a publication that conflates under `conflation`
     /// (`publication::conflation_id` of its channel and key; 0: none),
-    /// having replaced `conflated` older ones.
+    /// having replaced `conflated` older ones. A small frame of a
+    /// connection that keeps up is copied (`conn/queue.rs`); any other is
+    /// queued shared.
     #[inline]
     pub fn push_keyed(
         self: &Rc<Self>,
-        frame: Bytes,
+        frame: &Bytes,
         published_at: u64,
         conflation: u64,
         conflated: u32,
@@ -252,10 +178,18 @@ impl Outbox {
             bump(&self.stats().frames_dropped, 1);
             return Pushed::Overflow;
         }
+        // Conflating frames stay whole entries (they may be taken back), and
+        // a batching connection's are joined at flush.
+        if conflation == 0 && !self.batch && self.frames.borrow_mut().copy_in(frame, published_at) {
+            self.set_queued(self.queued_bytes.get() + frame.len());
+            bump(&self.stats().frames_queued, 1);
+            self.mark_dirty();
+            return Pushed::Queued;
+        }
         self.enqueue(Queued {
             conflation,
             conflated,
-            ..Queued::new(frame, published_at)
+            ..Queued::new(frame.clone(), published_at)
         })
     }
 
@@ -264,19 +198,7 @@ impl Outbox {
     /// conflates under `conflation`; returns how many it had replaced
     /// itself. The newer publication then goes in its stead, at the back.
     pub fn take_keyed(&self, conflation: u64) -> Option<u32> {
-        let mut frames = self.frames.borrow_mut();
-        let started = usize::from(self.front_started.get());
-        let at = frames
-            .iter()
-            .enumerate()
-            .skip(started)
-            .rev()
-            // A piece of a batched frame (it has a header or separator
-            // before it) stays: the batch's header counts its bytes.
-            .find(|(_, f)| f.conflation == conflation && f.prefix == Prefix::None)
-            .map(|(at, _)| at)?;
-        let taken = frames.remove(at)?;
-        drop(frames);
+        let taken = self.frames.borrow_mut().take_keyed(conflation)?;
         self.set_queued(self.queued_bytes.get() - taken.len());
         Some(taken.conflated)
     }
@@ -290,7 +212,7 @@ impl Outbox {
     /// other channels' queued publications are made final too: they are
     /// delivered whole, as if the subscriber had kept up.
     pub fn keep_queued_publications(&self) {
-        for frame in self.frames.borrow_mut().iter_mut() {
+        for frame in self.frames.borrow_mut().entries.iter_mut() {
             frame.conflation = 0;
         }
     }
@@ -299,16 +221,8 @@ impl Outbox {
     /// dirty.
     #[inline]
     fn enqueue(self: &Rc<Self>, entry: Queued) -> Pushed {
-        self.set_queued(self.queued_bytes.get() + entry.bytes.len());
-        let mut frames = self.frames.borrow_mut();
-        // A quiet connection's queue holds one frame at a time (a ping, a
-        // publication now and then): room for one, not the four a first
-        // push would make. A busy one grows as usual.
-        if frames.capacity() == 0 {
-            frames.reserve_exact(1);
-        }
-        frames.push_back(entry);
-        drop(frames);
+        self.set_queued(self.queued_bytes.get() + entry.len());
+        self.frames.borrow_mut().push(entry);
         bump(&self.stats().frames_queued, 1);
         self.mark_dirty();
         Pushed::Queued
@@ -386,11 +300,8 @@ impl Outbox {
     /// be (the started frame, the close frame, awaited acks go too).
     pub(super) fn abandon(self: &Rc<Self>) {
         self.close(CloseReason::SocketError);
-        let mut frames = self.frames.borrow_mut();
-        bump(&self.stats().frames_dropped, frames.len() as u64);
-        frames.clear();
-        drop(frames);
-        self.front_started.set(false);
+        let dropped = self.frames.borrow_mut().clear();
+        bump(&self.stats().frames_dropped, dropped);
         self.set_queued(0);
         self.close_frame.take();
         self.awaited_replies.set(0);
@@ -426,12 +337,7 @@ impl Outbox {
     #[cfg(test)]
     pub fn take_queued(&self) -> Vec<Bytes> {
         debug_assert!(!self.batch, "batched pieces are not whole frames");
-        let frames: Vec<Bytes> = self
-            .frames
-            .borrow()
-            .iter()
-            .map(|f| f.bytes.clone())
-            .collect();
+        let frames = self.frames.borrow().whole_frames();
         self.consume(frames.iter().map(Bytes::len).sum());
         frames
     }
@@ -473,10 +379,7 @@ impl Outbox {
     /// connection that has had nothing to send since the last sweep holds
     /// none, while a busy one keeps its storage from write to write.
     pub fn release_idle_storage(&self) {
-        let mut frames = self.frames.borrow_mut();
-        if frames.is_empty() && frames.capacity() > 0 {
-            *frames = VecDeque::new();
-        }
+        self.frames.borrow_mut().release_idle_storage();
     }
 
     /// Why the connection is closing, once it is.
@@ -496,16 +399,11 @@ impl Outbox {
         if matches!(reason, CloseReason::SlowConsumer | CloseReason::SocketError) {
             let mut frames = self.frames.borrow_mut();
             // The frame on the wire goes out whole: all its pieces.
-            let keep = match self.front_started.get() {
-                true => frames
-                    .iter()
-                    .position(|f| !f.continues)
-                    .map_or(frames.len(), |at| at + 1),
-                false => 0,
-            };
-            bump(&self.stats().frames_dropped, (frames.len() - keep) as u64);
-            frames.truncate(keep);
-            self.set_queued(frames.iter().map(Queued::len).sum());
+            let dropped = frames.keep_only_started();
+            let left = frames.bytes();
+            drop(frames);
+            bump(&self.stats().frames_dropped, dropped);
+            self.set_queued(left);
         }
         match reason.close_frame() {
             Some(_) => self.close_frame.set(Some(PendingClose::Ours(reason))),
@@ -581,22 +479,20 @@ impl Outbox {
             // frame goes last, in the same write as the frames before it.
             if self.awaited_replies.get() == 0 {
                 if let Some(close) = self.close_frame.take() {
-                    frames.push_back(Queued::new(close.encode(), 0));
+                    frames.push(Queued::new(close.encode(), 0));
                 }
             }
             if frames.is_empty() {
-                if frames.capacity() > KEEP_CAPACITY {
-                    frames.shrink_to(KEEP_CAPACITY);
-                }
+                frames.drained();
                 return Ok(Flush::Drained);
             }
             if self.batch {
-                let grown = batch::seal(&mut frames);
+                let grown = batch::seal(&mut frames.entries);
                 let queued = self.queued_bytes.get() as isize + grown;
                 self.set_queued(queued.max(0) as usize);
             }
             let mut slices = [IoSlice::new(&[]); MAX_IOV];
-            let count = gather(&frames, &mut slices);
+            let count = frames.gather(&mut slices);
             let sent = match send(&slices[..count]) {
                 Ok(0) => return Ok(Flush::WouldBlock),
                 Ok(sent) => sent,
@@ -610,70 +506,47 @@ impl Outbox {
     }
 
     /// Drops `sent` bytes (just written) from the front of the queue; counts
-    /// them, and times the publications written completely.
-    pub(super) fn consume(&self, mut sent: usize) {
+    /// them, and times the publications written completely (those of one
+    /// write by one clock reading; a copied run's by its oldest).
+    pub(super) fn consume(&self, sent: usize) {
         bump(&self.stats().bytes_out, sent as u64);
-        let mut frames = self.frames.borrow_mut();
-        let mut from_queue = 0;
         let mut now = 0;
-        while sent > 0 {
-            let Some(front) = frames.front_mut() else {
-                break;
-            };
-            let prefix = front.prefix().len().min(sent);
-            front.prefix_at += prefix as u8;
-            sent -= prefix;
-            from_queue += prefix;
-            let len = front.bytes.len();
-            if sent >= len && front.prefix().is_empty() {
-                sent -= len;
-                from_queue += len;
-                if front.published_at != 0 {
-                    if now == 0 {
-                        now = clock::now_ns();
-                    }
-                    self.delivered(now.saturating_sub(front.published_at));
+        let from_queue = self
+            .frames
+            .borrow_mut()
+            .consume(sent, |published_at, publications| {
+                if now == 0 {
+                    now = clock::now_ns();
                 }
-                // Inside a batched frame, the frame is still started.
-                let continues = front.continues;
-                frames.pop_front();
-                self.front_started.set(continues);
-            } else {
-                front.bytes.advance(sent);
-                from_queue += sent;
-                sent = 0;
-                self.front_started.set(true);
-            }
-        }
+                self.delivered(now.saturating_sub(published_at), publications);
+            });
         // The close frame is not counted in queued_bytes.
         self.set_queued(self.queued_bytes.get().saturating_sub(from_queue));
         self.stalled_since_ms.set(0);
     }
 
-    /// Counts one publication written, `latency_ns` after it was published.
-    fn delivered(&self, latency_ns: u64) {
+    /// Counts `publications` written, `latency_ns` after they were published.
+    fn delivered(&self, latency_ns: u64, publications: u64) {
         let stats = self.stats();
-        bump(&stats.messages_delivered, 1);
-        stats.latency.borrow_mut().record(latency_ns / 1_000);
+        bump(&stats.messages_delivered, publications);
+        stats
+            .latency
+            .borrow_mut()
+            .record_n(latency_ns / 1_000, publications);
     }
 
     /// The front frame, for a write that may take only part of it: marked
     /// started first, so a close while the write waits (a slow consumer)
     /// keeps the frame whole instead of cutting it on the wire.
     pub(super) fn start_front(&self) -> Option<Bytes> {
-        let front = self.frames.borrow().front().map(|f| match f.prefix() {
-            [] => f.bytes.clone(),
-            prefix => Bytes::copy_from_slice(prefix),
-        })?;
-        self.front_started.set(true);
-        Some(front)
+        self.frames.borrow_mut().start_front()
     }
 }
 
 impl Drop for Outbox {
     /// Frames still queued when the connection is gone were never sent.
     fn drop(&mut self) {
-        let unsent = self.frames.get_mut().len() as u64;
+        let unsent = self.frames.get_mut().frame_count();
         bump(&self.stats().frames_dropped, unsent);
         self.set_queued(0);
         self.cancel_blocked();
@@ -693,28 +566,6 @@ fn wake(slot: &Cell<Option<Waker>>) {
     if let Some(waker) = slot.take() {
         waker.wake();
     }
-}
-
-/// Points `slices` at up to [`MAX_IOV`] pieces of queued frames (at most
-/// [`MAX_BATCH_BYTES`], but always the first frame); returns how many.
-fn gather<'a>(frames: &'a VecDeque<Queued>, slices: &mut [IoSlice<'a>; MAX_IOV]) -> usize {
-    let mut count = 0;
-    let mut total = 0;
-    for frame in frames {
-        let prefix = frame.prefix();
-        let pieces = 1 + usize::from(!prefix.is_empty());
-        if count + pieces > MAX_IOV || (count > 0 && total + frame.len() > MAX_BATCH_BYTES) {
-            break;
-        }
-        if !prefix.is_empty() {
-            slices[count] = IoSlice::new(prefix);
-            count += 1;
-        }
-        slices[count] = IoSlice::new(&frame.bytes);
-        count += 1;
-        total += frame.len();
-    }
-    count
 }
 
 /// Resolves once everything is written (see [`Outbox::written_out`]).
@@ -786,24 +637,57 @@ mod tests {
         );
     }
 
+    /// A frame too large to be copied: queued shared, an entry of its own.
+    fn large(byte: u8) -> Bytes {
+        Bytes::from(vec![byte; 600])
+    }
+
     #[test]
     fn slow_consumer_close_keeps_only_a_started_frame() {
-        let outbox = outbox(100);
-        outbox.push(Bytes::from_static(b"abcdef"));
-        outbox.push(Bytes::from_static(b"ghij"));
+        let outbox = outbox(2000);
+        outbox.push(large(b'a'));
+        outbox.push(large(b'b'));
         outbox.consume(2);
-        assert_eq!(outbox.queued_bytes(), 8);
+        assert_eq!(outbox.queued_bytes(), 1198);
         outbox.close(CloseReason::SlowConsumer);
-        assert_eq!(outbox.queued_bytes(), 4, "rest of the started frame stays");
-        assert_eq!(outbox.start_front().unwrap(), Bytes::from_static(b"cdef"));
+        assert_eq!(
+            outbox.queued_bytes(),
+            598,
+            "rest of the started frame stays"
+        );
+        assert_eq!(outbox.start_front().unwrap(), Bytes::from(vec![b'a'; 598]));
         assert_eq!(outbox.push(Bytes::from_static(b"x")), Pushed::Closed);
         assert!(outbox.close_frame.get().is_some());
         assert_eq!(outbox.stats().frames_queued.get(), 2);
         assert_eq!(
             outbox.stats().frames_dropped.get(),
             2,
-            "ghij discarded and x refused; the started frame is kept"
+            "the second frame discarded and x refused; the started frame is kept"
         );
+    }
+
+    /// Small frames queued one after another are copied into one run; a
+    /// run begun on the wire goes out whole (its frames are whole frames),
+    /// what follows it is dropped.
+    #[test]
+    fn slow_consumer_close_keeps_a_started_copied_run_whole() {
+        let outbox = outbox(2000);
+        outbox.push(Bytes::from_static(b"abcdef"));
+        outbox.push(Bytes::from_static(b"ghij"));
+        outbox.push(large(b'c'));
+        outbox.push(Bytes::from_static(b"klm"));
+        assert_eq!(outbox.frames.borrow().entries.len(), 3, "run, shared, run");
+        outbox.consume(2);
+        outbox.close(CloseReason::SlowConsumer);
+        assert_eq!(outbox.queued_bytes(), 8);
+        assert_eq!(
+            outbox.start_front().unwrap(),
+            Bytes::from_static(b"cdefghij")
+        );
+        assert_eq!(outbox.stats().frames_dropped.get(), 2);
+        outbox.consume(8);
+        assert!(outbox.frames.borrow().is_empty());
+        assert_eq!(outbox.queued_bytes(), 0);
     }
 
     #[test]
@@ -849,11 +733,13 @@ mod tests {
     fn an_empty_queue_gives_its_storage_back() {
         let outbox = outbox(100);
         outbox.push(Bytes::from_static(b"abc"));
+        outbox.push(Bytes::from(vec![7; 1000]));
         outbox.release_idle_storage();
-        assert!(outbox.frames.borrow().capacity() > 0, "not empty: kept");
-        outbox.consume(3);
+        let (entries, copied) = outbox.frames.borrow().capacity();
+        assert!(entries > 0 && copied > 0, "not empty: kept");
+        outbox.consume(1003);
         outbox.release_idle_storage();
-        assert_eq!(outbox.frames.borrow().capacity(), 0);
+        assert_eq!(outbox.frames.borrow().capacity(), (0, 0));
     }
 
     #[test]
@@ -877,8 +763,8 @@ mod tests {
     fn a_close_while_the_front_frame_is_being_written_keeps_it_whole() {
         let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         use std::{io::Read, os::fd::AsRawFd};
-        let outbox = outbox(100);
-        outbox.push(Bytes::from_static(b"0123456789"));
+        let outbox = outbox(1000);
+        outbox.push(large(b'0'));
         outbox.push(Bytes::from_static(b"next"));
         let front = outbox.start_front().unwrap();
         outbox.close(CloseReason::SlowConsumer);
@@ -893,8 +779,12 @@ mod tests {
         let mut got = Vec::new();
         theirs.read_to_end(&mut got).unwrap();
         let close = frame::close(1008, "slow consumer");
-        assert_eq!(&got[..10], b"0123456789", "the started frame, whole");
-        assert_eq!(&got[10..], &close[..], "then the close frame, nothing else");
+        assert_eq!(&got[..600], &[b'0'; 600][..], "the started frame, whole");
+        assert_eq!(
+            &got[600..],
+            &close[..],
+            "then the close frame, nothing else"
+        );
     }
 
     #[test]
@@ -1094,9 +984,9 @@ mod tests {
     #[test]
     fn a_keyed_frame_is_taken_back_unless_it_is_on_the_wire() {
         let outbox = outbox(1 << 20);
-        outbox.push_keyed(Bytes::from_static(b"a1"), 1, 7, 0);
-        outbox.push_keyed(Bytes::from_static(b"b1"), 1, 8, 0);
-        outbox.push_keyed(Bytes::from_static(b"a2"), 1, 7, 2);
+        outbox.push_keyed(&Bytes::from_static(b"a1"), 1, 7, 0);
+        outbox.push_keyed(&Bytes::from_static(b"b1"), 1, 8, 0);
+        outbox.push_keyed(&Bytes::from_static(b"a2"), 1, 7, 2);
         // The newest with the key goes, and says what it stood for.
         assert_eq!(outbox.take_keyed(7), Some(2));
         assert_eq!(outbox.queued_bytes(), 4);
@@ -1112,11 +1002,11 @@ mod tests {
     #[test]
     fn queued_publications_made_final_are_no_longer_taken_back() {
         let outbox = outbox(1 << 20);
-        outbox.push_keyed(Bytes::from_static(b"a1"), 1, 7, 0);
+        outbox.push_keyed(&Bytes::from_static(b"a1"), 1, 7, 0);
         outbox.keep_queued_publications();
         assert_eq!(outbox.take_keyed(7), None, "final");
         // Later ones conflate as before.
-        outbox.push_keyed(Bytes::from_static(b"a2"), 1, 7, 0);
+        outbox.push_keyed(&Bytes::from_static(b"a2"), 1, 7, 0);
         assert_eq!(outbox.take_keyed(7), Some(0));
         assert_eq!(outbox.queued_bytes(), 2, "a1 stays");
     }
@@ -1126,10 +1016,10 @@ mod tests {
         let flusher = Flusher::new(Rc::default(), std::time::Duration::ZERO);
         let outbox = Rc::new(Outbox::new(1 << 20, Rc::new(flusher), None, true));
         let text = |body: &str| frame::encode(frame::OpCode::Text, body.as_bytes());
-        outbox.push_keyed(text("{\"a\":1}"), 1, 7, 0);
-        outbox.push_keyed(text("{\"b\":1}"), 1, 8, 0);
+        outbox.push_keyed(&text("{\"a\":1}"), 1, 7, 0);
+        outbox.push_keyed(&text("{\"b\":1}"), 1, 8, 0);
         outbox.push(frame::encode(frame::OpCode::Ping, b""));
-        outbox.push_keyed(text("{\"c\":1}"), 1, 9, 0);
+        outbox.push_keyed(&text("{\"c\":1}"), 1, 9, 0);
         // A flush the socket takes nothing of: the first two are joined,
         // the last is sealed but stands alone.
         outbox.flush(|_| Ok(0)).unwrap();

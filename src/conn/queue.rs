@@ -1,0 +1,559 @@
+//! The frames one connection has still to write, in order, and how they go
+//! into a write. A frame is either shared (a `Bytes` encoded once per shard
+//! and queued for every subscriber, no copy) or, when small and the
+//! connection is keeping up, copied into the queue's own contiguous buffer,
+//! where consecutive copied frames make one run: one queue entry, one slice
+//! of the write, no reference count per delivery (uWebSockets' cork buffer
+//! does the same). Copying a small frame costs less than describing it:
+//! a queue entry, two atomic reference-count updates, and the kernel's
+//! per-iovec cost (~30 ns per frame here, BENCHMARKS.md). Large frames, and
+//! frames for a connection whose copied backlog is already
+//! [`COPY_BACKLOG`] bytes, stay shared, so a slow consumer's backlog is
+//! shared memory, not a private copy.
+//!
+//! Writes may take any number of bytes: what the socket does not take stays
+//! queued, and a frame begun on the wire is marked started so that nothing
+//! cuts it.
+
+use std::{collections::VecDeque, io::IoSlice};
+
+use bytes::{Buf, Bytes};
+
+use super::batch;
+
+/// Most slices handed to one write.
+pub(super) const MAX_IOV: usize = 64;
+/// Most bytes handed to one write.
+const MAX_BATCH_BYTES: usize = 256 << 10;
+/// Frames up to this size are copied (when the backlog allows).
+const COPY_MAX: usize = 512;
+/// Most copied bytes waiting: past them, frames are queued shared.
+const COPY_BACKLOG: usize = 16 << 10;
+/// A partly written copy buffer is compacted once this much of it is
+/// written (and it is at least half written).
+const COMPACT_AT: usize = 4 << 10;
+/// A drained queue keeps at most this many entries' storage until the
+/// sweep finds it still empty ([`FrameQueue::release_idle_storage`]): a
+/// busy connection does not give its storage back between writes.
+const KEEP_ENTRIES: usize = 1024;
+
+/// What a queue entry writes.
+pub(super) enum Body {
+    /// A frame, or a piece of a batched frame, in its shared buffer.
+    Shared(Bytes),
+    /// Whole frames copied into the queue's buffer, `len` bytes of them not
+    /// yet written (at the buffer's written mark when it is the first
+    /// copied entry): `frames` frames, `publications` of them publications.
+    Copied {
+        len: u32,
+        frames: u16,
+        publications: u16,
+    },
+}
+
+/// A frame waiting to be written, a piece of a batched frame
+/// (`conn/batch.rs`), or a run of copied frames.
+pub(super) struct Queued {
+    pub(super) body: Body,
+    /// When the publication it carries was published ([`crate::clock::now_ns`]);
+    /// 0 for frames that carry no publication (acks, pings, errors). A copied
+    /// run's is its oldest publication's.
+    pub(super) published_at: u64,
+    /// What goes on the wire before a shared frame's bytes (a piece of a
+    /// batched frame), of which `prefix_at` bytes are written already.
+    pub(super) prefix: Prefix,
+    pub(super) prefix_at: u8,
+    /// A piece of a batched frame that goes on in the next item: it must
+    /// be written whole with the rest.
+    pub(super) continues: bool,
+    /// Considered for batching already.
+    pub(super) sealed: bool,
+    /// The publication's channel and conflation key as
+    /// `publication::conflation_id` (a keyed hash; 0: none), and
+    /// how many older ones this frame replaced (see [`FrameQueue::take_keyed`]).
+    pub(super) conflation: u64,
+    pub(super) conflated: u32,
+}
+
+/// What goes on the wire before a queued entry's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Prefix {
+    /// Nothing: a frame of its own.
+    None,
+    /// The first piece of a batched frame: the batch's header (a batch is
+    /// under 64 KiB, so its header is at most 4 bytes), and its length.
+    Header([u8; 4], u8),
+    /// A later piece: the separator from the piece before.
+    Separator(batch::Kind),
+}
+
+impl Queued {
+    pub(super) fn new(bytes: Bytes, published_at: u64) -> Self {
+        Queued {
+            body: Body::Shared(bytes),
+            published_at,
+            prefix: Prefix::None,
+            prefix_at: 0,
+            continues: false,
+            sealed: false,
+            conflation: 0,
+            conflated: 0,
+        }
+    }
+
+    /// The shared frame's bytes (`None` for a copied run).
+    pub(super) fn shared(&self) -> Option<&Bytes> {
+        match &self.body {
+            Body::Shared(bytes) => Some(bytes),
+            Body::Copied { .. } => None,
+        }
+    }
+
+    /// The prefix still to write.
+    pub(super) fn prefix(&self) -> &[u8] {
+        let whole: &[u8] = match &self.prefix {
+            Prefix::None => &[],
+            Prefix::Header(bytes, len) => &bytes[..usize::from(*len)],
+            Prefix::Separator(kind) => kind.separator(),
+        };
+        &whole[usize::from(self.prefix_at)..]
+    }
+
+    /// Bytes still to write.
+    pub(super) fn len(&self) -> usize {
+        match &self.body {
+            Body::Shared(bytes) => self.prefix().len() + bytes.len(),
+            Body::Copied { len, .. } => *len as usize,
+        }
+    }
+
+    /// Frames it stands for.
+    fn frames(&self) -> u64 {
+        match &self.body {
+            Body::Shared(_) => 1,
+            Body::Copied { frames, .. } => u64::from(*frames),
+        }
+    }
+}
+
+/// The queue: entries in order, and the buffer copied runs are kept in.
+#[derive(Default)]
+pub(super) struct FrameQueue {
+    pub(super) entries: VecDeque<Queued>,
+    /// The copied runs' bytes, in queue order; the first `written` are on
+    /// the wire already.
+    copied: Vec<u8>,
+    written: usize,
+    /// The front entry is partly on the wire: it must be finished before
+    /// anything else, even a close frame, or the stream loses framing.
+    started: bool,
+}
+
+impl FrameQueue {
+    pub(super) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Appends a shared frame (or piece).
+    pub(super) fn push(&mut self, entry: Queued) {
+        // A quiet connection's queue holds one frame at a time (a ping, a
+        // publication now and then): room for one, not the four a first
+        // push would make. A busy one grows as usual.
+        if self.entries.capacity() == 0 {
+            self.entries.reserve_exact(1);
+        }
+        self.entries.push_back(entry);
+    }
+
+    /// Copies a small frame in, at the back of the queue; `false` (nothing
+    /// done) when it is too large or the copied backlog is full, and the
+    /// caller queues it shared.
+    #[inline]
+    pub(super) fn copy_in(&mut self, frame: &[u8], published_at: u64) -> bool {
+        let backlog = self.copied.len() - self.written;
+        if frame.len() > COPY_MAX || backlog + frame.len() > COPY_BACKLOG {
+            return false;
+        }
+        if self.written >= COMPACT_AT && self.written * 2 >= self.copied.len() {
+            self.copied.drain(..self.written);
+            self.written = 0;
+        }
+        self.copied.extend_from_slice(frame);
+        let publication = u16::from(published_at != 0);
+        let added = frame.len() as u32;
+        if let Some(back) = self.entries.back_mut() {
+            if let Body::Copied {
+                len,
+                frames,
+                publications,
+            } = &mut back.body
+            {
+                *len += added;
+                *frames += 1;
+                *publications += publication;
+                if back.published_at == 0 {
+                    back.published_at = published_at;
+                }
+                return true;
+            }
+        }
+        self.push(Queued {
+            body: Body::Copied {
+                len: added,
+                frames: 1,
+                publications: publication,
+            },
+            ..Queued::new(Bytes::new(), published_at)
+        });
+        true
+    }
+
+    /// Points `slices` at up to [`MAX_IOV`] pieces of what is queued (at
+    /// most [`MAX_BATCH_BYTES`], but always the first); returns how many.
+    pub(super) fn gather<'a>(&'a self, slices: &mut [IoSlice<'a>; MAX_IOV]) -> usize {
+        let mut count = 0;
+        let mut total = 0;
+        let mut copied_at = self.written;
+        for entry in &self.entries {
+            let len = entry.len();
+            let prefix = entry.prefix();
+            let pieces = 1 + usize::from(!prefix.is_empty());
+            if count + pieces > MAX_IOV || (count > 0 && total + len > MAX_BATCH_BYTES) {
+                break;
+            }
+            if !prefix.is_empty() {
+                slices[count] = IoSlice::new(prefix);
+                count += 1;
+            }
+            slices[count] = match &entry.body {
+                Body::Shared(bytes) => IoSlice::new(bytes),
+                Body::Copied { .. } => {
+                    copied_at += len;
+                    IoSlice::new(&self.copied[copied_at - len..copied_at])
+                }
+            };
+            count += 1;
+            total += len;
+        }
+        count
+    }
+
+    /// Drops `sent` bytes (just written) from the front; calls `delivered`
+    /// with the publication time and count of every entry written
+    /// completely that carries publications. Returns the bytes taken from
+    /// entries (not more than they held).
+    pub(super) fn consume(
+        &mut self,
+        mut sent: usize,
+        mut delivered: impl FnMut(u64, u64),
+    ) -> usize {
+        let mut from_queue = 0;
+        while sent > 0 {
+            let Some(front) = self.entries.front_mut() else {
+                break;
+            };
+            let done = match &mut front.body {
+                Body::Copied {
+                    len, publications, ..
+                } => {
+                    let taken = (*len as usize).min(sent);
+                    *len -= taken as u32;
+                    self.written += taken;
+                    sent -= taken;
+                    from_queue += taken;
+                    (*len == 0).then_some(u64::from(*publications))
+                }
+                Body::Shared(bytes) => {
+                    let whole_prefix = prefix_len(&front.prefix);
+                    let prefix = (whole_prefix - usize::from(front.prefix_at)).min(sent);
+                    front.prefix_at += prefix as u8;
+                    sent -= prefix;
+                    from_queue += prefix;
+                    let len = bytes.len();
+                    if sent >= len && usize::from(front.prefix_at) == whole_prefix {
+                        sent -= len;
+                        from_queue += len;
+                        Some(u64::from(front.published_at != 0))
+                    } else {
+                        let taken = sent.min(len);
+                        bytes.advance(taken);
+                        from_queue += taken;
+                        sent = 0;
+                        None
+                    }
+                }
+            };
+            match done {
+                Some(publications) => {
+                    if publications > 0 {
+                        delivered(front.published_at, publications);
+                    }
+                    // Inside a batched frame, the frame is still started.
+                    self.started = front.continues;
+                    self.entries.pop_front();
+                }
+                None => self.started = true,
+            }
+        }
+        if self.written == self.copied.len() {
+            self.copied.clear();
+            self.written = 0;
+        }
+        from_queue
+    }
+
+    /// Removes the newest entry still waiting whole (not begun on the wire,
+    /// not joined into a batched frame) of a publication that conflates
+    /// under `conflation`; returns how many it had replaced itself.
+    pub(super) fn take_keyed(&mut self, conflation: u64) -> Option<Queued> {
+        let at = self
+            .entries
+            .iter()
+            .enumerate()
+            .skip(usize::from(self.started))
+            .rev()
+            // A piece of a batched frame (it has a header or separator
+            // before it) stays: the batch's header counts its bytes.
+            .find(|(_, f)| f.conflation == conflation && f.prefix == Prefix::None)
+            .map(|(at, _)| at)?;
+        // Copied runs never conflate (conflation 0 is never asked for).
+        self.entries.remove(at)
+    }
+
+    /// Drops everything but the started front frame (all its pieces, or
+    /// its whole copied run); returns how many frames were dropped.
+    pub(super) fn keep_only_started(&mut self) -> u64 {
+        let keep = match self.started {
+            true => self
+                .entries
+                .iter()
+                .position(|f| !f.continues)
+                .map_or(self.entries.len(), |at| at + 1),
+            false => 0,
+        };
+        let dropped = self.entries.range(keep..).map(Queued::frames).sum();
+        self.entries.truncate(keep);
+        let copied: usize = self
+            .entries
+            .iter()
+            .filter(|f| f.shared().is_none())
+            .map(Queued::len)
+            .sum();
+        self.copied.truncate(self.written + copied);
+        dropped
+    }
+
+    /// Drops everything; returns how many frames that was.
+    pub(super) fn clear(&mut self) -> u64 {
+        let dropped = self.frame_count();
+        self.entries.clear();
+        self.copied.clear();
+        self.written = 0;
+        self.started = false;
+        dropped
+    }
+
+    /// Frames queued.
+    pub(super) fn frame_count(&self) -> u64 {
+        self.entries.iter().map(Queued::frames).sum()
+    }
+
+    /// Bytes still to write.
+    pub(super) fn bytes(&self) -> usize {
+        self.entries.iter().map(Queued::len).sum()
+    }
+
+    /// After a write that left nothing queued: keeps a busy queue's storage
+    /// unless it grew large.
+    pub(super) fn drained(&mut self) {
+        if self.entries.capacity() > KEEP_ENTRIES {
+            self.entries.shrink_to(KEEP_ENTRIES);
+        }
+    }
+
+    /// Frees the storage of an empty queue (for the sweep).
+    pub(super) fn release_idle_storage(&mut self) {
+        if self.entries.is_empty() {
+            if self.entries.capacity() > 0 {
+                self.entries = VecDeque::new();
+            }
+            if self.copied.capacity() > 0 {
+                self.copied = Vec::new();
+                self.written = 0;
+            }
+        }
+    }
+
+    /// Storage held, in entries and copied bytes (for tests).
+    #[cfg(test)]
+    pub(super) fn capacity(&self) -> (usize, usize) {
+        (self.entries.capacity(), self.copied.capacity())
+    }
+
+    /// The bytes of the front entry still to write (its prefix alone if it
+    /// has one left), for a write that may take only part of them; marks
+    /// it started, so a close while the write waits keeps it whole.
+    pub(super) fn start_front(&mut self) -> Option<Bytes> {
+        let front = self.entries.front()?;
+        let bytes = match (&front.body, front.prefix()) {
+            (Body::Shared(bytes), []) => bytes.clone(),
+            (Body::Shared(_), prefix) => Bytes::copy_from_slice(prefix),
+            (Body::Copied { len, .. }, _) => {
+                Bytes::copy_from_slice(&self.copied[self.written..][..*len as usize])
+            }
+        };
+        self.started = true;
+        Some(bytes)
+    }
+
+    /// Every frame queued, in order, as whole frames (copied runs split at
+    /// their frames' headers): for a queue no socket takes, read by tests.
+    #[cfg(test)]
+    pub(super) fn whole_frames(&self) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        let mut copied_at = self.written;
+        for entry in &self.entries {
+            match &entry.body {
+                Body::Shared(bytes) => out.push(bytes.clone()),
+                Body::Copied { len, .. } => {
+                    let mut run = &self.copied[copied_at..copied_at + *len as usize];
+                    copied_at += *len as usize;
+                    while !run.is_empty() {
+                        let whole = whole_frame_len(run);
+                        out.push(Bytes::copy_from_slice(&run[..whole]));
+                        run = &run[whole..];
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The length of the server frame `run` starts with, header included.
+#[cfg(test)]
+fn whole_frame_len(run: &[u8]) -> usize {
+    let (header, len) = shardcast_wire::header::parse(run)
+        .expect("a frame built here")
+        .expect("whole");
+    len + header.payload_len as usize
+}
+
+/// A prefix's whole length.
+fn prefix_len(prefix: &Prefix) -> usize {
+    match prefix {
+        Prefix::None => 0,
+        Prefix::Header(_, len) => usize::from(*len),
+        Prefix::Separator(kind) => kind.separator().len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(payload: &str) -> Bytes {
+        crate::frame::encode(crate::frame::OpCode::Text, payload.as_bytes())
+    }
+
+    /// What one write would carry, concatenated.
+    fn gathered(queue: &FrameQueue) -> (usize, Vec<u8>) {
+        let mut slices = [IoSlice::new(&[]); MAX_IOV];
+        let count = queue.gather(&mut slices);
+        (
+            count,
+            slices[..count]
+                .iter()
+                .flat_map(|s| s.iter().copied())
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn small_frames_in_a_row_make_one_slice() {
+        let mut queue = FrameQueue::default();
+        let frames: Vec<Bytes> = (0..10).map(|i| text(&format!("m{i}"))).collect();
+        for (i, frame) in frames.iter().enumerate() {
+            assert!(queue.copy_in(frame, 100 + i as u64));
+        }
+        assert_eq!(queue.entries.len(), 1);
+        let (count, bytes) = gathered(&queue);
+        assert_eq!(count, 1);
+        assert_eq!(bytes, frames.concat());
+        assert_eq!(queue.whole_frames(), frames);
+        let mut timed = Vec::new();
+        assert_eq!(
+            queue.consume(bytes.len(), |at, n| timed.push((at, n))),
+            bytes.len()
+        );
+        assert_eq!(
+            timed,
+            [(100, 10)],
+            "one record: the oldest, ten publications"
+        );
+        assert!(queue.is_empty());
+        assert_eq!(queue.copied.len(), 0, "a drained buffer is reset");
+    }
+
+    #[test]
+    fn copied_and_shared_frames_keep_their_order_through_partial_writes() {
+        let mut queue = FrameQueue::default();
+        let big = Bytes::from(vec![b'x'; COPY_MAX + 1]);
+        let mut expected = Vec::new();
+        for i in 0..30 {
+            let frame = if i % 7 == 3 {
+                big.clone()
+            } else {
+                text(&format!("{i}"))
+            };
+            expected.extend_from_slice(&frame);
+            if !queue.copy_in(&frame, 1) {
+                queue.push(Queued::new(frame, 1));
+            }
+        }
+        assert_eq!(queue.bytes(), expected.len());
+        let mut wire = Vec::new();
+        let mut delivered = 0;
+        // Writes of 5 bytes at most: every entry is cut somewhere.
+        while !queue.is_empty() {
+            let (_, bytes) = gathered(&queue);
+            let take = bytes.len().min(5);
+            wire.extend_from_slice(&bytes[..take]);
+            queue.consume(take, |_, n| delivered += n);
+        }
+        assert_eq!(wire, expected);
+        assert_eq!(delivered, 30);
+    }
+
+    #[test]
+    fn past_the_copied_backlog_frames_are_queued_shared() {
+        let mut queue = FrameQueue::default();
+        let frame = Bytes::from(vec![b'y'; COPY_MAX]);
+        let fit = COPY_BACKLOG / COPY_MAX;
+        for _ in 0..fit {
+            assert!(queue.copy_in(&frame, 0));
+        }
+        assert!(!queue.copy_in(&frame, 0), "the backlog is full");
+        assert!(
+            !queue.copy_in(&Bytes::from(vec![0; COPY_MAX + 1]), 0),
+            "too large"
+        );
+        // Once written, copying goes on.
+        queue.consume(COPY_BACKLOG, |_, _| ());
+        assert!(queue.copy_in(&frame, 0));
+    }
+
+    #[test]
+    fn a_partly_written_buffer_is_compacted_not_grown_forever() {
+        let mut queue = FrameQueue::default();
+        let frame = Bytes::from(vec![b'z'; 100]);
+        for round in 0..1000 {
+            assert!(queue.copy_in(&frame, 0), "round {round}");
+            assert!(queue.copy_in(&frame, 0), "round {round}");
+            // Not quite two frames written each round: never drained.
+            queue.consume(190, |_, _| ());
+        }
+        assert!(queue.copied.capacity() <= 4 * COMPACT_AT + COPY_BACKLOG);
+        assert_eq!(queue.bytes(), 1000 * 10);
+    }
+}
