@@ -246,16 +246,25 @@ impl Write for Socket {
     }
 }
 
-/// One non-blocking `sendmsg` of `slices`.
+/// One non-blocking write of `slices`: `send` for one, `sendmsg` for more.
 pub(crate) fn send_gathered(fd: RawFd, slices: &[IoSlice<'_>]) -> io::Result<usize> {
-    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    // IoSlice is ABI-compatible with iovec on Unix; the kernel only reads.
-    msg.msg_iov = slices.as_ptr() as *mut libc::iovec;
-    msg.msg_iovlen = slices.len() as _;
-    // SAFETY: every iovec points into memory borrowed for the duration of
-    // the call.
-    let sent = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+    let sent = match slices {
+        // One slice (a run of copied frames, most often): a plain `send`
+        // spares the kernel the message header and iovec import.
+        // SAFETY: the slice is borrowed for the duration of the call.
+        [one] => unsafe { libc::send(fd, one.as_ptr().cast(), one.len(), flags) },
+        _ => {
+            // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            // IoSlice is ABI-compatible with iovec on Unix; the kernel only reads.
+            msg.msg_iov = slices.as_ptr() as *mut libc::iovec;
+            msg.msg_iovlen = slices.len() as _;
+            // SAFETY: every iovec points into memory borrowed for the
+            // duration of the call.
+            unsafe { libc::sendmsg(fd, &msg, flags) }
+        }
+    };
     if sent < 0 {
         Err(io::Error::last_os_error())
     } else {

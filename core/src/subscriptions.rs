@@ -68,6 +68,31 @@ pub trait Subscriber {
     fn close_slow_consumer(&self);
 }
 
+/// The frame the subscriber before was sent, and its codec: most
+/// subscribers of a channel share a codec, and comparing two bytes costs
+/// less than looking the frame up (`PublicationFrames::frame`).
+#[derive(Default)]
+struct LastFrame {
+    codec: Option<Codec>,
+    frame: Bytes,
+}
+
+impl LastFrame {
+    #[inline]
+    fn frame(
+        &mut self,
+        codec: Codec,
+        frames: &mut PublicationFrames<'_>,
+        deflater: &mut Deflater,
+    ) -> &Bytes {
+        if self.codec != Some(codec) {
+            self.frame = frames.frame(codec, deflater).clone();
+            self.codec = Some(codec);
+        }
+        &self.frame
+    }
+}
+
 /// A subscription: the subscriber receives publications in its codec.
 struct Subscription<S> {
     conn: Rc<S>,
@@ -362,6 +387,7 @@ impl<S: Subscriber> Subscriptions<S> {
         };
         let skip = skip.filter(|s| s.shard == shard).map(|s| s.conn);
         let mut frames = PublicationFrames::new(name, seq, payload, delta);
+        let mut last = LastFrame::default();
         let conflation = (payload.key.as_deref()).map_or(0, |key| conflation_id(name, key));
         let LocalChannel {
             subscribers,
@@ -408,7 +434,7 @@ impl<S: Subscriber> Subscriptions<S> {
                             result.deltas += 1;
                             (frame, 0)
                         }
-                        None => (frames.frame(codec, deflater), 0),
+                        None => (last.frame(codec, &mut frames, deflater), 0),
                     }
                 }
             };

@@ -170,13 +170,8 @@ impl Outbox {
         conflation: u64,
         conflated: u32,
     ) -> Pushed {
-        if self.closing.get().is_some() {
-            bump(&self.stats().frames_dropped, 1);
-            return Pushed::Closed;
-        }
-        if self.queued_bytes.get() + frame.len() > self.limit {
-            bump(&self.stats().frames_dropped, 1);
-            return Pushed::Overflow;
+        if self.closing.get().is_some() || self.queued_bytes.get() + frame.len() > self.limit {
+            return self.refuse();
         }
         // Conflating frames stay whole entries (they may be taken back), and
         // a batching connection's are joined at flush.
@@ -191,6 +186,16 @@ impl Outbox {
             conflated,
             ..Queued::new(frame.clone(), published_at)
         })
+    }
+
+    /// A frame not taken: the connection is closing, or its queue is full.
+    #[cold]
+    fn refuse(&self) -> Pushed {
+        bump(&self.stats().frames_dropped, 1);
+        match self.closing.get() {
+            Some(_) => Pushed::Closed,
+            None => Pushed::Overflow,
+        }
     }
 
     /// Takes out of the queue the newest frame still waiting whole (not

@@ -174,10 +174,6 @@ impl FrameQueue {
         if frame.len() > COPY_MAX || backlog + frame.len() > COPY_BACKLOG {
             return false;
         }
-        if self.written >= COMPACT_AT && self.written * 2 >= self.copied.len() {
-            self.copied.drain(..self.written);
-            self.written = 0;
-        }
         self.copied.extend_from_slice(frame);
         let publication = u16::from(published_at != 0);
         let added = frame.len() as u32;
@@ -297,6 +293,9 @@ impl FrameQueue {
         }
         if self.written == self.copied.len() {
             self.copied.clear();
+            self.written = 0;
+        } else if self.written >= COMPACT_AT && self.written * 2 >= self.copied.len() {
+            self.copied.drain(..self.written);
             self.written = 0;
         }
         from_queue
