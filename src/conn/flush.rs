@@ -17,6 +17,7 @@ use std::{
     time::Duration,
 };
 
+use super::chunk::Chunks;
 use super::outbox::{Flush, Outbox, WriteState};
 use crate::{
     stats::{bump, Stats},
@@ -35,6 +36,8 @@ pub struct Flusher {
     write_delay: Duration,
     /// The shard's counters.
     stats: Rc<Stats>,
+    /// Where the shard lays small frames for its queues to share.
+    chunks: Chunks,
 }
 
 impl Flusher {
@@ -49,6 +52,11 @@ impl Flusher {
     /// The shard's counters.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// Where the shard lays small frames for its queues to share.
+    pub(super) fn chunks(&self) -> &Chunks {
+        &self.chunks
     }
 
     /// Puts an outbox on the list (its state says it is not there yet).
@@ -123,7 +131,11 @@ fn flush_one(outbox: &Rc<Outbox>) {
     };
     match flushed {
         Ok(Flush::Drained) => outbox.drained(),
-        Ok(Flush::WouldBlock) => wait_for_room(outbox, stream),
+        Ok(Flush::WouldBlock) => {
+            // It may wait long: it must not keep the shard's chunks alive.
+            outbox.own_chunked();
+            wait_for_room(outbox, stream)
+        }
         Err(_) => {
             outbox.set_write_state(WriteState::Idle);
             outbox.abandon();

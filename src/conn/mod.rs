@@ -7,6 +7,7 @@
 
 pub(crate) mod api_query;
 pub(crate) mod batch;
+mod chunk;
 pub(crate) use shardcast_core::{codec, deflate, extension, msgpack};
 pub(crate) mod flush;
 pub(crate) mod http;

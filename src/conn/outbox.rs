@@ -174,12 +174,20 @@ impl Outbox {
             return self.refuse();
         }
         // Conflating frames stay whole entries (they may be taken back), and
-        // a batching connection's are joined at flush.
-        if conflation == 0 && !self.batch && self.frames.borrow_mut().copy_in(frame, published_at) {
-            self.set_queued(self.queued_bytes.get() + frame.len());
-            bump(&self.stats().frames_queued, 1);
-            self.mark_dirty();
-            return Pushed::Queued;
+        // a batching connection's are joined at flush. A connection that
+        // waits for its socket (or its upgrade's response) keeps no range of
+        // the shard's chunks.
+        if conflation == 0 && !self.batch {
+            let mut frames = self.frames.borrow_mut();
+            let laid = matches!(self.write_state.get(), WriteState::Idle | WriteState::Dirty)
+                && frames.lay_in(self.flusher.chunks(), frame, published_at);
+            if laid || frames.copy_in(frame, published_at) {
+                drop(frames);
+                self.set_queued(self.queued_bytes.get() + frame.len());
+                bump(&self.stats().frames_queued, 1);
+                self.mark_dirty();
+                return Pushed::Queued;
+            }
         }
         self.enqueue(Queued {
             conflation,
@@ -540,6 +548,12 @@ impl Outbox {
             .record_n(latency_ns / 1_000, publications);
     }
 
+    /// Moves what is queued in the shard's chunks into the queue's own
+    /// buffer (the socket is full: the wait may be long).
+    pub(super) fn own_chunked(&self) {
+        self.frames.borrow_mut().own_chunked();
+    }
+
     /// The front frame, for a write that may take only part of it: marked
     /// started first, so a close while the write waits (a slow consumer)
     /// keeps the frame whole instead of cutting it on the wire.
@@ -644,23 +658,29 @@ mod tests {
 
     /// A frame too large to be copied: queued shared, an entry of its own.
     fn large(byte: u8) -> Bytes {
-        Bytes::from(vec![byte; 600])
+        Bytes::from(vec![byte; LARGE])
     }
+
+    /// Larger than any frame a queue copies or lays in a chunk.
+    const LARGE: usize = 5000;
 
     #[test]
     fn slow_consumer_close_keeps_only_a_started_frame() {
-        let outbox = outbox(2000);
+        let outbox = outbox(3 * LARGE);
         outbox.push(large(b'a'));
         outbox.push(large(b'b'));
         outbox.consume(2);
-        assert_eq!(outbox.queued_bytes(), 1198);
+        assert_eq!(outbox.queued_bytes(), 2 * LARGE - 2);
         outbox.close(CloseReason::SlowConsumer);
         assert_eq!(
             outbox.queued_bytes(),
-            598,
+            LARGE - 2,
             "rest of the started frame stays"
         );
-        assert_eq!(outbox.start_front().unwrap(), Bytes::from(vec![b'a'; 598]));
+        assert_eq!(
+            outbox.start_front().unwrap(),
+            Bytes::from(vec![b'a'; LARGE - 2])
+        );
         assert_eq!(outbox.push(Bytes::from_static(b"x")), Pushed::Closed);
         assert!(outbox.close_frame.get().is_some());
         assert_eq!(outbox.stats().frames_queued.get(), 2);
@@ -671,12 +691,13 @@ mod tests {
         );
     }
 
-    /// Small frames queued one after another are copied into one run; a
-    /// run begun on the wire goes out whole (its frames are whole frames),
-    /// what follows it is dropped.
+    /// Small frames queued one after another make one run (laid in the
+    /// shard's chunk, or copied after a frame of another kind); a run begun
+    /// on the wire goes out whole (its frames are whole frames), what
+    /// follows it is dropped.
     #[test]
-    fn slow_consumer_close_keeps_a_started_copied_run_whole() {
-        let outbox = outbox(2000);
+    fn slow_consumer_close_keeps_a_started_run_whole() {
+        let outbox = outbox(2 * LARGE);
         outbox.push(Bytes::from_static(b"abcdef"));
         outbox.push(Bytes::from_static(b"ghij"));
         outbox.push(large(b'c'));
@@ -736,13 +757,13 @@ mod tests {
 
     #[test]
     fn an_empty_queue_gives_its_storage_back() {
-        let outbox = outbox(100);
+        let outbox = outbox(2 * LARGE);
+        outbox.push(large(b'a'));
         outbox.push(Bytes::from_static(b"abc"));
-        outbox.push(Bytes::from(vec![7; 1000]));
         outbox.release_idle_storage();
         let (entries, copied) = outbox.frames.borrow().capacity();
         assert!(entries > 0 && copied > 0, "not empty: kept");
-        outbox.consume(1003);
+        outbox.consume(LARGE + 3);
         outbox.release_idle_storage();
         assert_eq!(outbox.frames.borrow().capacity(), (0, 0));
     }
@@ -768,7 +789,7 @@ mod tests {
     fn a_close_while_the_front_frame_is_being_written_keeps_it_whole() {
         let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         use std::{io::Read, os::fd::AsRawFd};
-        let outbox = outbox(1000);
+        let outbox = outbox(2 * LARGE);
         outbox.push(large(b'0'));
         outbox.push(Bytes::from_static(b"next"));
         let front = outbox.start_front().unwrap();
@@ -784,9 +805,13 @@ mod tests {
         let mut got = Vec::new();
         theirs.read_to_end(&mut got).unwrap();
         let close = frame::close(1008, "slow consumer");
-        assert_eq!(&got[..600], &[b'0'; 600][..], "the started frame, whole");
         assert_eq!(
-            &got[600..],
+            &got[..LARGE],
+            &[b'0'; LARGE][..],
+            "the started frame, whole"
+        );
+        assert_eq!(
+            &got[LARGE..],
             &close[..],
             "then the close frame, nothing else"
         );

@@ -15,11 +15,12 @@
 //! queued, and a frame begun on the wire is marked started so that nothing
 //! cuts it.
 
-use std::{collections::VecDeque, io::IoSlice};
+use std::{collections::VecDeque, io::IoSlice, rc::Rc};
 
 use bytes::{Buf, Bytes};
 
 use super::batch;
+use super::chunk::{Chunk, Chunks, CHUNK_FRAME_MAX};
 
 /// Most slices handed to one write.
 pub(super) const MAX_IOV: usize = 64;
@@ -41,10 +42,14 @@ const KEEP_ENTRIES: usize = 1024;
 pub(super) enum Body {
     /// A frame, or a piece of a batched frame, in its shared buffer.
     Shared(Bytes),
-    /// Whole frames copied into the queue's buffer, `len` bytes of them not
-    /// yet written (at the buffer's written mark when it is the first
-    /// copied entry): `frames` frames, `publications` of them publications.
-    Copied {
+    /// Whole frames end to end, `len` bytes of them not yet written: in a
+    /// chunk of the shard's from `start` (`conn/chunk.rs`), or copied into
+    /// the queue's own buffer (`chunk` is `None`; they start at its written
+    /// mark when this is the first such run). `frames` frames,
+    /// `publications` of them publications.
+    Run {
+        chunk: Option<Rc<Chunk>>,
+        start: u32,
         len: u32,
         frames: u16,
         publications: u16,
@@ -88,6 +93,26 @@ pub(super) enum Prefix {
 }
 
 impl Queued {
+    /// A run takes one more frame of `added` bytes, published at
+    /// `published_at` (0: not a publication).
+    #[inline]
+    fn extend(&mut self, added: usize, published_at: u64) {
+        if let Body::Run {
+            len,
+            frames,
+            publications,
+            ..
+        } = &mut self.body
+        {
+            *len += added as u32;
+            *frames += 1;
+            *publications += u16::from(published_at != 0);
+            if self.published_at == 0 {
+                self.published_at = published_at;
+            }
+        }
+    }
+
     pub(super) fn new(bytes: Bytes, published_at: u64) -> Self {
         Queued {
             body: Body::Shared(bytes),
@@ -101,12 +126,17 @@ impl Queued {
         }
     }
 
-    /// The shared frame's bytes (`None` for a copied run).
+    /// The shared frame's bytes (`None` for a run).
     pub(super) fn shared(&self) -> Option<&Bytes> {
         match &self.body {
             Body::Shared(bytes) => Some(bytes),
-            Body::Copied { .. } => None,
+            Body::Run { .. } => None,
         }
+    }
+
+    /// A run in the queue's own buffer.
+    fn copied(&self) -> bool {
+        matches!(self.body, Body::Run { chunk: None, .. })
     }
 
     /// The prefix still to write.
@@ -123,7 +153,7 @@ impl Queued {
     pub(super) fn len(&self) -> usize {
         match &self.body {
             Body::Shared(bytes) => self.prefix().len() + bytes.len(),
-            Body::Copied { len, .. } => *len as usize,
+            Body::Run { len, .. } => *len as usize,
         }
     }
 
@@ -131,7 +161,7 @@ impl Queued {
     fn frames(&self) -> u64 {
         match &self.body {
             Body::Shared(_) => 1,
-            Body::Copied { frames, .. } => u64::from(*frames),
+            Body::Run { frames, .. } => u64::from(*frames),
         }
     }
 }
@@ -175,33 +205,61 @@ impl FrameQueue {
             return false;
         }
         self.copied.extend_from_slice(frame);
-        let publication = u16::from(published_at != 0);
-        let added = frame.len() as u32;
         if let Some(back) = self.entries.back_mut() {
-            if let Body::Copied {
-                len,
-                frames,
-                publications,
-            } = &mut back.body
-            {
-                *len += added;
-                *frames += 1;
-                *publications += publication;
-                if back.published_at == 0 {
-                    back.published_at = published_at;
-                }
+            if back.copied() {
+                back.extend(frame.len(), published_at);
                 return true;
             }
         }
+        self.push_run(None, 0, frame.len(), published_at);
+        true
+    }
+
+    /// Lays a small frame in the shard's chunks (once per shard: every
+    /// subscriber finds it where the first one laid it) and queues its range
+    /// there, extending the range at the back when the frame lies right
+    /// after it; `false` (nothing done) when the frame is too large, or the
+    /// queue ends with anything but a chunk range (a connection with frames
+    /// of its own queued goes on copying, so its run stays contiguous).
+    #[inline]
+    pub(super) fn lay_in(&mut self, chunks: &Chunks, frame: &Bytes, published_at: u64) -> bool {
+        if frame.len() > CHUNK_FRAME_MAX {
+            return false;
+        }
+        let Some(back) = self.entries.back_mut() else {
+            let laid = chunks.lay(frame);
+            self.push_run(Some(laid.chunk), laid.start, frame.len(), published_at);
+            return true;
+        };
+        let Body::Run {
+            chunk: Some(chunk),
+            start,
+            len,
+            ..
+        } = &back.body
+        else {
+            return false;
+        };
+        let laid = chunks.lay(frame);
+        if !Rc::ptr_eq(chunk, &laid.chunk) || start + len != laid.start {
+            return false;
+        }
+        back.extend(frame.len(), published_at);
+        true
+    }
+
+    /// Appends a run of one frame.
+    fn push_run(&mut self, chunk: Option<Rc<Chunk>>, start: u32, len: usize, published_at: u64) {
         self.push(Queued {
-            body: Body::Copied {
-                len: added,
+            body: Body::Run {
+                chunk,
+                start,
+                len: len as u32,
                 frames: 1,
-                publications: publication,
+                publications: u16::from(published_at != 0),
             },
             ..Queued::new(Bytes::new(), published_at)
         });
-        true
     }
 
     /// Points `slices` at up to [`MAX_IOV`] pieces of what is queued (at
@@ -223,7 +281,12 @@ impl FrameQueue {
             }
             slices[count] = match &entry.body {
                 Body::Shared(bytes) => IoSlice::new(bytes),
-                Body::Copied { .. } => {
+                Body::Run {
+                    chunk: Some(chunk),
+                    start,
+                    ..
+                } => IoSlice::new(chunk.range(*start as usize, len)),
+                Body::Run { chunk: None, .. } => {
                     copied_at += len;
                     IoSlice::new(&self.copied[copied_at - len..copied_at])
                 }
@@ -249,12 +312,19 @@ impl FrameQueue {
                 break;
             };
             let done = match &mut front.body {
-                Body::Copied {
-                    len, publications, ..
+                Body::Run {
+                    chunk,
+                    start,
+                    len,
+                    publications,
+                    ..
                 } => {
                     let taken = (*len as usize).min(sent);
                     *len -= taken as u32;
-                    self.written += taken;
+                    match chunk {
+                        Some(_) => *start += taken as u32,
+                        None => self.written += taken,
+                    }
                     sent -= taken;
                     from_queue += taken;
                     (*len == 0).then_some(u64::from(*publications))
@@ -315,7 +385,7 @@ impl FrameQueue {
             // before it) stays: the batch's header counts its bytes.
             .find(|(_, f)| f.conflation == conflation && f.prefix == Prefix::None)
             .map(|(at, _)| at)?;
-        // Copied runs never conflate (conflation 0 is never asked for).
+        // Runs never conflate (conflation 0 is never asked for).
         self.entries.remove(at)
     }
 
@@ -335,11 +405,42 @@ impl FrameQueue {
         let copied: usize = self
             .entries
             .iter()
-            .filter(|f| f.shared().is_none())
+            .filter(|f| f.copied())
             .map(Queued::len)
             .sum();
         self.copied.truncate(self.written + copied);
         dropped
+    }
+
+    /// Moves the ranges queued in the shard's chunks into the queue's own
+    /// buffer (order kept): for a connection whose socket is full, which
+    /// must not keep the shard's chunks alive while it waits.
+    pub(super) fn own_chunked(&mut self) {
+        let chunked = |e: &Queued| matches!(e.body, Body::Run { chunk: Some(_), .. });
+        if !self.entries.iter().any(chunked) {
+            return;
+        }
+        let runs = self.entries.iter().filter(|e| e.shared().is_none());
+        let mut owned = Vec::with_capacity(runs.map(Queued::len).sum());
+        let mut copied_at = self.written;
+        for entry in &mut self.entries {
+            if let Body::Run {
+                chunk, start, len, ..
+            } = &mut entry.body
+            {
+                let len = *len as usize;
+                match chunk.take() {
+                    Some(chunk) => owned.extend_from_slice(chunk.range(*start as usize, len)),
+                    None => {
+                        owned.extend_from_slice(&self.copied[copied_at..copied_at + len]);
+                        copied_at += len;
+                    }
+                }
+                *start = 0;
+            }
+        }
+        self.copied = owned;
+        self.written = 0;
     }
 
     /// Drops everything; returns how many frames that was.
@@ -397,7 +498,16 @@ impl FrameQueue {
         let bytes = match (&front.body, front.prefix()) {
             (Body::Shared(bytes), []) => bytes.clone(),
             (Body::Shared(_), prefix) => Bytes::copy_from_slice(prefix),
-            (Body::Copied { len, .. }, _) => {
+            (
+                Body::Run {
+                    chunk: Some(chunk),
+                    start,
+                    len,
+                    ..
+                },
+                _,
+            ) => Bytes::copy_from_slice(chunk.range(*start as usize, *len as usize)),
+            (Body::Run { len, .. }, _) => {
                 Bytes::copy_from_slice(&self.copied[self.written..][..*len as usize])
             }
         };
@@ -414,9 +524,17 @@ impl FrameQueue {
         for entry in &self.entries {
             match &entry.body {
                 Body::Shared(bytes) => out.push(bytes.clone()),
-                Body::Copied { len, .. } => {
-                    let mut run = &self.copied[copied_at..copied_at + *len as usize];
-                    copied_at += *len as usize;
+                Body::Run {
+                    chunk, start, len, ..
+                } => {
+                    let len = *len as usize;
+                    let mut run = match chunk {
+                        Some(chunk) => chunk.range(*start as usize, len),
+                        None => {
+                            copied_at += len;
+                            &self.copied[copied_at - len..copied_at]
+                        }
+                    };
                     while !run.is_empty() {
                         let whole = whole_frame_len(run);
                         out.push(Bytes::copy_from_slice(&run[..whole]));
@@ -554,5 +672,49 @@ mod tests {
         }
         assert!(queue.copied.capacity() <= 4 * COMPACT_AT + COPY_BACKLOG);
         assert_eq!(queue.bytes(), 1000 * 10);
+    }
+
+    #[test]
+    fn subscribers_of_one_channel_share_one_range_per_turn() {
+        let chunks = Chunks::default();
+        let (mut x, mut y) = (FrameQueue::default(), FrameQueue::default());
+        let frames: Vec<Bytes> = (0..20).map(|i| text(&format!("p{i}"))).collect();
+        for frame in &frames {
+            assert!(x.lay_in(&chunks, frame, 1));
+            assert!(y.lay_in(&chunks, frame, 1));
+        }
+        assert_eq!((x.entries.len(), y.entries.len()), (1, 1), "one range each");
+        let (count, bytes) = gathered(&x);
+        assert_eq!((count, bytes), (1, frames.concat()));
+        assert_eq!(y.whole_frames(), frames);
+        assert!(x.copied.is_empty(), "nothing copied");
+    }
+
+    #[test]
+    fn a_frame_not_right_after_the_range_is_copied_and_order_kept() {
+        let chunks = Chunks::default();
+        let mut x = FrameQueue::default();
+        let (a, other, b) = (text("a"), text("for someone else"), text("b"));
+        assert!(x.lay_in(&chunks, &a, 1));
+        chunks.lay(&other);
+        assert!(!x.lay_in(&chunks, &b, 1), "not adjacent");
+        assert!(x.copy_in(&b, 1));
+        let c = text("c");
+        assert!(!x.lay_in(&chunks, &c, 1), "the queue ends with its own run");
+        assert!(x.copy_in(&c, 1));
+        assert_eq!(x.whole_frames(), [a.clone(), b.clone(), c.clone()]);
+        // The socket is full: the ranges become the queue's own bytes.
+        x.consume(1, |_, _| ());
+        x.own_chunked();
+        assert!(x
+            .entries
+            .iter()
+            .all(|e| matches!(e.body, Body::Run { chunk: None, .. })));
+        let (_, bytes) = gathered(&x);
+        assert_eq!(bytes, [&a[1..], &b[..], &c[..]].concat());
+        let mut delivered = 0;
+        x.consume(bytes.len(), |_, n| delivered += n);
+        assert_eq!(delivered, 3);
+        assert!(x.is_empty());
     }
 }
