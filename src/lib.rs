@@ -43,8 +43,10 @@
 //!   shard — HTTP parsing (`conn::http`) and the API's queries
 //!   (`conn::api_query`), the session's protocol as a state
 //!   machine without I/O (`conn::machine`), envelopes batched into one
-//!   frame (`conn::batch`), the bounded queue (`conn::outbox`) and the
-//!   shard's flush pass (`conn::flush`); `Conn` is the core's `Subscriber`.
+//!   frame (`conn::batch`), the bounded queue (`conn::outbox` around
+//!   `conn::queue`, whose small frames lie in the shard's shared chunks,
+//!   `conn::chunk`, or in a buffer of its own) and the shard's flush pass
+//!   (`conn::flush`); `Conn` is the core's `Subscriber`.
 //! - [`security`]: tokens and channel permissions, API key, origins, rate
 //!   limit, per-IP cap, TLS.
 //! - [`stats`]: per-shard counters and the latency histogram;

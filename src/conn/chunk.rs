@@ -82,9 +82,11 @@ impl Drop for Chunk {
     }
 }
 
-/// Where a frame was laid: its chunk and its first byte there.
+/// Where a frame was laid: its chunk (to compare with, not to keep: see
+/// [`Chunks::last_chunk`]) and its first byte there.
+#[derive(Clone, Copy)]
 pub(super) struct Laid {
-    pub(super) chunk: Rc<Chunk>,
+    pub(super) chunk: *const Chunk,
     pub(super) start: u32,
 }
 
@@ -113,12 +115,18 @@ impl Chunks {
         if let Some((last, chunk, start)) = &state.last {
             if last.as_ptr() == frame.as_ptr() && last.len() == frame.len() {
                 return Laid {
-                    chunk: chunk.clone(),
+                    chunk: Rc::as_ptr(chunk),
                     start: *start,
                 };
             }
         }
         state.lay_new(frame)
+    }
+
+    /// The chunk the last frame was laid in, to keep (a queue's new range).
+    pub(super) fn last_chunk(&self) -> Option<Rc<Chunk>> {
+        let state = self.state.borrow();
+        state.last.as_ref().map(|(_, chunk, _)| chunk.clone())
     }
 }
 
@@ -137,8 +145,12 @@ impl State {
             }
         };
         let start = start as u32;
-        self.last = Some((frame.clone(), chunk.clone(), start));
-        Laid { chunk, start }
+        let laid = Laid {
+            chunk: Rc::as_ptr(&chunk),
+            start,
+        };
+        self.last = Some((frame.clone(), chunk, start));
+        laid
     }
 }
 
@@ -153,12 +165,13 @@ mod tests {
         let b = Bytes::from(vec![7u8; 100]);
         let one = chunks.lay(&a);
         let again = chunks.lay(&a);
-        assert!(Rc::ptr_eq(&one.chunk, &again.chunk));
+        assert_eq!(one.chunk, again.chunk);
         assert_eq!(one.start, again.start);
+        let first_chunk = chunks.last_chunk().unwrap();
         let two = chunks.lay(&b);
         assert_eq!(two.start as usize, one.start as usize + a.len(), "adjacent");
-        assert_eq!(one.chunk.range(one.start as usize, a.len()), &a[..]);
-        assert_eq!(two.chunk.range(two.start as usize, 100), &b[..]);
+        assert_eq!(first_chunk.range(one.start as usize, a.len()), &a[..]);
+        assert_eq!(first_chunk.range(two.start as usize, 100), &b[..]);
     }
 
     #[test]
@@ -185,7 +198,7 @@ mod tests {
     #[should_panic(expected = "only filled bytes")]
     fn unfilled_bytes_are_never_read() {
         let chunks = Chunks::default();
-        let laid = chunks.lay(&Bytes::from_static(b"abc"));
-        laid.chunk.range(0, 4);
+        chunks.lay(&Bytes::from_static(b"abc"));
+        chunks.last_chunk().unwrap().range(0, 4);
     }
 }

@@ -1,15 +1,17 @@
 //! The frames one connection has still to write, in order, and how they go
-//! into a write. A frame is either shared (a `Bytes` encoded once per shard
-//! and queued for every subscriber, no copy) or, when small and the
-//! connection is keeping up, copied into the queue's own contiguous buffer,
-//! where consecutive copied frames make one run: one queue entry, one slice
-//! of the write, no reference count per delivery (uWebSockets' cork buffer
-//! does the same). Copying a small frame costs less than describing it:
-//! a queue entry, two atomic reference-count updates, and the kernel's
-//! per-iovec cost (~30 ns per frame here, BENCHMARKS.md). Large frames, and
-//! frames for a connection whose copied backlog is already
-//! [`COPY_BACKLOG`] bytes, stay shared, so a slow consumer's backlog is
-//! shared memory, not a private copy.
+//! into a write. A frame is queued in one of three forms: a range of the
+//! shard's chunks (`conn/chunk.rs`: a small frame laid once per shard, and
+//! extended in place by the frames laid right after it, so the subscribers
+//! of one channel send one range of the same memory per turn); a run copied
+//! into the queue's own contiguous buffer (a small frame that does not lie
+//! right after the last range: uWebSockets' cork buffer does the same); or
+//! the shared frame (`Bytes`, encoded once per shard) for large frames,
+//! conflating and batching connections, and a backlog past
+//! [`COPY_BACKLOG`] bytes, so a slow consumer's backlog is shared memory,
+//! not a private copy. A run is one queue entry and one slice of the write,
+//! with no reference count per delivery; describing each small frame with
+//! an iovec costs more (a queue entry, two atomic reference counts, and the
+//! kernel's ~30 ns per iovec here, BENCHMARKS.md).
 //!
 //! Writes may take any number of bytes: what the socket does not take stays
 //! queued, and a frame begun on the wire is marked started so that nothing
@@ -228,7 +230,7 @@ impl FrameQueue {
         }
         let Some(back) = self.entries.back_mut() else {
             let laid = chunks.lay(frame);
-            self.push_run(Some(laid.chunk), laid.start, frame.len(), published_at);
+            self.push_run(chunks.last_chunk(), laid.start, frame.len(), published_at);
             return true;
         };
         let Body::Run {
@@ -241,7 +243,7 @@ impl FrameQueue {
             return false;
         };
         let laid = chunks.lay(frame);
-        if !Rc::ptr_eq(chunk, &laid.chunk) || start + len != laid.start {
+        if Rc::as_ptr(chunk) != laid.chunk || start + len != laid.start {
             return false;
         }
         back.extend(frame.len(), published_at);
@@ -696,7 +698,7 @@ mod tests {
         let mut x = FrameQueue::default();
         let (a, other, b) = (text("a"), text("for someone else"), text("b"));
         assert!(x.lay_in(&chunks, &a, 1));
-        chunks.lay(&other);
+        let _ = chunks.lay(&other);
         assert!(!x.lay_in(&chunks, &b, 1), "not adjacent");
         assert!(x.copy_in(&b, 1));
         let c = text("c");
