@@ -43,7 +43,8 @@
 # CLUSTER_POINTS (default "1000:100 10:10000 1:100000", subscribers:rate).
 # Server CPU is the four processes' together.
 # inflight: shardcast's raw rooms beside the uWebSockets peer (server `uws`,
-# benches/peers/uws/server.cpp, run from UWS_BIN=path, which this script does
+# benches/peers/uws/server.cpp built by benches/peers/uws/build.sh, run from
+# UWS_BIN=path, which this script does
 # not build; without UWS_BIN only shardcast-raw runs, with a message), 64-byte
 # payloads, at INFLIGHT_POINTS (default "100:w32 1000:w32 100:w1000
 # 1000:r100": subscribers, then wN = flat out with at most N publications in
