@@ -26,7 +26,7 @@ use bytes::Bytes;
 /// Bytes per chunk.
 const CHUNK_BYTES: usize = 64 << 10;
 /// Frames up to this size are laid in chunks; larger ones are queued shared.
-pub(super) const CHUNK_FRAME_MAX: usize = 4 << 10;
+pub(super) const CHUNK_FRAME_MAX: usize = 1 << 10;
 
 /// An append-only buffer of frames.
 pub(super) struct Chunk {

@@ -327,6 +327,16 @@ mod tests {
                 expected.extend_from_slice(&frame);
                 outbox.push(Bytes::from(frame));
             }
+            // Nobody reads until the socket is full (on one loaded core a
+            // reader could keep up with every write).
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while stats.socket_full.get() == 0 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the socket never filled"
+                );
+                glommio::executor().yield_now().await;
+            }
             let reader = read_on_a_thread(client);
             outbox.close(CloseReason::Shutdown);
             outbox.written_out().await;

@@ -180,7 +180,12 @@ impl Outbox {
         if conflation == 0 && !self.batch {
             let mut frames = self.frames.borrow_mut();
             let laid = matches!(self.write_state.get(), WriteState::Idle | WriteState::Dirty)
-                && frames.lay_in(self.flusher.chunks(), frame, published_at);
+                && frames.lay_in(
+                    self.flusher.chunks(),
+                    frame,
+                    published_at,
+                    self.queued_bytes.get(),
+                );
             if laid || frames.copy_in(frame, published_at) {
                 drop(frames);
                 self.set_queued(self.queued_bytes.get() + frame.len());

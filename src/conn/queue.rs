@@ -32,6 +32,9 @@ const MAX_BATCH_BYTES: usize = 256 << 10;
 const COPY_MAX: usize = 512;
 /// Most copied bytes waiting: past them, frames are queued shared.
 const COPY_BACKLOG: usize = 16 << 10;
+/// Most bytes a queue holds for chunk ranges to be laid in: what a socket
+/// that fills up turns into a private copy.
+const CHUNK_BACKLOG: usize = 64 << 10;
 /// A partly written copy buffer is compacted once this much of it is
 /// written (and it is at least half written).
 const COMPACT_AT: usize = 4 << 10;
@@ -207,7 +210,7 @@ impl FrameQueue {
             return false;
         }
         self.copied.extend_from_slice(frame);
-        if let Some(back) = self.entries.back_mut() {
+        if let Some(back) = self.extendable_back() {
             if back.copied() {
                 back.extend(frame.len(), published_at);
                 return true;
@@ -217,21 +220,49 @@ impl FrameQueue {
         true
     }
 
+    /// The back entry, if a frame may join it: not begun on the wire (a
+    /// run that takes frames while it is written could live on for ever,
+    /// its publications uncounted and timed from its oldest), and not full.
+    #[inline]
+    fn extendable_back(&mut self) -> Option<&mut Queued> {
+        let begun = self.started && self.entries.len() == 1;
+        let back = self.entries.back_mut()?;
+        let full = matches!(
+            back.body,
+            Body::Run {
+                frames: u16::MAX,
+                ..
+            }
+        );
+        (!begun && !full).then_some(back)
+    }
+
     /// Lays a small frame in the shard's chunks (once per shard: every
     /// subscriber finds it where the first one laid it) and queues its range
     /// there, extending the range at the back when the frame lies right
-    /// after it; `false` (nothing done) when the frame is too large, or the
-    /// queue ends with anything but a chunk range (a connection with frames
-    /// of its own queued goes on copying, so its run stays contiguous).
+    /// after it; `false` (nothing done) when the frame is too large, the
+    /// queue holds [`CHUNK_BACKLOG`] bytes already (a socket that fills up
+    /// makes its ranges a private copy: `own_chunked`), or the queue ends
+    /// with anything but a chunk range (a connection with frames of its own
+    /// queued goes on copying, so its run stays contiguous).
     #[inline]
-    pub(super) fn lay_in(&mut self, chunks: &Chunks, frame: &Bytes, published_at: u64) -> bool {
-        if frame.len() > CHUNK_FRAME_MAX {
+    pub(super) fn lay_in(
+        &mut self,
+        chunks: &Chunks,
+        frame: &Bytes,
+        published_at: u64,
+        queued: usize,
+    ) -> bool {
+        if frame.len() > CHUNK_FRAME_MAX || queued + frame.len() > CHUNK_BACKLOG {
             return false;
         }
-        let Some(back) = self.entries.back_mut() else {
+        if self.entries.is_empty() {
             let laid = chunks.lay(frame);
             self.push_run(chunks.last_chunk(), laid.start, frame.len(), published_at);
             return true;
+        }
+        let Some(back) = self.extendable_back() else {
+            return false;
         };
         let Body::Run {
             chunk: Some(chunk),
@@ -445,7 +476,8 @@ impl FrameQueue {
         self.written = 0;
     }
 
-    /// Drops everything; returns how many frames that was.
+    /// Drops everything; returns how many frames that was (a run partly
+    /// written counts whole: which of its frames went out is not kept).
     pub(super) fn clear(&mut self) -> u64 {
         let dropped = self.frame_count();
         self.entries.clear();
@@ -682,8 +714,8 @@ mod tests {
         let (mut x, mut y) = (FrameQueue::default(), FrameQueue::default());
         let frames: Vec<Bytes> = (0..20).map(|i| text(&format!("p{i}"))).collect();
         for frame in &frames {
-            assert!(x.lay_in(&chunks, frame, 1));
-            assert!(y.lay_in(&chunks, frame, 1));
+            assert!(x.lay_in(&chunks, frame, 1, 0));
+            assert!(y.lay_in(&chunks, frame, 1, 0));
         }
         assert_eq!((x.entries.len(), y.entries.len()), (1, 1), "one range each");
         let (count, bytes) = gathered(&x);
@@ -697,12 +729,15 @@ mod tests {
         let chunks = Chunks::default();
         let mut x = FrameQueue::default();
         let (a, other, b) = (text("a"), text("for someone else"), text("b"));
-        assert!(x.lay_in(&chunks, &a, 1));
+        assert!(x.lay_in(&chunks, &a, 1, 0));
         let _ = chunks.lay(&other);
-        assert!(!x.lay_in(&chunks, &b, 1), "not adjacent");
+        assert!(!x.lay_in(&chunks, &b, 1, 0), "not adjacent");
         assert!(x.copy_in(&b, 1));
         let c = text("c");
-        assert!(!x.lay_in(&chunks, &c, 1), "the queue ends with its own run");
+        assert!(
+            !x.lay_in(&chunks, &c, 1, 0),
+            "the queue ends with its own run"
+        );
         assert!(x.copy_in(&c, 1));
         assert_eq!(x.whole_frames(), [a.clone(), b.clone(), c.clone()]);
         // The socket is full: the ranges become the queue's own bytes.
@@ -718,5 +753,39 @@ mod tests {
         x.consume(bytes.len(), |_, n| delivered += n);
         assert_eq!(delivered, 3);
         assert!(x.is_empty());
+    }
+
+    #[test]
+    fn a_run_begun_on_the_wire_takes_no_more_frames() {
+        let chunks = Chunks::default();
+        let mut x = FrameQueue::default();
+        let (a, b, c) = (text("a"), text("b"), text("c"));
+        assert!(x.copy_in(&a, 1));
+        x.consume(1, |_, _| ());
+        assert!(x.copy_in(&b, 1), "copied, as a run of its own");
+        assert_eq!(x.entries.len(), 2);
+        let mut y = FrameQueue::default();
+        assert!(y.lay_in(&chunks, &c, 1, 0));
+        y.consume(1, |_, _| ());
+        let d = text("d");
+        assert!(
+            !y.lay_in(&chunks, &d, 1, 0),
+            "the begun range stays as it is"
+        );
+        let mut delivered = Vec::new();
+        x.consume(a.len() - 1 + b.len(), |at, n| delivered.push((at, n)));
+        assert_eq!(delivered, [(1, 1), (1, 1)], "each run counted when written");
+    }
+
+    #[test]
+    fn past_the_chunk_backlog_frames_are_not_laid() {
+        let chunks = Chunks::default();
+        let mut x = FrameQueue::default();
+        let frame = text("p");
+        assert!(
+            !x.lay_in(&chunks, &frame, 1, CHUNK_BACKLOG),
+            "the queue is full enough"
+        );
+        assert!(x.lay_in(&chunks, &frame, 1, CHUNK_BACKLOG - frame.len()));
     }
 }
