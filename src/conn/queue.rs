@@ -171,14 +171,42 @@ impl Queued {
     }
 }
 
+/// The queue's own bytes: the copied runs', in queue order; the first
+/// `written` are on the wire already.
+#[derive(Default)]
+struct Own {
+    bytes: Vec<u8>,
+    written: usize,
+}
+
+impl Own {
+    /// After a write: an emptied buffer starts again at its beginning, a
+    /// mostly written one is compacted.
+    fn settle(&mut self) {
+        if self.written == self.bytes.len() {
+            self.bytes.clear();
+            self.written = 0;
+        } else if self.written >= COMPACT_AT && self.written * 2 >= self.bytes.len() {
+            self.bytes.drain(..self.written);
+            self.written = 0;
+        }
+    }
+}
+
+/// The queue's own bytes and how many of them are written (nothing when it
+/// has none).
+fn view(own: &Option<Box<Own>>) -> (&[u8], usize) {
+    own.as_deref()
+        .map_or((&[], 0), |own| (&own.bytes, own.written))
+}
+
 /// The queue: entries in order, and the buffer copied runs are kept in.
 #[derive(Default)]
 pub(super) struct FrameQueue {
     pub(super) entries: VecDeque<Queued>,
-    /// The copied runs' bytes, in queue order; the first `written` are on
-    /// the wire already.
-    copied: Vec<u8>,
-    written: usize,
+    /// The copied runs' bytes, made at the first copy (an idle connection
+    /// holds a pointer, not an empty buffer).
+    own: Option<Box<Own>>,
     /// The front entry is partly on the wire: it must be finished before
     /// anything else, even a close frame, or the stream loses framing.
     started: bool,
@@ -205,11 +233,14 @@ impl FrameQueue {
     /// caller queues it shared.
     #[inline]
     pub(super) fn copy_in(&mut self, frame: &[u8], published_at: u64) -> bool {
-        let backlog = self.copied.len() - self.written;
-        if frame.len() > COPY_MAX || backlog + frame.len() > COPY_BACKLOG {
+        if frame.len() > COPY_MAX {
             return false;
         }
-        self.copied.extend_from_slice(frame);
+        let own = self.own.get_or_insert_with(Box::default);
+        if own.bytes.len() - own.written + frame.len() > COPY_BACKLOG {
+            return false;
+        }
+        own.bytes.extend_from_slice(frame);
         if let Some(back) = self.extendable_back() {
             if back.copied() {
                 back.extend(frame.len(), published_at);
@@ -256,13 +287,14 @@ impl FrameQueue {
         if frame.len() > CHUNK_FRAME_MAX || queued + frame.len() > CHUNK_BACKLOG {
             return false;
         }
-        if self.entries.is_empty() {
+        // A range is never begun on the wire while it can still grow: the
+        // flush pass writes it whole or, the socket full, makes it the
+        // queue's own (`own_chunked`); nor can it hold 65,535 frames (a
+        // chunk is 64 KiB).
+        let Some(back) = self.entries.back_mut() else {
             let laid = chunks.lay(frame);
             self.push_run(chunks.last_chunk(), laid.start, frame.len(), published_at);
             return true;
-        }
-        let Some(back) = self.extendable_back() else {
-            return false;
         };
         let Body::Run {
             chunk: Some(chunk),
@@ -300,7 +332,7 @@ impl FrameQueue {
     pub(super) fn gather<'a>(&'a self, slices: &mut [IoSlice<'a>; MAX_IOV]) -> usize {
         let mut count = 0;
         let mut total = 0;
-        let mut copied_at = self.written;
+        let (copied, mut copied_at) = view(&self.own);
         for entry in &self.entries {
             let len = entry.len();
             let prefix = entry.prefix();
@@ -321,7 +353,7 @@ impl FrameQueue {
                 } => IoSlice::new(chunk.range(*start as usize, len)),
                 Body::Run { chunk: None, .. } => {
                     copied_at += len;
-                    IoSlice::new(&self.copied[copied_at - len..copied_at])
+                    IoSlice::new(&copied[copied_at - len..copied_at])
                 }
             };
             count += 1;
@@ -356,7 +388,11 @@ impl FrameQueue {
                     *len -= taken as u32;
                     match chunk {
                         Some(_) => *start += taken as u32,
-                        None => self.written += taken,
+                        None => {
+                            if let Some(own) = self.own.as_mut() {
+                                own.written += taken;
+                            }
+                        }
                     }
                     sent -= taken;
                     from_queue += taken;
@@ -394,12 +430,8 @@ impl FrameQueue {
                 None => self.started = true,
             }
         }
-        if self.written == self.copied.len() {
-            self.copied.clear();
-            self.written = 0;
-        } else if self.written >= COMPACT_AT && self.written * 2 >= self.copied.len() {
-            self.copied.drain(..self.written);
-            self.written = 0;
+        if let Some(own) = self.own.as_mut() {
+            own.settle();
         }
         from_queue
     }
@@ -441,7 +473,9 @@ impl FrameQueue {
             .filter(|f| f.copied())
             .map(Queued::len)
             .sum();
-        self.copied.truncate(self.written + copied);
+        if let Some(own) = self.own.as_mut() {
+            own.bytes.truncate(own.written + copied);
+        }
         dropped
     }
 
@@ -455,7 +489,7 @@ impl FrameQueue {
         }
         let runs = self.entries.iter().filter(|e| e.shared().is_none());
         let mut owned = Vec::with_capacity(runs.map(Queued::len).sum());
-        let mut copied_at = self.written;
+        let (copied, mut copied_at) = view(&self.own);
         for entry in &mut self.entries {
             if let Body::Run {
                 chunk, start, len, ..
@@ -465,15 +499,17 @@ impl FrameQueue {
                 match chunk.take() {
                     Some(chunk) => owned.extend_from_slice(chunk.range(*start as usize, len)),
                     None => {
-                        owned.extend_from_slice(&self.copied[copied_at..copied_at + len]);
+                        owned.extend_from_slice(&copied[copied_at..copied_at + len]);
                         copied_at += len;
                     }
                 }
                 *start = 0;
             }
         }
-        self.copied = owned;
-        self.written = 0;
+        self.own = Some(Box::new(Own {
+            bytes: owned,
+            written: 0,
+        }));
     }
 
     /// Drops everything; returns how many frames that was (a run partly
@@ -481,8 +517,10 @@ impl FrameQueue {
     pub(super) fn clear(&mut self) -> u64 {
         let dropped = self.frame_count();
         self.entries.clear();
-        self.copied.clear();
-        self.written = 0;
+        if let Some(own) = self.own.as_mut() {
+            own.bytes.clear();
+            own.written = 0;
+        }
         self.started = false;
         dropped
     }
@@ -511,17 +549,15 @@ impl FrameQueue {
             if self.entries.capacity() > 0 {
                 self.entries = VecDeque::new();
             }
-            if self.copied.capacity() > 0 {
-                self.copied = Vec::new();
-                self.written = 0;
-            }
+            self.own = None;
         }
     }
 
     /// Storage held, in entries and copied bytes (for tests).
     #[cfg(test)]
     pub(super) fn capacity(&self) -> (usize, usize) {
-        (self.entries.capacity(), self.copied.capacity())
+        let own = self.own.as_ref().map_or(0, |own| own.bytes.capacity());
+        (self.entries.capacity(), own)
     }
 
     /// The bytes of the front entry still to write (its prefix alone if it
@@ -542,7 +578,8 @@ impl FrameQueue {
                 _,
             ) => Bytes::copy_from_slice(chunk.range(*start as usize, *len as usize)),
             (Body::Run { len, .. }, _) => {
-                Bytes::copy_from_slice(&self.copied[self.written..][..*len as usize])
+                let (copied, written) = view(&self.own);
+                Bytes::copy_from_slice(&copied[written..][..*len as usize])
             }
         };
         self.started = true;
@@ -554,7 +591,7 @@ impl FrameQueue {
     #[cfg(test)]
     pub(super) fn whole_frames(&self) -> Vec<Bytes> {
         let mut out = Vec::new();
-        let mut copied_at = self.written;
+        let (copied, mut copied_at) = view(&self.own);
         for entry in &self.entries {
             match &entry.body {
                 Body::Shared(bytes) => out.push(bytes.clone()),
@@ -566,7 +603,7 @@ impl FrameQueue {
                         Some(chunk) => chunk.range(*start as usize, len),
                         None => {
                             copied_at += len;
-                            &self.copied[copied_at - len..copied_at]
+                            &copied[copied_at - len..copied_at]
                         }
                     };
                     while !run.is_empty() {
@@ -643,7 +680,7 @@ mod tests {
             "one record: the oldest, ten publications"
         );
         assert!(queue.is_empty());
-        assert_eq!(queue.copied.len(), 0, "a drained buffer is reset");
+        assert_eq!(view(&queue.own), (&[][..], 0), "a drained buffer is reset");
     }
 
     #[test]
@@ -704,7 +741,7 @@ mod tests {
             // Not quite two frames written each round: never drained.
             queue.consume(190, |_, _| ());
         }
-        assert!(queue.copied.capacity() <= 4 * COMPACT_AT + COPY_BACKLOG);
+        assert!(queue.capacity().1 <= 4 * COMPACT_AT + COPY_BACKLOG);
         assert_eq!(queue.bytes(), 1000 * 10);
     }
 
@@ -721,7 +758,7 @@ mod tests {
         let (count, bytes) = gathered(&x);
         assert_eq!((count, bytes), (1, frames.concat()));
         assert_eq!(y.whole_frames(), frames);
-        assert!(x.copied.is_empty(), "nothing copied");
+        assert!(x.own.is_none(), "nothing copied");
     }
 
     #[test]
