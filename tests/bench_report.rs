@@ -27,10 +27,21 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// The run the committed BENCHMARKS.md was made from (its "Results from"
+/// line).
+fn committed_run() -> PathBuf {
+    let committed = fs::read_to_string(root().join("BENCHMARKS.md")).unwrap();
+    let run = committed
+        .lines()
+        .find_map(|l| l.strip_prefix("Results from `")?.split('`').next())
+        .expect("BENCHMARKS.md names the run it was made from");
+    root().join(run)
+}
+
 /// Copies the committed run's results whose file names pass `keep`.
 fn copy_results(to: &Path, keep: impl Fn(&str) -> bool) {
     fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(root().join("bench-results/2026-11-24")).unwrap() {
+    for entry in fs::read_dir(committed_run()).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         if name.ends_with(".json") && keep(&name) {
