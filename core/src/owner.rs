@@ -295,22 +295,23 @@ impl Owner {
         now_ms: u64,
         local_delta: bool,
     ) -> Ordered {
-        let seq = self.entry(name).last_seq + 1;
-        self.take(name, seq, payload, now_ms, local_delta)
+        self.take(name, None, payload, now_ms, local_delta)
     }
 
-    /// Records publication `seq` of `name` as its last: delta against the
-    /// one before (while wanted), history. Returns what `order` does.
+    /// Records publication `seq` of `name` (`None`: the one after its last)
+    /// as its last: delta against the one before (while wanted), history.
+    /// Returns what `order` does.
     fn take(
         &mut self,
         name: &str,
-        seq: u64,
+        seq: Option<u64>,
         payload: &Payload,
         now_ms: u64,
         local_delta: bool,
     ) -> Ordered {
         let limits = self.limits;
         let channel = self.entry(name);
+        let seq = seq.unwrap_or(channel.last_seq + 1);
         channel.last_seq = seq;
         let mut delta = None;
         if (local_delta || channel.remote_delta != 0) && payload.kind == PayloadKind::Json {
@@ -378,7 +379,7 @@ impl Owner {
                     after: channel.last_seq,
                 };
             }
-            return Followed::Deliver(self.take(name, seq, payload, now_ms, local_delta));
+            return Followed::Deliver(self.take(name, Some(seq), payload, now_ms, local_delta));
         }
         let resync = channel.following && !same_epoch;
         channel.following = true;
@@ -386,7 +387,7 @@ impl Owner {
             channel.broker_epoch = Some(epoch.into());
             channel.previous = None;
         }
-        let ordered = self.take(name, seq, payload, now_ms, local_delta);
+        let ordered = self.take(name, Some(seq), payload, now_ms, local_delta);
         match resync {
             true => Followed::Resync(ordered),
             false => Followed::Deliver(ordered),
@@ -452,7 +453,7 @@ impl Owner {
                 self.entry(name).previous = None;
             }
             expected = seq + 1;
-            let ordered = self.take(name, *seq, payload, now_ms, local_delta);
+            let ordered = self.take(name, Some(*seq), payload, now_ms, local_delta);
             filled.deliver.push((ordered, payload.clone()));
         }
         let channel = self.entry(name);
