@@ -266,10 +266,6 @@ impl Default for Latency {
 }
 
 impl Latency {
-    pub fn record(&mut self, micros: u64) {
-        self.record_n(micros, 1);
-    }
-
     /// Records `count` deliveries of the same latency.
     pub fn record_n(&mut self, micros: u64, count: u64) {
         self.current.saturating_record_n(micros, count);
@@ -351,7 +347,7 @@ mod tests {
     fn latency_keeps_the_last_second_and_everything() {
         let mut latency = Latency::default();
         for us in 1..=100 {
-            latency.record(us);
+            latency.record_n(us, 1);
         }
         assert_eq!(latency.last_second(), LatencySummary::default());
         latency.rotate();
@@ -359,7 +355,7 @@ mod tests {
         assert_eq!(second.count, 100);
         assert!((49..=51).contains(&second.p50), "{second:?}");
         assert_eq!(second.max, 100);
-        latency.record(5_000);
+        latency.record_n(5_000, 1);
         let all = LatencySummary::of(&latency.since_start());
         assert_eq!(all.count, 101);
         assert!(all.max >= 4_950, "{all:?}");

@@ -1,9 +1,11 @@
 //! The write side of one connection: a queue of pre-encoded frames bounded in
-//! bytes (`conn/queue.rs`: a publication is encoded once per shard; small
-//! frames are copied into the queue's contiguous buffer, larger ones queued
-//! as the shared buffer itself). Queuing a frame marks
+//! bytes (`conn/queue.rs`: a publication is encoded once per shard; a small
+//! frame is queued as a range of the shard's shared chunks or copied into
+//! the queue's own buffer, a larger one as the shared buffer itself).
+//! Queuing a frame marks
 //! the connection dirty with its shard's flush pass (`conn/flush.rs`), which
-//! hands as many queued frames as fit to one `sendmsg` (gathered),
+//! hands as many queued frames as fit to one write (`send` for one slice,
+//! a gathered `sendmsg` for more),
 //! so frames queued in one executor turn leave in one write and a connection
 //! that fell behind catches up in few system calls (over TLS, into few
 //! records). A push never blocks: over the bound the connection is closed as
@@ -160,8 +162,8 @@ impl Outbox {
     /// Queues the frame of a publication that conflates under `conflation`
     /// (`publication::conflation_id` of its channel and key; 0: none),
     /// having replaced `conflated` older ones. A small frame of a
-    /// connection that keeps up is copied (`conn/queue.rs`); any other is
-    /// queued shared.
+    /// connection that keeps up is laid in the shard's chunks or copied
+    /// (`conn/queue.rs`); any other is queued shared.
     #[inline]
     pub fn push_keyed(
         self: &Rc<Self>,
@@ -188,10 +190,7 @@ impl Outbox {
                 );
             if laid || frames.copy_in(frame, published_at) {
                 drop(frames);
-                self.set_queued(self.queued_bytes.get() + frame.len());
-                bump(&self.stats().frames_queued, 1);
-                self.mark_dirty();
-                return Pushed::Queued;
+                return self.queued(frame.len());
             }
         }
         self.enqueue(Queued {
@@ -239,8 +238,16 @@ impl Outbox {
     /// dirty.
     #[inline]
     fn enqueue(self: &Rc<Self>, entry: Queued) -> Pushed {
-        self.set_queued(self.queued_bytes.get() + entry.len());
+        let len = entry.len();
         self.frames.borrow_mut().push(entry);
+        self.queued(len)
+    }
+
+    /// Counts a frame of `len` bytes just queued, and marks the outbox
+    /// dirty.
+    #[inline]
+    fn queued(self: &Rc<Self>, len: usize) -> Pushed {
+        self.set_queued(self.queued_bytes.get() + len);
         bump(&self.stats().frames_queued, 1);
         self.mark_dirty();
         Pushed::Queued

@@ -97,6 +97,17 @@ pub(super) enum Prefix {
     Separator(batch::Kind),
 }
 
+impl Prefix {
+    /// All its bytes, written or not.
+    fn whole(&self) -> &[u8] {
+        match self {
+            Prefix::None => &[],
+            Prefix::Header(bytes, len) => &bytes[..usize::from(*len)],
+            Prefix::Separator(kind) => kind.separator(),
+        }
+    }
+}
+
 impl Queued {
     /// A run takes one more frame of `added` bytes, published at
     /// `published_at` (0: not a publication).
@@ -146,12 +157,7 @@ impl Queued {
 
     /// The prefix still to write.
     pub(super) fn prefix(&self) -> &[u8] {
-        let whole: &[u8] = match &self.prefix {
-            Prefix::None => &[],
-            Prefix::Header(bytes, len) => &bytes[..usize::from(*len)],
-            Prefix::Separator(kind) => kind.separator(),
-        };
-        &whole[usize::from(self.prefix_at)..]
+        &self.prefix.whole()[usize::from(self.prefix_at)..]
     }
 
     /// Bytes still to write.
@@ -327,13 +333,37 @@ impl FrameQueue {
         });
     }
 
+    /// Every entry with the bytes of its body still to write (a shared
+    /// frame's rest, a chunk range, or its part of the queue's own buffer),
+    /// in order.
+    fn bodies(&self) -> impl Iterator<Item = (&Queued, &[u8])> + '_ {
+        let (copied, mut copied_at) = view(&self.own);
+        self.entries.iter().map(move |entry| {
+            let body: &[u8] = match &entry.body {
+                Body::Shared(bytes) => bytes,
+                Body::Run {
+                    chunk: Some(chunk),
+                    start,
+                    len,
+                    ..
+                } => chunk.range(*start as usize, *len as usize),
+                Body::Run {
+                    chunk: None, len, ..
+                } => {
+                    copied_at += *len as usize;
+                    &copied[copied_at - *len as usize..copied_at]
+                }
+            };
+            (entry, body)
+        })
+    }
+
     /// Points `slices` at up to [`MAX_IOV`] pieces of what is queued (at
     /// most [`MAX_BATCH_BYTES`], but always the first); returns how many.
     pub(super) fn gather<'a>(&'a self, slices: &mut [IoSlice<'a>; MAX_IOV]) -> usize {
         let mut count = 0;
         let mut total = 0;
-        let (copied, mut copied_at) = view(&self.own);
-        for entry in &self.entries {
+        for (entry, body) in self.bodies() {
             let len = entry.len();
             let prefix = entry.prefix();
             let pieces = 1 + usize::from(!prefix.is_empty());
@@ -344,18 +374,7 @@ impl FrameQueue {
                 slices[count] = IoSlice::new(prefix);
                 count += 1;
             }
-            slices[count] = match &entry.body {
-                Body::Shared(bytes) => IoSlice::new(bytes),
-                Body::Run {
-                    chunk: Some(chunk),
-                    start,
-                    ..
-                } => IoSlice::new(chunk.range(*start as usize, len)),
-                Body::Run { chunk: None, .. } => {
-                    copied_at += len;
-                    IoSlice::new(&copied[copied_at - len..copied_at])
-                }
-            };
+            slices[count] = IoSlice::new(body);
             count += 1;
             total += len;
         }
@@ -399,7 +418,7 @@ impl FrameQueue {
                     (*len == 0).then_some(u64::from(*publications))
                 }
                 Body::Shared(bytes) => {
-                    let whole_prefix = prefix_len(&front.prefix);
+                    let whole_prefix = front.prefix.whole().len();
                     let prefix = (whole_prefix - usize::from(front.prefix_at)).min(sent);
                     front.prefix_at += prefix as u8;
                     sent -= prefix;
@@ -487,22 +506,14 @@ impl FrameQueue {
         if !self.entries.iter().any(chunked) {
             return;
         }
-        let runs = self.entries.iter().filter(|e| e.shared().is_none());
-        let mut owned = Vec::with_capacity(runs.map(Queued::len).sum());
-        let (copied, mut copied_at) = view(&self.own);
+        let runs = || self.bodies().filter(|(entry, _)| entry.shared().is_none());
+        let mut owned = Vec::with_capacity(runs().map(|(_, body)| body.len()).sum());
+        for (_, body) in runs() {
+            owned.extend_from_slice(body);
+        }
         for entry in &mut self.entries {
-            if let Body::Run {
-                chunk, start, len, ..
-            } = &mut entry.body
-            {
-                let len = *len as usize;
-                match chunk.take() {
-                    Some(chunk) => owned.extend_from_slice(chunk.range(*start as usize, len)),
-                    None => {
-                        owned.extend_from_slice(&copied[copied_at..copied_at + len]);
-                        copied_at += len;
-                    }
-                }
+            if let Body::Run { chunk, start, .. } = &mut entry.body {
+                *chunk = None;
                 *start = 0;
             }
         }
@@ -564,23 +575,11 @@ impl FrameQueue {
     /// has one left), for a write that may take only part of them; marks
     /// it started, so a close while the write waits keeps it whole.
     pub(super) fn start_front(&mut self) -> Option<Bytes> {
-        let front = self.entries.front()?;
+        let (front, body) = self.bodies().next()?;
         let bytes = match (&front.body, front.prefix()) {
             (Body::Shared(bytes), []) => bytes.clone(),
             (Body::Shared(_), prefix) => Bytes::copy_from_slice(prefix),
-            (
-                Body::Run {
-                    chunk: Some(chunk),
-                    start,
-                    len,
-                    ..
-                },
-                _,
-            ) => Bytes::copy_from_slice(chunk.range(*start as usize, *len as usize)),
-            (Body::Run { len, .. }, _) => {
-                let (copied, written) = view(&self.own);
-                Bytes::copy_from_slice(&copied[written..][..*len as usize])
-            }
+            (Body::Run { .. }, _) => Bytes::copy_from_slice(body),
         };
         self.started = true;
         Some(bytes)
@@ -591,21 +590,10 @@ impl FrameQueue {
     #[cfg(test)]
     pub(super) fn whole_frames(&self) -> Vec<Bytes> {
         let mut out = Vec::new();
-        let (copied, mut copied_at) = view(&self.own);
-        for entry in &self.entries {
+        for (entry, mut run) in self.bodies() {
             match &entry.body {
                 Body::Shared(bytes) => out.push(bytes.clone()),
-                Body::Run {
-                    chunk, start, len, ..
-                } => {
-                    let len = *len as usize;
-                    let mut run = match chunk {
-                        Some(chunk) => chunk.range(*start as usize, len),
-                        None => {
-                            copied_at += len;
-                            &copied[copied_at - len..copied_at]
-                        }
-                    };
+                Body::Run { .. } => {
                     while !run.is_empty() {
                         let whole = whole_frame_len(run);
                         out.push(Bytes::copy_from_slice(&run[..whole]));
@@ -625,15 +613,6 @@ fn whole_frame_len(run: &[u8]) -> usize {
         .expect("a frame built here")
         .expect("whole");
     len + header.payload_len as usize
-}
-
-/// A prefix's whole length.
-fn prefix_len(prefix: &Prefix) -> usize {
-    match prefix {
-        Prefix::None => 0,
-        Prefix::Header(_, len) => usize::from(*len),
-        Prefix::Separator(kind) => kind.separator().len(),
-    }
 }
 
 #[cfg(test)]
