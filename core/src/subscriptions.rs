@@ -1,7 +1,10 @@
 //! The shard's subscriptions: for each channel with local subscribers,
 //! who they are and how they want messages (JSON envelope or raw room). Fan-out
-//! walks it once per publication, encoding each form at most once and pushing
-//! the same bytes into every subscriber's queue. Subscribers are whatever the
+//! walks them for a publication, encoding each form at most once and pushing
+//! the same bytes into every subscriber's queue; a later publication of the
+//! same turn that every subscriber gets as it got the one before grows the
+//! channel's *tail* that their queues share ([`Subscriber::Tail`]) once for
+//! all of them, without a walk. Subscribers are whatever the
 //! server's connections are ([`Subscriber`]: their codec and their queue),
 //! held by `Rc`; the calls are static, so fan-out costs what it did when it
 //! knew the connection's type. A subscriber still waiting
@@ -32,6 +35,8 @@ use crate::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
     Queued,
+    /// Queued as a share of its channel's tail ([`Subscriber::push_following`]).
+    Shared,
     /// Over the byte bound: the caller must close the connection as a slow
     /// consumer.
     Overflow,
@@ -66,6 +71,32 @@ pub trait Subscriber {
     ) -> Pushed;
     /// Closes it: its queue went over its bound.
     fn close_slow_consumer(&self);
+
+    /// What a channel holds of the publications its subscribers' queues
+    /// share: a run of frames several queues end with, grown once for all
+    /// of them (`()`: queues share nothing).
+    type Tail: Default;
+    /// Queues a publication's frame as [`Subscriber::push_keyed`] does
+    /// (no conflation), and if it can, as the start of a share of the
+    /// channel's `tail` (starting one there if need be): then it answers
+    /// [`Pushed::Shared`].
+    fn push_following(&self, tail: &mut Self::Tail, frame: &Bytes, published_at: u64) -> Pushed {
+        let _ = tail;
+        self.push_keyed(frame, published_at, 0, 0)
+    }
+    /// Whether its queue ends with a share of `tail` (so a publication that
+    /// grew the tail reached it).
+    fn follows(&self, tail: &Self::Tail) -> bool {
+        let _ = tail;
+        false
+    }
+    /// Appends a publication's frame to `tail` for every queue that ends
+    /// with a share of it, if the frame can go there; returns how many
+    /// queues that is (0: none, nothing done).
+    fn extend_tail(tail: &Self::Tail, frame: &Bytes, published_at: u64) -> usize {
+        let _ = (tail, frame, published_at);
+        0
+    }
 }
 
 /// The frame the subscriber before was sent, and its codec: most
@@ -129,9 +160,21 @@ fn tell<'a, S: Subscriber + 'a>(
 const NO_BASE: u64 = u64::MAX;
 
 /// Local state of one channel on this shard.
-struct LocalChannel<S> {
+struct LocalChannel<S: Subscriber> {
     name: Rc<str>,
     subscribers: Slab<Subscription<S>>,
+    /// The run of frames its subscribers' queues share
+    /// ([`Subscriber::Tail`]), and the codec its frames are in.
+    tail: S::Tail,
+    tail_codec: Option<Codec>,
+    /// After the last walk over `subscribers`: every one that was to get
+    /// the publication shares `tail`, they are `tail_shares` queues, and
+    /// the publication skipped `tail_skip`. Until a subscriber comes, goes
+    /// live or leaves, a publication with the same skip that grows the tail
+    /// for that many queues has reached everyone: no walk.
+    tail_shares: usize,
+    tail_skip: Option<ConnRef>,
+    everyone_shares: bool,
     /// The subscribers that asked for deltas (`"delta":"fossil"`), by slot:
     /// the `seq` that may go to each as a delta, the one after the last it
     /// was sent ([`NO_BASE`] before it has been sent any). Kept aside, so
@@ -151,7 +194,16 @@ pub struct Interest {
     pub delta: bool,
 }
 
-impl<S> LocalChannel<S> {
+impl<S: Subscriber> LocalChannel<S> {
+    /// The subscribers changed: the tail is let go (never grown again: a
+    /// subscriber that left may still share it), and the next publication
+    /// walks them and starts a new one.
+    fn subscribers_changed(&mut self) {
+        self.tail = S::Tail::default();
+        self.tail_codec = None;
+        self.everyone_shares = false;
+    }
+
     fn interest(&self) -> Interest {
         Interest {
             on: !self.subscribers.is_empty(),
@@ -178,7 +230,7 @@ pub struct FanOut {
 }
 
 /// Channel name → local subscribers.
-pub struct Subscriptions<S> {
+pub struct Subscriptions<S: Subscriber> {
     channels: HashMap<Rc<str>, LocalChannel<S>>,
     /// Subscribers over every channel (the memory budget counts them).
     subscriptions: usize,
@@ -228,11 +280,17 @@ impl<S: Subscriber> Subscriptions<S> {
                 self.channels.entry(name.clone()).or_insert(LocalChannel {
                     name,
                     subscribers: Slab::new(),
+                    tail: S::Tail::default(),
+                    tail_codec: None,
+                    tail_shares: 0,
+                    tail_skip: None,
+                    everyone_shares: false,
                     deltas: HashMap::new(),
                     join_leave: HashSet::new(),
                 })
             }
         };
+        channel.subscribers_changed();
         let before = channel.interest();
         let slot = channel.subscribers.insert(Subscription {
             conn: conn.clone(),
@@ -260,6 +318,7 @@ impl<S: Subscriber> Subscriptions<S> {
         let channel = self.channels.get_mut(name)?;
         let before = channel.interest();
         channel.subscribers.try_remove(slot as usize)?;
+        channel.subscribers_changed();
         self.subscriptions -= 1;
         channel.deltas.remove(&slot);
         channel.join_leave.remove(&slot);
@@ -281,17 +340,16 @@ impl<S: Subscriber> Subscriptions<S> {
     /// the one `token` names; returns the codec it receives publications in,
     /// and whether its own join is to be sent now.
     pub fn go_live(&mut self, name: &str, slot: u32, token: u32) -> Option<(Codec, bool)> {
-        let subscriber = self
-            .channels
-            .get_mut(name)?
-            .subscribers
-            .get_mut(slot as usize)?;
+        let channel = self.channels.get_mut(name)?;
+        let subscriber = channel.subscribers.get_mut(slot as usize)?;
         if subscriber.pending.is_none() || subscriber.pending != NonZeroU32::new(token) {
             return None;
         }
         subscriber.pending = None;
+        let codec = subscriber.conn.codec();
         let own_join = std::mem::take(&mut subscriber.own_join_due);
-        Some((subscriber.conn.codec(), own_join))
+        channel.subscribers_changed();
+        Some((codec, own_join))
     }
 
     /// A delta subscriber just went live and was replayed up to
@@ -392,13 +450,45 @@ impl<S: Subscriber> Subscriptions<S> {
         let LocalChannel {
             subscribers,
             deltas,
+            tail,
+            tail_codec,
+            tail_shares,
+            tail_skip,
+            everyone_shares,
             ..
         } = channel;
+        let published_at = payload.published_at;
+        // A publication every subscriber gets whole, in its codec's one
+        // frame, may grow the channel's tail for every queue that shares
+        // it at once.
+        let plain = conflation == 0 && deltas.is_empty();
+        let mut shares = 0;
+        if let Some(codec) = tail_codec.filter(|_| plain) {
+            let frame = last.frame(codec, &mut frames, deflater);
+            shares = S::extend_tail(tail, frame, published_at);
+            if shares > 0 {
+                result.queued += shares as u64;
+                if frame::is_compressed(frame) {
+                    result.compressed += shares as u64;
+                }
+                if *everyone_shares && shares == *tail_shares && skip == *tail_skip {
+                    result.compressions = frames.compressions();
+                    return result;
+                }
+            }
+        }
+        // Walk: whoever the tail did not reach gets the publication pushed.
+        let mut everyone = plain;
+        let mut sharing = 0;
         for (slot, subscriber) in subscribers.iter_mut() {
             if skip == Some(subscriber.conn.conn_ref()) || subscriber.pending.is_some() {
                 continue;
             }
             let outbox = &*subscriber.conn;
+            if shares > 0 && outbox.follows(tail) {
+                sharing += 1;
+                continue;
+            }
             let codec = outbox.codec();
             // Its delta state, if it asked for deltas (most did not).
             let delta_next = match deltas.is_empty() {
@@ -439,8 +529,12 @@ impl<S: Subscriber> Subscriptions<S> {
                 }
             };
             let compressed = frame::is_compressed(frame);
-            match outbox.push_keyed(frame, payload.published_at, conflation, conflated) {
-                Pushed::Queued => {
+            let pushed = match plain && *tail_codec.get_or_insert(codec) == codec {
+                true => outbox.push_following(tail, frame, published_at),
+                false => outbox.push_keyed(frame, published_at, conflation, conflated),
+            };
+            match pushed {
+                Pushed::Queued | Pushed::Shared => {
                     result.queued += 1;
                     result.compressed += u64::from(compressed);
                 }
@@ -450,7 +544,14 @@ impl<S: Subscriber> Subscriptions<S> {
                 }
                 Pushed::Closed => {}
             }
+            match pushed {
+                Pushed::Shared => sharing += 1,
+                _ => everyone = false,
+            }
         }
+        *everyone_shares = everyone;
+        *tail_shares = sharing;
+        *tail_skip = skip;
         result.compressions = frames.compressions();
         result
     }

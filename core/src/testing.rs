@@ -61,6 +61,8 @@ impl TestConn {
 }
 
 impl Subscriber for TestConn {
+    type Tail = ();
+
     fn conn_ref(&self) -> ConnRef {
         self.id
     }

@@ -24,7 +24,7 @@ use std::{
 use bytes::Bytes;
 
 /// Bytes per chunk.
-const CHUNK_BYTES: usize = 64 << 10;
+pub(super) const CHUNK_BYTES: usize = 64 << 10;
 /// Frames up to this size are laid in chunks; larger ones are queued shared.
 pub(super) const CHUNK_FRAME_MAX: usize = 1 << 10;
 

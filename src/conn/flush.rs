@@ -348,4 +348,67 @@ mod tests {
             assert!(stats.socket_full.get() > 0, "the socket was full");
         });
     }
+
+    /// Two queues share one channel's tail (`conn/follow.rs`) while one of
+    /// them fills its socket: the other goes on sharing, the full one
+    /// settles (written in part, then moved into its own buffer), and
+    /// every byte reaches both in order, counted once.
+    #[test]
+    fn queues_sharing_a_tail_get_every_byte_when_one_socket_fills() {
+        use super::super::follow::TailSlot;
+        use crate::conn::outbox::Pushed;
+        on_test_executor(async {
+            let stats = Rc::new(Stats::default());
+            let flusher = running_flusher(&stats);
+            let (fast_stream, fast_client) = pair().await;
+            let (slow_stream, slow_client) = pair().await;
+            small_send_buffer(&slow_stream, 4 << 10);
+            let fast_reader = read_on_a_thread(fast_client);
+            let outbox =
+                |stream| Rc::new(Outbox::new(8 << 20, flusher.clone(), Some(stream), false));
+            let (fast, slow) = (outbox(fast_stream), outbox(slow_stream));
+            let mut slot = TailSlot::default();
+            let mut expected = Vec::new();
+            let mut shared = 0;
+            const PUBLICATIONS: u64 = 50_000;
+            for i in 0..PUBLICATIONS {
+                let frame = frame::encode(
+                    frame::OpCode::Text,
+                    format!("publication {i:>8}").as_bytes(),
+                );
+                expected.extend_from_slice(&frame);
+                // What fan-out does: grow the tail, push to who it missed.
+                let grown = slot.extend(&frame, 1);
+                shared += grown;
+                for queue in [&fast, &slow] {
+                    if grown > 0 && queue.follows(&slot) {
+                        continue;
+                    }
+                    let pushed = queue.push_following(&mut slot, &frame, 1);
+                    assert!(matches!(pushed, Pushed::Queued | Pushed::Shared));
+                }
+                if i % 64 == 63 {
+                    glommio::executor().yield_now().await;
+                }
+            }
+            assert!(shared > 0, "the tail grew for its followers");
+            assert!(stats.socket_full.get() > 0, "the slow socket filled");
+            let slow_reader = read_on_a_thread(slow_client);
+            for queue in [&fast, &slow] {
+                queue.close(CloseReason::Shutdown);
+                queue.written_out().await;
+                queue.stream().unwrap().shutdown_write();
+            }
+            expected.extend_from_slice(&frame::close(1012, "service restart"));
+            for reader in [fast_reader, slow_reader] {
+                let got = reader.join().unwrap().unwrap();
+                assert_eq!(got.len(), expected.len());
+                assert!(got == expected, "bytes out of order");
+            }
+            assert_eq!(stats.frames_queued.get(), 2 * PUBLICATIONS);
+            assert_eq!(stats.messages_delivered.get(), 2 * PUBLICATIONS);
+            assert_eq!(stats.queued_bytes.get(), 0, "every byte counted once");
+            assert_eq!(fast.queued_bytes() + slow.queued_bytes(), 0);
+        });
+    }
 }

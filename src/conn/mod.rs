@@ -8,6 +8,7 @@
 pub(crate) mod api_query;
 pub(crate) mod batch;
 mod chunk;
+pub(crate) mod follow;
 pub(crate) use shardcast_core::{codec, deflate, extension, msgpack};
 pub(crate) mod flush;
 pub(crate) mod http;
@@ -27,6 +28,7 @@ use shardcast_core::subscriptions::Subscriber;
 use self::{
     codec::Codec,
     flush::Flusher,
+    follow::TailSlot,
     outbox::{Outbox, Pushed},
     permit::Permit,
 };
@@ -299,5 +301,22 @@ impl Subscriber for Conn {
 
     fn close_slow_consumer(&self) {
         Conn::close_slow_consumer(self);
+    }
+
+    type Tail = TailSlot;
+
+    #[inline]
+    fn push_following(&self, tail: &mut TailSlot, frame: &Bytes, published_at: u64) -> Pushed {
+        self.outbox.push_following(tail, frame, published_at)
+    }
+
+    #[inline]
+    fn follows(&self, tail: &TailSlot) -> bool {
+        self.outbox.follows(tail)
+    }
+
+    #[inline]
+    fn extend_tail(tail: &TailSlot, frame: &Bytes, published_at: u64) -> usize {
+        tail.extend(frame, published_at)
     }
 }

@@ -1,7 +1,8 @@
 //! The write side of one connection: a queue of pre-encoded frames bounded in
 //! bytes (`conn/queue.rs`: a publication is encoded once per shard; a small
-//! frame is queued as a range of the shard's shared chunks or copied into
-//! the queue's own buffer, a larger one as the shared buffer itself).
+//! frame is queued as a share of its channel's tail, a range of the shard's
+//! shared chunks or copied into the queue's own buffer, a larger one as the
+//! shared buffer itself).
 //! Queuing a frame marks
 //! the connection dirty with its shard's flush pass (`conn/flush.rs`), which
 //! hands as many queued frames as fit to one write (`send` for one slice,
@@ -27,7 +28,9 @@ use std::{
 use bytes::Bytes;
 use glommio::task::JoinHandle;
 
-use super::queue::{FrameQueue, Queued, MAX_IOV};
+use super::chunk::{CHUNK_BYTES, CHUNK_FRAME_MAX};
+use super::follow::{Tail, TailSlot};
+use super::queue::{FrameQueue, Queued, CHUNK_BACKLOG, MAX_IOV};
 use super::{batch, flush::Flusher};
 use crate::close::CloseReason;
 use crate::stream::SharedStream;
@@ -172,6 +175,7 @@ impl Outbox {
         conflation: u64,
         conflated: u32,
     ) -> Pushed {
+        self.settle();
         if self.closing.get().is_some() || self.queued_bytes.get() + frame.len() > self.limit {
             return self.refuse();
         }
@@ -200,6 +204,76 @@ impl Outbox {
         })
     }
 
+    /// Queues the frame of a publication of the channel whose tail `slot`
+    /// holds (not conflating), as an entry that follows the tail
+    /// (`conn/follow.rs`): starting the tail if the slot holds none that
+    /// this frame ends. A connection that cannot follow (see
+    /// [`Outbox::may_follow`]) queues it as [`Outbox::push_keyed`] does.
+    #[inline]
+    pub fn push_following(
+        self: &Rc<Self>,
+        slot: &mut TailSlot,
+        frame: &Bytes,
+        published_at: u64,
+    ) -> Pushed {
+        self.settle();
+        if !self.may_follow(frame, published_at) {
+            return self.push_keyed(frame, published_at, 0, 0);
+        }
+        let chunks = self.flusher.chunks();
+        let laid = chunks.lay(frame);
+        let end = laid.start + frame.len() as u32;
+        let tail = match slot.0.upgrade() {
+            Some(tail) if tail.ends_with(laid.chunk, end) => tail,
+            _ => {
+                let Some(chunk) = chunks.last_chunk() else {
+                    return self.push_keyed(frame, published_at, 0, 0);
+                };
+                let tail = Tail::new(chunk, end, self.flusher.clone());
+                slot.0 = Rc::downgrade(&tail);
+                tail
+            }
+        };
+        self.frames
+            .borrow_mut()
+            .push_follow(tail, laid.start, published_at);
+        self.queued(frame.len());
+        Pushed::Shared
+    }
+
+    /// Whether a publication's frame may start a follow: a small frame of
+    /// a connection that keeps up (its queue short, its socket not full,
+    /// its upgrade answered), not batching, not closing, with room under
+    /// its bound for the most a tail can grow (one chunk).
+    #[inline]
+    fn may_follow(&self, frame: &Bytes, published_at: u64) -> bool {
+        let queued = self.queued_bytes.get() + frame.len();
+        published_at != 0
+            && frame.len() <= CHUNK_FRAME_MAX
+            && queued <= CHUNK_BACKLOG
+            && queued + CHUNK_BYTES <= self.limit
+            && !self.batch
+            && self.closing.get().is_none()
+            && matches!(self.write_state.get(), WriteState::Idle | WriteState::Dirty)
+    }
+
+    /// Whether the queue ends with an entry that follows the tail `slot`
+    /// holds (fan-out's publication reached it when the tail grew).
+    #[inline]
+    pub fn follows(&self, slot: &TailSlot) -> bool {
+        self.frames.borrow().follows(slot)
+    }
+
+    /// Stops following a tail (before anything else is queued or written,
+    /// or the connection closes), counting the bytes gained meanwhile.
+    #[inline]
+    pub fn settle(&self) {
+        let growth = self.frames.borrow_mut().settle_follow();
+        if growth > 0 {
+            self.queued_bytes.set(self.queued_bytes.get() + growth);
+        }
+    }
+
     /// A frame not taken: the connection is closing, or its queue is full.
     #[cold]
     fn refuse(&self) -> Pushed {
@@ -215,6 +289,7 @@ impl Outbox {
     /// conflates under `conflation`; returns how many it had replaced
     /// itself. The newer publication then goes in its stead, at the back.
     pub fn take_keyed(&self, conflation: u64) -> Option<u32> {
+        self.settle();
         let taken = self.frames.borrow_mut().take_keyed(conflation)?;
         self.set_queued(self.queued_bytes.get() - taken.len());
         Some(taken.conflated)
@@ -238,6 +313,7 @@ impl Outbox {
     /// dirty.
     #[inline]
     fn enqueue(self: &Rc<Self>, entry: Queued) -> Pushed {
+        self.settle();
         let len = entry.len();
         self.frames.borrow_mut().push(entry);
         self.queued(len)
@@ -362,6 +438,7 @@ impl Outbox {
     #[cfg(test)]
     pub fn take_queued(&self) -> Vec<Bytes> {
         debug_assert!(!self.batch, "batched pieces are not whole frames");
+        self.settle();
         let frames = self.frames.borrow().whole_frames();
         self.consume(frames.iter().map(Bytes::len).sum());
         frames
@@ -372,8 +449,9 @@ impl Outbox {
         self.limit
     }
 
+    /// Bytes queued (a following entry's up to where its tail ends now).
     pub fn queued_bytes(&self) -> usize {
-        self.queued_bytes.get()
+        self.queued_bytes.get() + self.frames.borrow().follow_growth()
     }
 
     /// Sets the bytes queued, keeping the shard's total in step.
@@ -420,6 +498,7 @@ impl Outbox {
         if self.closing.get().is_some() {
             return;
         }
+        self.settle();
         self.closing.set(Some(reason));
         if matches!(reason, CloseReason::SlowConsumer | CloseReason::SocketError) {
             let mut frames = self.frames.borrow_mut();
@@ -447,6 +526,7 @@ impl Outbox {
         if self.closing.get().is_some() {
             return;
         }
+        self.settle();
         self.closing.set(Some(CloseReason::Disconnected));
         self.awaited_replies.set(0);
         self.enqueue(Queued::new(frame::close(code, reason), 0));
@@ -459,6 +539,7 @@ impl Outbox {
         if self.closing.get().is_some() {
             return;
         }
+        self.settle();
         self.closing.set(Some(CloseReason::Normal));
         self.close_frame.set(Some(PendingClose::Echo(code)));
         self.mark_dirty();
@@ -499,14 +580,19 @@ impl Outbox {
         mut send: impl FnMut(&[IoSlice<'_>]) -> io::Result<usize>,
     ) -> io::Result<Flush> {
         loop {
-            let mut frames = self.frames.borrow_mut();
             // Once no ack is awaited nothing more can be queued: the close
             // frame goes last, in the same write as the frames before it.
             if self.awaited_replies.get() == 0 {
                 if let Some(close) = self.close_frame.take() {
-                    frames.push(Queued::new(close.encode(), 0));
+                    self.settle();
+                    self.frames
+                        .borrow_mut()
+                        .push(Queued::new(close.encode(), 0));
                 }
             }
+            // What follows a tail is written up to where the tail ends now
+            // (`FrameQueue::consume` counts what it gained).
+            let mut frames = self.frames.borrow_mut();
             if frames.is_empty() {
                 frames.drained();
                 return Ok(Flush::Drained);
@@ -536,15 +622,17 @@ impl Outbox {
     pub(super) fn consume(&self, sent: usize) {
         bump(&self.stats().bytes_out, sent as u64);
         let mut now = 0;
-        let from_queue = self
-            .frames
-            .borrow_mut()
-            .consume(sent, |published_at, publications| {
-                if now == 0 {
-                    now = clock::now_ns();
-                }
-                self.delivered(now.saturating_sub(published_at), publications);
-            });
+        let (from_queue, grown) =
+            self.frames
+                .borrow_mut()
+                .consume(sent, |published_at, publications| {
+                    if now == 0 {
+                        now = clock::now_ns();
+                    }
+                    self.delivered(now.saturating_sub(published_at), publications);
+                });
+        // What a tail grew by is in the shard's total already.
+        self.queued_bytes.set(self.queued_bytes.get() + grown);
         // The close frame is not counted in queued_bytes.
         self.set_queued(self.queued_bytes.get().saturating_sub(from_queue));
         self.stalled_since_ms.set(0);
@@ -563,6 +651,7 @@ impl Outbox {
     /// Moves what is queued in the shard's chunks into the queue's own
     /// buffer (the socket is full: the wait may be long).
     pub(super) fn own_chunked(&self) {
+        self.settle();
         self.frames.borrow_mut().own_chunked();
     }
 
@@ -577,6 +666,7 @@ impl Outbox {
 impl Drop for Outbox {
     /// Frames still queued when the connection is gone were never sent.
     fn drop(&mut self) {
+        self.settle();
         let unsent = self.frames.get_mut().frame_count();
         bump(&self.stats().frames_dropped, unsent);
         self.set_queued(0);
@@ -1072,8 +1162,9 @@ mod tests {
 
     #[test]
     fn a_queued_frame_stays_small() {
-        // A shared buffer (32), its publication time and conflation key
-        // (16), and what batching and conflation keep beside it.
-        assert!(std::mem::size_of::<Queued>() <= 64);
+        // A shared buffer (32; the body's third form, a share of a tail,
+        // costs its tag: 8), its publication time and conflation key (16),
+        // and what batching and conflation keep beside it.
+        assert!(std::mem::size_of::<Queued>() <= 72);
     }
 }

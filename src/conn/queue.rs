@@ -1,5 +1,8 @@
 //! The frames one connection has still to write, in order, and how they go
-//! into a write. A frame is queued in one of three forms: a range of the
+//! into a write. A frame is queued in one of four forms: a share of its
+//! channel's tail (`conn/follow.rs`: a range of the shard's chunks that
+//! runs to wherever the tail ends, grown once for every queue that shares
+//! it; always the last entry, until it settles into a range); a range of the
 //! shard's chunks (`conn/chunk.rs`: a small frame laid once per shard, and
 //! extended in place by the frames laid right after it, so the subscribers
 //! of one channel send one range of the same memory per turn); a run copied
@@ -23,6 +26,7 @@ use bytes::{Buf, Bytes};
 
 use super::batch;
 use super::chunk::{Chunk, Chunks, CHUNK_FRAME_MAX};
+use super::follow::{Tail, TailSlot};
 
 /// Most slices handed to one write.
 pub(super) const MAX_IOV: usize = 64;
@@ -34,7 +38,7 @@ const COPY_MAX: usize = 512;
 const COPY_BACKLOG: usize = 16 << 10;
 /// Most bytes a queue holds for chunk ranges to be laid in: what a socket
 /// that fills up turns into a private copy.
-const CHUNK_BACKLOG: usize = 64 << 10;
+pub(super) const CHUNK_BACKLOG: usize = 64 << 10;
 /// A partly written copy buffer is compacted once this much of it is
 /// written (and it is at least half written).
 const COMPACT_AT: usize = 4 << 10;
@@ -58,6 +62,17 @@ pub(super) enum Body {
         len: u32,
         frames: u16,
         publications: u16,
+    },
+    /// Publications of one channel from the chunk range at `start` to
+    /// wherever its tail ends now (`conn/follow.rs`): always the last
+    /// entry, until it settles into a `Run`. When it began, the tail ended
+    /// at `end_at` and had laid `frames_at` frames before this entry's
+    /// first.
+    Follow {
+        tail: Rc<Tail>,
+        start: u32,
+        end_at: u32,
+        frames_at: u16,
     },
 }
 
@@ -146,7 +161,7 @@ impl Queued {
     pub(super) fn shared(&self) -> Option<&Bytes> {
         match &self.body {
             Body::Shared(bytes) => Some(bytes),
-            Body::Run { .. } => None,
+            Body::Run { .. } | Body::Follow { .. } => None,
         }
     }
 
@@ -165,6 +180,7 @@ impl Queued {
         match &self.body {
             Body::Shared(bytes) => self.prefix().len() + bytes.len(),
             Body::Run { len, .. } => *len as usize,
+            Body::Follow { tail, start, .. } => (tail.end.get() - start) as usize,
         }
     }
 
@@ -173,6 +189,9 @@ impl Queued {
         match &self.body {
             Body::Shared(_) => 1,
             Body::Run { frames, .. } => u64::from(*frames),
+            Body::Follow {
+                tail, frames_at, ..
+            } => u64::from(tail.frames.get() - frames_at),
         }
     }
 }
@@ -333,6 +352,87 @@ impl FrameQueue {
         });
     }
 
+    /// Queues a publication laid at `start` in `tail`'s chunk, the tail's
+    /// last frame, as an entry that follows the tail from there
+    /// (`conn/follow.rs`).
+    pub(super) fn push_follow(&mut self, tail: Rc<Tail>, start: u32, published_at: u64) {
+        let (end_at, frames_at) = (tail.end.get(), tail.frames.get() - 1);
+        self.push(Queued {
+            body: Body::Follow {
+                tail,
+                start,
+                end_at,
+                frames_at,
+            },
+            ..Queued::new(Bytes::new(), published_at)
+        });
+    }
+
+    /// Whether the queue ends with an entry that follows a tail.
+    pub(super) fn following(&self) -> bool {
+        matches!(
+            self.entries.back(),
+            Some(Queued {
+                body: Body::Follow { .. },
+                ..
+            })
+        )
+    }
+
+    /// Whether the queue ends with an entry that follows the tail `slot`
+    /// holds.
+    pub(super) fn follows(&self, slot: &TailSlot) -> bool {
+        match self.entries.back() {
+            Some(Queued {
+                body: Body::Follow { tail, .. },
+                ..
+            }) => slot.holds(tail),
+            _ => false,
+        }
+    }
+
+    /// Bytes the entry that follows a tail has gained since it was queued
+    /// (0 for a queue that follows none).
+    pub(super) fn follow_growth(&self) -> usize {
+        match self.entries.back() {
+            Some(Queued {
+                body: Body::Follow { tail, end_at, .. },
+                ..
+            }) => (tail.end.get() - end_at) as usize,
+            _ => 0,
+        }
+    }
+
+    /// Stops following: the entry that follows a tail becomes the range it
+    /// covers now. Returns the bytes it gained while following (for the
+    /// connection's count; the shard's counted them as the tail grew).
+    #[inline]
+    pub(super) fn settle_follow(&mut self) -> usize {
+        let Some(back) = self.entries.back_mut() else {
+            return 0;
+        };
+        let Body::Follow {
+            tail,
+            start,
+            end_at,
+            frames_at,
+        } = &back.body
+        else {
+            return 0;
+        };
+        let end = tail.end.get();
+        let frames = tail.frames.get() - frames_at;
+        let growth = (end - end_at) as usize;
+        back.body = Body::Run {
+            chunk: Some(tail.chunk.clone()),
+            start: *start,
+            len: end - start,
+            frames,
+            publications: frames,
+        };
+        growth
+    }
+
     /// Every entry with the bytes of its body still to write (a shared
     /// frame's rest, a chunk range, or its part of the queue's own buffer),
     /// in order.
@@ -353,6 +453,9 @@ impl FrameQueue {
                     copied_at += *len as usize;
                     &copied[copied_at - *len as usize..copied_at]
                 }
+                Body::Follow { tail, start, .. } => tail
+                    .chunk
+                    .range(*start as usize, (tail.end.get() - start) as usize),
             };
             (entry, body)
         })
@@ -384,14 +487,26 @@ impl FrameQueue {
     /// Drops `sent` bytes (just written) from the front; calls `delivered`
     /// with the publication time and count of every entry written
     /// completely that carries publications. Returns the bytes taken from
-    /// entries (not more than they held).
+    /// entries (not more than they held), and the bytes an entry that
+    /// follows a tail gained since it was queued (the entry stops
+    /// following: written whole, it goes; in part, it settles).
     pub(super) fn consume(
         &mut self,
         mut sent: usize,
         mut delivered: impl FnMut(u64, u64),
-    ) -> usize {
+    ) -> (usize, usize) {
+        let mut grown = 0;
         let mut from_queue = 0;
         while sent > 0 {
+            let Some(front) = self.entries.front() else {
+                break;
+            };
+            if matches!(front.body, Body::Follow { .. }) && sent < front.len() {
+                // Written in part: it stops growing (it is the last entry),
+                // and goes on as a range begun on the wire.
+                grown += self.settle_follow();
+                continue;
+            }
             let Some(front) = self.entries.front_mut() else {
                 break;
             };
@@ -416,6 +531,19 @@ impl FrameQueue {
                     sent -= taken;
                     from_queue += taken;
                     (*len == 0).then_some(u64::from(*publications))
+                }
+                // Written whole (see above for in part).
+                Body::Follow {
+                    tail,
+                    start,
+                    end_at,
+                    frames_at,
+                } => {
+                    let end = tail.end.get();
+                    grown += (end - *end_at) as usize;
+                    sent -= (end - *start) as usize;
+                    from_queue += (end - *start) as usize;
+                    Some(u64::from(tail.frames.get() - *frames_at))
                 }
                 Body::Shared(bytes) => {
                     let whole_prefix = front.prefix.whole().len();
@@ -452,7 +580,7 @@ impl FrameQueue {
         if let Some(own) = self.own.as_mut() {
             own.settle();
         }
-        from_queue
+        (from_queue, grown)
     }
 
     /// Removes the newest entry still waiting whole (not begun on the wire,
@@ -502,6 +630,8 @@ impl FrameQueue {
     /// buffer (order kept): for a connection whose socket is full, which
     /// must not keep the shard's chunks alive while it waits.
     pub(super) fn own_chunked(&mut self) {
+        debug_assert!(!self.following(), "a write settles its queue first");
+        self.settle_follow();
         let chunked = |e: &Queued| matches!(e.body, Body::Run { chunk: Some(_), .. });
         if !self.entries.iter().any(chunked) {
             return;
@@ -579,7 +709,7 @@ impl FrameQueue {
         let bytes = match (&front.body, front.prefix()) {
             (Body::Shared(bytes), []) => bytes.clone(),
             (Body::Shared(_), prefix) => Bytes::copy_from_slice(prefix),
-            (Body::Run { .. }, _) => Bytes::copy_from_slice(body),
+            (Body::Run { .. } | Body::Follow { .. }, _) => Bytes::copy_from_slice(body),
         };
         self.started = true;
         Some(bytes)
@@ -593,7 +723,7 @@ impl FrameQueue {
         for (entry, mut run) in self.bodies() {
             match &entry.body {
                 Body::Shared(bytes) => out.push(bytes.clone()),
-                Body::Run { .. } => {
+                Body::Run { .. } | Body::Follow { .. } => {
                     while !run.is_empty() {
                         let whole = whole_frame_len(run);
                         out.push(Bytes::copy_from_slice(&run[..whole]));
@@ -651,7 +781,7 @@ mod tests {
         let mut timed = Vec::new();
         assert_eq!(
             queue.consume(bytes.len(), |at, n| timed.push((at, n))),
-            bytes.len()
+            (bytes.len(), 0)
         );
         assert_eq!(
             timed,

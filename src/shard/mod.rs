@@ -777,6 +777,13 @@ impl Shard {
         delta: Option<&Bytes>,
         skip: Option<Skip>,
     ) {
+        // The publisher's own queue stops sharing its channels' tails:
+        // growing one must not reach it (`conn/follow.rs`).
+        if let Some(publisher) = skip.filter(|s| usize::from(s.shard) == self.id) {
+            if let Some(conn) = self.conn(publisher.conn) {
+                conn.outbox.settle();
+            }
+        }
         let fan_out = self.index.borrow_mut().fan_out(
             self.id as u16,
             (name, seq, payload),
@@ -1309,6 +1316,99 @@ mod tests {
             assert_eq!(shard.stats.idempotency_refused.get(), 1);
             assert_eq!(publish(Some("first")), 1, "a retry is answered");
             assert_eq!(publish(None), 2, "without a key, published");
+        });
+    }
+
+    /// Subscribers of `name` on a shard that owns it, and a publisher
+    /// posting `data` to it (skipping `skip` if given): the tail every
+    /// subscriber's queue shares (`conn/follow.rs`) must reach exactly the
+    /// subscribers a walk would.
+    fn shard_owning(name: &str) -> Shard {
+        let shard = lonely_shard();
+        assert_eq!(shard.owner_of(name.as_bytes()), 0, "{name} is owned here");
+        shard
+    }
+
+    fn post(shard: &Shard, name: &str, data: &str, skip: Option<&Conn>) {
+        let payload = Payload::copy_of(PayloadKind::Json, format!("\"{data}\"").as_bytes());
+        let skip = skip.map(|conn| Skip {
+            shard: 0,
+            conn: conn.id,
+        });
+        shard.publish(ChannelName::of_valid(name), payload, skip, Reply::None);
+    }
+
+    /// The data of every publication `conn` was queued, in order.
+    fn received(conn: &Conn) -> Vec<String> {
+        conn.outbox
+            .take_queued()
+            .iter()
+            .map(|frame| {
+                let text = String::from_utf8_lossy(frame).into_owned();
+                let at = text.find("\"data\":\"").expect("a publication") + 8;
+                text[at..].split('"').next().unwrap_or_default().to_owned()
+            })
+            .collect()
+    }
+
+    /// A publisher that skips itself (a raw room's `?echo=0`) and shares
+    /// its channel's tail: growing the tail must not reach it.
+    #[test]
+    fn a_publication_never_reaches_the_publisher_it_skips_through_a_shared_tail() {
+        crate::sync::on_test_executor(async {
+            let name = "room0";
+            let shard = shard_owning(name);
+            let conns: Vec<_> = (0..3)
+                .map(|_| shard.register_detached(Codec::JSON))
+                .collect();
+            for conn in &conns {
+                let subscribed = shard.subscribe(conn, name, None, None, SubOptions::default());
+                assert!(subscribed.is_ok());
+            }
+            post(&shard, name, "one", None);
+            post(&shard, name, "two", Some(&conns[0]));
+            post(&shard, name, "three", None);
+            post(&shard, name, "four", Some(&conns[0]));
+            post(&shard, name, "five", Some(&conns[0]));
+            assert_eq!(received(&conns[0]), ["one", "three"]);
+            for conn in &conns[1..] {
+                assert_eq!(received(conn), ["one", "two", "three", "four", "five"]);
+            }
+            assert_eq!(shard.stats.queued_bytes.get(), 0, "every byte counted once");
+        });
+    }
+
+    /// A subscriber that comes (or leaves) between two publications of a
+    /// channel whose subscribers share its tail is walked to: it gets the
+    /// second publication (or nothing more).
+    #[test]
+    fn subscribers_that_come_and_go_between_publications_get_exactly_theirs() {
+        crate::sync::on_test_executor(async {
+            let name = "room0";
+            let shard = shard_owning(name);
+            let first = shard.register_detached(Codec::JSON);
+            let second = shard.register_detached(Codec::JSON);
+            let late = shard.register_detached(Codec::JSON);
+            let subscribe = |conn: &Rc<Conn>| {
+                let subscribed = shard.subscribe(conn, name, None, None, SubOptions::default());
+                assert!(subscribed.is_ok());
+            };
+            subscribe(&first);
+            subscribe(&second);
+            post(&shard, name, "a", None);
+            post(&shard, name, "b", None);
+            subscribe(&late);
+            post(&shard, name, "c", None);
+            post(&shard, name, "d", None);
+            assert!(shard.unsubscribe(&second, name, None).is_ok());
+            post(&shard, name, "e", None);
+            // Written in between: the next publication starts a new tail.
+            assert_eq!(received(&first), ["a", "b", "c", "d", "e"]);
+            post(&shard, name, "f", None);
+            assert_eq!(received(&first), ["f"]);
+            assert_eq!(received(&second), ["a", "b", "c", "d"]);
+            assert_eq!(received(&late), ["c", "d", "e", "f"]);
+            assert_eq!(shard.stats.queued_bytes.get(), 0, "every byte counted once");
         });
     }
 }
