@@ -87,6 +87,7 @@ pub mod process;
 pub use shardcast_core::protocol;
 pub(crate) use shardcast_core::publication;
 pub(crate) mod random;
+pub(crate) mod readiness;
 pub mod runtime;
 pub(crate) mod security;
 pub mod settings;

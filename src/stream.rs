@@ -1,5 +1,7 @@
 //! One TCP stream — plain, or TLS through futures-rustls: an accepted
-//! connection, or a broker link the engines open (`engine/`). The HTTP
+//! connection, or a broker link the engines open (`engine/`). An accepted
+//! plain connection waits on its shard's epoll set (`readiness.rs`); the
+//! others on glommio's own readiness. The HTTP
 //! task owns it until the upgrade; then it lives in the connection's outbox,
 //! and the session task, the shard's flush pass and, while the socket is
 //! full, a task waiting for it to take more each borrow it only inside a
@@ -23,16 +25,24 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use futures_rustls::server::TlsStream;
 use glommio::net::TcpStream;
 
+use crate::readiness::Registered;
+
 /// The socket, with or without TLS over it.
 enum Transport {
-    Plain(TcpStream),
+    /// Read and written through its shard's epoll set (`readiness.rs`):
+    /// a client's plain connection.
+    Polled(Registered),
+    /// A glommio stream: a broker link, or a plain connection of a shard
+    /// without an epoll set.
+    Plain(Box<TcpStream>),
     Tls(Box<TlsStream<TcpStream>>),
 }
 
 impl Transport {
     fn pinned(&mut self) -> Pin<&mut dyn AsyncReadWrite> {
         match self {
-            Transport::Plain(stream) => Pin::new(stream),
+            Transport::Polled(socket) => Pin::new(socket),
+            Transport::Plain(stream) => Pin::new(&mut **stream),
             Transport::Tls(stream) => Pin::new(&mut **stream),
         }
     }
@@ -53,7 +63,16 @@ impl SharedStream {
     pub fn new(stream: TcpStream) -> Self {
         let fd = stream.as_raw_fd();
         SharedStream {
-            inner: RefCell::new(Transport::Plain(stream)),
+            inner: RefCell::new(Transport::Plain(Box::new(stream))),
+            fd,
+        }
+    }
+
+    /// A plain socket read and written through its shard's epoll set.
+    pub(crate) fn polled(socket: Registered) -> Self {
+        let fd = socket.fd();
+        SharedStream {
+            inner: RefCell::new(Transport::Polled(socket)),
             fd,
         }
     }
@@ -81,7 +100,7 @@ impl SharedStream {
     pub fn encrypt(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         match &mut *self.inner.borrow_mut() {
             Transport::Tls(stream) => stream.get_mut().1.writer().write_vectored(bufs),
-            Transport::Plain(_) => Err(io::ErrorKind::Unsupported.into()),
+            Transport::Plain(_) | Transport::Polled(_) => Err(io::ErrorKind::Unsupported.into()),
         }
     }
 

@@ -16,7 +16,7 @@ use std::{
 /// modules of its own line and of the lines before it.
 const LAYERS: &[&[&str]] = &[
     // Leaves: units, how settings are declared, clocks, random numbers,
-    // process figures, wait lists, counters, sockets.
+    // process figures, wait lists, counters, sockets and their readiness.
     &[
         "units",
         "settings",
@@ -27,6 +27,7 @@ const LAYERS: &[&[&str]] = &[
         "stats",
         "tls_client",
         "shutdown",
+        "readiness",
         "stream",
     ],
     &["security"],

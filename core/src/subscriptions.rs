@@ -212,6 +212,34 @@ impl<S: Subscriber> LocalChannel<S> {
     }
 }
 
+/// Queues a publication's `frame` for `subscriber` (as a share of its
+/// channel's tail if `tail` is given), counting it into `result`; closes a
+/// subscriber whose queue overflows as a slow consumer.
+fn push<S: Subscriber>(
+    subscriber: &S,
+    tail: Option<&mut S::Tail>,
+    frame: &Bytes,
+    result: &mut FanOut,
+    (published_at, conflation, conflated): (u64, u64, u32),
+) -> Pushed {
+    let pushed = match tail {
+        Some(tail) => subscriber.push_following(tail, frame, published_at),
+        None => subscriber.push_keyed(frame, published_at, conflation, conflated),
+    };
+    match pushed {
+        Pushed::Queued | Pushed::Shared => {
+            result.queued += 1;
+            result.compressed += u64::from(frame::is_compressed(frame));
+        }
+        Pushed::Overflow => {
+            result.overflowed += 1;
+            subscriber.close_slow_consumer();
+        }
+        Pushed::Closed => {}
+    }
+    pushed
+}
+
 /// Frames queued and overflows of one fan-out (for tests and benchmarks; the
 /// queues count for the metrics), and what was compressed.
 #[derive(Debug, Default, Clone, Copy)]
@@ -528,22 +556,15 @@ impl<S: Subscriber> Subscriptions<S> {
                     }
                 }
             };
-            let compressed = frame::is_compressed(frame);
-            let pushed = match plain && *tail_codec.get_or_insert(codec) == codec {
-                true => outbox.push_following(tail, frame, published_at),
-                false => outbox.push_keyed(frame, published_at, conflation, conflated),
-            };
-            match pushed {
-                Pushed::Queued | Pushed::Shared => {
-                    result.queued += 1;
-                    result.compressed += u64::from(compressed);
-                }
-                Pushed::Overflow => {
-                    result.overflowed += 1;
-                    outbox.close_slow_consumer();
-                }
-                Pushed::Closed => {}
-            }
+            let share = plain && *tail_codec.get_or_insert(codec) == codec;
+            let keyed = (published_at, conflation, conflated);
+            let pushed = push(
+                outbox,
+                share.then_some(&mut *tail),
+                frame,
+                &mut result,
+                keyed,
+            );
             match pushed {
                 Pushed::Shared => sharing += 1,
                 _ => everyone = false,

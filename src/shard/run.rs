@@ -133,6 +133,10 @@ pub(crate) async fn run_shard(ctx: ShardContext) -> Result<ShardSnapshot, Server
 
     // The one writer of every connection's queue, for the shard's lifetime.
     glommio::spawn_local(shard.shell.flusher.clone().run()).detach();
+    // The one waiter on every plain connection's socket.
+    if let Some(readiness) = &shard.shell.readiness {
+        glommio::spawn_local(readiness.clone().run()).detach();
+    }
     spawn_shutdown_watcher(&shard, ctx.shutdown);
     spawn_heartbeat_sweep(&shard);
     spawn_stats_tick(&shard);

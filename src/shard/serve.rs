@@ -217,7 +217,12 @@ async fn open_stream(
     tls: Option<&TlsAcceptor>,
 ) -> Option<SharedStream> {
     let Some(acceptor) = tls else {
-        return Some(SharedStream::new(tcp));
+        // A plain socket waits on the shard's epoll set if it has one.
+        let registered = match &shard.shell.readiness {
+            Some(readiness) => readiness.register(tcp).map(SharedStream::polled),
+            None => Err(tcp),
+        };
+        return Some(registered.unwrap_or_else(SharedStream::new));
     };
     let limit = shard.config.timeouts.handshake;
     let handshake = glommio::timer::timeout(limit, async {

@@ -1,7 +1,8 @@
 //! What the glommio shell around a shard's logic holds to serve its
 //! connections: the CPU it is pinned to, the keys, certificates and limits
 //! of the handshake (`security`), the flush pass that writes every
-//! connection's queue, admission and shutdown, the clock and heartbeat
+//! connection's queue, the epoll set plain connections wait on
+//! (`readiness.rs`), admission and shutdown, the clock and heartbeat
 //! sweep, and the flag `/health` reads to say whether this shard's broker
 //! links are up. None of it decides anything about channels or
 //! publications; `serve`, `session` and `run` use it to move bytes.
@@ -12,7 +13,7 @@ use std::{
 };
 
 use super::{heartbeats::Heartbeats, lifetime::Lifetime};
-use crate::{conn::flush::Flusher, engine::EngineHealth, security::Security};
+use crate::{conn::flush::Flusher, engine::EngineHealth, readiness::Readiness, security::Security};
 
 /// The shard's shell (see the module's paragraph).
 pub(crate) struct Shell {
@@ -22,6 +23,9 @@ pub(crate) struct Shell {
     pub(crate) security: Arc<Security>,
     /// The flush pass that writes every connection's queue.
     pub(crate) flusher: Rc<Flusher>,
+    /// The epoll set plain connections wait on (`None`: the kernel refused
+    /// one; they then wait through glommio, as TLS ones do).
+    pub(crate) readiness: Option<Rc<Readiness>>,
     /// Admission of connections and shutdown.
     pub(crate) lifetime: Lifetime,
     /// The shard's clock and heartbeat sweep.
@@ -39,10 +43,16 @@ impl Shell {
         heartbeats: Heartbeats,
         engine_health: EngineHealth,
     ) -> Self {
+        let readiness = Readiness::new()
+            .inspect_err(
+                |error| tracing::warn!(%error, "no epoll set: connections wait through glommio"),
+            )
+            .ok();
         Shell {
             cpu,
             security,
             flusher,
+            readiness,
             lifetime,
             heartbeats,
             engine_health,
