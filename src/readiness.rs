@@ -8,7 +8,8 @@
 //! `send` ([`Registered`]); one that returns `EAGAIN` leaves its task's
 //! waker in the set's slot for it, and the next edge on the socket wakes
 //! it. One task per shard ([`Readiness::run`]) drains the set with
-//! `epoll_wait` (no timeout) and, when nothing is ready, sleeps until the
+//! `epoll_wait` (a zero timeout: it never blocks) and, when nothing is
+//! ready, sleeps until the
 //! epoll descriptor itself is readable: glommio has no public way to wait
 //! for an arbitrary descriptor, so the wait is a glommio `UnixStream` over a
 //! `dup` of it, read with an empty buffer: `Pending` while nothing is
@@ -21,12 +22,13 @@
 //! TLS connections and broker links keep glommio's streams.
 
 use std::{
-    cell::RefCell,
+    cell::{Cell, RefCell},
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     pin::Pin,
     rc::Rc,
     task::{Context, Poll, Waker},
+    time::{Duration, Instant},
 };
 
 use futures_lite::{AsyncRead, AsyncWrite};
@@ -48,7 +50,9 @@ pub(crate) struct Readiness {
     epoll: OwnedFd,
     waiters: RefCell<Slab<Waiters>>,
     /// Times the task woke from a wait on the set (for tests).
-    wakeups: std::cell::Cell<u64>,
+    wakeups: Cell<u64>,
+    /// When a failure was last logged.
+    last_error: Cell<Option<Instant>>,
 }
 
 impl Readiness {
@@ -62,7 +66,8 @@ impl Readiness {
             // SAFETY: just created, owned by nobody else.
             epoll: unsafe { OwnedFd::from_raw_fd(fd) },
             waiters: RefCell::new(Slab::new()),
-            wakeups: std::cell::Cell::new(0),
+            wakeups: Cell::new(0),
+            last_error: Cell::new(None),
         }))
     }
 
@@ -115,7 +120,7 @@ impl Readiness {
         // SAFETY: epoll_event is plain data.
         let mut events: Vec<libc::epoll_event> = vec![unsafe { std::mem::zeroed() }; EVENTS];
         loop {
-            // SAFETY: the buffer holds EVENTS events; no timeout.
+            // SAFETY: the buffer holds EVENTS events; a zero timeout.
             let ready = unsafe {
                 libc::epoll_wait(
                     self.epoll.as_raw_fd(),
@@ -127,8 +132,7 @@ impl Readiness {
             if ready < 0 {
                 let error = io::Error::last_os_error();
                 if error.kind() != io::ErrorKind::Interrupted {
-                    tracing::error!(%error, "epoll_wait failed; connections wait for their timeouts");
-                    return;
+                    self.back_off("epoll_wait", &error).await;
                 }
                 continue;
             }
@@ -140,12 +144,30 @@ impl Readiness {
                 glommio::executor().yield_now().await;
                 continue;
             }
-            if let Err(error) = self.until_ready().await {
-                tracing::error!(%error, "cannot wait on the epoll set; connections wait for their timeouts");
-                return;
+            match self.until_ready().await {
+                Ok(()) => self.wakeups.set(self.wakeups.get() + 1),
+                // Out of descriptors for the wait's `dup` (a connection
+                // flood at the process's limit): poll until it passes.
+                Err(error) => self.back_off("the wait on the epoll set", &error).await,
             }
-            self.wakeups.set(self.wakeups.get() + 1);
         }
+    }
+
+    /// After `what` failed: says so (once per second at most), and waits a
+    /// little before the set is polled again, so that connections are still
+    /// woken (late) instead of never.
+    async fn back_off(&self, what: &str, error: &io::Error) {
+        const PAUSE: Duration = Duration::from_millis(5);
+        let now = Instant::now();
+        if self
+            .last_error
+            .get()
+            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1))
+        {
+            self.last_error.set(Some(now));
+            tracing::warn!(%error, "{what} failed; the shard polls its connections every 5 ms until it works");
+        }
+        glommio::timer::sleep(PAUSE).await;
     }
 
     /// Wakes who waits on the connection in slot `key` for what `events`
@@ -368,7 +390,7 @@ mod tests {
             }
             assert_eq!(reader.join().unwrap(), 8 << 20);
 
-            // The peer's close is read as the end of the stream.
+            // A socket that goes leaves the set.
             drop(server);
             assert_eq!(readiness.registered(), 0, "gone from the set");
         });

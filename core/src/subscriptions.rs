@@ -75,7 +75,7 @@ pub trait Subscriber {
     /// What a channel holds of the publications its subscribers' queues
     /// share: a run of frames several queues end with, grown once for all
     /// of them (`()`: queues share nothing).
-    type Tail: Default;
+    type Tail: Default + Clone;
     /// Queues a publication's frame as [`Subscriber::push_keyed`] does
     /// (no conflation), and if it can, as the start of a share of the
     /// channel's `tail` (starting one there if need be): then it answers
@@ -168,7 +168,8 @@ struct LocalChannel<S: Subscriber> {
     tail: S::Tail,
     tail_codec: Option<Codec>,
     /// After the last walk over `subscribers`: every one that was to get
-    /// the publication shares `tail`, they are `tail_shares` queues, and
+    /// the publication shares `tail` (`everyone_shares`; never when a
+    /// subscriber was pushed otherwise), they are `tail_shares` queues, and
     /// the publication skipped `tail_skip`. Until a subscriber comes, goes
     /// live or leaves, a publication with the same skip that grows the tail
     /// for that many queues has reached everyone: no walk.
@@ -506,6 +507,10 @@ impl<S: Subscriber> Subscriptions<S> {
             }
         }
         // Walk: whoever the tail did not reach gets the publication pushed.
+        // The walk may start a new tail (a subscriber that cannot find the
+        // frame where the grown one ends: another codec's frame was laid
+        // in between), so who was reached is asked of the grown one.
+        let grown = (shares > 0).then(|| tail.clone());
         let mut everyone = plain;
         let mut sharing = 0;
         for (slot, subscriber) in subscribers.iter_mut() {
@@ -513,7 +518,7 @@ impl<S: Subscriber> Subscriptions<S> {
                 continue;
             }
             let outbox = &*subscriber.conn;
-            if shares > 0 && outbox.follows(tail) {
+            if grown.as_ref().is_some_and(|grown| outbox.follows(grown)) {
                 sharing += 1;
                 continue;
             }

@@ -10,10 +10,12 @@
 //! ([`TailSlot::extend`]); fan-out walks the subscribers only when one of
 //! them does not follow (it was written, or queued something else, or it is
 //! new). A queue stops following (it *settles*: the entry becomes a fixed
-//! range) before anything else is queued after it, when it is flushed, and
-//! when its connection closes; the bytes and frames it gained while
-//! following are counted into the shard's totals when the tail grows, and
-//! into the connection's own count when it settles.
+//! range) before anything else is queued after it, when a write takes only
+//! part of it or its socket is full, and when its connection closes; an
+//! entry written whole is simply dropped. The bytes and frames it gained
+//! while following are counted into the shard's totals when the tail
+//! grows, and into the connection's own count when it settles or is
+//! written.
 //!
 //! The channel holds its tail weakly: the followers' entries keep it (and
 //! its chunk) alive, so a channel nobody follows pins nothing.
@@ -51,8 +53,8 @@ impl Tail {
         })
     }
 
-    /// Whether the frame laid at `start..end` in `chunk` is this tail's
-    /// last.
+    /// Whether this tail ends at `end` in `chunk` (a frame laid there
+    /// would follow it; one that ends there is its last).
     pub(super) fn ends_with(&self, chunk: *const Chunk, end: u32) -> bool {
         std::ptr::eq(Rc::as_ptr(&self.chunk), chunk) && self.end.get() == end
     }
@@ -60,7 +62,7 @@ impl Tail {
 
 /// A channel's tail, as fan-out holds it (weakly: see the module's
 /// documentation). Empty until a subscriber starts one.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct TailSlot(pub(super) Weak<Tail>);
 
 impl TailSlot {

@@ -92,7 +92,9 @@ impl PendingClose {
 /// The bounded outgoing queue of one connection.
 pub struct Outbox {
     frames: RefCell<FrameQueue>,
-    /// Bytes in `frames` (the unsent part of a partly sent front frame).
+    /// Bytes in `frames` (the unsent part of a partly sent front frame),
+    /// but what an entry that follows a tail gained since it was queued
+    /// (counted when it settles or is written; see [`Outbox::queued_bytes`]).
     queued_bytes: Cell<usize>,
     limit: usize,
     /// When the sweep first saw bytes queued that the socket has not taken

@@ -124,6 +124,31 @@ impl Prefix {
 }
 
 impl Queued {
+    /// An entry that follows a tail becomes the range it covers now (see
+    /// [`FrameQueue::settle_follow`]); returns the bytes it gained.
+    fn settle(&mut self) -> usize {
+        let Body::Follow {
+            tail,
+            start,
+            end_at,
+            frames_at,
+        } = &self.body
+        else {
+            return 0;
+        };
+        let end = tail.end.get();
+        let frames = tail.frames.get() - frames_at;
+        let growth = (end - end_at) as usize;
+        self.body = Body::Run {
+            chunk: Some(tail.chunk.clone()),
+            start: *start,
+            len: end - start,
+            frames,
+            publications: frames,
+        };
+        growth
+    }
+
     /// A run takes one more frame of `added` bytes, published at
     /// `published_at` (0: not a publication).
     #[inline]
@@ -408,29 +433,7 @@ impl FrameQueue {
     /// connection's count; the shard's counted them as the tail grew).
     #[inline]
     pub(super) fn settle_follow(&mut self) -> usize {
-        let Some(back) = self.entries.back_mut() else {
-            return 0;
-        };
-        let Body::Follow {
-            tail,
-            start,
-            end_at,
-            frames_at,
-        } = &back.body
-        else {
-            return 0;
-        };
-        let end = tail.end.get();
-        let frames = tail.frames.get() - frames_at;
-        let growth = (end - end_at) as usize;
-        back.body = Body::Run {
-            chunk: Some(tail.chunk.clone()),
-            start: *start,
-            len: end - start,
-            frames,
-            publications: frames,
-        };
-        growth
+        self.entries.back_mut().map_or(0, Queued::settle)
     }
 
     /// Every entry with the bytes of its body still to write (a shared
@@ -498,18 +501,14 @@ impl FrameQueue {
         let mut grown = 0;
         let mut from_queue = 0;
         while sent > 0 {
-            let Some(front) = self.entries.front() else {
-                break;
-            };
-            if matches!(front.body, Body::Follow { .. }) && sent < front.len() {
-                // Written in part: it stops growing (it is the last entry),
-                // and goes on as a range begun on the wire.
-                grown += self.settle_follow();
-                continue;
-            }
             let Some(front) = self.entries.front_mut() else {
                 break;
             };
+            if matches!(front.body, Body::Follow { .. }) && sent < front.len() {
+                // Written in part: it stops growing, and goes on as a range
+                // begun on the wire.
+                grown += front.settle();
+            }
             let done = match &mut front.body {
                 Body::Run {
                     chunk,

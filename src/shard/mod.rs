@@ -1411,4 +1411,40 @@ mod tests {
             assert_eq!(shard.stats.queued_bytes.get(), 0, "every byte counted once");
         });
     }
+
+    /// Subscribers of one channel in two codecs, alternating: each codec's
+    /// frame is laid anew for each of them, so the walk starts new tails
+    /// while the grown one still holds its followers; none of them may be
+    /// queued a publication twice (found by review).
+    #[test]
+    fn subscribers_in_alternating_codecs_get_each_publication_once() {
+        crate::sync::on_test_executor(async {
+            let name = "room0";
+            let shard = shard_owning(name);
+            let msgpack = Codec {
+                protocol: crate::conn::codec::Protocol::MsgPack,
+                deflate_window: 0,
+            };
+            // The last in the tail's codec: its tail ends the chunk, so the
+            // next publication grows it.
+            let conns: Vec<_> = (0..5)
+                .map(|i| shard.register_detached(if i % 2 == 0 { Codec::JSON } else { msgpack }))
+                .collect();
+            for conn in &conns {
+                let subscribed = shard.subscribe(conn, name, None, None, SubOptions::default());
+                assert!(subscribed.is_ok());
+            }
+            let sent = ["a", "b", "c", "d"];
+            for data in sent {
+                post(&shard, name, data, None);
+            }
+            for conn in conns.iter().step_by(2) {
+                assert_eq!(received(conn), sent);
+            }
+            for conn in conns.iter().skip(1).step_by(2) {
+                assert_eq!(conn.outbox.take_queued().len(), sent.len());
+            }
+            assert_eq!(shard.stats.queued_bytes.get(), 0, "every byte counted once");
+        });
+    }
 }
