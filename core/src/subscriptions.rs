@@ -506,10 +506,8 @@ impl<S: Subscriber> Subscriptions<S> {
                 }
             }
         }
-        // Walk: whoever the tail did not reach gets the publication pushed.
-        // The walk may start a new tail (a subscriber that cannot find the
-        // frame where the grown one ends: another codec's frame was laid
-        // in between), so who was reached is asked of the grown one.
+        // Walk: who the grown tail did not reach gets it pushed (the walk
+        // may start a new tail: ask the grown one who it reached).
         let grown = (shares > 0).then(|| tail.clone());
         let mut everyone = plain;
         let mut sharing = 0;
