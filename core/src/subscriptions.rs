@@ -228,10 +228,7 @@ fn push<S: Subscriber>(
         None => subscriber.push_keyed(frame, published_at, conflation, conflated),
     };
     match pushed {
-        Pushed::Queued | Pushed::Shared => {
-            result.queued += 1;
-            result.compressed += u64::from(frame::is_compressed(frame));
-        }
+        Pushed::Queued | Pushed::Shared => result.count_queued(frame, 1),
         Pushed::Overflow => {
             result.overflowed += 1;
             subscriber.close_slow_consumer();
@@ -256,6 +253,16 @@ pub struct FanOut {
     /// Publications that replaced an older one with their key in a slow
     /// subscriber's queue.
     pub conflated: u64,
+}
+
+impl FanOut {
+    /// `frame` was queued for `queues` subscribers.
+    fn count_queued(&mut self, frame: &Bytes, queues: u64) {
+        self.queued += queues;
+        if frame::is_compressed(frame) {
+            self.compressed += queues;
+        }
+    }
 }
 
 /// Channel name → local subscribers.
@@ -496,10 +503,7 @@ impl<S: Subscriber> Subscriptions<S> {
             let frame = last.frame(codec, &mut frames, deflater);
             shares = S::extend_tail(tail, frame, published_at);
             if shares > 0 {
-                result.queued += shares as u64;
-                if frame::is_compressed(frame) {
-                    result.compressed += shares as u64;
-                }
+                result.count_queued(frame, shares as u64);
                 if *everyone_shares && shares == *tail_shares && skip == *tail_skip {
                     result.compressions = frames.compressions();
                     return result;

@@ -28,9 +28,9 @@ use std::{
 use bytes::Bytes;
 use glommio::task::JoinHandle;
 
-use super::chunk::{CHUNK_BYTES, CHUNK_FRAME_MAX};
+use super::chunk::CHUNK_BYTES;
 use super::follow::{Tail, TailSlot};
-use super::queue::{FrameQueue, Queued, CHUNK_BACKLOG, MAX_IOV};
+use super::queue::{fits_chunks, FrameQueue, Queued, MAX_IOV};
 use super::{batch, flush::Flusher};
 use crate::close::CloseReason;
 use crate::stream::SharedStream;
@@ -187,7 +187,7 @@ impl Outbox {
         // the shard's chunks.
         if conflation == 0 && !self.batch {
             let mut frames = self.frames.borrow_mut();
-            let laid = matches!(self.write_state.get(), WriteState::Idle | WriteState::Dirty)
+            let laid = self.keeps_up()
                 && frames.lay_in(
                     self.flusher.chunks(),
                     frame,
@@ -249,14 +249,21 @@ impl Outbox {
     /// its bound for the most a tail can grow (one chunk).
     #[inline]
     fn may_follow(&self, frame: &Bytes, published_at: u64) -> bool {
-        let queued = self.queued_bytes.get() + frame.len();
+        let queued = self.queued_bytes.get();
         published_at != 0
-            && frame.len() <= CHUNK_FRAME_MAX
-            && queued <= CHUNK_BACKLOG
-            && queued + CHUNK_BYTES <= self.limit
+            && fits_chunks(frame.len(), queued)
+            && queued + frame.len() + CHUNK_BYTES <= self.limit
             && !self.batch
             && self.closing.get().is_none()
-            && matches!(self.write_state.get(), WriteState::Idle | WriteState::Dirty)
+            && self.keeps_up()
+    }
+
+    /// Whether its socket takes what is queued (not full, its upgrade's
+    /// response out): only then does it refer to the shard's chunks, which
+    /// a queue lets go of at its next write.
+    #[inline]
+    fn keeps_up(&self) -> bool {
+        matches!(self.write_state.get(), WriteState::Idle | WriteState::Dirty)
     }
 
     /// Whether the queue ends with an entry that follows the tail `slot`

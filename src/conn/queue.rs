@@ -38,7 +38,13 @@ const COPY_MAX: usize = 512;
 const COPY_BACKLOG: usize = 16 << 10;
 /// Most bytes a queue holds for chunk ranges to be laid in: what a socket
 /// that fills up turns into a private copy.
-pub(super) const CHUNK_BACKLOG: usize = 64 << 10;
+const CHUNK_BACKLOG: usize = 64 << 10;
+
+/// Whether a frame of `len` bytes may be laid in the shard's chunks for a
+/// queue holding `queued` bytes: a small frame, for a queue still short.
+pub(super) fn fits_chunks(len: usize, queued: usize) -> bool {
+    len <= CHUNK_FRAME_MAX && queued + len <= CHUNK_BACKLOG
+}
 /// A partly written copy buffer is compacted once this much of it is
 /// written (and it is at least half written).
 const COMPACT_AT: usize = 4 << 10;
@@ -127,18 +133,18 @@ impl Queued {
     /// An entry that follows a tail becomes the range it covers now (see
     /// [`FrameQueue::settle_follow`]); returns the bytes it gained.
     fn settle(&mut self) -> usize {
+        let growth = self.growth();
         let Body::Follow {
             tail,
             start,
-            end_at,
             frames_at,
+            ..
         } = &self.body
         else {
             return 0;
         };
         let end = tail.end.get();
         let frames = tail.frames.get() - frames_at;
-        let growth = (end - end_at) as usize;
         self.body = Body::Run {
             chunk: Some(tail.chunk.clone()),
             start: *start,
@@ -147,6 +153,15 @@ impl Queued {
             publications: frames,
         };
         growth
+    }
+
+    /// Bytes an entry that follows a tail gained since it was queued (0 for
+    /// any other).
+    fn growth(&self) -> usize {
+        match &self.body {
+            Body::Follow { tail, end_at, .. } => (tail.end.get() - end_at) as usize,
+            _ => 0,
+        }
     }
 
     /// A run takes one more frame of `added` bytes, published at
@@ -334,7 +349,7 @@ impl FrameQueue {
         published_at: u64,
         queued: usize,
     ) -> bool {
-        if frame.len() > CHUNK_FRAME_MAX || queued + frame.len() > CHUNK_BACKLOG {
+        if !fits_chunks(frame.len(), queued) {
             return false;
         }
         // A range is never begun on the wire while it can still grow: the
@@ -419,13 +434,7 @@ impl FrameQueue {
     /// Bytes the entry that follows a tail has gained since it was queued
     /// (0 for a queue that follows none).
     pub(super) fn follow_growth(&self) -> usize {
-        match self.entries.back() {
-            Some(Queued {
-                body: Body::Follow { tail, end_at, .. },
-                ..
-            }) => (tail.end.get() - end_at) as usize,
-            _ => 0,
-        }
+        self.entries.back().map_or(0, Queued::growth)
     }
 
     /// Stops following: the entry that follows a tail becomes the range it
@@ -504,10 +513,13 @@ impl FrameQueue {
             let Some(front) = self.entries.front_mut() else {
                 break;
             };
-            if matches!(front.body, Body::Follow { .. }) && sent < front.len() {
-                // Written in part: it stops growing, and goes on as a range
-                // begun on the wire.
-                grown += front.settle();
+            if matches!(front.body, Body::Follow { .. }) {
+                grown += front.growth();
+                if sent < front.len() {
+                    // Written in part: it stops growing, and goes on as a
+                    // range begun on the wire.
+                    front.settle();
+                }
             }
             let done = match &mut front.body {
                 Body::Run {
@@ -535,13 +547,12 @@ impl FrameQueue {
                 Body::Follow {
                     tail,
                     start,
-                    end_at,
                     frames_at,
+                    ..
                 } => {
-                    let end = tail.end.get();
-                    grown += (end - *end_at) as usize;
-                    sent -= (end - *start) as usize;
-                    from_queue += (end - *start) as usize;
+                    let len = (tail.end.get() - *start) as usize;
+                    sent -= len;
+                    from_queue += len;
                     Some(u64::from(tail.frames.get() - *frames_at))
                 }
                 Body::Shared(bytes) => {

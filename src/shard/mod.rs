@@ -1319,16 +1319,22 @@ mod tests {
         });
     }
 
-    /// Subscribers of `name` on a shard that owns it, and a publisher
-    /// posting `data` to it (skipping `skip` if given): the tail every
-    /// subscriber's queue shares (`conn/follow.rs`) must reach exactly the
-    /// subscribers a walk would.
+    /// A shard (0 of two) that owns `name`: the tests below check that the
+    /// tail its subscribers' queues share (`conn/follow.rs`) reaches exactly
+    /// the subscribers a walk would.
     fn shard_owning(name: &str) -> Shard {
         let shard = lonely_shard();
         assert_eq!(shard.owner_of(name.as_bytes()), 0, "{name} is owned here");
         shard
     }
 
+    /// Subscribes `conn` to `name`, live at once (no `id`, no `since`).
+    fn subscribe(shard: &Shard, conn: &Rc<Conn>, name: &str) {
+        let subscribed = shard.subscribe(conn, name, None, None, SubOptions::default());
+        assert!(subscribed.is_ok());
+    }
+
+    /// Publishes `data` (a JSON string) on `name`, skipping `skip`.
     fn post(shard: &Shard, name: &str, data: &str, skip: Option<&Conn>) {
         let payload = Payload::copy_of(PayloadKind::Json, format!("\"{data}\"").as_bytes());
         let skip = skip.map(|conn| Skip {
@@ -1362,8 +1368,7 @@ mod tests {
                 .map(|_| shard.register_detached(Codec::JSON))
                 .collect();
             for conn in &conns {
-                let subscribed = shard.subscribe(conn, name, None, None, SubOptions::default());
-                assert!(subscribed.is_ok());
+                subscribe(&shard, conn, name);
             }
             post(&shard, name, "one", None);
             post(&shard, name, "two", Some(&conns[0]));
@@ -1389,15 +1394,11 @@ mod tests {
             let first = shard.register_detached(Codec::JSON);
             let second = shard.register_detached(Codec::JSON);
             let late = shard.register_detached(Codec::JSON);
-            let subscribe = |conn: &Rc<Conn>| {
-                let subscribed = shard.subscribe(conn, name, None, None, SubOptions::default());
-                assert!(subscribed.is_ok());
-            };
-            subscribe(&first);
-            subscribe(&second);
+            subscribe(&shard, &first, name);
+            subscribe(&shard, &second, name);
             post(&shard, name, "a", None);
             post(&shard, name, "b", None);
-            subscribe(&late);
+            subscribe(&shard, &late, name);
             post(&shard, name, "c", None);
             post(&shard, name, "d", None);
             assert!(shard.unsubscribe(&second, name, None).is_ok());
@@ -1431,8 +1432,7 @@ mod tests {
                 .map(|i| shard.register_detached(if i % 2 == 0 { Codec::JSON } else { msgpack }))
                 .collect();
             for conn in &conns {
-                let subscribed = shard.subscribe(conn, name, None, None, SubOptions::default());
-                assert!(subscribed.is_ok());
+                subscribe(&shard, conn, name);
             }
             let sent = ["a", "b", "c", "d"];
             for data in sent {
